@@ -1,0 +1,186 @@
+//! The gateway's engine: configuration, provider client, store, key ring and clock,
+//! wired once at start-up and shared by every request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock, UnixTime};
+use crate::config::{Config, SecretKeys, StoreLocation};
+use crate::provider::http::ProviderHttp;
+use crate::provider::jwks::MIN_REFETCH_INTERVAL;
+use crate::provider::{Algorithm, Provider, ProviderSettings};
+use crate::session::seal::KeyRing;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("key ring: {0}")]
+    Secret(String),
+    #[error("{0}")]
+    Provider(#[from] crate::provider::ProviderError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// One gateway instance.
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) config: Arc<Config>,
+    pub(crate) provider: Provider,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: KeyRing,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Gateway {
+    /// Opens the configured store, loads (or creates) the key ring and prepares the
+    /// provider client. Provider discovery happens on first use and is retried.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::install_crypto_provider();
+        let (store, keys): (Arc<dyn Store>, KeyRing) = match &config.store {
+            StoreLocation::Sqlite(path) => {
+                let keys = match &config.secret {
+                    Some(secret) => key_ring(secret)?,
+                    None => key_ring(&load_or_create_secret(path)?)?,
+                };
+                (Arc::new(SqliteStore::open(path).await?), keys)
+            }
+            other => {
+                return Err(StartError::Unsupported(format!(
+                    "store {} is not supported by this build yet; use sqlite:PATH",
+                    other.describe()
+                )));
+            }
+        };
+        let provider = Provider::new(provider_settings(&config), ProviderHttp::new()?);
+        Ok(Self::from_parts(config, provider, store, keys, Arc::new(SystemClock)))
+    }
+
+    /// Assembles a gateway from ready parts (tests and embedders).
+    pub fn from_parts(
+        config: Config,
+        provider: Provider,
+        store: Arc<dyn Store>,
+        keys: KeyRing,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            config: Arc::new(config),
+            provider,
+            store,
+            keys,
+            clock,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    pub(crate) fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Readiness: the store answers and the provider's metadata is loaded.
+    pub async fn readiness(&self) -> Readiness {
+        let store = self.store.ping().await.is_ok();
+        let provider = self.provider.metadata().await.is_ok();
+        Readiness { store, provider }
+    }
+
+    /// Deletes expired sessions, transactions, leases and replay entries.
+    pub async fn purge_expired(&self) -> Result<u64, crate::store::StoreError> {
+        self.store.purge_expired(self.now()).await
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub store: bool,
+    pub provider: bool,
+}
+
+impl Readiness {
+    pub fn is_ready(self) -> bool {
+        self.store && self.provider
+    }
+}
+
+/// Provider settings derived from the gateway configuration.
+pub fn provider_settings(config: &Config) -> ProviderSettings {
+    ProviderSettings {
+        issuer: config.issuer.clone(),
+        client_id: config.client_id.clone(),
+        client_secret: config.client_secret.as_ref().map(|s| s.0.clone()),
+        scopes: config.scopes.clone(),
+        redirect_uri: config.redirect_uri(),
+        extra_authorize_params: config.provider.extra_authorize_params.clone(),
+        allowed_algorithms: config
+            .provider
+            .allowed_algorithms
+            .as_ref()
+            .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
+        jwks_min_refetch: MIN_REFETCH_INTERVAL,
+    }
+}
+
+fn key_ring(secret: &SecretKeys) -> Result<KeyRing, StartError> {
+    KeyRing::new(secret).map_err(|e| StartError::Secret(e.to_string()))
+}
+
+/// The file beside the SQLite database that holds a generated key ring.
+pub fn secret_file_for(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".secret");
+    db.with_file_name(name)
+}
+
+/// Reads the generated key ring beside the database, creating it (mode 0600) on first
+/// start so that sessions survive restarts without configuration.
+fn load_or_create_secret(db: &Path) -> Result<SecretKeys, StartError> {
+    let path = secret_file_for(db);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => SecretKeys::parse(text.trim()).map_err(|e| StartError::Secret(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StartError::Secret(format!("{}: {e}", dir.display())))?;
+            }
+            let secret = KeyRing::generate_secret();
+            write_private(&path, secret.as_bytes())
+                .map_err(|e| StartError::Secret(format!("cannot write {}: {e}", path.display())))?;
+            tracing::info!(
+                path = %path.display(),
+                "generated a new session key ring and kept it beside the database; set PORTCULLIS_SECRET to manage keys yourself"
+            );
+            SecretKeys::parse(&secret).map_err(StartError::Secret)
+        }
+        Err(e) => Err(StartError::Secret(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}

@@ -1,0 +1,155 @@
+//! The one place where errors become HTTP answers: a status, a stable code and one
+//! human sentence; an HTML page for navigations and JSON for API calls. Nothing from a
+//! token, code or session id ever appears here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::pages::message_page;
+use crate::provider::ProviderError;
+use crate::session::SessionError;
+use crate::store::StoreError;
+
+/// An error ready to be answered.
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Shown on pages only (e.g. the provider's escaped `error_description`).
+    pub detail: Option<String>,
+    /// Answer with HTML (navigation) rather than JSON.
+    pub page: bool,
+    /// Where a "try again" link points, for pages.
+    pub retry_url: Option<String>,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+            page: false,
+            retry_url: None,
+        }
+    }
+
+    pub fn page(mut self, page: bool) -> Self {
+        self.page = page;
+        self
+    }
+
+    pub fn retry(mut self, url: String) -> Self {
+        self.retry_url = Some(url);
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+fn title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        403 => "Access denied",
+        400..=499 => "Sign-in could not be completed",
+        503 => "Temporarily unavailable",
+        _ => "The identity provider is not responding",
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let mut response = if self.page {
+            let link = self.retry_url.as_deref().map(|u| (u, "Try signing in again"));
+            let html = message_page(title(self.status), &self.message, self.detail.as_deref(), self.code, link);
+            let mut r = (self.status, html).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r
+        } else {
+            let body = serde_json::json!({ "error": self.code, "message": self.message });
+            (self.status, axum::Json(body)).into_response()
+        };
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for HttpError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, code = e.code(), "session store failure");
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "Sessions are temporarily unavailable. Please try again in a moment.",
+        )
+    }
+}
+
+impl From<ProviderError> for HttpError {
+    fn from(e: ProviderError) -> Self {
+        let code = e.code();
+        match &e {
+            ProviderError::Timeout => {
+                tracing::warn!(error = %e, code, "identity provider timed out");
+                HttpError::new(StatusCode::GATEWAY_TIMEOUT, code, "The identity provider did not answer in time. Please try again.")
+            }
+            ProviderError::Unreachable(_) | ProviderError::ServerError(_) | ProviderError::TooLarge(_) | ProviderError::BadResponse(_) => {
+                tracing::warn!(error = %e, code, "identity provider failure");
+                HttpError::new(StatusCode::BAD_GATEWAY, code, "The identity provider is not working right now. Please try again later.")
+            }
+            ProviderError::IssuerMismatch { .. } => {
+                tracing::error!(error = %e, code, "the provider's discovery document names another issuer; refusing logins");
+                HttpError::new(StatusCode::BAD_GATEWAY, "provider_misconfigured", "The identity provider's configuration does not match this gateway's.")
+            }
+            ProviderError::TokenRejected(_) => {
+                tracing::warn!(error = %e, code, "token endpoint refused the code");
+                HttpError::bad_request("code_rejected", "The identity provider refused this sign-in. Please sign in again.")
+            }
+            ProviderError::IdToken(inner) => {
+                tracing::warn!(reason = inner.code(), detail = %inner, "ID token refused");
+                HttpError::bad_request("id_token_invalid", "The identity provider's answer could not be verified. Please sign in again.")
+            }
+            ProviderError::UserinfoSubjectMismatch => {
+                tracing::warn!(code, "UserInfo answered for another subject");
+                HttpError::bad_request(code, "The identity provider's answer could not be verified. Please sign in again.")
+            }
+        }
+    }
+}
+
+impl From<SessionError> for HttpError {
+    fn from(e: SessionError) -> Self {
+        let code = e.code();
+        match e {
+            SessionError::Store(s) => s.into(),
+            SessionError::Provider(p) => p.into(),
+            SessionError::AccessDenied(a) => {
+                tracing::info!(reason = a.code(), "sign-in refused by access rules");
+                HttpError::new(StatusCode::FORBIDDEN, a.code(), format!("You are signed in at the identity provider, but {a}."))
+            }
+            SessionError::ProviderDenied { error, description } => {
+                let error = crate::provider::discovery::truncate(&error, 64);
+                tracing::info!(provider_error = %error, "the provider ended the sign-in with an error");
+                let mut e = HttpError::bad_request(code, "The identity provider did not complete the sign-in.");
+                e.detail = Some(match description {
+                    Some(d) => format!("{error}: {}", crate::provider::discovery::truncate(&d, 300)),
+                    None => error,
+                });
+                e
+            }
+            SessionError::Unsealable => {
+                tracing::error!(code, "a stored login transaction could not be opened (key ring changed?)");
+                HttpError::bad_request(code, "This sign-in can no longer be completed. Please sign in again.")
+            }
+            other => {
+                tracing::info!(code, "sign-in callback refused");
+                HttpError::bad_request(code, format!("Sign-in failed: {other}. Please sign in again."))
+            }
+        }
+    }
+}

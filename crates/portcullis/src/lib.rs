@@ -1,0 +1,40 @@
+//! # Portcullis
+//!
+//! A sign-in gateway engine: OAuth 2.0 authorization code with PKCE against any OpenID
+//! Connect provider, every token kept on the server, an opaque httpOnly session cookie
+//! in the browser, and a verified user handed to the application.
+//!
+//! The `portcullis` binary is a thin shell around this crate:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = portcullis::Config::load(None)?;
+//! let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await?);
+//! let app = portcullis::http::router(gateway);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`config`] (settings), [`provider`] (the identity provider), [`session`]
+//! (ids, sealing, lifetimes, login), [`store`] (persistence), [`http`] (the edges).
+
+#![deny(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod provider;
+pub mod random;
+pub mod session;
+pub mod store;
+
+pub use config::Config;
+pub use gateway::Gateway;
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

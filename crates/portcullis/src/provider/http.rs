@@ -1,0 +1,155 @@
+//! The provider's HTTP client: rustls, no redirects followed, connect and total
+//! timeouts on every call, and a size cap on every response body (R03, R04).
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Client, Method, StatusCode};
+
+use super::ProviderError;
+
+/// Time to establish a connection to the provider.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Total time for one provider call, body included (R04: ≤10 s).
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A provider answer: status, content type and a size-capped body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as a JSON object.
+    pub fn json_object(&self, what: &'static str) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+        match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            _ => Err(ProviderError::BadResponse(format!("{what} is not a JSON object"))),
+        }
+    }
+}
+
+/// HTTP client for provider calls.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    client: Client,
+    total_timeout: Duration,
+}
+
+impl ProviderHttp {
+    pub fn new() -> Result<Self, ProviderError> {
+        Self::with_timeouts(CONNECT_TIMEOUT, TOTAL_TIMEOUT)
+    }
+
+    /// A client with other timeouts (tests use short ones).
+    pub fn with_timeouts(connect: Duration, total: Duration) -> Result<Self, ProviderError> {
+        crate::install_crypto_provider();
+        let client = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(connect)
+            .timeout(total)
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+        Ok(Self {
+            client,
+            total_timeout: total,
+        })
+    }
+
+    /// GET `url`, optionally with a bearer token.
+    pub async fn get(&self, url: &str, bearer: Option<&str>, cap: usize) -> Result<Answer, ProviderError> {
+        let mut req = self
+            .client
+            .request(Method::GET, url)
+            .header(ACCEPT, "application/json");
+        if let Some(token) = bearer {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ProviderError::BadResponse("access token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            req = req.header(AUTHORIZATION, value);
+        }
+        self.send(req, cap).await
+    }
+
+    /// POST a form, with HTTP Basic client authentication when `basic` is set.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        cap: usize,
+    ) -> Result<Answer, ProviderError> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let mut req = self
+            .client
+            .request(Method::POST, url)
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some((id, secret)) = basic {
+            req = req.header(AUTHORIZATION, basic_authorization(id, secret)?);
+        }
+        self.send(req, cap).await
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, cap: usize) -> Result<Answer, ProviderError> {
+        let call = async {
+            let mut resp = req.send().await.map_err(classify)?;
+            let status = resp.status();
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if resp.content_length().is_some_and(|n| n > cap as u64) {
+                return Err(ProviderError::TooLarge(cap));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > cap {
+                    return Err(ProviderError::TooLarge(cap));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Answer {
+                status,
+                content_type,
+                body,
+            })
+        };
+        // reqwest's own timeout covers the call; this guards the body loop as well.
+        match tokio::time::timeout(self.total_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout),
+        }
+    }
+}
+
+/// RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
+fn basic_authorization(id: &str, secret: &str) -> Result<HeaderValue, ProviderError> {
+    use base64::Engine as _;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", enc(id), enc(secret));
+    let mut value = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    ))
+    .map_err(|_| ProviderError::BadResponse("client credentials are not a valid header".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn classify(e: reqwest::Error) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout
+    } else {
+        // No URL in the message: it may carry a code or token in its query.
+        ProviderError::Unreachable(e.without_url().to_string())
+    }
+}

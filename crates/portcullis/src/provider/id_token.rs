@@ -1,0 +1,513 @@
+//! ID-token validation, OIDC Core §3.1.3.7, with RFC 8725 (JWT BCP) hardening.
+//!
+//! The compact serialization is taken apart here only to apply policy before any
+//! cryptography (size cap, exactly three segments, no duplicate members, algorithm on
+//! the allow-list, no keys or `crit` in the header); the signature itself is verified
+//! by `jsonwebtoken` with aws-lc-rs, with the algorithm pinned from our allow-list,
+//! never taken from the token.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::Algorithm;
+use super::jwks::VerificationKey;
+use crate::clock::UnixTime;
+
+/// Cap on a JWT's length, checked before decoding or crypto (R03).
+pub const MAX_JWT_BYTES: usize = 16 * 1024;
+/// Allowed clock skew for `exp`, `iat` and `nbf` (J08: ≤120 s).
+pub const LEEWAY_SECONDS: i64 = 60;
+/// OIDC Core §2: `sub` is at most 255 ASCII characters.
+pub const MAX_SUB_LEN: usize = 255;
+/// Longest `kid` we will look up (J04).
+pub const MAX_KID_LEN: usize = 256;
+
+/// Why an ID token was refused. `code()` is stable and goes to logs; users see one
+/// generic sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("the token is larger than {MAX_JWT_BYTES} bytes")]
+    TooLarge,
+    #[error("the token is not a compact JWS with three segments")]
+    Malformed,
+    #[error("the token has a duplicate member `{0}`")]
+    DuplicateMember(String),
+    #[error("algorithm `{0}` is not allowed")]
+    AlgorithmNotAllowed(String),
+    #[error("the header carries its own key material (`{0}`)")]
+    EmbeddedKey(&'static str),
+    #[error("the header has critical extensions we do not understand")]
+    CriticalHeader,
+    #[error("the token type `{0}` is not an ID token")]
+    WrongType(String),
+    #[error("the key id is not acceptable")]
+    BadKeyId,
+    #[error("no provider key fits the token")]
+    UnknownKey,
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the issuer does not match")]
+    WrongIssuer,
+    #[error("the audience does not match")]
+    WrongAudience,
+    #[error("the authorized party does not match")]
+    WrongAuthorizedParty,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token has no valid `exp`")]
+    MissingExpiry,
+    #[error("the token has no valid `iat`")]
+    MissingIssuedAt,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the nonce does not match this login")]
+    NonceMismatch,
+    #[error("the subject is missing or too long")]
+    BadSubject,
+    #[error("the token is a logout token")]
+    LogoutToken,
+}
+
+impl IdTokenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TooLarge => "jwt_too_large",
+            Self::Malformed => "jwt_malformed",
+            Self::DuplicateMember(_) => "jwt_duplicate_member",
+            Self::AlgorithmNotAllowed(_) => "jwt_alg_not_allowed",
+            Self::EmbeddedKey(_) => "jwt_embedded_key",
+            Self::CriticalHeader => "jwt_crit",
+            Self::WrongType(_) => "jwt_wrong_type",
+            Self::BadKeyId => "jwt_bad_kid",
+            Self::UnknownKey => "jwt_unknown_key",
+            Self::BadSignature => "jwt_bad_signature",
+            Self::WrongIssuer => "jwt_wrong_issuer",
+            Self::WrongAudience => "jwt_wrong_audience",
+            Self::WrongAuthorizedParty => "jwt_wrong_azp",
+            Self::Expired => "jwt_expired",
+            Self::MissingExpiry => "jwt_no_exp",
+            Self::MissingIssuedAt => "jwt_no_iat",
+            Self::IssuedInFuture => "jwt_iat_future",
+            Self::NotYetValid => "jwt_nbf_future",
+            Self::NonceMismatch => "jwt_nonce_mismatch",
+            Self::BadSubject => "jwt_bad_sub",
+            Self::LogoutToken => "jwt_logout_token",
+        }
+    }
+}
+
+/// A JWT taken apart for policy checks, not yet verified.
+#[derive(Debug)]
+pub struct UnverifiedJwt<'a> {
+    pub token: &'a str,
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// Splits and checks the structure and header of a compact JWS (J02–J05, J14, R03).
+pub fn parse_unverified<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<UnverifiedJwt<'a>, IdTokenError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(IdTokenError::TooLarge);
+    }
+    let segments: Vec<&str> = token.split('.').collect();
+    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
+        return Err(IdTokenError::Malformed);
+    }
+    let header = decode_object(segments[0])?;
+    let claims = decode_object(segments[1])?;
+    if URL_SAFE_NO_PAD.decode(segments[2]).is_err() {
+        return Err(IdTokenError::Malformed);
+    }
+
+    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(IdTokenError::Malformed)?;
+    // RFC 8725 §3.1: only algorithms on our list; `none` never is.
+    let alg = Algorithm::parse(alg_name)
+        .filter(|a| allowed.contains(a))
+        .ok_or_else(|| IdTokenError::AlgorithmNotAllowed(super::discovery::truncate(alg_name, 32)))?;
+    // J03: keys must come from the provider's JWKS, never from the token.
+    for member in ["jwk", "jku", "x5u", "x5c"] {
+        if header.contains_key(member) {
+            return Err(IdTokenError::EmbeddedKey(member));
+        }
+    }
+    // RFC 7515 §4.1.11: we understand no extensions, so any `crit` is unknown.
+    if header.contains_key("crit") {
+        return Err(IdTokenError::CriticalHeader);
+    }
+    let typ = match header.get("typ") {
+        None => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err(IdTokenError::Malformed),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k))
+            if !k.is_empty()
+                && k.len() <= MAX_KID_LEN
+                && k.chars().all(|c| !c.is_control()) =>
+        {
+            Some(k.clone())
+        }
+        Some(_) => return Err(IdTokenError::BadKeyId),
+    };
+    Ok(UnverifiedJwt {
+        token,
+        alg,
+        kid,
+        typ,
+        claims,
+    })
+}
+
+fn decode_object(segment: &str) -> Result<Map<String, Value>, IdTokenError> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| IdTokenError::Malformed)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let object = StrictObject::deserialize_from(&mut de).map_err(|e| {
+        let msg = e.to_string();
+        match msg.strip_prefix("duplicate member ") {
+            Some(rest) => IdTokenError::DuplicateMember(
+                super::discovery::truncate(rest.split(" at ").next().unwrap_or(rest), 64),
+            ),
+            None => IdTokenError::Malformed,
+        }
+    })?;
+    de.end().map_err(|_| IdTokenError::Malformed)?;
+    Ok(object)
+}
+
+/// A JSON object that refuses duplicate member names (J14: parser differentials).
+struct StrictObject;
+
+impl StrictObject {
+    fn deserialize_from<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Map<String, Value>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut out = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    let value: Value = access.next_value()?;
+                    if out.contains_key(&key) {
+                        return Err(de::Error::custom(format!("duplicate member {key}")));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// What a valid ID token must say.
+#[derive(Debug, Clone)]
+pub struct Expectations<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    /// The nonce of this login; `None` only for the SPA code exchange (no nonce sent).
+    pub nonce: Option<&'a str>,
+    pub now: UnixTime,
+}
+
+/// The claims of a verified ID token.
+#[derive(Debug, Clone)]
+pub struct IdTokenClaims {
+    pub subject: String,
+    pub expires_at: UnixTime,
+    pub sid: Option<String>,
+    pub claims: Map<String, Value>,
+}
+
+/// Verifies the signature with one of `keys` (already chosen for the token's kid and
+/// alg), then the claims.
+pub fn verify(
+    jwt: &UnverifiedJwt<'_>,
+    keys: &[VerificationKey],
+    hmac_secret: Option<&[u8]>,
+    expect: &Expectations<'_>,
+) -> Result<IdTokenClaims, IdTokenError> {
+    // J13: typed tokens that are not ID tokens (logout+jwt, at+jwt, …) are refused.
+    if let Some(typ) = &jwt.typ
+        && !typ.eq_ignore_ascii_case("JWT")
+    {
+        return Err(IdTokenError::WrongType(super::discovery::truncate(typ, 32)));
+    }
+    verify_signature(jwt, keys, hmac_secret)?;
+    check_claims(&jwt.claims, expect)
+}
+
+fn verify_signature(
+    jwt: &UnverifiedJwt<'_>,
+    keys: &[VerificationKey],
+    hmac_secret: Option<&[u8]>,
+) -> Result<(), IdTokenError> {
+    let mut validation = jsonwebtoken::Validation::new(jwt.alg.to_jsonwebtoken());
+    // Claims are checked by `check_claims` with our injected clock.
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    let verify_with = |key: &jsonwebtoken::DecodingKey| {
+        jsonwebtoken::decode::<Value>(jwt.token, key, &validation).is_ok()
+    };
+    let ok = if jwt.alg.is_hmac() {
+        // Only when HS* was configured explicitly; keyed by the client secret (J02).
+        hmac_secret.is_some_and(|s| verify_with(&jsonwebtoken::DecodingKey::from_secret(s)))
+    } else {
+        if keys.is_empty() {
+            return Err(IdTokenError::UnknownKey);
+        }
+        keys.iter().filter(|k| k.fits(jwt.alg)).any(|k| verify_with(&k.key))
+    };
+    if ok { Ok(()) } else { Err(IdTokenError::BadSignature) }
+}
+
+fn numeric(claims: &Map<String, Value>, name: &str) -> Option<i64> {
+    match claims.get(name)? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        _ => None,
+    }
+}
+
+/// OIDC Core §3.1.3.7 steps 2–11 and §2 claim rules.
+pub fn check_claims(claims: &Map<String, Value>, expect: &Expectations<'_>) -> Result<IdTokenClaims, IdTokenError> {
+    // J13: a back-channel logout token carries `events`.
+    if claims.contains_key("events") {
+        return Err(IdTokenError::LogoutToken);
+    }
+    // Step 2: exact issuer (J06).
+    if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
+        return Err(IdTokenError::WrongIssuer);
+    }
+    // Step 3: aud contains our client id; we trust no other audience (J07).
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.as_str()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().ok_or(IdTokenError::WrongAudience))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(IdTokenError::WrongAudience),
+    };
+    if audiences.is_empty() || audiences.iter().any(|a| *a != expect.client_id) {
+        return Err(IdTokenError::WrongAudience);
+    }
+    // Steps 4–5: azp, when present, is our client id.
+    if let Some(azp) = claims.get("azp")
+        && azp.as_str() != Some(expect.client_id)
+    {
+        return Err(IdTokenError::WrongAuthorizedParty);
+    }
+    // Steps 9–10 (J08).
+    let exp = numeric(claims, "exp").ok_or(IdTokenError::MissingExpiry)?;
+    if expect.now > exp + LEEWAY_SECONDS {
+        return Err(IdTokenError::Expired);
+    }
+    let iat = numeric(claims, "iat").ok_or(IdTokenError::MissingIssuedAt)?;
+    if iat > expect.now + LEEWAY_SECONDS {
+        return Err(IdTokenError::IssuedInFuture);
+    }
+    if claims.contains_key("nbf") {
+        let nbf = numeric(claims, "nbf").ok_or(IdTokenError::Malformed)?;
+        if nbf > expect.now + LEEWAY_SECONDS {
+            return Err(IdTokenError::NotYetValid);
+        }
+    }
+    // Step 11 (J09): the nonce of this browser's login.
+    if let Some(expected) = expect.nonce {
+        let found = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+        if !crate::random::secrets_equal(found.as_bytes(), expected.as_bytes()) {
+            return Err(IdTokenError::NonceMismatch);
+        }
+    }
+    // §2 / J10: sub present, at most 255 characters.
+    let subject = match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUB_LEN && !s.chars().any(char::is_control) => s.clone(),
+        _ => return Err(IdTokenError::BadSubject),
+    };
+    let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
+    Ok(IdTokenClaims {
+        subject,
+        expires_at: exp,
+        sid,
+        claims: claims.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn token(header: &Value, claims: &Value) -> String {
+        format!("{}.{}.c2ln", b64(header), b64(claims))
+    }
+
+    const RS: &[Algorithm] = &[Algorithm::RS256, Algorithm::ES256];
+
+    #[test]
+    fn j14_shapes_other_than_three_segments_are_refused() {
+        let t = token(&json!({"alg": "RS256"}), &json!({}));
+        assert!(parse_unverified(&t, RS).is_ok());
+        for bad in [
+            format!("{t}.extra"),
+            t.rsplitn(2, '.').nth(1).unwrap().to_string(),
+            format!("{{\"payload\":\"{}\"}}", b64(&json!({}))),
+            "..".to_string(),
+            format!("{}.{}.", b64(&json!({"alg": "RS256"})), b64(&json!({}))),
+        ] {
+            assert_eq!(parse_unverified(&bad, RS).unwrap_err(), IdTokenError::Malformed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn j14_duplicate_members_are_refused() {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","alg":"none"}"#);
+        let t = format!("{header}.{}.c2ln", b64(&json!({})));
+        assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::DuplicateMember(_))));
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"sub":"alice","sub":"admin"}"#);
+        let t = format!("{}.{claims}.c2ln", b64(&json!({"alg": "RS256"})));
+        assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::DuplicateMember(_))));
+    }
+
+    #[test]
+    fn r03_oversized_tokens_are_refused_before_parsing() {
+        let t = "a".repeat(MAX_JWT_BYTES + 1);
+        assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::TooLarge);
+    }
+
+    #[test]
+    fn j02_algorithms_off_the_list_are_refused() {
+        for alg in ["none", "None", "HS256", "RS1", ""] {
+            let t = token(&json!({"alg": alg}), &json!({}));
+            assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::AlgorithmNotAllowed(_))), "{alg}");
+        }
+    }
+
+    #[test]
+    fn j03_j05_header_keys_and_crit_are_refused() {
+        for member in ["jwk", "jku", "x5u", "x5c"] {
+            let t = token(&json!({"alg": "RS256", member: "x"}), &json!({}));
+            assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::EmbeddedKey(member));
+        }
+        let t = token(&json!({"alg": "RS256", "crit": ["exp"], "exp": 1}), &json!({}));
+        assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::CriticalHeader);
+    }
+
+    #[test]
+    fn j04_hostile_kids_are_refused() {
+        for kid in [json!("x".repeat(8192)), json!("a\u{0000}b"), json!(""), json!(42), json!("a\nb")] {
+            let t = token(&json!({"alg": "RS256", "kid": kid}), &json!({}));
+            assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::BadKeyId);
+        }
+        // Odd but printable kids are only looked up in the JWKS, never elsewhere.
+        let t = token(&json!({"alg": "RS256", "kid": "../../etc/passwd' OR 1=1"}), &json!({}));
+        assert!(parse_unverified(&t, RS).is_ok());
+    }
+
+    fn good_claims(now: i64) -> Value {
+        json!({"iss": "https://id.example.com", "aud": "app", "sub": "alice",
+               "exp": now + 300, "iat": now, "nonce": "n-1"})
+    }
+
+    fn expect(now: i64) -> Expectations<'static> {
+        Expectations {
+            issuer: "https://id.example.com",
+            client_id: "app",
+            nonce: Some("n-1"),
+            now,
+        }
+    }
+
+    fn with(now: i64, patch: Value) -> Map<String, Value> {
+        let mut c = good_claims(now).as_object().cloned().unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.remove(k);
+            } else {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn good_claims_pass() {
+        let now = 1_800_000_000;
+        let ok = check_claims(&with(now, json!({})), &expect(now)).unwrap();
+        assert_eq!(ok.subject, "alice");
+    }
+
+    #[test]
+    fn j06_issuer_must_match_exactly() {
+        let now = 1_800_000_000;
+        for iss in [json!("https://id.example.com/"), json!("https://ID.example.com"), json!(null), json!(["https://id.example.com"])] {
+            assert_eq!(check_claims(&with(now, json!({"iss": iss})), &expect(now)).unwrap_err(), IdTokenError::WrongIssuer);
+        }
+    }
+
+    #[test]
+    fn j07_audience_and_azp() {
+        let now = 1_800_000_000;
+        for aud in [json!("other"), json!(null), json!(["app", "untrusted"]), json!([]), json!([1])] {
+            assert_eq!(check_claims(&with(now, json!({"aud": aud})), &expect(now)).unwrap_err(), IdTokenError::WrongAudience);
+        }
+        assert!(check_claims(&with(now, json!({"aud": ["app"]})), &expect(now)).is_ok());
+        assert_eq!(
+            check_claims(&with(now, json!({"azp": "other"})), &expect(now)).unwrap_err(),
+            IdTokenError::WrongAuthorizedParty
+        );
+    }
+
+    #[test]
+    fn j08_time_claims() {
+        let now = 1_800_000_000;
+        let e = expect(now);
+        assert_eq!(check_claims(&with(now, json!({"exp": now - LEEWAY_SECONDS - 1})), &e).unwrap_err(), IdTokenError::Expired);
+        assert!(check_claims(&with(now, json!({"exp": now - LEEWAY_SECONDS + 1})), &e).is_ok());
+        assert_eq!(check_claims(&with(now, json!({"exp": null})), &e).unwrap_err(), IdTokenError::MissingExpiry);
+        assert_eq!(check_claims(&with(now, json!({"iat": null})), &e).unwrap_err(), IdTokenError::MissingIssuedAt);
+        assert_eq!(check_claims(&with(now, json!({"iat": now + 600})), &e).unwrap_err(), IdTokenError::IssuedInFuture);
+        assert_eq!(check_claims(&with(now, json!({"nbf": now + 600})), &e).unwrap_err(), IdTokenError::NotYetValid);
+    }
+
+    #[test]
+    fn j09_nonce_must_match() {
+        let now = 1_800_000_000;
+        for nonce in [json!(null), json!("n-2"), json!(""), json!(1)] {
+            assert_eq!(check_claims(&with(now, json!({"nonce": nonce})), &expect(now)).unwrap_err(), IdTokenError::NonceMismatch);
+        }
+    }
+
+    #[test]
+    fn j10_subject_rules() {
+        let now = 1_800_000_000;
+        for sub in [json!(null), json!(""), json!("x".repeat(256)), json!(5), json!("a\nb")] {
+            assert_eq!(check_claims(&with(now, json!({"sub": sub})), &expect(now)).unwrap_err(), IdTokenError::BadSubject);
+        }
+    }
+
+    #[test]
+    fn j13_logout_tokens_and_typed_tokens_are_not_id_tokens() {
+        let now = 1_800_000_000;
+        let events = json!({"events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        assert_eq!(check_claims(&with(now, events), &expect(now)).unwrap_err(), IdTokenError::LogoutToken);
+        for typ in ["logout+jwt", "at+jwt", "application/at+jwt"] {
+            let t = token(&json!({"alg": "RS256", "typ": typ}), &good_claims(now));
+            let jwt = parse_unverified(&t, RS).unwrap();
+            assert!(matches!(verify(&jwt, &[], None, &expect(now)), Err(IdTokenError::WrongType(_))));
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Talking to the identity provider: discovery, JWKS, the authorization URL, code
+//! exchange, refresh, revocation, ID-token validation and UserInfo.
+//!
+//! This module never sees a cookie or an HTTP request from the browser: it gets plain
+//! values from `session` and answers with typed results.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, RwLock};
+use url::Url;
+use zeroize::Zeroizing;
+
+pub mod authorize;
+pub mod discovery;
+pub mod http;
+pub mod id_token;
+pub mod jwks;
+pub mod token;
+pub mod userinfo;
+
+pub use authorize::Pkce;
+pub use discovery::Metadata;
+pub use id_token::{IdTokenClaims, IdTokenError};
+pub use token::TokenResponse;
+
+use crate::clock::UnixTime;
+use http::ProviderHttp;
+use jwks::JwksCache;
+use token::ClientAuth;
+
+/// What can go wrong talking to the provider.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the identity provider did not answer in time")]
+    Timeout,
+    #[error("the identity provider answered with HTTP {0}")]
+    ServerError(u16),
+    #[error("the identity provider's answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the identity provider's answer is not usable: {0}")]
+    BadResponse(String),
+    #[error("issuer mismatch: expected `{expected}`, got `{found}`")]
+    IssuerMismatch { expected: String, found: String },
+    #[error("the token endpoint refused the request: {0}")]
+    TokenRejected(String),
+    #[error("the ID token is not valid: {0}")]
+    IdToken(#[from] IdTokenError),
+    #[error("the UserInfo `sub` differs from the ID token's")]
+    UserinfoSubjectMismatch,
+}
+
+impl ProviderError {
+    /// Stable code for logs and error pages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "provider_unreachable",
+            Self::Timeout => "provider_timeout",
+            Self::ServerError(_) => "provider_error",
+            Self::TooLarge(_) => "provider_response_too_large",
+            Self::BadResponse(_) => "provider_bad_response",
+            Self::IssuerMismatch { .. } => "issuer_mismatch",
+            Self::TokenRejected(_) => "token_rejected",
+            Self::IdToken(_) => "id_token_invalid",
+            Self::UserinfoSubjectMismatch => "userinfo_sub_mismatch",
+        }
+    }
+
+    /// A network fault or provider outage, as opposed to a refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::Timeout | Self::ServerError(_))
+    }
+
+    /// RFC 6749 §5.2 `invalid_grant`: the grant is dead.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::TokenRejected(e) if e == "invalid_grant")
+    }
+}
+
+/// JWS algorithms Portcullis can verify (RFC 7518 §3.1). `none` is not one.
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Algorithm {
+    const ALL: [Algorithm; 12] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+    ];
+
+    /// The JOSE name, case-sensitive as RFC 7515 requires.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+            Self::HS256 => "HS256",
+            Self::HS384 => "HS384",
+            Self::HS512 => "HS512",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
+    }
+
+    pub(crate) fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as J;
+        match self {
+            Self::RS256 => J::RS256,
+            Self::RS384 => J::RS384,
+            Self::RS512 => J::RS512,
+            Self::PS256 => J::PS256,
+            Self::PS384 => J::PS384,
+            Self::PS512 => J::PS512,
+            Self::ES256 => J::ES256,
+            Self::ES384 => J::ES384,
+            Self::EdDSA => J::EdDSA,
+            Self::HS256 => J::HS256,
+            Self::HS384 => J::HS384,
+            Self::HS512 => J::HS512,
+        }
+    }
+}
+
+/// How to reach and trust one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Zeroizing<String>>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: String,
+    pub extra_authorize_params: BTreeMap<String, String>,
+    /// `None`: the provider's advertised asymmetric algorithms.
+    pub allowed_algorithms: Option<Vec<Algorithm>>,
+    pub jwks_min_refetch: Duration,
+}
+
+/// Least time between two discovery attempts after a failure.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(5);
+
+/// A client of one OpenID provider.
+#[derive(Debug)]
+pub struct Provider {
+    settings: ProviderSettings,
+    http: ProviderHttp,
+    metadata: RwLock<Option<Arc<Metadata>>>,
+    last_discovery: Mutex<Option<Instant>>,
+    jwks: JwksCache,
+}
+
+impl Provider {
+    pub fn new(settings: ProviderSettings, http: ProviderHttp) -> Self {
+        let jwks = JwksCache::new(settings.jwks_min_refetch);
+        Self {
+            settings,
+            http,
+            metadata: RwLock::new(None),
+            last_discovery: Mutex::new(None),
+            jwks,
+        }
+    }
+
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
+    /// Whether discovery has succeeded (for `/readyz`).
+    pub async fn is_ready(&self) -> bool {
+        self.metadata.read().await.is_some()
+    }
+
+    /// The provider's metadata: cached after the first success; while missing, fetched
+    /// at most once per few seconds.
+    pub async fn metadata(&self) -> Result<Arc<Metadata>, ProviderError> {
+        if let Some(m) = self.metadata.read().await.clone() {
+            return Ok(m);
+        }
+        let mut last = self.last_discovery.lock().await;
+        if let Some(m) = self.metadata.read().await.clone() {
+            return Ok(m);
+        }
+        if let Some(at) = *last
+            && at.elapsed() < DISCOVERY_RETRY
+        {
+            return Err(ProviderError::Unreachable("discovery failed recently; retrying shortly".into()));
+        }
+        *last = Some(Instant::now());
+        let metadata = Arc::new(discovery::discover(&self.http, &self.settings.issuer).await?);
+        self.jwks.set_uri(&metadata.jwks_uri).await;
+        if let Err(e) = self.jwks.refresh(&self.http).await {
+            tracing::warn!(error = %e, "could not fetch the provider's JWKS yet");
+        }
+        *self.metadata.write().await = Some(metadata.clone());
+        Ok(metadata)
+    }
+
+    fn client_auth(&self) -> ClientAuth<'_> {
+        ClientAuth {
+            client_id: &self.settings.client_id,
+            client_secret: self.settings.client_secret.as_deref().map(String::as_str),
+        }
+    }
+
+    /// The authorization URL for one login.
+    pub async fn authorize_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Result<Url, ProviderError> {
+        let metadata = self.metadata().await?;
+        authorize::authorize_url(
+            &metadata,
+            &authorize::AuthorizeRequest {
+                client_id: &self.settings.client_id,
+                redirect_uri: &self.settings.redirect_uri,
+                scopes: &self.settings.scopes,
+                state,
+                nonce,
+                code_challenge,
+                extra: &self.settings.extra_authorize_params,
+            },
+        )
+    }
+
+    /// RFC 9207 check of the callback's `iss` parameter.
+    pub async fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), ProviderError> {
+        let metadata = self.metadata().await?;
+        authorize::check_response_issuer(&metadata, &self.settings.issuer, iss)
+    }
+
+    /// Redeems a code at the token endpoint.
+    pub async fn exchange_code(&self, code: &str, verifier: &str, redirect_uri: &str) -> Result<TokenResponse, ProviderError> {
+        let metadata = self.metadata().await?;
+        token::exchange_code(&self.http, &metadata.token_endpoint, self.client_auth(), code, verifier, redirect_uri).await
+    }
+
+    /// Uses a refresh token.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, ProviderError> {
+        let metadata = self.metadata().await?;
+        token::refresh(&self.http, &metadata.token_endpoint, self.client_auth(), refresh_token).await
+    }
+
+    /// Revokes a refresh token when the provider offers RFC 7009; `Ok(false)` if not.
+    pub async fn revoke_refresh_token(&self, refresh_token: &str) -> Result<bool, ProviderError> {
+        let metadata = self.metadata().await?;
+        let Some(endpoint) = &metadata.revocation_endpoint else {
+            return Ok(false);
+        };
+        token::revoke(&self.http, endpoint, self.client_auth(), refresh_token, "refresh_token").await?;
+        Ok(true)
+    }
+
+    /// The algorithms ID tokens may use: configured, else the provider's asymmetric ones
+    /// (RS256 when it names none, OIDC Core §3.1.3.7 step 7).
+    fn allowed_algorithms(&self, metadata: &Metadata) -> Vec<Algorithm> {
+        if let Some(configured) = &self.settings.allowed_algorithms {
+            return configured.clone();
+        }
+        let advertised: Vec<Algorithm> = metadata
+            .id_token_signing_alg_values_supported
+            .iter()
+            .filter_map(|a| Algorithm::parse(a))
+            .filter(|a| !a.is_hmac())
+            .collect();
+        if advertised.is_empty() { vec![Algorithm::RS256] } else { advertised }
+    }
+
+    /// Validates an ID token (OIDC Core §3.1.3.7).
+    pub async fn validate_id_token(&self, token: &str, nonce: Option<&str>, now: UnixTime) -> Result<IdTokenClaims, ProviderError> {
+        let metadata = self.metadata().await?;
+        let allowed = self.allowed_algorithms(&metadata);
+        let jwt = id_token::parse_unverified(token, &allowed)?;
+        let keys = if jwt.alg.is_hmac() {
+            Vec::new()
+        } else {
+            self.jwks.find(&self.http, jwt.kid.as_deref(), jwt.alg).await?
+        };
+        if !jwt.alg.is_hmac() && keys.is_empty() {
+            tracing::warn!(
+                kid = jwt.kid.as_deref().map(|k| discovery::truncate(k, 64)),
+                alg = jwt.alg.name(),
+                "no provider key fits this token"
+            );
+            return Err(IdTokenError::UnknownKey.into());
+        }
+        let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
+        let expect = id_token::Expectations {
+            issuer: &self.settings.issuer,
+            client_id: &self.settings.client_id,
+            nonce,
+            now,
+        };
+        Ok(id_token::verify(&jwt, &keys, secret, &expect)?)
+    }
+
+    /// Claims from the UserInfo endpoint, when the provider has one.
+    pub async fn userinfo(&self, access_token: &str, subject: &str) -> Result<Option<Map<String, Value>>, ProviderError> {
+        let metadata = self.metadata().await?;
+        match &metadata.userinfo_endpoint {
+            Some(endpoint) => userinfo::fetch_userinfo(&self.http, endpoint, access_token, subject).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The token endpoint (RFC 6749 §4.1.3, §6) and revocation (RFC 7009). Client
+//! authentication is `client_secret_basic` when a secret is configured, else the public
+//! client sends its `client_id` and relies on PKCE.
+
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::ProviderError;
+use super::http::ProviderHttp;
+
+/// Cap on a token response (R03).
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The parts of a token response we keep. Secrets are zeroized on drop.
+pub struct TokenResponse {
+    pub access_token: Zeroizing<String>,
+    pub refresh_token: Option<Zeroizing<String>>,
+    pub id_token: Option<Zeroizing<String>>,
+    pub expires_in: Option<i64>,
+    /// Keycloak and others say how long the refresh token lives.
+    pub refresh_expires_in: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("id_token", &self.id_token.is_some())
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy)]
+pub struct ClientAuth<'a> {
+    pub client_id: &'a str,
+    pub client_secret: Option<&'a str>,
+}
+
+/// A number, or a string holding one (some providers send `"3600"`).
+fn seconds(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|n| *n >= 0)
+}
+
+fn secret_field(map: &serde_json::Map<String, Value>, name: &str) -> Option<Zeroizing<String>> {
+    map.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(|s| Zeroizing::new(s.to_owned()))
+}
+
+/// Posts a grant and parses the answer (RFC 6749 §5.1 / §5.2).
+async fn token_request(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    mut form: Vec<(&str, &str)>,
+) -> Result<TokenResponse, ProviderError> {
+    let basic = match auth.client_secret {
+        Some(secret) => Some((auth.client_id, secret)),
+        None => {
+            form.push(("client_id", auth.client_id));
+            None
+        }
+    };
+    let answer = http.post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES).await?;
+    if answer.status.is_server_error() {
+        return Err(ProviderError::ServerError(answer.status.as_u16()));
+    }
+    let map = answer.json_object("token response")?;
+    if !answer.status.is_success() {
+        let error = map
+            .get("error")
+            .and_then(Value::as_str)
+            .map(|e| super::discovery::truncate(e, 64))
+            .unwrap_or_else(|| format!("http_{}", answer.status.as_u16()));
+        return Err(ProviderError::TokenRejected(error));
+    }
+    let token_type = map.get("token_type").and_then(Value::as_str).unwrap_or("");
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(ProviderError::BadResponse("token_type is not Bearer".into()));
+    }
+    let access_token = secret_field(&map, "access_token")
+        .ok_or_else(|| ProviderError::BadResponse("token response has no access_token".into()))?;
+    Ok(TokenResponse {
+        access_token,
+        refresh_token: secret_field(&map, "refresh_token"),
+        id_token: secret_field(&map, "id_token"),
+        expires_in: seconds(map.get("expires_in")),
+        refresh_expires_in: seconds(map.get("refresh_expires_in")).filter(|n| *n > 0),
+    })
+}
+
+/// Redeems an authorization code with its PKCE verifier (RFC 7636 §4.5).
+pub async fn exchange_code(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    code: &str,
+    verifier: &str,
+    redirect_uri: &str,
+) -> Result<TokenResponse, ProviderError> {
+    let form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("code_verifier", verifier),
+        ("redirect_uri", redirect_uri),
+    ];
+    token_request(http, endpoint, auth, form).await
+}
+
+/// Uses a refresh token (RFC 6749 §6).
+pub async fn refresh(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    refresh_token: &str,
+) -> Result<TokenResponse, ProviderError> {
+    let form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+    token_request(http, endpoint, auth, form).await
+}
+
+/// Revokes a token (RFC 7009 §2.1). The provider answers 200 even for unknown tokens.
+pub async fn revoke(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    token: &str,
+    hint: &str,
+) -> Result<(), ProviderError> {
+    let mut form = vec![("token", token), ("token_type_hint", hint)];
+    let basic = match auth.client_secret {
+        Some(secret) => Some((auth.client_id, secret)),
+        None => {
+            form.push(("client_id", auth.client_id));
+            None
+        }
+    };
+    let answer = http.post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES).await?;
+    if answer.status.is_success() {
+        Ok(())
+    } else if answer.status.is_server_error() {
+        Err(ProviderError::ServerError(answer.status.as_u16()))
+    } else {
+        Err(ProviderError::TokenRejected(format!("revocation_http_{}", answer.status.as_u16())))
+    }
+}

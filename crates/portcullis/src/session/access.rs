@@ -1,0 +1,185 @@
+//! Who may sign in: `access.*` rules, checked at login and at every refresh.
+//! Email rules compare the exact domain after the single `@` (no suffix matching), and
+//! count only addresses the provider says are verified when so configured.
+
+use serde_json::{Map, Value};
+
+use crate::config::AccessSettings;
+
+/// Why a user was refused. The code is stable; the sentence is for the 403 page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessDenied {
+    #[error("your email address is not verified with the identity provider")]
+    EmailNotVerified,
+    #[error("your account has no usable email address, which this application requires")]
+    NoEmail,
+    #[error("your email address is not allowed to use this application")]
+    EmailNotAllowed,
+    #[error("your account lacks a required `{0}` value")]
+    MissingClaim(String),
+}
+
+impl AccessDenied {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::EmailNotVerified => "email_not_verified",
+            Self::NoEmail => "email_missing",
+            Self::EmailNotAllowed => "email_not_allowed",
+            Self::MissingClaim(_) => "claim_required",
+        }
+    }
+}
+
+/// Applies the rules to the user's claims (ID token merged with userinfo).
+pub fn check_access(rules: &AccessSettings, claims: &Map<String, Value>) -> Result<(), AccessDenied> {
+    let email_rules = !rules.allowed_email_domains.is_empty() || !rules.allowed_emails.is_empty();
+    if rules.require_email_verified || email_rules {
+        let email = claims.get("email").and_then(Value::as_str);
+        let email = email.ok_or(AccessDenied::NoEmail)?;
+        if rules.require_email_verified && !is_true(claims.get("email_verified")) {
+            return Err(AccessDenied::EmailNotVerified);
+        }
+        if email_rules && !email_is_allowed(rules, email) {
+            return Err(AccessDenied::EmailNotAllowed);
+        }
+    }
+    for (claim, accepted) in &rules.required_claims {
+        let values = claim_values(claims.get(claim));
+        if !values.iter().any(|v| accepted.iter().any(|a| a == v)) {
+            return Err(AccessDenied::MissingClaim(claim.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `true`, or the string `"true"` (some providers, e.g. Cognito, send strings).
+fn is_true(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// The domain of a well-formed address (exactly one `@`, non-empty on both sides),
+/// lower-cased. `a@b@example.com` has none.
+fn email_domain(email: &str) -> Option<String> {
+    let (local, domain) = email.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || domain.contains('@') {
+        return None;
+    }
+    if email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    Some(domain.to_ascii_lowercase())
+}
+
+fn email_is_allowed(rules: &AccessSettings, email: &str) -> bool {
+    let Some(domain) = email_domain(email) else {
+        return false;
+    };
+    let email = email.to_ascii_lowercase();
+    rules.allowed_emails.iter().any(|e| *e == email)
+        || rules.allowed_email_domains.iter().any(|d| *d == domain)
+}
+
+/// A claim as a list of strings: a string, an array of strings, or a scalar.
+fn claim_values(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| match i {
+                Value::String(s) => Some(s.clone()),
+                Value::Bool(_) | Value::Number(_) => Some(i.to_string()),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::Bool(_) | Value::Number(_)) => v.map(|x| vec![x.to_string()]).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    fn domain_rule(d: &str) -> AccessSettings {
+        AccessSettings {
+            allowed_email_domains: vec![d.into()],
+            require_email_verified: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_rules_admit_everyone() {
+        assert_eq!(check_access(&AccessSettings::default(), &claims(json!({}))), Ok(()));
+    }
+
+    #[test]
+    fn ar2_domain_rules_match_the_exact_domain_only() {
+        let rules = domain_rule("example.com");
+        let ok = |e: &str| check_access(&rules, &claims(json!({"email": e, "email_verified": true})));
+        assert_eq!(ok("alice@example.com"), Ok(()));
+        assert_eq!(ok("Alice@EXAMPLE.com"), Ok(()));
+        for bad in [
+            "mallory@evil-example.com",
+            "mallory@example.com.evil.net",
+            "a@b@example.com",
+            "mallory@sub.example.com",
+            "@example.com",
+            "example.com",
+            "mallory@example.com ",
+        ] {
+            assert_eq!(ok(bad), Err(AccessDenied::EmailNotAllowed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ar1_unverified_email_is_refused_when_required() {
+        let rules = domain_rule("example.com");
+        for v in [json!(false), json!("false"), Value::Null] {
+            let c = claims(json!({"email": "alice@example.com", "email_verified": v}));
+            assert_eq!(check_access(&rules, &c), Err(AccessDenied::EmailNotVerified));
+        }
+        let c = claims(json!({"email": "alice@example.com", "email_verified": "true"}));
+        assert_eq!(check_access(&rules, &c), Ok(()));
+    }
+
+    #[test]
+    fn ar1_allowed_emails_are_exact() {
+        let rules = AccessSettings {
+            allowed_emails: vec!["alice@example.com".into()],
+            ..Default::default()
+        };
+        let c = |e: &str| claims(json!({"email": e}));
+        assert_eq!(check_access(&rules, &c("alice@example.com")), Ok(()));
+        assert_eq!(
+            check_access(&rules, &c("bob@example.com")),
+            Err(AccessDenied::EmailNotAllowed)
+        );
+        assert_eq!(check_access(&rules, &claims(json!({}))), Err(AccessDenied::NoEmail));
+    }
+
+    #[test]
+    fn ar1_required_claims_need_one_accepted_value() {
+        let mut rules = AccessSettings::default();
+        rules
+            .required_claims
+            .insert("groups".into(), vec!["admin".into(), "ops".into()]);
+        assert_eq!(check_access(&rules, &claims(json!({"groups": ["dev", "ops"]}))), Ok(()));
+        assert_eq!(check_access(&rules, &claims(json!({"groups": "admin"}))), Ok(()));
+        for bad in [json!({"groups": ["dev"]}), json!({}), json!({"groups": "administrators"})] {
+            assert_eq!(
+                check_access(&rules, &claims(bad)),
+                Err(AccessDenied::MissingClaim("groups".into()))
+            );
+        }
+    }
+}

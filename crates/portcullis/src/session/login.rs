@@ -1,0 +1,213 @@
+//! The login flow (PRODUCT.md "Login transactions", OIDC Core §3.1): start a
+//! transaction bound to this browser, then finish it at the callback, checking every
+//! step before the code is redeemed, and create a session with a new id.
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::access::check_access;
+use super::id::SessionId;
+use super::return_to::ReturnTo;
+use super::{SessionError, new_uuid};
+use crate::gateway::Gateway;
+use crate::provider::{Pkce, TokenResponse};
+use crate::random::{random_token, secrets_equal, sha256_hex};
+use crate::store::{LoginTransaction, MAX_TRANSACTIONS_PER_BROWSER, NewSession, TokenSet, UserProfile};
+
+/// How long a login transaction lives (and its binding cookie).
+pub const LOGIN_TTL_SECONDS: i64 = 600;
+
+/// The query of a callback, already split by the HTTP layer.
+#[derive(Debug, Default, Clone)]
+pub struct CallbackParams {
+    pub state: Option<String>,
+    pub code: Option<String>,
+    pub iss: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// A finished login: the new session's id (for the cookie), its cookie lifetime, and
+/// where to send the browser.
+#[derive(Debug)]
+pub struct LoginOutcome {
+    pub session_id: SessionId,
+    pub max_age: i64,
+    pub return_to: ReturnTo,
+}
+
+fn transaction_context(state_hash: &str) -> Vec<u8> {
+    format!("login-transaction:{state_hash}").into_bytes()
+}
+
+/// What the sealing context of one token field of one session is.
+pub(crate) fn token_context(id_hash: &super::IdHash, field: &str) -> Vec<u8> {
+    format!("session:{id_hash}:{field}").into_bytes()
+}
+
+impl Gateway {
+    /// Starts a login for the browser holding `binding` (the `portcullis_tx` cookie
+    /// value). Returns the provider URL to redirect to.
+    pub async fn begin_login(&self, binding: &str, return_to: ReturnTo) -> Result<Url, SessionError> {
+        let state = random_token();
+        let nonce = random_token();
+        let pkce = Pkce::generate();
+        // Fails before anything is stored when the provider is unreachable.
+        let url = self.provider.authorize_url(&state, &nonce, &pkce.challenge).await?;
+        let now = self.now();
+        let state_hash = sha256_hex(state.as_bytes());
+        let verifier = self.keys.seal_str(&pkce.verifier, &transaction_context(&state_hash));
+        let tx = LoginTransaction {
+            state_hash,
+            binding_hash: sha256_hex(binding.as_bytes()),
+            nonce,
+            verifier,
+            return_to: return_to.as_str().to_owned(),
+            created_at: now,
+            expires_at: now + LOGIN_TTL_SECONDS,
+        };
+        self.store.put_transaction(&tx, MAX_TRANSACTIONS_PER_BROWSER).await?;
+        Ok(url)
+    }
+
+    /// Finishes a login at the callback. `binding` is this browser's `portcullis_tx`
+    /// cookie; `replaced` is a session cookie it presented, which the new session
+    /// replaces (never promotes: SECURITY-CASES S03).
+    pub async fn complete_login(
+        &self,
+        params: CallbackParams,
+        binding: Option<&str>,
+        replaced: Option<&SessionId>,
+        user_agent: Option<&str>,
+    ) -> Result<LoginOutcome, SessionError> {
+        // L01/L02/L03: a transaction of this browser, unused and unexpired, before
+        // anything else; taking it makes it single use.
+        let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 512);
+        let Some(state) = state else {
+            return Err(match params.error {
+                Some(error) => SessionError::ProviderDenied {
+                    error,
+                    description: params.error_description,
+                },
+                None => SessionError::StateMissing,
+            });
+        };
+        let tx = self
+            .store
+            .take_transaction(&sha256_hex(state.as_bytes()))
+            .await?
+            .ok_or(SessionError::StateUnknown)?;
+        let binding_hash = binding.map(|b| sha256_hex(b.as_bytes())).unwrap_or_default();
+        if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
+            return Err(SessionError::BrowserMismatch);
+        }
+        let now = self.now();
+        if now >= tx.expires_at {
+            return Err(SessionError::LoginExpired);
+        }
+        // L06 (RFC 9207): before the response is interpreted, and before any token request.
+        self.provider
+            .check_response_issuer(params.iss.as_deref())
+            .await
+            .map_err(|e| match e {
+                crate::provider::ProviderError::IssuerMismatch { .. } => SessionError::IssuerMismatch,
+                other => other.into(),
+            })?;
+        // L09: the provider's error, consumed transaction, no session.
+        if let Some(error) = params.error {
+            return Err(SessionError::ProviderDenied {
+                error,
+                description: params.error_description,
+            });
+        }
+        let code = params.code.filter(|c| !c.is_empty()).ok_or(SessionError::CodeMissing)?;
+        let verifier = self
+            .keys
+            .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
+            .map_err(|_| SessionError::Unsealable)?;
+
+        let tokens = self
+            .provider
+            .exchange_code(&code, &verifier, &self.config.redirect_uri())
+            .await?;
+        let outcome = self
+            .create_session_from_tokens(tokens, Some(&tx.nonce), ReturnTo::from_stored(tx.return_to), user_agent)
+            .await?;
+        if let Some(old) = replaced {
+            self.end_session_by_id(old).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Validates a token response, applies the access rules and creates the session.
+    pub(crate) async fn create_session_from_tokens(
+        &self,
+        tokens: TokenResponse,
+        nonce: Option<&str>,
+        return_to: ReturnTo,
+        user_agent: Option<&str>,
+    ) -> Result<LoginOutcome, SessionError> {
+        let now = self.now();
+        let id_token = tokens.id_token.as_deref().ok_or_else(|| {
+            crate::provider::ProviderError::BadResponse("the token response has no id_token".into())
+        })?;
+        let verified = self.provider.validate_id_token(id_token, nonce, now).await?;
+        let mut claims: Map<String, Value> = verified.claims.clone();
+        if let Some(info) = self.provider.userinfo(&tokens.access_token, &verified.subject).await? {
+            for (k, v) in info {
+                if !matches!(k.as_str(), "iss" | "aud" | "sub" | "exp" | "iat" | "nonce" | "azp") {
+                    claims.insert(k, v);
+                }
+            }
+        }
+        check_access(&self.config.access, &claims)?;
+
+        let profile = UserProfile {
+            email: claims.get("email").and_then(Value::as_str).map(|s| clip(s, 320)),
+            name: claims.get("name").and_then(Value::as_str).map(|s| clip(s, 256)),
+        };
+        let user = self
+            .store
+            .upsert_user(self.provider.issuer(), &verified.subject, &profile, now)
+            .await?;
+
+        let session_id = SessionId::generate();
+        let id_hash = session_id.hash();
+        let seal = |field: &str, value: Option<&str>| value.map(|v| self.keys.seal_str(v, &token_context(&id_hash, field)));
+        let refresh_expires_at = tokens.refresh_expires_in.map(|s| now + s);
+        let absolute = now + self.config.session.absolute_lifetime.as_secs() as i64;
+        let session = NewSession {
+            family_id: new_uuid(),
+            id_hash: id_hash.clone(),
+            user_id: user.id,
+            provider_sid: verified.sid.clone(),
+            created_at: now,
+            idle_expires_at: now + self.config.session.idle_timeout.as_secs() as i64,
+            absolute_expires_at: absolute,
+            tokens: TokenSet {
+                refresh_token: seal("refresh", tokens.refresh_token.as_deref().map(String::as_str)),
+                access_token: seal("access", Some(&tokens.access_token)),
+                id_token: seal("id", Some(id_token)),
+                access_expires_at: tokens.expires_in.map(|s| now + s),
+                refresh_expires_at,
+            },
+            user_agent: user_agent.map(|ua| clip(ua, 256)),
+        };
+        self.store.create_session(&session).await?;
+        tracing::info!(
+            session = id_hash.short(),
+            user = %user.id,
+            "signed in"
+        );
+        let ends = refresh_expires_at.map_or(absolute, |r| r.min(absolute));
+        Ok(LoginOutcome {
+            session_id,
+            max_age: (ends - now).max(0),
+            return_to,
+        })
+    }
+}
+
+fn clip(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}

@@ -1,0 +1,78 @@
+//! What a session is: ids, sealing, lifetimes, who may sign in, and the login flow that
+//! creates one. Sits between `http` (above) and `store` / `provider` (below).
+
+pub mod access;
+pub mod id;
+pub mod login;
+pub mod lookup;
+pub mod return_to;
+pub mod seal;
+
+use uuid::Uuid;
+
+use crate::provider::ProviderError;
+use crate::store::StoreError;
+
+pub use access::AccessDenied;
+pub use id::{IdHash, SessionId};
+pub use login::{CallbackParams, LoginOutcome};
+pub use lookup::ActiveSession;
+pub use return_to::ReturnTo;
+pub use seal::{KeyRing, Sealed};
+
+/// A random (v4) UUID from the CSPRNG.
+pub fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(crate::random::random_bytes::<16>()).into_uuid()
+}
+
+/// Everything that can stop a login or a session lookup. Each has a stable code;
+/// `http::error` maps them to status codes and pages in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the sign-in link is incomplete: it has no state")]
+    StateMissing,
+    #[error("this sign-in was already used, has expired, or was not started here")]
+    StateUnknown,
+    #[error("this sign-in was started in another browser")]
+    BrowserMismatch,
+    #[error("this sign-in took too long and expired")]
+    LoginExpired,
+    #[error("the sign-in answer came from an unexpected identity provider")]
+    IssuerMismatch,
+    #[error("the identity provider did not complete the sign-in: {error}")]
+    ProviderDenied {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("the sign-in answer has no authorization code")]
+    CodeMissing,
+    #[error("the request repeats the parameter `{0}`")]
+    DuplicateParameter(&'static str),
+    #[error("access denied: {0}")]
+    AccessDenied(#[from] AccessDenied),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a sealed value could not be opened")]
+    Unsealable,
+}
+
+impl SessionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::StateMissing => "state_missing",
+            Self::StateUnknown => "state_mismatch",
+            Self::BrowserMismatch => "browser_mismatch",
+            Self::LoginExpired => "login_expired",
+            Self::IssuerMismatch => "issuer_mismatch",
+            Self::ProviderDenied { .. } => "provider_denied",
+            Self::CodeMissing => "code_missing",
+            Self::DuplicateParameter(_) => "duplicate_parameter",
+            Self::AccessDenied(a) => a.code(),
+            Self::Provider(p) => p.code(),
+            Self::Store(s) => s.code(),
+            Self::Unsealable => "unsealable",
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Where sessions live: one trait, one file per backend. A store never sees an HTTP
+//! type or a plaintext token: ids arrive hashed, tokens arrive sealed.
+//!
+//! Every backend passes the shared conformance suite in [`conformance`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::clock::UnixTime;
+use crate::session::id::IdHash;
+use crate::session::seal::Sealed;
+
+pub mod conformance;
+pub mod sqlite;
+
+/// Total time any single store call may take (R05): a stuck store answers 503, it does
+/// not hold requests forever.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Login transactions one browser may hold at once; older ones are evicted (R01).
+pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
+
+/// Store failures. The store is down or misbehaving: never the user's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the session store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the session store holds a record it cannot read: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "store_unavailable",
+            Self::Timeout(_) => "store_timeout",
+            Self::Corrupt(_) => "store_corrupt",
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Runs a store call under [`STORE_TIMEOUT`].
+pub(crate) async fn timed<T>(fut: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    match tokio::time::timeout(STORE_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(STORE_TIMEOUT)),
+    }
+}
+
+/// A user: one per (issuer, subject), never matched by email (seed flaw 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Our stable user id, handed to apps as `X-User-Id`.
+    pub id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
+}
+
+/// What the provider told us about a user at sign-in.
+#[derive(Debug, Clone, Default)]
+pub struct UserProfile {
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A session's provider tokens, sealed, plus what we know of their lifetimes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSet {
+    pub refresh_token: Option<Sealed>,
+    pub access_token: Option<Sealed>,
+    pub id_token: Option<Sealed>,
+    pub access_expires_at: Option<UnixTime>,
+    pub refresh_expires_at: Option<UnixTime>,
+}
+
+/// A session to create.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Stable across id rotations; names the session "family" for the theft rule.
+    pub family_id: Uuid,
+    pub id_hash: IdHash,
+    pub user_id: Uuid,
+    /// The provider's `sid` claim, for back-channel logout.
+    pub provider_sid: Option<String>,
+    pub created_at: UnixTime,
+    pub idle_expires_at: UnixTime,
+    pub absolute_expires_at: UnixTime,
+    pub tokens: TokenSet,
+    pub user_agent: Option<String>,
+}
+
+/// Which of a session's ids a lookup matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdMatch {
+    Current,
+    /// The id that a rotation replaced; valid until `previous_valid_until`.
+    Previous,
+}
+
+/// A stored session with its user.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub family_id: Uuid,
+    pub id_hash: IdHash,
+    pub previous_id_hash: Option<IdHash>,
+    pub previous_valid_until: Option<UnixTime>,
+    /// Whether the current id has been presented since the last rotation.
+    pub current_seen: bool,
+    pub matched: IdMatch,
+    pub user: User,
+    pub provider_sid: Option<String>,
+    pub created_at: UnixTime,
+    pub last_seen_at: UnixTime,
+    pub idle_expires_at: UnixTime,
+    pub absolute_expires_at: UnixTime,
+    pub tokens: TokenSet,
+    /// Bumped by every token update; the compare-and-swap guard.
+    pub token_version: i64,
+    pub user_agent: Option<String>,
+}
+
+impl SessionRecord {
+    /// The earliest moment the session ends by itself.
+    pub fn expires_at(&self) -> UnixTime {
+        let mut end = self.idle_expires_at.min(self.absolute_expires_at);
+        if let Some(r) = self.tokens.refresh_expires_at {
+            end = end.min(r);
+        }
+        end
+    }
+}
+
+/// A login in flight (PRODUCT.md "Login transactions"), keyed by SHA-256 of its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginTransaction {
+    pub state_hash: String,
+    /// SHA-256 of the browser-binding id in the `portcullis_tx` cookie.
+    pub binding_hash: String,
+    pub nonce: String,
+    /// The PKCE verifier, sealed under the state hash.
+    pub verifier: Sealed,
+    pub return_to: String,
+    pub created_at: UnixTime,
+    pub expires_at: UnixTime,
+}
+
+/// The operations every backend provides.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Reachability, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Users.
+    /// Finds the user by (issuer, subject) or creates them with a new UUID; updates
+    /// the profile. The returned id never changes for one (issuer, subject).
+    async fn upsert_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        profile: &UserProfile,
+        now: UnixTime,
+    ) -> StoreResult<User>;
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>>;
+
+    // Sessions.
+    async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
+    /// Finds a session by its current or its previous (rotated-away) id hash.
+    async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>>;
+    /// Records activity: last seen, the new idle deadline, and that the current id
+    /// has been presented.
+    async fn touch_session(
+        &self,
+        family_id: Uuid,
+        last_seen_at: UnixTime,
+        idle_expires_at: UnixTime,
+    ) -> StoreResult<()>;
+    /// Replaces the tokens if the version is still `expected_version`; returns whether
+    /// it did. The version is incremented.
+    async fn update_tokens(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        tokens: &TokenSet,
+    ) -> StoreResult<bool>;
+    /// Gives the session a new id (and resealed tokens) if the version is still
+    /// `expected_version`. The current id becomes the previous one, valid until
+    /// `previous_valid_until`; the new id is marked unseen.
+    async fn rotate_session_id(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        new_id_hash: &IdHash,
+        previous_valid_until: UnixTime,
+        tokens: &TokenSet,
+    ) -> StoreResult<bool>;
+    async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool>;
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
+    async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64>;
+    async fn delete_all_sessions(&self) -> StoreResult<u64>;
+    /// Live sessions, newest first, optionally of one user.
+    async fn list_sessions(
+        &self,
+        user_id: Option<Uuid>,
+        now: UnixTime,
+    ) -> StoreResult<Vec<SessionRecord>>;
+
+    // Login transactions.
+    /// Stores a transaction; keeps at most `max_per_browser` per binding, evicting the
+    /// oldest.
+    async fn put_transaction(
+        &self,
+        tx: &LoginTransaction,
+        max_per_browser: u32,
+    ) -> StoreResult<()>;
+    /// Removes and returns the transaction (single use), expired or not.
+    async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>>;
+
+    // Refresh leases (single flight across instances).
+    /// Takes the lease `key` for `holder` until `until` if it is free or expired.
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool>;
+    async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()>;
+
+    // Replay cache (back-channel logout `jti`).
+    /// Records `key` until `until`; returns false if it was already recorded.
+    async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool>;
+
+    /// Deletes everything past its expiry; returns how many records went.
+    async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
+}

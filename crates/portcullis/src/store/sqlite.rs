@@ -1,0 +1,584 @@
+//! The SQLite backend (sqlx, WAL): the embedded default for a single instance.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    IdMatch, LoginTransaction, NewSession, SessionRecord, Store, StoreError, StoreResult,
+    TokenSet, User, UserProfile, timed, STORE_TIMEOUT,
+};
+use crate::clock::UnixTime;
+use crate::session::id::IdHash;
+use crate::session::seal::Sealed;
+
+/// Schema migrations, applied in order once each; embedded in the binary.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// Applies the migrations this database has not seen, each in its own transaction.
+async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS portcullis_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let done: Option<i64> = sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if done.is_none() {
+            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(unavailable)?;
+            sqlx::query("INSERT INTO portcullis_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Sessions, users and transactions in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(STORE_TIMEOUT);
+        Self::connect(options).await
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(unavailable)?
+            .foreign_keys(true);
+        // One connection: every connection to `:memory:` is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(STORE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(STORE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(col).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn col<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(name).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+}
+
+fn sealed_col(row: &SqliteRow, name: &str) -> StoreResult<Option<Sealed>> {
+    Ok(col::<Option<String>>(row, name)?.map(Sealed::from_stored))
+}
+
+fn user_from_row(row: &SqliteRow, prefix: &str) -> StoreResult<User> {
+    Ok(User {
+        id: uuid_col(row, &format!("{prefix}id"))?,
+        issuer: col(row, &format!("{prefix}issuer"))?,
+        subject: col(row, &format!("{prefix}subject"))?,
+        email: col(row, &format!("{prefix}email"))?,
+        name: col(row, &format!("{prefix}name"))?,
+        created_at: col(row, &format!("{prefix}created_at"))?,
+        updated_at: col(row, &format!("{prefix}updated_at"))?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
+    s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
+    s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
+    s.refresh_expires_at, s.token_version, s.user_agent, \
+    u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
+    u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
+
+fn session_from_row(row: &SqliteRow, looked_up: Option<&IdHash>) -> StoreResult<SessionRecord> {
+    let id_hash = IdHash::from_stored(col(row, "id_hash")?);
+    let matched = match looked_up {
+        Some(h) if *h != id_hash => IdMatch::Previous,
+        _ => IdMatch::Current,
+    };
+    Ok(SessionRecord {
+        family_id: uuid_col(row, "family_id")?,
+        id_hash,
+        previous_id_hash: col::<Option<String>>(row, "previous_id_hash")?.map(IdHash::from_stored),
+        previous_valid_until: col(row, "previous_valid_until")?,
+        current_seen: col::<i64>(row, "current_seen")? != 0,
+        matched,
+        user: user_from_row(row, "u_")?,
+        provider_sid: col(row, "provider_sid")?,
+        created_at: col(row, "created_at")?,
+        last_seen_at: col(row, "last_seen_at")?,
+        idle_expires_at: col(row, "idle_expires_at")?,
+        absolute_expires_at: col(row, "absolute_expires_at")?,
+        tokens: TokenSet {
+            refresh_token: sealed_col(row, "refresh_token")?,
+            access_token: sealed_col(row, "access_token")?,
+            id_token: sealed_col(row, "id_token")?,
+            access_expires_at: col(row, "access_expires_at")?,
+            refresh_expires_at: col(row, "refresh_expires_at")?,
+        },
+        token_version: col(row, "token_version")?,
+        user_agent: col(row, "user_agent")?,
+    })
+}
+
+fn opt_str(s: &Option<Sealed>) -> Option<&str> {
+    s.as_ref().map(Sealed::as_stored)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        timed(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upsert_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        profile: &UserProfile,
+        now: UnixTime,
+    ) -> StoreResult<User> {
+        timed(async {
+            let new_id = crate::session::new_uuid();
+            let row = sqlx::query(
+                "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+                 ON CONFLICT (issuer, subject) DO UPDATE SET \
+                   email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
+                 RETURNING id, issuer, subject, email, name, created_at, updated_at",
+            )
+            .bind(new_id.to_string())
+            .bind(issuer)
+            .bind(subject)
+            .bind(&profile.email)
+            .bind(&profile.name)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            user_from_row(&row, "")
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        timed(async {
+            let row = sqlx::query(
+                "SELECT id, issuer, subject, email, name, created_at, updated_at FROM users WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            row.map(|r| user_from_row(&r, "")).transpose()
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+        timed(async {
+            sqlx::query(
+                "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
+                 created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
+                 access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13)",
+            )
+            .bind(s.family_id.to_string())
+            .bind(s.id_hash.as_str())
+            .bind(s.user_id.to_string())
+            .bind(&s.provider_sid)
+            .bind(s.created_at)
+            .bind(s.idle_expires_at)
+            .bind(s.absolute_expires_at)
+            .bind(opt_str(&s.tokens.refresh_token))
+            .bind(opt_str(&s.tokens.access_token))
+            .bind(opt_str(&s.tokens.id_token))
+            .bind(s.tokens.access_expires_at)
+            .bind(s.tokens.refresh_expires_at)
+            .bind(&s.user_agent)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
+        timed(async {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.id_hash = ?1 OR s.previous_id_hash = ?1"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id_hash.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            row.map(|r| session_from_row(&r, Some(id_hash))).transpose()
+        })
+        .await
+    }
+
+    async fn touch_session(
+        &self,
+        family_id: Uuid,
+        last_seen_at: UnixTime,
+        idle_expires_at: UnixTime,
+    ) -> StoreResult<()> {
+        timed(async {
+            sqlx::query(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), \
+                 idle_expires_at = max(idle_expires_at, ?3), current_seen = 1 WHERE family_id = ?1",
+            )
+            .bind(family_id.to_string())
+            .bind(last_seen_at)
+            .bind(idle_expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_tokens(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        t: &TokenSet,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
+                 access_expires_at = ?6, refresh_expires_at = ?7, token_version = token_version + 1 \
+                 WHERE family_id = ?1 AND token_version = ?2",
+            )
+            .bind(family_id.to_string())
+            .bind(expected_version)
+            .bind(opt_str(&t.refresh_token))
+            .bind(opt_str(&t.access_token))
+            .bind(opt_str(&t.id_token))
+            .bind(t.access_expires_at)
+            .bind(t.refresh_expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn rotate_session_id(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        new_id_hash: &IdHash,
+        previous_valid_until: UnixTime,
+        t: &TokenSet,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "UPDATE sessions SET previous_id_hash = id_hash, previous_valid_until = ?4, \
+                 id_hash = ?3, current_seen = 0, refresh_token = ?5, access_token = ?6, \
+                 id_token = ?7, access_expires_at = ?8, refresh_expires_at = ?9, \
+                 token_version = token_version + 1 \
+                 WHERE family_id = ?1 AND token_version = ?2",
+            )
+            .bind(family_id.to_string())
+            .bind(expected_version)
+            .bind(new_id_hash.as_str())
+            .bind(previous_valid_until)
+            .bind(opt_str(&t.refresh_token))
+            .bind(opt_str(&t.access_token))
+            .bind(opt_str(&t.id_token))
+            .bind(t.access_expires_at)
+            .bind(t.refresh_expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query("DELETE FROM sessions WHERE family_id = ?1")
+                .bind(family_id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() > 0)
+        })
+        .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
+        timed(async {
+            let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?1")
+                .bind(user_id.to_string())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64> {
+        timed(async {
+            let done = sqlx::query(
+                "DELETE FROM sessions WHERE provider_sid = ?2 \
+                 AND user_id IN (SELECT id FROM users WHERE issuer = ?1)",
+            )
+            .bind(issuer)
+            .bind(sid)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn delete_all_sessions(&self) -> StoreResult<u64> {
+        timed(async {
+            let done = sqlx::query("DELETE FROM sessions")
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Option<Uuid>,
+        now: UnixTime,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        timed(async {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.idle_expires_at > ?1 AND s.absolute_expires_at > ?1 \
+                 AND (?2 IS NULL OR s.user_id = ?2) ORDER BY s.created_at DESC, s.family_id"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(user_id.map(|u| u.to_string()))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            rows.iter().map(|r| session_from_row(r, None)).collect()
+        })
+        .await
+    }
+
+    async fn put_transaction(&self, tx: &LoginTransaction, max_per_browser: u32) -> StoreResult<()> {
+        timed(async {
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO login_transactions (state_hash, binding_hash, nonce, verifier, \
+                 return_to, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&tx.state_hash)
+            .bind(&tx.binding_hash)
+            .bind(&tx.nonce)
+            .bind(tx.verifier.as_stored())
+            .bind(&tx.return_to)
+            .bind(tx.created_at)
+            .bind(tx.expires_at)
+            .execute(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query(
+                "DELETE FROM login_transactions WHERE binding_hash = ?1 AND state_hash NOT IN \
+                 (SELECT state_hash FROM login_transactions WHERE binding_hash = ?1 \
+                  ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
+            )
+            .bind(&tx.binding_hash)
+            .bind(i64::from(max_per_browser))
+            .execute(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            db.commit().await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>> {
+        timed(async {
+            let row = sqlx::query(
+                "DELETE FROM login_transactions WHERE state_hash = ?1 \
+                 RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at",
+            )
+            .bind(state_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            row.map(|r| {
+                Ok(LoginTransaction {
+                    state_hash: col(&r, "state_hash")?,
+                    binding_hash: col(&r, "binding_hash")?,
+                    nonce: col(&r, "nonce")?,
+                    verifier: Sealed::from_stored(col(&r, "verifier")?),
+                    return_to: col(&r, "return_to")?,
+                    created_at: col(&r, "created_at")?,
+                    expires_at: col(&r, "expires_at")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO refresh_leases (lease_key, holder, expires_at) VALUES (?1, ?2, ?4) \
+                 ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at WHERE refresh_leases.expires_at <= ?3",
+            )
+            .bind(key)
+            .bind(holder)
+            .bind(now)
+            .bind(until)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()> {
+        timed(async {
+            sqlx::query("DELETE FROM refresh_leases WHERE lease_key = ?1 AND holder = ?2")
+                .bind(key)
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO replay_cache (replay_key, expires_at) VALUES (?1, ?3) \
+                 ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
+                 WHERE replay_cache.expires_at <= ?2",
+            )
+            .bind(key)
+            .bind(now)
+            .bind(until)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        timed(async {
+            let mut total = 0;
+            for sql in [
+                "DELETE FROM sessions WHERE idle_expires_at <= ?1 OR absolute_expires_at <= ?1 \
+                 OR (refresh_expires_at IS NOT NULL AND refresh_expires_at <= ?1)",
+                "DELETE FROM login_transactions WHERE expires_at <= ?1",
+                "DELETE FROM refresh_leases WHERE expires_at <= ?1",
+                "DELETE FROM replay_cache WHERE expires_at <= ?1",
+            ] {
+                total += sqlx::query(sql)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+            Ok(total)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_in_memory_passes_the_conformance_suite() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        super::super::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_passes_the_conformance_suite() {
+        let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("p.db")).await.unwrap();
+        super::super::conformance::run_all(&store).await;
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
