@@ -1,1 +1,163 @@
-fn main(){}
+//! The `portcullis` binary: argument parsing and wiring only. Everything it runs lives
+//! in the `portcullis` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::LogFormat;
+use portcullis::{Config, Gateway};
+
+/// Sign-in gateway for web apps: OpenID Connect with PKCE, tokens kept on the server,
+/// an opaque session cookie in the browser, a verified user handed to your app.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration, print every problem, exit non-zero if there is one.
+    CheckConfig {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    match Config::load(file.as_deref()) {
+        Ok(c) => {
+            println!("configuration is valid");
+            println!("  listen        {}", c.listen);
+            println!("  public_url    {}", c.public_origin());
+            println!("  redirect_uri  {}", c.redirect_uri());
+            println!("  issuer        {}", c.issuer);
+            println!("  client        {} ({})", c.client_id, if c.client_secret.is_some() { "confidential" } else { "public, PKCE only" });
+            println!("  store         {}", c.store.describe());
+            println!("  upstream      {}", c.upstream.as_ref().map_or("(none: forward-auth only)".to_string(), |u| u.to_string()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for problem in &e.0 {
+                eprintln!("error: {problem}");
+            }
+            eprintln!("{} problem(s) found", e.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listen = config.listen;
+    let gateway = Arc::new(Gateway::start(config).await?);
+    tracing::info!(
+        %listen,
+        public_url = %gateway.config().public_origin(),
+        issuer = %gateway.config().issuer,
+        store = %gateway.config().store.describe(),
+        "portcullis starting"
+    );
+    match gateway.provider().metadata().await {
+        Ok(_) => tracing::info!("provider metadata loaded"),
+        // L10: a provider that names another issuer is a configuration error: refuse to start.
+        Err(e @ portcullis::provider::ProviderError::IssuerMismatch { .. }) => return Err(e.into()),
+        Err(e) => tracing::warn!(error = %e, "provider not reachable yet; /readyz stays 503 until it is"),
+    }
+    spawn_purger(gateway.clone());
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let app = portcullis::http::router(gateway);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+/// Deletes expired records every few minutes.
+fn spawn_purger(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            match gateway.purge_expired().await {
+                Ok(n) if n > 0 => tracing::debug!(purged = n, "expired records removed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging expired records failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

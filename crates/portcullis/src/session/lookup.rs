@@ -73,3 +73,38 @@ impl Gateway {
         }
     }
 }
+
+/// A session's provider tokens, opened. Zeroized on drop; never logged.
+pub struct OpenTokens {
+    pub refresh_token: Option<zeroize::Zeroizing<String>>,
+    pub access_token: Option<zeroize::Zeroizing<String>>,
+    pub id_token: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for OpenTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenTokens(<redacted>)")
+    }
+}
+
+impl Gateway {
+    /// Opens a session's sealed tokens. Each is bound to this session's id hash and its
+    /// field name, so ciphertexts moved between sessions or fields fail (S08).
+    pub fn session_tokens(&self, record: &SessionRecord) -> Result<OpenTokens, SessionError> {
+        let open = |field: &str, sealed: &Option<super::Sealed>| {
+            sealed
+                .as_ref()
+                .map(|s| {
+                    self.keys
+                        .open_str(s, &super::login::token_context(&record.id_hash, field))
+                        .map_err(|_| SessionError::Unsealable)
+                })
+                .transpose()
+        };
+        Ok(OpenTokens {
+            refresh_token: open("refresh", &record.tokens.refresh_token)?,
+            access_token: open("access", &record.tokens.access_token)?,
+            id_token: open("id", &record.tokens.id_token)?,
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! A minimal browser: keeps cookies per name (host-only, as the gateway sets them),
+//! never follows redirects, and records every response for leak checks.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use reqwest::header::{COOKIE, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn location(&self) -> Option<String> {
+        self.headers.get("location").map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn set_cookie_named(&self, name: &str) -> Option<String> {
+        self.set_cookies().into_iter().find(|c| c.starts_with(&format!("{name}=")))
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Everything a browser (or its history) could see of this response.
+    pub fn visible_text(&self) -> String {
+        let mut s = format!("{}\n", self.status);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        s.push_str(&self.body);
+        s
+    }
+}
+
+pub struct Browser {
+    client: reqwest::Client,
+    pub cookies: Mutex<BTreeMap<String, String>>,
+    pub history: Mutex<Vec<Resp>>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn set_cookie(&self, name: &str, value: &str) {
+        self.cookies.lock().unwrap().insert(name.into(), value.into());
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        let jar = self.cookies.lock().unwrap();
+        (!jar.is_empty()).then(|| jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
+    }
+
+    /// A top-level navigation (what a user's click does).
+    pub async fn navigate(&self, url: &str) -> Resp {
+        self.request(reqwest::Method::GET, url, &[("accept", "text/html"), ("sec-fetch-mode", "navigate")], None).await
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request(reqwest::Method::GET, url, headers, None).await
+    }
+
+    pub async fn request(&self, method: reqwest::Method, url: &str, headers: &[(&str, &str)], body: Option<(String, &str)>) -> Resp {
+        let mut req = self.client.request(method, url);
+        if let Some(c) = self.cookie_header() {
+            req = req.header(COOKIE, c);
+        }
+        for (k, v) in headers {
+            req = req.header(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        if let Some((body, content_type)) = body {
+            req = req.header("content-type", content_type).body(body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap_or_default();
+        let resp = Resp { status, headers, body };
+        self.absorb(&resp);
+        self.history.lock().unwrap().push(resp.clone());
+        resp
+    }
+
+    fn absorb(&self, resp: &Resp) {
+        let mut jar = self.cookies.lock().unwrap();
+        for c in resp.set_cookies() {
+            let first = c.split(';').next().unwrap_or("");
+            let Some((name, value)) = first.split_once('=') else { continue };
+            if c.contains("Max-Age=0") || value.is_empty() {
+                jar.remove(name);
+            } else {
+                jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    /// Concatenation of everything this browser received.
+    pub fn everything_seen(&self) -> String {
+        self.history.lock().unwrap().iter().map(Resp::visible_text).collect::<Vec<_>>().join("\n")
+    }
+}

@@ -1,0 +1,209 @@
+//! A gateway on a free loopback port, with an in-memory (or file) SQLite store, a
+//! random key ring, a manual clock and short provider timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis::clock::ManualClock;
+use portcullis::config::SecretKeys;
+use portcullis::provider::http::ProviderHttp;
+use portcullis::provider::Provider;
+use portcullis::session::KeyRing;
+use portcullis::store::Store;
+use portcullis::store::sqlite::SqliteStore;
+use portcullis::{Config, Gateway};
+use url::Url;
+use zeroize::Zeroizing;
+
+use super::browser::{Browser, Resp};
+
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    /// Keep the store in a file (returned in `db_path`) instead of memory.
+    pub file_store: bool,
+    pub provider_total_timeout: Duration,
+    pub jwks_min_refetch: Duration,
+    /// A listener bound beforehand (when the provider must know our port first).
+    pub listener: Option<std::net::TcpListener>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            env: Vec::new(),
+            file_store: false,
+            provider_total_timeout: Duration::from_secs(5),
+            jwks_min_refetch: Duration::from_secs(30),
+            listener: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+}
+
+pub struct TestGateway {
+    /// Base URL to reach it on loopback.
+    pub url: String,
+    pub gateway: Arc<Gateway>,
+    pub clock: ManualClock,
+    pub db_path: Option<std::path::PathBuf>,
+}
+
+/// The parameters of the authorization request the gateway sent the browser to.
+#[derive(Debug, Clone)]
+pub struct Authorize {
+    pub url: Url,
+    pub state: String,
+    pub nonce: String,
+    pub challenge: String,
+    pub redirect_uri: String,
+}
+
+impl Authorize {
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+impl TestGateway {
+    pub async fn start(issuer: &str) -> Self {
+        Self::start_with(issuer, Options::default()).await
+    }
+
+    pub async fn start_with(issuer: &str, options: Options) -> Self {
+        portcullis::install_crypto_provider();
+        let listener = match options.listener {
+            Some(l) => {
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listener.local_addr().unwrap();
+        let mut env = vec![
+            ("PORTCULLIS_ISSUER".to_owned(), issuer.to_owned()),
+            ("PORTCULLIS_CLIENT_ID".to_owned(), "app".to_owned()),
+            ("PORTCULLIS_LISTEN".to_owned(), addr.to_string()),
+        ];
+        env.extend(options.env);
+        let config = Config::load_from(None, env).unwrap();
+        let (store, db_path): (Arc<dyn Store>, _) = if options.file_store {
+            let dir = std::env::temp_dir().join(format!("portcullis-test-{}", portcullis::random::random_token()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("portcullis.db");
+            (Arc::new(SqliteStore::open(&path).await.unwrap()), Some(path))
+        } else {
+            (Arc::new(SqliteStore::in_memory().await.unwrap()), None)
+        };
+        let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(portcullis::random::random_bytes::<32>())])).unwrap();
+        let mut settings = portcullis::gateway::provider_settings(&config);
+        settings.jwks_min_refetch = options.jwks_min_refetch;
+        let http = ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout).unwrap();
+        let provider = Provider::new(settings, http);
+        let clock = ManualClock::default();
+        let gateway = Arc::new(Gateway::from_parts(config, provider, store, keys, Arc::new(clock.clone())));
+        let app = portcullis::http::router(gateway.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url: format!("http://{addr}"),
+            gateway,
+            clock,
+            db_path,
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// Live sessions in the store.
+    pub async fn session_count(&self) -> usize {
+        self.gateway
+            .store()
+            .list_sessions(None, self.clock_now())
+            .await
+            .unwrap()
+            .len()
+    }
+
+    pub fn clock_now(&self) -> i64 {
+        use portcullis::clock::Clock as _;
+        self.clock.now()
+    }
+
+    /// `GET /auth/login` as a navigation; returns the provider request it redirected to.
+    pub async fn start_login(&self, browser: &Browser, return_to: Option<&str>) -> Authorize {
+        let path = match return_to {
+            Some(r) => format!("/auth/login?return_to={}", url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()),
+            None => "/auth/login".to_owned(),
+        };
+        let resp = browser.navigate(&self.at(&path)).await;
+        assert_eq!(resp.status, 302, "login should redirect: {}", resp.body);
+        let url = Url::parse(&resp.location().unwrap()).unwrap();
+        let get = |n: &str| url.query_pairs().find(|(k, _)| k == n).map(|(_, v)| v.into_owned()).unwrap();
+        Authorize {
+            state: get("state"),
+            nonce: get("nonce"),
+            challenge: get("code_challenge"),
+            redirect_uri: get("redirect_uri"),
+            url,
+        }
+    }
+
+    /// `GET /auth/callback?<query>` as a navigation.
+    pub async fn callback(&self, browser: &Browser, query: &str) -> Resp {
+        browser.navigate(&self.at(&format!("/auth/callback?{query}"))).await
+    }
+}
+
+impl TestGateway {
+    /// Signs in through a real provider's login form: follows every redirect from
+    /// `/auth/login`, posts `username`/`password` to the form, and returns the gateway's
+    /// answer to the callback.
+    pub async fn sign_in_through_form(&self, browser: &Browser, username: &str, password: &str, return_to: &str) -> Resp {
+        let start = format!("/auth/login?return_to={}", url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>());
+        let mut url = Url::parse(&self.at(&start)).unwrap();
+        let mut resp = browser.navigate(url.as_str()).await;
+        for _ in 0..20 {
+            if url.path() == "/auth/callback" && url.as_str().starts_with(&self.url) {
+                return resp;
+            }
+            match resp.status {
+                302 | 303 => {
+                    url = url.join(&resp.location().unwrap()).unwrap();
+                    resp = browser.navigate(url.as_str()).await;
+                }
+                200 if resp.body.contains("name=\"password\"") => {
+                    let action = resp.body.split("action=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+                    url = url.join(&action).unwrap();
+                    let body = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("username", username)
+                        .append_pair("password", password)
+                        .finish();
+                    resp = browser
+                        .request(reqwest::Method::POST, url.as_str(), &[("accept", "text/html")], Some((body, "application/x-www-form-urlencoded")))
+                        .await;
+                }
+                _ => panic!("unexpected answer at {url}: {} {}", resp.status, resp.body),
+            }
+        }
+        panic!("too many redirects");
+    }
+}
+
+/// `code=…&state=…&iss=…`, encoded.
+pub fn callback_query(code: &str, state: &str, iss: Option<&str>) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    s.append_pair("code", code).append_pair("state", state);
+    if let Some(iss) = iss {
+        s.append_pair("iss", iss);
+    }
+    s.finish()
+}

@@ -1,0 +1,201 @@
+//! A scriptable OpenID provider for faults a real one will not produce: forged
+//! signatures, `alg: none`, wrong claims, oversized or stalled answers. It checks PKCE
+//! like a real provider so that code injection fails the way it should.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use super::keys::TestKeys;
+
+/// What the token endpoint answers for one code.
+#[derive(Clone)]
+pub struct IssuedCode {
+    pub challenge: String,
+    pub response: Value,
+}
+
+#[derive(Default)]
+pub struct Script {
+    /// Merged into the discovery document.
+    pub metadata_patch: Value,
+    pub jwks: Value,
+    pub codes: HashMap<String, IssuedCode>,
+    /// Replaces the token endpoint's answer entirely.
+    pub token_override: Option<(u16, String)>,
+    pub token_delay: Option<Duration>,
+    /// UserInfo answer; `None`: `{"sub": <the code's id token sub>}` is not known, so
+    /// tests set it explicitly when they need it.
+    pub userinfo: Option<Value>,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub token_calls: AtomicUsize,
+    pub jwks_fetches: AtomicUsize,
+    pub userinfo_calls: AtomicUsize,
+    pub evil_fetches: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct HostileProvider {
+    pub issuer: String,
+    pub keys: Arc<TestKeys>,
+    pub script: Arc<Mutex<Script>>,
+    pub counters: Arc<Counters>,
+}
+
+impl HostileProvider {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let keys = Arc::new(TestKeys::generate("k1"));
+        let script = Script {
+            jwks: keys.jwks(),
+            metadata_patch: json!({}),
+            ..Default::default()
+        };
+        let provider = Self {
+            issuer,
+            keys,
+            script: Arc::new(Mutex::new(script)),
+            counters: Arc::new(Counters::default()),
+        };
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/evil-jwks", get(evil_jwks))
+            .route("/token", post(token))
+            .route("/userinfo", get(userinfo))
+            .with_state(provider.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        provider
+    }
+
+    pub fn metadata(&self) -> Value {
+        let mut m = json!({
+            "issuer": self.issuer,
+            "authorization_endpoint": format!("{}/authorize", self.issuer),
+            "token_endpoint": format!("{}/token", self.issuer),
+            "userinfo_endpoint": format!("{}/userinfo", self.issuer),
+            "jwks_uri": format!("{}/jwks", self.issuer),
+            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": true,
+        });
+        let patch = self.script.lock().unwrap().metadata_patch.clone();
+        if let (Some(m), Some(p)) = (m.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        m
+    }
+
+    pub fn patch_metadata(&self, patch: Value) {
+        self.script.lock().unwrap().metadata_patch = patch;
+    }
+
+    /// Registers a code the token endpoint redeems once, for the holder of `challenge`'s
+    /// verifier, answering `response`.
+    pub fn issue_code(&self, challenge: &str, response: Value) -> String {
+        let code = format!("code-{}", portcullis::random::random_token());
+        self.script.lock().unwrap().codes.insert(
+            code.clone(),
+            IssuedCode {
+                challenge: challenge.to_owned(),
+                response,
+            },
+        );
+        code
+    }
+
+    /// Standard claims for an ID token answering a login with `nonce`.
+    pub fn claims(&self, nonce: &str) -> Value {
+        let now = super::now();
+        json!({
+            "iss": self.issuer, "aud": "app", "sub": "alice", "exp": now + 300, "iat": now,
+            "nonce": nonce, "email": "alice@example.com", "email_verified": true, "name": "Alice Example",
+        })
+    }
+
+    /// A token response carrying `id_token`.
+    pub fn token_response(id_token: &str) -> Value {
+        json!({
+            "access_token": format!("at-{}", portcullis::random::random_token()),
+            "refresh_token": format!("rt-{}", portcullis::random::random_token()),
+            "id_token": id_token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+        })
+    }
+
+    pub fn set_userinfo(&self, v: Option<Value>) {
+        self.script.lock().unwrap().userinfo = v;
+    }
+
+    pub fn token_calls(&self) -> usize {
+        self.counters.token_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.counters.jwks_fetches.load(Ordering::SeqCst)
+    }
+}
+
+async fn discovery(State(p): State<HostileProvider>) -> Json<Value> {
+    Json(p.metadata())
+}
+
+async fn jwks(State(p): State<HostileProvider>) -> Json<Value> {
+    p.counters.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    Json(p.script.lock().unwrap().jwks.clone())
+}
+
+async fn evil_jwks(State(p): State<HostileProvider>) -> Json<Value> {
+    p.counters.evil_fetches.fetch_add(1, Ordering::SeqCst);
+    Json(json!({"keys": []}))
+}
+
+async fn token(State(p): State<HostileProvider>, Form(form): Form<HashMap<String, String>>) -> Response {
+    p.counters.token_calls.fetch_add(1, Ordering::SeqCst);
+    let (delay, over) = {
+        let s = p.script.lock().unwrap();
+        (s.token_delay, s.token_override.clone())
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some((status, body)) = over {
+        return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response();
+    }
+    let invalid_grant = || (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response();
+    let Some(code) = form.get("code") else { return invalid_grant() };
+    let Some(issued) = p.script.lock().unwrap().codes.remove(code) else { return invalid_grant() };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    if portcullis::provider::authorize::s256(&verifier) != issued.challenge {
+        return invalid_grant();
+    }
+    Json(issued.response).into_response()
+}
+
+async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Response {
+    p.counters.userinfo_calls.fetch_add(1, Ordering::SeqCst);
+    if !headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer ")) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match p.script.lock().unwrap().userinfo.clone() {
+        Some(v) => Json(v).into_response(),
+        None => Json(json!({"sub": "alice", "email": "alice@example.com", "email_verified": true, "name": "Alice Example"})).into_response(),
+    }
+}

@@ -1,0 +1,223 @@
+// Test OpenID provider for Portcullis interop tests, built on the certified
+// `oidc-provider` package. Test use only: in-memory storage, fixed cookie keys,
+// throwaway signing keys generated at start-up. Configured by environment only.
+import { generateKeyPairSync } from 'node:crypto';
+import http from 'node:http';
+import Provider from 'oidc-provider';
+
+// stdout carries only the READY line; oidc-provider NOTICEs (console.info) go to stderr.
+console.info = (...args) => console.error(...args);
+const env = process.env;
+const int = (name, dflt) => (env[name] ? Number.parseInt(env[name], 10) : dflt);
+const PORT = int('PORT', 0);
+const HOST = '127.0.0.1';
+
+const CLIENTS = env.OIDC_CLIENTS ? JSON.parse(env.OIDC_CLIENTS) : [{
+  client_id: 'app',
+  token_endpoint_auth_method: 'none',
+  redirect_uris: ['http://127.0.0.1:8080/auth/callback'],
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+}];
+
+const USERS = {
+  alice: { password: 'alice', email: 'alice@example.com', email_verified: true, name: 'Alice Example' },
+  bob: { password: 'bob', email: 'bob@example.org', email_verified: true, name: 'Bob Builder' },
+  carol: { password: 'carol', email: 'carol@example.com', email_verified: false, name: 'Carol Unverified' },
+};
+
+const jwk = (type, opts, alg, kid) => ({
+  ...generateKeyPairSync(type, opts).privateKey.export({ format: 'jwk' }), alg, use: 'sig', kid,
+});
+const KEYS = [
+  jwk('rsa', { modulusLength: 2048 }, 'RS256', 'rs256-test'), // first key = default for RS256
+  jwk('ec', { namedCurve: 'P-256' }, 'ES256', 'es256-test'),
+];
+
+// Back-channel logout: oidc-provider passes an SSRF-guarded undici dispatcher that
+// refuses special-use addresses. Drop it ONLY for literal loopback targets.
+const LOOPBACK = new Set(['127.0.0.1', 'localhost', '[::1]']);
+function loopbackFetch(url, options) {
+  if (LOOPBACK.has(new URL(url).hostname)) delete options.dispatcher;
+  return globalThis.fetch(url, options);
+}
+
+// Test hooks: event counters.
+const COUNTED = ['grant.success', 'grant.error', 'grant.revoked',
+  'backchannel.success', 'backchannel.error', 'end_session.success'];
+const counts = Object.fromEntries([...COUNTED, 'revocation.success'].map((e) => [e, 0]));
+const grants = { authorization_code: 0, refresh_token: 0 };
+
+// Listen first: the issuer must contain the real port (PORT=0 picks a free one).
+const server = http.createServer();
+await new Promise((resolve) => { server.listen(PORT, HOST, resolve); });
+const issuer = `http://${HOST}:${server.address().port}`;
+
+const provider = new Provider(issuer, {
+  clients: CLIENTS,
+  jwks: { keys: KEYS },
+  cookies: { keys: ['portcullis-interop-test-key-1', 'portcullis-interop-test-key-2'] },
+  responseTypes: ['code'],
+  scopes: ['openid', 'email', 'profile', 'offline_access'],
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  // Put scope-granted claims into the ID token too (default true = userinfo only).
+  conformIdTokenClaims: env.CONFORM_ID_TOKEN_CLAIMS === '1',
+  ttl: {
+    AccessToken: int('ACCESS_TOKEN_TTL', 300),
+    IdToken: int('ID_TOKEN_TTL', 300),
+    RefreshToken: int('REFRESH_TOKEN_TTL', 86400),
+    AuthorizationCode: 60,
+    Interaction: 3600,
+    Grant: Math.max(int('REFRESH_TOKEN_TTL', 86400), 86400),
+    Session: Math.max(int('REFRESH_TOKEN_TTL', 86400), 86400),
+  },
+  pkce: { required: () => true }, // v9 only implements S256 (no `methods` option)
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
+  features: {
+    devInteractions: { enabled: false },
+    userinfo: { enabled: true },
+    // v9 emits no revocation.success event: count here (clients may revoke only their own tokens).
+    revocation: {
+      enabled: true,
+      allowedPolicy: async (ctx, client, token) => {
+        const ok = token.clientId === client.clientId;
+        if (ok) counts['revocation.success'] += 1;
+        return ok;
+      },
+    },
+    rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+  },
+  fetch: loopbackFetch,
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  async findAccount(ctx, id) {
+    const u = USERS[id];
+    if (!u) return undefined;
+    return {
+      accountId: id,
+      claims: async () => ({ sub: id, email: u.email, email_verified: u.email_verified, name: u.name }),
+    };
+  },
+});
+
+for (const e of COUNTED) provider.on(e, () => { counts[e] += 1; });
+provider.on('grant.success', (ctx) => {
+  const gt = ctx.oidc.params.grant_type;
+  grants[gt] = (grants[gt] ?? 0) + 1;
+});
+for (const e of ['server_error', 'backchannel.error', 'grant.error']) {
+  provider.on(e, (ctx, err) => console.error(`[op] ${e}: ${err?.message ?? ''} ${err?.error_detail ?? ''}`));
+}
+
+// Track session ids (the Session adapter instance is cached per model) for /test/logout.
+const sessionIds = new Set();
+const sessionAdapter = provider.Session.adapter;
+const upsert = sessionAdapter.upsert.bind(sessionAdapter);
+sessionAdapter.upsert = (id, payload, expiresIn) => { sessionIds.add(id); return upsert(id, payload, expiresIn); };
+
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+function loginPage(res, uid, message, status = 200) {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(`<!DOCTYPE html><html><head><title>Sign in</title></head><body>
+${message ? `<p id="error">${esc(message)}</p>` : ''}<form method="post" action="/interaction/${esc(uid)}/login">
+<input type="text" name="username" autofocus><input type="password" name="password">
+<button type="submit">Sign in</button></form></body></html>`);
+}
+const json = (res, status, body) => {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+};
+async function readForm(req) {
+  let body = '';
+  for await (const chunk of req) body += chunk;
+  return new URLSearchParams(body);
+}
+
+async function login(req, res, uid) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) throw new Error('interaction uid mismatch');
+  const form = await readForm(req);
+  const username = form.get('username') ?? '';
+  const user = Object.hasOwn(USERS, username) ? USERS[username] : undefined;
+  if (!user || user.password !== form.get('password')) {
+    return loginPage(res, uid, 'Invalid username or password', 401);
+  }
+  // Auto-consent: grant everything that was requested (scopes / claims) to this client.
+  const { params } = details;
+  const grant = (details.grantId && await provider.Grant.find(details.grantId))
+    || new provider.Grant({ accountId: username, clientId: params.client_id });
+  if (params.scope) grant.addOIDCScope(params.scope);
+  if (params.claims) {
+    const claims = typeof params.claims === 'string' ? JSON.parse(params.claims) : params.claims;
+    for (const part of ['id_token', 'userinfo']) if (claims[part]) grant.addOIDCClaims(Object.keys(claims[part]));
+  }
+  const grantId = await grant.save();
+  return provider.interactionFinished(req, res, {
+    login: { accountId: username, remember: true },
+    consent: { grantId },
+  }, { mergeWithLastSubmission: false });
+}
+
+// Test-only: end all provider sessions of an account, back-channel-logout its clients.
+async function logoutAccount(accountId) {
+  const result = { sessions: 0, backchannel: [] };
+  for (const id of [...sessionIds]) {
+    const session = await provider.Session.find(id);
+    if (!session) { sessionIds.delete(id); continue; }
+    if (session.accountId !== accountId) continue;
+    for (const [clientId, { grantId }] of Object.entries(session.authorizations ?? {})) {
+      const client = await provider.Client.find(clientId);
+      if (client?.backchannelLogoutUri) {
+        const sid = session.sidFor(clientId);
+        try {
+          await client.backchannelLogout(accountId, sid);
+          counts['backchannel.success'] += 1;
+          result.backchannel.push({ client_id: clientId, sid, ok: true });
+        } catch (err) {
+          counts['backchannel.error'] += 1;
+          console.error(`[op] backchannel.error: ${err.message}`);
+          result.backchannel.push({ client_id: clientId, sid, ok: false, error: err.message });
+        }
+      }
+      if (grantId) {
+        for (const M of [provider.AccessToken, provider.RefreshToken, provider.AuthorizationCode]) await M.revokeByGrantId(grantId);
+        await provider.Grant.adapter.destroy(grantId);
+      }
+    }
+    await session.destroy();
+    sessionIds.delete(id);
+    result.sessions += 1;
+  }
+  return result;
+}
+
+const oidc = provider.callback();
+server.on('request', async (req, res) => {
+  const { pathname } = new URL(req.url, issuer);
+  let m;
+  try {
+    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants });
+    if (req.method === 'POST' && (m = pathname.match(/^\/test\/logout\/([^/]+)$/))) {
+      return json(res, 200, await logoutAccount(decodeURIComponent(m[1])));
+    }
+    if (req.method === 'GET' && (m = pathname.match(/^\/interaction\/([^/]+)$/))) {
+      const { uid } = await provider.interactionDetails(req, res);
+      return loginPage(res, uid);
+    }
+    if (req.method === 'POST' && (m = pathname.match(/^\/interaction\/([^/]+)\/login$/))) return await login(req, res, m[1]);
+  } catch (err) {
+    console.error(`[op] ${req.method} ${pathname}: ${err.error_description ?? err.message}`);
+    return json(res, 400, { error: err.error ?? 'invalid_request', error_description: err.error_description ?? err.message });
+  }
+  return oidc(req, res);
+});
+
+const shutdown = () => { server.close(); process.exit(0); };
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+process.stdin.on('end', shutdown);
+process.stdin.on('close', shutdown);
+process.stdin.resume();
+
+console.log(`READY ${issuer}`);
