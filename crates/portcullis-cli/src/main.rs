@@ -48,7 +48,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("portcullis: cannot start the async runtime: {e}");
@@ -75,9 +78,22 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             println!("  public_url    {}", c.public_origin());
             println!("  redirect_uri  {}", c.redirect_uri());
             println!("  issuer        {}", c.issuer);
-            println!("  client        {} ({})", c.client_id, if c.client_secret.is_some() { "confidential" } else { "public, PKCE only" });
+            println!(
+                "  client        {} ({})",
+                c.client_id,
+                if c.client_secret.is_some() {
+                    "confidential"
+                } else {
+                    "public, PKCE only"
+                }
+            );
             println!("  store         {}", c.store.describe());
-            println!("  upstream      {}", c.upstream.as_ref().map_or("(none: forward-auth only)".to_string(), |u| u.to_string()));
+            println!(
+                "  upstream      {}",
+                c.upstream
+                    .as_ref()
+                    .map_or("(none: forward-auth only)".to_string(), |u| u.to_string())
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -93,7 +109,9 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -114,7 +132,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => tracing::info!("provider metadata loaded"),
         // L10: a provider that names another issuer is a configuration error: refuse to start.
         Err(e @ portcullis::provider::ProviderError::IssuerMismatch { .. }) => return Err(e.into()),
-        Err(e) => tracing::warn!(error = %e, "provider not reachable yet; /readyz stays 503 until it is"),
+        Err(e) => {
+            tracing::warn!(error = %e, "provider not reachable yet; /readyz stays 503 until it is")
+        }
     }
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -32,7 +32,9 @@ impl StoreLocation {
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
-                return Err("`store`: `sqlite:` needs a file path, e.g. `sqlite:portcullis.db`".into());
+                return Err(
+                    "`store`: `sqlite:` needs a file path, e.g. `sqlite:portcullis.db`".into(),
+                );
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -210,7 +212,10 @@ impl Config {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![format!("cannot read config file {}: {e}", path.display())])
+                    ConfigErrors(vec![format!(
+                        "cannot read config file {}: {e}",
+                        path.display()
+                    )])
                 })?;
                 text.parse::<toml::Table>().map_err(|e| {
                     ConfigErrors(vec![format!(
@@ -470,9 +475,9 @@ fn overlay_environment(
 /// Parses `"30s"`, `"15m"`, `"24h"`, `"30d"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit; write e.g. \"30s\", \"15m\", \"24h\", \"30d\""))?;
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("`{s}` has no unit; write e.g. \"30s\", \"15m\", \"24h\", \"30d\"")
+    })?;
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
@@ -578,13 +583,16 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         errors.push("`scopes` must include `openid`".into());
     }
 
-    let upstream = raw.upstream.filter(|s| !s.is_empty()).and_then(|u| match Url::parse(&u) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-        _ => {
-            errors.push(format!("`upstream`: `{u}` is not an http(s) URL"));
-            None
-        }
-    });
+    let upstream = raw
+        .upstream
+        .filter(|s| !s.is_empty())
+        .and_then(|u| match Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            _ => {
+                errors.push(format!("`upstream`: `{u}` is not an http(s) URL"));
+                None
+            }
+        });
 
     let store = match StoreLocation::parse(raw.store.as_deref().unwrap_or("sqlite:portcullis.db")) {
         Ok(s) => s,
@@ -609,7 +617,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         None | Some("text") | Some("") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            errors.push(format!("`log_format`: `{other}` is neither `text` nor `json`"));
+            errors.push(format!(
+                "`log_format`: `{other}` is neither `text` nor `json`"
+            ));
             LogFormat::Text
         }
     };
@@ -655,7 +665,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ),
     };
     if session.idle_timeout.is_zero() || session.absolute_lifetime.is_zero() {
-        errors.push("`session.idle_timeout` and `session.absolute_lifetime` must be more than 0s".into());
+        errors.push(
+            "`session.idle_timeout` and `session.absolute_lifetime` must be more than 0s".into(),
+        );
     }
 
     let allowed_email_domains: Vec<String> = raw
@@ -667,7 +679,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         .collect();
     for d in &allowed_email_domains {
         if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
-            errors.push(format!("`access.allowed_email_domains`: `{d}` is not a domain"));
+            errors.push(format!(
+                "`access.allowed_email_domains`: `{d}` is not a domain"
+            ));
         }
     }
     let allowed_emails: Vec<String> = raw
@@ -679,7 +693,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         .collect();
     for e in &allowed_emails {
         if e.matches('@').count() != 1 {
-            errors.push(format!("`access.allowed_emails`: `{e}` is not an email address"));
+            errors.push(format!(
+                "`access.allowed_emails`: `{e}` is not an email address"
+            ));
         }
     }
     let required_claims = raw
@@ -741,7 +757,9 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
-        errors.push(format!("`csrf.header`: `{csrf_header}` is not a header name"));
+        errors.push(format!(
+            "`csrf.header`: `{csrf_header}` is not a header name"
+        ));
     }
 
     let spa = SpaSettings {
@@ -883,7 +901,10 @@ mod tests {
         assert_eq!(c.store, StoreLocation::Sqlite("portcullis.db".into()));
         assert_eq!(c.prefix, "/auth");
         assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));
-        assert_eq!(c.session.absolute_lifetime, Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            c.session.absolute_lifetime,
+            Duration::from_secs(30 * 86_400)
+        );
         assert_eq!(c.session.refresh_before, Duration::from_secs(60));
         assert_eq!(c.session.rotation_grace, Duration::from_secs(30));
         assert_eq!(c.csrf_header, "X-CSRF");
@@ -897,14 +918,26 @@ mod tests {
         let mut e = minimal();
         e.extend(env(&[
             ("PORTCULLIS_SESSION_IDLE_TIMEOUT", "15m"),
-            ("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "Example.com, example.org"),
-            ("PORTCULLIS_ACCESS_REQUIRED_CLAIMS", r#"{ groups = ["admin", "ops"] }"#),
-            ("PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS", r#"{ access_type = "offline" }"#),
+            (
+                "PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS",
+                "Example.com, example.org",
+            ),
+            (
+                "PORTCULLIS_ACCESS_REQUIRED_CLAIMS",
+                r#"{ groups = ["admin", "ops"] }"#,
+            ),
+            (
+                "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS",
+                r#"{ access_type = "offline" }"#,
+            ),
             ("PORTCULLIS_PUBLIC_URL", "https://app.example.com"),
         ]));
         let c = Config::load_from(None, e).unwrap();
         assert_eq!(c.session.idle_timeout, Duration::from_secs(900));
-        assert_eq!(c.access.allowed_email_domains, ["example.com", "example.org"]);
+        assert_eq!(
+            c.access.allowed_email_domains,
+            ["example.com", "example.org"]
+        );
         assert_eq!(c.access.required_claims["groups"], ["admin", "ops"]);
         assert!(c.access.require_email_verified);
         assert_eq!(c.provider.extra_authorize_params["access_type"], "offline");
@@ -961,7 +994,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(2_592_000)
+        );
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5w").is_err());
@@ -970,7 +1006,12 @@ mod tests {
 
     #[test]
     fn public_url_must_be_an_origin() {
-        for bad in ["ftp://x", "https://u:p@x.com", "https://x.com/app", "https://x.com/?a"] {
+        for bad in [
+            "ftp://x",
+            "https://u:p@x.com",
+            "https://x.com/app",
+            "https://x.com/?a",
+        ] {
             let mut e = minimal();
             e.push(("PORTCULLIS_PUBLIC_URL".into(), bad.into()));
             assert!(Config::load_from(None, e).is_err(), "{bad}");
@@ -981,7 +1022,13 @@ mod tests {
     fn secret_keys_must_be_32_bytes() {
         assert!(SecretKeys::parse("c2hvcnQ=").is_err());
         let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert_eq!(SecretKeys::parse(&format!("{good},{good}")).unwrap().0.len(), 2);
+        assert_eq!(
+            SecretKeys::parse(&format!("{good},{good}"))
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
     }
 
     #[test]

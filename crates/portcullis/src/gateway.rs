@@ -57,7 +57,13 @@ impl Gateway {
             }
         };
         let provider = Provider::new(provider_settings(&config), ProviderHttp::new()?);
-        Ok(Self::from_parts(config, provider, store, keys, Arc::new(SystemClock)))
+        Ok(Self::from_parts(
+            config,
+            provider,
+            store,
+            keys,
+            Arc::new(SystemClock),
+        ))
     }
 
     /// Assembles a gateway from ready parts (tests and embedders).
@@ -153,10 +159,12 @@ pub fn secret_file_for(db: &Path) -> PathBuf {
 fn load_or_create_secret(db: &Path) -> Result<SecretKeys, StartError> {
     let path = secret_file_for(db);
     match std::fs::read_to_string(&path) {
-        Ok(text) => SecretKeys::parse(text.trim()).map_err(|e| StartError::Secret(format!("{}: {e}", path.display()))),
+        Ok(text) => SecretKeys::parse(text.trim())
+            .map_err(|e| StartError::Secret(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| StartError::Secret(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StartError::Secret(format!("{}: {e}", dir.display())))?;
             }
             let secret = KeyRing::generate_secret();
             write_private(&path, secret.as_bytes())
@@ -167,7 +175,10 @@ fn load_or_create_secret(db: &Path) -> Result<SecretKeys, StartError> {
             );
             SecretKeys::parse(&secret).map_err(StartError::Secret)
         }
-        Err(e) => Err(StartError::Secret(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(StartError::Secret(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 

@@ -31,18 +31,30 @@ async fn login_with(
     let auth = gw.start_login(browser, None).await;
     let token = make_token(&auth);
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    gw.callback(browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await
+    gw.callback(
+        browser,
+        &callback_query(&code, &auth.state, Some(&p.issuer)),
+    )
+    .await
 }
 
 /// "No session": no session cookie set and nothing written to the store.
 async fn assert_no_session(gw: &TestGateway, resp: &Resp) {
-    assert!(resp.set_cookie_named("portcullis").is_none(), "a session cookie was set: {:?}", resp.set_cookies());
+    assert!(
+        resp.set_cookie_named("portcullis").is_none(),
+        "a session cookie was set: {:?}",
+        resp.set_cookies()
+    );
     assert_eq!(gw.session_count().await, 0, "a session was stored");
 }
 
 async fn assert_refused(gw: &TestGateway, resp: &Resp, code: &str) {
     assert_eq!(resp.status, 400, "body: {}", resp.body);
-    assert!(resp.body.contains(code), "expected error code {code} in: {}", resp.body);
+    assert!(
+        resp.body.contains(code),
+        "expected error code {code} in: {}",
+        resp.body
+    );
     assert_no_session(gw, resp).await;
 }
 
@@ -58,9 +70,16 @@ async fn a_valid_login_creates_a_session_and_redirects_to_return_to() {
     let browser = Browser::new();
     let auth = gw.start_login(&browser, Some("/orders?page=2")).await;
     assert_eq!(auth.redirect_uri, format!("{}/auth/callback", gw.url));
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(
+            &browser,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
     assert_eq!(resp.location().as_deref(), Some("/orders?page=2"));
     assert!(browser.cookie("portcullis").is_some());
@@ -81,18 +100,36 @@ async fn l01_callback_without_state_or_transaction_is_refused() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
 
-    let missing = gw.callback(&browser, &format!("code={code}&iss={}", p.issuer)).await;
+    let missing = gw
+        .callback(&browser, &format!("code={code}&iss={}", p.issuer))
+        .await;
     assert_refused(&gw, &missing, "state_missing").await;
-    let foreign = gw.callback(&browser, &callback_query(&code, "forged-state-value", Some(&p.issuer))).await;
+    let foreign = gw
+        .callback(
+            &browser,
+            &callback_query(&code, "forged-state-value", Some(&p.issuer)),
+        )
+        .await;
     assert_refused(&gw, &foreign, "state_mismatch").await;
     // A browser with no login transaction at all.
     let stranger = Browser::new();
-    let none = gw.callback(&stranger, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let none = gw
+        .callback(
+            &stranger,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_refused(&gw, &none, "browser_mismatch").await;
-    assert_eq!(p.token_calls(), 0, "the token endpoint must never be called");
+    assert_eq!(
+        p.token_calls(),
+        0,
+        "the token endpoint must never be called"
+    );
 }
 
 #[tokio::test]
@@ -101,7 +138,12 @@ async fn l01_stale_transaction_is_refused() {
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
     gw.clock.advance(601);
-    let resp = gw.callback(&browser, &callback_query("code-x", &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(
+            &browser,
+            &callback_query("code-x", &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_refused(&gw, &resp, "login_expired").await;
     assert_eq!(p.token_calls(), 0);
 }
@@ -111,7 +153,9 @@ async fn l02_replayed_callback_is_refused() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
     let query = callback_query(&code, &auth.state, Some(&p.issuer));
     assert_eq!(gw.callback(&browser, &query).await.status, 303);
@@ -132,9 +176,13 @@ async fn l03_callback_completed_in_another_browser_is_refused() {
     // B has a login transaction of its own, so it holds a binding cookie too.
     gw.start_login(&b, None).await;
     let auth = gw.start_login(&a, None).await;
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw.callback(&b, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(&b, &callback_query(&code, &auth.state, Some(&p.issuer)))
+        .await;
     assert_refused(&gw, &resp, "browser_mismatch").await;
     assert_eq!(p.token_calls(), 0);
 }
@@ -149,28 +197,41 @@ async fn l04_injected_code_fails_pkce_and_nobody_is_signed_in() {
     claims["sub"] = json!("attacker");
     let attacker_token = p.keys.sign_rs256(&p.keys.rs256_header(), &claims);
     // The attacker's code is bound to the attacker's PKCE challenge.
-    let attacker_code = p.issue_code(&attacker_auth.challenge, HostileProvider::token_response(&attacker_token));
+    let attacker_code = p.issue_code(
+        &attacker_auth.challenge,
+        HostileProvider::token_response(&attacker_token),
+    );
     let victim_auth = gw.start_login(&victim, None).await;
     let resp = gw
-        .callback(&victim, &callback_query(&attacker_code, &victim_auth.state, Some(&p.issuer)))
+        .callback(
+            &victim,
+            &callback_query(&attacker_code, &victim_auth.state, Some(&p.issuer)),
+        )
         .await;
     assert_refused(&gw, &resp, "code_rejected").await;
-    assert_eq!(p.token_calls(), 1, "the provider saw the redemption and refused it");
+    assert_eq!(
+        p.token_calls(),
+        1,
+        "the provider saw the redemption and refused it"
+    );
 }
 
 #[tokio::test]
 async fn l05_authorize_parameters_are_s256_random_and_distinct() {
     let (p, gw) = setup().await;
     let mut seen = HashSet::new();
+    let browser = Browser::new();
     for _ in 0..1000 {
-        let browser = Browser::new();
         let auth = gw.start_login(&browser, None).await;
         assert_eq!(auth.param("code_challenge_method").as_deref(), Some("S256"));
         assert_eq!(auth.param("response_type").as_deref(), Some("code"));
         for v in [&auth.state, &auth.nonce, &auth.challenge] {
             // 43 base64url characters = 256 bits (≥128 required).
             assert_eq!(v.len(), 43, "{v}");
-            assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
             assert!(seen.insert(v.clone()), "a value repeated: {v}");
         }
     }
@@ -182,11 +243,19 @@ async fn l05_authorize_parameters_are_s256_random_and_distinct() {
 async fn l06_mix_up_iss_is_refused_before_any_token_request() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
-    for iss in [Some("https://evil.example.com"), Some(&*format!("{}/", p.issuer)), None] {
+    for iss in [
+        Some("https://evil.example.com"),
+        Some(&*format!("{}/", p.issuer)),
+        None,
+    ] {
         let auth = gw.start_login(&browser, None).await;
-        let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+        let token = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
         let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-        let resp = gw.callback(&browser, &callback_query(&code, &auth.state, iss)).await;
+        let resp = gw
+            .callback(&browser, &callback_query(&code, &auth.state, iss))
+            .await;
         assert_refused(&gw, &resp, "issuer_mismatch").await;
     }
     assert_eq!(p.token_calls(), 0);
@@ -198,9 +267,13 @@ async fn l06_missing_iss_is_accepted_when_the_provider_does_not_advertise_it() {
     p.patch_metadata(json!({"authorization_response_iss_parameter_supported": false}));
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw.callback(&browser, &callback_query(&code, &auth.state, None)).await;
+    let resp = gw
+        .callback(&browser, &callback_query(&code, &auth.state, None))
+        .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
 }
 
@@ -218,9 +291,16 @@ async fn l07_return_to_tricks_always_end_on_a_same_origin_path() {
     ] {
         let browser = Browser::new();
         let auth = gw.start_login(&browser, Some(evil)).await;
-        let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+        let token = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
         let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-        let resp = gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+        let resp = gw
+            .callback(
+                &browser,
+                &callback_query(&code, &auth.state, Some(&p.issuer)),
+            )
+            .await;
         assert_eq!(resp.status, 303);
         assert_eq!(resp.location().as_deref(), Some("/"), "return_to {evil:?}");
     }
@@ -234,16 +314,28 @@ async fn l08_host_headers_never_change_the_redirect_uri() {
     let resp = browser
         .get(
             &gw.at("/auth/login"),
-            &[("host", "evil.example.com"), ("x-forwarded-host", "evil.example.com"), ("x-forwarded-proto", "https"), ("forwarded", "host=evil.example.com")],
+            &[
+                ("host", "evil.example.com"),
+                ("x-forwarded-host", "evil.example.com"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "host=evil.example.com"),
+            ],
         )
         .await;
     assert_eq!(resp.status, 302);
     let location = resp.location().unwrap();
     assert!(!location.contains("evil"), "{location}");
     let url = url::Url::parse(&location).unwrap();
-    let redirect_uri = url.query_pairs().find(|(k, _)| k == "redirect_uri").unwrap().1.into_owned();
+    let redirect_uri = url
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .unwrap()
+        .1
+        .into_owned();
     assert_eq!(redirect_uri, format!("{}/auth/callback", gw.url));
-    let session = browser.get(&gw.at("/auth/session"), &[("host", "evil.example.com")]).await;
+    let session = browser
+        .get(&gw.at("/auth/session"), &[("host", "evil.example.com")])
+        .await;
     assert!(!session.body.contains("evil"), "{}", session.body);
 }
 
@@ -260,15 +352,27 @@ async fn l09_error_callback_is_escaped_and_consumes_the_transaction() {
     );
     let resp = gw.callback(&browser, &query).await;
     assert_eq!(resp.status, 400);
-    assert!(resp.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(!resp.body.contains("<script>"), "{}", resp.body);
     assert!(resp.body.contains("&lt;script&gt;"));
     assert!(resp.body.contains("provider_denied"));
     assert_no_session(&gw, &resp).await;
     // The transaction is gone: a later code for the same state is refused.
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let later = gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let later = gw
+        .callback(
+            &browser,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_refused(&gw, &later, "state_mismatch").await;
     assert_eq!(p.token_calls(), 0);
 }
@@ -287,6 +391,82 @@ async fn l10_discovery_issuer_mismatch_refuses_logins() {
     assert_eq!(ready.status, 503);
 }
 
+#[tokio::test]
+async fn several_tabs_share_one_binding_cookie_and_each_completes() {
+    let (p, gw) = setup().await;
+    let browser = Browser::new();
+    let tab1 = gw.start_login(&browser, Some("/one")).await;
+    let binding = browser.cookie("portcullis_tx").unwrap();
+    let tab2 = gw.start_login(&browser, Some("/two")).await;
+    assert_eq!(
+        browser.cookie("portcullis_tx").unwrap(),
+        binding,
+        "one cookie for all tabs"
+    );
+    for (auth, target) in [(&tab2, "/two"), (&tab1, "/one")] {
+        let token = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let resp = gw
+            .callback(
+                &browser,
+                &callback_query(&code, &auth.state, Some(&p.issuer)),
+            )
+            .await;
+        assert_eq!(resp.status, 303, "{}", resp.body);
+        assert_eq!(resp.location().as_deref(), Some(target));
+    }
+}
+
+#[tokio::test]
+async fn extra_authorize_params_reach_the_provider_but_cannot_replace_ours() {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default()
+            .env(
+                "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS",
+                r#"{ access_type = "offline", audience = "https://api.example.com" }"#,
+            )
+            .env("PORTCULLIS_SCOPES", "openid email profile"),
+    )
+    .await;
+    let auth = gw.start_login(&Browser::new(), None).await;
+    assert_eq!(auth.param("access_type").as_deref(), Some("offline"));
+    assert_eq!(
+        auth.param("audience").as_deref(),
+        Some("https://api.example.com")
+    );
+    assert_eq!(auth.param("scope").as_deref(), Some("openid email profile"));
+    assert_eq!(
+        auth.url
+            .query_pairs()
+            .filter(|(k, _)| k == "redirect_uri")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn provider_redirects_are_never_followed() {
+    let (p, gw) = setup().await;
+    p.patch_metadata(json!({"userinfo_endpoint": format!("{}/redirect-to-evil", p.issuer)}));
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    assert_no_session(&gw, &resp).await;
+    assert_eq!(
+        p.counters
+            .evil_fetches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
 // --- 2. ID token and JWT ------------------------------------------------------------
 
 #[tokio::test]
@@ -294,9 +474,12 @@ async fn j01_bad_signatures_are_refused() {
     let (p, gw) = setup().await;
     // RS256 with one flipped signature byte.
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let t = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce));
+        let t = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce));
         let (head, sig) = t.rsplit_once('.').unwrap();
-        let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
+        let mut bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig).unwrap();
         bytes[10] ^= 0x01;
         format!("{head}.{}", b64(bytes))
     })
@@ -304,23 +487,37 @@ async fn j01_bad_signatures_are_refused() {
     assert_id_token_refused(&gw, &resp).await;
     // ES256 over other claims (signature of a different payload).
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let good = p.keys.sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce));
+        let good = p
+            .keys
+            .sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce));
         let mut other = p.claims(&a.nonce);
         other["sub"] = json!("admin");
-        let forged = format!("{}.{}", b64(p.keys.es256_header().to_string()), b64(other.to_string()));
+        let forged = format!(
+            "{}.{}",
+            b64(p.keys.es256_header().to_string()),
+            b64(other.to_string())
+        );
         format!("{forged}.{}", good.rsplit_once('.').unwrap().1)
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
     // ES256 with r = s = 0 ("psychic signature", CVE-2022-21449).
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let input = format!("{}.{}", b64(p.keys.es256_header().to_string()), b64(p.claims(&a.nonce).to_string()));
+        let input = format!(
+            "{}.{}",
+            b64(p.keys.es256_header().to_string()),
+            b64(p.claims(&a.nonce).to_string())
+        );
         format!("{input}.{}", b64([0u8; 64]))
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
     // And a correct ES256 token passes, so the refusals above are about the signature.
-    let ok = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce))).await;
+    let ok = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(ok.status, 303, "{}", ok.body);
 }
 
@@ -329,12 +526,20 @@ async fn j02_alg_none_is_refused() {
     let (p, gw) = setup().await;
     for alg in ["none", "None", "NONE"] {
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            format!("{}.{}.", b64(json!({"alg": alg, "typ": "JWT"}).to_string()), b64(p.claims(&a.nonce).to_string()))
+            format!(
+                "{}.{}.",
+                b64(json!({"alg": alg, "typ": "JWT"}).to_string()),
+                b64(p.claims(&a.nonce).to_string())
+            )
         })
         .await;
         assert_id_token_refused(&gw, &resp).await;
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            format!("{}.{}.e30", b64(json!({"alg": alg}).to_string()), b64(p.claims(&a.nonce).to_string()))
+            format!(
+                "{}.{}.e30",
+                b64(json!({"alg": alg}).to_string()),
+                b64(p.claims(&a.nonce).to_string())
+            )
         })
         .await;
         assert_id_token_refused(&gw, &resp).await;
@@ -354,7 +559,11 @@ async fn j02_hs256_keyed_with_the_rsa_public_key_is_refused() {
     p.patch_metadata(json!({"id_token_signing_alg_values_supported": ["RS256", "HS256"]}));
     let gw2 = TestGateway::start(&p.issuer).await;
     let resp = login_with(&gw2, &p, &Browser::new(), |a| {
-        sign_hs256(&p.keys.rsa_public_der(), &json!({"alg": "HS256"}), &p.claims(&a.nonce))
+        sign_hs256(
+            &p.keys.rsa_public_der(),
+            &json!({"alg": "HS256"}),
+            &p.claims(&a.nonce),
+        )
     })
     .await;
     assert_id_token_refused(&gw2, &resp).await;
@@ -366,11 +575,23 @@ async fn j02_algorithms_off_the_allow_list_are_refused() {
     // The provider advertises ES256 only: an RS256 token is refused even with a valid signature.
     p.patch_metadata(json!({"id_token_signing_alg_values_supported": ["ES256"]}));
     let gw = TestGateway::start(&p.issuer).await;
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_id_token_refused(&gw, &resp).await;
     // Configured allow-list wins over the provider's list.
-    let gw2 = TestGateway::start_with(&p.issuer, Options::default().env("PORTCULLIS_PROVIDER_ALLOWED_ALGORITHMS", "RS256")).await;
-    let resp = login_with(&gw2, &p, &Browser::new(), |a| p.keys.sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce))).await;
+    let gw2 = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_PROVIDER_ALLOWED_ALGORITHMS", "RS256"),
+    )
+    .await;
+    let resp = login_with(&gw2, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_es256(&p.keys.es256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_id_token_refused(&gw2, &resp).await;
 }
 
@@ -393,14 +614,31 @@ async fn j03_keys_in_the_header_are_refused_without_any_fetch() {
         .await;
         assert_id_token_refused(&gw, &resp).await;
     }
-    assert_eq!(p.counters.evil_fetches.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        p.counters
+            .evil_fetches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]
 async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options { jwks_min_refetch: Duration::from_secs(3600), ..Default::default() }).await;
-    for kid in ["../../../../etc/passwd", "' OR '1'='1", &"k".repeat(8192), "a\u{0}b"] {
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            jwks_min_refetch: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
+    for kid in [
+        "../../../../etc/passwd",
+        "' OR '1'='1",
+        &"k".repeat(8192),
+        "a\u{0}b",
+    ] {
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
             let mut header = p.keys.rs256_header();
             header["kid"] = json!(kid);
@@ -410,7 +648,11 @@ async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
         assert_id_token_refused(&gw, &resp).await;
     }
     // The JWKS was fetched at discovery and at most once more (rate-limited), never per kid.
-    assert!(p.jwks_fetches() <= 2, "jwks fetched {} times", p.jwks_fetches());
+    assert!(
+        p.jwks_fetches() <= 2,
+        "jwks fetched {} times",
+        p.jwks_fetches()
+    );
 }
 
 #[tokio::test]
@@ -480,7 +722,11 @@ async fn j09_nonce_missing_or_from_another_flow_is_refused() {
     let (p, gw) = setup().await;
     // The nonce of another browser's login.
     let other = gw.start_login(&Browser::new(), None).await;
-    let resp = login_with(&gw, &p, &Browser::new(), |_| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&other.nonce))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |_| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&other.nonce))
+    })
+    .await;
     assert_id_token_refused(&gw, &resp).await;
 }
 
@@ -489,8 +735,14 @@ async fn j10_subject_rules_and_userinfo_subject_mismatch() {
     refused_with_claims(json!({"sub": null})).await;
     refused_with_claims(json!({"sub": "x".repeat(256)})).await;
     let (p, gw) = setup().await;
-    p.set_userinfo(Some(json!({"sub": "mallory", "email": "mallory@example.com"})));
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    p.set_userinfo(Some(
+        json!({"sub": "mallory", "email": "mallory@example.com"}),
+    ));
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_refused(&gw, &resp, "userinfo_sub_mismatch").await;
 }
 
@@ -498,9 +750,18 @@ async fn j10_subject_rules_and_userinfo_subject_mismatch() {
 async fn j10_identity_is_issuer_and_subject_never_email() {
     let (p, gw) = setup().await;
     let first = Browser::new();
-    assert_eq!(login_with(&gw, &p, &first, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await.status, 303);
+    assert_eq!(
+        login_with(&gw, &p, &first, |a| p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce)))
+        .await
+        .status,
+        303
+    );
     // Another subject claiming alice's email gets another user id.
-    p.set_userinfo(Some(json!({"sub": "mallory", "email": "alice@example.com"})));
+    p.set_userinfo(Some(
+        json!({"sub": "mallory", "email": "alice@example.com"}),
+    ));
     let second = Browser::new();
     let resp = login_with(&gw, &p, &second, |a| {
         let mut c = p.claims(&a.nonce);
@@ -517,27 +778,59 @@ async fn j10_identity_is_issuer_and_subject_never_email() {
 #[tokio::test]
 async fn j11_no_kid_with_a_single_fitting_key_is_accepted() {
     let (p, gw) = setup().await;
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&json!({"alg": "RS256"}), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&json!({"alg": "RS256"}), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
 }
 
 #[tokio::test]
 async fn j12_key_rotation_refetches_once_then_accepts() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options { jwks_min_refetch: Duration::ZERO, ..Default::default() }).await;
-    assert_eq!(login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await.status, 303);
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            jwks_min_refetch: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        login_with(&gw, &p, &Browser::new(), |a| p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce)))
+        .await
+        .status,
+        303
+    );
     let before = p.jwks_fetches();
     let rotated = support::TestKeys::generate("k2");
     p.script.lock().unwrap().jwks = json!({"keys": [p.keys.rsa_jwk(), rotated.rsa_jwk()]});
-    let resp = login_with(&gw, &p, &Browser::new(), |a| rotated.sign_rs256(&rotated.rs256_header(), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        rotated.sign_rs256(&rotated.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
-    assert_eq!(p.jwks_fetches(), before + 1, "exactly one refetch for the new kid");
+    assert_eq!(
+        p.jwks_fetches(),
+        before + 1,
+        "exactly one refetch for the new kid"
+    );
 }
 
 #[tokio::test]
 async fn j12_random_kids_do_not_amplify_jwks_fetches() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options { jwks_min_refetch: Duration::from_secs(3600), ..Default::default() }).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            jwks_min_refetch: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
     for i in 0..20 {
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
             let mut header = p.keys.rs256_header();
@@ -547,7 +840,11 @@ async fn j12_random_kids_do_not_amplify_jwks_fetches() {
         .await;
         assert_id_token_refused(&gw, &resp).await;
     }
-    assert!(p.jwks_fetches() <= 2, "20 random kids caused {} JWKS fetches", p.jwks_fetches());
+    assert!(
+        p.jwks_fetches() <= 2,
+        "20 random kids caused {} JWKS fetches",
+        p.jwks_fetches()
+    );
 }
 
 #[tokio::test]
@@ -579,16 +876,26 @@ async fn j14_parser_differentials_are_refused() {
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
         let claims = p.claims(&a.nonce).to_string();
         let dup = format!("{},\"sub\":\"admin\"}}", &claims[..claims.len() - 1]);
-        p.keys.sign_raw_rs256(&p.keys.rs256_header().to_string(), &dup)
+        p.keys
+            .sign_raw_rs256(&p.keys.rs256_header().to_string(), &dup)
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
     // Four segments.
-    let resp = login_with(&gw, &p, &Browser::new(), |a| format!("{}.e30", p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce)))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        format!(
+            "{}.e30",
+            p.keys
+                .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+        )
+    })
+    .await;
     assert_id_token_refused(&gw, &resp).await;
     // JWS JSON serialization.
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let t = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce));
+        let t = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce));
         let parts: Vec<&str> = t.split('.').collect();
         json!({"protected": parts[0], "payload": parts[1], "signature": parts[2]}).to_string()
     })
@@ -601,34 +908,82 @@ async fn j14_parser_differentials_are_refused() {
 #[tokio::test]
 async fn s01_cookies_on_https_are_host_prefixed_secure_httponly_lax() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options::default().env("PORTCULLIS_PUBLIC_URL", "https://app.example.test")).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_PUBLIC_URL", "https://app.example.test"),
+    )
+    .await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
     assert_eq!(auth.redirect_uri, "https://app.example.test/auth/callback");
-    let tx = browser.history.lock().unwrap().last().unwrap().set_cookie_named("__Host-portcullis-tx").expect("tx cookie");
-    let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let tx = browser
+        .history
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .set_cookie_named("__Host-portcullis-tx")
+        .expect("tx cookie");
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(
+            &browser,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
-    let session = resp.set_cookie_named("__Host-portcullis").expect("session cookie");
+    let session = resp
+        .set_cookie_named("__Host-portcullis")
+        .expect("session cookie");
     for cookie in [&tx, &session] {
-        for attr in ["; Path=/", "; HttpOnly", "; SameSite=Lax", "; Secure", "; Max-Age="] {
+        for attr in [
+            "; Path=/",
+            "; HttpOnly",
+            "; SameSite=Lax",
+            "; Secure",
+            "; Max-Age=",
+        ] {
             assert!(cookie.contains(attr), "{cookie} lacks {attr}");
         }
         assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
     }
-    let value = session.split(';').next().unwrap().split_once('=').unwrap().1;
+    let value = session
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1;
     assert_eq!(value.len(), 43, "256-bit opaque id");
     assert!(!value.contains("alice"));
-    let max_age: i64 = session.split("Max-Age=").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
-    assert_eq!(max_age, 30 * 86_400, "Max-Age is the remaining absolute lifetime");
+    let max_age: i64 = session
+        .split("Max-Age=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        max_age,
+        30 * 86_400,
+        "Max-Age is the remaining absolute lifetime"
+    );
 }
 
 #[tokio::test]
 async fn s01_cookies_on_http_use_plain_names_without_secure() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
-    let resp = login_with(&gw, &p, &browser, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &browser, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     let c = resp.set_cookie_named("portcullis").unwrap();
     assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && !c.contains("Secure"));
 }
@@ -638,18 +993,28 @@ async fn s02_no_token_or_code_ever_reaches_the_browser() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, Some("/after")).await;
-    let id_token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let id_token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let response = HostileProvider::token_response(&id_token);
     let access = response["access_token"].as_str().unwrap().to_owned();
     let refresh = response["refresh_token"].as_str().unwrap().to_owned();
     let code = p.issue_code(&auth.challenge, response);
-    let resp = gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(
+            &browser,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
     assert_eq!(resp.status, 303);
     browser.get(&gw.at("/auth/session"), &[]).await;
     browser.navigate(&gw.at("/auth/session")).await;
     let seen = browser.everything_seen();
     for secret in [&access, &refresh, &id_token, &code] {
-        assert!(!seen.contains(secret.as_str()), "a secret reached the browser");
+        assert!(
+            !seen.contains(secret.as_str()),
+            "a secret reached the browser"
+        );
     }
     // The verifier never leaves the server either: only its challenge did.
     assert!(!seen.contains("code_verifier"));
@@ -661,7 +1026,11 @@ async fn s03_a_planted_cookie_is_never_promoted() {
     let browser = Browser::new();
     let planted = portcullis::random::random_token();
     browser.set_cookie("portcullis", &planted);
-    let resp = login_with(&gw, &p, &browser, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &browser, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 303);
     let issued = browser.cookie("portcullis").unwrap();
     assert_ne!(issued, planted, "login must issue a new id");
@@ -674,12 +1043,24 @@ async fn s03_a_planted_cookie_is_never_promoted() {
 async fn s03_logging_in_again_replaces_the_previous_session() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
-    login_with(&gw, &p, &browser, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    login_with(&gw, &p, &browser, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     let first = browser.cookie("portcullis").unwrap();
-    login_with(&gw, &p, &browser, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    login_with(&gw, &p, &browser, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     let second = browser.cookie("portcullis").unwrap();
     assert_ne!(first, second);
-    assert_eq!(gw.session_count().await, 1, "the replaced session is deleted");
+    assert_eq!(
+        gw.session_count().await,
+        1,
+        "the replaced session is deleted"
+    );
 }
 
 #[tokio::test]
@@ -687,11 +1068,17 @@ async fn s07_idle_timeout_and_absolute_lifetime_end_sessions() {
     let p = HostileProvider::start().await;
     let gw = TestGateway::start_with(
         &p.issuer,
-        Options::default().env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "10m").env("PORTCULLIS_SESSION_ABSOLUTE_LIFETIME", "1h"),
+        Options::default()
+            .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "10m")
+            .env("PORTCULLIS_SESSION_ABSOLUTE_LIFETIME", "1h"),
     )
     .await;
     let browser = Browser::new();
-    login_with(&gw, &p, &browser, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    login_with(&gw, &p, &browser, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     // Activity every 9 minutes keeps it alive past the idle timeout…
     for _ in 0..6 {
         gw.clock.advance(9 * 60);
@@ -702,7 +1089,11 @@ async fn s07_idle_timeout_and_absolute_lifetime_end_sessions() {
     assert_eq!(browser.get(&gw.at("/auth/session"), &[]).await.status, 401);
 
     let idle = Browser::new();
-    login_with(&gw, &p, &idle, |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    login_with(&gw, &p, &idle, |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     gw.clock.advance(10 * 60 + 1);
     assert_eq!(idle.get(&gw.at("/auth/session"), &[]).await.status, 401);
 }
@@ -710,14 +1101,34 @@ async fn s07_idle_timeout_and_absolute_lifetime_end_sessions() {
 #[tokio::test]
 async fn s08_store_dump_holds_no_plaintext_token() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options { file_store: true, ..Default::default() }).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            file_store: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let id_token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let id_token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let response = HostileProvider::token_response(&id_token);
-    let secrets: Vec<String> = ["access_token", "refresh_token"].iter().map(|k| response[k].as_str().unwrap().to_owned()).collect();
+    let secrets: Vec<String> = ["access_token", "refresh_token"]
+        .iter()
+        .map(|k| response[k].as_str().unwrap().to_owned())
+        .collect();
     let code = p.issue_code(&auth.challenge, response);
-    assert_eq!(gw.callback(&browser, &callback_query(&code, &auth.state, Some(&p.issuer))).await.status, 303);
+    assert_eq!(
+        gw.callback(
+            &browser,
+            &callback_query(&code, &auth.state, Some(&p.issuer))
+        )
+        .await
+        .status,
+        303
+    );
     let session_id = browser.cookie("portcullis").unwrap();
     let dir = gw.db_path.as_ref().unwrap().parent().unwrap().to_owned();
     let mut dump = Vec::new();
@@ -726,7 +1137,10 @@ async fn s08_store_dump_holds_no_plaintext_token() {
     }
     let dump = String::from_utf8_lossy(&dump);
     for s in secrets.iter().chain([&id_token, &session_id]) {
-        assert!(!dump.contains(s.as_str()), "plaintext secret in the store files");
+        assert!(
+            !dump.contains(s.as_str()),
+            "plaintext secret in the store files"
+        );
     }
     // The id's hash is what is stored.
     assert!(dump.contains(&portcullis::random::sha256_hex(session_id.as_bytes())));
@@ -736,15 +1150,46 @@ async fn s08_store_dump_holds_no_plaintext_token() {
 async fn s08_ciphertexts_swapped_between_sessions_fail_to_open() {
     let (p, gw) = setup().await;
     let (a, b) = (Browser::new(), Browser::new());
-    login_with(&gw, &p, &a, |x| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&x.nonce))).await;
-    login_with(&gw, &p, &b, |x| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&x.nonce))).await;
-    let sa = gw.gateway.authenticate(&a.cookie("portcullis").unwrap()).await.unwrap().unwrap();
-    let sb = gw.gateway.authenticate(&b.cookie("portcullis").unwrap()).await.unwrap().unwrap();
+    login_with(&gw, &p, &a, |x| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&x.nonce))
+    })
+    .await;
+    login_with(&gw, &p, &b, |x| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&x.nonce))
+    })
+    .await;
+    let sa = gw
+        .gateway
+        .authenticate(&a.cookie("portcullis").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let sb = gw
+        .gateway
+        .authenticate(&b.cookie("portcullis").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(gw.gateway.session_tokens(&sa.record).is_ok());
     let store = gw.gateway.store();
-    assert!(store.update_tokens(sa.family_id, sa.record.token_version, &sb.record.tokens).await.unwrap());
-    let swapped = gw.gateway.authenticate(&a.cookie("portcullis").unwrap()).await.unwrap().unwrap();
-    assert!(gw.gateway.session_tokens(&swapped.record).is_err(), "B's ciphertexts must not open as A's");
+    assert!(
+        store
+            .update_tokens(sa.family_id, sa.record.token_version, &sb.record.tokens)
+            .await
+            .unwrap()
+    );
+    let swapped = gw
+        .gateway
+        .authenticate(&a.cookie("portcullis").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        gw.gateway.session_tokens(&swapped.record).is_err(),
+        "B's ciphertexts must not open as A's"
+    );
 }
 
 // --- 8. Access rules ---------------------------------------------------------------
@@ -752,9 +1197,15 @@ async fn s08_ciphertexts_swapped_between_sessions_fail_to_open() {
 #[tokio::test]
 async fn ar1_users_outside_the_rules_get_403_and_no_session() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com")).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
+    )
+    .await;
     // Outside the domain.
-    p.set_userinfo(Some(json!({"sub": "alice", "email": "alice@evil-example.com", "email_verified": true})));
+    p.set_userinfo(Some(
+        json!({"sub": "alice", "email": "alice@evil-example.com", "email_verified": true}),
+    ));
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
         let mut c = p.claims(&a.nonce);
         c["email"] = json!("alice@evil-example.com");
@@ -763,25 +1214,51 @@ async fn ar1_users_outside_the_rules_get_403_and_no_session() {
     .await;
     assert_eq!(resp.status, 403);
     assert!(resp.body.contains("email_not_allowed"));
-    assert!(resp.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert_no_session(&gw, &resp).await;
     // In the domain but unverified.
-    p.set_userinfo(Some(json!({"sub": "alice", "email": "alice@example.com", "email_verified": false})));
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    p.set_userinfo(Some(
+        json!({"sub": "alice", "email": "alice@example.com", "email_verified": false}),
+    ));
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 403);
     assert!(resp.body.contains("email_not_verified"));
     assert_no_session(&gw, &resp).await;
     // Verified and in the domain.
     p.set_userinfo(None);
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 303);
 }
 
 #[tokio::test]
 async fn ar1_required_claims_are_enforced_at_login() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options::default().env("PORTCULLIS_ACCESS_REQUIRED_CLAIMS", r#"{ groups = ["admins"] }"#)).await;
-    let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env(
+            "PORTCULLIS_ACCESS_REQUIRED_CLAIMS",
+            r#"{ groups = ["admins"] }"#,
+        ),
+    )
+    .await;
+    let resp = login_with(&gw, &p, &Browser::new(), |a| {
+        p.keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+    })
+    .await;
     assert_eq!(resp.status, 403);
     assert!(resp.body.contains("claim_required"));
     assert_no_session(&gw, &resp).await;
@@ -797,10 +1274,24 @@ async fn ar1_required_claims_are_enforced_at_login() {
 #[tokio::test]
 async fn ar2_domain_suffix_tricks_are_refused() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com")).await;
-    for email in ["m@evil-example.com", "m@example.com.evil.net", "a@b@example.com"] {
-        p.set_userinfo(Some(json!({"sub": "alice", "email": email, "email_verified": true})));
-        let resp = login_with(&gw, &p, &Browser::new(), |a| p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
+    )
+    .await;
+    for email in [
+        "m@evil-example.com",
+        "m@example.com.evil.net",
+        "a@b@example.com",
+    ] {
+        p.set_userinfo(Some(
+            json!({"sub": "alice", "email": email, "email_verified": true}),
+        ));
+        let resp = login_with(&gw, &p, &Browser::new(), |a| {
+            p.keys
+                .sign_rs256(&p.keys.rs256_header(), &p.claims(&a.nonce))
+        })
+        .await;
         assert_eq!(resp.status, 403, "{email}");
         assert_no_session(&gw, &resp).await;
     }
@@ -813,8 +1304,16 @@ async fn r03_oversized_token_responses_and_jwts_are_refused() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    p.script.lock().unwrap().token_override = Some((200, format!("{{\"access_token\":\"{}\",\"token_type\":\"Bearer\"}}", "a".repeat(200_000))));
-    let resp = gw.callback(&browser, &callback_query("c", &auth.state, Some(&p.issuer))).await;
+    p.script.lock().unwrap().token_override = Some((
+        200,
+        format!(
+            "{{\"access_token\":\"{}\",\"token_type\":\"Bearer\"}}",
+            "a".repeat(200_000)
+        ),
+    ));
+    let resp = gw
+        .callback(&browser, &callback_query("c", &auth.state, Some(&p.issuer)))
+        .await;
     assert_eq!(resp.status, 502, "{}", resp.body);
     assert!(resp.body.contains("provider_response_too_large"));
     assert_no_session(&gw, &resp).await;
@@ -832,12 +1331,21 @@ async fn r03_oversized_token_responses_and_jwts_are_refused() {
 #[tokio::test]
 async fn r04_a_stalled_token_endpoint_times_out_cleanly() {
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(&p.issuer, Options { provider_total_timeout: Duration::from_secs(1), ..Default::default() }).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            provider_total_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
     p.script.lock().unwrap().token_delay = Some(Duration::from_secs(30));
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
     let started = std::time::Instant::now();
-    let resp = gw.callback(&browser, &callback_query("c", &auth.state, Some(&p.issuer))).await;
+    let resp = gw
+        .callback(&browser, &callback_query("c", &auth.state, Some(&p.issuer)))
+        .await;
     assert_eq!(resp.status, 504, "{}", resp.body);
     assert!(resp.body.contains("provider_timeout"));
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -854,7 +1362,12 @@ async fn r04_an_unreachable_provider_gives_502_and_not_ready() {
     let browser = Browser::new();
     let resp = browser.navigate(&gw.at("/auth/login")).await;
     assert_eq!(resp.status, 502, "{}", resp.body);
-    assert!(resp.headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        resp.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(resp.set_cookie_named("portcullis_tx").is_none());
     let ready = browser.get(&gw.at("/readyz"), &[]).await;
     assert_eq!(ready.status, 503);
@@ -867,12 +1380,27 @@ async fn r02_malformed_callbacks_are_4xx_never_5xx() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     gw.start_login(&browser, None).await;
-    for q in ["state=a&state=b&code=c", "state=%FF%FE&code=%00", "state=&code=", "code=x&state=x%00y", &format!("state={}", "s".repeat(10_000))] {
+    for q in [
+        "state=a&state=b&code=c",
+        "state=%FF%FE&code=%00",
+        "state=&code=",
+        "code=x&state=x%00y",
+        &format!("state={}", "s".repeat(10_000)),
+    ] {
         let resp = gw.callback(&browser, q).await;
         assert!((400..500).contains(&resp.status), "{q}: {}", resp.status);
     }
-    for c in ["", "portcullis=", "portcullis=*", "portcullis=%00", "portcullis=AAAA\"", "portcullis=a; portcullis=b"] {
-        let resp = Browser::new().get(&gw.at("/auth/session"), &[("cookie", c)]).await;
+    for c in [
+        "",
+        "portcullis=",
+        "portcullis=*",
+        "portcullis=%00",
+        "portcullis=AAAA\"",
+        "portcullis=a; portcullis=b",
+    ] {
+        let resp = Browser::new()
+            .get(&gw.at("/auth/session"), &[("cookie", c)])
+            .await;
         assert_eq!(resp.status, 401, "{c:?}");
     }
     let _ = p;

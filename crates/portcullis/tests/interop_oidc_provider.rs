@@ -31,7 +31,10 @@ async fn setup(secret: Option<&str>, options: Options) -> Option<(RealProvider, 
         None => client["token_endpoint_auth_method"] = json!("none"),
     }
     let provider = RealProvider::start(json!([client]), &[]).await?;
-    let mut options = Options { listener: Some(listener), ..options };
+    let mut options = Options {
+        listener: Some(listener),
+        ..options
+    };
     if let Some(s) = secret {
         options = options.env("PORTCULLIS_CLIENT_SECRET", s);
     }
@@ -41,12 +44,18 @@ async fn setup(secret: Option<&str>, options: Options) -> Option<(RealProvider, 
 
 #[tokio::test]
 async fn interop_public_client_signs_in_through_the_real_form() {
-    let Some((provider, gw)) = setup(None, Options::default()).await else { return };
+    let Some((provider, gw)) = setup(None, Options::default()).await else {
+        return;
+    };
     let browser = Browser::new();
-    let resp = gw.sign_in_through_form(&browser, "alice", "alice", "/welcome?x=1").await;
+    let resp = gw
+        .sign_in_through_form(&browser, "alice", "alice", "/welcome?x=1")
+        .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
     assert_eq!(resp.location().as_deref(), Some("/welcome?x=1"));
-    let session = browser.get(&gw.at("/auth/session"), &[("accept", "application/json")]).await;
+    let session = browser
+        .get(&gw.at("/auth/session"), &[("accept", "application/json")])
+        .await;
     assert_eq!(session.status, 200);
     let v = session.json();
     assert_eq!(v["authenticated"], true);
@@ -54,12 +63,20 @@ async fn interop_public_client_signs_in_through_the_real_form() {
     assert_eq!(v["user"]["name"], "Alice Example");
 
     // What the store holds: one session, tokens sealed (refresh included), provider sid.
-    let sessions = gw.gateway.store().list_sessions(None, gw.clock_now()).await.unwrap();
+    let sessions = gw
+        .gateway
+        .store()
+        .list_sessions(None, gw.clock_now())
+        .await
+        .unwrap();
     assert_eq!(sessions.len(), 1);
     let s = &sessions[0];
     assert_eq!(s.user.subject, "alice");
     assert_eq!(s.user.issuer, provider.issuer);
-    assert!(s.provider_sid.is_some(), "the provider's sid is recorded for back-channel logout");
+    assert!(
+        s.provider_sid.is_some(),
+        "the provider's sid is recorded for back-channel logout"
+    );
     assert!(s.tokens.refresh_token.is_some(), "a refresh token is kept");
     assert!(s.tokens.access_expires_at.is_some());
     let open = gw.gateway.session_tokens(s).unwrap();
@@ -71,7 +88,9 @@ async fn interop_public_client_signs_in_through_the_real_form() {
 
 #[tokio::test]
 async fn interop_confidential_client_authenticates_with_client_secret_basic() {
-    let Some((provider, gw)) = setup(Some("s3cret-app"), Options::default()).await else { return };
+    let Some((provider, gw)) = setup(Some("s3cret-app"), Options::default()).await else {
+        return;
+    };
     let browser = Browser::new();
     let resp = gw.sign_in_through_form(&browser, "bob", "bob", "/").await;
     assert_eq!(resp.status, 303, "{}", resp.body);
@@ -82,7 +101,9 @@ async fn interop_confidential_client_authenticates_with_client_secret_basic() {
 
 #[tokio::test]
 async fn interop_same_user_keeps_one_user_id_across_logins() {
-    let Some((_provider, gw)) = setup(None, Options::default()).await else { return };
+    let Some((_provider, gw)) = setup(None, Options::default()).await else {
+        return;
+    };
     let a = Browser::new();
     let b = Browser::new();
     gw.sign_in_through_form(&a, "alice", "alice", "/").await;
@@ -95,9 +116,16 @@ async fn interop_same_user_keeps_one_user_id_across_logins() {
 
 #[tokio::test]
 async fn interop_replayed_callback_is_refused_l02() {
-    let Some((provider, gw)) = setup(None, Options::default()).await else { return };
+    let Some((provider, gw)) = setup(None, Options::default()).await else {
+        return;
+    };
     let browser = Browser::new();
-    assert_eq!(gw.sign_in_through_form(&browser, "alice", "alice", "/").await.status, 303);
+    assert_eq!(
+        gw.sign_in_through_form(&browser, "alice", "alice", "/")
+            .await
+            .status,
+        303
+    );
     let callback = browser
         .history
         .lock()
@@ -116,7 +144,9 @@ async fn interop_replayed_callback_is_refused_l02() {
 #[tokio::test]
 async fn interop_real_provider_refuses_a_code_without_its_verifier_l04() {
     // A code issued for one login, injected into another login's callback.
-    let Some((provider, gw)) = setup(None, Options::default()).await else { return };
+    let Some((provider, gw)) = setup(None, Options::default()).await else {
+        return;
+    };
     let attacker = Browser::new();
     let victim = Browser::new();
     // The attacker runs a login to the point where the provider hands out a code…
@@ -128,15 +158,36 @@ async fn interop_real_provider_refuses_a_code_without_its_verifier_l04() {
             302 | 303 => {
                 url = url.join(&resp.location().unwrap()).unwrap();
                 if url.path() == "/auth/callback" {
-                    break url.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+                    break url
+                        .query_pairs()
+                        .find(|(k, _)| k == "code")
+                        .unwrap()
+                        .1
+                        .into_owned();
                 }
                 resp = attacker.navigate(url.as_str()).await;
             }
             200 => {
-                let action = resp.body.split("action=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+                let action = resp
+                    .body
+                    .split("action=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned();
                 url = url.join(&action).unwrap();
                 resp = attacker
-                    .request(reqwest::Method::POST, url.as_str(), &[], Some(("username=bob&password=bob".into(), "application/x-www-form-urlencoded")))
+                    .request(
+                        reqwest::Method::POST,
+                        url.as_str(),
+                        &[],
+                        Some((
+                            "username=bob&password=bob".into(),
+                            "application/x-www-form-urlencoded",
+                        )),
+                    )
                     .await;
             }
             s => panic!("unexpected {s}"),
@@ -144,16 +195,27 @@ async fn interop_real_provider_refuses_a_code_without_its_verifier_l04() {
     };
     // …and plants it in the victim's callback, with the victim's own state.
     let victim_login = gw.start_login(&victim, None).await;
-    let resp = gw.callback(&victim, &callback_query(&code, &victim_login.state, Some(&provider.issuer))).await;
+    let resp = gw
+        .callback(
+            &victim,
+            &callback_query(&code, &victim_login.state, Some(&provider.issuer)),
+        )
+        .await;
     assert_eq!(resp.status, 400, "{}", resp.body);
     assert!(resp.body.contains("code_rejected"));
-    assert_eq!(gw.session_count().await, 0, "nobody is signed in as the attacker");
+    assert_eq!(
+        gw.session_count().await,
+        0,
+        "nobody is signed in as the attacker"
+    );
 }
 
 #[tokio::test]
 async fn interop_access_rules_refuse_an_unverified_email_ar1() {
     let options = Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com");
-    let Some((_provider, gw)) = setup(None, options).await else { return };
+    let Some((_provider, gw)) = setup(None, options).await else {
+        return;
+    };
     let carol = Browser::new();
     let resp = gw.sign_in_through_form(&carol, "carol", "carol", "/").await;
     assert_eq!(resp.status, 403);
@@ -164,12 +226,19 @@ async fn interop_access_rules_refuse_an_unverified_email_ar1() {
     assert!(resp.body.contains("email_not_allowed"));
     assert_eq!(gw.session_count().await, 0);
     let alice = Browser::new();
-    assert_eq!(gw.sign_in_through_form(&alice, "alice", "alice", "/").await.status, 303);
+    assert_eq!(
+        gw.sign_in_through_form(&alice, "alice", "alice", "/")
+            .await
+            .status,
+        303
+    );
 }
 
 #[tokio::test]
 async fn interop_readiness_follows_the_provider() {
-    let Some((_provider, gw)) = setup(None, Options::default()).await else { return };
+    let Some((_provider, gw)) = setup(None, Options::default()).await else {
+        return;
+    };
     let r = Browser::new().get(&gw.at("/readyz"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ready"], true);

@@ -53,7 +53,12 @@ impl CookieJar {
 
     /// Every name the gateway might use, for stripping before proxying.
     pub fn all_names() -> [&'static str; 4] {
-        ["portcullis", "__Host-portcullis", "portcullis_tx", "__Host-portcullis-tx"]
+        [
+            "portcullis",
+            "__Host-portcullis",
+            "portcullis_tx",
+            "__Host-portcullis-tx",
+        ]
     }
 
     /// Reads one of our cookies from the request.
@@ -85,7 +90,9 @@ pub fn find_cookie(headers: &HeaderMap, name: &str) -> CookieValue {
     for header in headers.get_all(COOKIE) {
         let Ok(text) = header.to_str() else { continue };
         for pair in text.split(';') {
-            let Some((n, v)) = pair.trim().split_once('=') else { continue };
+            let Some((n, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
             if n.trim() != name {
                 continue;
             }
@@ -120,8 +127,14 @@ mod tests {
     #[test]
     fn finds_our_cookie_among_others() {
         let h = headers(&["a=1; portcullis=abc; portcullis_tx=def", "b=2"]);
-        assert_eq!(find_cookie(&h, "portcullis"), CookieValue::One("abc".into()));
-        assert_eq!(find_cookie(&h, "portcullis_tx"), CookieValue::One("def".into()));
+        assert_eq!(
+            find_cookie(&h, "portcullis"),
+            CookieValue::One("abc".into())
+        );
+        assert_eq!(
+            find_cookie(&h, "portcullis_tx"),
+            CookieValue::One("def".into())
+        );
         assert_eq!(find_cookie(&h, "portcullis_t"), CookieValue::Missing);
     }
 
@@ -130,13 +143,20 @@ mod tests {
         let h = headers(&["portcullis=abc", "portcullis=xyz"]);
         assert_eq!(find_cookie(&h, "portcullis"), CookieValue::Ambiguous);
         let same = headers(&["portcullis=abc; portcullis=abc"]);
-        assert_eq!(find_cookie(&same, "portcullis"), CookieValue::One("abc".into()));
+        assert_eq!(
+            find_cookie(&same, "portcullis"),
+            CookieValue::One("abc".into())
+        );
     }
 
     #[test]
     fn empty_and_malformed_cookies_are_missing() {
         for v in ["", ";;;", "portcullis", "portcullis=", "=x"] {
-            assert_eq!(find_cookie(&headers(&[v]), "portcullis"), CookieValue::Missing, "{v:?}");
+            assert_eq!(
+                find_cookie(&headers(&[v]), "portcullis"),
+                CookieValue::Missing,
+                "{v:?}"
+            );
         }
     }
 
@@ -145,7 +165,13 @@ mod tests {
         let https = CookieJar::new(true);
         let c = https.set(CookieKind::Session, "v", 100);
         assert!(c.starts_with("__Host-portcullis=v;"));
-        for attr in ["Path=/", "Max-Age=100", "HttpOnly", "SameSite=Lax", "Secure"] {
+        for attr in [
+            "Path=/",
+            "Max-Age=100",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+        ] {
             assert!(c.contains(attr), "{c}");
         }
         assert!(!c.to_ascii_lowercase().contains("domain"));

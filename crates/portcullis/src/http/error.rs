@@ -63,17 +63,31 @@ fn title(status: StatusCode) -> &'static str {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut response = if self.page {
-            let link = self.retry_url.as_deref().map(|u| (u, "Try signing in again"));
-            let html = message_page(title(self.status), &self.message, self.detail.as_deref(), self.code, link);
+            let link = self
+                .retry_url
+                .as_deref()
+                .map(|u| (u, "Try signing in again"));
+            let html = message_page(
+                title(self.status),
+                &self.message,
+                self.detail.as_deref(),
+                self.code,
+                link,
+            );
             let mut r = (self.status, html).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             r
         } else {
             let body = serde_json::json!({ "error": self.code, "message": self.message });
             (self.status, axum::Json(body)).into_response()
         };
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
@@ -96,27 +110,51 @@ impl From<ProviderError> for HttpError {
         match &e {
             ProviderError::Timeout => {
                 tracing::warn!(error = %e, code, "identity provider timed out");
-                HttpError::new(StatusCode::GATEWAY_TIMEOUT, code, "The identity provider did not answer in time. Please try again.")
+                HttpError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    code,
+                    "The identity provider did not answer in time. Please try again.",
+                )
             }
-            ProviderError::Unreachable(_) | ProviderError::ServerError(_) | ProviderError::TooLarge(_) | ProviderError::BadResponse(_) => {
+            ProviderError::Unreachable(_)
+            | ProviderError::ServerError(_)
+            | ProviderError::TooLarge(_)
+            | ProviderError::BadResponse(_) => {
                 tracing::warn!(error = %e, code, "identity provider failure");
-                HttpError::new(StatusCode::BAD_GATEWAY, code, "The identity provider is not working right now. Please try again later.")
+                HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    code,
+                    "The identity provider is not working right now. Please try again later.",
+                )
             }
             ProviderError::IssuerMismatch { .. } => {
                 tracing::error!(error = %e, code, "the provider's discovery document names another issuer; refusing logins");
-                HttpError::new(StatusCode::BAD_GATEWAY, "provider_misconfigured", "The identity provider's configuration does not match this gateway's.")
+                HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_misconfigured",
+                    "The identity provider's configuration does not match this gateway's.",
+                )
             }
             ProviderError::TokenRejected(_) => {
                 tracing::warn!(error = %e, code, "token endpoint refused the code");
-                HttpError::bad_request("code_rejected", "The identity provider refused this sign-in. Please sign in again.")
+                HttpError::bad_request(
+                    "code_rejected",
+                    "The identity provider refused this sign-in. Please sign in again.",
+                )
             }
             ProviderError::IdToken(inner) => {
                 tracing::warn!(reason = inner.code(), detail = %inner, "ID token refused");
-                HttpError::bad_request("id_token_invalid", "The identity provider's answer could not be verified. Please sign in again.")
+                HttpError::bad_request(
+                    "id_token_invalid",
+                    "The identity provider's answer could not be verified. Please sign in again.",
+                )
             }
             ProviderError::UserinfoSubjectMismatch => {
                 tracing::warn!(code, "UserInfo answered for another subject");
-                HttpError::bad_request(code, "The identity provider's answer could not be verified. Please sign in again.")
+                HttpError::bad_request(
+                    code,
+                    "The identity provider's answer could not be verified. Please sign in again.",
+                )
             }
         }
     }
@@ -130,25 +168,43 @@ impl From<SessionError> for HttpError {
             SessionError::Provider(p) => p.into(),
             SessionError::AccessDenied(a) => {
                 tracing::info!(reason = a.code(), "sign-in refused by access rules");
-                HttpError::new(StatusCode::FORBIDDEN, a.code(), format!("You are signed in at the identity provider, but {a}."))
+                HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    a.code(),
+                    format!("You are signed in at the identity provider, but {a}."),
+                )
             }
             SessionError::ProviderDenied { error, description } => {
                 let error = crate::provider::discovery::truncate(&error, 64);
                 tracing::info!(provider_error = %error, "the provider ended the sign-in with an error");
-                let mut e = HttpError::bad_request(code, "The identity provider did not complete the sign-in.");
+                let mut e = HttpError::bad_request(
+                    code,
+                    "The identity provider did not complete the sign-in.",
+                );
                 e.detail = Some(match description {
-                    Some(d) => format!("{error}: {}", crate::provider::discovery::truncate(&d, 300)),
+                    Some(d) => {
+                        format!("{error}: {}", crate::provider::discovery::truncate(&d, 300))
+                    }
                     None => error,
                 });
                 e
             }
             SessionError::Unsealable => {
-                tracing::error!(code, "a stored login transaction could not be opened (key ring changed?)");
-                HttpError::bad_request(code, "This sign-in can no longer be completed. Please sign in again.")
+                tracing::error!(
+                    code,
+                    "a stored login transaction could not be opened (key ring changed?)"
+                );
+                HttpError::bad_request(
+                    code,
+                    "This sign-in can no longer be completed. Please sign in again.",
+                )
             }
             other => {
                 tracing::info!(code, "sign-in callback refused");
-                HttpError::bad_request(code, format!("Sign-in failed: {other}. Please sign in again."))
+                HttpError::bad_request(
+                    code,
+                    format!("Sign-in failed: {other}. Please sign in again."),
+                )
             }
         }
     }

@@ -19,7 +19,13 @@ pub fn escape(s: &str) -> String {
 }
 
 /// A small page: a title, one sentence, an optional detail, an error code and a link.
-pub fn message_page(title: &str, sentence: &str, detail: Option<&str>, code: &str, link: Option<(&str, &str)>) -> String {
+pub fn message_page(
+    title: &str,
+    sentence: &str,
+    detail: Option<&str>,
+    code: &str,
+    link: Option<(&str, &str)>,
+) -> String {
     let detail = detail
         .map(|d| format!("<p class=\"detail\">{}</p>", escape(d)))
         .unwrap_or_default();

@@ -18,12 +18,18 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/html")))
+            .any(|item| {
+                item.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/html"))
+            })
 }
 
 /// The `User-Agent`, if it is printable text.
 pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok())
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]
@@ -41,14 +47,35 @@ mod tests {
 
     #[test]
     fn s05_page_or_api() {
-        assert!(is_navigation(&Method::GET, &h(&[("sec-fetch-mode", "navigate")])));
-        assert!(!is_navigation(&Method::GET, &h(&[("sec-fetch-mode", "cors"), ("accept", "text/html")])));
-        assert!(!is_navigation(&Method::GET, &h(&[("sec-fetch-site", "same-origin"), ("accept", "text/html")])));
-        assert!(is_navigation(&Method::GET, &h(&[("accept", "text/html,application/xhtml+xml;q=0.9")])));
+        assert!(is_navigation(
+            &Method::GET,
+            &h(&[("sec-fetch-mode", "navigate")])
+        ));
+        assert!(!is_navigation(
+            &Method::GET,
+            &h(&[("sec-fetch-mode", "cors"), ("accept", "text/html")])
+        ));
+        assert!(!is_navigation(
+            &Method::GET,
+            &h(&[("sec-fetch-site", "same-origin"), ("accept", "text/html")])
+        ));
+        assert!(is_navigation(
+            &Method::GET,
+            &h(&[("accept", "text/html,application/xhtml+xml;q=0.9")])
+        ));
         assert!(is_navigation(&Method::HEAD, &h(&[("accept", "TEXT/HTML")])));
-        assert!(!is_navigation(&Method::POST, &h(&[("accept", "text/html")])));
-        assert!(!is_navigation(&Method::GET, &h(&[("accept", "application/json")])));
+        assert!(!is_navigation(
+            &Method::POST,
+            &h(&[("accept", "text/html")])
+        ));
+        assert!(!is_navigation(
+            &Method::GET,
+            &h(&[("accept", "application/json")])
+        ));
         assert!(!is_navigation(&Method::GET, &h(&[])));
-        assert!(!is_navigation(&Method::GET, &h(&[("accept", "text/htmlx")])));
+        assert!(!is_navigation(
+            &Method::GET,
+            &h(&[("accept", "text/htmlx")])
+        ));
     }
 }

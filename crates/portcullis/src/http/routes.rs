@@ -36,18 +36,25 @@ impl Routes {
 
     /// Absolute login URL for API clients, from the configured public URL only (L08).
     fn login_url(&self) -> String {
-        format!("{}{}", self.gateway.config().public_origin(), self.login_path())
+        format!(
+            "{}{}",
+            self.gateway.config().public_origin(),
+            self.login_path()
+        )
     }
 }
 
 /// Splits a query string; a repeated parameter among `keys` is refused (R02).
-fn query_params(raw: Option<&str>, keys: &[&'static str]) -> Result<HashMap<&'static str, String>, SessionError> {
+fn query_params(
+    raw: Option<&str>,
+    keys: &[&'static str],
+) -> Result<HashMap<&'static str, String>, SessionError> {
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        if let Some(key) = keys.iter().find(|key| **key == k) {
-            if out.insert(*key, v.into_owned()).is_some() {
-                return Err(SessionError::DuplicateParameter(key));
-            }
+        if let Some(key) = keys.iter().find(|key| **key == k)
+            && out.insert(*key, v.into_owned()).is_some()
+        {
+            return Err(SessionError::DuplicateParameter(key));
         }
     }
     Ok(out)
@@ -60,17 +67,25 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-fn redirect(status: StatusCode, location: &str, set_cookie: Option<String>) -> Result<Response, HttpError> {
+fn redirect(
+    status: StatusCode,
+    location: &str,
+    set_cookie: Option<String>,
+) -> Result<Response, HttpError> {
     let mut response = status.into_response();
     let h = response.headers_mut();
     h.insert(
         header::LOCATION,
-        HeaderValue::from_str(location).map_err(|_| HttpError::bad_request("bad_redirect", "The redirect target is not valid."))?,
+        HeaderValue::from_str(location).map_err(|_| {
+            HttpError::bad_request("bad_redirect", "The redirect target is not valid.")
+        })?,
     );
     if let Some(cookie) = set_cookie {
         h.append(
             header::SET_COOKIE,
-            HeaderValue::from_str(&cookie).map_err(|_| HttpError::bad_request("bad_cookie", "The cookie could not be set."))?,
+            HeaderValue::from_str(&cookie).map_err(|_| {
+                HttpError::bad_request("bad_cookie", "The cookie could not be set.")
+            })?,
         );
     }
     Ok(no_store(response))
@@ -78,7 +93,12 @@ fn redirect(status: StatusCode, location: &str, set_cookie: Option<String>) -> R
 
 /// `GET /auth/login?return_to=/path`: starts a login transaction and sends the browser
 /// to the provider.
-pub async fn login(State(routes): State<Routes>, method: Method, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn login(
+    State(routes): State<Routes>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let page = is_navigation(&method, &headers) || method == Method::GET;
     let result = async {
         let params = query_params(query.as_deref(), &["return_to"])?;
@@ -92,20 +112,31 @@ pub async fn login(State(routes): State<Routes>, method: Method, headers: Header
             .map(str::to_owned)
             .unwrap_or_else(random_token);
         let url = routes.gateway.begin_login(&binding, return_to).await?;
-        let cookie = routes.cookies.set(CookieKind::LoginBinding, &binding, LOGIN_TTL_SECONDS);
+        let cookie = routes
+            .cookies
+            .set(CookieKind::LoginBinding, &binding, LOGIN_TTL_SECONDS);
         Ok::<_, SessionError>((url, cookie))
     }
     .await;
     match result {
-        Ok((url, cookie)) => redirect(StatusCode::FOUND, url.as_str(), Some(cookie)).into_response(),
+        Ok((url, cookie)) => {
+            redirect(StatusCode::FOUND, url.as_str(), Some(cookie)).into_response()
+        }
         Err(e) => no_store(HttpError::from(e).page(page).into_response()),
     }
 }
 
 /// `GET /auth/callback`: finishes the login and sets the session cookie.
-pub async fn callback(State(routes): State<Routes>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn callback(
+    State(routes): State<Routes>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let result = async {
-        let mut p = query_params(query.as_deref(), &["state", "code", "iss", "error", "error_description"])?;
+        let mut p = query_params(
+            query.as_deref(),
+            &["state", "code", "iss", "error", "error_description"],
+        )?;
         let params = CallbackParams {
             state: p.remove("state"),
             code: p.remove("code"),
@@ -121,22 +152,34 @@ pub async fn callback(State(routes): State<Routes>, headers: HeaderMap, RawQuery
             .and_then(SessionId::parse);
         routes
             .gateway
-            .complete_login(params, binding.value(), replaced.as_ref(), user_agent(&headers))
+            .complete_login(
+                params,
+                binding.value(),
+                replaced.as_ref(),
+                user_agent(&headers),
+            )
             .await
     }
     .await;
     match result {
         Ok(outcome) => {
-            let cookie = routes
-                .cookies
-                .set(CookieKind::Session, outcome.session_id.expose(), outcome.max_age);
-            let mut response = match redirect(StatusCode::SEE_OTHER, outcome.return_to.as_str(), Some(cookie)) {
+            let cookie = routes.cookies.set(
+                CookieKind::Session,
+                outcome.session_id.expose(),
+                outcome.max_age,
+            );
+            let mut response = match redirect(
+                StatusCode::SEE_OTHER,
+                outcome.return_to.as_str(),
+                Some(cookie),
+            ) {
                 Ok(r) => r,
                 Err(e) => return e.page(true).into_response(),
             };
-            response
-                .headers_mut()
-                .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            response.headers_mut().insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
             response
         }
         Err(e) => {
@@ -152,7 +195,12 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
         let body = json!({ "authenticated": false, "login_url": routes.login_url() });
         no_store((StatusCode::UNAUTHORIZED, axum::Json(body)).into_response())
     };
-    let Some(value) = routes.cookies.read(&headers, CookieKind::Session).value().map(str::to_owned) else {
+    let Some(value) = routes
+        .cookies
+        .read(&headers, CookieKind::Session)
+        .value()
+        .map(str::to_owned)
+    else {
         return signed_out();
     };
     match routes.gateway.authenticate(&value).await {
@@ -181,7 +229,11 @@ pub async fn healthz() -> Response {
 /// `GET /readyz`: the store answers and the provider's metadata is loaded.
 pub async fn readyz(State(routes): State<Routes>) -> Response {
     let r = routes.gateway.readiness().await;
-    let status = if r.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if r.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({ "ready": r.is_ready(), "store": r.store, "provider": r.provider });
     no_store((status, axum::Json(body)).into_response())
 }

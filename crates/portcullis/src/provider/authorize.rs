@@ -21,7 +21,10 @@ impl Pkce {
     pub fn generate() -> Self {
         let verifier = Zeroizing::new(random::random_token());
         let challenge = s256(&verifier);
-        Self { verifier, challenge }
+        Self {
+            verifier,
+            challenge,
+        }
     }
 }
 
@@ -43,7 +46,10 @@ pub struct AuthorizeRequest<'a> {
 }
 
 /// Builds the URL the browser is sent to.
-pub fn authorize_url(metadata: &Metadata, req: &AuthorizeRequest<'_>) -> Result<Url, ProviderError> {
+pub fn authorize_url(
+    metadata: &Metadata,
+    req: &AuthorizeRequest<'_>,
+) -> Result<Url, ProviderError> {
     let mut url = Url::parse(&metadata.authorization_endpoint)
         .map_err(|_| ProviderError::BadResponse("authorization_endpoint is not a URL".into()))?;
     {
@@ -65,17 +71,23 @@ pub fn authorize_url(metadata: &Metadata, req: &AuthorizeRequest<'_>) -> Result<
 
 /// RFC 9207 §2.4: `iss` must equal the issuer; when the provider advertises
 /// `authorization_response_iss_parameter_supported`, it must be present (L06).
-pub fn check_response_issuer(metadata: &Metadata, issuer: &str, iss: Option<&str>) -> Result<(), ProviderError> {
+pub fn check_response_issuer(
+    metadata: &Metadata,
+    issuer: &str,
+    iss: Option<&str>,
+) -> Result<(), ProviderError> {
     match iss {
         Some(found) if found == issuer => Ok(()),
         Some(found) => Err(ProviderError::IssuerMismatch {
             expected: issuer.to_owned(),
             found: super::discovery::truncate(found, 200),
         }),
-        None if metadata.authorization_response_iss_parameter_supported => Err(ProviderError::IssuerMismatch {
-            expected: issuer.to_owned(),
-            found: "(missing)".into(),
-        }),
+        None if metadata.authorization_response_iss_parameter_supported => {
+            Err(ProviderError::IssuerMismatch {
+                expected: issuer.to_owned(),
+                found: "(missing)".into(),
+            })
+        }
         None => Ok(()),
     }
 }
@@ -96,7 +108,11 @@ mod tests {
     fn l05_verifier_is_43_unreserved_chars() {
         let p = Pkce::generate();
         assert_eq!(p.verifier.len(), 43);
-        assert!(p.verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)));
+        assert!(
+            p.verifier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        );
         assert_eq!(p.challenge, s256(&p.verifier));
     }
 }

@@ -34,12 +34,17 @@ pub struct Metadata {
 }
 
 fn discovery_url(issuer: &str) -> String {
-    format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
 }
 
 /// Fetches and checks the provider's metadata.
 pub async fn discover(http: &ProviderHttp, issuer: &str) -> Result<Metadata, ProviderError> {
-    let answer = http.get(&discovery_url(issuer), None, MAX_METADATA_BYTES).await?;
+    let answer = http
+        .get(&discovery_url(issuer), None, MAX_METADATA_BYTES)
+        .await?;
     if !answer.status.is_success() {
         return Err(ProviderError::BadResponse(format!(
             "discovery answered HTTP {}",
@@ -71,9 +76,8 @@ pub fn check_metadata(m: &Metadata, issuer: &str) -> Result<(), ProviderError> {
         ("revocation_endpoint", m.revocation_endpoint.as_ref()),
     ] {
         let Some(value) = value else { continue };
-        let ok = Url::parse(value).is_ok_and(|u| {
-            u.scheme() == "https" || (!issuer_is_https && u.scheme() == "http")
-        });
+        let ok = Url::parse(value)
+            .is_ok_and(|u| u.scheme() == "https" || (!issuer_is_https && u.scheme() == "http"));
         if !ok {
             return Err(ProviderError::BadResponse(format!(
                 "discovery `{name}` is not an {} URL",
@@ -118,8 +122,18 @@ mod tests {
 
     #[test]
     fn l10_issuer_must_match_exactly() {
-        assert!(check_metadata(&metadata("https://id.example.com"), "https://id.example.com").is_ok());
-        for other in ["https://id.example.com/", "https://ID.example.com", "https://evil.example.com"] {
+        assert!(
+            check_metadata(
+                &metadata("https://id.example.com"),
+                "https://id.example.com"
+            )
+            .is_ok()
+        );
+        for other in [
+            "https://id.example.com/",
+            "https://ID.example.com",
+            "https://evil.example.com",
+        ] {
             assert!(matches!(
                 check_metadata(&metadata(other), "https://id.example.com"),
                 Err(ProviderError::IssuerMismatch { .. })

@@ -23,10 +23,15 @@ pub struct Answer {
 
 impl Answer {
     /// The body as a JSON object.
-    pub fn json_object(&self, what: &'static str) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    pub fn json_object(
+        &self,
+        what: &'static str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
         match serde_json::from_slice::<serde_json::Value>(&self.body) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
-            _ => Err(ProviderError::BadResponse(format!("{what} is not a JSON object"))),
+            _ => Err(ProviderError::BadResponse(format!(
+                "{what} is not a JSON object"
+            ))),
         }
     }
 }
@@ -60,14 +65,20 @@ impl ProviderHttp {
     }
 
     /// GET `url`, optionally with a bearer token.
-    pub async fn get(&self, url: &str, bearer: Option<&str>, cap: usize) -> Result<Answer, ProviderError> {
+    pub async fn get(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        cap: usize,
+    ) -> Result<Answer, ProviderError> {
         let mut req = self
             .client
             .request(Method::GET, url)
             .header(ACCEPT, "application/json");
         if let Some(token) = bearer {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| ProviderError::BadResponse("access token is not a valid header value".into()))?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ProviderError::BadResponse("access token is not a valid header value".into())
+            })?;
             value.set_sensitive(true);
             req = req.header(AUTHORIZATION, value);
         }
@@ -97,7 +108,11 @@ impl ProviderHttp {
         self.send(req, cap).await
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, cap: usize) -> Result<Answer, ProviderError> {
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        cap: usize,
+    ) -> Result<Answer, ProviderError> {
         let call = async {
             let mut resp = req.send().await.map_err(classify)?;
             let status = resp.status();

@@ -111,7 +111,10 @@ pub struct UnverifiedJwt<'a> {
 }
 
 /// Splits and checks the structure and header of a compact JWS (J02–J05, J14, R03).
-pub fn parse_unverified<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<UnverifiedJwt<'a>, IdTokenError> {
+pub fn parse_unverified<'a>(
+    token: &'a str,
+    allowed: &[Algorithm],
+) -> Result<UnverifiedJwt<'a>, IdTokenError> {
     if token.len() > MAX_JWT_BYTES {
         return Err(IdTokenError::TooLarge);
     }
@@ -125,11 +128,16 @@ pub fn parse_unverified<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Unv
         return Err(IdTokenError::Malformed);
     }
 
-    let alg_name = header.get("alg").and_then(Value::as_str).ok_or(IdTokenError::Malformed)?;
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(IdTokenError::Malformed)?;
     // RFC 8725 §3.1: only algorithms on our list; `none` never is.
     let alg = Algorithm::parse(alg_name)
         .filter(|a| allowed.contains(a))
-        .ok_or_else(|| IdTokenError::AlgorithmNotAllowed(super::discovery::truncate(alg_name, 32)))?;
+        .ok_or_else(|| {
+            IdTokenError::AlgorithmNotAllowed(super::discovery::truncate(alg_name, 32))
+        })?;
     // J03: keys must come from the provider's JWKS, never from the token.
     for member in ["jwk", "jku", "x5u", "x5c"] {
         if header.contains_key(member) {
@@ -148,9 +156,7 @@ pub fn parse_unverified<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Unv
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(k))
-            if !k.is_empty()
-                && k.len() <= MAX_KID_LEN
-                && k.chars().all(|c| !c.is_control()) =>
+            if !k.is_empty() && k.len() <= MAX_KID_LEN && k.chars().all(|c| !c.is_control()) =>
         {
             Some(k.clone())
         }
@@ -166,14 +172,17 @@ pub fn parse_unverified<'a>(token: &'a str, allowed: &[Algorithm]) -> Result<Unv
 }
 
 fn decode_object(segment: &str) -> Result<Map<String, Value>, IdTokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| IdTokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| IdTokenError::Malformed)?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let object = StrictObject::deserialize_from(&mut de).map_err(|e| {
         let msg = e.to_string();
         match msg.strip_prefix("duplicate member ") {
-            Some(rest) => IdTokenError::DuplicateMember(
-                super::discovery::truncate(rest.split(" at ").next().unwrap_or(rest), 64),
-            ),
+            Some(rest) => IdTokenError::DuplicateMember(super::discovery::truncate(
+                rest.split(" at ").next().unwrap_or(rest),
+                64,
+            )),
             None => IdTokenError::Malformed,
         }
     })?;
@@ -266,9 +275,15 @@ fn verify_signature(
         if keys.is_empty() {
             return Err(IdTokenError::UnknownKey);
         }
-        keys.iter().filter(|k| k.fits(jwt.alg)).any(|k| verify_with(&k.key))
+        keys.iter()
+            .filter(|k| k.fits(jwt.alg))
+            .any(|k| verify_with(&k.key))
     };
-    if ok { Ok(()) } else { Err(IdTokenError::BadSignature) }
+    if ok {
+        Ok(())
+    } else {
+        Err(IdTokenError::BadSignature)
+    }
 }
 
 fn numeric(claims: &Map<String, Value>, name: &str) -> Option<i64> {
@@ -279,7 +294,10 @@ fn numeric(claims: &Map<String, Value>, name: &str) -> Option<i64> {
 }
 
 /// OIDC Core §3.1.3.7 steps 2–11 and §2 claim rules.
-pub fn check_claims(claims: &Map<String, Value>, expect: &Expectations<'_>) -> Result<IdTokenClaims, IdTokenError> {
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    expect: &Expectations<'_>,
+) -> Result<IdTokenClaims, IdTokenError> {
     // J13: a back-channel logout token carries `events`.
     if claims.contains_key("events") {
         return Err(IdTokenError::LogoutToken);
@@ -330,7 +348,11 @@ pub fn check_claims(claims: &Map<String, Value>, expect: &Expectations<'_>) -> R
     }
     // §2 / J10: sub present, at most 255 characters.
     let subject = match claims.get("sub") {
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUB_LEN && !s.chars().any(char::is_control) => s.clone(),
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= MAX_SUB_LEN && !s.chars().any(char::is_control) =>
+        {
+            s.clone()
+        }
         _ => return Err(IdTokenError::BadSubject),
     };
     let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
@@ -363,12 +385,16 @@ mod tests {
         assert!(parse_unverified(&t, RS).is_ok());
         for bad in [
             format!("{t}.extra"),
-            t.rsplitn(2, '.').nth(1).unwrap().to_string(),
+            t.rsplit_once('.').unwrap().0.to_string(),
             format!("{{\"payload\":\"{}\"}}", b64(&json!({}))),
             "..".to_string(),
             format!("{}.{}.", b64(&json!({"alg": "RS256"})), b64(&json!({}))),
         ] {
-            assert_eq!(parse_unverified(&bad, RS).unwrap_err(), IdTokenError::Malformed, "{bad}");
+            assert_eq!(
+                parse_unverified(&bad, RS).unwrap_err(),
+                IdTokenError::Malformed,
+                "{bad}"
+            );
         }
     }
 
@@ -376,23 +402,38 @@ mod tests {
     fn j14_duplicate_members_are_refused() {
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","alg":"none"}"#);
         let t = format!("{header}.{}.c2ln", b64(&json!({})));
-        assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::DuplicateMember(_))));
+        assert!(matches!(
+            parse_unverified(&t, RS),
+            Err(IdTokenError::DuplicateMember(_))
+        ));
         let claims = URL_SAFE_NO_PAD.encode(r#"{"sub":"alice","sub":"admin"}"#);
         let t = format!("{}.{claims}.c2ln", b64(&json!({"alg": "RS256"})));
-        assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::DuplicateMember(_))));
+        assert!(matches!(
+            parse_unverified(&t, RS),
+            Err(IdTokenError::DuplicateMember(_))
+        ));
     }
 
     #[test]
     fn r03_oversized_tokens_are_refused_before_parsing() {
         let t = "a".repeat(MAX_JWT_BYTES + 1);
-        assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::TooLarge);
+        assert_eq!(
+            parse_unverified(&t, RS).unwrap_err(),
+            IdTokenError::TooLarge
+        );
     }
 
     #[test]
     fn j02_algorithms_off_the_list_are_refused() {
         for alg in ["none", "None", "HS256", "RS1", ""] {
             let t = token(&json!({"alg": alg}), &json!({}));
-            assert!(matches!(parse_unverified(&t, RS), Err(IdTokenError::AlgorithmNotAllowed(_))), "{alg}");
+            assert!(
+                matches!(
+                    parse_unverified(&t, RS),
+                    Err(IdTokenError::AlgorithmNotAllowed(_))
+                ),
+                "{alg}"
+            );
         }
     }
 
@@ -400,20 +441,41 @@ mod tests {
     fn j03_j05_header_keys_and_crit_are_refused() {
         for member in ["jwk", "jku", "x5u", "x5c"] {
             let t = token(&json!({"alg": "RS256", member: "x"}), &json!({}));
-            assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::EmbeddedKey(member));
+            assert_eq!(
+                parse_unverified(&t, RS).unwrap_err(),
+                IdTokenError::EmbeddedKey(member)
+            );
         }
-        let t = token(&json!({"alg": "RS256", "crit": ["exp"], "exp": 1}), &json!({}));
-        assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::CriticalHeader);
+        let t = token(
+            &json!({"alg": "RS256", "crit": ["exp"], "exp": 1}),
+            &json!({}),
+        );
+        assert_eq!(
+            parse_unverified(&t, RS).unwrap_err(),
+            IdTokenError::CriticalHeader
+        );
     }
 
     #[test]
     fn j04_hostile_kids_are_refused() {
-        for kid in [json!("x".repeat(8192)), json!("a\u{0000}b"), json!(""), json!(42), json!("a\nb")] {
+        for kid in [
+            json!("x".repeat(8192)),
+            json!("a\u{0000}b"),
+            json!(""),
+            json!(42),
+            json!("a\nb"),
+        ] {
             let t = token(&json!({"alg": "RS256", "kid": kid}), &json!({}));
-            assert_eq!(parse_unverified(&t, RS).unwrap_err(), IdTokenError::BadKeyId);
+            assert_eq!(
+                parse_unverified(&t, RS).unwrap_err(),
+                IdTokenError::BadKeyId
+            );
         }
         // Odd but printable kids are only looked up in the JWKS, never elsewhere.
-        let t = token(&json!({"alg": "RS256", "kid": "../../etc/passwd' OR 1=1"}), &json!({}));
+        let t = token(
+            &json!({"alg": "RS256", "kid": "../../etc/passwd' OR 1=1"}),
+            &json!({}),
+        );
         assert!(parse_unverified(&t, RS).is_ok());
     }
 
@@ -453,16 +515,33 @@ mod tests {
     #[test]
     fn j06_issuer_must_match_exactly() {
         let now = 1_800_000_000;
-        for iss in [json!("https://id.example.com/"), json!("https://ID.example.com"), json!(null), json!(["https://id.example.com"])] {
-            assert_eq!(check_claims(&with(now, json!({"iss": iss})), &expect(now)).unwrap_err(), IdTokenError::WrongIssuer);
+        for iss in [
+            json!("https://id.example.com/"),
+            json!("https://ID.example.com"),
+            json!(null),
+            json!(["https://id.example.com"]),
+        ] {
+            assert_eq!(
+                check_claims(&with(now, json!({"iss": iss})), &expect(now)).unwrap_err(),
+                IdTokenError::WrongIssuer
+            );
         }
     }
 
     #[test]
     fn j07_audience_and_azp() {
         let now = 1_800_000_000;
-        for aud in [json!("other"), json!(null), json!(["app", "untrusted"]), json!([]), json!([1])] {
-            assert_eq!(check_claims(&with(now, json!({"aud": aud})), &expect(now)).unwrap_err(), IdTokenError::WrongAudience);
+        for aud in [
+            json!("other"),
+            json!(null),
+            json!(["app", "untrusted"]),
+            json!([]),
+            json!([1]),
+        ] {
+            assert_eq!(
+                check_claims(&with(now, json!({"aud": aud})), &expect(now)).unwrap_err(),
+                IdTokenError::WrongAudience
+            );
         }
         assert!(check_claims(&with(now, json!({"aud": ["app"]})), &expect(now)).is_ok());
         assert_eq!(
@@ -475,27 +554,54 @@ mod tests {
     fn j08_time_claims() {
         let now = 1_800_000_000;
         let e = expect(now);
-        assert_eq!(check_claims(&with(now, json!({"exp": now - LEEWAY_SECONDS - 1})), &e).unwrap_err(), IdTokenError::Expired);
+        assert_eq!(
+            check_claims(&with(now, json!({"exp": now - LEEWAY_SECONDS - 1})), &e).unwrap_err(),
+            IdTokenError::Expired
+        );
         assert!(check_claims(&with(now, json!({"exp": now - LEEWAY_SECONDS + 1})), &e).is_ok());
-        assert_eq!(check_claims(&with(now, json!({"exp": null})), &e).unwrap_err(), IdTokenError::MissingExpiry);
-        assert_eq!(check_claims(&with(now, json!({"iat": null})), &e).unwrap_err(), IdTokenError::MissingIssuedAt);
-        assert_eq!(check_claims(&with(now, json!({"iat": now + 600})), &e).unwrap_err(), IdTokenError::IssuedInFuture);
-        assert_eq!(check_claims(&with(now, json!({"nbf": now + 600})), &e).unwrap_err(), IdTokenError::NotYetValid);
+        assert_eq!(
+            check_claims(&with(now, json!({"exp": null})), &e).unwrap_err(),
+            IdTokenError::MissingExpiry
+        );
+        assert_eq!(
+            check_claims(&with(now, json!({"iat": null})), &e).unwrap_err(),
+            IdTokenError::MissingIssuedAt
+        );
+        assert_eq!(
+            check_claims(&with(now, json!({"iat": now + 600})), &e).unwrap_err(),
+            IdTokenError::IssuedInFuture
+        );
+        assert_eq!(
+            check_claims(&with(now, json!({"nbf": now + 600})), &e).unwrap_err(),
+            IdTokenError::NotYetValid
+        );
     }
 
     #[test]
     fn j09_nonce_must_match() {
         let now = 1_800_000_000;
         for nonce in [json!(null), json!("n-2"), json!(""), json!(1)] {
-            assert_eq!(check_claims(&with(now, json!({"nonce": nonce})), &expect(now)).unwrap_err(), IdTokenError::NonceMismatch);
+            assert_eq!(
+                check_claims(&with(now, json!({"nonce": nonce})), &expect(now)).unwrap_err(),
+                IdTokenError::NonceMismatch
+            );
         }
     }
 
     #[test]
     fn j10_subject_rules() {
         let now = 1_800_000_000;
-        for sub in [json!(null), json!(""), json!("x".repeat(256)), json!(5), json!("a\nb")] {
-            assert_eq!(check_claims(&with(now, json!({"sub": sub})), &expect(now)).unwrap_err(), IdTokenError::BadSubject);
+        for sub in [
+            json!(null),
+            json!(""),
+            json!("x".repeat(256)),
+            json!(5),
+            json!("a\nb"),
+        ] {
+            assert_eq!(
+                check_claims(&with(now, json!({"sub": sub})), &expect(now)).unwrap_err(),
+                IdTokenError::BadSubject
+            );
         }
     }
 
@@ -503,11 +609,17 @@ mod tests {
     fn j13_logout_tokens_and_typed_tokens_are_not_id_tokens() {
         let now = 1_800_000_000;
         let events = json!({"events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
-        assert_eq!(check_claims(&with(now, events), &expect(now)).unwrap_err(), IdTokenError::LogoutToken);
+        assert_eq!(
+            check_claims(&with(now, events), &expect(now)).unwrap_err(),
+            IdTokenError::LogoutToken
+        );
         for typ in ["logout+jwt", "at+jwt", "application/at+jwt"] {
             let t = token(&json!({"alg": "RS256", "typ": typ}), &good_claims(now));
             let jwt = parse_unverified(&t, RS).unwrap();
-            assert!(matches!(verify(&jwt, &[], None, &expect(now)), Err(IdTokenError::WrongType(_))));
+            assert!(matches!(
+                verify(&jwt, &[], None, &expect(now)),
+                Err(IdTokenError::WrongType(_))
+            ));
         }
     }
 }

@@ -141,7 +141,10 @@ impl JwksCache {
 
     /// Fetches the key set unless one was fetched within the rate limit. Returns the
     /// current keys either way; a failed fetch keeps the last good set.
-    pub async fn refresh(&self, http: &ProviderHttp) -> Result<Arc<Vec<VerificationKey>>, ProviderError> {
+    pub async fn refresh(
+        &self,
+        http: &ProviderHttp,
+    ) -> Result<Arc<Vec<VerificationKey>>, ProviderError> {
         let mut last = self.last_fetch.lock().await;
         if let Some(at) = *last
             && at.elapsed() < self.min_refetch_interval
@@ -180,7 +183,11 @@ impl JwksCache {
                 // J11: no kid is fine when exactly one key fits.
                 None => {
                     let fitting: Vec<_> = keys.iter().filter(|k| k.fits(alg)).cloned().collect();
-                    if fitting.len() == 1 { fitting } else { Vec::new() }
+                    if fitting.len() == 1 {
+                        fitting
+                    } else {
+                        Vec::new()
+                    }
                 }
             }
         };

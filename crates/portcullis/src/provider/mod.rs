@@ -72,7 +72,10 @@ impl ProviderError {
 
     /// A network fault or provider outage, as opposed to a refusal.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable(_) | Self::Timeout | Self::ServerError(_))
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::Timeout | Self::ServerError(_)
+        )
     }
 
     /// RFC 6749 §5.2 `invalid_grant`: the grant is dead.
@@ -225,7 +228,9 @@ impl Provider {
         if let Some(at) = *last
             && at.elapsed() < DISCOVERY_RETRY
         {
-            return Err(ProviderError::Unreachable("discovery failed recently; retrying shortly".into()));
+            return Err(ProviderError::Unreachable(
+                "discovery failed recently; retrying shortly".into(),
+            ));
         }
         *last = Some(Instant::now());
         let metadata = Arc::new(discovery::discover(&self.http, &self.settings.issuer).await?);
@@ -245,7 +250,12 @@ impl Provider {
     }
 
     /// The authorization URL for one login.
-    pub async fn authorize_url(&self, state: &str, nonce: &str, code_challenge: &str) -> Result<Url, ProviderError> {
+    pub async fn authorize_url(
+        &self,
+        state: &str,
+        nonce: &str,
+        code_challenge: &str,
+    ) -> Result<Url, ProviderError> {
         let metadata = self.metadata().await?;
         authorize::authorize_url(
             &metadata,
@@ -268,15 +278,34 @@ impl Provider {
     }
 
     /// Redeems a code at the token endpoint.
-    pub async fn exchange_code(&self, code: &str, verifier: &str, redirect_uri: &str) -> Result<TokenResponse, ProviderError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
-        token::exchange_code(&self.http, &metadata.token_endpoint, self.client_auth(), code, verifier, redirect_uri).await
+        token::exchange_code(
+            &self.http,
+            &metadata.token_endpoint,
+            self.client_auth(),
+            code,
+            verifier,
+            redirect_uri,
+        )
+        .await
     }
 
     /// Uses a refresh token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
-        token::refresh(&self.http, &metadata.token_endpoint, self.client_auth(), refresh_token).await
+        token::refresh(
+            &self.http,
+            &metadata.token_endpoint,
+            self.client_auth(),
+            refresh_token,
+        )
+        .await
     }
 
     /// Revokes a refresh token when the provider offers RFC 7009; `Ok(false)` if not.
@@ -285,7 +314,14 @@ impl Provider {
         let Some(endpoint) = &metadata.revocation_endpoint else {
             return Ok(false);
         };
-        token::revoke(&self.http, endpoint, self.client_auth(), refresh_token, "refresh_token").await?;
+        token::revoke(
+            &self.http,
+            endpoint,
+            self.client_auth(),
+            refresh_token,
+            "refresh_token",
+        )
+        .await?;
         Ok(true)
     }
 
@@ -301,18 +337,29 @@ impl Provider {
             .filter_map(|a| Algorithm::parse(a))
             .filter(|a| !a.is_hmac())
             .collect();
-        if advertised.is_empty() { vec![Algorithm::RS256] } else { advertised }
+        if advertised.is_empty() {
+            vec![Algorithm::RS256]
+        } else {
+            advertised
+        }
     }
 
     /// Validates an ID token (OIDC Core §3.1.3.7).
-    pub async fn validate_id_token(&self, token: &str, nonce: Option<&str>, now: UnixTime) -> Result<IdTokenClaims, ProviderError> {
+    pub async fn validate_id_token(
+        &self,
+        token: &str,
+        nonce: Option<&str>,
+        now: UnixTime,
+    ) -> Result<IdTokenClaims, ProviderError> {
         let metadata = self.metadata().await?;
         let allowed = self.allowed_algorithms(&metadata);
         let jwt = id_token::parse_unverified(token, &allowed)?;
         let keys = if jwt.alg.is_hmac() {
             Vec::new()
         } else {
-            self.jwks.find(&self.http, jwt.kid.as_deref(), jwt.alg).await?
+            self.jwks
+                .find(&self.http, jwt.kid.as_deref(), jwt.alg)
+                .await?
         };
         if !jwt.alg.is_hmac() && keys.is_empty() {
             tracing::warn!(
@@ -333,10 +380,16 @@ impl Provider {
     }
 
     /// Claims from the UserInfo endpoint, when the provider has one.
-    pub async fn userinfo(&self, access_token: &str, subject: &str) -> Result<Option<Map<String, Value>>, ProviderError> {
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+        subject: &str,
+    ) -> Result<Option<Map<String, Value>>, ProviderError> {
         let metadata = self.metadata().await?;
         match &metadata.userinfo_endpoint {
-            Some(endpoint) => userinfo::fetch_userinfo(&self.http, endpoint, access_token, subject).await.map(Some),
+            Some(endpoint) => userinfo::fetch_userinfo(&self.http, endpoint, access_token, subject)
+                .await
+                .map(Some),
             None => Ok(None),
         }
     }

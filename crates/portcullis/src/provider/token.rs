@@ -69,7 +69,9 @@ async fn token_request(
             None
         }
     };
-    let answer = http.post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES).await?;
+    let answer = http
+        .post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
+        .await?;
     if answer.status.is_server_error() {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
     }
@@ -84,7 +86,9 @@ async fn token_request(
     }
     let token_type = map.get("token_type").and_then(Value::as_str).unwrap_or("");
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(ProviderError::BadResponse("token_type is not Bearer".into()));
+        return Err(ProviderError::BadResponse(
+            "token_type is not Bearer".into(),
+        ));
     }
     let access_token = secret_field(&map, "access_token")
         .ok_or_else(|| ProviderError::BadResponse("token response has no access_token".into()))?;
@@ -122,7 +126,10 @@ pub async fn refresh(
     auth: ClientAuth<'_>,
     refresh_token: &str,
 ) -> Result<TokenResponse, ProviderError> {
-    let form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+    let form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+    ];
     token_request(http, endpoint, auth, form).await
 }
 
@@ -142,12 +149,17 @@ pub async fn revoke(
             None
         }
     };
-    let answer = http.post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES).await?;
+    let answer = http
+        .post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
+        .await?;
     if answer.status.is_success() {
         Ok(())
     } else if answer.status.is_server_error() {
         Err(ProviderError::ServerError(answer.status.as_u16()))
     } else {
-        Err(ProviderError::TokenRejected(format!("revocation_http_{}", answer.status.as_u16())))
+        Err(ProviderError::TokenRejected(format!(
+            "revocation_http_{}",
+            answer.status.as_u16()
+        )))
     }
 }

@@ -16,7 +16,9 @@ pub async fn fetch_userinfo(
     access_token: &str,
     expected_sub: &str,
 ) -> Result<Map<String, Value>, ProviderError> {
-    let answer = http.get(endpoint, Some(access_token), MAX_USERINFO_BYTES).await?;
+    let answer = http
+        .get(endpoint, Some(access_token), MAX_USERINFO_BYTES)
+        .await?;
     if answer.status.is_server_error() {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
     }
@@ -28,7 +30,8 @@ pub async fn fetch_userinfo(
     }
     if answer.content_type.starts_with("application/jwt") {
         return Err(ProviderError::BadResponse(
-            "signed userinfo responses are not supported; configure the provider to answer JSON".into(),
+            "signed userinfo responses are not supported; configure the provider to answer JSON"
+                .into(),
         ));
     }
     let claims = answer.json_object("userinfo")?;

@@ -31,7 +31,10 @@ impl AccessDenied {
 }
 
 /// Applies the rules to the user's claims (ID token merged with userinfo).
-pub fn check_access(rules: &AccessSettings, claims: &Map<String, Value>) -> Result<(), AccessDenied> {
+pub fn check_access(
+    rules: &AccessSettings,
+    claims: &Map<String, Value>,
+) -> Result<(), AccessDenied> {
     let email_rules = !rules.allowed_email_domains.is_empty() || !rules.allowed_emails.is_empty();
     if rules.require_email_verified || email_rules {
         let email = claims.get("email").and_then(Value::as_str);
@@ -79,8 +82,8 @@ fn email_is_allowed(rules: &AccessSettings, email: &str) -> bool {
         return false;
     };
     let email = email.to_ascii_lowercase();
-    rules.allowed_emails.iter().any(|e| *e == email)
-        || rules.allowed_email_domains.iter().any(|d| *d == domain)
+    rules.allowed_emails.contains(&email)
+        || rules.allowed_email_domains.contains(&domain)
 }
 
 /// A claim as a list of strings: a string, an array of strings, or a scalar.
@@ -95,7 +98,9 @@ fn claim_values(v: Option<&Value>) -> Vec<String> {
                 _ => None,
             })
             .collect(),
-        Some(Value::Bool(_) | Value::Number(_)) => v.map(|x| vec![x.to_string()]).unwrap_or_default(),
+        Some(Value::Bool(_) | Value::Number(_)) => {
+            v.map(|x| vec![x.to_string()]).unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }
@@ -119,13 +124,17 @@ mod tests {
 
     #[test]
     fn no_rules_admit_everyone() {
-        assert_eq!(check_access(&AccessSettings::default(), &claims(json!({}))), Ok(()));
+        assert_eq!(
+            check_access(&AccessSettings::default(), &claims(json!({}))),
+            Ok(())
+        );
     }
 
     #[test]
     fn ar2_domain_rules_match_the_exact_domain_only() {
         let rules = domain_rule("example.com");
-        let ok = |e: &str| check_access(&rules, &claims(json!({"email": e, "email_verified": true})));
+        let ok =
+            |e: &str| check_access(&rules, &claims(json!({"email": e, "email_verified": true})));
         assert_eq!(ok("alice@example.com"), Ok(()));
         assert_eq!(ok("Alice@EXAMPLE.com"), Ok(()));
         for bad in [
@@ -146,7 +155,10 @@ mod tests {
         let rules = domain_rule("example.com");
         for v in [json!(false), json!("false"), Value::Null] {
             let c = claims(json!({"email": "alice@example.com", "email_verified": v}));
-            assert_eq!(check_access(&rules, &c), Err(AccessDenied::EmailNotVerified));
+            assert_eq!(
+                check_access(&rules, &c),
+                Err(AccessDenied::EmailNotVerified)
+            );
         }
         let c = claims(json!({"email": "alice@example.com", "email_verified": "true"}));
         assert_eq!(check_access(&rules, &c), Ok(()));
@@ -164,7 +176,10 @@ mod tests {
             check_access(&rules, &c("bob@example.com")),
             Err(AccessDenied::EmailNotAllowed)
         );
-        assert_eq!(check_access(&rules, &claims(json!({}))), Err(AccessDenied::NoEmail));
+        assert_eq!(
+            check_access(&rules, &claims(json!({}))),
+            Err(AccessDenied::NoEmail)
+        );
     }
 
     #[test]
@@ -173,9 +188,19 @@ mod tests {
         rules
             .required_claims
             .insert("groups".into(), vec!["admin".into(), "ops".into()]);
-        assert_eq!(check_access(&rules, &claims(json!({"groups": ["dev", "ops"]}))), Ok(()));
-        assert_eq!(check_access(&rules, &claims(json!({"groups": "admin"}))), Ok(()));
-        for bad in [json!({"groups": ["dev"]}), json!({}), json!({"groups": "administrators"})] {
+        assert_eq!(
+            check_access(&rules, &claims(json!({"groups": ["dev", "ops"]}))),
+            Ok(())
+        );
+        assert_eq!(
+            check_access(&rules, &claims(json!({"groups": "admin"}))),
+            Ok(())
+        );
+        for bad in [
+            json!({"groups": ["dev"]}),
+            json!({}),
+            json!({"groups": "administrators"}),
+        ] {
             assert_eq!(
                 check_access(&rules, &claims(bad)),
                 Err(AccessDenied::MissingClaim("groups".into()))

@@ -12,7 +12,9 @@ use super::{SessionError, new_uuid};
 use crate::gateway::Gateway;
 use crate::provider::{Pkce, TokenResponse};
 use crate::random::{random_token, secrets_equal, sha256_hex};
-use crate::store::{LoginTransaction, MAX_TRANSACTIONS_PER_BROWSER, NewSession, TokenSet, UserProfile};
+use crate::store::{
+    LoginTransaction, MAX_TRANSACTIONS_PER_BROWSER, NewSession, TokenSet, UserProfile,
+};
 
 /// How long a login transaction lives (and its binding cookie).
 pub const LOGIN_TTL_SECONDS: i64 = 600;
@@ -48,15 +50,24 @@ pub(crate) fn token_context(id_hash: &super::IdHash, field: &str) -> Vec<u8> {
 impl Gateway {
     /// Starts a login for the browser holding `binding` (the `portcullis_tx` cookie
     /// value). Returns the provider URL to redirect to.
-    pub async fn begin_login(&self, binding: &str, return_to: ReturnTo) -> Result<Url, SessionError> {
+    pub async fn begin_login(
+        &self,
+        binding: &str,
+        return_to: ReturnTo,
+    ) -> Result<Url, SessionError> {
         let state = random_token();
         let nonce = random_token();
         let pkce = Pkce::generate();
         // Fails before anything is stored when the provider is unreachable.
-        let url = self.provider.authorize_url(&state, &nonce, &pkce.challenge).await?;
+        let url = self
+            .provider
+            .authorize_url(&state, &nonce, &pkce.challenge)
+            .await?;
         let now = self.now();
         let state_hash = sha256_hex(state.as_bytes());
-        let verifier = self.keys.seal_str(&pkce.verifier, &transaction_context(&state_hash));
+        let verifier = self
+            .keys
+            .seal_str(&pkce.verifier, &transaction_context(&state_hash));
         let tx = LoginTransaction {
             state_hash,
             binding_hash: sha256_hex(binding.as_bytes()),
@@ -66,7 +77,9 @@ impl Gateway {
             created_at: now,
             expires_at: now + LOGIN_TTL_SECONDS,
         };
-        self.store.put_transaction(&tx, MAX_TRANSACTIONS_PER_BROWSER).await?;
+        self.store
+            .put_transaction(&tx, MAX_TRANSACTIONS_PER_BROWSER)
+            .await?;
         Ok(url)
     }
 
@@ -82,7 +95,10 @@ impl Gateway {
     ) -> Result<LoginOutcome, SessionError> {
         // L01/L02/L03: a transaction of this browser, unused and unexpired, before
         // anything else; taking it makes it single use.
-        let state = params.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 512);
+        let state = params
+            .state
+            .as_deref()
+            .filter(|s| !s.is_empty() && s.len() <= 512);
         let Some(state) = state else {
             return Err(match params.error {
                 Some(error) => SessionError::ProviderDenied {
@@ -97,7 +113,9 @@ impl Gateway {
             .take_transaction(&sha256_hex(state.as_bytes()))
             .await?
             .ok_or(SessionError::StateUnknown)?;
-        let binding_hash = binding.map(|b| sha256_hex(b.as_bytes())).unwrap_or_default();
+        let binding_hash = binding
+            .map(|b| sha256_hex(b.as_bytes()))
+            .unwrap_or_default();
         if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
             return Err(SessionError::BrowserMismatch);
         }
@@ -110,7 +128,9 @@ impl Gateway {
             .check_response_issuer(params.iss.as_deref())
             .await
             .map_err(|e| match e {
-                crate::provider::ProviderError::IssuerMismatch { .. } => SessionError::IssuerMismatch,
+                crate::provider::ProviderError::IssuerMismatch { .. } => {
+                    SessionError::IssuerMismatch
+                }
                 other => other.into(),
             })?;
         // L09: the provider's error, consumed transaction, no session.
@@ -120,7 +140,10 @@ impl Gateway {
                 description: params.error_description,
             });
         }
-        let code = params.code.filter(|c| !c.is_empty()).ok_or(SessionError::CodeMissing)?;
+        let code = params
+            .code
+            .filter(|c| !c.is_empty())
+            .ok_or(SessionError::CodeMissing)?;
         let verifier = self
             .keys
             .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
@@ -131,7 +154,12 @@ impl Gateway {
             .exchange_code(&code, &verifier, &self.config.redirect_uri())
             .await?;
         let outcome = self
-            .create_session_from_tokens(tokens, Some(&tx.nonce), ReturnTo::from_stored(tx.return_to), user_agent)
+            .create_session_from_tokens(
+                tokens,
+                Some(&tx.nonce),
+                ReturnTo::from_stored(tx.return_to),
+                user_agent,
+            )
             .await?;
         if let Some(old) = replaced {
             self.end_session_by_id(old).await;
@@ -151,11 +179,21 @@ impl Gateway {
         let id_token = tokens.id_token.as_deref().ok_or_else(|| {
             crate::provider::ProviderError::BadResponse("the token response has no id_token".into())
         })?;
-        let verified = self.provider.validate_id_token(id_token, nonce, now).await?;
+        let verified = self
+            .provider
+            .validate_id_token(id_token, nonce, now)
+            .await?;
         let mut claims: Map<String, Value> = verified.claims.clone();
-        if let Some(info) = self.provider.userinfo(&tokens.access_token, &verified.subject).await? {
+        if let Some(info) = self
+            .provider
+            .userinfo(&tokens.access_token, &verified.subject)
+            .await?
+        {
             for (k, v) in info {
-                if !matches!(k.as_str(), "iss" | "aud" | "sub" | "exp" | "iat" | "nonce" | "azp") {
+                if !matches!(
+                    k.as_str(),
+                    "iss" | "aud" | "sub" | "exp" | "iat" | "nonce" | "azp"
+                ) {
                     claims.insert(k, v);
                 }
             }
@@ -163,8 +201,14 @@ impl Gateway {
         check_access(&self.config.access, &claims)?;
 
         let profile = UserProfile {
-            email: claims.get("email").and_then(Value::as_str).map(|s| clip(s, 320)),
-            name: claims.get("name").and_then(Value::as_str).map(|s| clip(s, 256)),
+            email: claims
+                .get("email")
+                .and_then(Value::as_str)
+                .map(|s| clip(s, 320)),
+            name: claims
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|s| clip(s, 256)),
         };
         let user = self
             .store
@@ -173,7 +217,9 @@ impl Gateway {
 
         let session_id = SessionId::generate();
         let id_hash = session_id.hash();
-        let seal = |field: &str, value: Option<&str>| value.map(|v| self.keys.seal_str(v, &token_context(&id_hash, field)));
+        let seal = |field: &str, value: Option<&str>| {
+            value.map(|v| self.keys.seal_str(v, &token_context(&id_hash, field)))
+        };
         let refresh_expires_at = tokens.refresh_expires_in.map(|s| now + s);
         let absolute = now + self.config.session.absolute_lifetime.as_secs() as i64;
         let session = NewSession {
@@ -185,7 +231,10 @@ impl Gateway {
             idle_expires_at: now + self.config.session.idle_timeout.as_secs() as i64,
             absolute_expires_at: absolute,
             tokens: TokenSet {
-                refresh_token: seal("refresh", tokens.refresh_token.as_deref().map(String::as_str)),
+                refresh_token: seal(
+                    "refresh",
+                    tokens.refresh_token.as_deref().map(String::as_str),
+                ),
                 access_token: seal("access", Some(&tokens.access_token)),
                 id_token: seal("id", Some(id_token)),
                 access_expires_at: tokens.expires_in.map(|s| now + s),

@@ -21,7 +21,10 @@ pub struct ActiveSession {
 
 impl Gateway {
     /// The live session for a cookie value, or `None`. Ended sessions are deleted.
-    pub async fn authenticate(&self, cookie_value: &str) -> Result<Option<ActiveSession>, SessionError> {
+    pub async fn authenticate(
+        &self,
+        cookie_value: &str,
+    ) -> Result<Option<ActiveSession>, SessionError> {
         // R06: anything not shaped like our ids never reaches the store.
         let Some(id) = SessionId::parse(cookie_value) else {
             return Ok(None);
@@ -36,7 +39,10 @@ impl Gateway {
         let now = self.now();
         if now >= record.expires_at() {
             self.store.delete_session(record.family_id).await?;
-            tracing::info!(session = record.id_hash.short(), "session ended by its lifetime");
+            tracing::info!(
+                session = record.id_hash.short(),
+                "session ended by its lifetime"
+            );
             return Ok(None);
         }
         let idle = self.config.session.idle_timeout.as_secs() as i64;
@@ -54,7 +60,9 @@ impl Gateway {
             expires_at: record
                 .tokens
                 .refresh_expires_at
-                .map_or(record.absolute_expires_at, |r| r.min(record.absolute_expires_at)),
+                .map_or(record.absolute_expires_at, |r| {
+                    r.min(record.absolute_expires_at)
+                }),
             record,
         }))
     }

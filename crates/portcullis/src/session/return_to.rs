@@ -54,10 +54,9 @@ fn validated(raw: &str) -> Option<String> {
     // Drop any fragment; keep path and query as sent (no re-encoding surprises).
     let without_fragment = raw.split('#').next().unwrap_or("/");
     // Only characters a URL may carry unencoded; others must arrive percent-encoded.
-    if !without_fragment
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^'))
-    {
+    if !without_fragment.bytes().all(|b| {
+        b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'^')
+    }) {
         return None;
     }
     // Final check with a real URL parser: the result must stay on our origin.
@@ -73,10 +72,13 @@ fn validated(raw: &str) -> Option<String> {
 mod percent_encoding_lite {
     /// Decodes `%XX` once. `None` when the result is not UTF-8 (refused outright).
     pub fn decode_once(s: &str) -> Option<String> {
-        let bytes: Vec<u8> = url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned().into_bytes())?;
-        String::from_utf8(bytes).ok().filter(|d| !d.contains('\u{FFFD}') || s.contains('\u{FFFD}'))
+        let bytes: Vec<u8> =
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned().into_bytes())?;
+        String::from_utf8(bytes)
+            .ok()
+            .filter(|d| !d.contains('\u{FFFD}') || s.contains('\u{FFFD}'))
     }
 }
 
@@ -87,7 +89,13 @@ mod tests {
 
     #[test]
     fn same_origin_paths_are_kept() {
-        for ok in ["/", "/orders", "/a/b?c=d&e=%2F", "/x?next=https://evil.com", "/%E2%9C%93"] {
+        for ok in [
+            "/",
+            "/orders",
+            "/a/b?c=d&e=%2F",
+            "/x?next=https://evil.com",
+            "/%E2%9C%93",
+        ] {
             assert_eq!(ReturnTo::parse(Some(ok)).as_str(), ok, "{ok}");
         }
         assert_eq!(ReturnTo::parse(Some("/a#frag")).as_str(), "/a");
@@ -121,7 +129,10 @@ mod tests {
         ] {
             assert_eq!(ReturnTo::parse(Some(bad)).as_str(), "/", "{bad:?}");
         }
-        assert_eq!(ReturnTo::parse(Some(&format!("/{}", "a".repeat(5000)))).as_str(), "/");
+        assert_eq!(
+            ReturnTo::parse(Some(&format!("/{}", "a".repeat(5000)))).as_str(),
+            "/"
+        );
         assert_eq!(ReturnTo::parse(None).as_str(), "/");
     }
 

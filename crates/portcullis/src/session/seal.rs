@@ -82,7 +82,9 @@ impl KeyRing {
 
     /// A fresh random key in the `PORTCULLIS_SECRET` format.
     pub fn generate_secret() -> Zeroizing<String> {
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(random::random_bytes::<32>()))
+        Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(random::random_bytes::<32>()),
+        )
     }
 
     /// Seals `plaintext`, bound to `context` (e.g. the session-id hash and field name).
@@ -97,7 +99,11 @@ impl KeyRing {
         let mut blob = Vec::with_capacity(NONCE_LEN + in_out.len());
         blob.extend_from_slice(nonce.as_ref());
         blob.extend_from_slice(&in_out);
-        Sealed(format!("v1.{}.{}", current.id, URL_SAFE_NO_PAD.encode(blob)))
+        Sealed(format!(
+            "v1.{}.{}",
+            current.id,
+            URL_SAFE_NO_PAD.encode(blob)
+        ))
     }
 
     /// Opens a sealed value; fails unless the key is in the ring and `context` matches.
@@ -111,7 +117,9 @@ impl KeyRing {
             .iter()
             .find(|k| k.id == kid)
             .ok_or(SealError::UnknownKey)?;
-        let blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| SealError::Malformed)?;
+        let blob = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| SealError::Malformed)?;
         if blob.len() < NONCE_LEN + AES_256_GCM_SIV.tag_len() {
             return Err(SealError::Malformed);
         }
@@ -133,7 +141,11 @@ impl KeyRing {
     }
 
     /// Opens a value sealed by `seal_str`.
-    pub fn open_str(&self, sealed: &Sealed, context: &[u8]) -> Result<Zeroizing<String>, SealError> {
+    pub fn open_str(
+        &self,
+        sealed: &Sealed,
+        context: &[u8],
+    ) -> Result<Zeroizing<String>, SealError> {
         let bytes = self.open(sealed, context)?;
         String::from_utf8(bytes.to_vec())
             .map(Zeroizing::new)
@@ -155,7 +167,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn ring(keys: &[[u8; 32]]) -> KeyRing {
-        KeyRing::new(&SecretKeys(keys.iter().map(|k| Zeroizing::new(*k)).collect())).unwrap()
+        KeyRing::new(&SecretKeys(
+            keys.iter().map(|k| Zeroizing::new(*k)).collect(),
+        ))
+        .unwrap()
     }
 
     #[test]

@@ -33,7 +33,12 @@ fn unique(label: &str) -> String {
 
 async fn new_user(store: &dyn Store) -> User {
     store
-        .upsert_user(&unique("https://issuer"), &unique("sub"), &UserProfile::default(), NOW)
+        .upsert_user(
+            &unique("https://issuer"),
+            &unique("sub"),
+            &UserProfile::default(),
+            NOW,
+        )
         .await
         .unwrap()
 }
@@ -71,19 +76,28 @@ async fn users_are_keyed_by_issuer_and_subject(store: &dyn Store) {
         email: Some("a@example.com".into()),
         name: Some("Ä".into()),
     };
-    let a = store.upsert_user(&issuer, "sub-1", &profile, NOW).await.unwrap();
+    let a = store
+        .upsert_user(&issuer, "sub-1", &profile, NOW)
+        .await
+        .unwrap();
     assert_eq!(a.email.as_deref(), Some("a@example.com"));
     let updated = UserProfile {
         email: Some("new@example.com".into()),
         name: None,
     };
-    let again = store.upsert_user(&issuer, "sub-1", &updated, NOW + 5).await.unwrap();
+    let again = store
+        .upsert_user(&issuer, "sub-1", &updated, NOW + 5)
+        .await
+        .unwrap();
     assert_eq!(again.id, a.id, "same (issuer, sub) must keep its id");
     assert_eq!(again.email.as_deref(), Some("new@example.com"));
     assert_eq!(again.created_at, NOW);
     assert_eq!(again.updated_at, NOW + 5);
     // Same email, other subject or other issuer: another user (no matching by email).
-    let other_sub = store.upsert_user(&issuer, "sub-2", &updated, NOW).await.unwrap();
+    let other_sub = store
+        .upsert_user(&issuer, "sub-2", &updated, NOW)
+        .await
+        .unwrap();
     let other_iss = store
         .upsert_user(&unique("https://other"), "sub-1", &updated, NOW)
         .await
@@ -97,7 +111,11 @@ async fn users_are_keyed_by_issuer_and_subject(store: &dyn Store) {
 async fn sessions_round_trip(store: &dyn Store) {
     let user = new_user(store).await;
     let (id, s) = new_session(store, &user, Some("psid")).await;
-    let got = store.get_session(&id.hash()).await.unwrap().expect("session");
+    let got = store
+        .get_session(&id.hash())
+        .await
+        .unwrap()
+        .expect("session");
     assert_eq!(got.family_id, s.family_id);
     assert_eq!(got.matched, IdMatch::Current);
     assert_eq!(got.user.id, user.id);
@@ -106,21 +124,39 @@ async fn sessions_round_trip(store: &dyn Store) {
     assert_eq!(got.token_version, 0);
     assert!(got.current_seen);
     assert_eq!(got.expires_at(), NOW + 3600);
-    assert!(store.get_session(&SessionId::generate().hash()).await.unwrap().is_none());
+    assert!(
+        store
+            .get_session(&SessionId::generate().hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
-    store.touch_session(s.family_id, NOW + 60, NOW + 3660).await.unwrap();
+    store
+        .touch_session(s.family_id, NOW + 60, NOW + 3660)
+        .await
+        .unwrap();
     let touched = store.get_session(&id.hash()).await.unwrap().unwrap();
     assert_eq!(touched.last_seen_at, NOW + 60);
     assert_eq!(touched.idle_expires_at, NOW + 3660);
     // An older touch never moves the deadline back.
-    store.touch_session(s.family_id, NOW + 10, NOW + 3610).await.unwrap();
+    store
+        .touch_session(s.family_id, NOW + 10, NOW + 3610)
+        .await
+        .unwrap();
     let still = store.get_session(&id.hash()).await.unwrap().unwrap();
     assert_eq!(still.idle_expires_at, NOW + 3660);
 
     let listed = store.list_sessions(Some(user.id), NOW).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].family_id, s.family_id);
-    assert!(store.list_sessions(Some(user.id), NOW + 4000).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sessions(Some(user.id), NOW + 4000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn token_updates_compare_and_swap(store: &dyn Store) {
@@ -152,14 +188,24 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
         refresh_token: sealed("r-rot"),
         ..Default::default()
     };
-    assert!(store
-        .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, &tokens)
-        .await
-        .unwrap());
-    assert!(!store
-        .rotate_session_id(s.family_id, 0, &SessionId::generate().hash(), NOW + 30, &tokens)
-        .await
-        .unwrap());
+    assert!(
+        store
+            .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, &tokens)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .rotate_session_id(
+                s.family_id,
+                0,
+                &SessionId::generate().hash(),
+                NOW + 30,
+                &tokens
+            )
+            .await
+            .unwrap()
+    );
     let by_new = store.get_session(&new.hash()).await.unwrap().unwrap();
     assert_eq!(by_new.matched, IdMatch::Current);
     assert!(!by_new.current_seen);
@@ -168,8 +214,18 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     assert_eq!(by_old.matched, IdMatch::Previous);
     assert_eq!(by_old.family_id, s.family_id);
     assert_eq!(by_old.previous_valid_until, Some(NOW + 30));
-    store.touch_session(s.family_id, NOW + 1, NOW + 3601).await.unwrap();
-    assert!(store.get_session(&new.hash()).await.unwrap().unwrap().current_seen);
+    store
+        .touch_session(s.family_id, NOW + 1, NOW + 3601)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_session(&new.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .current_seen
+    );
 }
 
 async fn sessions_end_by_id_user_sid_and_all(store: &dyn Store) {
@@ -226,7 +282,10 @@ async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
     let binding = unique("binding");
     let tx = transaction(&binding, NOW);
     store.put_transaction(&tx, 16).await.unwrap();
-    assert_eq!(store.take_transaction(&tx.state_hash).await.unwrap(), Some(tx.clone()));
+    assert_eq!(
+        store.take_transaction(&tx.state_hash).await.unwrap(),
+        Some(tx.clone())
+    );
     assert_eq!(store.take_transaction(&tx.state_hash).await.unwrap(), None);
 
     // Several tabs: all kept up to the bound, then the oldest go first.
@@ -234,29 +293,68 @@ async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
     for t in &txs {
         store.put_transaction(t, 3).await.unwrap();
     }
-    assert_eq!(store.take_transaction(&txs[0].state_hash).await.unwrap(), None);
-    assert_eq!(store.take_transaction(&txs[1].state_hash).await.unwrap(), None);
+    assert_eq!(
+        store.take_transaction(&txs[0].state_hash).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.take_transaction(&txs[1].state_hash).await.unwrap(),
+        None
+    );
     for t in &txs[2..] {
-        assert!(store.take_transaction(&t.state_hash).await.unwrap().is_some());
+        assert!(
+            store
+                .take_transaction(&t.state_hash)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
 }
 
 async fn leases_exclude_each_other_until_expiry(store: &dyn Store) {
     let key = unique("lease");
     assert!(store.acquire_lease(&key, "a", NOW, NOW + 10).await.unwrap());
-    assert!(!store.acquire_lease(&key, "b", NOW + 1, NOW + 11).await.unwrap());
+    assert!(
+        !store
+            .acquire_lease(&key, "b", NOW + 1, NOW + 11)
+            .await
+            .unwrap()
+    );
     store.release_lease(&key, "b").await.unwrap();
-    assert!(!store.acquire_lease(&key, "b", NOW + 2, NOW + 12).await.unwrap(), "only the holder releases");
+    assert!(
+        !store
+            .acquire_lease(&key, "b", NOW + 2, NOW + 12)
+            .await
+            .unwrap(),
+        "only the holder releases"
+    );
     store.release_lease(&key, "a").await.unwrap();
-    assert!(store.acquire_lease(&key, "b", NOW + 3, NOW + 13).await.unwrap());
-    assert!(store.acquire_lease(&key, "c", NOW + 13, NOW + 23).await.unwrap(), "an expired lease is free");
+    assert!(
+        store
+            .acquire_lease(&key, "b", NOW + 3, NOW + 13)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .acquire_lease(&key, "c", NOW + 13, NOW + 23)
+            .await
+            .unwrap(),
+        "an expired lease is free"
+    );
 }
 
 async fn replay_cache_remembers_once(store: &dyn Store) {
     let key = unique("jti");
     assert!(store.remember_once(&key, NOW, NOW + 60).await.unwrap());
     assert!(!store.remember_once(&key, NOW + 1, NOW + 61).await.unwrap());
-    assert!(store.remember_once(&key, NOW + 60, NOW + 120).await.unwrap());
+    assert!(
+        store
+            .remember_once(&key, NOW + 60, NOW + 120)
+            .await
+            .unwrap()
+    );
 }
 
 async fn expiry_purges_everything_old(store: &dyn Store) {
@@ -267,5 +365,11 @@ async fn expiry_purges_everything_old(store: &dyn Store) {
     let purged = store.purge_expired(NOW + 100_000).await.unwrap();
     assert!(purged >= 2);
     assert!(store.get_session(&id.hash()).await.unwrap().is_none());
-    assert!(store.take_transaction(&tx.state_hash).await.unwrap().is_none());
+    assert!(
+        store
+            .take_transaction(&tx.state_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

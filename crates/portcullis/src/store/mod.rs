@@ -218,11 +218,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // Login transactions.
     /// Stores a transaction; keeps at most `max_per_browser` per binding, evicting the
     /// oldest.
-    async fn put_transaction(
-        &self,
-        tx: &LoginTransaction,
-        max_per_browser: u32,
-    ) -> StoreResult<()>;
+    async fn put_transaction(&self, tx: &LoginTransaction, max_per_browser: u32)
+    -> StoreResult<()>;
     /// Removes and returns the transaction (single use), expired or not.
     async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>>;
 

@@ -11,8 +11,8 @@ use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    IdMatch, LoginTransaction, NewSession, SessionRecord, Store, StoreError, StoreResult,
-    TokenSet, User, UserProfile, timed, STORE_TIMEOUT,
+    IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, Store, StoreError,
+    StoreResult, TokenSet, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
@@ -31,13 +31,17 @@ async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     .map_err(unavailable)?;
     for (version, sql) in MIGRATIONS {
         let mut tx = pool.begin().await.map_err(unavailable)?;
-        let done: Option<i64> = sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
         if done.is_none() {
-            sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(unavailable)?;
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
             sqlx::query("INSERT INTO portcullis_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))")
                 .bind(version)
                 .execute(&mut *tx)
@@ -101,7 +105,9 @@ impl SqliteStore {
 }
 
 fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(col).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let text: String = row
+        .try_get(col)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
@@ -109,7 +115,8 @@ fn col<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
 where
     T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
 {
-    row.try_get(name).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+    row.try_get(name)
+        .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
 }
 
 fn sealed_col(row: &SqliteRow, name: &str) -> StoreResult<Option<Sealed>> {
@@ -174,7 +181,10 @@ fn opt_str(s: &Option<Sealed>) -> Option<&str> {
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         timed(async {
-            sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
             Ok(())
         })
         .await
@@ -424,7 +434,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_transaction(&self, tx: &LoginTransaction, max_per_browser: u32) -> StoreResult<()> {
+    async fn put_transaction(
+        &self,
+        tx: &LoginTransaction,
+        max_per_browser: u32,
+    ) -> StoreResult<()> {
         timed(async {
             let mut db = self.pool.begin().await.map_err(unavailable)?;
             sqlx::query(

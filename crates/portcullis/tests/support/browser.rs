@@ -15,7 +15,9 @@ pub struct Resp {
 
 impl Resp {
     pub fn location(&self) -> Option<String> {
-        self.headers.get("location").map(|v| v.to_str().unwrap().to_owned())
+        self.headers
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
     }
 
     pub fn set_cookies(&self) -> Vec<String> {
@@ -27,7 +29,9 @@ impl Resp {
     }
 
     pub fn set_cookie_named(&self, name: &str) -> Option<String> {
-        self.set_cookies().into_iter().find(|c| c.starts_with(&format!("{name}=")))
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -74,30 +78,53 @@ impl Browser {
     }
 
     pub fn set_cookie(&self, name: &str, value: &str) {
-        self.cookies.lock().unwrap().insert(name.into(), value.into());
+        self.cookies
+            .lock()
+            .unwrap()
+            .insert(name.into(), value.into());
     }
 
     fn cookie_header(&self) -> Option<String> {
         let jar = self.cookies.lock().unwrap();
-        (!jar.is_empty()).then(|| jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
+        (!jar.is_empty()).then(|| {
+            jar.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 
     /// A top-level navigation (what a user's click does).
     pub async fn navigate(&self, url: &str) -> Resp {
-        self.request(reqwest::Method::GET, url, &[("accept", "text/html"), ("sec-fetch-mode", "navigate")], None).await
+        self.request(
+            reqwest::Method::GET,
+            url,
+            &[("accept", "text/html"), ("sec-fetch-mode", "navigate")],
+            None,
+        )
+        .await
     }
 
     pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
         self.request(reqwest::Method::GET, url, headers, None).await
     }
 
-    pub async fn request(&self, method: reqwest::Method, url: &str, headers: &[(&str, &str)], body: Option<(String, &str)>) -> Resp {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(String, &str)>,
+    ) -> Resp {
         let mut req = self.client.request(method, url);
         if let Some(c) = self.cookie_header() {
             req = req.header(COOKIE, c);
         }
         for (k, v) in headers {
-            req = req.header(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         if let Some((body, content_type)) = body {
             req = req.header("content-type", content_type).body(body);
@@ -106,7 +133,11 @@ impl Browser {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.text().await.unwrap_or_default();
-        let resp = Resp { status, headers, body };
+        let resp = Resp {
+            status,
+            headers,
+            body,
+        };
         self.absorb(&resp);
         self.history.lock().unwrap().push(resp.clone());
         resp
@@ -116,7 +147,9 @@ impl Browser {
         let mut jar = self.cookies.lock().unwrap();
         for c in resp.set_cookies() {
             let first = c.split(';').next().unwrap_or("");
-            let Some((name, value)) = first.split_once('=') else { continue };
+            let Some((name, value)) = first.split_once('=') else {
+                continue;
+            };
             if c.contains("Max-Age=0") || value.is_empty() {
                 jar.remove(name);
             } else {
@@ -127,6 +160,12 @@ impl Browser {
 
     /// Concatenation of everything this browser received.
     pub fn everything_seen(&self) -> String {
-        self.history.lock().unwrap().iter().map(Resp::visible_text).collect::<Vec<_>>().join("\n")
+        self.history
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Resp::visible_text)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

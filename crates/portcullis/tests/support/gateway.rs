@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use portcullis::clock::ManualClock;
 use portcullis::config::SecretKeys;
-use portcullis::provider::http::ProviderHttp;
 use portcullis::provider::Provider;
+use portcullis::provider::http::ProviderHttp;
 use portcullis::session::KeyRing;
 use portcullis::store::Store;
 use portcullis::store::sqlite::SqliteStore;
@@ -66,7 +66,10 @@ pub struct Authorize {
 
 impl Authorize {
     pub fn param(&self, name: &str) -> Option<String> {
-        self.url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 }
 
@@ -93,20 +96,37 @@ impl TestGateway {
         env.extend(options.env);
         let config = Config::load_from(None, env).unwrap();
         let (store, db_path): (Arc<dyn Store>, _) = if options.file_store {
-            let dir = std::env::temp_dir().join(format!("portcullis-test-{}", portcullis::random::random_token()));
+            let dir = std::env::temp_dir().join(format!(
+                "portcullis-test-{}",
+                portcullis::random::random_token()
+            ));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("portcullis.db");
-            (Arc::new(SqliteStore::open(&path).await.unwrap()), Some(path))
+            (
+                Arc::new(SqliteStore::open(&path).await.unwrap()),
+                Some(path),
+            )
         } else {
             (Arc::new(SqliteStore::in_memory().await.unwrap()), None)
         };
-        let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(portcullis::random::random_bytes::<32>())])).unwrap();
+        let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(
+            portcullis::random::random_bytes::<32>(),
+        )]))
+        .unwrap();
         let mut settings = portcullis::gateway::provider_settings(&config);
         settings.jwks_min_refetch = options.jwks_min_refetch;
-        let http = ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout).unwrap();
+        let http =
+            ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout)
+                .unwrap();
         let provider = Provider::new(settings, http);
         let clock = ManualClock::default();
-        let gateway = Arc::new(Gateway::from_parts(config, provider, store, keys, Arc::new(clock.clone())));
+        let gateway = Arc::new(Gateway::from_parts(
+            config,
+            provider,
+            store,
+            keys,
+            Arc::new(clock.clone()),
+        ));
         let app = portcullis::http::router(gateway.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -141,13 +161,21 @@ impl TestGateway {
     /// `GET /auth/login` as a navigation; returns the provider request it redirected to.
     pub async fn start_login(&self, browser: &Browser, return_to: Option<&str>) -> Authorize {
         let path = match return_to {
-            Some(r) => format!("/auth/login?return_to={}", url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()),
+            Some(r) => format!(
+                "/auth/login?return_to={}",
+                url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+            ),
             None => "/auth/login".to_owned(),
         };
         let resp = browser.navigate(&self.at(&path)).await;
         assert_eq!(resp.status, 302, "login should redirect: {}", resp.body);
         let url = Url::parse(&resp.location().unwrap()).unwrap();
-        let get = |n: &str| url.query_pairs().find(|(k, _)| k == n).map(|(_, v)| v.into_owned()).unwrap();
+        let get = |n: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.into_owned())
+                .unwrap()
+        };
         Authorize {
             state: get("state"),
             nonce: get("nonce"),
@@ -159,7 +187,9 @@ impl TestGateway {
 
     /// `GET /auth/callback?<query>` as a navigation.
     pub async fn callback(&self, browser: &Browser, query: &str) -> Resp {
-        browser.navigate(&self.at(&format!("/auth/callback?{query}"))).await
+        browser
+            .navigate(&self.at(&format!("/auth/callback?{query}")))
+            .await
     }
 }
 
@@ -167,8 +197,17 @@ impl TestGateway {
     /// Signs in through a real provider's login form: follows every redirect from
     /// `/auth/login`, posts `username`/`password` to the form, and returns the gateway's
     /// answer to the callback.
-    pub async fn sign_in_through_form(&self, browser: &Browser, username: &str, password: &str, return_to: &str) -> Resp {
-        let start = format!("/auth/login?return_to={}", url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>());
+    pub async fn sign_in_through_form(
+        &self,
+        browser: &Browser,
+        username: &str,
+        password: &str,
+        return_to: &str,
+    ) -> Resp {
+        let start = format!(
+            "/auth/login?return_to={}",
+            url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+        );
         let mut url = Url::parse(&self.at(&start)).unwrap();
         let mut resp = browser.navigate(url.as_str()).await;
         for _ in 0..20 {
@@ -181,14 +220,27 @@ impl TestGateway {
                     resp = browser.navigate(url.as_str()).await;
                 }
                 200 if resp.body.contains("name=\"password\"") => {
-                    let action = resp.body.split("action=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+                    let action = resp
+                        .body
+                        .split("action=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                        .replace("&amp;", "&");
                     url = url.join(&action).unwrap();
                     let body = url::form_urlencoded::Serializer::new(String::new())
                         .append_pair("username", username)
                         .append_pair("password", password)
                         .finish();
                     resp = browser
-                        .request(reqwest::Method::POST, url.as_str(), &[("accept", "text/html")], Some((body, "application/x-www-form-urlencoded")))
+                        .request(
+                            reqwest::Method::POST,
+                            url.as_str(),
+                            &[("accept", "text/html")],
+                            Some((body, "application/x-www-form-urlencoded")),
+                        )
                         .await;
                 }
                 _ => panic!("unexpected answer at {url}: {} {}", resp.status, resp.body),

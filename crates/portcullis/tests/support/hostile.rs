@@ -73,6 +73,7 @@ impl HostileProvider {
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .route("/evil-jwks", get(evil_jwks))
+            .route("/redirect-to-evil", get(redirect_to_evil))
             .route("/token", post(token))
             .route("/userinfo", get(userinfo))
             .with_state(provider.clone());
@@ -167,7 +168,18 @@ async fn evil_jwks(State(p): State<HostileProvider>) -> Json<Value> {
     Json(json!({"keys": []}))
 }
 
-async fn token(State(p): State<HostileProvider>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn redirect_to_evil(State(p): State<HostileProvider>) -> Response {
+    (
+        StatusCode::FOUND,
+        [("location", format!("{}/evil-jwks", p.issuer))],
+    )
+        .into_response()
+}
+
+async fn token(
+    State(p): State<HostileProvider>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     p.counters.token_calls.fetch_add(1, Ordering::SeqCst);
     let (delay, over) = {
         let s = p.script.lock().unwrap();
@@ -177,11 +189,26 @@ async fn token(State(p): State<HostileProvider>, Form(form): Form<HashMap<String
         tokio::time::sleep(d).await;
     }
     if let Some((status, body)) = over {
-        return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response();
+        return (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response();
     }
-    let invalid_grant = || (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant"}))).into_response();
-    let Some(code) = form.get("code") else { return invalid_grant() };
-    let Some(issued) = p.script.lock().unwrap().codes.remove(code) else { return invalid_grant() };
+    let invalid_grant = || {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response()
+    };
+    let Some(code) = form.get("code") else {
+        return invalid_grant();
+    };
+    let Some(issued) = p.script.lock().unwrap().codes.remove(code) else {
+        return invalid_grant();
+    };
     let verifier = form.get("code_verifier").cloned().unwrap_or_default();
     if portcullis::provider::authorize::s256(&verifier) != issued.challenge {
         return invalid_grant();
@@ -191,7 +218,11 @@ async fn token(State(p): State<HostileProvider>, Form(form): Form<HashMap<String
 
 async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Response {
     p.counters.userinfo_calls.fetch_add(1, Ordering::SeqCst);
-    if !headers.get("authorization").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer ")) {
+    if !headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "))
+    {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     match p.script.lock().unwrap().userinfo.clone() {

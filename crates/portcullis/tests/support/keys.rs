@@ -65,7 +65,10 @@ impl TestKeys {
 
     pub fn sign_es256(&self, header: &Value, claims: &Value) -> String {
         let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-        let sig = self.ec.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        let sig = self
+            .ec
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap();
         format!("{input}.{}", b64(sig.as_ref()))
     }
 
@@ -74,7 +77,12 @@ impl TestKeys {
         let input = format!("{}.{}", b64(header), b64(claims));
         let mut sig = vec![0u8; self.rsa.public_modulus_len()];
         self.rsa
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut sig)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut sig,
+            )
             .unwrap();
         format!("{input}.{}", b64(sig))
     }

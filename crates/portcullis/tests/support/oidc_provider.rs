@@ -28,7 +28,9 @@ fn unavailable() -> Option<String> {
         return Some("node is not installed".into());
     }
     if !interop_dir().join("node_modules/oidc-provider").exists() {
-        return Some("tests/interop/node_modules is missing (run `npm ci` in tests/interop)".into());
+        return Some(
+            "tests/interop/node_modules is missing (run `npm ci` in tests/interop)".into(),
+        );
     }
     None
 }
@@ -64,12 +66,24 @@ impl RealProvider {
             .expect("oidc-provider did not start within 30 s")
             .expect("read stdout")
             .expect("oidc-provider exited before it was ready");
-        let issuer = ready.strip_prefix("READY ").expect("READY line").trim().to_owned();
-        Some(Self { issuer, _child: child })
+        let issuer = ready
+            .strip_prefix("READY ")
+            .expect("READY line")
+            .trim()
+            .to_owned();
+        Some(Self {
+            issuer,
+            _child: child,
+        })
     }
 
     /// The provider's event counters (`/test/events`).
     pub async fn events(&self) -> Value {
-        reqwest::get(format!("{}/test/events", self.issuer)).await.unwrap().json().await.unwrap()
+        reqwest::get(format!("{}/test/events", self.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }

@@ -1,0 +1,150 @@
+//! The `portcullis` binary as a user runs it: help, version, check-config, serve.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn portcullis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    // A clean environment: only what each test sets.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn help_and_version_work_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        let out = portcullis().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--config") || args == ["--help"]);
+    }
+    for args in [vec!["--version"], vec!["serve", "--version"]] {
+        let out = portcullis().args(&args).output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_non_zero() {
+    let out = portcullis()
+        .arg("check-config")
+        .env("PORTCULLIS_LISTEN", "0.0.0.0:8080")
+        .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "public_url",
+        "issuer",
+        "client_id",
+        "idle_timeout",
+        "4 problem(s)",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = std::env::temp_dir().join(format!("pc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("portcullis.toml");
+    std::fs::write(
+        &file,
+        "issuer = \"https://id.example.com\"\nclient_id = \"app\"\npublic_url = \"https://app.example.com\"\nlisten = \"0.0.0.0:8080\"\n[access]\nallowed_email_domains = [\"example.com\"]\n",
+    )
+    .unwrap();
+    let out = portcullis()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("https://app.example.com/auth/callback"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn serve_answers_health_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("pc-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A provider address with nothing listening: serve must still start (not ready).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = portcullis()
+        .arg("serve")
+        .current_dir(&dir)
+        .env("PORTCULLIS_ISSUER", format!("http://{dead}"))
+        .env("PORTCULLIS_CLIENT_ID", "app")
+        .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            break out;
+        }
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The key ring was generated beside the default SQLite file.
+    assert!(dir.join("portcullis.db.secret").exists());
+    unsafe_free_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let logs: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("generated a new session key ring"))
+    );
+    assert!(
+        logs.iter().all(|l| l.starts_with('{')),
+        "json log lines: {logs:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Sends SIGTERM with the `kill` command (no libc dependency, no unsafe).
+fn unsafe_free_sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}

@@ -1,0 +1,77 @@
+//! No token, code, state or session id in any log line, at debug level, across a good
+//! and a refused login. Alone in its own test binary: tracing caches per-callsite
+//! interest process-wide, so a capturing subscriber must not race other tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use support::gateway::callback_query;
+use support::{Browser, HostileProvider, TestGateway};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_code_or_session_id_reaches_a_log_line() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start(&p.issuer).await;
+    let browser = Browser::new();
+    let mut secrets = Vec::new();
+    // A good login, then a refused one (bad nonce), then session lookups.
+    for good in [true, false] {
+        let auth = gw.start_login(&browser, None).await;
+        let nonce = if good {
+            auth.nonce.clone()
+        } else {
+            "wrong".into()
+        };
+        let token = p.keys.sign_rs256(&p.keys.rs256_header(), &p.claims(&nonce));
+        let response = HostileProvider::token_response(&token);
+        secrets.push(response["access_token"].as_str().unwrap().to_owned());
+        secrets.push(response["refresh_token"].as_str().unwrap().to_owned());
+        secrets.push(token.clone());
+        let code = p.issue_code(&auth.challenge, response);
+        secrets.push(code.clone());
+        secrets.push(auth.state.clone());
+        let resp = gw
+            .callback(
+                &browser,
+                &callback_query(&code, &auth.state, Some(&p.issuer)),
+            )
+            .await;
+        assert_eq!(resp.status, if good { 303 } else { 400 }, "{}", resp.body);
+    }
+    let session_id = browser.cookie("portcullis").unwrap();
+    secrets.push(session_id.clone());
+    secrets.push(browser.cookie("portcullis_tx").unwrap());
+    browser.get(&gw.at("/auth/session"), &[]).await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("signed in"), "the capture works: {logs}");
+    assert!(logs.contains("ID token refused"));
+    for s in &secrets {
+        assert!(!logs.contains(s.as_str()), "a secret reached the logs");
+    }
+}
