@@ -82,8 +82,7 @@ fn email_is_allowed(rules: &AccessSettings, email: &str) -> bool {
         return false;
     };
     let email = email.to_ascii_lowercase();
-    rules.allowed_emails.contains(&email)
-        || rules.allowed_email_domains.contains(&domain)
+    rules.allowed_emails.contains(&email) || rules.allowed_email_domains.contains(&domain)
 }
 
 /// A claim as a list of strings: a string, an array of strings, or a scalar.
