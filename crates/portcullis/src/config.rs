@@ -1041,3 +1041,32 @@ mod tests {
         assert!(Config::load_from(None, e).is_err());
     }
 }
+
+#[cfg(test)]
+mod documentation_tests {
+    use super::*;
+
+    fn repo_file(path: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    }
+
+    #[test]
+    fn every_key_and_variable_is_documented() {
+        let doc = std::fs::read_to_string(repo_file("docs/configuration.md")).unwrap();
+        for (dotted, env) in all_keys() {
+            let key = dotted.rsplit('.').next().unwrap();
+            assert!(doc.contains(&format!("`{key}`")), "docs/configuration.md lacks `{key}`");
+            assert!(doc.contains(&format!("`{env}`")), "docs/configuration.md lacks `{env}`");
+        }
+    }
+
+    #[test]
+    fn the_example_configurations_are_valid() {
+        for name in ["keycloak", "auth0", "google"] {
+            let path = repo_file(&format!("examples/{name}.toml"));
+            let config = Config::load_from(Some(&path), Vec::new())
+                .unwrap_or_else(|e| panic!("examples/{name}.toml: {e}"));
+            assert!(config.is_https());
+        }
+    }
+}
