@@ -489,9 +489,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("`{s}`: unknown unit `{unit}`; use s, m, h or d")),
     };
+    // Ten years bounds every lifetime; larger values are typos, and would overflow
+    // timestamp arithmetic.
+    const MAX_SECONDS: u64 = 10 * 365 * 86_400;
     n.checked_mul(seconds)
+        .filter(|total| *total <= MAX_SECONDS)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| format!("`{s}` is too large (at most 3650d)"))
 }
 
 fn duration_setting(
@@ -1002,6 +1006,8 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5w").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("3651d").is_err());
+        assert!(parse_duration("3650d").is_ok());
     }
 
     #[test]
@@ -1047,7 +1053,9 @@ mod documentation_tests {
     use super::*;
 
     fn repo_file(path: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path)
     }
 
     #[test]
@@ -1055,8 +1063,14 @@ mod documentation_tests {
         let doc = std::fs::read_to_string(repo_file("docs/configuration.md")).unwrap();
         for (dotted, env) in all_keys() {
             let key = dotted.rsplit('.').next().unwrap();
-            assert!(doc.contains(&format!("`{key}`")), "docs/configuration.md lacks `{key}`");
-            assert!(doc.contains(&format!("`{env}`")), "docs/configuration.md lacks `{env}`");
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/configuration.md lacks `{key}`"
+            );
+            assert!(
+                doc.contains(&format!("`{env}`")),
+                "docs/configuration.md lacks `{env}`"
+            );
         }
     }
 

@@ -56,6 +56,12 @@ impl Gateway {
                 )));
             }
         };
+        if !config.is_https() && !is_loopback_origin(&config.public_url) {
+            tracing::warn!(
+                public_url = %config.public_origin(),
+                "the public URL is plain http: cookies cannot be Secure or __Host- prefixed, so a sibling host could plant them; use https"
+            );
+        }
         let provider = Provider::new(provider_settings(&config), ProviderHttp::new()?);
         Ok(Self::from_parts(
             config,
@@ -140,6 +146,15 @@ pub fn provider_settings(config: &Config) -> ProviderSettings {
             .as_ref()
             .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
         jwks_min_refetch: MIN_REFETCH_INTERVAL,
+    }
+}
+
+fn is_loopback_origin(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
     }
 }
 

@@ -555,10 +555,46 @@ async fn j02_hs256_keyed_with_the_rsa_public_key_is_refused() {
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
-    // Even with HS256 advertised by the provider, it stays off the default allow-list.
+    // Even advertised by the provider and keyed by the real client secret, HS256 stays
+    // off the default allow-list: it is accepted only when configured explicitly.
     p.patch_metadata(json!({"id_token_signing_alg_values_supported": ["RS256", "HS256"]}));
-    let gw2 = TestGateway::start(&p.issuer).await;
+    let secret = "the-real-client-secret";
+    let gw2 = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_CLIENT_SECRET", secret),
+    )
+    .await;
     let resp = login_with(&gw2, &p, &Browser::new(), |a| {
+        sign_hs256(
+            secret.as_bytes(),
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &p.claims(&a.nonce),
+        )
+    })
+    .await;
+    assert_id_token_refused(&gw2, &resp).await;
+    let gw3 = TestGateway::start_with(
+        &p.issuer,
+        Options::default()
+            .env("PORTCULLIS_CLIENT_SECRET", secret)
+            .env("PORTCULLIS_PROVIDER_ALLOWED_ALGORITHMS", "HS256"),
+    )
+    .await;
+    let resp = login_with(&gw3, &p, &Browser::new(), |a| {
+        sign_hs256(
+            secret.as_bytes(),
+            &json!({"alg": "HS256", "typ": "JWT"}),
+            &p.claims(&a.nonce),
+        )
+    })
+    .await;
+    assert_eq!(
+        resp.status, 303,
+        "explicitly configured HS256 keyed by the client secret works: {}",
+        resp.body
+    );
+    // …and then the RSA public key as HMAC key still fails.
+    let resp = login_with(&gw3, &p, &Browser::new(), |a| {
         sign_hs256(
             &p.keys.rsa_public_der(),
             &json!({"alg": "HS256"}),
@@ -566,7 +602,10 @@ async fn j02_hs256_keyed_with_the_rsa_public_key_is_refused() {
         )
     })
     .await;
-    assert_id_token_refused(&gw2, &resp).await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.body.contains("id_token_invalid"));
+    assert!(resp.set_cookie_named("portcullis").is_none());
+    assert_eq!(gw3.session_count().await, 1, "only the legitimate login");
 }
 
 #[tokio::test]
@@ -600,6 +639,7 @@ async fn j03_keys_in_the_header_are_refused_without_any_fetch() {
     let (p, gw) = setup().await;
     let evil = format!("{}/evil-jwks", p.issuer);
     let attacker = support::TestKeys::generate("attacker");
+    // Signed with the provider's own key, so only the header check can refuse these.
     for (member, value) in [
         ("jku", json!(evil)),
         ("x5u", json!(evil)),
@@ -607,9 +647,9 @@ async fn j03_keys_in_the_header_are_refused_without_any_fetch() {
         ("x5c", json!(["MIIB"])),
     ] {
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            let mut header = attacker.rs256_header();
+            let mut header = p.keys.rs256_header();
             header[member] = value.clone();
-            attacker.sign_rs256(&header, &p.claims(&a.nonce))
+            p.keys.sign_rs256(&header, &p.claims(&a.nonce))
         })
         .await;
         assert_id_token_refused(&gw, &resp).await;
@@ -633,12 +673,21 @@ async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
         },
     )
     .await;
-    for kid in [
-        "../../../../etc/passwd",
-        "' OR '1'='1",
-        &"k".repeat(8192),
-        "a\u{0}b",
-    ] {
+    // The JWKS really holds keys under the malformed kids, so only the kid check can
+    // refuse those; the others must not be looked up anywhere but the JWKS.
+    let long_kid = "k".repeat(8192);
+    let malformed = [long_kid.as_str(), "a\u{0}b", "line\nbreak"];
+    let mut keys = vec![p.keys.rsa_jwk(), p.keys.ec_jwk()];
+    for kid in malformed {
+        let mut k = p.keys.rsa_jwk();
+        k["kid"] = json!(kid);
+        keys.push(k);
+    }
+    p.script.lock().unwrap().jwks = json!({ "keys": keys });
+    for kid in malformed
+        .into_iter()
+        .chain(["../../../../etc/passwd", "' OR '1'='1"])
+    {
         let resp = login_with(&gw, &p, &Browser::new(), |a| {
             let mut header = p.keys.rs256_header();
             header["kid"] = json!(kid);
@@ -872,15 +921,18 @@ async fn j13_logout_and_access_tokens_are_not_id_tokens() {
 #[tokio::test]
 async fn j14_parser_differentials_are_refused() {
     let (p, gw) = setup().await;
-    // Duplicate claims, correctly signed.
-    let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let claims = p.claims(&a.nonce).to_string();
-        let dup = format!("{},\"sub\":\"admin\"}}", &claims[..claims.len() - 1]);
-        p.keys
-            .sign_raw_rs256(&p.keys.rs256_header().to_string(), &dup)
-    })
-    .await;
-    assert_id_token_refused(&gw, &resp).await;
+    // Duplicate claims, correctly signed. `email` is one jsonwebtoken does not look at,
+    // so only our parser stands between a last-wins reading and a changed identity.
+    for claim in [r#""email":"admin@example.com""#, r#""sub":"admin""#] {
+        let resp = login_with(&gw, &p, &Browser::new(), |a| {
+            let claims = p.claims(&a.nonce).to_string();
+            let dup = format!("{},{claim}}}", &claims[..claims.len() - 1]);
+            p.keys
+                .sign_raw_rs256(&p.keys.rs256_header().to_string(), &dup)
+        })
+        .await;
+        assert_id_token_refused(&gw, &resp).await;
+    }
     // Four segments.
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
         format!(

@@ -9,6 +9,7 @@ mod support;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use serde_json::json;
 use support::gateway::callback_query;
 use support::{Browser, HostileProvider, TestGateway};
 
@@ -63,6 +64,29 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
             .await;
         assert_eq!(resp.status, if good { 303 } else { 400 }, "{}", resp.body);
     }
+    // A provider that refuses the code with a chatty error, and one that fails.
+    for (status, body) in [
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "code SECRET-IN-DESCRIPTION"})
+                .to_string(),
+        ),
+        (500, "internal SECRET-IN-500".to_owned()),
+        (200, "{not json SECRET-IN-GARBAGE".to_owned()),
+    ] {
+        let auth = gw.start_login(&browser, None).await;
+        p.script.lock().unwrap().token_override = Some((status, body));
+        let resp = gw
+            .callback(
+                &browser,
+                &callback_query("code-for-error", &auth.state, Some(&p.issuer)),
+            )
+            .await;
+        assert!(resp.status >= 400);
+        secrets.push(auth.state.clone());
+    }
+    secrets.push("SECRET-IN".to_owned());
+    secrets.push("code-for-error".to_owned());
     let session_id = browser.cookie("portcullis").unwrap();
     secrets.push(session_id.clone());
     secrets.push(browser.cookie("portcullis_tx").unwrap());

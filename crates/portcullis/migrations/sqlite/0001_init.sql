@@ -48,6 +48,7 @@ CREATE TABLE login_transactions (
 );
 CREATE INDEX login_transactions_by_binding ON login_transactions (binding_hash, created_at);
 CREATE INDEX login_transactions_by_expiry ON login_transactions (expires_at);
+CREATE INDEX login_transactions_by_age ON login_transactions (created_at);
 
 CREATE TABLE refresh_leases (
     lease_key  TEXT PRIMARY KEY NOT NULL,

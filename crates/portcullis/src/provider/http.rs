@@ -13,12 +13,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Total time for one provider call, body included (R04: ≤10 s).
 pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A provider answer: status, content type and a size-capped body.
-#[derive(Debug)]
+/// A provider answer: status, content type and a size-capped body. The body may hold
+/// tokens, so `Debug` shows only its length.
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 impl Answer {

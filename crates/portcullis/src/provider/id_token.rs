@@ -100,14 +100,23 @@ impl IdTokenError {
     }
 }
 
-/// A JWT taken apart for policy checks, not yet verified.
-#[derive(Debug)]
+/// A JWT taken apart for policy checks, not yet verified. `Debug` omits the token.
 pub struct UnverifiedJwt<'a> {
     pub token: &'a str,
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub typ: Option<String>,
     pub claims: Map<String, Value>,
+}
+
+impl std::fmt::Debug for UnverifiedJwt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("typ", &self.typ)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Splits and checks the structure and header of a compact JWS (J02–J05, J14, R03).
@@ -326,16 +335,16 @@ pub fn check_claims(
     }
     // Steps 9–10 (J08).
     let exp = numeric(claims, "exp").ok_or(IdTokenError::MissingExpiry)?;
-    if expect.now > exp + LEEWAY_SECONDS {
+    if expect.now > exp.saturating_add(LEEWAY_SECONDS) {
         return Err(IdTokenError::Expired);
     }
     let iat = numeric(claims, "iat").ok_or(IdTokenError::MissingIssuedAt)?;
-    if iat > expect.now + LEEWAY_SECONDS {
+    if iat > expect.now.saturating_add(LEEWAY_SECONDS) {
         return Err(IdTokenError::IssuedInFuture);
     }
     if claims.contains_key("nbf") {
         let nbf = numeric(claims, "nbf").ok_or(IdTokenError::Malformed)?;
-        if nbf > expect.now + LEEWAY_SECONDS {
+        if nbf > expect.now.saturating_add(LEEWAY_SECONDS) {
             return Err(IdTokenError::NotYetValid);
         }
     }

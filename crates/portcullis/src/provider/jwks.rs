@@ -19,6 +19,10 @@ pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Least time between two fetches caused by unknown kids.
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// A key set older than this is refetched before use, so that keys the provider has
+/// withdrawn stop being trusted.
+pub const MAX_KEY_SET_AGE: Duration = Duration::from_secs(3600);
+
 /// Key families: which algorithms a key may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyFamily {
@@ -111,6 +115,8 @@ fn parse_key(value: &serde_json::Value) -> Option<VerificationKey> {
 pub struct JwksCache {
     jwks_uri: RwLock<String>,
     keys: RwLock<Arc<Vec<VerificationKey>>>,
+    /// When the current key set was fetched.
+    fetched_at: RwLock<Option<Instant>>,
     /// Serialises fetches and remembers when the last one happened.
     last_fetch: Mutex<Option<Instant>>,
     min_refetch_interval: Duration,
@@ -121,6 +127,7 @@ impl JwksCache {
         Self {
             jwks_uri: RwLock::new(String::new()),
             keys: RwLock::new(Arc::new(Vec::new())),
+            fetched_at: RwLock::new(None),
             last_fetch: Mutex::new(None),
             min_refetch_interval,
         }
@@ -162,6 +169,7 @@ impl JwksCache {
         }
         let parsed = Arc::new(parse_jwks(&answer.body)?);
         *self.keys.write().await = parsed.clone();
+        *self.fetched_at.write().await = Some(Instant::now());
         Ok(parsed)
     }
 
@@ -191,18 +199,30 @@ impl JwksCache {
                 }
             }
         };
-        let found = pick(&self.keys().await);
-        if !found.is_empty() {
-            return Ok(found);
-        }
-        let keys = match self.refresh(http).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::warn!(error = %e, "JWKS refetch failed; keeping the last good key set");
-                self.keys().await
+        let fresh = self
+            .fetched_at
+            .read()
+            .await
+            .is_some_and(|at| at.elapsed() < MAX_KEY_SET_AGE);
+        if fresh {
+            let found = pick(&self.keys().await);
+            if !found.is_empty() {
+                return Ok(found);
             }
-        };
-        Ok(pick(&keys))
+        }
+        match self.refresh(http).await {
+            Ok(keys) => Ok(pick(&keys)),
+            Err(e) => {
+                let found = pick(&self.keys().await);
+                if found.is_empty() {
+                    // The provider's fault, not the token's: a 502, not a refusal.
+                    Err(e)
+                } else {
+                    tracing::warn!(error = %e, "JWKS refetch failed; using the last good key set");
+                    Ok(found)
+                }
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use jwks::JwksCache;
 use token::ClientAuth;
 
 /// What can go wrong talking to the provider.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     #[error("the identity provider could not be reached: {0}")]
     Unreachable(String),
@@ -186,7 +186,8 @@ pub struct Provider {
     settings: ProviderSettings,
     http: ProviderHttp,
     metadata: RwLock<Option<Arc<Metadata>>>,
-    last_discovery: Mutex<Option<Instant>>,
+    /// The last failed discovery attempt, for back-off.
+    last_discovery: Mutex<Option<(Instant, ProviderError)>>,
     jwks: JwksCache,
 }
 
@@ -221,24 +222,36 @@ impl Provider {
         if let Some(m) = self.metadata.read().await.clone() {
             return Ok(m);
         }
-        let mut last = self.last_discovery.lock().await;
-        if let Some(m) = self.metadata.read().await.clone() {
-            return Ok(m);
-        }
-        if let Some(at) = *last
-            && at.elapsed() < DISCOVERY_RETRY
-        {
-            return Err(ProviderError::Unreachable(
-                "discovery failed recently; retrying shortly".into(),
-            ));
-        }
-        *last = Some(Instant::now());
-        let metadata = Arc::new(discovery::discover(&self.http, &self.settings.issuer).await?);
-        self.jwks.set_uri(&metadata.jwks_uri).await;
+        let metadata = {
+            // One attempt at a time; callers that waited share its outcome.
+            let mut last_failure = self.last_discovery.lock().await;
+            if let Some(m) = self.metadata.read().await.clone() {
+                return Ok(m);
+            }
+            if let Some((at, error)) = &*last_failure
+                && at.elapsed() < DISCOVERY_RETRY
+            {
+                return Err(error.clone());
+            }
+            match discovery::discover(&self.http, &self.settings.issuer).await {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    self.jwks.set_uri(&m.jwks_uri).await;
+                    *self.metadata.write().await = Some(m.clone());
+                    *last_failure = None;
+                    m
+                }
+                Err(e) => {
+                    // The back-off counts from the end of the failed attempt.
+                    *last_failure = Some((Instant::now(), e.clone()));
+                    return Err(e);
+                }
+            }
+        };
+        // Outside the discovery lock: a slow JWKS does not hold up other callers.
         if let Err(e) = self.jwks.refresh(&self.http).await {
             tracing::warn!(error = %e, "could not fetch the provider's JWKS yet");
         }
-        *self.metadata.write().await = Some(metadata.clone());
         Ok(metadata)
     }
 

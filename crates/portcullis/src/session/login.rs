@@ -12,21 +12,34 @@ use super::{SessionError, new_uuid};
 use crate::gateway::Gateway;
 use crate::provider::{Pkce, TokenResponse};
 use crate::random::{random_token, secrets_equal, sha256_hex};
-use crate::store::{
-    LoginTransaction, MAX_TRANSACTIONS_PER_BROWSER, NewSession, TokenSet, UserProfile,
-};
+use crate::store::{LoginTransaction, NewSession, TokenSet, TransactionLimits, UserProfile};
 
 /// How long a login transaction lives (and its binding cookie).
 pub const LOGIN_TTL_SECONDS: i64 = 600;
 
-/// The query of a callback, already split by the HTTP layer.
-#[derive(Debug, Default, Clone)]
+/// Token lifetimes the provider announces are believed up to this (one year).
+const MAX_PROVIDER_LIFETIME: i64 = 365 * 86_400;
+
+/// The query of a callback, already split by the HTTP layer. `Debug` hides the code
+/// and state.
+#[derive(Default, Clone)]
 pub struct CallbackParams {
     pub state: Option<String>,
     pub code: Option<String>,
     pub iss: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
+}
+
+impl std::fmt::Debug for CallbackParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackParams")
+            .field("state", &self.state.as_ref().map(|_| "<redacted>"))
+            .field("code", &self.code.as_ref().map(|_| "<redacted>"))
+            .field("iss", &self.iss)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A finished login: the new session's id (for the cookie), its cookie lifetime, and
@@ -78,7 +91,7 @@ impl Gateway {
             expires_at: now + LOGIN_TTL_SECONDS,
         };
         self.store
-            .put_transaction(&tx, MAX_TRANSACTIONS_PER_BROWSER)
+            .put_transaction(&tx, TransactionLimits::default())
             .await?;
         Ok(url)
     }
@@ -99,14 +112,10 @@ impl Gateway {
             .state
             .as_deref()
             .filter(|s| !s.is_empty() && s.len() <= 512);
+        // Without a transaction, nothing from the query is shown back (no attacker text
+        // on our origin): the provider's `error` is displayed only once the state matched.
         let Some(state) = state else {
-            return Err(match params.error {
-                Some(error) => SessionError::ProviderDenied {
-                    error,
-                    description: params.error_description,
-                },
-                None => SessionError::StateMissing,
-            });
+            return Err(SessionError::StateMissing);
         };
         let tx = self
             .store
@@ -220,15 +229,17 @@ impl Gateway {
         let seal = |field: &str, value: Option<&str>| {
             value.map(|v| self.keys.seal_str(v, &token_context(&id_hash, field)))
         };
-        let refresh_expires_at = tokens.refresh_expires_in.map(|s| now + s);
-        let absolute = now + self.config.session.absolute_lifetime.as_secs() as i64;
+        let refresh_expires_at = tokens
+            .refresh_expires_in
+            .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME)));
+        let absolute = now.saturating_add(self.config.session.absolute_lifetime.as_secs() as i64);
         let session = NewSession {
             family_id: new_uuid(),
             id_hash: id_hash.clone(),
             user_id: user.id,
             provider_sid: verified.sid.clone(),
             created_at: now,
-            idle_expires_at: now + self.config.session.idle_timeout.as_secs() as i64,
+            idle_expires_at: now.saturating_add(self.config.session.idle_timeout.as_secs() as i64),
             absolute_expires_at: absolute,
             tokens: TokenSet {
                 refresh_token: seal(
@@ -237,7 +248,9 @@ impl Gateway {
                 ),
                 access_token: seal("access", Some(&tokens.access_token)),
                 id_token: seal("id", Some(id_token)),
-                access_expires_at: tokens.expires_in.map(|s| now + s),
+                access_expires_at: tokens
+                    .expires_in
+                    .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
                 refresh_expires_at,
             },
             user_agent: user_agent.map(|ua| clip(ua, 256)),

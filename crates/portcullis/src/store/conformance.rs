@@ -22,6 +22,8 @@ pub async fn run_all(store: &dyn Store) {
     rotation_keeps_the_previous_id_for_lookups(store).await;
     sessions_end_by_id_user_sid_and_all(store).await;
     transactions_are_single_use_and_bounded(store).await;
+    transactions_are_bounded_in_total(store).await;
+    concurrent_takes_succeed_once(store).await;
     leases_exclude_each_other_until_expiry(store).await;
     replay_cache_remembers_once(store).await;
     expiry_purges_everything_old(store).await;
@@ -47,13 +49,12 @@ fn sealed(s: &str) -> Option<Sealed> {
     Some(Sealed::from_stored(format!("v1.test.{s}")))
 }
 
-async fn new_session(store: &dyn Store, user: &User, sid: Option<&str>) -> (SessionId, NewSession) {
-    let id = SessionId::generate();
-    let s = NewSession {
+fn new_session_record(user: &User, id: &SessionId) -> NewSession {
+    NewSession {
         family_id: new_uuid(),
         id_hash: id.hash(),
         user_id: user.id,
-        provider_sid: sid.map(str::to_owned),
+        provider_sid: None,
         created_at: NOW,
         idle_expires_at: NOW + 3600,
         absolute_expires_at: NOW + 86_400,
@@ -65,7 +66,13 @@ async fn new_session(store: &dyn Store, user: &User, sid: Option<&str>) -> (Sess
             refresh_expires_at: None,
         },
         user_agent: Some("conformance".into()),
-    };
+    }
+}
+
+async fn new_session(store: &dyn Store, user: &User, sid: Option<&str>) -> (SessionId, NewSession) {
+    let id = SessionId::generate();
+    let mut s = new_session_record(user, &id);
+    s.provider_sid = sid.map(str::to_owned);
     store.create_session(&s).await.unwrap();
     (id, s)
 }
@@ -281,7 +288,10 @@ fn transaction(binding: &str, created_at: UnixTime) -> LoginTransaction {
 async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
     let binding = unique("binding");
     let tx = transaction(&binding, NOW);
-    store.put_transaction(&tx, 16).await.unwrap();
+    store
+        .put_transaction(&tx, TransactionLimits::default())
+        .await
+        .unwrap();
     assert_eq!(
         store.take_transaction(&tx.state_hash).await.unwrap(),
         Some(tx.clone())
@@ -291,7 +301,16 @@ async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
     // Several tabs: all kept up to the bound, then the oldest go first.
     let txs: Vec<_> = (0..5).map(|i| transaction(&binding, NOW + i)).collect();
     for t in &txs {
-        store.put_transaction(t, 3).await.unwrap();
+        store
+            .put_transaction(
+                t,
+                TransactionLimits {
+                    per_browser: 3,
+                    total: 1_000_000,
+                },
+            )
+            .await
+            .unwrap();
     }
     assert_eq!(
         store.take_transaction(&txs[0].state_hash).await.unwrap(),
@@ -310,6 +329,120 @@ async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
                 .is_some()
         );
     }
+
+    // Eviction is per browser: another binding's transactions stay.
+    let other = transaction(&unique("binding"), NOW);
+    store
+        .put_transaction(&other, TransactionLimits::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let t = transaction(&binding, NOW + 10 + i);
+        store
+            .put_transaction(
+                &t,
+                TransactionLimits {
+                    per_browser: 1,
+                    total: 1_000_000,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .take_transaction(&other.state_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn transactions_are_bounded_in_total(store: &dyn Store) {
+    // Created far in the future so that they are the newest in a shared database.
+    let at = NOW + 50_000_000;
+    let txs: Vec<_> = (0..4)
+        .map(|i| transaction(&unique("binding"), at + i))
+        .collect();
+    for t in &txs {
+        store
+            .put_transaction(
+                t,
+                TransactionLimits {
+                    per_browser: 16,
+                    total: 2,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .take_transaction(&txs[0].state_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .take_transaction(&txs[1].state_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .take_transaction(&txs[2].state_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .take_transaction(&txs[3].state_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn concurrent_takes_succeed_once(store: &dyn Store) {
+    let tx = transaction(&unique("binding"), NOW);
+    store
+        .put_transaction(&tx, TransactionLimits::default())
+        .await
+        .unwrap();
+    let takes = (0..8).map(|_| store.take_transaction(&tx.state_hash));
+    let results = join_all(takes).await;
+    let won = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
+    assert_eq!(won, 1, "a transaction is single use even under concurrency");
+}
+
+/// Polls all futures concurrently (a tiny `join_all`, to avoid a dependency).
+async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 async fn leases_exclude_each_other_until_expiry(store: &dyn Store) {
@@ -361,7 +494,10 @@ async fn expiry_purges_everything_old(store: &dyn Store) {
     let user = new_user(store).await;
     let (id, _) = new_session(store, &user, None).await;
     let tx = transaction(&unique("binding"), NOW);
-    store.put_transaction(&tx, 16).await.unwrap();
+    store
+        .put_transaction(&tx, TransactionLimits::default())
+        .await
+        .unwrap();
     let purged = store.purge_expired(NOW + 100_000).await.unwrap();
     assert!(purged >= 2);
     assert!(store.get_session(&id.hash()).await.unwrap().is_none());

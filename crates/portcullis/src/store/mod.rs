@@ -23,6 +23,10 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Login transactions one browser may hold at once; older ones are evicted (R01).
 pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
 
+/// Login transactions kept in all; beyond this the oldest are evicted, so a flood of
+/// `/auth/login` requests without cookies cannot grow the store without bound (R01).
+pub const MAX_LIVE_TRANSACTIONS: u32 = 50_000;
+
 /// Store failures. The store is down or misbehaving: never the user's fault.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -142,7 +146,8 @@ impl SessionRecord {
 }
 
 /// A login in flight (PRODUCT.md "Login transactions"), keyed by SHA-256 of its state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` hides the nonce.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LoginTransaction {
     pub state_hash: String,
     /// SHA-256 of the browser-binding id in the `portcullis_tx` cookie.
@@ -153,6 +158,32 @@ pub struct LoginTransaction {
     pub return_to: String,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
+}
+
+impl std::fmt::Debug for LoginTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginTransaction")
+            .field("state_hash", &self.state_hash)
+            .field("return_to", &self.return_to)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounds on stored login transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionLimits {
+    pub per_browser: u32,
+    pub total: u32,
+}
+
+impl Default for TransactionLimits {
+    fn default() -> Self {
+        Self {
+            per_browser: MAX_TRANSACTIONS_PER_BROWSER,
+            total: MAX_LIVE_TRANSACTIONS,
+        }
+    }
 }
 
 /// The operations every backend provides.
@@ -216,10 +247,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Vec<SessionRecord>>;
 
     // Login transactions.
-    /// Stores a transaction; keeps at most `max_per_browser` per binding, evicting the
-    /// oldest.
-    async fn put_transaction(&self, tx: &LoginTransaction, max_per_browser: u32)
-    -> StoreResult<()>;
+    /// Stores a transaction; keeps at most `limits.per_browser` per binding and
+    /// `limits.total` in all, evicting the oldest.
+    async fn put_transaction(
+        &self,
+        tx: &LoginTransaction,
+        limits: TransactionLimits,
+    ) -> StoreResult<()>;
     /// Removes and returns the transaction (single use), expired or not.
     async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>>;
 

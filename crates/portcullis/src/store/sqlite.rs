@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, Store, StoreError,
-    StoreResult, TokenSet, User, UserProfile, timed,
+    StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
@@ -421,6 +421,7 @@ impl Store for SqliteStore {
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.idle_expires_at > ?1 AND s.absolute_expires_at > ?1 \
+                 AND (s.refresh_expires_at IS NULL OR s.refresh_expires_at > ?1) \
                  AND (?2 IS NULL OR s.user_id = ?2) ORDER BY s.created_at DESC, s.family_id"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -437,7 +438,7 @@ impl Store for SqliteStore {
     async fn put_transaction(
         &self,
         tx: &LoginTransaction,
-        max_per_browser: u32,
+        limits: TransactionLimits,
     ) -> StoreResult<()> {
         timed(async {
             let mut db = self.pool.begin().await.map_err(unavailable)?;
@@ -461,7 +462,17 @@ impl Store for SqliteStore {
                   ORDER BY created_at DESC, rowid DESC LIMIT ?2)",
             )
             .bind(&tx.binding_hash)
-            .bind(i64::from(max_per_browser))
+            .bind(i64::from(limits.per_browser))
+            .execute(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            // The global bound: walks the created_at index only past the limit.
+            sqlx::query(
+                "DELETE FROM login_transactions WHERE rowid IN \
+                 (SELECT rowid FROM login_transactions ORDER BY created_at DESC, rowid DESC \
+                  LIMIT -1 OFFSET ?1)",
+            )
+            .bind(i64::from(limits.total))
             .execute(&mut *db)
             .await
             .map_err(unavailable)?;
@@ -554,25 +565,41 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
-        timed(async {
-            let mut total = 0;
-            for sql in [
-                "DELETE FROM sessions WHERE idle_expires_at <= ?1 OR absolute_expires_at <= ?1 \
+        // In batches, each under its own timeout, so that a large backlog (a flood of
+        // abandoned logins) is worked off instead of timing out as one statement.
+        const BATCH: i64 = 5_000;
+        let mut total = 0;
+        for (table, expired) in [
+            (
+                "sessions",
+                "idle_expires_at <= ?1 OR absolute_expires_at <= ?1 \
                  OR (refresh_expires_at IS NOT NULL AND refresh_expires_at <= ?1)",
-                "DELETE FROM login_transactions WHERE expires_at <= ?1",
-                "DELETE FROM refresh_leases WHERE expires_at <= ?1",
-                "DELETE FROM replay_cache WHERE expires_at <= ?1",
-            ] {
-                total += sqlx::query(sql)
-                    .bind(now)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(unavailable)?
-                    .rows_affected();
+            ),
+            ("login_transactions", "expires_at <= ?1"),
+            ("refresh_leases", "expires_at <= ?1"),
+            ("replay_cache", "expires_at <= ?1"),
+        ] {
+            let sql = format!(
+                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {expired} LIMIT ?2)"
+            );
+            loop {
+                let deleted = timed(async {
+                    Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(now)
+                        .bind(BATCH)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(unavailable)?
+                        .rows_affected())
+                })
+                .await?;
+                total += deleted;
+                if deleted < BATCH as u64 {
+                    break;
+                }
             }
-            Ok(total)
-        })
-        .await
+        }
+        Ok(total)
     }
 }
 
