@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Removes one security defence at a time and checks that its named test then fails
+# ("every defence has a test that fails when the defence is removed"). Restores each
+# file afterwards, also on interrupt. Slow (a rebuild per defence): run by hand.
+#
+#   scripts/check-defences.sh            # all
+#   scripts/check-defences.sh j04_       # those whose test filter contains j04_
+set -uo pipefail
+cd "$(dirname "$0")/.."
+only=${1:-}
+S=crates/portcullis/src
+backup=$(mktemp)
+current=""
+restore() { [ -n "$current" ] && cp "$backup" "$current"; current=""; }
+trap 'restore; exit 130' INT TERM
+survivors=0
+
+# FILE OLD NEW TEST_BINARY(lib|name) TEST_FILTER
+mutate() {
+  local file=$1 old=$2 new=$3 bin=$4 filter=$5
+  [ -n "$only" ] && [[ "$filter" != *"$only"* ]] && return
+  cp "$file" "$backup"; current=$file
+  if ! python3 - "$file" "$old" "$new" <<'PY'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path).read()
+if old not in text:
+    sys.exit(1)
+open(path, "w").write(text.replace(old, new, 1))
+PY
+  then
+    echo "MISSING  $filter: pattern not found in $file (update this script)"; restore; survivors=$((survivors+1)); return
+  fi
+  if [ "$bin" = lib ]; then set -- -p portcullis --lib "$filter"; else set -- -p portcullis --test "$bin" "$filter"; fi
+  if RUST_BACKTRACE=0 cargo test "$@" 2>&1 | grep -q "test result: FAILED"; then
+    echo "caught   $filter"
+  else
+    echo "SURVIVED $filter  ($file)"; survivors=$((survivors+1))
+  fi
+  restore
+}
+
+H=hostile_provider
+mutate $S/session/login.rs 'if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {' 'if false {' $H l03_
+mutate $S/session/login.rs 'if now >= tx.expires_at {' 'if false {' $H l01_stale
+mutate $S/session/login.rs 'return Err(SessionError::StateMissing);' 'return Err(SessionError::CodeMissing);' $H l01_callback_without
+mutate $S/provider/authorize.rs 'Some(found) if found == issuer => Ok(()),' 'Some(_) => Ok(()),' $H l06_mix_up
+mutate $S/session/return_to.rs 'raw.and_then(validated).map(Self).unwrap_or_else(Self::root)' 'raw.map(|r| Self(r.to_owned())).unwrap_or_else(Self::root)' $H l07_
+mutate $S/http/pages.rs "'<' => out.push_str(\"&lt;\")," "'<' => out.push('<')," $H l09_
+mutate $S/provider/discovery.rs 'if m.issuer != issuer {' 'if false {' $H l10_
+mutate $S/provider/mod.rs '.filter(|a| !a.is_hmac())' '' $H j02_hs256
+mutate $S/provider/id_token.rs 'if header.contains_key(member) {' 'if false {' $H j03_
+mutate $S/provider/id_token.rs 'if !k.is_empty() && k.len() <= MAX_KID_LEN && k.chars().all(|c| !c.is_control()) =>' 'if !k.is_empty() =>' $H j04_
+mutate $S/provider/id_token.rs 'if header.contains_key("crit") {' 'if false {' $H j05_
+mutate $S/provider/id_token.rs 'if audiences.is_empty() || audiences.iter().any(|a| *a != expect.client_id) {' 'if !audiences.contains(&expect.client_id) {' $H j07_
+mutate $S/provider/id_token.rs 'if !crate::random::secrets_equal(found.as_bytes(), expected.as_bytes()) {' 'if false {' $H j09_
+mutate $S/provider/userinfo.rs 'Some(sub) if sub == expected_sub => Ok(claims),' 'Some(_) => Ok(claims),' $H j10_subject
+mutate $S/provider/jwks.rs '&& at.elapsed() < self.min_refetch_interval' '&& false' $H j12_random
+mutate $S/provider/id_token.rs '&& !typ.eq_ignore_ascii_case("JWT")' '&& false' $H j13_
+mutate $S/provider/id_token.rs 'if out.contains_key(&key) {' 'if false {' $H j14_
+mutate $S/session/login.rs 'if let Some(old) = replaced {' 'if let Some(old) = None::<&SessionId> {' $H s03_logging_in_again
+mutate $S/session/lookup.rs 'if now >= record.expires_at() {' 'if false {' $H s07_
+mutate $S/session/access.rs 'if rules.require_email_verified && !is_true(claims.get("email_verified")) {' 'if false {' $H ar1_users
+mutate $S/session/access.rs 'if local.is_empty() || domain.is_empty() || domain.contains('"'"'@'"'"') {' 'if local.is_empty() {' $H ar2_
+mutate $S/provider/id_token.rs 'if token.len() > MAX_JWT_BYTES {' 'if false {' $H r03_
+mutate $S/provider/http.rs 'if resp.content_length().is_some_and(|n| n > cap as u64) {' 'if false {' $H r03_
+mutate $S/http/cookies.rs 'Some(_) => return CookieValue::Ambiguous,' 'Some(_) => {}' lib differing_duplicates
+mutate $S/http/routes.rs 'return Err(SessionError::DuplicateParameter(key));' '' lib r02_
+
+echo
+if [ "$survivors" -eq 0 ]; then echo "every defence is caught by its test"; else echo "$survivors defence(s) not caught"; exit 1; fi
