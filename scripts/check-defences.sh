@@ -32,7 +32,9 @@ PY
     echo "MISSING  $filter: pattern not found in $file (update this script)"; restore; survivors=$((survivors+1)); return
   fi
   if [ "$bin" = lib ]; then set -- -p portcullis --lib "$filter"; else set -- -p portcullis --test "$bin" "$filter"; fi
-  if RUST_BACKTRACE=0 cargo test "$@" 2>&1 | grep -q "test result: FAILED"; then
+  local out
+  out=$(RUST_BACKTRACE=0 cargo test "$@" 2>&1)
+  if grep -q "test result: FAILED" <<<"$out"; then
     echo "caught   $filter"
   else
     echo "SURVIVED $filter  ($file)"; survivors=$((survivors+1))
