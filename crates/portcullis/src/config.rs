@@ -637,8 +637,10 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
 
     let public_paths = raw.public_paths.unwrap_or_default();
     for p in &public_paths {
-        if !p.starts_with('/') {
-            errors.push(format!("`public_paths`: `{p}` must start with `/`"));
+        if crate::http::path::PathPattern::parse(p).is_none() {
+            errors.push(format!(
+                "`public_paths`: `{p}` must be a normalised path (`/health`) or a prefix ending in `/*` (`/static/*`)"
+            ));
         }
     }
 

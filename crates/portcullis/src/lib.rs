@@ -10,9 +10,10 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = portcullis::Config::load(None)?;
 //! let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await?);
-//! let app = portcullis::http::router(gateway);
+//! let app = portcullis::http::router(gateway)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
+//! // Connection info lets the guard tell trusted proxies from everyone else.
+//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -12,9 +12,13 @@ use support::gateway::callback_query;
 use support::{Browser, HostileProvider};
 
 async fn serve(gateway: Arc<Gateway>, listener: tokio::net::TcpListener) {
-    let app = portcullis::http::router(gateway);
+    let app = portcullis::http::router(gateway).unwrap();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
 }
 

@@ -2,16 +2,25 @@
 
 pub mod cookies;
 pub mod error;
+pub mod guard;
+pub mod headers;
 pub mod pages;
+pub mod path;
+pub mod proxy;
 pub mod request;
 pub mod routes;
 
 use std::sync::Arc;
 
+use std::convert::Infallible;
+
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, header};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
+use tower::Layer as _;
+use tower::service_fn;
 
 use crate::gateway::Gateway;
 use routes::Routes;
@@ -38,17 +47,53 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// The gateway's router: its endpoints under the configured prefix, plus health.
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// The gateway's own endpoints under the prefix (`/login`, `/callback`, `/session`,
+/// `/logout`) and `/healthz`, `/readyz`: merge these into an app protected by
+/// [`guard::GuardLayer`].
+pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
     let prefix = gateway.config().prefix.clone();
     let routes = Routes::new(gateway);
     Router::new()
         .route(&format!("{prefix}/login"), get(routes::login))
         .route(&format!("{prefix}/callback"), get(routes::callback))
         .route(&format!("{prefix}/session"), get(routes::session))
+        .route(
+            &format!("{prefix}/logout"),
+            post(routes::logout).fallback(routes::method_not_allowed),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .fallback(routes::not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(routes)
+}
+
+/// The whole gateway: its endpoints, and everything else through the guard to the
+/// upstream (or a 404 when there is none: forward-auth only).
+pub fn router(gateway: Arc<Gateway>) -> Result<Router, String> {
+    let config = gateway.config();
+    let upstream = match &config.upstream {
+        Some(base) => Some(proxy::Upstream::new(
+            base,
+            &config.public_url,
+            proxy::ProxyTimeouts::default(),
+        )?),
+        None => None,
+    };
+    Ok(router_with_upstream(gateway, upstream))
+}
+
+/// [`router`] with a given upstream client (tests use short timeouts).
+pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstream>) -> Router {
+    let guard = guard::GuardLayer::new(gateway.clone());
+    let upstream = upstream.map(Arc::new);
+    let protected = guard.layer(service_fn(move |req: Request<Body>| {
+        let upstream = upstream.clone();
+        async move {
+            Ok::<_, Infallible>(match upstream {
+                Some(u) => u.forward(req).await,
+                None => routes::not_found(req.method().clone(), req.headers().clone()).await,
+            })
+        }
+    }));
+    auth_routes(gateway).fallback_service(protected)
 }

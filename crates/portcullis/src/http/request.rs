@@ -25,6 +25,23 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
             })
 }
 
+/// SECURITY-CASES S06/O02: a state-changing request must come from our own origin. A
+/// foreign `Origin` is refused whatever else the request carries; without `Origin`,
+/// `Sec-Fetch-Site: same-origin` or the custom CSRF header (which no cross-site form can
+/// send, and no cross-site script can without a CORS preflight) is required.
+pub fn is_same_origin_write(headers: &HeaderMap, public_origin: &str, csrf_header: &str) -> bool {
+    match headers.get(header::ORIGIN) {
+        Some(origin) => origin.as_bytes() == public_origin.as_bytes(),
+        None => {
+            let same_site = headers
+                .get("sec-fetch-site")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
+            let custom = headers.get(csrf_header).is_some_and(|v| !v.is_empty());
+            same_site || custom
+        }
+    }
+}
+
 /// The `User-Agent`, if it is printable text.
 pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -43,6 +60,38 @@ mod tests {
             m.append(*k, HeaderValue::from_static(v));
         }
         m
+    }
+
+    #[test]
+    fn s06_same_origin_writes() {
+        let o = "https://app.example.com";
+        assert!(is_same_origin_write(
+            &h(&[("origin", "https://app.example.com")]),
+            o,
+            "x-csrf"
+        ));
+        assert!(!is_same_origin_write(
+            &h(&[("origin", "https://evil.example.com"), ("x-csrf", "1")]),
+            o,
+            "x-csrf"
+        ));
+        assert!(!is_same_origin_write(
+            &h(&[("origin", "null")]),
+            o,
+            "x-csrf"
+        ));
+        assert!(is_same_origin_write(
+            &h(&[("sec-fetch-site", "same-origin")]),
+            o,
+            "x-csrf"
+        ));
+        assert!(!is_same_origin_write(
+            &h(&[("sec-fetch-site", "cross-site")]),
+            o,
+            "x-csrf"
+        ));
+        assert!(is_same_origin_write(&h(&[("x-csrf", "1")]), o, "x-csrf"));
+        assert!(!is_same_origin_write(&h(&[]), o, "x-csrf"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::cookies::{CookieJar, CookieKind};
 use super::error::HttpError;
-use super::request::{is_navigation, user_agent};
+use super::request::{is_navigation, is_same_origin_write, user_agent};
 use crate::gateway::Gateway;
 use crate::random::random_token;
 use crate::session::login::LOGIN_TTL_SECONDS;
@@ -219,6 +219,69 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
         Ok(None) => signed_out(),
         Err(e) => no_store(HttpError::from(e).into_response()),
     }
+}
+
+/// `POST /auth/logout`: same-origin only (O02). Deletes the session, revokes its
+/// refresh token at the provider when offered, and clears both cookies with the
+/// attributes they were set with. A navigation (form post) is sent to `/`; an API call
+/// gets `{"ok":true}`.
+pub async fn logout(State(routes): State<Routes>, method: Method, headers: HeaderMap) -> Response {
+    let config = routes.gateway.config();
+    let page = is_navigation(&method, &headers);
+    if !is_same_origin_write(
+        &headers,
+        &config.public_origin(),
+        &config.csrf_header.to_ascii_lowercase(),
+    ) {
+        tracing::warn!("cross-site sign-out refused");
+        return no_store(
+            HttpError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_refused",
+                "Sign-out must come from this site.",
+            )
+            .page(page)
+            .into_response(),
+        );
+    }
+    let cookie = routes
+        .cookies
+        .read(&headers, CookieKind::Session)
+        .value()
+        .map(str::to_owned);
+    if let Some(cookie) = cookie
+        && let Err(e) = routes.gateway.sign_out(&cookie).await
+    {
+        return no_store(HttpError::from(e).page(page).into_response());
+    }
+    let mut response = if page {
+        let mut r = StatusCode::SEE_OTHER.into_response();
+        r.headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/"));
+        r
+    } else {
+        axum::Json(json!({ "ok": true })).into_response()
+    };
+    for kind in [CookieKind::Session, CookieKind::LoginBinding] {
+        if let Ok(v) = HeaderValue::from_str(&routes.cookies.clear(kind)) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    no_store(response)
+}
+
+/// Any method but POST on `/auth/logout`: signing out by GET would let any page sign
+/// users out with an image tag.
+pub async fn method_not_allowed() -> Response {
+    let mut r = HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "Sign out with a POST request.",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
 }
 
 /// `GET /healthz`: the process is alive.

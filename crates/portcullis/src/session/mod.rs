@@ -4,6 +4,7 @@
 pub mod access;
 pub mod id;
 pub mod login;
+pub mod logout;
 pub mod lookup;
 pub mod return_to;
 pub mod seal;
@@ -16,6 +17,7 @@ use crate::store::StoreError;
 pub use access::AccessDenied;
 pub use id::{IdHash, SessionId};
 pub use login::{CallbackParams, LoginOutcome};
+pub use logout::SignOut;
 pub use lookup::ActiveSession;
 pub use return_to::ReturnTo;
 pub use seal::{KeyRing, Sealed};

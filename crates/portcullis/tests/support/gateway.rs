@@ -25,6 +25,7 @@ pub struct Options {
     pub jwks_min_refetch: Duration,
     /// A listener bound beforehand (when the provider must know our port first).
     pub listener: Option<std::net::TcpListener>,
+    pub proxy_timeouts: portcullis::http::proxy::ProxyTimeouts,
 }
 
 impl Default for Options {
@@ -35,6 +36,7 @@ impl Default for Options {
             provider_total_timeout: Duration::from_secs(5),
             jwks_min_refetch: Duration::from_secs(30),
             listener: None,
+            proxy_timeouts: Default::default(),
         }
     }
 }
@@ -127,9 +129,21 @@ impl TestGateway {
             keys,
             Arc::new(clock.clone()),
         ));
-        let app = portcullis::http::router(gateway.clone());
+        let upstream = gateway.config().upstream.as_ref().map(|base| {
+            portcullis::http::proxy::Upstream::new(
+                base,
+                &gateway.config().public_url,
+                options.proxy_timeouts,
+            )
+            .unwrap()
+        });
+        let app = portcullis::http::router_with_upstream(gateway.clone(), upstream);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
         });
         Self {
             url: format!("http://{addr}"),

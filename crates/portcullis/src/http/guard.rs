@@ -1,0 +1,420 @@
+//! The guard: a tower [`Layer`] that lets through only requests with a live session
+//! (or to a public path), hands the signed-in user to what it wraps, and enforces the
+//! CSRF rule on state-changing calls.
+//!
+//! Every request, public or not, of any method, first loses client-sent identity
+//! headers and (unless from a trusted proxy) forwarding headers (SECURITY-CASES P01,
+//! P02, P04). Path decisions use the normalised path only (P03). Without a session a
+//! page navigation is redirected to sign in and an API call gets 401 JSON (S04, S05).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use portcullis::http::guard::{CurrentUser, GuardLayer};
+//!
+//! async fn hello(user: CurrentUser) -> String {
+//!     format!("hello {}", user.email.as_deref().unwrap_or("stranger"))
+//! }
+//!
+//! # async fn build(gateway: Arc<portcullis::Gateway>) -> Router {
+//! Router::new()
+//!     .route("/", get(hello))
+//!     .layer(GuardLayer::new(gateway.clone()))
+//!     .merge(portcullis::http::auth_routes(gateway))
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tower::{Layer, Service};
+use uuid::Uuid;
+
+use super::cookies::{CookieJar, CookieKind};
+use super::error::HttpError;
+use super::headers;
+use super::path::{PathPattern, normalize_path};
+use super::request::{is_navigation, is_same_origin_write};
+use crate::gateway::Gateway;
+
+/// The signed-in user, put into request extensions by the guard; also an axum
+/// extractor (401 when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentUser {
+    /// Our stable user id (`X-User-Id`).
+    pub id: Uuid,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// When the session ends at the latest (Unix seconds).
+    pub session_expires_at: i64,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<CurrentUser>()
+            .cloned()
+            .ok_or_else(|| {
+                HttpError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "not_signed_in",
+                    "Sign in to continue.",
+                )
+                .into_response()
+            })
+    }
+}
+
+/// Whether the request came from a configured trusted proxy; set by the guard for the
+/// reverse proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedPeer(pub bool);
+
+/// A parsed `proxy.trusted_proxies` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a.parse::<IpAddr>().ok()?, b.parse::<u8>().ok()?),
+            None => {
+                let a = s.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (bits <= max).then_some(Self { addr, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.bits))
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.bits))
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The guard's fixed settings, derived once from the configuration.
+#[derive(Debug)]
+pub struct Guard {
+    gateway: Arc<Gateway>,
+    cookies: CookieJar,
+    public_paths: Vec<PathPattern>,
+    trusted_proxies: Vec<Cidr>,
+    csrf_header: HeaderName,
+    public_origin: String,
+    login_path: String,
+}
+
+impl Guard {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let config = gateway.config();
+        let csrf_header =
+            HeaderName::from_bytes(config.csrf_header.to_ascii_lowercase().as_bytes())
+                .unwrap_or(HeaderName::from_static("x-csrf"));
+        Self {
+            cookies: CookieJar::new(config.is_https()),
+            public_paths: config
+                .public_paths
+                .iter()
+                .filter_map(|p| PathPattern::parse(p))
+                .collect(),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+            csrf_header,
+            public_origin: config.public_origin(),
+            login_path: format!("{}/login", config.prefix),
+            gateway,
+        }
+    }
+
+    /// Whether the direct peer is a configured trusted proxy.
+    pub fn peer_is_trusted(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p.ip())))
+    }
+
+    /// The browser-visible origin of the gateway.
+    pub fn public_origin(&self) -> &str {
+        &self.public_origin
+    }
+
+    fn login_url(&self, return_to: Option<&str>) -> String {
+        match return_to {
+            Some(r) => format!(
+                "{}?return_to={}",
+                self.login_path,
+                url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+            ),
+            None => self.login_path.clone(),
+        }
+    }
+
+    fn is_foreign_origin(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::ORIGIN)
+            .is_some_and(|o| o.as_bytes() != self.public_origin.as_bytes())
+    }
+
+    fn not_signed_in(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        path_and_query: &str,
+    ) -> Response {
+        if is_navigation(method, headers) {
+            let mut r = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(&self.login_url(Some(path_and_query))) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        } else {
+            let body = json!({
+                "authenticated": false,
+                "error": "not_signed_in",
+                "message": "Sign in to continue.",
+                "login_url": format!("{}{}", self.public_origin, self.login_path),
+            });
+            let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+    }
+
+    /// Decides one request; calls `inner` when it may pass.
+    pub async fn check<S>(&self, mut req: Request<Body>, mut inner: S) -> Response
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let trusted = self.peer_is_trusted(peer);
+        headers::remove_client_claims(req.headers_mut(), trusted);
+        req.extensions_mut().insert(TrustedPeer(trusted));
+        let page = is_navigation(req.method(), req.headers());
+
+        let path = match normalize_path(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                return HttpError::bad_request(
+                    "ambiguous_path",
+                    format!("This address cannot be served: {e}."),
+                )
+                .page(page)
+                .into_response();
+            }
+        };
+        if self.public_paths.iter().any(|p| p.matches(&path)) {
+            return call(&mut inner, req).await;
+        }
+
+        // A CORS preflight carries no cookie; one from a foreign origin is answered here,
+        // with no CORS headers, so no foreign site is granted credentialed access.
+        if req.method() == Method::OPTIONS
+            && req.headers().contains_key("access-control-request-method")
+        {
+            if self.is_foreign_origin(req.headers()) {
+                return HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    "Cross-origin requests are not allowed here.",
+                )
+                .into_response();
+            }
+            return call(&mut inner, req).await;
+        }
+
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let Some(cookie) = self
+            .cookies
+            .read(req.headers(), CookieKind::Session)
+            .value()
+            .map(str::to_owned)
+        else {
+            return self.not_signed_in(req.method(), req.headers(), &path_and_query);
+        };
+        let active = match self.gateway.authenticate(&cookie).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return self.not_signed_in(req.method(), req.headers(), &path_and_query),
+            Err(e) => return HttpError::from(e).page(page).into_response(),
+        };
+
+        let unsafe_method = !matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        if unsafe_method
+            && !is_same_origin_write(
+                req.headers(),
+                &self.public_origin,
+                self.csrf_header.as_str(),
+            )
+        {
+            tracing::warn!(method = %req.method(), path = path.as_str(), "cross-site write refused");
+            return HttpError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_refused",
+                "This request did not come from this site, so it was refused.",
+            )
+            .page(page)
+            .into_response();
+        }
+
+        let user = CurrentUser {
+            id: active.user.id,
+            email: active.user.email.clone(),
+            name: active.user.name.clone(),
+            session_expires_at: active.expires_at,
+        };
+        headers::set_identity(
+            req.headers_mut(),
+            &user.id.to_string(),
+            user.email.as_deref(),
+            user.name.as_deref(),
+        );
+        let foreign = self.is_foreign_origin(req.headers());
+        req.extensions_mut().insert(user);
+        let mut response = call(&mut inner, req).await;
+        if foreign {
+            response
+                .headers_mut()
+                .remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+        }
+        response
+    }
+}
+
+async fn call<S>(inner: &mut S, req: Request<Body>) -> Response
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    match inner.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// The guard as a tower layer.
+#[derive(Debug, Clone)]
+pub struct GuardLayer {
+    guard: Arc<Guard>,
+}
+
+impl GuardLayer {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        Self {
+            guard: Arc::new(Guard::new(gateway)),
+        }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GuardService {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+/// The guard wrapped around a service.
+#[derive(Debug, Clone)]
+pub struct GuardService<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
+
+impl<S> Service<Request<Body>> for GuardService<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The clone that was polled ready goes to this request (tower's usual dance).
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let guard = self.guard.clone();
+        Box::pin(async move { Ok(guard.check(req, inner).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+}

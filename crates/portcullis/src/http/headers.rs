@@ -1,0 +1,272 @@
+//! Request headers on their way to the upstream (PRODUCT.md "Headers to the upstream";
+//! SECURITY-CASES P01, P02, P04, P07, P08): client-sent identity headers removed in any
+//! spelling an upstream might normalise to ours, forwarding headers removed unless the
+//! peer is a trusted proxy, hop-by-hop headers removed (RFC 9110 §7.6.1), the gateway's
+//! own cookies removed, and our identity headers set from the session alone.
+
+use axum::http::header::{COOKIE, HeaderName};
+use axum::http::{HeaderMap, HeaderValue};
+
+use super::cookies::CookieJar;
+
+/// The identity headers the gateway sets.
+pub const USER_ID: &str = "x-user-id";
+pub const USER_EMAIL: &str = "x-user-email";
+pub const USER_NAME: &str = "x-user-name";
+
+/// Longest identity header value passed on; longer claims are left out (P07).
+pub const MAX_IDENTITY_VALUE: usize = 1024;
+
+/// How an upstream might read a header name: case-folded, `_` as `-`.
+fn canonical(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Whether a client-sent header claims an identity (`X-User-*` in any spelling).
+pub fn is_identity_header(name: &str) -> bool {
+    canonical(name).starts_with("x-user-")
+}
+
+/// Forwarding headers that are only believed from trusted proxies (P04).
+pub fn is_forwarding_header(name: &str) -> bool {
+    let c = canonical(name);
+    c.starts_with("x-forwarded-")
+        || matches!(
+            c.as_str(),
+            "forwarded"
+                | "x-original-url"
+                | "x-rewrite-url"
+                | "x-original-uri"
+                | "x-real-ip"
+                | "x-client-ip"
+                | "true-client-ip"
+        )
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus any named by `Connection`.
+fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    for value in headers.get_all("connection") {
+        if let Ok(v) = value.to_str() {
+            names.extend(
+                v.split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty()),
+            );
+        }
+    }
+    names
+}
+
+/// Removes hop-by-hop headers; with `keep_upgrade`, keeps `Connection: upgrade` and
+/// `Upgrade` for a WebSocket handshake.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade = headers.get("upgrade").cloned();
+    for name in hop_by_hop(headers) {
+        headers.remove(name.as_str());
+    }
+    if keep_upgrade && let Some(u) = upgrade {
+        headers.insert("connection", HeaderValue::from_static("upgrade"));
+        headers.insert("upgrade", u);
+    }
+}
+
+/// Removes every client-sent identity header, and forwarding headers unless the peer
+/// is trusted.
+pub fn remove_client_claims(headers: &mut HeaderMap, peer_trusted: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            is_identity_header(n.as_str()) || (!peer_trusted && is_forwarding_header(n.as_str()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Removes the gateway's own cookies from `Cookie`, keeping the app's (P08).
+pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
+    let ours = CookieJar::all_names();
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("").trim();
+            !ours.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// A claim as a header value: printable ASCII kept, everything else (non-ASCII,
+/// controls, `%`) percent-encoded as UTF-8; `None` when empty or too long (P07).
+pub fn identity_value(claim: &str) -> Option<HeaderValue> {
+    let mut out = String::with_capacity(claim.len());
+    for b in claim.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() || out.len() > MAX_IDENTITY_VALUE {
+        return None;
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
+/// Sets our identity headers (exactly one of each) from the session's user.
+pub fn set_identity(headers: &mut HeaderMap, id: &str, email: Option<&str>, name: Option<&str>) {
+    for (header, value) in [(USER_ID, Some(id)), (USER_EMAIL, email), (USER_NAME, name)] {
+        headers.remove(header);
+        if let Some(v) = value.and_then(identity_value) {
+            headers.insert(header, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn p01_identity_headers_in_every_spelling() {
+        for name in [
+            "X-User-Id",
+            "x-user-id",
+            "X_USER_ID",
+            "x_user-email",
+            "X-User-Anything",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        assert!(!is_identity_header("x-username"));
+        assert!(!is_identity_header("x-users"));
+    }
+
+    #[test]
+    fn p01_client_claims_are_removed_and_ours_set_once() {
+        let mut h = HeaderMap::new();
+        h.append("x-user-id", HeaderValue::from_static("admin"));
+        h.append("x-user-id", HeaderValue::from_static("root"));
+        h.append("x_user_id", HeaderValue::from_static("admin"));
+        h.append("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.append("x-original-url", HeaderValue::from_static("/public"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        remove_client_claims(&mut h, false);
+        set_identity(
+            &mut h,
+            "u-1",
+            Some("a@example.com"),
+            Some("Zoë\r\nX-Evil: 1"),
+        );
+        assert_eq!(h.get_all("x-user-id").iter().count(), 1);
+        assert_eq!(h["x-user-id"], "u-1");
+        assert!(h.get("x_user_id").is_none());
+        assert!(h.get("x-forwarded-for").is_none() && h.get("x-original-url").is_none());
+        assert_eq!(h["x-user-name"], "Zo%C3%AB%0D%0AX-Evil: 1");
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn p04_forwarding_headers_kept_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        remove_client_claims(&mut h, true);
+        assert!(h.get("x-forwarded-proto").is_some());
+    }
+
+    #[test]
+    fn p07_oversized_values_are_left_out() {
+        assert!(identity_value(&"a".repeat(MAX_IDENTITY_VALUE + 1)).is_none());
+        assert!(identity_value("").is_none());
+        assert_eq!(identity_value("100%").unwrap(), "100%25");
+    }
+
+    #[test]
+    fn p08_gateway_cookies_are_removed() {
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("app=1; portcullis=secret; __Host-portcullis=s2"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("portcullis_tx=t; theme=dark"),
+        );
+        remove_gateway_cookies(&mut h);
+        assert_eq!(h[COOKIE], "app=1; theme=dark");
+        let mut only_ours = HeaderMap::new();
+        only_ours.append(COOKIE, HeaderValue::from_static("portcullis=secret"));
+        remove_gateway_cookies(&mut only_ours);
+        assert!(only_ours.get(COOKIE).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.append("x-secret-hop", HeaderValue::from_static("1"));
+        h.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.append("upgrade", HeaderValue::from_static("websocket"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        let mut upgrade = h.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        remove_hop_by_hop(&mut upgrade, true);
+        assert_eq!(upgrade["upgrade"], "websocket");
+        assert_eq!(upgrade["connection"], "upgrade");
+        assert!(upgrade.get("x-secret-hop").is_none());
+    }
+
+    proptest! {
+        /// Whatever a claim holds, the header value is one line of visible ASCII.
+        #[test]
+        fn identity_values_never_split_headers(claim in "\\PC{0,64}|[\\x00-\\x1f\\x7f]{0,8}") {
+            if let Some(v) = identity_value(&claim) {
+                prop_assert!(v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)));
+            }
+        }
+
+        /// No header that an upstream could read as X-User-* survives the filter.
+        #[test]
+        fn no_identity_spelling_survives(prefix in "[xX][-_][uU][sS][eE][rR][-_]", rest in "[a-zA-Z_-]{1,12}") {
+            let name = format!("{prefix}{rest}");
+            if let Ok(header) = HeaderName::from_bytes(name.as_bytes()) {
+                let mut h = HeaderMap::new();
+                h.append(header, HeaderValue::from_static("admin"));
+                remove_client_claims(&mut h, true);
+                prop_assert!(h.is_empty());
+            }
+        }
+    }
+}

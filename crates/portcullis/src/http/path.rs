@@ -1,0 +1,261 @@
+//! The one normalised form of a request path that every authorisation decision uses
+//! (SECURITY-CASES P03). Paths that different servers could read differently are
+//! refused rather than guessed: encoded slashes and backslashes, double encoding,
+//! control characters, invalid UTF-8, and dot segments that climb above the root.
+//!
+//! Normalisation: percent-decode once, drop `;` parameters from every segment (Tomcat
+//! and Spring read `/admin;x=1` as `/admin`), collapse empty segments (`//`), resolve
+//! `.` and `..` (RFC 3986 §5.2.4). Matching is case-sensitive: a case-insensitive
+//! upstream can only make a path *more* protected than we judged, never less.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path contains an encoded slash or backslash")]
+    EncodedSeparator,
+    #[error("the path is percent-encoded more than once")]
+    DoubleEncoded,
+    #[error("the path has a malformed percent-escape")]
+    BadEscape,
+    #[error("the path contains control characters or invalid UTF-8")]
+    BadCharacter,
+    #[error("the path climbs above the root")]
+    AboveRoot,
+    #[error("the path does not start with /")]
+    NotAbsolute,
+    #[error("the path is too long")]
+    TooLong,
+}
+
+/// Longest path accepted.
+pub const MAX_PATH_LEN: usize = 8 * 1024;
+
+/// A path in normalised form, e.g. `/static/app.js`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedPath(String);
+
+impl NormalizedPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes once, refusing what could be read two ways.
+fn decode_once(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let decoded = h * 16 + l;
+            match decoded {
+                b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                // `%25` decodes to `%`: a second decoder would see a new escape.
+                b'%' => return Err(PathError::DoubleEncoded),
+                _ => out.push(decoded),
+            }
+            i += 3;
+        } else {
+            if b == b'\\' {
+                return Err(PathError::EncodedSeparator);
+            }
+            out.push(b);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| PathError::BadCharacter)?;
+    if text.chars().any(char::is_control) {
+        return Err(PathError::BadCharacter);
+    }
+    Ok(text)
+}
+
+/// Normalises the path of a request URI (without its query).
+pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_once(raw)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for s in &segments {
+        path.push('/');
+        path.push_str(s);
+    }
+    // Keep a trailing slash meaningful for matching (`/docs/` vs `/docs`).
+    if path.is_empty() || decoded.ends_with('/') || decoded.ends_with("/.") {
+        path.push('/');
+    }
+    Ok(NormalizedPath(path))
+}
+
+/// A `public_paths` pattern: an exact path, or a prefix ending in `/*` that matches the
+/// prefix itself and everything below it on a segment boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathPattern {
+    /// Parses a configured pattern; `None` if it is not one of the two forms.
+    pub fn parse(pattern: &str) -> Option<Self> {
+        if !pattern.starts_with('/') {
+            return None;
+        }
+        let (base, prefix) = match pattern.strip_suffix("/*") {
+            Some(base) => (if base.is_empty() { "/" } else { base }, true),
+            None => (pattern, false),
+        };
+        if base.contains('*') {
+            return None;
+        }
+        // Patterns are written in normalised form; refuse ones that are not.
+        let normal = normalize_path(base).ok()?;
+        if normal.as_str() != base {
+            return None;
+        }
+        Some(if prefix {
+            Self::Prefix(base.trim_end_matches('/').to_owned())
+        } else {
+            Self::Exact(base.to_owned())
+        })
+    }
+
+    pub fn matches(&self, path: &NormalizedPath) -> bool {
+        let p = path.as_str();
+        match self {
+            Self::Exact(e) => p == e,
+            Self::Prefix(base) if base.is_empty() => true,
+            Self::Prefix(base) => {
+                p == base
+                    || (p.starts_with(base.as_str()) && p.as_bytes().get(base.len()) == Some(&b'/'))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize_path(p).map(|x| x.0)
+    }
+
+    #[test]
+    fn p03_normal_forms() {
+        assert_eq!(n("/").unwrap(), "/");
+        assert_eq!(n("/a/b").unwrap(), "/a/b");
+        assert_eq!(n("//a///b").unwrap(), "/a/b");
+        assert_eq!(n("/a/./b/../c").unwrap(), "/a/c");
+        assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
+        assert_eq!(n("/a/%2E/b").unwrap(), "/a/b");
+        assert_eq!(n("/admin;jsessionid=1").unwrap(), "/admin");
+        assert_eq!(n("/static/..;/admin").unwrap(), "/admin");
+        assert_eq!(n("/public/..;x=1/admin/").unwrap(), "/admin/");
+        assert_eq!(n("/%61dmin").unwrap(), "/admin");
+        assert_eq!(n("/caf%C3%A9").unwrap(), "/café");
+        assert_eq!(n("/docs/").unwrap(), "/docs/");
+    }
+
+    #[test]
+    fn p03_ambiguous_paths_are_refused() {
+        assert_eq!(n("/a%2fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a%2Fb"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a%5cb"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a\\b"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/%252e%252e/admin"), Err(PathError::DoubleEncoded));
+        assert_eq!(n("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(n("/a%00b"), Err(PathError::BadCharacter));
+        assert_eq!(n("/a%0d%0ab"), Err(PathError::BadCharacter));
+        assert_eq!(n("/%ff"), Err(PathError::BadCharacter));
+        assert_eq!(n("/.."), Err(PathError::AboveRoot));
+        assert_eq!(n("/a/../../b"), Err(PathError::AboveRoot));
+        assert_eq!(n("a/b"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn patterns_match_on_segment_boundaries() {
+        let p = PathPattern::parse("/static/*").unwrap();
+        let ok = |s: &str| p.matches(&normalize_path(s).unwrap());
+        assert!(ok("/static"));
+        assert!(ok("/static/app.js"));
+        assert!(ok("/static/a/b"));
+        assert!(!ok("/staticfiles/x"));
+        assert!(!ok("/static/../admin"));
+        assert!(!ok("/STATIC/app.js"));
+        let exact = PathPattern::parse("/healthcheck").unwrap();
+        assert!(exact.matches(&normalize_path("/healthcheck").unwrap()));
+        assert!(!exact.matches(&normalize_path("/healthcheck/x").unwrap()));
+        assert!(exact.matches(&normalize_path("/healthcheck;x").unwrap()));
+        for bad in ["static/*", "/a/*/b", "/a*", "/a/../b", "/a//b"] {
+            assert_eq!(PathPattern::parse(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Normalising twice changes nothing, and the result has no dot segments,
+        /// empty segments or `;` parameters.
+        #[test]
+        fn normalisation_is_idempotent(s in "/[a-z./;%2eE5cC0-9]{0,40}") {
+            if let Ok(once) = normalize_path(&s) {
+                let twice = normalize_path(once.as_str());
+                prop_assert_eq!(twice.as_ref().map(NormalizedPath::as_str), Ok(once.as_str()));
+                let trimmed = once.as_str().trim_end_matches('/');
+                for seg in trimmed.split('/').skip(1) {
+                    prop_assert!(seg != "." && seg != ".." && !seg.is_empty() && !seg.contains(';'));
+                }
+            }
+        }
+
+        /// A public prefix never admits a path that resolves outside it.
+        #[test]
+        fn prefix_match_implies_containment(tail in "[a-z./;%2eE]{0,30}") {
+            let pattern = PathPattern::parse("/public/*").unwrap();
+            if let Ok(path) = normalize_path(&format!("/public/{tail}"))
+                && pattern.matches(&path)
+            {
+                prop_assert!(path.as_str() == "/public" || path.as_str().starts_with("/public/"));
+            }
+        }
+
+        #[test]
+        fn never_panics(s in "\\PC{0,64}") {
+            let _ = normalize_path(&s);
+        }
+    }
+}
