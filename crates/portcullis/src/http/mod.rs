@@ -25,6 +25,29 @@ use tower::service_fn;
 use crate::gateway::Gateway;
 use routes::Routes;
 
+/// Total size of request headers accepted (R01); larger requests get 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses requests whose headers are larger than [`MAX_HEADER_BYTES`] before any
+/// cookie is parsed or any store is asked (RFC 6585 §5).
+async fn limit_header_size(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > MAX_HEADER_BYTES {
+        use axum::response::IntoResponse as _;
+        return error::HttpError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "The request headers are too large.",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Headers on every answer of the gateway itself.
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
@@ -95,5 +118,7 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
             })
         }
     }));
-    auth_routes(gateway).fallback_service(protected)
+    auth_routes(gateway)
+        .fallback_service(protected)
+        .layer(axum::middleware::from_fn(limit_header_size))
 }

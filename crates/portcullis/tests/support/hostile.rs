@@ -35,6 +35,10 @@ pub struct Script {
     /// UserInfo answer; `None`: `{"sub": <the code's id token sub>}` is not known, so
     /// tests set it explicitly when they need it.
     pub userinfo: Option<Value>,
+    /// Tokens the revocation endpoint received.
+    pub revoked: Vec<String>,
+    /// The revocation endpoint answers this status instead of 200.
+    pub revoke_status: Option<u16>,
 }
 
 #[derive(Default)]
@@ -43,6 +47,7 @@ pub struct Counters {
     pub jwks_fetches: AtomicUsize,
     pub userinfo_calls: AtomicUsize,
     pub evil_fetches: AtomicUsize,
+    pub revocations: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -76,6 +81,7 @@ impl HostileProvider {
             .route("/redirect-to-evil", get(redirect_to_evil))
             .route("/token", post(token))
             .route("/userinfo", get(userinfo))
+            .route("/revoke", post(revoke))
             .with_state(provider.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -90,6 +96,7 @@ impl HostileProvider {
             "token_endpoint": format!("{}/token", self.issuer),
             "userinfo_endpoint": format!("{}/userinfo", self.issuer),
             "jwks_uri": format!("{}/jwks", self.issuer),
+            "revocation_endpoint": format!("{}/revoke", self.issuer),
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": true,
@@ -143,6 +150,37 @@ impl HostileProvider {
 
     pub fn set_userinfo(&self, v: Option<Value>) {
         self.script.lock().unwrap().userinfo = v;
+    }
+
+    /// Signs `browser` in at `gw` with standard claims, patched by `patch`; returns the
+    /// token response the provider gave.
+    pub async fn sign_in_with(
+        &self,
+        gw: &super::TestGateway,
+        browser: &super::Browser,
+        patch: impl FnOnce(&mut Value),
+    ) -> Value {
+        let auth = gw.start_login(browser, None).await;
+        let mut claims = self.claims(&auth.nonce);
+        patch(&mut claims);
+        if let Some(name) = claims.get("name").cloned() {
+            self.set_userinfo(Some(json!({"sub": claims["sub"], "email": claims["email"], "email_verified": true, "name": name})));
+        }
+        let token = self.keys.sign_rs256(&self.keys.rs256_header(), &claims);
+        let response = Self::token_response(&token);
+        let code = self.issue_code(&auth.challenge, response.clone());
+        let resp = gw
+            .callback(
+                browser,
+                &super::gateway::callback_query(&code, &auth.state, Some(&self.issuer)),
+            )
+            .await;
+        assert_eq!(resp.status, 303, "sign-in failed: {}", resp.body);
+        response
+    }
+
+    pub async fn sign_in(&self, gw: &super::TestGateway, browser: &super::Browser) -> Value {
+        self.sign_in_with(gw, browser, |_| {}).await
     }
 
     pub fn token_calls(&self) -> usize {
@@ -214,6 +252,21 @@ async fn token(
         return invalid_grant();
     }
     Json(issued.response).into_response()
+}
+
+async fn revoke(
+    State(p): State<HostileProvider>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    p.counters.revocations.fetch_add(1, Ordering::SeqCst);
+    let mut script = p.script.lock().unwrap();
+    if let Some(status) = script.revoke_status {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
+    script
+        .revoked
+        .push(form.get("token").cloned().unwrap_or_default());
+    StatusCode::OK.into_response()
 }
 
 async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Response {

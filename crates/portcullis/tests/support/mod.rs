@@ -8,11 +8,13 @@ pub mod gateway;
 pub mod hostile;
 pub mod keys;
 pub mod oidc_provider;
+pub mod upstream;
 
 pub use browser::Browser;
 pub use gateway::TestGateway;
 pub use hostile::HostileProvider;
 pub use keys::TestKeys;
+pub use upstream::TestUpstream;
 
 /// Seconds since the epoch, real time.
 pub fn now() -> i64 {

@@ -1,0 +1,784 @@
+//! The guard and the reverse proxy in front of a real (test) upstream: who gets
+//! through, what the upstream sees, CSRF, logout, streaming and WebSockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use support::browser::Resp;
+use support::gateway::Options;
+use support::upstream::{echoed, echoed_headers};
+use support::{Browser, HostileProvider, TestGateway, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    p: HostileProvider,
+    gw: TestGateway,
+    up: TestUpstream,
+}
+
+async fn setup_with(options: Options) -> Setup {
+    let p = HostileProvider::start().await;
+    let up = TestUpstream::start().await;
+    let options = options
+        .env("PORTCULLIS_UPSTREAM", &up.url)
+        .env("PORTCULLIS_PUBLIC_PATHS", "/public/*,/healthcheck");
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    Setup { p, gw, up }
+}
+
+async fn setup() -> Setup {
+    setup_with(Options::default()).await
+}
+
+impl Setup {
+    async fn signed_in(&self) -> Browser {
+        let b = Browser::new();
+        self.p.sign_in(&self.gw, &b).await;
+        b
+    }
+
+    async fn api(&self, b: &Browser, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut h = vec![("accept", "application/json")];
+        h.extend_from_slice(headers);
+        b.request(method, &self.gw.at(path), &h, None).await
+    }
+
+    async fn user_id(&self, b: &Browser) -> String {
+        b.get(&self.gw.at("/auth/session"), &[]).await.json()["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+// --- S04, S05: no session ------------------------------------------------------------
+
+#[tokio::test]
+async fn s04_forged_truncated_and_deleted_ids_never_reach_the_upstream() {
+    let s = setup().await;
+    let real = s.signed_in().await;
+    let id = real.cookie("portcullis").unwrap();
+    let forged = portcullis::random::random_token();
+    for value in [
+        forged.as_str(),
+        &id[..42],
+        &id[1..],
+        "",
+        "deleted",
+        &format!("{id}x"),
+    ] {
+        let b = Browser::new();
+        b.set_cookie("portcullis", value);
+        let api = s.api(&b, Method::GET, "/app/data", &[]).await;
+        assert_eq!(api.status, 401, "cookie {value:?}");
+        let page = b.navigate(&s.gw.at("/app/page")).await;
+        assert_eq!(page.status, 302);
+    }
+    assert_eq!(s.up.calls(), 0, "the upstream was never called");
+    assert_eq!(
+        s.api(&real, Method::GET, "/app/data", &[]).await.status,
+        200
+    );
+    assert_eq!(s.up.calls(), 1);
+}
+
+#[tokio::test]
+async fn s05_navigations_are_redirected_and_api_calls_get_401_json() {
+    let s = setup().await;
+    let b = Browser::new();
+    let page = b.navigate(&s.gw.at("/reports/q3?year=2026")).await;
+    assert_eq!(page.status, 302);
+    assert_eq!(
+        page.location().unwrap(),
+        "/auth/login?return_to=%2Freports%2Fq3%3Fyear%3D2026"
+    );
+    // Without Sec-Fetch-*: Accept text/html on GET is a page…
+    let html = b.get(&s.gw.at("/x"), &[("accept", "text/html")]).await;
+    assert_eq!(html.status, 302);
+    // …while fetch/XHR and JSON are API calls.
+    for headers in [
+        vec![("accept", "application/json")],
+        vec![("sec-fetch-mode", "cors"), ("accept", "text/html")],
+        vec![("x-requested-with", "XMLHttpRequest")],
+    ] {
+        let r = b.get(&s.gw.at("/x"), &headers).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        let v = r.json();
+        assert_eq!(v["error"], "not_signed_in");
+        assert_eq!(v["login_url"], format!("{}/auth/login", s.gw.url));
+    }
+    let post = b
+        .request(
+            Method::POST,
+            &s.gw.at("/x"),
+            &[("accept", "text/html")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        post.status, 401,
+        "a POST is never a navigation without Sec-Fetch-Mode"
+    );
+    assert_eq!(s.up.calls(), 0);
+}
+
+// --- S06: CSRF --------------------------------------------------------------------
+
+#[tokio::test]
+async fn s06_cross_site_writes_are_refused_before_the_upstream() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    for headers in [
+        vec![("origin", "https://evil.example.com")],
+        vec![("origin", "https://evil.example.com"), ("x-csrf", "1")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![],
+    ] {
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            let r = s.api(&b, method.clone(), "/app/items", &headers).await;
+            assert_eq!(r.status, 403, "{method} {headers:?}");
+            assert!(r.body.contains("csrf_refused"));
+        }
+    }
+    assert_eq!(s.up.calls(), 0, "no cross-site write reached the upstream");
+    let own_origin = s.gw.url.clone();
+    for headers in [
+        vec![("origin", own_origin.as_str())],
+        vec![("sec-fetch-site", "same-origin")],
+        vec![("x-csrf", "1")],
+    ] {
+        assert_eq!(
+            s.api(&b, Method::POST, "/app/items", &headers).await.status,
+            200,
+            "{headers:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn s06_foreign_cors_preflights_get_no_credentials() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let pre = b
+        .request(
+            Method::OPTIONS,
+            &s.gw.at("/cors"),
+            &[
+                ("origin", "https://evil.example.com"),
+                ("access-control-request-method", "POST"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(pre.status, 403);
+    assert!(
+        pre.headers
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-"))
+    );
+    assert_eq!(s.up.calls(), 0);
+    // A credentialed cross-origin read: the upstream's careless "allow credentials" is removed.
+    let get = s
+        .api(
+            &b,
+            Method::GET,
+            "/cors",
+            &[("origin", "https://evil.example.com")],
+        )
+        .await;
+    assert!(
+        get.headers
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+}
+
+// --- P01, P02, P06, P07, P08: what the upstream sees --------------------------------
+
+#[tokio::test]
+async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let ours = s.user_id(&b).await;
+    let r = s
+        .api(
+            &b,
+            Method::GET,
+            "/app/whoami",
+            &[
+                ("x-user-id", "admin"),
+                ("X-USER-ID", "root"),
+                ("x_user_id", "admin"),
+                ("X-User-Email", "ceo@example.com"),
+                ("x-user-name", "Mallory"),
+                ("x-user-role", "admin"),
+            ],
+        )
+        .await;
+    let v = r.json();
+    assert_eq!(
+        echoed(&v, "x-user-id"),
+        vec![ours],
+        "exactly one X-User-Id, ours"
+    );
+    assert_eq!(echoed(&v, "x-user-email"), vec!["alice@example.com"]);
+    assert_eq!(echoed(&v, "x-user-name"), vec!["Alice Example"]);
+    for (name, _) in echoed_headers(&v) {
+        let c = name.replace('_', "-");
+        assert!(
+            !c.starts_with("x-user-")
+                || ["x-user-id", "x-user-email", "x-user-name"].contains(&c.as_str()),
+            "{name}"
+        );
+        assert!(name != "x_user_id" && name != "x-user-role");
+    }
+}
+
+#[tokio::test]
+async fn p02_identity_headers_are_stripped_on_public_paths_and_every_method() {
+    let s = setup().await;
+    let anonymous = Browser::new();
+    for method in [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::PATCH,
+    ] {
+        let r = s
+            .api(
+                &anonymous,
+                method.clone(),
+                "/public/info",
+                &[("x-user-id", "admin"), ("x_user_email", "a@b.c")],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{method}");
+        let v = r.json();
+        assert!(echoed(&v, "x-user-id").is_empty(), "{method}");
+        assert!(echoed(&v, "x_user_email").is_empty());
+    }
+    // Signed in, OPTIONS (not a preflight) is proxied with our identity only.
+    let b = s.signed_in().await;
+    let ours = s.user_id(&b).await;
+    let r = s
+        .api(&b, Method::OPTIONS, "/app/x", &[("x-user-id", "admin")])
+        .await;
+    assert_eq!(echoed(&r.json(), "x-user-id"), vec![ours]);
+}
+
+#[tokio::test]
+async fn p06_no_bypass_by_user_agent_or_other_client_headers() {
+    let s = setup().await;
+    let b = Browser::new();
+    for headers in [
+        vec![(
+            "user-agent",
+            "Googlebot/2.1 (+http://www.google.com/bot.html)",
+        )],
+        vec![("user-agent", "kube-probe/1.29")],
+        vec![("x-forwarded-for", "127.0.0.1"), ("x-real-ip", "127.0.0.1")],
+        vec![
+            ("x-original-url", "/public/x"),
+            ("x-rewrite-url", "/public/x"),
+        ],
+        vec![
+            ("x-forwarded-uri", "/public/x"),
+            ("x-forwarded-prefix", "/public"),
+        ],
+        vec![("authorization", "Bearer anything")],
+        vec![("x-user-id", "admin")],
+    ] {
+        let r = s.api(&b, Method::GET, "/app/secret", &headers).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+    }
+    assert_eq!(s.up.calls(), 0);
+}
+
+#[tokio::test]
+async fn p07_claims_with_crlf_nul_or_huge_values_never_inject_headers() {
+    let s = setup().await;
+    let b = Browser::new();
+    s.p.sign_in_with(&s.gw, &b, |c| {
+        c["name"] = json!("Eve\r\nX-Injected: 1\u{0}Ünï")
+    })
+    .await;
+    let v = s.api(&b, Method::GET, "/app/x", &[]).await.json();
+    assert!(echoed(&v, "x-injected").is_empty());
+    assert_eq!(
+        echoed(&v, "x-user-name"),
+        vec!["Eve%0D%0AX-Injected: 1%00%C3%9Cn%C3%AF"]
+    );
+    // Huge claims: the stored name is clipped to 256 characters; one that still encodes
+    // to more than 1 KiB (multi-byte) is left out rather than sent.
+    let huge = Browser::new();
+    s.p.sign_in_with(&s.gw, &huge, |c| c["name"] = json!("n".repeat(5000)))
+        .await;
+    let v = s.api(&huge, Method::GET, "/app/x", &[]).await.json();
+    assert_eq!(echoed(&v, "x-user-name"), vec!["n".repeat(256)]);
+    let wide = Browser::new();
+    s.p.sign_in_with(&s.gw, &wide, |c| c["name"] = json!("🦀".repeat(300)))
+        .await;
+    let v = s.api(&wide, Method::GET, "/app/x", &[]).await.json();
+    assert!(
+        echoed(&v, "x-user-name").is_empty(),
+        "an oversized value is left out"
+    );
+    assert_eq!(echoed(&v, "x-user-id").len(), 1);
+}
+
+#[tokio::test]
+async fn p08_the_gateway_cookies_are_removed_before_the_upstream() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    b.set_cookie("app_pref", "dark");
+    let v = s.api(&b, Method::GET, "/app/x", &[]).await.json();
+    let cookies = echoed(&v, "cookie").join("; ");
+    assert!(cookies.contains("app_pref=dark"));
+    assert!(!cookies.contains("portcullis"), "{cookies}");
+    assert!(!cookies.contains(&b.cookie("portcullis").unwrap()));
+}
+
+// --- P03: path confusion -----------------------------------------------------------
+
+#[tokio::test]
+async fn p03_decisions_use_the_normalised_path_only() {
+    let s = setup().await;
+    let b = Browser::new();
+    assert_eq!(s.api(&b, Method::GET, "/public/ok", &[]).await.status, 200);
+    assert_eq!(
+        s.api(&b, Method::GET, "/healthcheck;v=1", &[]).await.status,
+        200
+    );
+    for protected in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/..;/admin",
+        "/public/.%2e/admin",
+        "//admin",
+        "/PUBLIC/x",
+        "/publicx",
+        "/healthcheck/../admin",
+    ] {
+        let r = s.api(&b, Method::GET, protected, &[]).await;
+        assert_eq!(r.status, 401, "{protected}");
+    }
+    for ambiguous in [
+        "/public%2f..%2fadmin",
+        "/public/%252e%252e/admin",
+        "/public/..%5cadmin",
+        "/public/%00",
+        "/public/%ff",
+        "/../admin",
+    ] {
+        let r = s.api(&b, Method::GET, ambiguous, &[]).await;
+        assert!(
+            r.status == 400 || r.status == 401,
+            "{ambiguous}: {}",
+            r.status
+        );
+        assert_ne!(r.status, 200);
+    }
+    assert_eq!(
+        s.up.calls(),
+        2,
+        "only the two public requests reached the upstream"
+    );
+}
+
+// --- P04: forwarded headers --------------------------------------------------------
+
+#[tokio::test]
+async fn p04_forwarded_headers_are_trusted_only_from_configured_proxies() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let v = s
+        .api(
+            &b,
+            Method::GET,
+            "/app/x",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-host", "evil.example.com"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=6.6.6.6;host=evil.example.com"),
+                ("x-original-url", "/admin"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(echoed(&v, "x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(
+        echoed(&v, "x-forwarded-host"),
+        vec![s.gw.url.trim_start_matches("http://").to_owned()]
+    );
+    assert_eq!(echoed(&v, "x-forwarded-proto"), vec!["http"]);
+    assert!(echoed(&v, "forwarded").is_empty() && echoed(&v, "x-original-url").is_empty());
+
+    let trusted =
+        setup_with(Options::default().env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1/32"))
+            .await;
+    let b = trusted.signed_in().await;
+    let v = trusted
+        .api(
+            &b,
+            Method::GET,
+            "/app/x",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(
+        echoed(&v, "x-forwarded-for"),
+        vec!["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(echoed(&v, "x-forwarded-proto"), vec!["https"]);
+}
+
+// --- O01, O02, O06: logout ---------------------------------------------------------
+
+#[tokio::test]
+async fn o01_logout_deletes_the_session_clears_the_cookie_and_revokes() {
+    let s = setup().await;
+    let b = Browser::new();
+    let tokens = s.p.sign_in(&s.gw, &b).await;
+    let old = b.cookie("portcullis").unwrap();
+    let r = s
+        .api(&b, Method::POST, "/auth/logout", &[("x-csrf", "1")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["ok"], true);
+    let cleared = r.set_cookie_named("portcullis").unwrap();
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("HttpOnly") && cleared.contains("Path=/")
+    );
+    assert_eq!(
+        s.p.script.lock().unwrap().revoked,
+        vec![tokens["refresh_token"].as_str().unwrap().to_owned()]
+    );
+    assert_eq!(s.gw.session_count().await, 0);
+    let replay = Browser::new();
+    replay.set_cookie("portcullis", &old);
+    assert_eq!(s.api(&replay, Method::GET, "/app/x", &[]).await.status, 401);
+    // A form post (navigation) is sent home.
+    let b2 = s.signed_in().await;
+    let nav = b2
+        .request(
+            Method::POST,
+            &s.gw.at("/auth/logout"),
+            &[
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(nav.status, 303);
+    assert_eq!(nav.location().as_deref(), Some("/"));
+}
+
+#[tokio::test]
+async fn o02_cross_site_logout_is_refused() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let get = b.navigate(&s.gw.at("/auth/logout")).await;
+    assert_eq!(get.status, 405);
+    for headers in [
+        vec![("origin", "https://evil.example.com")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![],
+    ] {
+        let r = s.api(&b, Method::POST, "/auth/logout", &headers).await;
+        assert_eq!(r.status, 403, "{headers:?}");
+    }
+    assert_eq!(s.gw.session_count().await, 1, "still signed in");
+    assert_eq!(
+        s.p.counters
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn o06_logout_signs_out_locally_when_revocation_fails() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    s.p.script.lock().unwrap().revoke_status = Some(503);
+    let r = s
+        .api(&b, Method::POST, "/auth/logout", &[("x-csrf", "1")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s.p.counters
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(s.gw.session_count().await, 0);
+    assert_eq!(s.api(&b, Method::GET, "/app/x", &[]).await.status, 401);
+}
+
+// --- R01, R02, R06: robustness ------------------------------------------------------
+
+#[tokio::test]
+async fn r01_oversized_headers_are_refused_and_login_transactions_bounded() {
+    let s = setup().await;
+    let b = Browser::new();
+    let big = "c".repeat(200 * 1024);
+    for path in ["/app/x", "/auth/session", "/auth/login"] {
+        let r = s
+            .api(
+                &b,
+                Method::GET,
+                path,
+                &[("cookie", &format!("portcullis={big}"))],
+            )
+            .await;
+        assert_eq!(r.status, 431, "{path}");
+        let many: Vec<(String, String)> = (0..400)
+            .map(|i| (format!("x-h{i}"), "v".repeat(100)))
+            .collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(s.api(&b, Method::GET, path, &refs).await.status, 431);
+    }
+    assert_eq!(s.up.calls(), 0);
+    // Hundreds of logins from one browser: only its newest 16 transactions are kept.
+    let store = s.gw.gateway.store();
+    let first = Browser::new();
+    let a = s.gw.start_login(&first, None).await;
+    for _ in 0..20 {
+        first.navigate(&s.gw.at("/auth/login")).await;
+    }
+    let tx = store
+        .take_transaction(&portcullis::random::sha256_hex(a.state.as_bytes()))
+        .await
+        .unwrap();
+    assert!(tx.is_none(), "the oldest transaction was evicted");
+}
+
+#[tokio::test]
+async fn r02_malformed_requests_are_answered_with_4xx() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    for path in ["/app/%00", "/app/%ff%fe", "/app/%zz", "/app/a%2fb"] {
+        let r = s.api(&b, Method::GET, path, &[]).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert!(r.body.contains("ambiguous_path"));
+    }
+    let empty = Browser::new();
+    let r = s
+        .api(&empty, Method::GET, "/app/x", &[("cookie", "")])
+        .await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn r06_odd_session_ids_are_401_without_store_errors() {
+    let s = setup().await;
+    for value in [
+        "*",
+        "%",
+        "%00",
+        "a\u{7f}b",
+        "' OR 1=1 --",
+        "../../x",
+        "\u{202e}abc",
+        "AAAA=",
+        "{}",
+        &"A".repeat(4096),
+    ] {
+        let b = Browser::new();
+        if reqwest::header::HeaderValue::from_str(&format!("portcullis={value}")).is_err() {
+            continue;
+        }
+        b.set_cookie("portcullis", value);
+        let r = s.api(&b, Method::GET, "/app/x", &[]).await;
+        assert_eq!(r.status, 401, "{value:?}");
+    }
+    assert_eq!(s.up.calls(), 0);
+}
+
+// --- Streaming and upgrades ---------------------------------------------------------
+
+fn rss_peak_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn fifty_megabytes_stream_both_ways_without_being_held_in_memory() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let client = reqwest::Client::new();
+    // Warm up, then measure the peak resident set across both transfers.
+    let _ = client
+        .get(s.gw.at("/download?bytes=1024"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    let before = rss_peak_kib();
+    const SIZE: u64 = 50 * 1024 * 1024;
+
+    let mut resp = client
+        .get(s.gw.at(&format!("/download?bytes={SIZE}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut received = 0u64;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        received += chunk.len() as u64;
+    }
+    assert_eq!(received, SIZE);
+
+    let upload = reqwest::Body::wrap(support::upstream::Generated { remaining: SIZE });
+    let resp = client
+        .post(s.gw.at("/upload"))
+        .header("cookie", &cookie)
+        .header("x-csrf", "1")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["bytes"],
+        SIZE
+    );
+
+    let grown_mib = (rss_peak_kib().saturating_sub(before)) / 1024;
+    eprintln!("peak RSS growth while streaming 2 x 50 MiB: {grown_mib} MiB");
+    assert!(
+        grown_mib < 25,
+        "peak RSS grew by {grown_mib} MiB while moving 2 × 50 MiB"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_echo_passes_through_the_proxy() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: {}\r\nCookie: portcullis={}\r\n\r\n",
+        s.gw.url,
+        b.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // A masked text frame "hello".
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    let mut echo = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"\x81\x05hello");
+}
+
+#[tokio::test]
+async fn a_websocket_without_a_session_is_refused() {
+    let s = setup().await;
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 12];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 401");
+    assert_eq!(s.up.calls(), 0);
+}
+
+// --- Upstream faults ----------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unreachable_upstream_gives_502() {
+    let p = HostileProvider::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_UPSTREAM", &format!("http://{closed}")),
+    )
+    .await;
+    let b = Browser::new();
+    p.sign_in(&gw, &b).await;
+    let r = b.get(&gw.at("/x"), &[("accept", "application/json")]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn a_stalled_upstream_gives_504() {
+    // An upstream that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let p = HostileProvider::start().await;
+    let options = Options {
+        proxy_timeouts: portcullis::http::proxy::ProxyTimeouts {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_millis(500),
+            idle: Duration::from_secs(1),
+        },
+        ..Default::default()
+    }
+    .env("PORTCULLIS_UPSTREAM", &format!("http://{addr}"));
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    let b = Browser::new();
+    p.sign_in(&gw, &b).await;
+    let r = b.get(&gw.at("/x"), &[("accept", "application/json")]).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+}
