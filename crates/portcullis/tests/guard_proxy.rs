@@ -782,3 +782,79 @@ async fn a_stalled_upstream_gives_504() {
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["error"], "upstream_timeout");
 }
+
+// --- Embedding ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn embedded_apps_read_the_user_through_the_extractor() {
+    use axum::routing::get;
+    use portcullis::http::guard::{CurrentUser, GuardLayer};
+
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start(&p.issuer).await;
+    let app = axum::Router::new()
+        .route(
+            "/me",
+            get(|u: CurrentUser| async move {
+                axum::Json(json!({ "id": u.id.to_string(), "email": u.email }))
+            }),
+        )
+        .route(
+            "/header",
+            get(|h: axum::http::HeaderMap| async move {
+                let ids: Vec<String> = h
+                    .get_all("x-user-id")
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect();
+                axum::Json(json!(ids))
+            }),
+        )
+        .layer(GuardLayer::new(gw.gateway.clone()))
+        .merge(portcullis::http::auth_routes(gw.gateway.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
+    });
+
+    let anonymous = Browser::new();
+    assert_eq!(
+        anonymous
+            .get(&format!("{base}/me"), &[("accept", "application/json")])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(anonymous.navigate(&format!("{base}/me")).await.status, 302);
+    assert_eq!(
+        anonymous
+            .get(&format!("{base}/auth/session"), &[])
+            .await
+            .status,
+        401,
+        "auth routes are merged in"
+    );
+
+    let b = Browser::new();
+    p.sign_in(&gw, &b).await;
+    let id = b.get(&gw.at("/auth/session"), &[]).await.json()["user"]["id"].clone();
+    let me = b
+        .get(&format!("{base}/me"), &[("accept", "application/json")])
+        .await
+        .json();
+    assert_eq!(me["id"], id);
+    assert_eq!(me["email"], "alice@example.com");
+    let ids = b
+        .get(
+            &format!("{base}/header"),
+            &[("accept", "application/json"), ("x-user-id", "admin")],
+        )
+        .await
+        .json();
+    assert_eq!(ids, json!([id]));
+}

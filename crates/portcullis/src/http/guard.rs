@@ -227,6 +227,10 @@ impl Guard {
     where
         S: Service<Request<Body>, Response = Response, Error = Infallible>,
     {
+        // R01: oversized headers are refused before any cookie is read.
+        if let Some(refusal) = super::headers_too_large(req.headers()) {
+            return refusal;
+        }
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

@@ -31,21 +31,27 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Refuses requests whose headers are larger than [`MAX_HEADER_BYTES`] before any
 /// cookie is parsed or any store is asked (RFC 6585 §5).
 async fn limit_header_size(req: Request<Body>, next: axum::middleware::Next) -> Response {
-    let size: usize = req
-        .headers()
+    match headers_too_large(req.headers()) {
+        Some(refusal) => refusal,
+        None => next.run(req).await,
+    }
+}
+
+/// The 431 answer when `headers` exceed [`MAX_HEADER_BYTES`].
+pub(crate) fn headers_too_large(headers: &axum::http::HeaderMap) -> Option<Response> {
+    use axum::response::IntoResponse as _;
+    let size: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    if size > MAX_HEADER_BYTES {
-        use axum::response::IntoResponse as _;
-        return error::HttpError::new(
+    (size > MAX_HEADER_BYTES).then(|| {
+        error::HttpError::new(
             axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             "The request headers are too large.",
         )
-        .into_response();
-    }
-    next.run(req).await
+        .into_response()
+    })
 }
 
 /// Headers on every answer of the gateway itself.
@@ -87,6 +93,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(limit_header_size))
         .with_state(routes)
 }
 
@@ -118,7 +125,5 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
             })
         }
     }));
-    auth_routes(gateway)
-        .fallback_service(protected)
-        .layer(axum::middleware::from_fn(limit_header_size))
+    auth_routes(gateway).fallback_service(protected)
 }
