@@ -69,5 +69,26 @@ mutate $S/provider/http.rs 'let call = async {' 'let cap = usize::MAX; let call 
 mutate $S/http/cookies.rs 'Some(_) => return CookieValue::Ambiguous,' 'Some(_) => {}' lib differing_duplicates
 mutate $S/http/routes.rs 'return Err(SessionError::DuplicateParameter(key));' '' lib r02_
 
+G=guard_proxy
+mutate $S/http/proxy.rs 'if this.drop_trailers && frame.is_trailers() {' 'if false {' $G request_trailers
+mutate $S/http/headers.rs '.filter(|n| !n.is_empty() && !is_protected_from_connection(n)),' '.filter(|n| !n.is_empty()),' $G p01_connection
+mutate $S/http/guard.rs '            return (
+                StatusCode::NO_CONTENT,' '            return call(&mut inner, req).await;
+            #[allow(unreachable_code)]
+            return (
+                StatusCode::NO_CONTENT,' $G s06_preflights
+mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
+mutate $S/http/serve.rs '.header_read_timeout(header_read_timeout)' '.header_read_timeout(None)' $G slow_header
+mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
+mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
+mutate $S/http/proxy.rs '            path.encoded(),' '            uri.path(),' $G p03_
+mutate $S/http/headers.rs '    canonical(name).starts_with("x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
+mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), trusted);' '' $G p02_
+mutate $S/http/headers.rs '!ours.contains(&name)' 'true' $G p08_
+mutate $S/http/request.rs 'Some(origin) => origin.as_bytes() == public_origin.as_bytes(),' 'Some(_) => true,' $G s06_cross_site
+mutate $S/http/routes.rs 'if !is_same_origin_write(' 'if false && !is_same_origin_write(' $G o02_
+mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;' '' $G o01_
+mutate $S/http/mod.rs '(size > MAX_HEADER_BYTES).then(|| {' '(size > usize::MAX).then(|| {' $G r01_many
+
 echo
 if [ "$survivors" -eq 0 ]; then echo "every defence is caught by its test"; else echo "$survivors defence(s) not caught"; exit 1; fi

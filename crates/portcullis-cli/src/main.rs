@@ -139,12 +139,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let app = portcullis::http::router(gateway)?;
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    portcullis::http::serve::serve(listener, app, Default::default(), shutdown_signal()).await?;
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! ```
 //! Then open http://127.0.0.1:8080/ and sign in.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::response::Html;
@@ -43,10 +42,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(portcullis::http::auth_routes(gateway));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on http://{listen}");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
+    // Header deadlines, a connection cap and connection info for trusted proxies.
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    portcullis::http::serve::serve(listener, app, Default::default(), shutdown).await?;
     Ok(())
 }

@@ -12,8 +12,8 @@
 //! let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await?);
 //! let app = portcullis::http::router(gateway)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! // Connection info lets the guard tell trusted proxies from everyone else.
-//! axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! portcullis::http::serve::serve(listener, app, Default::default(), shutdown).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -349,29 +349,46 @@ async fn p08_the_gateway_cookies_are_removed_before_the_upstream() {
 // --- P03: path confusion -----------------------------------------------------------
 
 #[tokio::test]
-async fn p03_decisions_use_the_normalised_path_only() {
+async fn p03_decisions_and_forwarding_use_the_normalised_path_only() {
+    use support::browser::raw_request;
     let s = setup().await;
-    let b = Browser::new();
-    assert_eq!(s.api(&b, Method::GET, "/public/ok", &[]).await.status, 200);
-    assert_eq!(
-        s.api(&b, Method::GET, "/healthcheck;v=1", &[]).await.status,
-        200
-    );
-    for protected in [
+    let json = [("accept", "application/json")];
+    // Public, and forwarded in the normalised form the decision was made on.
+    for (target, forwarded) in [
+        ("/public/ok", "/public/ok"),
+        ("/public//ok", "/public/ok"),
+        ("/healthcheck;v=1", "/healthcheck"),
+        ("/admin/../public/x", "/public/x"),
+        ("/public/./a/%2e%2e/b?q=1", "/public/b?q=1"),
+    ] {
+        let (status, body) = raw_request(&s.gw.url, "GET", target, &json).await;
+        assert_eq!(status, 200, "{target}");
+        assert!(
+            body.contains(&format!("\"uri\":\"{forwarded}\"")),
+            "{target} was forwarded as: {body}"
+        );
+    }
+    let public_calls = s.up.calls();
+    // Not public once normalised: a session is needed.
+    for target in [
         "/public/../admin",
         "/public/%2e%2e/admin",
         "/public/%2E%2E/admin",
-        "/public/..;/admin",
         "/public/.%2e/admin",
         "//admin",
         "/PUBLIC/x",
         "/publicx",
         "/healthcheck/../admin",
+        "/public/../../public/x/../../admin",
     ] {
-        let r = s.api(&b, Method::GET, protected, &[]).await;
-        assert_eq!(r.status, 401, "{protected}");
+        let (status, _) = raw_request(&s.gw.url, "GET", target, &json).await;
+        assert!(status == 401 || status == 400, "{target}: {status}");
     }
-    for ambiguous in [
+    // Read differently by different servers: refused outright.
+    for target in [
+        "/public/..;/admin",
+        "/admin/..;/public/x",
+        "/admin/..%3B/public/x",
         "/public%2f..%2fadmin",
         "/public/%252e%252e/admin",
         "/public/..%5cadmin",
@@ -379,19 +396,27 @@ async fn p03_decisions_use_the_normalised_path_only() {
         "/public/%ff",
         "/../admin",
     ] {
-        let r = s.api(&b, Method::GET, ambiguous, &[]).await;
-        assert!(
-            r.status == 400 || r.status == 401,
-            "{ambiguous}: {}",
-            r.status
-        );
-        assert_ne!(r.status, 200);
+        let (status, body) = raw_request(&s.gw.url, "GET", target, &json).await;
+        assert_eq!(status, 400, "{target}");
+        assert!(body.contains("ambiguous_path"), "{target}: {body}");
     }
     assert_eq!(
         s.up.calls(),
-        2,
-        "only the two public requests reached the upstream"
+        public_calls,
+        "nothing else reached the upstream"
     );
+    // Signed in: the upstream gets the normalised path too.
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let (status, body) = raw_request(
+        &s.gw.url,
+        "GET",
+        "/app/./x/../y;jsessionid=1//z?a=b",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"uri\":\"/app/y/z?a=b\""), "{body}");
 }
 
 // --- P04: forwarded headers --------------------------------------------------------
@@ -857,4 +882,267 @@ async fn embedded_apps_read_the_user_through_the_extractor() {
         .await
         .json();
     assert_eq!(ids, json!([id]));
+}
+
+// --- Review hardening ---------------------------------------------------------------
+
+#[tokio::test]
+async fn s06_preflights_are_never_forwarded_without_a_session() {
+    let s = setup().await;
+    let anonymous = Browser::new();
+    let own = s.gw.url.clone();
+    for origin in [None, Some(own.as_str())] {
+        let mut headers = vec![("access-control-request-method", "DELETE")];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        let r = anonymous
+            .request(
+                Method::OPTIONS,
+                &s.gw.at("/admin/delete?id=1"),
+                &headers,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 204, "{origin:?}");
+        assert!(
+            r.headers
+                .keys()
+                .all(|k| !k.as_str().starts_with("access-control-"))
+        );
+    }
+    assert_eq!(s.up.calls(), 0, "no preflight reached the upstream");
+}
+
+#[tokio::test]
+async fn p01_connection_header_cannot_remove_our_identity_headers() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let ours = s.user_id(&b).await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let (status, body) = support::browser::raw_request(
+        &s.gw.url,
+        "GET",
+        "/app/x",
+        &[
+            ("cookie", &cookie),
+            (
+                "connection",
+                "x-user-id, x-user-email, x-forwarded-for, keep-alive",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("[\"x-user-id\",\"{ours}\"]")),
+        "{body}"
+    );
+    assert!(
+        body.contains("[\"x-user-email\",\"alice@example.com\"]"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn trace_and_connect_are_refused() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let (status, _) =
+        support::browser::raw_request(&s.gw.url, "TRACE", "/app/x", &[("cookie", &cookie)]).await;
+    assert_eq!(status, 405);
+    let (status, _) = support::browser::raw_request(
+        &s.gw.url,
+        "CONNECT",
+        "example.com:443",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    assert!(status == 405 || status == 400, "{status}");
+    assert_eq!(s.up.calls(), 0);
+}
+
+#[tokio::test]
+async fn r01_many_headers_totalling_more_than_32_kib_get_431() {
+    let s = setup().await;
+    let b = Browser::new();
+    let many: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("x-h{i}"), "v".repeat(800)))
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(s.api(&b, Method::GET, "/public/x", &refs).await.status, 431);
+    assert_eq!(
+        s.api(&b, Method::GET, "/auth/session", &refs).await.status,
+        431
+    );
+    assert_eq!(s.up.calls(), 0);
+}
+
+#[tokio::test]
+async fn request_trailers_never_reach_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nCookie: portcullis={}\r\nX-CSRF: 1\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: X-User-Id\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-User-Id: admin\r\n\r\n",
+        b.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"bytes\":5"), "{out}");
+    assert!(out.contains("\"trailers\":[]"), "{out}");
+}
+
+/// A body that yields `chunks` pieces, one every `every`.
+struct Slow {
+    left: u32,
+    every: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Slow {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let every = self.every;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(()) => {
+                self.timer = None;
+                self.left -= 1;
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                    axum::body::Bytes::from_static(b"0123456789"),
+                ))))
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn uploads_may_outlast_the_response_header_timeout() {
+    let options = Options {
+        proxy_timeouts: portcullis::http::proxy::ProxyTimeouts {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_millis(300),
+            idle: Duration::from_secs(5),
+        },
+        ..Default::default()
+    };
+    let s = setup_with(options).await;
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    // Ten chunks 150 ms apart: 1.5 s of upload against a 300 ms header timeout.
+    let body = reqwest::Body::wrap(Slow {
+        left: 10,
+        every: Duration::from_millis(150),
+        timer: None,
+    });
+    let resp = reqwest::Client::new()
+        .post(s.gw.at("/upload"))
+        .header("cookie", cookie)
+        .header("x-csrf", "1")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["bytes"],
+        100
+    );
+}
+
+#[tokio::test]
+async fn idle_websockets_are_closed() {
+    let options = Options {
+        proxy_timeouts: portcullis::http::proxy::ProxyTimeouts {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_secs(5),
+            idle: Duration::from_millis(300),
+        },
+        ..Default::default()
+    };
+    let s = setup_with(options).await;
+    let b = s.signed_in().await;
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: portcullis={}\r\n\r\n",
+        b.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // Say nothing: the gateway closes the tunnel after the idle timeout.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle tunnel was not closed");
+}
+
+#[tokio::test]
+async fn other_upgrades_are_not_passed_on() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let (status, body) = support::browser::raw_request(
+        &s.gw.url,
+        "GET",
+        "/app/x",
+        &[
+            ("cookie", &cookie),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !body.contains("\"upgrade\"") && !body.contains("http2-settings"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn slow_header_senders_are_disconnected() {
+    let p = HostileProvider::start().await;
+    let options = Options {
+        serve: portcullis::http::serve::ServeOptions {
+            header_read_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "a slow-loris connection was kept open");
 }

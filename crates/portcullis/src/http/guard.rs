@@ -231,6 +231,21 @@ impl Guard {
         if let Some(refusal) = super::headers_too_large(req.headers()) {
             return refusal;
         }
+        // TRACE echoes requests (cookies included); CONNECT would turn the gateway into a
+        // tunnel to anywhere.
+        if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+            let mut r = HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This method is not allowed.",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+            );
+            return r;
+        }
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -268,7 +283,13 @@ impl Guard {
                 )
                 .into_response();
             }
-            return call(&mut inner, req).await;
+            // Same-origin requests need no preflight, so a same-origin (or Origin-less)
+            // one is a probe: answered here too, never forwarded without a session.
+            return (
+                StatusCode::NO_CONTENT,
+                [(header::CACHE_CONTROL, "no-store")],
+            )
+                .into_response();
         }
 
         let path_and_query = req
@@ -290,10 +311,7 @@ impl Guard {
             Err(e) => return HttpError::from(e).page(page).into_response(),
         };
 
-        let unsafe_method = !matches!(
-            *req.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-        );
+        let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if unsafe_method
             && !is_same_origin_write(
                 req.headers(),

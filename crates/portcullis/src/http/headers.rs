@@ -17,9 +17,29 @@ pub const USER_NAME: &str = "x-user-name";
 /// Longest identity header value passed on; longer claims are left out (P07).
 pub const MAX_IDENTITY_VALUE: usize = 1024;
 
-/// How an upstream might read a header name: case-folded, `_` as `-`.
+/// How an upstream might read a header name: case-folded, and any character that is
+/// not a letter or digit (`_`, `.`, `+`, …) read as `-`.
 fn canonical(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Headers a client may not have removed by naming them in `Connection`: the ones the
+/// gateway sets for the upstream, and the framing of the message.
+fn is_protected_from_connection(name: &str) -> bool {
+    is_identity_header(name)
+        || is_forwarding_header(name)
+        || matches!(
+            name,
+            "host" | "content-length" | "content-type" | "cookie" | "authorization"
+        )
 }
 
 /// Whether a client-sent header claims an identity (`X-User-*` in any spelling).
@@ -52,9 +72,9 @@ fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
         "proxy-authenticate",
         "proxy-authorization",
         "te",
-        "trailer",
         "transfer-encoding",
         "upgrade",
+        "http2-settings",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -64,7 +84,7 @@ fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
             names.extend(
                 v.split(',')
                     .map(|n| n.trim().to_ascii_lowercase())
-                    .filter(|n| !n.is_empty()),
+                    .filter(|n| !n.is_empty() && !is_protected_from_connection(n)),
             );
         }
     }
@@ -166,6 +186,7 @@ mod tests {
         ] {
             assert!(is_identity_header(name), "{name}");
         }
+        assert!(is_identity_header("X.User.Id") && is_identity_header("x+user+id"));
         assert!(!is_identity_header("x-username"));
         assert!(!is_identity_header("x-users"));
     }
@@ -268,5 +289,28 @@ mod tests {
                 prop_assert!(h.is_empty());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod connection_tests {
+    use super::*;
+
+    #[test]
+    fn p01_connection_cannot_remove_our_identity_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "connection",
+            HeaderValue::from_static("x-user-id, X-User-Email, host, x-forwarded-for, keep-alive"),
+        );
+        set_identity(&mut h, "u-1", Some("a@example.com"), None);
+        h.insert("host", HeaderValue::from_static("app"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("127.0.0.1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["x-user-id"], "u-1");
+        assert_eq!(h["x-user-email"], "a@example.com");
+        assert_eq!(h["host"], "app");
+        assert!(h.get("x-forwarded-for").is_some());
+        assert!(h.get("connection").is_none());
     }
 }

@@ -9,6 +9,7 @@ pub mod path;
 pub mod proxy;
 pub mod request;
 pub mod routes;
+pub mod serve;
 
 use std::sync::Arc;
 

@@ -25,6 +25,8 @@ pub enum PathError {
     NotAbsolute,
     #[error("the path is too long")]
     TooLong,
+    #[error("the path hides a dot segment behind `;` parameters")]
+    DotSegmentWithParameters,
 }
 
 /// Longest path accepted.
@@ -65,7 +67,8 @@ fn decode_once(raw: &str) -> Result<String, PathError> {
             };
             let decoded = h * 16 + l;
             match decoded {
-                b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                // An encoded `;` would become a parameter separator only after decoding.
+                b'/' | b'\\' | b';' => return Err(PathError::EncodedSeparator),
                 // `%25` decodes to `%`: a second decoder would see a new escape.
                 b'%' => return Err(PathError::DoubleEncoded),
                 _ => out.push(decoded),
@@ -96,8 +99,12 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
     }
     let decoded = decode_once(raw)?;
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        let segment = segment.split(';').next().unwrap_or("");
+    for raw_segment in decoded.split('/') {
+        let segment = raw_segment.split(';').next().unwrap_or("");
+        // `..;x` is `..` to Tomcat but a plain name to nginx, Express or Go: refused.
+        if segment != raw_segment && matches!(segment, "." | "..") {
+            return Err(PathError::DotSegmentWithParameters);
+        }
         match segment {
             "" | "." => {}
             ".." => {
@@ -118,6 +125,43 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
         path.push('/');
     }
     Ok(NormalizedPath(path))
+}
+
+impl NormalizedPath {
+    /// The path as it is forwarded upstream: each segment percent-encoded again where
+    /// RFC 3986 §3.3 requires (`pchar` minus `;`), so that the upstream reads exactly the
+    /// path the decision was made on.
+    pub fn encoded(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        for b in self.0.bytes() {
+            let keep = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'-'
+                        | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b'='
+                        | b':'
+                        | b'@'
+                );
+            if keep {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
 }
 
 /// A `public_paths` pattern: an exact path, or a prefix ending in `/*` that matches the
@@ -184,8 +228,16 @@ mod tests {
         assert_eq!(n("/a/%2e%2e/b").unwrap(), "/b");
         assert_eq!(n("/a/%2E/b").unwrap(), "/a/b");
         assert_eq!(n("/admin;jsessionid=1").unwrap(), "/admin");
-        assert_eq!(n("/static/..;/admin").unwrap(), "/admin");
-        assert_eq!(n("/public/..;x=1/admin/").unwrap(), "/admin/");
+        assert_eq!(
+            n("/static/..;/admin"),
+            Err(PathError::DotSegmentWithParameters)
+        );
+        assert_eq!(
+            n("/admin/..;/public/x"),
+            Err(PathError::DotSegmentWithParameters)
+        );
+        assert_eq!(n("/admin/..%3B/public/x"), Err(PathError::EncodedSeparator));
+        assert_eq!(n("/a;x/b;y=1/").unwrap(), "/a/b/");
         assert_eq!(n("/%61dmin").unwrap(), "/admin");
         assert_eq!(n("/caf%C3%A9").unwrap(), "/café");
         assert_eq!(n("/docs/").unwrap(), "/docs/");
@@ -256,6 +308,32 @@ mod tests {
         #[test]
         fn never_panics(s in "\\PC{0,64}") {
             let _ = normalize_path(&s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn encoded_paths_read_back_to_themselves() {
+        let p = normalize_path("/caf%C3%A9/a%20b/x%3Fy/%23").unwrap();
+        assert_eq!(p.as_str(), "/café/a b/x?y/#");
+        assert_eq!(p.encoded(), "/caf%C3%A9/a%20b/x%3Fy/%23");
+        assert_eq!(normalize_path(&p.encoded()).unwrap(), p);
+    }
+
+    proptest! {
+        /// What the upstream receives normalises to what the decision was made on.
+        #[test]
+        fn forwarded_form_round_trips(s in "/[a-zA-Z0-9./;%2eE5fF?# é-]{0,40}") {
+            if let Ok(p) = normalize_path(&s) {
+                let forwarded = p.encoded();
+                prop_assert!(forwarded.parse::<axum::http::Uri>().is_ok(), "{}", forwarded);
+                prop_assert_eq!(normalize_path(&forwarded).unwrap(), p);
+            }
         }
     }
 }

@@ -1,35 +1,46 @@
 //! The reverse proxy to `PORTCULLIS_UPSTREAM` on hyper-util's pooled client: bodies
 //! stream both ways (never buffered whole), hop-by-hop headers are removed, WebSocket
 //! upgrades are passed through, and every call has a connect and a response-header
-//! timeout plus an idle timeout on bodies instead of a total one (streams, SSE).
-//! Requests that fail on a stale pooled connection before being written are retried by
-//! the client (`retry_canceled_requests`), which is safe for any method.
+//! timeout plus an idle timeout on bodies and tunnels instead of a total one (streams,
+//! SSE, WebSockets). Requests that fail on a stale pooled connection before being
+//! written are retried by the client (`retry_canceled_requests`), safe for any method.
+//!
+//! The upstream receives the **normalised** path the guard decided on, re-encoded, so
+//! that no upstream can route `..`, `;` or `//` differently (SECURITY-CASES P03).
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use super::error::HttpError;
+use super::guard::{CurrentUser, TrustedPeer};
 use super::headers;
+use super::path::normalize_path;
 
 /// Time to open a connection to the upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time from sending the request to the upstream's response headers.
+/// Time from the end of the request body to the upstream's response headers.
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest pause in a request or response body before the stream is cut.
+/// Longest pause in a body or an upgraded connection before it is cut.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most upgraded connections (WebSockets) open at once.
+pub const MAX_TUNNELS: usize = 10_000;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,6 +71,7 @@ pub struct Upstream {
     client: Client<HttpConnector, Body>,
     timeouts: ProxyTimeouts,
     public_url: Url,
+    tunnels: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -87,14 +99,26 @@ impl Upstream {
             client,
             timeouts,
             public_url: public_url.clone(),
+            tunnels: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// The upstream URI: the base, the normalised path re-encoded, the original query.
     fn target(&self, uri: &Uri) -> Result<Uri, HttpError> {
-        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = normalize_path(uri.path()).map_err(|e| {
+            HttpError::bad_request(
+                "ambiguous_path",
+                format!("This address cannot be served: {e}."),
+            )
+        })?;
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         format!(
-            "{}://{}{}{}",
-            self.scheme, self.authority, self.base_path, pq
+            "{}://{}{}{}{}",
+            self.scheme,
+            self.authority,
+            self.base_path,
+            path.encoded(),
+            query
         )
         .parse()
         .map_err(|_| {
@@ -104,16 +128,18 @@ impl Upstream {
 
     /// Forwards one request (already checked by the guard, identity headers set).
     pub async fn forward(&self, mut req: Request<Body>) -> Response {
-        let peer_trusted = req
-            .extensions()
-            .get::<super::guard::TrustedPeer>()
-            .is_some_and(|t| t.0);
-        let is_upgrade = wants_upgrade(req.headers());
-        let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+        let peer_trusted = req.extensions().get::<TrustedPeer>().is_some_and(|t| t.0);
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        let is_websocket = wants_websocket(req.headers());
+        let client_upgrade = is_websocket.then(|| hyper::upgrade::on(&mut req));
+        // A tunnel lives no longer than the session that opened it.
+        let session_ends = req
+            .extensions()
+            .get::<CurrentUser>()
+            .map_or(0, |u| u.session_expires_at);
 
         let target = match self.target(req.uri()) {
             Ok(t) => t,
@@ -123,23 +149,30 @@ impl Upstream {
         parts.uri = target;
         parts.version = axum::http::Version::HTTP_11;
         let h = &mut parts.headers;
-        headers::remove_hop_by_hop(h, is_upgrade);
+        headers::remove_hop_by_hop(h, is_websocket);
         headers::remove_gateway_cookies(h);
         self.set_forwarding(h, peer, peer_trusted);
         if let Ok(host) = HeaderValue::from_str(&self.authority) {
             h.insert(header::HOST, host);
         }
-        let body = Body::new(IdleTimeout::new(body, self.timeouts.idle));
+        let (sent, body_sent) = oneshot::channel();
+        let body = Body::new(IdleTimeout::new(body, self.timeouts.idle).for_request(sent));
         let upstream_req = Request::from_parts(parts, body);
 
-        let mut resp = match tokio::time::timeout(
-            self.timeouts.response_header,
-            self.client.request(upstream_req),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+        // The response-header timeout starts once the request body is sent: an upload
+        // takes as long as it needs, under the idle timeout.
+        let header_timeout = self.timeouts.response_header;
+        let deadline = async move {
+            let _ = body_sent.await;
+            tokio::time::sleep(header_timeout).await;
+        };
+        let answer = tokio::select! {
+            r = self.client.request(upstream_req) => Some(r),
+            () = deadline => None,
+        };
+        let mut resp = match answer {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "upstream request failed");
                 return HttpError::new(
                     StatusCode::BAD_GATEWAY,
@@ -148,7 +181,7 @@ impl Upstream {
                 )
                 .into_response();
             }
-            Err(_) => {
+            None => {
                 tracing::warn!("upstream did not answer in time");
                 return HttpError::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -160,19 +193,39 @@ impl Upstream {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((client, upstream)) => {
-                            let mut client = TokioIo::new(client);
-                            let mut upstream = TokioIo::new(upstream);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            let Some(client_upgrade) = client_upgrade else {
+                return HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_bad_upgrade",
+                    "The application switched protocols unasked.",
+                )
+                .into_response();
+            };
+            let Some(slot) = TunnelSlot::take(&self.tunnels) else {
+                return HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_tunnels",
+                    "Too many open connections; try again shortly.",
+                )
+                .into_response();
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = self.timeouts.idle;
+            tokio::spawn(async move {
+                let _slot = slot;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        tunnel(
+                            TokioIo::new(client),
+                            TokioIo::new(upstream),
+                            idle,
+                            session_ends,
+                        )
+                        .await
                     }
-                });
-            }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
             let (mut parts, _) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
             return Response::from_parts(parts, Body::empty());
@@ -183,19 +236,21 @@ impl Upstream {
         Response::from_parts(parts, Body::new(IdleTimeout::new(body, self.timeouts.idle)))
     }
 
-    /// `X-Forwarded-For/Proto/Host` for the upstream: appended to a trusted proxy's
-    /// values, else set from the peer and the configured public URL.
-    fn set_forwarding(
-        &self,
-        h: &mut axum::http::HeaderMap,
-        peer: Option<SocketAddr>,
-        peer_trusted: bool,
-    ) {
+    /// `X-Forwarded-For/Proto/Host` for the upstream: a trusted proxy's values are kept
+    /// (the peer appended to its `X-Forwarded-For`), else they are set from the peer and
+    /// the configured public URL.
+    fn set_forwarding(&self, h: &mut HeaderMap, peer: Option<SocketAddr>, peer_trusted: bool) {
         if let Some(peer) = peer {
-            let ip = peer.ip().to_string();
-            let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(chain) if peer_trusted => format!("{chain}, {ip}"),
-                _ => ip,
+            let ip = peer.ip().to_canonical().to_string();
+            let chain: Vec<&str> = h
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let value = if peer_trusted && !chain.is_empty() {
+                format!("{}, {ip}", chain.join(", "))
+            } else {
+                ip
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert("x-forwarded-for", v);
@@ -220,9 +275,11 @@ impl Upstream {
     }
 }
 
-/// A WebSocket (or other) upgrade request: `Connection: upgrade` and `Upgrade`.
-fn wants_upgrade(h: &axum::http::HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+/// A WebSocket handshake (RFC 6455 §4.1): `Connection: upgrade`, `Upgrade: websocket`.
+/// Other upgrades (`h2c`, …) are not passed on.
+fn wants_websocket(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -232,12 +289,85 @@ fn wants_upgrade(h: &axum::http::HeaderMap) -> bool {
             })
 }
 
+/// One of [`MAX_TUNNELS`] places; given back when dropped.
+struct TunnelSlot(Arc<AtomicUsize>);
+
+impl TunnelSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        let mut current = count.load(Ordering::Relaxed);
+        loop {
+            if current >= MAX_TUNNELS {
+                return None;
+            }
+            match count.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Self(count.clone())),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Copies bytes both ways until either side closes, nothing moves for `idle`, or the
+/// session ends (`session_ends`, Unix seconds).
+async fn tunnel<A, B>(mut a: A, mut b: B, idle: Duration, session_ends: i64)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let lifetime = Duration::from_secs(session_ends.saturating_sub(now).max(0) as u64);
+    let session_end = tokio::time::sleep(lifetime);
+    tokio::pin!(session_end);
+    let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let quiet = tokio::time::sleep(idle);
+        tokio::select! {
+            n = a.read(&mut from_a) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if b.write_all(&from_a[..n]).await.is_err() { break },
+            },
+            n = b.read(&mut from_b) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => if a.write_all(&from_b[..n]).await.is_err() { break },
+            },
+            () = quiet => {
+                tracing::debug!("upgraded connection idle; closing");
+                break;
+            }
+            () = &mut session_end => {
+                tracing::debug!("session ended; closing its upgraded connection");
+                break;
+            }
+        }
+    }
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
+}
+
 /// A body that fails when no frame arrives for `idle`: streams may last forever, but
 /// may not stall forever.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
+    /// Request bodies: signalled when the body has been sent in full (or failed).
+    sent: Option<oneshot::Sender<()>>,
+    /// Request bodies: trailers are dropped, so none can carry an identity header.
+    drop_trailers: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -246,7 +376,35 @@ impl<B> IdleTimeout<B> {
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
+            sent: None,
+            drop_trailers: false,
         }
+    }
+
+    /// As a request body: reports its end on `sent` and drops trailers.
+    pub fn for_request(mut self, sent: oneshot::Sender<()>) -> Self
+    where
+        B: HttpBody,
+    {
+        self.sent = Some(sent);
+        self.drop_trailers = true;
+        if self.inner.is_end_stream() {
+            self.finished();
+        }
+        self
+    }
+
+    fn finished(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl<B> Drop for IdleTimeout<B> {
+    /// A body hyper never polls (empty) or drops early also counts as sent.
+    fn drop(&mut self) {
+        self.finished();
     }
 }
 
@@ -268,16 +426,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + this.idle;
+                    this.sleep.as_mut().reset(deadline);
+                    if this.drop_trailers && frame.is_trailers() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finished();
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    this.finished();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    return match this.sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            this.finished();
+                            Poll::Ready(Some(Err(Box::new(IdleTimeoutError))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeoutError)))),
-                Poll::Pending => Poll::Pending,
-            },
         }
     }
 
@@ -289,5 +465,3 @@ where
         self.inner.size_hint()
     }
 }
-
-use std::future::Future as _;

@@ -26,6 +26,7 @@ pub struct Options {
     /// A listener bound beforehand (when the provider must know our port first).
     pub listener: Option<std::net::TcpListener>,
     pub proxy_timeouts: portcullis::http::proxy::ProxyTimeouts,
+    pub serve: portcullis::http::serve::ServeOptions,
 }
 
 impl Default for Options {
@@ -37,6 +38,7 @@ impl Default for Options {
             jwks_min_refetch: Duration::from_secs(30),
             listener: None,
             proxy_timeouts: Default::default(),
+            serve: Default::default(),
         }
     }
 }
@@ -139,9 +141,11 @@ impl TestGateway {
         });
         let app = portcullis::http::router_with_upstream(gateway.clone(), upstream);
         tokio::spawn(async move {
-            let _ = axum::serve(
+            let _ = portcullis::http::serve::serve(
                 listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                app,
+                options.serve,
+                std::future::pending(),
             )
             .await;
         });

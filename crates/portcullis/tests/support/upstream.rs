@@ -71,13 +71,19 @@ async fn upload(State(u): State<TestUpstream>, req: Request) -> Response {
     u.calls.fetch_add(1, Ordering::SeqCst);
     let mut body = req.into_body();
     let mut total: u64 = 0;
+    let mut trailers: Vec<String> = Vec::new();
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         match frame {
-            Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => {
+                total += f.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(t) = f.trailers_ref() {
+                    trailers.extend(t.keys().map(|k| k.as_str().to_owned()));
+                }
+            }
             Err(_) => return StatusCode::BAD_REQUEST.into_response(),
         }
     }
-    axum::Json(json!({ "bytes": total })).into_response()
+    axum::Json(json!({ "bytes": total, "trailers": trailers })).into_response()
 }
 
 /// A body of `remaining` bytes made 64 KiB at a time.
