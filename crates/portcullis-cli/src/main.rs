@@ -27,6 +27,19 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the development OpenID provider (users and clients from a TOML file).
+    Idp {
+        /// The provider's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Allow listening on a non-loopback address.
+        #[arg(long)]
+        allow_remote: bool,
+        /// Retire the current signing keys and make new ones, then exit. Retired keys stay
+        /// in the JWKS until every token they signed has expired.
+        #[arg(long)]
+        rotate_keys: bool,
+    },
     /// Validate the configuration, print every problem, exit non-zero if there is one.
     CheckConfig {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
@@ -39,6 +52,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Idp {
+            config,
+            allow_remote,
+            rotate_keys,
+        } => run_idp(&config, allow_remote, rotate_keys),
         Command::Serve { config } => {
             let config = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -102,6 +120,46 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             }
             eprintln!("{} problem(s) found", e.0.len());
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_idp(file: &std::path::Path, allow_remote: bool, rotate_keys: bool) -> ExitCode {
+    let config = match portcullis_idp::IdpConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis idp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis idp: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if rotate_keys {
+            portcullis_idp::rotate_keys(config).await?;
+            println!("signing keys rotated");
+            Ok(())
+        } else {
+            portcullis_idp::run(config, allow_remote, shutdown_signal()).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis idp: {e}");
+            ExitCode::FAILURE
         }
     }
 }

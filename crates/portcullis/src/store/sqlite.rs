@@ -21,15 +21,23 @@ use crate::session::seal::Sealed;
 /// Schema migrations, applied in order once each; embedded in the binary.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
 
-/// Applies the migrations this database has not seen, each in its own transaction.
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    apply_migrations(pool, MIGRATIONS).await
+}
+
+/// Applies the migrations (version, SQL) this database has not seen, in order, each in
+/// its own transaction. Also used by the dev provider for its own database.
+pub async fn apply_migrations(
+    pool: &SqlitePool,
+    migrations: &[(i64, &'static str)],
+) -> StoreResult<()> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS portcullis_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
     )
     .execute(pool)
     .await
     .map_err(unavailable)?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in migrations {
         let mut tx = pool.begin().await.map_err(unavailable)?;
         let done: Option<i64> =
             sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")

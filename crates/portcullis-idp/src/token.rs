@@ -1,0 +1,334 @@
+//! The token endpoint (RFC 6749 §4.1.3, §6; RFC 7636 §4.6), UserInfo (OIDC Core §5.3)
+//! and revocation (RFC 7009).
+//!
+//! Codes are single use: a second redemption revokes everything the first one issued
+//! (A04). Refresh tokens rotate: presenting a rotated-away token revokes its whole
+//! family (A05); a refresh token works only for its client and its scope cannot grow
+//! (A06). Both rules rest on atomic use counters, so two concurrent refreshes with one
+//! token cannot both succeed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{RawForm, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use jsonwebtoken::Algorithm;
+use portcullis::random::{random_token, secrets_equal, sha256_hex};
+use serde_json::{Value, json};
+
+use crate::config::Client;
+use crate::store::GrantRow;
+use crate::{Idp, now};
+
+/// An OAuth error answer (RFC 6749 §5.2).
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        let status = if error == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+        Self { status, error, description: description.into() }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(json!({"error": self.error, "error_description": self.description}))).into_response();
+        let h = r.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis-idp\""));
+        }
+        r
+    }
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, error: "temporarily_unavailable", description: "the provider's store failed".into() }
+    }
+}
+
+fn form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if out.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(OAuthError::new("invalid_request", format!("the parameter {k} is repeated")));
+        }
+    }
+    Ok(out)
+}
+
+/// Client authentication: `client_secret_basic`, `client_secret_post`, or `none` for
+/// public clients (RFC 6749 §2.3.1; one method per request).
+fn authenticate<'a>(idp: &'a Idp, headers: &HeaderMap, f: &HashMap<String, String>) -> Result<&'a Client, OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(|b64| {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| OAuthError::new("invalid_client", "malformed Basic credentials"))?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(|| OAuthError::new("invalid_client", "malformed Basic credentials"))?;
+            let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+            Ok::<_, OAuthError>((dec(id), dec(secret)))
+        })
+        .transpose()?;
+    let post_secret = f.get("client_secret");
+    let form_id = f.get("client_id");
+    let (id, secret) = match (basic, post_secret) {
+        (Some(_), Some(_)) => return Err(OAuthError::new("invalid_request", "use one client authentication method")),
+        (Some((id, secret)), None) => {
+            if form_id.is_some_and(|f| *f != id) {
+                return Err(OAuthError::new("invalid_request", "client_id does not match the credentials"));
+            }
+            (id, Some(secret))
+        }
+        (None, Some(secret)) => (form_id.cloned().unwrap_or_default(), Some(secret.clone())),
+        (None, None) => (form_id.cloned().unwrap_or_default(), None),
+    };
+    let client = idp.config.client(&id).ok_or_else(|| OAuthError::new("invalid_client", "unknown client"))?;
+    match (&client.secret, secret) {
+        (Some(expected), Some(given)) if secrets_equal(expected.as_bytes(), given.as_bytes()) => Ok(client),
+        (None, None) => Ok(client),
+        _ => Err(OAuthError::new("invalid_client", "client authentication failed")),
+    }
+}
+
+fn is_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+fn s256(verifier: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+fn ok_json(v: Value) -> Response {
+    let mut r = axum::Json(v).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// `POST /token`.
+pub async fn token(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+    match token_inner(&idp, &headers, &body).await {
+        Ok(v) => ok_json(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Value, OAuthError> {
+    let f = form(body)?;
+    let client = authenticate(idp, headers, &f)?;
+    match f.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => redeem_code(idp, client, &f).await,
+        Some("refresh_token") => refresh(idp, client, &f).await,
+        // A08: password, implicit, client credentials and anything else.
+        Some(_) => Err(OAuthError::new("unsupported_grant_type", "only authorization_code and refresh_token are supported")),
+        None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+    }
+}
+
+async fn redeem_code(idp: &Idp, client: &Client, f: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let code = f.get("code").ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+    // A02: an ill-formed verifier is a malformed request (RFC 7636 §4.1).
+    let verifier = f.get("code_verifier");
+    if verifier.is_some_and(|v| !is_verifier(v)) {
+        return Err(OAuthError::new("invalid_request", "code_verifier must be 43-128 unreserved characters"));
+    }
+    let code_hash = sha256_hex(code.as_bytes());
+    let row = idp.store.present_code(&code_hash).await?.ok_or_else(|| OAuthError::new("invalid_grant", "unknown code"))?;
+    // A04: a second redemption revokes everything the first one issued.
+    if row.uses > 1 {
+        if let Some(g) = &row.grant_id {
+            idp.store.revoke_grant(g).await?;
+        }
+        tracing::warn!(client = %client.id, "authorization code replayed; its grant is revoked");
+        return Err(OAuthError::new("invalid_grant", "the code was already used"));
+    }
+    if row.client_id != client.id {
+        return Err(OAuthError::new("invalid_grant", "the code was issued to another client"));
+    }
+    if now() >= row.expires_at {
+        return Err(OAuthError::new("invalid_grant", "the code has expired"));
+    }
+    // A03: the exact redirect URI of the authorization request.
+    if f.get("redirect_uri") != Some(&row.redirect_uri) {
+        return Err(OAuthError::new("invalid_grant", "redirect_uri does not match the authorization request"));
+    }
+    // A01/A02: the verifier must hash to the challenge.
+    let verifier = verifier.ok_or_else(|| OAuthError::new("invalid_grant", "code_verifier is required"))?;
+    if !secrets_equal(s256(verifier).as_bytes(), row.challenge.as_bytes()) {
+        return Err(OAuthError::new("invalid_grant", "code_verifier does not match the code_challenge"));
+    }
+    let grant = GrantRow {
+        grant_id: random_token(),
+        client_id: client.id.clone(),
+        username: row.username.clone(),
+        scope: row.scope.clone(),
+        sid: row.sid.clone(),
+        auth_time: row.auth_time,
+        nonce: row.nonce.clone(),
+        revoked: false,
+    };
+    idp.store.add_grant(&grant, now()).await?;
+    idp.store.link_code(&code_hash, &grant.grant_id).await?;
+    issue_tokens(idp, &grant, true).await
+}
+
+async fn refresh(idp: &Idp, client: &Client, f: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    let token = f.get("refresh_token").ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
+    let (grant_id, expires_at, uses) = idp
+        .store
+        .present_refresh(&sha256_hex(token.as_bytes()))
+        .await?
+        .ok_or_else(|| OAuthError::new("invalid_grant", "unknown refresh token"))?;
+    let grant = idp.store.grant(&grant_id).await?.filter(|g| !g.revoked).ok_or_else(|| OAuthError::new("invalid_grant", "the grant was revoked"))?;
+    // A05: a rotated-away token presented again revokes the whole family.
+    if uses > 1 {
+        idp.store.revoke_grant(&grant_id).await?;
+        tracing::warn!(client = %client.id, "refresh token reused; its family is revoked");
+        return Err(OAuthError::new("invalid_grant", "the refresh token was already used"));
+    }
+    // A06: bound to its client.
+    if grant.client_id != client.id {
+        return Err(OAuthError::new("invalid_grant", "the refresh token belongs to another client"));
+    }
+    if now() >= expires_at {
+        return Err(OAuthError::new("invalid_grant", "the refresh token has expired"));
+    }
+    // A06: the scope can only shrink (RFC 6749 §6).
+    let mut granted = grant.clone();
+    if let Some(requested) = f.get("scope") {
+        let allowed: Vec<&str> = grant.scope.split_whitespace().collect();
+        if requested.split_whitespace().any(|s| !allowed.contains(&s)) {
+            return Err(OAuthError::new("invalid_scope", "the scope may not grow on refresh"));
+        }
+        granted.scope = requested.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    issue_tokens(idp, &granted, false).await
+}
+
+/// Claims about the user for the granted scopes.
+fn user_claims(idp: &Idp, username: &str, scope: &str) -> serde_json::Map<String, Value> {
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), json!(username));
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if let Some(user) = idp.config.user(username) {
+        if scopes.contains(&"email")
+            && let Some(email) = &user.email
+        {
+            claims.insert("email".into(), json!(email));
+            claims.insert("email_verified".into(), json!(true));
+        }
+        if scopes.contains(&"profile")
+            && let Some(name) = &user.name
+        {
+            claims.insert("name".into(), json!(name));
+        }
+    }
+    claims
+}
+
+async fn issue_tokens(idp: &Idp, grant: &GrantRow, with_nonce: bool) -> Result<Value, OAuthError> {
+    let now = now();
+    let access = random_token();
+    let refresh = random_token();
+    let access_ttl = idp.config.access_token_ttl.as_secs() as i64;
+    idp.store.add_access(&sha256_hex(access.as_bytes()), &grant.grant_id, now + access_ttl).await?;
+    idp.store
+        .add_refresh(&sha256_hex(refresh.as_bytes()), &grant.grant_id, now + idp.config.refresh_token_ttl.as_secs() as i64)
+        .await?;
+    let mut claims = user_claims(idp, &grant.username, &grant.scope);
+    claims.insert("iss".into(), json!(idp.config.issuer));
+    claims.insert("aud".into(), json!(grant.client_id));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + idp.config.id_token_ttl.as_secs() as i64));
+    claims.insert("auth_time".into(), json!(grant.auth_time));
+    claims.insert("sid".into(), json!(grant.sid));
+    if with_nonce && let Some(n) = &grant.nonce {
+        claims.insert("nonce".into(), json!(n));
+    }
+    let id_token = idp.keys.sign(Algorithm::RS256, "JWT", &claims).map_err(|e| {
+        tracing::error!(error = %e, "cannot sign an ID token");
+        OAuthError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "server_error", description: "signing failed".into() }
+    })?;
+    Ok(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": access_ttl,
+        "refresh_token": refresh,
+        "id_token": id_token,
+        "scope": grant.scope,
+    }))
+}
+
+fn bearer_error(description: &str) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_token", "error_description": description}))).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    r
+}
+
+/// `GET|POST /userinfo` with `Authorization: Bearer`.
+pub async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return bearer_error("a bearer token is required");
+    };
+    let found = match idp.store.access(&sha256_hex(token.trim().as_bytes())).await {
+        Ok(f) => f,
+        Err(e) => return OAuthError::from(e).into_response(),
+    };
+    let Some((grant_id, expires_at)) = found.filter(|(_, exp)| *exp > now()) else {
+        return bearer_error("the access token is unknown or expired");
+    };
+    let _ = expires_at;
+    match idp.store.grant(&grant_id).await {
+        Ok(Some(g)) if !g.revoked => ok_json(Value::Object(user_claims(&idp, &g.username, &g.scope))),
+        Ok(_) => bearer_error("the grant was revoked"),
+        Err(e) => OAuthError::from(e).into_response(),
+    }
+}
+
+/// `POST /revoke` (RFC 7009 §2): revoking a refresh token ends its whole grant; an
+/// access token just stops working. Unknown tokens are not an error (§2.2).
+pub async fn revoke(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+    let result = async {
+        let f = form(&body)?;
+        let client = authenticate(&idp, &headers, &f)?;
+        let token = f.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
+        let hash = sha256_hex(token.as_bytes());
+        if let Some(grant_id) = idp.store.refresh_grant(&hash).await? {
+            if idp.store.grant(&grant_id).await?.is_some_and(|g| g.client_id == client.id) {
+                idp.store.revoke_grant(&grant_id).await?;
+            }
+        } else if let Some((grant_id, _)) = idp.store.access(&hash).await?
+            && idp.store.grant(&grant_id).await?.is_some_and(|g| g.client_id == client.id)
+        {
+            idp.store.delete_access(&hash).await?;
+        }
+        Ok::<_, OAuthError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ok_json(json!({})),
+        Err(e) => e.into_response(),
+    }
+}
