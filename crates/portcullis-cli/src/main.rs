@@ -139,7 +139,10 @@ fn run_idp(file: &std::path::Path, allow_remote: bool, rotate_keys: bool) -> Exi
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis idp: cannot start the async runtime: {e}");

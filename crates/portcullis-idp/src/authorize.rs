@@ -83,19 +83,33 @@ fn params(raw: &[u8]) -> Result<HashMap<String, String>, String> {
 }
 
 fn is_pkce_value(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Checks an authorization request (shared by the GET and the form POST).
-pub fn validate(idp: &Idp, p: &HashMap<String, String>, duplicate: Option<&str>) -> Result<AuthzRequest, Refusal> {
+pub fn validate(
+    idp: &Idp,
+    p: &HashMap<String, String>,
+    duplicate: Option<&str>,
+) -> Result<AuthzRequest, Refusal> {
     let client_id = p.get("client_id").map(String::as_str).unwrap_or("");
     let Some(client) = idp.config.client(client_id) else {
-        return Err(Refusal::Page(StatusCode::BAD_REQUEST, "invalid_client", "This application is not registered with the identity provider.".into()));
+        return Err(Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "This application is not registered with the identity provider.".into(),
+        ));
     };
     let redirect_uri = p.get("redirect_uri").map(String::as_str).unwrap_or("");
     // A03: exact string match against a registered URI, nothing else.
     if !client.redirect_uris.iter().any(|r| r == redirect_uri) {
-        return Err(Refusal::Page(StatusCode::BAD_REQUEST, "invalid_redirect_uri", "The redirect URI is not registered for this application.".into()));
+        return Err(Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "The redirect URI is not registered for this application.".into(),
+        ));
     }
     let state = p.get("state").cloned();
     let refuse = |error: &'static str, description: &str| Refusal::Redirect {
@@ -105,32 +119,56 @@ pub fn validate(idp: &Idp, p: &HashMap<String, String>, duplicate: Option<&str>)
         state: state.clone(),
     };
     if let Some(d) = duplicate {
-        return Err(refuse("invalid_request", &format!("the parameter {d} is repeated")));
+        return Err(refuse(
+            "invalid_request",
+            &format!("the parameter {d} is repeated"),
+        ));
     }
     if p.contains_key("request") || p.contains_key("request_uri") {
-        return Err(refuse("request_not_supported", "request objects are not supported"));
+        return Err(refuse(
+            "request_not_supported",
+            "request objects are not supported",
+        ));
     }
     // A08: only the code flow; implicit and hybrid are refused.
     if p.get("response_type").map(String::as_str) != Some("code") {
-        return Err(refuse("unsupported_response_type", "only response_type=code is supported"));
+        return Err(refuse(
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        ));
     }
     if p.get("response_mode").is_some_and(|m| m != "query") {
-        return Err(refuse("invalid_request", "only response_mode=query is supported"));
+        return Err(refuse(
+            "invalid_request",
+            "only response_mode=query is supported",
+        ));
     }
     let scope = p.get("scope").cloned().unwrap_or_default();
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     if !scopes.contains(&"openid") || scopes.iter().any(|s| !SUPPORTED_SCOPES.contains(s)) {
-        return Err(refuse("invalid_scope", "scope must include openid and only supported scopes"));
+        return Err(refuse(
+            "invalid_scope",
+            "scope must include openid and only supported scopes",
+        ));
     }
     // A01: PKCE is mandatory and S256 only (RFC 7636 §4.3, RFC 9700 §2.1.1).
     let Some(challenge) = p.get("code_challenge") else {
-        return Err(refuse("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256"));
+        return Err(refuse(
+            "invalid_request",
+            "PKCE is required: send code_challenge with code_challenge_method=S256",
+        ));
     };
     if p.get("code_challenge_method").map(String::as_str) != Some("S256") {
-        return Err(refuse("invalid_request", "code_challenge_method must be S256"));
+        return Err(refuse(
+            "invalid_request",
+            "code_challenge_method must be S256",
+        ));
     }
     if !is_pkce_value(challenge) {
-        return Err(refuse("invalid_request", "code_challenge is not a base64url SHA-256"));
+        return Err(refuse(
+            "invalid_request",
+            "code_challenge is not a base64url SHA-256",
+        ));
     }
     Ok(AuthzRequest {
         client_id: client_id.to_owned(),
@@ -146,7 +184,11 @@ pub fn validate(idp: &Idp, p: &HashMap<String, String>, duplicate: Option<&str>)
 /// 303 to `redirect_uri` with `params` and `iss` added to its query (RFC 9207 §2).
 pub fn redirect_back(idp: &Idp, redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     let Ok(mut url) = url::Url::parse(redirect_uri) else {
-        return pages::error_page(StatusCode::BAD_REQUEST, "invalid_redirect_uri", "The redirect URI is not valid.");
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "invalid_redirect_uri",
+            "The redirect URI is not valid.",
+        );
     };
     {
         let mut q = url.query_pairs_mut();
@@ -165,8 +207,16 @@ pub fn redirect_back(idp: &Idp, redirect_uri: &str, params: &[(&str, &str)]) -> 
 fn refuse(idp: &Idp, refusal: Refusal) -> Response {
     match refusal {
         Refusal::Page(status, code, message) => pages::error_page(status, code, &message),
-        Refusal::Redirect { redirect_uri, error, description, state } => {
-            let mut params = vec![("error", error), ("error_description", description.as_str())];
+        Refusal::Redirect {
+            redirect_uri,
+            error,
+            description,
+            state,
+        } => {
+            let mut params = vec![
+                ("error", error),
+                ("error_description", description.as_str()),
+            ];
             if let Some(s) = &state {
                 params.push(("state", s));
             }
@@ -176,15 +226,27 @@ fn refuse(idp: &Idp, refusal: Refusal) -> Response {
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    portcullis::http::cookies::find_cookie(headers, name).value().map(str::to_owned)
+    portcullis::http::cookies::find_cookie(headers, name)
+        .value()
+        .map(str::to_owned)
 }
 
 fn secure(idp: &Idp) -> &'static str {
-    if idp.config.issuer.starts_with("https://") { "; Secure" } else { "" }
+    if idp.config.issuer.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 /// Issues a code for a signed-in user and sends the browser back.
-async fn issue_code(idp: &Idp, req: &AuthzRequest, username: &str, sid: &str, auth_time: i64) -> Response {
+async fn issue_code(
+    idp: &Idp,
+    req: &AuthzRequest,
+    username: &str,
+    sid: &str,
+    auth_time: i64,
+) -> Response {
     let code = random_token();
     let row = CodeRow {
         client_id: req.client_id.clone(),
@@ -201,12 +263,15 @@ async fn issue_code(idp: &Idp, req: &AuthzRequest, username: &str, sid: &str, au
     };
     if let Err(e) = idp.store.add_code(&sha256_hex(code.as_bytes()), &row).await {
         tracing::error!(error = %e, "cannot store a code");
-        return refuse(idp, Refusal::Redirect {
-            redirect_uri: req.redirect_uri.clone(),
-            error: "server_error",
-            description: "the provider could not store the code".into(),
-            state: req.state.clone(),
-        });
+        return refuse(
+            idp,
+            Refusal::Redirect {
+                redirect_uri: req.redirect_uri.clone(),
+                error: "server_error",
+                description: "the provider could not store the code".into(),
+                state: req.state.clone(),
+            },
+        );
     }
     let _ = idp.store.note_session_client(sid, &req.client_id).await;
     let mut params = vec![("code", code.as_str())];
@@ -221,7 +286,10 @@ fn login_form(idp: &Idp, req: &AuthzRequest, status: StatusCode, error: Option<&
     let hidden = req.hidden_fields();
     let hidden: Vec<(&str, &str)> = hidden.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut r = pages::login_form(status, &req.client_id, &hidden, &csrf, error);
-    let c = format!("{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=1800{}", secure(idp));
+    let c = format!(
+        "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=1800{}",
+        secure(idp)
+    );
     if let Ok(v) = HeaderValue::from_str(&c) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -229,37 +297,63 @@ fn login_form(idp: &Idp, req: &AuthzRequest, status: StatusCode, error: Option<&
 }
 
 /// `GET /authorize`: signs in with the form, or straight away with a live session.
-pub async fn show(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn show(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let raw = query.unwrap_or_default();
     let (p, duplicate) = match params(raw.as_bytes()) {
         Ok(p) => (p, None),
-        Err(d) => (url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect(), Some(d)),
+        Err(d) => (
+            url::form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
+                .collect(),
+            Some(d),
+        ),
     };
     let req = match validate(&idp, &p, duplicate.as_deref()) {
         Ok(r) => r,
         Err(refusal) => return refuse(&idp, refusal),
     };
     let session = match cookie(&headers, SESSION_COOKIE) {
-        Some(c) => idp.store.session(&sha256_hex(c.as_bytes()), now()).await.ok().flatten(),
+        Some(c) => idp
+            .store
+            .session(&sha256_hex(c.as_bytes()), now())
+            .await
+            .ok()
+            .flatten(),
         None => None,
     };
     match (session, req.prompt.as_deref()) {
-        (Some((sid, username, auth_time)), p) if p != Some("login") => issue_code(&idp, &req, &username, &sid, auth_time).await,
-        (None, Some("none")) => refuse(&idp, Refusal::Redirect {
-            redirect_uri: req.redirect_uri.clone(),
-            error: "login_required",
-            description: "the user is not signed in".into(),
-            state: req.state.clone(),
-        }),
+        (Some((sid, username, auth_time)), p) if p != Some("login") => {
+            issue_code(&idp, &req, &username, &sid, auth_time).await
+        }
+        (None, Some("none")) => refuse(
+            &idp,
+            Refusal::Redirect {
+                redirect_uri: req.redirect_uri.clone(),
+                error: "login_required",
+                description: "the user is not signed in".into(),
+                state: req.state.clone(),
+            },
+        ),
         _ => login_form(&idp, &req, StatusCode::OK, None),
     }
 }
 
 /// `POST /authorize`: the sign-in form.
-pub async fn submit(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+pub async fn submit(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Response {
     let (p, duplicate) = match params(&body) {
         Ok(p) => (p, None),
-        Err(d) => (url::form_urlencoded::parse(&body).into_owned().collect(), Some(d)),
+        Err(d) => (
+            url::form_urlencoded::parse(&body).into_owned().collect(),
+            Some(d),
+        ),
     };
     let req = match validate(&idp, &p, duplicate.as_deref()) {
         Ok(r) => r,
@@ -268,7 +362,11 @@ pub async fn submit(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(bod
     let sent = p.get("csrf").map(String::as_str).unwrap_or("");
     let expected = cookie(&headers, CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !secrets_equal(sent.as_bytes(), expected.as_bytes()) {
-        return pages::error_page(StatusCode::BAD_REQUEST, "csrf", "The sign-in form expired or did not come from this provider. Start again from the application.");
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "csrf",
+            "The sign-in form expired or did not come from this provider. Start again from the application.",
+        );
     }
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
@@ -285,26 +383,47 @@ pub async fn submit(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(bod
     };
     if !ok {
         tracing::info!(client = %req.client_id, "sign-in failed");
-        return login_form(&idp, &req, StatusCode::UNAUTHORIZED, Some("Invalid username or password"));
+        return login_form(
+            &idp,
+            &req,
+            StatusCode::UNAUTHORIZED,
+            Some("Invalid username or password"),
+        );
     }
     let session = random_token();
     let sid = random_token()[..22].to_owned();
     let now = now();
     if let Err(e) = idp
         .store
-        .create_session(&sha256_hex(session.as_bytes()), &sid, username, now, now + SESSION_TTL)
+        .create_session(
+            &sha256_hex(session.as_bytes()),
+            &sid,
+            username,
+            now,
+            now + SESSION_TTL,
+        )
         .await
     {
         tracing::error!(error = %e, "cannot store a session");
-        return pages::error_page(StatusCode::SERVICE_UNAVAILABLE, "server_error", "The provider could not sign you in.");
+        return pages::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The provider could not sign you in.",
+        );
     }
     tracing::info!(user = username, client = %req.client_id, "signed in");
     let mut r = issue_code(&idp, &req, username, &sid, now).await;
-    let c = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{}", secure(&idp));
+    let c = format!(
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{}",
+        secure(&idp)
+    );
     if let Ok(v) = HeaderValue::from_str(&c) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}=; Path=/; Max-Age=0{}", secure(&idp))) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}=; Path=/; Max-Age=0{}",
+        secure(&idp)
+    )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r

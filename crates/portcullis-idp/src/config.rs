@@ -83,15 +83,20 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("username", &self.username).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }
 
 impl User {
     /// Checks a password against the stored argon2 hash.
     pub fn password_matches(&self, password: &str) -> bool {
-        PasswordHash::new(&self.password_hash)
-            .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        PasswordHash::new(&self.password_hash).is_ok_and(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
     }
 }
 
@@ -117,7 +122,8 @@ impl IdpConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![e.message().to_owned()]))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![e.message().to_owned()]))?;
         let mut errors = Vec::new();
         let issuer = raw.issuer.trim_end_matches('/').to_owned();
         match Url::parse(&issuer) {
@@ -128,7 +134,12 @@ impl IdpConfig {
             errors.push(format!("`listen`: `{}` is not an address:port", raw.listen));
             SocketAddr::from(([127, 0, 0, 1], 9100))
         });
-        let store = match raw.store.as_deref().unwrap_or("sqlite:idp.db").strip_prefix("sqlite:") {
+        let store = match raw
+            .store
+            .as_deref()
+            .unwrap_or("sqlite:idp.db")
+            .strip_prefix("sqlite:")
+        {
             Some(p) if !p.is_empty() => PathBuf::from(p),
             _ => {
                 errors.push("`store` must be `sqlite:PATH`".into());
@@ -149,15 +160,29 @@ impl IdpConfig {
         let mut clients = Vec::new();
         for c in raw.clients {
             if c.id.is_empty() || clients.iter().any(|x: &Client| x.id == c.id) {
-                errors.push(format!("client `{}`: ids must be unique and not empty", c.id));
+                errors.push(format!(
+                    "client `{}`: ids must be unique and not empty",
+                    c.id
+                ));
             }
             if c.redirect_uris.is_empty() {
-                errors.push(format!("client `{}`: at least one redirect_uri is required", c.id));
+                errors.push(format!(
+                    "client `{}`: at least one redirect_uri is required",
+                    c.id
+                ));
             }
-            for uri in c.redirect_uris.iter().chain(&c.post_logout_redirect_uris).chain(c.backchannel_logout_uri.iter()) {
+            for uri in c
+                .redirect_uris
+                .iter()
+                .chain(&c.post_logout_redirect_uris)
+                .chain(c.backchannel_logout_uri.iter())
+            {
                 match Url::parse(uri) {
                     Ok(u) if u.fragment().is_none() && matches!(u.scheme(), "http" | "https") => {}
-                    _ => errors.push(format!("client `{}`: `{uri}` is not an absolute http(s) URL without fragment", c.id)),
+                    _ => errors.push(format!(
+                        "client `{}`: `{uri}` is not an absolute http(s) URL without fragment",
+                        c.id
+                    )),
                 }
             }
             clients.push(Client {
@@ -170,8 +195,14 @@ impl IdpConfig {
         }
         let mut users = Vec::new();
         for u in raw.users {
-            if u.username.is_empty() || u.username.len() > 255 || users.iter().any(|x: &User| x.username == u.username) {
-                errors.push(format!("user `{}`: usernames must be unique, 1–255 characters", u.username));
+            if u.username.is_empty()
+                || u.username.len() > 255
+                || users.iter().any(|x: &User| x.username == u.username)
+            {
+                errors.push(format!(
+                    "user `{}`: usernames must be unique, 1–255 characters",
+                    u.username
+                ));
             }
             let password_hash = match (u.password, u.password_hash) {
                 (Some(p), None) => match hash_password(&p) {
@@ -183,11 +214,17 @@ impl IdpConfig {
                 },
                 (None, Some(h)) if PasswordHash::new(&h).is_ok() => h,
                 (None, Some(_)) => {
-                    errors.push(format!("user `{}`: `password_hash` is not a PHC string", u.username));
+                    errors.push(format!(
+                        "user `{}`: `password_hash` is not a PHC string",
+                        u.username
+                    ));
                     continue;
                 }
                 _ => {
-                    errors.push(format!("user `{}`: set exactly one of `password` and `password_hash`", u.username));
+                    errors.push(format!(
+                        "user `{}`: set exactly one of `password` and `password_hash`",
+                        u.username
+                    ));
                     continue;
                 }
             };
@@ -225,7 +262,8 @@ impl IdpConfig {
 
 /// argon2id with the crate's defaults and a CSPRNG salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::encode_b64(&portcullis::random::random_bytes::<16>()).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&portcullis::random::random_bytes::<16>())
+        .map_err(|e| e.to_string())?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -264,7 +302,10 @@ name = "Alice Example"
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(IdpConfig::parse(&format!("{GOOD}\nsurprise = 1\n")).is_err());
-        let bad = GOOD.replace("redirect_uris = [\"http://127.0.0.1:8080/auth/callback\"]", "redirect_uris = [\"/relative\"]");
+        let bad = GOOD.replace(
+            "redirect_uris = [\"http://127.0.0.1:8080/auth/callback\"]",
+            "redirect_uris = [\"/relative\"]",
+        );
         assert!(IdpConfig::parse(&bad).is_err());
     }
 }

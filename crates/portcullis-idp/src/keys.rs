@@ -5,7 +5,9 @@
 
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RsaKeyPair,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
@@ -40,8 +42,15 @@ pub struct KeyError(String);
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 impl SigningKey {
@@ -49,13 +58,17 @@ impl SigningKey {
     pub fn generate_der(alg: Algorithm) -> Result<Vec<u8>, KeyError> {
         match alg {
             Algorithm::RS256 => {
-                let key = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| KeyError(e.to_string()))?;
+                let key =
+                    RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| KeyError(e.to_string()))?;
                 let der = key.as_der().map_err(|e| KeyError(e.to_string()))?;
                 Ok(der.as_ref().to_vec())
             }
             Algorithm::ES256 => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &aws_lc_rs::rand::SystemRandom::new())
-                    .map_err(|e| KeyError(e.to_string()))?;
+                let doc = EcdsaKeyPair::generate_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                )
+                .map_err(|e| KeyError(e.to_string()))?;
                 Ok(doc.as_ref().to_vec())
             }
             other => Err(KeyError(format!("{other:?} keys are not supported"))),
@@ -63,20 +76,30 @@ impl SigningKey {
     }
 
     /// Loads a stored key.
-    pub fn from_der(kid: &str, alg: Algorithm, der: &[u8], created_at: i64, retired_at: Option<i64>) -> Result<Self, KeyError> {
+    pub fn from_der(
+        kid: &str,
+        alg: Algorithm,
+        der: &[u8],
+        created_at: i64,
+        retired_at: Option<i64>,
+    ) -> Result<Self, KeyError> {
         let (encoding, jwk, decoding) = match alg {
             Algorithm::RS256 => {
                 let pair = RsaKeyPair::from_pkcs8(der).map_err(|e| KeyError(e.to_string()))?;
                 let public = pair.public_key();
                 let n = URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero());
                 let e = URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero());
-                let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", der).as_bytes()).map_err(|e| KeyError(e.to_string()))?;
-                let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|e| KeyError(e.to_string()))?;
-                let jwk = json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e});
+                let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", der).as_bytes())
+                    .map_err(|e| KeyError(e.to_string()))?;
+                let decoding = DecodingKey::from_rsa_components(&n, &e)
+                    .map_err(|e| KeyError(e.to_string()))?;
+                let jwk =
+                    json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": n, "e": e});
                 (encoding, jwk, decoding)
             }
             Algorithm::ES256 => {
-                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(|e| KeyError(e.to_string()))?;
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|e| KeyError(e.to_string()))?;
                 let point = pair.public_key().as_ref();
                 if point.len() != 65 {
                     return Err(KeyError("unexpected EC point encoding".into()));
@@ -84,7 +107,8 @@ impl SigningKey {
                 let x = URL_SAFE_NO_PAD.encode(&point[1..33]);
                 let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
                 let encoding = EncodingKey::from_ec_der(der);
-                let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| KeyError(e.to_string()))?;
+                let decoding =
+                    DecodingKey::from_ec_components(&x, &y).map_err(|e| KeyError(e.to_string()))?;
                 let jwk = json!({"kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid, "x": x, "y": y});
                 (encoding, jwk, decoding)
             }
@@ -129,8 +153,15 @@ impl KeySet {
     }
 
     /// Signs `claims` with the current key of `alg`; `typ` as given (e.g. `logout+jwt`).
-    pub fn sign(&self, alg: Algorithm, typ: &str, claims: &impl Serialize) -> Result<String, KeyError> {
-        let key = self.current(alg).ok_or_else(|| KeyError(format!("no current {alg:?} key")))?;
+    pub fn sign(
+        &self,
+        alg: Algorithm,
+        typ: &str,
+        claims: &impl Serialize,
+    ) -> Result<String, KeyError> {
+        let key = self
+            .current(alg)
+            .ok_or_else(|| KeyError(format!("no current {alg:?} key")))?;
         let mut header = Header::new(alg);
         header.kid = Some(key.kid.clone());
         header.typ = Some(typ.to_owned());
@@ -142,12 +173,17 @@ impl KeySet {
     pub fn verify_own(&self, token: &str, issuer: &str) -> Option<Value> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let kid = header.kid?;
-        let key = self.keys.iter().find(|k| k.kid == kid && k.alg == header.alg)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid && k.alg == header.alg)?;
         let mut validation = jsonwebtoken::Validation::new(key.alg);
         validation.validate_exp = false;
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         validation.set_issuer(&[issuer]);
-        jsonwebtoken::decode::<Value>(token, &key.decoding, &validation).ok().map(|t| t.claims)
+        jsonwebtoken::decode::<Value>(token, &key.decoding, &validation)
+            .ok()
+            .map(|t| t.claims)
     }
 }

@@ -81,12 +81,21 @@ impl Idp {
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
-        Ok(Arc::new(Self { config, store, keys, http }))
+        Ok(Arc::new(Self {
+            config,
+            store,
+            keys,
+            http,
+        }))
     }
 
     /// Seconds a retired key stays published: the longest token lifetime.
     fn key_overlap(&self) -> i64 {
-        self.config.id_token_ttl.max(self.config.access_token_ttl).as_secs() as i64 + 60
+        self.config
+            .id_token_ttl
+            .max(self.config.access_token_ttl)
+            .as_secs() as i64
+            + 60
     }
 }
 
@@ -98,7 +107,8 @@ async fn load_keys(store: &IdpStore) -> Result<KeySet, StartError> {
             "ES256" => Algorithm::ES256,
             _ => continue,
         };
-        set.keys.push(SigningKey::from_der(&kid, alg, &der, created, retired)?);
+        set.keys
+            .push(SigningKey::from_der(&kid, alg, &der, created, retired)?);
     }
     Ok(set)
 }
@@ -107,7 +117,11 @@ async fn add_key_pair(store: &IdpStore) -> Result<(), StartError> {
     let now = now();
     for (alg, name) in [(Algorithm::RS256, "RS256"), (Algorithm::ES256, "ES256")] {
         let der = SigningKey::generate_der(alg)?;
-        let kid = format!("{}-{}", name.to_ascii_lowercase(), &portcullis::random::random_token()[..10]);
+        let kid = format!(
+            "{}-{}",
+            name.to_ascii_lowercase(),
+            &portcullis::random::random_token()[..10]
+        );
         store.add_key(&kid, name, &der, now).await?;
     }
     Ok(())
@@ -131,9 +145,16 @@ async fn security_headers(mut response: Response) -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     response
 }
 
@@ -146,7 +167,10 @@ pub fn router(idp: Arc<Idp>) -> Router {
         .route("/token", axum::routing::post(token::token))
         .route("/userinfo", get(token::userinfo).post(token::userinfo))
         .route("/revoke", axum::routing::post(token::revoke))
-        .route("/end_session", get(logout::end_session).post(logout::end_session_confirmed))
+        .route(
+            "/end_session",
+            get(logout::end_session).post(logout::end_session_confirmed),
+        )
         .layer(axum::middleware::map_response(security_headers))
         .with_state(idp)
 }
@@ -180,12 +204,19 @@ async fn discovery(axum::extract::State(idp): axum::extract::State<Arc<Idp>>) ->
 
 async fn jwks(axum::extract::State(idp): axum::extract::State<Arc<Idp>>) -> Response {
     let mut r = axum::Json(idp.keys.jwks(now(), idp.key_overlap())).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=60"),
+    );
     r
 }
 
 /// Runs the provider until `shutdown`. Refuses a non-loopback address unless allowed.
-pub async fn run(config: IdpConfig, allow_remote: bool, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(
+    config: IdpConfig,
+    allow_remote: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
     if !config.listen.ip().is_loopback() && !allow_remote {
         return Err(StartError::RemoteRefused(config.listen));
     }

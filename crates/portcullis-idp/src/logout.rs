@@ -35,15 +35,33 @@ fn parse(raw: &[u8]) -> HashMap<String, String> {
 }
 
 /// Checks the request; an error page when the redirect target cannot be trusted.
-async fn check(idp: &Idp, headers: &HeaderMap, p: HashMap<String, String>) -> Result<Request, Response> {
-    let hint = p.get("id_token_hint").and_then(|t| idp.keys.verify_own(t, &idp.config.issuer));
+async fn check(
+    idp: &Idp,
+    headers: &HeaderMap,
+    p: HashMap<String, String>,
+) -> Result<Request, Response> {
+    let hint = p
+        .get("id_token_hint")
+        .and_then(|t| idp.keys.verify_own(t, &idp.config.issuer));
     if p.contains_key("id_token_hint") && hint.is_none() {
-        return Err(pages::error_page(StatusCode::BAD_REQUEST, "invalid_request", "The id_token_hint was not issued by this provider."));
+        return Err(pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The id_token_hint was not issued by this provider.",
+        ));
     }
-    let hinted_client = hint.as_ref().and_then(|c| c.get("aud")).and_then(|a| a.as_str()).map(str::to_owned);
+    let hinted_client = hint
+        .as_ref()
+        .and_then(|c| c.get("aud"))
+        .and_then(|a| a.as_str())
+        .map(str::to_owned);
     let client_id = match (hinted_client, p.get("client_id")) {
         (Some(h), Some(c)) if h != *c => {
-            return Err(pages::error_page(StatusCode::BAD_REQUEST, "invalid_request", "client_id does not match the id_token_hint."));
+            return Err(pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client_id does not match the id_token_hint.",
+            ));
         }
         (Some(h), _) => Some(h),
         (None, c) => c.cloned(),
@@ -55,15 +73,26 @@ async fn check(idp: &Idp, headers: &HeaderMap, p: HashMap<String, String>) -> Re
             .and_then(|c| idp.config.client(c))
             .is_some_and(|c| c.post_logout_redirect_uris.iter().any(|r| r == uri));
         if !registered {
-            return Err(pages::error_page(StatusCode::BAD_REQUEST, "invalid_request", "The post_logout_redirect_uri is not registered for this application."));
+            return Err(pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The post_logout_redirect_uri is not registered for this application.",
+            ));
         }
     }
     let mut sids = Vec::new();
-    if let Some(sid) = hint.as_ref().and_then(|c| c.get("sid")).and_then(|s| s.as_str()) {
+    if let Some(sid) = hint
+        .as_ref()
+        .and_then(|c| c.get("sid"))
+        .and_then(|s| s.as_str())
+    {
         sids.push(sid.to_owned());
     }
     if let Some(cookie) = portcullis::http::cookies::find_cookie(headers, SESSION_COOKIE).value()
-        && let Ok(Some((sid, _, _))) = idp.store.session(&sha256_hex(cookie.as_bytes()), now()).await
+        && let Ok(Some((sid, _, _))) = idp
+            .store
+            .session(&sha256_hex(cookie.as_bytes()), now())
+            .await
         && !sids.contains(&sid)
     {
         sids.push(sid);
@@ -78,7 +107,11 @@ async fn check(idp: &Idp, headers: &HeaderMap, p: HashMap<String, String>) -> Re
 }
 
 /// `GET /end_session`.
-pub async fn end_session(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+pub async fn end_session(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
     let req = match check(&idp, &headers, parse(query.unwrap_or_default().as_bytes())).await {
         Ok(r) => r,
         Err(page) => return page,
@@ -92,19 +125,32 @@ pub async fn end_session(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawQue
         .filter_map(|k| req.params.get(*k).map(|v| (*k, v.as_str())))
         .collect();
     let mut r = pages::confirm_logout(&hidden, &csrf);
-    if let Ok(v) = HeaderValue::from_str(&format!("{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=600")) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=600"
+    )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
 }
 
 /// `POST /end_session`: the confirmation form.
-pub async fn end_session_confirmed(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+pub async fn end_session_confirmed(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Response {
     let p = parse(&body);
     let sent = p.get("csrf").cloned().unwrap_or_default();
-    let expected = portcullis::http::cookies::find_cookie(&headers, CSRF_COOKIE).value().unwrap_or("").to_owned();
+    let expected = portcullis::http::cookies::find_cookie(&headers, CSRF_COOKIE)
+        .value()
+        .unwrap_or("")
+        .to_owned();
     if expected.is_empty() || !secrets_equal(sent.as_bytes(), expected.as_bytes()) {
-        return pages::error_page(StatusCode::BAD_REQUEST, "csrf", "The sign-out form expired or did not come from this provider.");
+        return pages::error_page(
+            StatusCode::BAD_REQUEST,
+            "csrf",
+            "The sign-out form expired or did not come from this provider.",
+        );
     }
     match check(&idp, &headers, p).await {
         Ok(req) => sign_out(&idp, req).await,
@@ -117,7 +163,10 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
         let username = idp.store.session_by_sid(sid).await.ok().flatten();
         match idp.store.end_session(sid).await {
             Ok(clients) => {
-                tracing::info!(user = username.as_deref().unwrap_or("?"), "signed out at the provider");
+                tracing::info!(
+                    user = username.as_deref().unwrap_or("?"),
+                    "signed out at the provider"
+                );
                 if let Some(user) = username {
                     send_backchannel_logout(idp, sid, &user, &clients).await;
                 }
@@ -133,7 +182,13 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
             }
             let mut url = match url::Url::parse(uri) {
                 Ok(u) => u,
-                Err(_) => return pages::error_page(StatusCode::BAD_REQUEST, "invalid_request", "Bad post_logout_redirect_uri."),
+                Err(_) => {
+                    return pages::error_page(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "Bad post_logout_redirect_uri.",
+                    );
+                }
             };
             if !params.is_empty() {
                 url.query_pairs_mut().extend_pairs(params);
@@ -146,7 +201,9 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
         }
         None => pages::signed_out(),
     };
-    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+    )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
@@ -156,7 +213,11 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
 /// `backchannel_logout_uri`. Failures are logged; sign-out at the provider stands.
 pub async fn send_backchannel_logout(idp: &Idp, sid: &str, username: &str, clients: &[String]) {
     for client_id in clients {
-        let Some(uri) = idp.config.client(client_id).and_then(|c| c.backchannel_logout_uri.clone()) else {
+        let Some(uri) = idp
+            .config
+            .client(client_id)
+            .and_then(|c| c.backchannel_logout_uri.clone())
+        else {
             continue;
         };
         let now = now();
@@ -177,10 +238,22 @@ pub async fn send_backchannel_logout(idp: &Idp, sid: &str, username: &str, clien
                 continue;
             }
         };
-        match idp.http.post(&uri).form(&[("logout_token", token.as_str())]).send().await {
-            Ok(r) if r.status().is_success() => tracing::info!(client = %client_id, "back-channel logout delivered"),
-            Ok(r) => tracing::warn!(client = %client_id, status = r.status().as_u16(), "back-channel logout refused"),
-            Err(e) => tracing::warn!(client = %client_id, error = %e.without_url(), "back-channel logout failed"),
+        match idp
+            .http
+            .post(&uri)
+            .form(&[("logout_token", token.as_str())])
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(client = %client_id, "back-channel logout delivered")
+            }
+            Ok(r) => {
+                tracing::warn!(client = %client_id, status = r.status().as_u16(), "back-channel logout refused")
+            }
+            Err(e) => {
+                tracing::warn!(client = %client_id, error = %e.without_url(), "back-channel logout failed")
+            }
         }
     }
 }

@@ -21,17 +21,32 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         escape(title)
     );
     let mut r = (status, html).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     r
 }
 
 /// The sign-in form. `hidden` are the authorization parameters carried through.
-pub fn login_form(status: StatusCode, client: &str, hidden: &[(&str, &str)], csrf: &str, error: Option<&str>) -> Response {
+pub fn login_form(
+    status: StatusCode,
+    client: &str,
+    hidden: &[(&str, &str)],
+    csrf: &str,
+    error: Option<&str>,
+) -> Response {
     let mut fields = String::new();
     for (k, v) in hidden {
-        fields.push_str(&format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)));
+        fields.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+            escape(k),
+            escape(v)
+        ));
     }
-    let error = error.map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", escape(e))).unwrap_or_default();
+    let error = error
+        .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", escape(e)))
+        .unwrap_or_default();
     let body = format!(
         "<h1>Sign in</h1><p>to continue to <b>{}</b></p>{error}\
 <form method=\"post\" action=\"/authorize\">{fields}\
@@ -51,7 +66,11 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> Response {
     page(
         status,
         "Sign-in error",
-        &format!("<h1>Sign-in error</h1><p>{}</p><p class=\"hint\">error: {}</p>", escape(message), escape(code)),
+        &format!(
+            "<h1>Sign-in error</h1><p>{}</p><p class=\"hint\">error: {}</p>",
+            escape(message),
+            escape(code)
+        ),
     )
 }
 
@@ -59,7 +78,11 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> Response {
 pub fn confirm_logout(hidden: &[(&str, &str)], csrf: &str) -> Response {
     let mut fields = String::new();
     for (k, v) in hidden {
-        fields.push_str(&format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)));
+        fields.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+            escape(k),
+            escape(v)
+        ));
     }
     page(
         StatusCode::OK,
@@ -73,5 +96,9 @@ pub fn confirm_logout(hidden: &[(&str, &str)], csrf: &str) -> Response {
 }
 
 pub fn signed_out() -> Response {
-    page(StatusCode::OK, "Signed out", "<h1>Signed out</h1><p>You are signed out of the identity provider.</p>")
+    page(
+        StatusCode::OK,
+        "Signed out",
+        "<h1>Signed out</h1><p>You are signed out of the identity provider.</p>",
+    )
 }

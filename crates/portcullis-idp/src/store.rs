@@ -86,31 +86,50 @@ impl IdpStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
             .collect()
     }
 
     pub async fn add_key(&self, kid: &str, alg: &str, der: &[u8], now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO signing_keys (kid, alg, private_der, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(kid)
-            .bind(alg)
-            .bind(der)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, alg, private_der, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(kid)
+        .bind(alg)
+        .bind(der)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn retire_keys(&self, now: i64) -> Result<u64> {
-        Ok(sqlx::query("UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL")
-            .bind(now)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL")
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     // Browser sessions at the provider.
-    pub async fn create_session(&self, id_hash: &str, sid: &str, username: &str, now: i64, expires_at: i64) -> Result<()> {
+    pub async fn create_session(
+        &self,
+        id_hash: &str,
+        sid: &str,
+        username: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO sessions (id_hash, sid, username, auth_time, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(id_hash)
             .bind(sid)
@@ -124,11 +143,13 @@ impl IdpStore {
 
     /// (sid, username, auth_time) of a live session.
     pub async fn session(&self, id_hash: &str, now: i64) -> Result<Option<(String, String, i64)>> {
-        let row = sqlx::query("SELECT sid, username, auth_time FROM sessions WHERE id_hash = ?1 AND expires_at > ?2")
-            .bind(id_hash)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT sid, username, auth_time FROM sessions WHERE id_hash = ?1 AND expires_at > ?2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
             None => None,
@@ -136,10 +157,12 @@ impl IdpStore {
     }
 
     pub async fn session_by_sid(&self, sid: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT username FROM sessions WHERE sid = ?1")
-            .bind(sid)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT username FROM sessions WHERE sid = ?1")
+                .bind(sid)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn note_session_client(&self, sid: &str, client_id: &str) -> Result<()> {
@@ -154,12 +177,19 @@ impl IdpStore {
     /// Ends a session: deletes it, revokes its grants, returns the clients that took part.
     pub async fn end_session(&self, sid: &str) -> Result<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let clients: Vec<String> = sqlx::query_scalar("SELECT client_id FROM session_clients WHERE sid = ?1")
+        let clients: Vec<String> =
+            sqlx::query_scalar("SELECT client_id FROM session_clients WHERE sid = ?1")
+                .bind(sid)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query("DELETE FROM sessions WHERE sid = ?1")
             .bind(sid)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM sessions WHERE sid = ?1").bind(sid).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM session_clients WHERE sid = ?1").bind(sid).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM session_clients WHERE sid = ?1")
+            .bind(sid)
+            .execute(&mut *tx)
+            .await?;
         let grants: Vec<String> = sqlx::query_scalar("SELECT grant_id FROM grants WHERE sid = ?1")
             .bind(sid)
             .fetch_all(&mut *tx)
@@ -277,12 +307,14 @@ impl IdpStore {
     }
 
     pub async fn add_refresh(&self, hash: &str, grant_id: &str, expires_at: i64) -> Result<()> {
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, grant_id, expires_at) VALUES (?1, ?2, ?3)")
-            .bind(hash)
-            .bind(grant_id)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, grant_id, expires_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(hash)
+        .bind(grant_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -300,28 +332,33 @@ impl IdpStore {
 
     /// The grant of an unused refresh token, without using it (for revocation).
     pub async fn refresh_grant(&self, hash: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT grant_id FROM refresh_tokens WHERE token_hash = ?1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT grant_id FROM refresh_tokens WHERE token_hash = ?1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn add_access(&self, hash: &str, grant_id: &str, expires_at: i64) -> Result<()> {
-        sqlx::query("INSERT INTO access_tokens (token_hash, grant_id, expires_at) VALUES (?1, ?2, ?3)")
-            .bind(hash)
-            .bind(grant_id)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO access_tokens (token_hash, grant_id, expires_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(hash)
+        .bind(grant_id)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// (grant id, expiry) of an access token.
     pub async fn access(&self, hash: &str) -> Result<Option<(String, i64)>> {
-        let row = sqlx::query("SELECT grant_id, expires_at FROM access_tokens WHERE token_hash = ?1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT grant_id, expires_at FROM access_tokens WHERE token_hash = ?1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,
@@ -329,14 +366,29 @@ impl IdpStore {
     }
 
     pub async fn delete_access(&self, hash: &str) -> Result<()> {
-        sqlx::query("DELETE FROM access_tokens WHERE token_hash = ?1").bind(hash).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM access_tokens WHERE token_hash = ?1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }
 
-async fn revoke_grant_in(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, grant_id: &str) -> Result<()> {
-    sqlx::query("UPDATE grants SET revoked = 1 WHERE grant_id = ?1").bind(grant_id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM refresh_tokens WHERE grant_id = ?1").bind(grant_id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM access_tokens WHERE grant_id = ?1").bind(grant_id).execute(&mut **tx).await?;
+async fn revoke_grant_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    grant_id: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE grants SET revoked = 1 WHERE grant_id = ?1")
+        .bind(grant_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM refresh_tokens WHERE grant_id = ?1")
+        .bind(grant_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM access_tokens WHERE grant_id = ?1")
+        .bind(grant_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }

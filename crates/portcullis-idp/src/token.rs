@@ -31,19 +31,34 @@ pub struct OAuthError {
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
-        let status = if error == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
-        Self { status, error, description: description.into() }
+        let status = if error == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
     }
 }
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, axum::Json(json!({"error": self.error, "error_description": self.description}))).into_response();
+        let mut r = (
+            self.status,
+            axum::Json(json!({"error": self.error, "error_description": self.description})),
+        )
+            .into_response();
         let h = r.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if self.status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"portcullis-idp\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis-idp\""),
+            );
         }
         r
     }
@@ -52,7 +67,11 @@ impl IntoResponse for OAuthError {
 impl From<crate::store::StoreError> for OAuthError {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, error: "temporarily_unavailable", description: "the provider's store failed".into() }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: "the provider's store failed".into(),
+        }
     }
 }
 
@@ -60,7 +79,10 @@ fn form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if out.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(OAuthError::new("invalid_request", format!("the parameter {k} is repeated")));
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("the parameter {k} is repeated"),
+            ));
         }
     }
     Ok(out)
@@ -68,7 +90,11 @@ fn form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
 
 /// Client authentication: `client_secret_basic`, `client_secret_post`, or `none` for
 /// public clients (RFC 6749 §2.3.1; one method per request).
-fn authenticate<'a>(idp: &'a Idp, headers: &HeaderMap, f: &HashMap<String, String>) -> Result<&'a Client, OAuthError> {
+fn authenticate<'a>(
+    idp: &'a Idp,
+    headers: &HeaderMap,
+    f: &HashMap<String, String>,
+) -> Result<&'a Client, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -82,33 +108,56 @@ fn authenticate<'a>(idp: &'a Idp, headers: &HeaderMap, f: &HashMap<String, Strin
             let (id, secret) = decoded
                 .split_once(':')
                 .ok_or_else(|| OAuthError::new("invalid_client", "malformed Basic credentials"))?;
-            let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
             Ok::<_, OAuthError>((dec(id), dec(secret)))
         })
         .transpose()?;
     let post_secret = f.get("client_secret");
     let form_id = f.get("client_id");
     let (id, secret) = match (basic, post_secret) {
-        (Some(_), Some(_)) => return Err(OAuthError::new("invalid_request", "use one client authentication method")),
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::new(
+                "invalid_request",
+                "use one client authentication method",
+            ));
+        }
         (Some((id, secret)), None) => {
             if form_id.is_some_and(|f| *f != id) {
-                return Err(OAuthError::new("invalid_request", "client_id does not match the credentials"));
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "client_id does not match the credentials",
+                ));
             }
             (id, Some(secret))
         }
         (None, Some(secret)) => (form_id.cloned().unwrap_or_default(), Some(secret.clone())),
         (None, None) => (form_id.cloned().unwrap_or_default(), None),
     };
-    let client = idp.config.client(&id).ok_or_else(|| OAuthError::new("invalid_client", "unknown client"))?;
+    let client = idp
+        .config
+        .client(&id)
+        .ok_or_else(|| OAuthError::new("invalid_client", "unknown client"))?;
     match (&client.secret, secret) {
-        (Some(expected), Some(given)) if secrets_equal(expected.as_bytes(), given.as_bytes()) => Ok(client),
+        (Some(expected), Some(given)) if secrets_equal(expected.as_bytes(), given.as_bytes()) => {
+            Ok(client)
+        }
         (None, None) => Ok(client),
-        _ => Err(OAuthError::new("invalid_client", "client authentication failed")),
+        _ => Err(OAuthError::new(
+            "invalid_client",
+            "client authentication failed",
+        )),
     }
 }
 
 fn is_verifier(v: &str) -> bool {
-    (43..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
 fn s256(verifier: &str) -> String {
@@ -118,13 +167,19 @@ fn s256(verifier: &str) -> String {
 
 fn ok_json(v: Value) -> Response {
     let mut r = axum::Json(v).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
 /// `POST /token`.
-pub async fn token(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+pub async fn token(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Response {
     match token_inner(&idp, &headers, &body).await {
         Ok(v) => ok_json(v),
         Err(e) => e.into_response(),
@@ -138,42 +193,71 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         Some("authorization_code") => redeem_code(idp, client, &f).await,
         Some("refresh_token") => refresh(idp, client, &f).await,
         // A08: password, implicit, client credentials and anything else.
-        Some(_) => Err(OAuthError::new("unsupported_grant_type", "only authorization_code and refresh_token are supported")),
+        Some(_) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            "only authorization_code and refresh_token are supported",
+        )),
         None => Err(OAuthError::new("invalid_request", "grant_type is required")),
     }
 }
 
-async fn redeem_code(idp: &Idp, client: &Client, f: &HashMap<String, String>) -> Result<Value, OAuthError> {
-    let code = f.get("code").ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+async fn redeem_code(
+    idp: &Idp,
+    client: &Client,
+    f: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let code = f
+        .get("code")
+        .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
     // A02: an ill-formed verifier is a malformed request (RFC 7636 §4.1).
     let verifier = f.get("code_verifier");
     if verifier.is_some_and(|v| !is_verifier(v)) {
-        return Err(OAuthError::new("invalid_request", "code_verifier must be 43-128 unreserved characters"));
+        return Err(OAuthError::new(
+            "invalid_request",
+            "code_verifier must be 43-128 unreserved characters",
+        ));
     }
     let code_hash = sha256_hex(code.as_bytes());
-    let row = idp.store.present_code(&code_hash).await?.ok_or_else(|| OAuthError::new("invalid_grant", "unknown code"))?;
+    let row = idp
+        .store
+        .present_code(&code_hash)
+        .await?
+        .ok_or_else(|| OAuthError::new("invalid_grant", "unknown code"))?;
     // A04: a second redemption revokes everything the first one issued.
     if row.uses > 1 {
         if let Some(g) = &row.grant_id {
             idp.store.revoke_grant(g).await?;
         }
         tracing::warn!(client = %client.id, "authorization code replayed; its grant is revoked");
-        return Err(OAuthError::new("invalid_grant", "the code was already used"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the code was already used",
+        ));
     }
     if row.client_id != client.id {
-        return Err(OAuthError::new("invalid_grant", "the code was issued to another client"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the code was issued to another client",
+        ));
     }
     if now() >= row.expires_at {
         return Err(OAuthError::new("invalid_grant", "the code has expired"));
     }
     // A03: the exact redirect URI of the authorization request.
     if f.get("redirect_uri") != Some(&row.redirect_uri) {
-        return Err(OAuthError::new("invalid_grant", "redirect_uri does not match the authorization request"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "redirect_uri does not match the authorization request",
+        ));
     }
     // A01/A02: the verifier must hash to the challenge.
-    let verifier = verifier.ok_or_else(|| OAuthError::new("invalid_grant", "code_verifier is required"))?;
+    let verifier =
+        verifier.ok_or_else(|| OAuthError::new("invalid_grant", "code_verifier is required"))?;
     if !secrets_equal(s256(verifier).as_bytes(), row.challenge.as_bytes()) {
-        return Err(OAuthError::new("invalid_grant", "code_verifier does not match the code_challenge"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "code_verifier does not match the code_challenge",
+        ));
     }
     let grant = GrantRow {
         grant_id: random_token(),
@@ -190,33 +274,56 @@ async fn redeem_code(idp: &Idp, client: &Client, f: &HashMap<String, String>) ->
     issue_tokens(idp, &grant, true).await
 }
 
-async fn refresh(idp: &Idp, client: &Client, f: &HashMap<String, String>) -> Result<Value, OAuthError> {
-    let token = f.get("refresh_token").ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
+async fn refresh(
+    idp: &Idp,
+    client: &Client,
+    f: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    let token = f
+        .get("refresh_token")
+        .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
     let (grant_id, expires_at, uses) = idp
         .store
         .present_refresh(&sha256_hex(token.as_bytes()))
         .await?
         .ok_or_else(|| OAuthError::new("invalid_grant", "unknown refresh token"))?;
-    let grant = idp.store.grant(&grant_id).await?.filter(|g| !g.revoked).ok_or_else(|| OAuthError::new("invalid_grant", "the grant was revoked"))?;
+    let grant = idp
+        .store
+        .grant(&grant_id)
+        .await?
+        .filter(|g| !g.revoked)
+        .ok_or_else(|| OAuthError::new("invalid_grant", "the grant was revoked"))?;
     // A05: a rotated-away token presented again revokes the whole family.
     if uses > 1 {
         idp.store.revoke_grant(&grant_id).await?;
         tracing::warn!(client = %client.id, "refresh token reused; its family is revoked");
-        return Err(OAuthError::new("invalid_grant", "the refresh token was already used"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token was already used",
+        ));
     }
     // A06: bound to its client.
     if grant.client_id != client.id {
-        return Err(OAuthError::new("invalid_grant", "the refresh token belongs to another client"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token belongs to another client",
+        ));
     }
     if now() >= expires_at {
-        return Err(OAuthError::new("invalid_grant", "the refresh token has expired"));
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token has expired",
+        ));
     }
     // A06: the scope can only shrink (RFC 6749 §6).
     let mut granted = grant.clone();
     if let Some(requested) = f.get("scope") {
         let allowed: Vec<&str> = grant.scope.split_whitespace().collect();
         if requested.split_whitespace().any(|s| !allowed.contains(&s)) {
-            return Err(OAuthError::new("invalid_scope", "the scope may not grow on refresh"));
+            return Err(OAuthError::new(
+                "invalid_scope",
+                "the scope may not grow on refresh",
+            ));
         }
         granted.scope = requested.split_whitespace().collect::<Vec<_>>().join(" ");
     }
@@ -249,24 +356,44 @@ async fn issue_tokens(idp: &Idp, grant: &GrantRow, with_nonce: bool) -> Result<V
     let access = random_token();
     let refresh = random_token();
     let access_ttl = idp.config.access_token_ttl.as_secs() as i64;
-    idp.store.add_access(&sha256_hex(access.as_bytes()), &grant.grant_id, now + access_ttl).await?;
     idp.store
-        .add_refresh(&sha256_hex(refresh.as_bytes()), &grant.grant_id, now + idp.config.refresh_token_ttl.as_secs() as i64)
+        .add_access(
+            &sha256_hex(access.as_bytes()),
+            &grant.grant_id,
+            now + access_ttl,
+        )
+        .await?;
+    idp.store
+        .add_refresh(
+            &sha256_hex(refresh.as_bytes()),
+            &grant.grant_id,
+            now + idp.config.refresh_token_ttl.as_secs() as i64,
+        )
         .await?;
     let mut claims = user_claims(idp, &grant.username, &grant.scope);
     claims.insert("iss".into(), json!(idp.config.issuer));
     claims.insert("aud".into(), json!(grant.client_id));
     claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(now + idp.config.id_token_ttl.as_secs() as i64));
+    claims.insert(
+        "exp".into(),
+        json!(now + idp.config.id_token_ttl.as_secs() as i64),
+    );
     claims.insert("auth_time".into(), json!(grant.auth_time));
     claims.insert("sid".into(), json!(grant.sid));
     if with_nonce && let Some(n) = &grant.nonce {
         claims.insert("nonce".into(), json!(n));
     }
-    let id_token = idp.keys.sign(Algorithm::RS256, "JWT", &claims).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign an ID token");
-        OAuthError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "server_error", description: "signing failed".into() }
-    })?;
+    let id_token = idp
+        .keys
+        .sign(Algorithm::RS256, "JWT", &claims)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign an ID token");
+            OAuthError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "server_error",
+                description: "signing failed".into(),
+            }
+        })?;
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -278,8 +405,15 @@ async fn issue_tokens(idp: &Idp, grant: &GrantRow, with_nonce: bool) -> Result<V
 }
 
 fn bearer_error(description: &str) -> Response {
-    let mut r = (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_token", "error_description": description}))).into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"error": "invalid_token", "error_description": description})),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
     r
 }
 
@@ -301,7 +435,9 @@ pub async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Respon
     };
     let _ = expires_at;
     match idp.store.grant(&grant_id).await {
-        Ok(Some(g)) if !g.revoked => ok_json(Value::Object(user_claims(&idp, &g.username, &g.scope))),
+        Ok(Some(g)) if !g.revoked => {
+            ok_json(Value::Object(user_claims(&idp, &g.username, &g.scope)))
+        }
         Ok(_) => bearer_error("the grant was revoked"),
         Err(e) => OAuthError::from(e).into_response(),
     }
@@ -309,18 +445,33 @@ pub async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Respon
 
 /// `POST /revoke` (RFC 7009 §2): revoking a refresh token ends its whole grant; an
 /// access token just stops working. Unknown tokens are not an error (§2.2).
-pub async fn revoke(State(idp): State<Arc<Idp>>, headers: HeaderMap, RawForm(body): RawForm) -> Response {
+pub async fn revoke(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    RawForm(body): RawForm,
+) -> Response {
     let result = async {
         let f = form(&body)?;
         let client = authenticate(&idp, &headers, &f)?;
-        let token = f.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
+        let token = f
+            .get("token")
+            .ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
         let hash = sha256_hex(token.as_bytes());
         if let Some(grant_id) = idp.store.refresh_grant(&hash).await? {
-            if idp.store.grant(&grant_id).await?.is_some_and(|g| g.client_id == client.id) {
+            if idp
+                .store
+                .grant(&grant_id)
+                .await?
+                .is_some_and(|g| g.client_id == client.id)
+            {
                 idp.store.revoke_grant(&grant_id).await?;
             }
         } else if let Some((grant_id, _)) = idp.store.access(&hash).await?
-            && idp.store.grant(&grant_id).await?.is_some_and(|g| g.client_id == client.id)
+            && idp
+                .store
+                .grant(&grant_id)
+                .await?
+                .is_some_and(|g| g.client_id == client.id)
         {
             idp.store.delete_access(&hash).await?;
         }

@@ -1,0 +1,797 @@
+//! The dev provider as an authorization server: SECURITY-CASES A01–A09 and the rest of
+//! its contract, driven over HTTP on a free loopback port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Provider {
+    base: String,
+    db: std::path::PathBuf,
+    client: reqwest::Client,
+    backchannel_hits: Arc<AtomicUsize>,
+    backchannel_tokens: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const REDIRECT: &str = "http://127.0.0.1:8080/auth/callback";
+
+async fn start() -> Provider {
+    // A receiver for back-channel logout tokens.
+    let hits = Arc::new(AtomicUsize::new(0));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (h, t) = (hits.clone(), tokens.clone());
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver_url = format!("http://{}/bcl", receiver.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/bcl",
+        axum::routing::post(move |body: String| {
+            let (h, t) = (h.clone(), t.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let token = url::form_urlencoded::parse(body.as_bytes())
+                    .find(|(k, _)| k == "logout_token")
+                    .map(|(_, v)| v.into_owned());
+                t.lock().unwrap().extend(token);
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(receiver, app).await;
+    });
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!("pc-idp-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("idp.db");
+    let config = format!(
+        r#"
+issuer = "{base}"
+listen = "{addr}"
+store = "sqlite:{db}"
+[[clients]]
+id = "app"
+redirect_uris = ["{REDIRECT}"]
+post_logout_redirect_uris = ["http://127.0.0.1:8080/"]
+backchannel_logout_uri = "{receiver_url}"
+[[clients]]
+id = "conf"
+secret = "conf-secret"
+redirect_uris = ["{REDIRECT}"]
+[[users]]
+username = "alice"
+password = "alice"
+email = "alice@example.com"
+name = "Alice Example"
+"#,
+        addr = base.trim_start_matches("http://"),
+        db = db.display()
+    );
+    let config = portcullis_idp::IdpConfig::parse(&config).unwrap();
+    let idp = portcullis_idp::Idp::open(config).await.unwrap();
+    let app = portcullis_idp::router(idp);
+    tokio::spawn(async move {
+        let _ = portcullis::http::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
+    });
+    Provider {
+        base,
+        db,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        backchannel_hits: hits,
+        backchannel_tokens: tokens,
+    }
+}
+
+fn end_session_url(base: &str, params: &[(&str, &str)]) -> String {
+    let mut u = url::Url::parse(&format!("{base}/end_session")).unwrap();
+    u.query_pairs_mut().extend_pairs(params);
+    u.to_string()
+}
+
+fn pkce() -> (String, String) {
+    let verifier = portcullis::random::random_token();
+    (
+        verifier.clone(),
+        portcullis::provider::authorize::s256(&verifier),
+    )
+}
+
+fn query(location: &str) -> HashMap<String, String> {
+    url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+struct Login {
+    location: String,
+    cookies: String,
+}
+
+impl Provider {
+    fn authorize_url(
+        &self,
+        client: &str,
+        challenge: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let mut u = url::Url::parse(&format!("{}/authorize", self.base)).unwrap();
+        {
+            let mut q = u.query_pairs_mut();
+            q.append_pair("client_id", client)
+                .append_pair("redirect_uri", REDIRECT)
+                .append_pair("response_type", "code")
+                .append_pair("scope", "openid email profile")
+                .append_pair("state", "st-1")
+                .append_pair("nonce", "n-1");
+            if let Some(c) = challenge {
+                q.append_pair("code_challenge", c)
+                    .append_pair("code_challenge_method", "S256");
+            }
+            for (k, v) in extra {
+                q.append_pair(k, v);
+            }
+        }
+        u.to_string()
+    }
+
+    /// GET the form, POST credentials: the 303 back to the client.
+    async fn sign_in(
+        &self,
+        client: &str,
+        challenge: &str,
+        password: &str,
+    ) -> (reqwest::Response, Login) {
+        let form = self
+            .client
+            .get(self.authorize_url(client, Some(challenge), &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(form.status(), 200);
+        let csrf_cookie = form
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .find(|c| c.starts_with("portcullis_idp_csrf="))
+            .unwrap();
+        let html = form.text().await.unwrap();
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for input in html.split("<input type=\"hidden\" ").skip(1) {
+            let name = input
+                .split("name=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned();
+            let value = input
+                .split("value=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .replace("&amp;", "&");
+            fields.push((name, value));
+        }
+        fields.push(("username".into(), "alice".into()));
+        fields.push(("password".into(), password.into()));
+        let resp = self
+            .client
+            .post(format!("{}/authorize", self.base))
+            .header("cookie", &csrf_cookie)
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let cookies = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .filter(|c| c.starts_with("portcullis_idp_session="))
+            .collect::<Vec<_>>()
+            .join("; ");
+        (resp, Login { location, cookies })
+    }
+
+    async fn code(&self, client: &str, challenge: &str) -> (String, Login) {
+        let (resp, login) = self.sign_in(client, challenge, "alice").await;
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let q = query(&login.location);
+        (q["code"].clone(), login)
+    }
+
+    async fn token(
+        &self,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.post(format!("{}/token", self.base)).form(form);
+        if let Some((id, secret)) = basic {
+            req = req.basic_auth(id, Some(secret));
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn redeem(&self, code: &str, verifier: &str) -> (StatusCode, Value) {
+        self.token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("code_verifier", verifier),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn refresh(&self, rt: &str) -> (StatusCode, Value) {
+        self.token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await
+    }
+
+    async fn userinfo(&self, at: &str) -> StatusCode {
+        self.client
+            .get(format!("{}/userinfo", self.base))
+            .bearer_auth(at)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn tokens(&self) -> Value {
+        let (verifier, challenge) = pkce();
+        let (code, _) = self.code("app", &challenge).await;
+        let (status, v) = self.redeem(&code, &verifier).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+}
+
+#[tokio::test]
+async fn a01_pkce_is_mandatory_and_plain_is_refused() {
+    let p = start().await;
+    for extra in [
+        vec![],
+        vec![
+            (
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            ),
+            ("code_challenge_method", "plain"),
+        ],
+    ] {
+        let r = p
+            .client
+            .get(p.authorize_url("app", None, &extra))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let q = query(r.headers()["location"].to_str().unwrap());
+        assert_eq!(q["error"], "invalid_request", "{extra:?}");
+        assert_eq!(q["iss"], p.base);
+        assert_eq!(q["state"], "st-1");
+    }
+    let meta: Value = p
+        .client
+        .get(format!("{}/.well-known/openid-configuration", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+}
+
+#[tokio::test]
+async fn a02_missing_wrong_or_ill_formed_verifiers_are_refused() {
+    let p = start().await;
+    let (_, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let (s, v) = p.redeem(&code, "too-short").await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (code, _) = p.code("app", &challenge).await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "missing verifier"
+    );
+    let (code, _) = p.code("app", &challenge).await;
+    let (wrong, _) = pkce();
+    let (s, v) = p.redeem(&code, &wrong).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "wrong verifier"
+    );
+}
+
+#[tokio::test]
+async fn a03_exact_redirect_uri_and_unknown_clients_get_a_page() {
+    let p = start().await;
+    let (_, challenge) = pkce();
+    for url in [
+        p.authorize_url("nobody", Some(&challenge), &[]),
+        p.authorize_url("app", Some(&challenge), &[])
+            .replace("auth%2Fcallback", "auth%2Fcallback%2F"),
+        p.authorize_url("app", Some(&challenge), &[])
+            .replace("auth%2Fcallback", "auth%2Fcallback%3Fx%3D1"),
+        p.authorize_url("app", Some(&challenge), &[])
+            .replace("127.0.0.1%3A8080", "evil.example.com"),
+    ] {
+        let r = p.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{url}");
+        assert!(
+            r.headers().get("location").is_none(),
+            "never a redirect: {url}"
+        );
+    }
+    // The token request must repeat the exact redirect URI.
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+                ("redirect_uri", "http://127.0.0.1:8080/other"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test]
+async fn a04_codes_are_single_use_client_bound_and_short_lived() {
+    let p = start().await;
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let (s, first) = p.redeem(&code, &verifier).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        p.userinfo(first["access_token"].as_str().unwrap()).await,
+        200
+    );
+    let (s, v) = p.redeem(&code, &verifier).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // The replay revoked what the first redemption issued.
+    assert_eq!(
+        p.userinfo(first["access_token"].as_str().unwrap()).await,
+        401
+    );
+    assert_eq!(
+        p.refresh(first["refresh_token"].as_str().unwrap()).await.1["error"],
+        "invalid_grant"
+    );
+
+    // Bound to its client.
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+                ("redirect_uri", REDIRECT),
+            ],
+            Some(("conf", "conf-secret")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // Short-lived: a code past its 60 s is refused.
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", p.db.display()))
+        .await
+        .unwrap();
+    let ttl: i64 = sqlx::query_scalar(
+        "SELECT expires_at - strftime('%s','now') FROM codes WHERE code_hash = ?1",
+    )
+    .bind(portcullis::random::sha256_hex(code.as_bytes()))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(ttl <= 60, "codes live at most 60 s, this one {ttl}");
+    sqlx::query("UPDATE codes SET expires_at = 0 WHERE code_hash = ?1")
+        .bind(portcullis::random::sha256_hex(code.as_bytes()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (s, v) = p.redeem(&code, &verifier).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+}
+
+#[tokio::test]
+async fn a05_refresh_rotation_and_reuse_revokes_the_family() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let rt1 = t["refresh_token"].as_str().unwrap().to_owned();
+    let (s, t2) = p.refresh(&rt1).await;
+    assert_eq!(s, 200);
+    let rt2 = t2["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rt1, rt2, "rotated");
+    let (s, t3) = p.refresh(&rt2).await;
+    assert_eq!(s, 200);
+    let rt3 = t3["refresh_token"].as_str().unwrap().to_owned();
+    // rt1 again: refused, and the family (rt3 and the access tokens) is revoked.
+    assert_eq!(p.refresh(&rt1).await.1["error"], "invalid_grant");
+    assert_eq!(p.refresh(&rt3).await.1["error"], "invalid_grant");
+    assert_eq!(p.userinfo(t3["access_token"].as_str().unwrap()).await, 401);
+
+    // Two concurrent refreshes with one token: at most one succeeds.
+    let t = p.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap().to_owned();
+    let (a, b) = tokio::join!(p.refresh(&rt), p.refresh(&rt));
+    let wins = [a.0, b.0].iter().filter(|s| **s == StatusCode::OK).count();
+    assert!(wins <= 1, "both concurrent refreshes succeeded");
+}
+
+#[tokio::test]
+async fn a06_refresh_tokens_are_bound_to_their_client_and_scope_cannot_grow() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap().to_owned();
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rt),
+                ("scope", "openid email profile offline_access"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let t = p.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap().to_owned();
+    let (s, v) = p
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+            Some(("conf", "conf-secret")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // A narrower scope is fine.
+    let t = p.tokens().await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", t["refresh_token"].as_str().unwrap()),
+                ("scope", "openid"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["scope"], "openid");
+}
+
+#[tokio::test]
+async fn a07_revocation_follows_rfc_7009() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let revoke = |token: String, client: &'static str| {
+        let c = p.client.clone();
+        let url = format!("{}/revoke", p.base);
+        async move {
+            c.post(url)
+                .form(&[("token", token.as_str()), ("client_id", client)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Another client cannot revoke it (but is told 200, §2.2).
+    let other = p
+        .client
+        .post(format!("{}/revoke", p.base))
+        .basic_auth("conf", Some("conf-secret"))
+        .form(&[("token", t["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert_eq!(p.userinfo(t["access_token"].as_str().unwrap()).await, 200);
+    assert_eq!(
+        revoke(t["refresh_token"].as_str().unwrap().to_owned(), "app").await,
+        200
+    );
+    assert_eq!(
+        p.refresh(t["refresh_token"].as_str().unwrap()).await.1["error"],
+        "invalid_grant"
+    );
+    assert_eq!(p.userinfo(t["access_token"].as_str().unwrap()).await, 401);
+    assert_eq!(revoke("unknown-token".into(), "app").await, 200);
+    // Client authentication still applies.
+    let bad = p
+        .client
+        .post(format!("{}/revoke", p.base))
+        .basic_auth("conf", Some("wrong"))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+}
+
+#[tokio::test]
+async fn a08_iss_on_every_response_s256_only_and_no_implicit_or_password() {
+    let p = start().await;
+    let (_, challenge) = pkce();
+    let (_, login) = p.code("app", &challenge).await;
+    assert_eq!(query(&login.location)["iss"], p.base);
+    let r = p
+        .client
+        .get(
+            p.authorize_url("app", Some(&challenge), &[])
+                .replace("response_type=code", "response_type=token"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let q = query(r.headers()["location"].to_str().unwrap());
+    assert_eq!(q["error"], "unsupported_response_type");
+    assert_eq!(q["iss"], p.base);
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "password"),
+                ("username", "alice"),
+                ("password", "alice"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
+    let meta: Value = p
+        .client
+        .get(format!("{}/.well-known/openid-configuration", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+    assert_eq!(
+        meta["response_types_supported"],
+        serde_json::json!(["code"])
+    );
+    assert_eq!(
+        meta["grant_types_supported"],
+        serde_json::json!(["authorization_code", "refresh_token"])
+    );
+}
+
+#[tokio::test]
+async fn a09_the_form_answers_303_cannot_be_framed_and_needs_its_csrf_token() {
+    let p = start().await;
+    let (_, challenge) = pkce();
+    let form = p
+        .client
+        .get(p.authorize_url("app", Some(&challenge), &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.headers()["x-frame-options"], "DENY");
+    assert!(
+        form.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let (resp, _) = p.sign_in("app", &challenge, "alice").await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (wrong, _) = p.sign_in("app", &challenge, "not-alice").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    // Without the CSRF cookie the form is refused.
+    let r = p
+        .client
+        .post(format!("{}/authorize", p.base))
+        .form(&[
+            ("client_id", "app"),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("csrf", "guess"),
+            ("username", "alice"),
+            ("password", "alice"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+}
+
+#[tokio::test]
+async fn id_tokens_and_userinfo_carry_the_user() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let payload = t["id_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], p.base);
+    assert_eq!(claims["aud"], "app");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["nonce"], "n-1");
+    assert_eq!(claims["email"], "alice@example.com");
+    assert!(claims["sid"].is_string());
+    let info: Value = p
+        .client
+        .get(format!("{}/userinfo", p.base))
+        .bearer_auth(t["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["sub"], "alice");
+    assert_eq!(info["name"], "Alice Example");
+}
+
+#[tokio::test]
+async fn end_session_checks_the_redirect_and_sends_back_channel_logout() {
+    let p = start().await;
+    let (verifier, challenge) = pkce();
+    let (code, login) = p.code("app", &challenge).await;
+    let (_, t) = p.redeem(&code, &verifier).await;
+    let hint = t["id_token"].as_str().unwrap();
+    // A post-logout URI that is not registered: a page, no redirect.
+    let bad = p
+        .client
+        .get(end_session_url(
+            &p.base,
+            &[
+                ("id_token_hint", hint),
+                ("post_logout_redirect_uri", "https://evil.example.com/"),
+            ],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(bad.headers().get("location").is_none());
+    let ok = p
+        .client
+        .get(end_session_url(
+            &p.base,
+            &[
+                ("id_token_hint", hint),
+                ("post_logout_redirect_uri", "http://127.0.0.1:8080/"),
+                ("state", "bye"),
+            ],
+        ))
+        .header("cookie", &login.cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(ok.headers()["location"], "http://127.0.0.1:8080/?state=bye");
+    assert_eq!(p.backchannel_hits.load(Ordering::SeqCst), 1);
+    let token = p.backchannel_tokens.lock().unwrap()[0].clone();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["typ"], "logout+jwt");
+    // The session's grant is gone too.
+    assert_eq!(
+        p.refresh(t["refresh_token"].as_str().unwrap()).await.1["error"],
+        "invalid_grant"
+    );
+}
+
+#[tokio::test]
+async fn a_non_loopback_listen_is_refused_without_allow_remote() {
+    let config = portcullis_idp::IdpConfig::parse(
+        "issuer = \"http://0.0.0.0:9100\"\nlisten = \"0.0.0.0:9100\"\n[[clients]]\nid = \"a\"\nredirect_uris = [\"http://x/cb\"]\n",
+    )
+    .unwrap();
+    let err = portcullis_idp::run(config, false, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, portcullis_idp::StartError::RemoteRefused(_)));
+}
