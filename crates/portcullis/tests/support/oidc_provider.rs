@@ -17,17 +17,19 @@ pub struct RealProvider {
     _child: Child,
 }
 
-fn interop_dir() -> PathBuf {
+pub fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
 }
 
 /// Why the interop suite cannot run here, if it cannot.
-fn unavailable() -> Option<String> {
+pub fn unavailable() -> Option<String> {
     let node = std::process::Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
         return Some("node is not installed".into());
     }
-    if !interop_dir().join("node_modules/oidc-provider").exists() {
+    if !interop_dir().join("node_modules/oidc-provider").exists()
+        || !interop_dir().join("node_modules/openid-client").exists()
+    {
         return Some(
             "tests/interop/node_modules is missing (run `npm ci` in tests/interop)".into(),
         );
