@@ -148,3 +148,52 @@ fn unsafe_free_sigterm(pid: u32) {
         .unwrap();
     assert!(ok.success());
 }
+
+#[test]
+fn idp_refuses_remote_listening_and_bad_configs() {
+    let dir = std::env::temp_dir().join(format!("pc-idp-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let remote = dir.join("remote.toml");
+    std::fs::write(
+        &remote,
+        format!(
+            "issuer = \"http://0.0.0.0:9100\"\nlisten = \"0.0.0.0:9100\"\nstore = \"sqlite:{}\"\n[[clients]]\nid = \"app\"\nredirect_uris = [\"http://127.0.0.1:8080/auth/callback\"]\n",
+            dir.join("idp.db").display()
+        ),
+    )
+    .unwrap();
+    let out = portcullis()
+        .args(["idp", "--config"])
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "issuer = \"http://127.0.0.1:9100\"\nlisten = \"127.0.0.1:9100\"\ntypo = 1\n",
+    )
+    .unwrap();
+    let out = portcullis()
+        .args(["idp", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let rotate = portcullis()
+        .args(["idp", "--rotate-keys", "--config"])
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let help = portcullis().args(["idp", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--allow-remote"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

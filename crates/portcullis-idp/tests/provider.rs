@@ -522,3 +522,128 @@ async fn a_non_loopback_listen_is_refused_without_allow_remote() {
         .unwrap_err();
     assert!(matches!(err, portcullis_idp::StartError::RemoteRefused(_)));
 }
+
+#[tokio::test]
+async fn confidential_clients_authenticate_with_basic_or_post_but_not_none() {
+    let p = start().await;
+    for (basic, post_secret) in [(true, false), (false, true)] {
+        let (verifier, challenge) = pkce();
+        let (code, _) = p.code("conf", &challenge).await;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("code_verifier", verifier.as_str()),
+            ("redirect_uri", REDIRECT),
+        ];
+        if post_secret {
+            form.extend([("client_id", "conf"), ("client_secret", "conf-secret")]);
+        }
+        let (s, v) = p
+            .token(&form, basic.then_some(("conf", "conf-secret")))
+            .await;
+        assert_eq!(s, 200, "basic={basic} post={post_secret}: {v}");
+    }
+    // Without its secret, a confidential client is refused (401 invalid_client).
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("conf", &challenge).await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+                ("redirect_uri", REDIRECT),
+                ("client_id", "conf"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
+    let (s, _) = p
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", "x")],
+            Some(("conf", "wrong")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A public client that sends a secret is not authenticated by it.
+    let (s, _) = p
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", "x")],
+            Some(("app", "anything")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let old_kid: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t["id_token"].as_str().unwrap().split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    // Rotate on the same database, then start a second instance on it.
+    let config = portcullis_idp::IdpConfig::parse(&p.config_text).unwrap();
+    portcullis_idp::rotate_keys(config.clone()).await.unwrap();
+    let idp = portcullis_idp::Idp::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = portcullis::http::serve::serve(
+            listener,
+            portcullis_idp::router(idp),
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
+    });
+    let jwks: Value = p
+        .client
+        .get(format!("{second}/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 4, "two retired, two current: {kids:?}");
+    assert!(
+        kids.contains(&old_kid["kid"].as_str().unwrap()),
+        "the retired key is still published"
+    );
+    // The refresh token issued before the restart works on the new instance, signed by a new key.
+    let (s, v) = p
+        .client
+        .post(format!("{second}/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", t["refresh_token"].as_str().unwrap()),
+            ("client_id", "app"),
+        ])
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(s, 200);
+    let v: Value = v.json().await.unwrap();
+    let new_header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v["id_token"].as_str().unwrap().split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(new_header["kid"], old_kid["kid"]);
+}

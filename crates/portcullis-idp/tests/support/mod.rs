@@ -19,6 +19,8 @@ pub struct Provider {
     pub client: reqwest::Client,
     pub backchannel_hits: Arc<AtomicUsize>,
     pub backchannel_tokens: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The configuration the provider was started with.
+    pub config_text: String,
 }
 
 pub const REDIRECT: &str = "http://127.0.0.1:8080/auth/callback";
@@ -76,6 +78,7 @@ name = "Alice Example"
         addr = base.trim_start_matches("http://"),
         db = db.display()
     );
+    let config_text = config.clone();
     let config = portcullis_idp::IdpConfig::parse(&config).unwrap();
     let idp = portcullis_idp::Idp::open(config).await.unwrap();
     let app = portcullis_idp::router(idp);
@@ -97,6 +100,7 @@ name = "Alice Example"
             .unwrap(),
         backchannel_hits: hits,
         backchannel_tokens: tokens,
+        config_text,
     }
 }
 
