@@ -31,7 +31,11 @@ PY
   then
     echo "MISSING  $filter: pattern not found in $file (update this script)"; restore; survivors=$((survivors+1)); return
   fi
-  if [ "$bin" = lib ]; then set -- -p portcullis --lib "$filter"; else set -- -p portcullis --test "$bin" "$filter"; fi
+  case "$bin" in
+    lib) set -- -p portcullis --lib "$filter" ;;
+    idp:*) set -- -p portcullis-idp --test "${bin#idp:}" "$filter" ;;
+    *) set -- -p portcullis --test "$bin" "$filter" ;;
+  esac
   local out
   out=$(RUST_BACKTRACE=0 cargo test "$@" 2>&1)
   if grep -q "test result: FAILED" <<<"$out"; then
@@ -89,6 +93,23 @@ mutate $S/http/request.rs 'Some(origin) => origin.as_bytes() == public_origin.as
 mutate $S/http/routes.rs 'if !is_same_origin_write(' 'if false && !is_same_origin_write(' $G o02_
 mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;' '' $G o01_
 mutate $S/http/mod.rs '(size > MAX_HEADER_BYTES).then(|| {' '(size > usize::MAX).then(|| {' $G r01_many
+
+I=crates/portcullis-idp/src
+P=idp:provider
+mutate $I/authorize.rs 'if p.get("code_challenge_method").map(String::as_str) != Some("S256") {' 'if false {' $P a01_
+mutate $I/token.rs 'if !secrets_equal(s256(verifier).as_bytes(), row.challenge.as_bytes()) {' 'if false {' $P a02_
+mutate $I/authorize.rs 'if !client.redirect_uris.iter().any(|r| r == redirect_uri) {' 'if !client.redirect_uris.iter().any(|r| redirect_uri.starts_with(r.as_str())) {' $P a03_
+mutate $I/token.rs 'if f.get("redirect_uri") != Some(&row.redirect_uri) {' 'if false {' $P a03_
+mutate $I/token.rs '    if row.uses > 1 {' '    if false {' $P a04_
+mutate $I/token.rs 'if now() >= row.expires_at {' 'if false {' $P a04_
+mutate $I/token.rs 'if row.client_id != client.id {' 'if false {' $P a04_
+mutate $I/token.rs '    if uses > 1 {' '    if false {' $P a05_
+mutate $I/token.rs 'if grant.client_id != client.id {' 'if false {' $P a06_
+mutate $I/token.rs 'if requested.split_whitespace().any(|s| !allowed.contains(&s)) {' 'if false {' $P a06_
+mutate $I/token.rs '                idp.store.revoke_grant(&grant_id).await?;' '' $P a07_
+mutate $I/authorize.rs 'q.append_pair("iss", &idp.config.issuer);' '' $P a08_
+mutate $I/authorize.rs 'if expected.is_empty() || !secrets_equal(sent.as_bytes(), expected.as_bytes()) {' 'if false {' $P a09_
+mutate $I/lib.rs 'h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));' '' $P a09_
 
 echo
 if [ "$survivors" -eq 0 ]; then echo "every defence is caught by its test"; else echo "$survivors defence(s) not caught"; exit 1; fi

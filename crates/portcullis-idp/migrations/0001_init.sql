@@ -61,6 +61,7 @@ CREATE INDEX refresh_tokens_by_grant ON refresh_tokens (grant_id);
 CREATE TABLE access_tokens (
     token_hash TEXT PRIMARY KEY NOT NULL,
     grant_id   TEXT NOT NULL,
+    scope      TEXT NOT NULL,
     expires_at INTEGER NOT NULL
 );
 CREATE INDEX access_tokens_by_grant ON access_tokens (grant_id);

@@ -231,7 +231,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn secure(idp: &Idp) -> &'static str {
+pub(crate) fn secure(idp: &Idp) -> &'static str {
     if idp.config.issuer.starts_with("https://") {
         "; Secure"
     } else {
@@ -372,14 +372,21 @@ pub async fn submit(
     let password = p.get("password").map(String::as_str).unwrap_or("");
     let user = idp.config.user(username);
     // Verify against a real hash even for unknown users, so timing does not tell.
-    let ok = match user {
-        Some(u) => u.password_matches(password),
-        None => {
-            if let Some(any) = idp.config.users.first() {
-                let _ = any.password_matches("\u{0}not a password");
-            }
-            false
+    // argon2 is deliberately slow: it runs off the async workers, at most two at once,
+    // and against a real hash even for unknown users, so timing does not tell.
+    let candidate = user.or(idp.config.users.first()).cloned();
+    let known = user.is_some();
+    let password = password.to_owned();
+    let ok = match idp.password_checks.acquire().await {
+        Ok(_permit) => {
+            let matched = tokio::task::spawn_blocking(move || {
+                candidate.is_some_and(|u| u.password_matches(&password))
+            })
+            .await
+            .unwrap_or(false);
+            matched && known
         }
+        Err(_) => false,
     };
     if !ok {
         tracing::info!(client = %req.client_id, "sign-in failed");
@@ -412,6 +419,14 @@ pub async fn submit(
         );
     }
     tracing::info!(user = username, client = %req.client_id, "signed in");
+    // Signing in again replaces this browser's previous session: end it properly.
+    if let Some(old) = cookie(&headers, SESSION_COOKIE)
+        && let Ok(Some((old_sid, old_user, _))) =
+            idp.store.session(&sha256_hex(old.as_bytes()), now).await
+        && let Ok(clients) = idp.store.end_session(&old_sid).await
+    {
+        crate::logout::send_backchannel_logout(&idp, &old_sid, &old_user, &clients).await;
+    }
     let mut r = issue_code(&idp, &req, username, &sid, now).await;
     let c = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{}",

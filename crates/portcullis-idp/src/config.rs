@@ -14,7 +14,7 @@ use url::Url;
 #[error("invalid idp configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigErrors(pub Vec<String>);
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     issuer: String,
@@ -29,7 +29,7 @@ struct RawConfig {
     users: Vec<RawUser>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
     id: String,
@@ -40,7 +40,7 @@ struct RawClient {
     backchannel_logout_uri: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUser {
     username: String,
@@ -165,6 +165,12 @@ impl IdpConfig {
                     c.id
                 ));
             }
+            if c.secret.as_deref() == Some("") {
+                errors.push(format!(
+                    "client `{}`: an empty `secret` is not a secret; omit it for a public client",
+                    c.id
+                ));
+            }
             if c.redirect_uris.is_empty() {
                 errors.push(format!(
                     "client `{}`: at least one redirect_uri is required",
@@ -187,7 +193,7 @@ impl IdpConfig {
             }
             clients.push(Client {
                 id: c.id,
-                secret: c.secret.filter(|s| !s.is_empty()),
+                secret: c.secret,
                 redirect_uris: c.redirect_uris,
                 post_logout_redirect_uris: c.post_logout_redirect_uris,
                 backchannel_logout_uri: c.backchannel_logout_uri.filter(|u| !u.is_empty()),
@@ -212,10 +218,15 @@ impl IdpConfig {
                         continue;
                     }
                 },
-                (None, Some(h)) if PasswordHash::new(&h).is_ok() => h,
+                (None, Some(h))
+                    if PasswordHash::new(&h)
+                        .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2")) =>
+                {
+                    h
+                }
                 (None, Some(_)) => {
                     errors.push(format!(
-                        "user `{}`: `password_hash` is not a PHC string",
+                        "user `{}`: `password_hash` is not an argon2 PHC string",
                         u.username
                     ));
                     continue;

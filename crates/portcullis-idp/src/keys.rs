@@ -172,6 +172,10 @@ impl KeySet {
     /// for `id_token_hint`, which may be expired (OIDC RP-Initiated Logout §2).
     pub fn verify_own(&self, token: &str, issuer: &str) -> Option<Value> {
         let header = jsonwebtoken::decode_header(token).ok()?;
+        // Only ID tokens are hints; a logout token is not.
+        if header.typ.as_deref() != Some("JWT") {
+            return None;
+        }
         let kid = header.kid?;
         let key = self
             .keys

@@ -60,6 +60,8 @@ pub struct Idp {
     pub keys: KeySet,
     /// For back-channel logout calls.
     pub http: reqwest::Client,
+    /// Password checks running at once (argon2 is costly by design).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 impl Idp {
@@ -86,16 +88,19 @@ impl Idp {
             store,
             keys,
             http,
+            password_checks: tokio::sync::Semaphore::new(2),
         }))
     }
 
     /// Seconds a retired key stays published: the longest token lifetime.
     fn key_overlap(&self) -> i64 {
-        self.config
+        let longest = self
+            .config
             .id_token_ttl
             .max(self.config.access_token_ttl)
-            .as_secs() as i64
-            + 60
+            .as_secs() as i64;
+        // Logout tokens live 120 s.
+        longest.max(120) + 60
     }
 }
 

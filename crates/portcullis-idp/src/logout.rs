@@ -16,7 +16,10 @@ use jsonwebtoken::Algorithm;
 use portcullis::random::{random_token, secrets_equal, sha256_hex};
 use serde_json::json;
 
-use crate::authorize::{CSRF_COOKIE, SESSION_COOKIE};
+use crate::authorize::{SESSION_COOKIE, secure};
+
+/// The sign-out confirmation form's CSRF cookie (distinct from the sign-in form's).
+const CSRF_COOKIE: &str = "portcullis_idp_logout_csrf";
 use crate::{Idp, now, pages};
 
 const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -80,23 +83,29 @@ async fn check(
             ));
         }
     }
-    let mut sids = Vec::new();
-    if let Some(sid) = hint
+    let hint_sid = hint
         .as_ref()
         .and_then(|c| c.get("sid"))
         .and_then(|s| s.as_str())
-    {
-        sids.push(sid.to_owned());
-    }
-    if let Some(cookie) = portcullis::http::cookies::find_cookie(headers, SESSION_COOKIE).value()
-        && let Ok(Some((sid, _, _))) = idp
+        .map(str::to_owned);
+    let cookie_sid = match portcullis::http::cookies::find_cookie(headers, SESSION_COOKIE).value() {
+        Some(cookie) => idp
             .store
             .session(&sha256_hex(cookie.as_bytes()), now())
             .await
-        && !sids.contains(&sid)
-    {
-        sids.push(sid);
-    }
+            .ok()
+            .flatten()
+            .map(|(sid, _, _)| sid),
+        None => None,
+    };
+    // With a hint, only the hinted session ends at once: a hint for someone else's
+    // session (a cross-site link carrying the attacker's own ID token) must not sign
+    // this browser out. Without one, the confirmed form ends this browser's session.
+    let sids: Vec<String> = if hint.is_some() {
+        hint_sid.into_iter().collect()
+    } else {
+        cookie_sid.into_iter().collect()
+    };
     Ok(Request {
         sids,
         post_logout_redirect_uri,
@@ -126,7 +135,8 @@ pub async fn end_session(
         .collect();
     let mut r = pages::confirm_logout(&hidden, &csrf);
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=600"
+        "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age=600{}",
+        secure(&idp)
     )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -171,7 +181,14 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
                     send_backchannel_logout(idp, sid, &user, &clients).await;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "cannot end a session"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot end a session");
+                return pages::error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "The provider could not sign you out. Please try again.",
+                );
+            }
         }
     }
     let mut r = match &req.post_logout_redirect_uri {
@@ -202,7 +219,8 @@ async fn sign_out(idp: &Idp, req: Request) -> Response {
         None => pages::signed_out(),
     };
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+        "{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{}",
+        secure(idp)
     )) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -176,7 +176,7 @@ impl IdpStore {
 
     /// Ends a session: deletes it, revokes its grants, returns the clients that took part.
     pub async fn end_session(&self, sid: &str) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let clients: Vec<String> =
             sqlx::query_scalar("SELECT client_id FROM session_clients WHERE sid = ?1")
                 .bind(sid)
@@ -223,13 +223,15 @@ impl IdpStore {
         Ok(())
     }
 
-    /// Presents a code: counts the use atomically and returns it.
-    pub async fn present_code(&self, code_hash: &str) -> Result<Option<CodeRow>> {
+    /// Presents a code: counts the use and, on the first use, reserves `grant_id` for
+    /// what it will issue, in one atomic statement.
+    pub async fn present_code(&self, code_hash: &str, grant_id: &str) -> Result<Option<CodeRow>> {
         let row = sqlx::query(
-            "UPDATE codes SET used = used + 1 WHERE code_hash = ?1 \
+            "UPDATE codes SET used = used + 1, grant_id = COALESCE(grant_id, ?2) WHERE code_hash = ?1 \
              RETURNING client_id, redirect_uri, username, scope, nonce, challenge, sid, auth_time, expires_at, used, grant_id",
         )
         .bind(code_hash)
+        .bind(grant_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -250,13 +252,15 @@ impl IdpStore {
         })
     }
 
-    pub async fn link_code(&self, code_hash: &str, grant_id: &str) -> Result<()> {
-        sqlx::query("UPDATE codes SET grant_id = ?2 WHERE code_hash = ?1")
-            .bind(code_hash)
-            .bind(grant_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// How many times a code has been presented so far.
+    pub async fn code_uses(&self, code_hash: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT used FROM codes WHERE code_hash = ?1")
+                .bind(code_hash)
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or(0),
+        )
     }
 
     // Grants and tokens.
@@ -300,7 +304,7 @@ impl IdpStore {
 
     /// Revokes a grant and deletes every token it issued.
     pub async fn revoke_grant(&self, grant_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         revoke_grant_in(&mut tx, grant_id).await?;
         tx.commit().await?;
         Ok(())
@@ -330,7 +334,20 @@ impl IdpStore {
         })
     }
 
-    /// The grant of an unused refresh token, without using it (for revocation).
+    /// (grant id, expiry) of a refresh token, without using it.
+    pub async fn refresh_token(&self, hash: &str) -> Result<Option<(String, i64)>> {
+        let row =
+            sqlx::query("SELECT grant_id, expires_at FROM refresh_tokens WHERE token_hash = ?1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// The grant of a refresh token, without using it (for revocation).
     pub async fn refresh_grant(&self, hash: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT grant_id FROM refresh_tokens WHERE token_hash = ?1")
@@ -340,27 +357,33 @@ impl IdpStore {
         )
     }
 
-    pub async fn add_access(&self, hash: &str, grant_id: &str, expires_at: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO access_tokens (token_hash, grant_id, expires_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(hash)
-        .bind(grant_id)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
+    pub async fn add_access(
+        &self,
+        hash: &str,
+        grant_id: &str,
+        scope: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO access_tokens (token_hash, grant_id, scope, expires_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(hash)
+            .bind(grant_id)
+            .bind(scope)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    /// (grant id, expiry) of an access token.
-    pub async fn access(&self, hash: &str) -> Result<Option<(String, i64)>> {
-        let row =
-            sqlx::query("SELECT grant_id, expires_at FROM access_tokens WHERE token_hash = ?1")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
+    /// (grant id, expiry, scope) of an access token.
+    pub async fn access(&self, hash: &str) -> Result<Option<(String, i64, String)>> {
+        let row = sqlx::query(
+            "SELECT grant_id, expires_at, scope FROM access_tokens WHERE token_hash = ?1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
             None => None,
         })
     }

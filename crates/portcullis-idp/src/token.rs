@@ -98,7 +98,11 @@ fn authenticate<'a>(
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            v.get(..6)
+                .filter(|p| p.eq_ignore_ascii_case("basic "))
+                .map(|_| &v[6..])
+        })
         .map(|b64| {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
@@ -108,13 +112,8 @@ fn authenticate<'a>(
             let (id, secret) = decoded
                 .split_once(':')
                 .ok_or_else(|| OAuthError::new("invalid_client", "malformed Basic credentials"))?;
-            let dec = |s: &str| {
-                url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
-            Ok::<_, OAuthError>((dec(id), dec(secret)))
+            // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
+            Ok::<_, OAuthError>((form_decode(id), form_decode(secret)))
         })
         .transpose()?;
     let post_secret = f.get("client_secret");
@@ -152,6 +151,34 @@ fn authenticate<'a>(
             "client authentication failed",
         )),
     }
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value: `+` is a space, `%XX` a
+/// byte; an invalid escape stays as it is.
+fn form_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+        match b[i] {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' if hex(b.get(i + 1)).is_some() && hex(b.get(i + 2)).is_some() => {
+                out.push(
+                    (hex(b.get(i + 1)).unwrap_or(0) * 16 + hex(b.get(i + 2)).unwrap_or(0)) as u8,
+                );
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_verifier(v: &str) -> bool {
@@ -218,9 +245,10 @@ async fn redeem_code(
         ));
     }
     let code_hash = sha256_hex(code.as_bytes());
+    let reserved = random_token();
     let row = idp
         .store
-        .present_code(&code_hash)
+        .present_code(&code_hash, &reserved)
         .await?
         .ok_or_else(|| OAuthError::new("invalid_grant", "unknown code"))?;
     // A04: a second redemption revokes everything the first one issued.
@@ -260,7 +288,7 @@ async fn redeem_code(
         ));
     }
     let grant = GrantRow {
-        grant_id: random_token(),
+        grant_id: row.grant_id.clone().unwrap_or(reserved),
         client_id: client.id.clone(),
         username: row.username.clone(),
         scope: row.scope.clone(),
@@ -270,8 +298,17 @@ async fn redeem_code(
         revoked: false,
     };
     idp.store.add_grant(&grant, now()).await?;
-    idp.store.link_code(&code_hash, &grant.grant_id).await?;
-    issue_tokens(idp, &grant, true).await
+    let tokens = issue_tokens(idp, &grant, true).await?;
+    // A04 without a race: a replay that arrived while this grant was being written
+    // revoked an id with nothing under it yet; seen here, the grant revokes itself.
+    if idp.store.code_uses(&code_hash).await? > 1 {
+        idp.store.revoke_grant(&grant.grant_id).await?;
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the code was already used",
+        ));
+    }
+    Ok(tokens)
 }
 
 async fn refresh(
@@ -282,9 +319,13 @@ async fn refresh(
     let token = f
         .get("refresh_token")
         .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
-    let (grant_id, expires_at, uses) = idp
+    let hash = sha256_hex(token.as_bytes());
+    // Checked before the token is used, so that a refused request (another client,
+    // expired, a wider scope) does not spend it and turn the real client's retry into a
+    // "reuse".
+    let (grant_id, expires_at) = idp
         .store
-        .present_refresh(&sha256_hex(token.as_bytes()))
+        .refresh_token(&hash)
         .await?
         .ok_or_else(|| OAuthError::new("invalid_grant", "unknown refresh token"))?;
     let grant = idp
@@ -293,15 +334,6 @@ async fn refresh(
         .await?
         .filter(|g| !g.revoked)
         .ok_or_else(|| OAuthError::new("invalid_grant", "the grant was revoked"))?;
-    // A05: a rotated-away token presented again revokes the whole family.
-    if uses > 1 {
-        idp.store.revoke_grant(&grant_id).await?;
-        tracing::warn!(client = %client.id, "refresh token reused; its family is revoked");
-        return Err(OAuthError::new(
-            "invalid_grant",
-            "the refresh token was already used",
-        ));
-    }
     // A06: bound to its client.
     if grant.client_id != client.id {
         return Err(OAuthError::new(
@@ -326,6 +358,21 @@ async fn refresh(
             ));
         }
         granted.scope = requested.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    // A05: the atomic use counter; a rotated-away token presented again revokes the
+    // whole family.
+    let uses = idp
+        .store
+        .present_refresh(&hash)
+        .await?
+        .map_or(i64::MAX, |(_, _, uses)| uses);
+    if uses > 1 {
+        idp.store.revoke_grant(&grant_id).await?;
+        tracing::warn!(client = %client.id, "refresh token reused; its family is revoked");
+        return Err(OAuthError::new(
+            "invalid_grant",
+            "the refresh token was already used",
+        ));
     }
     issue_tokens(idp, &granted, false).await
 }
@@ -360,6 +407,7 @@ async fn issue_tokens(idp: &Idp, grant: &GrantRow, with_nonce: bool) -> Result<V
         .add_access(
             &sha256_hex(access.as_bytes()),
             &grant.grant_id,
+            &grant.scope,
             now + access_ttl,
         )
         .await?;
@@ -422,7 +470,11 @@ pub async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Respon
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
     else {
         return bearer_error("a bearer token is required");
     };
@@ -430,14 +482,12 @@ pub async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Respon
         Ok(f) => f,
         Err(e) => return OAuthError::from(e).into_response(),
     };
-    let Some((grant_id, expires_at)) = found.filter(|(_, exp)| *exp > now()) else {
+    let Some((grant_id, _, scope)) = found.filter(|(_, exp, _)| *exp > now()) else {
         return bearer_error("the access token is unknown or expired");
     };
-    let _ = expires_at;
+    // The access token's own scope, which a refresh may have narrowed.
     match idp.store.grant(&grant_id).await {
-        Ok(Some(g)) if !g.revoked => {
-            ok_json(Value::Object(user_claims(&idp, &g.username, &g.scope)))
-        }
+        Ok(Some(g)) if !g.revoked => ok_json(Value::Object(user_claims(&idp, &g.username, &scope))),
         Ok(_) => bearer_error("the grant was revoked"),
         Err(e) => OAuthError::from(e).into_response(),
     }
@@ -466,7 +516,7 @@ pub async fn revoke(
             {
                 idp.store.revoke_grant(&grant_id).await?;
             }
-        } else if let Some((grant_id, _)) = idp.store.access(&hash).await?
+        } else if let Some((grant_id, _, _)) = idp.store.access(&hash).await?
             && idp
                 .store
                 .grant(&grant_id)

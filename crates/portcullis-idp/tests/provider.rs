@@ -221,9 +221,17 @@ async fn a05_refresh_rotation_and_reuse_revokes_the_family() {
     // Two concurrent refreshes with one token: at most one succeeds.
     let t = p.tokens().await;
     let rt = t["refresh_token"].as_str().unwrap().to_owned();
-    let (a, b) = tokio::join!(p.refresh(&rt), p.refresh(&rt));
-    let wins = [a.0, b.0].iter().filter(|s| **s == StatusCode::OK).count();
-    assert!(wins <= 1, "both concurrent refreshes succeeded");
+    let attempts = (0..8).map(|_| p.refresh(&rt));
+    let mut handles = Vec::new();
+    for a in attempts {
+        handles.push(a);
+    }
+    let results = join_all(handles).await;
+    let wins = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(
+        wins, 1,
+        "exactly one of eight concurrent refreshes with one token succeeds"
+    );
 }
 
 #[tokio::test]
@@ -418,6 +426,42 @@ async fn a09_the_form_answers_303_cannot_be_framed_and_needs_its_csrf_token() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.headers().get("location").is_none());
+    // Nor with a cookie that differs from the form's token.
+    let r = p
+        .client
+        .post(format!("{}/authorize", p.base))
+        .header("cookie", "portcullis_idp_csrf=one-value")
+        .form(&[
+            ("client_id", "app"),
+            ("redirect_uri", REDIRECT),
+            ("response_type", "code"),
+            ("scope", "openid"),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("csrf", "another-value"),
+            ("username", "alice"),
+            ("password", "alice"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Carried parameters survive the form unchanged, markup included (no XSS).
+    let evil_state = "\"><script>alert(1)</script>\t";
+    let form = p
+        .client
+        .get(p.authorize_url("app", Some(&challenge), &[]).replace(
+            "state=st-1",
+            &format!(
+                "state={}",
+                url::form_urlencoded::byte_serialize(evil_state.as_bytes()).collect::<String>()
+            ),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let html = form.text().await.unwrap();
+    assert!(!html.contains("<script>"), "{html}");
 }
 
 #[tokio::test]
@@ -646,4 +690,196 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
     )
     .unwrap();
     assert_ne!(new_header["kid"], old_kid["kid"]);
+}
+
+/// Polls futures concurrently (no extra dependency).
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[tokio::test]
+async fn logout_tokens_carry_what_back_channel_logout_requires() {
+    let p = start().await;
+    let (verifier, challenge) = pkce();
+    let (code, login) = p.code("app", &challenge).await;
+    let (_, t) = p.redeem(&code, &verifier).await;
+    let r = p
+        .client
+        .get(end_session_url(
+            &p.base,
+            &[("id_token_hint", t["id_token"].as_str().unwrap())],
+        ))
+        .header("cookie", &login.cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = p.backchannel_tokens.lock().unwrap()[0].clone();
+    let jwks: Value = p
+        .client
+        .get(format!("{}/jwks", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == header.kid.clone().unwrap())
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_audience(&["app"]);
+    v.set_issuer(&[&p.base]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
+    assert_eq!(claims["sub"], "alice");
+    assert!(claims["sid"].is_string() && claims["jti"].is_string() && claims["iat"].is_number());
+    assert!(claims["events"]["http://schemas.openid.net/event/backchannel-logout"].is_object());
+    assert!(claims.get("nonce").is_none());
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["alg"] == "ES256"),
+        "an ES256 key is published"
+    );
+}
+
+#[tokio::test]
+async fn a_hint_for_another_session_does_not_sign_this_browser_out() {
+    let p = start().await;
+    // The attacker's own session and ID token.
+    let (verifier, challenge) = pkce();
+    let (code, _) = p.code("app", &challenge).await;
+    let (_, attacker) = p.redeem(&code, &verifier).await;
+    // The victim's browser session.
+    let (verifier, challenge) = pkce();
+    let (code, victim) = p.code("app", &challenge).await;
+    let (_, victim_tokens) = p.redeem(&code, &verifier).await;
+    let r = p
+        .client
+        .get(end_session_url(
+            &p.base,
+            &[("id_token_hint", attacker["id_token"].as_str().unwrap())],
+        ))
+        .header("cookie", &victim.cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        p.refresh(victim_tokens["refresh_token"].as_str().unwrap())
+            .await
+            .0,
+        200,
+        "the victim is still signed in"
+    );
+    // Without a hint, the user must confirm with the form.
+    let confirm = p
+        .client
+        .get(format!("{}/end_session", p.base))
+        .header("cookie", &victim.cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 200);
+    assert!(confirm.text().await.unwrap().contains("Sign out?"));
+}
+
+#[tokio::test]
+async fn a_narrowed_refresh_narrows_userinfo_too() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", t["refresh_token"].as_str().unwrap()),
+                ("scope", "openid"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let info: Value = p
+        .client
+        .get(format!("{}/userinfo", p.base))
+        .bearer_auth(v["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["sub"], "alice");
+    assert!(
+        info.get("email").is_none() && info.get("name").is_none(),
+        "{info}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_refresh_does_not_spend_the_token() {
+    let p = start().await;
+    let t = p.tokens().await;
+    let rt = t["refresh_token"].as_str().unwrap();
+    let (s, _) = p
+        .token(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt),
+                ("scope", "openid offline_access"),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = p
+        .token(
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            Some(("conf", "conf-secret")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        p.refresh(rt).await.0,
+        200,
+        "the real client's refresh still works"
+    );
 }

@@ -11,7 +11,8 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#x27;"),
-            c if c.is_control() && c != '\n' => {}
+            // Encoded, not dropped, so that a value round-trips through a hidden field.
+            c if c.is_control() => out.push_str(&format!("&#x{:x};", c as u32)),
             c => out.push(c),
         }
     }
