@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 use portcullis::config::LogFormat;
 use portcullis::{Config, Gateway};
@@ -26,6 +28,16 @@ enum Command {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
         #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Run the gateway, the dev provider and a sample app together: sign in as
+    /// alice/alice or bob/bob with no account anywhere.
+    Demo {
+        /// Base port: gateway on N, provider on N+1, sample app on N+2.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Keep the demo's data in this folder (default: a temporary folder).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
     },
     /// Run the development OpenID provider (users and clients from a TOML file).
     Idp {
@@ -52,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,
             allow_remote,
@@ -120,6 +133,33 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             }
             eprintln!("{} problem(s) found", e.0.len());
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_demo(port: u16, data: Option<PathBuf>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo::run(port, data, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -197,3 +197,132 @@ fn idp_refuses_remote_listening_and_bad_configs() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("--allow-remote"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[path = "../../portcullis/tests/support/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+
+/// A base port whose next two are free as well.
+fn free_port_triple() -> u16 {
+    for _ in 0..200 {
+        let base = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if base > 65_000 {
+            continue;
+        }
+        let all_free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+/// The README's first command, as written (`portcullis demo`), on a free port: alice
+/// signs in through the real form, sees herself, calls the API, signs out.
+#[tokio::test]
+async fn the_demo_signs_alice_in_through_the_real_form() {
+    use tokio::io::AsyncBufReadExt;
+    let port = free_port_triple();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the demo did not start");
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(printed.contains(&format!("{base}/")), "{printed}");
+    assert!(printed.contains("alice / alice") && printed.contains("bob / bob"));
+
+    let b = browser::Browser::new();
+    let mut url = url::Url::parse(&format!("{base}/")).unwrap();
+    let mut resp = b.navigate(url.as_str()).await;
+    let mut saw_form = false;
+    for _ in 0..10 {
+        match resp.status {
+            302 | 303 => {
+                url = url.join(&resp.location().unwrap()).unwrap();
+                resp = b.navigate(url.as_str()).await;
+            }
+            200 if resp.body.contains("name=\"password\"") => {
+                saw_form = true;
+                url = url.join("/authorize").unwrap();
+                let body = browser::login_form_body(&resp.body, "alice", "alice");
+                resp = b
+                    .request(
+                        reqwest::Method::POST,
+                        url.as_str(),
+                        &[("accept", "text/html")],
+                        Some((body, "application/x-www-form-urlencoded")),
+                    )
+                    .await;
+            }
+            _ => break,
+        }
+    }
+    assert!(saw_form, "the provider's sign-in form was shown");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(url.as_str(), format!("{base}/"));
+    assert!(
+        resp.body
+            .contains("Hello, <span id=\"name\">Alice Example</span>"),
+        "{}",
+        resp.body
+    );
+    assert!(resp.body.contains("x-user-email: alice@example.com"));
+
+    let api = b
+        .request(
+            reqwest::Method::POST,
+            &format!("{base}/api/hello"),
+            &[("x-csrf", "1"), ("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(api.status, 200);
+    assert!(
+        api.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("Alice Example")
+    );
+    let out = b
+        .request(
+            reqwest::Method::POST,
+            &format!("{base}/auth/logout"),
+            &[("x-csrf", "1"), ("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(out.status, 200);
+    let after = b
+        .get(
+            &format!("{base}/api/hello"),
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(after.status, 401);
+    unsafe_free_sigterm(child.id().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

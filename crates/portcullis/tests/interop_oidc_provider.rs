@@ -292,7 +292,7 @@ async fn interop_real_provider_refuses_a_code_without_its_verifier_l04(op: Op) {
                     .unwrap()
                     .to_owned();
                 url = url.join(&action).unwrap();
-                let body = support::gateway::login_form_body(&resp.body, "bob", "bob");
+                let body = support::browser::login_form_body(&resp.body, "bob", "bob");
                 resp = attacker
                     .request(
                         reqwest::Method::POST,

@@ -248,7 +248,7 @@ impl TestGateway {
                         .unwrap()
                         .replace("&amp;", "&");
                     url = url.join(&action).unwrap();
-                    let body = login_form_body(&resp.body, username, password);
+                    let body = super::browser::login_form_body(&resp.body, username, password);
                     resp = browser
                         .request(
                             reqwest::Method::POST,
@@ -263,33 +263,6 @@ impl TestGateway {
         }
         panic!("too many redirects");
     }
-}
-
-/// The body of a sign-in form post: its hidden fields (CSRF tokens, carried
-/// parameters) plus the credentials.
-pub fn login_form_body(html: &str, username: &str, password: &str) -> String {
-    let mut s = url::form_urlencoded::Serializer::new(String::new());
-    for input in html.split("<input type=\"hidden\" ").skip(1) {
-        let attr = |name: &str| {
-            input
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|v| v.split('"').next())
-                .map(|v| {
-                    v.replace("&quot;", "\"")
-                        .replace("&#x27;", "'")
-                        .replace("&lt;", "<")
-                        .replace("&gt;", ">")
-                        .replace("&amp;", "&")
-                })
-        };
-        if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
-            s.append_pair(&n, &v);
-        }
-    }
-    s.append_pair("username", username)
-        .append_pair("password", password);
-    s.finish()
 }
 
 /// `code=…&state=…&iss=…`, encoded.
