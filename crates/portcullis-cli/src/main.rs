@@ -79,24 +79,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(serve(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("portcullis: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async("portcullis", async {
+                serve(config).await.inspect_err(|e| tracing::error!("{e}"))
+            })
         }
     }
 }
@@ -138,27 +123,40 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
 }
 
 fn run_demo(port: u16, data: Option<PathBuf>) -> ExitCode {
+    init_plain_logging("warn");
+    run_async("portcullis demo", demo::run(port, data, shutdown_signal()))
+}
+
+/// Logs to stderr, filtered by `PORTCULLIS_LOG` (else `default`).
+fn init_plain_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Runs `work` on a multi-threaded runtime; failures are one line on stderr.
+fn run_async<E: std::fmt::Display>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("portcullis demo: cannot start the async runtime: {e}");
+            eprintln!("{what}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(demo::run(port, data, shutdown_signal())) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portcullis demo: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -172,24 +170,8 @@ fn run_idp(file: &std::path::Path, allow_remote: bool, rotate_keys: bool) -> Exi
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis idp: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    init_plain_logging("info");
+    run_async("portcullis idp", async {
         if rotate_keys {
             portcullis_idp::rotate_keys(config).await?;
             println!("signing keys rotated");
@@ -197,14 +179,7 @@ fn run_idp(file: &std::path::Path, allow_remote: bool, rotate_keys: bool) -> Exi
         } else {
             portcullis_idp::run(config, allow_remote, shutdown_signal()).await
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("portcullis idp: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn init_logging(config: &Config) {
