@@ -226,7 +226,7 @@ async fn a05_refresh_rotation_and_reuse_revokes_the_family() {
     for a in attempts {
         handles.push(a);
     }
-    let results = join_all(handles).await;
+    let results = portcullis::store::conformance::join_all(handles).await;
     let wins = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
     assert_eq!(
         wins, 1,
@@ -690,30 +690,6 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
     )
     .unwrap();
     assert_ne!(new_header["kid"], old_kid["kid"]);
-}
-
-/// Polls futures concurrently (no extra dependency).
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 #[tokio::test]

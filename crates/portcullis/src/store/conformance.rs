@@ -421,8 +421,11 @@ async fn concurrent_takes_succeed_once(store: &dyn Store) {
     assert_eq!(won, 1, "a transaction is single use even under concurrency");
 }
 
-/// Polls all futures concurrently (a tiny `join_all`, to avoid a dependency).
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+/// Polls all futures concurrently (a tiny `join_all`, to avoid a dependency); also
+/// used by other crates' tests.
+pub async fn join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
