@@ -179,6 +179,8 @@ pub struct Config {
     pub access: AccessSettings,
     pub provider: ProviderSettings,
     pub trusted_proxies: Vec<String>,
+    /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
+    pub token_relay: Vec<String>,
     pub csrf_header: String,
     pub spa: SpaSettings,
 }
@@ -314,6 +316,7 @@ struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawProxy {
     trusted_proxies: Option<Vec<String>>,
+    token_relay: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,6 +370,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "extra_authorize_params", Kind::Map),
     ("provider", "allowed_algorithms", Kind::List),
     ("proxy", "trusted_proxies", Kind::List),
+    ("proxy", "token_relay", Kind::List),
     ("csrf", "header", Kind::Text),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
@@ -757,6 +761,15 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         }
     }
 
+    let token_relay = raw.proxy.token_relay.unwrap_or_default();
+    for p in &token_relay {
+        if crate::http::path::PathPattern::parse(p).is_none() {
+            errors.push(format!(
+                "`proxy.token_relay`: `{p}` must be a normalised path (`/api`) or a prefix ending in `/*` (`/api/*`)"
+            ));
+        }
+    }
+
     let csrf_header = raw.csrf.header.unwrap_or_else(|| "X-CSRF".into());
     if csrf_header.is_empty()
         || !csrf_header
@@ -807,6 +820,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
             allowed_algorithms,
         },
         trusted_proxies,
+        token_relay,
         csrf_header,
         spa,
     })

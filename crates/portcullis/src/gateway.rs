@@ -34,6 +34,28 @@ pub struct Gateway {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: KeyRing,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
+    pub(crate) refreshes: crate::session::refresh::Refreshes,
+    pub(crate) events: SecurityEvents,
+}
+
+/// Security events: logged at `warn` with a stable `event` name, and counted.
+#[derive(Debug, Default)]
+pub struct SecurityEvents {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl SecurityEvents {
+    /// Counts one `event`. The caller logs it with its context.
+    pub(crate) fn count(&self, event: &'static str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(event).or_default() += 1;
+    }
+
+    /// How often each event happened since start.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Gateway {
@@ -86,7 +108,14 @@ impl Gateway {
             store,
             keys,
             clock,
+            refreshes: Default::default(),
+            events: SecurityEvents::default(),
         }
+    }
+
+    /// Security events counted since start (see `docs/sessions.md`).
+    pub fn security_events(&self) -> &SecurityEvents {
+        &self.events
     }
 
     pub fn config(&self) -> &Config {

@@ -92,9 +92,11 @@ async fn generated_key_ring_is_private_and_survives_restarts() {
 
     // A second instance on the same file reuses the key ring: the session and its
     // sealed tokens are still usable.
-    let second = Gateway::start(Config::load_from(None, env).unwrap())
-        .await
-        .unwrap();
+    let second = std::sync::Arc::new(
+        Gateway::start(Config::load_from(None, env).unwrap())
+            .await
+            .unwrap(),
+    );
     assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
     let active = second
         .authenticate(&cookie)

@@ -22,6 +22,8 @@ pub struct HttpError {
     pub page: bool,
     /// Where a "try again" link points, for pages.
     pub retry_url: Option<String>,
+    /// `Retry-After` seconds of a 503 (5 when unset).
+    pub retry_after: Option<u64>,
 }
 
 impl HttpError {
@@ -33,6 +35,7 @@ impl HttpError {
             detail: None,
             page: false,
             retry_url: None,
+            retry_after: None,
         }
     }
 
@@ -85,10 +88,14 @@ impl IntoResponse for HttpError {
             (self.status, axum::Json(body)).into_response()
         };
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after.unwrap_or(5)),
+            );
         }
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
 }
@@ -187,6 +194,15 @@ impl From<SessionError> for HttpError {
                     }
                     None => error,
                 });
+                e
+            }
+            SessionError::RefreshUnavailable { retry_after } => {
+                let mut e = HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "Your session is fine, but the identity provider is not answering right now. Please try again in a moment.",
+                );
+                e.retry_after = Some(retry_after);
                 e
             }
             SessionError::Unsealable => {

@@ -43,9 +43,10 @@ use uuid::Uuid;
 use super::cookies::{CookieJar, CookieKind};
 use super::error::HttpError;
 use super::headers;
-use super::path::{PathPattern, normalize_path};
+use super::path::{NormalizedPath, PathPattern, normalize_path};
 use super::request::{is_navigation, is_same_origin_write};
 use crate::gateway::Gateway;
+use crate::session::ActiveSession;
 
 /// The signed-in user, put into request extensions by the guard; also an axum
 /// extractor (401 when absent).
@@ -136,6 +137,7 @@ pub struct Guard {
     gateway: Arc<Gateway>,
     cookies: CookieJar,
     public_paths: Vec<PathPattern>,
+    token_relay: Vec<PathPattern>,
     trusted_proxies: Vec<Cidr>,
     csrf_header: HeaderName,
     public_origin: String,
@@ -152,6 +154,11 @@ impl Guard {
             cookies: CookieJar::new(config.is_https()),
             public_paths: config
                 .public_paths
+                .iter()
+                .filter_map(|p| PathPattern::parse(p))
+                .collect(),
+            token_relay: config
+                .token_relay
                 .iter()
                 .filter_map(|p| PathPattern::parse(p))
                 .collect(),
@@ -310,7 +317,36 @@ impl Guard {
             Ok(None) => return self.not_signed_in(req.method(), req.headers(), &path_and_query),
             Err(e) => return HttpError::from(e).page(page).into_response(),
         };
+        // A rotated id: every answer to this request carries the new cookie, refusals
+        // included. Never cached by a shared cache with someone's cookie in it.
+        let new_cookie = active
+            .new_cookie
+            .as_ref()
+            .map(|id| self.cookies.set(CookieKind::Session, id.expose(), active.max_age));
+        let mut response = self
+            .pass(req, inner, active, page, &path, &path_and_query)
+            .await;
+        if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            let h = response.headers_mut();
+            h.append(header::SET_COOKIE, cookie);
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        response
+    }
 
+    /// The signed-in part: the CSRF rule, token relay, identity headers, the call.
+    async fn pass<S>(
+        &self,
+        mut req: Request<Body>,
+        mut inner: S,
+        active: ActiveSession,
+        page: bool,
+        path: &NormalizedPath,
+        path_and_query: &str,
+    ) -> Response
+    where
+        S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
         let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if unsafe_method
             && !is_same_origin_write(
@@ -327,6 +363,24 @@ impl Guard {
             )
             .page(page)
             .into_response();
+        }
+
+        if self.token_relay.iter().any(|p| p.matches(path)) {
+            // Token relay: the upstream gets our access token, never the client's header.
+            req.headers_mut().remove(header::AUTHORIZATION);
+            let bearer = self
+                .gateway
+                .relay_token(&active.record)
+                .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.as_str())).ok());
+            let Some(mut bearer) = bearer else {
+                tracing::info!(
+                    session = active.record.id_hash.short(),
+                    "no valid access token to relay; treated as signed out"
+                );
+                return self.not_signed_in(req.method(), req.headers(), path_and_query);
+            };
+            bearer.set_sensitive(true);
+            req.headers_mut().insert(header::AUTHORIZATION, bearer);
         }
 
         let user = CurrentUser {

@@ -214,7 +214,17 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
                 },
                 "expires_at": active.expires_at,
             });
-            no_store(axum::Json(body).into_response())
+            let mut response = no_store(axum::Json(body).into_response());
+            // A rotated id: this answer carries the new cookie.
+            if let Some(cookie) = active
+                .new_cookie
+                .as_ref()
+                .map(|id| routes.cookies.set(CookieKind::Session, id.expose(), active.max_age))
+                .and_then(|c| HeaderValue::from_str(&c).ok())
+            {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            response
         }
         Ok(None) => signed_out(),
         Err(e) => no_store(HttpError::from(e).into_response()),

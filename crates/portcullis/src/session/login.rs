@@ -18,7 +18,7 @@ use crate::store::{LoginTransaction, NewSession, TokenSet, TransactionLimits, Us
 pub const LOGIN_TTL_SECONDS: i64 = 600;
 
 /// Token lifetimes the provider announces are believed up to this (one year).
-const MAX_PROVIDER_LIFETIME: i64 = 365 * 86_400;
+pub(crate) const MAX_PROVIDER_LIFETIME: i64 = 365 * 86_400;
 
 /// The query of a callback, already split by the HTTP layer. `Debug` hides the code
 /// and state.
@@ -198,27 +198,11 @@ impl Gateway {
             .userinfo(&tokens.access_token, &verified.subject)
             .await?
         {
-            for (k, v) in info {
-                if !matches!(
-                    k.as_str(),
-                    "iss" | "aud" | "sub" | "exp" | "iat" | "nonce" | "azp"
-                ) {
-                    claims.insert(k, v);
-                }
-            }
+            merge_userinfo(&mut claims, info);
         }
         check_access(&self.config.access, &claims)?;
 
-        let profile = UserProfile {
-            email: claims
-                .get("email")
-                .and_then(Value::as_str)
-                .map(|s| clip(s, 320)),
-            name: claims
-                .get("name")
-                .and_then(Value::as_str)
-                .map(|s| clip(s, 256)),
-        };
+        let profile = profile_from_claims(&claims);
         let user = self
             .store
             .upsert_user(self.provider.issuer(), &verified.subject, &profile, now)
@@ -252,6 +236,7 @@ impl Gateway {
                     .expires_in
                     .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
                 refresh_expires_at,
+                access_issued_at: Some(now),
             },
             user_agent: user_agent.map(|ua| clip(ua, 256)),
         };
@@ -267,6 +252,32 @@ impl Gateway {
             max_age: (ends - now).max(0),
             return_to,
         })
+    }
+}
+
+/// Adds UserInfo claims to the ID token's, never overriding what identifies the token.
+pub(crate) fn merge_userinfo(claims: &mut Map<String, Value>, info: Map<String, Value>) {
+    for (k, v) in info {
+        if !matches!(
+            k.as_str(),
+            "iss" | "aud" | "sub" | "exp" | "iat" | "nonce" | "azp"
+        ) {
+            claims.insert(k, v);
+        }
+    }
+}
+
+/// The profile kept for a user: email and name, clipped.
+pub(crate) fn profile_from_claims(claims: &Map<String, Value>) -> UserProfile {
+    UserProfile {
+        email: claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(|s| clip(s, 320)),
+        name: claims
+            .get("name")
+            .and_then(Value::as_str)
+            .map(|s| clip(s, 256)),
     }
 }
 

@@ -5,6 +5,7 @@
 use super::SessionError;
 use super::id::SessionId;
 use crate::gateway::Gateway;
+use crate::store::SessionRecord;
 
 /// What signing out did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,22 +28,33 @@ impl Gateway {
             return Ok(SignOut::NoSession);
         };
         // Opened before the delete; a session whose tokens no longer open is still ended.
-        let refresh_token = self
-            .session_tokens(&record)
-            .ok()
-            .and_then(|t| t.refresh_token);
-        self.store.delete_session(record.family_id).await?;
+        let tokens = self.session_tokens(&record).ok();
+        let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+        let revoked = self
+            .end_session_and_revoke(&record, refresh.map(|s| s.as_str()))
+            .await?;
         tracing::info!(session = record.id_hash.short(), user = %record.user.id, "signed out");
-        let revoked = match refresh_token {
-            Some(token) => match self.provider.revoke_refresh_token(&token).await {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::warn!(error = %e, code = e.code(), "refresh token revocation failed; the local session is ended anyway");
-                    false
-                }
-            },
-            None => false,
-        };
         Ok(SignOut::Ended { revoked })
+    }
+
+    /// Deletes a session, then revokes `refresh_token` at the provider when it offers
+    /// RFC 7009. Returns whether the provider confirmed the revocation; its failure is
+    /// logged and never keeps the session alive.
+    pub(crate) async fn end_session_and_revoke(
+        &self,
+        record: &SessionRecord,
+        refresh_token: Option<&str>,
+    ) -> Result<bool, SessionError> {
+        self.store.delete_session(record.family_id).await?;
+        let Some(token) = refresh_token else {
+            return Ok(false);
+        };
+        match self.provider.revoke_refresh_token(token).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                tracing::warn!(error = %e, code = e.code(), "refresh token revocation failed; the local session is ended anyway");
+                Ok(false)
+            }
+        }
     }
 }

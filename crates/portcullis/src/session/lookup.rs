@@ -1,11 +1,16 @@
-//! Finding the session behind a cookie and enforcing its lifetimes: the idle timeout
-//! (sliding, touched coarsely so that not every request writes) and the absolute
-//! lifetime (SECURITY-CASES S07).
+//! Finding the session behind a cookie: the rotated-away id and its grace window, the
+//! theft rule (SECURITY-CASES F06), refresh when due (`refresh`), and the lifetimes:
+//! the idle timeout (sliding, touched coarsely so that not every request writes) and
+//! the absolute lifetime (S07).
+
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::SessionError;
+use super::handover;
 use super::id::SessionId;
+use super::refresh::Fresh;
 use crate::clock::UnixTime;
 use crate::gateway::Gateway;
 use crate::store::{IdMatch, SessionRecord, User};
@@ -17,25 +22,28 @@ pub struct ActiveSession {
     pub user: User,
     pub expires_at: UnixTime,
     pub record: SessionRecord,
+    /// The id the browser must hold from now on, when it is not the one it presented
+    /// (it presented a rotated-away id, or this request rotated it). Every response to
+    /// this request carries it as the session cookie.
+    pub new_cookie: Option<SessionId>,
+    /// The cookie's `Max-Age`: the time left until the session ends at the latest.
+    pub max_age: i64,
 }
 
 impl Gateway {
-    /// The live session for a cookie value, or `None`. Ended sessions are deleted.
+    /// The live session for a cookie value, refreshed if its access token is due, or
+    /// `None`. Ended sessions are deleted.
     pub async fn authenticate(
-        &self,
+        self: &Arc<Self>,
         cookie_value: &str,
     ) -> Result<Option<ActiveSession>, SessionError> {
         // R06: anything not shaped like our ids never reaches the store.
-        let Some(id) = SessionId::parse(cookie_value) else {
+        let Some(presented) = SessionId::parse(cookie_value) else {
             return Ok(None);
         };
-        let Some(record) = self.store.get_session(&id.hash()).await? else {
+        let Some(record) = self.store.get_session(&presented.hash()).await? else {
             return Ok(None);
         };
-        // A rotated-away id: rotation (and its grace window) arrives with refresh.
-        if record.matched == IdMatch::Previous {
-            return Ok(None);
-        }
         let now = self.now();
         if now >= record.expires_at() {
             self.store.delete_session(record.family_id).await?;
@@ -45,26 +53,117 @@ impl Gateway {
             );
             return Ok(None);
         }
+        let presented_current = record.matched == IdMatch::Current;
+        let fresh = if presented_current {
+            Fresh {
+                record,
+                current: presented,
+                rotated: false,
+            }
+        } else {
+            match self.rotated_away(record, &presented, now).await? {
+                Some(fresh) => fresh,
+                None => return Ok(None),
+            }
+        };
+        let Some(Fresh {
+            record,
+            current,
+            rotated,
+        }) = self.refresh_if_due(fresh).await?
+        else {
+            return Ok(None);
+        };
+
+        // The current id counts as seen only when this request presented it and it is
+        // still current (the theft rule depends on it).
+        let seen = (presented_current && !rotated).then(|| current.hash());
         let idle = self.config.session.idle_timeout.as_secs() as i64;
         // Touch at most every min(60 s, idle/10): the idle deadline is then exact to
         // that granularity without a write per request.
         let granularity = (idle / 10).clamp(1, 60);
-        if now - record.last_seen_at >= granularity || !record.current_seen {
+        if now - record.last_seen_at >= granularity || (seen.is_some() && !record.current_seen) {
             self.store
-                .touch_session(record.family_id, now, now + idle)
+                .touch_session(record.family_id, now, now + idle, seen.as_ref())
                 .await?;
         }
+        let expires_at = record
+            .tokens
+            .refresh_expires_at
+            .map_or(record.absolute_expires_at, |r| {
+                r.min(record.absolute_expires_at)
+            });
         Ok(Some(ActiveSession {
             family_id: record.family_id,
             user: record.user.clone(),
-            expires_at: record
-                .tokens
-                .refresh_expires_at
-                .map_or(record.absolute_expires_at, |r| {
-                    r.min(record.absolute_expires_at)
-                }),
+            expires_at,
+            max_age: (expires_at - now).max(0),
+            new_cookie: rotated.then_some(current),
             record,
         }))
+    }
+
+    /// A rotated-away id was presented. Inside the grace window, or while the new id
+    /// has never been seen (its `Set-Cookie` was lost), the browser is given the new
+    /// id. After the window, once the new id is in use, someone holds a stale copy of
+    /// the cookie: the whole session family is revoked (F06).
+    async fn rotated_away(
+        &self,
+        record: SessionRecord,
+        presented: &SessionId,
+        now: UnixTime,
+    ) -> Result<Option<Fresh>, SessionError> {
+        let Some(current) = record
+            .previous_handover
+            .as_deref()
+            .and_then(|h| handover::open(presented, h))
+        else {
+            tracing::warn!(
+                session = record.id_hash.short(),
+                "a rotated-away session id has no handover this id opens"
+            );
+            return Ok(None);
+        };
+        let in_grace = record.previous_valid_until.is_some_and(|until| now < until);
+        if in_grace || !record.current_seen {
+            return Ok(Some(Fresh {
+                record,
+                current,
+                rotated: true,
+            }));
+        }
+        self.security_event(
+            "session_id_reuse",
+            &record,
+            "a rotated-away session id came back after its grace window while the new one is in use; the session is revoked",
+        );
+        let tokens = self.session_tokens(&record).ok();
+        let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+        self.end_session_and_revoke(&record, refresh.map(|s| s.as_str()))
+            .await?;
+        Ok(None)
+    }
+
+    /// The access token to relay to the upstream: only while it is valid (a session
+    /// without a refresh token keeps living after it expires, but relays nothing).
+    pub fn relay_token(&self, record: &SessionRecord) -> Option<zeroize::Zeroizing<String>> {
+        let now = self.now();
+        if record.tokens.access_expires_at.is_some_and(|e| now >= e) {
+            return None;
+        }
+        self.session_tokens(record).ok()?.access_token
+    }
+
+    /// Logs and counts a security event about a session (stable `event` names are
+    /// listed in `docs/sessions.md`).
+    pub(crate) fn security_event(&self, event: &'static str, record: &SessionRecord, what: &str) {
+        self.events.count(event);
+        tracing::warn!(
+            event,
+            session = record.id_hash.short(),
+            user = %record.user.id,
+            "security event: {what}"
+        );
     }
 
     /// Ends the session behind a cookie value, if any. Failures are logged, not raised:

@@ -2,10 +2,12 @@
 //! creates one. Sits between `http` (above) and `store` / `provider` (below).
 
 pub mod access;
+pub mod handover;
 pub mod id;
 pub mod login;
 pub mod logout;
 pub mod lookup;
+pub mod refresh;
 pub mod return_to;
 pub mod seal;
 
@@ -58,6 +60,8 @@ pub enum SessionError {
     Store(#[from] StoreError),
     #[error("a sealed value could not be opened")]
     Unsealable,
+    #[error("the session's tokens cannot be refreshed right now; retry in {retry_after} s")]
+    RefreshUnavailable { retry_after: u64 },
 }
 
 impl SessionError {
@@ -75,6 +79,7 @@ impl SessionError {
             Self::Provider(p) => p.code(),
             Self::Store(s) => s.code(),
             Self::Unsealable => "unsealable",
+            Self::RefreshUnavailable { .. } => "refresh_unavailable",
         }
     }
 }

@@ -64,6 +64,7 @@ fn new_session_record(user: &User, id: &SessionId) -> NewSession {
             id_token: sealed("i1"),
             access_expires_at: Some(NOW + 300),
             refresh_expires_at: None,
+            access_issued_at: Some(NOW),
         },
         user_agent: Some("conformance".into()),
     }
@@ -140,7 +141,7 @@ async fn sessions_round_trip(store: &dyn Store) {
     );
 
     store
-        .touch_session(s.family_id, NOW + 60, NOW + 3660)
+        .touch_session(s.family_id, NOW + 60, NOW + 3660, Some(&id.hash()))
         .await
         .unwrap();
     let touched = store.get_session(&id.hash()).await.unwrap().unwrap();
@@ -148,7 +149,7 @@ async fn sessions_round_trip(store: &dyn Store) {
     assert_eq!(touched.idle_expires_at, NOW + 3660);
     // An older touch never moves the deadline back.
     store
-        .touch_session(s.family_id, NOW + 10, NOW + 3610)
+        .touch_session(s.family_id, NOW + 10, NOW + 3610, Some(&id.hash()))
         .await
         .unwrap();
     let still = store.get_session(&id.hash()).await.unwrap().unwrap();
@@ -175,6 +176,7 @@ async fn token_updates_compare_and_swap(store: &dyn Store) {
         id_token: None,
         access_expires_at: Some(NOW + 600),
         refresh_expires_at: Some(NOW + 7200),
+        access_issued_at: Some(NOW + 300),
     };
     assert!(store.update_tokens(s.family_id, 0, &next).await.unwrap());
     assert!(
@@ -197,7 +199,7 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     };
     assert!(
         store
-            .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, &tokens)
+            .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, "handover-1", &tokens)
             .await
             .unwrap()
     );
@@ -208,6 +210,7 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
                 0,
                 &SessionId::generate().hash(),
                 NOW + 30,
+                "handover-2",
                 &tokens
             )
             .await
@@ -221,8 +224,29 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     assert_eq!(by_old.matched, IdMatch::Previous);
     assert_eq!(by_old.family_id, s.family_id);
     assert_eq!(by_old.previous_valid_until, Some(NOW + 30));
+    assert_eq!(by_old.previous_handover.as_deref(), Some("handover-1"));
+    // Activity through the old id is not the new id being seen (the theft rule).
+    for seen in [None, Some(old.hash())] {
+        store
+            .touch_session(s.family_id, NOW + 1, NOW + 3601, seen.as_ref())
+            .await
+            .unwrap();
+    }
+    assert!(
+        !store
+            .get_session(&new.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .current_seen
+    );
+    // The old id is still found after its grace window: the caller applies the rule.
+    assert_eq!(
+        store.get_session(&old.hash()).await.unwrap().unwrap().matched,
+        IdMatch::Previous
+    );
     store
-        .touch_session(s.family_id, NOW + 1, NOW + 3601)
+        .touch_session(s.family_id, NOW + 1, NOW + 3601, Some(&new.hash()))
         .await
         .unwrap();
     assert!(

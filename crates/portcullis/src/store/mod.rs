@@ -86,6 +86,8 @@ pub struct TokenSet {
     pub id_token: Option<Sealed>,
     pub access_expires_at: Option<UnixTime>,
     pub refresh_expires_at: Option<UnixTime>,
+    /// When the access token was issued: with `access_expires_at`, its lifetime.
+    pub access_issued_at: Option<UnixTime>,
 }
 
 /// A session to create.
@@ -119,6 +121,9 @@ pub struct SessionRecord {
     pub id_hash: IdHash,
     pub previous_id_hash: Option<IdHash>,
     pub previous_valid_until: Option<UnixTime>,
+    /// The current id, sealed under a key derived from the previous id
+    /// (`session::id::open_handover`): how a holder of the old id gets the new cookie.
+    pub previous_handover: Option<String>,
     /// Whether the current id has been presented since the last rotation.
     pub current_seen: bool,
     pub matched: IdMatch,
@@ -208,13 +213,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
     /// Finds a session by its current or its previous (rotated-away) id hash.
     async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>>;
-    /// Records activity: last seen, the new idle deadline, and that the current id
-    /// has been presented.
+    /// Records activity: last seen and the new idle deadline (never moved backwards),
+    /// and, when `seen` is the session's current id hash, that the current id has
+    /// been presented (a hash that is no longer current marks nothing).
     async fn touch_session(
         &self,
         family_id: Uuid,
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
+        seen: Option<&IdHash>,
     ) -> StoreResult<()>;
     /// Replaces the tokens if the version is still `expected_version`; returns whether
     /// it did. The version is incremented.
@@ -226,13 +233,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<bool>;
     /// Gives the session a new id (and resealed tokens) if the version is still
     /// `expected_version`. The current id becomes the previous one, valid until
-    /// `previous_valid_until`; the new id is marked unseen.
+    /// `previous_valid_until`, with `handover` (the new id sealed for holders of the
+    /// old one); the new id is marked unseen.
+    #[allow(clippy::too_many_arguments)]
     async fn rotate_session_id(
         &self,
         family_id: Uuid,
         expected_version: i64,
         new_id_hash: &IdHash,
         previous_valid_until: UnixTime,
+        handover: &str,
         tokens: &TokenSet,
     ) -> StoreResult<bool>;
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool>;

@@ -19,7 +19,10 @@ use crate::session::id::IdHash;
 use crate::session::seal::Sealed;
 
 /// Schema migrations, applied in order once each; embedded in the binary.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_rotation.sql")),
+];
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     apply_migrations(pool, MIGRATIONS).await
@@ -146,7 +149,7 @@ fn user_from_row(row: &SqliteRow, prefix: &str) -> StoreResult<User> {
 const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
-    s.refresh_expires_at, s.token_version, s.user_agent, \
+    s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
     u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
@@ -161,6 +164,7 @@ fn session_from_row(row: &SqliteRow, looked_up: Option<&IdHash>) -> StoreResult<
         id_hash,
         previous_id_hash: col::<Option<String>>(row, "previous_id_hash")?.map(IdHash::from_stored),
         previous_valid_until: col(row, "previous_valid_until")?,
+        previous_handover: col(row, "previous_handover")?,
         current_seen: col::<i64>(row, "current_seen")? != 0,
         matched,
         user: user_from_row(row, "u_")?,
@@ -175,6 +179,7 @@ fn session_from_row(row: &SqliteRow, looked_up: Option<&IdHash>) -> StoreResult<
             id_token: sealed_col(row, "id_token")?,
             access_expires_at: col(row, "access_expires_at")?,
             refresh_expires_at: col(row, "refresh_expires_at")?,
+            access_issued_at: col(row, "access_issued_at")?,
         },
         token_version: col(row, "token_version")?,
         user_agent: col(row, "user_agent")?,
@@ -247,8 +252,9 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
-                 access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent) \
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13)",
+                 access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent, \
+                 access_issued_at) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)",
             )
             .bind(s.family_id.to_string())
             .bind(s.id_hash.as_str())
@@ -263,6 +269,7 @@ impl Store for SqliteStore {
             .bind(s.tokens.access_expires_at)
             .bind(s.tokens.refresh_expires_at)
             .bind(&s.user_agent)
+            .bind(s.tokens.access_issued_at)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -292,15 +299,19 @@ impl Store for SqliteStore {
         family_id: Uuid,
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
+        seen: Option<&IdHash>,
     ) -> StoreResult<()> {
         timed(async {
             sqlx::query(
                 "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), \
-                 idle_expires_at = max(idle_expires_at, ?3), current_seen = 1 WHERE family_id = ?1",
+                 idle_expires_at = max(idle_expires_at, ?3), \
+                 current_seen = CASE WHEN id_hash = ?4 THEN 1 ELSE current_seen END \
+                 WHERE family_id = ?1",
             )
             .bind(family_id.to_string())
             .bind(last_seen_at)
             .bind(idle_expires_at)
+            .bind(seen.map(IdHash::as_str))
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -318,7 +329,8 @@ impl Store for SqliteStore {
         timed(async {
             let done = sqlx::query(
                 "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
-                 access_expires_at = ?6, refresh_expires_at = ?7, token_version = token_version + 1 \
+                 access_expires_at = ?6, refresh_expires_at = ?7, access_issued_at = ?8, \
+                 token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2",
             )
             .bind(family_id.to_string())
@@ -328,6 +340,7 @@ impl Store for SqliteStore {
             .bind(opt_str(&t.id_token))
             .bind(t.access_expires_at)
             .bind(t.refresh_expires_at)
+            .bind(t.access_issued_at)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -342,6 +355,7 @@ impl Store for SqliteStore {
         expected_version: i64,
         new_id_hash: &IdHash,
         previous_valid_until: UnixTime,
+        handover: &str,
         t: &TokenSet,
     ) -> StoreResult<bool> {
         timed(async {
@@ -349,7 +363,7 @@ impl Store for SqliteStore {
                 "UPDATE sessions SET previous_id_hash = id_hash, previous_valid_until = ?4, \
                  id_hash = ?3, current_seen = 0, refresh_token = ?5, access_token = ?6, \
                  id_token = ?7, access_expires_at = ?8, refresh_expires_at = ?9, \
-                 token_version = token_version + 1 \
+                 access_issued_at = ?10, previous_handover = ?11, token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2",
             )
             .bind(family_id.to_string())
@@ -361,6 +375,8 @@ impl Store for SqliteStore {
             .bind(opt_str(&t.id_token))
             .bind(t.access_expires_at)
             .bind(t.refresh_expires_at)
+            .bind(t.access_issued_at)
+            .bind(handover)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;

@@ -1,0 +1,590 @@
+//! Refreshing a session's tokens (PRODUCT.md "Sessions: the rules"; SECURITY-CASES
+//! F01–F05).
+//!
+//! - **When**: the access token is within `min(refresh_before, lifetime / 2)` of expiry.
+//! - **Single flight**: requests of one session queue on an in-process lock (bounded
+//!   in count and time), then the winner takes the store's lease so that instances
+//!   sharing a store refresh once too. Whoever waited re-reads the session and finds
+//!   the result; the commit is a compare-and-swap on the token version.
+//! - **Cancellation**: the refresh runs in its own task. A browser that disconnects
+//!   cannot abandon a refresh token the provider has already rotated.
+//! - **Failures**: `invalid_grant` ends the session. Anything else keeps it: the request
+//!   is served while the access token is valid, else answered 503 with `Retry-After`. A
+//!   breaker spaces attempts after a failure (1 s, 2 s, … 30 s) and lets one probe
+//!   through at a time, so an outage is not met with a storm of refreshes.
+//! - **Identity**: a refreshed ID token must name the same `sub` and `iss` for the same
+//!   `aud` (else the session ends), and the access rules are applied again.
+//! - **Rotation**: every refresh gives the session a new id (see `lookup` for the grace
+//!   window and the theft rule).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::access::check_access;
+use super::id::SessionId;
+use super::login::{MAX_PROVIDER_LIFETIME, token_context};
+use super::lookup::OpenTokens;
+use super::{SessionError, handover};
+use crate::clock::UnixTime;
+use crate::gateway::Gateway;
+use crate::provider::{IdTokenError, ProviderError, TokenResponse};
+use crate::random::random_token;
+use crate::store::{IdMatch, SessionRecord, TokenSet, UserProfile};
+
+/// Requests of one session that may wait for its refresh; more get the stale answer.
+pub const MAX_WAITERS: usize = 256;
+
+/// How long a request waits for another's refresh of its session.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// How long the store lease of one refresh lasts; longer than any provider call.
+const LEASE_SECONDS: i64 = 30;
+
+/// How often an instance waiting for another instance's refresh looks at the store.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The longest pause between refresh attempts while the provider fails.
+const BREAKER_MAX_SECONDS: i64 = 30;
+
+/// A session as one request sees it: the record, the id that is current, and whether
+/// the browser must be given that id (it presented an older one, or a refresh rotated it).
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub record: SessionRecord,
+    pub current: SessionId,
+    pub rotated: bool,
+}
+
+/// Refreshes in flight in this process, and the breaker.
+#[derive(Debug, Default)]
+pub struct Refreshes {
+    flights: Mutex<HashMap<Uuid, Flight>>,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Debug)]
+struct Flight {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    tickets: usize,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Failed attempts in a row.
+    failures: u32,
+    /// No attempt before this.
+    open_until: UnixTime,
+    /// An attempt after failures is under way; the others wait for its outcome.
+    probing: bool,
+}
+
+enum Admission {
+    Go { probe: bool },
+    Wait(u64),
+}
+
+/// A place in a session's refresh queue; leaving it (drop) frees the entry.
+struct Ticket {
+    gateway: Arc<Gateway>,
+    family: Uuid,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.gateway.refreshes.flights);
+        if let Some(f) = flights.get_mut(&self.family) {
+            f.tickets -= 1;
+            if f.tickets == 0 {
+                flights.remove(&self.family);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Refreshes {
+    fn join(gateway: &Arc<Gateway>, family: Uuid) -> Option<Ticket> {
+        let mut flights = lock(&gateway.refreshes.flights);
+        let flight = flights.entry(family).or_insert_with(|| Flight {
+            lock: Arc::default(),
+            tickets: 0,
+        });
+        if flight.tickets >= MAX_WAITERS {
+            return None;
+        }
+        flight.tickets += 1;
+        Some(Ticket {
+            gateway: gateway.clone(),
+            family,
+            lock: flight.lock.clone(),
+        })
+    }
+
+    fn admit(&self, now: UnixTime) -> Admission {
+        let mut b = lock(&self.breaker);
+        if b.failures == 0 {
+            return Admission::Go { probe: false };
+        }
+        if now < b.open_until {
+            return Admission::Wait((b.open_until - now) as u64);
+        }
+        if b.probing {
+            return Admission::Wait(1);
+        }
+        b.probing = true;
+        Admission::Go { probe: true }
+    }
+
+    /// Records how an admitted attempt went: `failed` for an outage-like failure.
+    fn settle(&self, now: UnixTime, probe: bool, failed: bool) {
+        let mut b = lock(&self.breaker);
+        if probe {
+            b.probing = false;
+        }
+        if failed {
+            b.failures = b.failures.saturating_add(1);
+            let pause = 1i64 << b.failures.min(6).saturating_sub(1);
+            b.open_until = now + pause.min(BREAKER_MAX_SECONDS);
+        } else {
+            b.failures = 0;
+        }
+    }
+
+    /// Seconds until the breaker lets an attempt through (at least 1).
+    fn retry_after(&self, now: UnixTime) -> u64 {
+        let b = lock(&self.breaker);
+        (b.open_until - now).max(1) as u64
+    }
+}
+
+/// Why a refreshed ID token was not accepted.
+enum Refused {
+    /// It names another user or client, or fails validation: the session ends.
+    Identity(&'static str),
+    /// It could not be checked right now (keys unreachable or unknown): keep the
+    /// previous ID token and do not trust the new one.
+    Unverifiable(ProviderError),
+}
+
+fn audiences(claims: &Map<String, Value>) -> Vec<String> {
+    let mut aud: Vec<String> = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    aud.sort();
+    aud.dedup();
+    aud
+}
+
+impl Gateway {
+    /// Whether the access token is close enough to expiry to refresh now.
+    pub(crate) fn refresh_due(&self, tokens: &TokenSet, now: UnixTime) -> bool {
+        let (Some(_), Some(expires)) = (&tokens.refresh_token, tokens.access_expires_at) else {
+            return false;
+        };
+        let before = self.config.session.refresh_before.as_secs() as i64;
+        let window = match tokens.access_issued_at {
+            Some(issued) => before.min((expires - issued).max(0) / 2),
+            None => before,
+        };
+        now >= expires - window
+    }
+
+    /// Refreshes the session if its access token is due; `Ok(None)` when the session
+    /// ended on the way.
+    pub(crate) async fn refresh_if_due(
+        self: &Arc<Self>,
+        fresh: Fresh,
+    ) -> Result<Option<Fresh>, SessionError> {
+        if !self.refresh_due(&fresh.record.tokens, self.now()) {
+            return Ok(Some(fresh));
+        }
+        let Some(ticket) = Refreshes::join(self, fresh.record.family_id) else {
+            tracing::warn!(
+                session = fresh.record.id_hash.short(),
+                "too many requests are waiting for this session's refresh"
+            );
+            return self.serve_stale(fresh, 1);
+        };
+        let gateway = self.clone();
+        match tokio::spawn(async move { gateway.refresh_in_flight(fresh, ticket).await }).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "a refresh task failed");
+                Err(SessionError::RefreshUnavailable { retry_after: 1 })
+            }
+        }
+    }
+
+    /// The answer when no refresh happens now: serve while the access token is valid,
+    /// else ask the client to come back.
+    fn serve_stale(&self, fresh: Fresh, retry_after: u64) -> Result<Option<Fresh>, SessionError> {
+        let valid = fresh
+            .record
+            .tokens
+            .access_expires_at
+            .is_some_and(|e| self.now() < e);
+        if valid {
+            Ok(Some(fresh))
+        } else {
+            Err(SessionError::RefreshUnavailable {
+                retry_after: retry_after.max(1),
+            })
+        }
+    }
+
+    /// Reads the session again by the id that was current; follows a rotation made
+    /// meanwhile.
+    async fn reload(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
+        let Some(record) = self.store.get_session(&fresh.current.hash()).await? else {
+            return Ok(None);
+        };
+        if record.matched == IdMatch::Current {
+            return Ok(Some(Fresh { record, ..fresh }));
+        }
+        let next = record
+            .previous_handover
+            .as_deref()
+            .and_then(|h| handover::open(&fresh.current, h));
+        Ok(next.map(|current| Fresh {
+            record,
+            current,
+            rotated: true,
+        }))
+    }
+
+    async fn refresh_in_flight(
+        self: Arc<Self>,
+        fresh: Fresh,
+        ticket: Ticket,
+    ) -> Result<Option<Fresh>, SessionError> {
+        let Ok(_turn) = tokio::time::timeout(WAIT, ticket.lock.clone().lock_owned()).await else {
+            return self.serve_stale(fresh, 1);
+        };
+        // Another request may have refreshed while this one waited.
+        let Some(fresh) = self.reload(fresh).await? else {
+            return Ok(None);
+        };
+        if !self.refresh_due(&fresh.record.tokens, self.now()) {
+            return Ok(Some(fresh));
+        }
+        let result = self.refresh_under_lease(fresh).await;
+        drop(ticket);
+        result
+    }
+
+    /// Takes the store lease (another instance may hold it: then waits for its result).
+    async fn refresh_under_lease(&self, mut fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
+        let key = format!("refresh:{}", fresh.record.family_id);
+        let holder = random_token();
+        let version = fresh.record.token_version;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = self.now();
+            if self
+                .store
+                .acquire_lease(&key, &holder, now, now + LEASE_SECONDS)
+                .await?
+            {
+                let result = self.refresh_now(fresh).await;
+                if let Err(e) = self.store.release_lease(&key, &holder).await {
+                    tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
+                }
+                return result;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.serve_stale(fresh, 1);
+            }
+            tokio::time::sleep(POLL).await;
+            let Some(next) = self.reload(fresh).await? else {
+                return Ok(None);
+            };
+            fresh = next;
+            if fresh.record.token_version != version
+                || !self.refresh_due(&fresh.record.tokens, self.now())
+            {
+                return Ok(Some(fresh));
+            }
+        }
+    }
+
+    /// Calls the provider, holding the lease.
+    async fn refresh_now(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
+        let now = self.now();
+        let probe = match self.refreshes.admit(now) {
+            Admission::Go { probe } => probe,
+            Admission::Wait(seconds) => return self.serve_stale(fresh, seconds),
+        };
+        let Ok(tokens) = self.session_tokens(&fresh.record) else {
+            self.refreshes.settle(now, probe, false);
+            tracing::warn!(
+                session = fresh.record.id_hash.short(),
+                "a session's tokens no longer open (key ring changed?); the session ends"
+            );
+            self.store.delete_session(fresh.record.family_id).await?;
+            return Ok(None);
+        };
+        let Some(refresh_token) = tokens.refresh_token.as_deref() else {
+            self.refreshes.settle(now, probe, false);
+            return Ok(Some(fresh));
+        };
+        match self.provider.refresh(refresh_token).await {
+            Ok(answer) => {
+                self.refreshes.settle(now, probe, false);
+                self.commit_refresh(fresh, &tokens, answer).await
+            }
+            Err(e) if e.is_invalid_grant() => {
+                // F02: the grant is gone at the provider; so is the session. No retry.
+                self.refreshes.settle(now, probe, false);
+                self.store.delete_session(fresh.record.family_id).await?;
+                tracing::info!(
+                    session = fresh.record.id_hash.short(),
+                    user = %fresh.record.user.id,
+                    "the provider refused the refresh token (invalid_grant); the session ended"
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                // F05: an outage or a fault of the provider keeps the session.
+                self.refreshes.settle(now, probe, true);
+                tracing::warn!(
+                    session = fresh.record.id_hash.short(),
+                    error = %e,
+                    code = e.code(),
+                    "refresh failed; the session is kept"
+                );
+                let retry = self.refreshes.retry_after(self.now());
+                self.serve_stale(fresh, retry)
+            }
+        }
+    }
+
+    /// Checks a refreshed ID token against the session's user and client (F04).
+    async fn check_refreshed_id_token(
+        &self,
+        token: &str,
+        record: &SessionRecord,
+        previous: Option<&str>,
+        now: UnixTime,
+    ) -> Result<Map<String, Value>, Refused> {
+        let verified = match self.provider.validate_id_token(token, None, now).await {
+            Ok(v) => v,
+            Err(ProviderError::IdToken(IdTokenError::UnknownKey)) => {
+                return Err(Refused::Unverifiable(IdTokenError::UnknownKey.into()));
+            }
+            Err(ProviderError::IdToken(_)) => return Err(Refused::Identity("invalid")),
+            Err(e) => return Err(Refused::Unverifiable(e)),
+        };
+        if verified.subject != record.user.subject {
+            return Err(Refused::Identity("sub"));
+        }
+        if record.user.issuer != self.provider.issuer() {
+            return Err(Refused::Identity("iss"));
+        }
+        if let Some(before) = previous.and_then(|t| self.provider.stored_id_token_claims(t))
+            && audiences(&before) != audiences(&verified.claims)
+        {
+            return Err(Refused::Identity("aud"));
+        }
+        Ok(verified.claims)
+    }
+
+    /// Stores what the provider answered under a new session id, then applies the
+    /// access rules to the user as the provider now describes them.
+    async fn commit_refresh(
+        &self,
+        fresh: Fresh,
+        old: &OpenTokens,
+        answer: TokenResponse,
+    ) -> Result<Option<Fresh>, SessionError> {
+        let now = self.now();
+        let record = &fresh.record;
+        let new_claims = match answer.id_token.as_deref() {
+            None => None,
+            Some(token) => match self
+                .check_refreshed_id_token(token, record, old.id_token.as_deref().map(|s| s.as_str()), now)
+                .await
+            {
+                Ok(claims) => Some(claims),
+                Err(Refused::Identity(what)) => {
+                    self.security_event(
+                        "refresh_identity_changed",
+                        record,
+                        match what {
+                            "sub" => "the refreshed ID token names another subject",
+                            "iss" => "the refreshed ID token comes from another issuer",
+                            "aud" => "the refreshed ID token is for another audience",
+                            _ => "the refreshed ID token is not valid",
+                        },
+                    );
+                    let refresh = answer.refresh_token.as_deref().map(|s| s.as_str());
+                    self.end_session_and_revoke(record, refresh).await?;
+                    return Ok(None);
+                }
+                Err(Refused::Unverifiable(e)) => {
+                    tracing::warn!(error = %e, code = e.code(), "a refreshed ID token could not be checked now; the previous one is kept");
+                    None
+                }
+            },
+        };
+
+        // F01: a rotated refresh token replaces the old one; none keeps the old one.
+        let new_id = SessionId::generate();
+        let hash = new_id.hash();
+        let seal = |field: &str, value: &str| Some(self.keys.seal_str(value, &token_context(&hash, field)));
+        let refresh_token = answer
+            .refresh_token
+            .as_deref()
+            .or(old.refresh_token.as_deref())
+            .and_then(|t| seal("refresh", t));
+        let id_token = match (&new_claims, answer.id_token.as_deref()) {
+            (Some(_), Some(t)) => seal("id", t),
+            _ => old.id_token.as_deref().and_then(|t| seal("id", t)),
+        };
+        let refresh_expires_at = match (answer.refresh_expires_in, &answer.refresh_token) {
+            (Some(s), _) => Some(now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
+            (None, Some(_)) => None,
+            (None, None) => record.tokens.refresh_expires_at,
+        };
+        let tokens = TokenSet {
+            refresh_token,
+            access_token: seal("access", &answer.access_token),
+            id_token,
+            access_expires_at: answer
+                .expires_in
+                .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
+            refresh_expires_at,
+            access_issued_at: Some(now),
+        };
+        let grace = now.saturating_add(self.config.session.rotation_grace.as_secs() as i64);
+        let swapped = self
+            .store
+            .rotate_session_id(
+                record.family_id,
+                record.token_version,
+                &hash,
+                grace,
+                &handover::seal(&fresh.current, &new_id),
+                &tokens,
+            )
+            .await;
+        match swapped {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    session = record.id_hash.short(),
+                    "another refresh of this session was committed first; this one's tokens are dropped"
+                );
+                return self.reload(fresh).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    session = record.id_hash.short(),
+                    error = %e,
+                    "refreshed tokens could not be stored; the session will need a new sign-in"
+                );
+                return Err(e.into());
+            }
+        }
+        tracing::info!(
+            session = record.id_hash.short(),
+            new_session = hash.short(),
+            user = %record.user.id,
+            "tokens refreshed; session id rotated"
+        );
+        let Some(committed) = self.store.get_session(&hash).await? else {
+            return Ok(None);
+        };
+        let fresh = Fresh {
+            record: committed,
+            current: new_id,
+            rotated: true,
+        };
+        self.recheck_access(fresh, new_claims, &answer).await
+    }
+
+    /// Access rules at refresh, on the ID token's claims and UserInfo as at sign-in.
+    /// Refused: the session ends and the caller answers 403.
+    async fn recheck_access(
+        &self,
+        mut fresh: Fresh,
+        new_claims: Option<Map<String, Value>>,
+        answer: &TokenResponse,
+    ) -> Result<Option<Fresh>, SessionError> {
+        let record = &fresh.record;
+        let mut claims = new_claims
+            .or_else(|| {
+                self.session_tokens(record)
+                    .ok()
+                    .and_then(|t| t.id_token)
+                    .and_then(|t| self.provider.stored_id_token_claims(&t))
+            })
+            .unwrap_or_default();
+        match self
+            .provider
+            .userinfo(&answer.access_token, &record.user.subject)
+            .await
+        {
+            Ok(Some(info)) => super::login::merge_userinfo(&mut claims, info),
+            Ok(None) => {}
+            Err(ProviderError::UserinfoSubjectMismatch) => {
+                self.security_event(
+                    "refresh_identity_changed",
+                    record,
+                    "UserInfo answered for another subject after a refresh",
+                );
+                let refresh = answer.refresh_token.as_deref().map(|s| s.as_str());
+                self.end_session_and_revoke(record, refresh).await?;
+                return Ok(None);
+            }
+            Err(e) => {
+                // The rules are applied again at the next refresh.
+                tracing::warn!(error = %e, code = e.code(), "UserInfo failed after a refresh; the access rules were not re-checked this time");
+                return Ok(Some(fresh));
+            }
+        }
+        if let Err(denied) = check_access(&self.config.access, &claims) {
+            tracing::info!(
+                session = record.id_hash.short(),
+                user = %record.user.id,
+                reason = denied.code(),
+                "the access rules refuse this user now; the session ended"
+            );
+            let tokens = self.session_tokens(record).ok();
+            let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+            self.end_session_and_revoke(record, refresh.map(|s| s.as_str()))
+                .await?;
+            return Err(denied.into());
+        }
+        // The profile follows the provider; a claim it no longer sends keeps its value.
+        let told = super::login::profile_from_claims(&claims);
+        let profile = UserProfile {
+            email: told.email.or_else(|| record.user.email.clone()),
+            name: told.name.or_else(|| record.user.name.clone()),
+        };
+        if profile.email != record.user.email || profile.name != record.user.name {
+            fresh.record.user = self
+                .store
+                .upsert_user(
+                    &record.user.issuer,
+                    &record.user.subject,
+                    &profile,
+                    self.now(),
+                )
+                .await?;
+        }
+        Ok(Some(fresh))
+    }
+}
