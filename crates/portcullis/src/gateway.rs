@@ -54,7 +54,10 @@ impl SecurityEvents {
 
     /// How often each event happened since start.
     pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

@@ -319,10 +319,10 @@ impl Guard {
         };
         // A rotated id: every answer to this request carries the new cookie, refusals
         // included. Never cached by a shared cache with someone's cookie in it.
-        let new_cookie = active
-            .new_cookie
-            .as_ref()
-            .map(|id| self.cookies.set(CookieKind::Session, id.expose(), active.max_age));
+        let new_cookie = active.new_cookie.as_ref().map(|id| {
+            self.cookies
+                .set(CookieKind::Session, id.expose(), active.max_age)
+        });
         let mut response = self
             .pass(req, inner, active, page, &path, &path_and_query)
             .await;

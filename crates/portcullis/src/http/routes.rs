@@ -219,7 +219,11 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
             if let Some(cookie) = active
                 .new_cookie
                 .as_ref()
-                .map(|id| routes.cookies.set(CookieKind::Session, id.expose(), active.max_age))
+                .map(|id| {
+                    routes
+                        .cookies
+                        .set(CookieKind::Session, id.expose(), active.max_age)
+                })
                 .and_then(|c| HeaderValue::from_str(&c).ok())
             {
                 response.headers_mut().append(header::SET_COOKIE, cookie);

@@ -414,7 +414,12 @@ impl Gateway {
         let new_claims = match answer.id_token.as_deref() {
             None => None,
             Some(token) => match self
-                .check_refreshed_id_token(token, record, old.id_token.as_deref().map(|s| s.as_str()), now)
+                .check_refreshed_id_token(
+                    token,
+                    record,
+                    old.id_token.as_deref().map(|s| s.as_str()),
+                    now,
+                )
                 .await
             {
                 Ok(claims) => Some(claims),
@@ -443,7 +448,9 @@ impl Gateway {
         // F01: a rotated refresh token replaces the old one; none keeps the old one.
         let new_id = SessionId::generate();
         let hash = new_id.hash();
-        let seal = |field: &str, value: &str| Some(self.keys.seal_str(value, &token_context(&hash, field)));
+        let seal = |field: &str, value: &str| {
+            Some(self.keys.seal_str(value, &token_context(&hash, field)))
+        };
         let refresh_token = answer
             .refresh_token
             .as_deref()

@@ -242,7 +242,12 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     );
     // The old id is still found after its grace window: the caller applies the rule.
     assert_eq!(
-        store.get_session(&old.hash()).await.unwrap().unwrap().matched,
+        store
+            .get_session(&old.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .matched,
         IdMatch::Previous
     );
     store

@@ -21,6 +21,10 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Keep the store in a file (returned in `db_path`) instead of memory.
     pub file_store: bool,
+    /// Open this SQLite file (another gateway's `db_path`): two instances, one store.
+    pub db_path: Option<std::path::PathBuf>,
+    /// The key ring's one key (another gateway's `secret`); random when unset.
+    pub secret: Option<[u8; 32]>,
     pub provider_total_timeout: Duration,
     pub jwks_min_refetch: Duration,
     /// A listener bound beforehand (when the provider must know our port first).
@@ -34,6 +38,8 @@ impl Default for Options {
         Self {
             env: Vec::new(),
             file_store: false,
+            db_path: None,
+            secret: None,
             provider_total_timeout: Duration::from_secs(5),
             jwks_min_refetch: Duration::from_secs(30),
             listener: None,
@@ -56,6 +62,7 @@ pub struct TestGateway {
     pub gateway: Arc<Gateway>,
     pub clock: ManualClock,
     pub db_path: Option<std::path::PathBuf>,
+    pub secret: [u8; 32],
 }
 
 /// The parameters of the authorization request the gateway sent the browser to.
@@ -99,7 +106,12 @@ impl TestGateway {
         ];
         env.extend(options.env);
         let config = Config::load_from(None, env).unwrap();
-        let (store, db_path): (Arc<dyn Store>, _) = if options.file_store {
+        let (store, db_path): (Arc<dyn Store>, _) = if let Some(path) = options.db_path {
+            (
+                Arc::new(SqliteStore::open(&path).await.unwrap()),
+                Some(path),
+            )
+        } else if options.file_store {
             let dir = std::env::temp_dir().join(format!(
                 "portcullis-test-{}",
                 portcullis::random::random_token()
@@ -113,10 +125,10 @@ impl TestGateway {
         } else {
             (Arc::new(SqliteStore::in_memory().await.unwrap()), None)
         };
-        let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(
-            portcullis::random::random_bytes::<32>(),
-        )]))
-        .unwrap();
+        let secret = options
+            .secret
+            .unwrap_or_else(portcullis::random::random_bytes::<32>);
+        let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(secret)])).unwrap();
         let mut settings = portcullis::gateway::provider_settings(&config);
         settings.jwks_min_refetch = options.jwks_min_refetch;
         let http =
@@ -154,6 +166,7 @@ impl TestGateway {
             gateway,
             clock,
             db_path,
+            secret,
         }
     }
 

@@ -39,6 +39,46 @@ pub struct Script {
     pub revoked: Vec<String>,
     /// The revocation endpoint answers this status instead of 200.
     pub revoke_status: Option<u16>,
+    /// Answers to `grant_type=refresh_token`, in order; when none is left, a fresh
+    /// access and refresh token (no ID token), valid 300 s.
+    pub refresh_answers: std::collections::VecDeque<RefreshAnswer>,
+    /// Refresh tokens presented to the token endpoint, in order.
+    pub refresh_tokens_used: Vec<String>,
+}
+
+/// One scripted answer to a refresh request.
+#[derive(Clone, Debug)]
+pub enum RefreshAnswer {
+    Json(u16, Value),
+    /// Headers are sent, then the connection breaks mid-body.
+    Reset,
+    /// No answer for this long.
+    Stall(Duration),
+}
+
+/// A body that fails at once: hyper aborts the connection after the headers.
+struct Broken;
+
+impl http_body::Body for Broken {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::other("connection reset"))))
+    }
+}
+
+/// A token answer to a refresh: new access and refresh tokens, valid 300 s.
+pub fn refreshed_tokens() -> Value {
+    json!({
+        "access_token": format!("at-{}", portcullis::random::random_token()),
+        "refresh_token": format!("rt-{}", portcullis::random::random_token()),
+        "token_type": "Bearer",
+        "expires_in": 300,
+    })
 }
 
 #[derive(Default)]
@@ -48,6 +88,7 @@ pub struct Counters {
     pub userinfo_calls: AtomicUsize,
     pub evil_fetches: AtomicUsize,
     pub revocations: AtomicUsize,
+    pub refresh_calls: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -183,6 +224,23 @@ impl HostileProvider {
         self.sign_in_with(gw, browser, |_| {}).await
     }
 
+    pub fn refresh_calls(&self) -> usize {
+        self.counters.refresh_calls.load(Ordering::SeqCst)
+    }
+
+    /// Queues answers to the next refresh requests.
+    pub fn answer_refreshes(&self, answers: impl IntoIterator<Item = RefreshAnswer>) {
+        self.script.lock().unwrap().refresh_answers.extend(answers);
+    }
+
+    /// An ID token for a refresh: standard claims without a nonce, patched.
+    pub fn refreshed_id_token(&self, patch: impl FnOnce(&mut Value)) -> String {
+        let mut claims = self.claims("");
+        claims.as_object_mut().unwrap().remove("nonce");
+        patch(&mut claims);
+        self.keys.sign_rs256(&self.keys.rs256_header(), &claims)
+    }
+
     pub fn token_calls(&self) -> usize {
         self.counters.token_calls.load(Ordering::SeqCst)
     }
@@ -241,6 +299,31 @@ async fn token(
         )
             .into_response()
     };
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        p.counters.refresh_calls.fetch_add(1, Ordering::SeqCst);
+        let answer = {
+            let mut s = p.script.lock().unwrap();
+            s.refresh_tokens_used
+                .push(form.get("refresh_token").cloned().unwrap_or_default());
+            s.refresh_answers.pop_front()
+        };
+        return match answer {
+            None => Json(refreshed_tokens()).into_response(),
+            Some(RefreshAnswer::Json(status, body)) => {
+                (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+            }
+            Some(RefreshAnswer::Reset) => Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("content-length", "100")
+                .body(axum::body::Body::new(Broken))
+                .unwrap(),
+            Some(RefreshAnswer::Stall(d)) => {
+                tokio::time::sleep(d).await;
+                Json(refreshed_tokens()).into_response()
+            }
+        };
+    }
     let Some(code) = form.get("code") else {
         return invalid_grant();
     };

@@ -1,0 +1,740 @@
+//! Sessions over time (issue 6): refresh with rotation, single flight, failure
+//! semantics, session-id rotation and the theft rule, lifetimes, token relay.
+//!
+//! Against npm `oidc-provider` (it rotates refresh tokens and revokes the grant when a
+//! rotated one is reused: exactly what a double refresh would trigger) where a real
+//! peer can show it; against the scriptable hostile provider for faults (503, reset,
+//! stall, a refreshed ID token for someone else). The gateway's clock is injected:
+//! tests advance it instead of sleeping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use portcullis::session::SessionId;
+use portcullis::store::SessionRecord;
+use portcullis::store::conformance::join_all;
+use serde_json::{Value, json};
+use support::browser::Resp;
+use support::gateway::{Options, callback_query};
+use support::hostile::{RefreshAnswer, refreshed_tokens};
+use support::oidc_provider::RealProvider;
+use support::upstream::echoed;
+use support::{Browser, HostileProvider, TestGateway, TestUpstream};
+
+const JSON: &[(&str, &str)] = &[("accept", "application/json")];
+
+/// The session record behind the browser's cookie.
+async fn record(gw: &TestGateway, browser: &Browser) -> Option<SessionRecord> {
+    let id = SessionId::parse(&browser.cookie("portcullis")?)?;
+    gw.gateway.store().get_session(&id.hash()).await.unwrap()
+}
+
+/// The refresh token the store holds for the browser's session, opened.
+async fn stored_refresh_token(gw: &TestGateway, browser: &Browser) -> Option<String> {
+    let r = record(gw, browser).await?;
+    let tokens = gw.gateway.session_tokens(&r).unwrap();
+    tokens.refresh_token.map(|t| t.to_string())
+}
+
+async fn api(gw: &TestGateway, browser: &Browser, path: &str) -> Resp {
+    browser.get(&gw.at(path), JSON).await
+}
+
+fn new_session_cookie(resp: &Resp) -> Option<String> {
+    let c = resp.set_cookie_named("portcullis")?;
+    let value = c.split(';').next()?.split_once('=')?.1.to_owned();
+    (!value.is_empty()).then_some(value)
+}
+
+// ---------------------------------------------------------------------------------
+// The hostile provider: faults a real provider does not produce on demand.
+
+struct Hostile {
+    p: HostileProvider,
+    gw: TestGateway,
+    up: TestUpstream,
+}
+
+async fn hostile(options: Options) -> Hostile {
+    let p = HostileProvider::start().await;
+    let up = TestUpstream::start().await;
+    let options = Options {
+        provider_total_timeout: std::time::Duration::from_secs(1),
+        ..options
+    }
+    .env("PORTCULLIS_UPSTREAM", &up.url);
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    Hostile { p, gw, up }
+}
+
+impl Hostile {
+    /// Signs in with the standard claims and this token response (patched).
+    async fn sign_in(&self, browser: &Browser, patch: impl FnOnce(&mut Value)) -> Value {
+        let auth = self.gw.start_login(browser, None).await;
+        let token = self
+            .p
+            .keys
+            .sign_rs256(&self.p.keys.rs256_header(), &self.p.claims(&auth.nonce));
+        let mut response = HostileProvider::token_response(&token);
+        patch(&mut response);
+        let code = self.p.issue_code(&auth.challenge, response.clone());
+        let resp = self
+            .gw
+            .callback(
+                browser,
+                &callback_query(&code, &auth.state, Some(&self.p.issuer)),
+            )
+            .await;
+        assert_eq!(resp.status, 303, "sign-in failed: {}", resp.body);
+        response
+    }
+}
+
+#[tokio::test]
+async fn f01_an_answer_without_a_refresh_token_keeps_the_old_one() {
+    let h = hostile(Options::default()).await;
+    let browser = Browser::new();
+    let issued = h.sign_in(&browser, |_| {}).await;
+    let first = issued["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        stored_refresh_token(&h.gw, &browser).await.as_deref(),
+        Some(first.as_str())
+    );
+
+    let mut no_refresh = refreshed_tokens();
+    no_refresh.as_object_mut().unwrap().remove("refresh_token");
+    h.p.answer_refreshes([RefreshAnswer::Json(200, no_refresh)]);
+    h.gw.clock.advance(250);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(h.p.refresh_calls(), 1);
+    assert_eq!(
+        stored_refresh_token(&h.gw, &browser).await.as_deref(),
+        Some(first.as_str()),
+        "an answer without a refresh token keeps the old one"
+    );
+
+    // A rotated one replaces it, and the next refresh presents the newest.
+    let rotated = refreshed_tokens();
+    let newest = rotated["refresh_token"].as_str().unwrap().to_owned();
+    h.p.answer_refreshes([RefreshAnswer::Json(200, rotated)]);
+    h.gw.clock.advance(250);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(
+        stored_refresh_token(&h.gw, &browser).await.as_deref(),
+        Some(newest.as_str())
+    );
+    h.gw.clock.advance(250);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    let used = h.p.script.lock().unwrap().refresh_tokens_used.clone();
+    assert_eq!(used, vec![first.clone(), first, newest]);
+}
+
+#[tokio::test]
+async fn f02_invalid_grant_ends_the_session_without_retrying() {
+    let h = hostile(Options::default()).await;
+    let api_client = Browser::new();
+    h.sign_in(&api_client, |_| {}).await;
+    let page_client = Browser::new();
+    h.sign_in(&page_client, |_| {}).await;
+    let dead = || RefreshAnswer::Json(400, json!({"error": "invalid_grant"}));
+    h.p.answer_refreshes([dead(), dead()]);
+    h.gw.clock.advance(250); // due, though the access token is still valid
+
+    let resp = api(&h.gw, &api_client, "/x").await;
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert_eq!(resp.json()["error"], "not_signed_in");
+    let resp = page_client.navigate(&h.gw.at("/page")).await;
+    assert_eq!(resp.status, 302);
+    assert!(resp.location().unwrap().starts_with("/auth/login"));
+    assert_eq!(h.gw.session_count().await, 0);
+    assert_eq!(h.up.calls(), 0, "nothing reached the upstream");
+
+    // No retry loop: the session is gone, so the provider is not asked again.
+    for _ in 0..3 {
+        assert_eq!(api(&h.gw, &api_client, "/x").await.status, 401);
+    }
+    assert_eq!(h.p.refresh_calls(), 2);
+}
+
+#[tokio::test]
+async fn f04_a_refreshed_id_token_for_another_user_or_client_ends_the_session() {
+    let h = hostile(Options::default()).await;
+    let issuer = h.p.issuer.clone();
+    type Patch = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Patch)> = vec![
+        ("sub", Box::new(|c| c["sub"] = json!("mallory"))),
+        (
+            "iss",
+            Box::new(move |c| c["iss"] = json!(format!("{issuer}/other"))),
+        ),
+        (
+            "aud",
+            Box::new(|c| {
+                c["aud"] = json!(["app", "another-client"]);
+                c["azp"] = json!("app");
+            }),
+        ),
+    ];
+    for (n, (what, patch)) in cases.into_iter().enumerate() {
+        // The provider signs with real time; the gateway's clock starts there again.
+        h.gw.clock.set(support::now());
+        let browser = Browser::new();
+        h.sign_in(&browser, |_| {}).await;
+        let mut answer = refreshed_tokens();
+        answer["id_token"] = json!(h.p.refreshed_id_token(patch));
+        h.p.answer_refreshes([RefreshAnswer::Json(200, answer)]);
+        h.gw.clock.advance(250);
+        let resp = api(&h.gw, &browser, "/x").await;
+        assert_eq!(resp.status, 401, "{what}: {}", resp.body);
+        assert!(record(&h.gw, &browser).await.is_none(), "{what}");
+        assert_eq!(
+            h.gw.gateway.security_events().snapshot()["refresh_identity_changed"],
+            n as u64 + 1,
+            "{what}"
+        );
+    }
+    assert_eq!(h.up.calls(), 0);
+
+    // The same user, same client: accepted, and the profile follows the provider.
+    h.gw.clock.set(support::now());
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    let mut answer = refreshed_tokens();
+    answer["id_token"] = json!(h.p.refreshed_id_token(|c| c["name"] = json!("Alice Renamed")));
+    h.p.set_userinfo(Some(json!({"sub": "alice", "email": "alice@example.com", "email_verified": true, "name": "Alice Renamed"})));
+    h.p.answer_refreshes([RefreshAnswer::Json(200, answer)]);
+    h.gw.clock.advance(250);
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(echoed(&resp.json(), "x-user-name"), vec!["Alice Renamed"]);
+}
+
+#[tokio::test]
+async fn f05_provider_faults_keep_the_session_and_answer_503_with_retry_after() {
+    let h = hostile(Options::default()).await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    let before = browser.cookie("portcullis").unwrap();
+
+    // Due but still valid: a failing refresh does not get in the way.
+    h.p.answer_refreshes([RefreshAnswer::Json(
+        503,
+        json!({"error": "temporarily_unavailable"}),
+    )]);
+    h.gw.clock.advance(250);
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(h.p.refresh_calls(), 1);
+    assert_eq!(h.up.calls(), 1);
+
+    // Expired, and the provider keeps failing: 503 + Retry-After, never the upstream.
+    h.gw.clock.advance(60);
+    let faults = [
+        RefreshAnswer::Json(503, json!({})),
+        RefreshAnswer::Json(500, json!({"error": "server_error"})),
+        RefreshAnswer::Reset,
+        RefreshAnswer::Stall(std::time::Duration::from_secs(3)),
+    ];
+    for (n, fault) in faults.into_iter().enumerate() {
+        h.p.answer_refreshes([fault.clone()]);
+        let resp = api(&h.gw, &browser, "/x").await;
+        assert_eq!(resp.status, 503, "{fault:?}: {}", resp.body);
+        assert_eq!(resp.json()["error"], "refresh_unavailable");
+        let retry: u64 = resp.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=30).contains(&retry), "{fault:?}: Retry-After {retry}");
+        assert_eq!(h.p.refresh_calls(), n + 2, "{fault:?}");
+        // No storm: until the pause is over, nobody calls the provider again.
+        for _ in 0..5 {
+            assert_eq!(api(&h.gw, &browser, "/x").await.status, 503);
+        }
+        let page = browser.navigate(&h.gw.at("/page")).await;
+        assert_eq!(page.status, 503, "a page gets the 503 too, not a sign-in");
+        assert!(page.headers.contains_key("retry-after"));
+        assert_eq!(h.p.refresh_calls(), n + 2, "{fault:?}: retried too early");
+        h.gw.clock.advance(retry as i64);
+    }
+    assert_eq!(
+        h.up.calls(),
+        1,
+        "no request without a valid token reached the upstream"
+    );
+    assert_eq!(h.gw.session_count().await, 1, "nobody was signed out");
+    assert_eq!(browser.cookie("portcullis").unwrap(), before);
+
+    // The provider recovers: the same session carries on, with a new id.
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_ne!(browser.cookie("portcullis").unwrap(), before);
+    assert_eq!(
+        echoed(&resp.json(), "x-user-email"),
+        vec!["alice@example.com"]
+    );
+}
+
+#[tokio::test]
+async fn access_rules_are_applied_again_at_refresh() {
+    let h =
+        hostile(Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAILS", "alice@example.com"))
+            .await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    h.p.set_userinfo(Some(
+        json!({"sub": "alice", "email": "alice@elsewhere.example", "email_verified": true}),
+    ));
+    h.gw.clock.advance(250);
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(h.gw.session_count().await, 0);
+    assert_eq!(h.up.calls(), 0);
+    assert_eq!(
+        h.p.counters
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_refresh_window_is_the_smaller_of_refresh_before_and_half_the_lifetime() {
+    let h = hostile(Options::default().env("PORTCULLIS_SESSION_REFRESH_BEFORE", "45s")).await;
+    // 60 s tokens: half the lifetime (30 s) is the smaller.
+    let browser = Browser::new();
+    h.sign_in(&browser, |r| r["expires_in"] = json!(60)).await;
+    h.gw.clock.advance(29);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(h.p.refresh_calls(), 0);
+    h.gw.clock.advance(1);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(h.p.refresh_calls(), 1);
+
+    // 600 s tokens: refresh_before (45 s) is the smaller.
+    let browser = Browser::new();
+    h.sign_in(&browser, |r| r["expires_in"] = json!(600)).await;
+    h.gw.clock.advance(554);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(h.p.refresh_calls(), 1);
+    h.gw.clock.advance(1);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert_eq!(h.p.refresh_calls(), 2);
+}
+
+#[tokio::test]
+async fn s07_idle_timeout_slides_without_a_write_per_request() {
+    let h = hostile(Options::default().env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "10m")).await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |r| r["expires_in"] = json!(86_400))
+        .await;
+    let signed_in = record(&h.gw, &browser).await.unwrap();
+
+    // Requests within the touch granularity (60 s) write nothing.
+    h.gw.clock.advance(30);
+    for _ in 0..5 {
+        assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    }
+    let r = record(&h.gw, &browser).await.unwrap();
+    assert_eq!(r.last_seen_at, signed_in.last_seen_at);
+    assert_eq!(r.idle_expires_at, signed_in.idle_expires_at);
+
+    // Past it, one request slides the idle deadline.
+    h.gw.clock.advance(31);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    let r = record(&h.gw, &browser).await.unwrap();
+    assert_eq!(r.idle_expires_at, h.gw.clock_now() + 600);
+
+    // So activity keeps it alive beyond the first deadline; silence ends it.
+    h.gw.clock.advance(9 * 60);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    assert!(h.gw.clock_now() > signed_in.idle_expires_at);
+    h.gw.clock.advance(10 * 60 + 1);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 401);
+    assert_eq!(h.gw.session_count().await, 0);
+}
+
+#[tokio::test]
+async fn s07_the_session_ends_no_later_than_the_refresh_token() {
+    let h = hostile(Options::default()).await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |r| {
+        r["expires_in"] = json!(3600);
+        r["refresh_expires_in"] = json!(1800);
+    })
+    .await;
+    let r = record(&h.gw, &browser).await.unwrap();
+    assert_eq!(r.expires_at(), h.gw.clock_now() + 1800);
+    let s = api(&h.gw, &browser, "/auth/session").await;
+    assert_eq!(s.json()["expires_at"], json!(h.gw.clock_now() + 1800));
+    for _ in 0..2 {
+        h.gw.clock.advance(899);
+        assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    }
+    h.gw.clock.advance(2);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 401);
+}
+
+#[tokio::test]
+async fn s09_revoked_sessions_are_refused_at_the_next_request() {
+    let h = hostile(Options::default()).await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    let user = record(&h.gw, &browser).await.unwrap().user.id;
+    // What `portcullis sessions revoke --user` does: the running gateway refuses at once.
+    assert_eq!(
+        h.gw.gateway
+            .store()
+            .delete_user_sessions(user)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 401);
+
+    // `invalid_grant` at refresh: the next request is 401 too.
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    h.p.answer_refreshes([RefreshAnswer::Json(400, json!({"error": "invalid_grant"}))]);
+    h.gw.clock.advance(301);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 401);
+    assert_eq!(h.up.calls(), 1);
+}
+
+#[tokio::test]
+async fn token_relay_sends_a_fresh_access_token_and_never_the_clients() {
+    let h = hostile(Options::default().env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*")).await;
+    let browser = Browser::new();
+    let issued = h.sign_in(&browser, |_| {}).await;
+    let first = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+
+    let spoofed = [
+        ("accept", "application/json"),
+        ("authorization", "Bearer forged"),
+    ];
+    let resp = browser.get(&h.gw.at("/api/orders"), &spoofed).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(echoed(&resp.json(), "authorization"), vec![first.clone()]);
+    // Off the relay paths nothing is added (the client's own header is the app's business).
+    let resp = browser.get(&h.gw.at("/other"), JSON).await;
+    assert!(echoed(&resp.json(), "authorization").is_empty());
+
+    // Due: the relayed token is the refreshed one.
+    let answer = refreshed_tokens();
+    let second = format!("Bearer {}", answer["access_token"].as_str().unwrap());
+    h.p.answer_refreshes([RefreshAnswer::Json(200, answer)]);
+    h.gw.clock.advance(250);
+    let resp = browser.get(&h.gw.at("/api/orders"), &spoofed).await;
+    assert_eq!(echoed(&resp.json(), "authorization"), vec![second]);
+}
+
+#[tokio::test]
+async fn a_session_without_a_refresh_token_lives_by_its_timeouts() {
+    let h = hostile(
+        Options::default()
+            .env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*")
+            .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "2h")
+            .env("PORTCULLIS_SESSION_ABSOLUTE_LIFETIME", "5h"),
+    )
+    .await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |r| {
+        r.as_object_mut().unwrap().remove("refresh_token");
+        r["expires_in"] = json!(60);
+    })
+    .await;
+    assert_eq!(api(&h.gw, &browser, "/api/x").await.status, 200);
+    for _ in 0..4 {
+        h.gw.clock.advance(3600);
+        assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    }
+    // The access token expired long ago: relay paths have nothing to send.
+    let resp = api(&h.gw, &browser, "/api/x").await;
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert_eq!(h.p.refresh_calls(), 0);
+    h.gw.clock.advance(3600);
+    assert_eq!(
+        api(&h.gw, &browser, "/x").await.status,
+        401,
+        "the absolute lifetime"
+    );
+}
+
+#[tokio::test]
+async fn f06_rotation_grace_lost_cookies_and_the_theft_rule() {
+    let h = hostile(Options::default()).await;
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    let old = browser.cookie("portcullis").unwrap();
+    let revocations = || {
+        h.p.counters
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+
+    h.gw.clock.advance(250);
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 200);
+    let new = new_session_cookie(&resp).expect("a refresh rotates the id");
+    assert_ne!(new, old);
+    assert!(
+        resp.headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("no-store")
+    );
+
+    // Inside the window the old id works and is given the new one, every time.
+    let stale = Browser::new();
+    stale.set_cookie("portcullis", &old);
+    for _ in 0..2 {
+        let resp = api(&h.gw, &stale, "/x").await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(new_session_cookie(&resp).as_deref(), Some(new.as_str()));
+        stale.set_cookie("portcullis", &old);
+    }
+    // A lost Set-Cookie: the new id was never used, so after the window the old id
+    // just gets the new cookie again; nothing is revoked.
+    h.gw.clock.advance(31);
+    let resp = api(&h.gw, &stale, "/x").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(new_session_cookie(&resp).as_deref(), Some(new.as_str()));
+    assert_eq!(h.gw.session_count().await, 1);
+    assert!(h.gw.gateway.security_events().snapshot().is_empty());
+
+    // The browser uses the new id; now the old id after the window is a stolen copy.
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 200);
+    assert!(
+        new_session_cookie(&resp).is_none(),
+        "the current id needs no new cookie"
+    );
+    let thief = Browser::new();
+    thief.set_cookie("portcullis", &old);
+    let resp = api(&h.gw, &thief, "/x").await;
+    assert_eq!(resp.status, 401);
+    assert!(new_session_cookie(&resp).is_none());
+    assert_eq!(
+        h.gw.gateway.security_events().snapshot()["session_id_reuse"],
+        1
+    );
+    // The whole family: the rightful browser is signed out too, the refresh token revoked.
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 401);
+    assert_eq!(h.gw.session_count().await, 0);
+    assert_eq!(revocations(), 1);
+    assert_eq!(h.up.calls(), 5);
+}
+
+// ---------------------------------------------------------------------------------
+// npm `oidc-provider`: real rotation with reuse detection.
+
+struct Real {
+    op: RealProvider,
+    gw: TestGateway,
+    up: TestUpstream,
+}
+
+/// The npm provider with access tokens of `access_ttl` seconds (ID tokens live a day:
+/// the gateway's clock runs ahead of the provider's) and a gateway in front of an
+/// upstream. `None` when Node is missing outside CI.
+async fn real(access_ttl: &str, options: Options) -> Option<Real> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let client = json!([{
+        "client_id": "app",
+        "token_endpoint_auth_method": "none",
+        "redirect_uris": [format!("{gateway_url}/auth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    }]);
+    let op = RealProvider::start(
+        client,
+        &[("ACCESS_TOKEN_TTL", access_ttl), ("ID_TOKEN_TTL", "86400")],
+    )
+    .await?;
+    let up = TestUpstream::start().await;
+    let options = Options {
+        listener: Some(listener),
+        ..options
+    }
+    .env("PORTCULLIS_UPSTREAM", &up.url);
+    let gw = TestGateway::start_with(&op.issuer, options).await;
+    Some(Real { op, gw, up })
+}
+
+impl Real {
+    async fn sign_in(&self, browser: &Browser) {
+        let resp = self
+            .gw
+            .sign_in_through_form(browser, "alice", "alice", "/")
+            .await;
+        assert_eq!(resp.status, 303, "{}", resp.body);
+    }
+
+    async fn refresh_grants(&self) -> u64 {
+        self.op.events().await["grants"]["refresh_token"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn count(&self, event: &str) -> u64 {
+        self.op.events().await["counts"][event].as_u64().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn f01_five_refreshes_in_a_row_against_a_rotating_provider() {
+    let Some(r) = real("5", Options::default()).await else {
+        return;
+    };
+    let browser = Browser::new();
+    r.sign_in(&browser).await;
+    let mut seen = vec![stored_refresh_token(&r.gw, &browser).await.unwrap()];
+    for round in 1..=5 {
+        // 5 s tokens: due from 2.5 s before expiry.
+        r.gw.clock.advance(4);
+        let resp = api(&r.gw, &browser, "/x").await;
+        assert_eq!(resp.status, 200, "round {round}: {}", resp.body);
+        assert!(
+            new_session_cookie(&resp).is_some(),
+            "round {round}: id rotated"
+        );
+        assert_eq!(r.refresh_grants().await, round);
+        let now = stored_refresh_token(&r.gw, &browser).await.unwrap();
+        assert!(
+            !seen.contains(&now),
+            "round {round}: the store holds the newest token"
+        );
+        seen.push(now);
+    }
+    // Had any refresh presented an older token, the provider would have revoked the grant.
+    assert_eq!(r.count("grant.error").await, 0);
+    assert_eq!(r.count("grant.revoked").await, 0);
+}
+
+#[tokio::test]
+async fn f02_a_revoked_grant_ends_the_session_at_refresh() {
+    let Some(r) = real("300", Options::default()).await else {
+        return;
+    };
+    let browser = Browser::new();
+    r.sign_in(&browser).await;
+    let refresh = stored_refresh_token(&r.gw, &browser).await.unwrap();
+    // Revoked at the provider behind the gateway's back.
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/token/revocation", r.op.issuer))
+        .form(&[("token", refresh.as_str()), ("client_id", "app")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    r.gw.clock.advance(250);
+    let resp = api(&r.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 401, "{}", resp.body);
+    assert_eq!(r.gw.session_count().await, 0);
+    assert_eq!(r.up.calls(), 0);
+    assert_eq!(r.refresh_grants().await, 0);
+    assert_eq!(r.count("grant.error").await, 1, "asked once, no retry loop");
+    assert_eq!(api(&r.gw, &browser, "/x").await.status, 401);
+    assert_eq!(r.count("grant.error").await, 1);
+}
+
+#[tokio::test]
+async fn f03_fifty_parallel_calls_with_an_expired_token_refresh_once() {
+    let Some(r) = real("5", Options::default()).await else {
+        return;
+    };
+    let browser = Browser::new();
+    r.sign_in(&browser).await;
+    r.gw.clock.advance(6); // expired
+    let resps = join_all((0..50).map(|_| api(&r.gw, &browser, "/x"))).await;
+    let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(r.refresh_grants().await, 1, "exactly one refresh");
+    assert_eq!(
+        r.count("grant.error").await,
+        0,
+        "no reuse of a rotated token"
+    );
+    assert_eq!(r.up.calls(), 50);
+    // Every answer carried the one new id; it works without another refresh.
+    let cookies: std::collections::BTreeSet<_> =
+        resps.iter().filter_map(new_session_cookie).collect();
+    assert_eq!(cookies.len(), 1, "one rotation, one new id");
+    assert_eq!(api(&r.gw, &browser, "/x").await.status, 200);
+    assert_eq!(r.refresh_grants().await, 1);
+}
+
+#[tokio::test]
+async fn f03_two_instances_on_one_store_refresh_once() {
+    let Some(r) = real(
+        "5",
+        Options {
+            file_store: true,
+            ..Default::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let second = TestGateway::start_with(
+        &r.op.issuer,
+        Options {
+            db_path: r.gw.db_path.clone(),
+            secret: Some(r.gw.secret),
+            ..Default::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &r.up.url),
+    )
+    .await;
+    let browser = Browser::new();
+    r.sign_in(&browser).await;
+    r.gw.clock.advance(6);
+    second.clock.set(r.gw.clock_now());
+    let resps = join_all((0..50).map(|i| {
+        let gw = if i % 2 == 0 { &r.gw } else { &second };
+        api(gw, &browser, "/x")
+    }))
+    .await;
+    let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        r.refresh_grants().await,
+        1,
+        "one refresh across both instances"
+    );
+    assert_eq!(r.count("grant.error").await, 0);
+}
+
+#[tokio::test]
+async fn f06_the_theft_rule_against_a_real_provider() {
+    let Some(r) = real("300", Options::default()).await else {
+        return;
+    };
+    let browser = Browser::new();
+    r.sign_in(&browser).await;
+    let old = browser.cookie("portcullis").unwrap();
+    r.gw.clock.advance(250);
+    let resp = api(&r.gw, &browser, "/x").await;
+    let new = new_session_cookie(&resp).unwrap();
+
+    // Inside the grace window: the old id works and gets the new cookie.
+    let stale = Browser::new();
+    stale.set_cookie("portcullis", &old);
+    let resp = api(&r.gw, &stale, "/x").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(new_session_cookie(&resp).as_deref(), Some(new.as_str()));
+    // The new id in use, the window over: the old id revokes the family, at the
+    // provider too.
+    assert_eq!(api(&r.gw, &browser, "/x").await.status, 200);
+    r.gw.clock.advance(31);
+    let thief = Browser::new();
+    thief.set_cookie("portcullis", &old);
+    assert_eq!(api(&r.gw, &thief, "/x").await.status, 401);
+    assert_eq!(api(&r.gw, &browser, "/x").await.status, 401);
+    assert_eq!(r.count("revocation.success").await, 1);
+    assert_eq!(r.refresh_grants().await, 1);
+}
