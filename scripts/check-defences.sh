@@ -94,6 +94,19 @@ mutate $S/http/routes.rs 'if !is_same_origin_write(' 'if false && !is_same_origi
 mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;' '' $G o01_
 mutate $S/http/mod.rs '(size > MAX_HEADER_BYTES).then(|| {' '(size > usize::MAX).then(|| {' $G r01_many
 
+SS=sessions
+mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if true {' $SS f06_rotation
+mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if in_grace {' $SS f06_rotation
+mutate $S/session/lookup.rs 'let seen = (presented_current && !rotated).then(|| current.hash());' 'let seen = Some(current.hash());' $SS f06_rotation
+mutate $S/session/refresh.rs 'let key = format!("refresh:{}", fresh.record.family_id);' 'let key = format!("refresh:{}", random_token());' $SS f03_two_instances
+mutate $S/session/refresh.rs 'Err(e) if e.is_invalid_grant() => {' 'Err(e) if false && e.is_invalid_grant() => {' $SS f02_invalid_grant
+mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
+mutate $S/session/refresh.rs 'b.open_until = now + pause.min(BREAKER_MAX_SECONDS);' 'b.open_until = now;' $SS f05_
+mutate $S/session/refresh.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
+mutate $S/session/refresh.rs 'if let Err(denied) = check_access(&self.config.access, &claims) {' 'if let Err(denied) = Ok::<(), super::AccessDenied>(()) {' $SS access_rules_are_applied_again
+mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
+mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
+
 I=crates/portcullis-idp/src
 P=idp:provider
 mutate $I/authorize.rs 'if p.get("code_challenge_method").map(String::as_str) != Some("S256") {' 'if false {' $P a01_

@@ -366,8 +366,8 @@ impl Guard {
         }
 
         if self.token_relay.iter().any(|p| p.matches(path)) {
-            // Token relay: the upstream gets our access token, never the client's header.
-            req.headers_mut().remove(header::AUTHORIZATION);
+            // Token relay: the upstream gets our access token, never the client's header
+            // (`insert` replaces every `Authorization` the client sent).
             let bearer = self
                 .gateway
                 .relay_token(&active.record)

@@ -174,20 +174,6 @@ enum Refused {
     Unverifiable(ProviderError),
 }
 
-fn audiences(claims: &Map<String, Value>) -> Vec<String> {
-    let mut aud: Vec<String> = match claims.get("aud") {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
-    aud.sort();
-    aud.dedup();
-    aud
-}
-
 impl Gateway {
     /// Whether the access token is close enough to expiry to refresh now.
     pub(crate) fn refresh_due(&self, tokens: &TokenSet, now: UnixTime) -> bool {
@@ -376,7 +362,6 @@ impl Gateway {
         &self,
         token: &str,
         record: &SessionRecord,
-        previous: Option<&str>,
         now: UnixTime,
     ) -> Result<Map<String, Value>, Refused> {
         let verified = match self.provider.validate_id_token(token, None, now).await {
@@ -393,11 +378,8 @@ impl Gateway {
         if record.user.issuer != self.provider.issuer() {
             return Err(Refused::Identity("iss"));
         }
-        if let Some(before) = previous.and_then(|t| self.provider.stored_id_token_claims(t))
-            && audiences(&before) != audiences(&verified.claims)
-        {
-            return Err(Refused::Identity("aud"));
-        }
+        // `aud` needs no comparison with the first ID token: validation accepts only an
+        // audience of exactly this client, so both are [client_id] (J07).
         Ok(verified.claims)
     }
 
@@ -413,15 +395,7 @@ impl Gateway {
         let record = &fresh.record;
         let new_claims = match answer.id_token.as_deref() {
             None => None,
-            Some(token) => match self
-                .check_refreshed_id_token(
-                    token,
-                    record,
-                    old.id_token.as_deref().map(|s| s.as_str()),
-                    now,
-                )
-                .await
-            {
+            Some(token) => match self.check_refreshed_id_token(token, record, now).await {
                 Ok(claims) => Some(claims),
                 Err(Refused::Identity(what)) => {
                     self.security_event(
