@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use support::gateway::callback_query;
+use support::hostile::RefreshAnswer;
 use support::{Browser, HostileProvider, TestGateway};
 
 #[derive(Clone, Default)]
@@ -92,9 +93,32 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
     secrets.push(browser.cookie("portcullis_tx").unwrap());
     browser.get(&gw.at("/auth/session"), &[]).await;
 
+    // A refresh that rotates the id, a refresh that fails, and the theft rule.
+    p.script.lock().unwrap().token_override = None;
+    let rotated = support::hostile::refreshed_tokens();
+    secrets.push(rotated["access_token"].as_str().unwrap().to_owned());
+    secrets.push(rotated["refresh_token"].as_str().unwrap().to_owned());
+    p.answer_refreshes([
+        RefreshAnswer::Json(200, rotated),
+        RefreshAnswer::Json(503, json!({"error_description": "SECRET-IN-REFRESH"})),
+    ]);
+    gw.clock.advance(250);
+    assert_eq!(browser.get(&gw.at("/auth/session"), &[]).await.status, 200);
+    let rotated_id = browser.cookie("portcullis").unwrap();
+    assert_ne!(rotated_id, session_id);
+    secrets.push(rotated_id);
+    gw.clock.advance(250);
+    assert_eq!(browser.get(&gw.at("/auth/session"), &[]).await.status, 200);
+    let thief = Browser::new();
+    thief.set_cookie("portcullis", &session_id);
+    assert_eq!(thief.get(&gw.at("/auth/session"), &[]).await.status, 401);
+
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("signed in"), "the capture works: {logs}");
     assert!(logs.contains("ID token refused"));
+    assert!(logs.contains("session id rotated"));
+    assert!(logs.contains("refresh failed"));
+    assert!(logs.contains("session_id_reuse"));
     for s in &secrets {
         assert!(!logs.contains(s.as_str()), "a secret reached the logs");
     }
