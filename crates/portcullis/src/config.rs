@@ -98,6 +98,16 @@ pub struct ProviderSettings {
     pub allowed_algorithms: Option<Vec<String>>,
 }
 
+/// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0).
+#[derive(Debug, Clone)]
+pub struct LogoutSettings {
+    /// After the local sign-out, continue to the provider's `end_session_endpoint`.
+    pub provider_logout: bool,
+    /// Where the provider may send the browser back (exact URLs; the first is the
+    /// default). Empty: the gateway's own `{prefix}/logged-out`.
+    pub post_logout_redirect_uris: Vec<Url>,
+}
+
 /// The single-page-app code exchange contract (the seed's `/api/auth/callback`).
 #[derive(Debug, Clone)]
 pub struct SpaSettings {
@@ -183,6 +193,7 @@ pub struct Config {
     pub token_relay: Vec<String>,
     pub csrf_header: String,
     pub spa: SpaSettings,
+    pub logout: LogoutSettings,
 }
 
 impl Config {
@@ -277,6 +288,8 @@ struct RawConfig {
     csrf: RawCsrf,
     #[serde(default)]
     spa: RawSpa,
+    #[serde(default)]
+    logout: RawLogout,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +323,13 @@ enum ClaimValues {
 struct RawProvider {
     extra_authorize_params: Option<BTreeMap<String, String>>,
     allowed_algorithms: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogout {
+    provider_logout: Option<bool>,
+    post_logout_redirect_uris: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -371,6 +391,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "allowed_algorithms", Kind::List),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
+    ("logout", "provider_logout", Kind::Bool),
+    ("logout", "post_logout_redirect_uris", Kind::List),
     ("csrf", "header", Kind::Text),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
@@ -781,6 +803,22 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         ));
     }
 
+    let mut post_logout_redirect_uris = Vec::new();
+    for u in raw.logout.post_logout_redirect_uris.unwrap_or_default() {
+        match Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") && url.fragment().is_none() => {
+                post_logout_redirect_uris.push(url)
+            }
+            _ => errors.push(format!(
+                "`logout.post_logout_redirect_uris`: `{u}` is not an absolute http(s) URL without a fragment"
+            )),
+        }
+    }
+    let logout = LogoutSettings {
+        provider_logout: raw.logout.provider_logout.unwrap_or(false),
+        post_logout_redirect_uris,
+    };
+
     let spa = SpaSettings {
         code_exchange: raw.spa.code_exchange.unwrap_or(false),
         code_exchange_path: raw
@@ -797,6 +835,18 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     };
     if spa.code_exchange && spa.redirect_uri.is_none() {
         errors.push("`spa.redirect_uri` is required when `spa.code_exchange` is true".into());
+    }
+    let exchange_path = &spa.code_exchange_path;
+    if crate::http::path::PathPattern::parse(exchange_path).is_none()
+        || exchange_path.ends_with('*')
+        || exchange_path == &prefix
+        || exchange_path.starts_with(&format!("{prefix}/"))
+        || exchange_path == "/healthz"
+        || exchange_path == "/readyz"
+    {
+        errors.push(format!(
+            "`spa.code_exchange_path`: `{exchange_path}` must be a normalised path outside `{prefix}` and not /healthz or /readyz"
+        ));
     }
 
     Some(Config {
@@ -823,6 +873,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         token_relay,
         csrf_header,
         spa,
+        logout,
     })
 }
 

@@ -11,6 +11,8 @@ use axum::http::header::COOKIE;
 pub enum CookieKind {
     Session,
     LoginBinding,
+    /// The `state` of an RP-initiated logout in progress at the provider.
+    Logout,
 }
 
 /// Cookie names and attributes for one deployment.
@@ -48,16 +50,20 @@ impl CookieJar {
             (CookieKind::Session, true) => "__Host-portcullis",
             (CookieKind::LoginBinding, false) => "portcullis_tx",
             (CookieKind::LoginBinding, true) => "__Host-portcullis-tx",
+            (CookieKind::Logout, false) => "portcullis_logout",
+            (CookieKind::Logout, true) => "__Host-portcullis-logout",
         }
     }
 
     /// Every name the gateway might use, for stripping before proxying.
-    pub fn all_names() -> [&'static str; 4] {
+    pub fn all_names() -> [&'static str; 6] {
         [
             "portcullis",
             "__Host-portcullis",
             "portcullis_tx",
             "__Host-portcullis-tx",
+            "portcullis_logout",
+            "__Host-portcullis-logout",
         ]
     }
 

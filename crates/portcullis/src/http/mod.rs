@@ -82,8 +82,9 @@ async fn security_headers(mut response: Response) -> Response {
 /// [`guard::GuardLayer`].
 pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
     let prefix = gateway.config().prefix.clone();
+    let spa = gateway.config().spa.clone();
     let routes = Routes::new(gateway);
-    Router::new()
+    let router = Router::new()
         .route(&format!("{prefix}/login"), get(routes::login))
         .route(&format!("{prefix}/callback"), get(routes::callback))
         .route(&format!("{prefix}/session"), get(routes::session))
@@ -91,8 +92,22 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
             &format!("{prefix}/logout"),
             post(routes::logout).fallback(routes::method_not_allowed),
         )
+        .route(&format!("{prefix}/logged-out"), get(routes::logged_out))
+        .route(
+            &format!("{prefix}/backchannel-logout"),
+            post(routes::backchannel_logout).fallback(routes::method_not_allowed),
+        )
         .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
+        .route("/readyz", get(routes::readyz));
+    let router = if spa.code_exchange {
+        router.route(
+            &spa.code_exchange_path,
+            post(routes::spa_code_exchange).fallback(routes::method_not_allowed),
+        )
+    } else {
+        router
+    };
+    router
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(limit_header_size))
         .with_state(routes)

@@ -13,9 +13,9 @@ use super::cookies::{CookieJar, CookieKind};
 use super::error::HttpError;
 use super::request::{is_navigation, is_same_origin_write, user_agent};
 use crate::gateway::Gateway;
-use crate::random::random_token;
+use crate::random::{random_token, secrets_equal};
 use crate::session::login::LOGIN_TTL_SECONDS;
-use crate::session::{CallbackParams, ReturnTo, SessionError, SessionId};
+use crate::session::{CallbackParams, ReturnTo, SessionError, SessionId, SignOut};
 
 /// Shared state of the routes.
 #[derive(Debug, Clone)]
@@ -32,6 +32,25 @@ impl Routes {
 
     fn login_path(&self) -> String {
         format!("{}/login", self.gateway.config().prefix)
+    }
+
+    /// The `post_logout_redirect_uri` for the provider: the one asked for if it is on
+    /// the allow-list (exactly), else the first on the list, else our `/logged-out`.
+    fn post_logout_redirect_uri(&self, query: Option<&str>) -> String {
+        let config = self.gateway.config();
+        let allowed = &config.logout.post_logout_redirect_uris;
+        let asked = query_params(query, &["post_logout_redirect_uri"])
+            .ok()
+            .and_then(|mut q| q.remove("post_logout_redirect_uri"));
+        if let Some(asked) = asked {
+            if let Some(hit) = allowed.iter().find(|u| u.as_str() == asked) {
+                return hit.to_string();
+            }
+            tracing::warn!("a post_logout_redirect_uri off the allow-list was asked for; the default is used");
+        }
+        allowed.first().map(|u| u.to_string()).unwrap_or_else(|| {
+            format!("{}{}/logged-out", config.public_origin(), config.prefix)
+        })
     }
 
     /// Absolute login URL for API clients, from the configured public URL only (L08).
@@ -239,7 +258,12 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
 /// refresh token at the provider when offered, and clears both cookies with the
 /// attributes they were set with. A navigation (form post) is sent to `/`; an API call
 /// gets `{"ok":true}`.
-pub async fn logout(State(routes): State<Routes>, method: Method, headers: HeaderMap) -> Response {
+pub async fn logout(
+    State(routes): State<Routes>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let config = routes.gateway.config();
     let page = is_navigation(&method, &headers);
     if !is_same_origin_write(
@@ -263,25 +287,269 @@ pub async fn logout(State(routes): State<Routes>, method: Method, headers: Heade
         .read(&headers, CookieKind::Session)
         .value()
         .map(str::to_owned);
-    if let Some(cookie) = cookie
-        && let Err(e) = routes.gateway.sign_out(&cookie).await
-    {
-        return no_store(HttpError::from(e).page(page).into_response());
-    }
-    let mut response = if page {
-        let mut r = StatusCode::SEE_OTHER.into_response();
-        r.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/"));
-        r
-    } else {
-        axum::Json(json!({ "ok": true })).into_response()
+    let id_token = match cookie {
+        Some(cookie) => match routes.gateway.sign_out(&cookie).await {
+            Ok(SignOut::Ended { id_token, .. }) => id_token,
+            Ok(SignOut::NoSession) => None,
+            Err(e) => return no_store(HttpError::from(e).page(page).into_response()),
+        },
+        None => None,
     };
-    for kind in [CookieKind::Session, CookieKind::LoginBinding] {
-        if let Ok(v) = HeaderValue::from_str(&routes.cookies.clear(kind)) {
+    let mut set_cookies = vec![
+        routes.cookies.clear(CookieKind::Session),
+        routes.cookies.clear(CookieKind::LoginBinding),
+    ];
+    // RP-initiated logout: on to the provider, with a state only this browser holds.
+    let mut provider_url = None;
+    if config.logout.provider_logout {
+        let state = random_token();
+        let target = routes.post_logout_redirect_uri(query.as_deref());
+        match routes
+            .gateway
+            .provider()
+            .end_session_url(id_token.as_deref().map(|t| t.as_str()), &state, &target)
+            .await
+        {
+            Ok(Some(url)) => {
+                set_cookies.push(routes.cookies.set(
+                    CookieKind::Logout,
+                    &state,
+                    LOGIN_TTL_SECONDS,
+                ));
+                provider_url = Some(url.to_string());
+            }
+            Ok(None) => tracing::warn!(
+                "logout.provider_logout is on, but the provider has no end_session_endpoint"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                code = e.code(),
+                "could not reach the provider for its sign-out; signed out here only"
+            ),
+        }
+    }
+    let mut response = match (&provider_url, page) {
+        (Some(url), true) => redirect_to(url),
+        (None, true) => redirect_to("/"),
+        (Some(url), false) => axum::Json(json!({ "ok": true, "redirect": url })).into_response(),
+        (None, false) => axum::Json(json!({ "ok": true })).into_response(),
+    };
+    for c in set_cookies {
+        if let Ok(v) = HeaderValue::from_str(&c) {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
     }
     no_store(response)
+}
+
+fn redirect_to(location: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// `GET /auth/logged-out?state=…`: where the provider returns the browser after its
+/// sign-out. The `state` must be the one this browser was given (its `portcullis_logout`
+/// cookie); any other return is ignored (SECURITY-CASES O03).
+pub async fn logged_out(
+    State(routes): State<Routes>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let state = query_params(query.as_deref(), &["state"])
+        .ok()
+        .and_then(|mut q| q.remove("state"));
+    let expected = routes.cookies.read(&headers, CookieKind::Logout);
+    let matched = match (state.as_deref(), expected.value()) {
+        (Some(s), Some(e)) => secrets_equal(s.as_bytes(), e.as_bytes()),
+        _ => false,
+    };
+    let login = routes.login_path();
+    if !matched {
+        tracing::warn!("a post-logout return with a state this browser was not given; ignored");
+        let mut e = HttpError::bad_request(
+            "logout_state_mismatch",
+            "This sign-out answer was not started in this browser, so it was ignored.",
+        )
+        .page(true);
+        e.retry_url = None;
+        return no_store(e.into_response());
+    }
+    let html = super::pages::message_page(
+        "Signed out",
+        "You are signed out, here and at your identity provider.",
+        None,
+        "signed_out",
+        Some((&login, "Sign in again")),
+    );
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&routes.cookies.clear(CookieKind::Logout)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    no_store(r)
+}
+
+/// The seed's JSON body for `POST {spa.code_exchange_path}`.
+#[derive(serde::Deserialize)]
+struct SpaExchange {
+    code: Option<String>,
+    verifier: Option<String>,
+    code_verifier: Option<String>,
+    nonce: Option<String>,
+}
+
+/// RFC 7636 §4.1: 43–128 unreserved characters.
+fn is_verifier(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// `POST {spa.code_exchange_path}` (only with `spa.code_exchange = true`): the seed's
+/// front-end contract. JSON `{code, verifier}` (or `code_verifier`; `nonce` optional)
+/// from this site only; answers `{"ok":true}` with the session cookie.
+pub async fn spa_code_exchange(
+    State(routes): State<Routes>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let config = routes.gateway.config();
+    if !is_same_origin_write(
+        &headers,
+        &config.public_origin(),
+        &config.csrf_header.to_ascii_lowercase(),
+    ) {
+        tracing::warn!("cross-site code exchange refused");
+        return no_store(
+            HttpError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_refused",
+                "The code exchange must come from this site.",
+            )
+            .into_response(),
+        );
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return no_store(
+            HttpError::bad_request("not_json", "Send the code and verifier as JSON.")
+                .into_response(),
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<SpaExchange>(&body) else {
+        return no_store(
+            HttpError::bad_request(
+                "bad_json",
+                "The body must be a JSON object with `code` and `verifier`.",
+            )
+            .into_response(),
+        );
+    };
+    let verifier = match (req.verifier, req.code_verifier) {
+        (Some(a), Some(b)) if a != b => None,
+        (Some(v), _) | (None, Some(v)) => Some(v),
+        (None, None) => None,
+    };
+    let (Some(code), Some(verifier)) = (
+        req.code.filter(|c| !c.is_empty() && c.len() <= 2048),
+        verifier.filter(|v| is_verifier(v)),
+    ) else {
+        return no_store(
+            HttpError::bad_request(
+                "code_or_verifier_invalid",
+                "Send one `code` and one PKCE `verifier` (43 to 128 unreserved characters).",
+            )
+            .into_response(),
+        );
+    };
+    let replaced = routes
+        .cookies
+        .read(&headers, CookieKind::Session)
+        .value()
+        .and_then(SessionId::parse);
+    let outcome = routes
+        .gateway
+        .complete_spa_login(
+            &code,
+            &verifier,
+            req.nonce.as_deref().filter(|n| !n.is_empty()),
+            replaced.as_ref(),
+            user_agent(&headers),
+        )
+        .await;
+    match outcome {
+        Ok(outcome) => {
+            let cookie =
+                routes
+                    .cookies
+                    .set(CookieKind::Session, outcome.session_id.expose(), outcome.max_age);
+            let mut r = axum::Json(json!({ "ok": true })).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            no_store(r)
+        }
+        Err(e) => no_store(HttpError::from(e).into_response()),
+    }
+}
+
+/// `POST /auth/backchannel-logout`: OIDC Back-Channel Logout 1.0 §2.5–2.8. The body is
+/// a form with one `logout_token`. 200 when it was valid (whether or not a session was
+/// still there), 400 with a JSON error otherwise; never cached.
+pub async fn backchannel_logout(
+    State(routes): State<Routes>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let refuse = |description: &str| {
+        no_store(
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": "invalid_request", "error_description": description })),
+            )
+                .into_response(),
+        )
+    };
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        });
+    if !form {
+        return refuse("The body must be a form (application/x-www-form-urlencoded).");
+    }
+    let tokens: Vec<String> = url::form_urlencoded::parse(&body)
+        .filter(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let [token] = tokens.as_slice() else {
+        return refuse("Send exactly one logout_token.");
+    };
+    match routes.gateway.backchannel_logout(token).await {
+        Ok(_) => no_store(StatusCode::OK.into_response()),
+        Err(crate::session::logout::BackchannelError::Store(e)) => {
+            no_store(HttpError::from(e).into_response())
+        }
+        Err(e) => {
+            tracing::warn!(code = e.code(), reason = %e, "back-channel logout refused");
+            refuse(&format!("The logout token was refused ({}).", e.code()))
+        }
+    }
 }
 
 /// Any method but POST on `/auth/logout`: signing out by GET would let any page sign

@@ -263,7 +263,7 @@ pub fn verify(
     check_claims(&jwt.claims, expect)
 }
 
-fn verify_signature(
+pub(crate) fn verify_signature(
     jwt: &UnverifiedJwt<'_>,
     keys: &[VerificationKey],
     hmac_secret: Option<&[u8]>,

@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
+pub mod logout_token;
 pub mod token;
 pub mod userinfo;
 
@@ -82,6 +83,15 @@ impl ProviderError {
     pub fn is_invalid_grant(&self) -> bool {
         matches!(self, Self::TokenRejected(e) if e == "invalid_grant")
     }
+}
+
+/// Why a logout token was not accepted: the token, or the provider's keys.
+#[derive(Debug, thiserror::Error)]
+pub enum LogoutError {
+    #[error(transparent)]
+    Token(#[from] logout_token::LogoutTokenError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
 }
 
 /// JWS algorithms Portcullis can verify (RFC 7518 §3.1). `none` is not one.
@@ -398,6 +408,59 @@ impl Provider {
         id_token::parse_unverified(token, &Algorithm::ALL)
             .ok()
             .map(|jwt| jwt.claims)
+    }
+
+    /// The provider's `end_session_endpoint` with the parameters of RP-Initiated Logout
+    /// 1.0 §2, or `None` when the provider has no such endpoint.
+    pub async fn end_session_url(
+        &self,
+        id_token_hint: Option<&str>,
+        state: &str,
+        post_logout_redirect_uri: &str,
+    ) -> Result<Option<url::Url>, ProviderError> {
+        let metadata = self.metadata().await?;
+        let Some(endpoint) = &metadata.end_session_endpoint else {
+            return Ok(None);
+        };
+        let mut url = url::Url::parse(endpoint)
+            .map_err(|_| ProviderError::BadResponse("end_session_endpoint is not a URL".into()))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("client_id", &self.settings.client_id);
+            q.append_pair("state", state);
+            q.append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        }
+        Ok(Some(url))
+    }
+
+    /// Validates a back-channel logout token (everything but the `jti` replay check).
+    pub async fn validate_logout_token(
+        &self,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<logout_token::LogoutToken, LogoutError> {
+        let metadata = self.metadata().await?;
+        let allowed = self.allowed_algorithms(&metadata);
+        let jwt = id_token::parse_unverified(token, &allowed).map_err(logout_token::LogoutTokenError::from)?;
+        let keys = if jwt.alg.is_hmac() {
+            Vec::new()
+        } else {
+            self.jwks
+                .find(&self.http, jwt.kid.as_deref(), jwt.alg)
+                .await?
+        };
+        let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
+        Ok(logout_token::verify(
+            &jwt,
+            &keys,
+            secret,
+            &self.settings.issuer,
+            &self.settings.client_id,
+            now,
+        )?)
     }
 
     /// Claims from the UserInfo endpoint, when the provider has one.

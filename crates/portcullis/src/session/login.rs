@@ -284,3 +284,38 @@ pub(crate) fn profile_from_claims(claims: &Map<String, Value>) -> UserProfile {
 fn clip(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
+
+impl Gateway {
+    /// The seed's single-page-app contract (`spa.code_exchange`): the browser made the
+    /// PKCE pair and state itself and posts `{code, verifier}`. The code is redeemed
+    /// with `spa.redirect_uri`; the ID token, UserInfo and access rules are checked as
+    /// for `/auth/callback` (the nonce only when the app sends one), and a session with
+    /// a new id is created. Weaker than `/auth/login`: see `docs/spa.md`.
+    pub async fn complete_spa_login(
+        &self,
+        code: &str,
+        verifier: &str,
+        nonce: Option<&str>,
+        replaced: Option<&SessionId>,
+        user_agent: Option<&str>,
+    ) -> Result<LoginOutcome, SessionError> {
+        let redirect_uri = self
+            .config
+            .spa
+            .redirect_uri
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| self.config.redirect_uri());
+        let tokens = self
+            .provider
+            .exchange_code(code, verifier, &redirect_uri)
+            .await?;
+        let outcome = self
+            .create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
+            .await?;
+        if let Some(old) = replaced {
+            self.end_session_by_id(old).await;
+        }
+        Ok(outcome)
+    }
+}

@@ -8,13 +8,17 @@ use crate::gateway::Gateway;
 use crate::store::SessionRecord;
 
 /// What signing out did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SignOut {
     /// There was no live session behind the cookie.
     NoSession,
     /// The session was deleted; `revoked` says whether the provider confirmed the
-    /// refresh token's revocation.
-    Ended { revoked: bool },
+    /// refresh token's revocation; `id_token` is its last ID token (the
+    /// `id_token_hint` of an RP-initiated logout).
+    Ended {
+        revoked: bool,
+        id_token: Option<zeroize::Zeroizing<String>>,
+    },
 }
 
 impl Gateway {
@@ -30,11 +34,12 @@ impl Gateway {
         // Opened before the delete; a session whose tokens no longer open is still ended.
         let tokens = self.session_tokens(&record).ok();
         let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+        let id_token = tokens.as_ref().and_then(|t| t.id_token.clone());
         let revoked = self
             .end_session_and_revoke(&record, refresh.map(|s| s.as_str()))
             .await?;
         tracing::info!(session = record.id_hash.short(), user = %record.user.id, "signed out");
-        Ok(SignOut::Ended { revoked })
+        Ok(SignOut::Ended { revoked, id_token })
     }
 
     /// Deletes a session, then revokes `refresh_token` at the provider when it offers
@@ -56,5 +61,73 @@ impl Gateway {
                 Ok(false)
             }
         }
+    }
+}
+
+/// Why a back-channel logout request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackchannelError {
+    #[error("the logout token is not valid: {0}")]
+    Token(#[from] crate::provider::logout_token::LogoutTokenError),
+    #[error("this logout token was already used")]
+    Replayed,
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl BackchannelError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Token(t) => t.code(),
+            Self::Replayed => "logout_token_replayed",
+            Self::Provider(p) => p.code(),
+            Self::Store(s) => s.code(),
+        }
+    }
+}
+
+impl From<crate::provider::LogoutError> for BackchannelError {
+    fn from(e: crate::provider::LogoutError) -> Self {
+        match e {
+            crate::provider::LogoutError::Token(t) => Self::Token(t),
+            crate::provider::LogoutError::Provider(p) => Self::Provider(p),
+        }
+    }
+}
+
+impl Gateway {
+    /// OIDC Back-Channel Logout (SECURITY-CASES O04, O05): validates the provider's
+    /// logout token, refuses a replayed `jti`, and ends the sessions it names: the
+    /// session with that provider `sid`, or every session of that `sub`. Sessions live
+    /// in the store, so every instance refuses them from the next request on. Returns
+    /// how many sessions ended.
+    pub async fn backchannel_logout(&self, logout_token: &str) -> Result<u64, BackchannelError> {
+        use crate::provider::logout_token::MAX_AGE_SECONDS;
+        let now = self.now();
+        let token = self.provider.validate_logout_token(logout_token, now).await?;
+        let issuer = self.provider.issuer();
+        let key = format!(
+            "backchannel-logout:{}",
+            crate::random::sha256_hex(format!("{issuer}\n{}", token.jti).as_bytes())
+        );
+        // Remembered for as long as the token could be accepted at all.
+        let until = token.iat.max(now) + MAX_AGE_SECONDS + 120;
+        if !self.store.remember_once(&key, now, until).await? {
+            tracing::warn!("a back-channel logout token was replayed; refused");
+            return Err(BackchannelError::Replayed);
+        }
+        let ended = match (&token.sid, &token.sub) {
+            (Some(sid), _) => self.store.delete_sessions_by_provider_sid(issuer, sid).await?,
+            (None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await?,
+            (None, None) => 0,
+        };
+        tracing::info!(
+            ended,
+            by = if token.sid.is_some() { "sid" } else { "sub" },
+            "back-channel logout from the provider"
+        );
+        Ok(ended)
     }
 }

@@ -297,6 +297,28 @@ async fn sessions_end_by_id_user_sid_and_all(store: &dyn Store) {
     );
     assert!(store.get_session(&d.hash()).await.unwrap().is_none());
 
+    // All sessions of one (issuer, subject): back-channel logout with only `sub`.
+    let (f, _) = new_session(store, &other, None).await;
+    let (g, _) = new_session(store, &other, Some("sid-g")).await;
+    let (h, _) = new_session(store, &user, None).await;
+    assert_eq!(
+        store
+            .delete_sessions_by_subject("https://not-the-issuer", &other.subject)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_sessions_by_subject(&other.issuer, &other.subject)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.get_session(&f.hash()).await.unwrap().is_none());
+    assert!(store.get_session(&g.hash()).await.unwrap().is_none());
+    assert!(store.get_session(&h.hash()).await.unwrap().is_some());
+
     let (e, _) = new_session(store, &other, None).await;
     assert!(store.delete_all_sessions().await.unwrap() >= 1);
     assert!(store.get_session(&e.hash()).await.unwrap().is_none());

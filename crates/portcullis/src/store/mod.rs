@@ -248,6 +248,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool>;
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
     async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64>;
+    /// Every session of the user (issuer, subject).
+    async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64>;
     async fn delete_all_sessions(&self) -> StoreResult<u64>;
     /// Live sessions, newest first, optionally of one user.
     async fn list_sessions(

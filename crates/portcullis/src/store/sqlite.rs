@@ -425,6 +425,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
+        timed(async {
+            let done = sqlx::query(
+                "DELETE FROM sessions WHERE user_id IN \
+                 (SELECT id FROM users WHERE issuer = ?1 AND subject = ?2)",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     async fn delete_all_sessions(&self) -> StoreResult<u64> {
         timed(async {
             let done = sqlx::query("DELETE FROM sessions")
