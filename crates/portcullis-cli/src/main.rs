@@ -52,6 +52,11 @@ enum Command {
         #[arg(long)]
         rotate_keys: bool,
     },
+    /// See and end sessions in the configured store (the same settings as `serve`).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Validate the configuration, print every problem, exit non-zero if there is one.
     CheckConfig {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
@@ -60,10 +65,40 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List live sessions: handle, user id, email, created, last seen, expires, user agent.
+    List {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this user's sessions.
+        #[arg(long, value_name = "USER_ID")]
+        user: Option<uuid::Uuid>,
+    },
+    /// End sessions now, for every running instance; their refresh tokens are revoked at
+    /// the provider (except with --all).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["handle", "user", "all"])))]
+    Revoke {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// The session's handle, as `sessions list` shows it.
+        handle: Option<String>,
+        /// Every session of this user.
+        #[arg(long, value_name = "USER_ID")]
+        user: Option<uuid::Uuid>,
+        /// Every session.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Sessions { command } => sessions(command),
         Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,
@@ -120,6 +155,85 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn sessions(command: SessionsCommand) -> ExitCode {
+    let file = match &command {
+        SessionsCommand::List { config, .. } | SessionsCommand::Revoke { config, .. } => {
+            config.clone()
+        }
+    };
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis sessions: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_plain_logging("warn");
+    run_async("portcullis sessions", async move {
+        let gateway = Gateway::start(config).await?;
+        match command {
+            SessionsCommand::List { user, .. } => {
+                let sessions = gateway.live_sessions(user).await?;
+                println!("HANDLE\tUSER ID\tEMAIL\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT");
+                for s in &sessions {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        s.id_hash.short(),
+                        s.user.id,
+                        printable(s.user.email.as_deref().unwrap_or("-")),
+                        rfc3339(s.created_at),
+                        rfc3339(s.last_seen_at),
+                        rfc3339(s.expires_at()),
+                        printable(s.user_agent.as_deref().unwrap_or("-")),
+                    );
+                }
+                eprintln!("{} live session(s)", sessions.len());
+            }
+            SessionsCommand::Revoke {
+                handle, user, all, ..
+            } => {
+                use portcullis::session::admin::Revoke;
+                let which = match (handle, user, all) {
+                    (Some(h), _, _) => Revoke::Handle(h),
+                    (None, Some(u), _) => Revoke::User(u),
+                    _ => Revoke::All,
+                };
+                let ended = gateway.revoke_sessions(&which).await?;
+                println!("{ended} session(s) revoked");
+            }
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// A value from the store, safe to print on a terminal: control characters become `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Unix seconds as RFC 3339 UTC (civil-from-days, H. Hinnant's algorithm).
+fn rfc3339(ts: i64) -> String {
+    let days = ts.div_euclid(86_400);
+    let secs = ts.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 fn run_demo(port: u16, data: Option<PathBuf>) -> ExitCode {
@@ -253,5 +367,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_741_199), "2026-11-27T00:59:59Z");
+        assert_eq!(super::printable("a\u{1b}[2Jb"), "a?[2Jb");
     }
 }

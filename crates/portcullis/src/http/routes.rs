@@ -46,11 +46,14 @@ impl Routes {
             if let Some(hit) = allowed.iter().find(|u| u.as_str() == asked) {
                 return hit.to_string();
             }
-            tracing::warn!("a post_logout_redirect_uri off the allow-list was asked for; the default is used");
+            tracing::warn!(
+                "a post_logout_redirect_uri off the allow-list was asked for; the default is used"
+            );
         }
-        allowed.first().map(|u| u.to_string()).unwrap_or_else(|| {
-            format!("{}{}/logged-out", config.public_origin(), config.prefix)
-        })
+        allowed
+            .first()
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| format!("{}{}/logged-out", config.public_origin(), config.prefix))
     }
 
     /// Absolute login URL for API clients, from the configured public URL only (L08).
@@ -311,11 +314,11 @@ pub async fn logout(
             .await
         {
             Ok(Some(url)) => {
-                set_cookies.push(routes.cookies.set(
-                    CookieKind::Logout,
-                    &state,
-                    LOGIN_TTL_SECONDS,
-                ));
+                set_cookies.push(
+                    routes
+                        .cookies
+                        .set(CookieKind::Logout, &state, LOGIN_TTL_SECONDS),
+                );
                 provider_url = Some(url.to_string());
             }
             Ok(None) => tracing::warn!(
@@ -408,8 +411,7 @@ struct SpaExchange {
 /// RFC 7636 §4.1: 43–128 unreserved characters.
 fn is_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
@@ -491,10 +493,11 @@ pub async fn spa_code_exchange(
         .await;
     match outcome {
         Ok(outcome) => {
-            let cookie =
-                routes
-                    .cookies
-                    .set(CookieKind::Session, outcome.session_id.expose(), outcome.max_age);
+            let cookie = routes.cookies.set(
+                CookieKind::Session,
+                outcome.session_id.expose(),
+                outcome.max_age,
+            );
             let mut r = axum::Json(json!({ "ok": true })).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().append(header::SET_COOKIE, v);
@@ -526,9 +529,10 @@ pub async fn backchannel_logout(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
         });
     if !form {
         return refuse("The body must be a form (application/x-www-form-urlencoded).");
@@ -558,7 +562,7 @@ pub async fn method_not_allowed() -> Response {
     let mut r = HttpError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "Sign out with a POST request.",
+        "Use a POST request here.",
     )
     .into_response();
     r.headers_mut()

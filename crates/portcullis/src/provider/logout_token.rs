@@ -105,9 +105,9 @@ pub fn verify(
         let t = typ.to_ascii_lowercase();
         let t = t.strip_prefix("application/").unwrap_or(&t);
         if t != "logout+jwt" && t != "jwt" {
-            return Err(LogoutTokenError::WrongType(
-                super::discovery::truncate(typ, 32),
-            ));
+            return Err(LogoutTokenError::WrongType(super::discovery::truncate(
+                typ, 32,
+            )));
         }
     }
     verify_signature(jwt, keys, hmac_secret)?;
@@ -210,7 +210,10 @@ mod tests {
         use LogoutTokenError as E;
         for (v, err) in [
             (neither, E::NoSubject),
-            (with("iss", json!("https://id.example.com/")), E::WrongIssuer),
+            (
+                with("iss", json!("https://id.example.com/")),
+                E::WrongIssuer,
+            ),
             (without("iss"), E::WrongIssuer),
             (with("aud", json!("other")), E::WrongAudience),
             (with("aud", json!(["app", "other"])), E::WrongAudience),
@@ -222,9 +225,21 @@ mod tests {
             (with("iat", json!(NOW + 120)), E::Stale),
             (with("exp", json!(NOW - 120)), E::Expired),
             (without("events"), E::MissingEvent),
-            (with("events", json!({"http://schemas.openid.net/event/other": {}})), E::MissingEvent),
-            (with("events", json!({ BACKCHANNEL_LOGOUT_EVENT: "yes" })), E::MissingEvent),
-            (with("events", json!([BACKCHANNEL_LOGOUT_EVENT])), E::MissingEvent),
+            (
+                with(
+                    "events",
+                    json!({"http://schemas.openid.net/event/other": {}}),
+                ),
+                E::MissingEvent,
+            ),
+            (
+                with("events", json!({ BACKCHANNEL_LOGOUT_EVENT: "yes" })),
+                E::MissingEvent,
+            ),
+            (
+                with("events", json!([BACKCHANNEL_LOGOUT_EVENT])),
+                E::MissingEvent,
+            ),
             (with("nonce", json!("n")), E::HasNonce),
             (without("jti"), E::MissingJti),
             (with("jti", json!("")), E::MissingJti),

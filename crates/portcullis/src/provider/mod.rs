@@ -444,7 +444,8 @@ impl Provider {
     ) -> Result<logout_token::LogoutToken, LogoutError> {
         let metadata = self.metadata().await?;
         let allowed = self.allowed_algorithms(&metadata);
-        let jwt = id_token::parse_unverified(token, &allowed).map_err(logout_token::LogoutTokenError::from)?;
+        let jwt = id_token::parse_unverified(token, &allowed)
+            .map_err(logout_token::LogoutTokenError::from)?;
         let keys = if jwt.alg.is_hmac() {
             Vec::new()
         } else {

@@ -106,7 +106,10 @@ impl Gateway {
     pub async fn backchannel_logout(&self, logout_token: &str) -> Result<u64, BackchannelError> {
         use crate::provider::logout_token::MAX_AGE_SECONDS;
         let now = self.now();
-        let token = self.provider.validate_logout_token(logout_token, now).await?;
+        let token = self
+            .provider
+            .validate_logout_token(logout_token, now)
+            .await?;
         let issuer = self.provider.issuer();
         let key = format!(
             "backchannel-logout:{}",
@@ -119,7 +122,11 @@ impl Gateway {
             return Err(BackchannelError::Replayed);
         }
         let ended = match (&token.sid, &token.sub) {
-            (Some(sid), _) => self.store.delete_sessions_by_provider_sid(issuer, sid).await?,
+            (Some(sid), _) => {
+                self.store
+                    .delete_sessions_by_provider_sid(issuer, sid)
+                    .await?
+            }
             (None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await?,
             (None, None) => 0,
         };

@@ -2,6 +2,7 @@
 //! creates one. Sits between `http` (above) and `store` / `provider` (below).
 
 pub mod access;
+pub mod admin;
 pub mod handover;
 pub mod id;
 pub mod login;
