@@ -326,3 +326,167 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// `portcullis sessions list|revoke` against the store of a running gateway: what it
+/// lists is live, and what it revokes is refused by that gateway at once.
+#[tokio::test]
+async fn sessions_list_and_revoke_by_handle_user_and_all() {
+    use portcullis::session::{SessionId, new_uuid};
+    use portcullis::store::{NewSession, TokenSet, UserProfile};
+
+    let dir = std::env::temp_dir().join(format!(
+        "pc-cli-sessions-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = portcullis::session::KeyRing::generate_secret();
+    let env: Vec<(String, String)> = [
+        ("PORTCULLIS_ISSUER", "http://127.0.0.1:9".to_owned()),
+        ("PORTCULLIS_CLIENT_ID", "app".to_owned()),
+        (
+            "PORTCULLIS_STORE",
+            format!("sqlite:{}", dir.join("portcullis.db").display()),
+        ),
+        ("PORTCULLIS_SECRET", secret.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+
+    // The running gateway, and three sessions in its store.
+    let config = portcullis::Config::load_from(None, env.clone()).unwrap();
+    let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await.unwrap());
+    let store = gateway.store().clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let user = |sub: &str| {
+        let store = store.clone();
+        let sub = sub.to_owned();
+        async move {
+            let profile = UserProfile {
+                email: Some(format!("{sub}@example.com")),
+                name: None,
+            };
+            store
+                .upsert_user("http://127.0.0.1:9", &sub, &profile, now)
+                .await
+                .unwrap()
+        }
+    };
+    let (alice, bob) = (user("alice").await, user("bob").await);
+    let mut ids = Vec::new();
+    for (u, ua) in [
+        (&alice, "Firefox\u{1b}[2J"),
+        (&alice, "Safari"),
+        (&bob, "curl"),
+    ] {
+        let id = SessionId::generate();
+        store
+            .create_session(&NewSession {
+                family_id: new_uuid(),
+                id_hash: id.hash(),
+                user_id: u.id,
+                provider_sid: None,
+                created_at: now,
+                idle_expires_at: now + 3600,
+                absolute_expires_at: now + 86_400,
+                tokens: TokenSet::default(),
+                user_agent: Some(ua.into()),
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/auth/session", listener.local_addr().unwrap());
+    let app = portcullis::http::router(gateway).unwrap();
+    tokio::spawn(async move {
+        let _ = portcullis::http::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
+    });
+    let client = reqwest::Client::new();
+    let status = |id: &SessionId| {
+        let req = client
+            .get(&url)
+            .header("cookie", format!("portcullis={}", id.expose()));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.arg("sessions").args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PORTCULLIS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().cloned());
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+
+    let (code, out, err) = run(&["list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[0].starts_with("HANDLE\tUSER ID\tEMAIL\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT")
+    );
+    for id in &ids {
+        assert!(out.contains(id.hash().short()), "{out}");
+        assert!(!out.contains(id.expose()), "never the session id itself");
+    }
+    assert!(out.contains("alice@example.com") && out.contains("bob@example.com"));
+    assert!(
+        out.contains("Firefox?[2J"),
+        "control characters are not printed: {out}"
+    );
+    assert!(!out.contains('\u{1b}'));
+    let (_, out, _) = run(&["list", "--user", &bob.id.to_string()]).await;
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("curl") && !out.contains("Safari"));
+
+    for id in &ids {
+        assert_eq!(status(id).await, 200);
+    }
+    // By handle: that session, at once, for the running gateway.
+    let (code, out, err) = run(&["revoke", ids[0].hash().short()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 session(s) revoked"), "{out}");
+    assert_eq!(status(&ids[0]).await, 401);
+    assert_eq!(status(&ids[1]).await, 200);
+    // Unknown and malformed handles are errors, not silent successes.
+    for bad in [ids[0].hash().short(), "zzzzzzzzzzzz", "abc"] {
+        let (code, _, err) = run(&["revoke", bad]).await;
+        assert_ne!(code, Some(0), "{bad}");
+        assert!(err.contains("handle"), "{err}");
+    }
+    // By user.
+    let (code, out, _) = run(&["revoke", "--user", &alice.id.to_string()]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 session(s) revoked"), "{out}");
+    assert_eq!(status(&ids[1]).await, 401);
+    assert_eq!(status(&ids[2]).await, 200);
+    // Everything.
+    let (code, out, _) = run(&["revoke", "--all"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 session(s) revoked"), "{out}");
+    assert_eq!(status(&ids[2]).await, 401);
+    // Exactly one of HANDLE, --user, --all.
+    let (code, _, _) = run(&["revoke"]).await;
+    assert_ne!(code, Some(0));
+    let (code, _, _) = run(&["revoke", "--all", "--user", &bob.id.to_string()]).await;
+    assert_ne!(code, Some(0));
+}
