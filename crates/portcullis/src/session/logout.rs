@@ -8,7 +8,6 @@ use crate::gateway::Gateway;
 use crate::store::SessionRecord;
 
 /// What signing out did.
-#[derive(Debug)]
 pub enum SignOut {
     /// There was no live session behind the cookie.
     NoSession,
@@ -19,6 +18,19 @@ pub enum SignOut {
         revoked: bool,
         id_token: Option<zeroize::Zeroizing<String>>,
     },
+}
+
+impl std::fmt::Debug for SignOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoSession => f.write_str("NoSession"),
+            Self::Ended { revoked, id_token } => f
+                .debug_struct("Ended")
+                .field("revoked", revoked)
+                .field("id_token", &id_token.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
 }
 
 impl Gateway {
