@@ -107,6 +107,9 @@ mutate $S/session/refresh.rs 'if let Err(denied) = check_access(&self.config.acc
 mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
+mutate $S/session/refresh.rs 'if !complete && !conclusive(&denied, &claims) {' 'if !complete {' $SS without_userinfo
+mutate $S/session/refresh.rs '"http_429" | "temporarily_unavailable" | "slow_down"' '"never"' $SS f05_
+
 LO=logout
 mutate $S/provider/logout_token.rs '    verify_signature(jwt, keys, hmac_secret)?;' '' $LO o04_
 mutate $S/provider/logout_token.rs 'if t != "logout+jwt" && t != "jwt" {' 'if false {' $LO o04_
@@ -114,7 +117,7 @@ mutate $S/provider/logout_token.rs 'if claims.contains_key("nonce") {' 'if false
 mutate $S/provider/logout_token.rs 'if iat > now + LEEWAY_SECONDS || iat < now - MAX_AGE_SECONDS {' 'if false {' $LO o04_
 mutate $S/provider/logout_token.rs '.is_some_and(Value::is_object);' '.is_some_and(|_| true) || true;' $LO o04_
 mutate $S/session/logout.rs 'if !self.store.remember_once(&key, now, until).await? {' 'if false {' $LO o04_
-mutate $S/session/logout.rs '(None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await?,' '(None, Some(_)) => 0,' $LO o05_
+mutate $S/session/logout.rs '(None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await,' '(None, Some(_)) => Ok(0),' $LO o05_
 mutate $S/http/routes.rs '(Some(s), Some(e)) => secrets_equal(s.as_bytes(), e.as_bytes()),' '(Some(_), _) => true,' $LO o03_
 mutate $S/http/routes.rs 'verifier.filter(|v| is_verifier(v)),' 'verifier,' $LO the_spa_exchange
 

@@ -103,6 +103,9 @@ pub struct ProviderSettings {
 pub struct LogoutSettings {
     /// After the local sign-out, continue to the provider's `end_session_endpoint`.
     pub provider_logout: bool,
+    /// Send the session's last ID token as `id_token_hint` (it then passes through the
+    /// browser in the redirect URL; off by default: SECURITY-CASES S02).
+    pub id_token_hint: bool,
     /// Where the provider may send the browser back (exact URLs; the first is the
     /// default). Empty: the gateway's own `{prefix}/logged-out`.
     pub post_logout_redirect_uris: Vec<Url>,
@@ -329,6 +332,7 @@ struct RawProvider {
 #[serde(deny_unknown_fields)]
 struct RawLogout {
     provider_logout: Option<bool>,
+    id_token_hint: Option<bool>,
     post_logout_redirect_uris: Option<Vec<String>>,
 }
 
@@ -392,6 +396,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),
+    ("logout", "id_token_hint", Kind::Bool),
     ("logout", "post_logout_redirect_uris", Kind::List),
     ("csrf", "header", Kind::Text),
     ("spa", "code_exchange", Kind::Bool),
@@ -816,6 +821,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     }
     let logout = LogoutSettings {
         provider_logout: raw.logout.provider_logout.unwrap_or(false),
+        id_token_hint: raw.logout.id_token_hint.unwrap_or(false),
         post_logout_redirect_uris,
     };
 

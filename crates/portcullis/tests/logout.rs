@@ -322,7 +322,13 @@ async fn o03_post_logout_redirects_only_to_allow_listed_targets() {
         let q = query(&location);
         assert_eq!(q["post_logout_redirect_uri"], expected, "{asked}");
         assert_eq!(q["client_id"], "app");
-        assert_eq!(q["id_token_hint"], issued["id_token"].as_str().unwrap());
+        // S02: no ID token through the browser unless configured.
+        assert!(!q.contains_key("id_token_hint"));
+        assert!(
+            !resp
+                .visible_text()
+                .contains(issued["id_token"].as_str().unwrap())
+        );
         assert_eq!(
             browser.cookie("portcullis_logout").as_deref(),
             Some(q["state"].as_str())
@@ -359,6 +365,36 @@ async fn o03_post_logout_redirects_only_to_allow_listed_targets() {
     assert_eq!(resp.status, 200);
     assert!(resp.body.contains("You are signed out"));
     assert!(browser.cookie("portcullis_logout").is_none());
+
+    // With `logout.id_token_hint`, the hint goes along on page navigations only.
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default()
+            .env("PORTCULLIS_LOGOUT_PROVIDER_LOGOUT", "true")
+            .env("PORTCULLIS_LOGOUT_ID_TOKEN_HINT", "true"),
+    )
+    .await;
+    let browser = Browser::new();
+    let issued = p.sign_in(&gw, &browser).await;
+    let location = sign_out(&gw, &browser, "").await.location().unwrap();
+    assert_eq!(
+        query(&location)["id_token_hint"],
+        issued["id_token"].as_str().unwrap()
+    );
+    let issued = p.sign_in(&gw, &browser).await;
+    let api = browser
+        .request(
+            Method::POST,
+            &gw.at("/auth/logout"),
+            &[("accept", "application/json"), ("x-csrf", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    let redirect = api.json()["redirect"].as_str().unwrap().to_owned();
+    assert!(redirect.starts_with(&format!("{}/end-session?", p.issuer)));
+    assert!(!api.body.contains(issued["id_token"].as_str().unwrap()));
+    assert!(!query(&redirect).contains_key("id_token_hint"));
 }
 
 // ---------------------------------------------------------------------------------

@@ -139,6 +139,9 @@ async fn f02_invalid_grant_ends_the_session_without_retrying() {
     h.sign_in(&page_client, |_| {}).await;
     let dead = || RefreshAnswer::Json(400, json!({"error": "invalid_grant"}));
     h.p.answer_refreshes([dead(), dead()]);
+    // Another refusal of the grant (not an outage) ends a session the same way.
+    let third = Browser::new();
+    h.sign_in(&third, |_| {}).await;
     h.gw.clock.advance(250); // due, though the access token is still valid
 
     let resp = api(&h.gw, &api_client, "/x").await;
@@ -147,6 +150,11 @@ async fn f02_invalid_grant_ends_the_session_without_retrying() {
     let resp = page_client.navigate(&h.gw.at("/page")).await;
     assert_eq!(resp.status, 302);
     assert!(resp.location().unwrap().starts_with("/auth/login"));
+    h.p.answer_refreshes([RefreshAnswer::Json(
+        400,
+        json!({"error": "unauthorized_client"}),
+    )]);
+    assert_eq!(api(&h.gw, &third, "/x").await.status, 401);
     assert_eq!(h.gw.session_count().await, 0);
     assert_eq!(h.up.calls(), 0, "nothing reached the upstream");
 
@@ -154,7 +162,7 @@ async fn f02_invalid_grant_ends_the_session_without_retrying() {
     for _ in 0..3 {
         assert_eq!(api(&h.gw, &api_client, "/x").await.status, 401);
     }
-    assert_eq!(h.p.refresh_calls(), 2);
+    assert_eq!(h.p.refresh_calls(), 3);
 }
 
 #[tokio::test]
@@ -233,6 +241,8 @@ async fn f05_provider_faults_keep_the_session_and_answer_503_with_retry_after() 
     let faults = [
         RefreshAnswer::Json(503, json!({})),
         RefreshAnswer::Json(500, json!({"error": "server_error"})),
+        RefreshAnswer::Json(429, json!({})),
+        RefreshAnswer::Json(200, json!({"access_token": "no token_type"})),
         RefreshAnswer::Reset,
         RefreshAnswer::Stall(std::time::Duration::from_secs(3)),
     ];
@@ -297,6 +307,36 @@ async fn access_rules_are_applied_again_at_refresh() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
+}
+
+#[tokio::test]
+async fn without_userinfo_the_rules_refuse_only_on_claims_at_hand() {
+    let h =
+        hostile(Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAILS", "alice@example.com"))
+            .await;
+    // UserInfo fails after the refresh; the refreshed ID token has no email: the rules
+    // cannot decide, so the session is kept (and checked again at the next refresh).
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    let mut answer = refreshed_tokens();
+    answer["id_token"] = json!(h.p.refreshed_id_token(|c| {
+        c.as_object_mut().unwrap().remove("email");
+    }));
+    h.p.answer_refreshes([RefreshAnswer::Json(200, answer)]);
+    h.p.script.lock().unwrap().userinfo_status = Some(503);
+    h.gw.clock.advance(250);
+    assert_eq!(api(&h.gw, &browser, "/x").await.status, 200);
+    // The refreshed ID token itself names a refused email: that is decisive.
+    let mut answer = refreshed_tokens();
+    answer["id_token"] = json!(h.p.refreshed_id_token(|c| {
+        c["email"] = json!("alice@elsewhere.example");
+        c["exp"] = json!(support::now() + 3600);
+    }));
+    h.p.answer_refreshes([RefreshAnswer::Json(200, answer)]);
+    h.gw.clock.advance(250);
+    let resp = api(&h.gw, &browser, "/x").await;
+    assert_eq!(resp.status, 403, "{}", resp.body);
+    assert_eq!(h.gw.session_count().await, 0);
 }
 
 #[tokio::test]

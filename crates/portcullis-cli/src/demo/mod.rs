@@ -72,6 +72,7 @@ store = "sqlite:{idp_db}"
 id = "{CLIENT_ID}"
 redirect_uris = ["{gateway_url}/auth/callback"]
 post_logout_redirect_uris = ["{gateway_url}/signed-out"]
+backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
 [[users]]
 username = "alice"
 password = "alice"

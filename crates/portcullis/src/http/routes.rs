@@ -303,14 +303,19 @@ pub async fn logout(
         routes.cookies.clear(CookieKind::LoginBinding),
     ];
     // RP-initiated logout: on to the provider, with a state only this browser holds.
+    // The ID token goes along only when configured, and never into a JSON body.
     let mut provider_url = None;
     if config.logout.provider_logout {
         let state = random_token();
         let target = routes.post_logout_redirect_uri(query.as_deref());
+        let hint = id_token
+            .as_deref()
+            .filter(|_| config.logout.id_token_hint && page)
+            .map(|t| t.as_str());
         match routes
             .gateway
             .provider()
-            .end_session_url(id_token.as_deref().map(|t| t.as_str()), &state, &target)
+            .end_session_url(hint, &state, &target)
             .await
         {
             Ok(Some(url)) => {

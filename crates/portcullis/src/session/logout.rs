@@ -137,10 +137,21 @@ impl Gateway {
             (Some(sid), _) => {
                 self.store
                     .delete_sessions_by_provider_sid(issuer, sid)
-                    .await?
+                    .await
             }
-            (None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await?,
-            (None, None) => 0,
+            (None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await,
+            (None, None) => Ok(0),
+        };
+        let ended = match ended {
+            Ok(n) => n,
+            Err(e) => {
+                // Nothing was ended: the provider's retry of this token must not be
+                // refused as a replay.
+                if let Err(forget) = self.store.forget(&key).await {
+                    tracing::warn!(error = %forget, "could not forget a logout token's jti");
+                }
+                return Err(e.into());
+            }
         };
         tracing::info!(
             ended,

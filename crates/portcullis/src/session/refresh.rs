@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::access::check_access;
+use super::access::{AccessDenied, check_access};
 use super::id::SessionId;
 use super::login::{MAX_PROVIDER_LIFETIME, token_context};
 use super::lookup::OpenTokens;
@@ -41,8 +41,10 @@ pub const MAX_WAITERS: usize = 256;
 /// How long a request waits for another's refresh of its session.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// How long the store lease of one refresh lasts; longer than any provider call.
-const LEASE_SECONDS: i64 = 30;
+/// How long the store lease of one refresh lasts: well beyond the worst case from
+/// lease to commit (metadata, token call, JWKS for the new ID token: 10 s each; store
+/// calls: 5 s each), with room for clock skew between instances.
+const LEASE_SECONDS: i64 = 60;
 
 /// How often an instance waiting for another instance's refresh looks at the store.
 const POLL: Duration = Duration::from_millis(100);
@@ -82,9 +84,44 @@ struct Breaker {
     probing: bool,
 }
 
-enum Admission {
-    Go { probe: bool },
-    Wait(u64),
+/// Leave to call the provider. A probe that ends without an answer from the provider
+/// (or by a panic) frees the probe slot when dropped, so the breaker cannot stick.
+struct Permit<'a> {
+    refreshes: &'a Refreshes,
+    probe: bool,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// The provider answered (`failed`: with an outage-like failure).
+    fn settle(mut self, now: UnixTime, failed: bool) {
+        self.refreshes.settle(now, self.probe, failed);
+        self.settled = true;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.settled {
+            lock(&self.refreshes.breaker).probing = false;
+        }
+    }
+}
+
+/// A provider failure that says nothing about this session's grant: the provider is
+/// down, slow, overloaded or answering garbage (F05). Such failures keep the session
+/// and open the breaker; every other refusal is about the grant and ends the session.
+fn is_outage(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::TokenRejected(code) => {
+            matches!(
+                code.as_str(),
+                "http_429" | "temporarily_unavailable" | "slow_down"
+            )
+        }
+        ProviderError::BadResponse(_) | ProviderError::TooLarge(_) => true,
+        other => other.is_transient(),
+    }
 }
 
 /// A place in a session's refresh queue; leaving it (drop) frees the entry.
@@ -128,19 +165,24 @@ impl Refreshes {
         })
     }
 
-    fn admit(&self, now: UnixTime) -> Admission {
+    /// Leave to call the provider, or the seconds to wait.
+    fn admit(&self, now: UnixTime) -> Result<Permit<'_>, u64> {
         let mut b = lock(&self.breaker);
-        if b.failures == 0 {
-            return Admission::Go { probe: false };
-        }
-        if now < b.open_until {
-            return Admission::Wait((b.open_until - now) as u64);
-        }
-        if b.probing {
-            return Admission::Wait(1);
-        }
-        b.probing = true;
-        Admission::Go { probe: true }
+        let probe = if b.failures == 0 {
+            false
+        } else if now < b.open_until {
+            return Err((b.open_until - now) as u64);
+        } else if b.probing {
+            return Err(1);
+        } else {
+            b.probing = true;
+            true
+        };
+        Ok(Permit {
+            refreshes: self,
+            probe,
+            settled: false,
+        })
     }
 
     /// Records how an admitted attempt went: `failed` for an outage-like failure.
@@ -172,6 +214,17 @@ enum Refused {
     /// It could not be checked right now (keys unreachable or unknown): keep the
     /// previous ID token and do not trust the new one.
     Unverifiable(ProviderError),
+}
+
+/// Whether a refusal stands on claims that are present (as opposed to claims that only
+/// the unavailable UserInfo would have supplied).
+fn conclusive(denied: &AccessDenied, claims: &Map<String, Value>) -> bool {
+    match denied {
+        AccessDenied::NoEmail => false,
+        AccessDenied::EmailNotVerified => claims.contains_key("email_verified"),
+        AccessDenied::EmailNotAllowed => true,
+        AccessDenied::MissingClaim(claim) => claims.contains_key(claim),
+    }
 }
 
 impl Gateway {
@@ -284,7 +337,7 @@ impl Gateway {
                 .acquire_lease(&key, &holder, now, now + LEASE_SECONDS)
                 .await?
             {
-                let result = self.refresh_now(fresh).await;
+                let result = self.refresh_with_lease(fresh, version).await;
                 if let Err(e) = self.store.release_lease(&key, &holder).await {
                     tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
                 }
@@ -306,15 +359,34 @@ impl Gateway {
         }
     }
 
+    /// Holding the lease: reads the session once more (another instance may have
+    /// committed between our read and our lease: its refresh token is then the live
+    /// one), and refreshes only if nothing changed.
+    async fn refresh_with_lease(
+        &self,
+        fresh: Fresh,
+        version: i64,
+    ) -> Result<Option<Fresh>, SessionError> {
+        let Some(fresh) = self.reload(fresh).await? else {
+            return Ok(None);
+        };
+        if fresh.record.token_version != version
+            || !self.refresh_due(&fresh.record.tokens, self.now())
+        {
+            return Ok(Some(fresh));
+        }
+        self.refresh_now(fresh).await
+    }
+
     /// Calls the provider, holding the lease.
     async fn refresh_now(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
         let now = self.now();
-        let probe = match self.refreshes.admit(now) {
-            Admission::Go { probe } => probe,
-            Admission::Wait(seconds) => return self.serve_stale(fresh, seconds),
+        let permit = match self.refreshes.admit(now) {
+            Ok(permit) => permit,
+            Err(seconds) => return self.serve_stale(fresh, seconds),
         };
         let Ok(tokens) = self.session_tokens(&fresh.record) else {
-            self.refreshes.settle(now, probe, false);
+            drop(permit);
             tracing::warn!(
                 session = fresh.record.id_hash.short(),
                 "a session's tokens no longer open (key ring changed?); the session ends"
@@ -323,28 +395,37 @@ impl Gateway {
             return Ok(None);
         };
         let Some(refresh_token) = tokens.refresh_token.as_deref() else {
-            self.refreshes.settle(now, probe, false);
             return Ok(Some(fresh));
         };
         match self.provider.refresh(refresh_token).await {
             Ok(answer) => {
-                self.refreshes.settle(now, probe, false);
+                permit.settle(now, false);
                 self.commit_refresh(fresh, &tokens, answer).await
             }
-            Err(e) if e.is_invalid_grant() => {
-                // F02: the grant is gone at the provider; so is the session. No retry.
-                self.refreshes.settle(now, probe, false);
+            Err(e) if !is_outage(&e) => {
+                // F02: the grant is refused (`invalid_grant`, or another OAuth error about
+                // it); so is the session. No retry. Unless a rotation was committed
+                // meanwhile, which this refusal says nothing about.
+                permit.settle(now, false);
+                let version = fresh.record.token_version;
+                if let Some(latest) = self.reload(fresh.clone()).await?
+                    && latest.record.token_version != version
+                {
+                    return Ok(Some(latest));
+                }
                 self.store.delete_session(fresh.record.family_id).await?;
                 tracing::info!(
                     session = fresh.record.id_hash.short(),
                     user = %fresh.record.user.id,
-                    "the provider refused the refresh token (invalid_grant); the session ended"
+                    error = e.code(),
+                    detail = %e,
+                    "the provider refused the refresh token; the session ended"
                 );
                 Ok(None)
             }
             Err(e) => {
                 // F05: an outage or a fault of the provider keeps the session.
-                self.refreshes.settle(now, probe, true);
+                permit.settle(now, true);
                 tracing::warn!(
                     session = fresh.record.id_hash.short(),
                     error = %e,
@@ -408,7 +489,11 @@ impl Gateway {
                             _ => "the refreshed ID token is not valid",
                         },
                     );
-                    let refresh = answer.refresh_token.as_deref().map(|s| s.as_str());
+                    let refresh = answer
+                        .refresh_token
+                        .as_deref()
+                        .or(old.refresh_token.as_deref())
+                        .map(|s| s.as_str());
                     self.end_session_and_revoke(record, refresh).await?;
                     return Ok(None);
                 }
@@ -513,6 +598,7 @@ impl Gateway {
                     .and_then(|t| self.provider.stored_id_token_claims(&t))
             })
             .unwrap_or_default();
+        let mut complete = true;
         match self
             .provider
             .userinfo(&answer.access_token, &record.user.subject)
@@ -526,17 +612,27 @@ impl Gateway {
                     record,
                     "UserInfo answered for another subject after a refresh",
                 );
-                let refresh = answer.refresh_token.as_deref().map(|s| s.as_str());
-                self.end_session_and_revoke(record, refresh).await?;
+                let tokens = self.session_tokens(record).ok();
+                let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+                self.end_session_and_revoke(record, refresh.map(|s| s.as_str()))
+                    .await?;
                 return Ok(None);
             }
             Err(e) => {
-                // The rules are applied again at the next refresh.
-                tracing::warn!(error = %e, code = e.code(), "UserInfo failed after a refresh; the access rules were not re-checked this time");
-                return Ok(Some(fresh));
+                tracing::warn!(error = %e, code = e.code(), "UserInfo failed after a refresh; the access rules see the ID token's claims only");
+                complete = false;
             }
         }
         if let Err(denied) = check_access(&self.config.access, &claims) {
+            if !complete && !conclusive(&denied, &claims) {
+                // Refusing for a claim only UserInfo would have told us is a guess.
+                tracing::warn!(
+                    session = record.id_hash.short(),
+                    reason = denied.code(),
+                    "the access rules could not be decided without UserInfo; applied again at the next refresh"
+                );
+                return Ok(Some(fresh));
+            }
             tracing::info!(
                 session = record.id_hash.short(),
                 user = %record.user.id,

@@ -542,6 +542,15 @@ async fn replay_cache_remembers_once(store: &dyn Store) {
             .await
             .unwrap()
     );
+    // Forgotten (the work it guarded failed): the key may be used again.
+    store.forget(&key).await.unwrap();
+    assert!(
+        store
+            .remember_once(&key, NOW + 61, NOW + 121)
+            .await
+            .unwrap()
+    );
+    store.forget(&unique("never-seen")).await.unwrap();
 }
 
 async fn expiry_purges_everything_old(store: &dyn Store) {

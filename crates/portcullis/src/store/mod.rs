@@ -283,6 +283,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // Replay cache (back-channel logout `jti`).
     /// Records `key` until `until`; returns false if it was already recorded.
     async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool>;
+    /// Forgets `key` (the work it guarded did not happen, so a retry must be allowed).
+    async fn forget(&self, key: &str) -> StoreResult<()>;
 
     /// Deletes everything past its expiry; returns how many records went.
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;

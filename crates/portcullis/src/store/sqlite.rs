@@ -604,6 +604,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget(&self, key: &str) -> StoreResult<()> {
+        timed(async {
+            sqlx::query("DELETE FROM replay_cache WHERE replay_key = ?1")
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         // In batches, each under its own timeout, so that a large backlog (a flood of
         // abandoned logins) is worked off instead of timing out as one statement.

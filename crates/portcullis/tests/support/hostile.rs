@@ -44,6 +44,8 @@ pub struct Script {
     pub refresh_answers: std::collections::VecDeque<RefreshAnswer>,
     /// Refresh tokens presented to the token endpoint, in order.
     pub refresh_tokens_used: Vec<String>,
+    /// UserInfo answers this status instead.
+    pub userinfo_status: Option<u16>,
 }
 
 /// One scripted answer to a refresh request.
@@ -360,6 +362,9 @@ async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Respo
         .is_some_and(|v| v.starts_with("Bearer "))
     {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Some(status) = p.script.lock().unwrap().userinfo_status {
+        return StatusCode::from_u16(status).unwrap().into_response();
     }
     match p.script.lock().unwrap().userinfo.clone() {
         Some(v) => Json(v).into_response(),
