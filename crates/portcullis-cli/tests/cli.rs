@@ -419,13 +419,8 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
         async move { req.send().await.unwrap().status().as_u16() }
     };
     let run = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut cmd = tokio::process::Command::from(portcullis());
         cmd.arg("sessions").args(args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PORTCULLIS_") {
-                cmd.env_remove(k);
-            }
-        }
         cmd.envs(env.iter().cloned());
         async move {
             let out = cmd.output().await.unwrap();

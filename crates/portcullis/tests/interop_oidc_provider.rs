@@ -282,16 +282,9 @@ async fn interop_real_provider_refuses_a_code_without_its_verifier_l04(op: Op) {
                 resp = attacker.navigate(url.as_str()).await;
             }
             200 => {
-                let action = resp
-                    .body
-                    .split("action=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                url = url.join(&action).unwrap();
+                url = url
+                    .join(&support::browser::form_action(&resp.body))
+                    .unwrap();
                 let body = support::browser::login_form_body(&resp.body, "bob", "bob");
                 resp = attacker
                     .request(

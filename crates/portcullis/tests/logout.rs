@@ -10,7 +10,7 @@ mod support;
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::browser::Resp;
+use support::browser::{Resp, form_action, hidden_fields};
 use support::gateway::{Options, follow_sign_in};
 use support::keys::b64;
 use support::oidc_provider::RealProvider;
@@ -487,32 +487,6 @@ async fn signing_out_at_the_provider_ends_the_gateway_session_within_a_second() 
     );
 }
 
-/// The hidden inputs of the first form in `html`, and its action.
-fn hidden_form(html: &str) -> (String, String) {
-    let action = html
-        .split("action=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .replace("&amp;", "&");
-    let mut s = url::form_urlencoded::Serializer::new(String::new());
-    for input in html.split("<input").skip(1) {
-        let attr = |name: &str| {
-            input
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|v| v.split('"').next())
-                .map(str::to_owned)
-        };
-        if let (Some(n), Some(v)) = (attr("name"), attr("value")) {
-            s.append_pair(&n, &v);
-        }
-    }
-    (action, s.finish())
-}
-
 #[tokio::test]
 async fn rp_initiated_logout_ends_the_provider_session_and_returns_with_our_state() {
     let Some(r) = real(json!({}), &[("PORTCULLIS_LOGOUT_PROVIDER_LOGOUT", "true")]).await else {
@@ -536,11 +510,11 @@ async fn rp_initiated_logout_ends_the_provider_session_and_returns_with_our_stat
     // The provider asks to confirm (a form it submits by script); submit it.
     let page = browser.navigate(&to_provider).await;
     assert_eq!(page.status, 200, "{}", page.body);
-    let (action, body) = hidden_form(&page.body);
     let action = url::Url::parse(&to_provider)
         .unwrap()
-        .join(&action)
+        .join(&form_action(&page.body))
         .unwrap();
+    let body = hidden_fields(&page.body).finish();
     let back = browser
         .request(
             Method::POST,

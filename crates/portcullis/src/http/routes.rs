@@ -56,6 +56,28 @@ impl Routes {
             .unwrap_or_else(|| format!("{}{}/logged-out", config.public_origin(), config.prefix))
     }
 
+    /// The 403 for a state-changing call that did not come from this site (S06, O02).
+    fn refuse_cross_site(&self, headers: &HeaderMap, what: &str, page: bool) -> Option<Response> {
+        let config = self.gateway.config();
+        if is_same_origin_write(
+            headers,
+            &config.public_origin(),
+            &config.csrf_header.to_ascii_lowercase(),
+        ) {
+            return None;
+        }
+        tracing::warn!(what, "cross-site request refused");
+        Some(no_store(
+            HttpError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_refused",
+                format!("{what} must come from this site."),
+            )
+            .page(page)
+            .into_response(),
+        ))
+    }
+
     /// Absolute login URL for API clients, from the configured public URL only (L08).
     fn login_url(&self) -> String {
         format!(
@@ -269,21 +291,8 @@ pub async fn logout(
 ) -> Response {
     let config = routes.gateway.config();
     let page = is_navigation(&method, &headers);
-    if !is_same_origin_write(
-        &headers,
-        &config.public_origin(),
-        &config.csrf_header.to_ascii_lowercase(),
-    ) {
-        tracing::warn!("cross-site sign-out refused");
-        return no_store(
-            HttpError::new(
-                StatusCode::FORBIDDEN,
-                "csrf_refused",
-                "Sign-out must come from this site.",
-            )
-            .page(page)
-            .into_response(),
-        );
+    if let Some(refusal) = routes.refuse_cross_site(&headers, "Sign-out", page) {
+        return refusal;
     }
     let cookie = routes
         .cookies
@@ -428,21 +437,8 @@ pub async fn spa_code_exchange(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let config = routes.gateway.config();
-    if !is_same_origin_write(
-        &headers,
-        &config.public_origin(),
-        &config.csrf_header.to_ascii_lowercase(),
-    ) {
-        tracing::warn!("cross-site code exchange refused");
-        return no_store(
-            HttpError::new(
-                StatusCode::FORBIDDEN,
-                "csrf_refused",
-                "The code exchange must come from this site.",
-            )
-            .into_response(),
-        );
+    if let Some(refusal) = routes.refuse_cross_site(&headers, "The code exchange", false) {
+        return refusal;
     }
     let json = headers
         .get(header::CONTENT_TYPE)

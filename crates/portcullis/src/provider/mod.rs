@@ -367,6 +367,20 @@ impl Provider {
         }
     }
 
+    /// The provider's keys that may have signed `jwt` (none for HMAC: the client secret
+    /// is the key). Keys only ever come from the JWKS, never from the token (J03).
+    async fn keys_for(
+        &self,
+        jwt: &id_token::UnverifiedJwt<'_>,
+    ) -> Result<Vec<jwks::VerificationKey>, ProviderError> {
+        if jwt.alg.is_hmac() {
+            return Ok(Vec::new());
+        }
+        self.jwks
+            .find(&self.http, jwt.kid.as_deref(), jwt.alg)
+            .await
+    }
+
     /// Validates an ID token (OIDC Core §3.1.3.7).
     pub async fn validate_id_token(
         &self,
@@ -374,16 +388,9 @@ impl Provider {
         nonce: Option<&str>,
         now: UnixTime,
     ) -> Result<IdTokenClaims, ProviderError> {
-        let metadata = self.metadata().await?;
-        let allowed = self.allowed_algorithms(&metadata);
+        let allowed = self.allowed_algorithms(&*self.metadata().await?);
         let jwt = id_token::parse_unverified(token, &allowed)?;
-        let keys = if jwt.alg.is_hmac() {
-            Vec::new()
-        } else {
-            self.jwks
-                .find(&self.http, jwt.kid.as_deref(), jwt.alg)
-                .await?
-        };
+        let keys = self.keys_for(&jwt).await?;
         if !jwt.alg.is_hmac() && keys.is_empty() {
             tracing::warn!(
                 kid = jwt.kid.as_deref().map(|k| discovery::truncate(k, 64)),
@@ -442,17 +449,10 @@ impl Provider {
         token: &str,
         now: UnixTime,
     ) -> Result<logout_token::LogoutToken, LogoutError> {
-        let metadata = self.metadata().await?;
-        let allowed = self.allowed_algorithms(&metadata);
+        let allowed = self.allowed_algorithms(&*self.metadata().await?);
         let jwt = id_token::parse_unverified(token, &allowed)
             .map_err(logout_token::LogoutTokenError::from)?;
-        let keys = if jwt.alg.is_hmac() {
-            Vec::new()
-        } else {
-            self.jwks
-                .find(&self.http, jwt.kid.as_deref(), jwt.alg)
-                .await?
-        };
+        let keys = self.keys_for(&jwt).await?;
         let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
         Ok(logout_token::verify(
             &jwt,

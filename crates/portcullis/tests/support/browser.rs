@@ -202,6 +202,25 @@ pub async fn raw_request(
 /// The body of a sign-in form post: its hidden fields (CSRF tokens, carried
 /// parameters) plus the credentials.
 pub fn login_form_body(html: &str, username: &str, password: &str) -> String {
+    let mut s = hidden_fields(html);
+    s.append_pair("username", username)
+        .append_pair("password", password);
+    s.finish()
+}
+
+/// The `action` of the first form in `html`, unescaped.
+pub fn form_action(html: &str) -> String {
+    html.split("action=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&")
+}
+
+/// The hidden inputs of `html`, form-encoded so far.
+pub fn hidden_fields(html: &str) -> url::form_urlencoded::Serializer<'static, String> {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for input in html.split("<input type=\"hidden\" ").skip(1) {
         let attr = |name: &str| {
@@ -221,7 +240,5 @@ pub fn login_form_body(html: &str, username: &str, password: &str) -> String {
             s.append_pair(&n, &v);
         }
     }
-    s.append_pair("username", username)
-        .append_pair("password", password);
-    s.finish()
+    s
 }

@@ -273,16 +273,7 @@ pub async fn follow_sign_in(
                 resp = browser.navigate(url.as_str()).await;
             }
             200 if resp.body.contains("name=\"password\"") => {
-                let action = resp
-                    .body
-                    .split("action=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .replace("&amp;", "&");
-                url = url.join(&action).unwrap();
+                url = url.join(&super::browser::form_action(&resp.body)).unwrap();
                 let body = super::browser::login_form_body(&resp.body, username, password);
                 resp = browser
                     .request(
