@@ -99,7 +99,7 @@ mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if true {' 
 mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if in_grace {' $SS f06_rotation
 mutate $S/session/lookup.rs 'let seen = (presented_current && !rotated).then(|| current.hash());' 'let seen = Some(current.hash());' $SS f06_rotation
 mutate $S/session/refresh.rs 'let key = format!("refresh:{}", fresh.record.family_id);' 'let key = format!("refresh:{}", random_token());' $SS f03_two_instances
-mutate $S/session/refresh.rs 'Err(e) if e.is_invalid_grant() => {' 'Err(e) if false && e.is_invalid_grant() => {' $SS f02_invalid_grant
+mutate $S/session/refresh.rs 'Err(e) if !is_outage(&e) => {' 'Err(e) if false && !is_outage(&e) => {' $SS f02_invalid_grant
 mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
 mutate $S/session/refresh.rs 'b.open_until = now + pause.min(BREAKER_MAX_SECONDS);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_

@@ -102,6 +102,18 @@ const provider = new Provider(issuer, {
 });
 
 for (const e of COUNTED) provider.on(e, () => { counts[e] += 1; });
+
+// Test hook: a slow token endpoint (TOKEN_DELAY_MS), so that concurrent refreshes
+// from several gateway instances really overlap unless they are coordinated.
+const TOKEN_DELAY_MS = int('TOKEN_DELAY_MS', 0);
+if (TOKEN_DELAY_MS > 0) {
+  provider.use(async (ctx, next) => {
+    if (ctx.method === 'POST' && ctx.path === '/token') {
+      await new Promise((resolve) => { setTimeout(resolve, TOKEN_DELAY_MS); });
+    }
+    await next();
+  });
+}
 provider.on('grant.success', (ctx) => {
   const gt = ctx.oidc.params.grant_type;
   grants[gt] = (grants[gt] ?? 0) + 1;

@@ -580,6 +580,11 @@ struct Real {
 /// the gateway's clock runs ahead of the provider's) and a gateway in front of an
 /// upstream. `None` when Node is missing outside CI.
 async fn real(access_ttl: &str, options: Options) -> Option<Real> {
+    real_with(access_ttl, &[], options).await
+}
+
+/// [`real`] with more settings for the provider.
+async fn real_with(access_ttl: &str, op_env: &[(&str, &str)], options: Options) -> Option<Real> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let client = json!([{
@@ -589,11 +594,9 @@ async fn real(access_ttl: &str, options: Options) -> Option<Real> {
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
     }]);
-    let op = RealProvider::start(
-        client,
-        &[("ACCESS_TOKEN_TTL", access_ttl), ("ID_TOKEN_TTL", "86400")],
-    )
-    .await?;
+    let mut env = vec![("ACCESS_TOKEN_TTL", access_ttl), ("ID_TOKEN_TTL", "86400")];
+    env.extend_from_slice(op_env);
+    let op = RealProvider::start(client, &env).await?;
     let up = TestUpstream::start().await;
     let options = Options {
         listener: Some(listener),
@@ -709,8 +712,10 @@ async fn f03_fifty_parallel_calls_with_an_expired_token_refresh_once() {
 
 #[tokio::test]
 async fn f03_two_instances_on_one_store_refresh_once() {
-    let Some(r) = real(
+    // A slow token endpoint (300 ms): uncoordinated refreshes would overlap there.
+    let Some(r) = real_with(
         "5",
+        &[("TOKEN_DELAY_MS", "300")],
         Options {
             file_store: true,
             ..Default::default()

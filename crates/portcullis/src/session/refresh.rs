@@ -652,7 +652,9 @@ impl Gateway {
             name: told.name.or_else(|| record.user.name.clone()),
         };
         if profile.email != record.user.email || profile.name != record.user.name {
-            fresh.record.user = self
+            // The rotation is committed: a failed profile update must not turn this
+            // answer into an error that would lose the new cookie.
+            match self
                 .store
                 .upsert_user(
                     &record.user.issuer,
@@ -660,7 +662,13 @@ impl Gateway {
                     &profile,
                     self.now(),
                 )
-                .await?;
+                .await
+            {
+                Ok(user) => fresh.record.user = user,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not update the user's profile after a refresh")
+                }
+            }
         }
         Ok(Some(fresh))
     }
