@@ -150,10 +150,7 @@ async fn f02_invalid_grant_ends_the_session_without_retrying() {
     let resp = page_client.navigate(&h.gw.at("/page")).await;
     assert_eq!(resp.status, 302);
     assert!(resp.location().unwrap().starts_with("/auth/login"));
-    h.p.answer_refreshes([RefreshAnswer::Json(
-        400,
-        json!({"error": "unauthorized_client"}),
-    )]);
+    h.p.answer_refreshes([RefreshAnswer::Json(400, json!({"error": "invalid_scope"}))]);
     assert_eq!(api(&h.gw, &third, "/x").await.status, 401);
     assert_eq!(h.gw.session_count().await, 0);
     assert_eq!(h.up.calls(), 0, "nothing reached the upstream");
@@ -241,7 +238,9 @@ async fn f05_provider_faults_keep_the_session_and_answer_503_with_retry_after() 
     let faults = [
         RefreshAnswer::Json(503, json!({})),
         RefreshAnswer::Json(500, json!({"error": "server_error"})),
-        RefreshAnswer::Json(429, json!({})),
+        RefreshAnswer::Json(429, json!({"error": "too_many_requests"})),
+        RefreshAnswer::Json(403, json!({"message": "Forbidden by a firewall"})),
+        RefreshAnswer::Json(401, json!({"error": "invalid_client"})),
         RefreshAnswer::Json(200, json!({"access_token": "no token_type"})),
         RefreshAnswer::Reset,
         RefreshAnswer::Stall(std::time::Duration::from_secs(3)),
@@ -565,6 +564,55 @@ async fn f06_rotation_grace_lost_cookies_and_the_theft_rule() {
     assert_eq!(h.gw.session_count().await, 0);
     assert_eq!(revocations(), 1);
     assert_eq!(h.up.calls(), 5);
+}
+
+#[tokio::test]
+async fn f06_signing_out_with_a_stale_id_is_theft_too_and_gets_no_id_token() {
+    let h = hostile(
+        Options::default()
+            .env("PORTCULLIS_LOGOUT_PROVIDER_LOGOUT", "true")
+            .env("PORTCULLIS_LOGOUT_ID_TOKEN_HINT", "true"),
+    )
+    .await;
+    h.p.patch_metadata(json!({"end_session_endpoint": format!("{}/end-session", h.p.issuer)}));
+    let browser = Browser::new();
+    h.sign_in(&browser, |_| {}).await;
+    let old = browser.cookie("portcullis").unwrap();
+    h.gw.clock.advance(250);
+    assert!(new_session_cookie(&api(&h.gw, &browser, "/x").await).is_some());
+    assert_eq!(
+        api(&h.gw, &browser, "/x").await.status,
+        200,
+        "the new id is in use"
+    );
+    h.gw.clock.advance(31);
+
+    let thief = Browser::new();
+    thief.set_cookie("portcullis", &old);
+    let resp = thief
+        .request(
+            reqwest::Method::POST,
+            &h.gw.at("/auth/logout"),
+            &[
+                ("accept", "text/html"),
+                ("sec-fetch-mode", "navigate"),
+                ("origin", &h.gw.url),
+            ],
+            Some((String::new(), "application/x-www-form-urlencoded")),
+        )
+        .await;
+    assert_eq!(resp.status, 303);
+    let location = resp.location().unwrap();
+    assert!(location.contains("/end-session?"), "{location}");
+    assert!(
+        !location.contains("id_token_hint"),
+        "a stolen copy gets no ID token"
+    );
+    assert_eq!(
+        h.gw.gateway.security_events().snapshot()["session_id_reuse"],
+        1
+    );
+    assert_eq!(h.gw.session_count().await, 0);
 }
 
 // ---------------------------------------------------------------------------------

@@ -550,6 +550,21 @@ pub async fn backchannel_logout(
         Err(crate::session::logout::BackchannelError::Store(e)) => {
             no_store(HttpError::from(e).into_response())
         }
+        // The provider's keys are out of reach for now: a 5xx invites a retry.
+        Err(crate::session::logout::BackchannelError::Provider(e)) if e.is_transient() => {
+            tracing::warn!(
+                code = e.code(),
+                "back-channel logout could not be checked now"
+            );
+            no_store(
+                HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "The identity provider's keys could not be fetched; try again.",
+                )
+                .into_response(),
+            )
+        }
         Err(e) => {
             tracing::warn!(code = e.code(), reason = %e, "back-channel logout refused");
             refuse(&format!("The logout token was refused ({}).", e.code()))

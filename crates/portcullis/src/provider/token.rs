@@ -72,7 +72,8 @@ async fn token_request(
     let answer = http
         .post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
         .await?;
-    if answer.status.is_server_error() {
+    // 5xx, 408 and 429 say the provider is down or busy, whatever the body says.
+    if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
     }
     let map = answer.json_object("token response")?;

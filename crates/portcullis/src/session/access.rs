@@ -35,24 +35,36 @@ pub fn check_access(
     rules: &AccessSettings,
     claims: &Map<String, Value>,
 ) -> Result<(), AccessDenied> {
+    match access_refusals(rules, claims).into_iter().next() {
+        Some(denied) => Err(denied),
+        None => Ok(()),
+    }
+}
+
+/// Every rule the claims fail, in the order `check_access` reports them.
+pub fn access_refusals(rules: &AccessSettings, claims: &Map<String, Value>) -> Vec<AccessDenied> {
+    let mut refusals = Vec::new();
     let email_rules = !rules.allowed_email_domains.is_empty() || !rules.allowed_emails.is_empty();
     if rules.require_email_verified || email_rules {
-        let email = claims.get("email").and_then(Value::as_str);
-        let email = email.ok_or(AccessDenied::NoEmail)?;
-        if rules.require_email_verified && !is_true(claims.get("email_verified")) {
-            return Err(AccessDenied::EmailNotVerified);
-        }
-        if email_rules && !email_is_allowed(rules, email) {
-            return Err(AccessDenied::EmailNotAllowed);
+        match claims.get("email").and_then(Value::as_str) {
+            None => refusals.push(AccessDenied::NoEmail),
+            Some(email) => {
+                if rules.require_email_verified && !is_true(claims.get("email_verified")) {
+                    refusals.push(AccessDenied::EmailNotVerified);
+                }
+                if email_rules && !email_is_allowed(rules, email) {
+                    refusals.push(AccessDenied::EmailNotAllowed);
+                }
+            }
         }
     }
     for (claim, accepted) in &rules.required_claims {
         let values = claim_values(claims.get(claim));
         if !values.iter().any(|v| accepted.iter().any(|a| a == v)) {
-            return Err(AccessDenied::MissingClaim(claim.clone()));
+            refusals.push(AccessDenied::MissingClaim(claim.clone()));
         }
     }
-    Ok(())
+    refusals
 }
 
 /// `true`, or the string `"true"` (some providers, e.g. Cognito, send strings).

@@ -62,7 +62,8 @@ impl IdHash {
     }
     /// The handle shown to admins and written to logs: the first 12 hex digits.
     pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(12)]
+        // `get`: a value read back from the store is not trusted to be ASCII.
+        self.0.get(..12).unwrap_or(&self.0)
     }
 }
 

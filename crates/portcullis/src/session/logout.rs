@@ -5,7 +5,7 @@
 use super::SessionError;
 use super::id::SessionId;
 use crate::gateway::Gateway;
-use crate::store::SessionRecord;
+use crate::store::{IdMatch, SessionRecord};
 
 /// What signing out did.
 pub enum SignOut {
@@ -43,10 +43,28 @@ impl Gateway {
         let Some(record) = self.store.get_session(&id.hash()).await? else {
             return Ok(SignOut::NoSession);
         };
+        // F06 holds for signing out too: a rotated-away id past its grace window, while
+        // the new id is in use, is a stolen copy. The session still ends (that is what
+        // both a thief and the owner asked for), the event is logged, and the copy's
+        // holder is given nothing (no ID token for a provider sign-out).
+        let now = self.now();
+        let stolen = record.matched == IdMatch::Previous
+            && record.current_seen
+            && record.previous_valid_until.is_none_or(|until| now >= until);
+        if stolen {
+            self.security_event(
+                "session_id_reuse",
+                &record,
+                "a rotated-away session id was used to sign out after its grace window while the new one is in use; the session is revoked",
+            );
+        }
         // Opened before the delete; a session whose tokens no longer open is still ended.
         let tokens = self.session_tokens(&record).ok();
         let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
-        let id_token = tokens.as_ref().and_then(|t| t.id_token.clone());
+        let id_token = tokens
+            .as_ref()
+            .and_then(|t| t.id_token.clone())
+            .filter(|_| !stolen);
         let revoked = self
             .end_session_and_revoke(&record, refresh.map(|s| s.as_str()))
             .await?;

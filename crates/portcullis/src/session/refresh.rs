@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::access::{AccessDenied, check_access};
+use super::access::{AccessDenied, access_refusals};
 use super::id::SessionId;
 use super::login::{MAX_PROVIDER_LIFETIME, token_context};
 use super::lookup::OpenTokens;
@@ -109,17 +109,25 @@ impl Drop for Permit<'_> {
 }
 
 /// A provider failure that says nothing about this session's grant: the provider is
-/// down, slow, overloaded or answering garbage (F05). Such failures keep the session
-/// and open the breaker; every other refusal is about the grant and ends the session.
+/// down, slow, overloaded, behind something that is not an OAuth server (a 4xx
+/// without an OAuth error), answering garbage, or refusing *us* (a client
+/// misconfiguration would otherwise sign out every user). Such failures keep the
+/// session and open the breaker (F05); an OAuth refusal of the grant ends it.
 fn is_outage(e: &ProviderError) -> bool {
     match e {
         ProviderError::TokenRejected(code) => {
-            matches!(
-                code.as_str(),
-                "http_429" | "temporarily_unavailable" | "slow_down"
-            )
+            code.starts_with("http_")
+                || matches!(
+                    code.as_str(),
+                    "temporarily_unavailable"
+                        | "slow_down"
+                        | "invalid_client"
+                        | "unauthorized_client"
+                )
         }
-        ProviderError::BadResponse(_) | ProviderError::TooLarge(_) => true,
+        ProviderError::BadResponse(_)
+        | ProviderError::TooLarge(_)
+        | ProviderError::IssuerMismatch { .. } => true,
         other => other.is_transient(),
     }
 }
@@ -399,19 +407,20 @@ impl Gateway {
         };
         match self.provider.refresh(refresh_token).await {
             Ok(answer) => {
-                permit.settle(now, false);
+                permit.settle(self.now(), false);
                 self.commit_refresh(fresh, &tokens, answer).await
             }
             Err(e) if !is_outage(&e) => {
                 // F02: the grant is refused (`invalid_grant`, or another OAuth error about
                 // it); so is the session. No retry. Unless a rotation was committed
                 // meanwhile, which this refusal says nothing about.
-                permit.settle(now, false);
-                let version = fresh.record.token_version;
-                if let Some(latest) = self.reload(fresh.clone()).await?
-                    && latest.record.token_version != version
-                {
-                    return Ok(Some(latest));
+                permit.settle(self.now(), false);
+                // Only the version this refusal is about is ended: a session gone or
+                // rotated meanwhile (an instance whose lease outlived ours) is left be.
+                match self.reload(fresh.clone()).await? {
+                    Some(latest) if latest.record.token_version == fresh.record.token_version => {}
+                    Some(latest) => return Ok(Some(latest)),
+                    None => return Ok(None),
                 }
                 self.store.delete_session(fresh.record.family_id).await?;
                 tracing::info!(
@@ -425,7 +434,7 @@ impl Gateway {
             }
             Err(e) => {
                 // F05: an outage or a fault of the provider keeps the session.
-                permit.settle(now, true);
+                permit.settle(self.now(), true);
                 tracing::warn!(
                     session = fresh.record.id_hash.short(),
                     error = %e,
@@ -553,7 +562,17 @@ impl Gateway {
                     session = record.id_hash.short(),
                     "another refresh of this session was committed first; this one's tokens are dropped"
                 );
-                return self.reload(fresh).await;
+                let latest = self.reload(fresh).await?;
+                if latest.is_none()
+                    && let Some(rotated) = answer.refresh_token.as_deref()
+                {
+                    // Ended meanwhile (sign-out, back-channel, admin): the grant this
+                    // refresh extended must not stay alive at the provider.
+                    if let Err(e) = self.provider.revoke_refresh_token(rotated).await {
+                        tracing::warn!(error = %e, code = e.code(), "could not revoke the refresh token of a session ended mid-refresh");
+                    }
+                }
+                return Ok(latest);
             }
             Err(e) => {
                 tracing::error!(
@@ -623,16 +642,20 @@ impl Gateway {
                 complete = false;
             }
         }
-        if let Err(denied) = check_access(&self.config.access, &claims) {
-            if !complete && !conclusive(&denied, &claims) {
-                // Refusing for a claim only UserInfo would have told us is a guess.
-                tracing::warn!(
-                    session = record.id_hash.short(),
-                    reason = denied.code(),
-                    "the access rules could not be decided without UserInfo; applied again at the next refresh"
-                );
-                return Ok(Some(fresh));
-            }
+        let refusals = access_refusals(&self.config.access, &claims);
+        let undecided = !complete && !refusals.is_empty();
+        // Without UserInfo, refusing for a claim only UserInfo would have told us is a
+        // guess: only refusals on claims at hand count (any one of them).
+        let denied = refusals
+            .into_iter()
+            .find(|d| complete || conclusive(d, &claims));
+        if denied.is_none() && undecided {
+            tracing::warn!(
+                session = record.id_hash.short(),
+                "the access rules could not be decided without UserInfo; applied again at the next refresh"
+            );
+        }
+        if let Some(denied) = denied {
             tracing::info!(
                 session = record.id_hash.short(),
                 user = %record.user.id,
