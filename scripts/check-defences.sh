@@ -108,7 +108,11 @@ mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer)
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
 mutate $S/session/refresh.rs 'if !complete && !conclusive(&denied, &claims) {' 'if !complete {' $SS without_userinfo
-mutate $S/session/refresh.rs '"http_429" | "temporarily_unavailable" | "slow_down"' '"never"' $SS f05_
+mutate $S/provider/token.rs 'if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {' 'if answer.status.is_server_error() {' $SS f05_
+
+mutate $S/session/refresh.rs 'code.starts_with("http_")' 'false' $SS f05_
+mutate $S/session/refresh.rs '                        | "invalid_client"' '' $SS f05_
+mutate $S/session/logout.rs '            .filter(|_| !stolen);' ';' $SS f06_signing_out
 
 LO=logout
 mutate $S/provider/logout_token.rs '    verify_signature(jwt, keys, hmac_secret)?;' '' $LO o04_
