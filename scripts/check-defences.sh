@@ -103,11 +103,11 @@ mutate $S/session/refresh.rs 'Err(e) if !is_outage(&e) => {' 'Err(e) if false &&
 mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
 mutate $S/session/refresh.rs 'b.open_until = now + pause.min(BREAKER_MAX_SECONDS);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
-mutate $S/session/refresh.rs 'if let Err(denied) = check_access(&self.config.access, &claims) {' 'if let Err(denied) = Ok::<(), super::AccessDenied>(()) {' $SS access_rules_are_applied_again
+mutate $S/session/refresh.rs 'let refusals = access_refusals(&self.config.access, &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
 mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
-mutate $S/session/refresh.rs 'if !complete && !conclusive(&denied, &claims) {' 'if !complete {' $SS without_userinfo
+mutate $S/session/refresh.rs '.find(|d| complete || conclusive(d, &claims));' '.find(|_| true);' $SS without_userinfo
 mutate $S/provider/token.rs 'if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {' 'if answer.status.is_server_error() {' $SS f05_
 
 mutate $S/session/refresh.rs 'code.starts_with("http_")' 'false' $SS f05_
