@@ -95,9 +95,9 @@ mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;
 mutate $S/http/mod.rs '(size > MAX_HEADER_BYTES).then(|| {' '(size > usize::MAX).then(|| {' $G r01_many
 
 SS=sessions
-mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if true {' $SS f06_rotation
-mutate $S/session/lookup.rs 'if in_grace || !record.current_seen {' 'if in_grace {' $SS f06_rotation
-mutate $S/session/lookup.rs 'let seen = (presented_current && !rotated).then(|| current.hash());' 'let seen = Some(current.hash());' $SS f06_rotation
+mutate $S/session/lookup.rs 'let past_grace = record.previous_valid_until.is_none_or(|until| now >= until);' 'let past_grace = false;' $SS f06_
+mutate $S/session/lookup.rs 'record.matched == IdMatch::Previous && record.current_seen && past_grace' 'record.matched == IdMatch::Previous && past_grace' $SS f06_rotation
+mutate $S/session/lookup.rs 'let seen = (presented_current && !rotated).then(|| record.id_hash.clone());' 'let seen = Some(current.hash());' $SS f06_rotation
 mutate $S/session/refresh.rs 'let key = format!("refresh:{}", fresh.record.family_id);' 'let key = format!("refresh:{}", random_token());' $SS f03_two_instances
 mutate $S/session/refresh.rs 'Err(e) if !is_outage(&e) => {' 'Err(e) if false && !is_outage(&e) => {' $SS f02_invalid_grant
 mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_

@@ -5,7 +5,7 @@
 use super::SessionError;
 use super::id::SessionId;
 use crate::gateway::Gateway;
-use crate::store::{IdMatch, SessionRecord};
+use crate::store::SessionRecord;
 
 /// What signing out did.
 pub enum SignOut {
@@ -48,9 +48,7 @@ impl Gateway {
         // both a thief and the owner asked for), the event is logged, and the copy's
         // holder is given nothing (no ID token for a provider sign-out).
         let now = self.now();
-        let stolen = record.matched == IdMatch::Previous
-            && record.current_seen
-            && record.previous_valid_until.is_none_or(|until| now >= until);
+        let stolen = super::lookup::is_stolen_copy(&record, now);
         if stolen {
             self.security_event(
                 "session_id_reuse",

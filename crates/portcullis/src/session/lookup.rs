@@ -30,6 +30,14 @@ pub struct ActiveSession {
     pub max_age: i64,
 }
 
+/// The theft rule (F06): the id presented is a rotated-away one, its grace window is
+/// over, and the new id has been used since. Inside the window, or while the new id
+/// was never seen (its `Set-Cookie` was lost), it is the owner catching up.
+pub(crate) fn is_stolen_copy(record: &SessionRecord, now: UnixTime) -> bool {
+    let past_grace = record.previous_valid_until.is_none_or(|until| now >= until);
+    record.matched == IdMatch::Previous && record.current_seen && past_grace
+}
+
 impl Gateway {
     /// The live session for a cookie value, refreshed if its access token is due, or
     /// `None`. Ended sessions are deleted.
@@ -77,7 +85,8 @@ impl Gateway {
 
         // The current id counts as seen only when this request presented it and it is
         // still current (the theft rule depends on it).
-        let seen = (presented_current && !rotated).then(|| current.hash());
+        // (The record's hash is the presented one then: no second SHA-256 per request.)
+        let seen = (presented_current && !rotated).then(|| record.id_hash.clone());
         let idle = self.config.session.idle_timeout.as_secs() as i64;
         // Touch at most every min(60 s, idle/10): the idle deadline is then exact to
         // that granularity without a write per request.
@@ -124,8 +133,7 @@ impl Gateway {
             );
             return Ok(None);
         };
-        let in_grace = record.previous_valid_until.is_some_and(|until| now < until);
-        if in_grace || !record.current_seen {
+        if !is_stolen_copy(&record, now) {
             return Ok(Some(Fresh {
                 record,
                 current,

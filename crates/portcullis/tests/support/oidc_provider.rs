@@ -55,17 +55,38 @@ impl RealProvider {
             .env("OIDC_CLIENTS", clients.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");
+        // stderr is drained for as long as the provider runs (a full pipe would stall
+        // it); its last lines explain a provider that does not start.
+        let stderr = child.stderr.take().expect("stderr");
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let keep = tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut tail = keep.lock().unwrap();
+                if tail.len() == 40 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
             .await
-            .expect("oidc-provider did not start within 30 s")
+            .unwrap_or_else(|_| {
+                let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+                panic!(
+                    "oidc-provider did not start within 30 s; its stderr ended with:\n{}",
+                    tail.join("\n")
+                )
+            })
             .expect("read stdout")
             .expect("oidc-provider exited before it was ready");
         let issuer = ready
