@@ -394,6 +394,8 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
                 absolute_expires_at: now + 86_400,
                 tokens: TokenSet::default(),
                 user_agent: Some(ua.into()),
+                claims: "{}".into(),
+                email_verified: false,
             })
             .await
             .unwrap();

@@ -217,6 +217,7 @@ impl Gateway {
             .refresh_expires_in
             .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME)));
         let absolute = now.saturating_add(self.config.session.absolute_lifetime.as_secs() as i64);
+        let (kept, email_verified) = super::claims::kept_claims(&claims);
         let session = NewSession {
             family_id: new_uuid(),
             id_hash: id_hash.clone(),
@@ -239,6 +240,8 @@ impl Gateway {
                 access_issued_at: Some(now),
             },
             user_agent: user_agent.map(|ua| clip(ua, 256)),
+            claims: kept,
+            email_verified,
         };
         self.store.create_session(&session).await?;
         tracing::info!(

@@ -33,18 +33,15 @@ use crate::clock::UnixTime;
 use crate::gateway::Gateway;
 use crate::provider::{IdTokenError, ProviderError, TokenResponse};
 use crate::random::random_token;
-use crate::store::{IdMatch, SessionRecord, TokenSet, UserProfile};
+use crate::store::{
+    IdMatch, LEASE_RENEW_EVERY, LEASE_SECONDS, SessionRecord, TokenSet, UserProfile,
+};
 
 /// Requests of one session that may wait for its refresh; more get the stale answer.
 pub const MAX_WAITERS: usize = 256;
 
 /// How long a request waits for another's refresh of its session.
 pub const WAIT: Duration = Duration::from_secs(15);
-
-/// How long the store lease of one refresh lasts: well beyond the worst case from
-/// lease to commit (metadata, token call, JWKS for the new ID token: 10 s each; store
-/// calls: 5 s each), with room for clock skew between instances.
-const LEASE_SECONDS: i64 = 60;
 
 /// How often an instance waiting for another instance's refresh looks at the store.
 const POLL: Duration = Duration::from_millis(100);
@@ -345,7 +342,9 @@ impl Gateway {
                 .acquire_lease(&key, &holder, now, now + LEASE_SECONDS)
                 .await?
             {
-                let result = self.refresh_with_lease(fresh, version).await;
+                let result = self
+                    .renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))
+                    .await;
                 if let Err(e) = self.store.release_lease(&key, &holder).await {
                     tracing::warn!(error = %e, "could not release a refresh lease; it expires by itself");
                 }
@@ -363,6 +362,36 @@ impl Gateway {
                 || !self.refresh_due(&fresh.record.tokens, self.now())
             {
                 return Ok(Some(fresh));
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the lease every 2 s (compare-and-extend), so that a
+    /// slow but live holder keeps it and a dead one loses it within [`LEASE_SECONDS`]
+    /// (M03). A lost lease is only logged: the commit's compare-and-swap on the token
+    /// version is the fence that keeps a late holder from overwriting a newer result.
+    async fn renewing_lease<T>(
+        &self,
+        key: &str,
+        holder: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        let start = tokio::time::Instant::now() + LEASE_RENEW_EVERY;
+        let mut renew = tokio::time::interval_at(start, LEASE_RENEW_EVERY);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = renew.tick() => {
+                    let now = self.now();
+                    match self.store.renew_lease(key, holder, now, now + LEASE_SECONDS).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            "a refresh lease was lost while the provider was slow; the token version decides who commits"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "could not renew a refresh lease"),
+                    }
+                }
             }
         }
     }
@@ -668,6 +697,22 @@ impl Gateway {
                 .await?;
             return Err(denied.into());
         }
+        // The kept claims follow the provider too, when UserInfo answered (otherwise
+        // claims only UserInfo sends, such as `groups` at some providers, would be lost).
+        let mut kept = None;
+        if complete {
+            let (text, verified) = super::claims::kept_claims(&claims);
+            match self
+                .store
+                .update_claims(record.family_id, &text, verified)
+                .await
+            {
+                Ok(_) => kept = Some((text, verified)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not store the user's claims after a refresh")
+                }
+            }
+        }
         // The profile follows the provider; a claim it no longer sends keeps its value.
         let told = super::login::profile_from_claims(&claims);
         let profile = UserProfile {
@@ -692,6 +737,10 @@ impl Gateway {
                     tracing::warn!(error = %e, "could not update the user's profile after a refresh")
                 }
             }
+        }
+        if let Some((text, verified)) = kept {
+            fresh.record.claims = text;
+            fresh.record.email_verified = verified;
         }
         Ok(Some(fresh))
     }

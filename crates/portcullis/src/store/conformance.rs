@@ -18,6 +18,7 @@ pub async fn run_all(store: &dyn Store) {
     store.ping().await.expect("ping");
     users_are_keyed_by_issuer_and_subject(store).await;
     sessions_round_trip(store).await;
+    claims_are_kept_and_replaced(store).await;
     token_updates_compare_and_swap(store).await;
     rotation_keeps_the_previous_id_for_lookups(store).await;
     sessions_end_by_id_user_sid_and_all(store).await;
@@ -25,8 +26,37 @@ pub async fn run_all(store: &dyn Store) {
     transactions_are_bounded_in_total(store).await;
     concurrent_takes_succeed_once(store).await;
     leases_exclude_each_other_until_expiry(store).await;
+    leases_renew_only_for_their_holder(store).await;
     replay_cache_remembers_once(store).await;
+    users_and_sessions_import_as_they_are(store).await;
+    every_change_is_announced_once(store).await;
     expiry_purges_everything_old(store).await;
+}
+
+/// How another handle's writes reach a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossHandle {
+    /// As the same messages (PostgreSQL, Redis).
+    Precise,
+    /// As a reset (SQLite: another process changed the file).
+    Reset,
+}
+
+/// Checks that only two handles on one store show (two instances, or an instance and
+/// the admin CLI): leases, compare-and-swap, take-once and the feed across handles.
+pub async fn run_shared(a: &dyn Store, b: &dyn Store, cross: CrossHandle) {
+    two_handles_race_one_lease(a, b).await;
+    compare_and_swap_loses_to_another_writer(a, b).await;
+    take_once_across_handles(a, b).await;
+    writes_of_another_handle_reach_subscribers(a, b, cross).await;
+}
+
+/// Waits (bounded) for the next feed event.
+pub async fn next_event(sub: &mut FeedSubscription) -> FeedEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
+        .await
+        .expect("a feed event within 10 s")
+        .expect("the feed is open")
 }
 
 fn unique(label: &str) -> String {
@@ -67,6 +97,8 @@ fn new_session_record(user: &User, id: &SessionId) -> NewSession {
             access_issued_at: Some(NOW),
         },
         user_agent: Some("conformance".into()),
+        claims: r#"{"sub":"s","groups":["a","b"]}"#.into(),
+        email_verified: true,
     }
 }
 
@@ -463,7 +495,7 @@ async fn concurrent_takes_succeed_once(store: &dyn Store) {
         .put_transaction(&tx, TransactionLimits::default())
         .await
         .unwrap();
-    let takes = (0..8).map(|_| store.take_transaction(&tx.state_hash));
+    let takes = (0..50).map(|_| store.take_transaction(&tx.state_hash));
     let results = join_all(takes).await;
     let won = results
         .into_iter()
@@ -571,4 +603,430 @@ async fn expiry_purges_everything_old(store: &dyn Store) {
             .unwrap()
             .is_none()
     );
+}
+
+async fn claims_are_kept_and_replaced(store: &dyn Store) {
+    let user = new_user(store).await;
+    let (id, s) = new_session(store, &user, None).await;
+    let got = store.get_session(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(got.claims, s.claims);
+    assert!(got.email_verified);
+    let big = format!(r#"{{"groups":["{}"]}}"#, "g".repeat(MAX_CLAIMS_BYTES - 20));
+    assert!(store.update_claims(s.family_id, &big, false).await.unwrap());
+    let got = store.get_session(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(got.claims, big, "claims up to 16 KiB are kept whole");
+    assert!(!got.email_verified);
+    assert!(
+        !store.update_claims(new_uuid(), "{}", true).await.unwrap(),
+        "no such session"
+    );
+}
+
+async fn leases_renew_only_for_their_holder(store: &dyn Store) {
+    let key = unique("lease");
+    assert!(store.acquire_lease(&key, "a", NOW, NOW + 6).await.unwrap());
+    assert!(
+        store
+            .renew_lease(&key, "a", NOW + 4, NOW + 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .acquire_lease(&key, "b", NOW + 7, NOW + 13)
+            .await
+            .unwrap(),
+        "a renewed lease outlives its first deadline"
+    );
+    assert!(
+        !store
+            .renew_lease(&key, "b", NOW + 7, NOW + 13)
+            .await
+            .unwrap(),
+        "only the holder renews"
+    );
+    assert!(
+        store
+            .acquire_lease(&key, "a", NOW + 8, NOW + 14)
+            .await
+            .unwrap(),
+        "the holder may take its own lease again"
+    );
+    assert!(
+        !store
+            .renew_lease(&key, "a", NOW + 14, NOW + 20)
+            .await
+            .unwrap(),
+        "an expired lease cannot be renewed"
+    );
+    assert!(
+        store
+            .acquire_lease(&key, "b", NOW + 14, NOW + 20)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_lease(&key, "a", NOW + 15, NOW + 21)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_lease(&unique("lease"), "a", NOW, NOW + 6)
+            .await
+            .unwrap(),
+        "no lease, nothing to renew"
+    );
+}
+
+async fn users_and_sessions_import_as_they_are(store: &dyn Store) {
+    let user = User {
+        id: new_uuid(),
+        issuer: unique("https://issuer"),
+        subject: unique("sub"),
+        email: Some("i@example.com".into()),
+        name: Some("Imported".into()),
+        created_at: NOW - 100,
+        updated_at: NOW - 50,
+    };
+    assert!(store.import_user(&user).await.unwrap());
+    assert!(!store.import_user(&user).await.unwrap(), "already there");
+    let clash = User {
+        id: new_uuid(),
+        ..user.clone()
+    };
+    assert!(
+        !store.import_user(&clash).await.unwrap(),
+        "an (issuer, subject) keeps the id it has"
+    );
+    assert_eq!(store.get_user(user.id).await.unwrap(), Some(user.clone()));
+    let again = store
+        .upsert_user(&user.issuer, &user.subject, &UserProfile::default(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(again.id, user.id, "a signed-in user keeps the imported id");
+
+    // Listed in pages by id.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_users(after, 7).await.unwrap();
+        assert!(page.len() <= 7);
+        assert!(page.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.into_iter().map(|u| u.id));
+    }
+    assert!(seen.contains(&user.id));
+
+    // A rotated session, copied whole: both ids find it, nothing reset.
+    let (old, s) = new_session(store, &again, Some("sid-i")).await;
+    let new = SessionId::generate();
+    store
+        .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, "handover", &s.tokens)
+        .await
+        .unwrap();
+    let record = store.get_session(&new.hash()).await.unwrap().unwrap();
+    assert!(store.delete_session(s.family_id).await.unwrap());
+    assert!(store.import_session(&record).await.unwrap());
+    assert!(
+        !store.import_session(&record).await.unwrap(),
+        "already there"
+    );
+    let by_new = store.get_session(&new.hash()).await.unwrap().unwrap();
+    let by_old = store.get_session(&old.hash()).await.unwrap().unwrap();
+    assert_eq!(by_old.matched, IdMatch::Previous);
+    for got in [&by_new, &by_old] {
+        assert_eq!(got.family_id, record.family_id);
+        assert_eq!(got.tokens, record.tokens);
+        assert_eq!(got.token_version, record.token_version);
+        assert_eq!(got.claims, record.claims);
+        assert_eq!(got.previous_handover, record.previous_handover);
+        assert_eq!(got.current_seen, record.current_seen);
+        assert_eq!(got.idle_expires_at, record.idle_expires_at);
+        assert_eq!(got.provider_sid, record.provider_sid);
+    }
+    assert_eq!(
+        store
+            .delete_sessions_by_provider_sid(&user.issuer, "sid-i")
+            .await
+            .unwrap(),
+        1,
+        "an imported session is indexed like a created one"
+    );
+}
+
+/// Collects the events up to a sentinel write's, so that "exactly one" is checked
+/// without waiting for silence.
+async fn events_until_sentinel(store: &dyn Store, sub: &mut FeedSubscription) -> Vec<FeedEvent> {
+    let user = new_user(store).await;
+    let (_, sentinel) = new_session(store, &user, None).await;
+    store.delete_session(sentinel.family_id).await.unwrap();
+    let mut events = Vec::new();
+    loop {
+        let event = next_event(sub).await;
+        if matches!(&event, FeedEvent::Changed(c) if c.family_id == sentinel.family_id) {
+            return events;
+        }
+        events.push(event);
+    }
+}
+
+fn changes_of(events: &[FeedEvent], family: Uuid) -> Vec<&SessionChange> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            FeedEvent::Changed(c) if c.family_id == family => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every write that ends or changes a session announces it once, with its id hashes.
+async fn every_change_is_announced_once(store: &dyn Store) {
+    let user = new_user(store).await;
+    let (id, s) = new_session(store, &user, Some("sid-feed")).await;
+    let mut sub = store.feed().subscribe();
+    let family = s.family_id;
+    let hashes = |c: &SessionChange| {
+        let mut h: Vec<String> = c.id_hashes.iter().map(|h| h.as_str().to_owned()).collect();
+        h.sort();
+        h
+    };
+    let expect_one = |events: Vec<FeedEvent>, want: Vec<String>, what: &str| {
+        let changes = changes_of(&events, family);
+        assert_eq!(
+            changes.len(),
+            1,
+            "{what}: exactly one message, got {events:?}"
+        );
+        let mut want = want;
+        want.sort();
+        assert_eq!(hashes(changes[0]), want, "{what}: names every id hash");
+    };
+
+    assert!(store.update_tokens(family, 0, &s.tokens).await.unwrap());
+    expect_one(
+        events_until_sentinel(store, &mut sub).await,
+        vec![id.hash().as_str().to_owned()],
+        "update_tokens",
+    );
+    assert!(!store.update_tokens(family, 0, &s.tokens).await.unwrap());
+    assert!(
+        changes_of(&events_until_sentinel(store, &mut sub).await, family).is_empty(),
+        "a lost compare-and-swap changes nothing and announces nothing"
+    );
+
+    let new = SessionId::generate();
+    assert!(
+        store
+            .rotate_session_id(family, 1, &new.hash(), NOW + 30, "h", &s.tokens)
+            .await
+            .unwrap()
+    );
+    let both = vec![
+        id.hash().as_str().to_owned(),
+        new.hash().as_str().to_owned(),
+    ];
+    expect_one(
+        events_until_sentinel(store, &mut sub).await,
+        both.clone(),
+        "rotate_session_id",
+    );
+
+    // The first sighting of the new id is announced; later touches are not.
+    store
+        .touch_session(family, NOW + 1, NOW + 3601, Some(&new.hash()))
+        .await
+        .unwrap();
+    expect_one(
+        events_until_sentinel(store, &mut sub).await,
+        both.clone(),
+        "first sighting",
+    );
+    store
+        .touch_session(family, NOW + 2, NOW + 3602, Some(&new.hash()))
+        .await
+        .unwrap();
+    assert!(
+        changes_of(&events_until_sentinel(store, &mut sub).await, family).is_empty(),
+        "an idle-deadline touch is not announced"
+    );
+
+    assert!(store.update_claims(family, "{}", false).await.unwrap());
+    expect_one(
+        events_until_sentinel(store, &mut sub).await,
+        both.clone(),
+        "update_claims",
+    );
+
+    assert_eq!(
+        store
+            .delete_sessions_by_provider_sid(&user.issuer, "sid-feed")
+            .await
+            .unwrap(),
+        1
+    );
+    expect_one(
+        events_until_sentinel(store, &mut sub).await,
+        both,
+        "delete_sessions_by_provider_sid",
+    );
+
+    // Each ending write: by id, by user, by subject.
+    for how in ["id", "user", "subject"] {
+        let (id, s) = new_session(store, &user, None).await;
+        let family = s.family_id;
+        match how {
+            "id" => assert!(store.delete_session(family).await.unwrap()),
+            "user" => assert_eq!(store.delete_user_sessions(user.id).await.unwrap(), 1),
+            _ => assert_eq!(
+                store
+                    .delete_sessions_by_subject(&user.issuer, &user.subject)
+                    .await
+                    .unwrap(),
+                1
+            ),
+        }
+        let events = events_until_sentinel(store, &mut sub).await;
+        let changes = changes_of(&events, family);
+        assert_eq!(changes.len(), 1, "delete by {how}: {events:?}");
+        assert_eq!(changes[0].id_hashes, vec![id.hash()]);
+    }
+
+    // Everything at once: each session announced, or one reset.
+    let (_, s) = new_session(store, &user, None).await;
+    store.delete_all_sessions().await.unwrap();
+    let event = next_event(&mut sub).await;
+    let mut events = vec![event];
+    if events[0] != FeedEvent::Reset {
+        events.extend(events_until_sentinel(store, &mut sub).await);
+    }
+    assert!(
+        events.contains(&FeedEvent::Reset) || changes_of(&events, s.family_id).len() == 1,
+        "delete_all_sessions: {events:?}"
+    );
+}
+
+async fn two_handles_race_one_lease(a: &dyn Store, b: &dyn Store) {
+    for _ in 0..20 {
+        let key = unique("lease");
+        let (got_a, got_b) = tokio::join!(
+            a.acquire_lease(&key, "a", NOW, NOW + 6),
+            b.acquire_lease(&key, "b", NOW, NOW + 6)
+        );
+        assert!(
+            got_a.unwrap() ^ got_b.unwrap(),
+            "exactly one of two racing handles gets the lease"
+        );
+    }
+    let key = unique("lease");
+    assert!(a.acquire_lease(&key, "a", NOW, NOW + 6).await.unwrap());
+    // A slow holder renews; the other handle never gets in meanwhile.
+    for t in (2..20).step_by(2) {
+        assert!(
+            a.renew_lease(&key, "a", NOW + t, NOW + t + 6)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.acquire_lease(&key, "b", NOW + t + 1, NOW + t + 7)
+                .await
+                .unwrap()
+        );
+    }
+    // The holder dies: the other gets the lease once it ran out.
+    assert!(
+        !b.acquire_lease(&key, "b", NOW + 23, NOW + 29)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.acquire_lease(&key, "b", NOW + 24, NOW + 30)
+            .await
+            .unwrap()
+    );
+    assert!(!a.renew_lease(&key, "a", NOW + 25, NOW + 31).await.unwrap());
+    a.release_lease(&key, "a").await.unwrap();
+    assert!(
+        !a.acquire_lease(&key, "a", NOW + 25, NOW + 31)
+            .await
+            .unwrap(),
+        "a late holder's release does not free another's lease"
+    );
+}
+
+async fn compare_and_swap_loses_to_another_writer(a: &dyn Store, b: &dyn Store) {
+    let user = new_user(a).await;
+    let (id, s) = new_session(a, &user, None).await;
+    let read_a = a.get_session(&id.hash()).await.unwrap().unwrap();
+    let read_b = b.get_session(&id.hash()).await.unwrap().unwrap();
+    let mine = TokenSet {
+        refresh_token: sealed("from-b"),
+        ..s.tokens.clone()
+    };
+    assert!(
+        b.update_tokens(s.family_id, read_b.token_version, &mine)
+            .await
+            .unwrap()
+    );
+    let new = SessionId::generate();
+    assert!(
+        !a.rotate_session_id(
+            s.family_id,
+            read_a.token_version,
+            &new.hash(),
+            NOW + 30,
+            "h",
+            &s.tokens
+        )
+        .await
+        .unwrap(),
+        "a writer with a stale version loses"
+    );
+    let now = a.get_session(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(now.tokens, mine, "the other writer's result stands");
+    assert!(a.get_session(&new.hash()).await.unwrap().is_none());
+}
+
+async fn take_once_across_handles(a: &dyn Store, b: &dyn Store) {
+    let tx = transaction(&unique("binding"), NOW);
+    a.put_transaction(&tx, TransactionLimits::default())
+        .await
+        .unwrap();
+    let takes = (0..50).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        store.take_transaction(&tx.state_hash)
+    });
+    let won = join_all(takes)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
+    assert_eq!(won, 1, "50 takers on two handles: one wins");
+}
+
+async fn writes_of_another_handle_reach_subscribers(
+    a: &dyn Store,
+    b: &dyn Store,
+    cross: CrossHandle,
+) {
+    let user = new_user(a).await;
+    let (id, s) = new_session(a, &user, None).await;
+    let mut sub = a.feed().subscribe();
+    assert!(b.delete_session(s.family_id).await.unwrap());
+    loop {
+        match (next_event(&mut sub).await, cross) {
+            (FeedEvent::Reset, CrossHandle::Reset) => break,
+            (FeedEvent::Changed(c), CrossHandle::Precise) if c.family_id == s.family_id => {
+                assert_eq!(c.id_hashes, vec![id.hash()]);
+                break;
+            }
+            (other, _) => assert!(
+                !matches!(other, FeedEvent::Reset) || cross == CrossHandle::Reset,
+                "unexpected reset"
+            ),
+        }
+    }
 }

@@ -14,11 +14,27 @@ use crate::session::id::IdHash;
 use crate::session::seal::Sealed;
 
 pub mod conformance;
+// pub mod copy;
+pub mod feed;
+// pub mod postgres;
+// pub mod redis;
 pub mod sqlite;
+
+pub use feed::{ChangeFeed, FeedEvent, FeedSubscription, SessionChange};
 
 /// Total time any single store call may take (R05): a stuck store answers 503, it does
 /// not hold requests forever.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most claims a session keeps (the ID token's and UserInfo's, as JSON).
+pub const MAX_CLAIMS_BYTES: usize = 16 * 1024;
+
+/// How long a refresh lease lasts unless its holder renews it (PRODUCT.md: a dead
+/// holder loses it within 6 s).
+pub const LEASE_SECONDS: i64 = 6;
+
+/// How often a lease holder renews its lease.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 
 /// Login transactions one browser may hold at once; older ones are evicted (R01).
 pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
@@ -104,6 +120,11 @@ pub struct NewSession {
     pub absolute_expires_at: UnixTime,
     pub tokens: TokenSet,
     pub user_agent: Option<String>,
+    /// What the gateway keeps of the ID token's and UserInfo's claims (a JSON object,
+    /// at most [`MAX_CLAIMS_BYTES`]), for routes and identity headers.
+    pub claims: String,
+    /// Whether the provider said the email address is verified.
+    pub email_verified: bool,
 }
 
 /// Which of a session's ids a lookup matched.
@@ -137,9 +158,19 @@ pub struct SessionRecord {
     /// Bumped by every token update; the compare-and-swap guard.
     pub token_version: i64,
     pub user_agent: Option<String>,
+    /// See [`NewSession::claims`].
+    pub claims: String,
+    pub email_verified: bool,
 }
 
 impl SessionRecord {
+    /// Every id hash that finds this session (the feed names them all).
+    pub fn id_hashes(&self) -> Vec<IdHash> {
+        let mut hashes = vec![self.id_hash.clone()];
+        hashes.extend(self.previous_id_hash.clone());
+        hashes
+    }
+
     /// The earliest moment the session ends by itself.
     pub fn expires_at(&self) -> UnixTime {
         let mut end = self.idle_expires_at.min(self.absolute_expires_at);
@@ -191,11 +222,19 @@ impl Default for TransactionLimits {
     }
 }
 
-/// The operations every backend provides.
+/// The operations every backend provides. Every decision compares stored deadlines
+/// with the caller's `now` (never the store's own clock), so instances and the
+/// conformance suite's synthetic clock agree; TTLs and expiry jobs only collect garbage.
+///
+/// Every write that ends or changes a session publishes one [`SessionChange`] per
+/// session on [`Store::feed`], atomically with the write.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reachability, for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The change feed of this store (see [`feed`]).
+    fn feed(&self) -> &ChangeFeed;
 
     // Users.
     /// Finds the user by (issuer, subject) or creates them with a new UUID; updates
@@ -208,6 +247,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: UnixTime,
     ) -> StoreResult<User>;
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    /// Users ordered by id, after `after`, at most `limit` (`store copy`).
+    async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>>;
+    /// Stores a user with its id as it is (`store copy`). Returns false, changing
+    /// nothing, when the (issuer, subject) or the id already exists.
+    async fn import_user(&self, user: &User) -> StoreResult<bool>;
 
     // Sessions.
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
@@ -245,6 +289,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         handover: &str,
         tokens: &TokenSet,
     ) -> StoreResult<bool>;
+    /// Replaces the claims the session keeps (at sign-in they come with the session;
+    /// at every refresh through this). Returns whether the session exists.
+    async fn update_claims(
+        &self,
+        family_id: Uuid,
+        claims: &str,
+        email_verified: bool,
+    ) -> StoreResult<bool>;
+    /// Stores a whole session record as it is, previous id and all (`store copy`; its
+    /// user must exist). Returns false when the family already exists.
+    async fn import_session(&self, session: &SessionRecord) -> StoreResult<bool>;
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool>;
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64>;
     async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64>;
@@ -270,8 +325,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>>;
 
     // Refresh leases (single flight across instances).
-    /// Takes the lease `key` for `holder` until `until` if it is free or expired.
+    /// Takes the lease `key` for `holder` until `until` if it is free, expired, or
+    /// already `holder`'s.
     async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool>;
+    /// Compare-and-extend: moves the lease's end to `until` only while `holder` still
+    /// holds it (unexpired at `now`). False: the lease was lost.
+    async fn renew_lease(
         &self,
         key: &str,
         holder: &str,

@@ -10,9 +10,15 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use std::sync::Arc;
+
+use sqlx::{ConnectOptions as _, SqliteConnection};
+
+use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
-    IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, Store, StoreError,
-    StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionChange,
+    SessionRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
+    timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
@@ -22,7 +28,15 @@ use crate::session::seal::Sealed;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_rotation.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_claims_and_feed.sql"),
+    ),
 ];
+
+/// Write-log entries kept for pollers in other processes; a poller that finds a gap
+/// resets.
+const FEED_LOG_KEEP: i64 = 10_000;
 
 async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
     apply_migrations(pool, MIGRATIONS).await
@@ -65,9 +79,16 @@ pub async fn apply_migrations(
 }
 
 /// Sessions, users and transactions in one SQLite file.
+///
+/// The change feed is in-process for this handle's own writes (published after each
+/// commit). Writes by other processes (the admin CLI) are noticed by polling `PRAGMA
+/// data_version` every 250 ms on a connection of its own; each publishing write leaves
+/// its origin in `feed_log`, and an entry of another origin is a reset.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    feed: ChangeFeed,
+    _tasks: Arc<Tasks>,
 }
 
 fn unavailable(e: sqlx::Error) -> StoreError {
@@ -92,7 +113,8 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
             .map_err(unavailable)?
             .foreign_keys(true);
-        // One connection: every connection to `:memory:` is its own database.
+        // One connection: every connection to `:memory:` is its own database, so no
+        // other process can write to it and nothing needs polling.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(STORE_TIMEOUT)
@@ -100,19 +122,137 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         migrate(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            feed: ChangeFeed::in_process(),
+            _tasks: Arc::default(),
+        })
     }
 
     async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(STORE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         migrate(&pool).await?;
-        Ok(Self { pool })
+        let feed = ChangeFeed::in_process();
+        let tasks = Arc::new(Tasks::default());
+        let watcher = options.connect().await.map_err(unavailable)?;
+        let start: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM feed_log")
+            .fetch_one(&pool)
+            .await
+            .map_err(unavailable)?;
+        tasks.add(tokio::spawn(watch_other_processes(watcher, feed.clone(), start)).abort_handle());
+        Ok(Self {
+            pool,
+            feed,
+            _tasks: tasks,
+        })
     }
+
+    /// Records a publishing write in the write log, inside its transaction.
+    async fn log_write(&self, db: &mut SqliteConnection) -> StoreResult<()> {
+        sqlx::query("INSERT INTO feed_log (origin) VALUES (?1)")
+            .bind(self.feed.origin())
+            .execute(&mut *db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes the sessions matching `condition` (SQL over fixed text, values bound as
+    /// `?1`, `?2`) and announces each.
+    async fn delete_where(&self, condition: &'static str, values: &[&str]) -> StoreResult<u64> {
+        timed(async {
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let sql = format!(
+                "DELETE FROM sessions WHERE {condition} RETURNING family_id, id_hash, previous_id_hash"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for v in values {
+                query = query.bind(*v);
+            }
+            let rows = query.fetch_all(&mut *db).await.map_err(unavailable)?;
+            let changes = self.commit_publishing(db, changes_from_rows(&rows)?).await?;
+            Ok(changes.len() as u64)
+        })
+        .await
+    }
+
+    /// Commits a write that changed or ended `changes`: the write log entry joins its
+    /// transaction, and the changes are published once it committed.
+    async fn commit_publishing(
+        &self,
+        mut db: sqlx::Transaction<'_, sqlx::Sqlite>,
+        changes: Vec<SessionChange>,
+    ) -> StoreResult<Vec<SessionChange>> {
+        if !changes.is_empty() {
+            self.log_write(&mut db).await?;
+        }
+        db.commit().await.map_err(unavailable)?;
+        for change in &changes {
+            self.feed.publish(FeedEvent::Changed(change.clone()));
+        }
+        Ok(changes)
+    }
+}
+
+/// Polls for writes by other processes (PRODUCT.md: every ≤ 250 ms) and turns each
+/// into a reset: this process cannot know what they changed.
+async fn watch_other_processes(mut conn: SqliteConnection, feed: ChangeFeed, mut seen: i64) {
+    let mut version: Option<i64> = None;
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now: Result<i64, _> = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut conn)
+            .await;
+        let Ok(now) = now else {
+            feed.publish(FeedEvent::Reset);
+            continue;
+        };
+        if version == Some(now) {
+            continue;
+        }
+        version = Some(now);
+        let rows: Result<Vec<(i64, String)>, _> =
+            sqlx::query_as("SELECT seq, origin FROM feed_log WHERE seq > ?1 ORDER BY seq")
+                .bind(seen)
+                .fetch_all(&mut conn)
+                .await;
+        let Ok(rows) = rows else {
+            feed.publish(FeedEvent::Reset);
+            continue;
+        };
+        let gap = rows.first().is_some_and(|(seq, _)| *seq > seen + 1);
+        let foreign = rows.iter().any(|(_, origin)| origin != feed.origin());
+        if let Some((last, _)) = rows.last() {
+            seen = *last;
+        }
+        if gap || foreign {
+            feed.publish(FeedEvent::Reset);
+        }
+    }
+}
+
+/// The changes announced for rows returned by `... RETURNING family_id, id_hash,
+/// previous_id_hash`.
+fn changes_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<SessionChange>> {
+    rows.iter()
+        .map(|r| {
+            let mut id_hashes = vec![IdHash::from_stored(col(r, "id_hash")?)];
+            if let Some(prev) = col::<Option<String>>(r, "previous_id_hash")? {
+                id_hashes.push(IdHash::from_stored(prev));
+            }
+            Ok(SessionChange {
+                family_id: uuid_col(r, "family_id")?,
+                id_hashes,
+            })
+        })
+        .collect()
 }
 
 fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
@@ -150,6 +290,7 @@ const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.pre
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
     s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
+    s.claims, s.email_verified, \
     u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
@@ -183,6 +324,8 @@ fn session_from_row(row: &SqliteRow, looked_up: Option<&IdHash>) -> StoreResult<
         },
         token_version: col(row, "token_version")?,
         user_agent: col(row, "user_agent")?,
+        claims: col(row, "claims")?,
+        email_verified: col::<i64>(row, "email_verified")? != 0,
     })
 }
 
@@ -192,6 +335,10 @@ fn opt_str(s: &Option<Sealed>) -> Option<&str> {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         timed(async {
             sqlx::query("SELECT 1")
@@ -247,14 +394,51 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>> {
+        timed(async {
+            let rows = sqlx::query(
+                "SELECT id, issuer, subject, email, name, created_at, updated_at FROM users \
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .bind(after.map(|u| u.to_string()).unwrap_or_default())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter().map(|r| user_from_row(r, "")).collect()
+        })
+        .await
+    }
+
+    async fn import_user(&self, u: &User) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            )
+            .bind(u.id.to_string())
+            .bind(&u.issuer)
+            .bind(&u.subject)
+            .bind(&u.email)
+            .bind(&u.name)
+            .bind(u.created_at)
+            .bind(u.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
         timed(async {
             sqlx::query(
                 "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
                  access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent, \
-                 access_issued_at) \
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14)",
+                 access_issued_at, claims, email_verified) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16)",
             )
             .bind(s.family_id.to_string())
             .bind(s.id_hash.as_str())
@@ -270,6 +454,8 @@ impl Store for SqliteStore {
             .bind(s.tokens.refresh_expires_at)
             .bind(&s.user_agent)
             .bind(s.tokens.access_issued_at)
+            .bind(&s.claims)
+            .bind(s.email_verified)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -302,19 +488,30 @@ impl Store for SqliteStore {
         seen: Option<&IdHash>,
     ) -> StoreResult<()> {
         timed(async {
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
             sqlx::query(
                 "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), \
-                 idle_expires_at = max(idle_expires_at, ?3), \
-                 current_seen = CASE WHEN id_hash = ?4 THEN 1 ELSE current_seen END \
-                 WHERE family_id = ?1",
+                 idle_expires_at = max(idle_expires_at, ?3) WHERE family_id = ?1",
             )
             .bind(family_id.to_string())
             .bind(last_seen_at)
             .bind(idle_expires_at)
-            .bind(seen.map(IdHash::as_str))
-            .execute(&self.pool)
+            .execute(&mut *db)
             .await
             .map_err(unavailable)?;
+            // The first sighting of a rotated id decides the theft rule: published.
+            let rows = sqlx::query(
+                "UPDATE sessions SET current_seen = 1 \
+                 WHERE family_id = ?1 AND id_hash = ?2 AND current_seen = 0 \
+                 RETURNING family_id, id_hash, previous_id_hash",
+            )
+            .bind(family_id.to_string())
+            .bind(seen.map(IdHash::as_str))
+            .fetch_all(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            self.commit_publishing(db, changes_from_rows(&rows)?)
+                .await?;
             Ok(())
         })
         .await
@@ -327,11 +524,13 @@ impl Store for SqliteStore {
         t: &TokenSet,
     ) -> StoreResult<bool> {
         timed(async {
-            let done = sqlx::query(
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let rows = sqlx::query(
                 "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
                  access_expires_at = ?6, refresh_expires_at = ?7, access_issued_at = ?8, \
                  token_version = token_version + 1 \
-                 WHERE family_id = ?1 AND token_version = ?2",
+                 WHERE family_id = ?1 AND token_version = ?2 \
+                 RETURNING family_id, id_hash, previous_id_hash",
             )
             .bind(family_id.to_string())
             .bind(expected_version)
@@ -341,10 +540,13 @@ impl Store for SqliteStore {
             .bind(t.access_expires_at)
             .bind(t.refresh_expires_at)
             .bind(t.access_issued_at)
-            .execute(&self.pool)
+            .fetch_all(&mut *db)
             .await
             .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
+            let changes = self
+                .commit_publishing(db, changes_from_rows(&rows)?)
+                .await?;
+            Ok(changes.len() == 1)
         })
         .await
     }
@@ -359,12 +561,15 @@ impl Store for SqliteStore {
         t: &TokenSet,
     ) -> StoreResult<bool> {
         timed(async {
-            let done = sqlx::query(
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            // The message names the id that stops being current as well as the new one.
+            let rows = sqlx::query(
                 "UPDATE sessions SET previous_id_hash = id_hash, previous_valid_until = ?4, \
                  id_hash = ?3, current_seen = 0, refresh_token = ?5, access_token = ?6, \
                  id_token = ?7, access_expires_at = ?8, refresh_expires_at = ?9, \
                  access_issued_at = ?10, previous_handover = ?11, token_version = token_version + 1 \
-                 WHERE family_id = ?1 AND token_version = ?2",
+                 WHERE family_id = ?1 AND token_version = ?2 \
+                 RETURNING family_id, id_hash, previous_id_hash",
             )
             .bind(family_id.to_string())
             .bind(expected_version)
@@ -377,6 +582,74 @@ impl Store for SqliteStore {
             .bind(t.refresh_expires_at)
             .bind(t.access_issued_at)
             .bind(handover)
+            .fetch_all(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            let changes = self.commit_publishing(db, changes_from_rows(&rows)?).await?;
+            Ok(changes.len() == 1)
+        })
+        .await
+    }
+
+    async fn update_claims(
+        &self,
+        family_id: Uuid,
+        claims: &str,
+        email_verified: bool,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let rows = sqlx::query(
+                "UPDATE sessions SET claims = ?2, email_verified = ?3 WHERE family_id = ?1 \
+                 RETURNING family_id, id_hash, previous_id_hash",
+            )
+            .bind(family_id.to_string())
+            .bind(claims)
+            .bind(email_verified)
+            .fetch_all(&mut *db)
+            .await
+            .map_err(unavailable)?;
+            let changes = self
+                .commit_publishing(db, changes_from_rows(&rows)?)
+                .await?;
+            Ok(changes.len() == 1)
+        })
+        .await
+    }
+
+    async fn import_session(&self, s: &SessionRecord) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO sessions (family_id, id_hash, previous_id_hash, previous_valid_until, \
+                 previous_handover, current_seen, user_id, provider_sid, created_at, last_seen_at, \
+                 idle_expires_at, absolute_expires_at, refresh_token, access_token, id_token, \
+                 access_expires_at, refresh_expires_at, access_issued_at, token_version, \
+                 user_agent, claims, email_verified) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18, ?19, ?20, ?21, ?22) ON CONFLICT DO NOTHING",
+            )
+            .bind(s.family_id.to_string())
+            .bind(s.id_hash.as_str())
+            .bind(s.previous_id_hash.as_ref().map(IdHash::as_str))
+            .bind(s.previous_valid_until)
+            .bind(&s.previous_handover)
+            .bind(s.current_seen)
+            .bind(s.user.id.to_string())
+            .bind(&s.provider_sid)
+            .bind(s.created_at)
+            .bind(s.last_seen_at)
+            .bind(s.idle_expires_at)
+            .bind(s.absolute_expires_at)
+            .bind(opt_str(&s.tokens.refresh_token))
+            .bind(opt_str(&s.tokens.access_token))
+            .bind(opt_str(&s.tokens.id_token))
+            .bind(s.tokens.access_expires_at)
+            .bind(s.tokens.refresh_expires_at)
+            .bind(s.tokens.access_issued_at)
+            .bind(s.token_version)
+            .bind(&s.user_agent)
+            .bind(&s.claims)
+            .bind(s.email_verified)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
@@ -386,70 +659,35 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query("DELETE FROM sessions WHERE family_id = ?1")
-                .bind(family_id.to_string())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() > 0)
-        })
-        .await
+        let ended = self
+            .delete_where("family_id = ?1", &[&family_id.to_string()])
+            .await?;
+        Ok(ended > 0)
     }
 
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
-        timed(async {
-            let done = sqlx::query("DELETE FROM sessions WHERE user_id = ?1")
-                .bind(user_id.to_string())
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
-        .await
+        self.delete_where("user_id = ?1", &[&user_id.to_string()])
+            .await
     }
 
     async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64> {
-        timed(async {
-            let done = sqlx::query(
-                "DELETE FROM sessions WHERE provider_sid = ?2 \
-                 AND user_id IN (SELECT id FROM users WHERE issuer = ?1)",
-            )
-            .bind(issuer)
-            .bind(sid)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
+        self.delete_where(
+            "provider_sid = ?2 AND user_id IN (SELECT id FROM users WHERE issuer = ?1)",
+            &[issuer, sid],
+        )
         .await
     }
 
     async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
-        timed(async {
-            let done = sqlx::query(
-                "DELETE FROM sessions WHERE user_id IN \
-                 (SELECT id FROM users WHERE issuer = ?1 AND subject = ?2)",
-            )
-            .bind(issuer)
-            .bind(subject)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
+        self.delete_where(
+            "user_id IN (SELECT id FROM users WHERE issuer = ?1 AND subject = ?2)",
+            &[issuer, subject],
+        )
         .await
     }
 
     async fn delete_all_sessions(&self) -> StoreResult<u64> {
-        timed(async {
-            let done = sqlx::query("DELETE FROM sessions")
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected())
-        })
-        .await
+        self.delete_where("1 = 1", &[]).await
     }
 
     async fn list_sessions(
@@ -559,7 +797,32 @@ impl Store for SqliteStore {
             let done = sqlx::query(
                 "INSERT INTO refresh_leases (lease_key, holder, expires_at) VALUES (?1, ?2, ?4) \
                  ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
-                 expires_at = excluded.expires_at WHERE refresh_leases.expires_at <= ?3",
+                 expires_at = excluded.expires_at \
+                 WHERE refresh_leases.expires_at <= ?3 OR refresh_leases.holder = excluded.holder",
+            )
+            .bind(key)
+            .bind(holder)
+            .bind(now)
+            .bind(until)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "UPDATE refresh_leases SET expires_at = ?4 \
+                 WHERE lease_key = ?1 AND holder = ?2 AND expires_at > ?3",
             )
             .bind(key)
             .bind(holder)
@@ -651,6 +914,18 @@ impl Store for SqliteStore {
                 }
             }
         }
+        // The write log only needs to outlive the pollers' 250 ms.
+        total += timed(async {
+            Ok(sqlx::query(
+                "DELETE FROM feed_log WHERE seq <= (SELECT max(seq) FROM feed_log) - ?1",
+            )
+            .bind(FEED_LOG_KEEP)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .rows_affected())
+        })
+        .await?;
         Ok(total)
     }
 }
@@ -658,6 +933,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::CrossHandle;
 
     #[tokio::test]
     async fn sqlite_in_memory_passes_the_conformance_suite() {
@@ -671,7 +947,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("p.db")).await.unwrap();
         super::super::conformance::run_all(&store).await;
-        drop(store);
+        // A second handle on the file: another instance, or the admin CLI.
+        let other = SqliteStore::open(&dir.join("p.db")).await.unwrap();
+        super::super::conformance::run_shared(&store, &other, CrossHandle::Reset).await;
+        drop((store, other));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
