@@ -1,0 +1,290 @@
+//! Typed settings, parsed and validated once at start-up.
+//!
+//! Sources, later wins: built-in defaults, the TOML file, then the environment
+//! (`PORTCULLIS_<SECTION>_<KEY>`, top-level keys without a section). Every problem is
+//! collected and reported as one line, so `portcullis check-config` shows them all.
+//!
+//! One file per section, each holding its raw shape, defaults, parsing and checks:
+//! `server` (listen, public_url, prefix, public_paths), `provider` (issuer, client,
+//! scopes, `[provider]`), `proxy` (upstream, `[proxy]`), `store` (store, secret),
+//! `logging`, `session`, `access`, `csrf`, `logout`, `spa`; `env` overlays the
+//! environment and `duration` parses `"30s"`-style values. The reference for users is
+//! `docs/configuration.md`.
+
+mod access;
+mod csrf;
+mod duration;
+mod env;
+mod logging;
+mod logout;
+mod provider;
+mod proxy;
+mod server;
+mod session;
+mod spa;
+mod store;
+#[cfg(test)]
+mod test_support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use url::Url;
+
+pub use access::AccessSettings;
+pub use duration::parse_duration;
+pub use env::{all_keys, env_name};
+pub use logging::LogFormat;
+pub use logout::LogoutSettings;
+pub use provider::{ClientSecret, ProviderSettings};
+pub use session::SessionSettings;
+pub use spa::SpaSettings;
+pub use store::{SecretKeys, StoreLocation};
+
+/// All problems found in a configuration, one human sentence each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The validated configuration of a gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Origin the browser sees, without a trailing slash, e.g. `https://app.example.com`.
+    pub public_url: Url,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<ClientSecret>,
+    pub scopes: Vec<String>,
+    pub upstream: Option<Url>,
+    pub store: StoreLocation,
+    pub secret: Option<SecretKeys>,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// Path prefix of the gateway's own endpoints, e.g. `/auth`.
+    pub prefix: String,
+    pub public_paths: Vec<String>,
+    pub session: SessionSettings,
+    pub access: AccessSettings,
+    pub provider: ProviderSettings,
+    pub trusted_proxies: Vec<String>,
+    /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
+    pub token_relay: Vec<String>,
+    pub csrf_header: String,
+    pub spa: SpaSettings,
+    pub logout: LogoutSettings,
+}
+
+impl Config {
+    /// `https` public URL: cookies get `Secure` and the `__Host-` prefix.
+    pub fn is_https(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// The redirect URI registered at the provider: public URL + prefix + `/callback`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}{}/callback", self.public_origin(), self.prefix)
+    }
+
+    /// `scheme://host[:port]`, no trailing slash.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    /// Loads the file (if any) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigErrors> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads the file (if any) and the given environment variables.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigErrors> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![format!(
+                        "cannot read config file {}: {e}",
+                        path.display()
+                    )])
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigErrors(vec![format!(
+                        "config file {} is not valid TOML: {}",
+                        path.display(),
+                        e.message()
+                    )])
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut errors = Vec::new();
+        env::overlay_environment(&mut table, env, &mut errors);
+        let raw: RawConfig = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(e) => {
+                errors.push(format!("configuration: {}", e.message()));
+                return Err(ConfigErrors(errors));
+            }
+        };
+        let config = validate(raw, &mut errors);
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+/// The raw, unvalidated shape of the file: top-level keys, then one table per section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    issuer: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scopes: Option<String>,
+    upstream: Option<String>,
+    store: Option<String>,
+    secret: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    prefix: Option<String>,
+    public_paths: Option<Vec<String>>,
+    #[serde(default)]
+    session: session::RawSession,
+    #[serde(default)]
+    access: access::RawAccess,
+    #[serde(default)]
+    provider: provider::RawProvider,
+    #[serde(default)]
+    proxy: proxy::RawProxy,
+    #[serde(default)]
+    csrf: csrf::RawCsrf,
+    #[serde(default)]
+    spa: spa::RawSpa,
+    #[serde(default)]
+    logout: logout::RawLogout,
+}
+
+/// Checks every section, collecting problems in `errors` (in this order, so the report
+/// reads top to bottom like the reference). `None` only when `listen` or `public_url`
+/// is too broken for the rest to be judged.
+fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
+    let listen = server::listen(raw.listen, errors)?;
+    let public_url = server::public_url(raw.public_url, listen, errors)?;
+    let issuer = provider::issuer(raw.issuer, errors);
+    let client_id = provider::client_id(raw.client_id, errors);
+    let client_secret = provider::client_secret(raw.client_secret);
+    let scopes = provider::scopes(raw.scopes, errors);
+    let upstream = proxy::upstream(raw.upstream, errors);
+    let store = store::location(raw.store, errors);
+    let secret = store::secret(raw.secret, &store, errors);
+    let log = logging::filter(raw.log);
+    let log_format = logging::format(raw.log_format, errors);
+    let prefix = server::prefix(raw.prefix, errors);
+    let public_paths = server::public_paths(raw.public_paths, errors);
+    let session = raw.session.validate(errors);
+    let access = raw.access.validate(errors);
+    let provider = raw.provider.validate(client_secret.is_some(), errors);
+    let trusted_proxies = proxy::trusted_proxies(raw.proxy.trusted_proxies, errors);
+    let token_relay = proxy::token_relay(raw.proxy.token_relay, errors);
+    let csrf_header = csrf::header(raw.csrf.header, errors);
+    let logout = raw.logout.validate(errors);
+    let spa = raw.spa.validate(&prefix, errors);
+
+    Some(Config {
+        listen,
+        public_url,
+        issuer,
+        client_id,
+        client_secret,
+        scopes,
+        upstream,
+        store,
+        secret,
+        log,
+        log_format,
+        prefix,
+        public_paths,
+        session,
+        access,
+        provider,
+        trusted_proxies,
+        token_relay,
+        csrf_header,
+        spa,
+        logout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::test_support::{env, minimal, repo_file};
+
+    #[test]
+    fn defaults_follow_the_product_table() {
+        let c = Config::load_from(None, minimal()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.public_origin(), "http://127.0.0.1:8080");
+        assert_eq!(c.redirect_uri(), "http://127.0.0.1:8080/auth/callback");
+        assert_eq!(c.scopes, ["openid", "email", "profile", "offline_access"]);
+        assert_eq!(c.store, StoreLocation::Sqlite("portcullis.db".into()));
+        assert_eq!(c.prefix, "/auth");
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(
+            c.session.absolute_lifetime,
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(c.session.refresh_before, Duration::from_secs(60));
+        assert_eq!(c.session.rotation_grace, Duration::from_secs(30));
+        assert_eq!(c.csrf_header, "X-CSRF");
+        assert_eq!(c.spa.code_exchange_path, "/api/auth/callback");
+        assert!(!c.access.require_email_verified);
+        assert!(!c.is_https());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errs = Config::load_from(
+            None,
+            env(&[
+                ("PORTCULLIS_LISTEN", "0.0.0.0:8080"),
+                ("PORTCULLIS_SESSION_IDLE_TIMEOUT", "ten minutes"),
+                ("PORTCULLIS_PROVIDER_ALLOWED_ALGORITHMS", "none"),
+                ("PORTCULLIS_STORE", "redis://127.0.0.1"),
+                ("PORTCULLIS_TYPO", "1"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        let all = errs.join("\n");
+        for needle in [
+            "public_url",
+            "issuer",
+            "client_id",
+            "idle_timeout",
+            "allowed_algorithms",
+            "`secret` is required",
+            "PORTCULLIS_TYPO",
+        ] {
+            assert!(all.contains(needle), "missing {needle} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_example_configurations_are_valid() {
+        for name in ["keycloak", "auth0", "google"] {
+            let path = repo_file(&format!("examples/{name}.toml"));
+            let config = Config::load_from(Some(&path), Vec::new())
+                .unwrap_or_else(|e| panic!("examples/{name}.toml: {e}"));
+            assert!(config.is_https());
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Who the identity provider is and who the gateway is to it: `issuer`, `client_id`,
+//! `client_secret`, `scopes` (top level) and the `[provider]` section (extra authorize
+//! parameters, accepted ID-token algorithms).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use url::Url;
+use zeroize::Zeroizing;
+
+/// Provider-specific knobs.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderSettings {
+    pub extra_authorize_params: BTreeMap<String, String>,
+    /// `None`: the provider's advertised asymmetric algorithms.
+    pub allowed_algorithms: Option<Vec<String>>,
+}
+
+/// A client secret: never printed.
+#[derive(Clone)]
+pub struct ClientSecret(pub Zeroizing<String>);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(<redacted>)")
+    }
+}
+
+/// `issuer` (required): `https`, or `http` on loopback only; no query or fragment.
+pub(super) fn issuer(value: Option<String>, errors: &mut Vec<String>) -> String {
+    let issuer = required(value, "issuer", "PORTCULLIS_ISSUER", errors);
+    if !issuer.is_empty() {
+        match Url::parse(&issuer) {
+            Ok(u) if u.scheme() == "https" || is_loopback_http(&u) => {
+                if u.query().is_some() || u.fragment().is_some() {
+                    errors.push("`issuer` must not have a query or fragment".into());
+                }
+            }
+            Ok(_) => errors.push(
+                "`issuer` must be an https URL (http is allowed only for loopback development providers)".into(),
+            ),
+            Err(_) => errors.push(format!("`issuer`: `{issuer}` is not a URL")),
+        }
+    }
+    issuer
+}
+
+fn is_loopback_http(u: &Url) -> bool {
+    u.scheme() == "http"
+        && match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        }
+}
+
+/// `client_id` (required).
+pub(super) fn client_id(value: Option<String>, errors: &mut Vec<String>) -> String {
+    required(value, "client_id", "PORTCULLIS_CLIENT_ID", errors)
+}
+
+/// `client_secret`: unset or empty means a public client.
+pub(super) fn client_secret(value: Option<String>) -> Option<ClientSecret> {
+    value
+        .filter(|s| !s.is_empty())
+        .map(|s| ClientSecret(Zeroizing::new(s)))
+}
+
+/// `scopes`: space-separated, default `openid email profile offline_access`; must
+/// include `openid` (OpenID Connect Core 1.0 §3.1.2.1).
+pub(super) fn scopes(value: Option<String>, errors: &mut Vec<String>) -> Vec<String> {
+    let scopes: Vec<String> = value
+        .unwrap_or_else(|| "openid email profile offline_access".into())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !scopes.iter().any(|s| s == "openid") {
+        errors.push("`scopes` must include `openid`".into());
+    }
+    scopes
+}
+
+/// A required text setting, trimmed; empty (with an error) when missing or blank.
+fn required(value: Option<String>, name: &str, env: &str, errors: &mut Vec<String>) -> String {
+    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
+        Some(v) => v,
+        None => {
+            errors.push(format!("`{name}` is required (or set {env})"));
+            String::new()
+        }
+    }
+}
+
+/// The `[provider]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    extra_authorize_params: Option<BTreeMap<String, String>>,
+    allowed_algorithms: Option<Vec<String>>,
+}
+
+/// Authorize parameters the gateway sets itself; configuration may not replace them.
+const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+    "request",
+    "request_uri",
+];
+
+impl RawProvider {
+    /// HMAC algorithms (`HS*`) are accepted only with a client secret, which keys them.
+    pub(super) fn validate(
+        self,
+        has_client_secret: bool,
+        errors: &mut Vec<String>,
+    ) -> ProviderSettings {
+        let extra_authorize_params = self.extra_authorize_params.unwrap_or_default();
+        for key in extra_authorize_params.keys() {
+            if RESERVED_AUTHORIZE_PARAMS.contains(&key.as_str()) {
+                errors.push(format!(
+                    "`provider.extra_authorize_params`: `{key}` is set by the gateway itself and cannot be overridden"
+                ));
+            }
+        }
+        let allowed_algorithms = self.allowed_algorithms;
+        if let Some(algs) = &allowed_algorithms {
+            if algs.is_empty() {
+                errors.push("`provider.allowed_algorithms` must not be empty".into());
+            }
+            for a in algs {
+                if crate::provider::Algorithm::parse(a).is_none() {
+                    errors.push(format!(
+                        "`provider.allowed_algorithms`: `{a}` is not a supported JWS algorithm (`none` never is)"
+                    ));
+                } else if a.starts_with("HS") && !has_client_secret {
+                    errors.push(format!(
+                        "`provider.allowed_algorithms`: `{a}` needs `client_secret` (HMAC ID tokens are keyed by it)"
+                    ));
+                }
+            }
+        }
+        ProviderSettings {
+            extra_authorize_params,
+            allowed_algorithms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::config::test_support::minimal;
+
+    #[test]
+    fn reserved_authorize_params_cannot_be_overridden() {
+        let mut e = minimal();
+        e.push((
+            "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS".into(),
+            r#"{ redirect_uri = "https://evil" }"#.into(),
+        ));
+        assert!(Config::load_from(None, e).is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! Where sessions live and the keys that seal them: `store` and `secret` (top level).
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use url::Url;
+use zeroize::Zeroizing;
+
+/// Where sessions, users and login transactions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+    Redis(String),
+}
+
+impl StoreLocation {
+    fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(
+                    "`store`: `sqlite:` needs a file path, e.g. `sqlite:portcullis.db`".into(),
+                );
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Self::Postgres(s.to_owned()));
+        }
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            return Ok(Self::Redis(s.to_owned()));
+        }
+        Err("`store` must start with `sqlite:`, `postgres://` or `redis://`".into())
+    }
+
+    /// A description safe for logs: no password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Self::Postgres(u) | Self::Redis(u) => match Url::parse(u) {
+                Ok(mut url) => {
+                    let _ = url.set_password(None);
+                    url.to_string()
+                }
+                Err(_) => "(unparsable url)".into(),
+            },
+        }
+    }
+}
+
+/// Key ring material: the first key seals, all keys open.
+#[derive(Clone)]
+pub struct SecretKeys(pub Vec<Zeroizing<[u8; 32]>>);
+
+impl std::fmt::Debug for SecretKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKeys({} keys, <redacted>)", self.0.len())
+    }
+}
+
+impl SecretKeys {
+    /// Parses `PORTCULLIS_SECRET`: comma-separated base64 (standard or url-safe) 32-byte keys.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (i, part) in s.split(',').map(str::trim).enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let bytes = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(part)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part))
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(part))
+                    .map_err(|_| format!("`secret`: key {} is not valid base64", i + 1))?,
+            );
+            let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                format!(
+                    "`secret`: key {} is {} bytes; each key must be exactly 32 bytes (generate one with `openssl rand -base64 32`)",
+                    i + 1,
+                    bytes.len()
+                )
+            })?;
+            keys.push(Zeroizing::new(key));
+        }
+        if keys.is_empty() {
+            return Err("`secret` is set but holds no key".into());
+        }
+        Ok(Self(keys))
+    }
+}
+
+/// `store`, default `sqlite:portcullis.db` (also what an unparsable value falls back to,
+/// with an error, so the other checks can go on).
+pub(super) fn location(value: Option<String>, errors: &mut Vec<String>) -> StoreLocation {
+    match StoreLocation::parse(value.as_deref().unwrap_or("sqlite:portcullis.db")) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(e);
+            StoreLocation::Sqlite(PathBuf::from("portcullis.db"))
+        }
+    }
+}
+
+/// `secret`: optional with SQLite (the gateway generates a key beside the database),
+/// required with a shared store so that every instance shares the key ring.
+pub(super) fn secret(
+    value: Option<String>,
+    store: &StoreLocation,
+    errors: &mut Vec<String>,
+) -> Option<SecretKeys> {
+    let secret = value
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| SecretKeys::parse(&s).map_err(|e| errors.push(e)).ok());
+    if secret.is_none() && !matches!(store, StoreLocation::Sqlite(_)) {
+        errors.push(
+            "`secret` is required with a postgres or redis store, so that every instance shares the key ring (set PORTCULLIS_SECRET)".into(),
+        );
+    }
+    secret
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_must_be_32_bytes() {
+        assert!(SecretKeys::parse("c2hvcnQ=").is_err());
+        let good = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert_eq!(
+            SecretKeys::parse(&format!("{good},{good}"))
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
+    }
+}
