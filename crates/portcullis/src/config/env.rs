@@ -22,6 +22,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("", "scopes", Kind::Text),
     ("", "upstream", Kind::Text),
     ("", "store", Kind::Text),
+    ("", "store_prefix", Kind::Text),
     ("", "secret", Kind::Text),
     ("", "log", Kind::Text),
     ("", "log_format", Kind::Text),

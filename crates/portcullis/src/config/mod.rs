@@ -6,8 +6,8 @@
 //!
 //! One file per section, each holding its raw shape, defaults, parsing and checks:
 //! `server` (listen, public_url, prefix, public_paths), `provider` (issuer, client,
-//! scopes, `[provider]`), `proxy` (upstream, `[proxy]`), `store` (store, secret),
-//! `logging`, `session`, `access`, `csrf`, `logout`, `spa`; `env` overlays the
+//! scopes, `[provider]`), `proxy` (upstream, `[proxy]`), `store` (store, store_prefix,
+//! secret), `logging`, `session`, `access`, `csrf`, `logout`, `spa`; `env` overlays the
 //! environment and `duration` parses `"30s"`-style values. The reference for users is
 //! `docs/configuration.md`.
 
@@ -59,6 +59,8 @@ pub struct Config {
     pub scopes: Vec<String>,
     pub upstream: Option<Url>,
     pub store: StoreLocation,
+    /// Prefix of table names (PostgreSQL) and keys (Redis), e.g. `portcullis`.
+    pub store_prefix: String,
     pub secret: Option<SecretKeys>,
     pub log: String,
     pub log_format: LogFormat,
@@ -149,6 +151,7 @@ struct RawConfig {
     scopes: Option<String>,
     upstream: Option<String>,
     store: Option<String>,
+    store_prefix: Option<String>,
     secret: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
@@ -183,6 +186,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let upstream = proxy::upstream(raw.upstream, errors);
     let store = store::location(raw.store, errors);
     let secret = store::secret(raw.secret, &store, errors);
+    let store_prefix = store::prefix(raw.store_prefix, errors);
     let log = logging::filter(raw.log);
     let log_format = logging::format(raw.log_format, errors);
     let prefix = server::prefix(raw.prefix, errors);
@@ -205,6 +209,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         scopes,
         upstream,
         store,
+        store_prefix,
         secret,
         log,
         log_format,

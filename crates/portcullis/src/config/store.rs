@@ -1,4 +1,5 @@
-//! Where sessions live and the keys that seal them: `store` and `secret` (top level).
+//! Where sessions live and the keys that seal them: `store`, `store_prefix` and `secret`
+//! (top level).
 
 use std::path::PathBuf;
 
@@ -102,6 +103,27 @@ pub(super) fn location(value: Option<String>, errors: &mut Vec<String>) -> Store
     }
 }
 
+/// `store_prefix`, default `portcullis`: prefixes table names on PostgreSQL and keys on
+/// Redis, so several gateways can share one server. It is pasted into SQL identifiers,
+/// hence the narrow alphabet (`^[a-z][a-z0-9_]{0,29}$`), well inside PostgreSQL's
+/// 63-byte identifier limit once a table name is appended.
+pub(super) fn prefix(value: Option<String>, errors: &mut Vec<String>) -> String {
+    let prefix = value.unwrap_or_else(|| "portcullis".into());
+    if !is_valid_store_prefix(&prefix) {
+        errors.push(format!(
+            "`store_prefix`: `{prefix}` must be 1–30 characters of a–z, 0–9 and `_`, starting with a letter"
+        ));
+    }
+    prefix
+}
+
+fn is_valid_store_prefix(p: &str) -> bool {
+    p.len() <= 30
+        && p.starts_with(|c: char| c.is_ascii_lowercase())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// `secret`: optional with SQLite (the gateway generates a key beside the database),
 /// required with a shared store so that every instance shares the key ring.
 pub(super) fn secret(
@@ -123,6 +145,68 @@ pub(super) fn secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::config::test_support::{env, minimal};
+
+    fn store_prefix_errors(value: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        let prefix = prefix(Some(value.into()), &mut errors);
+        assert_eq!(prefix, value);
+        errors
+    }
+
+    #[test]
+    fn store_prefix_defaults_to_portcullis() {
+        let c = Config::load_from(None, minimal()).unwrap();
+        assert_eq!(c.store_prefix, "portcullis");
+    }
+
+    #[test]
+    fn store_prefix_comes_from_the_environment() {
+        let mut e = minimal();
+        e.extend(env(&[("PORTCULLIS_STORE_PREFIX", "tenant_a")]));
+        let c = Config::load_from(None, e).unwrap();
+        assert_eq!(c.store_prefix, "tenant_a");
+    }
+
+    #[test]
+    fn store_prefix_accepts_lower_case_letters_digits_and_underscores() {
+        for good in ["a", "portcullis", "gw_2", "a_b_c", &"p".repeat(30)] {
+            assert_eq!(store_prefix_errors(good), Vec::<String>::new(), "{good}");
+        }
+    }
+
+    #[test]
+    fn store_prefix_refuses_anything_else() {
+        for bad in [
+            "Portcullis",
+            "my-gateway",
+            "",
+            &"p".repeat(31),
+            "1gateway",
+            "_gateway",
+            "gw.a",
+            "gw a",
+            "prefixé",
+        ] {
+            assert_eq!(
+                store_prefix_errors(bad),
+                [format!(
+                    "`store_prefix`: `{bad}` must be 1–30 characters of a–z, 0–9 and `_`, starting with a letter"
+                )],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_invalid_store_prefix_fails_the_whole_configuration() {
+        let mut e = minimal();
+        e.extend(env(&[("PORTCULLIS_STORE_PREFIX", "My-Gateway")]));
+        let errors = Config::load_from(None, e).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("`store_prefix`: `My-Gateway` must be"));
+    }
 
     #[test]
     fn secret_keys_must_be_32_bytes() {
