@@ -57,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Work on the store as a whole.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Validate the configuration, print every problem, exit non-zero if there is one.
     CheckConfig {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
@@ -94,11 +99,37 @@ enum SessionsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy users (with their ids) and live sessions to another store, e.g. from SQLite
+    /// to PostgreSQL: no X-User-Id changes and nobody is signed out. The gateways on
+    /// the new store need the same PORTCULLIS_SECRET. Safe to run again.
+    Copy {
+        /// The store to read: sqlite:PATH, postgres://… or redis://…
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The store to write (created and migrated if needed).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Table or key prefix on PostgreSQL and Redis, on both sides.
+        #[arg(
+            long,
+            value_name = "PREFIX",
+            env = "PORTCULLIS_STORE_PREFIX",
+            default_value = "portcullis"
+        )]
+        prefix: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
         Command::Sessions { command } => sessions(command),
+        Command::Store {
+            command: StoreCommand::Copy { from, to, prefix },
+        } => store_copy(&from, &to, &prefix),
         Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,
@@ -204,6 +235,51 @@ fn sessions(command: SessionsCommand) -> ExitCode {
                 println!("{ended} session(s) revoked");
             }
         }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+fn store_copy(from: &str, to: &str, prefix: &str) -> ExitCode {
+    use portcullis::config::StoreLocation;
+    let parse = |which: &str, value: &str| {
+        StoreLocation::parse(value).map_err(|e| format!("--{which}: {e}"))
+    };
+    let (source, target) = match (parse("from", from), parse("to", to)) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("portcullis store copy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if source == target {
+        eprintln!("portcullis store copy: --from and --to are the same store");
+        return ExitCode::from(2);
+    }
+    if let StoreLocation::Sqlite(path) = &source
+        && !path.exists()
+    {
+        eprintln!(
+            "portcullis store copy: --from: {} does not exist",
+            path.display()
+        );
+        return ExitCode::from(2);
+    }
+    init_plain_logging("warn");
+    run_async("portcullis store copy", async move {
+        portcullis::install_crypto_provider();
+        let from = portcullis::store::open(&source, prefix).await?;
+        let to = portcullis::store::open(&target, prefix).await?;
+        let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
+        let report = portcullis::store::copy::copy(&*from, &*to, now).await?;
+        println!(
+            "copied {} user(s) ({} already there) and {} live session(s) ({} already there) from {} to {}",
+            report.users_copied,
+            report.users_present,
+            report.sessions_copied,
+            report.sessions_present,
+            source.describe(),
+            target.describe()
+        );
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }

@@ -11,7 +11,6 @@ use crate::provider::jwks::MIN_REFETCH_INTERVAL;
 use crate::provider::{Algorithm, Provider, ProviderSettings};
 use crate::session::seal::KeyRing;
 use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,21 +65,19 @@ impl Gateway {
     /// provider client. Provider discovery happens on first use and is retried.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         crate::install_crypto_provider();
-        let (store, keys): (Arc<dyn Store>, KeyRing) = match &config.store {
-            StoreLocation::Sqlite(path) => {
-                let keys = match &config.secret {
-                    Some(secret) => key_ring(secret)?,
-                    None => key_ring(&load_or_create_secret(path)?)?,
-                };
-                (Arc::new(SqliteStore::open(path).await?), keys)
-            }
-            other => {
-                return Err(StartError::Unsupported(format!(
-                    "store {} is not supported by this build yet; use sqlite:PATH",
+        // A shared store needs the key ring from the configuration (checked there); a
+        // SQLite file may keep a generated one beside it.
+        let keys = match (&config.secret, &config.store) {
+            (Some(secret), _) => key_ring(secret)?,
+            (None, StoreLocation::Sqlite(path)) => key_ring(&load_or_create_secret(path)?)?,
+            (None, other) => {
+                return Err(StartError::Secret(format!(
+                    "`secret` is required with the store {}",
                     other.describe()
                 )));
             }
         };
+        let store = crate::store::open(&config.store, &config.store_prefix).await?;
         if !config.is_https() && !is_loopback_origin(&config.public_url) {
             tracing::warn!(
                 public_url = %config.public_origin(),

@@ -40,7 +40,7 @@ pub use logout::LogoutSettings;
 pub use provider::{ClientSecret, ProviderSettings};
 pub use session::SessionSettings;
 pub use spa::SpaSettings;
-pub use store::{SecretKeys, StoreLocation};
+pub use store::{SecretKeys, StoreLocation, is_valid_store_prefix};
 
 /// All problems found in a configuration, one human sentence each.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,8 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
-    fn parse(s: &str) -> Result<Self, String> {
+    /// Parses a `store` value: `sqlite:PATH`, `postgres://…` or `redis://…`.
+    pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
             if path.is_empty() {
@@ -117,7 +118,8 @@ pub(super) fn prefix(value: Option<String>, errors: &mut Vec<String>) -> String 
     prefix
 }
 
-fn is_valid_store_prefix(p: &str) -> bool {
+/// Whether `p` may be used as `store_prefix` (it is pasted into SQL identifiers).
+pub fn is_valid_store_prefix(p: &str) -> bool {
     p.len() <= 30
         && p.starts_with(|c: char| c.is_ascii_lowercase())
         && p.bytes()

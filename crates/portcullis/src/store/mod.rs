@@ -14,7 +14,7 @@ use crate::session::id::IdHash;
 use crate::session::seal::Sealed;
 
 pub mod conformance;
-// pub mod copy;
+pub mod copy;
 pub mod feed;
 pub mod postgres;
 // pub mod redis;
@@ -42,6 +42,32 @@ pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
 /// Login transactions kept in all; beyond this the oldest are evicted, so a flood of
 /// `/auth/login` requests without cookies cannot grow the store without bound (R01).
 pub const MAX_LIVE_TRANSACTIONS: u32 = 50_000;
+
+/// Opens the store at `location`: the SQLite file (created if needed), or a shared
+/// PostgreSQL or Redis with its tables or keys under `prefix`. Migrations are applied.
+pub async fn open(
+    location: &crate::config::StoreLocation,
+    prefix: &str,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    use crate::config::StoreLocation;
+    // Pasted into table names and keys: checked here too, not only by the config.
+    if !crate::config::is_valid_store_prefix(prefix) {
+        return Err(StoreError::Unavailable(format!(
+            "`{prefix}` is not a valid store prefix (a–z, 0–9 and `_`, starting with a letter)"
+        )));
+    }
+    Ok(match location {
+        StoreLocation::Sqlite(path) => std::sync::Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreLocation::Postgres(url) => {
+            std::sync::Arc::new(postgres::PostgresStore::connect(url, prefix).await?)
+        }
+        StoreLocation::Redis(_) => {
+            return Err(StoreError::Unavailable(
+                "the Redis store is not built in yet".into(),
+            ));
+        }
+    })
+}
 
 /// Store failures. The store is down or misbehaving: never the user's fault.
 #[derive(Debug, thiserror::Error)]
