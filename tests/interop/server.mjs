@@ -104,12 +104,28 @@ const provider = new Provider(issuer, {
 for (const e of COUNTED) provider.on(e, () => { counts[e] += 1; });
 
 // Test hook: a slow token endpoint (TOKEN_DELAY_MS), so that concurrent refreshes
-// from several gateway instances really overlap unless they are coordinated.
+// from several gateway instances really overlap unless they are coordinated. A token
+// request whose client went away during the delay (a gateway killed mid-refresh) is
+// dropped unanswered and unprocessed, as a real provider would never see it complete.
 const TOKEN_DELAY_MS = int('TOKEN_DELAY_MS', 0);
+const tokenRequests = { started: 0, dropped: 0 };
 if (TOKEN_DELAY_MS > 0) {
   provider.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.path === '/token') {
+      tokenRequests.started += 1;
+      const socket = ctx.req.socket;
+      let gone = false;
+      const onClose = () => { gone = true; };
+      socket.once('close', onClose);
+      socket.once('end', onClose);
       await new Promise((resolve) => { setTimeout(resolve, TOKEN_DELAY_MS); });
+      socket.off('close', onClose);
+      socket.off('end', onClose);
+      if (gone || socket.destroyed) {
+        tokenRequests.dropped += 1;
+        socket.destroy();
+        return;
+      }
     }
     await next();
   });
@@ -209,7 +225,7 @@ server.on('request', async (req, res) => {
   const { pathname } = new URL(req.url, issuer);
   let m;
   try {
-    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants });
+    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests });
     if (req.method === 'POST' && (m = pathname.match(/^\/test\/logout\/([^/]+)$/))) {
       return json(res, 200, await logoutAccount(decodeURIComponent(m[1])));
     }

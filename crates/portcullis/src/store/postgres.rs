@@ -70,7 +70,8 @@ impl PostgresStore {
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let options = options
-            .application_name("portcullis")
+            // Names the prefix too: an operator (or a test) can tell the gateways apart.
+            .application_name(&format!("portcullis/{prefix}"))
             // A statement that runs away is cut by the server too, not only abandoned.
             .options([("statement_timeout", "5000")]);
         let describe: Arc<str> = describe(url).into();

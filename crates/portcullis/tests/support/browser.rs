@@ -242,3 +242,42 @@ pub fn hidden_fields(html: &str) -> url::form_urlencoded::Serializer<'static, St
     }
     s
 }
+
+/// Follows redirects from `start` through a real provider's login form (posting
+/// `username`/`password`) until the browser is sent to a URL starting with `stop`;
+/// returns that URL and the answer to it (a navigation to it).
+pub async fn follow_sign_in(
+    browser: &Browser,
+    start: &str,
+    username: &str,
+    password: &str,
+    stop: &str,
+) -> (url::Url, Resp) {
+    let mut url = url::Url::parse(start).unwrap();
+    let mut resp = browser.navigate(url.as_str()).await;
+    for _ in 0..20 {
+        if url.as_str().starts_with(stop) {
+            return (url, resp);
+        }
+        match resp.status {
+            302 | 303 => {
+                url = url.join(&resp.location().unwrap()).unwrap();
+                resp = browser.navigate(url.as_str()).await;
+            }
+            200 if resp.body.contains("name=\"password\"") => {
+                url = url.join(&form_action(&resp.body)).unwrap();
+                let body = login_form_body(&resp.body, username, password);
+                resp = browser
+                    .request(
+                        reqwest::Method::POST,
+                        url.as_str(),
+                        &[("accept", "text/html")],
+                        Some((body, "application/x-www-form-urlencoded")),
+                    )
+                    .await;
+            }
+            _ => panic!("unexpected answer at {url}: {} {}", resp.status, resp.body),
+        }
+    }
+    panic!("too many redirects");
+}

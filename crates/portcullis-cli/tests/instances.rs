@@ -1,0 +1,656 @@
+//! Several `portcullis serve` processes on one shared store (PostgreSQL, Redis) behind
+//! one public URL, against the real npm `oidc-provider`, with the real clock:
+//! SECURITY-CASES M01–M05, F03 and O05 across instances, S09.
+//!
+//! Each test runs once per engine (`PORTCULLIS_TEST_POSTGRES_URL`,
+//! `PORTCULLIS_TEST_REDIS_URL`); an engine that is not configured is skipped with one
+//! line. Every test uses its own store prefix, so tests run in parallel.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+#[path = "../../portcullis/tests/support/browser.rs"]
+#[allow(dead_code)]
+mod browser;
+#[path = "../../portcullis/tests/support/oidc_provider.rs"]
+#[allow(dead_code)]
+mod oidc_provider;
+#[path = "../../portcullis/tests/support/upstream.rs"]
+#[allow(dead_code)]
+mod upstream;
+
+use browser::{Browser, Resp, follow_sign_in};
+use oidc_provider::RealProvider;
+use upstream::TestUpstream;
+
+// ---------------------------------------------------------------------------
+// The cluster: a provider, an upstream, and gateway processes on one store.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    Redis,
+}
+
+impl Engine {
+    /// The test server's URL, or `None` (and one line) when it is not configured.
+    fn url(self) -> Option<String> {
+        let var = match self {
+            Self::Postgres => "PORTCULLIS_TEST_POSTGRES_URL",
+            Self::Redis => "PORTCULLIS_TEST_REDIS_URL",
+        };
+        let url = std::env::var(var).ok();
+        if url.is_none() {
+            eprintln!("skipped: set {var} to run the several-instances tests on {self:?}");
+        }
+        url
+    }
+}
+
+/// One `portcullis serve` process; killed when dropped.
+struct Instance {
+    url: String,
+    child: Child,
+}
+
+impl Instance {
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGKILL: no graceful shutdown, no lease released.
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+struct Cluster {
+    op: RealProvider,
+    _up: TestUpstream,
+    /// What every instance is configured with (the CLI needs it too).
+    env: Vec<(String, String)>,
+    instances: Vec<Instance>,
+    /// The browser-facing origin: the first instance's address.
+    public: String,
+    store: String,
+    prefix: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn random_prefix() -> String {
+    let bytes = portcullis::random::random_bytes::<8>();
+    format!(
+        "t{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn portcullis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
+struct Setup<'a> {
+    /// Access-token lifetime at the provider, seconds.
+    access_ttl: &'a str,
+    provider_env: &'a [(&'a str, &'a str)],
+    instances: usize,
+    /// Extra gateway settings.
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Self {
+            access_ttl: "300",
+            provider_env: &[],
+            instances: 3,
+            env: &[],
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(store: String, setup: Setup<'_>) -> Option<Self> {
+        let ports: Vec<u16> = (0..setup.instances).map(|_| free_port()).collect();
+        let public = format!("http://127.0.0.1:{}", ports[0]);
+        let client = json!([{
+            "client_id": "app",
+            "token_endpoint_auth_method": "none",
+            "redirect_uris": [format!("{public}/auth/callback")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "backchannel_logout_uri": format!("{public}/auth/backchannel-logout"),
+            "backchannel_logout_session_required": true,
+        }]);
+        let mut op_env = vec![
+            ("ACCESS_TOKEN_TTL", setup.access_ttl),
+            ("ID_TOKEN_TTL", "86400"),
+        ];
+        op_env.extend_from_slice(setup.provider_env);
+        let op = RealProvider::start(client, &op_env).await?;
+        let up = TestUpstream::start().await;
+        let secret = base64::engine::general_purpose::STANDARD
+            .encode(portcullis::random::random_bytes::<32>());
+        let prefix = random_prefix();
+        let mut env: Vec<(String, String)> = [
+            ("PORTCULLIS_ISSUER", op.issuer.as_str()),
+            ("PORTCULLIS_CLIENT_ID", "app"),
+            ("PORTCULLIS_PUBLIC_URL", public.as_str()),
+            ("PORTCULLIS_UPSTREAM", up.url.as_str()),
+            ("PORTCULLIS_STORE", store.as_str()),
+            ("PORTCULLIS_STORE_PREFIX", prefix.as_str()),
+            ("PORTCULLIS_SECRET", secret.as_str()),
+            ("PORTCULLIS_LOG", "warn"),
+        ]
+        .iter()
+        .chain(setup.env)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        env.sort();
+        let mut cluster = Self {
+            op,
+            _up: up,
+            env,
+            instances: Vec::new(),
+            public,
+            store,
+            prefix,
+        };
+        for port in ports {
+            let instance = cluster.spawn(port).await;
+            cluster.instances.push(instance);
+        }
+        Some(cluster)
+    }
+
+    /// Starts one more `portcullis serve` on `port` with the cluster's settings.
+    async fn spawn(&self, port: u16) -> Instance {
+        let mut cmd = portcullis();
+        cmd.arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().unwrap();
+        let instance = Instance {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(instance.at("/readyz")).await
+                && r.status() == 200
+            {
+                return instance;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance on {port} not ready in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Signs `user` in through the first instance (the public URL).
+    async fn sign_in(&self, browser: &Browser, user: &str) {
+        let (_, resp) = follow_sign_in(
+            browser,
+            &format!("{}/auth/login?return_to=%2F", self.public),
+            user,
+            user,
+            &format!("{}/auth/callback", self.public),
+        )
+        .await;
+        assert_eq!(resp.status, 303, "sign-in: {}", resp.body);
+    }
+
+    async fn events(&self) -> Value {
+        self.op.events().await
+    }
+
+    async fn refresh_grants(&self) -> u64 {
+        self.events().await["grants"]["refresh_token"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn count(&self, event: &str) -> u64 {
+        self.events().await["counts"][event].as_u64().unwrap()
+    }
+
+    /// `portcullis sessions …` with the cluster's settings.
+    async fn cli(&self, args: &[&str]) -> std::process::Output {
+        portcullis()
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+/// An API call (401 JSON rather than a redirect when signed out).
+async fn api(instance: &Instance, browser: &Browser, path: &str) -> Resp {
+    browser
+        .get(&instance.at(path), &[("accept", "application/json")])
+        .await
+}
+
+/// The `X-User-Id` the upstream saw.
+fn user_id_seen(resp: &Resp) -> String {
+    upstream::echoed(&resp.json(), "x-user-id")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Polls `instance` until it refuses the browser's session; returns how long it took.
+async fn refused_within(instance: &Instance, browser: &Browser, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let resp = api(instance, browser, "/whoami").await;
+        if resp.status == 401 {
+            return start.elapsed();
+        }
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert!(
+            start.elapsed() < limit,
+            "{} still accepts an ended session after {limit:?}",
+            instance.url
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits, bounded, for the access token to be due for refresh (the real clock).
+async fn until_refresh_due(access_ttl_secs: u64) {
+    // Due from half the lifetime (min(refresh_before, lifetime / 2) before expiry).
+    tokio::time::sleep(Duration::from_millis(access_ttl_secs * 500 + 1_100)).await;
+}
+
+macro_rules! on_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(url) = super::Engine::Postgres.url() {
+                        super::$name(url).await;
+                    }
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(url) = super::Engine::Redis.url() {
+                        super::$name(url).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_every_engine!(
+    m01_sign_in_on_a_use_on_b_sign_out_on_c,
+    m01_admin_revoke_and_back_channel_logout_reach_every_instance,
+    m02_fifty_expired_calls_over_two_instances_refresh_once,
+    m03_a_slow_provider_beyond_the_lease_still_refreshes_once,
+    m03_a_killed_lease_holder_is_replaced_and_nobody_is_signed_out,
+    m05_the_store_holds_no_token_session_id_or_code,
+);
+
+// ---------------------------------------------------------------------------
+// M01, S09, O05: one session, every instance.
+
+async fn m01_sign_in_on_a_use_on_b_sign_out_on_c(store: String) {
+    let Some(c) = Cluster::start(store, Setup::default()).await else {
+        return;
+    };
+    let [a, b, cc] = &c.instances[..] else {
+        unreachable!()
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let on_a = api(a, &browser, "/whoami").await;
+    let on_b = api(b, &browser, "/whoami").await;
+    assert_eq!((on_a.status, on_b.status), (200, 200), "{}", on_b.body);
+    assert_eq!(
+        user_id_seen(&on_a),
+        user_id_seen(&on_b),
+        "one user everywhere"
+    );
+    assert!(!user_id_seen(&on_b).is_empty());
+    // A copy of the cookie: what is left in another tab, or what a thief holds.
+    let copy = Browser::new();
+    copy.set_cookie("portcullis", &browser.cookie("portcullis").unwrap());
+
+    // Sign out on C (same origin: the public URL).
+    let out = browser
+        .request(
+            reqwest::Method::POST,
+            &cc.at("/auth/logout"),
+            &[
+                ("origin", c.public.as_str()),
+                ("accept", "application/json"),
+            ],
+            None,
+        )
+        .await;
+    assert!(out.status < 400, "logout: {} {}", out.status, out.body);
+    for instance in [a, b, cc] {
+        refused_within(instance, &copy, Duration::from_secs(1)).await;
+    }
+}
+
+async fn m01_admin_revoke_and_back_channel_logout_reach_every_instance(store: String) {
+    let Some(c) = Cluster::start(store, Setup::default()).await else {
+        return;
+    };
+    // Admin revoke through the CLI (another process).
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let user = user_id_seen(&api(&c.instances[1], &browser, "/whoami").await);
+    let out = c.cli(&["sessions", "revoke", "--user", &user]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for instance in &c.instances {
+        refused_within(instance, &browser, Duration::from_secs(1)).await;
+    }
+
+    // Back-channel logout: the provider tells the first instance (O05).
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    for instance in &c.instances {
+        assert_eq!(api(instance, &browser, "/whoami").await.status, 200);
+    }
+    let logout: Value = reqwest::Client::new()
+        .post(format!("{}/test/logout/alice", c.op.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logout["backchannel"][0]["ok"], json!(true), "{logout}");
+    for instance in &c.instances {
+        refused_within(instance, &browser, Duration::from_secs(1)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// M02, F03: single flight across instances.
+
+async fn m02_fifty_expired_calls_over_two_instances_refresh_once(store: String) {
+    let setup = Setup {
+        access_ttl: "4",
+        provider_env: &[("TOKEN_DELAY_MS", "300")],
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    until_refresh_due(4).await;
+    let calls = (0..50).map(|i| api(&c.instances[i % 2], &browser, "/x"));
+    let resps = portcullis::store::conformance::join_all(calls).await;
+    let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(c.refresh_grants().await, 1, "one refresh across instances");
+    assert_eq!(
+        c.count("grant.error").await,
+        0,
+        "no reuse of a rotated token"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// M03: lease renewal and a dead holder.
+
+async fn m03_a_slow_provider_beyond_the_lease_still_refreshes_once(store: String) {
+    // 8 s at the token endpoint: longer than the 6 s lease, so only renewal keeps it.
+    let setup = Setup {
+        access_ttl: "4",
+        provider_env: &[("TOKEN_DELAY_MS", "8000")],
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    until_refresh_due(4).await;
+    let first = api(&c.instances[0], &browser, "/x");
+    let others = async {
+        // The second instance asks once the first holds the lease.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        portcullis::store::conformance::join_all(
+            (0..4).map(|_| api(&c.instances[1], &browser, "/x")),
+        )
+        .await
+    };
+    let (first, others) = tokio::join!(first, others);
+    assert_eq!(first.status, 200, "{}", first.body);
+    for r in &others {
+        assert!(r.status == 200, "{} {}", r.status, r.body);
+    }
+    let events = c.events().await;
+    assert_eq!(
+        events["token_requests"]["started"],
+        json!(2),
+        "sign-in and one refresh: {events}"
+    );
+    assert_eq!(c.refresh_grants().await, 1);
+    assert_eq!(c.count("grant.error").await, 0);
+}
+
+async fn m03_a_killed_lease_holder_is_replaced_and_nobody_is_signed_out(store: String) {
+    let setup = Setup {
+        access_ttl: "4",
+        provider_env: &[("TOKEN_DELAY_MS", "3000")],
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(mut c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let before = c.events().await["token_requests"]["started"]
+        .as_u64()
+        .unwrap();
+    until_refresh_due(4).await;
+    // The first instance takes the lease and calls the provider...
+    let cookie = browser.cookie("portcullis").unwrap();
+    let doomed = {
+        let url = c.instances[0].at("/x");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("accept", "application/json")
+                .header("cookie", format!("portcullis={cookie}"))
+                .send()
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.events().await["token_requests"]["started"]
+        .as_u64()
+        .unwrap()
+        == before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and dies before the provider answers.
+    c.instances[0].kill().await;
+    assert!(
+        doomed.await.unwrap().is_err(),
+        "the killed instance did not answer"
+    );
+    let killed_at = Instant::now();
+    let resp = api(&c.instances[1], &browser, "/x").await;
+    assert_eq!(resp.status, 200, "still signed in: {}", resp.body);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(6 + 3 + 3),
+        "taken over within the lease (6 s) plus one slow refresh: {:?}",
+        killed_at.elapsed()
+    );
+    let events = c.events().await;
+    assert_eq!(events["token_requests"]["dropped"], json!(1), "{events}");
+    assert_eq!(c.refresh_grants().await, 1, "the survivor refreshed once");
+    assert_eq!(c.count("grant.error").await, 0, "no reuse error");
+    assert_eq!(api(&c.instances[1], &browser, "/x").await.status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// M05: what the store holds.
+
+async fn m05_the_store_holds_no_token_session_id_or_code(store: String) {
+    let setup = Setup {
+        access_ttl: "4",
+        instances: 1,
+        env: &[("PORTCULLIS_PROXY_TOKEN_RELAY", "/relay/*")],
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    let (callback, resp) = follow_sign_in(
+        &browser,
+        &format!("{}/auth/login", c.public),
+        "alice",
+        "alice",
+        &format!("{}/auth/callback", c.public),
+    )
+    .await;
+    assert_eq!(resp.status, 303);
+    let code = callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    until_refresh_due(4).await;
+    // A refresh (rotation), then the access token as the upstream receives it.
+    let relayed = api(&c.instances[0], &browser, "/relay/x").await;
+    assert_eq!(relayed.status, 200);
+    assert_eq!(c.refresh_grants().await, 1);
+    let bearer = upstream::echoed(&relayed.json(), "authorization")
+        .into_iter()
+        .next()
+        .unwrap();
+    let access = bearer.strip_prefix("Bearer ").unwrap().to_owned();
+    let session_id = browser.cookie("portcullis").unwrap();
+
+    let dump = dump_store(&c.store, &c.prefix).await;
+    assert!(dump.len() > 200, "the dump holds the session: {dump}");
+    for (what, secret) in [
+        ("session id", session_id.as_str()),
+        ("access token", access.as_str()),
+        ("authorization code", code.as_str()),
+    ] {
+        assert!(!dump.contains(secret), "{what} in clear in the store");
+    }
+    // ID and refresh tokens: no JWT and nothing unsealed in any token field.
+    assert!(!dump.contains("eyJ"), "a JWT in clear in the store");
+}
+
+/// Every row (PostgreSQL) or key (Redis) under `prefix`, as text.
+async fn dump_store(url: &str, prefix: &str) -> String {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE tablename LIKE $1 || '\\_%'",
+        )
+        .bind(prefix)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(tables.len() >= 5, "{tables:?}");
+        let mut dump = String::new();
+        for t in tables {
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(x)::text FROM {t} x"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            dump.push_str(&rows.join("\n"));
+        }
+        dump
+    } else {
+        let client = ::redis::Client::open(url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!keys.is_empty());
+        let mut dump = String::new();
+        for key in keys {
+            let kind: String = ::redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let (command, extra): (&str, &[&str]) = match kind.as_str() {
+                "string" => ("GET", &[]),
+                "hash" => ("HGETALL", &[]),
+                "set" => ("SMEMBERS", &[]),
+                "zset" => ("ZRANGE", &["0", "-1"]),
+                "list" => ("LRANGE", &["0", "-1"]),
+                other => panic!("unexpected key type {other} for {key}"),
+            };
+            let values: Vec<String> = ::redis::cmd(command)
+                .arg(&key)
+                .arg(extra)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|_| Vec::new());
+            let single: Option<String> = if values.is_empty() && command == "GET" {
+                ::redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            dump.push_str(&format!("{key} {values:?} {single:?}\n"));
+        }
+        dump
+    }
+}
