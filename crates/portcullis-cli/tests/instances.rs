@@ -320,6 +320,7 @@ on_every_engine!(
     m03_a_slow_provider_beyond_the_lease_still_refreshes_once,
     m03_a_killed_lease_holder_is_replaced_and_nobody_is_signed_out,
     m05_the_store_holds_no_token_session_id_or_code,
+    store_copy_from_sqlite_keeps_cookies_and_user_ids,
 );
 
 // ---------------------------------------------------------------------------
@@ -653,4 +654,285 @@ async fn dump_store(url: &str, prefix: &str) -> String {
         }
         dump
     }
+}
+
+// ---------------------------------------------------------------------------
+// M04: the store goes away under traffic and comes back.
+
+/// What the browser saw while the store was away.
+#[derive(Debug, Default)]
+struct Outage {
+    ok: usize,
+    unavailable: usize,
+}
+
+/// Calls the instances in turn until `until` says stop; every answer must be a 200 or
+/// a 503 with `Retry-After` (never a 401: nobody is signed out; never a 500).
+async fn traffic(
+    c: &Cluster,
+    browser: &Browser,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Outage {
+    let mut seen = Outage::default();
+    let mut i = 0;
+    while !*stop.borrow() {
+        let instance = &c.instances[i % c.instances.len()];
+        i += 1;
+        let resp = api(instance, browser, "/x").await;
+        match resp.status {
+            200 => seen.ok += 1,
+            503 => {
+                assert!(
+                    resp.headers.contains_key("retry-after"),
+                    "503 without Retry-After"
+                );
+                seen.unavailable += 1;
+            }
+            other => panic!("{other} during a store outage: {}", resp.body),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    seen
+}
+
+/// Waits, bounded, until every instance serves the browser again.
+async fn recovered_within(c: &Cluster, browser: &Browser, limit: Duration) -> Duration {
+    let start = Instant::now();
+    for instance in &c.instances {
+        loop {
+            let resp = api(instance, browser, "/x").await;
+            if resp.status == 200 {
+                break;
+            }
+            assert_eq!(resp.status, 503, "{}", resp.body);
+            assert!(start.elapsed() < limit, "not recovered within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m04_postgres_connections_killed_under_traffic() {
+    let Some(url) = Engine::Postgres.url() else {
+        return;
+    };
+    let setup = Setup {
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(url.clone(), setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kill = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            )
+            .bind(format!("portcullis/{}", c.prefix))
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+            assert!(!killed.is_empty(), "found the gateways' connections");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+    };
+    let (seen, ()) = tokio::join!(traffic(&c, &browser, &stopped), kill);
+    assert!(seen.ok > 0, "{seen:?}");
+    recovered_within(&c, &browser, Duration::from_secs(10)).await;
+    for instance in &c.instances {
+        let ready = reqwest::get(instance.at("/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+}
+
+/// A Redis server of our own (with an append-only file), to restart at will.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> Option<Self> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("pc-redis-{}", random_prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        redis.run().await;
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A clean shutdown (the append-only file is flushed), then the process is gone.
+    async fn stop(&mut self) {
+        let client = ::redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: Result<(), _> = ::redis::cmd("SHUTDOWN").query_async(&mut conn).await;
+        if let Some(mut child) = self.child.take() {
+            child.wait().await.unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m04_redis_restarted_under_traffic() {
+    if Engine::Redis.url().is_none() {
+        return;
+    }
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let setup = Setup {
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(redis.url(), setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    assert_eq!(api(&c.instances[1], &browser, "/x").await.status, 200);
+
+    redis.stop().await;
+    // While it is gone: 503 + Retry-After, readiness down, nobody signed out.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let outage = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready = reqwest::get(c.instances[0].at("/readyz")).await.unwrap();
+            if ready.status() == 503 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz never reported the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.send(true).unwrap();
+    };
+    let (seen, ()) = tokio::join!(traffic(&c, &browser, &stopped), outage);
+    assert!(seen.unavailable > 0, "the outage was visible: {seen:?}");
+    let page = api(&c.instances[0], &browser, "/x").await;
+    assert_eq!(page.status, 503);
+    eprintln!(
+        "during the outage a browser saw: {} {}",
+        page.status, page.body
+    );
+
+    redis.run().await;
+    let took = recovered_within(&c, &browser, Duration::from_secs(15)).await;
+    eprintln!("full service {took:?} after Redis came back");
+    for instance in &c.instances {
+        let ready = reqwest::get(instance.at("/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Moving stores: `portcullis store copy`.
+
+async fn store_copy_from_sqlite_keeps_cookies_and_user_ids(target: String) {
+    let dir = std::env::temp_dir().join(format!("pc-copy-{}", random_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = format!("sqlite:{}", dir.join("portcullis.db").display());
+    let setup = Setup {
+        instances: 1,
+        ..Default::default()
+    };
+    let Some(mut c) = Cluster::start(sqlite.clone(), setup).await else {
+        return;
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let before = api(&c.instances[0], &browser, "/whoami").await;
+    assert_eq!(before.status, 200);
+    let user = user_id_seen(&before);
+    c.instances[0].kill().await;
+
+    let prefix = random_prefix();
+    let out = portcullis()
+        .args(["store", "copy", "--from", &sqlite, "--to", &target])
+        .env("PORTCULLIS_STORE_PREFIX", &prefix)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("copied 1 user(s)") && said.contains("1 live session(s)"),
+        "{said}"
+    );
+
+    // The same gateway, now on the shared store: same cookie, same X-User-Id.
+    for (k, v) in c.env.iter_mut() {
+        match k.as_str() {
+            "PORTCULLIS_STORE" => *v = target.clone(),
+            "PORTCULLIS_STORE_PREFIX" => *v = prefix.clone(),
+            _ => {}
+        }
+    }
+    let port: u16 = c.public.rsplit(':').next().unwrap().parse().unwrap();
+    let moved = c.spawn(port).await;
+    let after = api(&moved, &browser, "/whoami").await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(user_id_seen(&after), user, "X-User-Id unchanged");
+    // Signing in again on the new store is still the same user.
+    let fresh = Browser::new();
+    c.sign_in(&fresh, "alice").await;
+    assert_eq!(user_id_seen(&api(&moved, &fresh, "/whoami").await), user);
+    std::fs::remove_dir_all(dir).unwrap();
 }
