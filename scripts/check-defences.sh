@@ -34,6 +34,7 @@ PY
   case "$bin" in
     lib) set -- -p portcullis --lib "$filter" ;;
     idp:*) set -- -p portcullis-idp --test "${bin#idp:}" "$filter" ;;
+    cli:*) set -- -p portcullis-cli --test "${bin#cli:}" "$filter" ;;
     *) set -- -p portcullis --test "$bin" "$filter" ;;
   esac
   local out
@@ -124,6 +125,20 @@ mutate $S/session/logout.rs 'if !self.store.remember_once(&key, now, until).awai
 mutate $S/session/logout.rs '(None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await,' '(None, Some(_)) => Ok(0),' $LO o05_
 mutate $S/http/routes.rs '(Some(s), Some(e)) => secrets_equal(s.as_bytes(), e.as_bytes()),' '(Some(_), _) => true,' $LO o03_
 mutate $S/http/routes.rs 'verifier.filter(|v| is_verifier(v)),' 'verifier,' $LO the_spa_exchange
+
+# Shared stores: need PORTCULLIS_TEST_POSTGRES_URL / PORTCULLIS_TEST_REDIS_URL (as in .ci/run).
+PG=$S/store/postgres.rs
+mutate $PG 'WHERE {p}_refresh_leases.expires_at <= $3 OR {p}_refresh_leases.holder = excluded.holder' 'WHERE TRUE' lib two_postgres_pools
+mutate $PG 'WHERE family_id = $1 AND token_version = $2' 'WHERE family_id = $1' lib postgres_passes
+mutate $PG ' AND NOT current_seen' '' lib postgres_passes
+mutate $PG '                    feed.connection_lost();
+                }
+                Err(e) => {' '                }
+                Err(e) => {' lib a_killed_feed_connection
+mutate $S/store/sqlite.rs 'if gap || foreign {' 'if gap {' lib sqlite_file_passes
+mutate $S/store/sqlite.rs ' OR refresh_leases.holder = excluded.holder' '' lib sqlite_in_memory
+mutate $S/session/refresh.rs '.renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))' '.renewing_lease(&key, "", self.refresh_with_lease(fresh, version))' cli:instances postgres::m03_a_slow
+mutate $S/store/copy.rs 'Some(there) if there.issuer == user.issuer && there.subject == user.subject => {' 'Some(_) | None => {' lib a_user_known_under_another_id
 
 I=crates/portcullis-idp/src
 P=idp:provider
