@@ -84,7 +84,8 @@ impl WireMessage {
     }
 }
 
-/// A change message in wire form, as the SQL and Lua of the backends build it.
+/// A change message in wire form, as the SQL and Lua of the backends build it (their
+/// tests compare against it).
 #[cfg(test)]
 pub(crate) fn changed_text(family_id: Uuid, hashes: &[&IdHash]) -> String {
     let mut text = format!("s {family_id}");
