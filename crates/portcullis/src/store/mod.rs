@@ -17,7 +17,7 @@ pub mod conformance;
 pub mod copy;
 pub mod feed;
 pub mod postgres;
-// pub mod redis;
+pub mod redis;
 pub mod sqlite;
 
 pub use feed::{ChangeFeed, FeedEvent, FeedSubscription, SessionChange};
@@ -61,11 +61,7 @@ pub async fn open(
         StoreLocation::Postgres(url) => {
             std::sync::Arc::new(postgres::PostgresStore::connect(url, prefix).await?)
         }
-        StoreLocation::Redis(_) => {
-            return Err(StoreError::Unavailable(
-                "the Redis store is not built in yet".into(),
-            ));
-        }
+        StoreLocation::Redis(url) => std::sync::Arc::new(redis::RedisStore::connect(url, prefix).await?),
     })
 }
 

@@ -1,0 +1,2314 @@
+//! The Redis backend (PRODUCT.md "Several instances"): one primary, `redis://` or
+//! `rediss://` (Sentinel and Cluster are out of scope). Every write that touches more
+//! than one key, or compares before it writes, is one Lua script, so it is atomic; a
+//! write that ends or changes a session publishes its change-feed message inside that
+//! same script.
+//!
+//! Data model, every key under `{p}:` (`p` = `store_prefix`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `user:{id}` | hash | a user (never expires) |
+//! | `user_by_sub:{sha256}` | string | user id, by (issuer, subject) (never expires) |
+//! | `users` | zset, score 0 | user ids in order, for paging (never expires) |
+//! | `session:{family}` | hash | every field of a session |
+//! | `sid:{id hash}` | string | family, for the current and the previous id hash |
+//! | `user_sessions:{user}` | set | families of a user |
+//! | `psid:{sha1}` | set | families by (issuer, provider `sid`) |
+//! | `sessions` | zset, score = when it ends | every family: listing, purge, revoke all |
+//! | `tx:{state hash}` | hash | a login transaction |
+//! | `tx_by_binding:{binding}`, `tx_all` | zset, score = created | eviction, oldest first |
+//! | `tx_expiry` | zset, score = expires | purge |
+//! | `lease:{key}` | hash | holder and deadline |
+//! | `replay:{key}` | string | deadline |
+//!
+//! Time: every decision compares a deadline stored as a value with the caller's `now`,
+//! in Lua, never Redis' clock (the conformance suite runs in 2030). TTLs — the deadline
+//! counted from the caller's latest time we know, plus a minute — only collect garbage;
+//! index entries whose record expired are skipped and removed lazily. Session ids are
+//! stored only as their SHA-256 hex, tokens only sealed.
+//!
+//! Change feed: channel `{p}:feed`, carried by a connection of its own (RESP3, hence
+//! Redis 6 or later, so that it can be named and probed); a drop resets every
+//! subscriber and reconnects, forever.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    ProtocolVersion, PushInfo, PushKind, RedisError, Script, Value,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use uuid::Uuid;
+
+use super::feed::{HEARTBEAT_EVERY, Tasks, WireMessage};
+use super::{
+    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, Store, StoreError,
+    StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+};
+use crate::clock::UnixTime;
+use crate::session::id::IdHash;
+use crate::session::seal::Sealed;
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long Redis may take to answer one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Reconnection attempts of the command connection per failing call (the next call
+/// tries again): bounded, so that a store that is down answers 503 instead of hanging.
+const RECONNECT_RETRIES: usize = 3;
+
+/// Records handled per script by the batched writes (`purge_expired`, revoke all) and
+/// per page by `list_sessions`, so that no single script blocks Redis for long.
+const BATCH: u32 = 500;
+
+/// Back-off between attempts to re-establish the change-feed connection.
+const FEED_RETRY_MIN: Duration = Duration::from_millis(100);
+const FEED_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How often the feed connection is probed with `PING`, so that a connection that died
+/// silently (no FIN) is noticed and replaced.
+const FEED_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Sessions, users and transactions in one Redis database, shared by every instance.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    /// `redis://host:port/db`: never the password.
+    target: Arc<str>,
+    feed: ChangeFeed,
+    _tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.target)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://` or `rediss://`) and subscribes to the change feed
+    /// of the store named by `prefix` (validated by the configuration).
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<RedisStore> {
+        timed(Self::open(url, prefix)).await
+    }
+
+    async fn open(url: &str, prefix: &str) -> StoreResult<RedisStore> {
+        // The URL may hold a password: it never goes into an error message.
+        let info = url
+            .into_connection_info()
+            .map_err(|_| StoreError::Unavailable("the Redis URL is not valid".into()))?;
+        let target = describe(&info);
+        let client = redis::Client::open(info.clone()).map_err(store_error)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(store_error)?;
+        // Loaded now, so that a script that does not compile fails at start, not at its
+        // first use, and the first lookups need no extra round trip.
+        for script in SCRIPTS.all() {
+            script.load_async(&mut conn).await.map_err(store_error)?;
+        }
+
+        let feed = ChangeFeed::new();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let link = FeedLink {
+            client: redis::Client::open(info.set_redis_settings(resp3)).map_err(store_error)?,
+            channel: format!("{prefix}:feed"),
+            name: client_name(prefix, feed.origin()),
+            feed: feed.clone(),
+        };
+        // Subscribed before `connect` returns: a subscriber never misses a write made
+        // after it.
+        let subscribed = link.subscribe().await.map_err(store_error)?;
+        let tasks = Arc::new(Tasks::default());
+        tasks.add(tokio::spawn(link.carry_forever(subscribed)).abort_handle());
+        tasks.add(
+            tokio::spawn(send_heartbeats(
+                conn.clone(),
+                format!("{prefix}:feed"),
+                feed.clone(),
+            ))
+            .abort_handle(),
+        );
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.into(),
+            target: target.into(),
+            feed,
+            _tasks: tasks,
+        })
+    }
+
+    /// Runs `script` with the key prefix as `ARGV[1]`, then `args`.
+    async fn run(&self, script: &Script, args: Args) -> StoreResult<Value> {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&*self.prefix);
+        for a in args.0 {
+            invocation.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Runs a script that answers with an integer.
+    async fn run_int(&self, script: &Script, args: Args) -> StoreResult<i64> {
+        value_int(self.run(script, args).await?)
+    }
+
+    /// Runs a batched script (answering `{looked at, removed}`) until it looked at
+    /// fewer than a whole batch; each batch under its own timeout.
+    async fn run_batches(&self, script: &Script, args: Args) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let answer = timed(async { value_list(self.run(script, args.clone()).await?) }).await?;
+            let [seen, removed] = <[Value; 2]>::try_from(answer)
+                .map_err(|_| StoreError::Corrupt("a batch answer is not a pair".into()))?;
+            total += u64::try_from(value_int(removed)?).unwrap_or(0);
+            if value_int(seen)? < i64::from(BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+}
+
+/// Where a store points, for `Debug` and logs: scheme, host, port and database only.
+fn describe(info: &ConnectionInfo) -> String {
+    let db = info.redis_settings().db();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
+        ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
+        _ => format!("redis (database {db})"),
+    }
+}
+
+/// The feed connection's `CLIENT SETNAME`: the store prefix and this instance's origin,
+/// so that an operator (and a test) can tell the connections apart. Names cannot hold
+/// spaces or control characters.
+fn client_name(prefix: &str, origin: &str) -> String {
+    format!("{prefix}:feed:{origin}")
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.code() == Some("CORRUPT") {
+        return StoreError::Corrupt(e.detail().unwrap_or("a stored value").to_owned());
+    }
+    if e.is_timeout() {
+        return StoreError::Timeout(RESPONSE_TIMEOUT);
+    }
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+// The change feed.
+
+/// The dedicated connection carrying the change feed. RESP3 push messages rather than a
+/// RESP2 pub/sub connection, so that it can be named and probed like any other.
+struct FeedLink {
+    client: redis::Client,
+    channel: String,
+    name: String,
+    feed: ChangeFeed,
+}
+
+type Subscribed = (MultiplexedConnection, UnboundedReceiver<PushInfo>);
+
+impl FeedLink {
+    async fn subscribe(&self) -> redis::RedisResult<Subscribed> {
+        let attempt = async {
+            let (sender, receiver) = unbounded_channel();
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_push_sender(sender);
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&self.name)
+                .exec_async(&mut conn)
+                .await?;
+            conn.subscribe(&self.channel).await?;
+            Ok((conn, receiver))
+        };
+        match tokio::time::timeout(super::STORE_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisError::from((
+                ErrorKind::Io,
+                "the change-feed subscription timed out",
+            ))),
+        }
+    }
+
+    /// Delivers messages while the connection lives; when it drops, resets every
+    /// subscriber and reconnects with a bounded back-off, forever.
+    async fn carry_forever(self, first: Subscribed) {
+        let mut current = Some(first);
+        let mut retry = FEED_RETRY_MIN;
+        loop {
+            let subscribed = match current.take() {
+                Some(s) => s,
+                None => match self.subscribe().await {
+                    Ok(s) => {
+                        // Whatever was published while we were away is lost.
+                        self.feed.connection_lost();
+                        tracing::info!("the Redis change feed is connected again");
+                        retry = FEED_RETRY_MIN;
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the Redis change feed cannot reconnect yet");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(FEED_RETRY_MAX);
+                        continue;
+                    }
+                },
+            };
+            self.deliver_until_lost(subscribed).await;
+            tracing::warn!("the Redis change-feed connection dropped; caches reset");
+            self.feed.connection_lost();
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    async fn deliver_until_lost(&self, (mut conn, mut pushes): Subscribed) {
+        let mut probe = tokio::time::interval(FEED_PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        probe.tick().await;
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    None => return,
+                    Some(p) if p.kind == PushKind::Disconnection => return,
+                    Some(p) => self.deliver(p),
+                },
+                _ = probe.tick() => {
+                    let ping = redis::cmd("PING");
+                    let pong = ping.query_async::<String>(&mut conn);
+                    if !matches!(tokio::time::timeout(RESPONSE_TIMEOUT, pong).await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, push: PushInfo) {
+        let Some(message) = redis::Msg::from_push_info(push) else {
+            return; // subscribe confirmations and the like
+        };
+        if message.get_channel_name() != self.channel {
+            return;
+        }
+        match message.get_payload::<String>() {
+            Ok(text) => self.feed.deliver_text(&text),
+            Err(_) => {
+                tracing::warn!("an unreadable message arrived on the change feed; caches reset");
+                self.feed.publish(FeedEvent::Reset);
+            }
+        }
+    }
+}
+
+/// Sends this instance's heartbeat through the feed every [`HEARTBEAT_EVERY`], so that
+/// [`ChangeFeed::is_live`] measures the path messages take.
+async fn send_heartbeats(mut conn: ConnectionManager, channel: String, feed: ChangeFeed) {
+    let message = WireMessage::heartbeat(feed.origin());
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sent = timed(async {
+            redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg(&message)
+                .exec_async(&mut conn)
+                .await
+                .map_err(store_error)
+        })
+        .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "a change-feed heartbeat was not sent");
+        }
+    }
+}
+
+// The Lua scripts. ARGV[1] is always the key prefix; keys are derived in the scripts
+// (a single primary: keys need not be declared for cluster routing). Each script reads
+// and checks everything before its first write, because Redis does not roll a failed
+// script back.
+
+/// Helpers shared by every script.
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+-- TTLs only collect garbage: the deadline as the caller counts it, plus a minute.
+local MARGIN_MS = 60000
+local MAX_TTL_MS = 315360000000
+local SESSIONS = P .. ':sessions'
+local USERS = P .. ':users'
+local TX_ALL = P .. ':tx_all'
+local TX_EXPIRY = P .. ':tx_expiry'
+local FEED = P .. ':feed'
+
+local function corrupt(what)
+  error({err = 'CORRUPT ' .. what})
+end
+
+local function num(v, what)
+  local n = tonumber(v)
+  if n == nil then corrupt(what) end
+  return n
+end
+
+local function session_key(fam) return P .. ':session:' .. fam end
+local function sid_key(hash) return P .. ':sid:' .. hash end
+local function user_key(id) return P .. ':user:' .. id end
+local function user_by_sub_key(hex) return P .. ':user_by_sub:' .. hex end
+local function user_sessions_key(id) return P .. ':user_sessions:' .. id end
+-- The issuer is length-prefixed so that no (issuer, sid) pair can pose as another;
+-- members are checked against the session before they are acted on anyway.
+local function psid_key(issuer, sid)
+  return P .. ':psid:' .. redis.sha1hex(string.len(issuer) .. ':' .. issuer .. '\n' .. sid)
+end
+local function tx_key(state) return P .. ':tx:' .. state end
+local function binding_key(binding) return P .. ':tx_by_binding:' .. binding end
+
+local function ttl_ms(deadline, now)
+  local ms = (deadline - now) * 1000 + MARGIN_MS
+  if ms < 1000 then ms = 1000 end
+  if ms > MAX_TTL_MS then ms = MAX_TTL_MS end
+  return string.format('%d', ms)
+end
+
+-- Lengthens a key's TTL to at least `ms`: an index outlives every member.
+local function extend(key, ms)
+  local left = redis.call('PTTL', key)
+  if left ~= -2 and left < tonumber(ms) then redis.call('PEXPIRE', key, ms) end
+end
+
+-- Hash fields from ARGV[i]: a count n, n (field, value) pairs, a count m, m fields
+-- to remove.
+local function apply(key, i)
+  local n = num(ARGV[i], 'argument count')
+  local d = i + 2 * n + 1
+  local m = num(ARGV[d], 'argument count')
+  for j = 1, n do
+    redis.call('HSET', key, ARGV[i + 2 * j - 1], ARGV[i + 2 * j])
+  end
+  for j = 1, m do
+    redis.call('HDEL', key, ARGV[d + j])
+  end
+end
+
+-- The moment a session ends by itself: the earliest of its deadlines.
+local function session_end(key)
+  local f = redis.call('HMGET', key, 'idle_expires_at', 'absolute_expires_at', 'refresh_expires_at')
+  local e = math.min(num(f[1], key .. ' idle_expires_at'), num(f[2], key .. ' absolute_expires_at'))
+  if f[3] then e = math.min(e, num(f[3], key .. ' refresh_expires_at')) end
+  return e
+end
+
+-- After a write: the session's end in the `sessions` index, and every TTL counted
+-- from its last activity (never later than the caller's now, so never too short).
+local function index_session(fam)
+  local key = session_key(fam)
+  local f = redis.call('HMGET', key, 'id_hash', 'previous_id_hash', 'user_id', 'provider_sid', 'last_seen_at')
+  if not f[1] or not f[3] then corrupt(key) end
+  local ends = session_end(key)
+  local ms = ttl_ms(ends, num(f[5], key .. ' last_seen_at'))
+  redis.call('PEXPIRE', key, ms)
+  redis.call('PEXPIRE', sid_key(f[1]), ms)
+  if f[2] then redis.call('PEXPIRE', sid_key(f[2]), ms) end
+  extend(user_sessions_key(f[3]), ms)
+  if f[4] then
+    local issuer = redis.call('HGET', user_key(f[3]), 'issuer')
+    if issuer then extend(psid_key(issuer, f[4]), ms) end
+  end
+  redis.call('ZADD', SESSIONS, string.format('%d', ends), fam)
+  extend(SESSIONS, ms)
+end
+
+-- The change-feed message naming a session and its id hashes (feed::changed_text).
+local function message(fam, first, second)
+  local text = 's ' .. fam
+  if first then text = text .. ' ' .. first end
+  if second then text = text .. ' ' .. second end
+  return text
+end
+
+local function announce(text)
+  redis.call('PUBLISH', FEED, text)
+end
+
+local function announce_session(fam)
+  local f = redis.call('HMGET', session_key(fam), 'id_hash', 'previous_id_hash')
+  announce(message(fam, f[1], f[2]))
+end
+
+local function drop_sid(hash, fam)
+  if redis.call('GET', sid_key(hash)) == fam then redis.call('DEL', sid_key(hash)) end
+end
+
+-- Removes a session and every index entry naming it. Returns the message announcing
+-- it, or nil when there was no such session (a stale index entry, now gone too).
+local function remove_session(fam)
+  local key = session_key(fam)
+  redis.call('ZREM', SESSIONS, fam)
+  if redis.call('EXISTS', key) == 0 then return nil end
+  local f = redis.call('HMGET', key, 'id_hash', 'previous_id_hash', 'user_id', 'provider_sid')
+  if f[1] then drop_sid(f[1], fam) end
+  if f[2] then drop_sid(f[2], fam) end
+  if f[3] then
+    redis.call('SREM', user_sessions_key(f[3]), fam)
+    if f[4] then
+      local issuer = redis.call('HGET', user_key(f[3]), 'issuer')
+      if issuer then redis.call('SREM', psid_key(issuer, f[4]), fam) end
+    end
+  end
+  redis.call('DEL', key)
+  return message(fam, f[1], f[2])
+end
+
+local function remove_user_sessions(uid)
+  local set = user_sessions_key(uid)
+  local n = 0
+  for _, fam in ipairs(redis.call('SMEMBERS', set)) do
+    if redis.call('HGET', session_key(fam), 'user_id') == uid then
+      local text = remove_session(fam)
+      if text then
+        announce(text)
+        n = n + 1
+      end
+    else
+      redis.call('SREM', set, fam)
+    end
+  end
+  return n
+end
+
+local function remove_tx(state)
+  local key = tx_key(state)
+  local binding = redis.call('HGET', key, 'binding_hash')
+  redis.call('DEL', key)
+  redis.call('ZREM', TX_ALL, state)
+  redis.call('ZREM', TX_EXPIRY, state)
+  if binding then
+    redis.call('ZREM', binding_key(binding), state)
+    return true
+  end
+  return false
+end
+
+-- Keeps the newest `limit` members of `index` (scored by creation), oldest evicted
+-- first, never `keep` (the transaction just stored).
+local function trim(index, limit, keep)
+  local excess = redis.call('ZCARD', index) - limit
+  if excess <= 0 then return end
+  for _, state in ipairs(redis.call('ZRANGE', index, 0, excess)) do
+    if excess == 0 then break end
+    if state ~= keep then
+      remove_tx(state)
+      redis.call('ZREM', index, state)
+      excess = excess - 1
+    end
+  end
+end
+"#;
+
+/// ARGV: prefix, subject key, new id, issuer, subject, now, profile fields. Returns the
+/// user's fields.
+const UPSERT_USER: &str = r#"
+local by_sub = user_by_sub_key(ARGV[2])
+local id = redis.call('GET', by_sub)
+if id then
+  local u = redis.call('HMGET', user_key(id), 'issuer', 'subject')
+  if u[1] ~= ARGV[4] or u[2] ~= ARGV[5] then corrupt(by_sub) end
+else
+  id = ARGV[3]
+  if redis.call('EXISTS', user_key(id)) == 1 then
+    return redis.error_reply('user id already exists')
+  end
+  redis.call('HSET', user_key(id), 'id', id, 'issuer', ARGV[4], 'subject', ARGV[5], 'created_at', ARGV[6])
+  redis.call('SET', by_sub, id)
+  redis.call('ZADD', USERS, 0, id)
+end
+redis.call('HSET', user_key(id), 'updated_at', ARGV[6])
+apply(user_key(id), 7)
+return redis.call('HGETALL', user_key(id))
+"#;
+
+/// ARGV: prefix, subject key, id, fields. Returns 0 when the id or (issuer, subject)
+/// exists.
+const IMPORT_USER: &str = r#"
+local by_sub = user_by_sub_key(ARGV[2])
+if redis.call('EXISTS', user_key(ARGV[3])) == 1 or redis.call('EXISTS', by_sub) == 1 then
+  return 0
+end
+apply(user_key(ARGV[3]), 4)
+redis.call('SET', by_sub, ARGV[3])
+redis.call('ZADD', USERS, 0, ARGV[3])
+return 1
+"#;
+
+/// ARGV: prefix, after ('' for the start), limit. Returns the users' fields.
+const LIST_USERS: &str = r#"
+local min = '-'
+if ARGV[2] ~= '' then min = '(' .. ARGV[2] end
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYLEX', USERS, min, '+', 'LIMIT', 0, ARGV[3])) do
+  local u = redis.call('HGETALL', user_key(id))
+  if #u == 0 then corrupt(user_key(id)) end
+  out[#out + 1] = u
+end
+return out
+"#;
+
+/// ARGV: prefix, mode ('create' or 'import'), family, user id, id hash, previous id
+/// hash or '', fields. Import answers 0 when the family exists; create fails.
+const PUT_SESSION: &str = r#"
+local mode, fam, uid, hash, prev = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local key = session_key(fam)
+if redis.call('EXISTS', key) == 1 then
+  if mode == 'import' then return 0 end
+  return redis.error_reply('session ' .. fam .. ' already exists')
+end
+local issuer = redis.call('HGET', user_key(uid), 'issuer')
+if not issuer then
+  return redis.error_reply('session ' .. fam .. ' names no stored user')
+end
+local hashes = {hash}
+if prev ~= '' then hashes[2] = prev end
+for _, h in ipairs(hashes) do
+  local other = redis.call('GET', sid_key(h))
+  if other and redis.call('EXISTS', session_key(other)) == 1 then
+    return redis.error_reply('a session id hash is already in use')
+  end
+end
+apply(key, 7)
+for _, h in ipairs(hashes) do redis.call('SET', sid_key(h), fam) end
+redis.call('SADD', user_sessions_key(uid), fam)
+local psid = redis.call('HGET', key, 'provider_sid')
+if psid then redis.call('SADD', psid_key(issuer, psid), fam) end
+index_session(fam)
+return 1
+"#;
+
+/// ARGV: prefix, id hash. Returns {session fields, user fields}, or nil.
+const GET_SESSION: &str = r#"
+local hash = ARGV[2]
+local fam = redis.call('GET', sid_key(hash))
+if not fam then return false end
+local key = session_key(fam)
+local f = redis.call('HMGET', key, 'id_hash', 'previous_id_hash', 'user_id')
+if f[1] ~= hash and f[2] ~= hash then return false end
+return {redis.call('HGETALL', key), redis.call('HGETALL', user_key(f[3] or ''))}
+"#;
+
+/// ARGV: prefix, family, last seen, idle deadline, the id hash presented or ''.
+const TOUCH_SESSION: &str = r#"
+local fam = ARGV[2]
+local key = session_key(fam)
+local f = redis.call('HMGET', key, 'last_seen_at', 'idle_expires_at', 'id_hash', 'current_seen', 'previous_id_hash')
+if not f[3] then return 0 end
+local later_seen = num(ARGV[3], 'last seen') > num(f[1], key .. ' last_seen_at')
+local later_idle = num(ARGV[4], 'idle deadline') > num(f[2], key .. ' idle_expires_at')
+if later_seen then redis.call('HSET', key, 'last_seen_at', ARGV[3]) end
+if later_idle then redis.call('HSET', key, 'idle_expires_at', ARGV[4]) end
+-- The first sighting of a rotated id decides the theft rule: announced.
+if ARGV[5] ~= '' and ARGV[5] == f[3] and f[4] == '0' then
+  redis.call('HSET', key, 'current_seen', '1')
+  announce(message(fam, f[3], f[5]))
+end
+index_session(fam)
+return 1
+"#;
+
+/// ARGV: prefix, family, expected version, token fields.
+const UPDATE_TOKENS: &str = r#"
+local fam = ARGV[2]
+local key = session_key(fam)
+local version = redis.call('HGET', key, 'token_version')
+if not version or num(version, key .. ' token_version') ~= num(ARGV[3], 'expected version') then
+  return 0
+end
+apply(key, 4)
+redis.call('HINCRBY', key, 'token_version', 1)
+index_session(fam)
+announce_session(fam)
+return 1
+"#;
+
+/// ARGV: prefix, family, expected version, new id hash, previous valid until, handover,
+/// token fields.
+const ROTATE_SESSION_ID: &str = r#"
+local fam, new = ARGV[2], ARGV[4]
+local key = session_key(fam)
+local f = redis.call('HMGET', key, 'token_version', 'id_hash', 'previous_id_hash')
+if not f[1] or num(f[1], key .. ' token_version') ~= num(ARGV[3], 'expected version') then
+  return 0
+end
+if not f[2] then corrupt(key .. ' id_hash') end
+local other = redis.call('GET', sid_key(new))
+if other and other ~= fam and redis.call('EXISTS', session_key(other)) == 1 then
+  return redis.error_reply('a session id hash is already in use')
+end
+-- The id two rotations back stops finding the session.
+if f[3] then drop_sid(f[3], fam) end
+redis.call('HSET', key, 'previous_id_hash', f[2], 'previous_valid_until', ARGV[5],
+  'previous_handover', ARGV[6], 'id_hash', new, 'current_seen', '0')
+apply(key, 7)
+redis.call('HINCRBY', key, 'token_version', 1)
+redis.call('SET', sid_key(new), fam)
+index_session(fam)
+announce(message(fam, new, f[2]))
+return 1
+"#;
+
+/// ARGV: prefix, family, claims, email verified ('1' or '0').
+const UPDATE_CLAIMS: &str = r#"
+local fam = ARGV[2]
+if redis.call('EXISTS', session_key(fam)) == 0 then return 0 end
+redis.call('HSET', session_key(fam), 'claims', ARGV[3], 'email_verified', ARGV[4])
+announce_session(fam)
+return 1
+"#;
+
+/// ARGV: prefix, family.
+const DELETE_SESSION: &str = r#"
+local text = remove_session(ARGV[2])
+if not text then return 0 end
+announce(text)
+return 1
+"#;
+
+/// ARGV: prefix, user id.
+const DELETE_USER_SESSIONS: &str = r#"
+return remove_user_sessions(ARGV[2])
+"#;
+
+/// ARGV: prefix, subject key, issuer, subject.
+const DELETE_SESSIONS_BY_SUBJECT: &str = r#"
+local by_sub = user_by_sub_key(ARGV[2])
+local uid = redis.call('GET', by_sub)
+if not uid then return 0 end
+local u = redis.call('HMGET', user_key(uid), 'issuer', 'subject')
+if u[1] ~= ARGV[3] or u[2] ~= ARGV[4] then corrupt(by_sub) end
+return remove_user_sessions(uid)
+"#;
+
+/// ARGV: prefix, issuer, provider sid.
+const DELETE_SESSIONS_BY_PROVIDER_SID: &str = r#"
+local issuer, sid = ARGV[2], ARGV[3]
+local set = psid_key(issuer, sid)
+local n = 0
+for _, fam in ipairs(redis.call('SMEMBERS', set)) do
+  local f = redis.call('HMGET', session_key(fam), 'user_id', 'provider_sid')
+  if not f[1] then
+    redis.call('SREM', set, fam)
+  elseif f[2] == sid and redis.call('HGET', user_key(f[1]), 'issuer') == issuer then
+    local text = remove_session(fam)
+    if text then
+      announce(text)
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
+/// ARGV: prefix, batch size. Returns {families looked at, sessions removed}; announces
+/// one reset (`a`) per batch that removed any.
+const DELETE_ALL_SESSIONS: &str = r#"
+local fams = redis.call('ZRANGE', SESSIONS, 0, num(ARGV[2], 'batch') - 1)
+local n = 0
+for _, fam in ipairs(fams) do
+  if remove_session(fam) then n = n + 1 end
+end
+if n > 0 then announce('a') end
+return {#fams, n}
+"#;
+
+/// ARGV: prefix, now, offset, count, user id or ''. Returns {families looked at,
+/// {session fields, user fields}...}; the caller decides which are live at `now`.
+const LIST_SESSIONS: &str = r#"
+local uid = ARGV[5]
+local fams
+if uid ~= '' then
+  fams = redis.call('SMEMBERS', user_sessions_key(uid))
+else
+  fams = redis.call('ZRANGEBYSCORE', SESSIONS, '(' .. ARGV[2], '+inf', 'LIMIT', ARGV[3], ARGV[4])
+end
+local out = {#fams}
+for _, fam in ipairs(fams) do
+  local key = session_key(fam)
+  local owner = redis.call('HGET', key, 'user_id')
+  if owner and (uid == '' or owner == uid) then
+    out[#out + 1] = {redis.call('HGETALL', key), redis.call('HGETALL', user_key(owner))}
+  end
+end
+return out
+"#;
+
+/// ARGV: prefix, now, batch size. Removes the sessions that ended by `now`, silently
+/// (expiry is decided from deadlines, not announced).
+const PURGE_SESSIONS: &str = r#"
+local now = num(ARGV[2], 'now')
+local fams = redis.call('ZRANGEBYSCORE', SESSIONS, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local n = 0
+for _, fam in ipairs(fams) do
+  local key = session_key(fam)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('ZREM', SESSIONS, fam)
+  else
+    local ends = session_end(key)
+    if ends <= now then
+      remove_session(fam)
+      n = n + 1
+    else
+      redis.call('ZADD', SESSIONS, string.format('%d', ends), fam)
+    end
+  end
+end
+return {#fams, n}
+"#;
+
+/// ARGV: prefix, state hash, binding hash, created at, expires at, per-browser limit,
+/// total limit, fields.
+const PUT_TRANSACTION: &str = r#"
+local state, binding, created, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local per_browser, total = num(ARGV[6], 'limit'), num(ARGV[7], 'limit')
+local key = tx_key(state)
+if redis.call('EXISTS', key) == 1 then
+  return redis.error_reply('login transaction already exists')
+end
+local ms = ttl_ms(num(expires, 'expires at'), num(created, 'created at'))
+apply(key, 8)
+redis.call('PEXPIRE', key, ms)
+local by_binding = binding_key(binding)
+redis.call('ZADD', by_binding, created, state)
+extend(by_binding, ms)
+redis.call('ZADD', TX_ALL, created, state)
+extend(TX_ALL, ms)
+redis.call('ZADD', TX_EXPIRY, expires, state)
+extend(TX_EXPIRY, ms)
+trim(by_binding, per_browser, state)
+trim(TX_ALL, total, state)
+return 1
+"#;
+
+/// ARGV: prefix, state hash. Returns the transaction's fields (read and removed as
+/// one), or nil.
+const TAKE_TRANSACTION: &str = r#"
+local tx = redis.call('HGETALL', tx_key(ARGV[2]))
+remove_tx(ARGV[2])
+if #tx == 0 then return false end
+return tx
+"#;
+
+/// ARGV: prefix, now, batch size.
+const PURGE_TRANSACTIONS: &str = r#"
+local now = num(ARGV[2], 'now')
+local states = redis.call('ZRANGEBYSCORE', TX_EXPIRY, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local n = 0
+for _, state in ipairs(states) do
+  local expires = redis.call('HGET', tx_key(state), 'expires_at')
+  if not expires or num(expires, tx_key(state) .. ' expires_at') <= now then
+    if remove_tx(state) then n = n + 1 end
+  else
+    redis.call('ZADD', TX_EXPIRY, expires, state)
+  end
+end
+return {#states, n}
+"#;
+
+/// ARGV: prefix, key, holder, now, until.
+const ACQUIRE_LEASE: &str = r#"
+local key = P .. ':lease:' .. ARGV[2]
+local l = redis.call('HMGET', key, 'holder', 'until')
+if l[1] and l[1] ~= ARGV[3] and num(l[2], key .. ' until') > num(ARGV[4], 'now') then
+  return 0
+end
+redis.call('HSET', key, 'holder', ARGV[3], 'until', ARGV[5])
+redis.call('PEXPIRE', key, ttl_ms(num(ARGV[5], 'until'), num(ARGV[4], 'now')))
+return 1
+"#;
+
+/// ARGV: prefix, key, holder, now, until. Compare-and-extend.
+const RENEW_LEASE: &str = r#"
+local key = P .. ':lease:' .. ARGV[2]
+local l = redis.call('HMGET', key, 'holder', 'until')
+if l[1] ~= ARGV[3] or num(l[2], key .. ' until') <= num(ARGV[4], 'now') then
+  return 0
+end
+redis.call('HSET', key, 'until', ARGV[5])
+redis.call('PEXPIRE', key, ttl_ms(num(ARGV[5], 'until'), num(ARGV[4], 'now')))
+return 1
+"#;
+
+/// ARGV: prefix, key, holder. Compare-and-delete.
+const RELEASE_LEASE: &str = r#"
+local key = P .. ':lease:' .. ARGV[2]
+if redis.call('HGET', key, 'holder') == ARGV[3] then redis.call('DEL', key) end
+return 1
+"#;
+
+/// ARGV: prefix, key, now, until.
+const REMEMBER_ONCE: &str = r#"
+local key = P .. ':replay:' .. ARGV[2]
+local deadline = redis.call('GET', key)
+if deadline and num(deadline, key) > num(ARGV[3], 'now') then return 0 end
+redis.call('SET', key, ARGV[4], 'PX', ttl_ms(num(ARGV[4], 'until'), num(ARGV[3], 'now')))
+return 1
+"#;
+
+struct Scripts {
+    upsert_user: Script,
+    import_user: Script,
+    list_users: Script,
+    put_session: Script,
+    get_session: Script,
+    touch_session: Script,
+    update_tokens: Script,
+    rotate_session_id: Script,
+    update_claims: Script,
+    delete_session: Script,
+    delete_user_sessions: Script,
+    delete_sessions_by_subject: Script,
+    delete_sessions_by_provider_sid: Script,
+    delete_all_sessions: Script,
+    list_sessions: Script,
+    purge_sessions: Script,
+    put_transaction: Script,
+    take_transaction: Script,
+    purge_transactions: Script,
+    acquire_lease: Script,
+    renew_lease: Script,
+    release_lease: Script,
+    remember_once: Script,
+}
+
+impl Scripts {
+    fn all(&self) -> [&Script; 23] {
+        [
+            &self.upsert_user,
+            &self.import_user,
+            &self.list_users,
+            &self.put_session,
+            &self.get_session,
+            &self.touch_session,
+            &self.update_tokens,
+            &self.rotate_session_id,
+            &self.update_claims,
+            &self.delete_session,
+            &self.delete_user_sessions,
+            &self.delete_sessions_by_subject,
+            &self.delete_sessions_by_provider_sid,
+            &self.delete_all_sessions,
+            &self.list_sessions,
+            &self.purge_sessions,
+            &self.put_transaction,
+            &self.take_transaction,
+            &self.purge_transactions,
+            &self.acquire_lease,
+            &self.renew_lease,
+            &self.release_lease,
+            &self.remember_once,
+        ]
+    }
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+    Scripts {
+        upsert_user: s(UPSERT_USER),
+        import_user: s(IMPORT_USER),
+        list_users: s(LIST_USERS),
+        put_session: s(PUT_SESSION),
+        get_session: s(GET_SESSION),
+        touch_session: s(TOUCH_SESSION),
+        update_tokens: s(UPDATE_TOKENS),
+        rotate_session_id: s(ROTATE_SESSION_ID),
+        update_claims: s(UPDATE_CLAIMS),
+        delete_session: s(DELETE_SESSION),
+        delete_user_sessions: s(DELETE_USER_SESSIONS),
+        delete_sessions_by_subject: s(DELETE_SESSIONS_BY_SUBJECT),
+        delete_sessions_by_provider_sid: s(DELETE_SESSIONS_BY_PROVIDER_SID),
+        delete_all_sessions: s(DELETE_ALL_SESSIONS),
+        list_sessions: s(LIST_SESSIONS),
+        purge_sessions: s(PURGE_SESSIONS),
+        put_transaction: s(PUT_TRANSACTION),
+        take_transaction: s(TAKE_TRANSACTION),
+        purge_transactions: s(PURGE_TRANSACTIONS),
+        acquire_lease: s(ACQUIRE_LEASE),
+        renew_lease: s(RENEW_LEASE),
+        release_lease: s(RELEASE_LEASE),
+        remember_once: s(REMEMBER_ONCE),
+    }
+});
+
+// Arguments going in.
+
+/// A script's arguments after the prefix.
+#[derive(Debug, Clone, Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn with(mut self, value: impl ToString) -> Self {
+        self.0.push(value.to_string());
+        self
+    }
+
+    /// Appends `fields` in the shape the Lua `apply` reads.
+    fn fields(mut self, fields: Fields) -> Self {
+        self.0.push(fields.set.len().to_string());
+        for (name, value) in fields.set {
+            self.0.push(name.to_owned());
+            self.0.push(value);
+        }
+        self.0.push(fields.unset.len().to_string());
+        self.0.extend(fields.unset.into_iter().map(str::to_owned));
+        self
+    }
+}
+
+/// Hash fields to write: present values are set, absent ones removed (an absent field
+/// reads back as `None`).
+#[derive(Debug, Default)]
+struct Fields {
+    set: Vec<(&'static str, String)>,
+    unset: Vec<&'static str>,
+}
+
+impl Fields {
+    fn put(&mut self, name: &'static str, value: impl ToString) -> &mut Self {
+        self.set.push((name, value.to_string()));
+        self
+    }
+
+    fn maybe<T: ToString>(&mut self, name: &'static str, value: Option<T>) -> &mut Self {
+        match value {
+            Some(v) => self.put(name, v),
+            None => {
+                self.unset.push(name);
+                self
+            }
+        }
+    }
+
+    fn flag(&mut self, name: &'static str, value: bool) -> &mut Self {
+        self.put(name, if value { "1" } else { "0" })
+    }
+
+    fn tokens(&mut self, t: &TokenSet) -> &mut Self {
+        self.maybe(
+            "refresh_token",
+            t.refresh_token.as_ref().map(Sealed::as_stored),
+        )
+        .maybe(
+            "access_token",
+            t.access_token.as_ref().map(Sealed::as_stored),
+        )
+        .maybe("id_token", t.id_token.as_ref().map(Sealed::as_stored))
+        .maybe("access_expires_at", t.access_expires_at)
+        .maybe("refresh_expires_at", t.refresh_expires_at)
+        .maybe("access_issued_at", t.access_issued_at)
+    }
+}
+
+fn profile_fields(profile: &UserProfile) -> Fields {
+    let mut f = Fields::default();
+    f.maybe("email", profile.email.as_deref())
+        .maybe("name", profile.name.as_deref());
+    f
+}
+
+fn user_fields(u: &User) -> Fields {
+    let mut f = Fields::default();
+    f.put("id", u.id)
+        .put("issuer", &u.issuer)
+        .put("subject", &u.subject)
+        .maybe("email", u.email.as_deref())
+        .maybe("name", u.name.as_deref())
+        .put("created_at", u.created_at)
+        .put("updated_at", u.updated_at);
+    f
+}
+
+fn new_session_fields(s: &NewSession) -> Fields {
+    let mut f = Fields::default();
+    f.put("family_id", s.family_id)
+        .put("user_id", s.user_id)
+        .put("id_hash", s.id_hash.as_str())
+        .flag("current_seen", true)
+        .maybe("provider_sid", s.provider_sid.as_deref())
+        .put("created_at", s.created_at)
+        .put("last_seen_at", s.created_at)
+        .put("idle_expires_at", s.idle_expires_at)
+        .put("absolute_expires_at", s.absolute_expires_at)
+        .tokens(&s.tokens)
+        .put("token_version", 0)
+        .maybe("user_agent", s.user_agent.as_deref())
+        .put("claims", &s.claims)
+        .flag("email_verified", s.email_verified);
+    f
+}
+
+fn session_record_fields(s: &SessionRecord) -> Fields {
+    let mut f = Fields::default();
+    f.put("family_id", s.family_id)
+        .put("user_id", s.user.id)
+        .put("id_hash", s.id_hash.as_str())
+        .maybe(
+            "previous_id_hash",
+            s.previous_id_hash.as_ref().map(IdHash::as_str),
+        )
+        .maybe("previous_valid_until", s.previous_valid_until)
+        .maybe("previous_handover", s.previous_handover.as_deref())
+        .flag("current_seen", s.current_seen)
+        .maybe("provider_sid", s.provider_sid.as_deref())
+        .put("created_at", s.created_at)
+        .put("last_seen_at", s.last_seen_at)
+        .put("idle_expires_at", s.idle_expires_at)
+        .put("absolute_expires_at", s.absolute_expires_at)
+        .tokens(&s.tokens)
+        .put("token_version", s.token_version)
+        .maybe("user_agent", s.user_agent.as_deref())
+        .put("claims", &s.claims)
+        .flag("email_verified", s.email_verified);
+    f
+}
+
+/// The `user_by_sub` key of (issuer, subject). The issuer is length-prefixed, so no
+/// other pair hashes the same input; the scripts also check the user they find.
+fn subject_key(issuer: &str, subject: &str) -> String {
+    crate::random::sha256_hex(format!("{}:{issuer}\n{subject}", issuer.len()).as_bytes())
+}
+
+// Values coming back. Nothing read from Redis is trusted to have the expected shape:
+// anything else is `StoreError::Corrupt`, never a panic.
+
+fn value_text(v: Value) -> StoreResult<String> {
+    match v {
+        Value::BulkString(bytes) => String::from_utf8(bytes)
+            .map_err(|_| StoreError::Corrupt("a stored value is not UTF-8".into())),
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(i) => Ok(i.to_string()),
+        other => Err(StoreError::Corrupt(format!(
+            "expected text, got {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+fn value_int(v: Value) -> StoreResult<i64> {
+    match v {
+        Value::Int(i) => Ok(i),
+        other => value_text(other)?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("expected an integer".into())),
+    }
+}
+
+/// An array answer; nil is an empty one.
+fn value_list(v: Value) -> StoreResult<Vec<Value>> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(StoreError::Corrupt(format!(
+            "expected a list, got {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::Array(_) => "an array",
+        Value::Map(_) => "a map",
+        _ => "another type",
+    }
+}
+
+/// A hash read back from Redis.
+#[derive(Debug)]
+struct Record(HashMap<String, String>);
+
+impl Record {
+    /// From `HGETALL`'s flat list of fields and values (or a RESP3 map).
+    fn from_value(v: Value) -> StoreResult<Self> {
+        let mut fields = HashMap::new();
+        if let Value::Map(pairs) = v {
+            for (k, v) in pairs {
+                fields.insert(value_text(k)?, value_text(v)?);
+            }
+            return Ok(Self(fields));
+        }
+        let mut items = value_list(v)?.into_iter();
+        while let Some(k) = items.next() {
+            let v = items
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("a hash with an odd field list".into()))?;
+            fields.insert(value_text(k)?, value_text(v)?);
+        }
+        Ok(Self(fields))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn text(&self, name: &str) -> StoreResult<String> {
+        self.0
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("{name} is missing")))
+    }
+
+    fn opt_text(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        self.opt_int(name)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{name} is missing")))
+    }
+
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        self.0
+            .get(name)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("{name} is not an integer")))
+            })
+            .transpose()
+    }
+
+    fn uuid(&self, name: &str) -> StoreResult<Uuid> {
+        Uuid::parse_str(&self.text(name)?)
+            .map_err(|_| StoreError::Corrupt(format!("{name} is not a UUID")))
+    }
+
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        match self.0.get(name).map(String::as_str) {
+            Some("1") => Ok(true),
+            Some("0") => Ok(false),
+            _ => Err(StoreError::Corrupt(format!("{name} is not 0 or 1"))),
+        }
+    }
+
+    fn sealed(&self, name: &str) -> Option<Sealed> {
+        self.opt_text(name).map(Sealed::from_stored)
+    }
+
+    fn user(&self) -> StoreResult<User> {
+        Ok(User {
+            id: self.uuid("id")?,
+            issuer: self.text("issuer")?,
+            subject: self.text("subject")?,
+            email: self.opt_text("email"),
+            name: self.opt_text("name"),
+            created_at: self.int("created_at")?,
+            updated_at: self.int("updated_at")?,
+        })
+    }
+
+    /// The session with its `user`; `looked_up` is the id hash it was found by.
+    fn session(&self, user: User, looked_up: Option<&IdHash>) -> StoreResult<SessionRecord> {
+        let id_hash = IdHash::from_stored(self.text("id_hash")?);
+        let matched = match looked_up {
+            Some(h) if *h != id_hash => IdMatch::Previous,
+            _ => IdMatch::Current,
+        };
+        if self.uuid("user_id")? != user.id {
+            return Err(StoreError::Corrupt(
+                "a session's user does not match".into(),
+            ));
+        }
+        Ok(SessionRecord {
+            family_id: self.uuid("family_id")?,
+            id_hash,
+            previous_id_hash: self.opt_text("previous_id_hash").map(IdHash::from_stored),
+            previous_valid_until: self.opt_int("previous_valid_until")?,
+            previous_handover: self.opt_text("previous_handover"),
+            current_seen: self.flag("current_seen")?,
+            matched,
+            user,
+            provider_sid: self.opt_text("provider_sid"),
+            created_at: self.int("created_at")?,
+            last_seen_at: self.int("last_seen_at")?,
+            idle_expires_at: self.int("idle_expires_at")?,
+            absolute_expires_at: self.int("absolute_expires_at")?,
+            tokens: TokenSet {
+                refresh_token: self.sealed("refresh_token"),
+                access_token: self.sealed("access_token"),
+                id_token: self.sealed("id_token"),
+                access_expires_at: self.opt_int("access_expires_at")?,
+                refresh_expires_at: self.opt_int("refresh_expires_at")?,
+                access_issued_at: self.opt_int("access_issued_at")?,
+            },
+            token_version: self.int("token_version")?,
+            user_agent: self.opt_text("user_agent"),
+            claims: self.text("claims")?,
+            email_verified: self.flag("email_verified")?,
+        })
+    }
+
+    fn transaction(&self) -> StoreResult<LoginTransaction> {
+        Ok(LoginTransaction {
+            state_hash: self.text("state_hash")?,
+            binding_hash: self.text("binding_hash")?,
+            nonce: self.text("nonce")?,
+            verifier: Sealed::from_stored(self.text("verifier")?),
+            return_to: self.text("return_to")?,
+            created_at: self.int("created_at")?,
+            expires_at: self.int("expires_at")?,
+        })
+    }
+}
+
+/// A `{session fields, user fields}` pair as the scripts answer it.
+fn session_with_user(v: Value, looked_up: Option<&IdHash>) -> StoreResult<SessionRecord> {
+    let [session, user] = <[Value; 2]>::try_from(value_list(v)?)
+        .map_err(|_| StoreError::Corrupt("a session answer is not a pair".into()))?;
+    let user = Record::from_value(user)?;
+    if user.is_empty() {
+        return Err(StoreError::Corrupt("a session's user is missing".into()));
+    }
+    Record::from_value(session)?.session(user.user()?, looked_up)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            redis::cmd("PING")
+                .exec_async(&mut conn)
+                .await
+                .map_err(store_error)
+        })
+        .await
+    }
+
+    async fn upsert_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        profile: &UserProfile,
+        now: UnixTime,
+    ) -> StoreResult<User> {
+        timed(async {
+            let args = Args::new()
+                .with(subject_key(issuer, subject))
+                .with(crate::session::new_uuid())
+                .with(issuer)
+                .with(subject)
+                .with(now)
+                .fields(profile_fields(profile));
+            Record::from_value(self.run(&SCRIPTS.upsert_user, args).await?)?.user()
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let fields: Value = redis::cmd("HGETALL")
+                .arg(self.key(&format!("user:{id}")))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            let record = Record::from_value(fields)?;
+            if record.is_empty() {
+                return Ok(None);
+            }
+            record.user().map(Some)
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>> {
+        timed(async {
+            let args = Args::new()
+                .with(after.map(|u| u.to_string()).unwrap_or_default())
+                .with(limit);
+            value_list(self.run(&SCRIPTS.list_users, args).await?)?
+                .into_iter()
+                .map(|u| Record::from_value(u)?.user())
+                .collect()
+        })
+        .await
+    }
+
+    async fn import_user(&self, user: &User) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new()
+                .with(subject_key(&user.issuer, &user.subject))
+                .with(user.id)
+                .fields(user_fields(user));
+            Ok(self.run_int(&SCRIPTS.import_user, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
+        timed(async {
+            let args = Args::new()
+                .with("create")
+                .with(s.family_id)
+                .with(s.user_id)
+                .with(s.id_hash.as_str())
+                .with("")
+                .fields(new_session_fields(s));
+            self.run_int(&SCRIPTS.put_session, args).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
+        timed(async {
+            let answer = self
+                .run(&SCRIPTS.get_session, Args::new().with(id_hash.as_str()))
+                .await?;
+            if answer == Value::Nil {
+                return Ok(None);
+            }
+            let record = session_with_user(answer, Some(id_hash))?;
+            // The script matched the hash already; a record that does not name it is
+            // never handed out.
+            let names_it =
+                record.id_hash == *id_hash || record.previous_id_hash.as_ref() == Some(id_hash);
+            Ok(names_it.then_some(record))
+        })
+        .await
+    }
+
+    async fn touch_session(
+        &self,
+        family_id: Uuid,
+        last_seen_at: UnixTime,
+        idle_expires_at: UnixTime,
+        seen: Option<&IdHash>,
+    ) -> StoreResult<()> {
+        timed(async {
+            let args = Args::new()
+                .with(family_id)
+                .with(last_seen_at)
+                .with(idle_expires_at)
+                .with(seen.map(IdHash::as_str).unwrap_or_default());
+            self.run_int(&SCRIPTS.touch_session, args).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_tokens(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        tokens: &TokenSet,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let mut fields = Fields::default();
+            fields.tokens(tokens);
+            let args = Args::new()
+                .with(family_id)
+                .with(expected_version)
+                .fields(fields);
+            Ok(self.run_int(&SCRIPTS.update_tokens, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn rotate_session_id(
+        &self,
+        family_id: Uuid,
+        expected_version: i64,
+        new_id_hash: &IdHash,
+        previous_valid_until: UnixTime,
+        handover: &str,
+        tokens: &TokenSet,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let mut fields = Fields::default();
+            fields.tokens(tokens);
+            let args = Args::new()
+                .with(family_id)
+                .with(expected_version)
+                .with(new_id_hash.as_str())
+                .with(previous_valid_until)
+                .with(handover)
+                .fields(fields);
+            Ok(self.run_int(&SCRIPTS.rotate_session_id, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn update_claims(
+        &self,
+        family_id: Uuid,
+        claims: &str,
+        email_verified: bool,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new()
+                .with(family_id)
+                .with(claims)
+                .with(if email_verified { "1" } else { "0" });
+            Ok(self.run_int(&SCRIPTS.update_claims, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn import_session(&self, s: &SessionRecord) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new()
+                .with("import")
+                .with(s.family_id)
+                .with(s.user.id)
+                .with(s.id_hash.as_str())
+                .with(
+                    s.previous_id_hash
+                        .as_ref()
+                        .map(IdHash::as_str)
+                        .unwrap_or_default(),
+                )
+                .fields(session_record_fields(s));
+            Ok(self.run_int(&SCRIPTS.put_session, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new().with(family_id);
+            Ok(self.run_int(&SCRIPTS.delete_session, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
+        timed(async {
+            let n = self
+                .run_int(&SCRIPTS.delete_user_sessions, Args::new().with(user_id))
+                .await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64> {
+        timed(async {
+            let args = Args::new().with(issuer).with(sid);
+            let n = self
+                .run_int(&SCRIPTS.delete_sessions_by_provider_sid, args)
+                .await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
+        timed(async {
+            let args = Args::new()
+                .with(subject_key(issuer, subject))
+                .with(issuer)
+                .with(subject);
+            let n = self
+                .run_int(&SCRIPTS.delete_sessions_by_subject, args)
+                .await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn delete_all_sessions(&self) -> StoreResult<u64> {
+        self.run_batches(&SCRIPTS.delete_all_sessions, Args::new().with(BATCH))
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Option<Uuid>,
+        now: UnixTime,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        timed(async {
+            let mut found = Vec::new();
+            let mut seen = HashSet::new();
+            let mut offset = 0u64;
+            loop {
+                let args = Args::new()
+                    .with(now)
+                    .with(offset)
+                    .with(BATCH)
+                    .with(user_id.map(|u| u.to_string()).unwrap_or_default());
+                let mut answer = value_list(self.run(&SCRIPTS.list_sessions, args).await?)?;
+                if answer.is_empty() {
+                    return Err(StoreError::Corrupt("an empty listing answer".into()));
+                }
+                let looked_at = value_int(answer.remove(0))?;
+                for pair in answer {
+                    let record = session_with_user(pair, None)?;
+                    // Live at the caller's `now`: the decision, whatever the index said.
+                    if record.expires_at() > now && seen.insert(record.family_id) {
+                        found.push(record);
+                    }
+                }
+                // One user's sessions come in one answer; all sessions in pages (a page
+                // may shift under concurrent writes: a listing, not a snapshot).
+                if user_id.is_some() || looked_at < i64::from(BATCH) {
+                    break;
+                }
+                offset += u64::from(BATCH);
+            }
+            found.sort_by(|a, b| {
+                b.created_at
+                    .cmp(&a.created_at)
+                    .then(a.family_id.cmp(&b.family_id))
+            });
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_transaction(
+        &self,
+        tx: &LoginTransaction,
+        limits: TransactionLimits,
+    ) -> StoreResult<()> {
+        timed(async {
+            let mut fields = Fields::default();
+            fields
+                .put("state_hash", &tx.state_hash)
+                .put("binding_hash", &tx.binding_hash)
+                .put("nonce", &tx.nonce)
+                .put("verifier", tx.verifier.as_stored())
+                .put("return_to", &tx.return_to)
+                .put("created_at", tx.created_at)
+                .put("expires_at", tx.expires_at);
+            let args = Args::new()
+                .with(&tx.state_hash)
+                .with(&tx.binding_hash)
+                .with(tx.created_at)
+                .with(tx.expires_at)
+                .with(limits.per_browser)
+                .with(limits.total)
+                .fields(fields);
+            self.run_int(&SCRIPTS.put_transaction, args).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>> {
+        timed(async {
+            let answer = self
+                .run(&SCRIPTS.take_transaction, Args::new().with(state_hash))
+                .await?;
+            let record = Record::from_value(answer)?;
+            if record.is_empty() {
+                return Ok(None);
+            }
+            record.transaction().map(Some)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new().with(key).with(holder).with(now).with(until);
+            Ok(self.run_int(&SCRIPTS.acquire_lease, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        now: UnixTime,
+        until: UnixTime,
+    ) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new().with(key).with(holder).with(now).with(until);
+            Ok(self.run_int(&SCRIPTS.renew_lease, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()> {
+        timed(async {
+            let args = Args::new().with(key).with(holder);
+            self.run_int(&SCRIPTS.release_lease, args).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool> {
+        timed(async {
+            let args = Args::new().with(key).with(now).with(until);
+            Ok(self.run_int(&SCRIPTS.remember_once, args).await? == 1)
+        })
+        .await
+    }
+
+    async fn forget(&self, key: &str) -> StoreResult<()> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            redis::cmd("DEL")
+                .arg(self.key(&format!("replay:{key}")))
+                .exec_async(&mut conn)
+                .await
+                .map_err(store_error)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
+        // Leases and replay entries have no index: their TTLs collect them, and every
+        // decision about them compares their deadline with `now` anyway.
+        let args = Args::new().with(now).with(BATCH);
+        let sessions = self
+            .run_batches(&SCRIPTS.purge_sessions, args.clone())
+            .await?;
+        let transactions = self.run_batches(&SCRIPTS.purge_transactions, args).await?;
+        Ok(sessions + transactions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::config::SecretKeys;
+    use crate::session::id::SessionId;
+    use crate::session::seal::KeyRing;
+    use crate::store::FeedEvent;
+    use crate::store::conformance::{self, CrossHandle};
+    use crate::store::feed::changed_text;
+
+    const NOW: UnixTime = 1_900_000_000;
+
+    /// The Redis to test against, or `None` (saying so once) when none is set.
+    fn test_url() -> Option<String> {
+        match std::env::var("PORTCULLIS_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                eprintln!("skipped: set PORTCULLIS_TEST_REDIS_URL to run the Redis store tests");
+                None
+            }
+        }
+    }
+
+    /// A key prefix of a test's own, so that tests run in parallel on one Redis. Its
+    /// keys are removed when it drops, after a failed assertion too.
+    struct TestPrefix {
+        url: String,
+        prefix: String,
+    }
+
+    impl TestPrefix {
+        fn new(url: &str) -> Self {
+            let random = crate::random::hex(&crate::random::random_bytes::<6>());
+            Self {
+                url: url.to_owned(),
+                prefix: format!("t{random}"),
+            }
+        }
+
+        async fn store(&self) -> RedisStore {
+            RedisStore::connect(&self.url, &self.prefix).await.unwrap()
+        }
+
+        async fn admin(&self) -> MultiplexedConnection {
+            redis::Client::open(self.url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        }
+
+        fn pattern(&self) -> String {
+            format!("{}:*", self.prefix)
+        }
+
+        /// Every key under the prefix.
+        async fn keys(&self, admin: &mut MultiplexedConnection) -> Vec<String> {
+            let mut keys = Vec::new();
+            let mut cursor = 0u64;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.pattern())
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(admin)
+                    .await
+                    .unwrap();
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            keys.sort();
+            keys.dedup();
+            keys
+        }
+    }
+
+    impl Drop for TestPrefix {
+        fn drop(&mut self) {
+            let Ok(mut conn) =
+                redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+            else {
+                return;
+            };
+            let mut cursor = 0u64;
+            loop {
+                let Ok((next, keys)) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.pattern())
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query::<(u64, Vec<String>)>(&mut conn)
+                else {
+                    return;
+                };
+                if !keys.is_empty() {
+                    let _ = redis::cmd("UNLINK").arg(&keys).exec(&mut conn);
+                }
+                if next == 0 {
+                    return;
+                }
+                cursor = next;
+            }
+        }
+    }
+
+    /// Polls `condition` until it holds, for at most 10 s.
+    async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn new_session(user: &User, id: &SessionId, tokens: TokenSet) -> NewSession {
+        NewSession {
+            family_id: crate::session::new_uuid(),
+            id_hash: id.hash(),
+            user_id: user.id,
+            provider_sid: Some("provider-sid".into()),
+            created_at: NOW,
+            idle_expires_at: NOW + 3600,
+            absolute_expires_at: NOW + 86_400,
+            tokens,
+            user_agent: Some("redis tests".into()),
+            claims: r#"{"sub":"s"}"#.into(),
+            email_verified: true,
+        }
+    }
+
+    async fn new_user(store: &RedisStore) -> User {
+        store
+            .upsert_user(
+                "https://issuer.example",
+                &format!("sub-{}", crate::random::random_token()),
+                &UserProfile::default(),
+                NOW,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn redis_passes_the_conformance_suite() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn two_redis_handles_pass_the_shared_suite() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let (a, b) = (t.store().await, t.store().await);
+        conformance::run_shared(&a, &b, CrossHandle::Precise).await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_feed_connection_resets_and_recovers() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        let mut sub = store.feed().subscribe();
+        wait_until("the feed is live", || store.feed().is_live()).await;
+
+        // Only this store's feed connection: it is named after the prefix.
+        let mut admin = t.admin().await;
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let name = format!("name={}:feed:", t.prefix);
+        let ours: Vec<&str> = clients
+            .lines()
+            .filter(|line| line.split(' ').any(|field| field.starts_with(&name)))
+            .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .collect();
+        assert_eq!(ours.len(), 1, "one feed connection named {name}: {clients}");
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(ours[0])
+            .exec_async(&mut admin)
+            .await
+            .unwrap();
+
+        assert_eq!(conformance::next_event(&mut sub).await, FeedEvent::Reset);
+        wait_until("the feed is live again", || store.feed().is_live()).await;
+
+        let user = new_user(&store).await;
+        let id = SessionId::generate();
+        let session = new_session(&user, &id, TokenSet::default());
+        store.create_session(&session).await.unwrap();
+        assert!(store.delete_session(session.family_id).await.unwrap());
+        loop {
+            match conformance::next_event(&mut sub).await {
+                // The reconnection announces a reset of its own.
+                FeedEvent::Reset => continue,
+                FeedEvent::Changed(c) => {
+                    assert_eq!(c.family_id, session.family_id);
+                    assert_eq!(c.id_hashes, vec![id.hash()]);
+                    break;
+                }
+            }
+        }
+        assert!(store.feed().is_live());
+    }
+
+    /// The scripts publish exactly what `feed::changed_text` writes.
+    #[tokio::test]
+    async fn scripts_publish_the_feed_wire_format() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        let (sender, mut pushes) = unbounded_channel();
+        let info = url.as_str().into_connection_info().unwrap();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(resp3);
+        let mut listener = redis::Client::open(info)
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new().set_push_sender(sender),
+            )
+            .await
+            .unwrap();
+        listener
+            .subscribe(format!("{}:feed", t.prefix))
+            .await
+            .unwrap();
+        let mut next_change = async || loop {
+            let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(m) = redis::Msg::from_push_info(push) {
+                let text: String = m.get_payload().unwrap();
+                if !text.starts_with("h ") {
+                    return text;
+                }
+            }
+        };
+
+        let user = new_user(&store).await;
+        let old = SessionId::generate();
+        let s = new_session(&user, &old, TokenSet::default());
+        store.create_session(&s).await.unwrap();
+        assert!(
+            store
+                .update_tokens(s.family_id, 0, &s.tokens)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            next_change().await,
+            changed_text(s.family_id, &[&old.hash()])
+        );
+        let new = SessionId::generate();
+        let rotated = store
+            .rotate_session_id(s.family_id, 1, &new.hash(), NOW + 30, "h", &s.tokens)
+            .await
+            .unwrap();
+        assert!(rotated);
+        assert_eq!(
+            next_change().await,
+            changed_text(s.family_id, &[&new.hash(), &old.hash()])
+        );
+        assert!(store.delete_session(s.family_id).await.unwrap());
+        assert_eq!(
+            next_change().await,
+            changed_text(s.family_id, &[&new.hash(), &old.hash()])
+        );
+    }
+
+    /// What a dump of the store shows: every key with its type and contents.
+    async fn dump(t: &TestPrefix) -> Vec<(String, String, String)> {
+        let mut admin = t.admin().await;
+        let mut out = Vec::new();
+        for key in t.keys(&mut admin).await {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let contents: Vec<String> = match kind.as_str() {
+                "string" => vec![
+                    redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut admin)
+                        .await
+                        .unwrap(),
+                ],
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap(),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap(),
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap(),
+                other => panic!("{key}: unexpected type {other}"),
+            };
+            out.push((key, kind, contents.join("\n")));
+        }
+        out
+    }
+
+    /// Writes of every kind, with a real key ring: returns the session ids and the
+    /// plaintexts that must never reach Redis, and the sealed values that must.
+    async fn write_everything(store: &RedisStore) -> (Vec<SessionId>, Vec<String>, Vec<String>) {
+        let ring = KeyRing::new(&SecretKeys(vec![Zeroizing::new([7u8; 32])])).unwrap();
+        let secret = |label: &str| format!("{label}-{}", crate::random::random_token());
+        let sealed_set = |plain: &[String; 3]| TokenSet {
+            refresh_token: Some(ring.seal_str(&plain[0], b"refresh")),
+            access_token: Some(ring.seal_str(&plain[1], b"access")),
+            id_token: Some(ring.seal_str(&plain[2], b"id")),
+            access_expires_at: Some(NOW + 300),
+            refresh_expires_at: Some(NOW + 7200),
+            access_issued_at: Some(NOW),
+        };
+        let first = [secret("refresh"), secret("access"), secret("idtoken")];
+        let second = [secret("refresh"), secret("access"), secret("idtoken")];
+        let third = [secret("refresh"), secret("access"), secret("idtoken")];
+
+        let user = new_user(store).await;
+        let old = SessionId::generate();
+        let s = new_session(&user, &old, sealed_set(&first));
+        store.create_session(&s).await.unwrap();
+        store
+            .touch_session(s.family_id, NOW + 5, NOW + 3605, Some(&old.hash()))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .update_tokens(s.family_id, 0, &sealed_set(&second))
+                .await
+                .unwrap()
+        );
+        let new = SessionId::generate();
+        let handover = crate::session::handover::seal(&old, &new);
+        let last = sealed_set(&third);
+        assert!(
+            store
+                .rotate_session_id(s.family_id, 1, &new.hash(), NOW + 30, &handover, &last)
+                .await
+                .unwrap()
+        );
+        store
+            .touch_session(s.family_id, NOW + 6, NOW + 3606, Some(&new.hash()))
+            .await
+            .unwrap();
+
+        let verifier = secret("pkce-verifier");
+        let tx = LoginTransaction {
+            state_hash: crate::random::sha256_hex(b"state"),
+            binding_hash: crate::random::sha256_hex(b"binding"),
+            nonce: "nonce".into(),
+            verifier: ring.seal_str(&verifier, b"verifier"),
+            return_to: "/".into(),
+            created_at: NOW,
+            expires_at: NOW + 600,
+        };
+        store
+            .put_transaction(&tx, TransactionLimits::default())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .acquire_lease("refresh-lease", "me", NOW, NOW + 6)
+                .await
+                .unwrap()
+        );
+        assert!(store.remember_once("jti-1", NOW, NOW + 60).await.unwrap());
+
+        let mut plaintexts: Vec<String> = [first, second, third].concat();
+        plaintexts.push(verifier);
+        let mut stored = vec![
+            old.hash().as_str().to_owned(),
+            new.hash().as_str().to_owned(),
+        ];
+        stored.extend(
+            [&last.refresh_token, &last.access_token, &last.id_token]
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_stored().to_owned()),
+        );
+        stored.push(tx.verifier.as_stored().to_owned());
+        (vec![old, new], plaintexts, stored)
+    }
+
+    #[tokio::test]
+    async fn nothing_in_clear() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        let (ids, plaintexts, stored) = write_everything(&store).await;
+        let everything: String = dump(&t)
+            .await
+            .into_iter()
+            .map(|(key, kind, contents)| format!("{key} {kind}\n{contents}\n"))
+            .collect();
+        for id in &ids {
+            assert!(
+                !everything.contains(id.expose()),
+                "a session id is in the store"
+            );
+        }
+        for plain in &plaintexts {
+            assert!(
+                !everything.contains(plain.as_str()),
+                "{plain} is in the store"
+            );
+        }
+        // The dump is not empty by accident: what the store was given is there.
+        for value in &stored {
+            assert!(everything.contains(value.as_str()), "{value} is missing");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_key_but_users_expires() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        write_everything(&store).await;
+        let mut admin = t.admin().await;
+        let keys = t.keys(&mut admin).await;
+        let p = &t.prefix;
+        for kind in [
+            "user:",
+            "user_by_sub:",
+            "users",
+            "session:",
+            "sid:",
+            "user_sessions:",
+            "psid:",
+            "sessions",
+            "tx:",
+            "tx_by_binding:",
+            "tx_all",
+            "tx_expiry",
+            "lease:",
+            "replay:",
+        ] {
+            let stem = format!("{p}:{kind}");
+            assert!(
+                keys.iter().any(|k| k.starts_with(&stem)),
+                "no {stem} key in {keys:?}"
+            );
+        }
+        for key in &keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let is_user = key.starts_with(&format!("{p}:user:"))
+                || key.starts_with(&format!("{p}:user_by_sub:"))
+                || *key == format!("{p}:users");
+            if is_user {
+                assert_eq!(ttl, -1, "{key}: users never expire");
+            } else {
+                assert!(ttl > 0, "{key} has no TTL ({ttl})");
+            }
+            // A TTL never collects what is still valid at the caller's clock: at least
+            // the time left to the deadline, counted from the last write.
+            let at_least_seconds = [
+                ("session:", 3600),
+                ("sid:", 3600),
+                ("tx:", 600),
+                ("lease:", 6),
+                ("replay:", 60),
+            ];
+            for (stem, seconds) in at_least_seconds {
+                if key.starts_with(&format!("{p}:{stem}")) {
+                    assert!(ttl > seconds * 1000, "{key}: TTL {ttl} ms is too short");
+                }
+            }
+        }
+    }
+
+    /// Only the current and the previous id find a session: not the id two rotations
+    /// back, and not an index entry that names the session by a hash it does not hold.
+    #[tokio::test]
+    async fn only_current_and_previous_ids_find_a_session() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        let user = new_user(&store).await;
+        let first = SessionId::generate();
+        let s = new_session(&user, &first, TokenSet::default());
+        store.create_session(&s).await.unwrap();
+        let (second, third) = (SessionId::generate(), SessionId::generate());
+        for (version, id) in [(0, &second), (1, &third)] {
+            assert!(
+                store
+                    .rotate_session_id(s.family_id, version, &id.hash(), NOW + 30, "h", &s.tokens)
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(store.get_session(&first.hash()).await.unwrap().is_none());
+        let by_second = store.get_session(&second.hash()).await.unwrap().unwrap();
+        assert_eq!(by_second.matched, IdMatch::Previous);
+
+        let stray = SessionId::generate();
+        let mut admin = t.admin().await;
+        redis::cmd("SET")
+            .arg(format!("{}:sid:{}", t.prefix, stray.hash()))
+            .arg(s.family_id.to_string())
+            .exec_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(store.get_session(&stray.hash()).await.unwrap().is_none());
+    }
+
+    /// Values that do not parse are reported as corrupt, never trusted or panicked on.
+    #[tokio::test]
+    async fn corrupt_records_are_reported() {
+        let Some(url) = test_url() else { return };
+        let t = TestPrefix::new(&url);
+        let store = t.store().await;
+        let user = new_user(&store).await;
+        let id = SessionId::generate();
+        let s = new_session(&user, &id, TokenSet::default());
+        store.create_session(&s).await.unwrap();
+        let mut admin = t.admin().await;
+        let key = format!("{}:session:{}", t.prefix, s.family_id);
+        for (field, value) in [("current_seen", "yes"), ("idle_expires_at", "soon")] {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(field)
+                .arg(value)
+                .exec_async(&mut admin)
+                .await
+                .unwrap();
+            assert!(
+                matches!(
+                    store.get_session(&id.hash()).await,
+                    Err(StoreError::Corrupt(_))
+                ),
+                "{field} = {value}"
+            );
+        }
+        // Decided in Lua: a deadline that is not a number stops the write.
+        assert!(matches!(
+            store.touch_session(s.family_id, NOW, NOW + 10, None).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn debug_shows_no_password() {
+        let info = "redis://user:hunter2@cache.internal:6380/3"
+            .into_connection_info()
+            .unwrap();
+        assert_eq!(describe(&info), "redis://cache.internal:6380/3");
+        let tls = "rediss://:hunter2@cache.internal/0"
+            .into_connection_info()
+            .unwrap();
+        assert_eq!(describe(&tls), "rediss://cache.internal:6379/0");
+    }
+}
