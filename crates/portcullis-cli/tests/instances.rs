@@ -70,7 +70,12 @@ impl Instance {
     }
 }
 
+/// Clusters running at once: each is a provider and two or three gateway processes, and
+/// the machine may have two cores.
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 struct Cluster {
+    _slot: tokio::sync::SemaphorePermit<'static>,
     op: RealProvider,
     _up: TestUpstream,
     /// What every instance is configured with (the CLI needs it too).
@@ -131,6 +136,7 @@ impl Default for Setup<'_> {
 
 impl Cluster {
     async fn start(store: String, setup: Setup<'_>) -> Option<Self> {
+        let slot = SLOTS.acquire().await.unwrap();
         let ports: Vec<u16> = (0..setup.instances).map(|_| free_port()).collect();
         let public = format!("http://127.0.0.1:{}", ports[0]);
         let client = json!([{
@@ -168,6 +174,7 @@ impl Cluster {
         .collect();
         env.sort();
         let mut cluster = Self {
+            _slot: slot,
             op,
             _up: up,
             env,
@@ -190,7 +197,13 @@ impl Cluster {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            // The outage tests make the gateways log store errors by design: shown only
+            // on request.
+            .stderr(if std::env::var_os("PORTCULLIS_TEST_SHOW_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         let child = cmd.spawn().unwrap();
         let instance = Instance {
             url: format!("http://127.0.0.1:{port}"),

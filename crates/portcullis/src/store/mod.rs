@@ -61,7 +61,9 @@ pub async fn open(
         StoreLocation::Postgres(url) => {
             std::sync::Arc::new(postgres::PostgresStore::connect(url, prefix).await?)
         }
-        StoreLocation::Redis(url) => std::sync::Arc::new(redis::RedisStore::connect(url, prefix).await?),
+        StoreLocation::Redis(url) => {
+            std::sync::Arc::new(redis::RedisStore::connect(url, prefix).await?)
+        }
     })
 }
 

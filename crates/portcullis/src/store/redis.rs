@@ -123,6 +123,7 @@ impl RedisStore {
         for script in SCRIPTS.all() {
             script.load_async(&mut conn).await.map_err(store_error)?;
         }
+        warn_about_deployment(&mut conn, &target).await;
 
         let feed = ChangeFeed::new();
         let resp3 = info
@@ -193,6 +194,41 @@ impl RedisStore {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
+    }
+}
+
+/// The deployment rules of PRODUCT.md: an evicting `maxmemory-policy` signs users out
+/// at random under memory pressure, and without persistence a restart signs everyone
+/// out. Said once at start; managed services that refuse `CONFIG GET` are not judged.
+async fn warn_about_deployment(conn: &mut ConnectionManager, target: &str) {
+    async fn config(conn: &mut ConnectionManager, name: &str) -> Option<String> {
+        let answer: HashMap<String, String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(conn)
+            .await
+            .ok()?;
+        answer.get(name).cloned()
+    }
+    if let Some(policy) = config(conn, "maxmemory-policy").await
+        && policy != "noeviction"
+    {
+        tracing::warn!(
+            redis = target,
+            maxmemory_policy = %policy,
+            "Redis may evict keys under memory pressure, which signs users out at random; set `maxmemory-policy noeviction`"
+        );
+    }
+    let aof = config(conn, "appendonly").await;
+    let rdb = config(conn, "save").await;
+    if let (Some(aof), Some(rdb)) = (aof, rdb)
+        && aof != "yes"
+        && rdb.trim().is_empty()
+    {
+        tracing::warn!(
+            redis = target,
+            "Redis keeps nothing on disk (no AOF, no RDB snapshots): a Redis restart signs everyone out; set `appendonly yes`"
+        );
     }
 }
 
