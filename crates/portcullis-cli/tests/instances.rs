@@ -387,6 +387,13 @@ async fn m01_admin_revoke_and_back_channel_logout_reach_every_instance(store: St
     let browser = Browser::new();
     c.sign_in(&browser, "alice").await;
     let user = user_id_seen(&api(&c.instances[1], &browser, "/whoami").await);
+    let listed = c.cli(&["sessions", "list", "--user", &user]).await;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(&user)).count(),
+        1,
+        "sessions list: {listed}"
+    );
     let out = c.cli(&["sessions", "revoke", "--user", &user]).await;
     assert!(
         out.status.success(),

@@ -7,8 +7,8 @@ use base64::Engine as _;
 use url::Url;
 use zeroize::Zeroizing;
 
-/// Where sessions, users and login transactions live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where sessions, users and login transactions live. `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     Sqlite(PathBuf),
     Postgres(String),
@@ -36,18 +36,25 @@ impl StoreLocation {
         Err("`store` must start with `sqlite:`, `postgres://` or `redis://`".into())
     }
 
-    /// A description safe for logs: no password.
+    /// A description safe for logs: no password, no query.
     pub fn describe(&self) -> String {
         match self {
             Self::Sqlite(p) => format!("sqlite:{}", p.display()),
             Self::Postgres(u) | Self::Redis(u) => match Url::parse(u) {
                 Ok(mut url) => {
                     let _ = url.set_password(None);
+                    url.set_query(None);
                     url.to_string()
                 }
                 Err(_) => "(unparsable url)".into(),
             },
         }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreLocation({})", self.describe())
     }
 }
 

@@ -3,7 +3,10 @@
 //! that moving from SQLite to PostgreSQL changes no `X-User-Id` and signs nobody out.
 //!
 //! Tokens travel sealed: the gateways on the new store need the same key ring
-//! (`PORTCULLIS_SECRET`). Running the copy again is harmless: what is there is kept.
+//! (`PORTCULLIS_SECRET`). Sessions are copied once, into a store that holds none: a
+//! second copy would bring back sessions that ended on the target meanwhile (a
+//! sign-out, a revocation, the theft rule), so it is refused. Users may be copied
+//! again at any time: what is there is kept.
 
 use super::{Store, StoreError};
 use crate::clock::UnixTime;
@@ -32,6 +35,11 @@ pub enum CopyError {
         "the target already has the user {issuer} / {subject} under another id; nothing more was copied"
     )]
     UserConflict { issuer: String, subject: String },
+    /// Copying sessions again could revive sessions that ended on the target.
+    #[error(
+        "the target already holds {0} live session(s): sessions are copied once, into a store without any (users were copied; no session was)"
+    )]
+    TargetHasSessions(usize),
 }
 
 /// Copies every user, then every session live at `now`.
@@ -63,6 +71,10 @@ pub async fn copy(
                 }
             }
         }
+    }
+    let present = to.list_sessions(None, now).await?.len();
+    if present > 0 {
+        return Err(CopyError::TargetHasSessions(present));
     }
     for session in from.list_sessions(None, now).await? {
         if to.import_session(&session).await? {
@@ -130,9 +142,21 @@ mod tests {
             .unwrap();
         assert_eq!(again.id, alice.id);
 
-        // Again: nothing new, nothing lost.
-        let report = copy(&from, &to, NOW).await.unwrap();
-        assert_eq!((report.users_present, report.sessions_present), (1, 1));
+        // Again: the users are there already, and sessions are not copied twice: the
+        // target may have ended some of them meanwhile.
+        to.delete_session(there.family_id).await.unwrap();
+        let (ended, other) = (there.family_id, SessionId::generate());
+        to.create_session(&session(new_uuid(), other.hash(), NOW + 3600))
+            .await
+            .unwrap();
+        assert!(matches!(
+            copy(&from, &to, NOW).await,
+            Err(CopyError::TargetHasSessions(1))
+        ));
+        assert!(
+            to.get_session(&id.hash()).await.unwrap().is_none(),
+            "{ended} stays ended"
+        );
     }
 
     #[tokio::test]

@@ -147,7 +147,9 @@ pub struct NewSession {
     /// What the gateway keeps of the ID token's and UserInfo's claims (a JSON object,
     /// at most [`MAX_CLAIMS_BYTES`]), for routes and identity headers.
     pub claims: String,
-    /// Whether the provider said the email address is verified.
+    /// Whether the provider said the email address in *these* `claims` is verified. It
+    /// vouches for `claims.email` only, never for [`User::email`] (which any other
+    /// session of the user may overwrite): identity headers take both from here.
     pub email_verified: bool,
 }
 

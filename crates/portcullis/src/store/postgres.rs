@@ -6,7 +6,9 @@
 //!   statement as the write, so the message is sent if and only if it commits.
 //! - A dedicated connection LISTENs with `PgListener::try_recv`, which reports a lost
 //!   connection as `None` (plain `recv` would reconnect silently and lose messages):
-//!   that, and every reconnect, is a reset for the feed's subscribers.
+//!   that, and every reconnect, is a reset for the feed's subscribers. A connection
+//!   that died without a word (no FIN: a failover, a NAT) is noticed by silence: our
+//!   own heartbeat arrives every 250 ms, so 3 s without any message means it is gone.
 //! - Leases are rows taken with `INSERT … ON CONFLICT … DO UPDATE … WHERE`: never a
 //!   lock or a transaction held across a provider call.
 
@@ -32,6 +34,9 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres
 
 /// Connections per instance: the hot path holds one only for a single statement.
 const POOL_SIZE: u32 = 16;
+
+/// Silence on the LISTEN connection after which it is presumed dead.
+const FEED_SILENCE: Duration = Duration::from_secs(3);
 
 /// Rows deleted per statement by the expiry job.
 const PURGE_BATCH: i64 = 5_000;
@@ -68,6 +73,10 @@ impl PostgresStore {
     /// Connects, applies the migrations this prefix has not seen (one instance at a
     /// time, under an advisory lock), and starts the change feed.
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        // Pasted into every table name: checked here too, whoever calls.
+        if !crate::config::is_valid_store_prefix(prefix) {
+            return Err(StoreError::Unavailable("invalid store prefix".into()));
+        }
         let options: PgConnectOptions = url.parse().map_err(unavailable)?;
         let options = options
             // Names the prefix too: an operator (or a test) can tell the gateways apart.
@@ -104,11 +113,12 @@ impl PostgresStore {
     }
 }
 
-/// The URL without its password.
+/// The URL without its password (in the user part or as `?password=`) or query.
 fn describe(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) => {
             let _ = u.set_password(None);
+            u.set_query(None);
             u.to_string()
         }
         Err(_) => "postgres (unparsable url)".into(),
@@ -176,10 +186,17 @@ async fn listen(pool: PgPool, channel: String, feed: ChangeFeed) {
             tokio::time::sleep(backoff).await;
             continue;
         }
+        // `try_recv` reconnects (and LISTENs again) right after reporting a loss.
+        listener.eager_reconnect(true);
         // Whatever was sent before this LISTEN is unknown to us.
         feed.connection_lost();
         loop {
-            match listener.try_recv().await {
+            let Ok(received) = tokio::time::timeout(FEED_SILENCE, listener.try_recv()).await else {
+                tracing::warn!("the PostgreSQL change feed went silent; reconnecting");
+                feed.connection_lost();
+                break;
+            };
+            match received {
                 Ok(Some(note)) => {
                     backoff = Duration::from_millis(100);
                     feed.deliver_text(note.payload());

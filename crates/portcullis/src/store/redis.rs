@@ -104,6 +104,10 @@ impl RedisStore {
     }
 
     async fn open(url: &str, prefix: &str) -> StoreResult<RedisStore> {
+        // Part of every key and of the channel name: checked here too, whoever calls.
+        if !crate::config::is_valid_store_prefix(prefix) {
+            return Err(StoreError::Unavailable("invalid store prefix".into()));
+        }
         // The URL may hold a password: it never goes into an error message.
         let info = url
             .into_connection_info()
