@@ -135,7 +135,8 @@ mutate $PG '                    feed.connection_lost();
                 }
                 Err(e) => {' '                }
                 Err(e) => {' lib a_killed_feed_connection
-mutate $S/store/sqlite.rs 'if gap || foreign {' 'if gap {' lib sqlite_file_passes
+mutate $S/store/sqlite.rs 'if gap || foreign > 0 {' 'if gap {' lib sqlite_file_passes
+mutate $S/store/sqlite.rs 'UPDATE feed_log SET origin = ?1 WHERE seq > ?2' 'UPDATE feed_log SET origin = ?1 WHERE 0' lib own_writes_are_claimed
 mutate $S/store/sqlite.rs ' OR refresh_leases.holder = excluded.holder' '' lib sqlite_in_memory
 mutate $S/session/refresh.rs '.renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))' '.renewing_lease(&key, "", self.refresh_with_lease(fresh, version))' cli:instances postgres::m03_a_slow
 mutate $S/store/copy.rs 'Some(there) if there.issuer == user.issuer && there.subject == user.subject => {' 'Some(_) | None => {' lib a_user_known_under_another_id

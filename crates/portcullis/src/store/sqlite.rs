@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/sqlite/0003_claims_and_feed.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_foreign_writes.sql"),
+    ),
 ];
 
 /// Write-log entries kept for pollers in other processes; a poller that finds a gap
@@ -81,9 +85,10 @@ pub async fn apply_migrations(
 /// Sessions, users and transactions in one SQLite file.
 ///
 /// The change feed is in-process for this handle's own writes (published after each
-/// commit). Writes by other processes (the admin CLI) are noticed by polling `PRAGMA
-/// data_version` every 250 ms on a connection of its own; each publishing write leaves
-/// its origin in `feed_log`, and an entry of another origin is a reset.
+/// commit). Writes by anyone else (the admin CLI, `sqlite3` by hand) are noticed by
+/// polling `PRAGMA data_version` every 250 ms on a connection of its own: triggers log
+/// every change to users and sessions in `feed_log`, this handle claims its own entries
+/// inside the writing transaction, and an entry it did not claim is a reset.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -152,21 +157,30 @@ impl SqliteStore {
         })
     }
 
-    /// Records a publishing write in the write log, inside its transaction.
-    async fn log_write(&self, db: &mut SqliteConnection) -> StoreResult<()> {
-        sqlx::query("INSERT INTO feed_log (origin) VALUES (?1)")
-            .bind(self.feed.origin())
-            .execute(&mut *db)
+    /// Starts a write to users or sessions. `BEGIN IMMEDIATE` takes the write lock at
+    /// once, so the write-log entries after `mark` are exactly this transaction's.
+    async fn write(&self) -> StoreResult<Write<'_>> {
+        let mut db = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        Ok(())
+        let mark: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM feed_log")
+            .fetch_one(&mut *db)
+            .await
+            .map_err(unavailable)?;
+        Ok(Write {
+            db,
+            mark,
+            store: self,
+        })
     }
 
     /// Deletes the sessions matching `condition` (SQL over fixed text, values bound as
     /// `?1`, `?2`) and announces each.
     async fn delete_where(&self, condition: &'static str, values: &[&str]) -> StoreResult<u64> {
         timed(async {
-            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let mut w = self.write().await?;
             let sql = format!(
                 "DELETE FROM sessions WHERE {condition} RETURNING family_id, id_hash, previous_id_hash"
             );
@@ -174,30 +188,41 @@ impl SqliteStore {
             for v in values {
                 query = query.bind(*v);
             }
-            let rows = query.fetch_all(&mut *db).await.map_err(unavailable)?;
-            let changes = self.commit_publishing(db, changes_from_rows(&rows)?).await?;
+            let rows = query.fetch_all(&mut *w.db).await.map_err(unavailable)?;
+            let changes = w.commit(changes_from_rows(&rows)?).await?;
             Ok(changes.len() as u64)
         })
         .await
     }
+}
 
-    /// Commits a write that changed or ended `changes`: the write log entry joins its
-    /// transaction, and the changes are published once it committed.
-    async fn commit_publishing(
-        &self,
-        mut db: sqlx::Transaction<'_, sqlx::Sqlite>,
-        changes: Vec<SessionChange>,
-    ) -> StoreResult<Vec<SessionChange>> {
-        if !changes.is_empty() {
-            self.log_write(&mut db).await?;
-        }
-        db.commit().await.map_err(unavailable)?;
+/// A write transaction on users or sessions (see [`SqliteStore::write`]).
+struct Write<'a> {
+    db: sqlx::Transaction<'static, sqlx::Sqlite>,
+    mark: i64,
+    store: &'a SqliteStore,
+}
+
+impl Write<'_> {
+    /// Claims this transaction's write-log entries, commits, then publishes `changes`
+    /// (the sessions it changed or ended).
+    async fn commit(mut self, changes: Vec<SessionChange>) -> StoreResult<Vec<SessionChange>> {
+        sqlx::query("UPDATE feed_log SET origin = ?1 WHERE seq > ?2")
+            .bind(self.store.feed.origin())
+            .bind(self.mark)
+            .execute(&mut *self.db)
+            .await
+            .map_err(unavailable)?;
+        self.db.commit().await.map_err(unavailable)?;
         for change in &changes {
-            self.feed.publish(FeedEvent::Changed(change.clone()));
+            self.store.feed.publish(FeedEvent::Changed(change.clone()));
         }
         Ok(changes)
     }
 }
+
+/// New write-log entries: the first and last sequence numbers, and how many are not ours.
+type LogSummary = (Option<i64>, Option<i64>, i64);
 
 /// Polls for writes by other processes (PRODUCT.md: every ≤ 250 ms) and turns each
 /// into a reset: this process cannot know what they changed.
@@ -207,10 +232,10 @@ async fn watch_other_processes(mut conn: SqliteConnection, feed: ChangeFeed, mut
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now: Result<i64, _> = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_one(&mut conn)
+        let now: Result<Vec<i64>, _> = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_all(&mut conn)
             .await;
-        let Ok(now) = now else {
+        let Some(now) = now.ok().and_then(|v| v.into_iter().next()) else {
             feed.publish(FeedEvent::Reset);
             continue;
         };
@@ -218,21 +243,28 @@ async fn watch_other_processes(mut conn: SqliteConnection, feed: ChangeFeed, mut
             continue;
         }
         version = Some(now);
-        let rows: Result<Vec<(i64, String)>, _> =
-            sqlx::query_as("SELECT seq, origin FROM feed_log WHERE seq > ?1 ORDER BY seq")
-                .bind(seen)
-                .fetch_all(&mut conn)
-                .await;
-        let Ok(rows) = rows else {
+        // One row however much was written: the first and last new entries and how many
+        // of them this handle did not claim.
+        // (`fetch_all`: a statement left unfinished would hold a read transaction open,
+        // and this connection would never see another write.)
+        let summary: Result<Vec<LogSummary>, _> = sqlx::query_as(
+            "SELECT min(seq), max(seq), coalesce(sum(origin <> ?2), 0) FROM feed_log WHERE seq > ?1",
+        )
+        .bind(seen)
+        .bind(feed.origin())
+        .fetch_all(&mut conn)
+        .await;
+        let Some((first, last, foreign)) = summary.ok().and_then(|rows| rows.into_iter().next())
+        else {
             feed.publish(FeedEvent::Reset);
             continue;
         };
-        let gap = rows.first().is_some_and(|(seq, _)| *seq > seen + 1);
-        let foreign = rows.iter().any(|(_, origin)| origin != feed.origin());
-        if let Some((last, _)) = rows.last() {
-            seen = *last;
+        // A gap: entries pruned before we read them, so we cannot know whose they were.
+        let gap = first.is_some_and(|first| first > seen + 1);
+        if let Some(last) = last {
+            seen = last;
         }
-        if gap || foreign {
+        if gap || foreign > 0 {
             feed.publish(FeedEvent::Reset);
         }
     }
@@ -358,6 +390,7 @@ impl Store for SqliteStore {
         now: UnixTime,
     ) -> StoreResult<User> {
         timed(async {
+            let mut w = self.write().await?;
             let new_id = crate::session::new_uuid();
             let row = sqlx::query(
                 "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
@@ -372,10 +405,12 @@ impl Store for SqliteStore {
             .bind(&profile.email)
             .bind(&profile.name)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            user_from_row(&row, "")
+            let user = user_from_row(&row, "")?;
+            w.commit(Vec::new()).await?;
+            Ok(user)
         })
         .await
     }
@@ -412,6 +447,7 @@ impl Store for SqliteStore {
 
     async fn import_user(&self, u: &User) -> StoreResult<bool> {
         timed(async {
+            let mut w = self.write().await?;
             let done = sqlx::query(
                 "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
@@ -423,9 +459,10 @@ impl Store for SqliteStore {
             .bind(&u.name)
             .bind(u.created_at)
             .bind(u.updated_at)
-            .execute(&self.pool)
+            .execute(&mut *w.db)
             .await
             .map_err(unavailable)?;
+            w.commit(Vec::new()).await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -433,6 +470,7 @@ impl Store for SqliteStore {
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
         timed(async {
+            let mut w = self.write().await?;
             sqlx::query(
                 "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
@@ -456,9 +494,10 @@ impl Store for SqliteStore {
             .bind(s.tokens.access_issued_at)
             .bind(&s.claims)
             .bind(s.email_verified)
-            .execute(&self.pool)
+            .execute(&mut *w.db)
             .await
             .map_err(unavailable)?;
+            w.commit(Vec::new()).await?;
             Ok(())
         })
         .await
@@ -488,7 +527,7 @@ impl Store for SqliteStore {
         seen: Option<&IdHash>,
     ) -> StoreResult<()> {
         timed(async {
-            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let mut w = self.write().await?;
             sqlx::query(
                 "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), \
                  idle_expires_at = max(idle_expires_at, ?3) WHERE family_id = ?1",
@@ -496,7 +535,7 @@ impl Store for SqliteStore {
             .bind(family_id.to_string())
             .bind(last_seen_at)
             .bind(idle_expires_at)
-            .execute(&mut *db)
+            .execute(&mut *w.db)
             .await
             .map_err(unavailable)?;
             // The first sighting of a rotated id decides the theft rule: published.
@@ -507,11 +546,10 @@ impl Store for SqliteStore {
             )
             .bind(family_id.to_string())
             .bind(seen.map(IdHash::as_str))
-            .fetch_all(&mut *db)
+            .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            self.commit_publishing(db, changes_from_rows(&rows)?)
-                .await?;
+            w.commit(changes_from_rows(&rows)?).await?;
             Ok(())
         })
         .await
@@ -524,7 +562,7 @@ impl Store for SqliteStore {
         t: &TokenSet,
     ) -> StoreResult<bool> {
         timed(async {
-            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let mut w = self.write().await?;
             let rows = sqlx::query(
                 "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
                  access_expires_at = ?6, refresh_expires_at = ?7, access_issued_at = ?8, \
@@ -540,12 +578,10 @@ impl Store for SqliteStore {
             .bind(t.access_expires_at)
             .bind(t.refresh_expires_at)
             .bind(t.access_issued_at)
-            .fetch_all(&mut *db)
+            .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            let changes = self
-                .commit_publishing(db, changes_from_rows(&rows)?)
-                .await?;
+            let changes = w.commit(changes_from_rows(&rows)?).await?;
             Ok(changes.len() == 1)
         })
         .await
@@ -561,7 +597,7 @@ impl Store for SqliteStore {
         t: &TokenSet,
     ) -> StoreResult<bool> {
         timed(async {
-            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let mut w = self.write().await?;
             // The message names the id that stops being current as well as the new one.
             let rows = sqlx::query(
                 "UPDATE sessions SET previous_id_hash = id_hash, previous_valid_until = ?4, \
@@ -582,10 +618,10 @@ impl Store for SqliteStore {
             .bind(t.refresh_expires_at)
             .bind(t.access_issued_at)
             .bind(handover)
-            .fetch_all(&mut *db)
+            .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            let changes = self.commit_publishing(db, changes_from_rows(&rows)?).await?;
+            let changes = w.commit(changes_from_rows(&rows)?).await?;
             Ok(changes.len() == 1)
         })
         .await
@@ -598,7 +634,7 @@ impl Store for SqliteStore {
         email_verified: bool,
     ) -> StoreResult<bool> {
         timed(async {
-            let mut db = self.pool.begin().await.map_err(unavailable)?;
+            let mut w = self.write().await?;
             let rows = sqlx::query(
                 "UPDATE sessions SET claims = ?2, email_verified = ?3 WHERE family_id = ?1 \
                  RETURNING family_id, id_hash, previous_id_hash",
@@ -606,12 +642,10 @@ impl Store for SqliteStore {
             .bind(family_id.to_string())
             .bind(claims)
             .bind(email_verified)
-            .fetch_all(&mut *db)
+            .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            let changes = self
-                .commit_publishing(db, changes_from_rows(&rows)?)
-                .await?;
+            let changes = w.commit(changes_from_rows(&rows)?).await?;
             Ok(changes.len() == 1)
         })
         .await
@@ -619,6 +653,7 @@ impl Store for SqliteStore {
 
     async fn import_session(&self, s: &SessionRecord) -> StoreResult<bool> {
         timed(async {
+            let mut w = self.write().await?;
             let done = sqlx::query(
                 "INSERT INTO sessions (family_id, id_hash, previous_id_hash, previous_valid_until, \
                  previous_handover, current_seen, user_id, provider_sid, created_at, last_seen_at, \
@@ -650,9 +685,10 @@ impl Store for SqliteStore {
             .bind(&s.user_agent)
             .bind(&s.claims)
             .bind(s.email_verified)
-            .execute(&self.pool)
+            .execute(&mut *w.db)
             .await
             .map_err(unavailable)?;
+            w.commit(Vec::new()).await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -898,14 +934,18 @@ impl Store for SqliteStore {
                 "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {expired} LIMIT ?2)"
             );
             loop {
+                // Expiry is not announced, but its write-log entries are ours.
                 let deleted = timed(async {
-                    Ok(sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    let mut w = self.write().await?;
+                    let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                         .bind(now)
                         .bind(BATCH)
-                        .execute(&self.pool)
+                        .execute(&mut *w.db)
                         .await
                         .map_err(unavailable)?
-                        .rows_affected())
+                        .rows_affected();
+                    w.commit(Vec::new()).await?;
+                    Ok(deleted)
                 })
                 .await?;
                 total += deleted;
@@ -914,8 +954,9 @@ impl Store for SqliteStore {
                 }
             }
         }
-        // The write log only needs to outlive the pollers' 250 ms.
-        total += timed(async {
+        // The write log only needs to outlive the pollers' 250 ms (not counted: it is
+        // bookkeeping, not expired records).
+        timed(async {
             Ok(sqlx::query(
                 "DELETE FROM feed_log WHERE seq <= (SELECT max(seq) FROM feed_log) - ?1",
             )
@@ -951,6 +992,67 @@ mod tests {
         let other = SqliteStore::open(&dir.join("p.db")).await.unwrap();
         super::super::conformance::run_shared(&store, &other, CrossHandle::Reset).await;
         drop((store, other));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
+        let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        // Every kind of write this handle makes, through the conformance suite.
+        super::super::conformance::run_all(&store).await;
+        store.purge_expired(i64::MAX / 2).await.unwrap();
+        let unclaimed: i64 = sqlx::query_scalar("SELECT count(*) FROM feed_log WHERE origin <> ?1")
+            .bind(store.feed.origin())
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            unclaimed, 0,
+            "every write-log entry of our own writes is claimed"
+        );
+
+        // An operator's `sqlite3 portcullis.db "DELETE FROM sessions …"`.
+        let user = store
+            .upsert_user("https://i", "s", &UserProfile::default(), 1)
+            .await
+            .unwrap();
+        let id = crate::session::id::SessionId::generate();
+        store
+            .create_session(&NewSession {
+                family_id: crate::session::new_uuid(),
+                id_hash: id.hash(),
+                user_id: user.id,
+                provider_sid: None,
+                created_at: 1,
+                idle_expires_at: 100,
+                absolute_expires_at: 100,
+                tokens: TokenSet::default(),
+                user_agent: None,
+                claims: "{}".into(),
+                email_verified: false,
+            })
+            .await
+            .unwrap();
+        let mut sub = store.feed().subscribe();
+        let mut by_hand = SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM sessions WHERE id_hash = ?1")
+            .bind(id.hash().as_str())
+            .execute(&mut by_hand)
+            .await
+            .unwrap();
+        assert_eq!(
+            super::super::conformance::next_event(&mut sub).await,
+            FeedEvent::Reset,
+            "a change made behind the gateway's back resets its caches"
+        );
+        drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
