@@ -172,6 +172,10 @@ impl Cluster {
         .chain(setup.env)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+        // `.ci/run` runs these once with the session cache and once without it.
+        if let Ok(entries) = std::env::var("PORTCULLIS_TEST_SESSION_CACHE_ENTRIES") {
+            env.push(("PORTCULLIS_SESSION_CACHE_ENTRIES".to_owned(), entries));
+        }
         env.sort();
         let mut cluster = Self {
             _slot: slot,

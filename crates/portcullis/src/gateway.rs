@@ -102,6 +102,13 @@ impl Gateway {
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // The session cache sits in front of the store (0 entries: none).
+        let store: Arc<dyn Store> = match config.session.cache_entries {
+            0 => store,
+            entries => {
+                crate::session::cache::CachedStore::new(store, entries, config.session.cache_mb)
+            }
+        };
         Self {
             config: Arc::new(config),
             provider,

@@ -8,6 +8,8 @@
 enum Kind {
     Text,
     Bool,
+    /// A whole number, at least 0.
+    Count,
     List,
     Map,
 }
@@ -32,6 +34,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("session", "absolute_lifetime", Kind::Text),
     ("session", "refresh_before", Kind::Text),
     ("session", "rotation_grace", Kind::Text),
+    ("session", "cache_entries", Kind::Count),
+    ("session", "cache_mb", Kind::Count),
     ("access", "allowed_email_domains", Kind::List),
     ("access", "allowed_emails", Kind::List),
     ("access", "required_claims", Kind::Map),
@@ -107,6 +111,11 @@ pub(super) fn overlay_environment(
                 "false" | "0" | "no" | "off" | "" => Ok(toml::Value::Boolean(false)),
                 _ => Err(format!("{name} must be true or false")),
             },
+            Kind::Count => value
+                .trim()
+                .parse::<u32>()
+                .map(|n| toml::Value::Integer(i64::from(n)))
+                .map_err(|_| format!("{name} must be a whole number")),
             Kind::List => Ok(toml::Value::Array(
                 value
                     .split(',')

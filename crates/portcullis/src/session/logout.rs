@@ -40,7 +40,7 @@ impl Gateway {
         let Some(id) = SessionId::parse(cookie_value) else {
             return Ok(SignOut::NoSession);
         };
-        let Some(record) = self.store.get_session(&id.hash()).await? else {
+        let Some(record) = self.store.get_session_fresh(&id.hash()).await? else {
             return Ok(SignOut::NoSession);
         };
         // F06 holds for signing out too: a rotated-away id past its grace window, while

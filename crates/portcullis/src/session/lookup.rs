@@ -38,6 +38,11 @@ pub(crate) fn is_stolen_copy(record: &SessionRecord, now: UnixTime) -> bool {
     record.matched == IdMatch::Previous && record.current_seen && past_grace
 }
 
+/// Whether this lookup would end the session: its lifetime is over, or the theft rule.
+fn ends_here(record: &SessionRecord, now: UnixTime) -> bool {
+    now >= record.expires_at() || is_stolen_copy(record, now)
+}
+
 impl Gateway {
     /// The live session for a cookie value, refreshed if its access token is due, or
     /// `None`. Ended sessions are deleted.
@@ -49,10 +54,19 @@ impl Gateway {
         let Some(presented) = SessionId::parse(cookie_value) else {
             return Ok(None);
         };
-        let Some(record) = self.store.get_session(&presented.hash()).await? else {
+        let hash = presented.hash();
+        let Some(mut record) = self.store.get_session(&hash).await? else {
             return Ok(None);
         };
         let now = self.now();
+        // A decision that ends a session stands on the store, never on a cached copy
+        // (another instance may have moved the idle deadline or seen the new id).
+        if ends_here(&record, now) {
+            let Some(stored) = self.store.get_session_fresh(&hash).await? else {
+                return Ok(None);
+            };
+            record = stored;
+        }
         if now >= record.expires_at() {
             self.store.delete_session(record.family_id).await?;
             tracing::info!(
@@ -177,7 +191,7 @@ impl Gateway {
     /// Ends the session behind a cookie value, if any. Failures are logged, not raised:
     /// callers use this when a session is being replaced.
     pub async fn end_session_by_id(&self, id: &SessionId) {
-        match self.store.get_session(&id.hash()).await {
+        match self.store.get_session_fresh(&id.hash()).await {
             Ok(Some(record)) => {
                 if let Err(e) = self.store.delete_session(record.family_id).await {
                     tracing::warn!(error = %e, "could not delete a replaced session");

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cache;
 pub mod claims;
 pub mod handover;
 pub mod id;

@@ -292,7 +292,7 @@ impl Gateway {
     /// Reads the session again by the id that was current; follows a rotation made
     /// meanwhile.
     async fn reload(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
-        let Some(record) = self.store.get_session(&fresh.current.hash()).await? else {
+        let Some(record) = self.store.get_session_fresh(&fresh.current.hash()).await? else {
             return Ok(None);
         };
         if record.matched == IdMatch::Current {
@@ -618,7 +618,7 @@ impl Gateway {
             user = %record.user.id,
             "tokens refreshed; session id rotated"
         );
-        let Some(committed) = self.store.get_session(&hash).await? else {
+        let Some(committed) = self.store.get_session_fresh(&hash).await? else {
             return Ok(None);
         };
         let fresh = Fresh {

@@ -283,6 +283,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn create_session(&self, session: &NewSession) -> StoreResult<()>;
     /// Finds a session by its current or its previous (rotated-away) id hash.
     async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>>;
+    /// The same, past any cache: for decisions that end a session and for refreshes.
+    async fn get_session_fresh(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
+        self.get_session(id_hash).await
+    }
     /// Records activity: last seen and the new idle deadline (never moved backwards),
     /// and, when `seen` is the session's current id hash, that the current id has
     /// been presented (a hash that is no longer current marks nothing).

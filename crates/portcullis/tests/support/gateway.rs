@@ -104,6 +104,11 @@ impl TestGateway {
             ("PORTCULLIS_CLIENT_ID".to_owned(), "app".to_owned()),
             ("PORTCULLIS_LISTEN".to_owned(), addr.to_string()),
         ];
+        // `.ci/run` runs the suites once with the session cache (the default) and once
+        // without it.
+        if let Ok(entries) = std::env::var("PORTCULLIS_TEST_SESSION_CACHE_ENTRIES") {
+            env.push(("PORTCULLIS_SESSION_CACHE_ENTRIES".to_owned(), entries));
+        }
         env.extend(options.env);
         let config = Config::load_from(None, env).unwrap();
         let (store, db_path): (Arc<dyn Store>, _) = if let Some(path) = options.db_path {
