@@ -141,6 +141,17 @@ mutate $S/store/sqlite.rs ' OR refresh_leases.holder = excluded.holder' '' lib s
 mutate $S/session/refresh.rs '.renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))' '.renewing_lease(&key, "", self.refresh_with_lease(fresh, version))' cli:instances postgres::m03_a_slow
 mutate $S/store/copy.rs 'Some(there) if there.issuer == user.issuer && there.subject == user.subject => {' 'Some(_) | None => {' lib a_user_known_under_another_id
 
+# The session cache.
+C=$S/session/cache.rs
+mutate $C 'if self.epoch.load(Ordering::Acquire) != epoch || !self.live() {' 'if !self.live() {' lib a_read_that_straddles
+mutate $C '        if !self.live() {
+            self.stats.bypasses' '        if false {
+            self.stats.bypasses' lib a_silent_feed
+mutate $C 'FeedEvent::Reset => cache.drop_cached(None, &[]),' 'FeedEvent::Reset => {}' lib a_reset_empties
+mutate $C '        let result = self.inner.delete_session(family_id).await;
+        self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
+mutate $C '            Some(r) => r.id_hash == *seen && !r.current_seen,' '            Some(_) => false,' lib idle_touches_are_batched
+
 I=crates/portcullis-idp/src
 P=idp:provider
 mutate $I/authorize.rs 'if p.get("code_challenge_method").map(String::as_str) != Some("S256") {' 'if false {' $P a01_
