@@ -151,6 +151,7 @@ mutate $C 'FeedEvent::Reset => cache.drop_cached(None, &[]),' 'FeedEvent::Reset 
 mutate $C '        let result = self.inner.delete_session(family_id).await;
         self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
 mutate $C '            Some(r) => r.id_hash == *seen && !r.current_seen,' '            Some(_) => false,' lib idle_touches_are_batched
+mutate $S/session/lookup.rs 'if ends_here(&record, now) {' 'if false {' lib an_expiry_seen_in_the_cache
 
 I=crates/portcullis-idp/src
 P=idp:provider
