@@ -72,7 +72,7 @@ impl Instance {
 
 /// Clusters running at once: each is a provider and two or three gateway processes, and
 /// the machine may have two cores.
-static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 struct Cluster {
     _slot: tokio::sync::SemaphorePermit<'static>,
@@ -337,6 +337,8 @@ on_every_engine!(
     m03_a_slow_provider_beyond_the_lease_still_refreshes_once,
     m03_a_killed_lease_holder_is_replaced_and_nobody_is_signed_out,
     m05_the_store_holds_no_token_session_id_or_code,
+    m01_refresh_and_the_theft_rule_on_a_reach_a_warm_b,
+    m01_a_killed_feed_connection_never_leaves_a_revoked_session_usable,
     store_copy_from_sqlite_keeps_cookies_and_user_ids,
 );
 
@@ -426,6 +428,139 @@ async fn m01_admin_revoke_and_back_channel_logout_reach_every_instance(store: St
     for instance in &c.instances {
         refused_within(instance, &browser, Duration::from_secs(1)).await;
     }
+}
+
+/// The session id a response sets, if any.
+fn set_session_id(resp: &Resp) -> Option<String> {
+    let cookie = resp.set_cookie_named("portcullis")?;
+    let value = cookie.split(';').next()?.split_once('=')?.1.to_owned();
+    (!value.is_empty()).then_some(value)
+}
+
+async fn m01_refresh_and_the_theft_rule_on_a_reach_a_warm_b(store: String) {
+    let setup = Setup {
+        access_ttl: "4",
+        instances: 2,
+        env: &[("PORTCULLIS_SESSION_ROTATION_GRACE", "1s")],
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let [a, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let old = browser.cookie("portcullis").unwrap();
+    // B knows the session (its cache is warm).
+    assert_eq!(api(b, &browser, "/x").await.status, 200);
+    assert_eq!(api(b, &browser, "/x").await.status, 200);
+
+    // A refreshes: the session id rotates.
+    until_refresh_due(4).await;
+    let resp = api(a, &browser, "/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let new = set_session_id(&resp).expect("a refresh rotates the id");
+    // B sees the new state within a second: the old id now leads to the new one.
+    let stale = Browser::new();
+    let start = Instant::now();
+    loop {
+        stale.set_cookie("portcullis", &old);
+        let resp = api(b, &stale, "/x").await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        if set_session_id(&resp).as_deref() == Some(new.as_str()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "B still serves the old state"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The theft rule on A: the new id in use, the grace window over, the old id back.
+    assert_eq!(api(a, &browser, "/x").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(2_100)).await; // the 1 s grace, in real time
+    let thief = Browser::new();
+    thief.set_cookie("portcullis", &old);
+    assert_eq!(api(a, &thief, "/x").await.status, 401);
+    // B refuses the whole family within a second.
+    refused_within(b, &browser, Duration::from_secs(1)).await;
+}
+
+/// Kills every change-feed connection of the cluster's gateways.
+async fn kill_feed_connections(c: &Cluster) {
+    if c.store.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&c.store).await.unwrap();
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+        )
+        .bind(format!("portcullis/{}", c.prefix))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty());
+    } else {
+        let client = ::redis::Client::open(c.store.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let list: String = ::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mine = format!("name={}:feed:", c.prefix);
+        let ids: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains(&mine))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .collect();
+        assert!(!ids.is_empty(), "{list}");
+        for id in ids {
+            let _: i64 = ::redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn m01_a_killed_feed_connection_never_leaves_a_revoked_session_usable(store: String) {
+    let setup = Setup {
+        instances: 2,
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let [a, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    assert_eq!(api(b, &browser, "/x").await.status, 200);
+    assert_eq!(api(b, &browser, "/x").await.status, 200);
+    let copy = Browser::new();
+    copy.set_cookie("portcullis", &browser.cookie("portcullis").unwrap());
+    // The feed drops, and the session is signed out on A while it is down.
+    kill_feed_connections(&c).await;
+    let out = browser
+        .request(
+            reqwest::Method::POST,
+            &a.at("/auth/logout"),
+            &[
+                ("origin", c.public.as_str()),
+                ("accept", "application/json"),
+            ],
+            None,
+        )
+        .await;
+    assert!(out.status < 400, "{}", out.body);
+    refused_within(b, &copy, Duration::from_secs(1)).await;
 }
 
 // ---------------------------------------------------------------------------
