@@ -1,0 +1,70 @@
+//! `upstream --listen ADDR`: the application behind every proxy in the benchmark. It
+//! answers `200` with the same small body to every request, so that what is measured
+//! is the proxies, not the app.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use portcullis_bench::args::Args;
+use portcullis_bench::body::ReplyBody;
+use tokio::net::TcpListener;
+
+/// What every request gets.
+const BODY: &[u8] = b"hello from upstream\n";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args = Args::from_env("upstream", &["listen"])?;
+    let listen: SocketAddr = args.required("listen")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("upstream: cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(listen))
+}
+
+async fn serve(listen: SocketAddr) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("upstream: cannot listen on {listen}: {e}"))?;
+    eprintln!("upstream: listening on {listen}");
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("upstream: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
+        });
+    }
+}
+
+async fn answer(_req: Request<Incoming>) -> Result<Response<ReplyBody>, std::convert::Infallible> {
+    let mut response = Response::new(ReplyBody::fixed(BODY));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(response)
+}
