@@ -1,0 +1,467 @@
+#!/usr/bin/env bash
+# bench/run.sh: one benchmark run of Portcullis against a bare hyper reverse proxy on
+# this machine, printed as one markdown table (and written to bench/results/latest.md).
+# What each row means and how it is measured: docs/BENCHMARKS.md.
+#
+# Environment (all optional):
+#   BENCH_DURATION=10s   wrk duration of each measured row
+#   BENCH_WARMUP=2s      wrk warm-up before each row (not measured)
+#   BENCH_CONNECTIONS=32 BENCH_THREADS=2
+#   BENCH_LOGINS=20      how many sign-ins the login latency is taken over
+#   BENCH_BIG=1000000    sessions in the "big" store of the store-scaling rows
+#   PORTCULLIS_BENCH_POSTGRES_URL  default postgres://postgres@127.0.0.1:5432/test
+#   PORTCULLIS_BENCH_REDIS_URL     default redis://127.0.0.1:6379
+#   CARGO_TARGET_DIR     where cargo builds (default: target/ in the repository)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+THREADS=${BENCH_THREADS:-2}
+LOGINS=${BENCH_LOGINS:-20}
+SMALL=1000
+BIG=${BENCH_BIG:-1000000}
+ROTATION=1000
+PG_URL=${PORTCULLIS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+REDIS_URL=${PORTCULLIS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+RESULTS=$ROOT/bench/results/latest.md
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# ---------------------------------------------------------------------------------------
+# The exact command, for the results: the settings that were given, then the script.
+# (Passwords in URLs are masked.)
+describe_command() {
+  local parts=() name
+  for name in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_LOGINS \
+    BENCH_BIG PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL CARGO_TARGET_DIR; do
+    if [[ -n ${!name+x} ]]; then
+      parts+=("$name=$(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"${!name}")")
+    fi
+  done
+  parts+=("bench/run.sh")
+  echo "${parts[*]}"
+}
+COMMAND=$(describe_command)
+
+# ---------------------------------------------------------------------------------------
+# Processes and temporary state, all undone on exit.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+PIDS=()
+PG_PREFIXES=()
+REDIS_PREFIXES=()
+
+cleanup() {
+  local pid prefix
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  for prefix in "${PG_PREFIXES[@]}"; do
+    drop_postgres_prefix "$prefix" || log "could not drop the PostgreSQL tables ${prefix}_*"
+  done
+  for prefix in "${REDIS_PREFIXES[@]}"; do
+    drop_redis_prefix "$prefix" || log "could not remove the Redis keys ${prefix}:*"
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts a process in the background with its output in $WORK/NAME.log; sets STARTED_PID.
+start() {
+  local name=$1
+  shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+stop() {
+  local pid=$1 kept=() p
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do
+    [[ $p == "$pid" ]] || kept+=("$p")
+  done
+  PIDS=("${kept[@]}")
+}
+
+# A loopback port nobody listens on, below the ephemeral range (so that no outgoing
+# connection takes it meanwhile), never handed out twice in one run.
+USED_PORTS=" "
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 12000))
+    [[ $USED_PORTS == *" $port "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      USED_PORTS+="$port "
+      echo "$port"
+      return
+    fi
+  done
+}
+
+# Waits until URL answers with status EXPECTED while process PID lives.
+wait_for() {
+  local url=$1 expected=$2 pid=$3 name=$4 i
+  for i in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || {
+      cat "$WORK/$name.log" >&2
+      die "$name exited during start-up (log above)"
+    }
+    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url" || true) == "$expected" ]]; then
+      return
+    fi
+    sleep 0.1
+  done
+  cat "$WORK/$name.log" >&2
+  die "$name did not answer $expected at $url within 30 s (log above)"
+}
+
+# ---------------------------------------------------------------------------------------
+# Tools and binaries.
+if ! command -v wrk >/dev/null; then
+  log "installing wrk from Debian"
+  SUDO=()
+  [[ $(id -u) == 0 ]] || SUDO=(sudo)
+  "${SUDO[@]}" apt-get install -y wrk >/dev/null ||
+    { "${SUDO[@]}" apt-get update >/dev/null && "${SUDO[@]}" apt-get install -y wrk >/dev/null; } ||
+    die "could not install wrk"
+fi
+for tool in curl awk sed sort; do
+  command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+log "building release binaries in $TARGET_DIR (takes minutes the first time)"
+(cd "$ROOT" && cargo build --release -p portcullis-cli -p portcullis-bench)
+
+# ---------------------------------------------------------------------------------------
+# The gateway runs with no PORTCULLIS_* variable but those given here: it refuses
+# unknown ones, and the caller's (PORTCULLIS_BENCH_*, a developer's own settings) are
+# not settings of this run.
+SCRUB=(env)
+while IFS= read -r name; do
+  SCRUB+=(-u "$name")
+done < <(compgen -e | grep '^PORTCULLIS_' || true)
+
+UPSTREAM_PORT=$(free_port)
+BARE_PORT=$(free_port)
+IDP_PORT=$(free_port)
+GATEWAY_PORT=$(free_port)
+ISSUER="http://127.0.0.1:$IDP_PORT"
+CLIENT_ID=bench
+CLIENT_SECRET=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+UPSTREAM_BODY="hello from upstream"
+
+cat >"$WORK/idp.toml" <<EOF
+issuer = "$ISSUER"
+listen = "127.0.0.1:$IDP_PORT"
+store = "sqlite:$WORK/idp.db"
+# No access token falls due for refresh during a run.
+access_token_ttl = "1h"
+id_token_ttl = "1h"
+
+[[clients]]
+id = "$CLIENT_ID"
+secret = "$CLIENT_SECRET"
+redirect_uris = ["http://127.0.0.1:$GATEWAY_PORT/auth/callback"]
+
+[[users]]
+username = "alice"
+password = "alice"
+email = "alice@example.com"
+name = "Alice Example"
+EOF
+
+cat >"$WORK/gateway.toml" <<EOF
+client_id = "$CLIENT_ID"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+public_paths = ["/public/*"]
+EOF
+
+# The settings every gateway of this run shares (the store, secret and port differ).
+gateway_env() {
+  local port=$1 store=$2 prefix=$3
+  echo "PORTCULLIS_LISTEN=127.0.0.1:$port"
+  echo "PORTCULLIS_ISSUER=$ISSUER"
+  echo "PORTCULLIS_CLIENT_SECRET=$CLIENT_SECRET"
+  echo "PORTCULLIS_SECRET=$(head -c 32 /dev/urandom | base64)"
+  echo "PORTCULLIS_STORE=$store"
+  echo "PORTCULLIS_STORE_PREFIX=$prefix"
+}
+
+# Whether `portcullis check-config` accepts the base settings plus VARIABLE=VALUE.
+config_accepts() {
+  local vars
+  mapfile -t vars < <(gateway_env "$GATEWAY_PORT" "sqlite:$WORK/check.db" portcullis)
+  "${SCRUB[@]}" "${vars[@]}" "$@" "$BIN/portcullis" check-config --config "$WORK/gateway.toml" \
+    >"$WORK/check-config.log" 2>&1
+}
+
+config_accepts || {
+  cat "$WORK/check-config.log" >&2
+  die "the gateway's base configuration is refused (above)"
+}
+NOTES=()
+# Metrics are on in the measured configuration once they exist (PRODUCT.md "Speed").
+METRICS=false
+if config_accepts "PORTCULLIS_METRICS_LISTEN=127.0.0.1:1"; then
+  METRICS=true
+else
+  NOTES+=("This build has no \`metrics.listen\`: measured without metrics.")
+fi
+CACHE_OFF=()
+if config_accepts PORTCULLIS_SESSION_CACHE_ENTRIES=0; then
+  CACHE_OFF=(PORTCULLIS_SESSION_CACHE_ENTRIES=0)
+else
+  NOTES+=("This build has no session cache (\`session.cache_entries\` unknown): the store-scaling rows ran without \`PORTCULLIS_SESSION_CACHE_ENTRIES=0\`, every request reads the store.")
+  log "note: session.cache_entries is not a setting of this build; the store-scaling rows run without it"
+fi
+
+# Starts a gateway on STORE with PREFIX and any extra VAR=VALUE; sets GATEWAY_PID.
+start_gateway() {
+  local name=$1 port=$2 store=$3 prefix=$4 vars
+  shift 4
+  mapfile -t vars < <(gateway_env "$port" "$store" "$prefix")
+  if $METRICS; then
+    vars+=("PORTCULLIS_METRICS_LISTEN=127.0.0.1:$(free_port)")
+  fi
+  start "$name" "${SCRUB[@]}" "${vars[@]}" "$@" \
+    "$BIN/portcullis" serve --config "$WORK/gateway.toml"
+  GATEWAY_PID=$STARTED_PID
+  wait_for "http://127.0.0.1:$port/readyz" 200 "$GATEWAY_PID" "$name"
+}
+
+log "starting the upstream, the bare proxy, the identity provider and the gateway"
+start upstream "$BIN/upstream" --listen "127.0.0.1:$UPSTREAM_PORT"
+wait_for "http://127.0.0.1:$UPSTREAM_PORT/" 200 "$STARTED_PID" upstream
+start bare-proxy "$BIN/bare-proxy" --listen "127.0.0.1:$BARE_PORT" \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT"
+BARE_PID=$STARTED_PID
+wait_for "http://127.0.0.1:$BARE_PORT/" 200 "$BARE_PID" bare-proxy
+start idp "${SCRUB[@]}" "$BIN/portcullis" idp --config "$WORK/idp.toml"
+wait_for "$ISSUER/.well-known/openid-configuration" 200 "$STARTED_PID" idp
+start_gateway gateway "$GATEWAY_PORT" "sqlite:$WORK/gateway.db" portcullis
+MAIN_GATEWAY_PID=$GATEWAY_PID
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+
+# ---------------------------------------------------------------------------------------
+# Sign-in through the real flow, as a browser would: the gateway's /auth/login, the
+# provider's form, the credentials, back to /auth/callback, on to the app.
+html_unescape() {
+  sed -e 's/&quot;/"/g' -e "s/&#x27;/'/g" -e 's/&lt;/</g' -e 's/&gt;/>/g' -e 's/&amp;/\&/g'
+}
+
+# Signs alice in with cookie jar JAR; fails unless the app's page comes back.
+sign_in() {
+  local jar=$1 form fields=() field name value final
+  form=$(curl -sS -f -L -c "$jar" -b "$jar" -H 'Accept: text/html' "$GATEWAY/auth/login")
+  while IFS= read -r field; do
+    name=$(sed -E 's/.*name="([^"]*)".*/\1/' <<<"$field" | html_unescape)
+    value=$(sed -E 's/.*value="([^"]*)".*/\1/' <<<"$field" | html_unescape)
+    fields+=(--data-urlencode "$name=$value")
+  done < <(grep -oE '<input type="hidden" name="[^"]*" value="[^"]*">' <<<"$form" || true)
+  [[ ${#fields[@]} -gt 0 ]] || die "the provider's sign-in form has no fields: $form"
+  final=$(curl -sS -L -c "$jar" -b "$jar" -H 'Accept: text/html' "${fields[@]}" \
+    --data-urlencode username=alice --data-urlencode password=alice \
+    -w '\n%{http_code} %{url_effective}' "$ISSUER/authorize")
+  [[ $final == "$UPSTREAM_BODY"*"200 $GATEWAY/" ]] || die "sign-in did not reach the app: $final"
+}
+
+now_ns() { date +%s%N; }
+
+log "signing in $LOGINS times through the provider's form (login latency)"
+LOGIN_MS=()
+for i in $(seq 1 "$LOGINS"); do
+  jar="$WORK/jar-$i.txt"
+  t0=$(now_ns)
+  sign_in "$jar"
+  t1=$(now_ns)
+  LOGIN_MS+=("$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e6 }')")
+done
+COOKIE=$(awk '$6 == "portcullis" { print $7 }' "$WORK/jar-1.txt")
+[[ -n $COOKIE ]] || die "no session cookie after signing in"
+[[ $(curl -s -o /dev/null -w '%{http_code}' -b "portcullis=$COOKIE" "$GATEWAY/") == 200 ]] ||
+  die "the session cookie does not reach the app"
+[[ $(curl -s -o /dev/null -w '%{http_code}' "$GATEWAY/") != 200 ]] ||
+  die "the gateway lets a request without a session through"
+
+# Percentile P (nearest rank) of the numbers on stdin.
+percentile() {
+  sort -n | awk -v p="$1" '{ v[NR] = $1 } END { r = int((p * NR + 99) / 100); if (r < 1) r = 1; print v[r] }'
+}
+LOGIN_P50=$(printf '%s\n' "${LOGIN_MS[@]}" | percentile 50)
+LOGIN_P99=$(printf '%s\n' "${LOGIN_MS[@]}" | percentile 99)
+
+# ---------------------------------------------------------------------------------------
+# Measurements.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+thousands() { sed -E ':a; s/([0-9])([0-9]{3})($|[^0-9])/\1,\2\3/; ta'; }
+
+TABLE=()
+BARE_RPS=""
+
+# Runs wrk against URL, served by process PID, and appends the table row LABEL. COOKIES
+# is a file of session ids to send in rotation, or empty; more wrk options may follow.
+# Sets ROW_RPS.
+measure() {
+  local label=$1 pid=$2 url=$3 note=$4 cookies=$5
+  shift 5
+  local out=$WORK/wrk.out script_args=() before after line
+  local requests duration non200 errors p50 p99 cpu rss pct
+  [[ -z $cookies ]] || script_args=(-- "$cookies")
+  log "measuring: $label"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$ROOT/bench/wrk.lua" "$@" \
+    "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (warm-up of $label)"; }
+  grep -q ' non200=0 socket_errors=0 ' "$out" ||
+    { cat "$out" >&2; die "$label: the warm-up got errors or answers other than 200"; }
+  before=$(cpu_ticks "$pid")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$ROOT/bench/wrk.lua" "$@" \
+    "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
+  after=$(cpu_ticks "$pid")
+  rss=$(rss_kib "$pid")
+  line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; die "$label: no summary from wrk.lua"; }
+  read -r requests duration non200 errors p50 p99 < <(sed -E 's/[a-z0-9_]+=//g; s/^BENCH //' <<<"$line")
+  if [[ $non200 != 0 || $errors != 0 ]]; then
+    cat "$out" >&2
+    die "$label: $non200 answers other than 200 and $errors socket errors: the row is not valid"
+  fi
+  [[ $requests -gt 0 ]] || die "$label: no requests completed"
+  ROW_RPS=$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%d", r / (d / 1e6) }')
+  cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$requests" 'BEGIN { printf "%.0f", t * 1e6 / hz / r }')
+  if [[ -n $BARE_RPS ]]; then
+    pct=$(awk -v a="$ROW_RPS" -v b="$BARE_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }')
+  else
+    pct="100%"
+  fi
+  TABLE+=("| $label | $(thousands <<<"$ROW_RPS") | $pct | $(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }') | $(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }') | $cpu | $(awk -v k="$rss" 'BEGIN { printf "%.0f", k / 1024 }') | $note |")
+}
+
+measure "bare hyper reverse proxy (reference)" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" "" ""
+BARE_RPS=$ROW_RPS
+measure "Portcullis, public path" "$MAIN_GATEWAY_PID" "$GATEWAY/public/" "SQLite; no cookie" ""
+measure "Portcullis, signed in" "$MAIN_GATEWAY_PID" "$GATEWAY/" "SQLite; one real session" "" \
+  -H "Cookie: portcullis=$COOKIE"
+TABLE+=("| login, whole flow ($LOGINS sign-ins, curl) | — | — | $LOGIN_P50 | $LOGIN_P99 | — | — | GET /auth/login → provider form → POST credentials (argon2id) → /auth/callback → app |")
+stop "$MAIN_GATEWAY_PID"
+
+# ---------------------------------------------------------------------------------------
+# Store scaling: the signed-in row with $ROTATION cookies in rotation, cache off, on a
+# store holding $SMALL and then $BIG sessions.
+random_prefix() { echo "bench_$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
+
+drop_postgres_prefix() {
+  psql "$PG_URL" -v ON_ERROR_STOP=1 -q >/dev/null <<EOF
+DO \$\$
+DECLARE t text;
+BEGIN
+  FOR t IN SELECT tablename FROM pg_tables
+           WHERE schemaname = current_schema() AND tablename LIKE '$1\_%'
+  LOOP
+    EXECUTE format('DROP TABLE IF EXISTS %I CASCADE', t);
+  END LOOP;
+END
+\$\$;
+EOF
+}
+
+drop_redis_prefix() {
+  redis-cli -u "$REDIS_URL" --scan --pattern "$1:*" |
+    xargs -r -d '\n' -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null
+}
+
+count_label() { thousands <<<"$1"; }
+
+# Seeds COUNT sessions into STORE under PREFIX, runs a gateway on it and measures.
+scaling_row() {
+  local engine=$1 store=$2 prefix=$3 count=$4 cookies=$WORK/cookies-$3.txt port note
+  log "seeding $(count_label "$count") sessions into $engine"
+  "$BIN/seed" --store "$store" --prefix "$prefix" --count "$count" --cookies "$cookies" \
+    --write "$ROTATION" --issuer "$ISSUER" 2>&1 | sed 's/^/  /' >&2
+  port=$(free_port)
+  start_gateway "gateway-$prefix" "$port" "$store" "$prefix" "${CACHE_OFF[@]}"
+  note="cache off; $(count_label "$ROTATION") cookies in rotation"
+  measure "$engine, $(count_label "$count") sessions" "$GATEWAY_PID" "http://127.0.0.1:$port/" \
+    "$note" "$cookies"
+  stop "$GATEWAY_PID"
+}
+
+# The change from the $SMALL row to the $BIG row of ENGINE, for the last row's note.
+annotate_change() {
+  local engine=$1 small=$2 big=$3 last=$((${#TABLE[@]} - 1))
+  local change
+  change=$(awk -v s="$small" -v b="$big" 'BEGIN { printf "%+.1f%% req/s vs %s", 100 * (b - s) / s, "'"$(count_label "$SMALL")"'" }')
+  TABLE[last]="${TABLE[last]% |}; $change |"
+}
+
+scale_engine() {
+  local engine=$1 store_small=$2 store_big=$3 prefix_small=$4 prefix_big=$5 small_rps
+  scaling_row "$engine" "$store_small" "$prefix_small" "$SMALL"
+  small_rps=$ROW_RPS
+  scaling_row "$engine" "$store_big" "$prefix_big" "$BIG"
+  annotate_change "$engine" "$small_rps" "$ROW_RPS"
+}
+
+skip_engine() {
+  TABLE+=("| $1 | — | — | — | — | — | — | skipped: $2 |")
+  log "skipping $1: $2"
+}
+
+scale_engine SQLite "sqlite:$WORK/small.db" "sqlite:$WORK/big.db" portcullis portcullis
+
+if ! command -v psql >/dev/null; then
+  skip_engine PostgreSQL "psql not found (needed to drop the tables afterwards)"
+elif ! psql "$PG_URL" -q -c 'SELECT 1' >/dev/null 2>&1; then
+  skip_engine PostgreSQL "not reachable at $(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$PG_URL")"
+else
+  small_prefix=$(random_prefix)
+  big_prefix=$(random_prefix)
+  PG_PREFIXES+=("$small_prefix" "$big_prefix")
+  scale_engine PostgreSQL "$PG_URL" "$PG_URL" "$small_prefix" "$big_prefix"
+fi
+
+if ! command -v redis-cli >/dev/null; then
+  skip_engine Redis "redis-cli not found (needed to remove the keys afterwards)"
+elif [[ $(redis-cli -u "$REDIS_URL" PING 2>/dev/null) != PONG ]]; then
+  skip_engine Redis "not reachable at $(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$REDIS_URL")"
+else
+  small_prefix=$(random_prefix)
+  big_prefix=$(random_prefix)
+  REDIS_PREFIXES+=("$small_prefix" "$big_prefix")
+  scale_engine Redis "$REDIS_URL" "$REDIS_URL" "$small_prefix" "$big_prefix"
+fi
+
+# ---------------------------------------------------------------------------------------
+# The table.
+report() {
+  echo "Portcullis benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
+  echo
+  echo "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo); wrk and every server share it"
+  echo "- command: \`$COMMAND\`"
+  echo "- load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\` after a $WARMUP warm-up, every counted response a 200"
+  local note
+  for note in "${NOTES[@]}"; do
+    echo "- $note"
+  done
+  echo
+  echo "| row | req/s | vs bare | p50 ms | p99 ms | CPU µs/req | RSS MiB | notes |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---|"
+  printf '%s\n' "${TABLE[@]}"
+}
+mkdir -p "$(dirname "$RESULTS")"
+report | tee "$RESULTS"
+log "written to ${RESULTS#"$ROOT"/}"
