@@ -12,6 +12,9 @@
 #   PORTCULLIS_BENCH_POSTGRES_URL  default postgres://postgres@127.0.0.1:5432/test
 #   PORTCULLIS_BENCH_REDIS_URL     default redis://127.0.0.1:6379
 #   CARGO_TARGET_DIR     where cargo builds (default: target/ in the repository)
+#   BENCH_QUIET_FOR="cargo rustc"  on a shared machine: before each measured row, wait
+#                        until no process of these names runs, and measure a row again
+#                        (up to 5 times) when one ran during it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,9 +29,9 @@ ROTATION=1000
 PG_URL=${PORTCULLIS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${PORTCULLIS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET_DIR/release
 RESULTS=$ROOT/bench/results/latest.md
 CLK_TCK=$(getconf CLK_TCK)
+QUIET_FOR=${BENCH_QUIET_FOR:-}
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
@@ -42,7 +45,8 @@ die() {
 describe_command() {
   local parts=() name
   for name in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_LOGINS \
-    BENCH_BIG PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL CARGO_TARGET_DIR; do
+    BENCH_BIG BENCH_QUIET_FOR PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL \
+    CARGO_TARGET_DIR; do
     if [[ -n ${!name+x} ]]; then
       parts+=("$name=$(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"${!name}")")
     fi
@@ -88,14 +92,19 @@ start() {
   PIDS+=("$STARTED_PID")
 }
 
-stop() {
+# Takes an exited (and waited for) process off the list of those to stop on exit.
+forget() {
   local pid=$1 kept=() p
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
   for p in "${PIDS[@]}"; do
     [[ $p == "$pid" ]] || kept+=("$p")
   done
   PIDS=("${kept[@]}")
+}
+
+stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  forget "$1"
 }
 
 # A loopback port nobody listens on, below the ephemeral range (so that no outgoing
@@ -147,6 +156,13 @@ done
 
 log "building release binaries in $TARGET_DIR (takes minutes the first time)"
 (cd "$ROOT" && cargo build --release -p portcullis-cli -p portcullis-bench)
+# The run uses its own copies: a target directory shared with another checkout may get
+# other builds of the same binaries while this run still starts processes.
+BIN=$WORK/bin
+mkdir "$BIN"
+for binary in portcullis bare-proxy upstream seed; do
+  cp "$TARGET_DIR/release/$binary" "$BIN/"
+done
 
 # ---------------------------------------------------------------------------------------
 # The gateway runs with no PORTCULLIS_* variable but those given here: it refuses
@@ -315,25 +331,54 @@ thousands() { sed -E ':a; s/([0-9])([0-9]{3})($|[^0-9])/\1,\2\3/; ta'; }
 TABLE=()
 BARE_RPS=""
 
+# BENCH_QUIET_FOR: whether a process of those names runs.
+others_running() {
+  local name
+  for name in $QUIET_FOR; do
+    pgrep -x "$name" >/dev/null && return 0
+  done
+  return 1
+}
+
+wait_until_quiet() {
+  while others_running; do
+    log "waiting until no $QUIET_FOR process runs"
+    sleep 10
+  done
+}
+
 # Runs wrk against URL, served by process PID, and appends the table row LABEL. COOKIES
 # is a file of session ids to send in rotation, or empty; more wrk options may follow.
 # Sets ROW_RPS.
 measure() {
   local label=$1 pid=$2 url=$3 note=$4 cookies=$5
   shift 5
-  local out=$WORK/wrk.out script_args=() before after line
+  local out=$WORK/wrk.out script_args=() before after line attempt watcher
   local requests duration non200 errors p50 p99 cpu rss pct
   [[ -z $cookies ]] || script_args=(-- "$cookies")
-  log "measuring: $label"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$ROOT/bench/wrk.lua" "$@" \
-    "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (warm-up of $label)"; }
-  grep -q ' non200=0 socket_errors=0 ' "$out" ||
-    { cat "$out" >&2; die "$label: the warm-up got errors or answers other than 200"; }
-  before=$(cpu_ticks "$pid")
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$ROOT/bench/wrk.lua" "$@" \
-    "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
-  after=$(cpu_ticks "$pid")
-  rss=$(rss_kib "$pid")
+  for attempt in 1 2 3 4 5; do
+    wait_until_quiet
+    log "measuring: $label"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$ROOT/bench/wrk.lua" "$@" \
+      "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (warm-up of $label)"; }
+    grep -q ' non200=0 socket_errors=0 ' "$out" ||
+      { cat "$out" >&2; die "$label: the warm-up got errors or answers other than 200"; }
+    rm -f "$WORK/disturbed"
+    if [[ -n $QUIET_FOR ]]; then
+      (while sleep 1; do others_running && touch "$WORK/disturbed"; done) &
+      watcher=$!
+      PIDS+=("$watcher")
+    fi
+    before=$(cpu_ticks "$pid")
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$ROOT/bench/wrk.lua" "$@" \
+      "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($label)"; }
+    after=$(cpu_ticks "$pid")
+    rss=$(rss_kib "$pid")
+    [[ -z $QUIET_FOR ]] || stop "$watcher"
+    [[ -e $WORK/disturbed && $attempt -lt 5 ]] || break
+    log "a $QUIET_FOR process ran during the row: measuring it again"
+  done
+  [[ ! -e $WORK/disturbed ]] || NOTES+=("$label: a $QUIET_FOR process ran during the row (5 attempts).")
   line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; die "$label: no summary from wrk.lua"; }
   read -r requests duration non200 errors p50 p99 < <(sed -E 's/[a-z0-9_]+=//g; s/^BENCH //' <<<"$line")
   if [[ $non200 != 0 || $errors != 0 ]]; then
@@ -388,10 +433,18 @@ count_label() { thousands <<<"$1"; }
 
 # Seeds COUNT sessions into STORE under PREFIX, runs a gateway on it and measures.
 scaling_row() {
-  local engine=$1 store=$2 prefix=$3 count=$4 cookies=$WORK/cookies-$3.txt port note
+  local engine=$1 store=$2 prefix=$3 count=$4 cookies=$WORK/cookies-$3.txt port note seeder
   log "seeding $(count_label "$count") sessions into $engine"
+  # In the background, so that an interrupt is handled at once, not after the seeding.
   "$BIN/seed" --store "$store" --prefix "$prefix" --count "$count" --cookies "$cookies" \
-    --write "$ROTATION" --issuer "$ISSUER" 2>&1 | sed 's/^/  /' >&2
+    --write "$ROTATION" --issuer "$ISSUER" 2> >(sed 's/^/  /' >&2) &
+  seeder=$!
+  PIDS+=("$seeder")
+  if ! wait "$seeder"; then
+    forget "$seeder"
+    die "seeding $engine failed"
+  fi
+  forget "$seeder"
   port=$(free_port)
   start_gateway "gateway-$prefix" "$port" "$store" "$prefix" "${CACHE_OFF[@]}"
   note="cache off; $(count_label "$ROTATION") cookies in rotation"
