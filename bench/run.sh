@@ -48,7 +48,7 @@ describe_command() {
     BENCH_BIG BENCH_QUIET_FOR PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL \
     CARGO_TARGET_DIR; do
     if [[ -n ${!name+x} ]]; then
-      parts+=("$name=$(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"${!name}")")
+      parts+=("$name=$(printf '%q' "$(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"${!name}")")")
     fi
   done
   parts+=("bench/run.sh")
@@ -71,6 +71,8 @@ cleanup() {
   for pid in "${PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  [[ ${#PG_PREFIXES[@]} -eq 0 && ${#REDIS_PREFIXES[@]} -eq 0 ]] ||
+    log "removing the seeded tables and keys"
   for prefix in "${PG_PREFIXES[@]}"; do
     drop_postgres_prefix "$prefix" || log "could not drop the PostgreSQL tables ${prefix}_*"
   done
@@ -437,7 +439,7 @@ scaling_row() {
   log "seeding $(count_label "$count") sessions into $engine"
   # In the background, so that an interrupt is handled at once, not after the seeding.
   "$BIN/seed" --store "$store" --prefix "$prefix" --count "$count" --cookies "$cookies" \
-    --write "$ROTATION" --issuer "$ISSUER" 2> >(sed 's/^/  /' >&2) &
+    --write "$ROTATION" --issuer "$ISSUER" 2> >(sed -u 's/^/  /' >&2) &
   seeder=$!
   PIDS+=("$seeder")
   if ! wait "$seeder"; then
