@@ -8,6 +8,12 @@ use std::time::Duration;
 
 mod demo;
 
+/// mimalloc rather than the system allocator: a proxy allocates and frees small buffers
+/// on every request, and glibc malloc showed as ~12% of the gateway's CPU under load
+/// (`docs/BENCHMARKS.md`). Library users choose their own allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use portcullis::config::LogFormat;
 use portcullis::{Config, Gateway};

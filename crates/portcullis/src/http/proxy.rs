@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
@@ -70,9 +70,15 @@ pub struct Upstream {
     base_path: String,
     client: Client<HttpConnector, Body>,
     timeouts: ProxyTimeouts,
-    public_url: Url,
+    /// `X-Forwarded-Proto` and `-Host` as the browser sees the gateway: made once.
+    forwarded_proto: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
     tunnels: Arc<AtomicUsize>,
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl Upstream {
     /// `base` must be an `http://` URL (TLS to the upstream is not supported yet).
@@ -92,13 +98,21 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .retry_canceled_requests(true)
             .build(connector);
+        let forwarded_host = public_url.host_str().and_then(|host| {
+            let host = match public_url.port() {
+                Some(p) => format!("{host}:{p}"),
+                None => host.to_owned(),
+            };
+            HeaderValue::from_str(&host).ok()
+        });
         Ok(Self {
             scheme: base.scheme().to_owned(),
             authority,
             base_path: base.path().trim_end_matches('/').to_owned(),
             client,
             timeouts,
-            public_url: public_url.clone(),
+            forwarded_proto: HeaderValue::from_str(public_url.scheme()).ok(),
+            forwarded_host,
             tunnels: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -111,17 +125,31 @@ impl Upstream {
                 format!("This address cannot be served: {e}."),
             )
         })?;
-        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        format!(
-            "{}://{}{}{}{}",
-            self.scheme,
-            self.authority,
-            self.base_path,
-            path.encoded(),
-            query
-        )
-        .parse()
-        .map_err(|_| {
+        let encoded = path.encoded();
+        let query = uri.query().unwrap_or("");
+        let mut target = String::with_capacity(
+            self.scheme.len()
+                + 3
+                + self.authority.len()
+                + self.base_path.len()
+                + encoded.len()
+                + query.len()
+                + 1,
+        );
+        for part in [
+            self.scheme.as_str(),
+            "://",
+            &self.authority,
+            &self.base_path,
+            &encoded,
+        ] {
+            target.push_str(part);
+        }
+        if uri.query().is_some() {
+            target.push('?');
+            target.push_str(query);
+        }
+        target.parse().map_err(|_| {
             HttpError::bad_request("bad_request_target", "The request target is not valid.")
         })
     }
@@ -242,35 +270,29 @@ impl Upstream {
     fn set_forwarding(&self, h: &mut HeaderMap, peer: Option<SocketAddr>, peer_trusted: bool) {
         if let Some(peer) = peer {
             let ip = peer.ip().to_canonical().to_string();
-            let chain: Vec<&str> = h
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let value = if peer_trusted && !chain.is_empty() {
+            let value = if peer_trusted && h.contains_key(&X_FORWARDED_FOR) {
+                let chain: Vec<&str> = h
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
                 format!("{}, {ip}", chain.join(", "))
             } else {
                 ip
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert("x-forwarded-for", v);
+                h.insert(X_FORWARDED_FOR, v);
             }
         }
-        if !(peer_trusted && h.contains_key("x-forwarded-proto"))
-            && let Ok(v) = HeaderValue::from_str(self.public_url.scheme())
+        if !(peer_trusted && h.contains_key(&X_FORWARDED_PROTO))
+            && let Some(v) = &self.forwarded_proto
         {
-            h.insert("x-forwarded-proto", v);
+            h.insert(X_FORWARDED_PROTO, v.clone());
         }
-        if !(peer_trusted && h.contains_key("x-forwarded-host"))
-            && let Some(host) = self.public_url.host_str()
+        if !(peer_trusted && h.contains_key(&X_FORWARDED_HOST))
+            && let Some(v) = &self.forwarded_host
         {
-            let host = match self.public_url.port() {
-                Some(p) => format!("{host}:{p}"),
-                None => host.to_owned(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                h.insert("x-forwarded-host", v);
-            }
+            h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
 }
