@@ -97,6 +97,8 @@ pub struct CachedStore {
     families: Cache<IdHash, Uuid>,
     /// Bumped by every invalidation, under the write lock.
     epoch: AtomicU64,
+    /// The feed's revival count this cache's contents belong to.
+    revivals: AtomicU64,
     fill: RwLock<()>,
     /// Idle-deadline touches to write: family → (last seen, idle deadline).
     pending: Arc<Mutex<HashMap<Uuid, (UnixTime, UnixTime)>>>,
@@ -144,6 +146,7 @@ impl CachedStore {
             ),
             families: Cache::new(entries as usize * 2),
             epoch: AtomicU64::new(0),
+            revivals: AtomicU64::new(feed.revivals()),
             fill: RwLock::new(()),
             pending: Arc::default(),
             stats: CacheStats::default(),
@@ -336,6 +339,12 @@ impl Store for CachedStore {
             self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
             return self.inner.get_session(id_hash).await;
         }
+        // Live again after a silence: what was withheld meanwhile may not have been
+        // processed yet, so everything cached before is forgotten.
+        let revivals = self.feed.revivals();
+        if self.revivals.swap(revivals, Ordering::AcqRel) != revivals {
+            self.drop_cached(None, &[]);
+        }
         if let Some(record) = self.cached(id_hash) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(record));
@@ -476,13 +485,10 @@ impl Store for CachedStore {
         profile: &UserProfile,
         now: UnixTime,
     ) -> StoreResult<User> {
-        let user = self
-            .inner
-            .upsert_user(issuer, subject, profile, now)
-            .await?;
-        // Cached sessions carry the user's profile.
-        self.drop_cached(None, &[]);
-        Ok(user)
+        // Cached sessions keep the profile they were read with until their family is
+        // next invalidated (every refresh is): a profile is not a decision, and dropping
+        // every cached session at every sign-in would empty the cache under load.
+        self.inner.upsert_user(issuer, subject, profile, now).await
     }
 
     // Everything else passes through.
@@ -712,9 +718,16 @@ mod tests {
         assert!(counts(&c).2 > 0, "the store answered");
         // And no fill while the feed is not live.
         let (other, _) = session(&*c).await;
+        let before = c.len();
         c.get_session(&other.hash()).await.unwrap();
-        assert!(c.is_empty());
+        assert_eq!(c.len(), before);
+        // The heartbeat is back (the withheld message may still be on its way): what
+        // was cached before the silence is not trusted any more.
         beat(&feed);
+        assert!(
+            c.get_session(&id.hash()).await.unwrap().is_none(),
+            "not the stale copy"
+        );
         c.get_session(&other.hash()).await.unwrap();
         assert_eq!(c.len(), 1, "used again once the heartbeat is back");
     }

@@ -112,6 +112,9 @@ struct Inner {
     last_heartbeat_ms: AtomicU64,
     /// A feed whose liveness is not measured (SQLite: in-process, always live).
     always_live: AtomicBool,
+    /// How often the feed came back to life after not being live: what was withheld
+    /// meanwhile may not have been processed yet, so a cache starts over.
+    revivals: AtomicU64,
 }
 
 impl ChangeFeed {
@@ -125,6 +128,7 @@ impl ChangeFeed {
                 started: Instant::now(),
                 last_heartbeat_ms: AtomicU64::new(0),
                 always_live: AtomicBool::new(false),
+                revivals: AtomicU64::new(0),
             }),
         }
     }
@@ -153,6 +157,13 @@ impl ChangeFeed {
         last != 0 && self.elapsed_ms().saturating_sub(last) < LIVE_WITHIN.as_millis() as u64
     }
 
+    /// How many times the feed became live again after it was not: a cache that saw
+    /// this number change must forget what it holds (messages withheld while the feed
+    /// was silent may still be on their way to it).
+    pub fn revivals(&self) -> u64 {
+        self.inner.revivals.load(Ordering::Acquire)
+    }
+
     /// This instance's name in heartbeats and, on SQLite, in the write log.
     pub(crate) fn origin(&self) -> &str {
         &self.inner.origin
@@ -175,9 +186,13 @@ impl ChangeFeed {
             WireMessage::AllEnded => self.publish(FeedEvent::Reset),
             WireMessage::Heartbeat { origin } => {
                 if origin == self.inner.origin {
+                    let was_live = self.is_live();
                     self.inner
                         .last_heartbeat_ms
                         .store(self.elapsed_ms(), Ordering::Release);
+                    if !was_live {
+                        self.inner.revivals.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
             }
         }
