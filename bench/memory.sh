@@ -55,7 +55,7 @@ env -i PATH="$PATH" PORTCULLIS_ISSUER=http://127.0.0.1:9 PORTCULLIS_CLIENT_ID=ap
   PORTCULLIS_LISTEN="127.0.0.1:$gw" PORTCULLIS_UPSTREAM="http://127.0.0.1:$up" \
   PORTCULLIS_STORE="sqlite:$TMP/s.db" PORTCULLIS_STORE_PREFIX="$PREFIX" \
   PORTCULLIS_SECRET="$(head -c32 /dev/urandom | base64)" PORTCULLIS_LOG=warn \
-  "$BIN/portcullis" serve >/dev/null 2>&1 & GW=$!; PIDS+=($GW)
+  "$BIN/portcullis" serve >/dev/null 2>&1 & GW=$!; PIDS+=("$GW")
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$gw/healthz" && break; sleep 0.1; done
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$GW/status"; }
 # Warm everything that is not the cache (pools, buffers) on a few sessions first.
