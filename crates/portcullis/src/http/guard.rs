@@ -280,7 +280,9 @@ impl Guard {
         // A CORS preflight carries no cookie; one from a foreign origin is answered here,
         // with no CORS headers, so no foreign site is granted credentialed access.
         if req.method() == Method::OPTIONS
-            && req.headers().contains_key("access-control-request-method")
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
             if self.is_foreign_origin(req.headers()) {
                 return HttpError::new(

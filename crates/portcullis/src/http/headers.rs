@@ -5,7 +5,7 @@
 //! own cookies removed, and our identity headers set from the session alone.
 
 use axum::http::header::{COOKIE, HeaderName};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, header};
 
 use super::cookies::CookieJar;
 
@@ -63,23 +63,23 @@ pub fn is_forwarding_header(name: &str) -> bool {
         )
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), plus any named by `Connection`.
-fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    for value in headers.get_all("connection") {
+/// Hop-by-hop headers (RFC 9110 §7.6.1): always removed.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// The headers `Connection` names as hop-by-hop (RFC 9110 §7.6.1), lower-cased.
+fn named_by_connection(headers: &HeaderMap) -> Vec<String> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
         if let Ok(v) = value.to_str() {
             names.extend(
                 v.split(',')
@@ -94,13 +94,16 @@ fn hop_by_hop(headers: &HeaderMap) -> Vec<String> {
 /// Removes hop-by-hop headers; with `keep_upgrade`, keeps `Connection: upgrade` and
 /// `Upgrade` for a WebSocket handshake.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let upgrade = headers.get("upgrade").cloned();
-    for name in hop_by_hop(headers) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in named_by_connection(headers) {
         headers.remove(name.as_str());
     }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
     if keep_upgrade && let Some(u) = upgrade {
-        headers.insert("connection", HeaderValue::from_static("upgrade"));
-        headers.insert("upgrade", u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
     }
 }
 

@@ -1,11 +1,14 @@
 //! Facts about an incoming request the gateway decides on.
 
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderName, Method, header};
+
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
 /// PRODUCT.md "Page or API": a page navigation when `Sec-Fetch-Mode: navigate`, or,
 /// without any `Sec-Fetch-*` header, a GET/HEAD whose `Accept` lists `text/html`.
 pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
-    if let Some(mode) = headers.get("sec-fetch-mode") {
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
     }
     let has_fetch_metadata = headers.keys().any(|k| k.as_str().starts_with("sec-fetch-"));
@@ -34,7 +37,7 @@ pub fn is_same_origin_write(headers: &HeaderMap, public_origin: &str, csrf_heade
         Some(origin) => origin.as_bytes() == public_origin.as_bytes(),
         None => {
             let same_site = headers
-                .get("sec-fetch-site")
+                .get(SEC_FETCH_SITE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
             let custom = headers.get(csrf_header).is_some_and(|v| !v.is_empty());
             same_site || custom
