@@ -148,10 +148,11 @@ mutate $C '        if !self.live() {
             self.stats.bypasses' '        if false {
             self.stats.bypasses' lib a_silent_feed
 mutate $C 'FeedEvent::Reset => cache.drop_cached(None, &[]),' 'FeedEvent::Reset => {}' lib a_reset_empties
-mutate $C 'if self.revivals.swap(revivals, Ordering::AcqRel) != revivals {' 'if false {' lib a_silent_feed
+mutate $C 'if self.revivals.load(Ordering::Acquire) != revivals {' 'if false {' lib a_silent_feed
+mutate $C '.is_some_and(|r| r.id_hash == *seen && r.current_seen)' '.is_some()' lib a_sighting_the_cache_cannot_vouch
+mutate $C 'Ok(false) => self.drop_cached(Some(family), &[]),' 'Ok(false) => {}' lib a_session_purged_elsewhere
 mutate $C '        let result = self.inner.delete_session(family_id).await;
         self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
-mutate $C '            Some(r) => r.id_hash == *seen && !r.current_seen,' '            Some(_) => false,' lib idle_touches_are_batched
 mutate $S/session/lookup.rs 'if ends_here(&record, now) {' 'if false {' lib an_expiry_seen_in_the_cache
 
 I=crates/portcullis-idp/src

@@ -99,6 +99,9 @@ pub struct CachedStore {
     epoch: AtomicU64,
     /// The feed's revival count this cache's contents belong to.
     revivals: AtomicU64,
+    /// When (feed clock) the latest heartbeat this cache's own listener processed was
+    /// sent: every message before it has been applied here.
+    applied_ms: AtomicU64,
     fill: RwLock<()>,
     /// Idle-deadline touches to write: family → (last seen, idle deadline).
     pending: Arc<Mutex<HashMap<Uuid, (UnixTime, UnixTime)>>>,
@@ -147,6 +150,7 @@ impl CachedStore {
             families: Cache::new(entries as usize * 2),
             epoch: AtomicU64::new(0),
             revivals: AtomicU64::new(feed.revivals()),
+            applied_ms: AtomicU64::new(0),
             fill: RwLock::new(()),
             pending: Arc::default(),
             stats: CacheStats::default(),
@@ -165,6 +169,9 @@ impl CachedStore {
                             cache.drop_cached(Some(change.family_id), &change.id_hashes)
                         }
                         FeedEvent::Reset => cache.drop_cached(None, &[]),
+                        FeedEvent::Heartbeat { sent_ms } => {
+                            cache.applied_ms.fetch_max(sent_ms, Ordering::AcqRel);
+                        }
                     }
                 }
             })
@@ -198,6 +205,24 @@ impl CachedStore {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// Live again after a silence: what was withheld meanwhile may not have been
+    /// processed yet, so everything cached before is forgotten. The new count is stored
+    /// only after the clear, under the write lock, so no request can see the new count
+    /// and an old entry.
+    fn forget_after_revival(&self) {
+        let revivals = self.feed.revivals();
+        if self.revivals.load(Ordering::Acquire) == revivals {
+            return;
+        }
+        let _fill = self.fill.write().unwrap_or_else(|p| p.into_inner());
+        if self.revivals.load(Ordering::Acquire) != revivals {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.records.clear();
+            self.families.clear();
+            self.revivals.store(revivals, Ordering::Release);
+        }
     }
 
     /// Drops a family (with the hashes named), or everything (`None`).
@@ -283,27 +308,34 @@ impl CachedStore {
             .into_iter()
             .collect();
         for (family, (last_seen, idle)) in batch {
-            if let Err(e) = self
+            match self
                 .inner
                 .touch_session(family, last_seen, idle, None)
                 .await
             {
-                tracing::warn!(error = %e, "could not write a session's idle deadline; retried");
-                let mut pending = lock(&self.pending);
-                let entry = pending.entry(family).or_insert((last_seen, idle));
-                *entry = (entry.0.max(last_seen), entry.1.max(idle));
+                Ok(true) => {}
+                // Gone from the store (expired and purged by some instance, which is
+                // not announced): the copy here must not live on.
+                Ok(false) => self.drop_cached(Some(family), &[]),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not write a session's idle deadline; retried");
+                    let mut pending = lock(&self.pending);
+                    let entry = pending.entry(family).or_insert((last_seen, idle));
+                    *entry = (entry.0.max(last_seen), entry.1.max(idle));
+                }
             }
         }
     }
 
-    /// Whether touching `family` through `seen` would mark a rotated id as seen for the
-    /// first time (that is written and published at once, never batched).
-    fn first_sighting(&self, family: Uuid, seen: Option<&IdHash>) -> bool {
-        let Some(seen) = seen else { return false };
-        match self.records.get(&family) {
-            Some(r) => r.id_hash == *seen && !r.current_seen,
-            None => true,
-        }
+    /// Whether a touch may wait for the batch: it carries no sighting, or the cache
+    /// positively knows that `seen` is the current id and already marked seen. Any
+    /// doubt (not cached, another current id, not yet seen) writes it at once: the
+    /// first sighting of a rotated id decides the theft rule.
+    fn may_batch(&self, family: Uuid, seen: Option<&IdHash>) -> bool {
+        let Some(seen) = seen else { return true };
+        self.records
+            .get(&family)
+            .is_some_and(|r| r.id_hash == *seen && r.current_seen)
     }
 
     /// Queues an idle-deadline touch; false when the queue is full (write it now).
@@ -319,8 +351,18 @@ impl CachedStore {
         true
     }
 
+    /// Whether the cache may be trusted: the feed is live, and this cache has itself
+    /// applied every message up to a heartbeat sent less than a second ago (a backlog
+    /// in front of this cache counts as a silence).
     fn live(&self) -> bool {
+        if !self.feed.is_measured() {
+            return true;
+        }
+        let applied = self.applied_ms.load(Ordering::Acquire);
         self.feed.is_live()
+            && applied != 0
+            && self.feed.now_ms().saturating_sub(applied)
+                < crate::store::feed::LIVE_WITHIN.as_millis() as u64
     }
 }
 
@@ -339,12 +381,7 @@ impl Store for CachedStore {
             self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
             return self.inner.get_session(id_hash).await;
         }
-        // Live again after a silence: what was withheld meanwhile may not have been
-        // processed yet, so everything cached before is forgotten.
-        let revivals = self.feed.revivals();
-        if self.revivals.swap(revivals, Ordering::AcqRel) != revivals {
-            self.drop_cached(None, &[]);
-        }
+        self.forget_after_revival();
         if let Some(record) = self.cached(id_hash) {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(record));
@@ -368,8 +405,8 @@ impl Store for CachedStore {
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
         seen: Option<&IdHash>,
-    ) -> StoreResult<()> {
-        if self.first_sighting(family_id, seen) {
+    ) -> StoreResult<bool> {
+        if !self.may_batch(family_id, seen) {
             let result = self
                 .inner
                 .touch_session(family_id, last_seen_at, idle_expires_at, seen)
@@ -379,11 +416,16 @@ impl Store for CachedStore {
         }
         self.touch_cached(family_id, last_seen_at, idle_expires_at);
         if self.queue_touch(family_id, last_seen_at, idle_expires_at) {
-            return Ok(());
+            return Ok(true);
         }
-        self.inner
-            .touch_session(family_id, last_seen_at, idle_expires_at, None)
-            .await
+        let exists = self
+            .inner
+            .touch_session(family_id, last_seen_at, idle_expires_at, seen)
+            .await?;
+        if !exists {
+            self.drop_cached(Some(family_id), &[]);
+        }
+        Ok(exists)
     }
 
     async fn update_tokens(
@@ -587,16 +629,25 @@ mod tests {
     async fn cache(entries: u32) -> (Arc<CachedStore>, ChangeFeed) {
         let feed = ChangeFeed::new();
         let store = Arc::new(SqliteStore::in_memory().await.unwrap());
+        let cache = CachedStore::with_feed(store, feed.clone(), entries, 64);
         beat(&feed);
-        (
-            CachedStore::with_feed(store, feed.clone(), entries, 64),
-            feed,
-        )
+        live(&cache).await;
+        (cache, feed)
+    }
+
+    /// Waits (bounded) until the cache's own listener has applied the last heartbeat.
+    async fn live(c: &CachedStore) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !c.live() {
+            assert!(tokio::time::Instant::now() < deadline, "never live");
+            tokio::task::yield_now().await;
+        }
     }
 
     fn beat(feed: &ChangeFeed) {
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
+            sent_ms: feed.now_ms(),
         });
     }
 
@@ -740,6 +791,7 @@ mod tests {
         assert_eq!(c.len(), 1);
         feed.connection_lost();
         beat(&feed);
+        live(&c).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while !c.is_empty() {
             assert!(tokio::time::Instant::now() < deadline);
@@ -800,5 +852,41 @@ mod tests {
             stored.current_seen,
             "the first sighting is in the store at once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sighting_the_cache_cannot_vouch_for_is_written_at_once() {
+        let (c, _feed) = cache(100).await;
+        let (id, family) = session(&*c).await;
+        c.get_session(&id.hash()).await.unwrap();
+        // Another instance rotates; its message has not arrived here yet.
+        let new = SessionId::generate();
+        assert!(
+            c.inner
+                .rotate_session_id(family, 0, &new.hash(), NOW + 30, "h", &TokenSet::default())
+                .await
+                .unwrap()
+        );
+        c.touch_session(family, NOW + 60, NOW + 3660, Some(&new.hash()))
+            .await
+            .unwrap();
+        let stored = c.inner.get_session(&new.hash()).await.unwrap().unwrap();
+        assert!(stored.current_seen, "written at once, not batched");
+    }
+
+    #[tokio::test]
+    async fn a_session_purged_elsewhere_does_not_live_on_here() {
+        let (c, _feed) = cache(100).await;
+        let (id, family) = session(&*c).await;
+        c.get_session(&id.hash()).await.unwrap();
+        c.get_session(&id.hash()).await.unwrap();
+        // Expired in the store and purged by another instance (not announced)…
+        c.inner.delete_session(family).await.unwrap();
+        // …while this one batches a touch for it.
+        c.touch_session(family, NOW + 60, NOW + 3660, Some(&id.hash()))
+            .await
+            .unwrap();
+        c.flush_touches().await;
+        assert!(c.get_session(&id.hash()).await.unwrap().is_none());
     }
 }

@@ -38,9 +38,11 @@ pub(crate) fn is_stolen_copy(record: &SessionRecord, now: UnixTime) -> bool {
     record.matched == IdMatch::Previous && record.current_seen && past_grace
 }
 
-/// Whether this lookup would end the session: its lifetime is over, or the theft rule.
+/// Whether this lookup must be decided on the store rather than on a cached copy: the
+/// session's lifetime looks over, or a rotated-away id was presented (the theft rule
+/// reads `current_seen`, which another instance may have just set; rare, so always).
 fn ends_here(record: &SessionRecord, now: UnixTime) -> bool {
-    now >= record.expires_at() || is_stolen_copy(record, now)
+    now >= record.expires_at() || record.matched == IdMatch::Previous
 }
 
 impl Gateway {
@@ -272,6 +274,7 @@ mod tests {
         let feed = ChangeFeed::new();
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
+            sent_ms: feed.now_ms(),
         });
         let cache = CachedStore::with_feed(inner.clone(), feed, 100, 16);
         let provider = Provider::new(

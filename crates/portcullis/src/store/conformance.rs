@@ -51,12 +51,18 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store, cross: CrossHandle) {
     writes_of_another_handle_reach_subscribers(a, b, cross).await;
 }
 
-/// Waits (bounded) for the next feed event.
+/// Waits (bounded) for the next feed event other than a heartbeat.
 pub async fn next_event(sub: &mut FeedSubscription) -> FeedEvent {
-    tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
-        .await
-        .expect("a feed event within 10 s")
-        .expect("the feed is open")
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, sub.recv())
+            .await
+            .expect("a feed event within 10 s")
+            .expect("the feed is open");
+        if !matches!(event, FeedEvent::Heartbeat { .. }) {
+            return event;
+        }
+    }
 }
 
 fn unique(label: &str) -> String {

@@ -42,6 +42,11 @@ pub enum FeedEvent {
     Changed(SessionChange),
     /// Something may have been missed: forget everything learnt from the store.
     Reset,
+    /// Our own heartbeat, sent at this instant of [`ChangeFeed::now_ms`]: every message
+    /// before it has been delivered to this subscriber (a cache knows how current it is).
+    Heartbeat {
+        sent_ms: u64,
+    },
 }
 
 /// A message as it travels through PostgreSQL or Redis: one line of text.
@@ -52,11 +57,12 @@ pub(crate) enum WireMessage {
     AllEnded,
     Heartbeat {
         origin: String,
+        sent_ms: u64,
     },
 }
 
 impl WireMessage {
-    /// `s <family> <hash>…`, `a`, or `h <origin>`.
+    /// `s <family> <hash>…`, `a`, or `h <origin> <sent ms>`.
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut words = text.split(' ');
         match words.next()? {
@@ -74,13 +80,14 @@ impl WireMessage {
             "a" => Some(Self::AllEnded),
             "h" => Some(Self::Heartbeat {
                 origin: words.next()?.to_owned(),
+                sent_ms: words.next()?.parse().ok()?,
             }),
             _ => None,
         }
     }
 
-    pub(crate) fn heartbeat(origin: &str) -> String {
-        format!("h {origin}")
+    pub(crate) fn heartbeat(origin: &str, sent_ms: u64) -> String {
+        format!("h {origin} {sent_ms}")
     }
 }
 
@@ -108,7 +115,8 @@ struct Inner {
     /// Names this instance's heartbeats (and, on SQLite, its writes).
     origin: String,
     started: Instant,
-    /// Milliseconds after `started` at which our own heartbeat last came back; 0: never.
+    /// When (milliseconds after `started`) the latest of our own heartbeats that came
+    /// back was *sent*; 0: never. A backlog delays it, so a slow feed is not live.
     last_heartbeat_ms: AtomicU64,
     /// A feed whose liveness is not measured (SQLite: in-process, always live).
     always_live: AtomicBool,
@@ -174,6 +182,21 @@ impl ChangeFeed {
         (self.inner.started.elapsed().as_millis() as u64).max(1)
     }
 
+    /// This feed's clock, in milliseconds (what heartbeats carry).
+    pub fn now_ms(&self) -> u64 {
+        self.elapsed_ms()
+    }
+
+    /// Whether liveness is measured by heartbeats (false: in-process, always live).
+    pub fn is_measured(&self) -> bool {
+        !self.inner.always_live.load(Ordering::Relaxed)
+    }
+
+    /// A heartbeat to send now, in wire form.
+    pub(crate) fn heartbeat_text(&self) -> String {
+        WireMessage::heartbeat(&self.inner.origin, self.elapsed_ms())
+    }
+
     pub(crate) fn publish(&self, event: FeedEvent) {
         // No subscriber is not an error.
         let _ = self.inner.sender.send(event);
@@ -184,15 +207,16 @@ impl ChangeFeed {
         match message {
             WireMessage::Changed(change) => self.publish(FeedEvent::Changed(change)),
             WireMessage::AllEnded => self.publish(FeedEvent::Reset),
-            WireMessage::Heartbeat { origin } => {
+            WireMessage::Heartbeat { origin, sent_ms } => {
                 if origin == self.inner.origin {
                     let was_live = self.is_live();
                     self.inner
                         .last_heartbeat_ms
-                        .store(self.elapsed_ms(), Ordering::Release);
-                    if !was_live {
+                        .fetch_max(sent_ms.max(1), Ordering::AcqRel);
+                    if !was_live && self.is_live() {
                         self.inner.revivals.fetch_add(1, Ordering::AcqRel);
                     }
+                    self.publish(FeedEvent::Heartbeat { sent_ms });
                 }
             }
         }
@@ -281,12 +305,13 @@ mod tests {
         );
         assert_eq!(WireMessage::parse("a"), Some(WireMessage::AllEnded));
         assert_eq!(
-            WireMessage::parse(&WireMessage::heartbeat("me")),
+            WireMessage::parse(&WireMessage::heartbeat("me", 42)),
             Some(WireMessage::Heartbeat {
-                origin: "me".into()
+                origin: "me".into(),
+                sent_ms: 42
             })
         );
-        for bad in ["", "x", "s", "s not-a-uuid", "h"] {
+        for bad in ["", "x", "s", "s not-a-uuid", "h", "h me", "h me soon"] {
             assert_eq!(WireMessage::parse(bad), None, "{bad:?}");
         }
     }
@@ -297,10 +322,22 @@ mod tests {
         assert!(!feed.is_live(), "never heard from: not live");
         feed.deliver(WireMessage::Heartbeat {
             origin: "someone-else".into(),
+            sent_ms: feed.now_ms(),
         });
         assert!(!feed.is_live());
+        // Our own, but sent over a second ago (a backlog): not live either.
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
+            sent_ms: 1,
+        });
+        assert!(
+            !feed.is_live(),
+            "a heartbeat that took over a second is not liveness"
+        );
+        feed.deliver(WireMessage::Heartbeat {
+            origin: feed.origin().to_owned(),
+            sent_ms: feed.now_ms(),
         });
         assert!(feed.is_live());
         let mut sub = feed.subscribe();

@@ -289,14 +289,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
     /// Records activity: last seen and the new idle deadline (never moved backwards),
     /// and, when `seen` is the session's current id hash, that the current id has
-    /// been presented (a hash that is no longer current marks nothing).
+    /// been presented (a hash that is no longer current marks nothing). Returns
+    /// whether the session still exists.
     async fn touch_session(
         &self,
         family_id: Uuid,
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
         seen: Option<&IdHash>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// Replaces the tokens if the version is still `expected_version`; returns whether
     /// it did. The version is incremented.
     async fn update_tokens(

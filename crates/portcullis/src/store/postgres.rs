@@ -20,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::feed::{HEARTBEAT_EVERY, Tasks, WireMessage};
+use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
     ChangeFeed, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, Store,
     StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -219,7 +219,6 @@ async fn listen(pool: PgPool, channel: String, feed: ChangeFeed) {
 
 /// Sends this instance's heartbeat through the feed every 250 ms.
 async fn heartbeat(pool: PgPool, channel: String, feed: ChangeFeed) {
-    let beat = WireMessage::heartbeat(feed.origin());
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -228,7 +227,7 @@ async fn heartbeat(pool: PgPool, channel: String, feed: ChangeFeed) {
             STORE_TIMEOUT,
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(&channel)
-                .bind(&beat)
+                .bind(feed.heartbeat_text())
                 .execute(&pool),
         )
         .await;
@@ -650,15 +649,17 @@ impl Store for PostgresStore {
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
         seen: Option<&IdHash>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
-            q(&self.sql.touch)
+            let exists = q(&self.sql.touch)
                 .bind(family_id.to_string())
                 .bind(last_seen_at)
                 .bind(idle_expires_at)
                 .execute(&self.pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+                .rows_affected()
+                > 0;
             // The first sighting of a rotated id decides the theft rule: announced.
             if let Some(seen) = seen {
                 self.announcing(
@@ -668,7 +669,7 @@ impl Store for PostgresStore {
                 )
                 .await?;
             }
-            Ok(())
+            Ok(exists)
         })
         .await
     }

@@ -45,7 +45,7 @@ use redis::{
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use uuid::Uuid;
 
-use super::feed::{HEARTBEAT_EVERY, Tasks, WireMessage};
+use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
     ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, Store, StoreError,
     StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -385,7 +385,6 @@ impl FeedLink {
 /// Sends this instance's heartbeat through the feed every [`HEARTBEAT_EVERY`], so that
 /// [`ChangeFeed::is_live`] measures the path messages take.
 async fn send_heartbeats(mut conn: ConnectionManager, channel: String, feed: ChangeFeed) {
-    let message = WireMessage::heartbeat(feed.origin());
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -393,7 +392,7 @@ async fn send_heartbeats(mut conn: ConnectionManager, channel: String, feed: Cha
         let sent = timed(async {
             redis::cmd("PUBLISH")
                 .arg(&channel)
-                .arg(&message)
+                .arg(feed.heartbeat_text())
                 .exec_async(&mut conn)
                 .await
                 .map_err(store_error)
@@ -1472,15 +1471,14 @@ impl Store for RedisStore {
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
         seen: Option<&IdHash>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
             let args = Args::new()
                 .with(family_id)
                 .with(last_seen_at)
                 .with(idle_expires_at)
                 .with(seen.map(IdHash::as_str).unwrap_or_default());
-            self.run_int(&SCRIPTS.touch_session, args).await?;
-            Ok(())
+            Ok(self.run_int(&SCRIPTS.touch_session, args).await? == 1)
         })
         .await
     }
@@ -1975,7 +1973,7 @@ mod tests {
         loop {
             match conformance::next_event(&mut sub).await {
                 // The reconnection announces a reset of its own.
-                FeedEvent::Reset => continue,
+                FeedEvent::Reset | FeedEvent::Heartbeat { .. } => continue,
                 FeedEvent::Changed(c) => {
                     assert_eq!(c.family_id, session.family_id);
                     assert_eq!(c.id_hashes, vec![id.hash()]);

@@ -525,10 +525,10 @@ impl Store for SqliteStore {
         last_seen_at: UnixTime,
         idle_expires_at: UnixTime,
         seen: Option<&IdHash>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
             let mut w = self.write().await?;
-            sqlx::query(
+            let exists = sqlx::query(
                 "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), \
                  idle_expires_at = max(idle_expires_at, ?3) WHERE family_id = ?1",
             )
@@ -537,7 +537,9 @@ impl Store for SqliteStore {
             .bind(idle_expires_at)
             .execute(&mut *w.db)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .rows_affected()
+                > 0;
             // The first sighting of a rotated id decides the theft rule: published.
             let rows = sqlx::query(
                 "UPDATE sessions SET current_seen = 1 \
@@ -550,7 +552,7 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
             w.commit(changes_from_rows(&rows)?).await?;
-            Ok(())
+            Ok(exists)
         })
         .await
     }
