@@ -154,6 +154,7 @@ mutate $C 'Ok(false) => self.drop_cached(Some(family), &[]),' 'Ok(false) => {}' 
 mutate $C '        let result = self.inner.delete_session(family_id).await;
         self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
 mutate $S/session/lookup.rs 'if ends_here(&record, now) {' 'if false {' lib an_expiry_seen_in_the_cache
+mutate $S/session/lookup.rs '    now >= record.expires_at() || record.matched == IdMatch::Previous' '    now >= record.expires_at()' lib a_rotated_away_id_is_judged
 
 I=crates/portcullis-idp/src
 P=idp:provider

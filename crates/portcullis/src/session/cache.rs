@@ -354,7 +354,7 @@ impl CachedStore {
     /// Whether the cache may be trusted: the feed is live, and this cache has itself
     /// applied every message up to a heartbeat sent less than a second ago (a backlog
     /// in front of this cache counts as a silence).
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         if !self.feed.is_measured() {
             return true;
         }

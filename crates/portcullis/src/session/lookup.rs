@@ -272,11 +272,17 @@ mod tests {
         .unwrap();
         let inner = Arc::new(SqliteStore::in_memory().await.unwrap());
         let feed = ChangeFeed::new();
+        let cache = CachedStore::with_feed(inner.clone(), feed.clone(), 100, 16);
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
             sent_ms: feed.now_ms(),
         });
-        let cache = CachedStore::with_feed(inner.clone(), feed, 100, 16);
+        // The cache is in use once its listener applied the heartbeat.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !cache.live() {
+            assert!(tokio::time::Instant::now() < deadline, "cache never live");
+            tokio::task::yield_now().await;
+        }
         let provider = Provider::new(
             crate::gateway::provider_settings(&config),
             ProviderHttp::new().unwrap(),
@@ -335,5 +341,68 @@ mod tests {
         clock.advance(600);
         assert!(gw.authenticate(id.expose()).await.unwrap().is_none());
         assert!(inner.get_session(&id.hash()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
+        let (gw, inner, clock) = gateway().await;
+        let now = clock.now();
+        let user = inner
+            .upsert_user(
+                "https://id.example.com",
+                "alice",
+                &UserProfile::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        let (old, new) = (SessionId::generate(), SessionId::generate());
+        let family = crate::session::new_uuid();
+        inner
+            .create_session(&NewSession {
+                family_id: family,
+                id_hash: old.hash(),
+                user_id: user.id,
+                provider_sid: None,
+                created_at: now,
+                idle_expires_at: now + 600,
+                absolute_expires_at: now + 86_400,
+                tokens: TokenSet::default(),
+                user_agent: None,
+                claims: "{}".into(),
+                email_verified: true,
+            })
+            .await
+            .unwrap();
+        // Another instance refreshed and rotated the id.
+        let handover = handover::seal(&old, &new);
+        assert!(
+            inner
+                .rotate_session_id(
+                    family,
+                    0,
+                    &new.hash(),
+                    now + 30,
+                    &handover,
+                    &TokenSet::default()
+                )
+                .await
+                .unwrap()
+        );
+        // This instance caches the rotated record (new id not yet seen) through the old id.
+        let caught_up = gw.authenticate(old.expose()).await.unwrap().unwrap();
+        assert_eq!(caught_up.new_cookie.as_ref(), Some(&new));
+        // The owner uses the new id elsewhere (unannounced here), the grace ends…
+        inner
+            .touch_session(family, now + 1, now + 601, Some(&new.hash()))
+            .await
+            .unwrap();
+        clock.advance(31);
+        // …and the old id comes back: a stolen copy, whatever the cache remembers.
+        assert!(gw.authenticate(old.expose()).await.unwrap().is_none());
+        assert!(
+            inner.get_session(&new.hash()).await.unwrap().is_none(),
+            "the family is revoked"
+        );
     }
 }

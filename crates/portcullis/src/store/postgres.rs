@@ -170,7 +170,15 @@ async fn migrate(pool: &PgPool, sql: &Queries) -> StoreResult<()> {
 async fn listen(pool: PgPool, channel: String, feed: ChangeFeed) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
+        // Connecting and LISTEN are outbound calls like any other: bounded.
+        let connected = tokio::time::timeout(STORE_TIMEOUT, async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        })
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        let mut listener = match connected {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "the PostgreSQL change feed cannot connect; retrying");
@@ -180,12 +188,6 @@ async fn listen(pool: PgPool, channel: String, feed: ChangeFeed) {
                 continue;
             }
         };
-        if let Err(e) = listener.listen(&channel).await {
-            tracing::warn!(error = %e, "the PostgreSQL change feed cannot LISTEN; retrying");
-            feed.connection_lost();
-            tokio::time::sleep(backoff).await;
-            continue;
-        }
         // `try_recv` reconnects (and LISTENs again) right after reporting a loss.
         listener.eager_reconnect(true);
         // Whatever was sent before this LISTEN is unknown to us.
