@@ -212,7 +212,7 @@ fn sessions(command: SessionsCommand) -> ExitCode {
         let gateway = Gateway::start(config).await?;
         match command {
             SessionsCommand::List { user, .. } => {
-                let sessions = gateway.live_sessions(user).await?;
+                let sessions = gateway.sessions().live_sessions(user).await?;
                 println!("HANDLE\tUSER ID\tEMAIL\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT");
                 for s in &sessions {
                     println!(
@@ -237,7 +237,7 @@ fn sessions(command: SessionsCommand) -> ExitCode {
                     (None, Some(u), _) => Revoke::User(u),
                     _ => Revoke::All,
                 };
-                let ended = gateway.revoke_sessions(&which).await?;
+                let ended = gateway.sessions().revoke_sessions(&which).await?;
                 println!("{ended} session(s) revoked");
             }
         }

@@ -1,15 +1,14 @@
-//! The gateway's engine: configuration, provider client, store, key ring and clock,
-//! wired once at start-up and shared by every request.
+//! Start-up: the key ring, the store and the provider client, wired into the session
+//! service that every request shares.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::clock::{Clock, SystemClock, UnixTime};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, SecretKeys, StoreLocation};
+use crate::provider::Provider;
 use crate::provider::http::ProviderHttp;
-use crate::provider::jwks::MIN_REFETCH_INTERVAL;
-use crate::provider::{Algorithm, Provider, ProviderSettings};
-use crate::session::seal::KeyRing;
+use crate::session::{KeyRing, SecurityEvents, Sessions};
 use crate::store::Store;
 
 /// Why the gateway could not start.
@@ -25,39 +24,11 @@ pub enum StartError {
     Unsupported(String),
 }
 
-/// One gateway instance.
+/// One gateway instance: the session service, wired once at start-up and shared by
+/// every request.
 #[derive(Debug)]
 pub struct Gateway {
-    pub(crate) config: Arc<Config>,
-    pub(crate) provider: Provider,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) keys: KeyRing,
-    pub(crate) clock: Arc<dyn Clock>,
-    /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
-    pub(crate) refreshes: crate::session::refresh::Refreshes,
-    pub(crate) events: SecurityEvents,
-}
-
-/// Security events: logged at `warn` with a stable `event` name, and counted.
-#[derive(Debug, Default)]
-pub struct SecurityEvents {
-    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
-}
-
-impl SecurityEvents {
-    /// Counts one `event`. The caller logs it with its context.
-    pub(crate) fn count(&self, event: &'static str) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(event).or_default() += 1;
-    }
-
-    /// How often each event happened since start.
-    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
+    sessions: Arc<Sessions>,
 }
 
 impl Gateway {
@@ -84,7 +55,7 @@ impl Gateway {
                 "the public URL is plain http: cookies cannot be Secure or __Host- prefixed, so a sibling host could plant them; use https"
             );
         }
-        let provider = Provider::new(provider_settings(&config), ProviderHttp::new()?);
+        let provider = Provider::new(config.provider_settings(), ProviderHttp::new()?);
         Ok(Self::from_parts(
             config,
             provider,
@@ -102,55 +73,44 @@ impl Gateway {
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        // The session cache sits in front of the store (0 entries: none).
-        let store: Arc<dyn Store> = match config.session.cache_entries {
-            0 => store,
-            entries => {
-                crate::session::cache::CachedStore::new(store, entries, config.session.cache_mb)
-            }
-        };
+        let sessions = Sessions::new(Arc::new(config), provider, store, keys, clock);
         Self {
-            config: Arc::new(config),
-            provider,
-            store,
-            keys,
-            clock,
-            refreshes: Default::default(),
-            events: SecurityEvents::default(),
+            sessions: Arc::new(sessions),
         }
+    }
+
+    /// The session service: sign-in, lookup, refresh, logout, administration.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// Security events counted since start (see `docs/sessions.md`).
     pub fn security_events(&self) -> &SecurityEvents {
-        &self.events
+        self.sessions.security_events()
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        self.sessions.config()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        self.sessions.store()
     }
 
     pub fn provider(&self) -> &Provider {
-        &self.provider
-    }
-
-    pub(crate) fn now(&self) -> UnixTime {
-        self.clock.now()
+        self.sessions.provider()
     }
 
     /// Readiness: the store answers and the provider's metadata is loaded.
     pub async fn readiness(&self) -> Readiness {
-        let store = self.store.ping().await.is_ok();
-        let provider = self.provider.metadata().await.is_ok();
+        let store = self.store().ping().await.is_ok();
+        let provider = self.provider().metadata().await.is_ok();
         Readiness { store, provider }
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.
     pub async fn purge_expired(&self) -> Result<u64, crate::store::StoreError> {
-        self.store.purge_expired(self.now()).await
+        self.sessions.purge_expired().await
     }
 }
 
@@ -164,24 +124,6 @@ pub struct Readiness {
 impl Readiness {
     pub fn is_ready(self) -> bool {
         self.store && self.provider
-    }
-}
-
-/// Provider settings derived from the gateway configuration.
-pub fn provider_settings(config: &Config) -> ProviderSettings {
-    ProviderSettings {
-        issuer: config.issuer.clone(),
-        client_id: config.client_id.clone(),
-        client_secret: config.client_secret.as_ref().map(|s| s.0.clone()),
-        scopes: config.scopes.clone(),
-        redirect_uri: config.redirect_uri(),
-        extra_authorize_params: config.provider.extra_authorize_params.clone(),
-        allowed_algorithms: config
-            .provider
-            .allowed_algorithms
-            .as_ref()
-            .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
-        jwks_min_refetch: MIN_REFETCH_INTERVAL,
     }
 }
 

@@ -99,12 +99,14 @@ async fn generated_key_ring_is_private_and_survives_restarts() {
     );
     assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
     let active = second
+        .sessions()
         .authenticate(&cookie)
         .await
         .unwrap()
         .expect("session survives");
     assert!(
         second
+            .sessions()
             .session_tokens(&active.record)
             .unwrap()
             .refresh_token

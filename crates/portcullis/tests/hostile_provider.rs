@@ -1214,17 +1214,19 @@ async fn s08_ciphertexts_swapped_between_sessions_fail_to_open() {
     .await;
     let sa = gw
         .gateway
+        .sessions()
         .authenticate(&a.cookie("portcullis").unwrap())
         .await
         .unwrap()
         .unwrap();
     let sb = gw
         .gateway
+        .sessions()
         .authenticate(&b.cookie("portcullis").unwrap())
         .await
         .unwrap()
         .unwrap();
-    assert!(gw.gateway.session_tokens(&sa.record).is_ok());
+    assert!(gw.gateway.sessions().session_tokens(&sa.record).is_ok());
     let store = gw.gateway.store();
     assert!(
         store
@@ -1234,12 +1236,16 @@ async fn s08_ciphertexts_swapped_between_sessions_fail_to_open() {
     );
     let swapped = gw
         .gateway
+        .sessions()
         .authenticate(&a.cookie("portcullis").unwrap())
         .await
         .unwrap()
         .unwrap();
     assert!(
-        gw.gateway.session_tokens(&swapped.record).is_err(),
+        gw.gateway
+            .sessions()
+            .session_tokens(&swapped.record)
+            .is_err(),
         "B's ciphertexts must not open as A's"
     );
 }

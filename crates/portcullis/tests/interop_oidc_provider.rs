@@ -192,7 +192,7 @@ async fn interop_public_client_signs_in_through_the_real_form(op: Op) {
     );
     assert!(s.tokens.refresh_token.is_some(), "a refresh token is kept");
     assert!(s.tokens.access_expires_at.is_some());
-    let open = gw.gateway.session_tokens(s).unwrap();
+    let open = gw.gateway.sessions().session_tokens(s).unwrap();
     assert!(open.refresh_token.is_some() && open.access_token.is_some() && open.id_token.is_some());
 
     if let Some(grants) = provider.code_grants().await {

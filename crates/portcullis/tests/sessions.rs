@@ -33,7 +33,7 @@ async fn record(gw: &TestGateway, browser: &Browser) -> Option<SessionRecord> {
 /// The refresh token the store holds for the browser's session, opened.
 async fn stored_refresh_token(gw: &TestGateway, browser: &Browser) -> Option<String> {
     let r = record(gw, browser).await?;
-    let tokens = gw.gateway.session_tokens(&r).unwrap();
+    let tokens = gw.gateway.sessions().session_tokens(&r).unwrap();
     tokens.refresh_token.map(|t| t.to_string())
 }
 

@@ -89,6 +89,25 @@ impl Config {
         format!("{}{}/callback", self.public_origin(), self.prefix)
     }
 
+    /// What the provider client needs from the configuration.
+    pub fn provider_settings(&self) -> crate::provider::ProviderSettings {
+        use crate::provider::Algorithm;
+        crate::provider::ProviderSettings {
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.as_ref().map(|s| s.0.clone()),
+            scopes: self.scopes.clone(),
+            redirect_uri: self.redirect_uri(),
+            extra_authorize_params: self.provider.extra_authorize_params.clone(),
+            allowed_algorithms: self
+                .provider
+                .allowed_algorithms
+                .as_ref()
+                .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
+            jwks_min_refetch: crate::provider::jwks::MIN_REFETCH_INTERVAL,
+        }
+    }
+
     /// `scheme://host[:port]`, no trailing slash.
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()

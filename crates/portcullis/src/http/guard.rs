@@ -47,6 +47,7 @@ use super::path::{NormalizedPath, PathPattern, normalize_path};
 use super::request::{is_navigation, is_same_origin_write};
 use crate::gateway::Gateway;
 use crate::session::ActiveSession;
+use crate::session::Sessions;
 
 /// The signed-in user, put into request extensions by the guard; also an axum
 /// extractor (401 when absent).
@@ -134,7 +135,7 @@ impl Cidr {
 /// The guard's fixed settings, derived once from the configuration.
 #[derive(Debug)]
 pub struct Guard {
-    gateway: Arc<Gateway>,
+    sessions: Arc<Sessions>,
     cookies: CookieJar,
     public_paths: Vec<PathPattern>,
     token_relay: Vec<PathPattern>,
@@ -170,7 +171,7 @@ impl Guard {
             csrf_header,
             public_origin: config.public_origin(),
             login_path: format!("{}/login", config.prefix),
-            gateway,
+            sessions: gateway.sessions().clone(),
         }
     }
 
@@ -314,7 +315,7 @@ impl Guard {
         else {
             return self.not_signed_in(req.method(), req.headers(), &path_and_query);
         };
-        let active = match self.gateway.authenticate(&cookie).await {
+        let active = match self.sessions.authenticate(&cookie).await {
             Ok(Some(a)) => a,
             Ok(None) => return self.not_signed_in(req.method(), req.headers(), &path_and_query),
             Err(e) => return HttpError::from(e).page(page).into_response(),
@@ -371,7 +372,7 @@ impl Guard {
             // Token relay: the upstream gets our access token, never the client's header
             // (`insert` replaces every `Authorization` the client sent).
             let bearer = self
-                .gateway
+                .sessions
                 .relay_token(&active.record)
                 .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.as_str())).ok());
             let Some(mut bearer) = bearer else {

@@ -14,6 +14,7 @@ use super::error::HttpError;
 use super::request::{is_navigation, is_same_origin_write, user_agent};
 use crate::gateway::Gateway;
 use crate::random::{random_token, secrets_equal};
+use crate::session::Sessions;
 use crate::session::login::LOGIN_TTL_SECONDS;
 use crate::session::{CallbackParams, ReturnTo, SessionError, SessionId, SignOut};
 
@@ -28,6 +29,10 @@ impl Routes {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         let cookies = CookieJar::new(gateway.config().is_https());
         Self { gateway, cookies }
+    }
+
+    fn sessions(&self) -> &Arc<Sessions> {
+        self.gateway.sessions()
     }
 
     fn login_path(&self) -> String {
@@ -155,7 +160,7 @@ pub async fn login(
             .filter(|v| SessionId::parse(v).is_some())
             .map(str::to_owned)
             .unwrap_or_else(random_token);
-        let url = routes.gateway.begin_login(&binding, return_to).await?;
+        let url = routes.sessions().begin_login(&binding, return_to).await?;
         let cookie = routes
             .cookies
             .set(CookieKind::LoginBinding, &binding, LOGIN_TTL_SECONDS);
@@ -195,7 +200,7 @@ pub async fn callback(
             .value()
             .and_then(SessionId::parse);
         routes
-            .gateway
+            .sessions()
             .complete_login(
                 params,
                 binding.value(),
@@ -247,7 +252,7 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
     else {
         return signed_out();
     };
-    match routes.gateway.authenticate(&value).await {
+    match routes.sessions().authenticate(&value).await {
         Ok(Some(active)) => {
             let body = json!({
                 "authenticated": true,
@@ -300,7 +305,7 @@ pub async fn logout(
         .value()
         .map(str::to_owned);
     let id_token = match cookie {
-        Some(cookie) => match routes.gateway.sign_out(&cookie).await {
+        Some(cookie) => match routes.sessions().sign_out(&cookie).await {
             Ok(SignOut::Ended { id_token, .. }) => id_token,
             Ok(SignOut::NoSession) => None,
             Err(e) => return no_store(HttpError::from(e).page(page).into_response()),
@@ -483,7 +488,7 @@ pub async fn spa_code_exchange(
         .value()
         .and_then(SessionId::parse);
     let outcome = routes
-        .gateway
+        .sessions()
         .complete_spa_login(
             &code,
             &verifier,
@@ -545,7 +550,7 @@ pub async fn backchannel_logout(
     let [token] = tokens.as_slice() else {
         return refuse("Send exactly one logout_token.");
     };
-    match routes.gateway.backchannel_logout(token).await {
+    match routes.sessions().backchannel_logout(token).await {
         Ok(_) => no_store(StatusCode::OK.into_response()),
         Err(crate::session::logout::BackchannelError::Store(e)) => {
             no_store(HttpError::from(e).into_response())

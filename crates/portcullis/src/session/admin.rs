@@ -6,7 +6,7 @@
 use uuid::Uuid;
 
 use super::SessionError;
-use crate::gateway::Gateway;
+use super::service::Sessions;
 use crate::store::SessionRecord;
 
 /// Which sessions to revoke.
@@ -40,7 +40,7 @@ impl From<crate::store::StoreError> for AdminError {
     }
 }
 
-impl Gateway {
+impl Sessions {
     /// Live sessions, newest first, optionally of one user.
     pub async fn live_sessions(
         &self,

@@ -8,8 +8,8 @@ use url::Url;
 use super::access::check_access;
 use super::id::SessionId;
 use super::return_to::ReturnTo;
+use super::service::Sessions;
 use super::{SessionError, new_uuid};
-use crate::gateway::Gateway;
 use crate::provider::{Pkce, TokenResponse};
 use crate::random::{random_token, secrets_equal, sha256_hex};
 use crate::store::{LoginTransaction, NewSession, TokenSet, TransactionLimits, UserProfile};
@@ -60,7 +60,7 @@ pub(crate) fn token_context(id_hash: &super::IdHash, field: &str) -> Vec<u8> {
     format!("session:{id_hash}:{field}").into_bytes()
 }
 
-impl Gateway {
+impl Sessions {
     /// Starts a login for the browser holding `binding` (the `portcullis_tx` cookie
     /// value). Returns the provider URL to redirect to.
     pub async fn begin_login(
@@ -288,7 +288,7 @@ fn clip(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
-impl Gateway {
+impl Sessions {
     /// The seed's single-page-app contract (`spa.code_exchange`): the browser made the
     /// PKCE pair and state itself and posts `{code, verifier}`. The code is redeemed
     /// with `spa.redirect_uri`; the ID token, UserInfo and access rules are checked as

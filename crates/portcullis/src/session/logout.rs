@@ -4,7 +4,7 @@
 
 use super::SessionError;
 use super::id::SessionId;
-use crate::gateway::Gateway;
+use super::service::Sessions;
 use crate::store::SessionRecord;
 
 /// What signing out did.
@@ -33,7 +33,7 @@ impl std::fmt::Debug for SignOut {
     }
 }
 
-impl Gateway {
+impl Sessions {
     /// Ends the session behind a cookie value and revokes its refresh token at the
     /// provider when the provider offers revocation.
     pub async fn sign_out(&self, cookie_value: &str) -> Result<SignOut, SessionError> {
@@ -125,7 +125,7 @@ impl From<crate::provider::LogoutError> for BackchannelError {
     }
 }
 
-impl Gateway {
+impl Sessions {
     /// OIDC Back-Channel Logout (SECURITY-CASES O04, O05): validates the provider's
     /// logout token, refuses a replayed `jti`, and ends the sessions it names: the
     /// session with that provider `sid`, or every session of that `sub`. Sessions live

@@ -11,8 +11,8 @@ use super::SessionError;
 use super::handover;
 use super::id::SessionId;
 use super::refresh::Fresh;
+use super::service::Sessions;
 use crate::clock::UnixTime;
-use crate::gateway::Gateway;
 use crate::store::{IdMatch, SessionRecord, User};
 
 /// A live session and its user.
@@ -45,7 +45,7 @@ fn ends_here(record: &SessionRecord, now: UnixTime) -> bool {
     now >= record.expires_at() || record.matched == IdMatch::Previous
 }
 
-impl Gateway {
+impl Sessions {
     /// The live session for a cookie value, refreshed if its access token is due, or
     /// `None`. Ended sessions are deleted.
     pub async fn authenticate(
@@ -218,7 +218,7 @@ impl std::fmt::Debug for OpenTokens {
     }
 }
 
-impl Gateway {
+impl Sessions {
     /// Opens a session's sealed tokens. Each is bound to this session's id hash and its
     /// field name, so ciphertexts moved between sessions or fields fail (S08).
     pub fn session_tokens(&self, record: &SessionRecord) -> Result<OpenTokens, SessionError> {
@@ -255,9 +255,9 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use crate::store::{ChangeFeed, NewSession, Store, TokenSet, UserProfile};
 
-    /// A gateway whose session cache trusts a feed the test drives; writes through
+    /// A session service whose cache trusts a feed the test drives; writes through
     /// `inner` stand for another instance's, whose messages have not arrived yet.
-    async fn gateway() -> (Arc<Gateway>, Arc<SqliteStore>, ManualClock) {
+    async fn sessions() -> (Arc<Sessions>, Arc<SqliteStore>, ManualClock) {
         crate::install_crypto_provider();
         let config = Config::load_from(
             None,
@@ -283,19 +283,22 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "cache never live");
             tokio::task::yield_now().await;
         }
-        let provider = Provider::new(
-            crate::gateway::provider_settings(&config),
-            ProviderHttp::new().unwrap(),
-        );
+        let provider = Provider::new(config.provider_settings(), ProviderHttp::new().unwrap());
         let keys = KeyRing::new(&SecretKeys(vec![zeroize::Zeroizing::new([7; 32])])).unwrap();
         let clock = ManualClock::default();
-        let gw = Gateway::from_parts(config, provider, cache, keys, Arc::new(clock.clone()));
+        let gw = Sessions::new(
+            Arc::new(config),
+            provider,
+            cache,
+            keys,
+            Arc::new(clock.clone()),
+        );
         (Arc::new(gw), inner, clock)
     }
 
     #[tokio::test]
     async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
-        let (gw, inner, clock) = gateway().await;
+        let (gw, inner, clock) = sessions().await;
         let now = clock.now();
         let user = inner
             .upsert_user(
@@ -345,7 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
-        let (gw, inner, clock) = gateway().await;
+        let (gw, inner, clock) = sessions().await;
         let now = clock.now();
         let user = inner
             .upsert_user(

@@ -1,5 +1,6 @@
 //! What a session is: ids, sealing, lifetimes, who may sign in, and the login flow that
-//! creates one. Sits between `http` (above) and `store` / `provider` (below).
+//! creates one. [`Sessions`] owns the store, the cache, leases and the key ring; it sits
+//! between `http` (above) and `store` / `provider` (below).
 
 pub mod access;
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod lookup;
 pub mod refresh;
 pub mod return_to;
 pub mod seal;
+pub mod service;
 
 use uuid::Uuid;
 
@@ -26,6 +28,7 @@ pub use logout::SignOut;
 pub use lookup::ActiveSession;
 pub use return_to::ReturnTo;
 pub use seal::{KeyRing, Sealed};
+pub use service::{SecurityEvents, Sessions};
 
 /// A random (v4) UUID from the CSPRNG.
 pub fn new_uuid() -> Uuid {

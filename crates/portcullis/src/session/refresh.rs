@@ -28,9 +28,9 @@ use super::access::{AccessDenied, access_refusals};
 use super::id::SessionId;
 use super::login::{MAX_PROVIDER_LIFETIME, token_context};
 use super::lookup::OpenTokens;
+use super::service::Sessions;
 use super::{SessionError, handover};
 use crate::clock::UnixTime;
-use crate::gateway::Gateway;
 use crate::provider::{IdTokenError, ProviderError, TokenResponse};
 use crate::random::random_token;
 use crate::store::{
@@ -131,14 +131,14 @@ fn is_outage(e: &ProviderError) -> bool {
 
 /// A place in a session's refresh queue; leaving it (drop) frees the entry.
 struct Ticket {
-    gateway: Arc<Gateway>,
+    sessions: Arc<Sessions>,
     family: Uuid,
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut flights = lock(&self.gateway.refreshes.flights);
+        let mut flights = lock(&self.sessions.refreshes.flights);
         if let Some(f) = flights.get_mut(&self.family) {
             f.tickets -= 1;
             if f.tickets == 0 {
@@ -153,8 +153,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Refreshes {
-    fn join(gateway: &Arc<Gateway>, family: Uuid) -> Option<Ticket> {
-        let mut flights = lock(&gateway.refreshes.flights);
+    fn join(sessions: &Arc<Sessions>, family: Uuid) -> Option<Ticket> {
+        let mut flights = lock(&sessions.refreshes.flights);
         let flight = flights.entry(family).or_insert_with(|| Flight {
             lock: Arc::default(),
             tickets: 0,
@@ -164,7 +164,7 @@ impl Refreshes {
         }
         flight.tickets += 1;
         Some(Ticket {
-            gateway: gateway.clone(),
+            sessions: sessions.clone(),
             family,
             lock: flight.lock.clone(),
         })
@@ -232,7 +232,7 @@ fn conclusive(denied: &AccessDenied, claims: &Map<String, Value>) -> bool {
     }
 }
 
-impl Gateway {
+impl Sessions {
     /// Whether the access token is close enough to expiry to refresh now.
     pub(crate) fn refresh_due(&self, tokens: &TokenSet, now: UnixTime) -> bool {
         let (Some(_), Some(expires)) = (&tokens.refresh_token, tokens.access_expires_at) else {
@@ -262,8 +262,8 @@ impl Gateway {
             );
             return self.serve_stale(fresh, 1);
         };
-        let gateway = self.clone();
-        match tokio::spawn(async move { gateway.refresh_in_flight(fresh, ticket).await }).await {
+        let sessions = self.clone();
+        match tokio::spawn(async move { sessions.refresh_in_flight(fresh, ticket).await }).await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "a refresh task failed");

@@ -1,0 +1,104 @@
+//! The session service: the one owner of the store (behind the session cache), the
+//! key ring, the provider client, refresh leases and the clock. `http` asks it for
+//! everything about sessions; nothing below it knows it exists
+//! (`http → session → store / provider`).
+
+use std::sync::Arc;
+
+use super::cache::CachedStore;
+use super::refresh::Refreshes;
+use super::seal::KeyRing;
+use crate::clock::{Clock, UnixTime};
+use crate::config::Config;
+use crate::provider::Provider;
+use crate::store::{Store, StoreError};
+
+/// Sign-in, lookup, refresh, logout and administration of sessions. The methods live
+/// beside their rules: `login`, `lookup`, `refresh`, `logout`, `admin`.
+#[derive(Debug)]
+pub struct Sessions {
+    pub(crate) config: Arc<Config>,
+    pub(crate) provider: Provider,
+    /// The store, behind the session cache unless `session.cache_entries` is 0.
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: KeyRing,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
+    pub(crate) refreshes: Refreshes,
+    pub(crate) events: SecurityEvents,
+}
+
+impl Sessions {
+    /// Puts the session cache in front of `store` (unless configured off) and takes
+    /// ownership of the parts.
+    pub fn new(
+        config: Arc<Config>,
+        provider: Provider,
+        store: Arc<dyn Store>,
+        keys: KeyRing,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let store: Arc<dyn Store> = match config.session.cache_entries {
+            0 => store,
+            entries => CachedStore::new(store, entries, config.session.cache_mb),
+        };
+        Self {
+            config,
+            provider,
+            store,
+            keys,
+            clock,
+            refreshes: Refreshes::default(),
+            events: SecurityEvents::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store as the session layer sees it (through the cache when it is on).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Security events counted since start (see `docs/sessions.md`).
+    pub fn security_events(&self) -> &SecurityEvents {
+        &self.events
+    }
+
+    pub(crate) fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Deletes expired sessions, transactions, leases and replay entries.
+    pub async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.store.purge_expired(self.now()).await
+    }
+}
+
+/// Security events: logged at `warn` with a stable `event` name, and counted.
+#[derive(Debug, Default)]
+pub struct SecurityEvents {
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl SecurityEvents {
+    /// Counts one `event`. The caller logs it with its context.
+    pub(crate) fn count(&self, event: &'static str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(event).or_default() += 1;
+    }
+
+    /// How often each event happened since start.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
