@@ -9,6 +9,10 @@
 #   BENCH_CONNECTIONS=32 BENCH_THREADS=2
 #   BENCH_LOGINS=20      how many sign-ins the login latency is taken over
 #   BENCH_BIG=1000000    sessions in the "big" store of the store-scaling rows
+#   BENCH_SCALING=1      0: only the bare, public, signed-in and login rows (a quick run)
+#   BENCH_PROFILE=DIR    also profile the public and signed-in rows: `perf record` on the
+#                        gateway during an extra wrk run of BENCH_PROFILE_SECONDS (5), the
+#                        data, folded stacks and (with inferno installed) flame graphs in DIR
 #   PORTCULLIS_BENCH_POSTGRES_URL  default postgres://postgres@127.0.0.1:5432/test
 #   PORTCULLIS_BENCH_REDIS_URL     default redis://127.0.0.1:6379
 #   CARGO_TARGET_DIR     where cargo builds (default: target/ in the repository)
@@ -25,6 +29,9 @@ THREADS=${BENCH_THREADS:-2}
 LOGINS=${BENCH_LOGINS:-20}
 SMALL=1000
 BIG=${BENCH_BIG:-1000000}
+SCALING=${BENCH_SCALING:-1}
+PROFILE_DIR=${BENCH_PROFILE:-}
+PROFILE_SECONDS=${BENCH_PROFILE_SECONDS:-5}
 ROTATION=1000
 PG_URL=${PORTCULLIS_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 REDIS_URL=${PORTCULLIS_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
@@ -45,7 +52,7 @@ die() {
 describe_command() {
   local parts=() name
   for name in BENCH_DURATION BENCH_WARMUP BENCH_CONNECTIONS BENCH_THREADS BENCH_LOGINS \
-    BENCH_BIG BENCH_QUIET_FOR PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL \
+    BENCH_BIG BENCH_SCALING BENCH_PROFILE BENCH_QUIET_FOR PORTCULLIS_BENCH_POSTGRES_URL PORTCULLIS_BENCH_REDIS_URL \
     CARGO_TARGET_DIR; do
     if [[ -n ${!name+x} ]]; then
       parts+=("$name=$(printf '%q' "$(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"${!name}")")")
@@ -398,11 +405,40 @@ measure() {
   TABLE+=("| $label | $(thousands <<<"$ROW_RPS") | $pct | $(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }') | $(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }') | $cpu | $(awk -v k="$rss" 'BEGIN { printf "%.0f", k / 1024 }') | $note |")
 }
 
+# BENCH_PROFILE: `perf record` (DWARF call graphs: release builds keep no frame pointers)
+# on process PID while wrk loads URL, not measured; the flame graph is NAME.svg.
+profile_row() {
+  local name=$1 pid=$2 url=$3
+  shift 3
+  [[ -n $PROFILE_DIR ]] || return 0
+  command -v perf >/dev/null || die "BENCH_PROFILE needs perf (Debian: linux-perf)"
+  mkdir -p "$PROFILE_DIR"
+  wait_until_quiet
+  log "profiling: $name (${PROFILE_SECONDS}s)"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d$((PROFILE_SECONDS + 2))s -s "$ROOT/bench/wrk.lua" "$@" \
+    "$url" >/dev/null 2>&1 &
+  local load=$!
+  perf record --call-graph dwarf,16384 -F 499 -p "$pid" -o "$PROFILE_DIR/$name.data" \
+    -- sleep "$PROFILE_SECONDS" 2>/dev/null >&2 || log "perf record failed for $name"
+  wait "$load" || true
+  perf script -i "$PROFILE_DIR/$name.data" 2>/dev/null >"$PROFILE_DIR/$name.perf" || true
+  if command -v inferno-collapse-perf >/dev/null; then
+    inferno-collapse-perf <"$PROFILE_DIR/$name.perf" >"$PROFILE_DIR/$name.folded"
+    inferno-flamegraph --title "$name" <"$PROFILE_DIR/$name.folded" >"$PROFILE_DIR/$name.svg"
+    log "flame graph: $PROFILE_DIR/$name.svg"
+  else
+    log "no inferno-collapse-perf (cargo install inferno): $PROFILE_DIR/$name.perf only"
+  fi
+}
+
 measure "bare hyper reverse proxy (reference)" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" "" ""
 BARE_RPS=$ROW_RPS
 measure "Portcullis, public path" "$MAIN_GATEWAY_PID" "$GATEWAY/public/" "SQLite; no cookie" ""
 measure "Portcullis, signed in" "$MAIN_GATEWAY_PID" "$GATEWAY/" "SQLite; one real session" "" \
   -H "Cookie: portcullis=$COOKIE"
+profile_row bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
+profile_row public "$MAIN_GATEWAY_PID" "$GATEWAY/public/"
+profile_row signed-in "$MAIN_GATEWAY_PID" "$GATEWAY/" -H "Cookie: portcullis=$COOKIE"
 TABLE+=("| login, whole flow ($LOGINS sign-ins, curl) | — | — | $LOGIN_P50 | $LOGIN_P99 | — | — | GET /auth/login → provider form → POST credentials (argon2id) → /auth/callback → app |")
 stop "$MAIN_GATEWAY_PID"
 
@@ -476,6 +512,9 @@ skip_engine() {
   log "skipping $1: $2"
 }
 
+if [[ $SCALING == 0 ]]; then
+  NOTES+=("BENCH_SCALING=0: the store-scaling rows were not run.")
+else
 scale_engine SQLite "sqlite:$WORK/small.db" "sqlite:$WORK/big.db" portcullis portcullis
 
 if ! command -v psql >/dev/null; then
@@ -498,6 +537,7 @@ else
   big_prefix=$(random_prefix)
   REDIS_PREFIXES+=("$small_prefix" "$big_prefix")
   scale_engine Redis "$REDIS_URL" "$REDIS_URL" "$small_prefix" "$big_prefix"
+fi
 fi
 
 # ---------------------------------------------------------------------------------------

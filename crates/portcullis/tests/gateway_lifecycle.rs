@@ -16,7 +16,9 @@ async fn serve(gateway: Arc<Gateway>, listener: tokio::net::TcpListener) {
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                std::net::SocketAddr,
+            >(app),
         )
         .await;
     });

@@ -80,10 +80,13 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     }
 }
 
-/// Whether the request came from a configured trusted proxy; set by the guard for the
-/// reverse proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TrustedPeer(pub bool);
+/// What the guard found out about a request that the reverse proxy needs again: whether
+/// the peer is a configured trusted proxy, and the normalised path it decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub trusted_peer: bool,
+    pub path: NormalizedPath,
+}
 
 /// A parsed `proxy.trusted_proxies` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,9 +234,19 @@ impl Guard {
     }
 
     /// Decides one request; calls `inner` when it may pass.
-    pub async fn check<S>(&self, mut req: Request<Body>, mut inner: S) -> Response
+    pub async fn check<S>(&self, req: Request<Body>, mut inner: S) -> Response
     where
         S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    {
+        self.check_then(req, |req| call(&mut inner, req)).await
+    }
+
+    /// [`Guard::check`] with the next step as a function: called at most once, with
+    /// the request as it may go on.
+    pub async fn check_then<F, Fut>(&self, mut req: Request<Body>, next: F) -> Response
+    where
+        F: FnOnce(Request<Body>) -> Fut,
+        Fut: Future<Output = Response>,
     {
         // R01: oversized headers are refused before any cookie is read.
         if let Some(refusal) = super::headers_too_large(req.headers()) {
@@ -260,7 +273,6 @@ impl Guard {
             .map(|c| c.0);
         let trusted = self.peer_is_trusted(peer);
         headers::remove_client_claims(req.headers_mut(), trusted);
-        req.extensions_mut().insert(TrustedPeer(trusted));
         let page = is_navigation(req.method(), req.headers());
 
         let path = match normalize_path(req.uri().path()) {
@@ -274,8 +286,12 @@ impl Guard {
                 .into_response();
             }
         };
+        req.extensions_mut().insert(Checked {
+            trusted_peer: trusted,
+            path: path.clone(),
+        });
         if self.public_paths.iter().any(|p| p.matches(&path)) {
-            return call(&mut inner, req).await;
+            return next(req).await;
         }
 
         // A CORS preflight carries no cookie; one from a foreign origin is answered here,
@@ -327,7 +343,7 @@ impl Guard {
                 .set(CookieKind::Session, id.expose(), active.max_age)
         });
         let mut response = self
-            .pass(req, inner, active, page, &path, &path_and_query)
+            .pass(req, next, active, page, &path, &path_and_query)
             .await;
         if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
             let h = response.headers_mut();
@@ -338,17 +354,18 @@ impl Guard {
     }
 
     /// The signed-in part: the CSRF rule, token relay, identity headers, the call.
-    async fn pass<S>(
+    async fn pass<F, Fut>(
         &self,
         mut req: Request<Body>,
-        mut inner: S,
+        next: F,
         active: ActiveSession,
         page: bool,
         path: &NormalizedPath,
         path_and_query: &str,
     ) -> Response
     where
-        S: Service<Request<Body>, Response = Response, Error = Infallible>,
+        F: FnOnce(Request<Body>) -> Fut,
+        Fut: Future<Output = Response>,
     {
         let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         if unsafe_method
@@ -400,7 +417,7 @@ impl Guard {
         );
         let foreign = self.is_foreign_origin(req.headers());
         req.extensions_mut().insert(user);
-        let mut response = call(&mut inner, req).await;
+        let mut response = next(req).await;
         if foreign {
             response
                 .headers_mut()

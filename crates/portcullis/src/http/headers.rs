@@ -18,17 +18,27 @@ pub const USER_NAME: &str = "x-user-name";
 pub const MAX_IDENTITY_VALUE: usize = 1024;
 
 /// How an upstream might read a header name: case-folded, and any character that is
-/// not a letter or digit (`_`, `.`, `+`, …) read as `-`.
-fn canonical(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
+/// not a letter or digit (`_`, `.`, `+`, …) read as `-`. Compared as it is made, so
+/// that checking every header of every request allocates nothing.
+fn canonical(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        }
+    })
+}
+
+/// Whether `name`, read as an upstream might, starts with `prefix` (lower case).
+fn canonical_starts_with(name: &str, prefix: &str) -> bool {
+    let mut read = canonical(name);
+    prefix.chars().all(|p| read.next() == Some(p))
+}
+
+/// Whether `name`, read as an upstream might, is `other` (lower case).
+fn canonical_is(name: &str, other: &str) -> bool {
+    canonical(name).eq(other.chars())
 }
 
 /// Headers a client may not have removed by naming them in `Connection`: the ones the
@@ -44,23 +54,23 @@ fn is_protected_from_connection(name: &str) -> bool {
 
 /// Whether a client-sent header claims an identity (`X-User-*` in any spelling).
 pub fn is_identity_header(name: &str) -> bool {
-    canonical(name).starts_with("x-user-")
+    canonical_starts_with(name, "x-user-")
 }
 
 /// Forwarding headers that are only believed from trusted proxies (P04).
 pub fn is_forwarding_header(name: &str) -> bool {
-    let c = canonical(name);
-    c.starts_with("x-forwarded-")
-        || matches!(
-            c.as_str(),
-            "forwarded"
-                | "x-original-url"
-                | "x-rewrite-url"
-                | "x-original-uri"
-                | "x-real-ip"
-                | "x-client-ip"
-                | "true-client-ip"
-        )
+    canonical_starts_with(name, "x-forwarded-")
+        || [
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-uri",
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+        ]
+        .iter()
+        .any(|other| canonical_is(name, other))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): always removed.
@@ -122,28 +132,47 @@ pub fn remove_client_claims(headers: &mut HeaderMap, peer_trusted: bool) {
     }
 }
 
-/// Removes the gateway's own cookies from `Cookie`, keeping the app's (P08).
+/// Removes the gateway's own cookies from `Cookie`, keeping the app's (P08). A `Cookie`
+/// header that is not visible ASCII is dropped whole: an upstream might still find our
+/// cookie in it.
 pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
     let ours = CookieJar::all_names();
-    let kept: Vec<String> = headers
+    let is_ours = |pair: &str| ours.contains(&pair.split('=').next().unwrap_or("").trim());
+    // Most requests carry none of ours (public paths): nothing to rebuild.
+    let rebuild = headers.get_all(COOKIE).iter().any(|value| {
+        value
+            .to_str()
+            .map_or(true, |text| cookie_pairs(text).any(is_ours))
+    });
+    if !rebuild {
+        return;
+    }
+    let mut kept = String::new();
+    for text in headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or("").trim();
-            !ours.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect();
+    {
+        for pair in cookie_pairs(text).filter(|pair| !is_ours(pair)) {
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
     headers.remove(COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         headers.insert(COOKIE, v);
     }
+}
+
+/// The `name=value` pairs of one `Cookie` header.
+fn cookie_pairs(text: &str) -> impl Iterator<Item = &str> {
+    text.split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
 }
 
 /// A claim as a header value: printable ASCII kept, everything else (non-ASCII,
@@ -250,6 +279,20 @@ mod tests {
         only_ours.append(COOKIE, HeaderValue::from_static("portcullis=secret"));
         remove_gateway_cookies(&mut only_ours);
         assert!(only_ours.get(COOKIE).is_none());
+        // A header we cannot read might still carry ours to the app: dropped whole.
+        let mut unreadable = HeaderMap::new();
+        unreadable.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"a=\xff; portcullis=s").unwrap(),
+        );
+        unreadable.append(COOKIE, HeaderValue::from_static("theme=dark"));
+        remove_gateway_cookies(&mut unreadable);
+        assert_eq!(unreadable[COOKIE], "theme=dark");
+        // None of ours: left as it came.
+        let mut theirs = HeaderMap::new();
+        theirs.append(COOKIE, HeaderValue::from_static("app=1;theme=dark"));
+        remove_gateway_cookies(&mut theirs);
+        assert_eq!(theirs[COOKIE], "app=1;theme=dark");
     }
 
     #[test]

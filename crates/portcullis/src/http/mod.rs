@@ -20,7 +20,6 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Request, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use tower::Layer as _;
 use tower::service_fn;
 
 use crate::gateway::Gateway;
@@ -115,7 +114,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
 
 /// The whole gateway: its endpoints, and everything else through the guard to the
 /// upstream (or a 404 when there is none: forward-auth only).
-pub fn router(gateway: Arc<Gateway>) -> Result<Router, String> {
+pub fn router(gateway: Arc<Gateway>) -> Result<App, String> {
     let config = gateway.config();
     let upstream = match &config.upstream {
         Some(base) => Some(proxy::Upstream::new(
@@ -129,17 +128,103 @@ pub fn router(gateway: Arc<Gateway>) -> Result<Router, String> {
 }
 
 /// [`router`] with a given upstream client (tests use short timeouts).
-pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstream>) -> Router {
-    let guard = guard::GuardLayer::new(gateway.clone());
+pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstream>) -> App {
+    let guard = Arc::new(guard::Guard::new(gateway.clone()));
     let upstream = upstream.map(Arc::new);
-    let protected = guard.layer(service_fn(move |req: Request<Body>| {
-        let upstream = upstream.clone();
-        async move {
-            Ok::<_, Infallible>(match upstream {
+    let fallback = {
+        let (guard, upstream) = (guard.clone(), upstream.clone());
+        service_fn(move |req: Request<Body>| {
+            let (guard, upstream) = (guard.clone(), upstream.clone());
+            async move { Ok::<_, Infallible>(protect(&guard, upstream.as_deref(), req).await) }
+        })
+    };
+    let config = gateway.config();
+    let spa_path = config
+        .spa
+        .code_exchange
+        .then(|| config.spa.code_exchange_path.clone());
+    let prefix = config.prefix.clone();
+    let routes = auth_routes(gateway).fallback_service(fallback);
+    App {
+        inner: Arc::new(AppInner {
+            routes,
+            guard,
+            upstream,
+            prefix,
+            spa_path,
+        }),
+    }
+}
+
+/// A request outside the gateway's own endpoints: the guard, then the upstream.
+async fn protect(
+    guard: &guard::Guard,
+    upstream: Option<&proxy::Upstream>,
+    req: Request<Body>,
+) -> Response {
+    guard
+        .check_then(req, |req| async move {
+            match upstream {
                 Some(u) => u.forward(req).await,
                 None => routes::not_found(req.method().clone(), req.headers().clone()).await,
-            })
+            }
+        })
+        .await
+}
+
+/// The gateway as one service (what [`router`] returns and [`serve::serve`] serves):
+/// requests to its own endpoints go through their router; every other request goes
+/// straight to the guard and the upstream, without a routing table on the way.
+#[derive(Debug, Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+#[derive(Debug)]
+struct AppInner {
+    /// The gateway's endpoints, falling back to the guard like every other path.
+    routes: Router,
+    guard: Arc<guard::Guard>,
+    upstream: Option<Arc<proxy::Upstream>>,
+    prefix: String,
+    spa_path: Option<String>,
+}
+
+impl AppInner {
+    /// Whether the router could have a route for `path`; everything else is its
+    /// fallback anyway, so it goes to the guard directly.
+    fn may_be_own(&self, path: &str) -> bool {
+        path.starts_with(self.prefix.as_str())
+            || path == "/healthz"
+            || path == "/readyz"
+            || self.spa_path.as_deref() == Some(path)
+    }
+}
+
+impl<B> tower::Service<Request<B>> for App
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        if inner.may_be_own(req.uri().path()) {
+            let mut routes = inner.routes.clone();
+            return Box::pin(tower::Service::call(&mut routes, req));
         }
-    }));
-    auth_routes(gateway).fallback_service(protected)
+        let req = req.map(Body::new);
+        Box::pin(async move { Ok(protect(&inner.guard, inner.upstream.as_deref(), req).await) })
+    }
 }

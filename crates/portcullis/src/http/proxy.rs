@@ -29,9 +29,9 @@ use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use super::error::HttpError;
-use super::guard::{CurrentUser, TrustedPeer};
+use super::guard::{Checked, CurrentUser};
 use super::headers;
-use super::path::normalize_path;
+use super::path::{NormalizedPath, normalize_path};
 
 /// Time to open a connection to the upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,14 +117,22 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI: the base, the normalised path re-encoded, the original query.
-    fn target(&self, uri: &Uri) -> Result<Uri, HttpError> {
-        let path = normalize_path(uri.path()).map_err(|e| {
-            HttpError::bad_request(
-                "ambiguous_path",
-                format!("This address cannot be served: {e}."),
-            )
-        })?;
+    /// The upstream URI: the base, the normalised path re-encoded (the guard's, or
+    /// normalised here when no guard ran), the original query.
+    fn target(&self, uri: &Uri, checked: Option<&NormalizedPath>) -> Result<Uri, HttpError> {
+        let normalized;
+        let path = match checked {
+            Some(path) => path,
+            None => {
+                normalized = normalize_path(uri.path()).map_err(|e| {
+                    HttpError::bad_request(
+                        "ambiguous_path",
+                        format!("This address cannot be served: {e}."),
+                    )
+                })?;
+                &normalized
+            }
+        };
         let encoded = path.encoded();
         let query = uri.query().unwrap_or("");
         let mut target = String::with_capacity(
@@ -156,7 +164,8 @@ impl Upstream {
 
     /// Forwards one request (already checked by the guard, identity headers set).
     pub async fn forward(&self, mut req: Request<Body>) -> Response {
-        let peer_trusted = req.extensions().get::<TrustedPeer>().is_some_and(|t| t.0);
+        let checked = req.extensions_mut().remove::<Checked>();
+        let peer_trusted = checked.as_ref().is_some_and(|c| c.trusted_peer);
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -169,7 +178,7 @@ impl Upstream {
             .get::<CurrentUser>()
             .map_or(0, |u| u.session_expires_at);
 
-        let target = match self.target(req.uri()) {
+        let target = match self.target(req.uri(), checked.as_ref().map(|c| &c.path)) {
             Ok(t) => t,
             Err(e) => return e.into_response(),
         };
@@ -183,15 +192,23 @@ impl Upstream {
         if let Ok(host) = HeaderValue::from_str(&self.authority) {
             h.insert(header::HOST, host);
         }
-        let (sent, body_sent) = oneshot::channel();
-        let body = Body::new(IdleTimeout::new(body, self.timeouts.idle).for_request(sent));
+        // A request without a body (most GETs) has nothing to time out or to strip.
+        let (body, body_sent) = if body.is_end_stream() {
+            (body, None)
+        } else {
+            let (sent, body_sent) = oneshot::channel();
+            let body = Body::new(IdleTimeout::new(body, self.timeouts.idle).for_request(sent));
+            (body, Some(body_sent))
+        };
         let upstream_req = Request::from_parts(parts, body);
 
         // The response-header timeout starts once the request body is sent: an upload
         // takes as long as it needs, under the idle timeout.
         let header_timeout = self.timeouts.response_header;
         let deadline = async move {
-            let _ = body_sent.await;
+            if let Some(body_sent) = body_sent {
+                let _ = body_sent.await;
+            }
             tokio::time::sleep(header_timeout).await;
         };
         let answer = tokio::select! {
@@ -381,11 +398,15 @@ where
 }
 
 /// A body that fails when no frame arrives for `idle`: streams may last forever, but
-/// may not stall forever.
+/// may not stall forever. The timer is armed only when the body waits: a body whose
+/// frames are ready when asked for (most small answers) never touches the timer wheel.
 pub struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Armed at the first wait; re-armed at a wait that follows progress.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// A frame arrived since the timer was last armed.
+    progressed: bool,
     /// Request bodies: signalled when the body has been sent in full (or failed).
     sent: Option<oneshot::Sender<()>>,
     /// Request bodies: trailers are dropped, so none can carry an identity header.
@@ -397,7 +418,8 @@ impl<B> IdleTimeout<B> {
         Self {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
+            progressed: false,
             sent: None,
             drop_trailers: false,
         }
@@ -420,6 +442,22 @@ impl<B> IdleTimeout<B> {
         if let Some(tx) = self.sent.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Polls the idle timer, arming it (from now) when this is the first wait or a
+    /// frame arrived since it was armed.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let progressed = std::mem::take(&mut self.progressed);
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if progressed {
+                    sleep.as_mut().reset(Instant::now() + self.idle);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(self.idle))),
+        };
+        sleep.as_mut().poll(cx)
     }
 }
 
@@ -451,8 +489,7 @@ where
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(deadline);
+                    this.progressed = true;
                     if this.drop_trailers && frame.is_trailers() {
                         continue;
                     }
@@ -467,7 +504,7 @@ where
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    return match this.sleep.as_mut().poll(cx) {
+                    return match this.poll_idle(cx) {
                         Poll::Ready(()) => {
                             this.finished();
                             Poll::Ready(Some(Err(Box::new(IdleTimeoutError))))

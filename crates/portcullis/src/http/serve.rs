@@ -11,12 +11,14 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt as _;
+use tower::Service;
 
 /// Limits of the server.
 #[derive(Debug, Clone, Copy)]
@@ -40,12 +42,16 @@ impl Default for ServeOptions {
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -70,11 +76,11 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = app.clone().map_request(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            req
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(WithPeer {
+            inner: app.clone(),
+            peer,
         });
-        let service = TowerToHyperService::new(service);
         let mut stop = stop_rx.clone();
         let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
@@ -108,8 +114,36 @@ pub async fn serve(
     Ok(())
 }
 
-// `Router` is a `Service<Request<Incoming>>` whose error is `Infallible`.
+/// A connection's service: every request carries the peer's address
+/// (`ConnectInfo<SocketAddr>`, as `axum::serve` would set it).
+#[derive(Debug, Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S> Service<Request<Incoming>> for WithPeer<S>
+where
+    S: Service<Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(self.peer));
+        self.inner.call(req)
+    }
+}
+
+// `Router` and `App` are `Service<Request<Incoming>>`s whose error is `Infallible`.
 const _: fn() = || {
     fn assert_service<S: tower::Service<Request<Incoming>, Error = Infallible>>() {}
     assert_service::<Router>();
+    assert_service::<super::App>();
 };
