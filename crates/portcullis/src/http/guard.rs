@@ -411,7 +411,9 @@ impl Guard {
         };
         headers::set_identity(
             req.headers_mut(),
-            &user.id.to_string(),
+            user.id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
             user.email.as_deref(),
             user.name.as_deref(),
         );

@@ -178,15 +178,26 @@ fn cookie_pairs(text: &str) -> impl Iterator<Item = &str> {
 /// A claim as a header value: printable ASCII kept, everything else (non-ASCII,
 /// controls, `%`) percent-encoded as UTF-8; `None` when empty or too long (P07).
 pub fn identity_value(claim: &str) -> Option<HeaderValue> {
-    let mut out = String::with_capacity(claim.len());
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'%';
+    if claim.bytes().all(plain) {
+        // Nothing to encode (most claims): one copy, straight into the value.
+        if claim.is_empty() || claim.len() > MAX_IDENTITY_VALUE {
+            return None;
+        }
+        return HeaderValue::from_str(claim).ok();
+    }
+    let mut out = String::with_capacity(claim.len() + 8);
     for b in claim.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
+        if plain(b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
         }
     }
-    if out.is_empty() || out.len() > MAX_IDENTITY_VALUE {
+    if out.len() > MAX_IDENTITY_VALUE {
         return None;
     }
     HeaderValue::from_str(&out).ok()
@@ -194,8 +205,18 @@ pub fn identity_value(claim: &str) -> Option<HeaderValue> {
 
 /// Sets our identity headers (exactly one of each) from the session's user.
 pub fn set_identity(headers: &mut HeaderMap, id: &str, email: Option<&str>, name: Option<&str>) {
-    for (header, value) in [(USER_ID, Some(id)), (USER_EMAIL, email), (USER_NAME, name)] {
-        headers.remove(header);
+    const NAMES: [HeaderName; 3] = [
+        HeaderName::from_static(USER_ID),
+        HeaderName::from_static(USER_EMAIL),
+        HeaderName::from_static(USER_NAME),
+    ];
+    let [id_header, email_header, name_header] = NAMES;
+    for (header, value) in [
+        (id_header, Some(id)),
+        (email_header, email),
+        (name_header, name),
+    ] {
+        headers.remove(&header);
         if let Some(v) = value.and_then(identity_value) {
             headers.insert(header, v);
         }

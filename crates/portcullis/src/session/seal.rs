@@ -13,14 +13,15 @@ use zeroize::Zeroizing;
 use crate::config::SecretKeys;
 use crate::random;
 
-/// A value sealed by the key ring, as stored. Only `KeyRing::open` reveals it.
+/// A value sealed by the key ring, as stored. Only `KeyRing::open` reveals it. Shared:
+/// copying a session record (the cache hands out copies) only counts a reference.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Sealed(String);
+pub struct Sealed(std::sync::Arc<str>);
 
 impl Sealed {
     /// Wraps a value read back from the store.
     pub fn from_stored(s: String) -> Self {
-        Self(s)
+        Self(s.into())
     }
     pub fn as_stored(&self) -> &str {
         &self.0
@@ -99,7 +100,7 @@ impl KeyRing {
         let mut blob = Vec::with_capacity(NONCE_LEN + in_out.len());
         blob.extend_from_slice(nonce.as_ref());
         blob.extend_from_slice(&in_out);
-        Sealed(format!(
+        Sealed::from_stored(format!(
             "v1.{}.{}",
             current.id,
             URL_SAFE_NO_PAD.encode(blob)
