@@ -411,7 +411,17 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let app = portcullis::http::router(gateway)?;
-    portcullis::http::serve::serve(listener, app, Default::default(), shutdown_signal()).await?;
+    // One serving thread per core, each with its own single-threaded runtime: see
+    // `serve_on_threads` and docs/BENCHMARKS.md.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    portcullis::http::serve::serve_on_threads(
+        listener,
+        threads,
+        move || app.with_own_connections(),
+        Default::default(),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("portcullis stopped");
     Ok(())
 }

@@ -190,6 +190,23 @@ struct AppInner {
     spa_path: Option<String>,
 }
 
+impl App {
+    /// The same gateway with its own upstream connection pool: what each serving thread
+    /// of [`serve::serve_on_threads`] gets.
+    pub fn with_own_connections(&self) -> App {
+        let inner = &self.inner;
+        App {
+            inner: Arc::new(AppInner {
+                routes: inner.routes.clone(),
+                guard: inner.guard.clone(),
+                upstream: inner.upstream.as_ref().map(|u| Arc::new(u.with_own_pool())),
+                prefix: inner.prefix.clone(),
+                spa_path: inner.spa_path.clone(),
+            }),
+        }
+    }
+}
+
 impl AppInner {
     /// Whether the router could have a route for `path`; everything else is its
     /// fallback anyway, so it goes to the guard directly.

@@ -91,13 +91,7 @@ impl Upstream {
             Some(p) => format!("{host}:{p}"),
             None => host.to_owned(),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .retry_canceled_requests(true)
-            .build(connector);
+        let client = client(timeouts);
         let forwarded_host = public_url.host_str().and_then(|host| {
             let host = match public_url.port() {
                 Some(p) => format!("{host}:{p}"),
@@ -115,6 +109,15 @@ impl Upstream {
             forwarded_host,
             tunnels: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The same upstream with a connection pool of its own (one per serving thread, so
+    /// that a pooled connection is used on the thread that runs it).
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            client: client(self.timeouts),
+            ..self.clone()
+        }
     }
 
     /// The upstream URI: the base, the normalised path re-encoded (the guard's, or
@@ -312,6 +315,17 @@ impl Upstream {
             h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
+}
+
+/// The pooled HTTP/1.1 client to the upstream.
+fn client(timeouts: ProxyTimeouts) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(timeouts.connect));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .retry_canceled_requests(true)
+        .build(connector)
 }
 
 /// A WebSocket handshake (RFC 6455 §4.1): `Connection: upgrade`, `Upgrade: websocket`.

@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::task::{Context, Poll};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::Service;
 
 /// Limits of the server.
@@ -41,7 +41,8 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then drains.
+/// Serves `app` on `listener` until `shutdown` completes, then drains. Connections run
+/// on the calling runtime.
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,
@@ -54,15 +55,133 @@ where
 {
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let accepted = accept_until(&listener, &permits, shutdown, |connection| {
+        tokio::spawn(connection.run(app.clone(), stop_rx.clone(), options));
+    })
+    .await;
+    drop(listener);
+    drain(stop_tx, &permits, options).await;
+    accepted
+}
+
+/// [`serve`] on `threads` threads, each with its own single-threaded runtime and its own
+/// `make_app()`: the calling runtime accepts and hands connections out in turn, and a
+/// connection stays on its thread, with the upstream connections it opens. No request
+/// crosses threads on the way (tokio's multi-threaded scheduler moves tasks between
+/// cores and wakes across them: measured in `docs/BENCHMARKS.md`, a quarter of the
+/// proxy path's CPU on two cores).
+pub async fn serve_on_threads<S, F>(
+    listener: TcpListener,
+    threads: usize,
+    make_app: F,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    F: Fn() -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let make_app = Arc::new(make_app);
+    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
+    for n in 0..threads.max(1) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted<std::net::TcpStream>>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (make_app, stop_rx) = (make_app.clone(), stop_rx.clone());
+        std::thread::Builder::new()
+            .name(format!("portcullis-http-{n}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let app = make_app();
+                    let mut connections = tokio::task::JoinSet::new();
+                    while let Some(accepted) = rx.recv().await {
+                        while connections.try_join_next().is_some() {}
+                        match TcpStream::from_std(accepted.stream) {
+                            Ok(stream) => {
+                                let connection = Accepted {
+                                    stream,
+                                    peer: accepted.peer,
+                                    permit: accepted.permit,
+                                };
+                                connections.spawn(connection.run(
+                                    app.clone(),
+                                    stop_rx.clone(),
+                                    options,
+                                ));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
+                        }
+                    }
+                    // Accepting stopped; `drain` tells the connections to finish: they
+                    // get the grace time here, then the runtime ends with the thread.
+                    let _ = tokio::time::timeout(options.shutdown_grace, async {
+                        while connections.join_next().await.is_some() {}
+                    })
+                    .await;
+                });
+            })?;
+        workers.push(tx);
+    }
+    let mut next = 0;
+    let accepted = accept_until(&listener, &permits, shutdown, |connection| {
+        // A stream registered with this runtime is handed over unregistered.
+        let Accepted {
+            stream,
+            peer,
+            permit,
+        } = connection;
+        match stream.into_std() {
+            Ok(stream) => {
+                let worker = &workers[next % workers.len()];
+                next = next.wrapping_add(1);
+                if worker
+                    .send(Accepted {
+                        stream,
+                        peer,
+                        permit,
+                    })
+                    .is_err()
+                {
+                    tracing::warn!("a serving thread is gone; connection dropped");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand over a connection"),
+        }
+    })
+    .await;
+    drop(listener);
+    drop(workers);
+    drain(stop_tx, &permits, options).await;
+    accepted
+}
+
+/// One accepted connection and its place under the connection cap.
+struct Accepted<T> {
+    stream: T,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Accepts connections (each once a place under the cap is free, so that excess
+/// clients queue in the backlog) until `shutdown` completes.
+async fn accept_until(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: impl Future<Output = ()>,
+    mut handle: impl FnMut(Accepted<TcpStream>),
+) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     loop {
-        // Wait for a free place before accepting, so excess clients queue in the backlog.
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
-                Err(_) => break,
+                Err(_) => return Ok(()),
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => return Ok(()),
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,44 +193,61 @@ where
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(WithPeer {
-            inner: app.clone(),
+        handle(Accepted {
+            stream,
             peer,
-        });
-        let mut stop = stop_rx.clone();
-        let header_read_timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .keep_alive(true);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    return;
-                }
-                _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
+            permit,
         });
     }
-    drop(listener);
+}
+
+/// Tells every connection to finish its request in flight, then waits until all have
+/// closed (each holds a permit) or the grace time is over.
+async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: ServeOptions) {
     let _ = stop_tx.send(true);
-    // Every connection holds a permit: all of them back means all connections closed.
     let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(options.shutdown_grace, permits.acquire_many(all)).await;
-    Ok(())
+}
+
+impl Accepted<TcpStream> {
+    /// Serves the connection until it closes, or until `stop` asks it to finish the
+    /// request in flight.
+    async fn run<S>(self, app: S, mut stop: watch::Receiver<bool>, options: ServeOptions)
+    where
+        S: Service<Request<Incoming>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let _permit = self.permit;
+        let service = TowerToHyperService::new(WithPeer {
+            inner: app,
+            peer: self.peer,
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(self.stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed() => conn.as_mut().graceful_shutdown(),
+        }
+        let _ = conn.await;
+    }
 }
 
 /// A connection's service: every request carries the peer's address
@@ -147,3 +283,98 @@ const _: fn() = || {
     assert_service::<Router>();
     assert_service::<super::App>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Sends one `Connection: close` request and reads the whole answer.
+    async fn request(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn connections_take_turns_on_the_threads_and_finish_at_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (entered_tx, mut entered_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (release_tx, release_rx) = watch::channel(false);
+        let app = Router::new()
+            .route(
+                "/thread",
+                get(|| async { std::thread::current().name().unwrap_or("").to_owned() }),
+            )
+            .route(
+                "/slow",
+                get(move || {
+                    let (entered, mut release) = (entered_tx.clone(), release_rx.clone());
+                    async move {
+                        let _ = entered.send(());
+                        let _ = release.wait_for(|r| *r).await;
+                        "finished"
+                    }
+                }),
+            );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let options = ServeOptions {
+            shutdown_grace: Duration::from_secs(20),
+            ..ServeOptions::default()
+        };
+        let server = tokio::spawn(serve_on_threads(
+            listener,
+            2,
+            move || app.clone(),
+            options,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+
+        // Two connections in a row land on the two threads.
+        let first = request(addr, "/thread").await;
+        let second = request(addr, "/thread").await;
+        let thread = |answer: &str| answer.rsplit("\r\n\r\n").next().unwrap_or("").to_owned();
+        let (a, b) = (thread(&first), thread(&second));
+        assert!(
+            a.starts_with("portcullis-http-") && b.starts_with("portcullis-http-"),
+            "{a} {b}"
+        );
+        assert_ne!(a, b, "two connections, two threads");
+
+        // A request in flight at shutdown is finished, then the server returns.
+        let slow = tokio::spawn(request(addr, "/slow"));
+        entered_rx.recv().await.unwrap();
+        stop_tx.send(()).unwrap();
+        // Once nothing accepts any more, the drain has begun (the listener is dropped
+        // right before it): the server must still be waiting for the request in flight.
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !server.is_finished(),
+            "the server waits for the request in flight"
+        );
+        release_tx.send(true).unwrap();
+        let answer = slow.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.ends_with("finished"),
+            "{answer}"
+        );
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server stops once its connections closed")
+            .unwrap()
+            .unwrap();
+    }
+}
