@@ -104,6 +104,11 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<String> {
 /// Removes hop-by-hop headers; with `keep_upgrade`, keeps `Connection: upgrade` and
 /// `Upgrade` for a WebSocket handshake.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Without any of them (no `Connection` either) there is nothing to do: one pass
+    // over the names instead of a lookup per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let upgrade = headers.get(header::UPGRADE).cloned();
     for name in named_by_connection(headers) {
         headers.remove(name.as_str());
