@@ -86,10 +86,12 @@ mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"we
 mutate $S/http/serve.rs '.header_read_timeout(header_read_timeout)' '.header_read_timeout(None)' $G slow_header
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
-mutate $S/http/proxy.rs '            path.encoded(),' '            uri.path(),' $G p03_
-mutate $S/http/headers.rs '    canonical(name).starts_with("x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
+mutate $S/http/proxy.rs 'let encoded = path.encoded();' 'let encoded = uri.path().to_owned();' $G p03_decisions
+mutate $S/http/proxy.rs '.filter(|c| c.raw_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
+mutate $S/http/headers.rs '    canonical_starts_with(name, "x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
 mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), trusted);' '' $G p02_
-mutate $S/http/headers.rs '!ours.contains(&name)' 'true' $G p08_
+mutate $S/http/headers.rs 'for pair in cookie_pairs(text).filter(|pair| !is_ours(pair)) {' 'for pair in cookie_pairs(text) {' $G p08_
+mutate $S/http/headers.rs '.map_or(true, |text| cookie_pairs(text).any(is_ours))' '.map_or(false, |text| cookie_pairs(text).any(is_ours))' lib p08_gateway_cookies
 mutate $S/http/request.rs 'Some(origin) => origin.as_bytes() == public_origin.as_bytes(),' 'Some(_) => true,' $G s06_cross_site
 mutate $S/http/routes.rs '        if is_same_origin_write(' '        if true || is_same_origin_write(' $G o02_
 mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;' '' $G o01_

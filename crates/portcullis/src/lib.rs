@@ -31,6 +31,7 @@ pub mod provider;
 pub mod random;
 pub mod session;
 pub mod store;
+pub mod threads;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -1146,3 +1146,56 @@ async fn slow_header_senders_are_disconnected() {
     let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "a slow-loris connection was kept open");
 }
+
+/// An embedder's layer between the guard and the proxy that rewrites the path (here: a
+/// mount point stripped) is honoured: the proxy reuses the guard's normalised path only
+/// while the request still has the path the guard read, and normalises afresh otherwise.
+#[tokio::test]
+async fn p03_a_path_rewritten_after_the_guard_is_normalised_again() {
+    use portcullis::http::guard::GuardLayer;
+    use portcullis::http::proxy::{ProxyTimeouts, Upstream};
+    use std::sync::Arc;
+    use tower::Layer as _;
+
+    let s = setup().await;
+    let config = s.gw.gateway.config();
+    let upstream = Arc::new(
+        Upstream::new(
+            &url::Url::parse(&s.up.url).unwrap(),
+            &config.public_url,
+            ProxyTimeouts::default(),
+        )
+        .unwrap(),
+    );
+    let forward = tower::service_fn(move |mut req: axum::http::Request<axum::body::Body>| {
+        let upstream = upstream.clone();
+        async move {
+            // The mount point `/public/app` is stripped before forwarding.
+            let rest = req
+                .uri()
+                .path()
+                .trim_start_matches("/public/app")
+                .to_owned();
+            *req.uri_mut() = format!("/public{rest}").parse().unwrap();
+            Ok::<_, std::convert::Infallible>(upstream.forward(req).await)
+        }
+    });
+    let app = GuardLayer::new(s.gw.gateway.clone()).layer(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(portcullis::http::serve::serve(
+        listener,
+        axum::Router::new().fallback_service(app),
+        Default::default(),
+        std::future::pending(),
+    ));
+    let r = Browser::new()
+        .get(&format!("{base}/public/app/./x//y"), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["uri"],
+        "/public/x/y",
+        "the rewritten path, normalised"
+    );
+}

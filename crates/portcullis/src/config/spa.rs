@@ -42,7 +42,13 @@ impl RawSpa {
             errors.push("`spa.redirect_uri` is required when `spa.code_exchange` is true".into());
         }
         let exchange_path = &spa.code_exchange_path;
+        // Plain characters only: the router reads `{…}` as a capture, and the gateway
+        // recognises its own paths by exact comparison.
+        let plain = exchange_path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'));
         if crate::http::path::PathPattern::parse(exchange_path).is_none()
+            || !plain
             || exchange_path.ends_with('*')
             || exchange_path == prefix
             || exchange_path.starts_with(&format!("{prefix}/"))
@@ -50,9 +56,46 @@ impl RawSpa {
             || exchange_path == "/readyz"
         {
             errors.push(format!(
-                "`spa.code_exchange_path`: `{exchange_path}` must be a normalised path outside `{prefix}` and not /healthz or /readyz"
+                "`spa.code_exchange_path`: `{exchange_path}` must be a normalised path of letters, digits and `/-_.~`, outside `{prefix}` and not /healthz or /readyz"
             ));
         }
         spa
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::config::test_support::{env, minimal};
+
+    fn errors_for(path: &str) -> Vec<String> {
+        let mut e = minimal();
+        e.extend(env(&[("PORTCULLIS_SPA_CODE_EXCHANGE_PATH", path)]));
+        Config::load_from(None, e)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_exchange_path_is_plain_and_outside_the_gateway() {
+        assert!(errors_for("/api/v1/auth-callback_x.json").is_empty());
+        // `{x}` would be a router capture, not the literal path the gateway compares.
+        for bad in [
+            "/api/{x}",
+            "/api/{",
+            "/api/a b",
+            "/auth/exchange",
+            "/healthz",
+            "/api/*",
+        ] {
+            let errors = errors_for(bad);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("`spa.code_exchange_path`")),
+                "{bad}: {errors:?}"
+            );
+        }
     }
 }

@@ -85,6 +85,9 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub trusted_peer: bool,
+    /// The request path as the guard read it: the normalised one below is reused only
+    /// while the request still has this path (a layer in between may rewrite it).
+    pub raw_path: String,
     pub path: NormalizedPath,
 }
 
@@ -286,10 +289,12 @@ impl Guard {
                 .into_response();
             }
         };
-        req.extensions_mut().insert(Checked {
+        let checked = Checked {
             trusted_peer: trusted,
+            raw_path: req.uri().path().to_owned(),
             path: path.clone(),
-        });
+        };
+        req.extensions_mut().insert(checked);
         if self.public_paths.iter().any(|p| p.matches(&path)) {
             return next(req).await;
         }

@@ -181,7 +181,11 @@ impl Upstream {
             .get::<CurrentUser>()
             .map_or(0, |u| u.session_expires_at);
 
-        let target = match self.target(req.uri(), checked.as_ref().map(|c| &c.path)) {
+        let decided = checked
+            .as_ref()
+            .filter(|c| c.raw_path == req.uri().path())
+            .map(|c| &c.path);
+        let target = match self.target(req.uri(), decided) {
             Ok(t) => t,
             Err(e) => return e.into_response(),
         };

@@ -85,16 +85,24 @@ where
     let make_app = Arc::new(make_app);
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Set once every connection on every thread is done (or the grace time is over).
+    // Until then each thread keeps its runtime: connections to the store, the provider
+    // and the upstream opened on one thread, and tasks spawned there (a refresh whose
+    // client left), may be in use by another thread's requests.
+    let (drained_tx, drained_rx) = watch::channel(false);
     let mut workers = Vec::new();
+    let mut handles = Vec::new();
     for n in 0..threads.max(1) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted<std::net::TcpStream>>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (make_app, stop_rx) = (make_app.clone(), stop_rx.clone());
-        std::thread::Builder::new()
+        let (make_app, stop_rx, mut drained_rx) =
+            (make_app.clone(), stop_rx.clone(), drained_rx.clone());
+        let handle = std::thread::Builder::new()
             .name(format!("portcullis-http-{n}"))
             .spawn(move || {
+                crate::threads::mark_serving_thread();
                 runtime.block_on(async move {
                     let app = make_app();
                     let mut connections = tokio::task::JoinSet::new();
@@ -116,14 +124,16 @@ where
                             Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
                         }
                     }
-                    // Accepting stopped; `drain` tells the connections to finish: they
-                    // get the grace time here, then the runtime ends with the thread.
+                    // Accepting stopped; `drain` tells the connections to finish and
+                    // says when all threads' connections are done.
                     let _ = tokio::time::timeout(options.shutdown_grace, async {
                         while connections.join_next().await.is_some() {}
+                        let _ = drained_rx.wait_for(|drained| *drained).await;
                     })
                     .await;
                 });
             })?;
+        handles.push(handle);
         workers.push(tx);
     }
     let mut next = 0;
@@ -156,6 +166,14 @@ where
     drop(listener);
     drop(workers);
     drain(stop_tx, &permits, options).await;
+    let _ = drained_tx.send(true);
+    // The threads end promptly now (each waits at most the grace time in all).
+    let _ = tokio::task::spawn_blocking(move || {
+        for handle in handles {
+            let _ = handle.join();
+        }
+    })
+    .await;
     accepted
 }
 

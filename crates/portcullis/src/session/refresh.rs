@@ -6,8 +6,9 @@
 //!   in count and time), then the winner takes the store's lease so that instances
 //!   sharing a store refresh once too. Whoever waited re-reads the session and finds
 //!   the result; the commit is a compare-and-swap on the token version.
-//! - **Cancellation**: the refresh runs in its own task. A browser that disconnects
-//!   cannot abandon a refresh token the provider has already rotated.
+//! - **Cancellation**: the refresh runs in its own task, on the runtime the session
+//!   service was made on (not a serving thread's). A browser that disconnects cannot
+//!   abandon a refresh token the provider has already rotated.
 //! - **Failures**: `invalid_grant` ends the session. Anything else keeps it: the request
 //!   is served while the access token is valid, else answered 503 with `Retry-After`. A
 //!   breaker spaces attempts after a failure (1 s, 2 s, … 30 s) and lets one probe
@@ -263,7 +264,12 @@ impl Sessions {
             return self.serve_stale(fresh, 1);
         };
         let sessions = self.clone();
-        match tokio::spawn(async move { sessions.refresh_in_flight(fresh, ticket).await }).await {
+        let refresh = async move { sessions.refresh_in_flight(fresh, ticket).await };
+        let task = match &self.runtime {
+            Some(runtime) => runtime.spawn(refresh),
+            None => tokio::spawn(refresh),
+        };
+        match task.await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "a refresh task failed");

@@ -11,6 +11,7 @@ use super::seal::KeyRing;
 use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
 use crate::provider::Provider;
+use crate::store::on_runtime::OnRuntime;
 use crate::store::{Store, StoreError};
 
 /// Sign-in, lookup, refresh, logout and administration of sessions. The methods live
@@ -26,6 +27,10 @@ pub struct Sessions {
     /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
     pub(crate) refreshes: Refreshes,
     pub(crate) events: SecurityEvents,
+    /// The runtime the service was made on (the process's main one): refreshes run
+    /// there, so that one whose request went away is never cut short by the end of a
+    /// serving thread's runtime. `None` when made outside a runtime.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Sessions {
@@ -38,6 +43,13 @@ impl Sessions {
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        // Store connections live on the runtime the service was made on (see
+        // `store::on_runtime`); the cache in front keeps hits on the calling thread.
+        let store = match &runtime {
+            Some(runtime) => OnRuntime::wrap(store, runtime.clone()),
+            None => store,
+        };
         let store: Arc<dyn Store> = match config.session.cache_entries {
             0 => store,
             entries => CachedStore::new(store, entries, config.session.cache_mb),
@@ -50,6 +62,7 @@ impl Sessions {
             clock,
             refreshes: Refreshes::default(),
             events: SecurityEvents::default(),
+            runtime,
         }
     }
 

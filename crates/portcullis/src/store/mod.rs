@@ -16,6 +16,7 @@ use crate::session::seal::Sealed;
 pub mod conformance;
 pub mod copy;
 pub mod feed;
+pub mod on_runtime;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
