@@ -88,6 +88,11 @@ mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/proxy.rs 'let encoded = path.encoded();' 'let encoded = uri.path().to_owned();' $G p03_decisions
 mutate $S/http/proxy.rs '.filter(|c| c.raw_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
+mutate $S/http/proxy.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);
+        headers::remove_gateway_set_cookies(&mut parts.headers);' '        headers::remove_hop_by_hop(&mut parts.headers, false);' $G c01_
+mutate $S/http/headers.rs '        || canonical_starts_with(name, "x-auth-request-")' '' lib client_headers_in_the_gateway
+mutate $S/http/guard.rs 'if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {' 'if false {' $G w01_
+mutate $S/http/proxy.rs '!= expected_accept.as_ref().map(String::as_bytes)' '!= accepted.map(HeaderValue::as_bytes)' $G w03_
 mutate $S/http/headers.rs '    canonical_starts_with(name, "x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
 mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), trusted);' '' $G p02_
 mutate $S/http/headers.rs 'for pair in cookie_pairs(text).filter(|pair| !is_ours(pair)) {' 'for pair in cookie_pairs(text) {' $G p08_

@@ -742,6 +742,98 @@ async fn a_websocket_echo_passes_through_the_proxy() {
     assert_eq!(&echo, b"\x81\x05hello");
 }
 
+/// Sends a WebSocket handshake for `path` with the session of `b` (and `origin`, if
+/// any) and returns the answer's head.
+async fn websocket_handshake(
+    s: &Setup,
+    b: &Browser,
+    path: &str,
+    key: &str,
+    origin: Option<&str>,
+) -> String {
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{origin}\
+         Cookie: portcullis={}\r\n\r\n",
+        b.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn c01_the_app_cannot_plant_or_replace_the_gateway_cookies() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let session = b.cookie("portcullis").unwrap();
+    let r = b.get(&s.gw.at("/set-cookies"), &[]).await;
+    assert_eq!(r.status, 200);
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, ["app=1; Path=/"], "only the app's own cookie passes");
+    assert_eq!(b.cookie("portcullis").unwrap(), session);
+    assert_eq!(b.get(&s.gw.at("/x"), &[]).await.status, 200, "still signed in");
+}
+
+#[tokio::test]
+async fn w01_cross_origin_websockets_are_refused_before_the_upstream() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let port = s.gw.url.rsplit(':').next().unwrap().to_owned();
+    for origin in [
+        "https://evil.example".to_owned(),
+        format!("http://sibling.localhost:{port}"),
+        "http://127.0.0.1:1".to_owned(),
+        format!("https://127.0.0.1:{port}"),
+        "null".to_owned(),
+    ] {
+        let head = websocket_handshake(&s, &b, "/ws", key, Some(&origin)).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{origin}: {head}");
+    }
+    assert_eq!(
+        s.up.calls(),
+        0,
+        "the upstream never saw a cross-origin handshake"
+    );
+    // Our own origin, and a client that sends none (not a browser), pass.
+    let head = websocket_handshake(&s, &b, "/ws", key, Some(&s.gw.url)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let head = websocket_handshake(&s, &b, "/ws", key, None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+#[tokio::test]
+async fn w03_a_switch_without_the_right_accept_is_not_a_tunnel() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    // The upstream answers with the accept value of RFC 6455's sample key, not ours.
+    let head = websocket_handshake(&s, &b, "/ws-forged", "b3RoZXIga2V5IGhlcmUhIQ==", None).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    // With the key that value belongs to, the same answer is believed.
+    let head = websocket_handshake(&s, &b, "/ws-forged", "dGhlIHNhbXBsZSBub25jZQ==", None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
 #[tokio::test]
 async fn a_websocket_without_a_session_is_refused() {
     let s = setup().await;

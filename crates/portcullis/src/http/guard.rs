@@ -390,6 +390,21 @@ impl Guard {
             .into_response();
         }
 
+        // W01: a WebSocket (any upgrade) carries the session like a write does, and no
+        // CORS rule stops a page elsewhere from opening one: only our own origin may.
+        // (Browsers always send `Origin` on a WebSocket handshake; a client without one
+        // is not a browser a foreign page could drive.)
+        if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {
+            tracing::warn!(path = path.as_str(), "cross-origin WebSocket refused");
+            return HttpError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin_websocket",
+                "This connection did not come from this site, so it was refused.",
+            )
+            .page(page)
+            .into_response();
+        }
+
         if self.token_relay.iter().any(|p| p.matches(path)) {
             // Token relay: the upstream gets our access token, never the client's header
             // (`insert` replaces every `Authorization` the client sent).

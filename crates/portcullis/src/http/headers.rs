@@ -52,9 +52,12 @@ fn is_protected_from_connection(name: &str) -> bool {
         )
 }
 
-/// Whether a client-sent header claims an identity (`X-User-*` in any spelling).
+/// Whether a client-sent header claims an identity or speaks for the gateway
+/// (`X-User-*`, `X-Auth-Request-*`, `X-Portcullis-*`, in any spelling).
 pub fn is_identity_header(name: &str) -> bool {
     canonical_starts_with(name, "x-user-")
+        || canonical_starts_with(name, "x-auth-request-")
+        || canonical_starts_with(name, "x-portcullis-")
 }
 
 /// Forwarding headers that are only believed from trusted proxies (P04).
@@ -171,6 +174,57 @@ pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
     {
         headers.insert(COOKIE, v);
     }
+}
+
+/// Removes the upstream's `Set-Cookie` headers that would set, replace or delete one
+/// of the gateway's cookies (C01): any case, with or without `__Host-`/`__Secure-`,
+/// `_` or `-`, and a nameless cookie whose value a browser would send as ours.
+pub fn remove_gateway_set_cookies(headers: &mut HeaderMap) {
+    let ours = |set_cookie: &HeaderValue| {
+        let bytes = set_cookie.as_bytes();
+        let pair = bytes.split(|b| *b == b';').next().unwrap_or_default();
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (&[][..], pair),
+        };
+        // A nameless cookie is sent as its bare value: `=portcullis=x` arrives as
+        // `portcullis=x`.
+        let sent = match name.trim_ascii() {
+            [] => value.split(|b| *b == b'=').next().unwrap_or_default(),
+            name => name,
+        };
+        is_gateway_cookie_name(sent.trim_ascii())
+    };
+    if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// Whether a cookie name is one the gateway uses, however spelled.
+fn is_gateway_cookie_name(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let bare = lower
+        .strip_prefix(b"__host-")
+        .or_else(|| lower.strip_prefix(b"__secure-"))
+        .unwrap_or(&lower);
+    let bare: Vec<u8> = bare
+        .iter()
+        .map(|b| if *b == b'_' { b'-' } else { *b })
+        .collect();
+    matches!(
+        &bare[..],
+        b"portcullis" | b"portcullis-tx" | b"portcullis-logout"
+    )
 }
 
 /// The `name=value` pairs of one `Cookie` header.
@@ -319,6 +373,57 @@ mod tests {
         theirs.append(COOKIE, HeaderValue::from_static("app=1;theme=dark"));
         remove_gateway_cookies(&mut theirs);
         assert_eq!(theirs[COOKIE], "app=1;theme=dark");
+    }
+
+    #[test]
+    fn c01_the_upstream_cannot_set_the_gateway_cookies() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "portcullis=evil; Path=/",
+            "__Host-portcullis=evil; Path=/; Secure",
+            "__secure-Portcullis=evil",
+            "PORTCULLIS_TX=evil",
+            "portcullis-tx=x",
+            "__Host-portcullis-logout=; Max-Age=0",
+            " portcullis =evil",
+            "=portcullis=evil",
+            "app=1; Path=/",
+            "portcullisx=kept",
+            "theme=dark",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_str(v).unwrap());
+        }
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_bytes(b"x=\xff").unwrap(),
+        );
+        remove_gateway_set_cookies(&mut h);
+        let left: Vec<&[u8]> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                &b"app=1; Path=/"[..],
+                b"portcullisx=kept",
+                b"theme=dark",
+                b"x=\xff"
+            ]
+        );
+    }
+
+    #[test]
+    fn client_headers_in_the_gateway_s_names_are_dropped() {
+        for name in [
+            "X-Auth-Request-User",
+            "x_auth_request_email",
+            "X-Portcullis-Jwt-Assertion",
+        ] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        assert!(!is_identity_header("x-authorization"));
     }
 
     #[test]

@@ -174,6 +174,10 @@ impl Upstream {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
         let is_websocket = wants_websocket(req.headers());
+        // W03: the answer a genuine WebSocket server gives to this key.
+        let expected_accept = is_websocket
+            .then(|| req.headers().get(SEC_WEBSOCKET_KEY).map(websocket_accept))
+            .flatten();
         let client_upgrade = is_websocket.then(|| hyper::upgrade::on(&mut req));
         // A tunnel lives no longer than the session that opened it.
         let session_ends = req
@@ -253,6 +257,21 @@ impl Upstream {
                 )
                 .into_response();
             };
+            let accepted = resp.headers().get(SEC_WEBSOCKET_ACCEPT);
+            if expected_accept.is_none()
+                || accepted.map(HeaderValue::as_bytes)
+                    != expected_accept.as_ref().map(String::as_bytes)
+            {
+                tracing::warn!(
+                    "the upstream switched protocols without a valid Sec-WebSocket-Accept"
+                );
+                return HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_bad_upgrade",
+                    "The application's WebSocket answer was not valid.",
+                )
+                .into_response();
+            }
             let Some(slot) = TunnelSlot::take(&self.tunnels) else {
                 return HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -280,11 +299,13 @@ impl Upstream {
             });
             let (mut parts, _) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers, true);
+            headers::remove_gateway_set_cookies(&mut parts.headers);
             return Response::from_parts(parts, Body::empty());
         }
 
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, false);
+        headers::remove_gateway_set_cookies(&mut parts.headers);
         Response::from_parts(parts, Body::new(IdleTimeout::new(body, self.timeouts.idle)))
     }
 
@@ -330,6 +351,19 @@ fn client(timeouts: ProxyTimeouts) -> Client<HttpConnector, Body> {
         .pool_idle_timeout(Duration::from_secs(90))
         .retry_canceled_requests(true)
         .build(connector)
+}
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2):
+/// base64(SHA-1(key + the protocol's GUID)).
+fn websocket_accept(key: &HeaderValue) -> String {
+    use base64::Engine as _;
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// A WebSocket handshake (RFC 6455 §4.1): `Connection: upgrade`, `Upgrade: websocket`.

@@ -36,6 +36,8 @@ impl TestUpstream {
             .route("/upload", post(upload))
             .route("/download", get(download))
             .route("/ws", get(websocket))
+            .route("/ws-forged", get(forged_websocket))
+            .route("/set-cookies", get(set_cookies))
             .route("/cors", any(cors))
             .fallback(echo)
             .with_state(upstream.clone());
@@ -179,6 +181,30 @@ async fn websocket(State(u): State<TestUpstream>, mut req: Request) -> Response 
         .header("upgrade", "websocket")
         .header("connection", "Upgrade")
         .header("sec-websocket-accept", accept)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Tries to set the gateway's cookies, and one of its own (C01).
+async fn set_cookies(State(u): State<TestUpstream>) -> Response {
+    u.calls.fetch_add(1, Ordering::SeqCst);
+    Response::builder()
+        .header("set-cookie", "portcullis=planted; Path=/")
+        .header("set-cookie", "__Host-Portcullis=planted; Path=/; Secure")
+        .header("set-cookie", "portcullis_tx=planted; Path=/")
+        .header("set-cookie", "app=1; Path=/")
+        .body(Body::from("cookies"))
+        .unwrap()
+}
+
+/// Switches protocols with an accept value for some other key (W03).
+async fn forged_websocket(State(u): State<TestUpstream>) -> Response {
+    u.calls.fetch_add(1, Ordering::SeqCst);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         .body(Body::empty())
         .unwrap()
 }
