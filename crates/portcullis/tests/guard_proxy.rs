@@ -787,7 +787,11 @@ async fn c01_the_app_cannot_plant_or_replace_the_gateway_cookies() {
         .collect();
     assert_eq!(set, ["app=1; Path=/"], "only the app's own cookie passes");
     assert_eq!(b.cookie("portcullis").unwrap(), session);
-    assert_eq!(b.get(&s.gw.at("/x"), &[]).await.status, 200, "still signed in");
+    assert_eq!(
+        b.get(&s.gw.at("/x"), &[]).await.status,
+        200,
+        "still signed in"
+    );
 }
 
 #[tokio::test]
@@ -1290,4 +1294,57 @@ async fn p03_a_path_rewritten_after_the_guard_is_normalised_again() {
         "/public/x/y",
         "the rewritten path, normalised"
     );
+}
+
+// --- E01: unverified email ----------------------------------------------------------
+
+/// Signs in with the ID token and UserInfo both saying `verified` about the email
+/// (`None`: not saying anything) and returns what the app and `/auth/session` see.
+async fn email_seen_with(verified: Option<bool>, assume: bool) -> (Vec<String>, serde_json::Value) {
+    let options = if assume {
+        Options::default().env("PORTCULLIS_PROVIDER_ASSUME_EMAIL_VERIFIED", "true")
+    } else {
+        Options::default()
+    };
+    let s = setup_with(options).await;
+    let mut info = json!({"sub": "alice", "email": "alice@example.com", "name": "Alice Example"});
+    if let Some(v) = verified {
+        info["email_verified"] = json!(v);
+    }
+    s.p.set_userinfo(Some(info));
+    let b = Browser::new();
+    s.p.sign_in_with(&s.gw, &b, |claims| {
+        let claims = claims.as_object_mut().unwrap();
+        claims.remove("name"); // keeps the UserInfo set above
+        match verified {
+            Some(v) => claims.insert("email_verified".into(), json!(v)),
+            None => claims.remove("email_verified"),
+        };
+    })
+    .await;
+    let echoed_email = echoed(&b.get(&s.gw.at("/x"), &[]).await.json(), "x-user-email");
+    let session = b.get(&s.gw.at("/auth/session"), &[]).await.json();
+    (echoed_email, session["user"]["email"].clone())
+}
+
+#[tokio::test]
+async fn e01_an_unverified_email_never_reaches_the_app() {
+    for verified in [None, Some(false)] {
+        let (header, session) = email_seen_with(verified, false).await;
+        assert!(header.is_empty(), "{verified:?}: {header:?}");
+        assert_eq!(session, serde_json::Value::Null, "{verified:?}");
+    }
+    let (header, session) = email_seen_with(Some(true), false).await;
+    assert_eq!(header, ["alice@example.com"]);
+    assert_eq!(session, "alice@example.com");
+}
+
+#[tokio::test]
+async fn e01_assume_email_verified_trusts_a_provider_that_does_not_say() {
+    let (header, session) = email_seen_with(None, true).await;
+    assert_eq!(header, ["alice@example.com"]);
+    assert_eq!(session, "alice@example.com");
+    // A provider that says `false` is believed all the same.
+    let (header, _) = email_seen_with(Some(false), true).await;
+    assert!(header.is_empty(), "{header:?}");
 }

@@ -42,6 +42,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("access", "require_email_verified", Kind::Bool),
     ("provider", "extra_authorize_params", Kind::Map),
     ("provider", "allowed_algorithms", Kind::List),
+    ("provider", "assume_email_verified", Kind::Bool),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),

@@ -1,6 +1,6 @@
 //! Who the identity provider is and who the gateway is to it: `issuer`, `client_id`,
 //! `client_secret`, `scopes` (top level) and the `[provider]` section (extra authorize
-//! parameters, accepted ID-token algorithms).
+//! parameters, accepted ID-token algorithms, whether email addresses count as verified).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,9 @@ pub struct ProviderSettings {
     pub extra_authorize_params: BTreeMap<String, String>,
     /// `None`: the provider's advertised asymmetric algorithms.
     pub allowed_algorithms: Option<Vec<String>>,
+    /// Treat an email address without `email_verified` as verified (providers that
+    /// release verified addresses only and do not say so, such as Entra ID).
+    pub assume_email_verified: bool,
 }
 
 /// A client secret: never printed.
@@ -98,6 +101,7 @@ fn required(value: Option<String>, name: &str, env: &str, errors: &mut Vec<Strin
 pub(super) struct RawProvider {
     extra_authorize_params: Option<BTreeMap<String, String>>,
     allowed_algorithms: Option<Vec<String>>,
+    assume_email_verified: Option<bool>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -150,6 +154,7 @@ impl RawProvider {
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms,
+            assume_email_verified: self.assume_email_verified.unwrap_or(false),
         }
     }
 }

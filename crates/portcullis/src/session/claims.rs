@@ -36,15 +36,30 @@ const ESSENTIAL: &[&str] = &[
     "groups",
 ];
 
+/// Whether the provider said the email address is verified (OIDC Core §5.1:
+/// `email_verified`; some providers send the string `"true"`).
+pub fn email_verified(claims: &Map<String, Value>) -> bool {
+    match claims.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// `provider.assume_email_verified`: a provider that releases verified addresses only
+/// but never says so (Entra ID) is taken at its word. Only an absent `email_verified`
+/// is filled in; a provider that says `false` is believed.
+pub fn assume_email_verified(claims: &mut Map<String, Value>, assume: bool) {
+    if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {
+        claims.insert("email_verified".to_owned(), Value::Bool(true));
+    }
+}
+
 /// The claims to store (a JSON object of at most [`MAX_CLAIMS_BYTES`]) and whether the
 /// provider said the email address is verified (OIDC Core §5.1: `email_verified`; some
 /// providers send the string `"true"`).
 pub fn kept_claims(claims: &Map<String, Value>) -> (String, bool) {
-    let email_verified = match claims.get("email_verified") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    };
+    let email_verified = email_verified(claims);
     let kept: Map<String, Value> = claims
         .iter()
         .filter(|(k, _)| !TOKEN_CLAIMS.contains(&k.as_str()))

@@ -200,6 +200,10 @@ impl Sessions {
         {
             merge_userinfo(&mut claims, info);
         }
+        super::claims::assume_email_verified(
+            &mut claims,
+            self.config.provider.assume_email_verified,
+        );
         check_access(&self.config.access, &claims)?;
 
         let profile = profile_from_claims(&claims);
@@ -271,11 +275,15 @@ pub(crate) fn merge_userinfo(claims: &mut Map<String, Value>, info: Map<String, 
 }
 
 /// The profile kept for a user: email and name, clipped.
+/// The user's profile as the provider tells it. The email address only when the
+/// provider verified it (E01): the app receives it as an identity (`X-User-Email`), and
+/// an address anyone can type into a sign-up form is not one.
 pub(crate) fn profile_from_claims(claims: &Map<String, Value>) -> UserProfile {
     UserProfile {
         email: claims
             .get("email")
             .and_then(Value::as_str)
+            .filter(|_| super::claims::email_verified(claims))
             .map(|s| clip(s, 320)),
         name: claims
             .get("name")

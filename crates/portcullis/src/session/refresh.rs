@@ -677,6 +677,10 @@ impl Sessions {
                 complete = false;
             }
         }
+        super::claims::assume_email_verified(
+            &mut claims,
+            self.config.provider.assume_email_verified,
+        );
         let refusals = access_refusals(&self.config.access, &claims);
         let undecided = !complete && !refusals.is_empty();
         // Without UserInfo, refusing for a claim only UserInfo would have told us is a
@@ -719,10 +723,15 @@ impl Sessions {
                 }
             }
         }
-        // The profile follows the provider; a claim it no longer sends keeps its value.
+        // The profile follows the provider; a claim it no longer sends keeps its value
+        // (an email address it sends unverified is dropped: E01).
         let told = super::login::profile_from_claims(&claims);
         let profile = UserProfile {
-            email: told.email.or_else(|| record.user.email.clone()),
+            email: if claims.contains_key("email") {
+                told.email
+            } else {
+                record.user.email.clone()
+            },
             name: told.name.or_else(|| record.user.name.clone()),
         };
         if profile.email != record.user.email || profile.name != record.user.name {
