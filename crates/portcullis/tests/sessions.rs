@@ -831,3 +831,42 @@ async fn f06_the_theft_rule_against_a_real_provider() {
     assert_eq!(r.count("revocation.success").await, 1);
     assert_eq!(r.refresh_grants().await, 1);
 }
+
+#[tokio::test]
+async fn f05_one_session_s_faulty_answer_does_not_hold_up_the_others() {
+    let h = hostile(Options::default()).await;
+    let (a, b) = (Browser::new(), Browser::new());
+    h.sign_in(&a, |_| {}).await;
+    h.sign_in(&b, |_| {}).await;
+    h.gw.clock.advance(310); // both access tokens expired
+
+    // A's answer is too odd to use: A waits, and only A.
+    for (n, faulty) in [
+        RefreshAnswer::Json(200, json!({"access_token": "no token_type"})),
+        RefreshAnswer::Json(200, json!({"padding": "x".repeat(2 << 20)})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if n > 0 {
+            h.gw.clock.advance(2); // A's pause is over
+        }
+        h.p.answer_refreshes([faulty.clone()]);
+        let calls = h.p.refresh_calls();
+        assert_eq!(api(&h.gw, &a, "/x").await.status, 503, "{faulty:?}");
+        assert_eq!(h.p.refresh_calls(), calls + 1);
+        assert_eq!(api(&h.gw, &a, "/x").await.status, 503);
+        assert_eq!(
+            h.p.refresh_calls(),
+            calls + 1,
+            "A is paused: no second call"
+        );
+    }
+    // B refreshes at once: no breaker was opened for A's answers.
+    h.p.answer_refreshes([RefreshAnswer::Json(200, refreshed_tokens())]);
+    let calls = h.p.refresh_calls();
+    let resp = api(&h.gw, &b, "/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(h.p.refresh_calls(), calls + 1);
+    assert_eq!(h.gw.session_count().await, 2, "nobody was signed out");
+}

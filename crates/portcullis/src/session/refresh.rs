@@ -11,8 +11,10 @@
 //!   abandon a refresh token the provider has already rotated.
 //! - **Failures**: `invalid_grant` ends the session. Anything else keeps it: the request
 //!   is served while the access token is valid, else answered 503 with `Retry-After`. A
-//!   breaker spaces attempts after a failure (1 s, 2 s, … 30 s) and lets one probe
-//!   through at a time, so an outage is not met with a storm of refreshes.
+//!   breaker spaces attempts after a provider-wide failure (unreachable, timeout, 5xx,
+//!   "slow down", our client refused: 1 s, 2 s, … 30 s) and lets one probe through at a
+//!   time, so an outage is not met with a storm of refreshes. An answer that is too
+//!   large or malformed pauses only its own session on the same schedule.
 //! - **Identity**: a refreshed ID token must name the same `sub` and `iss` for the same
 //!   `aud` (else the session ends), and the access rules are applied again.
 //! - **Rotation**: every refresh gives the session a new id (see `lookup` for the grace
@@ -59,11 +61,29 @@ pub struct Fresh {
     pub rotated: bool,
 }
 
-/// Refreshes in flight in this process, and the breaker.
+/// Refreshes in flight in this process, the breaker (provider-wide outages), and the
+/// sessions whose last answer was faulty in a way that concerns them alone.
 #[derive(Debug, Default)]
 pub struct Refreshes {
     flights: Mutex<HashMap<Uuid, Flight>>,
     breaker: Mutex<Breaker>,
+    paused: Mutex<HashMap<Uuid, Pause>>,
+}
+
+/// Sessions paused at once at most; beyond, a new pause is not remembered (its session
+/// then retries at its next request, as without a pause).
+const MAX_PAUSED: usize = 10_000;
+
+/// One session's pause after faulty answers that did not open the breaker.
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    failures: u32,
+    until: UnixTime,
+}
+
+/// `1, 2, 4, … 30` seconds after 1, 2, 3, … failures in a row.
+fn backoff(failures: u32) -> i64 {
+    (1i64 << failures.min(6).saturating_sub(1)).min(BREAKER_MAX_SECONDS)
 }
 
 #[derive(Debug)]
@@ -110,8 +130,8 @@ impl Drop for Permit<'_> {
 /// down, slow, overloaded, behind something that is not an OAuth server (a 4xx
 /// without an OAuth error), answering garbage, or refusing *us* (a client
 /// misconfiguration would otherwise sign out every user). Such failures keep the
-/// session and open the breaker (F05); an OAuth refusal of the grant ends it.
-fn is_outage(e: &ProviderError) -> bool {
+/// session (F05); an OAuth refusal of the grant ends it.
+fn keeps_session(e: &ProviderError) -> bool {
     match e {
         ProviderError::TokenRejected(code) => {
             code.starts_with("http_")
@@ -126,6 +146,29 @@ fn is_outage(e: &ProviderError) -> bool {
         ProviderError::BadResponse(_)
         | ProviderError::TooLarge(_)
         | ProviderError::IssuerMismatch { .. } => true,
+        other => other.is_transient(),
+    }
+}
+
+/// Failures that would meet every session alike, and so open the breaker: the provider
+/// cannot be reached or does not answer in time, answers 5xx or "slow down", or refuses
+/// this client. An answer that is too large, malformed or not from an OAuth server
+/// pauses only the session it was about: one user's odd answer never holds up the
+/// refreshes of everyone else.
+fn opens_breaker(e: &ProviderError) -> bool {
+    match e {
+        ProviderError::TokenRejected(code) => {
+            code.starts_with("http_5")
+                || matches!(
+                    code.as_str(),
+                    "http_429"
+                        | "temporarily_unavailable"
+                        | "slow_down"
+                        | "server_error"
+                        | "invalid_client"
+                        | "unauthorized_client"
+                )
+        }
         other => other.is_transient(),
     }
 }
@@ -199,8 +242,7 @@ impl Refreshes {
         }
         if failed {
             b.failures = b.failures.saturating_add(1);
-            let pause = 1i64 << b.failures.min(6).saturating_sub(1);
-            b.open_until = now + pause.min(BREAKER_MAX_SECONDS);
+            b.open_until = now + backoff(b.failures);
         } else {
             b.failures = 0;
         }
@@ -210,6 +252,31 @@ impl Refreshes {
     fn retry_after(&self, now: UnixTime) -> u64 {
         let b = lock(&self.breaker);
         (b.open_until - now).max(1) as u64
+    }
+
+    /// Seconds this session still waits after its own faulty answers, if any.
+    fn session_pause(&self, family: Uuid, now: UnixTime) -> Option<u64> {
+        let paused = lock(&self.paused);
+        let until = paused.get(&family)?.until;
+        (now < until).then(|| (until - now) as u64)
+    }
+
+    /// Pauses one session after a faulty answer about it; the seconds to wait.
+    fn pause_session(&self, family: Uuid, now: UnixTime) -> u64 {
+        let mut paused = lock(&self.paused);
+        if paused.len() >= MAX_PAUSED && !paused.contains_key(&family) {
+            paused.retain(|_, p| now < p.until);
+        }
+        let failures = paused.get(&family).map_or(0, |p| p.failures) + 1;
+        let until = now + backoff(failures);
+        if paused.len() < MAX_PAUSED || paused.contains_key(&family) {
+            paused.insert(family, Pause { failures, until });
+        }
+        (until - now).max(1) as u64
+    }
+
+    fn clear_pause(&self, family: Uuid) {
+        lock(&self.paused).remove(&family);
     }
 }
 
@@ -424,6 +491,10 @@ impl Sessions {
     /// Calls the provider, holding the lease.
     async fn refresh_now(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
         let now = self.now();
+        let family = fresh.record.family_id;
+        if let Some(seconds) = self.refreshes.session_pause(family, now) {
+            return self.serve_stale(fresh, seconds);
+        }
         let permit = match self.refreshes.admit(now) {
             Ok(permit) => permit,
             Err(seconds) => return self.serve_stale(fresh, seconds),
@@ -443,9 +514,10 @@ impl Sessions {
         match self.provider.refresh(refresh_token).await {
             Ok(answer) => {
                 permit.settle(self.now(), false);
+                self.refreshes.clear_pause(family);
                 self.commit_refresh(fresh, &tokens, answer).await
             }
-            Err(e) if !is_outage(&e) => {
+            Err(e) if !keeps_session(&e) => {
                 // F02: the grant is refused (`invalid_grant`, or another OAuth error about
                 // it); so is the session. No retry. Unless a rotation was committed
                 // meanwhile, which this refusal says nothing about.
@@ -469,14 +541,20 @@ impl Sessions {
             }
             Err(e) => {
                 // F05: an outage or a fault of the provider keeps the session.
-                permit.settle(self.now(), true);
+                let provider_wide = opens_breaker(&e);
+                permit.settle(self.now(), provider_wide);
                 tracing::warn!(
                     session = fresh.record.id_hash.short(),
                     error = %e,
                     code = e.code(),
+                    provider_wide,
                     "refresh failed; the session is kept"
                 );
-                let retry = self.refreshes.retry_after(self.now());
+                let retry = if provider_wide {
+                    self.refreshes.retry_after(self.now())
+                } else {
+                    self.refreshes.pause_session(family, self.now())
+                };
                 self.serve_stale(fresh, retry)
             }
         }
