@@ -58,7 +58,8 @@ const provider = new Provider(issuer, {
   jwks: { keys: KEYS },
   cookies: { keys: ['portcullis-interop-test-key-1', 'portcullis-interop-test-key-2'] },
   responseTypes: ['code'],
-  scopes: ['openid', 'email', 'profile', 'offline_access'],
+  // SCOPES (space-separated) stands for providers without `offline_access` (Google).
+  scopes: env.SCOPES ? env.SCOPES.split(' ') : ['openid', 'email', 'profile', 'offline_access'],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
   // Put scope-granted claims into the ID token too (default true = userinfo only).
   conformIdTokenClaims: env.CONFORM_ID_TOKEN_CLAIMS === '1',

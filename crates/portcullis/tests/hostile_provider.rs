@@ -1474,3 +1474,47 @@ async fn session_endpoint_answers_401_json_with_a_login_url() {
     assert_eq!(v["login_url"], format!("{}/auth/login", gw.url));
     assert_eq!(resp.headers["cache-control"], "no-store");
 }
+
+/// Default scopes follow the provider's metadata: `offline_access` only when it is
+/// offered (or nothing is listed); configured scopes are sent as written; a provider's
+/// `invalid_scope` gets a page that names the scopes and the setting.
+#[tokio::test]
+async fn scopes_follow_the_provider_and_invalid_scope_names_the_setting() {
+    let scope_of = |auth: &Authorize| auth.param("scope").unwrap();
+    // Listed without offline_access (Google): not asked for.
+    let (p, gw) = setup().await;
+    p.patch_metadata(json!({"scopes_supported": ["openid", "email", "profile"]}));
+    let auth = gw.start_login(&Browser::new(), None).await;
+    assert_eq!(scope_of(&auth), "openid email profile");
+    // Listed with it, or nothing listed: asked for.
+    let (p, gw) = setup().await;
+    p.patch_metadata(json!({"scopes_supported": ["openid", "offline_access"]}));
+    let auth = gw.start_login(&Browser::new(), None).await;
+    assert_eq!(scope_of(&auth), "openid email profile offline_access");
+    let (_p, gw) = setup().await;
+    let auth = gw.start_login(&Browser::new(), None).await;
+    assert_eq!(scope_of(&auth), "openid email profile offline_access");
+    // Configured: as written, whatever the provider lists.
+    let p = HostileProvider::start().await;
+    p.patch_metadata(json!({"scopes_supported": ["openid"]}));
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_SCOPES", "openid offline_access groups"),
+    )
+    .await;
+    let browser = Browser::new();
+    let auth = gw.start_login(&browser, None).await;
+    assert_eq!(scope_of(&auth), "openid offline_access groups");
+    // The provider refuses them: the page says which and what to change.
+    let query = format!("error=invalid_scope&state={}&iss={}", auth.state, p.issuer);
+    let resp = gw.callback(&browser, &query).await;
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    assert!(resp.body.contains("invalid_scope"), "{}", resp.body);
+    assert!(
+        resp.body.contains("openid offline_access groups"),
+        "{}",
+        resp.body
+    );
+    assert!(resp.body.contains("PORTCULLIS_SCOPES"), "{}", resp.body);
+    assert_no_session(&gw, &resp).await;
+}

@@ -350,3 +350,50 @@ async fn interop_readiness_follows_the_provider(op: Op) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ready"], true);
 }
+
+/// A provider that does not offer `offline_access` (Google answers `invalid_scope` to
+/// it): the gateway does not ask for it, the sign-in works, and the session lives
+/// without a refresh token.
+#[tokio::test]
+async fn interop_a_provider_without_offline_access_signs_in() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let client = json!({
+        "client_id": "app",
+        "token_endpoint_auth_method": "none",
+        "redirect_uris": [format!("{gateway_url}/auth/callback")],
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    });
+    let Some(node) =
+        RealProvider::start(json!([client]), &[("SCOPES", "openid email profile")]).await
+    else {
+        return;
+    };
+    let gw = TestGateway::start_with(
+        &node.issuer,
+        Options {
+            listener: Some(listener),
+            ..Options::default()
+        },
+    )
+    .await;
+    let browser = Browser::new();
+    let login = browser.navigate(&gw.at("/auth/login")).await;
+    let authorize = login.location().unwrap();
+    assert!(!authorize.contains("offline_access"), "{authorize}");
+    let resp = gw
+        .sign_in_through_form(&browser, "alice", "alice", "/")
+        .await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    let v = browser.get(&gw.at("/auth/session"), &[]).await.json();
+    assert_eq!(v["user"]["email"], "alice@example.com");
+    let sessions = gw
+        .gateway
+        .store()
+        .list_sessions(None, gw.clock_now())
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert!(sessions[0].tokens.refresh_token.is_none());
+}

@@ -56,7 +56,8 @@ pub struct Config {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<ClientSecret>,
-    pub scopes: Vec<String>,
+    /// `None`: `openid email profile`, plus `offline_access` when the provider offers it.
+    pub scopes: Option<Vec<String>>,
     pub upstream: Option<Url>,
     pub store: StoreLocation,
     /// Prefix of table names (PostgreSQL) and keys (Redis), e.g. `portcullis`.
@@ -258,7 +259,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.public_origin(), "http://127.0.0.1:8080");
         assert_eq!(c.redirect_uri(), "http://127.0.0.1:8080/auth/callback");
-        assert_eq!(c.scopes, ["openid", "email", "profile", "offline_access"]);
+        assert_eq!(c.scopes, None, "the provider's metadata decides");
         assert_eq!(c.store, StoreLocation::Sqlite("portcullis.db".into()));
         assert_eq!(c.prefix, "/auth");
         assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));

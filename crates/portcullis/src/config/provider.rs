@@ -70,18 +70,15 @@ pub(super) fn client_secret(value: Option<String>) -> Option<ClientSecret> {
         .map(|s| ClientSecret(Zeroizing::new(s)))
 }
 
-/// `scopes`: space-separated, default `openid email profile offline_access`; must
-/// include `openid` (OpenID Connect Core 1.0 §3.1.2.1).
-pub(super) fn scopes(value: Option<String>, errors: &mut Vec<String>) -> Vec<String> {
-    let scopes: Vec<String> = value
-        .unwrap_or_else(|| "openid email profile offline_access".into())
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+/// `scopes`: space-separated, sent exactly as written; must include `openid` (OpenID
+/// Connect Core 1.0 §3.1.2.1). `None` when not set: the provider decides
+/// (`provider::default_scopes`).
+pub(super) fn scopes(value: Option<String>, errors: &mut Vec<String>) -> Option<Vec<String>> {
+    let scopes: Vec<String> = value?.split_whitespace().map(str::to_owned).collect();
     if !scopes.iter().any(|s| s == "openid") {
         errors.push("`scopes` must include `openid`".into());
     }
-    scopes
+    Some(scopes)
 }
 
 /// A required text setting, trimmed; empty (with an error) when missing or blank.

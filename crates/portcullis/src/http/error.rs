@@ -196,6 +196,18 @@ impl From<SessionError> for HttpError {
                 });
                 e
             }
+            SessionError::ScopeRefused { scopes } => {
+                tracing::warn!(%scopes, "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports");
+                let mut e = HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    code,
+                    "The identity provider does not accept the scopes this gateway asks for; its administrator must change the gateway's configuration.",
+                );
+                e.detail = Some(format!(
+                    "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
+                ));
+                e
+            }
             SessionError::RefreshUnavailable { retry_after } => {
                 let mut e = HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -28,6 +28,8 @@ pub struct Metadata {
     pub id_token_signing_alg_values_supported: Vec<String>,
     #[serde(default)]
     pub code_challenge_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes_supported: Option<Vec<String>>,
     /// RFC 9207 §3: the provider puts `iss` in every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,

@@ -173,13 +173,29 @@ impl Algorithm {
     }
 }
 
+/// `openid email profile`, plus `offline_access` (for a refresh token) when the provider
+/// lists it in `scopes_supported`, or lists no scopes at all. Google and others answer
+/// `invalid_scope` to a scope they do not know.
+pub fn default_scopes(metadata: &discovery::Metadata) -> Vec<String> {
+    let mut scopes: Vec<String> = ["openid", "email", "profile"].map(str::to_owned).into();
+    let offered = metadata
+        .scopes_supported
+        .as_ref()
+        .is_none_or(|s| s.iter().any(|s| s == "offline_access"));
+    if offered {
+        scopes.push("offline_access".to_owned());
+    }
+    scopes
+}
+
 /// How to reach and trust one provider.
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<Zeroizing<String>>,
-    pub scopes: Vec<String>,
+    /// Sent as written; `None`: [`default_scopes`].
+    pub scopes: Option<Vec<String>>,
     pub redirect_uri: String,
     pub extra_authorize_params: BTreeMap<String, String>,
     /// `None`: the provider's advertised asymmetric algorithms.
@@ -272,6 +288,19 @@ impl Provider {
         }
     }
 
+    /// The scopes a login asks for: the configured ones, else [`default_scopes`].
+    pub async fn requested_scopes(&self) -> Result<Vec<String>, ProviderError> {
+        let metadata = self.metadata().await?;
+        Ok(self.scopes_for(&metadata))
+    }
+
+    fn scopes_for(&self, metadata: &discovery::Metadata) -> Vec<String> {
+        self.settings
+            .scopes
+            .clone()
+            .unwrap_or_else(|| default_scopes(metadata))
+    }
+
     /// The authorization URL for one login.
     pub async fn authorize_url(
         &self,
@@ -285,7 +314,7 @@ impl Provider {
             &authorize::AuthorizeRequest {
                 client_id: &self.settings.client_id,
                 redirect_uri: &self.settings.redirect_uri,
-                scopes: &self.settings.scopes,
+                scopes: &self.scopes_for(&metadata),
                 state,
                 nonce,
                 code_challenge,

@@ -144,6 +144,12 @@ impl Sessions {
             })?;
         // L09: the provider's error, consumed transaction, no session.
         if let Some(error) = params.error {
+            if error == "invalid_scope" {
+                let scopes = self.provider.requested_scopes().await?;
+                return Err(SessionError::ScopeRefused {
+                    scopes: scopes.join(" "),
+                });
+            }
             return Err(SessionError::ProviderDenied {
                 error,
                 description: params.error_description,

@@ -56,6 +56,8 @@ pub enum SessionError {
     },
     #[error("the sign-in answer has no authorization code")]
     CodeMissing,
+    #[error("the identity provider does not accept the scopes `{scopes}`")]
+    ScopeRefused { scopes: String },
     #[error("the request repeats the parameter `{0}`")]
     DuplicateParameter(&'static str),
     #[error("access denied: {0}")]
@@ -80,6 +82,7 @@ impl SessionError {
             Self::IssuerMismatch => "issuer_mismatch",
             Self::ProviderDenied { .. } => "provider_denied",
             Self::CodeMissing => "code_missing",
+            Self::ScopeRefused { .. } => "invalid_scope",
             Self::DuplicateParameter(_) => "duplicate_parameter",
             Self::AccessDenied(a) => a.code(),
             Self::Provider(p) => p.code(),
