@@ -86,6 +86,8 @@ mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"we
 mutate $S/http/serve.rs '.header_read_timeout(header_read_timeout)' '.header_read_timeout(None)' $G slow_header
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
+mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
+mutate $S/http/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
 mutate $S/http/proxy.rs 'let encoded = path.encoded();' 'let encoded = uri.path().to_owned();' $G p03_decisions
 mutate $S/http/proxy.rs '.filter(|c| c.raw_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
 mutate $S/http/proxy.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);

@@ -42,47 +42,24 @@ impl NormalizedPath {
     }
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Percent-decodes once, refusing what could be read two ways.
+/// Percent-decodes once (`crate::percent`), refusing what could be read two ways.
 fn decode_once(raw: &str) -> Result<String, PathError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) else {
-                return Err(PathError::BadEscape);
-            };
-            let decoded = h * 16 + l;
-            match decoded {
-                // An encoded `;` would become a parameter separator only after decoding.
-                b'/' | b'\\' | b';' => return Err(PathError::EncodedSeparator),
-                // `%25` decodes to `%`: a second decoder would see a new escape.
-                b'%' => return Err(PathError::DoubleEncoded),
-                _ => out.push(decoded),
-            }
-            i += 3;
-        } else {
-            if b == b'\\' {
+    use crate::percent::Found;
+    for found in crate::percent::scan(raw, b"\\") {
+        match found {
+            Found::BadEscape => return Err(PathError::BadEscape),
+            // An encoded `;` would become a parameter separator only after decoding;
+            // a backslash is a separator to some servers, encoded or not.
+            Found::Escape(b'/' | b'\\' | b';') | Found::Byte(b'\\') => {
                 return Err(PathError::EncodedSeparator);
             }
-            out.push(b);
-            i += 1;
+            // `%25` decodes to `%`: a second decoder would see a new escape.
+            Found::Escape(b'%') => return Err(PathError::DoubleEncoded),
+            Found::Escape(_) | Found::Byte(_) => {}
         }
     }
-    let text = String::from_utf8(out).map_err(|_| PathError::BadCharacter)?;
+    let text =
+        String::from_utf8(crate::percent::decode_once(raw)).map_err(|_| PathError::BadCharacter)?;
     if text.chars().any(char::is_control) {
         return Err(PathError::BadCharacter);
     }

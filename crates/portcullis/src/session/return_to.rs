@@ -2,8 +2,6 @@
 //! else (absolute or scheme-relative URLs, backslashes raw or encoded, userinfo,
 //! control characters) becomes `/` (SECURITY-CASES L07).
 
-use percent_encoding_lite::decode_once;
-
 /// Longest `return_to` kept; longer ones become `/`.
 pub const MAX_RETURN_TO: usize = 2048;
 
@@ -68,18 +66,12 @@ fn validated(raw: &str) -> Option<String> {
     Some(without_fragment.to_owned())
 }
 
-/// Minimal single-pass percent-decoding for validation only.
-mod percent_encoding_lite {
-    /// Decodes `%XX` once. `None` when the result is not UTF-8 (refused outright).
-    pub fn decode_once(s: &str) -> Option<String> {
-        let bytes: Vec<u8> =
-            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned().into_bytes())?;
-        String::from_utf8(bytes)
-            .ok()
-            .filter(|d| !d.contains('\u{FFFD}') || s.contains('\u{FFFD}'))
-    }
+/// Decodes `%XX` once (`crate::percent`). `None` when the result is not UTF-8, or holds
+/// a replacement character the raw form did not (refused outright).
+fn decode_once(s: &str) -> Option<String> {
+    String::from_utf8(crate::percent::decode_once(s))
+        .ok()
+        .filter(|d| !d.contains('\u{FFFD}') || s.contains('\u{FFFD}'))
 }
 
 #[cfg(test)]
@@ -121,6 +113,9 @@ mod tests {
             "data:text/html,x",
             "/ok\r\nSet-Cookie: x=y",
             "/ok%0d%0aSet-Cookie:x",
+            // Decoded as a whole (the form decoder used before stopped at the first `&`).
+            "/ok?a=1&b=%0d%0aSet-Cookie:x",
+            "/ok?a=1&b=%5C",
             "/ok%00",
             "/\tevil",
             " /x",
