@@ -1348,3 +1348,118 @@ async fn e01_assume_email_verified_trusts_a_provider_that_does_not_say() {
     let (header, _) = email_seen_with(Some(false), true).await;
     assert!(header.is_empty(), "{header:?}");
 }
+
+// --- W02: tunnels end with their session --------------------------------------------
+
+/// Opens a WebSocket through `s.gw` with `b`'s session; the stream after the 101.
+async fn open_websocket(s: &Setup, b: &Browser) -> tokio::net::TcpStream {
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Cookie: portcullis={}\r\n\r\n",
+        b.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Reads until the gateway closes the tunnel; fails if it is still open after `within`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) {
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the WebSocket is still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn w02_a_websocket_closes_when_its_session_is_revoked_on_another_instance() {
+    let s = setup_with(Options {
+        file_store: true,
+        ..Options::default()
+    })
+    .await;
+    let b = s.signed_in().await;
+    let other_b = s.signed_in().await;
+    let user: uuid::Uuid = b.get(&s.gw.at("/auth/session"), &[]).await.json()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut revoked = open_websocket(&s, &b).await;
+    // A second instance on the same store ends one session of the user…
+    let other = TestGateway::start_with(
+        &s.p.issuer,
+        Options {
+            db_path: s.gw.db_path.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let session = other
+        .gateway
+        .store()
+        .list_sessions(Some(user), other.clock_now())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| {
+            let id = portcullis::session::SessionId::parse(&b.cookie("portcullis").unwrap());
+            id.is_some_and(|id| id.hash() == r.id_hash)
+        })
+        .unwrap();
+    let mut kept = open_websocket(&s, &other_b).await;
+    other
+        .gateway
+        .store()
+        .delete_session(session.family_id)
+        .await
+        .unwrap();
+    // …and its WebSocket on the first instance closes within seconds; the other stays.
+    closed_within(&mut revoked, Duration::from_secs(5)).await;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    kept.write_all(&frame).await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), kept.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"\x81\x02hi");
+}
+
+#[tokio::test]
+async fn w02_a_websocket_closes_at_logout() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let mut tcp = open_websocket(&s, &b).await;
+    let r = b
+        .request(
+            Method::POST,
+            &s.gw.at("/auth/logout"),
+            &[("accept", "application/json"), ("x-csrf", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+}

@@ -438,6 +438,13 @@ impl Guard {
             user.name.as_deref(),
         );
         let foreign = self.is_foreign_origin(req.headers());
+        if req.headers().contains_key(header::UPGRADE) {
+            // W02: a tunnel this request opens closes when the session ends.
+            let end = self
+                .sessions
+                .watch_end(active.family_id, active.record.id_hash.clone());
+            req.extensions_mut().insert(end);
+        }
         req.extensions_mut().insert(user);
         let mut response = next(req).await;
         if foreign {

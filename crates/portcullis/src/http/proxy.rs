@@ -32,6 +32,7 @@ use super::error::HttpError;
 use super::guard::{Checked, CurrentUser};
 use super::headers;
 use super::path::{NormalizedPath, normalize_path};
+use crate::session::SessionEnd;
 
 /// Time to open a connection to the upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,6 +185,7 @@ impl Upstream {
             .extensions()
             .get::<CurrentUser>()
             .map_or(0, |u| u.session_expires_at);
+        let session_end = req.extensions_mut().remove::<SessionEnd>();
 
         let decided = checked
             .as_ref()
@@ -291,6 +293,7 @@ impl Upstream {
                             TokioIo::new(upstream),
                             idle,
                             session_ends,
+                            session_end,
                         )
                         .await
                     }
@@ -409,10 +412,16 @@ impl Drop for TunnelSlot {
     }
 }
 
-/// Copies bytes both ways until either side closes, nothing moves for `idle`, or the
-/// session ends (`session_ends`, Unix seconds).
-async fn tunnel<A, B>(mut a: A, mut b: B, idle: Duration, session_ends: i64)
-where
+/// Copies bytes both ways until either side closes, nothing moves for `idle`, the
+/// session's lifetime is over (`session_ends`, Unix seconds) or it is ended elsewhere
+/// (`session_end`: logout, revocation, on any instance).
+async fn tunnel<A, B>(
+    mut a: A,
+    mut b: B,
+    idle: Duration,
+    session_ends: i64,
+    mut session_end: Option<SessionEnd>,
+) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -421,8 +430,8 @@ where
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let lifetime = Duration::from_secs(session_ends.saturating_sub(now).max(0) as u64);
-    let session_end = tokio::time::sleep(lifetime);
-    tokio::pin!(session_end);
+    let session_end_at = tokio::time::sleep(lifetime);
+    tokio::pin!(session_end_at);
     let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     loop {
         let quiet = tokio::time::sleep(idle);
@@ -439,14 +448,26 @@ where
                 tracing::debug!("upgraded connection idle; closing");
                 break;
             }
-            () = &mut session_end => {
+            () = &mut session_end_at => {
                 tracing::debug!("session ended; closing its upgraded connection");
+                break;
+            }
+            () = ended(&mut session_end) => {
+                tracing::debug!("session ended elsewhere; closing its upgraded connection");
                 break;
             }
         }
     }
     let _ = a.shutdown().await;
     let _ = b.shutdown().await;
+}
+
+/// Resolves when the watched session ends; never without a watch.
+async fn ended(watch: &mut Option<SessionEnd>) {
+    match watch {
+        Some(w) => w.ended().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A body that fails when no frame arrives for `idle`: streams may last forever, but

@@ -6,6 +6,7 @@ pub mod access;
 pub mod admin;
 pub mod cache;
 pub mod claims;
+pub mod ends;
 pub mod handover;
 pub mod id;
 pub mod login;
@@ -22,6 +23,7 @@ use crate::provider::ProviderError;
 use crate::store::StoreError;
 
 pub use access::AccessDenied;
+pub use ends::SessionEnd;
 pub use id::{IdHash, SessionId};
 pub use login::{CallbackParams, LoginOutcome};
 pub use logout::SignOut;

@@ -31,6 +31,8 @@ pub struct Sessions {
     /// there, so that one whose request went away is never cut short by the end of a
     /// serving thread's runtime. `None` when made outside a runtime.
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Sessions with open WebSockets, closed when the session ends (`ends`).
+    pub(crate) watches: super::ends::Watches,
 }
 
 impl Sessions {
@@ -63,6 +65,7 @@ impl Sessions {
             refreshes: Refreshes::default(),
             events: SecurityEvents::default(),
             runtime,
+            watches: Default::default(),
         }
     }
 
