@@ -98,6 +98,7 @@ mutate $S/session/refresh.rs 'if let Some(seconds) = self.refreshes.session_paus
 mutate $S/provider/mod.rs '.is_none_or(|s| s.iter().any(|s| s == "offline_access"));' '.is_none_or(|_| true);' $H scopes_follow
 mutate $S/http/guard.rs '            req.extensions_mut().insert(end);' '            drop(end);' $G w02_
 mutate $S/session/ends.rs '                for family in sessions.watched_families() {' '                for family in Vec::<Uuid>::new() {' $G w02_a_websocket_closes_when
+mutate $S/store/sqlite.rs '            if live >= i64::from(limits.total) {' '            if false {' $H d01_
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
 mutate $S/http/guard.rs 'if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {' 'if false {' $G w01_

@@ -1518,3 +1518,46 @@ async fn scopes_follow_the_provider_and_invalid_scope_names_the_setting() {
     assert!(resp.body.contains("PORTCULLIS_SCOPES"), "{}", resp.body);
     assert_no_session(&gw, &resp).await;
 }
+
+/// D01: a flood of sign-ins beyond `limits.max_transactions` gets 503 with
+/// `Retry-After`, and never evicts a sign-in in progress.
+#[tokio::test]
+async fn d01_a_flood_beyond_the_cap_never_evicts_a_sign_in_in_progress() {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_LIMITS_MAX_TRANSACTIONS", "3"),
+    )
+    .await;
+    let victim = Browser::new();
+    let auth = gw.start_login(&victim, None).await;
+    // The flood: new browsers, each a new transaction, until the cap answers.
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = Browser::new().navigate(&gw.at("/auth/login")).await;
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 302, "{}", r.body);
+    }
+    let refused = refused.expect("the cap answers 503");
+    assert!(
+        refused.body.contains("too_many_sign_ins"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    // The victim's sign-in, started before the flood, still completes.
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let resp = gw
+        .callback(
+            &victim,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+}

@@ -49,6 +49,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("logout", "id_token_hint", Kind::Bool),
     ("logout", "post_logout_redirect_uris", Kind::List),
     ("csrf", "header", Kind::Text),
+    ("limits", "max_transactions", Kind::Count),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
     ("spa", "redirect_uri", Kind::Text),

@@ -15,6 +15,7 @@ mod access;
 mod csrf;
 mod duration;
 mod env;
+mod limits;
 mod logging;
 mod logout;
 mod provider;
@@ -35,6 +36,7 @@ use url::Url;
 pub use access::AccessSettings;
 pub use duration::parse_duration;
 pub use env::{all_keys, env_name};
+pub use limits::LimitSettings;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
 pub use provider::{ClientSecret, ProviderSettings};
@@ -69,6 +71,7 @@ pub struct Config {
     pub prefix: String,
     pub public_paths: Vec<String>,
     pub session: SessionSettings,
+    pub limits: LimitSettings,
     pub access: AccessSettings,
     pub provider: ProviderSettings,
     pub trusted_proxies: Vec<String>,
@@ -191,6 +194,8 @@ struct RawConfig {
     spa: spa::RawSpa,
     #[serde(default)]
     logout: logout::RawLogout,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 /// Checks every section, collecting problems in `errors` (in this order, so the report
@@ -219,6 +224,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let csrf_header = csrf::header(raw.csrf.header, errors);
     let logout = raw.logout.validate(errors);
     let spa = raw.spa.validate(&prefix, errors);
+    let limits = raw.limits.validate(errors);
 
     Some(Config {
         listen,
@@ -243,6 +249,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         csrf_header,
         spa,
         logout,
+        limits,
     })
 }
 

@@ -196,6 +196,15 @@ impl From<SessionError> for HttpError {
                 });
                 e
             }
+            SessionError::SignInsFull => {
+                let mut e = HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "Too many sign-ins are in progress right now. Please try again in a moment.",
+                );
+                e.retry_after = Some(10);
+                e
+            }
             SessionError::ScopeRefused { scopes } => {
                 tracing::warn!(%scopes, "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports");
                 let mut e = HttpError::new(

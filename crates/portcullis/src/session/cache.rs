@@ -564,7 +564,7 @@ impl Store for CachedStore {
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         self.inner.put_transaction(tx, limits).await
     }
 

@@ -90,9 +90,17 @@ impl Sessions {
             created_at: now,
             expires_at: now + LOGIN_TTL_SECONDS,
         };
-        self.store
-            .put_transaction(&tx, TransactionLimits::default())
-            .await?;
+        let limits = TransactionLimits {
+            total: self.config.limits.max_transactions,
+            ..TransactionLimits::default()
+        };
+        if !self.store.put_transaction(&tx, limits).await? {
+            tracing::warn!(
+                max_transactions = limits.total,
+                "too many sign-ins in progress: a new one is refused (limits.max_transactions)"
+            );
+            return Err(SessionError::SignInsFull);
+        }
         Ok(url)
     }
 

@@ -58,6 +58,8 @@ pub enum SessionError {
     },
     #[error("the sign-in answer has no authorization code")]
     CodeMissing,
+    #[error("too many sign-ins are in progress; retry shortly")]
+    SignInsFull,
     #[error("the identity provider does not accept the scopes `{scopes}`")]
     ScopeRefused { scopes: String },
     #[error("the request repeats the parameter `{0}`")]
@@ -85,6 +87,7 @@ impl SessionError {
             Self::ProviderDenied { .. } => "provider_denied",
             Self::CodeMissing => "code_missing",
             Self::ScopeRefused { .. } => "invalid_scope",
+            Self::SignInsFull => "too_many_sign_ins",
             Self::DuplicateParameter(_) => "duplicate_parameter",
             Self::AccessDenied(a) => a.code(),
             Self::Provider(p) => p.code(),

@@ -448,47 +448,61 @@ async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
 }
 
 async fn transactions_are_bounded_in_total(store: &dyn Store) {
-    // Created far in the future so that they are the newest in a shared database.
+    // Created far in the future, so that every earlier test's transactions have expired.
     let at = NOW + 50_000_000;
-    let txs: Vec<_> = (0..4)
+    let limits = TransactionLimits {
+        per_browser: 16,
+        total: 2,
+    };
+    let txs: Vec<_> = (0..3)
         .map(|i| transaction(&unique("binding"), at + i))
         .collect();
-    for t in &txs {
+    assert!(store.put_transaction(&txs[0], limits).await.unwrap());
+    assert!(store.put_transaction(&txs[1], limits).await.unwrap());
+    // At the bound: the new one is refused, no live one is dropped for it (D01).
+    assert!(!store.put_transaction(&txs[2], limits).await.unwrap());
+    assert!(
         store
-            .put_transaction(
-                t,
-                TransactionLimits {
-                    per_browser: 16,
-                    total: 2,
-                },
-            )
+            .take_transaction(&txs[2].state_hash)
             .await
-            .unwrap();
-    }
+            .unwrap()
+            .is_none()
+    );
+    // Once they have expired, they make room first.
+    let later = transaction(&unique("binding"), at + 700);
+    assert!(store.put_transaction(&later, limits).await.unwrap());
     assert!(
         store
             .take_transaction(&txs[0].state_hash)
             .await
             .unwrap()
-            .is_none()
+            .is_none(),
+        "an expired transaction is gone"
     );
     assert!(
         store
-            .take_transaction(&txs[1].state_hash)
+            .take_transaction(&later.state_hash)
             .await
             .unwrap()
-            .is_none()
+            .is_some()
     );
+    // A live one survives a full store: taken while the bound refuses newcomers.
+    let live = transaction(&unique("binding"), at + 701);
+    let other = transaction(&unique("binding"), at + 702);
+    let refused = transaction(&unique("binding"), at + 703);
+    assert!(store.put_transaction(&live, limits).await.unwrap());
+    assert!(store.put_transaction(&other, limits).await.unwrap());
+    assert!(!store.put_transaction(&refused, limits).await.unwrap());
     assert!(
         store
-            .take_transaction(&txs[2].state_hash)
+            .take_transaction(&live.state_hash)
             .await
             .unwrap()
             .is_some()
     );
     assert!(
         store
-            .take_transaction(&txs[3].state_hash)
+            .take_transaction(&other.state_hash)
             .await
             .unwrap()
             .is_some()

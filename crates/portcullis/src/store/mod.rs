@@ -40,8 +40,10 @@ pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 /// Login transactions one browser may hold at once; older ones are evicted (R01).
 pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
 
-/// Login transactions kept in all; beyond this the oldest are evicted, so a flood of
-/// `/auth/login` requests without cookies cannot grow the store without bound (R01).
+/// Live login transactions kept in all (`limits.max_transactions`): expired ones are
+/// removed first, and at the bound a new sign-in is refused rather than a live one
+/// dropped, so a flood of `/auth/login` requests can neither grow the store without
+/// bound (R01) nor evict someone else's sign-in in progress (D01).
 pub const MAX_LIVE_TRANSACTIONS: u32 = 50_000;
 
 /// Opens the store at `location`: the SQLite file (created if needed), or a shared
@@ -348,11 +350,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     // Login transactions.
     /// Stores a transaction; keeps at most `limits.per_browser` per binding and
     /// `limits.total` in all, evicting the oldest.
+    /// Stores a new transaction: first removes expired ones (expired at
+    /// `tx.created_at`), then, while fewer than `limits.total` are live, stores it
+    /// (keeping the newest `limits.per_browser` of its browser) and answers `true`; at
+    /// the bound it stores nothing and answers `false`. A live transaction is never
+    /// dropped to make room for another browser's.
     async fn put_transaction(
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<bool>;
     /// Removes and returns the transaction (single use), expired or not.
     async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>>;
 

@@ -215,7 +215,7 @@ impl Store for OnRuntime {
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         let tx = tx.clone();
         self.run(|s| async move { s.put_transaction(&tx, limits).await })
             .await

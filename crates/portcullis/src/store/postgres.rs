@@ -264,7 +264,8 @@ struct Queries {
     list_sessions: String,
     put_transaction: String,
     trim_per_browser: String,
-    trim_total: String,
+    delete_expired_transactions: String,
+    count_transactions: String,
     take_transaction: String,
     acquire_lease: String,
     renew_lease: String,
@@ -396,9 +397,10 @@ impl Queries {
                  (SELECT state_hash FROM {p}_login_transactions WHERE binding_hash = $1 \
                   ORDER BY created_at DESC, seq DESC LIMIT $2)",
             ),
-            trim_total: t("DELETE FROM {p}_login_transactions WHERE state_hash IN \
-                 (SELECT state_hash FROM {p}_login_transactions ORDER BY created_at DESC, seq DESC \
-                  OFFSET $1)"),
+            delete_expired_transactions: t(
+                "DELETE FROM {p}_login_transactions WHERE expires_at <= $1",
+            ),
+            count_transactions: t("SELECT COUNT(*) FROM {p}_login_transactions"),
             take_transaction: t("DELETE FROM {p}_login_transactions WHERE state_hash = $1 \
                  RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at"),
             acquire_lease: t(
@@ -839,9 +841,24 @@ impl Store for PostgresStore {
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
             let mut db = self.pool.begin().await.map_err(unavailable)?;
+            // Expired ones go first; at the bound, the new one is refused (D01).
+            q(&self.sql.delete_expired_transactions)
+                .bind(tx.created_at)
+                .execute(&mut *db)
+                .await
+                .map_err(unavailable)?;
+            let live: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.count_transactions.as_str()))
+                    .fetch_one(&mut *db)
+                    .await
+                    .map_err(unavailable)?;
+            if live >= i64::from(limits.total) {
+                db.commit().await.map_err(unavailable)?;
+                return Ok(false);
+            }
             q(&self.sql.put_transaction)
                 .bind(&tx.state_hash)
                 .bind(&tx.binding_hash)
@@ -859,12 +876,8 @@ impl Store for PostgresStore {
                 .execute(&mut *db)
                 .await
                 .map_err(unavailable)?;
-            q(&self.sql.trim_total)
-                .bind(i64::from(limits.total))
-                .execute(&mut *db)
-                .await
-                .map_err(unavailable)?;
-            db.commit().await.map_err(unavailable)
+            db.commit().await.map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }

@@ -852,6 +852,14 @@ local key = tx_key(state)
 if redis.call('EXISTS', key) == 1 then
   return redis.error_reply('login transaction already exists')
 end
+-- Expired ones go first (a bounded batch; purge_expired takes the rest); at the bound
+-- the new one is refused, never a live one dropped (D01).
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', TX_EXPIRY, '-inf', created, 'LIMIT', 0, 1000)) do
+  remove_tx(old)
+end
+if redis.call('ZCARD', TX_ALL) >= total then
+  return 0
+end
 local ms = ttl_ms(num(expires, 'expires at'), num(created, 'created at'))
 apply(key, 8)
 redis.call('PEXPIRE', key, ms)
@@ -863,7 +871,6 @@ extend(TX_ALL, ms)
 redis.call('ZADD', TX_EXPIRY, expires, state)
 extend(TX_EXPIRY, ms)
 trim(by_binding, per_browser, state)
-trim(TX_ALL, total, state)
 return 1
 "#;
 
@@ -1656,7 +1663,7 @@ impl Store for RedisStore {
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
             let mut fields = Fields::default();
             fields
@@ -1675,8 +1682,7 @@ impl Store for RedisStore {
                 .with(limits.per_browser)
                 .with(limits.total)
                 .fields(fields);
-            self.run_int(&SCRIPTS.put_transaction, args).await?;
-            Ok(())
+            Ok(self.run_int(&SCRIPTS.put_transaction, args).await? == 1)
         })
         .await
     }

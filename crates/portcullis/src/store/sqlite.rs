@@ -755,9 +755,23 @@ impl Store for SqliteStore {
         &self,
         tx: &LoginTransaction,
         limits: TransactionLimits,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<bool> {
         timed(async {
             let mut db = self.pool.begin().await.map_err(unavailable)?;
+            // Expired ones go first; at the bound, the new one is refused (D01).
+            sqlx::query("DELETE FROM login_transactions WHERE expires_at <= ?1")
+                .bind(tx.created_at)
+                .execute(&mut *db)
+                .await
+                .map_err(unavailable)?;
+            let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM login_transactions")
+                .fetch_one(&mut *db)
+                .await
+                .map_err(unavailable)?;
+            if live >= i64::from(limits.total) {
+                db.commit().await.map_err(unavailable)?;
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO login_transactions (state_hash, binding_hash, nonce, verifier, \
                  return_to, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -782,18 +796,8 @@ impl Store for SqliteStore {
             .execute(&mut *db)
             .await
             .map_err(unavailable)?;
-            // The global bound: walks the created_at index only past the limit.
-            sqlx::query(
-                "DELETE FROM login_transactions WHERE rowid IN \
-                 (SELECT rowid FROM login_transactions ORDER BY created_at DESC, rowid DESC \
-                  LIMIT -1 OFFSET ?1)",
-            )
-            .bind(i64::from(limits.total))
-            .execute(&mut *db)
-            .await
-            .map_err(unavailable)?;
             db.commit().await.map_err(unavailable)?;
-            Ok(())
+            Ok(true)
         })
         .await
     }
