@@ -99,6 +99,11 @@ mutate $S/provider/mod.rs '.is_none_or(|s| s.iter().any(|s| s == "offline_access
 mutate $S/http/guard.rs '            req.extensions_mut().insert(end);' '            drop(end);' $G w02_
 mutate $S/session/ends.rs '                for family in sessions.watched_families() {' '                for family in Vec::<Uuid>::new() {' $G w02_a_websocket_closes_when
 mutate $S/store/sqlite.rs '            if live >= i64::from(limits.total) {' '            if false {' $H d01_
+mutate $S/http/limits.rs '        Ok(()) => next.run(req).await,
+        Err(retry_after) => {' '        Ok(()) | Err(_) => next.run(req).await,
+        #[allow(unreachable_patterns)]
+        Err(retry_after) => {' $H d01_a_login_flood
+mutate $S/http/limits.rs '            Ok(ip) if is_trusted(ip.to_canonical()) => continue,' '' lib the_client_is_the_rightmost
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
 mutate $S/http/guard.rs 'if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {' 'if false {' $G w01_

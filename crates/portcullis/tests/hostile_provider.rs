@@ -218,7 +218,13 @@ async fn l04_injected_code_fails_pkce_and_nobody_is_signed_in() {
 
 #[tokio::test]
 async fn l05_authorize_parameters_are_s256_random_and_distinct() {
-    let (p, gw) = setup().await;
+    let p = HostileProvider::start().await;
+    // A thousand sign-ins from one address: past the default rate limit.
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "5000"),
+    )
+    .await;
     let mut seen = HashSet::new();
     let browser = Browser::new();
     for _ in 0..1000 {
@@ -1560,4 +1566,88 @@ async fn d01_a_flood_beyond_the_cap_never_evicts_a_sign_in_in_progress() {
         )
         .await;
     assert_eq!(resp.status, 303, "{}", resp.body);
+}
+
+/// D01: one address flooding `/auth/login` is answered 429 with `Retry-After`, while a
+/// browser at another address signs in undisturbed.
+#[tokio::test]
+async fn d01_a_login_flood_from_one_address_leaves_the_others_alone() {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "5"),
+    )
+    .await;
+    let victim = Browser::from_address("127.0.0.2");
+    let auth = gw.start_login(&victim, None).await;
+    let flooder = Browser::new(); // 127.0.0.1
+    let mut answers = Vec::new();
+    for _ in 0..30 {
+        answers.push(flooder.navigate(&gw.at("/auth/login")).await);
+    }
+    let allowed = answers.iter().filter(|r| r.status == 302).count();
+    assert_eq!(allowed, 5, "the burst, then nothing");
+    let limited = answers.last().unwrap();
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert!(limited.body.contains("rate_limited"));
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // The other address finishes its sign-in and may start another.
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let resp = gw
+        .callback(
+            &victim,
+            &callback_query(&code, &auth.state, Some(&p.issuer)),
+        )
+        .await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    assert_eq!(
+        Browser::from_address("127.0.0.2")
+            .navigate(&gw.at("/auth/login"))
+            .await
+            .status,
+        302
+    );
+}
+
+/// D01: back-channel logout has its own, per-peer limit; each refusal is a security
+/// event.
+#[tokio::test]
+async fn d01_back_channel_floods_are_refused_and_counted() {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default().env("PORTCULLIS_LIMITS_BACKCHANNEL_PER_MINUTE", "2"),
+    )
+    .await;
+    let b = Browser::new();
+    let url = gw.at("/auth/backchannel-logout");
+    let post = || {
+        b.request(
+            reqwest::Method::POST,
+            &url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some((
+                "logout_token=x".to_owned(),
+                "application/x-www-form-urlencoded",
+            )),
+        )
+    };
+    assert_eq!(post().await.status, 400);
+    assert_eq!(post().await.status, 400);
+    let third = post().await;
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(
+        gw.gateway.security_events().snapshot()["backchannel_rate_limited"],
+        1
+    );
+    // Sign-ins are limited apart.
+    assert_eq!(b.navigate(&gw.at("/auth/login")).await.status, 302);
 }

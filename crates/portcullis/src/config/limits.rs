@@ -1,11 +1,20 @@
-//! The `[limits]` section (PRODUCT.md "Interfaces added in this round"). So far:
-//! `max_transactions`, the live login transactions kept at once.
+//! The `[limits]` section (PRODUCT.md "Interfaces added in this round"): per-client
+//! rates on the endpoints that work before anyone is signed in, and the bound on login
+//! transactions. (The connection limits come with the connection caps.)
 
 use serde::Deserialize;
 
 /// Bounds against floods.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
+    /// `/auth/login` per client address and minute (offices share an address).
+    pub login_per_minute: u32,
+    /// The callback per client address and minute.
+    pub callback_per_minute: u32,
+    /// The SPA code exchange per client address and minute.
+    pub spa_exchange_per_minute: u32,
+    /// Back-channel logout per peer and minute.
+    pub backchannel_per_minute: u32,
     /// Live login transactions at once; at the bound a new sign-in gets 503 (D01).
     pub max_transactions: u32,
 }
@@ -13,6 +22,10 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
+            login_per_minute: 120,
+            callback_per_minute: 60,
+            spa_exchange_per_minute: 30,
+            backchannel_per_minute: 600,
             max_transactions: crate::store::MAX_LIVE_TRANSACTIONS,
         }
     }
@@ -22,16 +35,49 @@ impl Default for LimitSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
+    login_per_minute: Option<u32>,
+    callback_per_minute: Option<u32>,
+    spa_exchange_per_minute: Option<u32>,
+    backchannel_per_minute: Option<u32>,
     max_transactions: Option<u32>,
 }
 
 impl RawLimits {
     pub(super) fn validate(self, errors: &mut Vec<String>) -> LimitSettings {
-        let defaults = LimitSettings::default();
-        let max_transactions = self.max_transactions.unwrap_or(defaults.max_transactions);
-        if max_transactions == 0 {
-            errors.push("`limits.max_transactions` must be at least 1".into());
+        let d = LimitSettings::default();
+        let mut at_least_one = |name: &str, value: Option<u32>, default: u32| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                errors.push(format!("`limits.{name}` must be at least 1"));
+            }
+            value
+        };
+        LimitSettings {
+            login_per_minute: at_least_one(
+                "login_per_minute",
+                self.login_per_minute,
+                d.login_per_minute,
+            ),
+            callback_per_minute: at_least_one(
+                "callback_per_minute",
+                self.callback_per_minute,
+                d.callback_per_minute,
+            ),
+            spa_exchange_per_minute: at_least_one(
+                "spa_exchange_per_minute",
+                self.spa_exchange_per_minute,
+                d.spa_exchange_per_minute,
+            ),
+            backchannel_per_minute: at_least_one(
+                "backchannel_per_minute",
+                self.backchannel_per_minute,
+                d.backchannel_per_minute,
+            ),
+            max_transactions: at_least_one(
+                "max_transactions",
+                self.max_transactions,
+                d.max_transactions,
+            ),
         }
-        LimitSettings { max_transactions }
     }
 }

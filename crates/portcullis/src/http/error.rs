@@ -87,7 +87,10 @@ impl IntoResponse for HttpError {
             let body = serde_json::json!({ "error": self.code, "message": self.message });
             (self.status, axum::Json(body)).into_response()
         };
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(self.retry_after.unwrap_or(5)),

@@ -4,6 +4,7 @@ pub mod cookies;
 pub mod error;
 pub mod guard;
 pub mod headers;
+pub mod limits;
 pub mod pages;
 pub mod path;
 pub mod proxy;
@@ -80,12 +81,32 @@ async fn security_headers(mut response: Response) -> Response {
 /// `/logout`) and `/healthz`, `/readyz`: merge these into an app protected by
 /// [`guard::GuardLayer`].
 pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
-    let prefix = gateway.config().prefix.clone();
-    let spa = gateway.config().spa.clone();
+    let config = gateway.config();
+    let prefix = config.prefix.clone();
+    let spa = config.spa.clone();
+    let limits = Arc::new(limits::RateLimits::new(
+        &config.limits,
+        config
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| guard::Cidr::parse(c))
+            .collect(),
+        gateway.sessions().clone(),
+    ));
+    // D01: each limited endpoint checks its rate before anything else (its body included).
+    let limited = |endpoint| {
+        axum::middleware::from_fn_with_state((limits.clone(), endpoint), limits::enforce)
+    };
     let routes = Routes::new(gateway);
     let router = Router::new()
-        .route(&format!("{prefix}/login"), get(routes::login))
-        .route(&format!("{prefix}/callback"), get(routes::callback))
+        .route(
+            &format!("{prefix}/login"),
+            get(routes::login).route_layer(limited(limits::Endpoint::Login)),
+        )
+        .route(
+            &format!("{prefix}/callback"),
+            get(routes::callback).route_layer(limited(limits::Endpoint::Callback)),
+        )
         .route(&format!("{prefix}/session"), get(routes::session))
         .route(
             &format!("{prefix}/logout"),
@@ -94,14 +115,18 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
         .route(&format!("{prefix}/logged-out"), get(routes::logged_out))
         .route(
             &format!("{prefix}/backchannel-logout"),
-            post(routes::backchannel_logout).fallback(routes::method_not_allowed),
+            post(routes::backchannel_logout)
+                .fallback(routes::method_not_allowed)
+                .route_layer(limited(limits::Endpoint::Backchannel)),
         )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz));
     let router = if spa.code_exchange {
         router.route(
             &spa.code_exchange_path,
-            post(routes::spa_code_exchange).fallback(routes::method_not_allowed),
+            post(routes::spa_code_exchange)
+                .fallback(routes::method_not_allowed)
+                .route_layer(limited(limits::Endpoint::SpaExchange)),
         )
     } else {
         router

@@ -73,6 +73,20 @@ impl Browser {
         }
     }
 
+    /// A browser whose connections come from `ip` (another loopback address: another
+    /// client, as far as per-address limits go).
+    pub fn from_address(ip: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+                .build()
+                .unwrap(),
+            cookies: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(Vec::new()),
+        }
+    }
+
     pub fn cookie(&self, name: &str) -> Option<String> {
         self.cookies.lock().unwrap().get(name).cloned()
     }
