@@ -104,6 +104,7 @@ mutate $S/http/limits.rs '        Ok(()) => next.run(req).await,
         #[allow(unreachable_patterns)]
         Err(retry_after) => {' $H d01_a_login_flood
 mutate $S/http/limits.rs '            Ok(ip) if is_trusted(ip.to_canonical()) => continue,' '' lib the_client_is_the_rightmost
+mutate $S/http/serve.rs '        if *count >= options.connections_per_peer {' '        if false {' lib d02_one_address
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
 mutate $S/http/guard.rs 'if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {' 'if false {' $G w01_

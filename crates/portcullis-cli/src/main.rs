@@ -410,6 +410,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    let options = portcullis::http::serve::ServeOptions::from_config(gateway.config());
     let app = portcullis::http::router(gateway)?;
     // One serving thread per core, each with its own single-threaded runtime: see
     // `serve_on_threads` and docs/BENCHMARKS.md.
@@ -418,7 +419,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         listener,
         threads,
         move || app.with_own_connections(),
-        Default::default(),
+        options,
         shutdown_signal(),
     )
     .await?;

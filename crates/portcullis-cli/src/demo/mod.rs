@@ -126,13 +126,13 @@ name = "Bob Builder"
         tokio::spawn(portcullis::http::serve::serve(
             idp_listener,
             portcullis_idp::router(idp),
-            options,
+            options.clone(),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(portcullis::http::serve::serve(
             app_listener,
             app,
-            options,
+            options.clone(),
             stopped(stop_rx.clone()),
         )),
         tokio::spawn(portcullis::http::serve::serve(

@@ -54,6 +54,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("limits", "spa_exchange_per_minute", Kind::Count),
     ("limits", "backchannel_per_minute", Kind::Count),
     ("limits", "max_transactions", Kind::Count),
+    ("limits", "connections_per_peer", Kind::Count),
+    ("limits", "max_connections", Kind::Count),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
     ("spa", "redirect_uri", Kind::Text),

@@ -1,6 +1,6 @@
 //! The `[limits]` section (PRODUCT.md "Interfaces added in this round"): per-client
 //! rates on the endpoints that work before anyone is signed in, and the bound on login
-//! transactions. (The connection limits come with the connection caps.)
+//! transactions, and the connection caps.
 
 use serde::Deserialize;
 
@@ -17,6 +17,10 @@ pub struct LimitSettings {
     pub backchannel_per_minute: u32,
     /// Live login transactions at once; at the bound a new sign-in gets 503 (D01).
     pub max_transactions: u32,
+    /// Connections one client address (IPv6: /64) may hold; trusted proxies exempt (D02).
+    pub connections_per_peer: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for LimitSettings {
@@ -27,6 +31,8 @@ impl Default for LimitSettings {
             spa_exchange_per_minute: 30,
             backchannel_per_minute: 600,
             max_transactions: crate::store::MAX_LIVE_TRANSACTIONS,
+            connections_per_peer: 256,
+            max_connections: 10_000,
         }
     }
 }
@@ -40,6 +46,8 @@ pub(super) struct RawLimits {
     spa_exchange_per_minute: Option<u32>,
     backchannel_per_minute: Option<u32>,
     max_transactions: Option<u32>,
+    connections_per_peer: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 impl RawLimits {
@@ -78,6 +86,16 @@ impl RawLimits {
                 self.max_transactions,
                 d.max_transactions,
             ),
+            connections_per_peer: at_least_one(
+                "connections_per_peer",
+                self.connections_per_peer,
+                d.connections_per_peer as u32,
+            ) as usize,
+            max_connections: at_least_one(
+                "max_connections",
+                self.max_connections,
+                d.max_connections as u32,
+            ) as usize,
         }
     }
 }

@@ -20,13 +20,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::Service;
 
+use super::guard::Cidr;
+use super::limits::ClientKey;
+
 /// Limits of the server.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Time a client has to send a request's headers (also between keep-alive requests).
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold at once; more are closed
+    /// as they arrive (D02), so that one client cannot take every place.
+    pub connections_per_peer: usize,
+    /// Peers exempt from `connections_per_peer`: the trusted proxies, behind which
+    /// every client shares one address.
+    pub trusted_peers: Arc<[Cidr]>,
     /// Time given to requests in flight at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -36,7 +45,73 @@ impl Default for ServeOptions {
         Self {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            connections_per_peer: 256,
+            trusted_peers: Arc::from(Vec::new()),
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The limits `[limits]` and `proxy.trusted_proxies` configure.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_connections: config.limits.max_connections,
+            connections_per_peer: config.limits.connections_per_peer,
+            trusted_peers: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
+/// How many connections each client address holds.
+#[derive(Debug, Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<ClientKey, usize>>);
+
+/// A connection's place under its peer's cap; given back when dropped.
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    key: ClientKey,
+}
+
+impl PeerCounts {
+    /// A place for one more connection from `ip`, or `None` when it holds its share
+    /// (`Some(None)`: exempt).
+    fn take(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        options: &ServeOptions,
+    ) -> Option<Option<PeerSlot>> {
+        let ip = ip.to_canonical();
+        if options.trusted_peers.iter().any(|c| c.contains(ip)) {
+            return Some(None);
+        }
+        let key = ClientKey::of(ip);
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key).or_default();
+        if *count >= options.connections_per_peer {
+            return None;
+        }
+        *count += 1;
+        Some(Some(PeerSlot {
+            counts: self.clone(),
+            key,
+        }))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }
@@ -55,12 +130,13 @@ where
 {
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let accepted = accept_until(&listener, &permits, shutdown, |connection| {
-        tokio::spawn(connection.run(app.clone(), stop_rx.clone(), options));
+    let header_read_timeout = options.header_read_timeout;
+    let accepted = accept_until(&listener, &permits, &options, shutdown, |connection| {
+        tokio::spawn(connection.run(app.clone(), stop_rx.clone(), header_read_timeout));
     })
     .await;
     drop(listener);
-    drain(stop_tx, &permits, options).await;
+    drain(stop_tx, &permits, &options).await;
     accepted
 }
 
@@ -99,6 +175,8 @@ where
             .build()?;
         let (make_app, stop_rx, mut drained_rx) =
             (make_app.clone(), stop_rx.clone(), drained_rx.clone());
+        let (header_read_timeout, shutdown_grace) =
+            (options.header_read_timeout, options.shutdown_grace);
         let handle = std::thread::Builder::new()
             .name(format!("portcullis-http-{n}"))
             .spawn(move || {
@@ -114,11 +192,12 @@ where
                                     stream,
                                     peer: accepted.peer,
                                     permit: accepted.permit,
+                                    slot: accepted.slot,
                                 };
                                 connections.spawn(connection.run(
                                     app.clone(),
                                     stop_rx.clone(),
-                                    options,
+                                    header_read_timeout,
                                 ));
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
@@ -126,7 +205,7 @@ where
                     }
                     // Accepting stopped; `drain` tells the connections to finish and
                     // says when all threads' connections are done.
-                    let _ = tokio::time::timeout(options.shutdown_grace, async {
+                    let _ = tokio::time::timeout(shutdown_grace, async {
                         while connections.join_next().await.is_some() {}
                         let _ = drained_rx.wait_for(|drained| *drained).await;
                     })
@@ -137,12 +216,13 @@ where
         workers.push(tx);
     }
     let mut next = 0;
-    let accepted = accept_until(&listener, &permits, shutdown, |connection| {
+    let accepted = accept_until(&listener, &permits, &options, shutdown, |connection| {
         // A stream registered with this runtime is handed over unregistered.
         let Accepted {
             stream,
             peer,
             permit,
+            slot,
         } = connection;
         match stream.into_std() {
             Ok(stream) => {
@@ -153,6 +233,7 @@ where
                         stream,
                         peer,
                         permit,
+                        slot,
                     })
                     .is_err()
                 {
@@ -165,7 +246,7 @@ where
     .await;
     drop(listener);
     drop(workers);
-    drain(stop_tx, &permits, options).await;
+    drain(stop_tx, &permits, &options).await;
     let _ = drained_tx.send(true);
     // The threads end promptly now (each waits at most the grace time in all).
     let _ = tokio::task::spawn_blocking(move || {
@@ -177,11 +258,12 @@ where
     accepted
 }
 
-/// One accepted connection and its place under the connection cap.
+/// One accepted connection and its places under the connection caps.
 struct Accepted<T> {
     stream: T,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    slot: Option<PeerSlot>,
 }
 
 /// Accepts connections (each once a place under the cap is free, so that excess
@@ -189,10 +271,12 @@ struct Accepted<T> {
 async fn accept_until(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
+    options: &ServeOptions,
     shutdown: impl Future<Output = ()>,
     mut handle: impl FnMut(Accepted<TcpStream>),
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
+    let peers = Arc::new(PeerCounts::default());
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -213,18 +297,24 @@ async fn accept_until(
             },
             () = &mut shutdown => return Ok(()),
         };
+        let Some(slot) = peers.take(peer.ip(), options) else {
+            // D02: this address holds its share; the connection is closed at once.
+            tracing::debug!("a client address is over its connection share; connection closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         handle(Accepted {
             stream,
             peer,
             permit,
+            slot,
         });
     }
 }
 
 /// Tells every connection to finish its request in flight, then waits until all have
 /// closed (each holds a permit) or the grace time is over.
-async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: ServeOptions) {
+async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: &ServeOptions) {
     let _ = stop_tx.send(true);
     let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(options.shutdown_grace, permits.acquire_many(all)).await;
@@ -233,7 +323,7 @@ async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: Serve
 impl Accepted<TcpStream> {
     /// Serves the connection until it closes, or until `stop` asks it to finish the
     /// request in flight.
-    async fn run<S>(self, app: S, mut stop: watch::Receiver<bool>, options: ServeOptions)
+    async fn run<S>(self, app: S, mut stop: watch::Receiver<bool>, header_read_timeout: Duration)
     where
         S: Service<Request<Incoming>, Response = Response, Error = Infallible>
             + Clone
@@ -242,6 +332,7 @@ impl Accepted<TcpStream> {
         S::Future: Send + 'static,
     {
         let _permit = self.permit;
+        let _slot = self.slot;
         let service = TowerToHyperService::new(WithPeer {
             inner: app,
             peer: self.peer,
@@ -249,7 +340,7 @@ impl Accepted<TcpStream> {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
+            .header_read_timeout(header_read_timeout)
             .keep_alive(true);
         let conn = builder
             .serve_connection(TokioIo::new(self.stream), service)
@@ -394,5 +485,74 @@ mod tests {
             .expect("the server stops once its connections closed")
             .unwrap()
             .unwrap();
+    }
+
+    /// Whether a connection from `from` to `addr` is served (it answers a request).
+    async fn served(from: &str, addr: SocketAddr) -> bool {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let Ok(mut stream) = socket.connect(addr).await else {
+            return false;
+        };
+        if stream
+            .write_all(b"GET /thread HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer.starts_with("HTTP/1.1 200")
+    }
+
+    #[tokio::test]
+    async fn d02_one_address_cannot_take_every_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/thread", get(|| async { "ok" }));
+        let options = ServeOptions {
+            connections_per_peer: 2,
+            trusted_peers: ["127.0.0.3"]
+                .iter()
+                .filter_map(|c| Cidr::parse(c))
+                .collect(),
+            ..ServeOptions::default()
+        };
+        tokio::spawn(serve(listener, app, options, std::future::pending()));
+        // 127.0.0.1 holds two idle connections: its share.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            // A request answered proves the connection was taken (not just queued).
+            c.write_all(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"HTTP/1.1 200");
+            held.push(c);
+        }
+        assert!(
+            !served("127.0.0.1", addr).await,
+            "a third from the same address is closed"
+        );
+        assert!(served("127.0.0.2", addr).await, "another address is served");
+        // A trusted proxy (every client behind it shares its address) is exempt.
+        let mut behind_proxy = Vec::new();
+        for _ in 0..3 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            behind_proxy.push(socket.connect(addr).await.unwrap());
+        }
+        assert!(served("127.0.0.3", addr).await);
+        // A place given back is free again.
+        held.pop();
+        let mut tries = 0;
+        while !served("127.0.0.1", addr).await {
+            tries += 1;
+            assert!(tries < 100, "the place was never given back");
+            tokio::task::yield_now().await;
+        }
     }
 }
