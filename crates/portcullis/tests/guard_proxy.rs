@@ -743,14 +743,14 @@ async fn a_websocket_echo_passes_through_the_proxy() {
 }
 
 /// Sends a WebSocket handshake for `path` with the session of `b` (and `origin`, if
-/// any) and returns the answer's head.
-async fn websocket_handshake(
+/// any); the connection and the answer's head.
+async fn send_handshake(
     s: &Setup,
     b: &Browser,
     path: &str,
     key: &str,
     origin: Option<&str>,
-) -> String {
+) -> (tokio::net::TcpStream, String) {
     let addr = s.gw.url.trim_start_matches("http://").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let origin = origin
@@ -769,7 +769,18 @@ async fn websocket_handshake(
         tcp.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    String::from_utf8(head).unwrap()
+    (tcp, String::from_utf8(head).unwrap())
+}
+
+/// The head of the answer to a WebSocket handshake (see [`send_handshake`]).
+async fn websocket_handshake(
+    s: &Setup,
+    b: &Browser,
+    path: &str,
+    key: &str,
+    origin: Option<&str>,
+) -> String {
+    send_handshake(s, b, path, key, origin).await.1
 }
 
 #[tokio::test]
@@ -1353,26 +1364,8 @@ async fn e01_assume_email_verified_trusts_a_provider_that_does_not_say() {
 
 /// Opens a WebSocket through `s.gw` with `b`'s session; the stream after the 101.
 async fn open_websocket(s: &Setup, b: &Browser) -> tokio::net::TcpStream {
-    let addr = s.gw.url.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Cookie: portcullis={}\r\n\r\n",
-        b.cookie("portcullis").unwrap()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (tcp, head) = send_handshake(s, b, "/ws", "dGhlIHNhbXBsZSBub25jZQ==", None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tcp
 }
 
