@@ -225,13 +225,22 @@ impl IdpStore {
 
     /// Presents a code: counts the use and, on the first use, reserves `grant_id` for
     /// what it will issue, in one atomic statement.
-    pub async fn present_code(&self, code_hash: &str, grant_id: &str) -> Result<Option<CodeRow>> {
+    /// Counts one presentation of a code by the client it was issued to (another
+    /// client's presentation neither finds nor spends it).
+    pub async fn present_code(
+        &self,
+        code_hash: &str,
+        client_id: &str,
+        grant_id: &str,
+    ) -> Result<Option<CodeRow>> {
         let row = sqlx::query(
-            "UPDATE codes SET used = used + 1, grant_id = COALESCE(grant_id, ?2) WHERE code_hash = ?1 \
+            "UPDATE codes SET used = used + 1, grant_id = COALESCE(grant_id, ?2) \
+             WHERE code_hash = ?1 AND client_id = ?3 \
              RETURNING client_id, redirect_uri, username, scope, nonce, challenge, sid, auth_time, expires_at, used, grant_id",
         )
         .bind(code_hash)
         .bind(grant_id)
+        .bind(client_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {

@@ -248,8 +248,9 @@ async fn redeem_code(
     let reserved = random_token();
     let row = idp
         .store
-        .present_code(&code_hash, &reserved)
+        .present_code(&code_hash, &client.id, &reserved)
         .await?
+        // Unknown, or issued to another client: either way not spent by this attempt.
         .ok_or_else(|| OAuthError::new("invalid_grant", "unknown code"))?;
     // A04: a second redemption revokes everything the first one issued.
     if row.uses > 1 {
@@ -260,12 +261,6 @@ async fn redeem_code(
         return Err(OAuthError::new(
             "invalid_grant",
             "the code was already used",
-        ));
-    }
-    if row.client_id != client.id {
-        return Err(OAuthError::new(
-            "invalid_grant",
-            "the code was issued to another client",
         ));
     }
     if now() >= row.expires_at {

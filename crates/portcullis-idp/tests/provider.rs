@@ -174,6 +174,10 @@ async fn a04_codes_are_single_use_client_bound_and_short_lived() {
         (s, v["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
+    // … and another client's attempt did not burn it: a leaked code cannot be spoilt
+    // by a stranger, the client it was issued to still redeems it.
+    let (s, v) = p.redeem(&code, &verifier).await;
+    assert_eq!(s, 200, "{v}");
 
     // Short-lived: a code past its 60 s is refused.
     let (verifier, challenge) = pkce();
