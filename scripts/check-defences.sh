@@ -187,6 +187,7 @@ mutate $I/authorize.rs 'if !client.redirect_uris.iter().any(|r| r == redirect_ur
 mutate $I/token.rs 'if f.get("redirect_uri") != Some(&row.redirect_uri) {' 'if false {' $P a03_
 mutate $I/token.rs '    if row.uses > 1 {' '    if false {' $P a04_
 mutate $I/token.rs 'if now() >= row.expires_at {' 'if false {' $P a04_
+mutate $I/logout.rs '        hinted: fresh_hint,' '        hinted: hint.is_some(),' $P an_expired_id_token_hint
 mutate $I/store.rs 'WHERE code_hash = ?1 AND client_id = ?3' 'WHERE code_hash = ?1 AND ?3 IS NOT NULL' $P a04_
 mutate $I/token.rs '    if uses > 1 {' '    if false {' $P a05_
 mutate $I/token.rs 'if grant.client_id != client.id {' 'if false {' $P a06_

@@ -3,8 +3,9 @@
 //! in the ended session.
 //!
 //! `post_logout_redirect_uri` must exactly match one registered for the client. With a
-//! valid `id_token_hint` the sign-out happens at once; without one the user confirms
-//! with a form that carries its own CSRF token.
+//! valid, unexpired `id_token_hint` the sign-out happens at once; without one, or with an
+//! expired one (accepted as a hint for the client), the user confirms with a form that
+//! carries its own CSRF token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,11 +107,18 @@ async fn check(
     } else {
         cookie_sid.into_iter().collect()
     };
+    // An expired hint still names the client and checks the redirect (RP-Initiated
+    // Logout §2: providers SHOULD accept it), but signs nobody out unasked.
+    let fresh_hint = hint
+        .as_ref()
+        .and_then(|c| c.get("exp"))
+        .and_then(serde_json::Value::as_i64)
+        .is_some_and(|exp| now() < exp);
     Ok(Request {
         sids,
         post_logout_redirect_uri,
         state: p.get("state").cloned(),
-        hinted: hint.is_some(),
+        hinted: fresh_hint,
         params: p,
     })
 }

@@ -863,3 +863,53 @@ async fn a_refused_refresh_does_not_spend_the_token() {
         "the real client's refresh still works"
     );
 }
+
+/// RP-Initiated Logout §2: an expired `id_token_hint` is still a hint (it names the
+/// client, so its registered redirect is accepted), but it never signs out without the
+/// user's confirmation.
+#[tokio::test]
+async fn an_expired_id_token_hint_asks_before_signing_out() {
+    let p = start().await;
+    let (verifier, challenge) = pkce();
+    let (code, login) = p.code("app", &challenge).await;
+    let (_, t) = p.redeem(&code, &verifier).await;
+    // The same ID token, expired, signed with the provider's own key.
+    let payload = t["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let mut claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["iat"] = (portcullis_idp::now() - 3600).into();
+    claims["exp"] = (portcullis_idp::now() - 60).into();
+    let config = portcullis_idp::IdpConfig::parse(&p.config_text).unwrap();
+    let same_keys = portcullis_idp::Idp::open(config).await.unwrap();
+    let expired = same_keys
+        .keys
+        .sign(jsonwebtoken::Algorithm::RS256, "JWT", &claims)
+        .unwrap();
+    let r = p
+        .client
+        .get(end_session_url(&p.base, &[("id_token_hint", &expired)]))
+        .header("cookie", &login.cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("Sign out?"),
+        "the confirmation, not an error: {page}"
+    );
+    assert_eq!(
+        p.backchannel_hits.load(Ordering::SeqCst),
+        0,
+        "nobody was signed out unasked"
+    );
+    assert_eq!(
+        p.userinfo(t["access_token"].as_str().unwrap()).await,
+        200,
+        "the session's tokens still work"
+    );
+}
