@@ -38,6 +38,24 @@ async fn login_with(
     .await
 }
 
+/// Finishes a login started with `auth`: the provider answers with standard claims.
+async fn finish_login(
+    gw: &TestGateway,
+    p: &HostileProvider,
+    browser: &Browser,
+    auth: &Authorize,
+) -> Resp {
+    let token = p
+        .keys
+        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    gw.callback(
+        browser,
+        &callback_query(&code, &auth.state, Some(&p.issuer)),
+    )
+    .await
+}
+
 /// "No session": no session cookie set and nothing written to the store.
 async fn assert_no_session(gw: &TestGateway, resp: &Resp) {
     assert!(
@@ -1555,16 +1573,7 @@ async fn d01_a_flood_beyond_the_cap_never_evicts_a_sign_in_in_progress() {
     );
     assert!(refused.headers.contains_key("retry-after"));
     // The victim's sign-in, started before the flood, still completes.
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw
-        .callback(
-            &victim,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = finish_login(&gw, &p, &victim, &auth).await;
     assert_eq!(resp.status, 303, "{}", resp.body);
 }
 
@@ -1597,16 +1606,7 @@ async fn d01_a_login_flood_from_one_address_leaves_the_others_alone() {
         .unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     // The other address finishes its sign-in and may start another.
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let resp = gw
-        .callback(
-            &victim,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = finish_login(&gw, &p, &victim, &auth).await;
     assert_eq!(resp.status, 303, "{}", resp.body);
     assert_eq!(
         Browser::from_address("127.0.0.2")
