@@ -705,23 +705,8 @@ async fn fifty_megabytes_stream_both_ways_without_being_held_in_memory() {
 async fn a_websocket_echo_passes_through_the_proxy() {
     let s = setup().await;
     let b = s.signed_in().await;
-    let addr = s.gw.url.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Origin: {}\r\nCookie: portcullis={}\r\n\r\n",
-        s.gw.url,
-        b.cookie("portcullis").unwrap()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let (mut tcp, head) =
+        send_handshake(&s, &b, "/ws", "dGhlIHNhbXBsZSBub25jZQ==", Some(&s.gw.url)).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase()
