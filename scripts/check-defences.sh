@@ -83,7 +83,10 @@ mutate $S/http/guard.rs '            return (
             return (
                 StatusCode::NO_CONTENT,' $G s06_preflights
 mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
-mutate $S/http/serve.rs '.header_read_timeout(header_read_timeout)' '.header_read_timeout(None)' $G slow_header
+mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G slow_header
+mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
+mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
+mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_

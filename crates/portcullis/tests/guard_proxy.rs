@@ -1223,7 +1223,7 @@ async fn slow_header_senders_are_disconnected() {
     let p = HostileProvider::start().await;
     let options = Options {
         serve: portcullis::http::serve::ServeOptions {
-            header_read_timeout: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(500),
             ..Default::default()
         },
         ..Default::default()
@@ -1237,6 +1237,70 @@ async fn slow_header_senders_are_disconnected() {
     let mut rest = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
     assert!(ended.is_ok(), "a slow-loris connection was kept open");
+}
+
+/// D02: a connection that stays idle after an answer is closed after
+/// `limits.keepalive_timeout`, so idle keep-alive connections do not hold places.
+#[tokio::test]
+async fn d02_idle_keepalive_connections_are_closed() {
+    let p = HostileProvider::start().await;
+    let options = Options {
+        serve: portcullis::http::serve::ServeOptions {
+            keepalive_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "an idle keep-alive connection was kept open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the request itself was answered: {answer}"
+    );
+}
+
+/// D02: a body the gateway reads itself must arrive within `limits.body_timeout`
+/// (408) and be small (413); a client that stops half-way does not hold the handler.
+#[tokio::test]
+async fn d02_slow_or_large_bodies_the_gateway_reads_are_refused() {
+    let p = HostileProvider::start().await;
+    let options = Options::default().env("PORTCULLIS_LIMITS_BODY_TIMEOUT", "1s");
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"POST /auth/backchannel-logout HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+          logout_token=",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("a half-sent body held the handler");
+    let answer = String::from_utf8_lossy(&answer[..read.unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    let large = format!("logout_token={}", "a".repeat(70 * 1024));
+    let r = reqwest::Client::new()
+        .post(format!("{}/auth/backchannel-logout", gw.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(large)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("body_too_large"));
 }
 
 /// An embedder's layer between the guard and the proxy that rewrites the path (here: a

@@ -56,6 +56,8 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("limits", "max_transactions", Kind::Count),
     ("limits", "connections_per_peer", Kind::Count),
     ("limits", "max_connections", Kind::Count),
+    ("limits", "body_timeout", Kind::Text),
+    ("limits", "keepalive_timeout", Kind::Text),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
     ("spa", "redirect_uri", Kind::Text),

@@ -2,7 +2,11 @@
 //! rates on the endpoints that work before anyone is signed in, and the bound on login
 //! transactions, and the connection caps.
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use super::duration::duration_setting;
 
 /// Bounds against floods.
 #[derive(Debug, Clone)]
@@ -21,6 +25,13 @@ pub struct LimitSettings {
     pub connections_per_peer: usize,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Time a client has to send a request body the gateway reads itself (the SPA code
+    /// exchange, back-channel logout); later → 408 (D02).
+    pub body_timeout: Duration,
+    /// Time a connection may wait for the next request's headers to arrive in full,
+    /// counted from when it opened or its previous answer was sent: the idle keep-alive
+    /// timeout, and with it the deadline for slow headers (D02).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for LimitSettings {
@@ -33,6 +44,8 @@ impl Default for LimitSettings {
             max_transactions: crate::store::MAX_LIVE_TRANSACTIONS,
             connections_per_peer: 256,
             max_connections: 10_000,
+            body_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -48,6 +61,16 @@ pub(super) struct RawLimits {
     max_transactions: Option<u32>,
     connections_per_peer: Option<u32>,
     max_connections: Option<u32>,
+    body_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+}
+
+/// A zero deadline would refuse every request.
+fn at_least_a_second(value: Duration, name: &str, errors: &mut Vec<String>) -> Duration {
+    if value < Duration::from_secs(1) {
+        errors.push(format!("`limits.{name}` must be at least 1s"));
+    }
+    value
 }
 
 impl RawLimits {
@@ -96,6 +119,55 @@ impl RawLimits {
                 self.max_connections,
                 d.max_connections as u32,
             ) as usize,
+            body_timeout: at_least_a_second(
+                duration_setting(
+                    self.body_timeout,
+                    "limits.body_timeout",
+                    d.body_timeout,
+                    errors,
+                ),
+                "body_timeout",
+                errors,
+            ),
+            keepalive_timeout: at_least_a_second(
+                duration_setting(
+                    self.keepalive_timeout,
+                    "limits.keepalive_timeout",
+                    d.keepalive_timeout,
+                    errors,
+                ),
+                "keepalive_timeout",
+                errors,
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::Config;
+    use crate::config::test_support::minimal;
+
+    fn with(key: &str, value: &str) -> Result<Config, String> {
+        let mut e = minimal();
+        e.push((key.into(), value.into()));
+        Config::load_from(None, e).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn deadlines_read_as_durations_and_refuse_zero() {
+        let c = Config::load_from(None, minimal()).unwrap();
+        assert_eq!(c.limits.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(75));
+        let c = with("PORTCULLIS_LIMITS_KEEPALIVE_TIMEOUT", "5m").unwrap();
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(300));
+        let e = with("PORTCULLIS_LIMITS_BODY_TIMEOUT", "0s").unwrap_err();
+        assert!(e.contains("limits.body_timeout"), "{e}");
+        let e = with("PORTCULLIS_LIMITS_KEEPALIVE_TIMEOUT", "75").unwrap_err();
+        assert!(e.contains("limits.keepalive_timeout"), "{e}");
+        let e = with("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "0").unwrap_err();
+        assert!(e.contains("limits.login_per_minute"), "{e}");
     }
 }

@@ -35,6 +35,31 @@ impl Routes {
         self.gateway.sessions()
     }
 
+    /// The body of a request the gateway reads itself (the SPA code exchange,
+    /// back-channel logout): at most [`MAX_OWN_BODY`] bytes, in full within
+    /// `limits.body_timeout` (D02: a client that trickles its body, or stops, does not
+    /// hold the handler).
+    async fn read_body(&self, body: axum::body::Body) -> Result<axum::body::Bytes, Response> {
+        let deadline = self.gateway.config().limits.body_timeout;
+        let refusal = match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await {
+            Ok(Ok(bytes)) => return Ok(bytes),
+            Err(_) => HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "The request body did not arrive in time.",
+            ),
+            Ok(Err(BodyRefused::TooLarge)) => HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "The request body is larger than this endpoint accepts.",
+            ),
+            Ok(Err(BodyRefused::Unreadable)) => {
+                HttpError::bad_request("body_unreadable", "The request body could not be read.")
+            }
+        };
+        Err(no_store(refusal.into_response()))
+    }
+
     fn login_path(&self) -> String {
         format!("{}/login", self.gateway.config().prefix)
     }
@@ -418,6 +443,37 @@ pub async fn logged_out(
     no_store(r)
 }
 
+/// The largest body the gateway reads itself: a logout token or a code and verifier
+/// are a few kilobytes.
+const MAX_OWN_BODY: usize = 64 * 1024;
+
+/// Why a body was not read.
+enum BodyRefused {
+    TooLarge,
+    Unreadable,
+}
+
+/// The whole body, or a refusal as soon as it passes `limit` bytes.
+async fn read_at_most(
+    mut body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, BodyRefused> {
+    use http_body::Body as _;
+    let mut read = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+    {
+        let frame = frame.map_err(|_| BodyRefused::Unreadable)?;
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(BodyRefused::TooLarge);
+            }
+            read.extend_from_slice(&data);
+        }
+    }
+    Ok(read.into())
+}
+
 /// The seed's JSON body for `POST {spa.code_exchange_path}`.
 #[derive(serde::Deserialize)]
 struct SpaExchange {
@@ -440,7 +496,7 @@ fn is_verifier(v: &str) -> bool {
 pub async fn spa_code_exchange(
     State(routes): State<Routes>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(refusal) = routes.refuse_cross_site(&headers, "The code exchange", false) {
         return refusal;
@@ -456,6 +512,10 @@ pub async fn spa_code_exchange(
                 .into_response(),
         );
     }
+    let body = match routes.read_body(body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
     let Ok(req) = serde_json::from_slice::<SpaExchange>(&body) else {
         return no_store(
             HttpError::bad_request(
@@ -520,7 +580,7 @@ pub async fn spa_code_exchange(
 pub async fn backchannel_logout(
     State(routes): State<Routes>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let refuse = |description: &str| {
         no_store(
@@ -543,6 +603,10 @@ pub async fn backchannel_logout(
     if !form {
         return refuse("The body must be a form (application/x-www-form-urlencoded).");
     }
+    let body = match routes.read_body(body).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
     let tokens: Vec<String> = url::form_urlencoded::parse(&body)
         .filter(|(k, _)| k == "logout_token")
         .map(|(_, v)| v.into_owned())

@@ -26,8 +26,11 @@ use super::limits::ClientKey;
 /// Limits of the server.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Time a client has to send a request's headers (also between keep-alive requests).
-    pub header_read_timeout: Duration,
+    /// Time a connection may wait for a request's headers to arrive in full, counted
+    /// from when it opened or its previous answer was sent: hyper runs one timer for
+    /// both, so this is the idle keep-alive timeout and the slow-header (slow-loris)
+    /// deadline at once (`limits.keepalive_timeout`).
+    pub keepalive_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Connections one client address (an IPv6 /64) may hold at once; more are closed
@@ -43,7 +46,7 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
             max_connections: 10_000,
             connections_per_peer: 256,
             trusted_peers: Arc::from(Vec::new()),
@@ -58,6 +61,7 @@ impl ServeOptions {
         Self {
             max_connections: config.limits.max_connections,
             connections_per_peer: config.limits.connections_per_peer,
+            keepalive_timeout: config.limits.keepalive_timeout,
             trusted_peers: config
                 .trusted_proxies
                 .iter()
@@ -130,9 +134,9 @@ where
 {
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let header_read_timeout = options.header_read_timeout;
+    let keepalive_timeout = options.keepalive_timeout;
     let accepted = accept_until(&listener, &permits, &options, shutdown, |connection| {
-        tokio::spawn(connection.run(app.clone(), stop_rx.clone(), header_read_timeout));
+        tokio::spawn(connection.run(app.clone(), stop_rx.clone(), keepalive_timeout));
     })
     .await;
     drop(listener);
@@ -175,8 +179,8 @@ where
             .build()?;
         let (make_app, stop_rx, mut drained_rx) =
             (make_app.clone(), stop_rx.clone(), drained_rx.clone());
-        let (header_read_timeout, shutdown_grace) =
-            (options.header_read_timeout, options.shutdown_grace);
+        let (keepalive_timeout, shutdown_grace) =
+            (options.keepalive_timeout, options.shutdown_grace);
         let handle = std::thread::Builder::new()
             .name(format!("portcullis-http-{n}"))
             .spawn(move || {
@@ -197,7 +201,7 @@ where
                                 connections.spawn(connection.run(
                                     app.clone(),
                                     stop_rx.clone(),
-                                    header_read_timeout,
+                                    keepalive_timeout,
                                 ));
                             }
                             Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
@@ -323,7 +327,7 @@ async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: &Serv
 impl Accepted<TcpStream> {
     /// Serves the connection until it closes, or until `stop` asks it to finish the
     /// request in flight.
-    async fn run<S>(self, app: S, mut stop: watch::Receiver<bool>, header_read_timeout: Duration)
+    async fn run<S>(self, app: S, mut stop: watch::Receiver<bool>, keepalive_timeout: Duration)
     where
         S: Service<Request<Incoming>, Response = Response, Error = Infallible>
             + Clone
@@ -340,7 +344,7 @@ impl Accepted<TcpStream> {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
+            .header_read_timeout(keepalive_timeout)
             .keep_alive(true);
         let conn = builder
             .serve_connection(TokioIo::new(self.stream), service)
