@@ -34,6 +34,7 @@ PY
   case "$bin" in
     lib) set -- -p portcullis --lib "$filter" ;;
     idp:*) set -- -p portcullis-idp --test "${bin#idp:}" "$filter" ;;
+    idplib) set -- -p portcullis-idp --lib "$filter" ;;
     cli:*) set -- -p portcullis-cli --test "${bin#cli:}" "$filter" ;;
     *) set -- -p portcullis --test "$bin" "$filter" ;;
   esac
@@ -87,6 +88,10 @@ mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
 mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
 mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
+mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
+    };' '        Err(_) => idp.throttle.turn().await,
+    };' idp:provider password_attempts_are_throttled
+mutate crates/portcullis-idp/src/throttle.rs 'self.admitted.try_acquire().map_err(|_| Refused::Busy)?' 'self.admitted.acquire().await.map_err(|_| Refused::Busy)?' idplib the_queue_of_password_checks
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use portcullis::random::{random_token, secrets_equal, sha256_hex};
 
 use crate::store::CodeRow;
+use crate::throttle::{Peer, Refused};
 use crate::{Idp, now, pages};
 
 /// Lifetime of an authorization code (≤ 60 s).
@@ -342,9 +343,33 @@ pub async fn show(
     }
 }
 
+/// The answer to an attempt the throttle refused: 429 (with `Retry-After`) or 503.
+fn throttled(req: &AuthzRequest, refused: Refused) -> Response {
+    let (status, code, message, retry_after) = match refused {
+        Refused::TooMany(seconds) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "Too many sign-in attempts for this user or from your address. Wait a minute and try again.",
+            seconds,
+        ),
+        Refused::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "The provider is checking too many passwords at once. Try again in a moment.",
+            1,
+        ),
+    };
+    tracing::warn!(client = %req.client_id, error = code, "sign-in attempt refused");
+    let mut r = pages::error_page(status, code, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    r
+}
+
 /// `POST /authorize`: the sign-in form.
 pub async fn submit(
     State(idp): State<Arc<Idp>>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     RawForm(body): RawForm,
 ) -> Response {
@@ -371,23 +396,29 @@ pub async fn submit(
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
     let user = idp.config.user(username);
-    // Verify against a real hash even for unknown users, so timing does not tell.
-    // argon2 is deliberately slow: it runs off the async workers, at most two at once,
-    // and against a real hash even for unknown users, so timing does not tell.
+    // Counted before any password is checked, so guessing is slow and cheap to refuse.
+    let turn = match idp
+        .throttle
+        .attempt(user.map(|u| u.username.as_str()), peer)
+    {
+        Ok(()) => idp.throttle.turn().await,
+        Err(refused) => Err(refused),
+    };
+    let _turn = match turn {
+        Ok(turn) => turn,
+        Err(refused) => return throttled(&req, refused),
+    };
+    // argon2 is deliberately slow: it runs off the async workers, a few at once, and
+    // against a real hash even for unknown users, so timing does not tell.
     let candidate = user.or(idp.config.users.first()).cloned();
     let known = user.is_some();
     let password = password.to_owned();
-    let ok = match idp.password_checks.acquire().await {
-        Ok(_permit) => {
-            let matched = tokio::task::spawn_blocking(move || {
-                candidate.is_some_and(|u| u.password_matches(&password))
-            })
-            .await
-            .unwrap_or(false);
-            matched && known
-        }
-        Err(_) => false,
-    };
+    let matched = tokio::task::spawn_blocking(move || {
+        candidate.is_some_and(|u| u.password_matches(&password))
+    })
+    .await
+    .unwrap_or(false);
+    let ok = matched && known;
     if !ok {
         tracing::info!(client = %req.client_id, "sign-in failed");
         return login_form(

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod logout;
 pub mod pages;
 pub mod store;
+pub mod throttle;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -60,8 +61,8 @@ pub struct Idp {
     pub keys: KeySet,
     /// For back-channel logout calls.
     pub http: reqwest::Client,
-    /// Password checks running at once (argon2 is costly by design).
-    pub password_checks: tokio::sync::Semaphore,
+    /// Sign-in attempts per user and address, and the bounded queue of password checks.
+    pub throttle: throttle::Throttle,
 }
 
 impl Idp {
@@ -88,7 +89,7 @@ impl Idp {
             store,
             keys,
             http,
-            password_checks: tokio::sync::Semaphore::new(2),
+            throttle: throttle::Throttle::default(),
         }))
     }
 

@@ -913,3 +913,54 @@ async fn an_expired_id_token_hint_asks_before_signing_out() {
         "the session's tokens still work"
     );
 }
+
+/// Password guessing is throttled per user (from any address) and per address (for any
+/// user), before a password is checked: 429 with `Retry-After` and a page. The rightful
+/// user's correct password is refused too while her name is over its rate, but other
+/// users and other addresses are not held up.
+#[tokio::test]
+async fn password_attempts_are_throttled_per_user_and_per_address() {
+    use portcullis_idp::throttle::{ATTEMPTS_PER_ADDRESS_PER_MINUTE, ATTEMPTS_PER_USER_PER_MINUTE};
+    let p = start().await;
+    let (_, challenge) = pkce();
+    let guesser = support::client_from("127.0.0.2");
+    for _ in 0..ATTEMPTS_PER_USER_PER_MINUTE {
+        let (r, _) = p
+            .sign_in_as(&guesser, "app", &challenge, "alice", "guess")
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (r, _) = p
+        .sign_in_as(&guesser, "app", &challenge, "alice", "guess")
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(r.text().await.unwrap().contains("too_many_attempts"));
+    // Her name is over its rate from another address too (the guesser may have many).
+    let (r, _) = p.sign_in("app", &challenge, "alice").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // One address guessing many names: refused past its rate, whatever the name.
+    let spray = support::client_from("127.0.0.3");
+    for i in 0..ATTEMPTS_PER_ADDRESS_PER_MINUTE {
+        let (r, _) = p
+            .sign_in_as(&spray, "app", &challenge, &format!("user{i}"), "guess")
+            .await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let (r, _) = p
+        .sign_in_as(&spray, "app", &challenge, "someone", "guess")
+        .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not held up by it.
+    let other = support::client_from("127.0.0.4");
+    let (r, _) = p
+        .sign_in_as(&other, "app", &challenge, "someone", "guess")
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

@@ -104,6 +104,15 @@ name = "Alice Example"
     }
 }
 
+/// A client that plays a browser on the loopback address `ip` (e.g. `127.0.0.2`).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 pub fn end_session_url(base: &str, params: &[(&str, &str)]) -> String {
     let mut u = url::Url::parse(&format!("{base}/end_session")).unwrap();
     u.query_pairs_mut().extend_pairs(params);
@@ -165,8 +174,21 @@ impl Provider {
         challenge: &str,
         password: &str,
     ) -> (reqwest::Response, Login) {
-        let form = self
-            .client
+        self.sign_in_as(&self.client, client, challenge, "alice", password)
+            .await
+    }
+
+    /// [`Self::sign_in`] as `username`, with `http` (e.g. bound to another loopback
+    /// address).
+    pub async fn sign_in_as(
+        &self,
+        http: &reqwest::Client,
+        client: &str,
+        challenge: &str,
+        username: &str,
+        password: &str,
+    ) -> (reqwest::Response, Login) {
+        let form = http
             .get(self.authorize_url(client, Some(challenge), &[]))
             .send()
             .await
@@ -200,10 +222,9 @@ impl Provider {
                 .replace("&amp;", "&");
             fields.push((name, value));
         }
-        fields.push(("username".into(), "alice".into()));
+        fields.push(("username".into(), username.into()));
         fields.push(("password".into(), password.into()));
-        let resp = self
-            .client
+        let resp = http
             .post(format!("{}/authorize", self.base))
             .header("cookie", &csrf_cookie)
             .form(&fields)

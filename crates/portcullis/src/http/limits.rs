@@ -6,6 +6,7 @@
 //! else the peer; IPv6 by /64 (one host holds a whole /64). Over the rate: 429 with
 //! `Retry-After`, before the body is read.
 
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -28,12 +29,11 @@ pub const MAX_CLIENTS: usize = 100_000;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Who a limit counts: an IPv4 address, an IPv6 /64, or everyone past the bound.
+/// Who a limit counts: an IPv4 address or an IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     V4(u32),
     V6(u64),
-    Overflow,
 }
 
 impl ClientKey {
@@ -54,27 +54,31 @@ pub enum Endpoint {
     Backchannel,
 }
 
-struct Limiter(DefaultKeyedRateLimiter<ClientKey>);
+/// A token bucket per key (a client address, a user name), the table bounded: past
+/// [`MAX_CLIENTS`] keys the idle ones are forgotten, and while it is still full new keys
+/// share one bucket.
+pub struct KeyedLimiter<K: Hash + Eq + Clone>(DefaultKeyedRateLimiter<Option<K>>);
 
-impl std::fmt::Debug for Limiter {
+impl<K: Hash + Eq + Clone> std::fmt::Debug for KeyedLimiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Limiter")
+        f.write_str("KeyedLimiter")
     }
 }
 
-impl Limiter {
-    fn per_minute(n: u32) -> Self {
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    /// `n` a minute per key, all `n` at once at most.
+    pub fn per_minute(n: u32) -> Self {
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         Self(RateLimiter::keyed(Quota::per_minute(n)))
     }
 
-    /// `Err(seconds to wait)` when `key` is over its rate.
-    fn check(&self, key: ClientKey) -> Result<(), u64> {
-        let mut key = key;
+    /// Counts one for `key`; `Err(seconds to wait)` when it is over its rate.
+    pub fn check(&self, key: K) -> Result<(), u64> {
+        let mut key = Some(key);
         if self.0.len() >= MAX_CLIENTS {
             self.0.retain_recent();
             if self.0.len() >= MAX_CLIENTS {
-                key = ClientKey::Overflow;
+                key = None;
             }
         }
         self.0.check_key(&key).map_err(|not_until| {
@@ -85,6 +89,8 @@ impl Limiter {
         })
     }
 }
+
+type Limiter = KeyedLimiter<ClientKey>;
 
 /// The limits of one gateway.
 #[derive(Debug)]
