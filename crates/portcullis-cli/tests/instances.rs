@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 #[path = "../../portcullis/tests/support/browser.rs"]
@@ -339,6 +341,7 @@ on_every_engine!(
     m05_the_store_holds_no_token_session_id_or_code,
     m01_refresh_and_the_theft_rule_on_a_reach_a_warm_b,
     m01_a_killed_feed_connection_never_leaves_a_revoked_session_usable,
+    w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere,
     store_copy_from_sqlite_keeps_cookies_and_user_ids,
 );
 
@@ -428,6 +431,89 @@ async fn m01_admin_revoke_and_back_channel_logout_reach_every_instance(store: St
     for instance in &c.instances {
         refused_within(instance, &browser, Duration::from_secs(1)).await;
     }
+}
+
+/// A WebSocket through `instance` to the upstream's echo, as `browser`.
+async fn open_websocket(instance: &Instance, browser: &Browser, origin: &str) -> TcpStream {
+    let addr = instance.url.trim_start_matches("http://").to_owned();
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Origin: {origin}\r\nCookie: portcullis={}\r\n\r\n",
+        browser.cookie("portcullis").unwrap()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// Reads until the gateway closes the tunnel; fails if it is still open after `within`.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the WebSocket is still open after {within:?}"),
+        }
+    }
+}
+
+/// W02 across processes: a WebSocket through instance A closes within seconds when its
+/// session ends by a sign-out on instance B, and by an admin revoke from another process
+/// (the CLI) — the store's change feed reaches A's tunnels.
+async fn w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere(store: String) {
+    let Some(c) = Cluster::start(
+        store,
+        Setup {
+            instances: 2,
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let [a, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let mut socket = open_websocket(a, &browser, &c.public).await;
+    let out = browser
+        .request(
+            reqwest::Method::POST,
+            &b.at("/auth/logout"),
+            &[
+                ("origin", c.public.as_str()),
+                ("accept", "application/json"),
+            ],
+            None,
+        )
+        .await;
+    assert!(out.status < 400, "logout: {} {}", out.status, out.body);
+    closed_within(&mut socket, Duration::from_secs(5)).await;
+
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let user = user_id_seen(&api(b, &browser, "/whoami").await);
+    let mut socket = open_websocket(a, &browser, &c.public).await;
+    let out = c.cli(&["sessions", "revoke", "--user", &user]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    closed_within(&mut socket, Duration::from_secs(5)).await;
 }
 
 /// The session id a response sets, if any.
