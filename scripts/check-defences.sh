@@ -88,6 +88,10 @@ mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
 mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
 mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
+mutate $S/http/guard.rs '        if self.sessions.has_routes()' '        if false' authorization routes_admit_the_group
+mutate $S/session/routes.rs 'self.0.iter().find(|r| r.pattern.matches_ignoring_case(path))' 'self.0.iter().find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
+mutate $S/session/routes.rs '            let asked = if method == Method::HEAD {' '            let asked = if false {' authorization routes_refuse_methods
+mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled

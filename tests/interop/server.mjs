@@ -21,8 +21,8 @@ const CLIENTS = env.OIDC_CLIENTS ? JSON.parse(env.OIDC_CLIENTS) : [{
 }];
 
 const USERS = {
-  alice: { password: 'alice', email: 'alice@example.com', email_verified: true, name: 'Alice Example' },
-  bob: { password: 'bob', email: 'bob@example.org', email_verified: true, name: 'Bob Builder' },
+  alice: { password: 'alice', email: 'alice@example.com', email_verified: true, name: 'Alice Example', groups: ['admins', 'staff'] },
+  bob: { password: 'bob', email: 'bob@example.org', email_verified: true, name: 'Bob Builder', groups: ['staff'] },
   carol: { password: 'carol', email: 'carol@example.com', email_verified: false, name: 'Carol Unverified' },
 };
 
@@ -60,7 +60,8 @@ const provider = new Provider(issuer, {
   responseTypes: ['code'],
   // SCOPES (space-separated) stands for providers without `offline_access` (Google).
   scopes: env.SCOPES ? env.SCOPES.split(' ') : ['openid', 'email', 'profile', 'offline_access'],
-  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+  // `groups` with the profile scope, as Keycloak's and Okta's group mappers can be set up.
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
   // Put scope-granted claims into the ID token too (default true = userinfo only).
   conformIdTokenClaims: env.CONFORM_ID_TOKEN_CLAIMS === '1',
   ttl: {
@@ -97,7 +98,10 @@ const provider = new Provider(issuer, {
     if (!u) return undefined;
     return {
       accountId: id,
-      claims: async () => ({ sub: id, email: u.email, email_verified: u.email_verified, name: u.name }),
+      claims: async () => ({
+        sub: id, email: u.email, email_verified: u.email_verified, name: u.name,
+        ...(u.groups ? { groups: u.groups } : {}),
+      }),
     };
   },
 });
@@ -227,6 +231,15 @@ server.on('request', async (req, res) => {
   let m;
   try {
     if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests });
+    // Test hook: replace a user's groups (a JSON array body), as an admin would.
+    if (req.method === 'POST' && (m = pathname.match(/^\/test\/groups\/([^/]+)$/))) {
+      const u = USERS[decodeURIComponent(m[1])];
+      if (!u) return json(res, 404, { error: 'no_such_user' });
+      let body = '';
+      for await (const chunk of req) body += chunk;
+      u.groups = JSON.parse(body);
+      return json(res, 200, { groups: u.groups });
+    }
     if (req.method === 'POST' && (m = pathname.match(/^\/test\/logout\/([^/]+)$/))) {
       return json(res, 200, await logoutAccount(decodeURIComponent(m[1])));
     }

@@ -21,16 +21,16 @@ pub struct AccessSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAccess {
-    allowed_email_domains: Option<Vec<String>>,
-    allowed_emails: Option<Vec<String>>,
-    required_claims: Option<BTreeMap<String, ClaimValues>>,
-    require_email_verified: Option<bool>,
+    pub(super) allowed_email_domains: Option<Vec<String>>,
+    pub(super) allowed_emails: Option<Vec<String>>,
+    pub(super) required_claims: Option<BTreeMap<String, ClaimValues>>,
+    pub(super) require_email_verified: Option<bool>,
 }
 
 /// `required_claims` values: one string or a list of strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum ClaimValues {
+pub(super) enum ClaimValues {
     One(String),
     Many(Vec<String>),
 }
@@ -39,6 +39,11 @@ impl RawAccess {
     /// Lower-cases the email rules; `require_email_verified` defaults to on when any
     /// email rule is set (an unverified address proves nothing).
     pub(super) fn validate(self, errors: &mut Vec<String>) -> AccessSettings {
+        self.validate_as("access", errors)
+    }
+
+    /// [`RawAccess::validate`] for rules written under `section` (e.g. `routes[2]`).
+    pub(super) fn validate_as(self, section: &str, errors: &mut Vec<String>) -> AccessSettings {
         let allowed_email_domains: Vec<String> = self
             .allowed_email_domains
             .unwrap_or_default()
@@ -48,7 +53,7 @@ impl RawAccess {
         for d in &allowed_email_domains {
             if d.is_empty() || d.contains('@') || d.contains(char::is_whitespace) {
                 errors.push(format!(
-                    "`access.allowed_email_domains`: `{d}` is not a domain"
+                    "`{section}.allowed_email_domains`: `{d}` is not a domain"
                 ));
             }
         }
@@ -61,7 +66,7 @@ impl RawAccess {
         for e in &allowed_emails {
             if e.matches('@').count() != 1 {
                 errors.push(format!(
-                    "`access.allowed_emails`: `{e}` is not an email address"
+                    "`{section}.allowed_emails`: `{e}` is not an email address"
                 ));
             }
         }

@@ -20,6 +20,7 @@ mod logging;
 mod logout;
 mod provider;
 mod proxy;
+mod routes;
 mod server;
 mod session;
 mod spa;
@@ -40,6 +41,7 @@ pub use limits::LimitSettings;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
 pub use provider::{ClientSecret, ProviderSettings};
+pub use routes::RouteSettings;
 pub use session::SessionSettings;
 pub use spa::SpaSettings;
 pub use store::{SecretKeys, StoreLocation, is_valid_store_prefix};
@@ -73,6 +75,8 @@ pub struct Config {
     pub session: SessionSettings,
     pub limits: LimitSettings,
     pub access: AccessSettings,
+    /// `[[routes]]`, in order (file only).
+    pub routes: Vec<RouteSettings>,
     pub provider: ProviderSettings,
     pub trusted_proxies: Vec<String>,
     /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
@@ -196,6 +200,7 @@ struct RawConfig {
     logout: logout::RawLogout,
     #[serde(default)]
     limits: limits::RawLimits,
+    routes: Option<Vec<routes::RawRoute>>,
 }
 
 /// Checks every section, collecting problems in `errors` (in this order, so the report
@@ -218,6 +223,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let public_paths = server::public_paths(raw.public_paths, errors);
     let session = raw.session.validate(errors);
     let access = raw.access.validate(errors);
+    let routes = routes::validate(raw.routes, &public_paths, errors);
     let provider = raw.provider.validate(client_secret.is_some(), errors);
     let trusted_proxies = proxy::trusted_proxies(raw.proxy.trusted_proxies, errors);
     let token_relay = proxy::token_relay(raw.proxy.token_relay, errors);
@@ -243,6 +249,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         public_paths,
         session,
         access,
+        routes,
         provider,
         trusted_proxies,
         token_relay,

@@ -48,6 +48,7 @@ use super::request::{is_navigation, is_same_origin_write};
 use crate::gateway::Gateway;
 use crate::session::ActiveSession;
 use crate::session::Sessions;
+use crate::session::routes::RouteRefusal;
 
 /// The signed-in user, put into request extensions by the guard; also an axum
 /// extractor (401 when absent).
@@ -403,6 +404,27 @@ impl Guard {
             )
             .page(page)
             .into_response();
+        }
+
+        // `[[routes]]`: who may reach this path, with which methods.
+        if self.sessions.has_routes()
+            && let Err(refusal) = self
+                .sessions
+                .check_route(req.method(), path, &active.record)
+        {
+            let (code, message) = match refusal {
+                RouteRefusal::Method => (
+                    "method_refused",
+                    format!("This address does not accept {} requests.", req.method()),
+                ),
+                RouteRefusal::Access(denied) => (
+                    "route_refused",
+                    format!("You may not open this address: {denied}."),
+                ),
+            };
+            return HttpError::new(StatusCode::FORBIDDEN, code, message)
+                .page(page)
+                .into_response();
         }
 
         if self.token_relay.iter().any(|p| p.matches(path)) {

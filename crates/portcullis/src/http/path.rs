@@ -175,13 +175,48 @@ impl PathPattern {
     }
 
     pub fn matches(&self, path: &NormalizedPath) -> bool {
-        let p = path.as_str();
+        self.matches_str(path.as_str(), false)
+    }
+
+    /// [`PathPattern::matches`] ignoring ASCII case: for restrictions (`[[routes]]`),
+    /// where matching more paths is the safe direction (`/Admin` is `/admin` to a
+    /// case-insensitive upstream).
+    pub fn matches_ignoring_case(&self, path: &NormalizedPath) -> bool {
+        self.matches_str(path.as_str(), true)
+    }
+
+    fn matches_str(&self, p: &str, ignore_case: bool) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        let p = p.as_bytes();
         match self {
-            Self::Exact(e) => p == e,
+            Self::Exact(e) => eq(p, e.as_bytes()),
             Self::Prefix(base) if base.is_empty() => true,
             Self::Prefix(base) => {
-                p == base
-                    || (p.starts_with(base.as_str()) && p.as_bytes().get(base.len()) == Some(&b'/'))
+                let base = base.as_bytes();
+                p.len() >= base.len()
+                    && eq(&p[..base.len()], base)
+                    && (p.len() == base.len() || p[base.len()] == b'/')
+            }
+        }
+    }
+
+    /// Whether some path matches both patterns, ignoring ASCII case.
+    pub fn overlaps_ignoring_case(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => a.eq_ignore_ascii_case(b),
+            (Self::Exact(e), p @ Self::Prefix(_)) | (p @ Self::Prefix(_), Self::Exact(e)) => {
+                p.matches_str(e, true)
+            }
+            // Two subtrees overlap when one root lies in the other.
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                self.matches_str(if b.is_empty() { "/" } else { b }, true)
+                    || other.matches_str(if a.is_empty() { "/" } else { a }, true)
             }
         }
     }
@@ -254,6 +289,29 @@ mod tests {
         for bad in ["static/*", "/a/*/b", "/a*", "/a/../b", "/a//b"] {
             assert_eq!(PathPattern::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn restrictions_match_ignoring_case_and_overlaps_are_found() {
+        let admin = PathPattern::parse("/admin/*").unwrap();
+        let m = |s: &str| admin.matches_ignoring_case(&normalize_path(s).unwrap());
+        assert!(m("/admin") && m("/Admin/x") && m("/ADMIN/") && m("/%61dmin/x"));
+        assert!(!m("/administrator") && !m("/x/admin"));
+        let p = |s: &str| PathPattern::parse(s).unwrap();
+        let overlap = |a: &str, b: &str| {
+            let (a, b) = (p(a), p(b));
+            assert_eq!(a.overlaps_ignoring_case(&b), b.overlaps_ignoring_case(&a));
+            a.overlaps_ignoring_case(&b)
+        };
+        assert!(overlap("/admin/*", "/Admin/login"));
+        assert!(overlap("/admin/*", "/admin"));
+        assert!(overlap("/admin/*", "/ADMIN/public/*"));
+        assert!(overlap("/*", "/anything"));
+        assert!(overlap("/*", "/x/*"));
+        assert!(overlap("/health", "/HEALTH"));
+        assert!(!overlap("/admin/*", "/administrator/*"));
+        assert!(!overlap("/admin/*", "/static/*"));
+        assert!(!overlap("/admin", "/admin/x"));
     }
 
     proptest! {

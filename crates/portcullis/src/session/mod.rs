@@ -14,6 +14,7 @@ pub mod logout;
 pub mod lookup;
 pub mod refresh;
 pub mod return_to;
+pub mod routes;
 pub mod seal;
 pub mod service;
 

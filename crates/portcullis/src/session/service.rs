@@ -33,6 +33,8 @@ pub struct Sessions {
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     /// Sessions with open WebSockets, closed when the session ends (`ends`).
     pub(crate) watches: super::ends::Watches,
+    /// `[[routes]]`: who may reach which paths.
+    pub(crate) routes: super::routes::RouteRules,
 }
 
 impl Sessions {
@@ -57,7 +59,6 @@ impl Sessions {
             entries => CachedStore::new(store, entries, config.session.cache_mb),
         };
         Self {
-            config,
             provider,
             store,
             keys,
@@ -66,6 +67,8 @@ impl Sessions {
             events: SecurityEvents::default(),
             runtime,
             watches: Default::default(),
+            routes: super::routes::RouteRules::new(&config.routes),
+            config,
         }
     }
 
@@ -89,6 +92,39 @@ impl Sessions {
 
     pub(crate) fn now(&self) -> UnixTime {
         self.clock.now()
+    }
+
+    /// Whether any `[[routes]]` are configured (else [`Sessions::check_route`] passes
+    /// everything and need not be asked).
+    pub fn has_routes(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    /// `[[routes]]` for a signed-in request: a refusal is a security event.
+    pub fn check_route(
+        &self,
+        method: &axum::http::Method,
+        path: &crate::http::path::NormalizedPath,
+        record: &crate::store::SessionRecord,
+    ) -> Result<(), super::routes::RouteRefusal> {
+        let verdict = self.routes.check(method, path, record);
+        if let Err(refusal) = &verdict {
+            let reason = match refusal {
+                super::routes::RouteRefusal::Method => "method",
+                super::routes::RouteRefusal::Access(denied) => denied.code(),
+            };
+            self.events.count("route_refused");
+            tracing::warn!(
+                event = "route_refused",
+                session = record.id_hash.short(),
+                user = %record.user.id,
+                %method,
+                path = path.as_str(),
+                reason,
+                "security event: a route refused a signed-in user"
+            );
+        }
+        verdict
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.

@@ -19,6 +19,8 @@ use super::browser::{Browser, Resp};
 
 pub struct Options {
     pub env: Vec<(String, String)>,
+    /// A configuration file's text (for what only the file can set, e.g. `[[routes]]`).
+    pub config_file: Option<String>,
     /// Keep the store in a file (returned in `db_path`) instead of memory.
     pub file_store: bool,
     /// Open this SQLite file (another gateway's `db_path`): two instances, one store.
@@ -37,6 +39,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             env: Vec::new(),
+            config_file: None,
             file_store: false,
             db_path: None,
             secret: None,
@@ -110,7 +113,17 @@ impl TestGateway {
             env.push(("PORTCULLIS_SESSION_CACHE_ENTRIES".to_owned(), entries));
         }
         env.extend(options.env);
-        let config = Config::load_from(None, env).unwrap();
+        let file = options.config_file.as_ref().map(|text| {
+            let dir = std::env::temp_dir().join(format!(
+                "portcullis-test-config-{}",
+                portcullis::random::random_token()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("portcullis.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let config = Config::load_from(file.as_deref(), env).unwrap();
         let (store, db_path): (Arc<dyn Store>, _) = if let Some(path) = options.db_path {
             (
                 Arc::new(SqliteStore::open(&path).await.unwrap()),

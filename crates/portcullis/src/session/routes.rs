@@ -1,0 +1,116 @@
+//! `[[routes]]` on a signed-in request: the first route whose path matches the
+//! normalised path (ignoring ASCII case) decides which methods pass and which rules the
+//! user must meet, judged on the claims the session keeps (updated at every refresh).
+//! No route matches: the global `[access]` rules, checked at sign-in and refresh, suffice.
+
+use axum::http::Method;
+use serde_json::{Map, Value};
+
+use super::access::{AccessDenied, access_refusals};
+use crate::config::{AccessSettings, RouteSettings};
+use crate::http::path::{NormalizedPath, PathPattern};
+use crate::store::SessionRecord;
+
+/// Why a route refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteRefusal {
+    /// The route does not allow this method.
+    Method,
+    /// The user does not meet the route's rules.
+    Access(AccessDenied),
+}
+
+#[derive(Debug)]
+struct Route {
+    pattern: PathPattern,
+    /// `None`: every method.
+    methods: Option<Vec<Method>>,
+    access: AccessSettings,
+    /// Whether `access` has any rule (else the claims need not be read).
+    has_rules: bool,
+}
+
+/// The configured routes, in order.
+#[derive(Debug, Default)]
+pub struct RouteRules(Vec<Route>);
+
+impl RouteRules {
+    pub fn new(settings: &[RouteSettings]) -> Self {
+        Self(
+            settings
+                .iter()
+                .filter_map(|r| {
+                    let methods = r.methods.as_ref().map(|list| {
+                        list.iter()
+                            .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                            .collect()
+                    });
+                    let a = &r.access;
+                    Some(Route {
+                        pattern: PathPattern::parse(&r.path)?,
+                        methods,
+                        has_rules: a.require_email_verified
+                            || !a.allowed_emails.is_empty()
+                            || !a.allowed_email_domains.is_empty()
+                            || !a.required_claims.is_empty(),
+                        access: a.clone(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The verdict of the first route matching `path` for this session (`Ok` when no
+    /// route matches).
+    pub fn check(
+        &self,
+        method: &Method,
+        path: &NormalizedPath,
+        record: &SessionRecord,
+    ) -> Result<(), RouteRefusal> {
+        let Some(route) = self
+            .0
+            .iter()
+            .find(|r| r.pattern.matches_ignoring_case(path))
+        else {
+            return Ok(());
+        };
+        if let Some(methods) = &route.methods {
+            // HEAD is a GET without the body.
+            let asked = if method == Method::HEAD {
+                &Method::GET
+            } else {
+                method
+            };
+            if !methods.iter().any(|m| m == asked) {
+                return Err(RouteRefusal::Method);
+            }
+        }
+        if !route.has_rules {
+            return Ok(());
+        }
+        match access_refusals(&route.access, &session_claims(record))
+            .into_iter()
+            .next()
+        {
+            Some(denied) => Err(RouteRefusal::Access(denied)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The claims a session keeps, with `email_verified` as the gateway decided it at the
+/// last sign-in or refresh (`provider.assume_email_verified` included). Unreadable
+/// claims count as none, so every claim rule refuses.
+fn session_claims(record: &SessionRecord) -> Map<String, Value> {
+    let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
+    claims.insert(
+        "email_verified".to_owned(),
+        Value::Bool(record.email_verified),
+    );
+    claims
+}
