@@ -278,9 +278,11 @@ fn store_copy(from: &str, to: &str, prefix: &str) -> ExitCode {
         let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
         let report = portcullis::store::copy::copy(&*from, &*to, now).await?;
         println!(
-            "copied {} user(s) ({} already there) and {} live session(s) ({} already there) from {} to {}",
+            "copied {} user(s) ({} already there), {} signing key(s) ({} already there) and {} live session(s) ({} already there) from {} to {}",
             report.users_copied,
             report.users_present,
+            report.signing_keys_copied,
+            report.signing_keys_present,
             report.sessions_copied,
             report.sessions_present,
             source.describe(),

@@ -32,8 +32,8 @@ use crate::clock::UnixTime;
 use crate::session::id::IdHash;
 use crate::store::feed::Tasks;
 use crate::store::{
-    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, Store,
-    StoreResult, TokenSet, TransactionLimits, User, UserProfile,
+    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord,
+    Store, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
 };
 
 /// How often batched idle-deadline touches are written.
@@ -602,6 +602,14 @@ impl Store for CachedStore {
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
         self.inner.forget(key).await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        self.inner.add_signing_key(key).await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        self.inner.signing_keys().await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {

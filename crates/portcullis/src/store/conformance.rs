@@ -28,6 +28,7 @@ pub async fn run_all(store: &dyn Store) {
     leases_exclude_each_other_until_expiry(store).await;
     leases_renew_only_for_their_holder(store).await;
     replay_cache_remembers_once(store).await;
+    signing_keys_are_written_once_per_generation(store).await;
     users_and_sessions_import_as_they_are(store).await;
     every_change_is_announced_once(store).await;
     expiry_purges_everything_old(store).await;
@@ -48,6 +49,7 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store, cross: CrossHandle) {
     two_handles_race_one_lease(a, b).await;
     compare_and_swap_loses_to_another_writer(a, b).await;
     take_once_across_handles(a, b).await;
+    two_handles_agree_on_one_signing_key(a, b).await;
     writes_of_another_handle_reach_subscribers(a, b, cross).await;
 }
 
@@ -927,6 +929,56 @@ async fn every_change_is_announced_once(store: &dyn Store) {
         events.contains(&FeedEvent::Reset) || changes_of(&events, s.family_id).len() == 1,
         "delete_all_sessions: {events:?}"
     );
+}
+
+fn signing_key(generation: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        generation,
+        kid: unique("kid"),
+        sealed_key: Sealed::from_stored(format!("v1.k.{}", random_token())),
+        created_at: NOW,
+    }
+}
+
+/// The next generation on a store that other runs may share.
+async fn next_generation(store: &dyn Store) -> i64 {
+    let keys = store.signing_keys().await.unwrap();
+    keys.last().map_or(1, |k| k.generation + 1)
+}
+
+async fn signing_keys_are_written_once_per_generation(store: &dyn Store) {
+    let generation = next_generation(store).await;
+    let first = signing_key(generation);
+    assert!(store.add_signing_key(&first).await.unwrap());
+    // The same generation again (another instance starting at the same moment): kept
+    // as the first writer left it.
+    assert!(
+        !store
+            .add_signing_key(&signing_key(generation))
+            .await
+            .unwrap()
+    );
+    let later = signing_key(generation + 1);
+    assert!(store.add_signing_key(&later).await.unwrap());
+    let keys = store.signing_keys().await.unwrap();
+    let ours: Vec<&SigningKeyRecord> = keys.iter().filter(|k| k.generation >= generation).collect();
+    assert_eq!(ours, [&first, &later], "oldest first, as written");
+    assert!(keys.windows(2).all(|w| w[0].generation < w[1].generation));
+    // Keys do not expire.
+    store.purge_expired(NOW + 100 * 365 * 86_400).await.unwrap();
+    assert!(store.signing_keys().await.unwrap().contains(&later));
+}
+
+async fn two_handles_agree_on_one_signing_key(a: &dyn Store, b: &dyn Store) {
+    let generation = next_generation(a).await;
+    let (ka, kb) = (signing_key(generation), signing_key(generation));
+    let (wa, wb) = tokio::join!(a.add_signing_key(&ka), b.add_signing_key(&kb));
+    assert!(wa.unwrap() ^ wb.unwrap(), "exactly one writer wins");
+    let seen_a = a.signing_keys().await.unwrap();
+    let seen_b = b.signing_keys().await.unwrap();
+    assert_eq!(seen_a, seen_b);
+    let winner = seen_a.iter().find(|k| k.generation == generation).unwrap();
+    assert!(winner == &ka || winner == &kb);
 }
 
 async fn two_handles_race_one_lease(a: &dyn Store, b: &dyn Store) {

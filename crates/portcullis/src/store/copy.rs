@@ -1,6 +1,7 @@
-//! `portcullis store copy --from URL --to URL`: moves users (with their ids) and live
-//! sessions (with their ids, tokens and rotation state) from one store to another, so
-//! that moving from SQLite to PostgreSQL changes no `X-User-Id` and signs nobody out.
+//! `portcullis store copy --from URL --to URL`: moves users (with their ids), the
+//! assertion signing keys and live sessions (with their ids, tokens and rotation state)
+//! from one store to another, so that moving from SQLite to PostgreSQL changes no
+//! `X-User-Id`, no published key, and signs nobody out.
 //!
 //! Tokens travel sealed: the gateways on the new store need the same key ring
 //! (`PORTCULLIS_SECRET`). Sessions are copied once, into a store that holds none: a
@@ -22,6 +23,9 @@ pub struct CopyReport {
     pub users_present: u64,
     pub sessions_copied: u64,
     pub sessions_present: u64,
+    pub signing_keys_copied: u64,
+    /// Generations the target already had (its own key is kept).
+    pub signing_keys_present: u64,
 }
 
 /// Why a copy stopped.
@@ -70,6 +74,13 @@ pub async fn copy(
                     });
                 }
             }
+        }
+    }
+    for key in from.signing_keys().await? {
+        if to.add_signing_key(&key).await? {
+            report.signing_keys_copied += 1;
+        } else {
+            report.signing_keys_present += 1;
         }
     }
     let present = to.list_sessions(None, now).await?.len();
@@ -130,9 +141,19 @@ mod tests {
             .await
             .unwrap();
 
+        let key = crate::store::SigningKeyRecord {
+            generation: 1,
+            kid: "k1".into(),
+            sealed_key: crate::session::Sealed::from_stored("v1.k.sealed".into()),
+            created_at: NOW,
+        };
+        from.add_signing_key(&key).await.unwrap();
+
         let report = copy(&from, &to, NOW).await.unwrap();
         assert_eq!(report.users_copied, 1);
         assert_eq!(report.sessions_copied, 1);
+        assert_eq!(report.signing_keys_copied, 1);
+        assert_eq!(to.signing_keys().await.unwrap(), [key]);
         let there = to.get_session(&id.hash()).await.unwrap().unwrap();
         assert_eq!(there.user.id, alice.id);
         // Signing in again on the new store finds the same user.

@@ -390,6 +390,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Forgets `key` (the work it guarded did not happen, so a retry must be allowed).
     async fn forget(&self, key: &str) -> StoreResult<()>;
 
+    // Assertion signing keys (never expire on their own).
+    /// Stores `key` unless its generation exists; returns whether it was stored.
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool>;
+    /// Every signing key, oldest generation first.
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+
     /// Deletes everything past its expiry; returns how many records went.
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
+}
+
+/// A key the gateway signs identity assertions with (ES256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// 1, 2, 3…: written once each, so that instances adding the same generation at
+    /// once agree on one key.
+    pub generation: i64,
+    /// The `kid` in assertions and in `{prefix}/jwks.json`.
+    pub kid: String,
+    /// The PKCS#8 private key, sealed with the key ring.
+    pub sealed_key: Sealed,
+    pub created_at: UnixTime,
 }

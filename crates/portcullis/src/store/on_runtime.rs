@@ -16,8 +16,8 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::{
-    ChangeFeed, IdHash, LoginTransaction, NewSession, SessionRecord, Store, StoreError,
-    StoreResult, TokenSet, TransactionLimits, User, UserProfile,
+    ChangeFeed, IdHash, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
 };
 use crate::clock::UnixTime;
 
@@ -266,6 +266,16 @@ impl Store for OnRuntime {
     async fn forget(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
         self.run(|s| async move { s.forget(&key).await }).await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        let key = key.clone();
+        self.run(|s| async move { s.add_signing_key(&key).await })
+            .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        self.run(|s| async move { s.signing_keys().await }).await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {

@@ -22,15 +22,22 @@ use uuid::Uuid;
 
 use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
-    ChangeFeed, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, Store,
-    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User,
+    UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
 use crate::session::seal::Sealed;
 
 /// Schema migrations, in order; `{p}` is replaced by the store prefix.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_signing_keys.sql"),
+    ),
+];
 
 /// Connections per instance: the hot path holds one only for a single statement.
 const POOL_SIZE: u32 = 16;
@@ -271,6 +278,8 @@ struct Queries {
     renew_lease: String,
     release_lease: String,
     remember_once: String,
+    add_signing_key: String,
+    signing_keys: String,
     forget: String,
     purge: [String; 4],
 }
@@ -418,6 +427,13 @@ impl Queries {
                  WHERE {p}_replay_cache.expires_at <= $2",
             ),
             forget: t("DELETE FROM {p}_replay_cache WHERE replay_key = $1"),
+            add_signing_key: t(
+                "INSERT INTO {p}_signing_keys (generation, kid, sealed_key, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            ),
+            signing_keys: t(
+                "SELECT generation, kid, sealed_key, created_at FROM {p}_signing_keys ORDER BY generation",
+            ),
             purge: [
                 // Ended sessions are not announced: every reader decides expiry from
                 // the deadlines an entry carries.
@@ -982,6 +998,41 @@ impl Store for PostgresStore {
                 .await
                 .map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        timed(async {
+            let done = q(&self.sql.add_signing_key)
+                .bind(key.generation)
+                .bind(&key.kid)
+                .bind(key.sealed_key.as_stored())
+                .bind(key.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        timed(async {
+            let rows: Vec<(i64, String, String, i64)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(self.sql.signing_keys.as_str()))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+            Ok(rows
+                .into_iter()
+                .map(|(generation, kid, sealed, created_at)| SigningKeyRecord {
+                    generation,
+                    kid,
+                    sealed_key: Sealed::from_stored(sealed),
+                    created_at,
+                })
+                .collect())
         })
         .await
     }

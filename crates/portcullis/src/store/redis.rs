@@ -21,6 +21,7 @@
 //! | `tx_expiry` | zset, score = expires | purge |
 //! | `lease:{key}` | hash | holder and deadline |
 //! | `replay:{key}` | string | deadline |
+//! | `signing_keys` | hash, generation → `kid`, sealed key, created | assertion signing keys (never expire) |
 //!
 //! Time: every decision compares a deadline stored as a value with the caller's `now`,
 //! in Lua, never Redis' clock (the conformance suite runs in 2030). TTLs — the deadline
@@ -47,8 +48,8 @@ use uuid::Uuid;
 
 use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
-    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, Store, StoreError,
-    StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord,
+    Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
@@ -1746,6 +1747,61 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        timed(async {
+            let value = serde_json::json!({
+                "kid": key.kid,
+                "sealed_key": key.sealed_key.as_stored(),
+                "created_at": key.created_at,
+            })
+            .to_string();
+            let mut conn = self.conn.clone();
+            let added: i64 = redis::cmd("HSETNX")
+                .arg(self.key("signing_keys"))
+                .arg(key.generation)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(added == 1)
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let all: HashMap<i64, String> = redis::cmd("HGETALL")
+                .arg(self.key("signing_keys"))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            let mut keys = all
+                .into_iter()
+                .map(|(generation, value)| {
+                    let v: serde_json::Value = serde_json::from_str(&value)
+                        .map_err(|_| StoreError::Corrupt("a signing key is not JSON".into()))?;
+                    let text = |name: &str| {
+                        v[name].as_str().map(str::to_owned).ok_or_else(|| {
+                            StoreError::Corrupt(format!("a signing key has no `{name}`"))
+                        })
+                    };
+                    Ok(SigningKeyRecord {
+                        generation,
+                        kid: text("kid")?,
+                        sealed_key: Sealed::from_stored(text("sealed_key")?),
+                        created_at: v["created_at"].as_i64().ok_or_else(|| {
+                            StoreError::Corrupt("a signing key has no `created_at`".into())
+                        })?,
+                    })
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            keys.sort_by_key(|k| k.generation);
+            Ok(keys)
+        })
+        .await
+    }
+
     async fn forget(&self, key: &str) -> StoreResult<()> {
         timed(async {
             let mut conn = self.conn.clone();
@@ -2180,6 +2236,14 @@ mod tests {
                 .map(|s| s.as_stored().to_owned()),
         );
         stored.push(tx.verifier.as_stored().to_owned());
+        let key = SigningKeyRecord {
+            generation: 1,
+            kid: "k1".into(),
+            sealed_key: ring.seal(b"private key", b"signing-key:k1"),
+            created_at: NOW,
+        };
+        assert!(store.add_signing_key(&key).await.unwrap());
+        stored.push(key.sealed_key.as_stored().to_owned());
         (vec![old, new], plaintexts, stored)
     }
 
@@ -2213,7 +2277,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_key_but_users_expires() {
+    async fn every_key_but_users_and_signing_keys_expires() {
         let Some(url) = test_url() else { return };
         let t = TestPrefix::new(&url);
         let store = t.store().await;
@@ -2236,6 +2300,7 @@ mod tests {
             "tx_expiry",
             "lease:",
             "replay:",
+            "signing_keys",
         ] {
             let stem = format!("{p}:{kind}");
             assert!(
@@ -2252,8 +2317,8 @@ mod tests {
             let is_user = key.starts_with(&format!("{p}:user:"))
                 || key.starts_with(&format!("{p}:user_by_sub:"))
                 || *key == format!("{p}:users");
-            if is_user {
-                assert_eq!(ttl, -1, "{key}: users never expire");
+            if is_user || *key == format!("{p}:signing_keys") {
+                assert_eq!(ttl, -1, "{key}: users and signing keys never expire");
             } else {
                 assert!(ttl > 0, "{key} has no TTL ({ttl})");
             }

@@ -17,8 +17,8 @@ use sqlx::{ConnectOptions as _, SqliteConnection};
 use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
     ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionChange,
-    SessionRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
-    timed,
+    SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits,
+    User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::session::id::IdHash;
@@ -35,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/sqlite/0004_foreign_writes.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_signing_keys.sql"),
     ),
 ];
 
@@ -917,6 +921,45 @@ impl Store for SqliteStore {
                 .await
                 .map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO signing_keys (generation, kid, sealed_key, created_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .bind(key.generation)
+            .bind(&key.kid)
+            .bind(key.sealed_key.as_stored())
+            .bind(key.created_at)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        timed(async {
+            let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(
+                "SELECT generation, kid, sealed_key, created_at FROM signing_keys ORDER BY generation",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(rows
+                .into_iter()
+                .map(|(generation, kid, sealed, created_at)| SigningKeyRecord {
+                    generation,
+                    kid,
+                    sealed_key: Sealed::from_stored(sealed),
+                    created_at,
+                })
+                .collect())
         })
         .await
     }

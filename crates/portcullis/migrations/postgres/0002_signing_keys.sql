@@ -1,0 +1,9 @@
+-- The keys the gateway signs identity assertions with (ES256). The private key is
+-- sealed with the key ring. A generation is written once (insert-if-absent), so
+-- instances adding the same generation at once agree on one key; the newest signs.
+CREATE TABLE {p}_signing_keys (
+    generation BIGINT PRIMARY KEY,
+    kid        TEXT NOT NULL UNIQUE,
+    sealed_key TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
