@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The keys that sign the identity assertion (X-Portcullis-Jwt-Assertion).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Validate the configuration, print every problem, exit non-zero if there is one.
     CheckConfig {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
@@ -106,6 +111,18 @@ enum SessionsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key to the configured store. Every running instance publishes
+    /// it at {prefix}/jwks.json within 10 s and signs with it 30 s from now; the old key
+    /// stays published until the assertions it signed have expired.
+    Rotate {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum StoreCommand {
     /// Copy users (with their ids) and live sessions to another store, e.g. from SQLite
     /// to PostgreSQL: no X-User-Id changes and nobody is signed out. The gateways on
@@ -136,6 +153,9 @@ fn main() -> ExitCode {
         Command::Store {
             command: StoreCommand::Copy { from, to, prefix },
         } => store_copy(&from, &to, &prefix),
+        Command::Keys {
+            command: KeysCommand::Rotate { config },
+        } => keys_rotate(config),
         Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,
@@ -241,6 +261,29 @@ fn sessions(command: SessionsCommand) -> ExitCode {
                 println!("{ended} session(s) revoked");
             }
         }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+fn keys_rotate(file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis keys rotate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_plain_logging("warn");
+    run_async("portcullis keys rotate", async move {
+        let gateway = Gateway::start(config).await?;
+        let key = gateway.sessions().rotate_assertion_key().await?;
+        println!(
+            "added signing key {} (generation {}): every instance publishes it within {} s and signs with it from {}",
+            key.kid,
+            key.generation,
+            portcullis::session::assertion::RELOAD_EVERY,
+            rfc3339(key.created_at + portcullis::session::assertion::ACTIVATION),
+        );
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }
@@ -409,6 +452,11 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => {
             tracing::warn!(error = %e, "provider not reachable yet; /readyz stays 503 until it is")
         }
+    }
+    // Read (or, on an empty store, make) the assertion keys before serving: two
+    // instances starting together agree on one, and jwks.json answers at once.
+    if let Err(e) = gateway.sessions().prepare_assertion_keys().await {
+        tracing::warn!(error = %e, "the assertion signing keys are not readable yet; tried again at the first request");
     }
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -1,7 +1,10 @@
-//! `[[routes]]` against the real npm `oidc-provider` (its users carry a `groups` claim):
-//! who may reach which paths, with which methods; P03 path tricks and case variants
-//! cannot reach a route around its rule; a group removed at the provider takes effect
-//! at the next refresh. Skips with one line when Node or `npm ci` is missing; `.ci/run`
+//! Who may reach what, against the real npm `oidc-provider` (its users carry a
+//! `groups` claim). `[[routes]]`: who may reach which paths, with which methods; P03
+//! path tricks and case variants cannot reach a route around its rule; a group removed
+//! at the provider takes effect at the next refresh. The signed assertion
+//! (`X-Portcullis-Jwt-Assertion`), verified by an independent library (npm `jose`):
+//! what it says, that nothing client-sent reaches the app, two instances on one store,
+//! key rotation. Skips with one line when Node or `npm ci` is missing; `.ci/run`
 //! requires it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +14,8 @@ mod support;
 use reqwest::Method;
 use serde_json::json;
 use support::gateway::Options;
-use support::oidc_provider::RealProvider;
+use support::oidc_provider::{RealProvider, verify_assertion};
+use support::upstream::echoed;
 use support::{Browser, TestGateway, TestUpstream};
 
 const ROUTES: &str = r#"
@@ -39,6 +43,10 @@ struct Setup {
 }
 
 async fn setup() -> Option<Setup> {
+    setup_with(Options::default()).await
+}
+
+async fn setup_with(options: Options) -> Option<Setup> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let client = json!([{
@@ -53,7 +61,7 @@ async fn setup() -> Option<Setup> {
     let options = Options {
         listener: Some(listener),
         config_file: Some(ROUTES.to_owned()),
-        ..Options::default()
+        ..options
     }
     .env("PORTCULLIS_UPSTREAM", &up.url);
     let gw = TestGateway::start_with(&op.issuer, options).await;
@@ -82,6 +90,37 @@ impl Setup {
             )
             .await;
         (r.status, self.up.calls() > before, r.body)
+    }
+
+    /// What the upstream received for `GET path` from `b`: the assertion(s) and the
+    /// user id.
+    async fn seen(
+        &self,
+        b: &Browser,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (Vec<String>, String) {
+        let r = b.get(&self.gw.at(path), headers).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let user = echoed(&v, "x-user-id").join(",");
+        (echoed(&v, "x-portcullis-jwt-assertion"), user)
+    }
+
+    /// Verifies `token` as the app would, with `gw`'s published keys at its clock.
+    async fn verify_at(&self, gw: &TestGateway, token: &str) -> Result<serde_json::Value, String> {
+        verify_assertion(
+            &gw.at("/auth/jwks.json"),
+            &self.gw.url,
+            &self.up.url,
+            gw.clock_now(),
+            token,
+        )
+        .await
+    }
+
+    async fn verify(&self, token: &str) -> Result<serde_json::Value, String> {
+        self.verify_at(&self.gw, token).await
     }
 
     fn refusals(&self) -> u64 {
@@ -204,4 +243,187 @@ async fn a_group_removed_at_the_provider_takes_effect_at_the_next_refresh() {
         200
     );
     assert_eq!(s.call(&alice, Method::GET, "/elsewhere").await.0, 200);
+}
+
+// ---------------------------------------------------------------------------
+// The signed assertion.
+
+#[tokio::test]
+async fn the_assertion_verifies_with_an_independent_library() {
+    let Some(s) = setup().await else { return };
+    let alice = s.signed_in("alice").await;
+    let (assertions, user_id) = s.seen(&alice, "/x", &[]).await;
+    let [token] = assertions.as_slice() else {
+        panic!("one assertion expected: {assertions:?}")
+    };
+    let v = s.verify(token).await.unwrap();
+    let (header, payload) = (&v["header"], &v["payload"]);
+    assert_eq!(header["alg"], "ES256");
+    assert!(header["kid"].is_string());
+    assert_eq!(payload["sub"], user_id.as_str(), "sub is X-User-Id");
+    assert_eq!(payload["iss"], s.gw.url.as_str());
+    assert_eq!(payload["aud"], s.up.url.as_str());
+    assert_eq!(payload["email"], "alice@example.com");
+    assert_eq!(payload["name"], "Alice Example");
+    assert_eq!(payload["groups"], json!(["admins", "staff"]));
+    let (iat, exp) = (
+        payload["iat"].as_i64().unwrap(),
+        payload["exp"].as_i64().unwrap(),
+    );
+    assert!(exp > iat && exp - iat <= 300, "{payload}");
+    // Signed once per session: the next request carries the same assertion.
+    let (again, _) = s.seen(&alice, "/y", &[]).await;
+    assert_eq!(&again, &assertions);
+    // Another audience, or a changed byte, does not verify.
+    let wrong_aud = verify_assertion(
+        &s.gw.at("/auth/jwks.json"),
+        &s.gw.url,
+        "http://another-app",
+        s.gw.clock_now(),
+        token,
+    )
+    .await;
+    assert!(wrong_aud.is_err(), "{wrong_aud:?}");
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].replacen('J', "K", 1);
+    assert!(s.verify(&parts.join(".")).await.is_err());
+    // Expired once its five minutes are over.
+    s.gw.clock.advance(301);
+    assert!(
+        s.verify(token).await.unwrap_err().contains("exp"),
+        "expired"
+    );
+}
+
+/// A client-sent assertion — forged, replayed after it expired, or in another spelling
+/// — never reaches the app: signed-in requests carry exactly ours, public paths none.
+#[tokio::test]
+async fn client_sent_assertions_never_reach_the_app() {
+    let Some(s) = setup().await else { return };
+    let alice = s.signed_in("alice").await;
+    let bob = s.signed_in("bob").await;
+    let (bobs, _) = s.seen(&bob, "/x", &[]).await;
+    let (ours, _) = s.seen(&alice, "/x", &[]).await;
+    s.gw.clock.advance(301); // bob's is expired now
+    for forged in ["forged.jwt.value", bobs[0].as_str()] {
+        for name in [
+            "x-portcullis-jwt-assertion",
+            "X-Portcullis-Jwt-Assertion",
+            "x_portcullis_jwt_assertion",
+        ] {
+            let (seen, user) = s.seen(&alice, "/x", &[(name, forged)]).await;
+            let [token] = seen.as_slice() else {
+                panic!("{name}: {seen:?}")
+            };
+            assert_ne!(token, forged);
+            let v = s.verify(token).await.unwrap();
+            assert_eq!(v["payload"]["sub"], user.as_str());
+            let (public, _) = s
+                .seen(&Browser::new(), "/public/x", &[(name, forged)])
+                .await;
+            assert!(
+                public.is_empty(),
+                "{name} reached a public path: {public:?}"
+            );
+        }
+    }
+    assert_ne!(ours, bobs);
+}
+
+/// Two instances on one store publish the same keys and sign with them: an assertion
+/// from either verifies with the keys of the other.
+#[tokio::test]
+async fn two_instances_on_one_store_publish_and_sign_with_the_same_keys() {
+    let Some(s) = setup_with(Options {
+        file_store: true,
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let other = TestGateway::start_with(
+        &s.op.issuer,
+        Options {
+            db_path: s.gw.db_path.clone(),
+            secret: Some(s.gw.secret),
+            config_file: Some(ROUTES.to_owned()),
+            ..Options::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &s.up.url)
+        .env("PORTCULLIS_PUBLIC_URL", &s.gw.url),
+    )
+    .await;
+    let alice = s.signed_in("alice").await;
+    let jwks = |gw: &TestGateway| {
+        let url = gw.at("/auth/jwks.json");
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (jwks(&s.gw).await, jwks(&other).await);
+    assert_eq!(a, b);
+    assert_eq!(a["keys"].as_array().unwrap().len(), 1, "{a}");
+    let (on_a, _) = s.seen(&alice, "/x", &[]).await;
+    let cookie = format!("portcullis={}", alice.cookie("portcullis").unwrap());
+    let r = Browser::new()
+        .get(&other.at("/x"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let on_b = echoed(&r.json(), "x-portcullis-jwt-assertion");
+    s.verify_at(&other, &on_a[0]).await.unwrap();
+    s.verify_at(&s.gw, &on_b[0]).await.unwrap();
+}
+
+/// `keys rotate`: the new key is published at once and signs 30 s later; assertions of
+/// the old key keep verifying until they expire, then the old key is withdrawn.
+#[tokio::test]
+async fn after_a_rotation_old_and_new_assertions_verify_until_the_old_ones_expire() {
+    let Some(s) = setup().await else { return };
+    let alice = s.signed_in("alice").await;
+    let (old, _) = s.seen(&alice, "/x", &[]).await;
+    let kid = |v: &serde_json::Value| v["header"]["kid"].as_str().unwrap().to_owned();
+    let old_kid = kid(&s.verify(&old[0]).await.unwrap());
+    let key =
+        s.gw.gateway
+            .sessions()
+            .rotate_assertion_key()
+            .await
+            .unwrap();
+    assert_ne!(key.kid, old_kid);
+    let published = |s: &Setup| {
+        let url = s.gw.at("/auth/jwks.json");
+        async move {
+            let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Published by the next reading of the keys (every 10 s), before it signs.
+    s.gw.clock.advance(11);
+    assert_eq!(published(&s).await, [old_kid.clone(), key.kid.clone()]);
+    let (still, _) = s.seen(&alice, "/x", &[]).await;
+    assert_eq!(kid(&s.verify(&still[0]).await.unwrap()), old_kid);
+    // Signing with it 30 s after it was made.
+    s.gw.clock.advance(20);
+    let (new, _) = s.seen(&alice, "/x", &[]).await;
+    assert_eq!(kid(&s.verify(&new[0]).await.unwrap()), key.kid);
+    assert_eq!(
+        kid(&s.verify(&old[0]).await.unwrap()),
+        old_kid,
+        "the old one still verifies"
+    );
+    // Once every assertion of the old key has expired, it is withdrawn.
+    s.gw.clock.advance(400);
+    assert_eq!(published(&s).await, [key.kid.clone()]);
+    assert!(s.verify(&old[0]).await.is_err());
 }

@@ -58,6 +58,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("limits", "max_connections", Kind::Count),
     ("limits", "body_timeout", Kind::Text),
     ("limits", "keepalive_timeout", Kind::Text),
+    ("assertion", "audience", Kind::Text),
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
     ("spa", "redirect_uri", Kind::Text),

@@ -12,6 +12,7 @@
 //! `docs/configuration.md`.
 
 mod access;
+mod assertion;
 mod csrf;
 mod duration;
 mod env;
@@ -84,6 +85,8 @@ pub struct Config {
     pub csrf_header: String,
     pub spa: SpaSettings,
     pub logout: LogoutSettings,
+    /// `assertion.audience`: the `aud` of `X-Portcullis-Jwt-Assertion`.
+    pub assertion_audience: String,
 }
 
 impl Config {
@@ -201,6 +204,8 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     routes: Option<Vec<routes::RawRoute>>,
+    #[serde(default)]
+    assertion: assertion::RawAssertion,
 }
 
 /// Checks every section, collecting problems in `errors` (in this order, so the report
@@ -231,6 +236,12 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let logout = raw.logout.validate(errors);
     let spa = raw.spa.validate(&prefix, errors);
     let limits = raw.limits.validate(errors);
+    let assertion_audience = assertion::audience(
+        raw.assertion.audience,
+        upstream.as_ref(),
+        &public_url,
+        errors,
+    );
 
     Some(Config {
         listen,
@@ -257,6 +268,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         spa,
         logout,
         limits,
+        assertion_audience,
     })
 }
 

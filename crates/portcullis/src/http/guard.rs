@@ -459,6 +459,24 @@ impl Guard {
             user.email.as_deref(),
             user.name.as_deref(),
         );
+        // The signed assertion: an app that verifies it trusts no request that did not
+        // pass here. Without one the request does not go on (an app may depend on it).
+        match self.sessions.assertion(&active).await {
+            Ok(value) => {
+                req.headers_mut()
+                    .insert(HeaderName::from_static(headers::JWT_ASSERTION), value);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no identity assertion could be signed");
+                let mut refusal = HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "assertion_unavailable",
+                    "The gateway cannot vouch for you right now; try again shortly.",
+                );
+                refusal.retry_after = Some(5);
+                return refusal.page(page).into_response();
+            }
+        }
         let foreign = self.is_foreign_origin(req.headers());
         if req.headers().contains_key(header::UPGRADE) {
             // W02: a tunnel this request opens closes when the session ends.

@@ -13,6 +13,8 @@ use super::cookies::CookieJar;
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const USER_NAME: &str = "x-user-name";
+/// The signed identity assertion (`session::assertion`).
+pub const JWT_ASSERTION: &str = "x-portcullis-jwt-assertion";
 
 /// Longest identity header value passed on; longer claims are left out (P07).
 pub const MAX_IDENTITY_VALUE: usize = 1024;

@@ -119,6 +119,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
                 .fallback(routes::method_not_allowed)
                 .route_layer(limited(limits::Endpoint::Backchannel)),
         )
+        .route(&format!("{prefix}/jwks.json"), get(routes::jwks))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz));
     let router = if spa.code_exchange {

@@ -655,6 +655,30 @@ pub async fn method_not_allowed() -> Response {
     r
 }
 
+/// `GET {prefix}/jwks.json`: the public keys of the identity assertions
+/// (`X-Portcullis-Jwt-Assertion`), for apps to verify them. Cacheable for a minute;
+/// a verifier that meets an unknown `kid` should fetch again (new keys are published
+/// 30 s before they sign).
+pub async fn jwks(State(routes): State<Routes>) -> Response {
+    match routes.sessions().assertion_jwks().await {
+        Ok(keys) => (
+            [(header::CACHE_CONTROL, "public, max-age=60")],
+            axum::Json(keys),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the assertion keys cannot be read");
+            let mut refusal = HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_unavailable",
+                "The signing keys cannot be read right now; try again shortly.",
+            );
+            refusal.retry_after = Some(5);
+            no_store(refusal.into_response())
+        }
+    }
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> Response {
     no_store((StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response())

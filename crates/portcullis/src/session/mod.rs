@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod assertion;
 pub mod cache;
 pub mod claims;
 pub mod ends;

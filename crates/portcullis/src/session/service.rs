@@ -35,6 +35,8 @@ pub struct Sessions {
     pub(crate) watches: super::ends::Watches,
     /// `[[routes]]`: who may reach which paths.
     pub(crate) routes: super::routes::RouteRules,
+    /// The signed identity assertion and its keys.
+    pub(crate) assertions: super::assertion::Assertions,
 }
 
 impl Sessions {
@@ -68,6 +70,10 @@ impl Sessions {
             runtime,
             watches: Default::default(),
             routes: super::routes::RouteRules::new(&config.routes),
+            assertions: super::assertion::Assertions::new(
+                config.public_origin(),
+                config.assertion_audience.clone(),
+            ),
             config,
         }
     }
@@ -125,6 +131,77 @@ impl Sessions {
             );
         }
         verdict
+    }
+
+    /// Reads the assertion signing keys if they were never read, making the first one
+    /// on an empty store; re-reads them in the background when they are due.
+    pub async fn prepare_assertion_keys(
+        self: &Arc<Self>,
+    ) -> Result<(), super::assertion::AssertionError> {
+        let now = self.now();
+        if !self.assertions.stale(now) {
+            return Ok(());
+        }
+        if !self.assertions.has_keys() {
+            return self
+                .assertions
+                .reload(self.store.as_ref(), &self.keys, now)
+                .await;
+        }
+        if self.assertions.begin_reload() {
+            let this = self.clone();
+            let task = async move {
+                let failed = match this
+                    .assertions
+                    .reload(this.store.as_ref(), &this.keys, now)
+                    .await
+                {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not re-read the assertion signing keys; the current ones stay");
+                        Some(now)
+                    }
+                };
+                this.assertions.end_reload(failed);
+            };
+            match &self.runtime {
+                Some(rt) => drop(rt.spawn(task)),
+                None => drop(tokio::spawn(task)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `X-Portcullis-Jwt-Assertion` for a signed-in request (see `session::assertion`).
+    pub async fn assertion(
+        self: &Arc<Self>,
+        active: &super::ActiveSession,
+    ) -> Result<axum::http::HeaderValue, super::assertion::AssertionError> {
+        self.prepare_assertion_keys().await?;
+        self.assertions
+            .for_session(&active.record, active.expires_at, self.now())
+    }
+
+    /// `portcullis keys rotate`: adds the next signing key (see `session::assertion`).
+    pub async fn rotate_assertion_key(
+        &self,
+    ) -> Result<crate::store::SigningKeyRecord, super::assertion::AssertionError> {
+        super::assertion::rotate(self.store.as_ref(), &self.keys, self.now()).await
+    }
+
+    /// `{prefix}/jwks.json`: the keys are read first if due.
+    pub async fn assertion_jwks(
+        self: &Arc<Self>,
+    ) -> Result<serde_json::Value, super::assertion::AssertionError> {
+        let now = self.now();
+        if self.assertions.stale(now) {
+            // Not the request path: read now rather than in the background, so that a
+            // verifier asking right after a rotation sees the new key.
+            self.assertions
+                .reload(self.store.as_ref(), &self.keys, now)
+                .await?;
+        }
+        Ok(self.assertions.jwks(now))
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.

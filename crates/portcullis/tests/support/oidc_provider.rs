@@ -29,6 +29,7 @@ pub fn unavailable() -> Option<String> {
     }
     if !interop_dir().join("node_modules/oidc-provider").exists()
         || !interop_dir().join("node_modules/openid-client").exists()
+        || !interop_dir().join("node_modules/jose").exists()
     {
         return Some(
             "tests/interop/node_modules is missing (run `npm ci` in tests/interop)".into(),
@@ -141,5 +142,32 @@ impl RealProvider {
             .json()
             .await
             .unwrap()
+    }
+}
+
+/// Verifies an identity assertion with npm `jose` (an independent JWT library), as an
+/// app would: the keys from `jwks_url`, ES256, `iss`, `aud`, `exp` at `now`. The
+/// verified `{header, payload}`, or jose's error.
+pub async fn verify_assertion(
+    jwks_url: &str,
+    issuer: &str,
+    audience: &str,
+    now: i64,
+    token: &str,
+) -> Result<Value, String> {
+    let out = Command::new("node")
+        .arg("verify-assertion.mjs")
+        .args([jwks_url, issuer, audience, &now.to_string(), token])
+        .current_dir(interop_dir())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+    } else {
+        Err(text)
     }
 }
