@@ -424,6 +424,6 @@ async fn after_a_rotation_old_and_new_assertions_verify_until_the_old_ones_expir
     );
     // Once every assertion of the old key has expired, it is withdrawn.
     s.gw.clock.advance(400);
-    assert_eq!(published(&s).await, [key.kid.clone()]);
+    assert_eq!(published(&s).await, [key.kid]);
     assert!(s.verify(&old[0]).await.is_err());
 }
