@@ -92,6 +92,10 @@ mutate $S/http/guard.rs '        if self.sessions.has_routes()' '        if fals
 mutate $S/session/routes.rs 'self.0.iter().find(|r| r.pattern.matches_ignoring_case(path))' 'self.0.iter().find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
 mutate $S/session/routes.rs '            let asked = if method == Method::HEAD {' '            let asked = if false {' authorization routes_refuse_methods
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
+mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), value);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
+mutate $S/session/assertion.rs '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME + 60)' '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME * 100)' authorization after_a_rotation
+mutate $S/session/assertion.rs '            created + ACTIVATION' '            created' authorization after_a_rotation
+mutate $S/session/assertion.rs '            && now < s.expires_at - RESIGN_BEFORE' '' authorization assertions_are_signed_again
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled

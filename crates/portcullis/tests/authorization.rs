@@ -43,10 +43,10 @@ struct Setup {
 }
 
 async fn setup() -> Option<Setup> {
-    setup_with(Options::default()).await
+    setup_with(Options::default(), &[]).await
 }
 
-async fn setup_with(options: Options) -> Option<Setup> {
+async fn setup_with(options: Options, op_env: &[(&str, &str)]) -> Option<Setup> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let client = json!([{
@@ -56,7 +56,9 @@ async fn setup_with(options: Options) -> Option<Setup> {
         "grant_types": ["authorization_code", "refresh_token"],
         "response_types": ["code"],
     }]);
-    let op = RealProvider::start(client, &[("ID_TOKEN_TTL", "86400")]).await?;
+    let mut env = vec![("ID_TOKEN_TTL", "86400")];
+    env.extend_from_slice(op_env);
+    let op = RealProvider::start(client, &env).await?;
     let up = TestUpstream::start().await;
     let options = Options {
         listener: Some(listener),
@@ -295,6 +297,27 @@ async fn the_assertion_verifies_with_an_independent_library() {
     );
 }
 
+/// An assertion is reused while it has more than a minute left, then signed afresh:
+/// the app never receives an expired one from a live session.
+#[tokio::test]
+async fn assertions_are_signed_again_before_they_expire() {
+    // Access tokens for an hour: no refresh (and so no new session id) meanwhile.
+    let Some(s) = setup_with(Options::default(), &[("ACCESS_TOKEN_TTL", "3600")]).await else {
+        return;
+    };
+    let alice = s.signed_in("alice").await;
+    let (first, _) = s.seen(&alice, "/x", &[]).await;
+    s.gw.clock.advance(200);
+    assert_eq!(s.seen(&alice, "/x", &[]).await.0, first, "reused");
+    s.gw.clock.advance(50);
+    let (second, _) = s.seen(&alice, "/x", &[]).await;
+    assert_ne!(second, first, "signed again with under a minute left");
+    let exp = |v: serde_json::Value| v["payload"]["exp"].as_i64().unwrap();
+    s.gw.clock.advance(60); // the first has expired now
+    assert!(s.verify(&first[0]).await.is_err());
+    assert!(exp(s.verify(&second[0]).await.unwrap()) > s.gw.clock_now());
+}
+
 /// A client-sent assertion — forged, replayed after it expired, or in another spelling
 /// — never reaches the app: signed-in requests carry exactly ours, public paths none.
 #[tokio::test]
@@ -334,10 +357,13 @@ async fn client_sent_assertions_never_reach_the_app() {
 /// from either verifies with the keys of the other.
 #[tokio::test]
 async fn two_instances_on_one_store_publish_and_sign_with_the_same_keys() {
-    let Some(s) = setup_with(Options {
-        file_store: true,
-        ..Options::default()
-    })
+    let Some(s) = setup_with(
+        Options {
+            file_store: true,
+            ..Options::default()
+        },
+        &[],
+    )
     .await
     else {
         return;
