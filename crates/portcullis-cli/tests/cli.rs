@@ -503,3 +503,63 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
     let (code, _, _) = run(&["revoke", "--all", "--user", &bob.id.to_string()]).await;
     assert_ne!(code, Some(0));
 }
+
+/// `portcullis keys rotate` adds the next signing key to the configured store: a gateway
+/// reading the store publishes both, and the old one keeps signing until the new one
+/// is 30 s old.
+#[tokio::test]
+async fn keys_rotate_adds_the_next_signing_key() {
+    let dir = std::env::temp_dir().join(format!(
+        "pc-cli-keys-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = portcullis::session::KeyRing::generate_secret();
+    let env: Vec<(String, String)> = [
+        ("PORTCULLIS_ISSUER", "http://127.0.0.1:9".to_owned()),
+        ("PORTCULLIS_CLIENT_ID", "app".to_owned()),
+        (
+            "PORTCULLIS_STORE",
+            format!("sqlite:{}", dir.join("portcullis.db").display()),
+        ),
+        ("PORTCULLIS_SECRET", secret.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let config = portcullis::Config::load_from(None, env.clone()).unwrap();
+    let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await.unwrap());
+    gateway.sessions().prepare_assertion_keys().await.unwrap();
+    let first = gateway.store().signing_keys().await.unwrap();
+    assert_eq!(first.len(), 1);
+
+    let mut cmd = tokio::process::Command::from(portcullis());
+    cmd.args(["keys", "rotate"]).envs(env.iter().cloned());
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = gateway.store().signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], first[0]);
+    assert_eq!(keys[1].generation, 2);
+    assert!(
+        stdout.contains(&format!("added signing key {} (generation 2)", keys[1].kid)),
+        "{stdout}"
+    );
+    // Another gateway on the store publishes both.
+    let config = portcullis::Config::load_from(None, env).unwrap();
+    let other = std::sync::Arc::new(portcullis::Gateway::start(config).await.unwrap());
+    let jwks = other.sessions().assertion_jwks().await.unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [keys[0].kid.as_str(), keys[1].kid.as_str()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -342,6 +342,7 @@ on_every_engine!(
     m01_refresh_and_the_theft_rule_on_a_reach_a_warm_b,
     m01_a_killed_feed_connection_never_leaves_a_revoked_session_usable,
     w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere,
+    assertions_from_any_instance_verify_with_the_keys_of_any_other,
     store_copy_from_sqlite_keeps_cookies_and_user_ids,
 );
 
@@ -514,6 +515,60 @@ async fn w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere(store: Stri
         String::from_utf8_lossy(&out.stderr)
     );
     closed_within(&mut socket, Duration::from_secs(5)).await;
+}
+
+/// Instances on one store publish the same assertion keys (the first one made
+/// insert-if-absent on the empty store) and sign with them: an assertion from either
+/// verifies, with npm `jose`, by the other's `jwks.json`.
+async fn assertions_from_any_instance_verify_with_the_keys_of_any_other(store: String) {
+    let Some(c) = Cluster::start(
+        store,
+        Setup {
+            instances: 2,
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let [a, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let jwks = |i: &Instance| {
+        let url = i.at("/auth/jwks.json");
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let (on_a, on_b) = (jwks(a).await, jwks(b).await);
+    assert_eq!(on_a, on_b);
+    assert_eq!(on_a["keys"].as_array().unwrap().len(), 1, "{on_a}");
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (signer, verifier) in [(a, b), (b, a)] {
+        let seen = api(signer, &browser, "/whoami").await;
+        let token = upstream::echoed(&seen.json(), "x-portcullis-jwt-assertion");
+        let v = oidc_provider::verify_assertion(
+            &verifier.at("/auth/jwks.json"),
+            &c.public,
+            &c._up.url,
+            now,
+            &token[0],
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["payload"]["sub"], user_id_seen(&seen).as_str());
+    }
 }
 
 /// The session id a response sets, if any.
