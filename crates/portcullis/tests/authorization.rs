@@ -14,7 +14,7 @@ mod support;
 use reqwest::Method;
 use serde_json::json;
 use support::gateway::Options;
-use support::oidc_provider::{RealProvider, verify_assertion};
+use support::oidc_provider::{RealProvider, verify_assertion, verify_assertion_with_pyjwt};
 use support::upstream::echoed;
 use support::{Browser, TestGateway, TestUpstream};
 
@@ -273,6 +273,20 @@ async fn the_assertion_verifies_with_an_independent_library() {
         payload["exp"].as_i64().unwrap(),
     );
     assert!(exp > iat && exp - iat <= 300, "{payload}");
+    // The Python snippet of docs/authorization.md agrees.
+    if let Some(by_python) =
+        verify_assertion_with_pyjwt(&s.gw.at("/auth/jwks.json"), &s.gw.url, &s.up.url, token).await
+    {
+        assert_eq!(by_python.unwrap()["sub"], user_id.as_str());
+        let wrong = verify_assertion_with_pyjwt(
+            &s.gw.at("/auth/jwks.json"),
+            &s.gw.url,
+            "http://another-app",
+            token,
+        )
+        .await;
+        assert!(wrong.is_some_and(|r| r.is_err()));
+    }
     // Signed once per session: the next request carries the same assertion.
     let (again, _) = s.seen(&alice, "/y", &[]).await;
     assert_eq!(&again, &assertions);

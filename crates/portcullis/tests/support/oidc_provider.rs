@@ -171,3 +171,43 @@ pub async fn verify_assertion(
         Err(text)
     }
 }
+
+/// Verifies an identity assertion with Python's PyJWT, with the code
+/// `docs/authorization.md` shows (`tests/interop/verify_assertion.py`), at the real
+/// time. `None` (after one line) when PyJWT is not installed, unless the interop suite
+/// is required.
+pub async fn verify_assertion_with_pyjwt(
+    jwks_url: &str,
+    issuer: &str,
+    audience: &str,
+    token: &str,
+) -> Option<Result<Value, String>> {
+    let has_pyjwt = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_pyjwt {
+        if std::env::var_os(REQUIRE_VAR).is_some() {
+            panic!(
+                "interop suite required ({REQUIRE_VAR}) but PyJWT is not installed (pip install \"pyjwt[crypto]\")"
+            );
+        }
+        eprintln!("skipping the PyJWT check: pip install \"pyjwt[crypto]\"");
+        return None;
+    }
+    let out = Command::new("python3")
+        .arg("verify_assertion.py")
+        .args([jwks_url, issuer, audience, token])
+        .current_dir(interop_dir())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(if out.status.success() {
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+    } else {
+        Err(text)
+    })
+}
