@@ -90,16 +90,24 @@ mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body
 mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
 mutate $S/http/guard.rs '        if self.sessions.has_routes()' '        if false' authorization routes_admit_the_group
 mutate $S/session/routes.rs 'self.0.iter().find(|r| r.pattern.matches_ignoring_case(path))' 'self.0.iter().find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
-mutate $S/session/routes.rs '            let asked = if method == Method::HEAD {' '            let asked = if false {' authorization routes_refuse_methods
+mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' authorization routes_refuse_methods
+mutate $S/session/routes.rs '                    if !overridden.is_some_and(|m| allowed(&m)) {' '                    if false {' authorization routes_refuse_methods
+mutate $S/http/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
 mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), value);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
 mutate $S/session/assertion.rs '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME + 60)' '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME * 100)' authorization after_a_rotation
 mutate $S/session/assertion.rs '            created + ACTIVATION' '            created' authorization after_a_rotation
-mutate $S/session/assertion.rs '            && now < s.expires_at - RESIGN_BEFORE' '' authorization assertions_are_signed_again
+mutate $S/session/assertion.rs '            && (now + RESIGN_BEFORE < s.expires_at || s.expires_at >= expires_at)' '' authorization assertions_are_signed_again
+mutate $S/session/service.rs '        if self.assertions.too_old(now) {' '        if false {' authorization an_instance_idle_through
+mutate $S/session/assertion.rs '            .min(now + idle)' '' authorization assertions_end_with_the_idle
+mutate $S/session/assertion.rs '            if token.len() <= MAX_ASSERTION {' '            if true {' authorization assertions_end_with_the_idle
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled
-mutate crates/portcullis-idp/src/throttle.rs 'self.admitted.try_acquire().map_err(|_| Refused::Busy)?' 'self.admitted.acquire().await.map_err(|_| Refused::Busy)?' idplib the_queue_of_password_checks
+mutate crates/portcullis-idp/src/throttle.rs '            .try_acquire_owned()
+            .map_err(|_| Refused::Busy)?;' '            .acquire_owned()
+            .await
+            .map_err(|_| Refused::Busy)?;' idplib the_queue_of_password_checks
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_

@@ -113,7 +113,7 @@ enum SessionsCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Add a new signing key to the configured store. Every running instance publishes
-    /// it at {prefix}/jwks.json within 10 s and signs with it 30 s from now; the old key
+    /// it at {prefix}/jwks.json within 10 s and signs with it 2 minutes from now; the old key
     /// stays published until the assertions it signed have expired.
     Rotate {
         /// TOML configuration file; every key can also come from PORTCULLIS_* variables.

@@ -404,7 +404,7 @@ pub async fn submit(
         Ok(()) => idp.throttle.turn().await,
         Err(refused) => Err(refused),
     };
-    let _turn = match turn {
+    let turn = match turn {
         Ok(turn) => turn,
         Err(refused) => return throttled(&req, refused),
     };
@@ -414,6 +414,8 @@ pub async fn submit(
     let known = user.is_some();
     let password = password.to_owned();
     let matched = tokio::task::spawn_blocking(move || {
+        // The turn is held until the hashing ends, even if the client goes away.
+        let _turn = turn;
         candidate.is_some_and(|u| u.password_matches(&password))
     })
     .await

@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use portcullis::http::limits::{ClientKey, KeyedLimiter};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Attempts a minute for one user name (a configured user: unknown names are counted
 /// only against the address, so they cannot fill the table).
@@ -52,8 +54,8 @@ pub struct Throttle {
     per_user: KeyedLimiter<String>,
     per_address: KeyedLimiter<ClientKey>,
     /// Places in the queue, running checks included.
-    admitted: Semaphore,
-    running: Semaphore,
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
 }
 
 impl Default for Throttle {
@@ -67,11 +69,13 @@ impl Default for Throttle {
     }
 }
 
-/// A password check's turn; the places are given back when dropped.
+/// A password check's turn; the places are given back when dropped. Owned, so that it
+/// moves into the blocking task and is held until the hashing ends, even when the
+/// client went away meanwhile.
 #[derive(Debug)]
-pub struct Turn<'a> {
-    _admitted: SemaphorePermit<'a>,
-    _running: SemaphorePermit<'a>,
+pub struct Turn {
+    _admitted: OwnedSemaphorePermit,
+    _running: OwnedSemaphorePermit,
 }
 
 impl Throttle {
@@ -79,8 +83,8 @@ impl Throttle {
         Self {
             per_user: KeyedLimiter::per_minute(per_user),
             per_address: KeyedLimiter::per_minute(per_address),
-            admitted: Semaphore::new(at_once + waiting),
-            running: Semaphore::new(at_once),
+            admitted: Arc::new(Semaphore::new(at_once + waiting)),
+            running: Arc::new(Semaphore::new(at_once)),
         }
     }
 
@@ -100,9 +104,18 @@ impl Throttle {
     }
 
     /// Waits for a turn to check a password, or `Busy` at once when the queue is full.
-    pub async fn turn(&self) -> Result<Turn<'_>, Refused> {
-        let admitted = self.admitted.try_acquire().map_err(|_| Refused::Busy)?;
-        let running = self.running.acquire().await.map_err(|_| Refused::Busy)?;
+    pub async fn turn(&self) -> Result<Turn, Refused> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy)?;
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Refused::Busy)?;
         Ok(Turn {
             _admitted: admitted,
             _running: running,

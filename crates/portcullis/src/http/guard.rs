@@ -408,9 +408,9 @@ impl Guard {
 
         // `[[routes]]`: who may reach this path, with which methods.
         if self.sessions.has_routes()
-            && let Err(refusal) = self
-                .sessions
-                .check_route(req.method(), path, &active.record)
+            && let Err(refusal) =
+                self.sessions
+                    .check_route(req.method(), req.headers(), path, &active.record)
         {
             let (code, message) = match refusal {
                 RouteRefusal::Method => (

@@ -178,11 +178,17 @@ impl PathPattern {
         self.matches_str(path.as_str(), false)
     }
 
-    /// [`PathPattern::matches`] ignoring ASCII case: for restrictions (`[[routes]]`),
-    /// where matching more paths is the safe direction (`/Admin` is `/admin` to a
-    /// case-insensitive upstream).
+    /// [`PathPattern::matches`] for restrictions (`[[routes]]`), where matching more
+    /// paths is the safe direction: ignoring ASCII case (`/Admin` is `/admin` to a
+    /// case-insensitive upstream), and an exact pattern matching its path with a
+    /// trailing slash too (Express and Spring serve `/admin/` with `/admin`'s handler).
     pub fn matches_ignoring_case(&self, path: &NormalizedPath) -> bool {
-        self.matches_str(path.as_str(), true)
+        let p = path.as_str();
+        self.matches_str(p, true)
+            || (matches!(self, Self::Exact(_))
+                && p.len() > 1
+                && p.strip_suffix('/')
+                    .is_some_and(|p| self.matches_str(p, true)))
     }
 
     fn matches_str(&self, p: &str, ignore_case: bool) -> bool {
@@ -297,6 +303,10 @@ mod tests {
         let m = |s: &str| admin.matches_ignoring_case(&normalize_path(s).unwrap());
         assert!(m("/admin") && m("/Admin/x") && m("/ADMIN/") && m("/%61dmin/x"));
         assert!(!m("/administrator") && !m("/x/admin"));
+        let exact = PathPattern::parse("/admin").unwrap();
+        let e = |s: &str| exact.matches_ignoring_case(&normalize_path(s).unwrap());
+        assert!(e("/admin") && e("/Admin/") && e("/admin/.") && e("/admin;x/"));
+        assert!(!e("/admin/x") && !e("/admin//x"));
         let p = |s: &str| PathPattern::parse(s).unwrap();
         let overlap = |a: &str, b: &str| {
             let (a, b) = (p(a), p(b));

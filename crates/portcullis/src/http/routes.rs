@@ -658,14 +658,19 @@ pub async fn method_not_allowed() -> Response {
 /// `GET {prefix}/jwks.json`: the public keys of the identity assertions
 /// (`X-Portcullis-Jwt-Assertion`), for apps to verify them. Cacheable for a minute;
 /// a verifier that meets an unknown `kid` should fetch again (new keys are published
-/// 30 s before they sign).
+/// two minutes before they sign).
 pub async fn jwks(State(routes): State<Routes>) -> Response {
     match routes.sessions().assertion_jwks().await {
-        Ok(keys) => (
-            [(header::CACHE_CONTROL, "public, max-age=60")],
-            axum::Json(keys),
-        )
-            .into_response(),
+        Ok(keys) => {
+            let mut r = axum::Json(keys).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "public, max-age={}",
+                crate::session::assertion::JWKS_MAX_AGE
+            )) {
+                r.headers_mut().insert(header::CACHE_CONTROL, v);
+            }
+            r
+        }
         Err(e) => {
             tracing::warn!(error = %e, "the assertion keys cannot be read");
             let mut refusal = HttpError::new(

@@ -10,10 +10,13 @@
 //! - Keys live in the store (sealed like tokens), one per generation, written
 //!   insert-if-absent: instances starting together on an empty store agree on one key.
 //!   `portcullis keys rotate` adds the next generation. Every instance re-reads the keys
-//!   every [`RELOAD_EVERY`] seconds; a new key is published at once but signs only
-//!   [`ACTIVATION`] seconds after it was made, so every instance publishes it before
-//!   anyone signs with it; a retired key stays published until the assertions it
-//!   signed have expired.
+//!   every [`RELOAD_EVERY`] seconds (in the background; on the request itself when its
+//!   copy is older than [`ACTIVATION`], so that an instance idle through a rotation
+//!   never signs with a key the others withdrew). A new key is published at once but
+//!   signs only [`ACTIVATION`] seconds after it was made: by then every instance
+//!   publishes it, and a verifier's cached key set (`jwks.json` is cacheable for
+//!   [`JWKS_MAX_AGE`] s; libraries wait up to 30 s between two fetches) has it. A retired
+//!   key stays published until the assertions it signed have expired.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -38,11 +41,19 @@ pub const LIFETIME: i64 = 300;
 const RESIGN_BEFORE: i64 = 60;
 /// Seconds between two reads of the keys from the store, on every instance.
 pub const RELOAD_EVERY: i64 = 10;
-/// Seconds after its creation a new key starts signing: every instance has re-read the
-/// keys (and publishes it) by then.
-pub const ACTIVATION: i64 = 3 * RELOAD_EVERY;
-/// Sessions whose assertion is kept; more are signed again when they come back.
-const CACHED_SESSIONS: usize = 100_000;
+/// How long `jwks.json` may be cached, seconds.
+pub const JWKS_MAX_AGE: i64 = 60;
+/// Seconds after its creation a new key starts signing: the keys' re-read interval,
+/// `jwks.json`'s cache lifetime, the 30 s verifiers such as `jose` wait between two
+/// fetches, and a margin.
+pub const ACTIVATION: i64 = 120;
+/// Bytes of assertions kept (one per session, reused until it is due again).
+const CACHED_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest assertion sent: past it, `groups` (then `name`) are left out, so that
+/// the header stays under the limits of common app servers.
+pub const MAX_ASSERTION: usize = 8 * 1024;
+
+const _: () = assert!(ACTIVATION >= RELOAD_EVERY + JWKS_MAX_AGE + 30);
 
 /// A signing key, opened.
 struct LoadedKey {
@@ -94,7 +105,18 @@ struct Signed {
     kid: String,
     id_hash: String,
     user: (Uuid, Option<String>, Option<String>),
-    claims: String,
+    /// A keyed hash of the session's claims (the claims themselves may be 16 KiB).
+    claims: u64,
+}
+
+/// The cache holds assertions up to [`CACHED_BYTES`].
+#[derive(Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<Uuid, Arc<Signed>> for ByLength {
+    fn weight(&self, _: &Uuid, s: &Arc<Signed>) -> u64 {
+        (s.header.len() + s.id_hash.len() + 128) as u64
+    }
 }
 
 /// Why no assertion could be made.
@@ -113,8 +135,11 @@ pub struct Assertions {
     keys: RwLock<Arc<KeySet>>,
     /// When the keys are next read from the store (0: never read yet).
     next_reload: AtomicI64,
+    /// When the keys were last read.
+    loaded_at: AtomicI64,
     reloading: AtomicBool,
-    signed: Cache<Uuid, Arc<Signed>>,
+    signed: Cache<Uuid, Arc<Signed>, ByLength>,
+    hasher: std::hash::RandomState,
 }
 
 impl std::fmt::Debug for Assertions {
@@ -133,8 +158,10 @@ impl Assertions {
             audience,
             keys: RwLock::new(Arc::new(KeySet::default())),
             next_reload: AtomicI64::new(0),
+            loaded_at: AtomicI64::new(0),
             reloading: AtomicBool::new(false),
-            signed: Cache::new(CACHED_SESSIONS),
+            signed: Cache::with_weighter((CACHED_BYTES / 2048) as usize, CACHED_BYTES, ByLength),
+            hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -203,6 +230,12 @@ impl Assertions {
         !self.key_set().keys.is_empty()
     }
 
+    /// Whether the keys at hand may lack a key that signs elsewhere by now: read them
+    /// before signing rather than in the background.
+    pub(crate) fn too_old(&self, now: UnixTime) -> bool {
+        now - self.loaded_at.load(Ordering::Relaxed) >= ACTIVATION
+    }
+
     /// Claims the one background reading; `false` when one is running already.
     pub(crate) fn begin_reload(&self) -> bool {
         !self.reloading.swap(true, Ordering::AcqRel)
@@ -219,11 +252,14 @@ impl Assertions {
     }
 
     /// The assertion for this session's request: the one signed before while it is
-    /// still good for this id, user and claims, else a new one.
+    /// still good for this id, user, claims and session end, else a new one. It ends
+    /// at most [`LIFETIME`] from now, never after `session_ends_at`, and never later
+    /// than `idle` from now (the session's idle timeout).
     pub fn for_session(
         &self,
         record: &SessionRecord,
         session_ends_at: UnixTime,
+        idle: i64,
         now: UnixTime,
     ) -> Result<HeaderValue, AssertionError> {
         let keys = self.key_set();
@@ -231,18 +267,26 @@ impl Assertions {
             .signing(now)
             .ok_or_else(|| AssertionError::Key("no signing key is loaded yet".into()))?;
         let user = &record.user;
+        let expires_at = (now + LIFETIME)
+            .min(session_ends_at)
+            .min(now + idle)
+            .max(now + 1);
+        let claims_hash = std::hash::BuildHasher::hash_one(&self.hasher, &record.claims);
         if let Some(s) = self.signed.get(&record.family_id)
-            && now < s.expires_at - RESIGN_BEFORE
+            && now < s.expires_at
+            // Signed afresh with under a minute left, unless a new one could not end
+            // later (the session ends first).
+            && (now + RESIGN_BEFORE < s.expires_at || s.expires_at >= expires_at)
+            && s.expires_at <= session_ends_at
             && s.kid == key.record.kid
             && s.id_hash == record.id_hash.as_str()
             && s.user.0 == user.id
             && s.user.1 == user.email
             && s.user.2 == user.name
-            && s.claims == record.claims
+            && s.claims == claims_hash
         {
             return Ok(s.header.clone());
         }
-        let expires_at = (now + LIFETIME).min(session_ends_at).max(now + 1);
         let mut claims = json!({
             "iss": self.issuer,
             "aud": self.audience,
@@ -261,8 +305,27 @@ impl Assertions {
         }
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.record.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| AssertionError::Key(e.to_string()))?;
+        let sign = |claims: &Value| {
+            jsonwebtoken::encode(&header, claims, &key.encoding)
+                .map_err(|e| AssertionError::Key(e.to_string()))
+        };
+        let mut token = sign(&claims)?;
+        // Too large for common app servers' header limits: the optional claims go.
+        for optional in ["groups", "name"] {
+            if token.len() <= MAX_ASSERTION {
+                break;
+            }
+            if let Some(map) = claims.as_object_mut()
+                && map.remove(optional).is_some()
+            {
+                tracing::warn!(
+                    user = %user.id,
+                    claim = optional,
+                    "the identity assertion would exceed 8 KiB; a claim was left out"
+                );
+                token = sign(&claims)?;
+            }
+        }
         let mut value =
             HeaderValue::from_str(&token).map_err(|e| AssertionError::Key(e.to_string()))?;
         value.set_sensitive(true);
@@ -274,7 +337,7 @@ impl Assertions {
                 kid: key.record.kid.clone(),
                 id_hash: record.id_hash.as_str().to_owned(),
                 user: (user.id, user.email.clone(), user.name.clone()),
-                claims: record.claims.clone(),
+                claims: claims_hash,
             }),
         );
         Ok(value)

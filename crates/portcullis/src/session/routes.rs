@@ -3,7 +3,7 @@
 //! user must meet, judged on the claims the session keeps (updated at every refresh).
 //! No route matches: the global `[access]` rules, checked at sign-in and refresh, suffice.
 
-use axum::http::Method;
+use axum::http::{HeaderMap, HeaderName, Method};
 use serde_json::{Map, Value};
 
 use super::access::{AccessDenied, access_refusals};
@@ -40,9 +40,11 @@ impl RouteRules {
             settings
                 .iter()
                 .filter_map(|r| {
+                    // HEAD is judged as GET, in the list as in requests.
                     let methods = r.methods.as_ref().map(|list| {
                         list.iter()
                             .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                            .map(|m| as_get(&m))
                             .collect()
                     });
                     let a = &r.access;
@@ -65,10 +67,12 @@ impl RouteRules {
     }
 
     /// The verdict of the first route matching `path` for this session (`Ok` when no
-    /// route matches).
+    /// route matches). A method-override header (`X-HTTP-Method-Override` and kin,
+    /// which Express, Laravel and Symfony obey) must name an allowed method too.
     pub fn check(
         &self,
         method: &Method,
+        headers: &HeaderMap,
         path: &NormalizedPath,
         record: &SessionRecord,
     ) -> Result<(), RouteRefusal> {
@@ -80,14 +84,22 @@ impl RouteRules {
             return Ok(());
         };
         if let Some(methods) = &route.methods {
-            // HEAD is a GET without the body.
-            let asked = if method == Method::HEAD {
-                &Method::GET
-            } else {
-                method
-            };
-            if !methods.iter().any(|m| m == asked) {
+            let allowed = |m: &Method| methods.contains(&as_get(m));
+            if !allowed(method) {
                 return Err(RouteRefusal::Method);
+            }
+            for name in METHOD_OVERRIDES {
+                for value in headers.get_all(&name) {
+                    // Unreadable: refused, as the framework's reading cannot be known.
+                    let overridden = value
+                        .to_str()
+                        .ok()
+                        .map(|v| v.trim().to_ascii_uppercase())
+                        .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
+                    if !overridden.is_some_and(|m| allowed(&m)) {
+                        return Err(RouteRefusal::Method);
+                    }
+                }
             }
         }
         if !route.has_rules {
@@ -100,6 +112,22 @@ impl RouteRules {
             Some(denied) => Err(RouteRefusal::Access(denied)),
             None => Ok(()),
         }
+    }
+}
+
+/// Headers that frameworks read as the request's real method.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// HEAD is a GET without the body.
+fn as_get(m: &Method) -> Method {
+    if m == Method::HEAD {
+        Method::GET
+    } else {
+        m.clone()
     }
 }
 

@@ -110,10 +110,11 @@ impl Sessions {
     pub fn check_route(
         &self,
         method: &axum::http::Method,
+        headers: &axum::http::HeaderMap,
         path: &crate::http::path::NormalizedPath,
         record: &crate::store::SessionRecord,
     ) -> Result<(), super::routes::RouteRefusal> {
-        let verdict = self.routes.check(method, path, record);
+        let verdict = self.routes.check(method, headers, path, record);
         if let Err(refusal) = &verdict {
             let reason = match refusal {
                 super::routes::RouteRefusal::Method => "method",
@@ -133,8 +134,10 @@ impl Sessions {
         verdict
     }
 
-    /// Reads the assertion signing keys if they were never read, making the first one
-    /// on an empty store; re-reads them in the background when they are due.
+    /// Reads the assertion signing keys if they were never read (making the first one
+    /// on an empty store), or when this instance's copy may lack a key that signs
+    /// elsewhere by now; re-reads them in the background when they are merely due.
+    /// One reading at a time; after a failure the current keys stay for an interval.
     pub async fn prepare_assertion_keys(
         self: &Arc<Self>,
     ) -> Result<(), super::assertion::AssertionError> {
@@ -148,25 +151,30 @@ impl Sessions {
                 .reload(self.store.as_ref(), &self.keys, now)
                 .await;
         }
-        if self.assertions.begin_reload() {
-            let this = self.clone();
-            let task = async move {
-                let failed = match this
-                    .assertions
-                    .reload(this.store.as_ref(), &this.keys, now)
-                    .await
-                {
-                    Ok(()) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not re-read the assertion signing keys; the current ones stay");
-                        Some(now)
-                    }
-                };
-                this.assertions.end_reload(failed);
+        if !self.assertions.begin_reload() {
+            return Ok(());
+        }
+        let this = self.clone();
+        let reading = async move {
+            let failed = match this
+                .assertions
+                .reload(this.store.as_ref(), &this.keys, now)
+                .await
+            {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not re-read the assertion signing keys; the current ones stay");
+                    Some(now)
+                }
             };
+            this.assertions.end_reload(failed);
+        };
+        if self.assertions.too_old(now) {
+            reading.await;
+        } else {
             match &self.runtime {
-                Some(rt) => drop(rt.spawn(task)),
-                None => drop(tokio::spawn(task)),
+                Some(rt) => drop(rt.spawn(reading)),
+                None => drop(tokio::spawn(reading)),
             }
         }
         Ok(())
@@ -178,8 +186,41 @@ impl Sessions {
         active: &super::ActiveSession,
     ) -> Result<axum::http::HeaderValue, super::assertion::AssertionError> {
         self.prepare_assertion_keys().await?;
-        self.assertions
-            .for_session(&active.record, active.expires_at, self.now())
+        self.assertions.for_session(
+            &active.record,
+            active.expires_at,
+            self.config.session.idle_timeout.as_secs() as i64,
+            self.now(),
+        )
+    }
+
+    /// `{prefix}/jwks.json`: the keys are read first when due (not in the background:
+    /// a verifier asking right after a rotation sees the new key).
+    pub async fn assertion_jwks(
+        self: &Arc<Self>,
+    ) -> Result<serde_json::Value, super::assertion::AssertionError> {
+        let now = self.now();
+        if self.assertions.stale(now) && self.assertions.begin_reload() {
+            let result = self
+                .assertions
+                .reload(self.store.as_ref(), &self.keys, now)
+                .await;
+            self.assertions
+                .end_reload(result.as_ref().err().map(|_| now));
+            if let Err(e) = result {
+                if !self.assertions.has_keys() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "could not re-read the assertion signing keys; the current ones are published");
+            }
+        }
+        if !self.assertions.has_keys() {
+            // Another reading is under way and none finished yet.
+            self.assertions
+                .reload(self.store.as_ref(), &self.keys, now)
+                .await?;
+        }
+        Ok(self.assertions.jwks(now))
     }
 
     /// `portcullis keys rotate`: adds the next signing key (see `session::assertion`).
@@ -187,21 +228,6 @@ impl Sessions {
         &self,
     ) -> Result<crate::store::SigningKeyRecord, super::assertion::AssertionError> {
         super::assertion::rotate(self.store.as_ref(), &self.keys, self.now()).await
-    }
-
-    /// `{prefix}/jwks.json`: the keys are read first if due.
-    pub async fn assertion_jwks(
-        self: &Arc<Self>,
-    ) -> Result<serde_json::Value, super::assertion::AssertionError> {
-        let now = self.now();
-        if self.assertions.stale(now) {
-            // Not the request path: read now rather than in the background, so that a
-            // verifier asking right after a rotation sees the new key.
-            self.assertions
-                .reload(self.store.as_ref(), &self.keys, now)
-                .await?;
-        }
-        Ok(self.assertions.jwks(now))
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.
