@@ -89,7 +89,7 @@ mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_
 mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
 mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
 mutate $S/http/guard.rs '        if self.sessions.has_routes()' '        if false' authorization routes_admit_the_group
-mutate $S/session/routes.rs 'self.0.iter().find(|r| r.pattern.matches_ignoring_case(path))' 'self.0.iter().find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
+mutate $S/session/routes.rs '.find(|r| r.pattern.matches_ignoring_case(path))' '.find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
 mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' authorization routes_refuse_methods
 mutate $S/session/routes.rs '                    if !overridden.is_some_and(|m| allowed(&m)) {' '                    if false {' authorization routes_refuse_methods
 mutate $S/http/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
