@@ -104,6 +104,10 @@ mutate $S/session/assertion.rs '            if token.len() <= MAX_ASSERTION {' '
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled
+mutate crates/portcullis-idp/src/authorize.rs '        idp.throttle.failed(name, peer, now());' '' idp:provider password_attempts_are_throttled
+mutate crates/portcullis-idp/src/throttle.rs '            if counts.len() >= self.max_keys {
+                slot = None;' '            if false {
+                slot = None;' idplib the_table_of_addresses_is_bounded
 mutate crates/portcullis-idp/src/throttle.rs '            .try_acquire_owned()
             .map_err(|_| Refused::Busy)?;' '            .acquire_owned()
             .await

@@ -397,10 +397,8 @@ pub async fn submit(
     let password = p.get("password").map(String::as_str).unwrap_or("");
     let user = idp.config.user(username);
     // Counted before any password is checked, so guessing is slow and cheap to refuse.
-    let turn = match idp
-        .throttle
-        .attempt(user.map(|u| u.username.as_str()), peer)
-    {
+    let name = user.map(|u| u.username.as_str());
+    let turn = match idp.throttle.attempt(name, peer, now()) {
         Ok(()) => idp.throttle.turn().await,
         Err(refused) => Err(refused),
     };
@@ -422,6 +420,7 @@ pub async fn submit(
     .unwrap_or(false);
     let ok = matched && known;
     if !ok {
+        idp.throttle.failed(name, peer, now());
         tracing::info!(client = %req.client_id, "sign-in failed");
         return login_form(
             &idp,

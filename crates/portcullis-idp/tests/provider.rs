@@ -915,16 +915,28 @@ async fn an_expired_id_token_hint_asks_before_signing_out() {
 }
 
 /// Password guessing is throttled per user (from any address) and per address (for any
-/// user), before a password is checked: 429 with `Retry-After` and a page. The rightful
-/// user's correct password is refused too while her name is over its rate, but other
-/// users and other addresses are not held up.
+/// user): once either has had its failures for the minute, attempts are refused before
+/// a password is checked, with 429, `Retry-After` and a page. The rightful user's
+/// correct password is refused too while her name is over its limit, but other users
+/// and other addresses are not held up, and correct sign-ins are never counted.
 #[tokio::test]
 async fn password_attempts_are_throttled_per_user_and_per_address() {
-    use portcullis_idp::throttle::{ATTEMPTS_PER_ADDRESS_PER_MINUTE, ATTEMPTS_PER_USER_PER_MINUTE};
+    use portcullis_idp::throttle::{FAILURES_PER_ADDRESS_PER_MINUTE, FAILURES_PER_USER_PER_MINUTE};
     let p = start().await;
     let (_, challenge) = pkce();
+    let regular = support::client_from("127.0.0.5");
+    for _ in 0..FAILURES_PER_ADDRESS_PER_MINUTE + 2 {
+        let (r, _) = p
+            .sign_in_as(&regular, "app", &challenge, "alice", "alice")
+            .await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SEE_OTHER,
+            "correct sign-ins are not counted"
+        );
+    }
     let guesser = support::client_from("127.0.0.2");
-    for _ in 0..ATTEMPTS_PER_USER_PER_MINUTE {
+    for _ in 0..FAILURES_PER_USER_PER_MINUTE {
         let (r, _) = p
             .sign_in_as(&guesser, "app", &challenge, "alice", "guess")
             .await;
@@ -947,7 +959,7 @@ async fn password_attempts_are_throttled_per_user_and_per_address() {
 
     // One address guessing many names: refused past its rate, whatever the name.
     let spray = support::client_from("127.0.0.3");
-    for i in 0..ATTEMPTS_PER_ADDRESS_PER_MINUTE {
+    for i in 0..FAILURES_PER_ADDRESS_PER_MINUTE {
         let (r, _) = p
             .sign_in_as(&spray, "app", &challenge, &format!("user{i}"), "guess")
             .await;
