@@ -101,6 +101,13 @@ mutate $S/session/assertion.rs '            && (now + RESIGN_BEFORE < s.expires_
 mutate $S/session/service.rs '        if self.assertions.too_old(now) {' '        if false {' authorization an_instance_idle_through
 mutate $S/session/assertion.rs '            .min(now + idle)' '' authorization assertions_end_with_the_idle
 mutate $S/session/assertion.rs '            if token.len() <= MAX_ASSERTION {' '            if true {' authorization assertions_end_with_the_idle
+mutate $S/http/guard.rs '        if self.is_own(&path) {' '        if false {' forward_auth d03_unknown_paths
+mutate $S/http/forward_auth.rs '        (Some(v), None) => Ok(v),' '        (Some(v), _) => Ok(v),' forward_auth p05_original_request_headers
+mutate $S/http/forward_auth.rs '.is_ok_and(|h| h.eq_ignore_ascii_case(self.public_host()))' '.is_ok()' forward_auth p05_original_request_headers
+mutate $S/http/forward_auth.rs '            if self.sessions().has_routes() || self.relays_tokens() {' '            if false {' forward_auth p05_untrusted_peers
+mutate $S/http/forward_auth.rs '        if unsafe_method && !is_same_origin_write(' '        if false && !is_same_origin_write(' forward_auth cross_site_writes
+mutate $S/http/forward_auth.rs '        if headers.contains_key(header::UPGRADE) && self.is_foreign_origin(headers) {' '        if false {' forward_auth cross_site_writes
+mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled

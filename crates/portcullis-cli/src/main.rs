@@ -200,8 +200,18 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
                 "  upstream      {}",
                 c.upstream
                     .as_ref()
-                    .map_or("(none: forward-auth only)".to_string(), |u| u.to_string())
+                    .map_or("(none)".to_string(), |u| u.to_string())
             );
+            match &c.upstream {
+                Some(_) => println!(
+                    "  mode          reverse proxy (forward-auth at {}/verify too)",
+                    c.prefix
+                ),
+                None => println!(
+                    "  mode          forward-auth only: {}/verify answers your proxy; every path outside {} but /healthz and /readyz answers 404",
+                    c.prefix, c.prefix
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

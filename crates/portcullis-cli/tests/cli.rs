@@ -78,6 +78,15 @@ fn check_config_accepts_a_good_file() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("https://app.example.com/auth/callback"));
+    assert!(text.contains("mode          forward-auth only"), "{text}");
+    let out = portcullis()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("PORTCULLIS_UPSTREAM", "http://127.0.0.1:3000")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mode          reverse proxy"), "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -150,6 +150,9 @@ pub struct Guard {
     csrf_header: HeaderName,
     public_origin: String,
     login_path: String,
+    /// The gateway's own prefix when the guard stands in front of the gateway's router
+    /// (not when embedded): any other path under it answers 404 (D03).
+    own_prefix: Option<String>,
 }
 
 impl Guard {
@@ -179,7 +182,60 @@ impl Guard {
             public_origin: config.public_origin(),
             login_path: format!("{}/login", config.prefix),
             sessions: gateway.sessions().clone(),
+            own_prefix: None,
         }
+    }
+
+    /// The guard of the gateway's own router: a path under `prefix` that none of the
+    /// gateway's endpoints answered gets the gateway's 404, with or without a session,
+    /// and never reaches the upstream (D03), however it is spelled.
+    pub fn owning_prefix(mut self, prefix: &str) -> Self {
+        self.own_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// Whether a normalised path lies under the gateway's own prefix (ignoring ASCII
+    /// case: `/AUTH/x` is not the app's either).
+    fn is_own(&self, path: &NormalizedPath) -> bool {
+        let Some(prefix) = &self.own_prefix else {
+            return false;
+        };
+        let (p, prefix) = (path.as_str().as_bytes(), prefix.as_bytes());
+        p.len() >= prefix.len()
+            && p[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && (p.len() == prefix.len() || p[prefix.len()] == b'/')
+    }
+
+    pub(super) fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    pub(super) fn cookies(&self) -> &CookieJar {
+        &self.cookies
+    }
+
+    pub(super) fn csrf_header(&self) -> &str {
+        self.csrf_header.as_str()
+    }
+
+    /// The public URL's `host[:port]`, as a trusted `X-Forwarded-Host` must name it.
+    pub(super) fn public_host(&self) -> &str {
+        self.public_origin
+            .split_once("://")
+            .map_or(self.public_origin.as_str(), |(_, host)| host)
+    }
+
+    pub(super) fn is_public(&self, path: &NormalizedPath) -> bool {
+        self.public_paths.iter().any(|p| p.matches(path))
+    }
+
+    /// Whether any path relays the access token.
+    pub(super) fn relays_tokens(&self) -> bool {
+        !self.token_relay.is_empty()
+    }
+
+    pub(super) fn relays_token_for(&self, path: &NormalizedPath) -> bool {
+        self.token_relay.iter().any(|p| p.matches(path))
     }
 
     /// Whether the direct peer is a configured trusted proxy.
@@ -192,7 +248,7 @@ impl Guard {
         &self.public_origin
     }
 
-    fn login_url(&self, return_to: Option<&str>) -> String {
+    pub(super) fn login_url(&self, return_to: Option<&str>) -> String {
         match return_to {
             Some(r) => format!(
                 "{}?return_to={}",
@@ -203,7 +259,7 @@ impl Guard {
         }
     }
 
-    fn is_foreign_origin(&self, headers: &HeaderMap) -> bool {
+    pub(super) fn is_foreign_origin(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::ORIGIN)
             .is_some_and(|o| o.as_bytes() != self.public_origin.as_bytes())
@@ -296,6 +352,9 @@ impl Guard {
             path: path.clone(),
         };
         req.extensions_mut().insert(checked);
+        if self.is_own(&path) {
+            return super::routes::not_found(req.method().clone(), req.headers().clone()).await;
+        }
         if self.public_paths.iter().any(|p| p.matches(&path)) {
             return next(req).await;
         }

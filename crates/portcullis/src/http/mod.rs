@@ -2,6 +2,7 @@
 
 pub mod cookies;
 pub mod error;
+pub mod forward_auth;
 pub mod guard;
 pub mod headers;
 pub mod limits;
@@ -97,7 +98,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
     let limited = |endpoint| {
         axum::middleware::from_fn_with_state((limits.clone(), endpoint), limits::enforce)
     };
-    let routes = Routes::new(gateway);
+    let routes = Routes::new(gateway.clone());
     let router = Router::new()
         .route(
             &format!("{prefix}/login"),
@@ -120,6 +121,18 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
                 .route_layer(limited(limits::Endpoint::Backchannel)),
         )
         .route(&format!("{prefix}/jwks.json"), get(routes::jwks))
+        .route(&format!("{prefix}/verify"), {
+            let guard = Arc::new(guard::Guard::new(gateway.clone()));
+            axum::routing::any(move |req: Request<Body>| {
+                let guard = guard.clone();
+                async move {
+                    let redirect =
+                        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                            .any(|(k, v)| k == "redirect" && v == "1");
+                    guard.verify(req, redirect).await
+                }
+            })
+        })
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz));
     let router = if spa.code_exchange {
@@ -139,7 +152,8 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
 }
 
 /// The whole gateway: its endpoints, and everything else through the guard to the
-/// upstream (or a 404 when there is none: forward-auth only).
+/// upstream (or a 404 when there is none: forward-auth only). Unknown paths under the
+/// prefix answer 404 (D03).
 pub fn router(gateway: Arc<Gateway>) -> Result<App, String> {
     let config = gateway.config();
     let upstream = match &config.upstream {
@@ -155,7 +169,8 @@ pub fn router(gateway: Arc<Gateway>) -> Result<App, String> {
 
 /// [`router`] with a given upstream client (tests use short timeouts).
 pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstream>) -> App {
-    let guard = Arc::new(guard::Guard::new(gateway.clone()));
+    let guard =
+        Arc::new(guard::Guard::new(gateway.clone()).owning_prefix(&gateway.config().prefix));
     let upstream = upstream.map(Arc::new);
     let fallback = {
         let (guard, upstream) = (guard.clone(), upstream.clone());
@@ -182,19 +197,18 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
     }
 }
 
-/// A request outside the gateway's own endpoints: the guard, then the upstream.
+/// A request outside the gateway's own endpoints: the guard, then the upstream. In
+/// forward-auth-only mode (no upstream) there is nothing to guard: 404.
 async fn protect(
     guard: &guard::Guard,
     upstream: Option<&proxy::Upstream>,
     req: Request<Body>,
 ) -> Response {
+    let Some(upstream) = upstream else {
+        return routes::not_found(req.method().clone(), req.headers().clone()).await;
+    };
     guard
-        .check_then(req, |req| async move {
-            match upstream {
-                Some(u) => u.forward(req).await,
-                None => routes::not_found(req.method().clone(), req.headers().clone()).await,
-            }
-        })
+        .check_then(req, |req| async move { upstream.forward(req).await })
         .await
 }
 
