@@ -108,6 +108,8 @@ mutate $S/http/forward_auth.rs '            if self.sessions().has_routes() || s
 mutate $S/http/forward_auth.rs '        if unsafe_method && !is_same_origin_write(' '        if false && !is_same_origin_write(' forward_auth cross_site_writes
 mutate $S/http/forward_auth.rs '        if headers.contains_key(header::UPGRADE) && self.is_foreign_origin(headers) {' '        if false {' forward_auth cross_site_writes
 mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
+mutate $S/session/refresh.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
+mutate $S/store/sqlite.rs 'AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL))' '' lib sqlite_in_memory_passes_the_conformance
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled

@@ -436,3 +436,38 @@ async fn forward_auth_only_answers_404_outside_the_prefix() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// Lost rotations (PRODUCT.md): a browser behind a proxy that drops the auth answer's
+/// `Set-Cookie` (Caddy 2.6) keeps presenting its first id through every refresh and is
+/// never signed out; the refreshes happen all the same.
+#[tokio::test]
+async fn a_browser_that_never_receives_a_rotated_cookie_stays_signed_in() {
+    let s = setup().await;
+    let b = s.signed_in().await;
+    let held = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    // A client without a cookie store: only the first id, every time.
+    let never_stores_cookies = reqwest::Client::new();
+    let ask = || {
+        never_stores_cookies
+            .get(s.gw.at("/auth/verify"))
+            .header("cookie", &held)
+            .header("x-original-uri", "/app")
+            .header("x-original-method", "GET")
+            .send()
+    };
+    for round in 1..=3 {
+        // Past the refresh point and the rotation grace window.
+        s.gw.clock.advance(250);
+        let r = ask().await.unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        assert_eq!(
+            r.headers().get_all("set-cookie").iter().count(),
+            1,
+            "the new id is offered"
+        );
+        assert_eq!(s.p.refresh_calls(), round);
+    }
+    // The session is still one session, and the held id still works between refreshes.
+    assert_eq!(ask().await.unwrap().status(), 200);
+    assert_eq!(s.gw.session_count().await, 1);
+}

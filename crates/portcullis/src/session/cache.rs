@@ -450,6 +450,7 @@ impl Store for CachedStore {
         previous_valid_until: UnixTime,
         handover: &str,
         tokens: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool> {
         let result = self
             .inner
@@ -460,6 +461,7 @@ impl Store for CachedStore {
                 previous_valid_until,
                 handover,
                 tokens,
+                keep_previous,
             )
             .await;
         self.drop_cached(Some(family_id), &[]);
@@ -847,9 +849,17 @@ mod tests {
         // A rotated id seen for the first time: written (and announced) at once.
         let new = SessionId::generate();
         assert!(
-            c.rotate_session_id(family, 0, &new.hash(), NOW + 30, "h", &TokenSet::default())
-                .await
-                .unwrap()
+            c.rotate_session_id(
+                family,
+                0,
+                &new.hash(),
+                NOW + 30,
+                "h",
+                &TokenSet::default(),
+                false
+            )
+            .await
+            .unwrap()
         );
         c.get_session(&new.hash()).await.unwrap();
         c.touch_session(family, NOW + 120, NOW + 3720, Some(&new.hash()))
@@ -871,7 +881,15 @@ mod tests {
         let new = SessionId::generate();
         assert!(
             c.inner
-                .rotate_session_id(family, 0, &new.hash(), NOW + 30, "h", &TokenSet::default())
+                .rotate_session_id(
+                    family,
+                    0,
+                    &new.hash(),
+                    NOW + 30,
+                    "h",
+                    &TokenSet::default(),
+                    false
+                )
                 .await
                 .unwrap()
         );

@@ -83,6 +83,7 @@ impl Sessions {
                 record,
                 current: presented,
                 rotated: false,
+                lost: None,
             }
         } else {
             match self.rotated_away(record, &presented, now).await? {
@@ -94,6 +95,7 @@ impl Sessions {
             record,
             current,
             rotated,
+            ..
         }) = self.refresh_if_due(fresh).await?
         else {
             return Ok(None);
@@ -150,10 +152,14 @@ impl Sessions {
             return Ok(None);
         };
         if !is_stolen_copy(&record, now) {
+            // The current id was never seen: the browser never received it, and keeps
+            // the one it presented through the next rotation too.
+            let lost = (!record.current_seen).then(|| presented.clone());
             return Ok(Some(Fresh {
                 record,
                 current,
                 rotated: true,
+                lost,
             }));
         }
         self.security_event(
@@ -387,7 +393,8 @@ mod tests {
                     &new.hash(),
                     now + 30,
                     &handover,
-                    &TokenSet::default()
+                    &TokenSet::default(),
+                    false
                 )
                 .await
                 .unwrap()

@@ -59,6 +59,10 @@ pub struct Fresh {
     pub record: SessionRecord,
     pub current: SessionId,
     pub rotated: bool,
+    /// A lost rotation: the id the browser still holds (the previous one) while the
+    /// current id never reached it (a proxy that drops `Set-Cookie`, PRODUCT.md
+    /// "Lost rotations"). The next rotation keeps it as the previous id.
+    pub lost: Option<SessionId>,
 }
 
 /// Refreshes in flight in this process, the breaker (provider-wide outages), and the
@@ -365,20 +369,29 @@ impl Sessions {
     /// Reads the session again by the id that was current; follows a rotation made
     /// meanwhile.
     async fn reload(&self, fresh: Fresh) -> Result<Option<Fresh>, SessionError> {
-        let Some(record) = self.store.get_session_fresh(&fresh.current.hash()).await? else {
+        // After a lost rotation the unseen current id may be gone: the browser's id finds
+        // the session.
+        let held = fresh.lost.clone().unwrap_or_else(|| fresh.current.clone());
+        let Some(record) = self.store.get_session_fresh(&held.hash()).await? else {
             return Ok(None);
         };
         if record.matched == IdMatch::Current {
-            return Ok(Some(Fresh { record, ..fresh }));
+            return Ok(Some(Fresh {
+                record,
+                lost: None,
+                ..fresh
+            }));
         }
         let next = record
             .previous_handover
             .as_deref()
-            .and_then(|h| handover::open(&fresh.current, h));
+            .and_then(|h| handover::open(&held, h));
+        let lost = fresh.lost.filter(|_| !record.current_seen);
         Ok(next.map(|current| Fresh {
             record,
             current,
             rotated: true,
+            lost,
         }))
     }
 
@@ -664,8 +677,10 @@ impl Sessions {
                 record.token_version,
                 &hash,
                 grace,
-                &handover::seal(&fresh.current, &new_id),
+                // A lost rotation: the handover is for the id the browser holds.
+                &handover::seal(fresh.lost.as_ref().unwrap_or(&fresh.current), &new_id),
                 &tokens,
+                fresh.lost.is_some(),
             )
             .await;
         match swapped {
@@ -709,6 +724,7 @@ impl Sessions {
             record: committed,
             current: new_id,
             rotated: true,
+            lost: fresh.lost,
         };
         self.recheck_access(fresh, new_claims, &answer).await
     }

@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn Store) {
     claims_are_kept_and_replaced(store).await;
     token_updates_compare_and_swap(store).await;
     rotation_keeps_the_previous_id_for_lookups(store).await;
+    a_lost_rotation_keeps_the_id_the_browser_holds(store).await;
     sessions_end_by_id_user_sid_and_all(store).await;
     transactions_are_single_use_and_bounded(store).await;
     transactions_are_bounded_in_total(store).await;
@@ -229,6 +230,66 @@ async fn token_updates_compare_and_swap(store: &dyn Store) {
     assert_eq!(got.expires_at(), NOW + 3600);
 }
 
+/// PRODUCT.md "Lost rotations": the browser holds the previous id and never received
+/// the current one; the next rotation keeps the browser's id as the previous one.
+async fn a_lost_rotation_keeps_the_id_the_browser_holds(store: &dyn Store) {
+    let user = new_user(store).await;
+    let (held, s) = new_session(store, &user, None).await;
+    let unseen = SessionId::generate();
+    let t = TokenSet::default();
+    // Keeping needs a previous id: none yet.
+    assert!(
+        !store
+            .rotate_session_id(s.family_id, 0, &unseen.hash(), NOW + 30, "h1", &t, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .rotate_session_id(s.family_id, 0, &unseen.hash(), NOW + 30, "h1", &t, false)
+            .await
+            .unwrap()
+    );
+    // The next rotation while `unseen` was never seen keeps `held`.
+    let next = SessionId::generate();
+    assert!(
+        store
+            .rotate_session_id(s.family_id, 1, &next.hash(), NOW + 60, "h2", &t, true)
+            .await
+            .unwrap()
+    );
+    let by_held = store.get_session(&held.hash()).await.unwrap().unwrap();
+    assert_eq!(by_held.matched, IdMatch::Previous);
+    assert_eq!(by_held.id_hash, next.hash());
+    assert_eq!(by_held.previous_handover.as_deref(), Some("h2"));
+    assert_eq!(by_held.previous_valid_until, Some(NOW + 60));
+    assert!(
+        store.get_session(&unseen.hash()).await.unwrap().is_none(),
+        "the id that never reached the browser finds nothing"
+    );
+    // Once the current id has been seen, keeping is refused: its holder must not lose it.
+    store
+        .touch_session(s.family_id, NOW + 1, NOW + 3601, Some(&next.hash()))
+        .await
+        .unwrap();
+    let last = SessionId::generate();
+    assert!(
+        !store
+            .rotate_session_id(s.family_id, 2, &last.hash(), NOW + 90, "h3", &t, true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_session(&next.hash())
+            .await
+            .unwrap()
+            .unwrap()
+            .matched,
+        IdMatch::Current
+    );
+}
+
 async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     let user = new_user(store).await;
     let (old, s) = new_session(store, &user, None).await;
@@ -239,7 +300,15 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
     };
     assert!(
         store
-            .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, "handover-1", &tokens)
+            .rotate_session_id(
+                s.family_id,
+                0,
+                &new.hash(),
+                NOW + 30,
+                "handover-1",
+                &tokens,
+                false
+            )
             .await
             .unwrap()
     );
@@ -251,7 +320,8 @@ async fn rotation_keeps_the_previous_id_for_lookups(store: &dyn Store) {
                 &SessionId::generate().hash(),
                 NOW + 30,
                 "handover-2",
-                &tokens
+                &tokens,
+                false
             )
             .await
             .unwrap()
@@ -746,7 +816,15 @@ async fn users_and_sessions_import_as_they_are(store: &dyn Store) {
     let (old, s) = new_session(store, &again, Some("sid-i")).await;
     let new = SessionId::generate();
     store
-        .rotate_session_id(s.family_id, 0, &new.hash(), NOW + 30, "handover", &s.tokens)
+        .rotate_session_id(
+            s.family_id,
+            0,
+            &new.hash(),
+            NOW + 30,
+            "handover",
+            &s.tokens,
+            false,
+        )
         .await
         .unwrap();
     let record = store.get_session(&new.hash()).await.unwrap().unwrap();
@@ -843,7 +921,7 @@ async fn every_change_is_announced_once(store: &dyn Store) {
     let new = SessionId::generate();
     assert!(
         store
-            .rotate_session_id(family, 1, &new.hash(), NOW + 30, "h", &s.tokens)
+            .rotate_session_id(family, 1, &new.hash(), NOW + 30, "h", &s.tokens, false)
             .await
             .unwrap()
     );
@@ -1051,7 +1129,8 @@ async fn compare_and_swap_loses_to_another_writer(a: &dyn Store, b: &dyn Store) 
             &new.hash(),
             NOW + 30,
             "h",
-            &s.tokens
+            &s.tokens,
+            false
         )
         .await
         .unwrap(),

@@ -313,6 +313,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `expected_version`. The current id becomes the previous one, valid until
     /// `previous_valid_until`, with `handover` (the new id sealed for holders of the
     /// old one); the new id is marked unseen.
+    ///
+    /// `keep_previous` (a lost rotation: the browser still holds the previous id, its
+    /// successor never reached it, e.g. behind a proxy that drops `Set-Cookie`): the
+    /// previous id stays the previous one, `handover` is sealed for it, and the unseen
+    /// current id is dropped — only while the current id is still unseen and there is
+    /// a previous one, else nothing changes and `false` is returned.
     #[allow(clippy::too_many_arguments)]
     async fn rotate_session_id(
         &self,
@@ -322,6 +328,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         previous_valid_until: UnixTime,
         handover: &str,
         tokens: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool>;
     /// Replaces the claims the session keeps (at sign-in they come with the session;
     /// at every refresh through this). Returns whether the session exists.

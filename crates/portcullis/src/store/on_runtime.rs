@@ -141,6 +141,7 @@ impl Store for OnRuntime {
         previous_valid_until: UnixTime,
         handover: &str,
         tokens: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool> {
         let (new_id_hash, handover, tokens) =
             (new_id_hash.clone(), handover.to_owned(), tokens.clone());
@@ -152,6 +153,7 @@ impl Store for OnRuntime {
                 previous_valid_until,
                 &handover,
                 &tokens,
+                keep_previous,
             )
             .await
         })

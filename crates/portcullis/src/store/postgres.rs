@@ -358,14 +358,14 @@ impl Queries {
                  WHERE family_id = $1 AND token_version = $2 \
                  RETURNING family_id, id_hash, previous_id_hash) {notify}",
             ),
-            rotate: t(
-                "WITH changed AS (UPDATE {p}_sessions SET previous_id_hash = id_hash, \
+            rotate: t("WITH changed AS (UPDATE {p}_sessions SET \
+                 previous_id_hash = CASE WHEN $12 THEN previous_id_hash ELSE id_hash END, \
                  previous_valid_until = $4, id_hash = $3, current_seen = FALSE, refresh_token = $5, \
                  access_token = $6, id_token = $7, access_expires_at = $8, refresh_expires_at = $9, \
                  access_issued_at = $10, previous_handover = $11, token_version = token_version + 1 \
                  WHERE family_id = $1 AND token_version = $2 \
-                 RETURNING family_id, id_hash, previous_id_hash) {notify}",
-            ),
+                 AND (NOT $12 OR (current_seen = FALSE AND previous_id_hash IS NOT NULL)) \
+                 RETURNING family_id, id_hash, previous_id_hash) {notify}"),
             update_claims: t(
                 "WITH changed AS (UPDATE {p}_sessions SET claims = $2, email_verified = $3 \
                  WHERE family_id = $1 RETURNING family_id, id_hash, previous_id_hash) {notify}",
@@ -727,6 +727,7 @@ impl Store for PostgresStore {
         previous_valid_until: UnixTime,
         handover: &str,
         t: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool> {
         timed(async {
             let n = self
@@ -742,7 +743,8 @@ impl Store for PostgresStore {
                         .bind(t.access_expires_at)
                         .bind(t.refresh_expires_at)
                         .bind(t.access_issued_at)
-                        .bind(handover),
+                        .bind(handover)
+                        .bind(keep_previous),
                 )
                 .await?;
             Ok(n == 1)

@@ -711,24 +711,34 @@ return 1
 "#;
 
 /// ARGV: prefix, family, expected version, new id hash, previous valid until, handover,
-/// token fields.
+/// keep the previous id ('1' or '0'), token fields.
 const ROTATE_SESSION_ID: &str = r#"
 local fam, new = ARGV[2], ARGV[4]
 local key = session_key(fam)
-local f = redis.call('HMGET', key, 'token_version', 'id_hash', 'previous_id_hash')
+local f = redis.call('HMGET', key, 'token_version', 'id_hash', 'previous_id_hash', 'current_seen')
 if not f[1] or num(f[1], key .. ' token_version') ~= num(ARGV[3], 'expected version') then
   return 0
 end
 if not f[2] then corrupt(key .. ' id_hash') end
+local keep = ARGV[7] == '1'
+-- A lost rotation keeps the previous id only while the current one is still unseen.
+if keep and (f[4] ~= '0' or not f[3]) then return 0 end
 local other = redis.call('GET', sid_key(new))
 if other and other ~= fam and redis.call('EXISTS', session_key(other)) == 1 then
   return redis.error_reply('a session id hash is already in use')
 end
--- The id two rotations back stops finding the session.
-if f[3] then drop_sid(f[3], fam) end
-redis.call('HSET', key, 'previous_id_hash', f[2], 'previous_valid_until', ARGV[5],
+local previous = f[2]
+if keep then
+  -- The unseen current id (never delivered) stops finding the session.
+  drop_sid(f[2], fam)
+  previous = f[3]
+elseif f[3] then
+  -- The id two rotations back stops finding the session.
+  drop_sid(f[3], fam)
+end
+redis.call('HSET', key, 'previous_id_hash', previous, 'previous_valid_until', ARGV[5],
   'previous_handover', ARGV[6], 'id_hash', new, 'current_seen', '0')
-apply(key, 7)
+apply(key, 8)
 redis.call('HINCRBY', key, 'token_version', 1)
 redis.call('SET', sid_key(new), fam)
 index_session(fam)
@@ -1517,6 +1527,7 @@ impl Store for RedisStore {
         previous_valid_until: UnixTime,
         handover: &str,
         tokens: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool> {
         timed(async {
             let mut fields = Fields::default();
@@ -1527,6 +1538,7 @@ impl Store for RedisStore {
                 .with(new_id_hash.as_str())
                 .with(previous_valid_until)
                 .with(handover)
+                .with(if keep_previous { "1" } else { "0" })
                 .fields(fields);
             Ok(self.run_int(&SCRIPTS.rotate_session_id, args).await? == 1)
         })
@@ -2099,7 +2111,7 @@ mod tests {
         );
         let new = SessionId::generate();
         let rotated = store
-            .rotate_session_id(s.family_id, 1, &new.hash(), NOW + 30, "h", &s.tokens)
+            .rotate_session_id(s.family_id, 1, &new.hash(), NOW + 30, "h", &s.tokens, false)
             .await
             .unwrap();
         assert!(rotated);
@@ -2192,7 +2204,15 @@ mod tests {
         let last = sealed_set(&third);
         assert!(
             store
-                .rotate_session_id(s.family_id, 1, &new.hash(), NOW + 30, &handover, &last)
+                .rotate_session_id(
+                    s.family_id,
+                    1,
+                    &new.hash(),
+                    NOW + 30,
+                    &handover,
+                    &last,
+                    false
+                )
                 .await
                 .unwrap()
         );
@@ -2354,7 +2374,15 @@ mod tests {
         for (version, id) in [(0, &second), (1, &third)] {
             assert!(
                 store
-                    .rotate_session_id(s.family_id, version, &id.hash(), NOW + 30, "h", &s.tokens)
+                    .rotate_session_id(
+                        s.family_id,
+                        version,
+                        &id.hash(),
+                        NOW + 30,
+                        "h",
+                        &s.tokens,
+                        false
+                    )
                     .await
                     .unwrap()
             );

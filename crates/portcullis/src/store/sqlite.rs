@@ -601,16 +601,20 @@ impl Store for SqliteStore {
         previous_valid_until: UnixTime,
         handover: &str,
         t: &TokenSet,
+        keep_previous: bool,
     ) -> StoreResult<bool> {
         timed(async {
             let mut w = self.write().await?;
             // The message names the id that stops being current as well as the new one.
             let rows = sqlx::query(
-                "UPDATE sessions SET previous_id_hash = id_hash, previous_valid_until = ?4, \
+                "UPDATE sessions SET \
+                 previous_id_hash = CASE WHEN ?12 THEN previous_id_hash ELSE id_hash END, \
+                 previous_valid_until = ?4, \
                  id_hash = ?3, current_seen = 0, refresh_token = ?5, access_token = ?6, \
                  id_token = ?7, access_expires_at = ?8, refresh_expires_at = ?9, \
                  access_issued_at = ?10, previous_handover = ?11, token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2 \
+                 AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL)) \
                  RETURNING family_id, id_hash, previous_id_hash",
             )
             .bind(family_id.to_string())
@@ -624,6 +628,7 @@ impl Store for SqliteStore {
             .bind(t.refresh_expires_at)
             .bind(t.access_issued_at)
             .bind(handover)
+            .bind(keep_previous)
             .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
