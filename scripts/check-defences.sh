@@ -110,6 +110,20 @@ mutate $S/http/forward_auth.rs '        if headers.contains_key(header::UPGRADE)
 mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
 mutate $S/session/refresh.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
 mutate $S/store/sqlite.rs 'AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL))' '' lib sqlite_in_memory_passes_the_conformance
+mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' front_proxies caddy::missing_values
+mutate docs/forward-auth.md '	request_header -*_*' '' front_proxies caddy::a_sign_in_through
+# Two layers keep browsers from asking /auth/verify through nginx (the original-request
+# names cleared on /auth/, and a 404 for /auth/verify): removing both must be caught.
+mutate docs/forward-auth.md '        proxy_set_header X-Original-URI "";
+        proxy_set_header X-Original-URL "";
+        proxy_set_header X-Original-Method "";
+        proxy_set_header X-Forwarded-Uri "";
+        proxy_set_header X-Forwarded-Method "";
+    }
+    # Browsers never reach the verification endpoint.
+    location = /auth/verify {
+        return 404;
+    }' '    }' front_proxies nginx::browsers_never_use_verify
 mutate crates/portcullis-idp/src/authorize.rs '        Err(refused) => Err(refused),
     };' '        Err(_) => idp.throttle.turn().await,
     };' idp:provider password_attempts_are_throttled
