@@ -352,6 +352,27 @@ async fn p05_untrusted_peers_get_the_session_alone_or_403() {
     assert!(header(&r, "authorization")[0].starts_with("Bearer "));
     let r = s.nginx(&b, "GET", "/x", &[]).await;
     assert!(header(&r, "authorization").is_empty());
+
+    // The same with routes configured (and routes apply to the original path).
+    let s = setup_with(Options {
+        config_file: Some(
+            "[[routes]]\npath = \"/admin/*\"\nrequired_claims = { groups = [\"admins\"] }\n".into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    let b = s.signed_in().await;
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    let stranger = Browser::from_address("127.0.0.2");
+    let r = s
+        .nginx(&stranger, "GET", "/x", &[("cookie", &cookie)])
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("untrusted_forwarder"), "{}", r.body);
+    let r = s.nginx(&b, "GET", "/Admin/x", &[]).await;
+    assert_eq!(r.status, 403, "the route applies to the original path");
+    assert!(r.body.contains("route_refused"), "{}", r.body);
+    assert_eq!(s.nginx(&b, "GET", "/x", &[]).await.status, 200);
 }
 
 /// S06 and W01 on the original request: a cross-site write or a cross-origin
