@@ -279,7 +279,9 @@ BARE_PID=$STARTED_PID
 wait_for "http://127.0.0.1:$BARE_PORT/" 200 "$BARE_PID" bare-proxy
 start idp "${SCRUB[@]}" "$BIN/portcullis" idp --config "$WORK/idp.toml"
 wait_for "$ISSUER/.well-known/openid-configuration" 200 "$STARTED_PID" idp
-start_gateway gateway "$GATEWAY_PORT" "sqlite:$WORK/gateway.db" portcullis
+# wrk, on loopback, asks /auth/verify as a trusted front proxy would.
+start_gateway gateway "$GATEWAY_PORT" "sqlite:$WORK/gateway.db" portcullis \
+  PORTCULLIS_PROXY_TRUSTED_PROXIES=127.0.0.1
 MAIN_GATEWAY_PID=$GATEWAY_PID
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
 
@@ -436,6 +438,9 @@ BARE_RPS=$ROW_RPS
 measure "Portcullis, public path" "$MAIN_GATEWAY_PID" "$GATEWAY/public/" "SQLite; no cookie" ""
 measure "Portcullis, signed in" "$MAIN_GATEWAY_PID" "$GATEWAY/" "SQLite; one real session" "" \
   -H "Cookie: portcullis=$COOKIE"
+measure "Portcullis, forward-auth" "$MAIN_GATEWAY_PID" "$GATEWAY/auth/verify" \
+  "SQLite; one real session; GET /auth/verify as nginx asks it: a 200 with the identity headers, no upstream" "" \
+  -H "Cookie: portcullis=$COOKIE" -H "X-Original-URI: /app?x=1" -H "X-Original-Method: GET"
 profile_row bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
 profile_row public "$MAIN_GATEWAY_PID" "$GATEWAY/public/"
 profile_row signed-in "$MAIN_GATEWAY_PID" "$GATEWAY/" -H "Cookie: portcullis=$COOKIE"
