@@ -571,6 +571,64 @@ async fn assertions_from_any_instance_verify_with_the_keys_of_any_other(store: S
     }
 }
 
+/// P05: a store outage never lets `/auth/verify` answer 2xx for a request without a
+/// valid session: the session table is locked (the store's calls time out), and a
+/// well-formed but unknown session id gets 503, never 200; once the store answers,
+/// the real session passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p05_a_store_outage_never_lets_forward_auth_pass() {
+    let Some(url) = Engine::Postgres.url() else {
+        return;
+    };
+    let Some(c) = Cluster::start(
+        url.clone(),
+        Setup {
+            instances: 1,
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let a = &c.instances[0];
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let verify = |cookie: Option<String>| {
+        let mut req = reqwest::Client::new()
+            .get(a.at("/auth/verify"))
+            .header("accept", "application/json");
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", format!("portcullis={cookie}"));
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            // Every 503 says when to come back.
+            assert!(status != 503 || r.headers().contains_key("retry-after"));
+            status
+        }
+    };
+    let real = browser.cookie("portcullis").unwrap();
+    assert_eq!(verify(Some(real.clone())).await, 200);
+
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut outage = pool.begin().await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "LOCK TABLE {}_sessions IN ACCESS EXCLUSIVE MODE",
+        c.prefix
+    )))
+    .execute(&mut *outage)
+    .await
+    .unwrap();
+    let unknown = portcullis::session::SessionId::generate();
+    assert_eq!(verify(Some(unknown.expose().to_owned())).await, 503);
+    assert_eq!(verify(None).await, 401);
+    outage.rollback().await.unwrap();
+    assert_eq!(verify(Some(real)).await, 200);
+    assert_eq!(verify(Some(unknown.expose().to_owned())).await, 401);
+}
+
 /// The session id a response sets, if any.
 fn set_session_id(resp: &Resp) -> Option<String> {
     let cookie = resp.set_cookie_named("portcullis")?;
