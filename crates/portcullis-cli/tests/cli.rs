@@ -343,24 +343,7 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
     use portcullis::session::{SessionId, new_uuid};
     use portcullis::store::{NewSession, TokenSet, UserProfile};
 
-    let dir = std::env::temp_dir().join(format!(
-        "pc-cli-sessions-{}",
-        portcullis::random::random_token()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = portcullis::session::KeyRing::generate_secret();
-    let env: Vec<(String, String)> = [
-        ("PORTCULLIS_ISSUER", "http://127.0.0.1:9".to_owned()),
-        ("PORTCULLIS_CLIENT_ID", "app".to_owned()),
-        (
-            "PORTCULLIS_STORE",
-            format!("sqlite:{}", dir.join("portcullis.db").display()),
-        ),
-        ("PORTCULLIS_SECRET", secret.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let (_dir, env) = gateway_env("sessions");
 
     // The running gateway, and three sessions in its store.
     let config = portcullis::Config::load_from(None, env.clone()).unwrap();
@@ -518,24 +501,7 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
 /// is 30 s old.
 #[tokio::test]
 async fn keys_rotate_adds_the_next_signing_key() {
-    let dir = std::env::temp_dir().join(format!(
-        "pc-cli-keys-{}",
-        portcullis::random::random_token()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = portcullis::session::KeyRing::generate_secret();
-    let env: Vec<(String, String)> = [
-        ("PORTCULLIS_ISSUER", "http://127.0.0.1:9".to_owned()),
-        ("PORTCULLIS_CLIENT_ID", "app".to_owned()),
-        (
-            "PORTCULLIS_STORE",
-            format!("sqlite:{}", dir.join("portcullis.db").display()),
-        ),
-        ("PORTCULLIS_SECRET", secret.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let (dir, env) = gateway_env("keys");
     let config = portcullis::Config::load_from(None, env.clone()).unwrap();
     let gateway = std::sync::Arc::new(portcullis::Gateway::start(config).await.unwrap());
     gateway.sessions().prepare_assertion_keys().await.unwrap();
@@ -571,4 +537,28 @@ async fn keys_rotate_adds_the_next_signing_key() {
         .collect();
     assert_eq!(kids, [keys[0].kid.as_str(), keys[1].kid.as_str()]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh folder with a SQLite store, and the settings of a gateway on it (an issuer
+/// nobody listens on: these commands never ask it).
+fn gateway_env(label: &str) -> (std::path::PathBuf, Vec<(String, String)>) {
+    let dir = std::env::temp_dir().join(format!(
+        "pc-cli-{label}-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = portcullis::session::KeyRing::generate_secret();
+    let env = [
+        ("PORTCULLIS_ISSUER", "http://127.0.0.1:9".to_owned()),
+        ("PORTCULLIS_CLIENT_ID", "app".to_owned()),
+        (
+            "PORTCULLIS_STORE",
+            format!("sqlite:{}", dir.join("portcullis.db").display()),
+        ),
+        ("PORTCULLIS_SECRET", secret.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    (dir, env)
 }

@@ -249,3 +249,18 @@ impl From<SessionError> for HttpError {
         }
     }
 }
+
+impl From<crate::session::assertion::AssertionError> for HttpError {
+    /// No assertion could be signed: the request does not go on (an app may depend on
+    /// it). Logged here, where the cause is still known.
+    fn from(e: crate::session::assertion::AssertionError) -> Self {
+        tracing::error!(error = %e, "no identity assertion could be signed");
+        let mut refusal = HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "assertion_unavailable",
+            "The gateway cannot vouch for you right now; try again shortly.",
+        );
+        refusal.retry_after = Some(5);
+        refusal
+    }
+}

@@ -329,16 +329,7 @@ impl Guard {
         }
         let assertion = match self.sessions().assertion(active).await {
             Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "no identity assertion could be signed");
-                let mut refusal = HttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "assertion_unavailable",
-                    "The gateway cannot vouch for you right now; try again shortly.",
-                );
-                refusal.retry_after = Some(5);
-                return no_store(refusal.into_response());
-            }
+            Err(e) => return no_store(HttpError::from(e).into_response()),
         };
         let mut r = self.identity_answer(Some(active), Some(assertion), bearer);
         r.headers_mut()

@@ -525,16 +525,7 @@ impl Guard {
                 req.headers_mut()
                     .insert(HeaderName::from_static(headers::JWT_ASSERTION), value);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "no identity assertion could be signed");
-                let mut refusal = HttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "assertion_unavailable",
-                    "The gateway cannot vouch for you right now; try again shortly.",
-                );
-                refusal.retry_after = Some(5);
-                return refusal.page(page).into_response();
-            }
+            Err(e) => return HttpError::from(e).page(page).into_response(),
         }
         let foreign = self.is_foreign_origin(req.headers());
         if req.headers().contains_key(header::UPGRADE) {

@@ -419,3 +419,17 @@ pub struct SigningKeyRecord {
     pub sealed_key: Sealed,
     pub created_at: UnixTime,
 }
+
+impl SigningKeyRecord {
+    /// From a SQL row: generation, kid, sealed key, created.
+    pub(crate) fn from_row(
+        (generation, kid, sealed, created_at): (i64, String, String, i64),
+    ) -> Self {
+        Self {
+            generation,
+            kid,
+            sealed_key: Sealed::from_stored(sealed),
+            created_at,
+        }
+    }
+}

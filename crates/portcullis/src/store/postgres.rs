@@ -1026,15 +1026,7 @@ impl Store for PostgresStore {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(unavailable)?;
-            Ok(rows
-                .into_iter()
-                .map(|(generation, kid, sealed, created_at)| SigningKeyRecord {
-                    generation,
-                    kid,
-                    sealed_key: Sealed::from_stored(sealed),
-                    created_at,
-                })
-                .collect())
+            Ok(rows.into_iter().map(SigningKeyRecord::from_row).collect())
         })
         .await
     }
