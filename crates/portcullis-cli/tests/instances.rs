@@ -551,13 +551,14 @@ async fn assertions_from_any_instance_verify_with_the_keys_of_any_other(store: S
     assert_eq!(on_a["keys"].as_array().unwrap().len(), 1, "{on_a}");
     let browser = Browser::new();
     c.sign_in(&browser, "alice").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     for (signer, verifier) in [(a, b), (b, a)] {
         let seen = api(signer, &browser, "/whoami").await;
         let token = upstream::echoed(&seen.json(), "x-portcullis-jwt-assertion");
+        // The verifier's clock: read after the assertion was signed (`iat` in the past).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let v = oidc_provider::verify_assertion(
             &verifier.at("/auth/jwks.json"),
             &c.public,
