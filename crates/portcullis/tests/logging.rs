@@ -34,6 +34,7 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
         .with_writer(move || writer.clone())
+        .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
@@ -109,11 +110,58 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
     secrets.push(rotated_id);
     gw.clock.advance(250);
     assert_eq!(browser.get(&gw.at("/auth/session"), &[]).await.status, 200);
+    // A forward-auth check: logged with the user and the session's handle.
+    let user = browser.get(&gw.at("/auth/session"), &[]).await.json()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(browser.get(&gw.at("/auth/verify"), &[]).await.status, 200);
     let thief = Browser::new();
     thief.set_cookie("portcullis", &session_id);
     assert_eq!(thief.get(&gw.at("/auth/session"), &[]).await.status, 401);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    // The access log is written by a thread of its own: wait (bounded) for the line of
+    // the last request, the thief's refused one.
+    let read = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for _ in 0..200 {
+        if read().lines().any(|l| {
+            l.contains("portcullis::access")
+                && l.contains("status=401")
+                && l.contains("/auth/session")
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let logs = read();
+    let access: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("portcullis::access"))
+        .collect();
+    // One line per request: the callback without its query, a signed-in request with the
+    // user and the session's handle, the thief's 401.
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("path=/auth/callback") && l.contains("kind=\"gateway\"")),
+        "{access:#?}"
+    );
+    assert!(
+        access.iter().any(|l| l.contains("status=401")),
+        "{access:#?}"
+    );
+    assert!(
+        access.iter().any(|l| l.contains("kind=\"verify\"")
+            && l.contains(&format!("user=\"{user}\""))
+            && l.contains("session=\"")),
+        "{access:#?}"
+    );
+    assert!(
+        access
+            .iter()
+            .all(|l| !l.contains('?') && !l.contains("cookie")),
+        "no query string or cookie: {access:#?}"
+    );
     assert!(logs.contains("signed in"), "the capture works: {logs}");
     assert!(logs.contains("ID token refused"));
     assert!(logs.contains("session id rotated"));

@@ -167,6 +167,12 @@ impl Guard {
         if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
             answer.headers_mut().append(header::SET_COOKIE, cookie);
         }
+        answer.extensions_mut().insert(super::access::AccessNote {
+            kind: super::access::Kind::Verify,
+            path: None,
+            user: Some(active.user.id),
+            session: Some(active.record.id_hash.short().to_owned()),
+        });
         answer
     }
 

@@ -40,6 +40,7 @@ use serde_json::json;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
+use super::access::{AccessNote, Kind as AccessKind};
 use super::cookies::{CookieJar, CookieKind};
 use super::error::HttpError;
 use super::headers;
@@ -356,7 +357,14 @@ impl Guard {
             return super::routes::not_found(req.method().clone(), req.headers().clone()).await;
         }
         if self.public_paths.iter().any(|p| p.matches(&path)) {
-            return next(req).await;
+            let mut response = next(req).await;
+            response.extensions_mut().insert(AccessNote {
+                kind: AccessKind::Public,
+                path: Some(path.as_str().to_owned()),
+                user: None,
+                session: None,
+            });
+            return response;
         }
 
         // A CORS preflight carries no cookie; one from a foreign origin is answered here,
@@ -407,9 +415,20 @@ impl Guard {
             self.cookies
                 .set(CookieKind::Session, id.expose(), active.max_age)
         });
+        let note = AccessNote {
+            kind: if req.headers().contains_key(header::UPGRADE) {
+                AccessKind::Websocket
+            } else {
+                AccessKind::Protected
+            },
+            path: Some(path.as_str().to_owned()),
+            user: Some(active.user.id),
+            session: Some(active.record.id_hash.short().to_owned()),
+        };
         let mut response = self
             .pass(req, next, active, page, &path, &path_and_query)
             .await;
+        response.extensions_mut().insert(note);
         if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
             let h = response.headers_mut();
             h.append(header::SET_COOKIE, cookie);

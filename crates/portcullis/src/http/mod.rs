@@ -1,5 +1,6 @@
 //! The edges: the gateway's routes, cookies, pages and the mapping of errors to HTTP.
 
+pub mod access;
 pub mod cookies;
 pub mod error;
 pub mod forward_auth;
@@ -185,6 +186,7 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
         .code_exchange
         .then(|| config.spa.code_exchange_path.clone());
     let prefix = config.prefix.clone();
+    let verify_path = format!("{prefix}/verify");
     let routes = auth_routes(gateway).fallback_service(fallback);
     App {
         inner: Arc::new(AppInner {
@@ -193,6 +195,8 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
             upstream,
             prefix,
             spa_path,
+            verify_path,
+            access: Arc::new(access::AccessLog::start()),
         }),
     }
 }
@@ -228,6 +232,9 @@ struct AppInner {
     upstream: Option<Arc<proxy::Upstream>>,
     prefix: String,
     spa_path: Option<String>,
+    /// `{prefix}/verify`, logged as kind `verify`.
+    verify_path: String,
+    access: Arc<access::AccessLog>,
 }
 
 impl App {
@@ -242,12 +249,35 @@ impl App {
                 upstream: inner.upstream.as_ref().map(|u| Arc::new(u.with_own_pool())),
                 prefix: inner.prefix.clone(),
                 spa_path: inner.spa_path.clone(),
+                verify_path: inner.verify_path.clone(),
+                access: inner.access.clone(),
             }),
         }
     }
 }
 
 impl AppInner {
+    /// One access-log line: what the guard noted, else the request as it came.
+    fn log(
+        &self,
+        method: axum::http::Method,
+        raw_path: String,
+        response: &Response,
+        start: std::time::Instant,
+        kind: access::Kind,
+    ) {
+        let note = response.extensions().get::<access::AccessNote>();
+        let path = note.and_then(|n| n.path.clone()).unwrap_or(raw_path);
+        self.access.record(
+            method,
+            path,
+            response.status().as_u16(),
+            start.elapsed(),
+            note,
+            kind,
+        );
+    }
+
     /// Whether the router could have a route for `path`; everything else is its
     /// fallback anyway, so it goes to the guard directly.
     fn may_be_own(&self, path: &str) -> bool {
@@ -277,11 +307,27 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        if inner.may_be_own(req.uri().path()) {
+        let (start, method) = (std::time::Instant::now(), req.method().clone());
+        let raw_path = req.uri().path().to_owned();
+        if inner.may_be_own(&raw_path) {
+            let kind = if raw_path == inner.verify_path {
+                access::Kind::Verify
+            } else {
+                access::Kind::Gateway
+            };
             let mut routes = inner.routes.clone();
-            return Box::pin(tower::Service::call(&mut routes, req));
+            let answer = tower::Service::call(&mut routes, req);
+            return Box::pin(async move {
+                let response = answer.await?;
+                inner.log(method, raw_path, &response, start, kind);
+                Ok(response)
+            });
         }
         let req = req.map(Body::new);
-        Box::pin(async move { Ok(protect(&inner.guard, inner.upstream.as_deref(), req).await) })
+        Box::pin(async move {
+            let response = protect(&inner.guard, inner.upstream.as_deref(), req).await;
+            inner.log(method, raw_path, &response, start, access::Kind::Protected);
+            Ok(response)
+        })
     }
 }
