@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod demo;
+mod log_output;
 
 /// mimalloc rather than the system allocator: a proxy allocates and frees small buffers
 /// on every request, and glibc malloc showed as ~12% of the gateway's CPU under load
@@ -170,10 +171,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(&config);
-            run_async("portcullis", async {
+            let output = init_logging(&config);
+            let code = run_async("portcullis", async {
                 serve(config).await.inspect_err(|e| tracing::error!("{e}"))
-            })
+            });
+            output.finish();
+            code
         }
     }
 }
@@ -433,16 +436,19 @@ fn run_idp(file: &std::path::Path, allow_remote: bool, rotate_keys: bool) -> Exi
     })
 }
 
-fn init_logging(config: &Config) {
+/// The server's log: written in batches by a thread of its own (`log_output`).
+fn init_logging(config: &Config) -> log_output::BatchedStderr {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let output = log_output::BatchedStderr::start();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(output.make_writer());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    output
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
