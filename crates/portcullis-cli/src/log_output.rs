@@ -89,20 +89,9 @@ impl Drop for Line {
     }
 }
 
-/// How often the writer looks for lines: in batches, rather than woken for each.
-const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
-
 fn write_batches(waiting: &Receiver<Message>) {
     let stderr = std::io::stderr();
-    loop {
-        let first = match waiting.try_recv() {
-            Ok(m) => m,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                std::thread::sleep(DRAIN_EVERY);
-                continue;
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-        };
+    while let Some(first) = portcullis::threads::next_batched(waiting) {
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, stderr.lock());
         let mut next = Some(first);
         while let Some(message) = next {

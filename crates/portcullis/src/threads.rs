@@ -17,3 +17,20 @@ pub fn mark_serving_thread() {
 pub fn is_serving_thread() -> bool {
     SERVING.with(Cell::get)
 }
+
+/// How often a background writer (the access log, the server's log output) looks for
+/// work: it drains its queue in batches instead of being woken for every item — a
+/// wake-up per request cost more than the log line (docs/BENCHMARKS.md).
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The next item of `queue`, looking every [`DRAIN_EVERY`] while it is empty; `None`
+/// once every sender is gone.
+pub fn next_batched<T>(queue: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    loop {
+        match queue.try_recv() {
+            Ok(item) => return Some(item),
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::sleep(DRAIN_EVERY),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+}

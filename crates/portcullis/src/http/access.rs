@@ -128,23 +128,11 @@ impl AccessLog {
     }
 }
 
-/// How often the log thread looks for entries: it drains the queue in batches instead
-/// of being woken for every request (a wake-up per request costs more than the line).
-const DRAIN_EVERY: Duration = Duration::from_millis(5);
-
 /// The log thread: one line per entry; says so when entries were dropped. Ends when
 /// every handle to the queue is gone.
 fn write_lines(entries: &Receiver<Entry>, dropped: &AtomicU64) {
     let mut reported = 0;
-    loop {
-        let e = match entries.try_recv() {
-            Ok(e) => e,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                std::thread::sleep(DRAIN_EVERY);
-                continue;
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-        };
+    while let Some(e) = crate::threads::next_batched(entries) {
         let lost = dropped.load(Ordering::Relaxed);
         if lost > reported {
             tracing::warn!(
