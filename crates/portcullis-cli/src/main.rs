@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod demo;
 mod log_output;
+mod metrics_endpoint;
 
 /// mimalloc rather than the system allocator: a proxy allocates and frees small buffers
 /// on every request, and glibc malloc showed as ~12% of the gateway's CPU under load
@@ -453,7 +454,15 @@ fn init_logging(config: &Config) -> log_output::BatchedStderr {
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen;
+    // Before the gateway: it registers its series with the recorder installed now.
+    let metrics = match config.metrics_listen {
+        Some(at) => Some((at, metrics_endpoint::install()?)),
+        None => None,
+    };
     let gateway = Arc::new(Gateway::start(config).await?);
+    if let Some((at, handle)) = metrics {
+        metrics_endpoint::start(at, handle, gateway.clone()).await?;
+    }
     tracing::info!(
         %listen,
         public_url = %gateway.config().public_origin(),

@@ -104,12 +104,21 @@ fn serve_answers_health_and_stops_on_sigterm() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = portcullis()
         .arg("serve")
         .current_dir(&dir)
         .env("PORTCULLIS_ISSUER", format!("http://{dead}"))
         .env("PORTCULLIS_CLIENT_ID", "app")
         .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "PORTCULLIS_METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .env("PORTCULLIS_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -129,6 +138,18 @@ fn serve_answers_health_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Metrics on their own listener (the health check counted), never on the public one.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_requests_total{kind=\"gateway\",status=\"200\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portcullis_change_feed_up "), "{metrics}");
+    let public = http_get(port, "/metrics");
+    assert!(public.starts_with("HTTP/1.1 404"), "{public}");
+    assert!(!public.contains("portcullis_"), "{public}");
     // The key ring was generated beside the default SQLite file.
     assert!(dir.join("portcullis.db.secret").exists());
     unsafe_free_sigterm(child.id());
@@ -147,6 +168,21 @@ fn serve_answers_health_and_stops_on_sigterm() {
         "json log lines: {logs:?}"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// One GET on loopback `port`, the whole answer as text.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Sends SIGTERM with the `kill` command (no libc dependency, no unsafe).

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod percent;
 pub mod provider;
 pub mod random;

@@ -87,6 +87,10 @@ pub struct Config {
     pub logout: LogoutSettings,
     /// `assertion.audience`: the `aud` of `X-Portcullis-Jwt-Assertion`.
     pub assertion_audience: String,
+    /// `metrics.listen`: where `GET /metrics` is served; `None`: no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `secret_file`: the file the key ring was read from (re-read on SIGHUP).
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -183,6 +187,7 @@ struct RawConfig {
     store: Option<String>,
     store_prefix: Option<String>,
     secret: Option<String>,
+    secret_file: Option<String>,
     log: Option<String>,
     log_format: Option<String>,
     prefix: Option<String>,
@@ -206,6 +211,15 @@ struct RawConfig {
     routes: Option<Vec<routes::RawRoute>>,
     #[serde(default)]
     assertion: assertion::RawAssertion,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+/// The `[metrics]` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 /// Checks every section, collecting problems in `errors` (in this order, so the report
@@ -220,7 +234,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let scopes = provider::scopes(raw.scopes, errors);
     let upstream = proxy::upstream(raw.upstream, errors);
     let store = store::location(raw.store, errors);
-    let secret = store::secret(raw.secret, &store, errors);
+    let secret_file = raw
+        .secret_file
+        .filter(|f| !f.trim().is_empty())
+        .map(std::path::PathBuf::from);
+    let secret = store::secret(raw.secret, secret_file.as_deref(), &store, errors);
     let store_prefix = store::prefix(raw.store_prefix, errors);
     let log = logging::filter(raw.log);
     let log_format = logging::format(raw.log_format, errors);
@@ -242,6 +260,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         &public_url,
         errors,
     );
+    let metrics_listen = server::metrics_listen(raw.metrics.listen, listen, errors);
 
     Some(Config {
         listen,
@@ -269,6 +288,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         logout,
         limits,
         assertion_audience,
+        metrics_listen,
+        secret_file,
     })
 }
 

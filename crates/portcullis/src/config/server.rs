@@ -20,6 +20,36 @@ pub(super) fn listen(value: Option<String>, errors: &mut Vec<String>) -> Option<
     }
 }
 
+/// `metrics.listen`: where `/metrics` is served, off when unset; never the public
+/// listener's address.
+pub(super) fn metrics_listen(
+    value: Option<String>,
+    listen: SocketAddr,
+    errors: &mut Vec<String>,
+) -> Option<SocketAddr> {
+    let text = value.filter(|v| !v.trim().is_empty())?;
+    match text.trim().parse::<SocketAddr>() {
+        Ok(a)
+            if a.port() == listen.port()
+                && (a.ip() == listen.ip()
+                    || a.ip().is_unspecified()
+                    || listen.ip().is_unspecified()) =>
+        {
+            errors.push(format!(
+                "`metrics.listen`: {a} is the public listener; metrics need an address of their own (e.g. 127.0.0.1:9464)"
+            ));
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(format!(
+                "`metrics.listen`: `{text}` is not an address:port like 127.0.0.1:9464"
+            ));
+            None
+        }
+    }
+}
+
 /// `public_url`: an origin. Unset, it is derived from `listen`, which must then be a
 /// loopback address; it is never taken from `Host` or `X-Forwarded-*` headers.
 pub(super) fn public_url(
@@ -103,7 +133,7 @@ pub(super) fn public_paths(value: Option<Vec<String>>, errors: &mut Vec<String>)
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-    use crate::config::test_support::minimal;
+    use crate::config::test_support::{env, minimal};
 
     #[test]
     fn public_url_must_be_an_origin() {
@@ -116,6 +146,29 @@ mod tests {
             let mut e = minimal();
             e.push(("PORTCULLIS_PUBLIC_URL".into(), bad.into()));
             assert!(Config::load_from(None, e).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metrics_never_share_the_public_listener() {
+        let mut e = minimal();
+        e.extend(env(&[("PORTCULLIS_METRICS_LISTEN", "127.0.0.1:9464")]));
+        let c = Config::load_from(None, e).unwrap();
+        assert_eq!(c.metrics_listen.unwrap().to_string(), "127.0.0.1:9464");
+        assert!(
+            Config::load_from(None, minimal())
+                .unwrap()
+                .metrics_listen
+                .is_none()
+        );
+        for bad in ["127.0.0.1:8080", "0.0.0.0:8080", "localhost"] {
+            let mut e = minimal();
+            e.extend(env(&[("PORTCULLIS_METRICS_LISTEN", bad)]));
+            let errors = Config::load_from(None, e).unwrap_err().0;
+            assert!(
+                errors.iter().any(|e| e.contains("`metrics.listen`")),
+                "{bad}: {errors:?}"
+            );
         }
     }
 }

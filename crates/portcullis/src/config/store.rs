@@ -137,18 +137,43 @@ pub fn is_valid_store_prefix(p: &str) -> bool {
 /// required with a shared store so that every instance shares the key ring.
 pub(super) fn secret(
     value: Option<String>,
+    file: Option<&std::path::Path>,
     store: &StoreLocation,
     errors: &mut Vec<String>,
 ) -> Option<SecretKeys> {
-    let secret = value
-        .filter(|s| !s.trim().is_empty())
-        .and_then(|s| SecretKeys::parse(&s).map_err(|e| errors.push(e)).ok());
-    if secret.is_none() && !matches!(store, StoreLocation::Sqlite(_)) {
+    let value = value.filter(|s| !s.trim().is_empty());
+    let given = value.is_some() || file.is_some();
+    let secret = match (value, file) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "`secret` and `secret_file` are both set; keep one (the file can be re-read on SIGHUP)".into(),
+            );
+            None
+        }
+        (Some(s), None) => SecretKeys::parse(&s).map_err(|e| errors.push(e)).ok(),
+        (None, Some(path)) => match read_secret_file(path) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if !given && !matches!(store, StoreLocation::Sqlite(_)) {
         errors.push(
-            "`secret` is required with a postgres or redis store, so that every instance shares the key ring (set PORTCULLIS_SECRET)".into(),
+            "`secret` is required with a postgres or redis store, so that every instance shares the key ring (set PORTCULLIS_SECRET or PORTCULLIS_SECRET_FILE)".into(),
         );
     }
     secret
+}
+
+/// Reads `secret_file`: the same comma- (or newline-) separated keys as `secret`.
+pub fn read_secret_file(path: &std::path::Path) -> Result<SecretKeys, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("`secret_file`: cannot read {}: {e}", path.display()))?;
+    let text = Zeroizing::new(text.replace(['\n', '\r'], ","));
+    SecretKeys::parse(&text).map_err(|e| format!("`secret_file` {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -227,6 +252,50 @@ mod tests {
                 .0
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn secret_file_holds_the_key_ring_and_excludes_secret() {
+        let dir =
+            std::env::temp_dir().join(format!("pc-secret-file-{}", crate::random::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        let (a, b) = (
+            crate::session::KeyRing::generate_secret(),
+            crate::session::KeyRing::generate_secret(),
+        );
+        std::fs::write(&path, format!("{}\n{}\n", &*a, &*b)).unwrap();
+        let mut e = minimal();
+        e.extend(env(&[
+            ("PORTCULLIS_STORE", "redis://127.0.0.1"),
+            ("PORTCULLIS_SECRET_FILE", path.to_str().unwrap()),
+        ]));
+        let c = Config::load_from(None, e.clone()).unwrap();
+        assert_eq!(c.secret.unwrap().0.len(), 2, "one key per line");
+        assert_eq!(c.secret_file.as_deref(), Some(path.as_path()));
+
+        let mut both = e.clone();
+        both.extend(env(&[("PORTCULLIS_SECRET", a.as_str())]));
+        let errors = Config::load_from(None, both).unwrap_err().0;
+        assert!(errors.iter().any(|e| e.contains("both set")), "{errors:?}");
+
+        std::fs::write(&path, "not base64!").unwrap();
+        let errors = Config::load_from(None, e.clone()).unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("`secret_file`")),
+            "{errors:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let errors = Config::load_from(None, e).unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("cannot read")),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors.len(),
+            1,
+            "no second complaint about `secret`: {errors:?}"
         );
     }
 }

@@ -54,6 +54,18 @@ pub enum Endpoint {
     Backchannel,
 }
 
+impl Endpoint {
+    /// The `endpoint` label of `portcullis_rate_limited_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Callback => "callback",
+            Self::SpaExchange => "spa_exchange",
+            Self::Backchannel => "backchannel",
+        }
+    }
+}
+
 /// A token bucket per key (a client address, a user name), the table bounded: past
 /// [`MAX_CLIENTS`] keys the idle ones are forgotten, and while it is still full new keys
 /// share one bucket.
@@ -194,6 +206,7 @@ pub async fn enforce(
     match limits.check(endpoint, peer, req.headers()) {
         Ok(()) => next.run(req).await,
         Err(retry_after) => {
+            crate::metrics::rate_limited(endpoint.name());
             if endpoint == Endpoint::Backchannel {
                 limits.events().count("backchannel_rate_limited");
                 tracing::warn!(

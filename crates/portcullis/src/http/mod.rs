@@ -187,6 +187,7 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
         .then(|| config.spa.code_exchange_path.clone());
     let prefix = config.prefix.clone();
     let verify_path = format!("{prefix}/verify");
+    let metrics = gateway.sessions().metrics().clone();
     let routes = auth_routes(gateway).fallback_service(fallback);
     App {
         inner: Arc::new(AppInner {
@@ -197,6 +198,7 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
             spa_path,
             verify_path,
             access: Arc::new(access::AccessLog::start()),
+            metrics,
         }),
     }
 }
@@ -235,6 +237,7 @@ struct AppInner {
     /// `{prefix}/verify`, logged as kind `verify`.
     verify_path: String,
     access: Arc<access::AccessLog>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl App {
@@ -251,13 +254,15 @@ impl App {
                 spa_path: inner.spa_path.clone(),
                 verify_path: inner.verify_path.clone(),
                 access: inner.access.clone(),
+                metrics: inner.metrics.clone(),
             }),
         }
     }
 }
 
 impl AppInner {
-    /// One access-log line: what the guard noted, else the request as it came.
+    /// One access-log line and the request metrics: what the guard noted, else the
+    /// request as it came.
     fn log(
         &self,
         method: axum::http::Method,
@@ -268,14 +273,11 @@ impl AppInner {
     ) {
         let note = response.extensions().get::<access::AccessNote>();
         let path = note.and_then(|n| n.path.clone()).unwrap_or(raw_path);
-        self.access.record(
-            method,
-            path,
-            response.status().as_u16(),
-            start.elapsed(),
-            note,
-            kind,
-        );
+        let (status, elapsed) = (response.status().as_u16(), start.elapsed());
+        let kind = note.map_or(kind, |n| n.kind);
+        self.metrics.request(kind.as_str(), status, elapsed);
+        self.access
+            .record(method, path, status, elapsed, note, kind);
     }
 
     /// Whether the router could have a route for `path`; everything else is its

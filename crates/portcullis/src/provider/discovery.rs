@@ -45,7 +45,12 @@ fn discovery_url(issuer: &str) -> String {
 /// Fetches and checks the provider's metadata.
 pub async fn discover(http: &ProviderHttp, issuer: &str) -> Result<Metadata, ProviderError> {
     let answer = http
-        .get(&discovery_url(issuer), None, MAX_METADATA_BYTES)
+        .get(
+            "discovery",
+            &discovery_url(issuer),
+            None,
+            MAX_METADATA_BYTES,
+        )
         .await?;
     if !answer.status.is_success() {
         return Err(ProviderError::BadResponse(format!(

@@ -74,9 +74,11 @@ impl ProviderHttp {
         })
     }
 
-    /// GET `url`, optionally with a bearer token.
+    /// GET `url`, optionally with a bearer token. `endpoint` names the call in
+    /// `portcullis_provider_request_duration_seconds`.
     pub async fn get(
         &self,
+        endpoint: &'static str,
         url: &str,
         bearer: Option<&str>,
         cap: usize,
@@ -92,12 +94,13 @@ impl ProviderHttp {
             value.set_sensitive(true);
             req = req.header(AUTHORIZATION, value);
         }
-        self.send(req, cap).await
+        self.send(endpoint, req, cap).await
     }
 
     /// POST a form, with HTTP Basic client authentication when `basic` is set.
     pub async fn post_form(
         &self,
+        endpoint: &'static str,
         url: &str,
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
@@ -115,14 +118,16 @@ impl ProviderHttp {
         if let Some((id, secret)) = basic {
             req = req.header(AUTHORIZATION, basic_authorization(id, secret)?);
         }
-        self.send(req, cap).await
+        self.send(endpoint, req, cap).await
     }
 
     async fn send(
         &self,
+        endpoint: &'static str,
         req: reqwest::RequestBuilder,
         cap: usize,
     ) -> Result<Answer, ProviderError> {
+        let start = std::time::Instant::now();
         let call = async {
             let mut resp = req.send().await.map_err(classify)?;
             let status = resp.status();
@@ -149,10 +154,12 @@ impl ProviderHttp {
             })
         };
         // reqwest's own timeout covers the call; this guards the body loop as well.
-        match tokio::time::timeout(self.total_timeout, call).await {
+        let result = match tokio::time::timeout(self.total_timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Timeout),
-        }
+        };
+        crate::metrics::provider_request(endpoint, start.elapsed());
+        result
     }
 }
 

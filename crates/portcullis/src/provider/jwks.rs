@@ -160,7 +160,7 @@ impl JwksCache {
         }
         *last = Some(Instant::now());
         let uri = self.jwks_uri.read().await.clone();
-        let answer = http.get(&uri, None, MAX_JWKS_BYTES).await?;
+        let answer = http.get("jwks", &uri, None, MAX_JWKS_BYTES).await?;
         if !answer.status.is_success() {
             return Err(ProviderError::BadResponse(format!(
                 "JWKS answered HTTP {}",

@@ -70,7 +70,7 @@ async fn token_request(
         }
     };
     let answer = http
-        .post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
+        .post_form("token", endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
         .await?;
     // 5xx, 408 and 429 say the provider is down or busy, whatever the body says.
     if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {
@@ -151,7 +151,13 @@ pub async fn revoke(
         }
     };
     let answer = http
-        .post_form(endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
+        .post_form(
+            "revocation",
+            endpoint,
+            &form,
+            basic,
+            MAX_TOKEN_RESPONSE_BYTES,
+        )
         .await?;
     if answer.status.is_success() {
         Ok(())

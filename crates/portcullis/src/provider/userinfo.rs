@@ -17,7 +17,7 @@ pub async fn fetch_userinfo(
     expected_sub: &str,
 ) -> Result<Map<String, Value>, ProviderError> {
     let answer = http
-        .get(endpoint, Some(access_token), MAX_USERINFO_BYTES)
+        .get("userinfo", endpoint, Some(access_token), MAX_USERINFO_BYTES)
         .await?;
     if answer.status.is_server_error() {
         return Err(ProviderError::ServerError(answer.status.as_u16()));

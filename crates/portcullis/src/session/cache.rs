@@ -42,13 +42,49 @@ pub const TOUCH_FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Touches waiting for the flush; past this, touches are written at once.
 const MAX_PENDING_TOUCHES: usize = 100_000;
 
-/// How the cache answered, counted since start.
-#[derive(Debug, Default)]
+/// How the cache answered, counted since start (and in
+/// `portcullis_session_cache_requests_total`).
+#[derive(Debug)]
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     /// The feed was not live, or the lookup had to be fresh: the store answered.
     pub bypasses: AtomicU64,
+    /// The series' handles (hit, miss, bypass), resolved when the cache is made.
+    series: [metrics::Counter; 3],
+}
+
+impl Default for CacheStats {
+    fn default() -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bypasses: AtomicU64::new(0),
+            series: crate::metrics::CACHE_RESULTS.map(
+                |result| metrics::counter!(crate::metrics::CACHE_REQUESTS, "result" => result),
+            ),
+        }
+    }
+}
+
+impl CacheStats {
+    fn count(&self, which: usize) {
+        let counter = [&self.hits, &self.misses, &self.bypasses][which];
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.series[which].increment(1);
+    }
+
+    fn hit(&self) {
+        self.count(0);
+    }
+
+    fn miss(&self) {
+        self.count(1);
+    }
+
+    fn bypass(&self) {
+        self.count(2);
+    }
 }
 
 /// Estimated bytes of a cached record: what its strings hold plus the fixed part.
@@ -378,20 +414,20 @@ impl Store for CachedStore {
 
     async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
         if !self.live() {
-            self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+            self.stats.bypass();
             return self.inner.get_session(id_hash).await;
         }
         self.forget_after_revival();
         if let Some(record) = self.cached(id_hash) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.hit();
             return Ok(Some(record));
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.stats.miss();
         self.load(id_hash).await
     }
 
     async fn get_session_fresh(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
-        self.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        self.stats.bypass();
         let record = self.load(id_hash).await?;
         if record.is_none() {
             self.families.remove(id_hash);

@@ -114,80 +114,85 @@ impl Sessions {
         replaced: Option<&SessionId>,
         user_agent: Option<&str>,
     ) -> Result<LoginOutcome, SessionError> {
-        // L01/L02/L03: a transaction of this browser, unused and unexpired, before
-        // anything else; taking it makes it single use.
-        let state = params
-            .state
-            .as_deref()
-            .filter(|s| !s.is_empty() && s.len() <= 512);
-        // Without a transaction, nothing from the query is shown back (no attacker text
-        // on our origin): the provider's `error` is displayed only once the state matched.
-        let Some(state) = state else {
-            return Err(SessionError::StateMissing);
-        };
-        let tx = self
-            .store
-            .take_transaction(&sha256_hex(state.as_bytes()))
-            .await?
-            .ok_or(SessionError::StateUnknown)?;
-        let binding_hash = binding
-            .map(|b| sha256_hex(b.as_bytes()))
-            .unwrap_or_default();
-        if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
-            return Err(SessionError::BrowserMismatch);
-        }
-        let now = self.now();
-        if now >= tx.expires_at {
-            return Err(SessionError::LoginExpired);
-        }
-        // L06 (RFC 9207): before the response is interpreted, and before any token request.
-        self.provider
-            .check_response_issuer(params.iss.as_deref())
-            .await
-            .map_err(|e| match e {
-                crate::provider::ProviderError::IssuerMismatch { .. } => {
-                    SessionError::IssuerMismatch
+        let result = async {
+            // L01/L02/L03: a transaction of this browser, unused and unexpired, before
+            // anything else; taking it makes it single use.
+            let state = params
+                .state
+                .as_deref()
+                .filter(|s| !s.is_empty() && s.len() <= 512);
+            // Without a transaction, nothing from the query is shown back (no attacker text
+            // on our origin): the provider's `error` is displayed only once the state matched.
+            let Some(state) = state else {
+                return Err(SessionError::StateMissing);
+            };
+            let tx = self
+                .store
+                .take_transaction(&sha256_hex(state.as_bytes()))
+                .await?
+                .ok_or(SessionError::StateUnknown)?;
+            let binding_hash = binding
+                .map(|b| sha256_hex(b.as_bytes()))
+                .unwrap_or_default();
+            if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
+                return Err(SessionError::BrowserMismatch);
+            }
+            let now = self.now();
+            if now >= tx.expires_at {
+                return Err(SessionError::LoginExpired);
+            }
+            // L06 (RFC 9207): before the response is interpreted, and before any token request.
+            self.provider
+                .check_response_issuer(params.iss.as_deref())
+                .await
+                .map_err(|e| match e {
+                    crate::provider::ProviderError::IssuerMismatch { .. } => {
+                        SessionError::IssuerMismatch
+                    }
+                    other => other.into(),
+                })?;
+            // L09: the provider's error, consumed transaction, no session.
+            if let Some(error) = params.error {
+                if error == "invalid_scope" {
+                    let scopes = self.provider.requested_scopes().await?;
+                    return Err(SessionError::ScopeRefused {
+                        scopes: scopes.join(" "),
+                    });
                 }
-                other => other.into(),
-            })?;
-        // L09: the provider's error, consumed transaction, no session.
-        if let Some(error) = params.error {
-            if error == "invalid_scope" {
-                let scopes = self.provider.requested_scopes().await?;
-                return Err(SessionError::ScopeRefused {
-                    scopes: scopes.join(" "),
+                return Err(SessionError::ProviderDenied {
+                    error,
+                    description: params.error_description,
                 });
             }
-            return Err(SessionError::ProviderDenied {
-                error,
-                description: params.error_description,
-            });
-        }
-        let code = params
-            .code
-            .filter(|c| !c.is_empty())
-            .ok_or(SessionError::CodeMissing)?;
-        let verifier = self
-            .keys
-            .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
-            .map_err(|_| SessionError::Unsealable)?;
+            let code = params
+                .code
+                .filter(|c| !c.is_empty())
+                .ok_or(SessionError::CodeMissing)?;
+            let verifier = self
+                .keys
+                .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
+                .map_err(|_| SessionError::Unsealable)?;
 
-        let tokens = self
-            .provider
-            .exchange_code(&code, &verifier, &self.config.redirect_uri())
-            .await?;
-        let outcome = self
-            .create_session_from_tokens(
-                tokens,
-                Some(&tx.nonce),
-                ReturnTo::from_stored(tx.return_to),
-                user_agent,
-            )
-            .await?;
-        if let Some(old) = replaced {
-            self.end_session_by_id(old).await;
+            let tokens = self
+                .provider
+                .exchange_code(&code, &verifier, &self.config.redirect_uri())
+                .await?;
+            let outcome = self
+                .create_session_from_tokens(
+                    tokens,
+                    Some(&tx.nonce),
+                    ReturnTo::from_stored(tx.return_to),
+                    user_agent,
+                )
+                .await?;
+            if let Some(old) = replaced {
+                self.end_session_by_id(old).await;
+            }
+            Ok(outcome)
         }
-        Ok(outcome)
+        .await;
+        count_login(&result);
+        result
     }
 
     /// Validates a token response, applies the access rules and creates the session.
@@ -324,23 +329,38 @@ impl Sessions {
         replaced: Option<&SessionId>,
         user_agent: Option<&str>,
     ) -> Result<LoginOutcome, SessionError> {
-        let redirect_uri = self
-            .config
-            .spa
-            .redirect_uri
-            .as_ref()
-            .map(|u| u.to_string())
-            .unwrap_or_else(|| self.config.redirect_uri());
-        let tokens = self
-            .provider
-            .exchange_code(code, verifier, &redirect_uri)
-            .await?;
-        let outcome = self
-            .create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
-            .await?;
-        if let Some(old) = replaced {
-            self.end_session_by_id(old).await;
+        let result = async {
+            let redirect_uri = self
+                .config
+                .spa
+                .redirect_uri
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| self.config.redirect_uri());
+            let tokens = self
+                .provider
+                .exchange_code(code, verifier, &redirect_uri)
+                .await?;
+            let outcome = self
+                .create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
+                .await?;
+            if let Some(old) = replaced {
+                self.end_session_by_id(old).await;
+            }
+            Ok(outcome)
         }
-        Ok(outcome)
+        .await;
+        count_login(&result);
+        result
     }
+}
+
+/// `portcullis_logins_total`: `denied` when the access rules or the provider refused
+/// the user, `error` for everything else that ended a sign-in.
+fn count_login(result: &Result<LoginOutcome, SessionError>) {
+    crate::metrics::login(match result {
+        Ok(_) => "success",
+        Err(SessionError::AccessDenied(_) | SessionError::ProviderDenied { .. }) => "denied",
+        Err(_) => "error",
+    });
 }

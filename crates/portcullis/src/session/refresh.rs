@@ -527,10 +527,12 @@ impl Sessions {
         match self.provider.refresh(refresh_token).await {
             Ok(answer) => {
                 permit.settle(self.now(), false);
+                // Counted in `commit_refresh` once the outcome is known.
                 self.refreshes.clear_pause(family);
                 self.commit_refresh(fresh, &tokens, answer).await
             }
             Err(e) if !keeps_session(&e) => {
+                crate::metrics::refresh("invalid_grant");
                 // F02: the grant is refused (`invalid_grant`, or another OAuth error about
                 // it); so is the session. No retry. Unless a rotation was committed
                 // meanwhile, which this refusal says nothing about.
@@ -554,6 +556,7 @@ impl Sessions {
             }
             Err(e) => {
                 // F05: an outage or a fault of the provider keeps the session.
+                crate::metrics::refresh("outage");
                 let provider_wide = opens_breaker(&e);
                 permit.settle(self.now(), provider_wide);
                 tracing::warn!(
@@ -614,6 +617,7 @@ impl Sessions {
             Some(token) => match self.check_refreshed_id_token(token, record, now).await {
                 Ok(claims) => Some(claims),
                 Err(Refused::Identity(what)) => {
+                    crate::metrics::refresh("identity_changed");
                     self.security_event(
                         "refresh_identity_changed",
                         record,
@@ -686,6 +690,7 @@ impl Sessions {
         match swapped {
             Ok(true) => {}
             Ok(false) => {
+                crate::metrics::refresh("success");
                 tracing::warn!(
                     session = record.id_hash.short(),
                     "another refresh of this session was committed first; this one's tokens are dropped"
@@ -703,6 +708,7 @@ impl Sessions {
                 return Ok(latest);
             }
             Err(e) => {
+                crate::metrics::refresh("outage");
                 tracing::error!(
                     session = record.id_hash.short(),
                     error = %e,
@@ -755,6 +761,7 @@ impl Sessions {
             Ok(Some(info)) => super::login::merge_userinfo(&mut claims, info),
             Ok(None) => {}
             Err(ProviderError::UserinfoSubjectMismatch) => {
+                crate::metrics::refresh("identity_changed");
                 self.security_event(
                     "refresh_identity_changed",
                     record,
@@ -789,6 +796,7 @@ impl Sessions {
             );
         }
         if let Some(denied) = denied {
+            crate::metrics::refresh("denied");
             tracing::info!(
                 session = record.id_hash.short(),
                 user = %record.user.id,
@@ -801,6 +809,7 @@ impl Sessions {
                 .await?;
             return Err(denied.into());
         }
+        crate::metrics::refresh("success");
         // The kept claims follow the provider too, when UserInfo answered (otherwise
         // claims only UserInfo sends, such as `groups` at some providers, would be lost).
         let mut kept = None;

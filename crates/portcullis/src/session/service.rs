@@ -37,6 +37,8 @@ pub struct Sessions {
     pub(crate) routes: super::routes::RouteRules,
     /// The signed identity assertion and its keys.
     pub(crate) assertions: super::assertion::Assertions,
+    /// The request path's metric handles (registered at zero when made).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Sessions {
@@ -49,6 +51,7 @@ impl Sessions {
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let metrics = Arc::new(crate::metrics::Metrics::register());
         let runtime = tokio::runtime::Handle::try_current().ok();
         // Store connections live on the runtime the service was made on (see
         // `store::on_runtime`); the cache in front keeps hits on the calling thread.
@@ -74,6 +77,7 @@ impl Sessions {
                 config.public_origin(),
                 config.assertion_audience.clone(),
             ),
+            metrics,
             config,
         }
     }
@@ -94,6 +98,17 @@ impl Sessions {
     /// Security events counted since start (see `docs/sessions.md`).
     pub fn security_events(&self) -> &SecurityEvents {
         &self.events
+    }
+
+    /// The request path's metric handles.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Sets the gauges that describe a state rather than count events (read when
+    /// `/metrics` is scraped).
+    pub fn observe(&self) {
+        crate::metrics::change_feed_up(self.store.feed().is_live());
     }
 
     pub(crate) fn now(&self) -> UnixTime {
@@ -245,6 +260,7 @@ pub struct SecurityEvents {
 impl SecurityEvents {
     /// Counts one `event`. The caller logs it with its context.
     pub(crate) fn count(&self, event: &'static str) {
+        crate::metrics::security_event(event);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry(event).or_default() += 1;
     }

@@ -5,7 +5,8 @@
 //! it would make progress only when that thread gets round to its reactor (under load:
 //! late), and it would die with that thread at shutdown while another thread still
 //! drains. So calls made on a serving thread are run as a task on the main runtime,
-//! where every store connection lives; calls made anywhere else run in place. The
+//! where every store connection lives; calls made anywhere else run in place. Each call
+//! is timed (`portcullis_store_operation_duration_seconds`). The
 //! session cache sits in front of this adapter: a cache hit never leaves its thread.
 
 use std::future::Future;
@@ -33,29 +34,35 @@ impl OnRuntime {
         Arc::new(Self { inner, runtime })
     }
 
-    async fn run<T, F, Fut>(&self, call: F) -> StoreResult<T>
+    /// Runs the store's method `operation`, timed for
+    /// `portcullis_store_operation_duration_seconds`.
+    async fn run<T, F, Fut>(&self, operation: &'static str, call: F) -> StoreResult<T>
     where
         F: FnOnce(Arc<dyn Store>) -> Fut,
         Fut: Future<Output = StoreResult<T>> + Send + 'static,
         T: Send + 'static,
     {
+        let start = std::time::Instant::now();
         let work = call(self.inner.clone());
-        if !crate::threads::is_serving_thread() {
-            return work.await;
-        }
-        match self.runtime.spawn(work).await {
-            Ok(result) => result,
-            Err(e) => Err(StoreError::Unavailable(format!(
-                "the store call was cut short: {e}"
-            ))),
-        }
+        let result = if !crate::threads::is_serving_thread() {
+            work.await
+        } else {
+            match self.runtime.spawn(work).await {
+                Ok(result) => result,
+                Err(e) => Err(StoreError::Unavailable(format!(
+                    "the store call was cut short: {e}"
+                ))),
+            }
+        };
+        crate::metrics::store_operation(operation, start.elapsed());
+        result
     }
 }
 
 #[async_trait]
 impl Store for OnRuntime {
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|s| async move { s.ping().await }).await
+        self.run("ping", |s| async move { s.ping().await }).await
     }
 
     fn feed(&self) -> &ChangeFeed {
@@ -70,41 +77,54 @@ impl Store for OnRuntime {
         now: UnixTime,
     ) -> StoreResult<User> {
         let (issuer, subject, profile) = (issuer.to_owned(), subject.to_owned(), profile.clone());
-        self.run(|s| async move { s.upsert_user(&issuer, &subject, &profile, now).await })
-            .await
+        self.run("upsert_user", |s| async move {
+            s.upsert_user(&issuer, &subject, &profile, now).await
+        })
+        .await
     }
 
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        self.run(|s| async move { s.get_user(id).await }).await
+        self.run("get_user", |s| async move { s.get_user(id).await })
+            .await
     }
 
     async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>> {
-        self.run(|s| async move { s.list_users(after, limit).await })
-            .await
+        self.run(
+            "list_users",
+            |s| async move { s.list_users(after, limit).await },
+        )
+        .await
     }
 
     async fn import_user(&self, user: &User) -> StoreResult<bool> {
         let user = user.clone();
-        self.run(|s| async move { s.import_user(&user).await })
+        self.run("import_user", |s| async move { s.import_user(&user).await })
             .await
     }
 
     async fn create_session(&self, session: &NewSession) -> StoreResult<()> {
         let session = session.clone();
-        self.run(|s| async move { s.create_session(&session).await })
-            .await
+        self.run("create_session", |s| async move {
+            s.create_session(&session).await
+        })
+        .await
     }
 
     async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
         let id_hash = id_hash.clone();
-        self.run(|s| async move { s.get_session(&id_hash).await })
-            .await
+        self.run(
+            "get_session",
+            |s| async move { s.get_session(&id_hash).await },
+        )
+        .await
     }
 
     async fn get_session_fresh(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
         let id_hash = id_hash.clone();
-        self.run(|s| async move { s.get_session_fresh(&id_hash).await })
-            .await
+        self.run("get_session_fresh", |s| async move {
+            s.get_session_fresh(&id_hash).await
+        })
+        .await
     }
 
     async fn touch_session(
@@ -115,7 +135,7 @@ impl Store for OnRuntime {
         seen: Option<&IdHash>,
     ) -> StoreResult<bool> {
         let seen = seen.cloned();
-        self.run(|s| async move {
+        self.run("touch_session", |s| async move {
             s.touch_session(family_id, last_seen_at, idle_expires_at, seen.as_ref())
                 .await
         })
@@ -129,8 +149,10 @@ impl Store for OnRuntime {
         tokens: &TokenSet,
     ) -> StoreResult<bool> {
         let tokens = tokens.clone();
-        self.run(|s| async move { s.update_tokens(family_id, expected_version, &tokens).await })
-            .await
+        self.run("update_tokens", |s| async move {
+            s.update_tokens(family_id, expected_version, &tokens).await
+        })
+        .await
     }
 
     async fn rotate_session_id(
@@ -145,7 +167,7 @@ impl Store for OnRuntime {
     ) -> StoreResult<bool> {
         let (new_id_hash, handover, tokens) =
             (new_id_hash.clone(), handover.to_owned(), tokens.clone());
-        self.run(|s| async move {
+        self.run("rotate_session_id", |s| async move {
             s.rotate_session_id(
                 family_id,
                 expected_version,
@@ -167,41 +189,55 @@ impl Store for OnRuntime {
         email_verified: bool,
     ) -> StoreResult<bool> {
         let claims = claims.to_owned();
-        self.run(|s| async move { s.update_claims(family_id, &claims, email_verified).await })
-            .await
+        self.run("update_claims", |s| async move {
+            s.update_claims(family_id, &claims, email_verified).await
+        })
+        .await
     }
 
     async fn import_session(&self, session: &SessionRecord) -> StoreResult<bool> {
         let session = session.clone();
-        self.run(|s| async move { s.import_session(&session).await })
-            .await
+        self.run("import_session", |s| async move {
+            s.import_session(&session).await
+        })
+        .await
     }
 
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool> {
-        self.run(|s| async move { s.delete_session(family_id).await })
-            .await
+        self.run("delete_session", |s| async move {
+            s.delete_session(family_id).await
+        })
+        .await
     }
 
     async fn delete_user_sessions(&self, user_id: Uuid) -> StoreResult<u64> {
-        self.run(|s| async move { s.delete_user_sessions(user_id).await })
-            .await
+        self.run("delete_user_sessions", |s| async move {
+            s.delete_user_sessions(user_id).await
+        })
+        .await
     }
 
     async fn delete_sessions_by_provider_sid(&self, issuer: &str, sid: &str) -> StoreResult<u64> {
         let (issuer, sid) = (issuer.to_owned(), sid.to_owned());
-        self.run(|s| async move { s.delete_sessions_by_provider_sid(&issuer, &sid).await })
-            .await
+        self.run("delete_sessions_by_provider_sid", |s| async move {
+            s.delete_sessions_by_provider_sid(&issuer, &sid).await
+        })
+        .await
     }
 
     async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
         let (issuer, subject) = (issuer.to_owned(), subject.to_owned());
-        self.run(|s| async move { s.delete_sessions_by_subject(&issuer, &subject).await })
-            .await
+        self.run("delete_sessions_by_subject", |s| async move {
+            s.delete_sessions_by_subject(&issuer, &subject).await
+        })
+        .await
     }
 
     async fn delete_all_sessions(&self) -> StoreResult<u64> {
-        self.run(|s| async move { s.delete_all_sessions().await })
-            .await
+        self.run("delete_all_sessions", |s| async move {
+            s.delete_all_sessions().await
+        })
+        .await
     }
 
     async fn list_sessions(
@@ -209,8 +245,10 @@ impl Store for OnRuntime {
         user_id: Option<Uuid>,
         now: UnixTime,
     ) -> StoreResult<Vec<SessionRecord>> {
-        self.run(|s| async move { s.list_sessions(user_id, now).await })
-            .await
+        self.run("list_sessions", |s| async move {
+            s.list_sessions(user_id, now).await
+        })
+        .await
     }
 
     async fn put_transaction(
@@ -219,14 +257,18 @@ impl Store for OnRuntime {
         limits: TransactionLimits,
     ) -> StoreResult<bool> {
         let tx = tx.clone();
-        self.run(|s| async move { s.put_transaction(&tx, limits).await })
-            .await
+        self.run("put_transaction", |s| async move {
+            s.put_transaction(&tx, limits).await
+        })
+        .await
     }
 
     async fn take_transaction(&self, state_hash: &str) -> StoreResult<Option<LoginTransaction>> {
         let state_hash = state_hash.to_owned();
-        self.run(|s| async move { s.take_transaction(&state_hash).await })
-            .await
+        self.run("take_transaction", |s| async move {
+            s.take_transaction(&state_hash).await
+        })
+        .await
     }
 
     async fn acquire_lease(
@@ -237,8 +279,10 @@ impl Store for OnRuntime {
         until: UnixTime,
     ) -> StoreResult<bool> {
         let (key, holder) = (key.to_owned(), holder.to_owned());
-        self.run(|s| async move { s.acquire_lease(&key, &holder, now, until).await })
-            .await
+        self.run("acquire_lease", |s| async move {
+            s.acquire_lease(&key, &holder, now, until).await
+        })
+        .await
     }
 
     async fn renew_lease(
@@ -249,40 +293,53 @@ impl Store for OnRuntime {
         until: UnixTime,
     ) -> StoreResult<bool> {
         let (key, holder) = (key.to_owned(), holder.to_owned());
-        self.run(|s| async move { s.renew_lease(&key, &holder, now, until).await })
-            .await
+        self.run("renew_lease", |s| async move {
+            s.renew_lease(&key, &holder, now, until).await
+        })
+        .await
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()> {
         let (key, holder) = (key.to_owned(), holder.to_owned());
-        self.run(|s| async move { s.release_lease(&key, &holder).await })
-            .await
+        self.run("release_lease", |s| async move {
+            s.release_lease(&key, &holder).await
+        })
+        .await
     }
 
     async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool> {
         let key = key.to_owned();
-        self.run(|s| async move { s.remember_once(&key, now, until).await })
-            .await
+        self.run("remember_once", |s| async move {
+            s.remember_once(&key, now, until).await
+        })
+        .await
     }
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
         let key = key.to_owned();
-        self.run(|s| async move { s.forget(&key).await }).await
+        self.run("forget", |s| async move { s.forget(&key).await })
+            .await
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
         let key = key.clone();
-        self.run(|s| async move { s.add_signing_key(&key).await })
-            .await
+        self.run("add_signing_key", |s| async move {
+            s.add_signing_key(&key).await
+        })
+        .await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        self.run(|s| async move { s.signing_keys().await }).await
+        self.run("signing_keys", |s| async move { s.signing_keys().await })
+            .await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
-        self.run(|s| async move { s.purge_expired(now).await })
-            .await
+        self.run(
+            "purge_expired",
+            |s| async move { s.purge_expired(now).await },
+        )
+        .await
     }
 }
 
@@ -315,7 +372,9 @@ mod tests {
                     runtime: main.handle().clone(),
                 };
                 let ran_on = adapter
-                    .run(|_| async { Ok(std::thread::current().name().map(str::to_owned)) })
+                    .run("ping", |_| async {
+                        Ok(std::thread::current().name().map(str::to_owned))
+                    })
                     .await
                     .unwrap();
                 assert_eq!(ran_on.as_deref(), Some("main-runtime"));
