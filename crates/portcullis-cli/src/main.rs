@@ -164,8 +164,8 @@ fn main() -> ExitCode {
             allow_remote,
             rotate_keys,
         } => run_idp(&config, allow_remote, rotate_keys),
-        Command::Serve { config } => {
-            let config = match Config::load(config.as_deref()) {
+        Command::Serve { config: file } => {
+            let config = match Config::load(file.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("portcullis: {e}");
@@ -174,7 +174,9 @@ fn main() -> ExitCode {
             };
             let output = init_logging(&config);
             let code = run_async("portcullis", async {
-                serve(config).await.inspect_err(|e| tracing::error!("{e}"))
+                serve(config, file)
+                    .await
+                    .inspect_err(|e| tracing::error!("{e}"))
             });
             output.finish();
             code
@@ -452,7 +454,7 @@ fn init_logging(config: &Config) -> log_output::BatchedStderr {
     output
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen;
     // Before the gateway: it registers its series with the recorder installed now.
     let metrics = match config.metrics_listen {
@@ -463,6 +465,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some((at, handle)) = metrics {
         metrics_endpoint::start(at, handle, gateway.clone()).await?;
     }
+    // Before the first log line, so that a SIGHUP sent once it appears is handled.
+    spawn_reloader(gateway.clone(), file)?;
     tracing::info!(
         %listen,
         public_url = %gateway.config().public_origin(),
@@ -500,6 +504,53 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// On SIGHUP: loads the configuration again (the file and `secret_file`; the
+/// environment is the one the process started with) and applies the key ring, the
+/// access rules and the routes. An invalid configuration changes nothing.
+fn spawn_reloader(gateway: Arc<Gateway>, file: Option<PathBuf>) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        // Installed before serving: SIGHUP's default action would end the process.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                reload(&gateway, file.as_deref());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (gateway, file);
+    Ok(())
+}
+
+fn reload(gateway: &Gateway, file: Option<&std::path::Path>) {
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("reload refused, the running settings stay: {e}");
+            return;
+        }
+    };
+    match gateway.sessions().reload_settings(&config) {
+        Ok(report) => {
+            tracing::info!(
+                key_ring = report
+                    .keys
+                    .map_or("unchanged (no secret_file)".to_owned(), |n| format!(
+                        "{n} keys"
+                    )),
+                "reloaded the key ring, the access rules and the routes"
+            );
+            if report.needs_restart {
+                tracing::warn!(
+                    "other settings differ from the running ones; they apply at the next restart"
+                );
+            }
+        }
+        Err(e) => tracing::error!("reload refused, the running settings stay: {e}"),
+    }
 }
 
 /// Deletes expired records every few minutes.

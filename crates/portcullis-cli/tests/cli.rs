@@ -170,6 +170,78 @@ fn serve_answers_health_and_stops_on_sigterm() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn sighup_reloads_the_secret_file_and_a_bad_one_changes_nothing() {
+    let (dir, mut env) = gateway_env("sighup");
+    let keys = dir.join("keys");
+    let first = portcullis::session::KeyRing::generate_secret();
+    std::fs::write(&keys, first.as_bytes()).unwrap();
+    env.retain(|(k, _)| k != "PORTCULLIS_SECRET");
+    let port = free_port();
+    let mut child = portcullis()
+        .arg("serve")
+        .envs(env)
+        .env("PORTCULLIS_SECRET_FILE", &keys)
+        .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
+    };
+    wait_for("portcullis starting");
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    // A new key in front of the old one.
+    let second = portcullis::session::KeyRing::generate_secret();
+    std::fs::write(&keys, format!("{}\n{}\n", &*second, &*first)).unwrap();
+    hup();
+    let line = wait_for("reloaded the key ring");
+    assert!(line.contains("2 keys"), "{line}");
+    // A broken file, then one without the key that seals now: refused, still serving.
+    std::fs::write(&keys, "not a key").unwrap();
+    hup();
+    wait_for("reload refused");
+    std::fs::write(&keys, first.as_bytes()).unwrap();
+    hup();
+    let line = wait_for("reload refused");
+    assert!(line.contains("lacks the key that seals now"), "{line}");
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    unsafe_free_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// One GET on loopback `port`, the whole answer as text.
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};

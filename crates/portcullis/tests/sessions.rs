@@ -870,3 +870,103 @@ async fn f05_one_session_s_faulty_answer_does_not_hold_up_the_others() {
     assert_eq!(h.p.refresh_calls(), calls + 1);
     assert_eq!(h.gw.session_count().await, 2, "nobody was signed out");
 }
+
+// ---------------------------------------------------------------------------------
+// Reloads (SIGHUP): the key ring from `secret_file`, the access rules and the routes.
+
+#[tokio::test]
+async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_session() {
+    use base64::Engine as _;
+    let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
+    let (key_a, key_b) = (
+        portcullis::random::random_bytes::<32>(),
+        portcullis::random::random_bytes::<32>(),
+    );
+    let h = hostile(Options {
+        file_store: true,
+        secret: Some(key_a),
+        ..Options::default()
+    })
+    .await;
+    let before = Browser::new();
+    let first = h.sign_in(&before, |_| {}).await;
+    assert_eq!(api(&h.gw, &before, "/admin/x").await.status, 200);
+
+    // The file a SIGHUP re-reads: the new key in front, the old one still there; a
+    // route only admins may use.
+    let dir = h.gw.db_path.as_ref().unwrap().parent().unwrap().to_owned();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("{}\n{}\n", b64(&key_b), b64(&key_a))).unwrap();
+    let file = dir.join("portcullis.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\npath = \"/admin/*\"\nrequired_claims = { groups = [\"admins\"] }\n",
+    )
+    .unwrap();
+    let running = h.gw.gateway.config();
+    let reloaded = portcullis::Config::load_from(
+        Some(&file),
+        [
+            ("PORTCULLIS_ISSUER", running.issuer.clone()),
+            ("PORTCULLIS_CLIENT_ID", running.client_id.clone()),
+            ("PORTCULLIS_LISTEN", running.listen.to_string()),
+            ("PORTCULLIS_UPSTREAM", h.up.url.clone()),
+            ("PORTCULLIS_SECRET_FILE", keys.display().to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    )
+    .unwrap();
+    // A ring without the key that seals now would end every session: refused whole.
+    let replaced = dir.join("replaced");
+    std::fs::write(&replaced, b64(&key_b)).unwrap();
+    let mut typo = reloaded.clone();
+    typo.secret = portcullis::config::SecretKeys::parse(&b64(&key_b)).ok();
+    typo.secret_file = Some(replaced);
+    assert!(h.gw.gateway.sessions().reload_settings(&typo).is_err());
+    assert_eq!(api(&h.gw, &before, "/admin/x").await.status, 200, "nothing applied");
+
+    let report = h.gw.gateway.sessions().reload_settings(&reloaded).unwrap();
+    assert_eq!(report.keys, Some(2));
+
+    // The session from before works on (its tokens still open: relay, refresh) and the
+    // new route applies to it at once.
+    assert_eq!(api(&h.gw, &before, "/x").await.status, 200);
+    assert_eq!(
+        stored_refresh_token(&h.gw, &before).await.as_deref(),
+        first["refresh_token"].as_str()
+    );
+    let refused = api(&h.gw, &before, "/admin/x").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "route_refused");
+
+    // A new session is sealed with the new key: a gateway with only that key opens its
+    // tokens, and not those sealed before the reload.
+    let after = Browser::new();
+    let second = h.sign_in(&after, |_| {}).await;
+    let only_b = TestGateway::start_with(
+        &h.p.issuer,
+        Options {
+            db_path: h.gw.db_path.clone(),
+            secret: Some(key_b),
+            ..Options::default()
+        },
+    )
+    .await;
+    let opened = only_b
+        .gateway
+        .sessions()
+        .session_tokens(&record(&h.gw, &after).await.unwrap())
+        .unwrap();
+    assert_eq!(
+        opened.refresh_token.as_deref().map(|t| t.as_str()),
+        second["refresh_token"].as_str()
+    );
+    assert!(
+        only_b
+            .gateway
+            .sessions()
+            .session_tokens(&record(&h.gw, &before).await.unwrap())
+            .is_err(),
+        "sealed before the reload, with the old key"
+    );
+}

@@ -79,7 +79,7 @@ impl Sessions {
         let now = self.now();
         let state_hash = sha256_hex(state.as_bytes());
         let verifier = self
-            .keys
+            .keys()
             .seal_str(&pkce.verifier, &transaction_context(&state_hash));
         let tx = LoginTransaction {
             state_hash,
@@ -169,7 +169,7 @@ impl Sessions {
                 .filter(|c| !c.is_empty())
                 .ok_or(SessionError::CodeMissing)?;
             let verifier = self
-                .keys
+                .keys()
                 .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
                 .map_err(|_| SessionError::Unsealable)?;
 
@@ -223,7 +223,7 @@ impl Sessions {
             &mut claims,
             self.config.provider.assume_email_verified,
         );
-        check_access(&self.config.access, &claims)?;
+        check_access(&self.access_rules(), &claims)?;
 
         let profile = profile_from_claims(&claims);
         let user = self
@@ -234,7 +234,7 @@ impl Sessions {
         let session_id = SessionId::generate();
         let id_hash = session_id.hash();
         let seal = |field: &str, value: Option<&str>| {
-            value.map(|v| self.keys.seal_str(v, &token_context(&id_hash, field)))
+            value.map(|v| self.keys().seal_str(v, &token_context(&id_hash, field)))
         };
         let refresh_expires_at = tokens
             .refresh_expires_in

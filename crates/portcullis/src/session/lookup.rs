@@ -232,7 +232,7 @@ impl Sessions {
             sealed
                 .as_ref()
                 .map(|s| {
-                    self.keys
+                    self.keys()
                         .open_str(s, &super::login::token_context(&record.id_hash, field))
                         .map_err(|_| SessionError::Unsealable)
                 })

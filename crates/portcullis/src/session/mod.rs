@@ -14,6 +14,7 @@ pub mod login;
 pub mod logout;
 pub mod lookup;
 pub mod refresh;
+pub mod reload;
 pub mod return_to;
 pub mod routes;
 pub mod seal;
@@ -31,7 +32,7 @@ pub use login::{CallbackParams, LoginOutcome};
 pub use logout::SignOut;
 pub use lookup::ActiveSession;
 pub use return_to::ReturnTo;
-pub use seal::{KeyRing, Sealed};
+pub use seal::{KeyRing, SealError, Sealed};
 pub use service::{SecurityEvents, Sessions};
 
 /// A random (v4) UUID from the CSPRNG.

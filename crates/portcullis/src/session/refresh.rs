@@ -647,7 +647,7 @@ impl Sessions {
         let new_id = SessionId::generate();
         let hash = new_id.hash();
         let seal = |field: &str, value: &str| {
-            Some(self.keys.seal_str(value, &token_context(&hash, field)))
+            Some(self.keys().seal_str(value, &token_context(&hash, field)))
         };
         let refresh_token = answer
             .refresh_token
@@ -782,7 +782,7 @@ impl Sessions {
             &mut claims,
             self.config.provider.assume_email_verified,
         );
-        let refusals = access_refusals(&self.config.access, &claims);
+        let refusals = access_refusals(&self.access_rules(), &claims);
         let undecided = !complete && !refusals.is_empty();
         // Without UserInfo, refusing for a claim only UserInfo would have told us is a
         // guess: only refusals on claims at hand count (any one of them).

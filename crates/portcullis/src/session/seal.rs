@@ -63,6 +63,23 @@ impl std::fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
+    /// How many keys the ring holds (the first seals).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether `other`'s sealing key (its first) is in this ring: what it sealed opens.
+    pub fn opens_what_is_sealed_by(&self, other: &KeyRing) -> bool {
+        other
+            .keys
+            .first()
+            .is_some_and(|sealing| self.keys.iter().any(|k| k.id == sealing.id))
+    }
+
     pub fn new(secret: &SecretKeys) -> Result<Self, SealError> {
         let keys = secret
             .0

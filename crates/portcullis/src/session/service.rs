@@ -22,7 +22,10 @@ pub struct Sessions {
     pub(crate) provider: Provider,
     /// The store, behind the session cache unless `session.cache_entries` is 0.
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) keys: KeyRing,
+    /// The key ring: replaced by a reload (`secret_file`).
+    pub(crate) keys: super::reload::Swap<KeyRing>,
+    /// `[access]`: replaced by a reload.
+    pub(crate) access: super::reload::Swap<crate::config::AccessSettings>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
     pub(crate) refreshes: Refreshes,
@@ -34,7 +37,7 @@ pub struct Sessions {
     /// Sessions with open WebSockets, closed when the session ends (`ends`).
     pub(crate) watches: super::ends::Watches,
     /// `[[routes]]`: who may reach which paths.
-    pub(crate) routes: super::routes::RouteRules,
+    pub(crate) routes: super::reload::Swap<super::routes::RouteRules>,
     /// The signed identity assertion and its keys.
     pub(crate) assertions: super::assertion::Assertions,
     /// The request path's metric handles (registered at zero when made).
@@ -66,13 +69,14 @@ impl Sessions {
         Self {
             provider,
             store,
-            keys,
+            keys: super::reload::Swap::new(keys),
+            access: super::reload::Swap::new(config.access.clone()),
             clock,
             refreshes: Refreshes::default(),
             events: SecurityEvents::default(),
             runtime,
             watches: Default::default(),
-            routes: super::routes::RouteRules::new(&config.routes),
+            routes: super::reload::Swap::new(super::routes::RouteRules::new(&config.routes)),
             assertions: super::assertion::Assertions::new(
                 config.public_origin(),
                 config.assertion_audience.clone(),
@@ -118,7 +122,7 @@ impl Sessions {
     /// Whether any `[[routes]]` are configured (else [`Sessions::check_route`] passes
     /// everything and need not be asked).
     pub fn has_routes(&self) -> bool {
-        !self.routes.is_empty()
+        !self.routes.load().is_empty()
     }
 
     /// `[[routes]]` for a signed-in request: a refusal is a security event.
@@ -129,7 +133,7 @@ impl Sessions {
         path: &crate::http::path::NormalizedPath,
         record: &crate::store::SessionRecord,
     ) -> Result<(), super::routes::RouteRefusal> {
-        let verdict = self.routes.check(method, headers, path, record);
+        let verdict = self.routes.load().check(method, headers, path, record);
         if let Err(refusal) = &verdict {
             let reason = match refusal {
                 super::routes::RouteRefusal::Method => "method",
@@ -163,7 +167,7 @@ impl Sessions {
         if !self.assertions.has_keys() {
             return self
                 .assertions
-                .reload(self.store.as_ref(), &self.keys, now)
+                .reload(self.store.as_ref(), &self.keys(), now)
                 .await;
         }
         if !self.assertions.begin_reload() {
@@ -173,7 +177,7 @@ impl Sessions {
         let reading = async move {
             let failed = match this
                 .assertions
-                .reload(this.store.as_ref(), &this.keys, now)
+                .reload(this.store.as_ref(), &this.keys(), now)
                 .await
             {
                 Ok(()) => None,
@@ -218,7 +222,7 @@ impl Sessions {
         if self.assertions.stale(now) && self.assertions.begin_reload() {
             let result = self
                 .assertions
-                .reload(self.store.as_ref(), &self.keys, now)
+                .reload(self.store.as_ref(), &self.keys(), now)
                 .await;
             self.assertions
                 .end_reload(result.as_ref().err().map(|_| now));
@@ -232,7 +236,7 @@ impl Sessions {
         if !self.assertions.has_keys() {
             // Another reading is under way and none finished yet.
             self.assertions
-                .reload(self.store.as_ref(), &self.keys, now)
+                .reload(self.store.as_ref(), &self.keys(), now)
                 .await?;
         }
         Ok(self.assertions.jwks(now))
@@ -242,7 +246,7 @@ impl Sessions {
     pub async fn rotate_assertion_key(
         &self,
     ) -> Result<crate::store::SigningKeyRecord, super::assertion::AssertionError> {
-        super::assertion::rotate(self.store.as_ref(), &self.keys, self.now()).await
+        super::assertion::rotate(self.store.as_ref(), &self.keys(), self.now()).await
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.
