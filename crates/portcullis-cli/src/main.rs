@@ -489,8 +489,9 @@ async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), Box<dyn std:
     }
     spawn_purger(gateway.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    let options = portcullis::http::serve::ServeOptions::from_config(gateway.config());
+    let mut options = portcullis::http::serve::ServeOptions::from_config(gateway.config());
     let app = portcullis::http::router(gateway)?;
+    options.tunnels = app.tunnels();
     // One serving thread per core, each with its own single-threaded runtime: see
     // `serve_on_threads` and docs/BENCHMARKS.md.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

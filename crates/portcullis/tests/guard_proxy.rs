@@ -1431,6 +1431,69 @@ async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) {
     }
 }
 
+/// Sends a masked text frame "hi" and expects the upstream's echo.
+async fn echo_hi(tcp: &mut tokio::net::TcpStream) {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"\x81\x02hi");
+}
+
+#[tokio::test]
+async fn a_shutdown_lets_open_websockets_work_until_its_deadline_then_closes_them() {
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let s = setup_with(Options {
+        shutdown: Some(stopped),
+        serve: portcullis::http::serve::ServeOptions {
+            shutdown_grace: Duration::from_secs(2),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let b = s.signed_in().await;
+    let mut tcp = open_websocket(&s, &b).await;
+    echo_hi(&mut tcp).await;
+    let asked = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    // Draining: no new connection is taken, the open WebSocket still carries messages.
+    let addr = s.gw.url.trim_start_matches("http://").to_owned();
+    let refused = async {
+        loop {
+            if tokio::net::TcpStream::connect(&addr).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), refused)
+        .await
+        .expect("the listener closes at once");
+    echo_hi(&mut tcp).await;
+    assert!(
+        !s.gw.served.is_finished(),
+        "the server waits for the WebSocket"
+    );
+    // At the deadline it is closed and the server returns.
+    closed_within(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        asked.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(5), s.gw.served)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn w02_a_websocket_closes_when_its_session_is_revoked_on_another_instance() {
     let s = setup_with(Options {

@@ -923,7 +923,11 @@ async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_sess
     typo.secret = portcullis::config::SecretKeys::parse(&b64(&key_b)).ok();
     typo.secret_file = Some(replaced);
     assert!(h.gw.gateway.sessions().reload_settings(&typo).is_err());
-    assert_eq!(api(&h.gw, &before, "/admin/x").await.status, 200, "nothing applied");
+    assert_eq!(
+        api(&h.gw, &before, "/admin/x").await.status,
+        200,
+        "nothing applied"
+    );
 
     let report = h.gw.gateway.sessions().reload_settings(&reloaded).unwrap();
     assert_eq!(report.keys, Some(2));

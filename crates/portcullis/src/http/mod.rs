@@ -241,6 +241,12 @@ struct AppInner {
 }
 
 impl App {
+    /// The WebSockets open through its upstream (none without one): what a shutdown
+    /// waits for besides requests (`ServeOptions::tunnels`).
+    pub fn tunnels(&self) -> Option<proxy::Tunnels> {
+        self.inner.upstream.as_ref().map(|u| u.tunnels().clone())
+    }
+
     /// The same gateway with its own upstream connection pool: what each serving thread
     /// of [`serve::serve_on_threads`] gets.
     pub fn with_own_connections(&self) -> App {

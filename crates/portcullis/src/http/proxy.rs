@@ -12,7 +12,6 @@ use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,7 +73,7 @@ pub struct Upstream {
     /// `X-Forwarded-Proto` and `-Host` as the browser sees the gateway: made once.
     forwarded_proto: Option<HeaderValue>,
     forwarded_host: Option<HeaderValue>,
-    tunnels: Arc<AtomicUsize>,
+    tunnels: Tunnels,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -108,8 +107,13 @@ impl Upstream {
             timeouts,
             forwarded_proto: HeaderValue::from_str(public_url.scheme()).ok(),
             forwarded_host,
-            tunnels: Arc::new(AtomicUsize::new(0)),
+            tunnels: Tunnels::default(),
         })
+    }
+
+    /// Its open tunnels (shared with every copy made by [`Upstream::with_own_pool`]).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// The same upstream with a connection pool of its own (one per serving thread, so
@@ -274,7 +278,7 @@ impl Upstream {
                 )
                 .into_response();
             }
-            let Some(slot) = TunnelSlot::take(&self.tunnels) else {
+            let Some(slot) = self.tunnels.take() else {
                 return HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too_many_tunnels",
@@ -284,6 +288,7 @@ impl Upstream {
             };
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let idle = self.timeouts.idle;
+            let closing = self.tunnels.closing.subscribe();
             tokio::spawn(async move {
                 let _slot = slot;
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -294,6 +299,7 @@ impl Upstream {
                             idle,
                             session_ends,
                             session_end,
+                            closing,
                         )
                         .await
                     }
@@ -383,32 +389,44 @@ fn wants_websocket(h: &HeaderMap) -> bool {
             })
 }
 
-/// One of [`MAX_TUNNELS`] places; given back when dropped.
-struct TunnelSlot(Arc<AtomicUsize>);
+/// The upgraded connections (WebSockets) open through an upstream: at most
+/// [`MAX_TUNNELS`], waited for at shutdown (`ServeOptions::tunnels`) and closed at its
+/// deadline.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    places: Arc<tokio::sync::Semaphore>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
+}
 
-impl TunnelSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
-        let mut current = count.load(Ordering::Relaxed);
-        loop {
-            if current >= MAX_TUNNELS {
-                return None;
-            }
-            match count.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(Self(count.clone())),
-                Err(seen) => current = seen,
-            }
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self {
+            places: Arc::new(tokio::sync::Semaphore::new(MAX_TUNNELS)),
+            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 }
 
-impl Drop for TunnelSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Tunnels {
+    /// A place for one more tunnel, held until it closes; `None` at the bound.
+    fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.places.clone().try_acquire_owned().ok()
+    }
+
+    /// How many are open.
+    pub fn open(&self) -> usize {
+        MAX_TUNNELS - self.places.available_permits()
+    }
+
+    /// Completes once none is open. While it waits, new tunnels are refused.
+    pub async fn all_closed(&self) {
+        let all = u32::try_from(MAX_TUNNELS).unwrap_or(u32::MAX);
+        let _ = self.places.acquire_many(all).await;
+    }
+
+    /// Closes every open tunnel (both sides' connections).
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
     }
 }
 
@@ -421,6 +439,7 @@ async fn tunnel<A, B>(
     idle: Duration,
     session_ends: i64,
     mut session_end: Option<SessionEnd>,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -456,10 +475,26 @@ async fn tunnel<A, B>(
                 tracing::debug!("session ended elsewhere; closing its upgraded connection");
                 break;
             }
+            () = shutting_down(&mut closing) => {
+                tracing::debug!("shutting down; closing an upgraded connection");
+                break;
+            }
         }
     }
     let _ = a.shutdown().await;
     let _ = b.shutdown().await;
+}
+
+/// Resolves once [`Tunnels::close_all`] was called.
+async fn shutting_down(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *closing.borrow_and_update() {
+            return;
+        }
+        if closing.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Resolves when the watched session ends; never without a watch.

@@ -39,9 +39,16 @@ pub struct ServeOptions {
     /// Peers exempt from `connections_per_peer`: the trusted proxies, behind which
     /// every client shares one address.
     pub trusted_peers: Arc<[Cidr]>,
-    /// Time given to requests in flight at shutdown.
+    /// Time given at shutdown to requests in flight and open WebSockets; then the
+    /// WebSockets still open are closed.
     pub shutdown_grace: Duration,
+    /// The app's WebSockets ([`crate::http::App::tunnels`]), waited for at shutdown.
+    pub tunnels: Option<crate::http::proxy::Tunnels>,
 }
+
+/// How long a shutdown waits for requests in flight and open WebSockets: under the
+/// 30 s most supervisors (Kubernetes, systemd) give before they kill.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -50,7 +57,8 @@ impl Default for ServeOptions {
             max_connections: 10_000,
             connections_per_peer: 256,
             trusted_peers: Arc::from(Vec::new()),
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: SHUTDOWN_GRACE,
+            tunnels: None,
         }
     }
 }
@@ -319,9 +327,28 @@ async fn accept_until(
 /// Tells every connection to finish its request in flight, then waits until all have
 /// closed (each holds a permit) or the grace time is over.
 async fn drain(stop_tx: watch::Sender<bool>, permits: &Semaphore, options: &ServeOptions) {
+    let deadline = tokio::time::Instant::now() + options.shutdown_grace;
     let _ = stop_tx.send(true);
     let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(options.shutdown_grace, permits.acquire_many(all)).await;
+    let _ = tokio::time::timeout_at(deadline, permits.acquire_many(all)).await;
+    // WebSockets go on until they close or the deadline, when they are cut (the app
+    // and its clients see the connection close and reconnect to another instance).
+    if let Some(tunnels) = &options.tunnels {
+        let open = tunnels.open();
+        if open > 0 {
+            tracing::info!(open, "waiting for open WebSockets to close before stopping");
+            if tokio::time::timeout_at(deadline, tunnels.all_closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    open = tunnels.open(),
+                    "shutdown deadline reached: closing the WebSockets still open"
+                );
+                tunnels.close_all();
+            }
+        }
+    }
 }
 
 impl Accepted<TcpStream> {

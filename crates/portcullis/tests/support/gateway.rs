@@ -33,6 +33,8 @@ pub struct Options {
     pub listener: Option<std::net::TcpListener>,
     pub proxy_timeouts: portcullis::http::proxy::ProxyTimeouts,
     pub serve: portcullis::http::serve::ServeOptions,
+    /// Stops the server when it fires (else it serves until the test ends).
+    pub shutdown: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             listener: None,
             proxy_timeouts: Default::default(),
             serve: Default::default(),
+            shutdown: None,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct TestGateway {
     pub clock: ManualClock,
     pub db_path: Option<std::path::PathBuf>,
     pub secret: [u8; 32],
+    /// The server's task: finished once it has stopped (see `Options::shutdown`).
+    pub served: tokio::task::JoinHandle<()>,
 }
 
 /// The parameters of the authorization request the gateway sent the browser to.
@@ -170,14 +175,19 @@ impl TestGateway {
             .unwrap()
         });
         let app = portcullis::http::router_with_upstream(gateway.clone(), upstream);
-        tokio::spawn(async move {
-            let _ = portcullis::http::serve::serve(
-                listener,
-                app,
-                options.serve,
-                std::future::pending(),
-            )
-            .await;
+        let mut serve = options.serve;
+        serve.tunnels = serve.tunnels.or_else(|| app.tunnels());
+        let shutdown = options.shutdown;
+        let served = tokio::spawn(async move {
+            let stop = async move {
+                match shutdown {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let _ = portcullis::http::serve::serve(listener, app, serve, stop).await;
         });
         Self {
             url: format!("http://{addr}"),
@@ -185,6 +195,7 @@ impl TestGateway {
             clock,
             db_path,
             secret,
+            served,
         }
     }
 
