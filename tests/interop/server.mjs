@@ -135,6 +135,22 @@ if (TOKEN_DELAY_MS > 0) {
     await next();
   });
 }
+// Test hook: NO_ISS=1 stands for providers without RFC 9207 (Google, Entra ID): the
+// metadata does not announce it and authorization responses carry no `iss`.
+if (env.NO_ISS === '1') {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path === '/.well-known/openid-configuration' && ctx.body) {
+      delete ctx.body.authorization_response_iss_parameter_supported;
+    }
+    const location = ctx.response.get('location');
+    if (location && location.includes('iss=')) {
+      const url = new URL(location);
+      url.searchParams.delete('iss');
+      ctx.set('location', url.toString());
+    }
+  });
+}
 provider.on('grant.success', (ctx) => {
   const gt = ctx.oidc.params.grant_type;
   grants[gt] = (grants[gt] ?? 0) + 1;

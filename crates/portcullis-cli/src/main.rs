@@ -81,6 +81,14 @@ enum Command {
         #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the configuration against the live provider, store and upstream: one line
+    /// per finding with its fix, then the URIs to register. Exit 0 (all well), 1
+    /// (warnings) or 2 (errors).
+    Doctor {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +159,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Doctor { config } => doctor(config),
         Command::Sessions { command } => sessions(command),
         Command::Store {
             command: StoreCommand::Copy { from, to, prefix },
@@ -182,6 +191,35 @@ fn main() -> ExitCode {
             code
         }
     }
+}
+
+fn doctor(file: Option<PathBuf>) -> ExitCode {
+    let report = match Config::load(file.as_deref()) {
+        Ok(config) => {
+            println!(
+                "portcullis doctor: {} (client {})",
+                printable(&config.issuer),
+                printable(&config.client_id)
+            );
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("portcullis doctor: cannot start the async runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(portcullis::doctor::run(&config))
+        }
+        Err(e) => {
+            println!("portcullis doctor: the configuration does not load");
+            portcullis::doctor::config_errors(&e.0)
+        }
+    };
+    print!("{}", printable_lines(&report.render()));
+    ExitCode::from(report.exit_status())
 }
 
 fn check_config(file: Option<PathBuf>) -> ExitCode {
@@ -352,6 +390,11 @@ fn store_copy(from: &str, to: &str, prefix: &str) -> ExitCode {
 }
 
 /// A value from the store, safe to print on a terminal: control characters become `?`.
+/// Each line [`printable`]: what providers and stores said cannot move the cursor.
+fn printable_lines(s: &str) -> String {
+    s.lines().map(|l| printable(l) + "\n").collect()
+}
+
 fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })

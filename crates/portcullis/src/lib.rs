@@ -25,6 +25,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

@@ -35,7 +35,8 @@ pub struct Metadata {
     pub authorization_response_iss_parameter_supported: bool,
 }
 
-fn discovery_url(issuer: &str) -> String {
+/// `{issuer}/.well-known/openid-configuration`.
+pub fn discovery_url(issuer: &str) -> String {
     format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')

@@ -19,6 +19,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// The `Date` header, as sent (`portcullis doctor` compares clocks with it).
+    pub date: Option<String>,
 }
 
 impl std::fmt::Debug for Answer {
@@ -137,6 +139,11 @@ impl ProviderHttp {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_ascii_lowercase();
+            let date = resp
+                .headers()
+                .get(reqwest::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             if resp.content_length().is_some_and(|n| n > cap as u64) {
                 return Err(ProviderError::TooLarge(cap));
             }
@@ -151,6 +158,7 @@ impl ProviderHttp {
                 status,
                 content_type,
                 body,
+                date,
             })
         };
         // reqwest's own timeout covers the call; this guards the body loop as well.

@@ -396,6 +396,21 @@ impl Provider {
         }
     }
 
+    /// For `portcullis doctor`: the algorithms ID tokens may use, and how many keys of
+    /// a freshly fetched JWKS can verify one of them.
+    pub async fn usable_keys(&self) -> Result<(Vec<&'static str>, usize), ProviderError> {
+        let metadata = self.metadata().await?;
+        let allowed = self.allowed_algorithms(&metadata);
+        let keys = jwks::JwksCache::new(std::time::Duration::ZERO);
+        keys.set_uri(&metadata.jwks_uri).await;
+        let keys = keys.refresh(&self.http).await?;
+        let usable = keys
+            .iter()
+            .filter(|k| allowed.iter().any(|a| !a.is_hmac() && k.fits(*a)))
+            .count();
+        Ok((allowed.iter().map(|a| a.name()).collect(), usable))
+    }
+
     /// The provider's keys that may have signed `jwt` (none for HMAC: the client secret
     /// is the key). Keys only ever come from the JWKS, never from the token (J03).
     async fn keys_for(

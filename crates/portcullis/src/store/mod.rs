@@ -262,6 +262,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Reachability, for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Settings of the server that would lose or evict sessions (`portcullis doctor`;
+    /// Redis: eviction policy and persistence), one sentence with its fix each.
+    async fn deployment_problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The change feed of this store (see [`feed`]).
     fn feed(&self) -> &ChangeFeed;
 

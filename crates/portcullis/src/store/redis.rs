@@ -204,8 +204,8 @@ impl RedisStore {
 
 /// The deployment rules of PRODUCT.md: an evicting `maxmemory-policy` signs users out
 /// at random under memory pressure, and without persistence a restart signs everyone
-/// out. Said once at start; managed services that refuse `CONFIG GET` are not judged.
-async fn warn_about_deployment(conn: &mut ConnectionManager, target: &str) {
+/// out. Managed services that refuse `CONFIG GET` are not judged.
+async fn deployment_problems(conn: &mut ConnectionManager) -> Vec<String> {
     async fn config(conn: &mut ConnectionManager, name: &str) -> Option<String> {
         let answer: HashMap<String, String> = redis::cmd("CONFIG")
             .arg("GET")
@@ -215,14 +215,13 @@ async fn warn_about_deployment(conn: &mut ConnectionManager, target: &str) {
             .ok()?;
         answer.get(name).cloned()
     }
+    let mut problems = Vec::new();
     if let Some(policy) = config(conn, "maxmemory-policy").await
         && policy != "noeviction"
     {
-        tracing::warn!(
-            redis = target,
-            maxmemory_policy = %policy,
-            "Redis may evict keys under memory pressure, which signs users out at random; set `maxmemory-policy noeviction`"
-        );
+        problems.push(format!(
+            "Redis may evict keys under memory pressure (maxmemory-policy {policy}), which signs users out at random; set `maxmemory-policy noeviction`"
+        ));
     }
     let aof = config(conn, "appendonly").await;
     let rdb = config(conn, "save").await;
@@ -230,10 +229,17 @@ async fn warn_about_deployment(conn: &mut ConnectionManager, target: &str) {
         && aof != "yes"
         && rdb.trim().is_empty()
     {
-        tracing::warn!(
-            redis = target,
-            "Redis keeps nothing on disk (no AOF, no RDB snapshots): a Redis restart signs everyone out; set `appendonly yes`"
+        problems.push(
+            "Redis keeps nothing on disk (no AOF, no RDB snapshots): a Redis restart signs everyone out; set `appendonly yes`".into(),
         );
+    }
+    problems
+}
+
+/// Says [`deployment_problems`] once at start.
+async fn warn_about_deployment(conn: &mut ConnectionManager, target: &str) {
+    for problem in deployment_problems(conn).await {
+        tracing::warn!(redis = target, "{problem}");
     }
 }
 
@@ -1376,6 +1382,13 @@ fn session_with_user(v: Value, looked_up: Option<&IdHash>) -> StoreResult<Sessio
 impl Store for RedisStore {
     fn feed(&self) -> &ChangeFeed {
         &self.feed
+    }
+
+    async fn deployment_problems(&self) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(super::STORE_TIMEOUT, deployment_problems(&mut conn))
+            .await
+            .unwrap_or_else(|_| vec!["Redis did not answer `CONFIG GET` in time".into()])
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -1,0 +1,270 @@
+//! `portcullis doctor` against real peers: the npm `oidc-provider` (as configured
+//! normally, without `offline_access`, without RFC 9207 `iss`, with a wrong client
+//! secret), the dev provider (`portcullis idp`), an issuer nobody listens on, and a
+//! configuration that does not load. The findings and the exit status.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../portcullis/tests/support/oidc_provider.rs"]
+#[allow(dead_code)]
+mod oidc_provider;
+#[path = "../../portcullis/tests/support/upstream.rs"]
+#[allow(dead_code)]
+mod upstream;
+
+use std::process::Stdio;
+
+use oidc_provider::RealProvider;
+use serde_json::json;
+use tokio::process::Command;
+use upstream::TestUpstream;
+
+const PUBLIC: &str = "http://127.0.0.1:18080";
+const SECRET: &str = "doctor-test-secret-0123456789";
+
+/// `portcullis doctor` with these settings (and a SQLite store of its own): its output
+/// and exit status.
+async fn doctor(env: &[(&str, &str)]) -> (String, i32) {
+    let dir =
+        std::env::temp_dir().join(format!("pc-doctor-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .arg("doctor")
+        .env("PORTCULLIS_CLIENT_ID", "app")
+        .env("PORTCULLIS_PUBLIC_URL", PUBLIC)
+        .env(
+            "PORTCULLIS_STORE",
+            format!("sqlite:{}", dir.join("portcullis.db").display()),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    (text, out.status.code().unwrap())
+}
+
+/// The line of `check`, e.g. `line(&out, "warn", "iss")`.
+fn line<'a>(out: &'a str, level: &str, check: &str) -> &'a str {
+    out.lines()
+        .find(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some(level) && words.next() == Some(check)
+        })
+        .unwrap_or_else(|| panic!("no `{level} {check}` line in:\n{out}"))
+}
+
+async fn oidc_provider(env: &[(&str, &str)]) -> Option<RealProvider> {
+    let client = json!([{
+        "client_id": "app",
+        "client_secret": SECRET,
+        "token_endpoint_auth_method": "client_secret_basic",
+        "redirect_uris": [format!("{PUBLIC}/auth/callback")],
+        "post_logout_redirect_uris": [format!("{PUBLIC}/auth/logged-out")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "backchannel_logout_uri": format!("{PUBLIC}/auth/backchannel-logout"),
+    }]);
+    RealProvider::start(client, env).await
+}
+
+#[tokio::test]
+async fn all_is_well_with_oidc_provider_and_every_uri_to_register_is_printed() {
+    let Some(op) = oidc_provider(&[]).await else {
+        return;
+    };
+    let up = TestUpstream::start().await;
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &op.issuer),
+        ("PORTCULLIS_CLIENT_SECRET", SECRET),
+        ("PORTCULLIS_UPSTREAM", &up.url),
+    ])
+    .await;
+    assert_eq!(status, 0, "{out}");
+    assert!(
+        out.starts_with(&format!("portcullis doctor: {} (client app)\n", op.issuer)),
+        "{out}"
+    );
+    for check in [
+        "config",
+        "discovery",
+        "jwks",
+        "pkce",
+        "iss",
+        "refresh",
+        "logout",
+        "backchannel",
+        "clock",
+        "client",
+        "store",
+        "upstream",
+    ] {
+        line(&out, "ok", check);
+    }
+    assert!(
+        line(&out, "ok", "client").contains("invalid_grant"),
+        "{out}"
+    );
+    assert!(line(&out, "ok", "jwks").contains("RS256"), "{out}");
+    for (what, uri) in [
+        ("redirect URI", "/auth/callback"),
+        ("back-channel logout URI", "/auth/backchannel-logout"),
+        ("post-logout redirect URI", "/auth/logged-out"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(what) && l.ends_with(&format!("{PUBLIC}{uri}"))),
+            "{what} missing:\n{out}"
+        );
+    }
+    assert!(out.ends_with("0 errors, 0 warnings\n"), "{out}");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_an_error() {
+    let Some(op) = oidc_provider(&[]).await else {
+        return;
+    };
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &op.issuer),
+        ("PORTCULLIS_CLIENT_SECRET", "not-the-secret"),
+    ])
+    .await;
+    assert_eq!(status, 2, "{out}");
+    let client = line(&out, "error", "client");
+    assert!(client.contains("invalid_client"), "{client}");
+    assert!(
+        client.contains("— fix: check client_id and client_secret"),
+        "{client}"
+    );
+    // The other checks still ran.
+    line(&out, "ok", "jwks");
+    line(&out, "ok", "store");
+}
+
+#[tokio::test]
+async fn a_provider_without_offline_access_or_iss_gets_warnings() {
+    let Some(op) = oidc_provider(&[("SCOPES", "openid email profile"), ("NO_ISS", "1")]).await
+    else {
+        return;
+    };
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &op.issuer),
+        ("PORTCULLIS_CLIENT_SECRET", SECRET),
+    ])
+    .await;
+    assert_eq!(status, 1, "{out}");
+    assert!(
+        line(&out, "warn", "refresh").contains("offline_access is not offered"),
+        "{out}"
+    );
+    assert!(line(&out, "warn", "iss").contains("RFC 9207"), "{out}");
+    line(&out, "ok", "client");
+    assert!(out.ends_with("0 errors, 2 warnings\n"), "{out}");
+
+    // Asking for offline_access all the same would fail every sign-in.
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &op.issuer),
+        ("PORTCULLIS_CLIENT_SECRET", SECRET),
+        ("PORTCULLIS_SCOPES", "openid email offline_access"),
+    ])
+    .await;
+    assert_eq!(status, 2, "{out}");
+    assert!(
+        line(&out, "error", "refresh").contains("invalid_scope"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_dev_provider_passes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!(
+        "pc-doctor-idp-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        r#"
+issuer = "{issuer}"
+listen = "{addr}"
+store = "sqlite:{db}"
+[[clients]]
+id = "app"
+secret = "{SECRET}"
+redirect_uris = ["{PUBLIC}/auth/callback"]
+backchannel_logout_uri = "{PUBLIC}/auth/backchannel-logout"
+[[users]]
+username = "alice"
+password = "alice"
+email = "alice@example.com"
+"#,
+        addr = issuer.trim_start_matches("http://"),
+        db = dir.join("idp.db").display()
+    );
+    let idp = portcullis_idp::Idp::open(portcullis_idp::IdpConfig::parse(&config).unwrap())
+        .await
+        .unwrap();
+    let app = portcullis_idp::router(idp);
+    tokio::spawn(async move {
+        let _ = portcullis::http::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
+    });
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &issuer),
+        ("PORTCULLIS_CLIENT_SECRET", SECRET),
+    ])
+    .await;
+    assert_eq!(status, 0, "{out}");
+    line(&out, "ok", "client");
+    line(&out, "ok", "backchannel");
+    line(&out, "ok", "refresh");
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", &issuer),
+        ("PORTCULLIS_CLIENT_SECRET", "wrong"),
+    ])
+    .await;
+    assert_eq!(status, 2, "{out}");
+    line(&out, "error", "client");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_and_a_bad_configuration_are_errors() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (out, status) = doctor(&[("PORTCULLIS_ISSUER", &format!("http://{dead}"))]).await;
+    assert_eq!(status, 2, "{out}");
+    let discovery = line(&out, "error", "discovery");
+    assert!(discovery.contains("cannot fetch"), "{discovery}");
+    assert!(discovery.contains("— fix: check `issuer`"), "{discovery}");
+    // What does not need the provider is still checked.
+    line(&out, "ok", "store");
+    line(&out, "ok", "upstream");
+
+    let (out, status) = doctor(&[
+        ("PORTCULLIS_ISSUER", "https://id.example.com"),
+        ("PORTCULLIS_SESSION_IDLE_TIMEOUT", "soon"),
+    ])
+    .await;
+    assert_eq!(status, 2, "{out}");
+    assert!(
+        line(&out, "error", "config").contains("idle_timeout"),
+        "{out}"
+    );
+}
