@@ -188,7 +188,7 @@ mutate $S/session/refresh.rs 'Err(e) if !keeps_session(&e) => {' 'Err(e) if fals
 mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
 mutate $S/session/refresh.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
-mutate $S/session/refresh.rs 'let refusals = access_refusals(&self.config.access, &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
+mutate $S/session/refresh.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
 mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
@@ -229,8 +229,8 @@ mutate $S/store/copy.rs 'Some(there) if there.issuer == user.issuer && there.sub
 C=$S/session/cache.rs
 mutate $C 'if self.epoch.load(Ordering::Acquire) != epoch || !self.live() {' 'if !self.live() {' lib a_read_that_straddles
 mutate $C '        if !self.live() {
-            self.stats.bypasses' '        if false {
-            self.stats.bypasses' lib a_silent_feed
+            self.stats.bypass();' '        if false {
+            self.stats.bypass();' lib a_silent_feed
 mutate $C 'FeedEvent::Reset => cache.drop_cached(None, &[]),' 'FeedEvent::Reset => {}' lib a_reset_empties
 mutate $C 'if self.revivals.load(Ordering::Acquire) != revivals {' 'if false {' lib a_silent_feed
 mutate $C '.is_some_and(|r| r.id_hash == *seen && r.current_seen)' '.is_some()' lib a_sighting_the_cache_cannot_vouch
@@ -239,6 +239,16 @@ mutate $C '        let result = self.inner.delete_session(family_id).await;
         self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
 mutate $S/session/lookup.rs 'if ends_here(&record, now) {' 'if false {' lib an_expiry_seen_in_the_cache
 mutate $S/session/lookup.rs '    now >= record.expires_at() || record.matched == IdMatch::Previous' '    now >= record.expires_at()' lib a_rotated_away_id_is_judged
+
+# Day two: metrics off the public listener, reloads that keep sessions, the drain.
+mutate $S/config/server.rs '            if a.port() == listen.port()' '            if false && a.port() == listen.port()' lib metrics_never_share_the_public_listener
+mutate $S/config/store.rs '        (Some(_), Some(_)) => {' '        (Some(_), Some(_)) if false => {' lib secret_file_holds_the_key_ring
+mutate $S/session/reload.rs '.is_some_and(|k| !k.opens_what_is_sealed_by(&self.keys()))' '.is_some_and(|_| false)' sessions a_reload_puts_a_new_key
+mutate $S/session/reload.rs '            self.keys.store(keys);' '' sessions a_reload_puts_a_new_key
+mutate $S/session/reload.rs '        self.routes.store(RouteRules::new(&new.routes));' '' sessions a_reload_puts_a_new_key
+mutate $S/http/serve.rs '                tunnels.close_all();' '' guard_proxy a_shutdown_lets_open_websockets
+mutate $S/http/serve.rs '        let open = tunnels.open();' '        let open = 0;' guard_proxy a_shutdown_lets_open_websockets
+mutate $S/doctor.rs 'Err(ProviderError::TokenRejected(e)) if e == "invalid_client" || e == "http_401" => {' 'Err(ProviderError::TokenRejected(e)) if false => {' cli:doctor a_wrong_client_secret
 
 I=crates/portcullis-idp/src
 P=idp:provider
