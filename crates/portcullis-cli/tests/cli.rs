@@ -167,6 +167,21 @@ fn serve_answers_health_and_stops_on_sigterm() {
         logs.iter().all(|l| l.starts_with('{')),
         "json log lines: {logs:?}"
     );
+    // The access log in JSON: one object per request, with its fields.
+    let access: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
+    let health = access
+        .iter()
+        .find(|v| v["fields"]["path"] == "/healthz")
+        .unwrap_or_else(|| panic!("no access line for /healthz: {logs:?}"));
+    assert_eq!(health["fields"]["method"], "GET");
+    assert_eq!(health["fields"]["status"], 200);
+    assert_eq!(health["fields"]["kind"], "gateway");
+    assert!(health["fields"]["duration_ms"].as_f64().is_some(), "{health}");
+    assert_eq!(health["level"], "INFO");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
