@@ -242,7 +242,9 @@ mutate $S/session/lookup.rs '    now >= record.expires_at() || record.matched ==
 
 # Day two: metrics off the public listener, reloads that keep sessions, the drain.
 mutate $S/config/server.rs '            if a.port() == listen.port()' '            if false && a.port() == listen.port()' lib metrics_never_share_the_public_listener
-mutate $S/config/store.rs '        (Some(_), Some(_)) => {' '        (Some(_), Some(_)) if false => {' lib secret_file_holds_the_key_ring
+mutate $S/config/store.rs '            errors.push(
+                "`secret` and `secret_file` are both set' '            std::mem::drop::<String>(
+                "`secret` and `secret_file` are both set' lib secret_file_holds_the_key_ring
 mutate $S/session/reload.rs '.is_some_and(|k| !k.opens_what_is_sealed_by(&self.keys()))' '.is_some_and(|_| false)' sessions a_reload_puts_a_new_key
 mutate $S/session/reload.rs '            self.keys.store(keys);' '' sessions a_reload_puts_a_new_key
 mutate $S/session/reload.rs '        self.routes.store(RouteRules::new(&new.routes));' '' sessions a_reload_puts_a_new_key
