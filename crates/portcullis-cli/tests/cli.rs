@@ -180,7 +180,10 @@ fn serve_answers_health_and_stops_on_sigterm() {
     assert_eq!(health["fields"]["method"], "GET");
     assert_eq!(health["fields"]["status"], 200);
     assert_eq!(health["fields"]["kind"], "gateway");
-    assert!(health["fields"]["duration_ms"].as_f64().is_some(), "{health}");
+    assert!(
+        health["fields"]["duration_ms"].as_f64().is_some(),
+        "{health}"
+    );
     assert_eq!(health["level"], "INFO");
     std::fs::remove_dir_all(dir).unwrap();
 }
