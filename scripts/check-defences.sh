@@ -70,7 +70,7 @@ mutate $S/provider/mod.rs '.filter(|a| !a.is_hmac())' '' $H j02_hs256
 mutate $S/provider/id_token.rs 'if header.contains_key(member) {' 'if false {' $H j03_
 mutate $S/provider/id_token.rs 'if !k.is_empty() && k.len() <= MAX_KID_LEN && k.chars().all(|c| !c.is_control()) =>' 'if !k.is_empty() =>' $H j04_
 mutate $S/provider/id_token.rs 'if header.contains_key("crit") {' 'if false {' $H j05_
-mutate $S/provider/id_token.rs 'if audiences.is_empty() || audiences.iter().any(|a| *a != expect.client_id) {' 'if !audiences.contains(&expect.client_id) {' $H j07_
+mutate $S/provider/id_token.rs '            .any(|a| *a != expect.client_id && !expect.trusted_audiences.iter().any(|t| t == a))' '            .any(|_| false)' $H j07_
 mutate $S/provider/id_token.rs 'if !crate::random::secrets_equal(found.as_bytes(), expected.as_bytes()) {' 'if false {' $H j09_
 mutate $S/provider/userinfo.rs 'Some(sub) if sub == expected_sub => Ok(claims),' 'Some(_) => Ok(claims),' $H j10_subject
 mutate $S/provider/jwks.rs '&& at.elapsed() < self.min_refetch_interval' '&& false' $H j12_random
@@ -239,6 +239,11 @@ mutate $C '        let result = self.inner.delete_session(family_id).await;
         self.drop_cached(Some(family_id), &[]);' '        let result = self.inner.delete_session(family_id).await;' lib the_second_read_is_a_hit
 mutate $S/session/lookup.rs 'if ends_here(&record, now) {' 'if false {' lib an_expiry_seen_in_the_cache
 mutate $S/session/lookup.rs '    now >= record.expires_at() || record.matched == IdMatch::Previous' '    now >= record.expires_at()' lib a_rotated_away_id_is_judged
+
+# J07 with trusted audiences: each other audience listed, azp required.
+mutate $S/provider/id_token.rs '        None if others > 0 => return Err(IdTokenError::WrongAuthorizedParty),' '' hostile_provider j07_a_trusted_extra_audience
+mutate $S/provider/id_token.rs '            .any(|a| *a != expect.client_id && !expect.trusted_audiences.iter().any(|t| t == a))' '            .any(|a| *a != expect.client_id && expect.trusted_audiences.is_empty())' hostile_provider j07_a_trusted_extra_audience
+mutate $S/provider/id_token.rs '    if others == audiences.len()' '    if audiences.is_empty()' hostile_provider j07_a_trusted_extra_audience
 
 # Day two: metrics off the public listener, reloads that keep sessions, the drain.
 mutate $S/config/server.rs '            if a.port() == listen.port()' '            if false && a.port() == listen.port()' lib metrics_never_share_the_public_listener

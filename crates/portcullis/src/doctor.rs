@@ -610,12 +610,20 @@ fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) {
         );
     }
     if is_host(issuer, "zitadel.cloud") {
-        report.problem(
-            Level::Error,
-            "quirk",
-            "ZITADEL puts its project id in the ID token's aud next to the client id, and the gateway refuses extra audiences: sign-ins fail",
-            "none yet; see docs/providers/zitadel.md",
-        );
+        if config.provider.trusted_audiences.is_empty() {
+            report.problem(
+                Level::Error,
+                "quirk",
+                "ZITADEL puts its project id in the ID token's aud next to the client id, and the gateway refuses audiences it does not trust: sign-ins fail",
+                "provider.trusted_audiences = [\"<the project's Resource Id>\"] (docs/providers/zitadel.md)",
+            );
+        } else {
+            report.push(
+                Level::Note,
+                "quirk",
+                "ZITADEL: ID tokens also name the project; provider.trusted_audiences admits it (azp must be this client)",
+            );
+        }
     }
 }
 

@@ -741,18 +741,23 @@ async fn j05_unknown_crit_header_is_refused() {
     assert_id_token_refused(&gw, &resp).await;
 }
 
+/// An ID token with the standard claims for `nonce`, patched (`null` removes a claim).
+fn patched_token(p: &HostileProvider, nonce: &str, patch: &Value) -> String {
+    let mut claims = p.claims(nonce);
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            claims.as_object_mut().unwrap().remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    p.keys.sign_rs256(&p.keys.rs256_header(), &claims)
+}
+
 async fn refused_with_claims(patch: Value) {
     let (p, gw) = setup().await;
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let mut claims = p.claims(&a.nonce);
-        for (k, v) in patch.as_object().unwrap() {
-            if v.is_null() {
-                claims.as_object_mut().unwrap().remove(k);
-            } else {
-                claims[k] = v.clone();
-            }
-        }
-        p.keys.sign_rs256(&p.keys.rs256_header(), &claims)
+        patched_token(&p, &a.nonce, &patch)
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
@@ -778,6 +783,40 @@ async fn j07_audience_and_authorized_party_must_be_this_client() {
     refused_with_claims(json!({"aud": null})).await;
     refused_with_claims(json!({"aud": ["app", "untrusted-api"]})).await;
     refused_with_claims(json!({"azp": "another-client"})).await;
+}
+
+#[tokio::test]
+async fn j07_a_trusted_extra_audience_is_admitted_only_with_azp_this_client() {
+    // ZITADEL's shape: the project id beside the client id, `azp` the client id.
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        support::gateway::Options::default()
+            .env("PORTCULLIS_PROVIDER_TRUSTED_AUDIENCES", "project-1"),
+    )
+    .await;
+    let sign_in = |patch: Value| {
+        let (p, gw) = (&p, &gw);
+        async move {
+            login_with(gw, p, &Browser::new(), |a| {
+                patched_token(p, &a.nonce, &patch)
+            })
+            .await
+        }
+    };
+    for refused in [
+        json!({"aud": ["app", "project-1"], "azp": null}),
+        json!({"aud": ["app", "project-1", "untrusted-api"], "azp": "app"}),
+        json!({"aud": ["project-1"], "azp": "app"}),
+        json!({"aud": ["app", "project-1"], "azp": "project-1"}),
+    ] {
+        let resp = sign_in(refused.clone()).await;
+        assert_id_token_refused(&gw, &resp).await;
+    }
+    let ok = sign_in(json!({"aud": ["app", "project-1"], "azp": "app"})).await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    // Without the setting the same token is refused (J07).
+    refused_with_claims(json!({"aud": ["app", "project-1"], "azp": "app"})).await;
 }
 
 #[tokio::test]

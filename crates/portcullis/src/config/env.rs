@@ -44,6 +44,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "extra_authorize_params", Kind::Map),
     ("provider", "allowed_algorithms", Kind::List),
     ("provider", "assume_email_verified", Kind::Bool),
+    ("provider", "trusted_audiences", Kind::List),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),

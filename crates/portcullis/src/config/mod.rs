@@ -120,6 +120,7 @@ impl Config {
                 .as_ref()
                 .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
             jwks_min_refetch: crate::provider::jwks::MIN_REFETCH_INTERVAL,
+            trusted_audiences: self.provider.trusted_audiences.clone(),
         }
     }
 

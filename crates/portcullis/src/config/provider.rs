@@ -17,6 +17,10 @@ pub struct ProviderSettings {
     /// Treat an email address without `email_verified` as verified (providers that
     /// release verified addresses only and do not say so, such as Entra ID).
     pub assume_email_verified: bool,
+    /// Audiences an ID token may name besides the client id (OIDC Core §3.1.3.7 step
+    /// 3: "additional audiences trusted by the client"); then `azp` must be the client
+    /// id. Empty: none (J07).
+    pub trusted_audiences: Vec<String>,
 }
 
 /// A client secret: never printed.
@@ -99,6 +103,7 @@ pub(super) struct RawProvider {
     extra_authorize_params: Option<BTreeMap<String, String>>,
     allowed_algorithms: Option<Vec<String>>,
     assume_email_verified: Option<bool>,
+    trusted_audiences: Option<Vec<String>>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -148,10 +153,23 @@ impl RawProvider {
                 }
             }
         }
+        let trusted_audiences: Vec<String> = self
+            .trusted_audiences
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| a.trim().to_owned())
+            .collect();
+        if trusted_audiences
+            .iter()
+            .any(|a| a.is_empty() || a.chars().any(char::is_control))
+        {
+            errors.push("`provider.trusted_audiences` must hold non-empty strings".into());
+        }
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms,
             assume_email_verified: self.assume_email_verified.unwrap_or(false),
+            trusted_audiences,
         }
     }
 }

@@ -231,6 +231,8 @@ impl StrictObject {
 pub struct Expectations<'a> {
     pub issuer: &'a str,
     pub client_id: &'a str,
+    /// Audiences trusted besides the client id (`provider.trusted_audiences`).
+    pub trusted_audiences: &'a [String],
     /// The nonce of this login; `None` only for the SPA code exchange (no nonce sent).
     pub nonce: Option<&'a str>,
     pub now: UnixTime,
@@ -315,7 +317,8 @@ pub fn check_claims(
     if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
         return Err(IdTokenError::WrongIssuer);
     }
-    // Step 3: aud contains our client id; we trust no other audience (J07).
+    // Step 3: aud contains our client id, and no audience the client does not trust:
+    // by default none other (J07); `provider.trusted_audiences` names the exceptions.
     let audiences: Vec<&str> = match claims.get("aud") {
         Some(Value::String(a)) => vec![a.as_str()],
         Some(Value::Array(items)) => items
@@ -324,14 +327,22 @@ pub fn check_claims(
             .collect::<Result<_, _>>()?,
         _ => return Err(IdTokenError::WrongAudience),
     };
-    if audiences.is_empty() || audiences.iter().any(|a| *a != expect.client_id) {
+    let others = audiences.iter().filter(|a| **a != expect.client_id).count();
+    if others == audiences.len()
+        || audiences
+            .iter()
+            .any(|a| *a != expect.client_id && !expect.trusted_audiences.iter().any(|t| t == a))
+    {
         return Err(IdTokenError::WrongAudience);
     }
-    // Steps 4–5: azp, when present, is our client id.
-    if let Some(azp) = claims.get("azp")
-        && azp.as_str() != Some(expect.client_id)
-    {
-        return Err(IdTokenError::WrongAuthorizedParty);
+    // Steps 4–5: azp, when present, is our client id; with other audiences it must be
+    // present (the token was issued to us, not to one of them).
+    match claims.get("azp") {
+        Some(azp) if azp.as_str() != Some(expect.client_id) => {
+            return Err(IdTokenError::WrongAuthorizedParty);
+        }
+        None if others > 0 => return Err(IdTokenError::WrongAuthorizedParty),
+        _ => {}
     }
     // Steps 9–10 (J08).
     let exp = numeric(claims, "exp").ok_or(IdTokenError::MissingExpiry)?;
@@ -497,6 +508,7 @@ mod tests {
         Expectations {
             issuer: "https://id.example.com",
             client_id: "app",
+            trusted_audiences: &[],
             nonce: Some("n-1"),
             now,
         }
@@ -556,6 +568,55 @@ mod tests {
         assert_eq!(
             check_claims(&with(now, json!({"azp": "other"})), &expect(now)).unwrap_err(),
             IdTokenError::WrongAuthorizedParty
+        );
+    }
+
+    #[test]
+    fn j07_trusted_audiences_need_azp_and_admit_only_themselves() {
+        let now = 1_800_000_000;
+        let trusted = ["project-1".to_owned()];
+        let expect = Expectations {
+            trusted_audiences: &trusted,
+            ..expect(now)
+        };
+        let ok = json!({"aud": ["app", "project-1"], "azp": "app"});
+        assert!(check_claims(&with(now, ok), &expect).is_ok());
+        for (patch, error) in [
+            // Without our client id, a trusted audience alone is not enough.
+            (
+                json!({"aud": "project-1", "azp": "app"}),
+                IdTokenError::WrongAudience,
+            ),
+            (
+                json!({"aud": ["project-1"], "azp": "app"}),
+                IdTokenError::WrongAudience,
+            ),
+            // Any audience not trusted spoils it.
+            (
+                json!({"aud": ["app", "project-1", "other"], "azp": "app"}),
+                IdTokenError::WrongAudience,
+            ),
+            // Several audiences: azp must say the token was issued to us.
+            (
+                json!({"aud": ["app", "project-1"]}),
+                IdTokenError::WrongAuthorizedParty,
+            ),
+            (
+                json!({"aud": ["app", "project-1"], "azp": "project-1"}),
+                IdTokenError::WrongAuthorizedParty,
+            ),
+        ] {
+            assert_eq!(
+                check_claims(&with(now, patch.clone()), &expect).unwrap_err(),
+                error,
+                "{patch}"
+            );
+        }
+        // Not configured: the same token is refused (J07).
+        let ok = json!({"aud": ["app", "project-1"], "azp": "app"});
+        assert_eq!(
+            check_claims(&with(now, ok), &super::tests::expect(now)).unwrap_err(),
+            IdTokenError::WrongAudience
         );
     }
 

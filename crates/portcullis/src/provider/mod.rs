@@ -201,6 +201,8 @@ pub struct ProviderSettings {
     /// `None`: the provider's advertised asymmetric algorithms.
     pub allowed_algorithms: Option<Vec<Algorithm>>,
     pub jwks_min_refetch: Duration,
+    /// Audiences an ID token may name besides the client id (then `azp` must be it).
+    pub trusted_audiences: Vec<String>,
 }
 
 /// Least time between two discovery attempts after a failure.
@@ -447,6 +449,7 @@ impl Provider {
         let expect = id_token::Expectations {
             issuer: &self.settings.issuer,
             client_id: &self.settings.client_id,
+            trusted_audiences: &self.settings.trusted_audiences,
             nonce,
             now,
         };

@@ -597,8 +597,8 @@ impl Sessions {
         if record.user.issuer != self.provider.issuer() {
             return Err(Refused::Identity("iss"));
         }
-        // `aud` needs no comparison with the first ID token: validation accepts only an
-        // audience of exactly this client, so both are [client_id] (J07).
+        // `aud` needs no comparison with the first ID token: validation accepts only
+        // this client's id plus audiences it trusts, issued to it (`azp`) (J07).
         Ok(verified.claims)
     }
 
