@@ -268,3 +268,94 @@ async fn an_unreachable_issuer_and_a_bad_configuration_are_errors() {
         "{out}"
     );
 }
+
+/// A fresh store prefix, so that parallel tests on one server never share tables.
+fn random_prefix() -> String {
+    format!(
+        "doc{}",
+        &portcullis::random::random_token()[..10].to_ascii_lowercase()
+    )
+    .chars()
+    .filter(|c| c.is_ascii_alphanumeric())
+    .collect()
+}
+
+#[tokio::test]
+async fn shared_stores_are_reached_and_an_evicting_redis_is_a_warning() {
+    let secret = portcullis::session::KeyRing::generate_secret();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let issuer = format!("http://{dead}");
+    let prefix = random_prefix();
+    match std::env::var("PORTCULLIS_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let (out, _) = doctor(&[
+                ("PORTCULLIS_ISSUER", &issuer),
+                ("PORTCULLIS_STORE", &url),
+                ("PORTCULLIS_STORE_PREFIX", &prefix),
+                ("PORTCULLIS_SECRET", &secret),
+            ])
+            .await;
+            assert!(
+                line(&out, "ok", "store").contains("reachable, schema current"),
+                "{out}"
+            );
+        }
+        Err(_) => {
+            eprintln!("skipped: set PORTCULLIS_TEST_POSTGRES_URL to check doctor on PostgreSQL")
+        }
+    }
+    let Ok(url) = std::env::var("PORTCULLIS_TEST_REDIS_URL") else {
+        eprintln!("skipped: set PORTCULLIS_TEST_REDIS_URL to check doctor on Redis");
+        return;
+    };
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let policy: Vec<String> = ::redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let run = || async {
+        doctor(&[
+            ("PORTCULLIS_ISSUER", &issuer),
+            ("PORTCULLIS_STORE", &url),
+            ("PORTCULLIS_STORE_PREFIX", &prefix),
+            ("PORTCULLIS_SECRET", &secret),
+        ])
+        .await
+        .0
+    };
+    if policy[1] == "noeviction" {
+        let out = run().await;
+        line(&out, "ok", "store");
+        assert!(!out.contains("maxmemory-policy"), "{out}");
+    }
+    // Without `maxmemory` an evicting policy evicts nothing: harmless to the other tests
+    // on this server while it lasts, and put back at once.
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("allkeys-lru")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let out = run().await;
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(&policy[1])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    line(&out, "ok", "store");
+    let warning = line(&out, "warn", "store");
+    assert!(
+        warning.contains("maxmemory-policy allkeys-lru"),
+        "{warning}"
+    );
+    assert!(warning.contains("noeviction"), "{warning}");
+}
