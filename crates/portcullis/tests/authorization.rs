@@ -426,6 +426,9 @@ async fn two_instances_on_one_store_publish_and_sign_with_the_same_keys() {
         .env("PORTCULLIS_PUBLIC_URL", &s.gw.url),
     )
     .await;
+    // Two instances, one time: each test gateway's clock starts when it is made, and the
+    // two may be made on either side of a second's boundary.
+    other.clock.set(s.gw.clock_now());
     let alice = s.signed_in("alice").await;
     let jwks = |gw: &TestGateway| {
         let url = gw.at("/auth/jwks.json");
