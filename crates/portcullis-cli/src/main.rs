@@ -560,7 +560,7 @@ fn spawn_reloader(gateway: Arc<Gateway>, file: Option<PathBuf>) -> std::io::Resu
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                reload(&gateway, file.as_deref());
+                reload(&gateway, file.as_deref()).await;
             }
         });
     }
@@ -569,7 +569,7 @@ fn spawn_reloader(gateway: Arc<Gateway>, file: Option<PathBuf>) -> std::io::Resu
     Ok(())
 }
 
-fn reload(gateway: &Gateway, file: Option<&std::path::Path>) {
+async fn reload(gateway: &Gateway, file: Option<&std::path::Path>) {
     let config = match Config::load(file) {
         Ok(config) => config,
         Err(e) => {
@@ -577,7 +577,7 @@ fn reload(gateway: &Gateway, file: Option<&std::path::Path>) {
             return;
         }
     };
-    match gateway.sessions().reload_settings(&config) {
+    match gateway.sessions().reload_settings(&config).await {
         Ok(report) => {
             tracing::info!(
                 key_ring = report
@@ -587,6 +587,11 @@ fn reload(gateway: &Gateway, file: Option<&std::path::Path>) {
                     )),
                 "reloaded the key ring, the access rules and the routes"
             );
+            if report.new_sealing_key {
+                tracing::warn!(
+                    "the key ring seals with a key the running one did not hold: an instance that has not reloaded yet cannot open what this one seals (with several instances, add a new key second everywhere first, then move it to the front)"
+                );
+            }
             if report.needs_restart {
                 tracing::warn!(
                     "other settings differ from the running ones; they apply at the next restart"

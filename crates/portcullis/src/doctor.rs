@@ -151,6 +151,16 @@ pub async fn run(config: &Config) -> Report {
     report
         .register
         .insert(0, ("redirect URI", config.redirect_uri()));
+    if let Some(spa) = config
+        .spa
+        .code_exchange
+        .then_some(config.spa.redirect_uri.as_ref())
+        .flatten()
+    {
+        report
+            .register
+            .insert(1, ("redirect URI (SPA)", spa.to_string()));
+    }
     report
 }
 
@@ -227,7 +237,7 @@ async fn provider_checks(config: &Config, http: ProviderHttp, report: &mut Repor
     iss_check(&metadata, report);
     refresh_check(config, &provider, &metadata, &raw, report).await;
     logout_checks(config, &metadata, &raw, report);
-    clock_check(answer.date.as_deref(), asked, answered, report);
+    clock_check(answer.date.as_deref(), answer.age, asked, answered, report);
     client_check(config, &provider, report).await;
     quirks(config, &metadata, report);
 }
@@ -418,8 +428,18 @@ fn logout_checks(config: &Config, metadata: &Metadata, raw: &Value, report: &mut
     }
 }
 
-fn clock_check(date: Option<&str>, asked: SystemTime, answered: SystemTime, report: &mut Report) {
-    let Some(theirs) = date.and_then(|d| httpdate::parse_http_date(d).ok()) else {
+fn clock_check(
+    date: Option<&str>,
+    age: Option<u64>,
+    asked: SystemTime,
+    answered: SystemTime,
+    report: &mut Report,
+) {
+    // A cached answer keeps its `Date` and says how long it was kept in `Age`.
+    let Some(theirs) = date
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .map(|d| d + Duration::from_secs(age.unwrap_or(0)))
+    else {
         return report.push(
             Level::Note,
             "clock",
@@ -495,8 +515,14 @@ async fn client_check(config: &Config, provider: &Provider, report: &mut Report)
         Err(ProviderError::TokenRejected(e)) if e == "unauthorized_client" => report.problem(
             Level::Error,
             "client",
-            "the client may not use the authorization code grant",
-            "allow the authorization_code (and refresh_token) grant for this client at the provider",
+            "the token endpoint refused the client (unauthorized_client): wrong credentials, or a client that may not use the authorization code grant",
+            "check client_id and client_secret, and allow the authorization_code (and refresh_token) grant for this client at the provider",
+        ),
+        Err(ProviderError::BadResponse(why)) => report.problem(
+            Level::Warn,
+            "client",
+            format!("the answer to a bogus code was no OAuth error ({why}); the credentials could not be told right or wrong"),
+            "check client_id and client_secret; sign in once to see",
         ),
         Err(ProviderError::TokenRejected(e)) => report.problem(
             Level::Warn,
@@ -628,6 +654,19 @@ fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) {
 }
 
 async fn store_check(config: &Config, report: &mut Report) {
+    // Never create a database here (doctor may run as another user than serve).
+    if let crate::config::StoreLocation::Sqlite(path) = &config.store
+        && !path.exists()
+    {
+        return report.push(
+            Level::Ok,
+            "store",
+            format!(
+                "{} does not exist yet; serve creates it (its folder must be writable by serve's user)",
+                config.store.describe()
+            ),
+        );
+    }
     let store = match crate::store::open(&config.store, &config.store_prefix).await {
         Ok(s) => s,
         Err(e) => {
@@ -704,4 +743,39 @@ fn without_url(e: reqwest::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(date: SystemTime, age: Option<u64>) -> Finding {
+        let mut report = Report::default();
+        let now = SystemTime::now();
+        clock_check(
+            Some(&httpdate::fmt_http_date(date)),
+            age,
+            now,
+            now,
+            &mut report,
+        );
+        report.findings.remove(0)
+    }
+
+    #[test]
+    fn the_clock_check_counts_a_cached_answers_age_and_judges_the_skew() {
+        let now = SystemTime::now();
+        assert_eq!(clock(now, None).level, Level::Ok);
+        // Kept five minutes in a cache: its Date is old, its Age says so.
+        let cached = now - Duration::from_secs(300);
+        assert_eq!(clock(cached, Some(300)).level, Level::Ok);
+        assert_eq!(clock(cached, None).level, Level::Error);
+        let off = clock(now + Duration::from_secs(20), None);
+        assert_eq!(off.level, Level::Warn);
+        assert!(off.message.contains("behind"), "{}", off.message);
+        assert_eq!(
+            clock(now - Duration::from_secs(90), None).level,
+            Level::Error
+        );
+    }
 }

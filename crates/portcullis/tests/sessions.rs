@@ -922,15 +922,39 @@ async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_sess
     let mut typo = reloaded.clone();
     typo.secret = portcullis::config::SecretKeys::parse(&b64(&key_b)).ok();
     typo.secret_file = Some(replaced);
-    assert!(h.gw.gateway.sessions().reload_settings(&typo).is_err());
+    let refused = h.gw.gateway.sessions().reload_settings(&typo).await;
+    assert!(
+        matches!(
+            refused,
+            Err(portcullis::session::reload::ReloadError::DropsSealingKey)
+        ),
+        "{refused:?}"
+    );
     assert_eq!(
         api(&h.gw, &before, "/admin/x").await.status,
         200,
         "nothing applied"
     );
 
-    let report = h.gw.gateway.sessions().reload_settings(&reloaded).unwrap();
+    let report =
+        h.gw.gateway
+            .sessions()
+            .reload_settings(&reloaded)
+            .await
+            .unwrap();
     assert_eq!(report.keys, Some(2));
+    assert!(report.new_sealing_key, "B was not in the running ring");
+    // Dropping A now would leave the assertion signing key (sealed with A when it was
+    // made) unopenable after a restart: refused, and A stays.
+    std::fs::write(dir.join("replaced"), b64(&key_b)).unwrap();
+    let refused = h.gw.gateway.sessions().reload_settings(&typo).await;
+    assert!(
+        matches!(
+            refused,
+            Err(portcullis::session::reload::ReloadError::DropsSigningKey(_))
+        ),
+        "{refused:?}"
+    );
 
     // The session from before works on (its tokens still open: relay, refresh) and the
     // new route applies to it at once.

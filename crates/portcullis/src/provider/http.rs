@@ -21,6 +21,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// The `Date` header, as sent (`portcullis doctor` compares clocks with it).
     pub date: Option<String>,
+    /// The `Age` header: seconds the answer spent in a cache since `Date`.
+    pub age: Option<u64>,
 }
 
 impl std::fmt::Debug for Answer {
@@ -144,6 +146,11 @@ impl ProviderHttp {
                 .get(reqwest::header::DATE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let age = resp
+                .headers()
+                .get(reqwest::header::AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             if resp.content_length().is_some_and(|n| n > cap as u64) {
                 return Err(ProviderError::TooLarge(cap));
             }
@@ -159,6 +166,7 @@ impl ProviderHttp {
                 content_type,
                 body,
                 date,
+                age,
             })
         };
         // reqwest's own timeout covers the call; this guards the body loop as well.

@@ -384,6 +384,29 @@ pub fn new_key(
     })
 }
 
+/// The first stored key still in use at `now` (signing, about to, or published for the
+/// assertions it signed) that `ring` cannot open: a ring without it would leave a
+/// restarted instance unable to sign or publish it.
+pub(crate) fn unopenable_key_in_use<'a>(
+    records: &'a [SigningKeyRecord],
+    ring: &KeyRing,
+    now: UnixTime,
+) -> Option<&'a SigningKeyRecord> {
+    let mut records: Vec<&SigningKeyRecord> = records.iter().collect();
+    records.sort_by_key(|r| r.generation);
+    let activation = |i: usize| {
+        if i == 0 {
+            records[0].created_at
+        } else {
+            records[i].created_at + ACTIVATION
+        }
+    };
+    (0..records.len())
+        .filter(|&i| i + 1 == records.len() || now < activation(i + 1) + LIFETIME + 60)
+        .map(|i| records[i])
+        .find(|r| ring.open(&r.sealed_key, &seal_context(&r.kid)).is_err())
+}
+
 /// Opens a stored key: its signing half and its public JWK.
 fn open_key(record: &SigningKeyRecord, ring: &KeyRing) -> Result<(EncodingKey, Value), String> {
     let der = ring

@@ -355,12 +355,14 @@ impl Sessions {
     }
 }
 
-/// `portcullis_logins_total`: `denied` when the access rules or the provider refused
-/// the user, `error` for everything else that ended a sign-in.
+/// `portcullis_logins_total`: `denied` when the access rules refused the user or the
+/// provider answered `access_denied`, `error` for everything else that ended a sign-in
+/// (the provider's other errors, such as `temporarily_unavailable`, included).
 fn count_login(result: &Result<LoginOutcome, SessionError>) {
     crate::metrics::login(match result {
         Ok(_) => "success",
-        Err(SessionError::AccessDenied(_) | SessionError::ProviderDenied { .. }) => "denied",
+        Err(SessionError::AccessDenied(_)) => "denied",
+        Err(SessionError::ProviderDenied { error, .. }) if error == "access_denied" => "denied",
         Err(_) => "error",
     });
 }

@@ -532,7 +532,6 @@ impl Sessions {
                 self.commit_refresh(fresh, &tokens, answer).await
             }
             Err(e) if !keeps_session(&e) => {
-                crate::metrics::refresh("invalid_grant");
                 // F02: the grant is refused (`invalid_grant`, or another OAuth error about
                 // it); so is the session. No retry. Unless a rotation was committed
                 // meanwhile, which this refusal says nothing about.
@@ -544,6 +543,7 @@ impl Sessions {
                     Some(latest) => return Ok(Some(latest)),
                     None => return Ok(None),
                 }
+                crate::metrics::refresh("invalid_grant");
                 self.store.delete_session(fresh.record.family_id).await?;
                 tracing::info!(
                     session = fresh.record.id_hash.short(),
@@ -724,6 +724,8 @@ impl Sessions {
             "tokens refreshed; session id rotated"
         );
         let Some(committed) = self.store.get_session_fresh(&hash).await? else {
+            // Committed, then ended meanwhile (sign-out, revocation).
+            crate::metrics::refresh("success");
             return Ok(None);
         };
         let fresh = Fresh {
