@@ -104,6 +104,7 @@ mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' author
 mutate $S/session/routes.rs '                    if !overridden.is_some_and(|m| allowed(&m)) {' '                    if false {' authorization routes_refuse_methods
 mutate $S/http/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
+mutate $S/config/routes.rs '                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))' '                    earlier.iter().find(|_| false)' lib bad_routes_are_configuration_errors
 mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), value);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
 mutate $S/session/assertion.rs '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME + 60)' '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME * 100)' authorization after_a_rotation
 mutate $S/session/assertion.rs '            created + ACTIVATION' '            created' authorization after_a_rotation

@@ -43,6 +43,8 @@ pub(super) fn validate(
         .filter_map(|p| Some((p, PathPattern::parse(p)?)))
         .collect();
     let mut routes = Vec::new();
+    // The routes before this one, to find one that hides it.
+    let mut earlier: Vec<(String, PathPattern)> = Vec::new();
     for (i, raw) in raw.unwrap_or_default().into_iter().enumerate() {
         let name = format!("routes[{i}]");
         let Some(path) = raw.path else {
@@ -54,6 +56,17 @@ pub(super) fn validate(
                 "`{name}.path`: `{path}` must be a normalised path (`/admin`) or a prefix ending in `/*` (`/admin/*`)"
             )),
             Some(pattern) => {
+                // First match wins: a route inside an earlier, broader one never applies
+                // (`/admin/*` before `/admin/billing/*` would open billing to admins'
+                // rules only) — always a mistake, so an error.
+                if let Some((before, _)) =
+                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))
+                {
+                    errors.push(format!(
+                        "`{name}` (`{path}`) can never apply: {before} comes first and matches every path it does; put the narrower route first"
+                    ));
+                }
+                earlier.push((format!("`routes[{i}]` (`{path}`)"), pattern.clone()));
                 for (p, public) in &public {
                     if pattern.overlaps_ignoring_case(public) {
                         errors.push(format!(
@@ -139,6 +152,15 @@ allowed_email_domains = ["Example.com"]
     }
 
     #[test]
+    fn narrow_routes_may_come_before_broad_ones() {
+        let c = load(
+            "[[routes]]\npath = \"/admin/billing/*\"\n[[routes]]\npath = \"/admin\"\n[[routes]]\npath = \"/admin/*\"\n[[routes]]\npath = \"/administration/*\"",
+        )
+        .unwrap();
+        assert_eq!(c.routes.len(), 4);
+    }
+
+    #[test]
     fn bad_routes_are_configuration_errors() {
         for (toml, expected) in [
             (
@@ -170,6 +192,18 @@ allowed_email_domains = ["Example.com"]
             (
                 "[[routes]]\npath = \"/a\"\nallowed_emails = [\"nobody\"]",
                 "`routes[0].allowed_emails`",
+            ),
+            (
+                "[[routes]]\npath = \"/admin/*\"\n[[routes]]\npath = \"/Admin/billing/*\"",
+                "`routes[1]` (`/Admin/billing/*`) can never apply: `routes[0]` (`/admin/*`)",
+            ),
+            (
+                "[[routes]]\npath = \"/*\"\n[[routes]]\npath = \"/x\"",
+                "`routes[1]` (`/x`) can never apply",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\n[[routes]]\npath = \"/A\"",
+                "`routes[1]` (`/A`) can never apply",
             ),
         ] {
             let e = load(toml).unwrap_err();

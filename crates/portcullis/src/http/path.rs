@@ -213,6 +213,19 @@ impl PathPattern {
     }
 
     /// Whether some path matches both patterns, ignoring ASCII case.
+    /// Whether every path `other` matches, this pattern matches too (ASCII case
+    /// ignored): a route after this one with that pattern could never apply.
+    pub fn covers_ignoring_case(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) => a.eq_ignore_ascii_case(b),
+            (Self::Exact(_), Self::Prefix(_)) => false,
+            (Self::Prefix(_), Self::Exact(e)) => self.matches_str(e, true),
+            (Self::Prefix(_), Self::Prefix(b)) => {
+                self.matches_str(if b.is_empty() { "/" } else { b }, true)
+            }
+        }
+    }
+
     pub fn overlaps_ignoring_case(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Exact(a), Self::Exact(b)) => a.eq_ignore_ascii_case(b),
@@ -235,6 +248,50 @@ mod tests {
 
     fn n(p: &str) -> Result<String, PathError> {
         normalize_path(p).map(|x| x.0)
+    }
+
+    #[test]
+    fn a_covering_pattern_matches_every_path_the_covered_one_does() {
+        // Every pattern and path over a small alphabet, up to three segments.
+        let mut segments = vec![String::new()];
+        for _ in 0..3 {
+            let longer: Vec<String> = segments
+                .iter()
+                .flat_map(|s| ["a", "B", "b"].map(|x| format!("{s}/{x}")))
+                .collect();
+            segments.extend(longer);
+        }
+        // Paths one segment deeper than any pattern.
+        let deeper: Vec<String> = segments
+            .iter()
+            .flat_map(|s| [s.clone(), format!("{s}/a"), format!("{s}/c")])
+            .collect();
+        let paths: Vec<NormalizedPath> = deeper
+            .iter()
+            .flat_map(|s| [s.clone(), format!("{s}/")])
+            .filter_map(|s| normalize_path(if s.is_empty() { "/" } else { &s }).ok())
+            .collect();
+        let patterns: Vec<PathPattern> = segments
+            .iter()
+            .flat_map(|s| {
+                [
+                    PathPattern::parse(if s.is_empty() { "/" } else { s }),
+                    PathPattern::parse(&format!("{s}/*")),
+                ]
+            })
+            .flatten()
+            .collect();
+        let mut covering = 0;
+        for a in &patterns {
+            for b in &patterns {
+                let implied = paths
+                    .iter()
+                    .all(|p| !b.matches_ignoring_case(p) || a.matches_ignoring_case(p));
+                assert_eq!(a.covers_ignoring_case(b), implied, "{a:?} covers {b:?}");
+                covering += usize::from(implied);
+            }
+        }
+        assert!(covering > patterns.len(), "the property was exercised");
     }
 
     #[test]
