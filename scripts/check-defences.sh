@@ -106,8 +106,9 @@ mutate $S/http/path.rs '                && p.strip_suffix' '                && f
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
 mutate $S/config/routes.rs '                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))' '                    earlier.iter().find(|_| false)' lib bad_routes_are_configuration_errors
 mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), value);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
-mutate $S/session/assertion.rs '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME + 60)' '.filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME * 100)' authorization after_a_rotation
-mutate $S/session/assertion.rs '            created + ACTIVATION' '            created' authorization after_a_rotation
+mutate $S/session/assertion.rs '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)' '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME * 100)' authorization after_a_rotation
+mutate $S/session/assertion.rs '        record.created_at + ACTIVATION' '        record.created_at' authorization after_a_rotation
+mutate $S/session/assertion.rs '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)' '        .filter(|_| true)' lib retired_keys_are_out_of_use
 mutate $S/session/assertion.rs '            && (now + RESIGN_BEFORE < s.expires_at || s.expires_at >= expires_at)' '' authorization assertions_are_signed_again
 mutate $S/session/service.rs '        if self.assertions.too_old(now) {' '        if false {' authorization an_instance_idle_through
 mutate $S/session/assertion.rs '            .min(now + idle)' '' authorization assertions_end_with_the_idle

@@ -69,15 +69,9 @@ struct KeySet {
 }
 
 impl KeySet {
-    /// When `keys[i]` starts signing: the first key ever at once (no instance published
-    /// anything before it), every later one [`ACTIVATION`] after it was made.
+    /// When `keys[i]` starts signing (see [`activation`]).
     fn activation(&self, i: usize) -> UnixTime {
-        let created = self.keys[i].record.created_at;
-        if i == 0 {
-            created
-        } else {
-            created + ACTIVATION
-        }
+        activation(&self.keys[i].record)
     }
 
     /// The key that signs at `now`: the newest active one.
@@ -88,12 +82,14 @@ impl KeySet {
             .map(|i| &self.keys[i])
     }
 
-    /// The keys to publish at `now`: those that sign or will, and retired ones until
-    /// every assertion they signed has expired (a minute of clock skew included).
+    /// The keys to publish at `now`: those in use ([`in_use`]: signing, about to, or
+    /// retired with assertions still alive).
     fn published(&self, now: UnixTime) -> Vec<&Value> {
-        (0..self.keys.len())
-            .filter(|&i| i + 1 == self.keys.len() || now < self.activation(i + 1) + LIFETIME + 60)
-            .map(|i| &self.keys[i].jwk)
+        let used = in_use(self.keys.iter().map(|k| &k.record), now);
+        self.keys
+            .iter()
+            .filter(|k| used.iter().any(|r| r.kid == k.record.kid))
+            .map(|k| &k.jwk)
             .collect()
     }
 }
@@ -185,7 +181,7 @@ impl Assertions {
         }
         let current = self.key_set();
         let mut keys = Vec::with_capacity(records.len());
-        for record in records {
+        for record in in_use(&records, now).into_iter().cloned() {
             // Opening a key is costly: reuse the ones already open.
             if let Some(open) = current.keys.iter().find(|k| k.record == record) {
                 keys.push(LoadedKey {
@@ -384,26 +380,41 @@ pub fn new_key(
     })
 }
 
-/// The first stored key still in use at `now` (signing, about to, or published for the
-/// assertions it signed) that `ring` cannot open: a ring without it would leave a
-/// restarted instance unable to sign or publish it.
+/// When a key starts signing: the first key ever (generation 1) at once, as no instance
+/// published anything before it; every later one [`ACTIVATION`] after it was made.
+fn activation(record: &SigningKeyRecord) -> UnixTime {
+    if record.generation <= 1 {
+        record.created_at
+    } else {
+        record.created_at + ACTIVATION
+    }
+}
+
+/// The stored keys in use at `now`, oldest first: the newest, and every older one until
+/// the assertions it signed have expired after its successor took over (a minute of
+/// clock skew included). Retired keys are never opened again, so a key ring may drop
+/// the key that sealed them.
+fn in_use<'a>(
+    records: impl IntoIterator<Item = &'a SigningKeyRecord>,
+    now: UnixTime,
+) -> Vec<&'a SigningKeyRecord> {
+    let mut records: Vec<&SigningKeyRecord> = records.into_iter().collect();
+    records.sort_by_key(|r| r.generation);
+    (0..records.len())
+        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)
+        .map(|i| records[i])
+        .collect()
+}
+
+/// The first stored key in use at `now` that `ring` cannot open: a ring without it
+/// would leave a restarted instance unable to sign or publish it.
 pub(crate) fn unopenable_key_in_use<'a>(
     records: &'a [SigningKeyRecord],
     ring: &KeyRing,
     now: UnixTime,
 ) -> Option<&'a SigningKeyRecord> {
-    let mut records: Vec<&SigningKeyRecord> = records.iter().collect();
-    records.sort_by_key(|r| r.generation);
-    let activation = |i: usize| {
-        if i == 0 {
-            records[0].created_at
-        } else {
-            records[i].created_at + ACTIVATION
-        }
-    };
-    (0..records.len())
-        .filter(|&i| i + 1 == records.len() || now < activation(i + 1) + LIFETIME + 60)
-        .map(|i| records[i])
+    in_use(records, now)
+        .into_iter()
         .find(|r| ring.open(&r.sealed_key, &seal_context(&r.kid)).is_err())
 }
 
@@ -454,4 +465,40 @@ pub async fn rotate(
     Err(AssertionError::Key(
         "other writers keep adding signing keys; try again".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(generation: i64, created_at: UnixTime) -> SigningKeyRecord {
+        SigningKeyRecord {
+            generation,
+            kid: format!("k{generation}"),
+            sealed_key: crate::session::Sealed::from_stored("unused".into()),
+            created_at,
+        }
+    }
+
+    #[test]
+    fn retired_keys_are_out_of_use_once_their_assertions_have_expired() {
+        let records = [record(2, 1_000), record(1, 0)];
+        let kids = |now| -> Vec<String> {
+            in_use(&records, now)
+                .iter()
+                .map(|r| r.kid.clone())
+                .collect()
+        };
+        // The successor signs from 1_000 + ACTIVATION; the old key's last assertions
+        // live LIFETIME more, plus a minute of skew.
+        let retired = 1_000 + ACTIVATION + LIFETIME + 60;
+        assert_eq!(kids(1_000), ["k1", "k2"]);
+        assert_eq!(kids(retired - 1), ["k1", "k2"]);
+        assert_eq!(kids(retired), ["k2"]);
+        assert_eq!(
+            in_use(&records[1..], 5_000_000).len(),
+            1,
+            "the newest stays"
+        );
+    }
 }
