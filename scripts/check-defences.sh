@@ -76,7 +76,6 @@ mutate $S/provider/userinfo.rs 'Some(sub) if sub == expected_sub => Ok(claims),'
 mutate $S/provider/jwks.rs '&& at.elapsed() < self.min_refetch_interval' '&& false' $H j12_random
 mutate $S/provider/id_token.rs '&& !typ.eq_ignore_ascii_case("JWT")' '&& false' $H j13_
 mutate $S/provider/id_token.rs 'if out.contains_key(&key) {' 'if false {' $H j14_
-mutate $S/session/login.rs 'if let Some(old) = replaced {' 'if let Some(old) = None::<&SessionId> {' $H s03_logging_in_again
 mutate $S/session/lookup.rs 'if now >= record.expires_at() {' 'if false {' $H s07_
 mutate $S/session/access.rs 'if rules.require_email_verified && !is_true(claims.get("email_verified")) {' 'if false {' $H ar1_users
 mutate $S/session/access.rs '|| rules.allowed_email_domains.contains(&domain)' '|| rules.allowed_email_domains.iter().any(|d| domain.ends_with(d.as_str()))' $H ar2_
@@ -246,6 +245,8 @@ mutate $S/session/lookup.rs '    now >= record.expires_at() || record.matched ==
 mutate $S/provider/id_token.rs '        None if others > 0 => return Err(IdTokenError::WrongAuthorizedParty),' '' hostile_provider j07_a_trusted_extra_audience
 mutate $S/provider/id_token.rs '            .any(|a| *a != expect.client_id && !expect.trusted_audiences.iter().any(|t| t == a))' '            .any(|a| *a != expect.client_id && expect.trusted_audiences.is_empty())' hostile_provider j07_a_trusted_extra_audience
 mutate $S/provider/id_token.rs '    if others == audiences.len()' '    if audiences.is_empty()' hostile_provider j07_a_trusted_extra_audience
+
+mutate $S/session/login.rs '            self.end_session_by_id(old).await;' '' hostile_provider s03_logging_in_again
 
 # Day two: metrics off the public listener, reloads that keep sessions, the drain.
 mutate $S/config/server.rs '            if a.port() == listen.port()' '            if false && a.port() == listen.port()' lib metrics_never_share_the_public_listener

@@ -177,20 +177,30 @@ impl Sessions {
                 .provider
                 .exchange_code(&code, &verifier, &self.config.redirect_uri())
                 .await?;
-            let outcome = self
-                .create_session_from_tokens(
-                    tokens,
-                    Some(&tx.nonce),
-                    ReturnTo::from_stored(tx.return_to),
-                    user_agent,
-                )
-                .await?;
-            if let Some(old) = replaced {
-                self.end_session_by_id(old).await;
-            }
-            Ok(outcome)
+            self.create_session_from_tokens(
+                tokens,
+                Some(&tx.nonce),
+                ReturnTo::from_stored(tx.return_to),
+                user_agent,
+            )
+            .await
         }
         .await;
+        self.finish_login(result, replaced).await
+    }
+
+    /// The end of every sign-in: a session the browser presented is ended once the new
+    /// one exists (replaced, never promoted: S03), and the outcome is counted.
+    async fn finish_login(
+        &self,
+        result: Result<LoginOutcome, SessionError>,
+        replaced: Option<&SessionId>,
+    ) -> Result<LoginOutcome, SessionError> {
+        if result.is_ok()
+            && let Some(old) = replaced
+        {
+            self.end_session_by_id(old).await;
+        }
         count_login(&result);
         result
     }
@@ -341,17 +351,11 @@ impl Sessions {
                 .provider
                 .exchange_code(code, verifier, &redirect_uri)
                 .await?;
-            let outcome = self
-                .create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
-                .await?;
-            if let Some(old) = replaced {
-                self.end_session_by_id(old).await;
-            }
-            Ok(outcome)
+            self.create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
+                .await
         }
         .await;
-        count_login(&result);
-        result
+        self.finish_login(result, replaced).await
     }
 }
 
