@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../portcullis/tests/support/dev_provider.rs"]
+mod dev_provider;
 #[path = "../../portcullis/tests/support/oidc_provider.rs"]
 #[allow(dead_code)]
 mod oidc_provider;
@@ -185,44 +187,7 @@ async fn a_provider_without_offline_access_or_iss_gets_warnings() {
 
 #[tokio::test]
 async fn the_dev_provider_passes() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let dir = std::env::temp_dir().join(format!(
-        "pc-doctor-idp-{}",
-        portcullis::random::random_token()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        r#"
-issuer = "{issuer}"
-listen = "{addr}"
-store = "sqlite:{db}"
-[[clients]]
-id = "app"
-secret = "{SECRET}"
-redirect_uris = ["{PUBLIC}/auth/callback"]
-backchannel_logout_uri = "{PUBLIC}/auth/backchannel-logout"
-[[users]]
-username = "alice"
-password = "alice"
-email = "alice@example.com"
-"#,
-        addr = issuer.trim_start_matches("http://"),
-        db = dir.join("idp.db").display()
-    );
-    let idp = portcullis_idp::Idp::open(portcullis_idp::IdpConfig::parse(&config).unwrap())
-        .await
-        .unwrap();
-    let app = portcullis_idp::router(idp);
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    let issuer = dev_provider::start(PUBLIC, Some(SECRET)).await;
     let (out, status) = doctor(&[
         ("PORTCULLIS_ISSUER", &issuer),
         ("PORTCULLIS_CLIENT_SECRET", SECRET),
@@ -239,7 +204,6 @@ email = "alice@example.com"
     .await;
     assert_eq!(status, 2, "{out}");
     line(&out, "error", "client");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]

@@ -37,58 +37,6 @@ impl Provider {
     }
 }
 
-/// `portcullis idp` on a free port with one client for the gateway and the users the
-/// npm provider also has.
-async fn start_dev_idp(gateway_url: &str, secret: Option<&str>) -> Provider {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let dir = std::env::temp_dir().join(format!(
-        "pc-interop-idp-{}",
-        portcullis::random::random_token()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret_line = secret
-        .map(|s| format!("secret = \"{s}\"\n"))
-        .unwrap_or_default();
-    let config = format!(
-        r#"
-issuer = "{issuer}"
-listen = "{addr}"
-store = "sqlite:{db}"
-[[clients]]
-id = "app"
-{secret_line}redirect_uris = ["{gateway_url}/auth/callback"]
-backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
-[[users]]
-username = "alice"
-password = "alice"
-email = "alice@example.com"
-name = "Alice Example"
-[[users]]
-username = "bob"
-password = "bob"
-email = "bob@example.org"
-name = "Bob Builder"
-"#,
-        addr = issuer.trim_start_matches("http://"),
-        db = dir.join("idp.db").display()
-    );
-    let idp = portcullis_idp::Idp::open(portcullis_idp::IdpConfig::parse(&config).unwrap())
-        .await
-        .unwrap();
-    let app = portcullis_idp::router(idp);
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
-    Provider { issuer, node: None }
-}
-
 /// A provider with one client for a gateway on a pre-bound port, and that gateway.
 async fn setup(op: Op, secret: Option<&str>, options: Options) -> Option<(Provider, TestGateway)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -116,7 +64,10 @@ async fn setup(op: Op, secret: Option<&str>, options: Options) -> Option<(Provid
                 node: Some(node),
             }
         }
-        Op::PortcullisIdp => start_dev_idp(&gateway_url, secret).await,
+        Op::PortcullisIdp => Provider {
+            issuer: support::dev_provider::start(&gateway_url, secret).await,
+            node: None,
+        },
     };
     let mut options = Options {
         listener: Some(listener),

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod dev_provider;
 pub mod gateway;
 pub mod hostile;
 pub mod keys;
