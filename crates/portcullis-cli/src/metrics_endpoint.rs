@@ -13,6 +13,8 @@ use portcullis::Gateway;
 /// How often recorded histogram samples are folded into their buckets between scrapes
 /// (bounds the memory they hold).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// Scrapers connected at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 16;
 
 /// Installs the process's Prometheus recorder (histograms with the product's buckets).
 /// Must run before the gateway is built: it resolves its series against the recorder.
@@ -61,8 +63,15 @@ pub async fn start(
         }),
     );
     tracing::info!(%listen, "metrics at /metrics");
+    // The gateway's own server: header and keep-alive timeouts, bounded connections.
+    let options = portcullis::http::serve::ServeOptions {
+        max_connections: MAX_CONNECTIONS,
+        connections_per_peer: MAX_CONNECTIONS,
+        ..Default::default()
+    };
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let stop = std::future::pending();
+        if let Err(e) = portcullis::http::serve::serve(listener, app, options, stop).await {
             tracing::error!(error = %e, "the metrics listener stopped");
         }
     });
