@@ -311,31 +311,47 @@ async fn p05_public_paths_pass_empty_and_bad_cookies_never_pass() {
     }
 }
 
-/// P05 from an untrusted peer: original-request headers are not believed (no public
-/// path, no route), the session alone decides; with routes or token relay configured,
+/// P05 and G03 from an untrusted peer: one that names an original request (any of the
+/// five headers, in any spelling) gets 403 `untrusted_forwarder` naming itself and the
+/// setting, whatever it holds — a forgotten `trusted_proxies` fails closed; one that
+/// names none is answered on its session alone; with routes or token relay configured,
 /// such a peer gets 403 whatever it holds.
 #[tokio::test]
 async fn p05_untrusted_peers_get_the_session_alone_or_403() {
     let s = setup().await;
     let stranger = Browser::from_address("127.0.0.2");
-    let r = s
-        .nginx(
-            &stranger,
-            "GET",
-            "/public/x",
-            &[("accept", "application/json")],
-        )
-        .await;
-    assert_eq!(
-        r.status, 401,
-        "a public path is not believed from an untrusted peer"
-    );
     let b = s.signed_in().await;
     let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
-    let r = s
-        .nginx(&stranger, "GET", "/x", &[("cookie", &cookie)])
-        .await;
+    for (name, value) in [
+        ("x-original-uri", "/public/x"),
+        ("x-forwarded-uri", "/public/x"),
+        ("x-original-url", "http://127.0.0.1/public/x"),
+        ("x-original-method", "GET"),
+        ("x-forwarded-method", "GET"),
+        ("X_Original_URI", "/public/x"),
+    ] {
+        for who in [&[("accept", "application/json")][..], &[("cookie", &cookie)]] {
+            let mut headers = vec![(name, value)];
+            headers.extend_from_slice(who);
+            let r = s.verify(&stranger, "", &headers).await;
+            assert_eq!(r.status, 403, "{name}: {}", r.body);
+            let body = r.json();
+            assert_eq!(body["error"], "untrusted_forwarder");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains("127.0.0.2") && message.contains("proxy.trusted_proxies"),
+                "{message}"
+            );
+            assert!(header(&r, "x-user-id").is_empty());
+        }
+    }
+    // Without them, the session alone.
+    let r = s.verify(&stranger, "", &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let r = s
+        .verify(&stranger, "", &[("accept", "application/json")])
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
 
     let s = setup_with(Options::default().env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*")).await;
     let b = s.signed_in().await;

@@ -422,7 +422,7 @@ async fn p03_decisions_and_forwarding_use_the_normalised_path_only() {
 // --- P04: forwarded headers --------------------------------------------------------
 
 #[tokio::test]
-async fn p04_forwarded_headers_are_trusted_only_from_configured_proxies() {
+async fn p04_g05_forwarded_headers_are_trusted_only_from_configured_proxies() {
     let s = setup().await;
     let b = s.signed_in().await;
     let v = s
@@ -460,15 +460,51 @@ async fn p04_forwarded_headers_are_trusted_only_from_configured_proxies() {
             &[
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example.com"),
+                ("x-real-ip", "203.0.113.9"),
+                ("x-original-url", "/admin"),
+                ("x-rewrite-url", "/admin"),
+                ("x-original-uri", "/admin"),
+                ("x-original-method", "DELETE"),
+                ("x-forwarded-uri", "/admin"),
+                ("x-forwarded-method", "DELETE"),
+                ("forwarded", "for=6.6.6.6;host=evil.example.com"),
+                ("x-forwarded-port", "8443"),
+                ("x-forwarded-prefix", "/admin"),
+                ("x-forwarded-server", "evil"),
+                ("x_original_url", "/admin"),
             ],
         )
         .await
         .json();
+    // A trusted proxy's chain is kept (the client address is its to tell) …
     assert_eq!(
         echoed(&v, "x-forwarded-for"),
         vec!["203.0.113.9, 127.0.0.1"]
     );
-    assert_eq!(echoed(&v, "x-forwarded-proto"), vec!["https"]);
+    assert_eq!(echoed(&v, "x-real-ip"), vec!["203.0.113.9"]);
+    // … but G05: the scheme and host are the public URL's, and no routing header
+    // reaches the app from any peer, in any spelling.
+    assert_eq!(echoed(&v, "x-forwarded-proto"), vec!["http"]);
+    assert_eq!(
+        echoed(&v, "x-forwarded-host"),
+        vec![trusted.gw.url.trim_start_matches("http://").to_owned()]
+    );
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-original-method",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x_original_url",
+    ] {
+        assert!(echoed(&v, name).is_empty(), "{name} reached the app");
+    }
 }
 
 // --- O01, O02, O06: logout ---------------------------------------------------------
@@ -978,6 +1014,9 @@ async fn embedded_apps_read_the_user_through_the_extractor() {
 
 // --- Review hardening ---------------------------------------------------------------
 
+/// A CORS preflight carries no cookie. One from a foreign origin is refused (403, no
+/// CORS headers: `s06_foreign_cors_preflights_get_no_credentials`); any other is judged
+/// like every request by the one decision: without a session, 401, never the upstream.
 #[tokio::test]
 async fn s06_preflights_are_never_forwarded_without_a_session() {
     let s = setup().await;
@@ -996,7 +1035,7 @@ async fn s06_preflights_are_never_forwarded_without_a_session() {
                 None,
             )
             .await;
-        assert_eq!(r.status, 204, "{origin:?}");
+        assert_eq!(r.status, 401, "{origin:?}");
         assert!(
             r.headers
                 .keys()

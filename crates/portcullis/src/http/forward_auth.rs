@@ -1,17 +1,18 @@
-//! `{prefix}/verify` (any method): forward-auth for proxies that ask before they
-//! forward — nginx `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`, Envoy
-//! `ext_authz` (PRODUCT.md "Forward-auth", SECURITY-CASES P05).
+//! `{prefix}/verify` (any method): the forward-auth door, for proxies that ask before
+//! they forward — nginx `auth_request`, Caddy `forward_auth`, Traefik `ForwardAuth`,
+//! Envoy `ext_authz` (docs/forward-auth.md; docs/security.md P05, G01–G03, G11).
 //!
 //! - The original request is read only from a trusted proxy, from exactly one URI header
-//!   (`X-Forwarded-Uri`, `X-Original-URI`, or the absolute `X-Original-URL`) and exactly
-//!   one method header (`X-Forwarded-Method`, `X-Original-Method`): anything else is
-//!   400, never 2xx. A trusted `X-Forwarded-Host` must be the public host (403).
-//! - From any other peer the answer depends on the session alone; and while routes or
-//!   token relay are configured, such a peer gets 403 `untrusted_forwarder` (a forgotten
-//!   `trusted_proxies` fails closed).
-//! - The same session path as the guard: refresh, rotation, access rules, routes, the
-//!   theft rule, the CSRF and WebSocket `Origin` rules on the original method and
-//!   headers, the session cache, the signed assertion.
+//!   (`X-Forwarded-Uri`, `X-Original-URI`, or the absolute `X-Original-URL`, split by
+//!   hand, never resolved by a URL parser) and exactly one method header
+//!   (`X-Forwarded-Method`, `X-Original-Method`): anything else is 400, never 2xx. A
+//!   trusted `X-Forwarded-Host` must be the public host (403).
+//! - The front proxy forwards the client's raw target to the app, which this door cannot
+//!   rewrite: so the decision (`decision`) refuses a target not in normal form (400
+//!   `bad_original_request`, G01), and decides on exactly the path the app will see.
+//! - A peer outside `proxy.trusted_proxies` that names an original request gets 403
+//!   `untrusted_forwarder` (G03); one that does not is answered on its session alone
+//!   (403 while routes or token relay are configured).
 //! - 200 with every identity header (empty when there is no value); 401 (with
 //!   `Location` for page navigations, or a 302 with `?redirect=1`); 403; 503 with
 //!   `Retry-After` on outages. Never a body a browser could read a token from.
@@ -24,13 +25,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::cookies::CookieKind;
+use super::decision::{Decider, Decision, Door, Identity, RequestView, Target};
 use super::error::HttpError;
-use super::guard::Guard;
 use super::headers::{self, identity_value};
-use super::path::{NormalizedPath, normalize_path};
-use super::request::{is_navigation, is_same_origin_write};
-use crate::session::routes::RouteRefusal;
+use super::request::{is_websocket_handshake, method_overrides};
 
 /// The headers a proxy may name the original URI in.
 const URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x-original-url"];
@@ -52,16 +50,18 @@ pub const ANSWER_HEADERS: [&str; 8] = [
 /// The request the proxy asks about.
 struct Original {
     method: Method,
-    /// `None` from an untrusted peer: no path is believed.
-    path: Option<NormalizedPath>,
+    target: Target,
+    /// The original path and query, as the app will receive them.
     path_and_query: Option<String>,
 }
 
-/// A refusal: status, stable code, one sentence.
-type Refusal = (StatusCode, &'static str, String);
-
-fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response {
-    no_store(HttpError::new(status, code, message.to_owned()).into_response())
+impl Original {
+    fn query(&self) -> Option<&str> {
+        self.path_and_query
+            .as_deref()
+            .and_then(|pq| pq.split_once('?'))
+            .map(|(_, q)| q)
+    }
 }
 
 fn no_store(mut r: Response) -> Response {
@@ -79,326 +79,248 @@ fn exactly_one<'a>(headers: &'a HeaderMap, names: &[&str]) -> Result<&'a HeaderV
     }
 }
 
-impl Guard {
-    /// `{prefix}/verify`: see the module text. `redirect`: `?redirect=1` (the answer
-    /// reaches the browser as it is: page navigations get the 302 directly).
-    pub async fn verify(&self, req: Request<Body>, redirect: bool) -> Response {
-        if let Some(refusal) = super::headers_too_large(req.headers()) {
-            return refusal;
+/// G03: whether a request names an original request, in any spelling.
+fn names_original(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        URI_HEADERS
+            .iter()
+            .chain(METHOD_HEADERS.iter())
+            .any(|o| headers::canonical_is(name.as_str(), o))
+    })
+}
+
+/// `scheme://authority` and the rest (path and query) of an absolute URL, split by
+/// hand: a URL parser would resolve dot segments before anyone could see them (G01).
+fn split_absolute(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(url.split_at(scheme.len() + 3 + authority_len))
+}
+
+/// `{prefix}/verify`: see the module text. `redirect`: `?redirect=1` (the answer
+/// reaches the browser as it is: page navigations get the 302 directly).
+pub async fn verify(decider: &Decider, req: Request<Body>, redirect: bool) -> Response {
+    if let Some(refusal) = super::headers_too_large(req.headers()) {
+        return refusal;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let trusted = decider.peer_is_trusted(peer);
+    let headers = req.headers();
+    let original = if trusted {
+        match original_request(decider, headers) {
+            Ok(o) => o,
+            Err(refusal) => return no_store(refusal.into_response()),
         }
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
-        let trusted = self.peer_is_trusted(peer);
-        let original = if trusted {
-            match self.original_request(req.headers()) {
-                Ok(o) => o,
-                Err((status, code, message)) => return refuse(status, code, &message),
-            }
-        } else {
-            if self.sessions().has_routes() || self.relays_tokens() {
-                tracing::warn!(
-                    event = "untrusted_forwarder",
-                    "a forward-auth request came from a peer outside proxy.trusted_proxies"
-                );
-                self.sessions()
-                    .security_events()
-                    .count("untrusted_forwarder");
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "untrusted_forwarder",
-                    "This gateway answers forward-auth requests only from its trusted proxies.",
-                );
-            }
-            Original {
-                method: req.method().clone(),
-                path: None,
-                path_and_query: None,
-            }
-        };
-        let headers = req.headers();
-        let method = &original.method;
-        let page = is_navigation(method, headers);
-        if matches!(*method, Method::TRACE | Method::CONNECT) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "method_not_allowed",
-                "This method is not allowed.",
-            );
-        }
-        if let Some(path) = &original.path
-            && self.is_public(path)
-        {
-            return self.identity_answer(None, None, None);
-        }
-        // A CORS preflight carries no cookie: from a foreign origin it is refused, and
-        // otherwise it is judged like any request (no session: 401, never forwarded).
-        if *method == Method::OPTIONS
-            && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-            && self.is_foreign_origin(headers)
-        {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "cross_origin",
-                "Cross-origin requests are not allowed here.",
-            );
-        }
-        let cookie = self
-            .cookies()
-            .read(headers, CookieKind::Session)
-            .value()
-            .map(str::to_owned);
-        let active = match cookie {
-            None => None,
-            Some(c) => match self.sessions().authenticate(&c).await {
-                Ok(a) => a,
-                Err(e) => return no_store(HttpError::from(e).into_response()),
+    } else {
+        Original {
+            method: req.method().clone(),
+            target: Target::Untrusted {
+                named: names_original(headers),
             },
-        };
-        let Some(active) = active else {
-            return self.not_signed_in_answer(&original, page, redirect);
-        };
-        let new_cookie = active.new_cookie.as_ref().map(|id| {
-            self.cookies()
-                .set(CookieKind::Session, id.expose(), active.max_age)
-        });
-        let mut answer = self.signed_in_answer(&original, headers, &active).await;
-        if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            answer.headers_mut().append(header::SET_COOKIE, cookie);
+            path_and_query: None,
         }
-        answer.extensions_mut().insert(super::access::AccessNote {
-            kind: super::access::Kind::Verify,
-            path: None,
-            user: Some(active.user.id),
-            session: Some(active.record.id_hash.short().to_owned()),
-        });
-        answer
+    };
+    let view = RequestView {
+        door: Door::ForwardAuth,
+        method: original.method.clone(),
+        overrides: method_overrides(headers, original.query()),
+        target: original.target.clone(),
+        return_to: original.path_and_query.as_deref(),
+        headers,
+        websocket: is_websocket_handshake(headers),
+        peer,
+        trusted_peer: trusted,
+    };
+    let verdict = decider.decide(&view).await;
+    let page = view.is_page();
+    let mut answer = match verdict.decision {
+        Decision::Public => identity_answer(None, None, None),
+        Decision::SignedIn(identity) => {
+            let Identity {
+                active,
+                assertion,
+                relay,
+            } = *identity;
+            let mut r = identity_answer(Some(&active), Some(assertion), relay);
+            r.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("Cookie"));
+            r
+        }
+        Decision::SignIn => not_signed_in_answer(decider, &original, page, redirect),
+        // The answer goes to a proxy (or, with `?redirect=1`, as it is to the browser):
+        // JSON, never a page.
+        Decision::Refuse(refusal) => no_store(refusal.page(false).into_response()),
+    };
+    if let Some(cookie) = verdict.set_cookie {
+        answer.headers_mut().append(header::SET_COOKIE, cookie);
     }
+    let mut note = verdict.note;
+    note.kind = super::access::Kind::Verify;
+    answer.extensions_mut().insert(note);
+    answer
+}
 
-    /// The original request from a trusted proxy's headers (see the module text), or
-    /// the refusal: status, code, sentence.
-    fn original_request(&self, headers: &HeaderMap) -> Result<Original, Refusal> {
-        let bad = |message: &str| {
-            Err((
-                StatusCode::BAD_REQUEST,
-                "bad_original_request",
-                message.to_owned(),
-            ))
-        };
-        let Ok(uri) = exactly_one(headers, &URI_HEADERS) else {
-            return bad(
-                "Send the original URI in exactly one of X-Forwarded-Uri, X-Original-URI or X-Original-URL, once.",
-            );
-        };
-        let Ok(method) = exactly_one(headers, &METHOD_HEADERS) else {
-            return bad(
-                "Send the original method in exactly one of X-Forwarded-Method or X-Original-Method, once.",
-            );
-        };
-        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-            return bad("The original method is not an HTTP method.");
-        };
-        let host: Vec<&HeaderValue> = headers.get_all("x-forwarded-host").iter().collect();
-        match host.as_slice() {
-            [] => {}
-            [h] if h
-                .to_str()
-                .is_ok_and(|h| h.eq_ignore_ascii_case(self.public_host())) => {}
-            [_] => {
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    "wrong_host",
-                    "This gateway answers for its public host only.".to_owned(),
-                ));
-            }
-            _ => return bad("Send X-Forwarded-Host once."),
-        }
-        let Ok(uri) = uri.to_str() else {
-            return bad("The original URI is not readable.");
-        };
-        let path_and_query = if uri.starts_with('/') {
-            uri.to_owned()
-        } else {
-            // The absolute form (X-Original-URL): only for this gateway's public origin.
-            match url::Url::parse(uri) {
-                Ok(u) if u.origin().ascii_serialization() == self.public_origin() => {
-                    match u.query() {
-                        Some(q) => format!("{}?{q}", u.path()),
-                        None => u.path().to_owned(),
-                    }
-                }
-                _ => return bad("The original URI is not a path on this gateway's public origin."),
-            }
-        };
-        if path_and_query.contains('#') {
-            return bad("The original URI carries a fragment.");
-        }
-        let raw_path = path_and_query.split('?').next().unwrap_or("/");
-        let path = match normalize_path(raw_path) {
-            Ok(p) => p,
-            Err(e) => return bad(&format!("This address cannot be served: {e}.")),
-        };
-        Ok(Original {
-            method,
-            path: Some(path),
-            path_and_query: Some(path_and_query),
-        })
-    }
-
-    /// 401 (JSON), with the login URL in `Location` for a page navigation; with
-    /// `?redirect=1` a page navigation gets the 302 itself.
-    fn not_signed_in_answer(&self, original: &Original, page: bool, redirect: bool) -> Response {
-        let return_to = original.path_and_query.as_deref().map(|target| {
-            crate::session::ReturnTo::parse(Some(target))
-                .as_str()
-                .to_owned()
-        });
-        let login = format!(
-            "{}{}",
-            self.public_origin(),
-            self.login_url(return_to.as_deref())
+/// The original request from a trusted proxy's headers (see the module text), or the
+/// refusal.
+fn original_request(decider: &Decider, headers: &HeaderMap) -> Result<Original, HttpError> {
+    let bad = |message: &str| {
+        Err(HttpError::bad_request(
+            "bad_original_request",
+            message.to_owned(),
+        ))
+    };
+    let Ok(uri) = exactly_one(headers, &URI_HEADERS) else {
+        return bad(
+            "Send the original URI in exactly one of X-Forwarded-Uri, X-Original-URI or X-Original-URL, once.",
         );
-        let mut r = if page && redirect {
-            StatusCode::FOUND.into_response()
+    };
+    let Ok(method) = exactly_one(headers, &METHOD_HEADERS) else {
+        return bad(
+            "Send the original method in exactly one of X-Forwarded-Method or X-Original-Method, once.",
+        );
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return bad("The original method is not an HTTP method.");
+    };
+    let host: Vec<&HeaderValue> = headers.get_all("x-forwarded-host").iter().collect();
+    match host.as_slice() {
+        [] => {}
+        [h] if h
+            .to_str()
+            .is_ok_and(|h| h.eq_ignore_ascii_case(decider.public_host())) => {}
+        [_] => {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_host",
+                "This gateway answers for its public host only.",
+            ));
+        }
+        _ => return bad("Send X-Forwarded-Host once."),
+    }
+    let Ok(uri) = uri.to_str() else {
+        return bad("The original URI is not readable.");
+    };
+    let path_and_query = if uri.starts_with('/') {
+        uri
+    } else {
+        // The absolute form (X-Original-URL): only for this gateway's public origin.
+        match split_absolute(uri) {
+            Some((origin, rest)) if origin.eq_ignore_ascii_case(decider.public_origin()) => {
+                rest
+            }
+            _ => return bad("The original URI is not a path on this gateway's public origin."),
+        }
+    };
+    if path_and_query.contains('#') {
+        return bad("The original URI carries a fragment.");
+    }
+    let raw_path = match path_and_query.split('?').next() {
+        Some("") | None => "/",
+        Some(path) => path,
+    };
+    Ok(Original {
+        method,
+        target: Target::of_raw_path(raw_path),
+        path_and_query: Some(if path_and_query.starts_with('/') {
+            path_and_query.to_owned()
         } else {
-            let body = json!({
-                "authenticated": false,
-                "error": "not_signed_in",
-                "message": "Sign in to continue.",
-                "login_url": login,
-            });
-            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
-        };
-        if page && let Ok(v) = HeaderValue::from_str(&login) {
-            r.headers_mut().insert(header::LOCATION, v);
-        }
-        no_store(r)
-    }
+            format!("/{path_and_query}")
+        }),
+    })
+}
 
-    /// The signed-in part: the CSRF and WebSocket rules on the original request,
-    /// routes, token relay, then 200 with every identity header.
-    async fn signed_in_answer(
-        &self,
-        original: &Original,
-        headers: &HeaderMap,
-        active: &crate::session::ActiveSession,
-    ) -> Response {
-        let method = &original.method;
-        let unsafe_method = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-        if unsafe_method && !is_same_origin_write(headers, self.public_origin(), self.csrf_header())
-        {
-            tracing::warn!(%method, "cross-site write refused (forward-auth)");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "csrf_refused",
-                "This request did not come from this site, so it was refused.",
-            );
-        }
-        if headers.contains_key(header::UPGRADE) && self.is_foreign_origin(headers) {
-            tracing::warn!("cross-origin WebSocket refused (forward-auth)");
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "cross_origin_websocket",
-                "This connection did not come from this site, so it was refused.",
-            );
-        }
-        if let Some(path) = &original.path
-            && self.sessions().has_routes()
-            && let Err(refusal) = self
-                .sessions()
-                .check_route(method, headers, path, &active.record)
-        {
-            let code = match refusal {
-                RouteRefusal::Method => "method_refused",
-                RouteRefusal::Access(_) => "route_refused",
-            };
-            return refuse(
-                StatusCode::FORBIDDEN,
-                code,
-                "You may not open this address.",
-            );
-        }
-        let mut bearer = None;
-        if let Some(path) = &original.path
-            && self.relays_token_for(path)
-        {
-            let Some(mut value) = self
-                .sessions()
-                .relay_token(&active.record)
-                .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.as_str())).ok())
-            else {
-                return self.not_signed_in_answer(original, is_navigation(method, headers), false);
-            };
-            value.set_sensitive(true);
-            bearer = Some(value);
-        }
-        let assertion = match self.sessions().assertion(active).await {
-            Ok(a) => a,
-            Err(e) => return no_store(HttpError::from(e).into_response()),
-        };
-        let mut r = self.identity_answer(Some(active), Some(assertion), bearer);
-        r.headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("Cookie"));
-        r
+/// 401 (JSON), with the login URL in `Location` for a page navigation; with
+/// `?redirect=1` a page navigation gets the 302 itself.
+fn not_signed_in_answer(
+decider: &Decider,
+original: &Original,
+page: bool,
+redirect: bool,
+) -> Response {
+    let return_to = original.path_and_query.as_deref().map(|target| {
+        crate::session::ReturnTo::parse(Some(target))
+            .as_str()
+            .to_owned()
+    });
+    let login = format!(
+        "{}{}",
+        decider.public_origin(),
+        decider.login_url(return_to.as_deref())
+    );
+    let mut r = if page && redirect {
+        StatusCode::FOUND.into_response()
+    } else {
+        let body = json!({
+            "authenticated": false,
+            "error": "not_signed_in",
+            "message": "Sign in to continue.",
+            "login_url": login,
+        });
+        (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    };
+    if page && let Ok(v) = HeaderValue::from_str(&login) {
+        r.headers_mut().insert(header::LOCATION, v);
     }
+    no_store(r)
+}
 
-    /// 200, empty, with every identity header: values from the session, empty ones
-    /// without (a public path, a missing claim), so a proxy that copies a header
-    /// missing from the answer never copies anything of the client's or a placeholder.
-    fn identity_answer(
-        &self,
-        active: Option<&crate::session::ActiveSession>,
-        assertion: Option<HeaderValue>,
-        bearer: Option<HeaderValue>,
-    ) -> Response {
-        let user = active.map(|a| &a.user);
-        let claims: serde_json::Map<String, Value> = active
-            .and_then(|a| serde_json::from_str(&a.record.claims).ok())
-            .unwrap_or_default();
-        let id = user.map(|u| u.id.to_string());
-        let groups = match claims.get("groups") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            _ => None,
-        };
-        let preferred = claims
-            .get("preferred_username")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let email = user.and_then(|u| u.email.clone());
-        let name = user.and_then(|u| u.name.clone());
-        let values: [Option<String>; 8] = [
-            id.clone(),
-            email.clone(),
-            name,
-            None,
-            id,
-            email,
-            preferred,
-            groups,
-        ];
-        let mut r = StatusCode::OK.into_response();
-        let h = r.headers_mut();
-        for (name, value) in ANSWER_HEADERS.iter().zip(values) {
-            let value = value
-                .as_deref()
-                .and_then(identity_value)
-                .unwrap_or(HeaderValue::from_static(""));
-            h.insert(HeaderName::from_static(name), value);
-        }
-        if let Some(a) = assertion {
-            h.insert(HeaderName::from_static(headers::JWT_ASSERTION), a);
-        }
-        if let Some(b) = bearer {
-            h.insert(header::AUTHORIZATION, b);
-        }
-        no_store(r)
+/// 200, empty, with every identity header: values from the session, empty ones
+/// without (a public path, a missing claim), so a proxy that copies a header
+/// missing from the answer never copies anything of the client's or a placeholder.
+fn identity_answer(
+    active: Option<&crate::session::ActiveSession>,
+    assertion: Option<HeaderValue>,
+    bearer: Option<HeaderValue>,
+) -> Response {
+    let user = active.map(|a| &a.user);
+    let claims: serde_json::Map<String, Value> = active
+        .and_then(|a| serde_json::from_str(&a.record.claims).ok())
+        .unwrap_or_default();
+    let id = user.map(|u| u.id.to_string());
+    let groups = match claims.get("groups") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    };
+    let preferred = claims
+        .get("preferred_username")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let email = user.and_then(|u| u.email.clone());
+    let name = user.and_then(|u| u.name.clone());
+    let values: [Option<String>; 8] = [
+        id.clone(),
+        email.clone(),
+        name,
+        None,
+        id,
+        email,
+        preferred,
+        groups,
+    ];
+    let mut r = StatusCode::OK.into_response();
+    let h = r.headers_mut();
+    for (name, value) in ANSWER_HEADERS.iter().zip(values) {
+        let value = value
+            .as_deref()
+            .and_then(identity_value)
+            .unwrap_or(HeaderValue::from_static(""));
+        h.insert(HeaderName::from_static(name), value);
     }
+    if let Some(a) = assertion {
+        h.insert(HeaderName::from_static(headers::JWT_ASSERTION), a);
+    }
+    if let Some(b) = bearer {
+        h.insert(header::AUTHORIZATION, b);
+    }
+    no_store(r)
 }

@@ -1,11 +1,14 @@
-//! The guard: a tower [`Layer`] that lets through only requests with a live session
-//! (or to a public path), hands the signed-in user to what it wraps, and enforces the
-//! CSRF rule on state-changing calls.
+//! The guard: the door of the reverse proxy and of the embeddable tower [`Layer`]. It
+//! reads each request into the one decision's view (`decision`) and carries out the
+//! answer: the app gets only requests that pass — a public path, or a live session the
+//! rules allow — and gets them under the decided, normalised path, never the raw one
+//! (docs/security.md G01, G11, P03), with the signed-in user handed on.
 //!
-//! Every request, public or not, of any method, first loses client-sent identity
-//! headers and (unless from a trusted proxy) forwarding headers (SECURITY-CASES P01,
-//! P02, P04). Path decisions use the normalised path only (P03). Without a session a
-//! page navigation is redirected to sign in and an API call gets 401 JSON (S04, S05).
+//! Every request that passes, public or not, of any method, first loses client-sent
+//! identity headers and routing headers (`X-Original-URL`, `Forwarded`, …), and,
+//! unless from a trusted proxy, the other forwarding headers (P01, P02, P04, G05).
+//! Without a session a page navigation is redirected to sign in and an API call gets
+//! 401 JSON (S04, S05).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -34,22 +37,18 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
-use super::access::{AccessNote, Kind as AccessKind};
-use super::cookies::{CookieJar, CookieKind};
+use super::decision::{Decider, Decision, Door, Identity, RequestView, Target};
 use super::error::HttpError;
 use super::headers;
-use super::path::{NormalizedPath, PathPattern, normalize_path};
-use super::request::{is_navigation, is_same_origin_write};
+use super::path::NormalizedPath;
+use super::request::{is_websocket_handshake, method_overrides};
 use crate::gateway::Gateway;
-use crate::session::ActiveSession;
-use crate::session::Sessions;
-use crate::session::routes::RouteRefusal;
 
 /// The signed-in user, put into request extensions by the guard; also an axum
 /// extractor (401 when absent).
@@ -82,14 +81,15 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     }
 }
 
-/// What the guard found out about a request that the reverse proxy needs again: whether
-/// the peer is a configured trusted proxy, and the normalised path it decided on.
+/// What the guard decided on, for the reverse proxy behind it: whether the peer is a
+/// configured trusted proxy, and the decided path (normalised, and encoded as the
+/// request URI now carries it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub trusted_peer: bool,
-    /// The request path as the guard read it: the normalised one below is reused only
-    /// while the request still has this path (a layer in between may rewrite it).
-    pub raw_path: String,
+    /// The decided path as written into the request URI: the proxy forwards it as it
+    /// is while the request still has it (a layer in between may rewrite the path).
+    pub forwarded_path: String,
     pub path: NormalizedPath,
 }
 
@@ -140,158 +140,52 @@ impl Cidr {
     }
 }
 
-/// The guard's fixed settings, derived once from the configuration.
+/// The reverse proxy's and the embeddable layer's door: reads each request into a
+/// [`RequestView`], asks the one decision (`decision`), and carries it out — the app
+/// (upstream or inner service) gets the request only when it passes, and then under
+/// the decided path, never the raw one (G01, G11).
 #[derive(Debug)]
 pub struct Guard {
-    sessions: Arc<Sessions>,
-    cookies: CookieJar,
-    public_paths: Vec<PathPattern>,
-    token_relay: Vec<PathPattern>,
-    trusted_proxies: Vec<Cidr>,
-    csrf_header: HeaderName,
-    public_origin: String,
-    login_path: String,
-    /// The gateway's own prefix when the guard stands in front of the gateway's router
-    /// (not when embedded): any other path under it answers 404 (D03).
-    own_prefix: Option<String>,
+    decider: Arc<Decider>,
+    door: Door,
 }
 
 impl Guard {
+    /// The guard of an axum app ([`GuardLayer`]).
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        let config = gateway.config();
-        let csrf_header =
-            HeaderName::from_bytes(config.csrf_header.to_ascii_lowercase().as_bytes())
-                .unwrap_or(HeaderName::from_static("x-csrf"));
-        Self {
-            cookies: CookieJar::new(config.is_https()),
-            public_paths: config
-                .public_paths
-                .iter()
-                .filter_map(|p| PathPattern::parse(p))
-                .collect(),
-            token_relay: config
-                .token_relay
-                .iter()
-                .filter_map(|p| PathPattern::parse(p))
-                .collect(),
-            trusted_proxies: config
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| Cidr::parse(c))
-                .collect(),
-            csrf_header,
-            public_origin: config.public_origin(),
-            login_path: format!("{}/login", config.prefix),
-            sessions: gateway.sessions().clone(),
-            own_prefix: None,
-        }
+        Self::at(Arc::new(Decider::new(gateway.sessions().clone())), Door::Layer)
     }
 
-    /// The guard of the gateway's own router: a path under `prefix` that none of the
-    /// gateway's endpoints answered gets the gateway's 404, with or without a session,
-    /// and never reaches the upstream (D03), however it is spelled.
-    pub fn owning_prefix(mut self, prefix: &str) -> Self {
-        self.own_prefix = Some(prefix.to_owned());
-        self
+    /// The guard of `door`, deciding with `decider`.
+    pub fn at(decider: Arc<Decider>, door: Door) -> Self {
+        Self { decider, door }
     }
 
-    /// Whether a normalised path lies under the gateway's own prefix (ignoring ASCII
-    /// case: `/AUTH/x` is not the app's either).
-    fn is_own(&self, path: &NormalizedPath) -> bool {
-        let Some(prefix) = &self.own_prefix else {
-            return false;
-        };
-        let (p, prefix) = (path.as_str().as_bytes(), prefix.as_bytes());
-        p.len() >= prefix.len()
-            && p[..prefix.len()].eq_ignore_ascii_case(prefix)
-            && (p.len() == prefix.len() || p[prefix.len()] == b'/')
+    pub fn decider(&self) -> &Arc<Decider> {
+        &self.decider
     }
 
-    pub(super) fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
-    }
-
-    pub(super) fn cookies(&self) -> &CookieJar {
-        &self.cookies
-    }
-
-    pub(super) fn csrf_header(&self) -> &str {
-        self.csrf_header.as_str()
-    }
-
-    /// The public URL's `host[:port]`, as a trusted `X-Forwarded-Host` must name it.
-    pub(super) fn public_host(&self) -> &str {
-        self.public_origin
-            .split_once("://")
-            .map_or(self.public_origin.as_str(), |(_, host)| host)
-    }
-
-    pub(super) fn is_public(&self, path: &NormalizedPath) -> bool {
-        self.public_paths.iter().any(|p| p.matches(path))
-    }
-
-    /// Whether any path relays the access token.
-    pub(super) fn relays_tokens(&self) -> bool {
-        !self.token_relay.is_empty()
-    }
-
-    pub(super) fn relays_token_for(&self, path: &NormalizedPath) -> bool {
-        self.token_relay.iter().any(|p| p.matches(path))
-    }
-
-    /// Whether the direct peer is a configured trusted proxy.
-    pub fn peer_is_trusted(&self, peer: Option<SocketAddr>) -> bool {
-        peer.is_some_and(|p| self.trusted_proxies.iter().any(|c| c.contains(p.ip())))
-    }
-
-    /// The browser-visible origin of the gateway.
-    pub fn public_origin(&self) -> &str {
-        &self.public_origin
-    }
-
-    pub(super) fn login_url(&self, return_to: Option<&str>) -> String {
-        match return_to {
-            Some(r) => format!(
-                "{}?return_to={}",
-                self.login_path,
-                url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
-            ),
-            None => self.login_path.clone(),
-        }
-    }
-
-    pub(super) fn is_foreign_origin(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(header::ORIGIN)
-            .is_some_and(|o| o.as_bytes() != self.public_origin.as_bytes())
-    }
-
-    fn not_signed_in(
-        &self,
-        method: &Method,
-        headers: &HeaderMap,
-        path_and_query: &str,
-    ) -> Response {
-        if is_navigation(method, headers) {
+    /// 302 to sign in for a page navigation, else 401 JSON (S04, S05).
+    fn sign_in(&self, page: bool, path_and_query: &str) -> Response {
+        let mut r = if page {
             let mut r = StatusCode::FOUND.into_response();
-            if let Ok(v) = HeaderValue::from_str(&self.login_url(Some(path_and_query))) {
+            let login = self.decider.login_url(Some(path_and_query));
+            if let Ok(v) = HeaderValue::from_str(&login) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         } else {
             let body = json!({
                 "authenticated": false,
                 "error": "not_signed_in",
                 "message": "Sign in to continue.",
-                "login_url": format!("{}{}", self.public_origin, self.login_path),
+                "login_url": format!("{}{}", self.decider.public_origin(), self.decider.login_url(None)),
             });
-            let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r
-        }
+            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+        };
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
     }
 
     /// Decides one request; calls `inner` when it may pass.
@@ -304,7 +198,7 @@ impl Guard {
 
     /// [`Guard::check`] with the next step as a function: called at most once, with
     /// the request as it may go on.
-    pub async fn check_then<F, Fut>(&self, mut req: Request<Body>, next: F) -> Response
+    pub async fn check_then<F, Fut>(&self, req: Request<Body>, next: F) -> Response
     where
         F: FnOnce(Request<Body>) -> Fut,
         Fut: Future<Output = Response>,
@@ -313,123 +207,47 @@ impl Guard {
         if let Some(refusal) = super::headers_too_large(req.headers()) {
             return refusal;
         }
-        // TRACE echoes requests (cookies included); CONNECT would turn the gateway into a
-        // tunnel to anywhere.
-        if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
-            let mut r = HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "This method is not allowed.",
-            )
-            .into_response();
-            r.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
-            );
-            return r;
-        }
         let peer = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        let trusted = self.peer_is_trusted(peer);
-        headers::remove_client_claims(req.headers_mut(), trusted);
-        let page = is_navigation(req.method(), req.headers());
-
-        let path = match normalize_path(req.uri().path()) {
-            Ok(p) => p,
-            Err(e) => {
-                return HttpError::bad_request(
-                    "ambiguous_path",
-                    format!("This address cannot be served: {e}."),
-                )
-                .page(page)
-                .into_response();
-            }
-        };
-        let checked = Checked {
-            trusted_peer: trusted,
-            raw_path: req.uri().path().to_owned(),
-            path: path.clone(),
-        };
-        req.extensions_mut().insert(checked);
-        if self.is_own(&path) {
-            return super::routes::not_found(req.method().clone(), req.headers().clone()).await;
-        }
-        if self.public_paths.iter().any(|p| p.matches(&path)) {
-            let mut response = next(req).await;
-            response.extensions_mut().insert(AccessNote {
-                kind: AccessKind::Public,
-                path: Some(path.as_str().to_owned()),
-                user: None,
-                session: None,
-            });
-            return response;
-        }
-
-        // A CORS preflight carries no cookie; one from a foreign origin is answered here,
-        // with no CORS headers, so no foreign site is granted credentialed access.
-        if req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            if self.is_foreign_origin(req.headers()) {
-                return HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    "cross_origin",
-                    "Cross-origin requests are not allowed here.",
-                )
-                .into_response();
-            }
-            // Same-origin requests need no preflight, so a same-origin (or Origin-less)
-            // one is a probe: answered here too, never forwarded without a session.
-            return (
-                StatusCode::NO_CONTENT,
-                [(header::CACHE_CONTROL, "no-store")],
-            )
-                .into_response();
-        }
-
         let path_and_query = req
             .uri()
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
-        let Some(cookie) = self
-            .cookies
-            .read(req.headers(), CookieKind::Session)
-            .value()
-            .map(str::to_owned)
-        else {
-            return self.not_signed_in(req.method(), req.headers(), &path_and_query);
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let view = RequestView {
+            door: self.door,
+            method: req.method().clone(),
+            overrides: method_overrides(req.headers(), req.uri().query()),
+            target: Target::of_raw_path(req.uri().path()),
+            return_to: Some(&path_and_query),
+            headers: req.headers(),
+            websocket: is_websocket_handshake(req.headers()),
+            peer,
+            trusted_peer: self.decider.peer_is_trusted(peer),
         };
-        let active = match self.sessions.authenticate(&cookie).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return self.not_signed_in(req.method(), req.headers(), &path_and_query),
-            Err(e) => return HttpError::from(e).page(page).into_response(),
+        let verdict = self.decider.decide(&view).await;
+        let (page, websocket, trusted) = (view.is_page(), view.websocket, view.trusted_peer);
+        let target = view.target;
+        let mut response = match (verdict.decision, target) {
+            (Decision::Public, Target::Path { path, .. }) => {
+                self.pass(req, next, None, &path, trusted, websocket).await
+            }
+            (Decision::SignedIn(identity), Target::Path { path, .. }) => {
+                self.pass(req, next, Some(*identity), &path, trusted, websocket)
+                    .await
+            }
+            (Decision::SignIn, _) => self.sign_in(page, &path_and_query),
+            (Decision::Refuse(refusal), _) => refused(refusal),
+            // The guard's views always carry a path: nothing else passes.
+            (Decision::Public | Decision::SignedIn(_), _) => refused(HttpError::bad_request(
+                "ambiguous_path",
+                "This address cannot be served.",
+            )),
         };
-        // A rotated id: every answer to this request carries the new cookie, refusals
-        // included. Never cached by a shared cache with someone's cookie in it.
-        let new_cookie = active.new_cookie.as_ref().map(|id| {
-            self.cookies
-                .set(CookieKind::Session, id.expose(), active.max_age)
-        });
-        let note = AccessNote {
-            kind: if req.headers().contains_key(header::UPGRADE) {
-                AccessKind::Websocket
-            } else {
-                AccessKind::Protected
-            },
-            path: Some(path.as_str().to_owned()),
-            user: Some(active.user.id),
-            session: Some(active.record.id_hash.short().to_owned()),
-        };
-        let mut response = self
-            .pass(req, next, active, page, &path, &path_and_query)
-            .await;
-        response.extensions_mut().insert(note);
-        if let Some(cookie) = new_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.extensions_mut().insert(verdict.note);
+        if let Some(cookie) = verdict.set_cookie {
             let h = response.headers_mut();
             h.append(header::SET_COOKIE, cookie);
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -437,92 +255,52 @@ impl Guard {
         response
     }
 
-    /// The signed-in part: the CSRF rule, token relay, identity headers, the call.
+    /// A request that passes: what the app receives — the decided path (G01), no
+    /// client-sent identity or routing header (P01, G05), our identity headers and
+    /// assertion, the relayed token — then the call.
     async fn pass<F, Fut>(
         &self,
         mut req: Request<Body>,
         next: F,
-        active: ActiveSession,
-        page: bool,
+        identity: Option<Identity>,
         path: &NormalizedPath,
-        path_and_query: &str,
+        trusted: bool,
+        websocket: bool,
     ) -> Response
     where
         F: FnOnce(Request<Body>) -> Fut,
         Fut: Future<Output = Response>,
     {
-        let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        if unsafe_method
-            && !is_same_origin_write(
-                req.headers(),
-                &self.public_origin,
-                self.csrf_header.as_str(),
-            )
-        {
-            tracing::warn!(method = %req.method(), path = path.as_str(), "cross-site write refused");
-            return HttpError::new(
-                StatusCode::FORBIDDEN,
-                "csrf_refused",
-                "This request did not come from this site, so it was refused.",
-            )
-            .page(page)
-            .into_response();
+        headers::remove_client_claims(req.headers_mut(), trusted);
+        let forwarded_path = path.encoded();
+        if forwarded_path != req.uri().path() {
+            match with_path(req.uri(), &forwarded_path) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => {
+                    return refused(HttpError::bad_request(
+                        "bad_request_target",
+                        "The request target is not valid.",
+                    ));
+                }
+            }
         }
-
-        // W01: a WebSocket (any upgrade) carries the session like a write does, and no
-        // CORS rule stops a page elsewhere from opening one: only our own origin may.
-        // (Browsers always send `Origin` on a WebSocket handshake; a client without one
-        // is not a browser a foreign page could drive.)
-        if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {
-            tracing::warn!(path = path.as_str(), "cross-origin WebSocket refused");
-            return HttpError::new(
-                StatusCode::FORBIDDEN,
-                "cross_origin_websocket",
-                "This connection did not come from this site, so it was refused.",
-            )
-            .page(page)
-            .into_response();
-        }
-
-        // `[[routes]]`: who may reach this path, with which methods.
-        if self.sessions.has_routes()
-            && let Err(refusal) =
-                self.sessions
-                    .check_route(req.method(), req.headers(), path, &active.record)
-        {
-            let (code, message) = match refusal {
-                RouteRefusal::Method => (
-                    "method_refused",
-                    format!("This address does not accept {} requests.", req.method()),
-                ),
-                RouteRefusal::Access(denied) => (
-                    "route_refused",
-                    format!("You may not open this address: {denied}."),
-                ),
-            };
-            return HttpError::new(StatusCode::FORBIDDEN, code, message)
-                .page(page)
-                .into_response();
-        }
-
-        if self.token_relay.iter().any(|p| p.matches(path)) {
-            // Token relay: the upstream gets our access token, never the client's header
-            // (`insert` replaces every `Authorization` the client sent).
-            let bearer = self
-                .sessions
-                .relay_token(&active.record)
-                .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.as_str())).ok());
-            let Some(mut bearer) = bearer else {
-                tracing::info!(
-                    session = active.record.id_hash.short(),
-                    "no valid access token to relay; treated as signed out"
-                );
-                return self.not_signed_in(req.method(), req.headers(), path_and_query);
-            };
-            bearer.set_sensitive(true);
+        req.extensions_mut().insert(Checked {
+            trusted_peer: trusted,
+            forwarded_path,
+            path: path.clone(),
+        });
+        let Some(identity) = identity else {
+            return next(req).await;
+        };
+        let Identity {
+            active,
+            assertion,
+            relay,
+        } = identity;
+        if let Some(bearer) = relay {
+            // `insert` replaces every `Authorization` the client sent.
             req.headers_mut().insert(header::AUTHORIZATION, bearer);
         }
-
         let user = CurrentUser {
             id: active.user.id,
             email: active.user.email.clone(),
@@ -537,20 +315,14 @@ impl Guard {
             user.email.as_deref(),
             user.name.as_deref(),
         );
-        // The signed assertion: an app that verifies it trusts no request that did not
-        // pass here. Without one the request does not go on (an app may depend on it).
-        match self.sessions.assertion(&active).await {
-            Ok(value) => {
-                req.headers_mut()
-                    .insert(HeaderName::from_static(headers::JWT_ASSERTION), value);
-            }
-            Err(e) => return HttpError::from(e).page(page).into_response(),
-        }
-        let foreign = self.is_foreign_origin(req.headers());
-        if req.headers().contains_key(header::UPGRADE) {
+        req.headers_mut()
+            .insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);
+        let foreign = self.decider.is_foreign_origin(req.headers());
+        if websocket {
             // W02: a tunnel this request opens closes when the session ends.
             let end = self
-                .sessions
+                .decider
+                .sessions()
                 .watch_end(active.family_id, active.record.id_hash.clone());
             req.extensions_mut().insert(end);
         }
@@ -563,6 +335,30 @@ impl Guard {
         }
         response
     }
+}
+
+/// A refusal as the guard answers it (405s name the methods it allows).
+fn refused(refusal: HttpError) -> Response {
+    let method_not_allowed = refusal.status == StatusCode::METHOD_NOT_ALLOWED;
+    let mut r = refusal.into_response();
+    if method_not_allowed {
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+        );
+    }
+    r
+}
+
+/// `uri` with its path replaced by `path` (already encoded), the query kept.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 async fn call<S>(inner: &mut S, req: Request<Body>) -> Response

@@ -39,7 +39,7 @@ fn canonical_starts_with(name: &str, prefix: &str) -> bool {
 }
 
 /// Whether `name`, read as an upstream might, is `other` (lower case).
-fn canonical_is(name: &str, other: &str) -> bool {
+pub(crate) fn canonical_is(name: &str, other: &str) -> bool {
     canonical(name).eq(other.chars())
 }
 
@@ -60,6 +60,27 @@ pub fn is_identity_header(name: &str) -> bool {
     canonical_starts_with(name, "x-user-")
         || canonical_starts_with(name, "x-auth-request-")
         || canonical_starts_with(name, "x-portcullis-")
+}
+
+/// G05 (docs/security.md): headers that tell an app (or a framework in it) which path,
+/// method, host or prefix a request "really" had. The gateway decided on the request it
+/// saw: none of these reaches the app from any peer, in any spelling.
+const ROUTING_HEADERS: [&str; 10] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+];
+
+/// Whether a header is one of G05's routing headers, in any spelling.
+pub fn is_routing_header(name: &str) -> bool {
+    ROUTING_HEADERS.iter().any(|other| canonical_is(name, other))
 }
 
 /// Forwarding headers that are only believed from trusted proxies (P04).
@@ -127,13 +148,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Removes every client-sent identity header, and forwarding headers unless the peer
-/// is trusted.
+/// Removes every client-sent identity header and routing header (G05), and the other
+/// forwarding headers unless the peer is trusted.
 pub fn remove_client_claims(headers: &mut HeaderMap, peer_trusted: bool) {
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
-            is_identity_header(n.as_str()) || (!peer_trusted && is_forwarding_header(n.as_str()))
+            let n = n.as_str();
+            is_identity_header(n) || is_routing_header(n) || (!peer_trusted && is_forwarding_header(n))
         })
         .cloned()
         .collect();
@@ -332,9 +354,37 @@ mod tests {
     #[test]
     fn p04_forwarding_headers_kept_from_trusted_proxies() {
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         remove_client_claims(&mut h, true);
-        assert!(h.get("x-forwarded-proto").is_some());
+        assert!(h.get("x-forwarded-for").is_some() && h.get("x-real-ip").is_some());
+    }
+
+    #[test]
+    fn g05_routing_headers_never_pass_from_any_peer() {
+        for trusted in [false, true] {
+            let mut h = HeaderMap::new();
+            for name in [
+                "x-original-url",
+                "X-Rewrite-URL",
+                "x_original_uri",
+                "x-original-method",
+                "x-forwarded-uri",
+                "X-Forwarded-Method",
+                "forwarded",
+                "x.forwarded.port",
+                "x-forwarded-prefix",
+                "x-forwarded-server",
+            ] {
+                h.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("/admin"),
+                );
+            }
+            h.append("accept", HeaderValue::from_static("*/*"));
+            remove_client_claims(&mut h, trusted);
+            assert_eq!(h.len(), 1, "trusted: {trusted}: {h:?}");
+        }
     }
 
     #[test]

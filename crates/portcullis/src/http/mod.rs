@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod cookies;
+pub mod decision;
 pub mod error;
 pub mod forward_auth;
 pub mod guard;
@@ -123,14 +124,14 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
         )
         .route(&format!("{prefix}/jwks.json"), get(routes::jwks))
         .route(&format!("{prefix}/verify"), {
-            let guard = Arc::new(guard::Guard::new(gateway.clone()));
+            let decider = Arc::new(decision::Decider::new(gateway.sessions().clone()));
             axum::routing::any(move |req: Request<Body>| {
-                let guard = guard.clone();
+                let decider = decider.clone();
                 async move {
                     let redirect =
                         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                             .any(|(k, v)| k == "redirect" && v == "1");
-                    guard.verify(req, redirect).await
+                    forward_auth::verify(&decider, req, redirect).await
                 }
             })
         })
@@ -170,8 +171,11 @@ pub fn router(gateway: Arc<Gateway>) -> Result<App, String> {
 
 /// [`router`] with a given upstream client (tests use short timeouts).
 pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstream>) -> App {
-    let guard =
-        Arc::new(guard::Guard::new(gateway.clone()).owning_prefix(&gateway.config().prefix));
+    let decider = Arc::new(decision::Decider::new(gateway.sessions().clone()));
+    let guard = Arc::new(guard::Guard::at(
+        decider.clone(),
+        decision::Door::ReverseProxy,
+    ));
     let upstream = upstream.map(Arc::new);
     let fallback = {
         let (guard, upstream) = (guard.clone(), upstream.clone());
@@ -181,21 +185,16 @@ pub fn router_with_upstream(gateway: Arc<Gateway>, upstream: Option<proxy::Upstr
         })
     };
     let config = gateway.config();
-    let spa_path = config
-        .spa
-        .code_exchange
-        .then(|| config.spa.code_exchange_path.clone());
-    let prefix = config.prefix.clone();
-    let verify_path = format!("{prefix}/verify");
+    let verify_path = format!("{}/verify", config.prefix);
     let metrics = gateway.sessions().metrics().clone();
+    let own = decider.own_paths().clone();
     let routes = auth_routes(gateway).fallback_service(fallback);
     App {
         inner: Arc::new(AppInner {
             routes,
             guard,
             upstream,
-            prefix,
-            spa_path,
+            own,
             verify_path,
             access: Arc::new(access::AccessLog::start()),
             metrics,
@@ -232,8 +231,8 @@ struct AppInner {
     routes: Router,
     guard: Arc<guard::Guard>,
     upstream: Option<Arc<proxy::Upstream>>,
-    prefix: String,
-    spa_path: Option<String>,
+    /// Which paths the gateway's router answers (`decision::OwnPaths`).
+    own: decision::OwnPaths,
     /// `{prefix}/verify`, logged as kind `verify`.
     verify_path: String,
     access: Arc<access::AccessLog>,
@@ -256,8 +255,7 @@ impl App {
                 routes: inner.routes.clone(),
                 guard: inner.guard.clone(),
                 upstream: inner.upstream.as_ref().map(|u| Arc::new(u.with_own_pool())),
-                prefix: inner.prefix.clone(),
-                spa_path: inner.spa_path.clone(),
+                own: inner.own.clone(),
                 verify_path: inner.verify_path.clone(),
                 access: inner.access.clone(),
                 metrics: inner.metrics.clone(),
@@ -286,14 +284,6 @@ impl AppInner {
             .record(method, path, status, elapsed, note, kind);
     }
 
-    /// Whether the router could have a route for `path`; everything else is its
-    /// fallback anyway, so it goes to the guard directly.
-    fn may_be_own(&self, path: &str) -> bool {
-        path.starts_with(self.prefix.as_str())
-            || path == "/healthz"
-            || path == "/readyz"
-            || self.spa_path.as_deref() == Some(path)
-    }
 }
 
 impl<B> tower::Service<Request<B>> for App
@@ -317,7 +307,7 @@ where
         let inner = self.inner.clone();
         let (start, method) = (std::time::Instant::now(), req.method().clone());
         let raw_path = req.uri().path().to_owned();
-        if inner.may_be_own(&raw_path) {
+        if inner.own.may_route(&raw_path) {
             let kind = if raw_path == inner.verify_path {
                 access::Kind::Verify
             } else {

@@ -104,6 +104,48 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
     Ok(NormalizedPath(path))
 }
 
+/// G01 (docs/security.md): whether a raw request path is already in normal form, so
+/// that every reader — the gateway, a front proxy that forwards it untouched, the app —
+/// reads the same path from it. Forward-auth cannot rewrite what the front proxy sends
+/// the app, so it decides only on paths in this form. Normal form: it starts with `/`;
+/// no `.` or `..` segment; no empty segment except a trailing `/`; no `;`, no `\`; no
+/// control, whitespace or non-ASCII byte; every escape well formed and none decoding to
+/// `/`, `\`, `;`, `.` or `%` (other escapes are fine: `%20`, `%C3%A9`).
+pub fn is_normal_form(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.len() > MAX_PATH_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' | b'\\' => return false,
+            b if b <= b' ' || b >= 0x7f => return false,
+            b'%' => {
+                let decoded = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| std::str::from_utf8(hex).ok())
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match decoded {
+                    Some(b'/' | b'\\' | b';' | b'.' | b'%') | None => return false,
+                    Some(_) => i += 3,
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut segments = raw[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if matches!(segment, "." | "..") || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
 impl NormalizedPath {
     /// The path as it is forwarded upstream: each segment percent-encoded again where
     /// RFC 3986 §3.3 requires (`pchar` minus `;`), so that the upstream reads exactly the
@@ -381,6 +423,52 @@ mod tests {
         assert!(!overlap("/admin", "/admin/x"));
     }
 
+    #[test]
+    fn g01_normal_form_is_exactly_the_defined_one() {
+        for ok in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c/d..e/.f",
+            "/caf%C3%A9/a%20b",
+            "/%61dmin",
+            "/a/~x-y_z",
+            "/a:b@c!$&'()*+,=",
+        ] {
+            assert!(is_normal_form(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "//a",
+            "/a//b",
+            "/a//",
+            "/.",
+            "/./a",
+            "/a/.",
+            "/a/..",
+            "/admin/../public/x",
+            "/a;jsessionid=1",
+            "/admin;/x",
+            "/a\\b",
+            "/a b",
+            "/a\tb",
+            "/a\x7fb",
+            "/café",
+            "/%2e%2e/admin",
+            "/a%2Eb",
+            "/a%2fb",
+            "/a%2F",
+            "/a%5cb",
+            "/a%3bb",
+            "/a%25",
+            "/a%2",
+            "/a%zz",
+        ] {
+            assert!(!is_normal_form(bad), "{bad:?}");
+        }
+    }
+
     proptest! {
         /// Normalising twice changes nothing, and the result has no dot segments,
         /// empty segments or `;` parameters.
@@ -410,6 +498,21 @@ mod tests {
         #[test]
         fn never_panics(s in "\\PC{0,64}") {
             let _ = normalize_path(&s);
+        }
+
+        /// G01: a path in normal form is read the same by everyone: normalising it
+        /// only decodes its escapes (nothing is resolved, dropped or merged).
+        #[test]
+        fn a_normal_form_path_normalises_to_its_own_decoding(s in "/[a-zA-Z./;%2eE5cCfF0-9]{0,40}") {
+            if is_normal_form(&s) {
+                match String::from_utf8(crate::percent::decode_once(&s)) {
+                    Ok(decoded) if !decoded.chars().any(char::is_control) => {
+                        prop_assert_eq!(normalize_path(&s).map(|p| p.0), Ok(decoded));
+                    }
+                    // Escapes of controls or invalid UTF-8: refused by everyone here.
+                    _ => prop_assert!(normalize_path(&s).is_err()),
+                }
+            }
         }
     }
 }

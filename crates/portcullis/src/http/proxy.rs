@@ -6,7 +6,8 @@
 //! written are retried by the client (`retry_canceled_requests`), safe for any method.
 //!
 //! The upstream receives the **normalised** path the guard decided on, re-encoded, so
-//! that no upstream can route `..`, `;` or `//` differently (SECURITY-CASES P03).
+//! that no upstream can route `..`, `;` or `//` differently (docs/security.md P03,
+//! G01), and `X-Forwarded-Proto`/`-Host` of the public URL whoever sent others (G05).
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use url::Url;
 use super::error::HttpError;
 use super::guard::{Checked, CurrentUser};
 use super::headers;
-use super::path::{NormalizedPath, normalize_path};
+use super::path::normalize_path;
 use crate::session::SessionEnd;
 
 /// Time to open a connection to the upstream.
@@ -125,23 +126,25 @@ impl Upstream {
         }
     }
 
-    /// The upstream URI: the base, the normalised path re-encoded (the guard's, or
-    /// normalised here when no guard ran), the original query.
-    fn target(&self, uri: &Uri, checked: Option<&NormalizedPath>) -> Result<Uri, HttpError> {
+    /// The upstream URI: the base, the decided path (the guard's, already encoded in
+    /// the request URI; or normalised and re-encoded here when no guard decided on this
+    /// path), the original query.
+    fn target(&self, uri: &Uri, decided: Option<&str>) -> Result<Uri, HttpError> {
         let normalized;
-        let path = match checked {
+        let encoded = match decided {
             Some(path) => path,
             None => {
-                normalized = normalize_path(uri.path()).map_err(|e| {
-                    HttpError::bad_request(
-                        "ambiguous_path",
-                        format!("This address cannot be served: {e}."),
-                    )
-                })?;
+                normalized = normalize_path(uri.path())
+                    .map_err(|e| {
+                        HttpError::bad_request(
+                            "ambiguous_path",
+                            format!("This address cannot be served: {e}."),
+                        )
+                    })?
+                    .encoded();
                 &normalized
             }
         };
-        let encoded = path.encoded();
         let query = uri.query().unwrap_or("");
         let mut target = String::with_capacity(
             self.scheme.len()
@@ -157,7 +160,7 @@ impl Upstream {
             "://",
             &self.authority,
             &self.base_path,
-            &encoded,
+            encoded,
         ] {
             target.push_str(part);
         }
@@ -193,8 +196,8 @@ impl Upstream {
 
         let decided = checked
             .as_ref()
-            .filter(|c| c.raw_path == req.uri().path())
-            .map(|c| &c.path);
+            .filter(|c| c.forwarded_path == req.uri().path())
+            .map(|c| c.forwarded_path.as_str());
         let target = match self.target(req.uri(), decided) {
             Ok(t) => t,
             Err(e) => return e.into_response(),
@@ -318,9 +321,10 @@ impl Upstream {
         Response::from_parts(parts, Body::new(IdleTimeout::new(body, self.timeouts.idle)))
     }
 
-    /// `X-Forwarded-For/Proto/Host` for the upstream: a trusted proxy's values are kept
-    /// (the peer appended to its `X-Forwarded-For`), else they are set from the peer and
-    /// the configured public URL.
+    /// `X-Forwarded-For/Proto/Host` for the upstream: a trusted proxy's
+    /// `X-Forwarded-For` is kept with the peer appended, else it is the peer; `-Proto`
+    /// and `-Host` are always the public URL's (G05: the app sees the origin the
+    /// decision was made for, whoever sent what).
     fn set_forwarding(&self, h: &mut HeaderMap, peer: Option<SocketAddr>, peer_trusted: bool) {
         if let Some(peer) = peer {
             let ip = peer.ip().to_canonical().to_string();
@@ -338,15 +342,14 @@ impl Upstream {
                 h.insert(X_FORWARDED_FOR, v);
             }
         }
-        if !(peer_trusted && h.contains_key(&X_FORWARDED_PROTO))
-            && let Some(v) = &self.forwarded_proto
-        {
-            h.insert(X_FORWARDED_PROTO, v.clone());
-        }
-        if !(peer_trusted && h.contains_key(&X_FORWARDED_HOST))
-            && let Some(v) = &self.forwarded_host
-        {
-            h.insert(X_FORWARDED_HOST, v.clone());
+        for (name, value) in [
+            (X_FORWARDED_PROTO, &self.forwarded_proto),
+            (X_FORWARDED_HOST, &self.forwarded_host),
+        ] {
+            match value {
+                Some(v) => h.insert(name, v.clone()),
+                None => h.remove(name),
+            };
         }
     }
 }

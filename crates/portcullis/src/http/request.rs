@@ -45,6 +45,53 @@ pub fn is_same_origin_write(headers: &HeaderMap, public_origin: &str, csrf_heade
     }
 }
 
+/// Header names frameworks read as the request's real method (Express
+/// `method-override`, Laravel, Symfony, ASP.NET), compared in canonical spelling.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// G04 (docs/security.md): every other method a request may be read as — override
+/// headers in any spelling (`X_HTTP_METHOD_OVERRIDE`, `x.http.method.override`: judged
+/// by their canonical form, as identity headers are) and a `_method` query parameter
+/// (Rails, Laravel, Express). `None` for a value that is no method: the framework's
+/// reading of it cannot be known. Body overrides (`_method` in a form) are the app's
+/// to disable (docs/proxy.md).
+pub fn method_overrides(headers: &HeaderMap, query: Option<&str>) -> Vec<Option<Method>> {
+    let as_method = |v: &[u8]| {
+        let v = std::str::from_utf8(v).ok()?.trim().to_ascii_uppercase();
+        Method::from_bytes(v.as_bytes()).ok()
+    };
+    let mut found = Vec::new();
+    for (name, value) in headers {
+        if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|o| super::headers::canonical_is(name.as_str(), o))
+        {
+            found.push(as_method(value.as_bytes()));
+        }
+    }
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if key.eq_ignore_ascii_case("_method") {
+                found.push(as_method(value.as_bytes()));
+            }
+        }
+    }
+    found
+}
+
+/// G02 (docs/security.md): whether a request is a WebSocket handshake, by any of its
+/// signals: front proxies strip the hop-by-hop `Upgrade` from the auth subrequests
+/// they send (nginx, Traefik), but pass `Sec-WebSocket-Key` and `-Version`.
+pub fn is_websocket_handshake(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+}
+
 /// The `User-Agent`, if it is printable text.
 pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -95,6 +142,39 @@ mod tests {
         ));
         assert!(is_same_origin_write(&h(&[("x-csrf", "1")]), o, "x-csrf"));
         assert!(!is_same_origin_write(&h(&[]), o, "x-csrf"));
+    }
+
+    #[test]
+    fn g04_overrides_in_every_spelling_and_the_query() {
+        let headers = h(&[
+            ("x-http-method-override", "delete"),
+            ("X_HTTP_METHOD_OVERRIDE", " PUT "),
+            ("x.method.override", "PATCH"),
+            ("x-http-method", "not a method"),
+            ("x-http-methods", "POST"),
+        ]);
+        let found = method_overrides(&headers, Some("a=1&_method=DELETE&%5Fmethod=put"));
+        assert_eq!(
+            found,
+            [
+                Some(Method::DELETE),
+                Some(Method::PUT),
+                Some(Method::PATCH),
+                None,
+                Some(Method::DELETE),
+                Some(Method::PUT),
+            ]
+        );
+        assert!(method_overrides(&h(&[]), Some("method=DELETE&x_method=1")).is_empty());
+        assert!(method_overrides(&h(&[]), None).is_empty());
+    }
+
+    #[test]
+    fn g02_a_handshake_by_any_signal() {
+        assert!(is_websocket_handshake(&h(&[("upgrade", "websocket")])));
+        assert!(is_websocket_handshake(&h(&[("sec-websocket-key", "x")])));
+        assert!(is_websocket_handshake(&h(&[("sec-websocket-version", "13")])));
+        assert!(!is_websocket_handshake(&h(&[("sec-websocket-protocol", "x")])));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! user must meet, judged on the claims the session keeps (updated at every refresh).
 //! No route matches: the global `[access]` rules, checked at sign-in and refresh, suffice.
 
-use axum::http::{HeaderMap, HeaderName, Method};
+use axum::http::Method;
 use serde_json::{Map, Value};
 
 use super::access::{AccessDenied, access_refusals};
@@ -67,12 +67,13 @@ impl RouteRules {
     }
 
     /// The verdict of the first route matching `path` for this session (`Ok` when no
-    /// route matches). A method-override header (`X-HTTP-Method-Override` and kin,
-    /// which Express, Laravel and Symfony obey) must name an allowed method too.
+    /// route matches). Every other method the request may be read as (`overrides`:
+    /// method-override headers and `_method`, which Express, Rails, Laravel and Symfony
+    /// obey; `None` for an unreadable one) must be allowed too (G04).
     pub fn check(
         &self,
         method: &Method,
-        headers: &HeaderMap,
+        overrides: &[Option<Method>],
         path: &NormalizedPath,
         record: &SessionRecord,
     ) -> Result<(), RouteRefusal> {
@@ -88,18 +89,9 @@ impl RouteRules {
             if !allowed(method) {
                 return Err(RouteRefusal::Method);
             }
-            for name in METHOD_OVERRIDES {
-                for value in headers.get_all(&name) {
-                    // Unreadable: refused, as the framework's reading cannot be known.
-                    let overridden = value
-                        .to_str()
-                        .ok()
-                        .map(|v| v.trim().to_ascii_uppercase())
-                        .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
-                    if !overridden.is_some_and(|m| allowed(&m)) {
-                        return Err(RouteRefusal::Method);
-                    }
-                }
+            // Unreadable: refused, as the framework's reading cannot be known.
+            if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {
+                return Err(RouteRefusal::Method);
             }
         }
         if !route.has_rules {
@@ -114,13 +106,6 @@ impl RouteRules {
         }
     }
 }
-
-/// Headers that frameworks read as the request's real method.
-const METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
 
 /// HEAD is a GET without the body.
 fn as_get(m: &Method) -> Method {

@@ -129,11 +129,11 @@ impl Sessions {
     pub fn check_route(
         &self,
         method: &axum::http::Method,
-        headers: &axum::http::HeaderMap,
+        overrides: &[Option<axum::http::Method>],
         path: &crate::http::path::NormalizedPath,
         record: &crate::store::SessionRecord,
     ) -> Result<(), super::routes::RouteRefusal> {
-        let verdict = self.routes.load().check(method, headers, path, record);
+        let verdict = self.routes.load().check(method, overrides, path, record);
         if let Err(refusal) = &verdict {
             let reason = match refusal {
                 super::routes::RouteRefusal::Method => "method",
