@@ -87,24 +87,28 @@ mutate $S/http/routes.rs 'return Err(SessionError::DuplicateParameter(key));' ''
 G=guard_proxy
 mutate $S/http/proxy.rs 'if this.drop_trailers && frame.is_trailers() {' 'if false {' $G request_trailers
 mutate $S/http/headers.rs '.filter(|n| !n.is_empty() && !is_protected_from_connection(n)),' '.filter(|n| !n.is_empty()),' $G p01_connection
-mutate $S/http/guard.rs '            return (
-                StatusCode::NO_CONTENT,' '            return call(&mut inner, req).await;
-            #[allow(unreachable_code)]
-            return (
-                StatusCode::NO_CONTENT,' $G s06_preflights
+mutate $S/http/decision.rs '            && self.is_foreign_origin(view.headers)
+        {' '            && false
+        {' $G s06_foreign_cors_preflights
+mutate $S/http/decision.rs '        let Some(active) = active else {
+            return verdict(Decision::SignIn, note);' '        let Some(active) = active else {
+            return verdict(Decision::Public, note);' $G s06_preflights
 mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G slow_header
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
 mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
 mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
-mutate $S/http/guard.rs '        if self.sessions.has_routes()' '        if false' authorization routes_admit_the_group
+mutate $S/http/decision.rs '            && self.sessions.has_routes()
+            && let Err' '            && false
+            && let Err' authorization routes_admit_the_group
 mutate $S/session/routes.rs '.find(|r| r.pattern.matches_ignoring_case(path))' '.find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
 mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' authorization routes_refuse_methods
-mutate $S/session/routes.rs '                    if !overridden.is_some_and(|m| allowed(&m)) {' '                    if false {' authorization routes_refuse_methods
+mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' authorization routes_refuse_methods
+mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' one_decision g11_the_table_at_the_in_process
 mutate $S/http/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
 mutate $S/config/routes.rs '                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))' '                    earlier.iter().find(|_| false)' lib bad_routes_are_configuration_errors
-mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), value);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
+mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
 mutate $S/session/assertion.rs '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)' '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME * 100)' authorization after_a_rotation
 mutate $S/session/assertion.rs '        record.created_at + ACTIVATION' '        record.created_at' authorization after_a_rotation
 mutate $S/session/assertion.rs '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)' '        .filter(|_| true)' lib retired_keys_are_out_of_use
@@ -112,16 +116,19 @@ mutate $S/session/assertion.rs '            && (now + RESIGN_BEFORE < s.expires_
 mutate $S/session/service.rs '        if self.assertions.too_old(now) {' '        if false {' authorization an_instance_idle_through
 mutate $S/session/assertion.rs '            .min(now + idle)' '' authorization assertions_end_with_the_idle
 mutate $S/session/assertion.rs '            if token.len() <= MAX_ASSERTION {' '            if true {' authorization assertions_end_with_the_idle
-mutate $S/http/guard.rs '        if self.is_own(&path) {' '        if false {' forward_auth d03_unknown_paths
+mutate $S/http/decision.rs 'Target::Path { path, .. } if self.own.covers(path) =>' 'Target::Path { path, .. } if false =>' forward_auth d03_unknown_paths
 mutate $S/http/forward_auth.rs '        (Some(v), None) => Ok(v),' '        (Some(v), _) => Ok(v),' forward_auth p05_original_request_headers
-mutate $S/http/forward_auth.rs '.is_ok_and(|h| h.eq_ignore_ascii_case(self.public_host()))' '.is_ok()' forward_auth p05_original_request_headers
-mutate $S/http/forward_auth.rs '            if self.sessions().has_routes() || self.relays_tokens() {' '            if false {' forward_auth p05_untrusted_peers
-mutate $S/http/forward_auth.rs '        if unsafe_method && !is_same_origin_write(' '        if false && !is_same_origin_write(' forward_auth cross_site_writes
-mutate $S/http/forward_auth.rs '        if headers.contains_key(header::UPGRADE) && self.is_foreign_origin(headers) {' '        if false {' forward_auth cross_site_writes
-mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
+mutate $S/http/forward_auth.rs '.is_ok_and(|h| h.eq_ignore_ascii_case(decider.public_host()))' '.is_ok()' forward_auth p05_original_request_headers
+mutate $S/http/decision.rs '            && (self.sessions.has_routes() || !self.token_relay.is_empty())' '            && false' forward_auth p05_untrusted_peers
+mutate $S/http/decision.rs '            Target::Untrusted { named: true } => Some(self.untrusted_forwarder(view)),' '' forward_auth p05_untrusted_peers
+mutate $S/http/forward_auth.rs '            .any(|o| headers::canonical_is(name.as_str(), o))' '            .any(|o| name.as_str() == *o)' forward_auth p05_untrusted_peers
+mutate $S/http/decision.rs 'if view.is_write() && !is_same_origin_write(' 'if false && !is_same_origin_write(' forward_auth cross_site_writes
+mutate $S/http/decision.rs 'if view.is_write() && !is_same_origin_write(' 'if false && !is_same_origin_write(' $G s06_
+mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' forward_auth cross_site_writes
+mutate $S/http/forward_auth.rs '        h.insert(HeaderName::from_static(name), value);' '        if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
 mutate $S/session/refresh.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
 mutate $S/store/sqlite.rs 'AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL))' '' lib sqlite_in_memory_passes_the_conformance
-mutate $S/http/forward_auth.rs '            h.insert(HeaderName::from_static(name), value);' '            if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' front_proxies caddy::missing_values
+mutate $S/http/forward_auth.rs '        h.insert(HeaderName::from_static(name), value);' '        if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' front_proxies caddy::missing_values
 mutate docs/forward-auth.md '	request_header -*_*' '' front_proxies caddy::a_sign_in_through
 # Two layers keep browsers from asking /auth/verify through nginx (the original-request
 # names cleared on /auth/, and a 404 for /auth/verify): removing both must be caught.
@@ -147,11 +154,14 @@ mutate crates/portcullis-idp/src/throttle.rs '            .try_acquire_owned()
             .await
             .map_err(|_| Refused::Busy)?;' idplib the_queue_of_password_checks
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
-mutate $S/http/guard.rs 'if matches!(*req.method(), Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
+mutate $S/http/decision.rs 'if matches!(view.method, Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
 mutate $S/http/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
-mutate $S/http/proxy.rs 'let encoded = path.encoded();' 'let encoded = uri.path().to_owned();' $G p03_decisions
-mutate $S/http/proxy.rs '.filter(|c| c.raw_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
+mutate $S/http/guard.rs '        if forwarded_path != req.uri().path() {' '        if false {' one_decision g11_the_table_at_the_in_process
+mutate $S/http/proxy.rs '.filter(|c| c.forwarded_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
+mutate $S/http/proxy.rs '                &normalized
+' '                uri.path()
+' $G p03_a_path_rewritten
 mutate $S/http/proxy.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);
         headers::remove_gateway_set_cookies(&mut parts.headers);' '        headers::remove_hop_by_hop(&mut parts.headers, false);' $G c01_
 mutate $S/http/headers.rs '        || canonical_starts_with(name, "x-auth-request-")' '' lib client_headers_in_the_gateway
@@ -169,7 +179,7 @@ mutate $S/http/limits.rs '            Ok(ip) if is_trusted(ip.to_canonical()) =>
 mutate $S/http/serve.rs '        if *count >= options.connections_per_peer {' '        if false {' lib d02_one_address
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
-mutate $S/http/guard.rs 'if req.headers().contains_key(header::UPGRADE) && self.is_foreign_origin(req.headers()) {' 'if false {' $G w01_
+mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' $G w01_
 mutate $S/http/proxy.rs '!= expected_accept.as_ref().map(String::as_bytes)' '!= accepted.map(HeaderValue::as_bytes)' $G w03_
 mutate $S/http/headers.rs '    canonical_starts_with(name, "x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
 mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), trusted);' '' $G p02_
@@ -260,6 +270,35 @@ mutate $S/session/reload.rs '        self.routes.store(RouteRules::new(&new.rout
 mutate $S/http/serve.rs '                tunnels.close_all();' '' guard_proxy a_shutdown_lets_open_websockets
 mutate $S/http/serve.rs '        let open = tunnels.open();' '        let open = 0;' guard_proxy a_shutdown_lets_open_websockets
 mutate $S/doctor.rs 'Err(ProviderError::TokenRejected(e)) if e == "invalid_client" || e == "http_401" => {' 'Err(ProviderError::TokenRejected(e)) if false => {' cli:doctor a_wrong_client_secret
+
+# One decision for every door (G01–G05, G11): the table of one_decision.rs at the
+# in-process doors and behind nginx and Caddy.
+O=one_decision
+OT=g11_the_table_at_the_in_process
+mutate $S/http/decision.rs '            Target::Path { normal: false, .. } if forward_auth =>' '            Target::Path { normal: false, .. } if false =>' $O $OT
+mutate $S/http/decision.rs '            Target::Path { normal: false, .. } if forward_auth =>' '            Target::Path { normal: false, .. } if false =>' $O g11_the_table_behind_nginx
+mutate $S/http/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," $O $OT
+mutate $S/http/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," lib g01_normal_form
+mutate $S/http/path.rs 'if matches!(segment, "." | "..") || (segment.is_empty() && !last) {' 'if false {' $O $OT
+mutate $S/http/path.rs "            b';' | b'\\\\' => return false," "            b'\\\\' => return false," $O $OT
+mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)' '' $O $OT
+mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)' '' front_proxies nginx::websockets_pass
+mutate $S/http/request.rs '            .any(|o| super::headers::canonical_is(name.as_str(), o))' '            .any(|o| name.as_str() == *o)' $O $OT
+mutate $S/http/request.rs '            if key.eq_ignore_ascii_case("_method") {' '            if false {' $O $OT
+mutate $S/http/decision.rs 'changes_state(&self.method) || self.overrides.iter().any(|o| o.as_ref().is_none_or(changes_state))' 'changes_state(&self.method)' $O $OT
+mutate $S/http/headers.rs 'is_identity_header(n) || is_routing_header(n) ||' 'is_identity_header(n) ||' $G p04_g05
+mutate $S/http/proxy.rs '                Some(v) => h.insert(name, v.clone()),' '                Some(v) if !h.contains_key(&name) => h.insert(name, v.clone()),
+                Some(_) => None,' $G p04_g05
+mutate docs/forward-auth.md '        proxy_set_header X-Rewrite-URL "";
+' '' front_proxies nginx::routing_and_identity
+mutate docs/forward-auth.md '        proxy_set_header X-User-Provider "";
+' '' front_proxies nginx::routing_and_identity
+mutate docs/forward-auth.md '	request_header -X-Original-*
+' '' front_proxies caddy::routing_and_identity
+mutate docs/forward-auth.md '	request_header -X-User-*
+' '' front_proxies caddy::routing_and_identity
 
 I=crates/portcullis-idp/src
 P=idp:provider

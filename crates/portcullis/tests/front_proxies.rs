@@ -1,226 +1,17 @@
 //! Forward-auth behind the real front proxies, with the configuration snippets of
 //! `docs/forward-auth.md` as written there (only addresses replaced): Debian nginx and
-//! Caddy, the real npm `oidc-provider`, the gateway in forward-auth-only mode. Every
-//! test runs against both proxies. Each test
-//! writes its own configuration and runs the proxy unprivileged on free loopback ports.
-//! Skips with one line when the proxy or Node is missing; `.ci/run` installs them and
-//! requires it.
+//! Caddy, the real npm `oidc-provider`, the gateway in forward-auth-only mode
+//! (`support/front_proxy.rs`). Every test runs against both proxies. Skips with one line
+//! when the proxy or Node is missing; `.ci/run` installs them and requires it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use reqwest::Method;
-use serde_json::json;
-use support::browser::{Resp, follow_sign_in};
-use support::gateway::Options;
-use support::oidc_provider::{REQUIRE_VAR, RealProvider};
+use support::Browser;
+use support::front_proxy::{Front, Proxy};
 use support::upstream::echoed;
-use support::{Browser, TestGateway, TestUpstream};
-use tokio::process::{Child, Command};
-
-/// The first fenced block of `language` in `docs/forward-auth.md`.
-fn snippet(language: &str) -> String {
-    let doc = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/forward-auth.md"),
-    )
-    .unwrap();
-    let start = doc
-        .find(&format!("```{language}\n"))
-        .unwrap_or_else(|| panic!("no {language} block in docs/forward-auth.md"));
-    let body = &doc[start + language.len() + 4..];
-    body[..body.find("\n```").unwrap()].to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Whether `program` is installed; a skip (one line) or, in CI, a failure when not.
-fn installed(program: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var_os(REQUIRE_VAR).is_some() {
-            panic!("{program} is required ({REQUIRE_VAR}) but not installed");
-        }
-        eprintln!("skipping: {program} is not installed");
-    }
-    found
-}
-
-/// Waits (bounded) until something listens on `port`.
-async fn listening(port: u16, what: &str, log: &std::path::Path) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "{what} did not listen on {port}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-/// The proxy in front, the gateway behind it (forward-auth only), the provider, the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Proxy {
-    Nginx,
-    Caddy,
-}
-
-struct Front {
-    kind: Proxy,
-    /// The browser-facing origin: the proxy.
-    url: String,
-    gw: TestGateway,
-    op: RealProvider,
-    up: TestUpstream,
-    _proxy: Child,
-    _dir: std::path::PathBuf,
-}
-
-impl Front {
-    async fn start(kind: Proxy) -> Option<Self> {
-        let program = match kind {
-            Proxy::Nginx => "nginx",
-            Proxy::Caddy => "caddy",
-        };
-        if !installed(program) {
-            return None;
-        }
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let client = json!([{
-            "client_id": "app",
-            "token_endpoint_auth_method": "none",
-            "redirect_uris": [format!("{url}/auth/callback")],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-        }]);
-        let op = RealProvider::start(client, &[("ID_TOKEN_TTL", "86400")]).await?;
-        let up = TestUpstream::start().await;
-        let gw = TestGateway::start_with(
-            &op.issuer,
-            Options::default()
-                .env("PORTCULLIS_PUBLIC_URL", &url)
-                .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
-                .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
-        )
-        .await;
-        let dir = std::env::temp_dir().join(format!(
-            "pc-{program}-{}",
-            portcullis::random::random_token()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (gateway, app) = (
-            gw.url.trim_start_matches("http://").to_owned(),
-            up.url.trim_start_matches("http://").to_owned(),
-        );
-        let d = dir.display();
-        let mut cmd = Command::new(program);
-        let log = match kind {
-            Proxy::Nginx => {
-                let server = snippet("nginx")
-                    .replace("127.0.0.1:4180", &gateway)
-                    .replace("127.0.0.1:3000", &app)
-                    .replace(
-                        "listen 443 ssl;                      # your TLS settings as usual",
-                        &format!("listen 127.0.0.1:{port};"),
-                    );
-                let conf = format!(
-                    "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-                     events {{ worker_connections 128; }}\n\
-                     http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-                     fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-                     {server}\n}}\n"
-                );
-                std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-                cmd.arg("-p")
-                    .arg(&dir)
-                    .arg("-c")
-                    .arg(dir.join("nginx.conf"))
-                    .stderr(Stdio::null());
-                dir.join("error.log")
-            }
-            Proxy::Caddy => {
-                let site = snippet("caddyfile")
-                    .replace("127.0.0.1:4180", &gateway)
-                    .replace("127.0.0.1:3000", &app)
-                    .replace("app.example.com {", &format!("http://127.0.0.1:{port} {{"));
-                let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}\n");
-                std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-                let log = dir.join("caddy.log");
-                cmd.args(["run", "--adapter", "caddyfile", "--config"])
-                    .arg(dir.join("Caddyfile"))
-                    .env("HOME", &dir)
-                    .env("XDG_DATA_HOME", dir.join("data"))
-                    .env("XDG_CONFIG_HOME", dir.join("config"))
-                    .stderr(std::fs::File::create(&log).unwrap());
-                log
-            }
-        };
-        let proxy = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        listening(port, program, &log).await;
-        Some(Self {
-            kind,
-            url,
-            gw,
-            op,
-            up,
-            _proxy: proxy,
-            _dir: dir,
-        })
-    }
-
-    fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    async fn signed_in(&self, user: &str) -> Browser {
-        let b = Browser::new();
-        let (_, r) = follow_sign_in(
-            &b,
-            &self.at("/auth/login?return_to=%2Fapp"),
-            user,
-            user,
-            &self.at("/auth/callback"),
-        )
-        .await;
-        assert_eq!(r.status, 303, "sign-in through the front proxy: {}", r.body);
-        b
-    }
-
-    async fn api(&self, b: &Browser, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut h = vec![("accept", "application/json")];
-        h.extend_from_slice(headers);
-        b.request(method, &self.at(path), &h, None).await
-    }
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
 
 async fn anonymous_pages_go_to_sign_in_and_anonymous_api_calls_get_401(kind: Proxy) {
     let Some(f) = Front::start(kind).await else {
@@ -403,6 +194,115 @@ async fn missing_values_reach_the_app_empty(kind: Proxy) {
     );
 }
 
+/// G05 and P01 behind the front proxy: routing headers and client copies of the
+/// gateway's identity names never reach the app (the snippets clear or set every one),
+/// and the app sees the scheme and host the browser used.
+async fn routing_and_identity_headers_never_reach_the_app(kind: Proxy) {
+    let Some(f) = Front::start(kind).await else {
+        return;
+    };
+    let b = f.signed_in("alice").await;
+    let routing = [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-original-method",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+    ];
+    let identity = [
+        "x-user-provider",
+        "x-user-auth-method",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-preferred-username",
+        "x-auth-request-groups",
+    ];
+    let mut headers: Vec<(&str, &str)> = routing
+        .iter()
+        .chain(identity.iter())
+        .map(|name| (*name, "/admin"))
+        .collect();
+    headers.push(("x-forwarded-host", "evil.example"));
+    headers.push(("x-forwarded-proto", "https"));
+    for who in [&b, &Browser::new()] {
+        let r = f.api(who, Method::GET, "/public/x", &headers).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        for name in routing.iter().chain(identity.iter()) {
+            let seen = echoed(&v, name);
+            assert!(
+                seen.iter().all(String::is_empty),
+                "{name} reached the app: {seen:?}"
+            );
+        }
+        let host = f.url.trim_start_matches("http://");
+        assert_eq!(echoed(&v, "x-forwarded-host"), [host]);
+        assert_eq!(echoed(&v, "x-forwarded-proto"), ["http"]);
+    }
+    // Signed in, through a protected path, the same.
+    let r = f.api(&b, Method::GET, "/app", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    for name in routing.iter().chain(identity.iter()) {
+        assert!(echoed(&v, name).iter().all(String::is_empty), "{name}");
+    }
+}
+
+/// G02 behind the front proxy with WebSocket proxying on: a handshake from our own
+/// origin opens a working WebSocket to the app; one from another origin is refused
+/// although the proxy strips `Upgrade` from the question it asks the gateway.
+async fn websockets_pass_from_our_origin_only(kind: Proxy) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(f) = Front::start(kind).await else {
+        return;
+    };
+    let b = f.signed_in("alice").await;
+    let cookie = b.cookie("portcullis").unwrap();
+    let addr = f.url.trim_start_matches("http://").to_owned();
+    for (origin, opens) in [
+        (f.url.clone(), true),
+        ("https://evil.example".to_owned(), false),
+        (format!("{}0", f.url), false),
+    ] {
+        let calls = f.up.calls();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: {origin}\r\nCookie: portcullis={cookie}\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        if opens {
+            assert!(head.starts_with("HTTP/1.1 101"), "{origin}: {head}");
+            // One masked text frame "hi"; the app echoes it.
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | 2];
+            frame.extend_from_slice(&mask);
+            frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+            tcp.write_all(&frame).await.unwrap();
+            let mut echo = [0u8; 4];
+            tcp.read_exact(&mut echo).await.unwrap();
+            assert_eq!(&echo, b"\x81\x02hi");
+            assert_eq!(f.up.calls(), calls + 1);
+        } else {
+            assert!(head.starts_with("HTTP/1.1 403"), "{origin}: {head}");
+            assert_eq!(f.up.calls(), calls, "{origin}: the app was called");
+        }
+    }
+}
+
 macro_rules! behind_each_proxy {
     ($($name:ident),* $(,)?) => {
         mod nginx {
@@ -430,4 +330,6 @@ behind_each_proxy!(
     the_session_survives_three_refreshes,
     browsers_never_use_verify_or_write_cross_site,
     missing_values_reach_the_app_empty,
+    routing_and_identity_headers_never_reach_the_app,
+    websockets_pass_from_our_origin_only,
 );

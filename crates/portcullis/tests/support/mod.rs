@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod dev_provider;
+pub mod front_proxy;
 pub mod gateway;
 pub mod hostile;
 pub mod keys;
