@@ -1365,13 +1365,14 @@ async fn p03_a_path_rewritten_after_the_guard_is_normalised_again() {
     let forward = tower::service_fn(move |mut req: axum::http::Request<axum::body::Body>| {
         let upstream = upstream.clone();
         async move {
-            // The mount point `/public/app` is stripped before forwarding.
+            // The mount point `/public/app` is replaced before forwarding, carelessly
+            // (`/public/./x/y`): the proxy normalises what it forwards again.
             let rest = req
                 .uri()
                 .path()
                 .trim_start_matches("/public/app")
                 .to_owned();
-            *req.uri_mut() = format!("/public{rest}").parse().unwrap();
+            *req.uri_mut() = format!("/public/.{rest}").parse().unwrap();
             Ok::<_, std::convert::Infallible>(upstream.forward(req).await)
         }
     });

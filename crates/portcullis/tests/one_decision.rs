@@ -125,38 +125,282 @@ fn cases() -> Vec<Case> {
         front: None,
     };
     vec![
-        c("a public path", Anonymous, "GET", "/public/x", &[], Pass("/public/x"), Pass("/public/x")),
-        c("dot segments into a public path", Anonymous, "GET", "/admin/../public/x", &[], Pass("/public/x"), BadTarget),
-        c("dot segments, signed in, around a route", SignedIn, "GET", "/public/../staff/x", &[], Refuse("route_refused"), BadTarget),
-        c("encoded dot segments out of a public path", Anonymous, "GET", "/public/%2e%2e/admin/x", &[], SignIn, BadTarget),
-        c("encoded dot segments, signed in", SignedIn, "GET", "/public/%2E%2E/staff/x", &[], Refuse("route_refused"), BadTarget),
-        c("a single dot", SignedIn, "GET", "/admin/./x", &[], Pass("/admin/x"), BadTarget),
-        c("empty segments", SignedIn, "GET", "//admin//x", &[], Pass("/admin/x"), BadTarget),
-        c("`;` parameters", SignedIn, "GET", "/staff;jsessionid=1/x", &[], Refuse("route_refused"), BadTarget),
-        c("`;` parameters into a public path", Anonymous, "GET", "/public;x=1/y", &[], Pass("/public/y"), BadTarget),
-        c("an encoded slash", Anonymous, "GET", "/public/..%2Fadmin/x", &[], BadTarget, BadTarget),
-        c("a backslash", SignedIn, "GET", "/public/..\\staff/x", &[], BadTarget, BadTarget),
-        c("an escaped letter is normal form", SignedIn, "GET", "/%61dmin/x?_method=DELETE", SAME_SITE, Refuse("method_refused"), Refuse("method_refused")),
-        c("the gateway's own prefix, another case", Anonymous, "GET", "/AUTH/x", &[], Refuse("not_found"), Refuse("not_found")),
-        c("an allowed method", SignedIn, "GET", "/admin/x?q=1", &[], Pass("/admin/x?q=1"), Pass("/admin/x?q=1")),
-        c("a route, ignoring case", SignedIn, "GET", "/STAFF/x", &[], Refuse("route_refused"), Refuse("route_refused")),
-        c("an override header", SignedIn, "GET", "/admin/x", &[("x-http-method-override", "DELETE"), SAME_ORIGIN], Refuse("method_refused"), Refuse("method_refused")),
-        c("another override header, path case", SignedIn, "GET", "/Admin/x", &[("x-method-override", "put"), SAME_ORIGIN], Refuse("method_refused"), Refuse("method_refused")),
-        c("an unreadable override", SignedIn, "GET", "/admin/x", &[("x-http-method", "not a method"), SAME_ORIGIN], Refuse("method_refused"), Refuse("method_refused")),
+        c(
+            "a public path",
+            Anonymous,
+            "GET",
+            "/public/x",
+            &[],
+            Pass("/public/x"),
+            Pass("/public/x"),
+        ),
+        c(
+            "dot segments into a public path",
+            Anonymous,
+            "GET",
+            "/admin/../public/x",
+            &[],
+            Pass("/public/x"),
+            BadTarget,
+        ),
+        c(
+            "dot segments, signed in, around a route",
+            SignedIn,
+            "GET",
+            "/public/../staff/x",
+            &[],
+            Refuse("route_refused"),
+            BadTarget,
+        ),
+        c(
+            "encoded dot segments out of a public path",
+            Anonymous,
+            "GET",
+            "/public/%2e%2e/admin/x",
+            &[],
+            SignIn,
+            BadTarget,
+        ),
+        c(
+            "encoded dot segments, signed in",
+            SignedIn,
+            "GET",
+            "/public/%2E%2E/staff/x",
+            &[],
+            Refuse("route_refused"),
+            BadTarget,
+        ),
+        c(
+            "a single dot",
+            SignedIn,
+            "GET",
+            "/admin/./x",
+            &[],
+            Pass("/admin/x"),
+            BadTarget,
+        ),
+        c(
+            "empty segments",
+            SignedIn,
+            "GET",
+            "//admin//x",
+            &[],
+            Pass("/admin/x"),
+            BadTarget,
+        ),
+        c(
+            "`;` parameters",
+            SignedIn,
+            "GET",
+            "/staff;jsessionid=1/x",
+            &[],
+            Refuse("route_refused"),
+            BadTarget,
+        ),
+        c(
+            "`;` parameters into a public path",
+            Anonymous,
+            "GET",
+            "/public;x=1/y",
+            &[],
+            Pass("/public/y"),
+            BadTarget,
+        ),
+        c(
+            "an encoded slash",
+            Anonymous,
+            "GET",
+            "/public/..%2Fadmin/x",
+            &[],
+            BadTarget,
+            BadTarget,
+        ),
+        c(
+            "a backslash",
+            SignedIn,
+            "GET",
+            "/public/..\\staff/x",
+            &[],
+            BadTarget,
+            BadTarget,
+        ),
+        c(
+            "an escaped letter is normal form",
+            SignedIn,
+            "GET",
+            "/%61dmin/x?_method=DELETE",
+            SAME_SITE,
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
+        c(
+            "the gateway's own prefix, another case",
+            Anonymous,
+            "GET",
+            "/AUTH/x",
+            &[],
+            Refuse("not_found"),
+            Refuse("not_found"),
+        ),
+        c(
+            "an allowed method",
+            SignedIn,
+            "GET",
+            "/admin/x?q=1",
+            &[],
+            Pass("/admin/x?q=1"),
+            Pass("/admin/x?q=1"),
+        ),
+        c(
+            "a route, ignoring case",
+            SignedIn,
+            "GET",
+            "/STAFF/x",
+            &[],
+            Refuse("route_refused"),
+            Refuse("route_refused"),
+        ),
+        c(
+            "an override header",
+            SignedIn,
+            "GET",
+            "/admin/x",
+            &[("x-http-method-override", "DELETE"), SAME_ORIGIN],
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
+        c(
+            "another override header, path case",
+            SignedIn,
+            "GET",
+            "/Admin/x",
+            &[("x-method-override", "put"), SAME_ORIGIN],
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
+        c(
+            "an unreadable override",
+            SignedIn,
+            "GET",
+            "/admin/x",
+            &[("x-http-method", "not a method"), SAME_ORIGIN],
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
         Case {
             front: Some(Pass("/admin/x")),
-            ..c("an override header with underscores", SignedIn, "GET", "/admin/x", &[("x_http_method_override", "DELETE"), SAME_ORIGIN], Refuse("method_refused"), Refuse("method_refused"))
+            ..c(
+                "an override header with underscores",
+                SignedIn,
+                "GET",
+                "/admin/x",
+                &[("x_http_method_override", "DELETE"), SAME_ORIGIN],
+                Refuse("method_refused"),
+                Refuse("method_refused"),
+            )
         },
-        c("`_method` in the query", SignedIn, "GET", "/admin/x?_method=DELETE", SAME_SITE, Refuse("method_refused"), Refuse("method_refused")),
-        c("`_method` escaped in the query", SignedIn, "GET", "/admin/x?%5Fmethod=delete", SAME_SITE, Refuse("method_refused"), Refuse("method_refused")),
-        c("anonymous, protected", Anonymous, "GET", "/app/x", &[], SignIn, SignIn),
-        c("signed in, escapes kept", SignedIn, "GET", "/app/caf%C3%A9?x=%2F", &[], Pass("/app/caf%C3%A9?x=%2F"), Pass("/app/caf%C3%A9?x=%2F")),
-        c("a cross-site write", SignedIn, "POST", "/app/x", &[("origin", "https://evil.example")], Refuse("csrf_refused"), Refuse("csrf_refused")),
-        c("a cross-site write by `_method`", SignedIn, "GET", "/app/x?_method=POST", &[("sec-fetch-site", "cross-site")], Refuse("csrf_refused"), Refuse("csrf_refused")),
-        c("a foreign WebSocket with Upgrade", SignedIn, "GET", "/app/socket", &[("upgrade", "websocket"), ("connection", "Upgrade"), WS[0], WS[1], ("origin", "https://evil.example")], Refuse("cross_origin_websocket"), Refuse("cross_origin_websocket")),
-        c("a foreign WebSocket without Upgrade", SignedIn, "GET", "/app/socket", &[WS[0], WS[1], ("origin", "https://evil.example")], Refuse("cross_origin_websocket"), Refuse("cross_origin_websocket")),
-        c("a sibling-port WebSocket by its version alone", SignedIn, "GET", "/app/socket", &[WS[1], ("origin", "{own}0")], Refuse("cross_origin_websocket"), Refuse("cross_origin_websocket")),
-        c("our own WebSocket", SignedIn, "GET", "/app/socket", &[("upgrade", "websocket"), ("connection", "Upgrade"), WS[0], WS[1], ("origin", "{own}")], Pass("/app/socket"), Pass("/app/socket")),
+        c(
+            "`_method` in the query",
+            SignedIn,
+            "GET",
+            "/admin/x?_method=DELETE",
+            SAME_SITE,
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
+        c(
+            "`_method` escaped in the query",
+            SignedIn,
+            "GET",
+            "/admin/x?%5Fmethod=delete",
+            SAME_SITE,
+            Refuse("method_refused"),
+            Refuse("method_refused"),
+        ),
+        c(
+            "anonymous, protected",
+            Anonymous,
+            "GET",
+            "/app/x",
+            &[],
+            SignIn,
+            SignIn,
+        ),
+        c(
+            "signed in, escapes kept",
+            SignedIn,
+            "GET",
+            "/app/caf%C3%A9?x=%2F",
+            &[],
+            Pass("/app/caf%C3%A9?x=%2F"),
+            Pass("/app/caf%C3%A9?x=%2F"),
+        ),
+        c(
+            "a cross-site write",
+            SignedIn,
+            "POST",
+            "/app/x",
+            &[("origin", "https://evil.example")],
+            Refuse("csrf_refused"),
+            Refuse("csrf_refused"),
+        ),
+        c(
+            "a cross-site write by `_method`",
+            SignedIn,
+            "GET",
+            "/app/x?_method=POST",
+            &[("sec-fetch-site", "cross-site")],
+            Refuse("csrf_refused"),
+            Refuse("csrf_refused"),
+        ),
+        c(
+            "a foreign WebSocket with Upgrade",
+            SignedIn,
+            "GET",
+            "/app/socket",
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                WS[0],
+                WS[1],
+                ("origin", "https://evil.example"),
+            ],
+            Refuse("cross_origin_websocket"),
+            Refuse("cross_origin_websocket"),
+        ),
+        c(
+            "a foreign WebSocket without Upgrade",
+            SignedIn,
+            "GET",
+            "/app/socket",
+            &[WS[0], WS[1], ("origin", "https://evil.example")],
+            Refuse("cross_origin_websocket"),
+            Refuse("cross_origin_websocket"),
+        ),
+        c(
+            "a sibling-port WebSocket by its version alone",
+            SignedIn,
+            "GET",
+            "/app/socket",
+            &[WS[1], ("origin", "{own}0")],
+            Refuse("cross_origin_websocket"),
+            Refuse("cross_origin_websocket"),
+        ),
+        c(
+            "our own WebSocket",
+            SignedIn,
+            "GET",
+            "/app/socket",
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                WS[0],
+                WS[1],
+                ("origin", "{own}"),
+            ],
+            Pass("/app/socket"),
+            Pass("/app/socket"),
+        ),
     ]
 }
 
@@ -172,7 +416,10 @@ async fn send(base: &str, method: &str, target: &str, headers: &[(String, String
     let addr = base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n");
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("connection")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
         req.push_str("Connection: close\r\n");
     }
     for (k, v) in headers {
@@ -231,8 +478,9 @@ async fn read_answer(tcp: &mut tokio::net::TcpStream) -> Answer {
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
-            .unwrap_or(0);
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -402,7 +650,11 @@ async fn run_table(entrance: &Entrance) -> Vec<String> {
             assert!(answer.body.contains(code), "{what}: {}", answer.body);
         }
         if expected == Outcome::BadTarget && door.asks_verify_directly() {
-            assert!(answer.body.contains("bad_original_request"), "{what}: {}", answer.body);
+            assert!(
+                answer.body.contains("bad_original_request"),
+                "{what}: {}",
+                answer.body
+            );
         }
         let received = match expected {
             Outcome::Pass(decided) if !door.asks_verify_directly() => {
@@ -410,7 +662,8 @@ async fn run_table(entrance: &Entrance) -> Vec<String> {
                 let v: Value = serde_json::from_str(&answer.body)
                     .unwrap_or_else(|_| panic!("{what}: {}", answer.body));
                 let uri = v["uri"].as_str().unwrap().to_owned();
-                let (decided_path, decided_query) = decided.split_once('?').unwrap_or((decided, ""));
+                let (decided_path, decided_query) =
+                    decided.split_once('?').unwrap_or((decided, ""));
                 let (path, query) = uri.split_once('?').unwrap_or((uri.as_str(), ""));
                 // G01: the app reads exactly the decided path, and cannot resolve it to
                 // another (it is in normal form, so any reader decodes it alike).
@@ -424,7 +677,10 @@ async fn run_table(entrance: &Entrance) -> Vec<String> {
                 // G04: no method signal the decision did not judge (here: the names
                 // with `_` the front proxies drop before the gateway sees them).
                 for (name, _) in case.headers.iter().filter(|(n, _)| n.contains("method")) {
-                    assert!(echoed(&v, name).is_empty(), "{what}: {name} reached the app");
+                    assert!(
+                        echoed(&v, name).is_empty(),
+                        "{what}: {name} reached the app"
+                    );
                 }
                 uri
             }

@@ -120,8 +120,13 @@ impl RequestView<'_> {
 
     /// Whether any method the request may be read as changes state (or cannot be read).
     fn is_write(&self) -> bool {
-        let changes_state = |m: &Method| !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS);
-        changes_state(&self.method) || self.overrides.iter().any(|o| o.as_ref().is_none_or(changes_state))
+        let changes_state =
+            |m: &Method| !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS);
+        changes_state(&self.method)
+            || self
+                .overrides
+                .iter()
+                .any(|o| o.as_ref().is_none_or(changes_state))
     }
 }
 
@@ -217,7 +222,8 @@ pub struct Decider {
 impl Decider {
     pub fn new(sessions: Arc<Sessions>) -> Self {
         let config = sessions.config();
-        let patterns = |list: &[String]| list.iter().filter_map(|p| PathPattern::parse(p)).collect();
+        let patterns =
+            |list: &[String]| list.iter().filter_map(|p| PathPattern::parse(p)).collect();
         Self {
             cookies: CookieJar::new(config.is_https()),
             public_paths: patterns(&config.public_paths),
@@ -331,8 +337,12 @@ impl Decider {
         note.session = Some(active.record.id_hash.short().to_owned());
         // A rotated id: every answer to this request carries the new cookie.
         let set_cookie = active.new_cookie.as_ref().and_then(|id| {
-            HeaderValue::from_str(&self.cookies.set(CookieKind::Session, id.expose(), active.max_age))
-                .ok()
+            HeaderValue::from_str(&self.cookies.set(
+                CookieKind::Session,
+                id.expose(),
+                active.max_age,
+            ))
+            .ok()
         });
         let decision = match self.signed_in(view, active).await {
             Ok(decision) => decision,
@@ -387,7 +397,9 @@ impl Decider {
         // no CORS headers, so no foreign site is granted credentialed access. Any other
         // is judged like every request: without a session it never reaches the app.
         if view.method == Method::OPTIONS
-            && view.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+            && view
+                .headers
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
             && self.is_foreign_origin(view.headers)
         {
             return Some(HttpError::new(
@@ -401,9 +413,10 @@ impl Decider {
 
     /// G03 / P05: a forward-auth question from a peer the gateway does not trust.
     fn untrusted_forwarder(&self, view: &RequestView<'_>) -> HttpError {
-        let peer = view
-            .peer
-            .map_or_else(|| "unknown".to_owned(), |p| p.ip().to_canonical().to_string());
+        let peer = view.peer.map_or_else(
+            || "unknown".to_owned(),
+            |p| p.ip().to_canonical().to_string(),
+        );
         tracing::warn!(
             event = "untrusted_forwarder",
             %peer,
@@ -420,8 +433,14 @@ impl Decider {
     }
 
     /// Rules 9–13, for a live session.
-    async fn signed_in(&self, view: &RequestView<'_>, active: ActiveSession) -> Result<Decision, HttpError> {
-        if view.is_write() && !is_same_origin_write(view.headers, &self.public_origin, self.csrf_header.as_str()) {
+    async fn signed_in(
+        &self,
+        view: &RequestView<'_>,
+        active: ActiveSession,
+    ) -> Result<Decision, HttpError> {
+        if view.is_write()
+            && !is_same_origin_write(view.headers, &self.public_origin, self.csrf_header.as_str())
+        {
             tracing::warn!(method = %view.method, path = view.target.path().map(NormalizedPath::as_str), "cross-site write refused");
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
@@ -434,7 +453,10 @@ impl Decider {
         // send `Origin` on a handshake; a client without one is not a browser a foreign
         // page could drive.)
         if view.websocket && self.is_foreign_origin(view.headers) {
-            tracing::warn!(path = view.target.path().map(NormalizedPath::as_str), "cross-origin WebSocket refused");
+            tracing::warn!(
+                path = view.target.path().map(NormalizedPath::as_str),
+                "cross-origin WebSocket refused"
+            );
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
                 "cross_origin_websocket",

@@ -208,9 +208,7 @@ fn original_request(decider: &Decider, headers: &HeaderMap) -> Result<Original, 
     } else {
         // The absolute form (X-Original-URL): only for this gateway's public origin.
         match split_absolute(uri) {
-            Some((origin, rest)) if origin.eq_ignore_ascii_case(decider.public_origin()) => {
-                rest
-            }
+            Some((origin, rest)) if origin.eq_ignore_ascii_case(decider.public_origin()) => rest,
             _ => return bad("The original URI is not a path on this gateway's public origin."),
         }
     };
@@ -235,10 +233,10 @@ fn original_request(decider: &Decider, headers: &HeaderMap) -> Result<Original, 
 /// 401 (JSON), with the login URL in `Location` for a page navigation; with
 /// `?redirect=1` a page navigation gets the 302 itself.
 fn not_signed_in_answer(
-decider: &Decider,
-original: &Original,
-page: bool,
-redirect: bool,
+    decider: &Decider,
+    original: &Original,
+    page: bool,
+    redirect: bool,
 ) -> Response {
     let return_to = original.path_and_query.as_deref().map(|target| {
         crate::session::ReturnTo::parse(Some(target))

@@ -153,7 +153,10 @@ pub struct Guard {
 impl Guard {
     /// The guard of an axum app ([`GuardLayer`]).
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self::at(Arc::new(Decider::new(gateway.sessions().clone())), Door::Layer)
+        Self::at(
+            Arc::new(Decider::new(gateway.sessions().clone())),
+            Door::Layer,
+        )
     }
 
     /// The guard of `door`, deciding with `decider`.

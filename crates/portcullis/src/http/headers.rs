@@ -80,7 +80,9 @@ const ROUTING_HEADERS: [&str; 10] = [
 
 /// Whether a header is one of G05's routing headers, in any spelling.
 pub fn is_routing_header(name: &str) -> bool {
-    ROUTING_HEADERS.iter().any(|other| canonical_is(name, other))
+    ROUTING_HEADERS
+        .iter()
+        .any(|other| canonical_is(name, other))
 }
 
 /// Forwarding headers that are only believed from trusted proxies (P04).
@@ -155,7 +157,9 @@ pub fn remove_client_claims(headers: &mut HeaderMap, peer_trusted: bool) {
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            is_identity_header(n) || is_routing_header(n) || (!peer_trusted && is_forwarding_header(n))
+            is_identity_header(n)
+                || is_routing_header(n)
+                || (!peer_trusted && is_forwarding_header(n))
         })
         .cloned()
         .collect();

@@ -283,7 +283,6 @@ impl AppInner {
         self.access
             .record(method, path, status, elapsed, note, kind);
     }
-
 }
 
 impl<B> tower::Service<Request<B>> for App

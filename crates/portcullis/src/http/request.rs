@@ -173,8 +173,14 @@ mod tests {
     fn g02_a_handshake_by_any_signal() {
         assert!(is_websocket_handshake(&h(&[("upgrade", "websocket")])));
         assert!(is_websocket_handshake(&h(&[("sec-websocket-key", "x")])));
-        assert!(is_websocket_handshake(&h(&[("sec-websocket-version", "13")])));
-        assert!(!is_websocket_handshake(&h(&[("sec-websocket-protocol", "x")])));
+        assert!(is_websocket_handshake(&h(&[(
+            "sec-websocket-version",
+            "13"
+        )])));
+        assert!(!is_websocket_handshake(&h(&[(
+            "sec-websocket-protocol",
+            "x"
+        )])));
     }
 
     #[test]

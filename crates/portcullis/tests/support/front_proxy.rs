@@ -120,8 +120,8 @@ impl Front {
                 ..Options::default()
             }
             .env("PORTCULLIS_PUBLIC_URL", &url)
-                .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
-                .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
+            .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
+            .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
         )
         .await;
         let dir = std::env::temp_dir().join(format!(
@@ -212,7 +212,13 @@ impl Front {
         b
     }
 
-    pub async fn api(&self, b: &Browser, method: Method, path: &str, headers: &[(&str, &str)]) -> Resp {
+    pub async fn api(
+        &self,
+        b: &Browser,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut h = vec![("accept", "application/json")];
         h.extend_from_slice(headers);
         b.request(method, &self.at(path), &h, None).await
@@ -224,4 +230,3 @@ impl Drop for Front {
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
-
