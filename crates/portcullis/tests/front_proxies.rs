@@ -202,18 +202,7 @@ async fn routing_and_identity_headers_never_reach_the_app(kind: Proxy) {
         return;
     };
     let b = f.signed_in("alice").await;
-    let routing = [
-        "x-original-url",
-        "x-rewrite-url",
-        "x-original-uri",
-        "x-original-method",
-        "x-forwarded-uri",
-        "x-forwarded-method",
-        "forwarded",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-server",
-    ];
+    let routing = support::ROUTING_HEADERS;
     let identity = [
         "x-user-provider",
         "x-user-auth-method",
@@ -263,27 +252,20 @@ async fn websockets_pass_from_our_origin_only(kind: Proxy) {
     };
     let b = f.signed_in("alice").await;
     let cookie = b.cookie("portcullis").unwrap();
-    let addr = f.url.trim_start_matches("http://").to_owned();
     for (origin, opens) in [
         (f.url.clone(), true),
         ("https://evil.example".to_owned(), false),
         (format!("{}0", f.url), false),
     ] {
         let calls = f.up.calls();
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Origin: {origin}\r\nCookie: portcullis={cookie}\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            tcp.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8(head).unwrap();
+        let (mut tcp, head) = support::browser::websocket_handshake(
+            &f.url,
+            "/ws",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            Some(&origin),
+            &format!("portcullis={cookie}"),
+        )
+        .await;
         if opens {
             assert!(head.starts_with("HTTP/1.1 101"), "{origin}: {head}");
             // One masked text frame "hi"; the app echoes it.

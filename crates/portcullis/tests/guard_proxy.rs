@@ -490,19 +490,7 @@ async fn p04_g05_forwarded_headers_are_trusted_only_from_configured_proxies() {
         echoed(&v, "x-forwarded-host"),
         vec![trusted.gw.url.trim_start_matches("http://").to_owned()]
     );
-    for name in [
-        "x-original-url",
-        "x-rewrite-url",
-        "x-original-uri",
-        "x-original-method",
-        "x-forwarded-uri",
-        "x-forwarded-method",
-        "forwarded",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "x-forwarded-server",
-        "x_original_url",
-    ] {
+    for name in support::ROUTING_HEADERS.iter().chain(&["x_original_url"]) {
         assert!(echoed(&v, name).is_empty(), "{name} reached the app");
     }
 }
@@ -772,25 +760,8 @@ async fn send_handshake(
     key: &str,
     origin: Option<&str>,
 ) -> (tokio::net::TcpStream, String) {
-    let addr = s.gw.url.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let origin = origin
-        .map(|o| format!("Origin: {o}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{origin}\
-         Cookie: portcullis={}\r\n\r\n",
-        b.cookie("portcullis").unwrap()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    (tcp, String::from_utf8(head).unwrap())
+    let cookie = format!("portcullis={}", b.cookie("portcullis").unwrap());
+    support::browser::websocket_handshake(&s.gw.url, path, key, origin, &cookie).await
 }
 
 /// The head of the answer to a WebSocket handshake (see [`send_handshake`]).
@@ -965,15 +936,7 @@ async fn embedded_apps_read_the_user_through_the_extractor() {
         )
         .layer(GuardLayer::new(gw.gateway.clone()))
         .merge(portcullis::http::auth_routes(gw.gateway.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    let base = support::serve_app(app).await;
 
     let anonymous = Browser::new();
     assert_eq!(

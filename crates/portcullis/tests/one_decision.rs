@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portcullis::http::path::{is_normal_form, normalize_path};
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::front_proxy::{Front, Proxy};
 use support::gateway::Options;
-use support::upstream::echoed;
+use support::serve_app;
+use support::upstream::{echoed, received};
 use support::{Browser, HostileProvider, TestGateway, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -514,16 +515,7 @@ async fn layered_app(gw: &TestGateway) -> (String, Arc<AtomicUsize>) {
             let calls = calls.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                let headers: Vec<Value> = req
-                    .headers()
-                    .iter()
-                    .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
-                    .collect();
-                axum::Json(json!({
-                    "method": req.method().as_str(),
-                    "uri": req.uri().to_string(),
-                    "headers": headers,
-                }))
+                axum::Json(received(&req))
             }
         }
     };
@@ -532,15 +524,7 @@ async fn layered_app(gw: &TestGateway) -> (String, Arc<AtomicUsize>) {
         .route("/{*rest}", any(record))
         .layer(GuardLayer::new(gw.gateway.clone()))
         .merge(portcullis::http::auth_routes(gw.gateway.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await;
-    });
+    let base = serve_app(app).await;
     (base, calls)
 }
 

@@ -17,10 +17,7 @@
 //!   `Location` for page navigations, or a 302 with `?redirect=1`); 403; 503 with
 //!   `Retry-After` on outages. Never a body a browser could read a token from.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -103,10 +100,7 @@ pub async fn verify(decider: &Decider, req: Request<Body>, redirect: bool) -> Re
     if let Some(refusal) = super::headers_too_large(req.headers()) {
         return refusal;
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
+    let peer = super::request::peer(&req);
     let trusted = decider.peer_is_trusted(peer);
     let headers = req.headers();
     let original = if trusted {

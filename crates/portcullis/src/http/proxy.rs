@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -177,10 +176,7 @@ impl Upstream {
     pub async fn forward(&self, mut req: Request<Body>) -> Response {
         let checked = req.extensions_mut().remove::<Checked>();
         let peer_trusted = checked.as_ref().is_some_and(|c| c.trusted_peer);
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
+        let peer = super::request::peer(&req);
         let is_websocket = wants_websocket(req.headers());
         // W03: the answer a genuine WebSocket server gives to this key.
         let expected_accept = is_websocket

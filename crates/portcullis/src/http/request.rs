@@ -1,6 +1,9 @@
 //! Facts about an incoming request the gateway decides on.
 
-use axum::http::{HeaderMap, HeaderName, Method, header};
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, HeaderName, Method, Request, header};
 
 const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
@@ -90,6 +93,13 @@ pub fn is_websocket_handshake(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         || headers.contains_key(header::SEC_WEBSOCKET_KEY)
         || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+}
+
+/// The direct peer's address, when the server recorded it.
+pub fn peer<B>(req: &Request<B>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 /// The `User-Agent`, if it is printable text.

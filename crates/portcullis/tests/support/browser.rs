@@ -213,6 +213,36 @@ pub async fn raw_request(
     (status, body)
 }
 
+/// Sends a WebSocket handshake for `path` to `base` with `cookie` (the session's
+/// `name=value`) and `origin`, if any; the connection and the answer's head.
+pub async fn websocket_handshake(
+    base: &str,
+    path: &str,
+    key: &str,
+    origin: Option<&str>,
+    cookie: &str,
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{origin}\
+         Cookie: {cookie}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8(head).unwrap())
+}
+
 /// The body of a sign-in form post: its hidden fields (CSRF tokens, carried
 /// parameters) plus the credentials.
 pub fn login_form_body(html: &str, username: &str, password: &str) -> String {

@@ -55,17 +55,21 @@ impl TestUpstream {
 /// `{method, uri, headers: [[name, value], …]}` of the request as received.
 async fn echo(State(u): State<TestUpstream>, req: Request) -> Response {
     u.calls.fetch_add(1, Ordering::SeqCst);
+    axum::Json(received(&req)).into_response()
+}
+
+/// What an app received: `{method, uri, headers: [[name, value], …]}`.
+pub fn received(req: &Request) -> Value {
     let headers: Vec<Value> = req
         .headers()
         .iter()
         .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
         .collect();
-    axum::Json(json!({
+    json!({
         "method": req.method().as_str(),
         "uri": req.uri().to_string(),
         "headers": headers,
-    }))
-    .into_response()
+    })
 }
 
 /// Counts the bytes of a streamed upload without keeping them.
