@@ -122,8 +122,12 @@ mutate $S/http/forward_auth.rs '.is_ok_and(|h| h.eq_ignore_ascii_case(decider.pu
 mutate $S/http/decision.rs '            && (self.sessions.has_routes() || !self.token_relay.is_empty())' '            && false' forward_auth p05_untrusted_peers
 mutate $S/http/decision.rs '            Target::Untrusted { named: true } => Some(self.untrusted_forwarder(view)),' '' forward_auth p05_untrusted_peers
 mutate $S/http/forward_auth.rs '            .any(|o| headers::canonical_is(name.as_str(), o))' '            .any(|o| name.as_str() == *o)' forward_auth p05_untrusted_peers
-mutate $S/http/decision.rs 'if view.is_write() && !is_same_origin_write(' 'if false && !is_same_origin_write(' forward_auth cross_site_writes
-mutate $S/http/decision.rs 'if view.is_write() && !is_same_origin_write(' 'if false && !is_same_origin_write(' $G s06_
+mutate $S/http/decision.rs '        if view.is_write()
+            && !is_same_origin_write(' '        if false
+            && !is_same_origin_write(' forward_auth cross_site_writes
+mutate $S/http/decision.rs '        if view.is_write()
+            && !is_same_origin_write(' '        if false
+            && !is_same_origin_write(' $G s06_
 mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' forward_auth cross_site_writes
 mutate $S/http/forward_auth.rs '        h.insert(HeaderName::from_static(name), value);' '        if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
 mutate $S/session/refresh.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
@@ -287,8 +291,11 @@ mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET
         || headers.contains_key(header::SEC_WEBSOCKET_VERSION)' '' front_proxies nginx::websockets_pass
 mutate $S/http/request.rs '            .any(|o| super::headers::canonical_is(name.as_str(), o))' '            .any(|o| name.as_str() == *o)' $O $OT
 mutate $S/http/request.rs '            if key.eq_ignore_ascii_case("_method") {' '            if false {' $O $OT
-mutate $S/http/decision.rs 'changes_state(&self.method) || self.overrides.iter().any(|o| o.as_ref().is_none_or(changes_state))' 'changes_state(&self.method)' $O $OT
-mutate $S/http/headers.rs 'is_identity_header(n) || is_routing_header(n) ||' 'is_identity_header(n) ||' $G p04_g05
+mutate $S/http/decision.rs '        changes_state(&self.method)
+            || self' '        changes_state(&self.method)
+            || false && self' $O $OT
+mutate $S/http/headers.rs '                || is_routing_header(n)
+' '' $G p04_g05
 mutate $S/http/proxy.rs '                Some(v) => h.insert(name, v.clone()),' '                Some(v) if !h.contains_key(&name) => h.insert(name, v.clone()),
                 Some(_) => None,' $G p04_g05
 mutate docs/forward-auth.md '        proxy_set_header X-Rewrite-URL "";
