@@ -179,7 +179,7 @@ mutate $S/http/limits.rs '        Ok(()) => next.run(req).await,
         Err(retry_after) => {' '        Ok(()) | Err(_) => next.run(req).await,
         #[allow(unreachable_patterns)]
         Err(retry_after) => {' $H d01_a_login_flood
-mutate $S/http/limits.rs '            Ok(ip) if is_trusted(ip.to_canonical()) => continue,' '' lib the_client_is_the_rightmost
+mutate $S/http/limits.rs '            Some(ip) if is_trusted(ip.to_canonical()) => continue,' '' lib the_client_is_the_rightmost
 mutate $S/http/serve.rs '        if *count >= options.connections_per_peer {' '        if false {' lib d02_one_address
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
@@ -306,6 +306,18 @@ mutate docs/forward-auth.md '	request_header -X-Original-*
 ' '' front_proxies caddy::routing_and_identity
 mutate docs/forward-auth.md '	request_header -X-User-*
 ' '' front_proxies caddy::routing_and_identity
+
+# Third-round hardening (G06–G10).
+mutate $S/http/limits.rs '    if let Ok(socket) = entry.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }' '' lib g07_
+mutate $S/http/limits.rs '    if let Ok(socket) = entry.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }' '' hostile_provider g07_
+mutate $S/http/limits.rs '            _ => return Some(ClientKey::of_forwarded(entry)),' '            _ => return Some(ClientKey::of(peer)),' hostile_provider g07_
+mutate $S/http/headers.rs "b != b'%' && b != b','" "b != b'%'" lib g10_
+mutate $S/http/headers.rs "b != b'%' && b != b','" "b != b'%'" forward_auth g10_
+mutate $S/session/assertion.rs '        self.loaded_at.store(now, Ordering::Relaxed);' '' lib keys_read_just_now
 
 I=crates/portcullis-idp/src
 P=idp:provider

@@ -507,3 +507,21 @@ async fn a_browser_that_never_receives_a_rotated_cookie_stays_signed_in() {
     assert_eq!(ask().await.unwrap().status(), 200);
     assert_eq!(s.gw.session_count().await, 1);
 }
+
+/// G10: group names with `,` or `%` are percent-encoded in `X-Auth-Request-Groups`, so
+/// a name never splits into extra groups an app could grant.
+#[tokio::test]
+async fn g10_group_names_never_split_into_extra_groups() {
+    let s = setup().await;
+    let b = Browser::new();
+    s.p.sign_in_with(&s.gw, &b, |claims| {
+        claims["groups"] = serde_json::json!(["staff,admins", "100%", "ops"]);
+    })
+    .await;
+    let r = s.nginx(&b, "GET", "/app", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        header(&r, "x-auth-request-groups"),
+        ["staff%2Cadmins,100%25,ops"]
+    );
+}

@@ -1656,6 +1656,51 @@ async fn d01_a_login_flood_from_one_address_leaves_the_others_alone() {
     );
 }
 
+/// G07: behind a trusted proxy that writes `ip:port` (or `[v6]:port`) into
+/// `X-Forwarded-For`, each client has its own bucket: one client's flood never makes
+/// every sign-in answer 429. An entry that is no address counts alone too.
+#[tokio::test]
+async fn g07_clients_behind_a_proxy_writing_ports_are_limited_apart() {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        Options::default()
+            .env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "3")
+            .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
+    )
+    .await;
+    let proxy = Browser::new(); // 127.0.0.1, trusted
+    let login = |xff: &'static str| {
+        let (proxy, url) = (&proxy, gw.at("/auth/login"));
+        async move {
+            proxy
+                .get(&url, &[("accept", "text/html"), ("x-forwarded-for", xff)])
+                .await
+                .status
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(login("203.0.113.7:50001").await, 302);
+    }
+    assert_eq!(
+        login("203.0.113.7:50002").await,
+        429,
+        "one client, another port"
+    );
+    for other in ["203.0.113.8:50001", "[2001:db8::1]:443", "unknown"] {
+        assert_eq!(login(other).await, 302, "{other} has a bucket of its own");
+    }
+    for _ in 0..2 {
+        assert_eq!(login("unknown").await, 302);
+    }
+    assert_eq!(login("unknown").await, 429);
+    assert_eq!(
+        login("[2001:db8:0:1::2]:8443").await,
+        302,
+        "another client still may"
+    );
+}
+
 /// D01: back-channel logout has its own, per-peer limit; each refusal is a security
 /// event.
 #[tokio::test]

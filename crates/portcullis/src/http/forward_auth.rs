@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::decision::{Decider, Decision, Door, Identity, RequestView, Target};
 use super::error::HttpError;
-use super::headers::{self, identity_value};
+use super::headers::{self, identity_list_value, identity_value};
 use super::request::{is_websocket_handshake, method_overrides};
 
 /// The headers a proxy may name the original URI in.
@@ -272,15 +272,10 @@ fn identity_answer(
         .and_then(|a| serde_json::from_str(&a.record.claims).ok())
         .unwrap_or_default();
     let id = user.map(|u| u.id.to_string());
+    // G10: each group percent-encoded, so that a name with `,` never splits in two.
     let groups = match claims.get("groups") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        Some(Value::String(s)) => identity_list_value([s.as_str()]),
+        Some(Value::Array(items)) => identity_list_value(items.iter().filter_map(Value::as_str)),
         _ => None,
     };
     let preferred = claims
@@ -289,23 +284,21 @@ fn identity_answer(
         .map(str::to_owned);
     let email = user.and_then(|u| u.email.clone());
     let name = user.and_then(|u| u.name.clone());
-    let values: [Option<String>; 8] = [
-        id.clone(),
-        email.clone(),
-        name,
+    let value = |v: Option<String>| v.as_deref().and_then(identity_value);
+    let values: [Option<HeaderValue>; 8] = [
+        value(id.clone()),
+        value(email.clone()),
+        value(name),
         None,
-        id,
-        email,
-        preferred,
+        value(id),
+        value(email),
+        value(preferred),
         groups,
     ];
     let mut r = StatusCode::OK.into_response();
     let h = r.headers_mut();
     for (name, value) in ANSWER_HEADERS.iter().zip(values) {
-        let value = value
-            .as_deref()
-            .and_then(identity_value)
-            .unwrap_or(HeaderValue::from_static(""));
+        let value = value.unwrap_or(HeaderValue::from_static(""));
         h.insert(HeaderName::from_static(name), value);
     }
     if let Some(a) = assertion {

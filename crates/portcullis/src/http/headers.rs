@@ -290,6 +290,33 @@ pub fn identity_value(claim: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&out).ok()
 }
 
+/// A list claim (`groups`) as one comma-separated header value (G10): in each item,
+/// `%`, `,` and everything but printable ASCII are percent-encoded as UTF-8, so that no
+/// item splits into two and a reader decodes each back; `None` when empty or over
+/// [`MAX_IDENTITY_VALUE`].
+pub fn identity_list_value<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for b in item.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' && b != b',' {
+                out.push(b as char);
+            } else {
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
+            }
+        }
+    }
+    if out.is_empty() || out.len() > MAX_IDENTITY_VALUE {
+        return None;
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
 /// Sets our identity headers (exactly one of each) from the session's user.
 pub fn set_identity(headers: &mut HeaderMap, id: &str, email: Option<&str>, name: Option<&str>) {
     const NAMES: [HeaderName; 3] = [
@@ -389,6 +416,21 @@ mod tests {
             remove_client_claims(&mut h, trusted);
             assert_eq!(h.len(), 1, "trusted: {trusted}: {h:?}");
         }
+    }
+
+    #[test]
+    fn g10_list_items_never_split() {
+        let v = identity_list_value(["a,b", "100%", "ok", "é"]).unwrap();
+        assert_eq!(v, "a%2Cb,100%25,ok,%C3%A9");
+        let items: Vec<String> = v
+            .to_str()
+            .unwrap()
+            .split(',')
+            .map(|i| String::from_utf8(crate::percent::decode_once(i)).unwrap())
+            .collect();
+        assert_eq!(items, ["a,b", "100%", "ok", "é"]);
+        assert!(identity_list_value([]).is_none());
+        assert!(identity_list_value(["x".repeat(MAX_IDENTITY_VALUE + 1).as_str()]).is_none());
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! and, separately and generously, back-channel logout. Token buckets from `governor`,
 //! keyed by the client address: the rightmost `X-Forwarded-For` entry that is not a
 //! trusted proxy when the peer is one (never the leftmost, which the client writes),
-//! else the peer; IPv6 by /64 (one host holds a whole /64). Over the rate: 429 with
-//! `Retry-After`, before the body is read.
+//! else the peer; IPv6 by /64 (one host holds a whole /64). Entries a proxy wrote with
+//! a port (`1.2.3.4:5678`, `[2001:db8::1]:443`) are read without it; an entry that is
+//! no address at all counts in a bucket of its own, never in the proxy's (G07). Over
+//! the rate: 429 with `Retry-After`, before the body is read. The tables are pruned by
+//! a task of their own, never on the request path.
 
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -29,11 +32,16 @@ pub const MAX_CLIENTS: usize = 100_000;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Who a limit counts: an IPv4 address or an IPv6 /64.
+/// How often the limiters' tables are pruned of clients whose buckets are full again.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Who a limit counts: an IPv4 address, an IPv6 /64, or a forwarded entry that is no
+/// address (by a keyed hash of its text: every such spelling counts alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientKey {
     V4(u32),
     V6(u64),
+    Unparsed(u64),
 }
 
 impl ClientKey {
@@ -43,6 +51,36 @@ impl ClientKey {
             IpAddr::V6(v6) => Self::V6((u128::from(v6) >> 64) as u64),
         }
     }
+
+    /// The key of one `X-Forwarded-For` entry: an address, with or without a port
+    /// (`1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`),
+    /// or its own bucket when it is none.
+    pub fn of_forwarded(entry: &str) -> Self {
+        match forwarded_address(entry) {
+            Some(ip) => Self::of(ip),
+            None => {
+                static KEYS: std::sync::OnceLock<std::hash::RandomState> =
+                    std::sync::OnceLock::new();
+                let keys = KEYS.get_or_init(std::hash::RandomState::new);
+                Self::Unparsed(std::hash::BuildHasher::hash_one(keys, entry))
+            }
+        }
+    }
+}
+
+/// The address of an `X-Forwarded-For` entry, port or brackets removed.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = entry.parse::<SocketAddr>() {
+        return Some(socket.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<std::net::Ipv6Addr>().ok())
+        .map(IpAddr::V6)
 }
 
 /// The endpoint a limit protects.
@@ -66,9 +104,9 @@ impl Endpoint {
     }
 }
 
-/// A token bucket per key (a client address, a user name), the table bounded: past
-/// [`MAX_CLIENTS`] keys the idle ones are forgotten, and while it is still full new keys
-/// share one bucket.
+/// A token bucket per key (a client address, a user name), the table bounded: while it
+/// holds [`MAX_CLIENTS`] keys, new keys share one bucket until [`KeyedLimiter::upkeep`]
+/// (run by a task of its own, every [`UPKEEP_EVERY`]) forgets the idle ones.
 pub struct KeyedLimiter<K: Hash + Eq + Clone>(DefaultKeyedRateLimiter<Option<K>>);
 
 impl<K: Hash + Eq + Clone> std::fmt::Debug for KeyedLimiter<K> {
@@ -84,21 +122,33 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         Self(RateLimiter::keyed(Quota::per_minute(n)))
     }
 
-    /// Counts one for `key`; `Err(seconds to wait)` when it is over its rate.
+    /// Counts one for `key`; `Err(seconds to wait)` when it is over its rate. Never
+    /// scans the table (that is [`KeyedLimiter::upkeep`]'s).
     pub fn check(&self, key: K) -> Result<(), u64> {
-        let mut key = Some(key);
-        if self.0.len() >= MAX_CLIENTS {
-            self.0.retain_recent();
-            if self.0.len() >= MAX_CLIENTS {
-                key = None;
-            }
-        }
+        let key = (self.0.len() < MAX_CLIENTS).then_some(key);
         self.0.check_key(&key).map_err(|not_until| {
             not_until
                 .wait_time_from(DefaultClock::default().now())
                 .as_secs()
                 .max(1)
         })
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    /// Forgets the keys whose buckets are full again (they would start afresh anyway).
+    pub fn upkeep(&self) {
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+
+    /// How many keys the table holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -136,9 +186,9 @@ impl RateLimits {
         self.sessions.security_events()
     }
 
-    /// The client address of a request (see the module text).
-    pub fn client(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        client_address(&self.trusted, peer, headers)
+    /// Who a request counts as (see the module text).
+    pub fn client(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<ClientKey> {
+        client_key(&self.trusted, peer, headers)
     }
 
     /// `Err(seconds)` when the request is over the endpoint's rate.
@@ -148,49 +198,82 @@ impl RateLimits {
         peer: Option<SocketAddr>,
         headers: &HeaderMap,
     ) -> Result<(), u64> {
-        let (limiter, ip) = match endpoint {
+        let (limiter, client) = match endpoint {
             Endpoint::Login => (&self.login, self.client(peer, headers)),
             Endpoint::Callback => (&self.callback, self.client(peer, headers)),
             Endpoint::SpaExchange => (&self.spa_exchange, self.client(peer, headers)),
             // Per peer: the provider itself calls this endpoint.
-            Endpoint::Backchannel => (&self.backchannel, peer.map(|p| p.ip().to_canonical())),
+            Endpoint::Backchannel => (&self.backchannel, peer.map(|p| ClientKey::of(p.ip()))),
         };
-        let Some(ip) = ip else {
+        let Some(client) = client else {
             return Ok(());
         };
-        limiter.check(ClientKey::of(ip))
+        limiter.check(client)
+    }
+
+    /// Prunes every limiter's table (see [`KeyedLimiter::upkeep`]).
+    pub fn upkeep(&self) {
+        for limiter in [
+            &self.login,
+            &self.callback,
+            &self.spa_exchange,
+            &self.backchannel,
+        ] {
+            limiter.upkeep();
+        }
+    }
+
+    /// Prunes the tables every [`UPKEEP_EVERY`] on a task of its own, off the request
+    /// path, for as long as the limits are in use (without a runtime: never; a full
+    /// table then sends new clients to the one shared bucket).
+    pub fn start_upkeep(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let limits = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(limits) = limits.upgrade() else {
+                    return;
+                };
+                limits.upkeep();
+            }
+        });
     }
 }
 
-/// The rightmost `X-Forwarded-For` entry that is not a trusted proxy, when the peer is
-/// one; else the peer.
-pub fn client_address(
+/// Who a request counts as: when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not one (an address with or without its port, or,
+/// when the entry is no address, a bucket of its own: G07); else the peer.
+pub fn client_key(
     trusted: &[Cidr],
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
-) -> Option<IpAddr> {
+) -> Option<ClientKey> {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     let peer = peer?.ip().to_canonical();
     if !is_trusted(peer) {
-        return Some(peer);
+        return Some(ClientKey::of(peer));
     }
     let mut entries: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        // A value that is not text is one entry that is no address.
+        .flat_map(|v| v.to_str().unwrap_or("\u{fffd}").split(','))
         .map(str::trim)
+        .filter(|e| !e.is_empty())
         .collect();
     while let Some(entry) = entries.pop() {
-        match entry.parse::<IpAddr>() {
-            Ok(ip) if is_trusted(ip.to_canonical()) => continue,
-            Ok(ip) => return Some(ip.to_canonical()),
-            // Not an address: the chain cannot be followed further; the last trusted
-            // hop is the client as far as we can tell.
-            Err(_) => return Some(peer),
+        match forwarded_address(entry) {
+            Some(ip) if is_trusted(ip.to_canonical()) => continue,
+            _ => return Some(ClientKey::of_forwarded(entry)),
         }
     }
-    Some(peer)
+    Some(ClientKey::of(peer))
 }
 
 /// The middleware in front of one endpoint: 429 + `Retry-After` over the rate.
@@ -229,30 +312,87 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    #[test]
-    fn the_client_is_the_rightmost_untrusted_forwarded_address() {
-        let trusted: Vec<Cidr> = ["10.0.0.0/8"]
+    fn trusted() -> Vec<Cidr> {
+        ["10.0.0.0/8", "fd00::/8"]
             .iter()
             .filter_map(|c| Cidr::parse(c))
-            .collect();
+            .collect()
+    }
+
+    fn forwarded(values: &[&'static str]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.append(
-            X_FORWARDED_FOR,
-            HeaderValue::from_static("6.6.6.6, 1.2.3.4"),
-        );
-        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.7"));
-        let from =
-            |peer: &str, h: &HeaderMap| client_address(&trusted, Some(peer.parse().unwrap()), h);
+        for v in values {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn from(peer: &str, h: &HeaderMap) -> Option<ClientKey> {
+        client_key(&trusted(), Some(peer.parse().unwrap()), h)
+    }
+
+    fn ip(s: &str) -> Option<ClientKey> {
+        Some(ClientKey::of(s.parse().unwrap()))
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_forwarded_address() {
+        let h = forwarded(&["6.6.6.6, 1.2.3.4", "10.0.0.7"]);
         // Behind our proxy: the hop before it, never the client-written leftmost entry.
-        assert_eq!(from("10.0.0.1:5000", &h), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(from("10.0.0.1:5000", &h), ip("1.2.3.4"));
         // Not from a trusted proxy: the header is ignored.
-        assert_eq!(from("8.8.8.8:5000", &h), Some("8.8.8.8".parse().unwrap()));
-        // Garbage in the chain: the last trusted hop.
-        let mut bad = HeaderMap::new();
-        bad.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4, junk"));
+        assert_eq!(from("8.8.8.8:5000", &h), ip("8.8.8.8"));
+        assert_eq!(from("10.0.0.1:5000", &HeaderMap::new()), ip("10.0.0.1"));
+    }
+
+    /// G07: proxies that write `ip:port` or `[v6]:port` are read without the port; an
+    /// entry that is no address counts alone, never in the proxy's bucket.
+    #[test]
+    fn g07_ports_are_dropped_and_unparseable_entries_count_alone() {
+        for (entry, client) in [
+            ("1.2.3.4:5678", "1.2.3.4"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+        ] {
+            let h = forwarded(&[entry, "10.0.0.7:80"]);
+            assert_eq!(from("10.0.0.1:5000", &h), ip(client), "{entry}");
+        }
+        let (a, b) = (
+            from("10.0.0.1:5000", &forwarded(&["unknown"])),
+            from("10.0.0.1:5000", &forwarded(&["_hidden"])),
+        );
+        let proxy = ip("10.0.0.1");
+        assert!(matches!(a, Some(ClientKey::Unparsed(_))), "{a:?}");
+        assert!(a != proxy && b != proxy && a != b);
+        assert_eq!(a, from("10.0.0.9:1", &forwarded(&["1.2.3.4, unknown"])));
+        // Clients that differ only in their port are one client.
         assert_eq!(
-            from("10.0.0.1:5000", &bad),
-            Some("10.0.0.1".parse().unwrap())
+            from("10.0.0.1:5000", &forwarded(&["1.2.3.4:1"])),
+            from("10.0.0.1:5000", &forwarded(&["1.2.3.4:2"]))
+        );
+    }
+
+    /// Past the table's bound new clients share one bucket until the upkeep runs; the
+    /// request path never scans the table.
+    #[test]
+    fn a_full_table_shares_one_bucket_for_newcomers() {
+        let limiter = KeyedLimiter::<u32>::per_minute(1);
+        for key in 0..MAX_CLIENTS as u32 {
+            assert!(limiter.check(key).is_ok());
+        }
+        assert_eq!(limiter.len(), MAX_CLIENTS);
+        assert!(limiter.check(u32::MAX).is_ok(), "the shared bucket");
+        assert!(limiter.check(u32::MAX - 1).is_err(), "shared, and spent");
+        assert!(
+            limiter.check(0).is_err(),
+            "known clients keep their own bucket"
+        );
+        limiter.upkeep();
+        assert_eq!(
+            limiter.len(),
+            MAX_CLIENTS + 1,
+            "every bucket is still spent"
         );
     }
 

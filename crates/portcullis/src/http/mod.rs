@@ -96,6 +96,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
             .collect(),
         gateway.sessions().clone(),
     ));
+    limits.start_upkeep();
     // D01: each limited endpoint checks its rate before anything else (its body included).
     let limited = |endpoint| {
         axum::middleware::from_fn_with_state((limits.clone(), endpoint), limits::enforce)

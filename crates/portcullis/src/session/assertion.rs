@@ -213,6 +213,8 @@ impl Assertions {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeySet { keys });
         self.next_reload
             .store(now + RELOAD_EVERY, Ordering::Relaxed);
+        // Keys read this recently need no reading on the request path (`too_old`).
+        self.loaded_at.store(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -478,6 +480,29 @@ mod tests {
             sealed_key: crate::session::Sealed::from_stored("unused".into()),
             created_at,
         }
+    }
+
+    fn ring(byte: u8) -> KeyRing {
+        KeyRing::new(&crate::config::SecretKeys(vec![zeroize::Zeroizing::new(
+            [byte; 32],
+        )]))
+        .unwrap()
+    }
+
+    /// Keys just read are not read again on the request path: only in the background,
+    /// until they are [`ACTIVATION`] old.
+    #[tokio::test]
+    async fn keys_read_just_now_are_read_again_in_the_background() {
+        crate::install_crypto_provider();
+        let store = crate::store::sqlite::SqliteStore::in_memory()
+            .await
+            .unwrap();
+        let signer = Assertions::new("https://a".into(), "https://a".into());
+        assert!(signer.too_old(1_000));
+        signer.reload(&store, &ring(1), 1_000).await.unwrap();
+        assert!(!signer.too_old(1_000 + ACTIVATION - 1));
+        assert!(signer.stale(1_000 + RELOAD_EVERY));
+        assert!(signer.too_old(1_000 + ACTIVATION));
     }
 
     #[test]
