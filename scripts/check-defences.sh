@@ -46,6 +46,7 @@ PY
     idp:*) set -- -p portcullis-idp --test "${bin#idp:}" "$filter" ;;
     idplib) set -- -p portcullis-idp --lib "$filter" ;;
     cli:*) set -- -p portcullis-cli --test "${bin#cli:}" "$filter" ;;
+    clibin) set -- -p portcullis-cli --bin portcullis "$filter" ;;
     *) set -- -p portcullis --test "$bin" "$filter" ;;
   esac
   local out
@@ -318,6 +319,11 @@ mutate $S/http/limits.rs '            _ => return Some(ClientKey::of_forwarded(e
 mutate $S/http/headers.rs "b != b'%' && b != b','" "b != b'%'" lib g10_
 mutate $S/http/headers.rs "b != b'%' && b != b','" "b != b'%'" forward_auth g10_
 mutate $S/session/assertion.rs '        self.loaded_at.store(now, Ordering::Relaxed);' '' lib keys_read_just_now
+mutate $S/http/access.rs '            path: printable(path),' '            path,' logging no_token_code
+C=crates/portcullis-cli/src
+mutate $C/log_output.rs "            '=' if !quoted => out.write_str(\"\\\\u{3d}\")?," '' clibin g06_no_value
+mutate $C/log_output.rs '            name if plain => write!(self.writer, "{name}={value}"),' '            name => write!(self.writer, "{name}={value}"),' clibin g06_no_value
+mutate $C/log_output.rs 'escape_invisible(&buf, self.json) {' 'escape_invisible(&buf, self.json).filter(|_| false) {' clibin g06_json
 
 I=crates/portcullis-idp/src
 P=idp:provider

@@ -487,12 +487,14 @@ fn init_logging(config: &Config) -> log_output::BatchedStderr {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let output = log_output::BatchedStderr::start();
+    let json = config.log_format == LogFormat::Json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(output.make_writer());
+        .with_writer(output.make_writer(json));
+    // G06: text lines whose fields no request can forge (see `log_output`).
     match config.log_format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.fmt_fields(log_output::SafeTextFields).init(),
     }
     output
 }

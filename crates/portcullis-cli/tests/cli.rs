@@ -688,3 +688,105 @@ fn gateway_env(label: &str) -> (std::path::PathBuf, Vec<(String, String)>) {
     .collect();
     (dir, env)
 }
+
+/// The `name=` fields of a text log line: words before `=` outside quotes, a
+/// backslash escaping the next character anywhere.
+fn text_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let (mut quoted, mut escaped, mut word) = (false, false, String::new());
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted => word.clear(),
+            '=' if !quoted && !word.is_empty() => {
+                fields.push(std::mem::take(&mut word));
+                word.push('\u{0}');
+            }
+            c if !quoted => word.push(c),
+            _ => {}
+        }
+    }
+    fields
+        .into_iter()
+        .filter(|f| !f.starts_with('\u{0}'))
+        .collect()
+}
+
+/// G06: paths spelled to forge log fields or lines (` status=200 user=…`, quotes,
+/// newlines, bidi overrides) give one access line each, in text and in JSON, that
+/// parses back to exactly the access log's fields.
+#[test]
+fn g06_hostile_paths_never_forge_access_log_fields() {
+    let hostile = [
+        "/public/a%20status=200%20user=00000000-0000-0000-0000-000000000000",
+        "/public/%22q%22%20kind=gateway",
+        "/public/%E2%80%AEx%E2%80%AC",
+        "/public/a%0Afake%20line%20status=200",
+        "/public/a\"b",
+    ];
+    for format in ["text", "json"] {
+        let (dir, env) = gateway_env(&format!("g06-{format}"));
+        let port = free_port();
+        let mut child = portcullis()
+            .arg("serve")
+            .envs(env)
+            .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "PORTCULLIS_UPSTREAM",
+                format!("http://127.0.0.1:{}", free_port()),
+            )
+            .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
+            .env("PORTCULLIS_LOG_FORMAT", format)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for path in hostile {
+            let answer = http_get(port, path);
+            assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+        }
+        unsafe_free_sigterm(child.id());
+        assert!(child.wait().unwrap().success());
+        let logs: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .collect();
+        let access: Vec<&String> = logs
+            .iter()
+            .filter(|l| l.contains("portcullis::access"))
+            .collect();
+        assert_eq!(access.len(), hostile.len(), "{format}: {logs:#?}");
+        for line in &access {
+            assert!(
+                !line.chars().any(|c| matches!(c, '\u{202a}'..='\u{202e}')),
+                "{line}"
+            );
+            let mut fields: Vec<String> = if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["fields"].as_object().unwrap().keys().cloned().collect()
+            } else {
+                text_fields(line)
+            };
+            fields.sort_unstable();
+            let mut expected = ["duration_ms", "kind", "method", "path", "status"].to_vec();
+            if format == "json" {
+                expected.insert(2, "message");
+            }
+            assert_eq!(fields, expected, "{format}: {line}");
+        }
+        assert!(
+            access
+                .iter()
+                .any(|l| l.contains("/public/a%20status=200%20user=")),
+            "{access:#?}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

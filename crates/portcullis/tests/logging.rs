@@ -39,7 +39,11 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let p = HostileProvider::start().await;
-    let gw = TestGateway::start(&p.issuer).await;
+    let gw = TestGateway::start_with(
+        &p.issuer,
+        support::gateway::Options::default().env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
+    )
+    .await;
     let browser = Browser::new();
     let mut secrets = Vec::new();
     // A good login, then a refused one (bad nonce), then session lookups.
@@ -115,7 +119,24 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(browser.get(&gw.at("/auth/verify"), &[]).await.status, 200);
+    let verify = |uri: &'static str| {
+        let (browser, url) = (&browser, gw.at("/auth/verify"));
+        async move {
+            browser
+                .get(
+                    &url,
+                    &[("x-original-uri", uri), ("x-original-method", "GET")],
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(verify("/app").await, 200);
+    // G06: a path spelled to forge fields and bidi text is logged percent-encoded.
+    assert_eq!(
+        verify("/app/a%20status=200%20user=forged%E2%80%AE").await,
+        200
+    );
     let thief = Browser::new();
     thief.set_cookie("portcullis", &session_id);
     assert_eq!(thief.get(&gw.at("/auth/session"), &[]).await.status, 401);
@@ -161,6 +182,16 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
             .iter()
             .all(|l| !l.contains('?') && !l.contains("cookie")),
         "no query string or cookie: {access:#?}"
+    );
+    let forged = access
+        .iter()
+        .find(|l| l.contains("forged"))
+        .unwrap_or_else(|| panic!("{access:#?}"));
+    assert!(
+        forged.contains("path=/app/a%20status=200%20user=forged%E2%80%AE ")
+            && forged.matches("status=").count() == 2
+            && !forged.contains(" user=forged"),
+        "{forged}"
     );
     assert!(logs.contains("signed in"), "the capture works: {logs}");
     assert!(logs.contains("ID token refused"));

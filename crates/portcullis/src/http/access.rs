@@ -107,7 +107,7 @@ impl AccessLog {
     ) {
         let entry = Entry {
             method,
-            path,
+            path: printable(path),
             status,
             duration,
             kind: note.map_or(kind, |n| n.kind),
@@ -126,6 +126,26 @@ impl AccessLog {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+}
+
+/// G06: a request path as the log shows it: every byte that is not visible ASCII, and
+/// `"` and `\`, percent-encoded (a decided path is decoded: `/a b` is written `/a%20b`,
+/// a bidi override `%E2%80%AE`), so that no path can add a field or a line to a text or
+/// JSON log, whatever formats it.
+fn printable(path: String) -> String {
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+    if path.bytes().all(plain) {
+        return path;
+    }
+    let mut out = String::with_capacity(path.len() + 16);
+    for b in path.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The log thread: one line per entry; says so when entries were dropped. Ends when
@@ -153,6 +173,20 @@ fn write_lines(entries: &Receiver<Entry>, dropped: &AtomicU64) {
             user = user.as_deref(),
             session = e.session.as_deref(),
             "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn g06_paths_are_written_printable() {
+        assert_eq!(printable("/a/b.css".into()), "/a/b.css");
+        assert_eq!(
+            printable("/a status=200 user=x\n\"\u{202e}".into()),
+            "/a%20status=200%20user=x%0A%22%E2%80%AE"
         );
     }
 }
