@@ -130,6 +130,17 @@ enum KeysCommand {
         #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// List the signing keys in the store that no key of the configured key ring
+    /// (PORTCULLIS_SECRET) opens — left by a secret that was replaced — and, with --yes,
+    /// remove them. Keys the ring opens are never touched.
+    Prune {
+        /// TOML configuration file; every key can also come from PORTCULLIS_* variables.
+        #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Remove them (without it: only list them).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +178,9 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Rotate { config },
         } => keys_rotate(config),
+        Command::Keys {
+            command: KeysCommand::Prune { config, yes },
+        } => keys_prune(config, yes),
         Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,
@@ -338,6 +352,37 @@ fn keys_rotate(file: Option<PathBuf>) -> ExitCode {
             portcullis::session::assertion::RELOAD_EVERY,
             rfc3339(key.created_at + portcullis::session::assertion::ACTIVATION),
         );
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+fn keys_prune(file: Option<PathBuf>, delete: bool) -> ExitCode {
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("portcullis keys prune: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_plain_logging("warn");
+    run_async("portcullis keys prune", async move {
+        let gateway = Gateway::start(config).await?;
+        let keys = gateway.sessions().prune_signing_keys(delete).await?;
+        if keys.is_empty() {
+            println!("every signing key in the store opens with this key ring: nothing to prune");
+        }
+        for key in &keys {
+            println!(
+                "{} signing key {} (generation {}, made {}): no key of this key ring opens it",
+                if delete { "removed" } else { "would remove" },
+                key.kid,
+                key.generation,
+                rfc3339(key.created_at),
+            );
+        }
+        if !delete && !keys.is_empty() {
+            println!("run again with --yes to remove them");
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     })
 }

@@ -699,6 +699,64 @@ async fn store_check(config: &Config, report: &mut Report) {
             "change the server's configuration as said (docs/deployment.md)",
         );
     }
+    key_ring_check(config, store.as_ref(), report).await;
+}
+
+/// G08: whether the configured key ring opens the store's assertion signing keys — a
+/// newer key it cannot open makes this instance stale; older ones only take room.
+async fn key_ring_check(config: &Config, store: &dyn crate::store::Store, report: &mut Report) {
+    let secret = match (&config.secret, &config.store) {
+        (Some(secret), _) => Some(secret.clone()),
+        // The ring serve generated beside the database, if there is one (never made here).
+        (None, crate::config::StoreLocation::Sqlite(path)) => {
+            std::fs::read_to_string(crate::gateway::secret_file_for(path))
+                .ok()
+                .and_then(|text| crate::config::SecretKeys::parse(text.trim()).ok())
+        }
+        (None, _) => None,
+    };
+    let Some(ring) = secret.and_then(|s| crate::session::KeyRing::new(&s).ok()) else {
+        return;
+    };
+    let records = match store.signing_keys().await {
+        Ok(r) => r,
+        Err(e) => {
+            return report.problem(
+                Level::Error,
+                "key ring",
+                format!("cannot read the signing keys: {e}"),
+                "check the store server",
+            );
+        }
+    };
+    let unreadable = crate::session::assertion::unreadable_keys(&records, &ring);
+    if crate::session::assertion::stale_ring(&records, &ring) {
+        let newest = records.iter().map(|r| r.generation).max().unwrap_or(0);
+        report.problem(
+            Level::Error,
+            "key ring",
+            format!(
+                "the store holds signing key generation {newest}, which this key ring cannot open: another instance runs with a secret this one lacks, and this one would be stale (its /readyz fails)"
+            ),
+            "give every instance the same secret (PORTCULLIS_SECRET); after a leak, the new one only (docs/deployment.md, \"If the secret leaked\")",
+        );
+    } else if !unreadable.is_empty() {
+        report.problem(
+            Level::Warn,
+            "key ring",
+            format!(
+                "{} older signing key(s) in the store open with no key of this key ring (left by a replaced secret)",
+                unreadable.len()
+            ),
+            "portcullis keys prune --yes",
+        );
+    } else {
+        report.push(
+            Level::Ok,
+            "key ring",
+            format!("opens every signing key in the store ({})", records.len()),
+        );
+    }
 }
 
 async fn upstream_check(config: &Config, report: &mut Report) {

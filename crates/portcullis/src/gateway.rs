@@ -101,11 +101,21 @@ impl Gateway {
         self.sessions.provider()
     }
 
-    /// Readiness: the store answers and the provider's metadata is loaded.
+    /// Readiness: the store answers, the provider's metadata is loaded, and this
+    /// instance's key ring is not stale (G08: the store holds no signing key newer than
+    /// any the ring opens — another instance runs with a ring this one lacks).
     pub async fn readiness(&self) -> Readiness {
         let store = self.store().ping().await.is_ok();
         let provider = self.provider().metadata().await.is_ok();
-        Readiness { store, provider }
+        let key_ring = match self.sessions.key_ring_is_current().await {
+            Ok(current) => current,
+            Err(_) => false,
+        };
+        Readiness {
+            store,
+            provider,
+            key_ring,
+        }
     }
 
     /// Deletes expired sessions, transactions, leases and replay entries.
@@ -119,11 +129,14 @@ impl Gateway {
 pub struct Readiness {
     pub store: bool,
     pub provider: bool,
+    /// False while the store holds an assertion signing key newer than any this
+    /// instance's key ring opens (see [`Gateway::readiness`]).
+    pub key_ring: bool,
 }
 
 impl Readiness {
     pub fn is_ready(self) -> bool {
-        self.store && self.provider
+        self.store && self.provider && self.key_ring
     }
 }
 

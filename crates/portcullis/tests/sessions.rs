@@ -998,3 +998,110 @@ async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_sess
         "sealed before the reload, with the old key"
     );
 }
+
+/// G08, one instance: a store used with secret A, the gateway started again with secret
+/// B alone (the step after a leak). The old cookie gets a sign-in, never a 5xx, and its
+/// session stays in the store for an instance that still holds A; a sign-in works; the
+/// app's assertion is signed at once by an emergency key, the only one `jwks.json`
+/// lists, and verifies with an independent library. An instance left on ring A is stale
+/// (`/readyz` 503). `keys prune` removes only what ring B cannot open.
+#[tokio::test]
+async fn g08_a_new_secret_on_a_used_store_signs_in_again_and_asserts_at_once() {
+    let (key_a, key_b) = (
+        portcullis::random::random_bytes::<32>(),
+        portcullis::random::random_bytes::<32>(),
+    );
+    let h = hostile(Options {
+        file_store: true,
+        secret: Some(key_a),
+        ..Options::default()
+    })
+    .await;
+    let before = Browser::new();
+    h.sign_in(&before, |_| {}).await;
+    assert_eq!(api(&h.gw, &before, "/x").await.status, 200);
+    let old = record(&h.gw, &before).await.unwrap();
+
+    let b = TestGateway::start_with(
+        &h.p.issuer,
+        Options {
+            db_path: h.gw.db_path.clone(),
+            secret: Some(key_b),
+            ..Options::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &h.up.url),
+    )
+    .await;
+    let calls = h.up.calls();
+    let r = api(&b, &before, "/x").await;
+    assert_eq!(r.status, 401, "the old cookie signs in again: {}", r.body);
+    assert_eq!(before.navigate(&b.at("/x")).await.status, 302);
+    assert_eq!(h.up.calls(), calls, "the app never saw it");
+    // Never deleted by the new ring: the old instance still serves it.
+    assert!(record(&b, &before).await.is_some());
+    assert_eq!(api(&h.gw, &before, "/x").await.status, 200);
+
+    // A sign-in begun under ring A and finished at B: absent there (400), put back
+    // unused, and finished where it began.
+    let late = Browser::new();
+    let auth = h.gw.start_login(&late, None).await;
+    let token =
+        h.p.keys
+            .sign_rs256(&h.p.keys.rs256_header(), &h.p.claims(&auth.nonce));
+    let code =
+        h.p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let query = callback_query(&code, &auth.state, Some(&h.p.issuer));
+    assert_eq!(b.callback(&late, &query).await.status, 400);
+    let finished = h.gw.callback(&late, &query).await;
+    assert_eq!(finished.status, 303, "{}", finished.body);
+
+    let after = Browser::new();
+    h.p.sign_in(&b, &after).await;
+    let r = api(&b, &after, "/x").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let assertion = echoed(&r.json(), "x-portcullis-jwt-assertion")[0].clone();
+    let keys = b.gateway.store().signing_keys().await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.generation).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let jwks = Browser::new()
+        .get(&b.at("/auth/jwks.json"), &[])
+        .await
+        .json();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1, "{jwks}");
+    assert_eq!(jwks["keys"][0]["kid"], keys[1].kid.as_str());
+    if support::oidc_provider::unavailable().is_none() {
+        let config = b.gateway.config();
+        let verified = support::oidc_provider::verify_assertion(
+            &b.at("/auth/jwks.json"),
+            &config.public_origin(),
+            &config.assertion_audience,
+            b.clock_now(),
+            &assertion,
+        )
+        .await
+        .unwrap();
+        assert_eq!(verified["header"]["kid"], keys[1].kid.as_str());
+    }
+
+    // The instance left on ring A is stale; ring B's is ready.
+    let ready = |gw: &TestGateway| {
+        let url = gw.at("/readyz");
+        async move { Browser::new().get(&url, &[]).await }
+    };
+    let (stale, current) = (ready(&h.gw).await, ready(&b).await);
+    assert_eq!(stale.status, 503, "{}", stale.body);
+    assert_eq!(stale.json()["key_ring"], false);
+    assert_eq!(current.status, 200, "{}", current.body);
+
+    // Prune: only the key ring B cannot open.
+    let pruned = b.gateway.sessions().prune_signing_keys(true).await.unwrap();
+    assert_eq!(pruned.iter().map(|k| k.generation).collect::<Vec<_>>(), [1]);
+    let left = b.gateway.store().signing_keys().await.unwrap();
+    assert_eq!(left, keys[1..]);
+    assert!(
+        record(&b, &before).await.is_some()
+            && old.family_id == record(&b, &before).await.unwrap().family_id
+    );
+}

@@ -697,7 +697,12 @@ pub async fn readyz(State(routes): State<Routes>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": r.is_ready(), "store": r.store, "provider": r.provider });
+    let body = json!({
+        "ready": r.is_ready(),
+        "store": r.store,
+        "provider": r.provider,
+        "key_ring": r.key_ring,
+    });
     no_store((status, axum::Json(body)).into_response())
 }
 

@@ -173,10 +173,24 @@ impl Assertions {
         now: UnixTime,
     ) -> Result<(), AssertionError> {
         let mut records = store.signing_keys().await?;
-        if records.is_empty() {
-            // Insert-if-absent: of several instances starting at once, one key wins and
-            // every one reads it back.
-            store.add_signing_key(&new_key(1, ring, now)?).await?;
+        if !records.iter().any(|r| ring.holds_key_of(&r.sealed_key)) {
+            // The first key of an empty store, or (G08) an emergency key: no stored key
+            // opens with this ring — a new secret on a used store. Insert-if-absent: of
+            // several instances starting at once, one key wins and every one reads it
+            // back. An emergency key signs at once: the keys that signed before are
+            // gone with the old secret, and verifiers fetch `jwks.json` again when they
+            // meet an unknown `kid`.
+            let next = records.last().map_or(1, |r| r.generation + 1);
+            let mut key = new_key(next, ring, now)?;
+            if next > 1 {
+                key.created_at = now - ACTIVATION;
+                tracing::warn!(
+                    generation = next,
+                    kid = %key.kid,
+                    "no assertion signing key in the store opens with this key ring (a new secret?): an emergency key signs from now; instances on the old ring are stale and fail /readyz"
+                );
+            }
+            store.add_signing_key(&key).await?;
             records = store.signing_keys().await?;
         }
         let current = self.key_set();
@@ -383,7 +397,8 @@ pub fn new_key(
 }
 
 /// When a key starts signing: the first key ever (generation 1) at once, as no instance
-/// published anything before it; every later one [`ACTIVATION`] after it was made.
+/// published anything before it; every later one [`ACTIVATION`] after it was made (an
+/// emergency key is recorded as made [`ACTIVATION`] before it was: it signs at once).
 fn activation(record: &SigningKeyRecord) -> UnixTime {
     if record.generation <= 1 {
         record.created_at
@@ -405,6 +420,30 @@ fn in_use<'a>(
     (0..records.len())
         .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)
         .map(|i| records[i])
+        .collect()
+}
+
+/// G08: whether the store holds a signing key newer than any `ring` opens — another
+/// instance made it with a ring this one lacks, so this instance is stale (its
+/// `/readyz` fails and it leaves the load balancer).
+pub(crate) fn stale_ring(records: &[SigningKeyRecord], ring: &KeyRing) -> bool {
+    let newest = records.iter().map(|r| r.generation).max();
+    let newest_opened = records
+        .iter()
+        .filter(|r| ring.holds_key_of(&r.sealed_key))
+        .map(|r| r.generation)
+        .max();
+    newest.is_some() && newest_opened < newest
+}
+
+/// The stored keys no entry of `ring` opens: what `portcullis keys prune` removes.
+pub fn unreadable_keys<'a>(
+    records: &'a [SigningKeyRecord],
+    ring: &KeyRing,
+) -> Vec<&'a SigningKeyRecord> {
+    records
+        .iter()
+        .filter(|r| !ring.holds_key_of(&r.sealed_key))
         .collect()
 }
 
@@ -503,6 +542,44 @@ mod tests {
         assert!(!signer.too_old(1_000 + ACTIVATION - 1));
         assert!(signer.stale(1_000 + RELOAD_EVERY));
         assert!(signer.too_old(1_000 + ACTIVATION));
+    }
+
+    /// G08: a ring that opens no stored key makes one emergency key, which signs at
+    /// once and is the only one published; the old ring's instance is then stale.
+    #[tokio::test]
+    async fn g08_a_new_ring_makes_an_emergency_key_that_signs_at_once() {
+        crate::install_crypto_provider();
+        let store = crate::store::sqlite::SqliteStore::in_memory()
+            .await
+            .unwrap();
+        let (old, new) = (ring(1), ring(2));
+        let before = Assertions::new("https://a".into(), "https://a".into());
+        before.reload(&store, &old, 1_000).await.unwrap();
+        let now = 5_000;
+        let after = Assertions::new("https://a".into(), "https://a".into());
+        after.reload(&store, &new, now).await.unwrap();
+        let records = store.signing_keys().await.unwrap();
+        assert_eq!(records.len(), 2);
+        let emergency = &records[1];
+        assert_eq!(emergency.generation, 2);
+        assert_eq!(
+            after.key_set().signing(now).unwrap().record.kid,
+            emergency.kid
+        );
+        let published = after.jwks(now);
+        assert_eq!(published["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(published["keys"][0]["kid"], emergency.kid.as_str());
+        // A second instance on the new ring adds nothing.
+        let again = Assertions::new("https://a".into(), "https://a".into());
+        again.reload(&store, &new, now + 1).await.unwrap();
+        assert_eq!(store.signing_keys().await.unwrap().len(), 2);
+        assert!(stale_ring(&records, &old) && !stale_ring(&records, &new));
+        let unreadable: Vec<i64> = unreadable_keys(&records, &new)
+            .iter()
+            .map(|r| r.generation)
+            .collect();
+        assert_eq!(unreadable, [1]);
+        assert!(!stale_ring(&records[..1], &old) && !stale_ring(&[], &new));
     }
 
     #[test]

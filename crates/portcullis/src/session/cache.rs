@@ -650,6 +650,10 @@ impl Store for CachedStore {
         self.inner.signing_keys().await
     }
 
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
+        self.inner.delete_signing_key(generation).await
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         self.flush_touches().await;
         self.inner.purge_expired(now).await

@@ -90,13 +90,13 @@ impl Sessions {
             created_at: now,
             expires_at: now + LOGIN_TTL_SECONDS,
         };
-        let limits = TransactionLimits {
-            total: self.config.limits.max_transactions,
-            ..TransactionLimits::default()
-        };
-        if !self.store.put_transaction(&tx, limits).await? {
+        if !self
+            .store
+            .put_transaction(&tx, self.transaction_limits())
+            .await?
+        {
             tracing::warn!(
-                max_transactions = limits.total,
+                max_transactions = self.config.limits.max_transactions,
                 "too many sign-ins in progress: a new one is refused (limits.max_transactions)"
             );
             return Err(SessionError::SignInsFull);
@@ -131,6 +131,17 @@ impl Sessions {
                 .take_transaction(&sha256_hex(state.as_bytes()))
                 .await?
                 .ok_or(SessionError::StateUnknown)?;
+            // G08: a sign-in begun on an instance whose key ring this one lacks is absent
+            // here, and put back unused for an instance that can finish it.
+            if !self.keys().holds_key_of(&tx.verifier) {
+                tracing::warn!(
+                    "a sign-in begun under a key this key ring lacks cannot be finished here; it is left for an instance that holds the key"
+                );
+                self.store
+                    .put_transaction(&tx, self.transaction_limits())
+                    .await?;
+                return Err(SessionError::StateUnknown);
+            }
             let binding_hash = binding
                 .map(|b| sha256_hex(b.as_bytes()))
                 .unwrap_or_default();
@@ -187,6 +198,14 @@ impl Sessions {
         }
         .await;
         self.finish_login(result, replaced).await
+    }
+
+    /// Bounds on the login transactions stored.
+    fn transaction_limits(&self) -> TransactionLimits {
+        TransactionLimits {
+            total: self.config.limits.max_transactions,
+            ..TransactionLimits::default()
+        }
     }
 
     /// The end of every sign-in: a session the browser presented is ended once the new

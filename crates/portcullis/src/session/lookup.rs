@@ -60,6 +60,16 @@ impl Sessions {
         let Some(mut record) = self.store.get_session(&hash).await? else {
             return Ok(None);
         };
+        // G08: a session sealed under a key this ring lacks (a new secret, or an
+        // instance on another ring during a change) is absent here — a sign-in — and
+        // never ended by this instance: one with that key may still read it.
+        if !self.ring_holds_keys_of(&record) {
+            tracing::info!(
+                session = record.id_hash.short(),
+                "a session sealed under a key this key ring lacks is treated as signed out (and left in the store)"
+            );
+            return Ok(None);
+        }
         let now = self.now();
         // A decision that ends a session stands on the store, never on a cached copy
         // (another instance may have moved the idle deadline or seen the new id).
@@ -225,6 +235,19 @@ impl std::fmt::Debug for OpenTokens {
 }
 
 impl Sessions {
+    /// Whether this instance's ring holds the key of every token the session keeps.
+    pub(crate) fn ring_holds_keys_of(&self, record: &SessionRecord) -> bool {
+        let keys = self.keys();
+        [
+            &record.tokens.refresh_token,
+            &record.tokens.access_token,
+            &record.tokens.id_token,
+        ]
+        .into_iter()
+        .flatten()
+        .all(|sealed| keys.holds_key_of(sealed))
+    }
+
     /// Opens a session's sealed tokens. Each is bound to this session's id hash and its
     /// field name, so ciphertexts moved between sessions or fields fail (S08).
     pub fn session_tokens(&self, record: &SessionRecord) -> Result<OpenTokens, SessionError> {

@@ -514,11 +514,12 @@ impl Sessions {
         };
         let Ok(tokens) = self.session_tokens(&fresh.record) else {
             drop(permit);
+            // G08: absent for this request, never deleted here: an instance whose ring
+            // opens it may still serve it (it expires by itself otherwise).
             tracing::warn!(
                 session = fresh.record.id_hash.short(),
-                "a session's tokens no longer open (key ring changed?); the session ends"
+                "a session's tokens do not open with this key ring; treated as signed out"
             );
-            self.store.delete_session(fresh.record.family_id).await?;
             return Ok(None);
         };
         let Some(refresh_token) = tokens.refresh_token.as_deref() else {

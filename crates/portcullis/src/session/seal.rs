@@ -153,6 +153,17 @@ impl KeyRing {
         Ok(in_out)
     }
 
+    /// Whether `sealed` names a key of this ring (it may still fail to open if it was
+    /// tampered with). A cheap check, no decryption: G08 — a value sealed under a key
+    /// the ring lacks counts as absent, and is left for an instance that has the key.
+    pub fn holds_key_of(&self, sealed: &Sealed) -> bool {
+        let mut parts = sealed.0.splitn(3, '.');
+        match (parts.next(), parts.next()) {
+            (Some("v1"), Some(kid)) => self.keys.iter().any(|k| k.id == kid),
+            _ => false,
+        }
+    }
+
     /// Seals a UTF-8 string.
     pub fn seal_str(&self, plaintext: &str, context: &[u8]) -> Sealed {
         self.seal(plaintext.as_bytes(), context)
@@ -189,6 +200,19 @@ mod tests {
             keys.iter().map(|k| Zeroizing::new(*k)).collect(),
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn g08_a_ring_knows_which_values_it_holds_the_key_of() {
+        let (a, b, both) = (
+            ring(&[[1; 32]]),
+            ring(&[[2; 32]]),
+            ring(&[[2; 32], [1; 32]]),
+        );
+        let sealed = a.seal_str("x", b"ctx");
+        assert!(a.holds_key_of(&sealed) && both.holds_key_of(&sealed));
+        assert!(!b.holds_key_of(&sealed));
+        assert!(!a.holds_key_of(&Sealed::from_stored("garbage".into())));
     }
 
     #[test]

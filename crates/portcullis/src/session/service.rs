@@ -242,6 +242,41 @@ impl Sessions {
         Ok(self.assertions.jwks(now))
     }
 
+    /// G08: false while the store holds an assertion signing key newer than any this
+    /// instance's key ring opens: it is stale, another instance runs on a newer ring.
+    ///
+    /// The keys are read (and the first or an emergency key made) first: an instance
+    /// started with a new secret is out of the load balancer until it is ready, so its
+    /// readiness check is where its emergency key is made.
+    pub async fn key_ring_is_current(self: &Arc<Self>) -> Result<bool, StoreError> {
+        if let Err(e) = self.prepare_assertion_keys().await {
+            tracing::warn!(error = %e, "the assertion signing keys cannot be read");
+        }
+        let records = self.store.signing_keys().await?;
+        Ok(!super::assertion::stale_ring(&records, &self.keys()))
+    }
+
+    /// `portcullis keys prune`: the stored signing keys no entry of this key ring opens;
+    /// with `delete`, they are removed.
+    pub async fn prune_signing_keys(
+        &self,
+        delete: bool,
+    ) -> Result<Vec<crate::store::SigningKeyRecord>, StoreError> {
+        let records = self.store.signing_keys().await?;
+        let ring = self.keys();
+        let unreadable: Vec<crate::store::SigningKeyRecord> =
+            super::assertion::unreadable_keys(&records, &ring)
+                .into_iter()
+                .cloned()
+                .collect();
+        if delete {
+            for key in &unreadable {
+                self.store.delete_signing_key(key.generation).await?;
+            }
+        }
+        Ok(unreadable)
+    }
+
     /// `portcullis keys rotate`: adds the next signing key (see `session::assertion`).
     pub async fn rotate_assertion_key(
         &self,

@@ -1045,6 +1045,11 @@ async fn signing_keys_are_written_once_per_generation(store: &dyn Store) {
     // Keys do not expire.
     store.purge_expired(NOW + 100 * 365 * 86_400).await.unwrap();
     assert!(store.signing_keys().await.unwrap().contains(&later));
+    // `keys prune` removes one generation, and only it.
+    assert!(store.delete_signing_key(generation).await.unwrap());
+    assert!(!store.delete_signing_key(generation).await.unwrap());
+    let keys = store.signing_keys().await.unwrap();
+    assert!(!keys.contains(&first) && keys.contains(&later));
 }
 
 async fn two_handles_agree_on_one_signing_key(a: &dyn Store, b: &dyn Store) {

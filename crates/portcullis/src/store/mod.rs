@@ -408,6 +408,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool>;
     /// Every signing key, oldest generation first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+    /// Removes the key of `generation` (`portcullis keys prune`); whether it was there.
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool>;
 
     /// Deletes everything past its expiry; returns how many records went.
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;

@@ -334,6 +334,13 @@ impl Store for OnRuntime {
             .await
     }
 
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
+        self.run("delete_signing_key", |s| async move {
+            s.delete_signing_key(generation).await
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         self.run(
             "purge_expired",

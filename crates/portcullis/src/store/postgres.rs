@@ -280,6 +280,7 @@ struct Queries {
     remember_once: String,
     add_signing_key: String,
     signing_keys: String,
+    delete_signing_key: String,
     forget: String,
     purge: [String; 4],
 }
@@ -434,6 +435,7 @@ impl Queries {
             signing_keys: t(
                 "SELECT generation, kid, sealed_key, created_at FROM {p}_signing_keys ORDER BY generation",
             ),
+            delete_signing_key: t("DELETE FROM {p}_signing_keys WHERE generation = $1"),
             purge: [
                 // Ended sessions are not announced: every reader decides expiry from
                 // the deadlines an entry carries.
@@ -1027,6 +1029,18 @@ impl Store for PostgresStore {
                     .await
                     .map_err(unavailable)?;
             Ok(rows.into_iter().map(SigningKeyRecord::from_row).collect())
+        })
+        .await
+    }
+
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
+        timed(async {
+            let done = q(&self.sql.delete_signing_key)
+                .bind(generation)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
         })
         .await
     }

@@ -1827,6 +1827,20 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let removed: i64 = redis::cmd("HDEL")
+                .arg(self.key("signing_keys"))
+                .arg(generation)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     async fn forget(&self, key: &str) -> StoreResult<()> {
         timed(async {
             let mut conn = self.conn.clone();

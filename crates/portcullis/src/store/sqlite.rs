@@ -961,6 +961,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query("DELETE FROM signing_keys WHERE generation = ?1")
+                .bind(generation)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         // In batches, each under its own timeout, so that a large backlog (a flood of
         // abandoned logins) is worked off instead of timing out as one statement.
