@@ -256,6 +256,18 @@ server.on('request', async (req, res) => {
       u.groups = JSON.parse(body);
       return json(res, 200, { groups: u.groups });
     }
+    // Test hook: change a user's profile (a JSON object: email, email_verified, name).
+    if (req.method === 'POST' && (m = pathname.match(/^\/test\/profile\/([^/]+)$/))) {
+      const u = USERS[decodeURIComponent(m[1])];
+      if (!u) return json(res, 404, { error: 'no_such_user' });
+      let body = '';
+      for await (const chunk of req) body += chunk;
+      const change = JSON.parse(body);
+      for (const key of ['email', 'email_verified', 'name']) {
+        if (key in change) u[key] = change[key];
+      }
+      return json(res, 200, { email: u.email, email_verified: u.email_verified, name: u.name });
+    }
     if (req.method === 'POST' && (m = pathname.match(/^\/test\/logout\/([^/]+)$/))) {
       return json(res, 200, await logoutAccount(decodeURIComponent(m[1])));
     }

@@ -85,6 +85,9 @@ struct Cluster {
     instances: Vec<Instance>,
     /// The browser-facing origin: the first instance's address.
     public: String,
+    /// A free port whose callback the provider also accepts: for an instance of its own
+    /// public URL (`spawn_with`).
+    spare: u16,
     store: String,
     prefix: String,
 }
@@ -141,10 +144,14 @@ impl Cluster {
         let slot = SLOTS.acquire().await.unwrap();
         let ports: Vec<u16> = (0..setup.instances).map(|_| free_port()).collect();
         let public = format!("http://127.0.0.1:{}", ports[0]);
+        let spare = free_port();
         let client = json!([{
             "client_id": "app",
             "token_endpoint_auth_method": "none",
-            "redirect_uris": [format!("{public}/auth/callback")],
+            "redirect_uris": [
+                format!("{public}/auth/callback"),
+                format!("http://127.0.0.1:{spare}/auth/callback"),
+            ],
             "grant_types": ["authorization_code", "refresh_token"],
             "response_types": ["code"],
             "backchannel_logout_uri": format!("{public}/auth/backchannel-logout"),
@@ -186,6 +193,7 @@ impl Cluster {
             env,
             instances: Vec::new(),
             public,
+            spare,
             store,
             prefix,
         };
@@ -198,9 +206,15 @@ impl Cluster {
 
     /// Starts one more `portcullis serve` on `port` with the cluster's settings.
     async fn spawn(&self, port: u16) -> Instance {
+        self.spawn_with(port, &[]).await
+    }
+
+    /// [`Cluster::spawn`] with some settings of its own.
+    async fn spawn_with(&self, port: u16, settings: &[(&str, &str)]) -> Instance {
         let mut cmd = portcullis();
         cmd.arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(settings.iter().copied())
             .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             // The outage tests make the gateways log store errors by design: shown only
@@ -344,6 +358,8 @@ on_every_engine!(
     w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere,
     assertions_from_any_instance_verify_with_the_keys_of_any_other,
     store_copy_from_sqlite_keeps_cookies_and_user_ids,
+    g08_two_key_rings_on_one_store_never_delete_each_others_sessions,
+    g09_a_changed_email_reaches_a_cached_session_on_another_instance,
 );
 
 // ---------------------------------------------------------------------------
@@ -1306,4 +1322,176 @@ async fn store_copy_from_sqlite_keeps_cookies_and_user_ids(target: String) {
     c.sign_in(&fresh, "alice").await;
     assert_eq!(user_id_seen(&api(&moved, &fresh, "/whoami").await), user);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// G08: a new secret on a used store, with an instance still on the old one.
+
+/// One instance on ring A, one on ring B (the step after a leak, half done), under
+/// traffic with refreshes due: each serves its own users, signs the other's out and
+/// deletes nothing of theirs; the one on the old ring is stale (`/readyz` 503); once it
+/// is stopped, `keys prune` removes only the key ring B cannot open.
+async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store: String) {
+    let Some(mut c) = Cluster::start(
+        store,
+        Setup {
+            instances: 1,
+            access_ttl: "4",
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let alice = Browser::new();
+    c.sign_in(&alice, "alice").await;
+    assert_eq!(api(&c.instances[0], &alice, "/whoami").await.status, 200);
+
+    let ring_b =
+        base64::engine::general_purpose::STANDARD.encode(portcullis::random::random_bytes::<32>());
+    let b_url = format!("http://127.0.0.1:{}", c.spare);
+    // Ready only once it signs with a key of its own (its readiness makes it).
+    let b = c
+        .spawn_with(
+            c.spare,
+            &[
+                ("PORTCULLIS_SECRET", &ring_b),
+                ("PORTCULLIS_PUBLIC_URL", &b_url),
+            ],
+        )
+        .await;
+    let a = &c.instances[0];
+    let stale = reqwest::get(a.at("/readyz")).await.unwrap();
+    assert_eq!(stale.status(), 503);
+    assert_eq!(stale.json::<Value>().await.unwrap()["key_ring"], false);
+
+    let bob = Browser::new();
+    let (_, signed_in) = follow_sign_in(
+        &bob,
+        &b.at("/auth/login?return_to=%2F"),
+        "bob",
+        "bob",
+        &b.at("/auth/callback"),
+    )
+    .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+
+    // Traffic for longer than two access-token lifetimes: both sessions refresh on
+    // their own instance, and each browser is also sent to the other one.
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        let (on_a, on_b, bob_b, bob_a) = tokio::join!(
+            api(a, &alice, "/whoami"),
+            api(&b, &alice, "/whoami"),
+            api(&b, &bob, "/whoami"),
+            api(a, &bob, "/whoami"),
+        );
+        assert_eq!(on_a.status, 200, "alice on her ring: {}", on_a.body);
+        assert_eq!(bob_b.status, 200, "bob on his ring: {}", bob_b.body);
+        assert_eq!(
+            (on_b.status, bob_a.status),
+            (401, 401),
+            "the other ring signs out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        c.refresh_grants().await >= 4,
+        "both refreshed, twice or more"
+    );
+
+    // Prune with ring B once the stale instance is gone: only the key B cannot open.
+    c.instances[0].kill().await;
+    let prune = |yes: bool| {
+        let mut cmd = portcullis();
+        cmd.args(["keys", "prune"])
+            .envs(c.env.iter().map(|(k, v)| (k, v)))
+            .env("PORTCULLIS_SECRET", &ring_b);
+        if yes {
+            cmd.arg("--yes");
+        }
+        cmd.output()
+    };
+    let out = prune(true).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("removed signing key ") && text.contains("(generation 1,"),
+        "{text}"
+    );
+    let again = prune(false).await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to prune"));
+    assert_eq!(api(&b, &bob, "/whoami").await.status, 200);
+}
+
+// ---------------------------------------------------------------------------
+// G09: a profile that changes reaches every cached session of the user.
+
+/// The email `X-User-Email` carried to the app.
+fn email_seen(resp: &Resp) -> String {
+    upstream::echoed(&resp.json(), "x-user-email")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+/// Alice's session is cached on B; she signs in again on A (another browser) after her
+/// address changed at the provider, then after it became unverified: her first
+/// session's next request on B carries the new address within a second, then none.
+async fn g09_a_changed_email_reaches_a_cached_session_on_another_instance(store: String) {
+    let Some(c) = Cluster::start(
+        store,
+        Setup {
+            instances: 2,
+            ..Setup::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let [_, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let first = Browser::new();
+    c.sign_in(&first, "alice").await;
+    for _ in 0..3 {
+        let r = api(b, &first, "/whoami").await;
+        assert_eq!(email_seen(&r), "alice@example.com", "{}", r.body);
+    }
+    let change = |profile: Value| {
+        let url = format!("{}/test/profile/alice", c.op.issuer);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&profile)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    for (profile, expected) in [
+        (json!({"email": "alice@example.org"}), "alice@example.org"),
+        (json!({"email_verified": false}), ""),
+    ] {
+        change(profile).await;
+        c.sign_in(&Browser::new(), "alice").await;
+        let start = Instant::now();
+        loop {
+            let r = api(b, &first, "/whoami").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if email_seen(&r) == expected {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "B still shows {:?} after a second, not {expected:?}",
+                email_seen(&r)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -1032,6 +1032,14 @@ async fn g08_a_new_secret_on_a_used_store_signs_in_again_and_asserts_at_once() {
         .env("PORTCULLIS_UPSTREAM", &h.up.url),
     )
     .await;
+    // Ready at once: its readiness check makes the emergency key (a new instance has
+    // no traffic before it is ready).
+    let ready = |gw: &TestGateway| {
+        let url = gw.at("/readyz");
+        async move { Browser::new().get(&url, &[]).await }
+    };
+    let first = ready(&b).await;
+    assert_eq!(first.status, 200, "{}", first.body);
     let calls = h.up.calls();
     let r = api(&b, &before, "/x").await;
     assert_eq!(r.status, 401, "the old cookie signs in again: {}", r.body);
@@ -1086,10 +1094,6 @@ async fn g08_a_new_secret_on_a_used_store_signs_in_again_and_asserts_at_once() {
     }
 
     // The instance left on ring A is stale; ring B's is ready.
-    let ready = |gw: &TestGateway| {
-        let url = gw.at("/readyz");
-        async move { Browser::new().get(&url, &[]).await }
-    };
     let (stale, current) = (ready(&h.gw).await, ready(&b).await);
     assert_eq!(stale.status, 503, "{}", stale.body);
     assert_eq!(stale.json()["key_ring"], false);

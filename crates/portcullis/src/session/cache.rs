@@ -204,6 +204,7 @@ impl CachedStore {
                         FeedEvent::Changed(change) => {
                             cache.drop_cached(Some(change.family_id), &change.id_hashes)
                         }
+                        FeedEvent::UserChanged(user) => cache.drop_user(user),
                         FeedEvent::Reset => cache.drop_cached(None, &[]),
                         FeedEvent::Heartbeat { sent_ms } => {
                             cache.applied_ms.fetch_max(sent_ms, Ordering::AcqRel);
@@ -277,6 +278,13 @@ impl CachedStore {
                 self.families.clear();
             }
         }
+    }
+
+    /// Drops every cached session of `user` (G09: its profile changed).
+    fn drop_user(&self, user: Uuid) {
+        let _fill = self.fill.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.records.retain(|_, record| record.user.id != user);
     }
 
     /// The cached record for `hash`, as a lookup by that hash would return it.
@@ -565,10 +573,19 @@ impl Store for CachedStore {
         profile: &UserProfile,
         now: UnixTime,
     ) -> StoreResult<User> {
-        // Cached sessions keep the profile they were read with until their family is
-        // next invalidated (every refresh is): a profile is not a decision, and dropping
-        // every cached session at every sign-in would empty the cache under load.
-        self.inner.upsert_user(issuer, subject, profile, now).await
+        // G09: a changed profile (email, name, verification) reaches this user's cached
+        // sessions here at once, and on other instances through the store's feed (the
+        // store announces it with the write). An unchanged one drops nothing.
+        let user = self
+            .inner
+            .upsert_user(issuer, subject, profile, now)
+            .await?;
+        if self.records.iter().any(|(_, r)| {
+            r.user.id == user.id && (r.user.email != user.email || r.user.name != user.name)
+        }) {
+            self.drop_user(user.id);
+        }
+        Ok(user)
     }
 
     // Everything else passes through.
@@ -753,6 +770,48 @@ mod tests {
             c.get_session(&id.hash()).await.unwrap().is_none(),
             "revoked here: gone at once"
         );
+    }
+
+    /// G09: a changed profile — another instance's sign-in, announced on the feed, or
+    /// one through this cache — drops the user's cached sessions: the next read shows
+    /// the new email. An unchanged profile drops nothing.
+    #[tokio::test]
+    async fn g09_a_changed_profile_drops_the_users_cached_sessions() {
+        let (c, feed) = cache(100).await;
+        let (id, _) = session(&*c).await;
+        let user = c.get_session(&id.hash()).await.unwrap().unwrap().user;
+        let profile = |email: &str| UserProfile {
+            email: Some(email.to_owned()),
+            name: None,
+        };
+        let email = |c: Arc<CachedStore>, id: IdHash| async move {
+            c.get_session(&id).await.unwrap().unwrap().user.email
+        };
+        // Another instance's sign-in: cached until the feed says so.
+        c.inner
+            .upsert_user(&user.issuer, &user.subject, &profile("a@x"), NOW)
+            .await
+            .unwrap();
+        assert_eq!(email(c.clone(), id.hash()).await, None, "cached until told");
+        let mut sub = feed.subscribe();
+        feed.deliver(WireMessage::UserChanged(user.id));
+        sub.recv().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while email(c.clone(), id.hash()).await.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "not dropped within 1 s");
+            tokio::task::yield_now().await;
+        }
+        // Through this cache: at once.
+        c.upsert_user(&user.issuer, &user.subject, &profile("b@x"), NOW)
+            .await
+            .unwrap();
+        assert_eq!(email(c.clone(), id.hash()).await.as_deref(), Some("b@x"));
+        let hits = counts(&c).0;
+        c.upsert_user(&user.issuer, &user.subject, &profile("b@x"), NOW)
+            .await
+            .unwrap();
+        email(c.clone(), id.hash()).await;
+        assert_eq!(counts(&c).0, hits + 1, "the same profile keeps the entry");
     }
 
     #[tokio::test]

@@ -168,7 +168,7 @@ async fn follow(sessions: Weak<Sessions>, mut feed: FeedSubscription) {
                     sessions.check_watched(family, &[]).await;
                 }
             }
-            Some(FeedEvent::Heartbeat { .. }) => {}
+            Some(FeedEvent::Heartbeat { .. } | FeedEvent::UserChanged(_)) => {}
         }
     }
 }

@@ -32,6 +32,7 @@ pub async fn run_all(store: &dyn Store) {
     signing_keys_are_written_once_per_generation(store).await;
     users_and_sessions_import_as_they_are(store).await;
     every_change_is_announced_once(store).await;
+    a_changed_profile_is_announced(store).await;
     expiry_purges_everything_old(store).await;
 }
 
@@ -881,6 +882,58 @@ fn changes_of(events: &[FeedEvent], family: Uuid) -> Vec<&SessionChange> {
             _ => None,
         })
         .collect()
+}
+
+/// G09: a sign-in (or refresh) that changes a user's email or name announces the user,
+/// so that every cached session of theirs is dropped; the same profile again, or a new
+/// user, announces nothing.
+async fn a_changed_profile_is_announced(store: &dyn Store) {
+    let (issuer, subject) = (unique("https://issuer"), unique("sub"));
+    let profile = |email: Option<&str>, name: &str| UserProfile {
+        email: email.map(str::to_owned),
+        name: Some(name.to_owned()),
+    };
+    let mut sub = store.feed().subscribe();
+    let user = store
+        .upsert_user(&issuer, &subject, &profile(Some("a@example.com"), "A"), NOW)
+        .await
+        .unwrap();
+    store
+        .upsert_user(
+            &issuer,
+            &subject,
+            &profile(Some("a@example.com"), "A"),
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    let users_announced = |events: &[FeedEvent]| -> Vec<Uuid> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                FeedEvent::UserChanged(u) => Some(*u),
+                _ => None,
+            })
+            .collect()
+    };
+    let events = events_until_sentinel(store, &mut sub).await;
+    if !events.contains(&FeedEvent::Reset) {
+        assert!(
+            users_announced(&events).is_empty(),
+            "nothing changed: {events:?}"
+        );
+    }
+    for changed in [profile(None, "A"), profile(None, "B")] {
+        store
+            .upsert_user(&issuer, &subject, &changed, NOW + 2)
+            .await
+            .unwrap();
+        let events = events_until_sentinel(store, &mut sub).await;
+        assert!(
+            users_announced(&events) == [user.id] || events.contains(&FeedEvent::Reset),
+            "{events:?}"
+        );
+    }
 }
 
 /// Every write that ends or changes a session announces it once, with its id hashes.

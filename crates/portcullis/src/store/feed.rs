@@ -40,6 +40,9 @@ pub struct SessionChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedEvent {
     Changed(SessionChange),
+    /// A user's profile (email, name, whether the email is verified) changed: every
+    /// cached session of the user is stale (G09).
+    UserChanged(Uuid),
     /// Something may have been missed: forget everything learnt from the store.
     Reset,
     /// Our own heartbeat, sent at this instant of [`ChangeFeed::now_ms`]: every message
@@ -53,6 +56,7 @@ pub enum FeedEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WireMessage {
     Changed(SessionChange),
+    UserChanged(Uuid),
     /// Every session ended (`sessions revoke --all`).
     AllEnded,
     Heartbeat {
@@ -62,7 +66,7 @@ pub(crate) enum WireMessage {
 }
 
 impl WireMessage {
-    /// `s <family> <hash>…`, `a`, or `h <origin> <sent ms>`.
+    /// `s <family> <hash>…`, `u <user>`, `a`, or `h <origin> <sent ms>`.
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut words = text.split(' ');
         match words.next()? {
@@ -76,6 +80,10 @@ impl WireMessage {
                     family_id,
                     id_hashes,
                 }))
+            }
+            "u" => {
+                let user = Uuid::parse_str(words.next()?).ok()?;
+                words.next().is_none().then_some(Self::UserChanged(user))
             }
             "a" => Some(Self::AllEnded),
             "h" => Some(Self::Heartbeat {
@@ -206,6 +214,7 @@ impl ChangeFeed {
     pub(crate) fn deliver(&self, message: WireMessage) {
         match message {
             WireMessage::Changed(change) => self.publish(FeedEvent::Changed(change)),
+            WireMessage::UserChanged(user) => self.publish(FeedEvent::UserChanged(user)),
             WireMessage::AllEnded => self.publish(FeedEvent::Reset),
             WireMessage::Heartbeat { origin, sent_ms } => {
                 if origin == self.inner.origin {
@@ -304,6 +313,10 @@ mod tests {
             }))
         );
         assert_eq!(WireMessage::parse("a"), Some(WireMessage::AllEnded));
+        assert_eq!(
+            WireMessage::parse(&format!("u {family}")),
+            Some(WireMessage::UserChanged(family))
+        );
         assert_eq!(
             WireMessage::parse(&WireMessage::heartbeat("me", 42)),
             Some(WireMessage::Heartbeat {

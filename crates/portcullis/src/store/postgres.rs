@@ -317,12 +317,17 @@ impl Queries {
         Self {
             prefix: prefix.to_owned(),
             channel: format!("{prefix}_feed"),
+            // G09: a changed profile is announced (`u <id>`) in the same statement.
             upsert_user: t(
-                "INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
+                "WITH old AS (SELECT id, email, name FROM {p}_users WHERE issuer = $2 AND subject = $3), \
+                 up AS (INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6) \
                  ON CONFLICT (issuer, subject) DO UPDATE SET \
                  email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
-                 RETURNING {user_columns}",
+                 RETURNING {user_columns}), \
+                 announced AS (SELECT pg_notify('{p}_feed', 'u ' || up.id) FROM up JOIN old ON old.id = up.id \
+                 WHERE old.email IS DISTINCT FROM up.email OR old.name IS DISTINCT FROM up.name) \
+                 SELECT {user_columns}, (SELECT count(*) FROM announced) AS announced FROM up",
             ),
             get_user: t("SELECT {user_columns} FROM {p}_users WHERE id = $1"),
             list_users: t(

@@ -598,6 +598,7 @@ end
 const UPSERT_USER: &str = r#"
 local by_sub = user_by_sub_key(ARGV[2])
 local id = redis.call('GET', by_sub)
+local existed = id ~= false
 if id then
   local u = redis.call('HMGET', user_key(id), 'issuer', 'subject')
   if u[1] ~= ARGV[4] or u[2] ~= ARGV[5] then corrupt(by_sub) end
@@ -610,8 +611,14 @@ else
   redis.call('SET', by_sub, id)
   redis.call('ZADD', USERS, 0, id)
 end
+local before = redis.call('HMGET', user_key(id), 'email', 'name')
 redis.call('HSET', user_key(id), 'updated_at', ARGV[6])
 apply(user_key(id), 7)
+local after = redis.call('HMGET', user_key(id), 'email', 'name')
+-- G09: a changed profile is announced with the write.
+if existed and (before[1] ~= after[1] or before[2] ~= after[2]) then
+  announce('u ' .. id)
+end
 return redis.call('HGETALL', user_key(id))
 "#;
 
@@ -2074,7 +2081,9 @@ mod tests {
         loop {
             match conformance::next_event(&mut sub).await {
                 // The reconnection announces a reset of its own.
-                FeedEvent::Reset | FeedEvent::Heartbeat { .. } => continue,
+                FeedEvent::Reset | FeedEvent::Heartbeat { .. } | FeedEvent::UserChanged(_) => {
+                    continue;
+                }
                 FeedEvent::Changed(c) => {
                     assert_eq!(c.family_id, session.family_id);
                     assert_eq!(c.id_hashes, vec![id.hash()]);

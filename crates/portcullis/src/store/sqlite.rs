@@ -395,6 +395,13 @@ impl Store for SqliteStore {
     ) -> StoreResult<User> {
         timed(async {
             let mut w = self.write().await?;
+            let before: Option<(Option<String>, Option<String>)> =
+                sqlx::query_as("SELECT email, name FROM users WHERE issuer = ?1 AND subject = ?2")
+                    .bind(issuer)
+                    .bind(subject)
+                    .fetch_optional(&mut *w.db)
+                    .await
+                    .map_err(unavailable)?;
             let new_id = crate::session::new_uuid();
             let row = sqlx::query(
                 "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
@@ -414,6 +421,10 @@ impl Store for SqliteStore {
             .map_err(unavailable)?;
             let user = user_from_row(&row, "")?;
             w.commit(Vec::new()).await?;
+            // G09: a changed profile is announced, after the write, like a session change.
+            if before.is_some_and(|(email, name)| email != user.email || name != user.name) {
+                self.feed.publish(FeedEvent::UserChanged(user.id));
+            }
             Ok(user)
         })
         .await
