@@ -107,10 +107,11 @@ impl Gateway {
     pub async fn readiness(&self) -> Readiness {
         let store = self.store().ping().await.is_ok();
         let provider = self.provider().metadata().await.is_ok();
-        let key_ring = match self.sessions.key_ring_is_current().await {
-            Ok(current) => current,
-            Err(_) => false,
-        };
+        let key_ring = self
+            .sessions
+            .key_ring_is_current()
+            .await
+            .unwrap_or_default();
         Readiness {
             store,
             provider,

@@ -798,7 +798,10 @@ mod tests {
         sub.recv().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while email(c.clone(), id.hash()).await.is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "not dropped within 1 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not dropped within 1 s"
+            );
             tokio::task::yield_now().await;
         }
         // Through this cache: at once.
