@@ -533,8 +533,11 @@ fn init_logging(config: &Config) -> log_output::BatchedStderr {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let output = log_output::BatchedStderr::start();
     let json = config.log_format == LogFormat::Json;
+    // Colours only on a terminal: escape sequences have no place in a log file.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(output.make_writer(json));
     // G06: text lines whose fields no request can forge (see `log_output`).
     match config.log_format {
