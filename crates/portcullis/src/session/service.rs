@@ -250,7 +250,8 @@ impl Sessions {
     /// readiness check is where its emergency key is made.
     pub async fn key_ring_is_current(self: &Arc<Self>) -> Result<bool, StoreError> {
         if let Err(e) = self.prepare_assertion_keys().await {
-            tracing::warn!(error = %e, "the assertion signing keys cannot be read");
+            // Said by the requests that need a key; readiness probes come often.
+            tracing::debug!(error = %e, "the assertion signing keys cannot be read");
         }
         let records = self.store.signing_keys().await?;
         Ok(!super::assertion::stale_ring(&records, &self.keys()))
