@@ -662,6 +662,18 @@ impl Store for CachedStore {
         self.inner.delete_signing_key(generation).await
     }
 
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        self.inner.get_setting(key).await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.inner.put_setting(key, value).await
+    }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
+        self.inner.delete_setting(key).await
+    }
+
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         self.flush_touches().await;
         self.inner.purge_expired(now).await

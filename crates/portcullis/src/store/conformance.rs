@@ -33,6 +33,7 @@ pub async fn run_all(store: &dyn Store) {
     users_and_sessions_import_as_they_are(store).await;
     every_change_is_announced_once(store).await;
     a_changed_profile_is_announced(store).await;
+    settings_are_kept_replaced_and_removed(store).await;
     expiry_purges_everything_old(store).await;
 }
 
@@ -934,6 +935,30 @@ async fn a_changed_profile_is_announced(store: &dyn Store) {
             "{events:?}"
         );
     }
+}
+
+/// Settings the instances share: read back as written, replaced, removed; they never
+/// expire.
+async fn settings_are_kept_replaced_and_removed(store: &dyn Store) {
+    let key = unique("client-auth");
+    assert_eq!(store.get_setting(&key).await.unwrap(), None);
+    store.put_setting(&key, "client_secret_post").await.unwrap();
+    assert_eq!(
+        store.get_setting(&key).await.unwrap().as_deref(),
+        Some("client_secret_post")
+    );
+    store
+        .put_setting(&key, "client_secret_basic")
+        .await
+        .unwrap();
+    store.purge_expired(NOW + 100 * 365 * 86_400).await.unwrap();
+    assert_eq!(
+        store.get_setting(&key).await.unwrap().as_deref(),
+        Some("client_secret_basic")
+    );
+    assert!(store.delete_setting(&key).await.unwrap());
+    assert!(!store.delete_setting(&key).await.unwrap());
+    assert_eq!(store.get_setting(&key).await.unwrap(), None);
 }
 
 /// Every write that ends or changes a session announces it once, with its id hashes.

@@ -411,6 +411,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes the key of `generation` (`portcullis keys prune`); whether it was there.
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool>;
 
+    // Settings the instances learn and share (never expire; a name carries what its
+    // value depends on), e.g. the client authentication method a probe found.
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Stores `value` under `key`, replacing any.
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Removes `key`; whether it was there.
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool>;
+
     /// Deletes everything past its expiry; returns how many records went.
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64>;
 }

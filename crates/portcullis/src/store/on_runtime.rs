@@ -334,6 +334,29 @@ impl Store for OnRuntime {
             .await
     }
 
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        let key = key.to_owned();
+        self.run("get_setting", |s| async move { s.get_setting(&key).await })
+            .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run("put_setting", |s| async move {
+            s.put_setting(&key, &value).await
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
+        let key = key.to_owned();
+        self.run(
+            "delete_setting",
+            |s| async move { s.delete_setting(&key).await },
+        )
+        .await
+    }
+
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
         self.run("delete_signing_key", |s| async move {
             s.delete_signing_key(generation).await

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_signing_keys.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_settings.sql"),
+    ),
 ];
 
 /// Connections per instance: the hot path holds one only for a single statement.
@@ -281,6 +285,9 @@ struct Queries {
     add_signing_key: String,
     signing_keys: String,
     delete_signing_key: String,
+    get_setting: String,
+    put_setting: String,
+    delete_setting: String,
     forget: String,
     purge: [String; 4],
 }
@@ -441,6 +448,10 @@ impl Queries {
                 "SELECT generation, kid, sealed_key, created_at FROM {p}_signing_keys ORDER BY generation",
             ),
             delete_signing_key: t("DELETE FROM {p}_signing_keys WHERE generation = $1"),
+            get_setting: t("SELECT value FROM {p}_settings WHERE key = $1"),
+            put_setting: t("INSERT INTO {p}_settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+            delete_setting: t("DELETE FROM {p}_settings WHERE key = $1"),
             purge: [
                 // Ended sessions are not announced: every reader decides expiry from
                 // the deadlines an entry carries.
@@ -1034,6 +1045,42 @@ impl Store for PostgresStore {
                     .await
                     .map_err(unavailable)?;
             Ok(rows.into_iter().map(SigningKeyRecord::from_row).collect())
+        })
+        .await
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        timed(async {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.get_setting.as_str()))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        timed(async {
+            q(&self.sql.put_setting)
+                .bind(key)
+                .bind(value)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
+        timed(async {
+            let done = q(&self.sql.delete_setting)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
         })
         .await
     }

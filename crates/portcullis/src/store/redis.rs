@@ -1834,6 +1834,48 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            redis::cmd("HGET")
+                .arg(self.key("settings"))
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let _: i64 = redis::cmd("HSET")
+                .arg(self.key("settings"))
+                .arg(key)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let removed: i64 = redis::cmd("HDEL")
+                .arg(self.key("settings"))
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
         timed(async {
             let mut conn = self.conn.clone();

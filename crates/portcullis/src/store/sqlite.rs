@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_signing_keys.sql"),
     ),
+    (6, include_str!("../../migrations/sqlite/0006_settings.sql")),
 ];
 
 /// Write-log entries kept for pollers in other processes; a poller that finds a gap
@@ -968,6 +969,45 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
             Ok(rows.into_iter().map(SigningKeyRecord::from_row).collect())
+        })
+        .await
+    }
+
+    async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
+        timed(async {
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        timed(async {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query("DELETE FROM settings WHERE key = ?1")
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
         })
         .await
     }
