@@ -45,6 +45,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "allowed_algorithms", Kind::List),
     ("provider", "assume_email_verified", Kind::Bool),
     ("provider", "trusted_audiences", Kind::List),
+    ("provider", "token_endpoint_auth_method", Kind::Text),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),

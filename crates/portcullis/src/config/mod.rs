@@ -41,7 +41,7 @@ pub use env::{all_keys, env_name};
 pub use limits::LimitSettings;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
-pub use provider::{ClientSecret, ProviderSettings};
+pub use provider::{AuthMethodSetting, ClientSecret, ProviderSettings};
 pub use routes::RouteSettings;
 pub use session::SessionSettings;
 pub use spa::SpaSettings;
@@ -121,6 +121,7 @@ impl Config {
                 .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
             jwks_min_refetch: crate::provider::jwks::MIN_REFETCH_INTERVAL,
             trusted_audiences: self.provider.trusted_audiences.clone(),
+            auth_method: self.provider.token_endpoint_auth_method,
         }
     }
 

@@ -21,6 +21,34 @@ pub struct ProviderSettings {
     /// 3: "additional audiences trusted by the client"); then `azp` must be the client
     /// id. Empty: none (J07).
     pub trusted_audiences: Vec<String>,
+    /// How the client authenticates at the provider's token, refresh and revocation
+    /// endpoints (`provider.token_endpoint_auth_method`).
+    pub token_endpoint_auth_method: AuthMethodSetting,
+}
+
+/// `provider.token_endpoint_auth_method`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AuthMethodSetting {
+    /// Decided from the secret and the provider's metadata (a probe when it lists both
+    /// `client_secret_basic` and `client_secret_post`).
+    #[default]
+    Auto,
+    ClientSecretBasic,
+    ClientSecretPost,
+    /// A public client: PKCE only.
+    None,
+}
+
+impl AuthMethodSetting {
+    fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "auto" => Self::Auto,
+            "client_secret_basic" => Self::ClientSecretBasic,
+            "client_secret_post" => Self::ClientSecretPost,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
 }
 
 /// A client secret: never printed.
@@ -104,6 +132,7 @@ pub(super) struct RawProvider {
     allowed_algorithms: Option<Vec<String>>,
     assume_email_verified: Option<bool>,
     trusted_audiences: Option<Vec<String>>,
+    token_endpoint_auth_method: Option<String>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -165,11 +194,37 @@ impl RawProvider {
         {
             errors.push("`provider.trusted_audiences` must hold non-empty strings".into());
         }
+        let token_endpoint_auth_method = match self.token_endpoint_auth_method.as_deref() {
+            None => AuthMethodSetting::Auto,
+            Some(value) => match AuthMethodSetting::parse(value.trim()) {
+                Some(method) => method,
+                None => {
+                    errors.push(format!(
+                        "`provider.token_endpoint_auth_method`: `{value}` is none of auto, client_secret_basic, client_secret_post, none"
+                    ));
+                    AuthMethodSetting::Auto
+                }
+            },
+        };
+        match token_endpoint_auth_method {
+            AuthMethodSetting::ClientSecretBasic | AuthMethodSetting::ClientSecretPost
+                if !has_client_secret =>
+            {
+                errors.push(
+                    "`provider.token_endpoint_auth_method`: a client_secret method needs `client_secret` (PORTCULLIS_CLIENT_SECRET)".into(),
+                );
+            }
+            AuthMethodSetting::None if has_client_secret => errors.push(
+                "`provider.token_endpoint_auth_method = \"none\"` is a public client: leave `client_secret` unset".into(),
+            ),
+            _ => {}
+        }
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms,
             assume_email_verified: self.assume_email_verified.unwrap_or(false),
             trusted_audiences,
+            token_endpoint_auth_method,
         }
     }
 }
@@ -178,6 +233,31 @@ impl RawProvider {
 mod tests {
     use crate::config::Config;
     use crate::config::test_support::minimal;
+
+    #[test]
+    fn token_endpoint_auth_methods_read_and_fit_the_secret() {
+        use crate::config::AuthMethodSetting;
+        let with = |method: &str, secret: bool| {
+            let mut e = minimal();
+            e.push((
+                "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD".into(),
+                method.into(),
+            ));
+            if secret {
+                e.push(("PORTCULLIS_CLIENT_SECRET".into(), "s3cr+t/==".into()));
+            }
+            Config::load_from(None, e).map(|c| c.provider.token_endpoint_auth_method)
+        };
+        assert_eq!(
+            with("client_secret_post", true).unwrap(),
+            AuthMethodSetting::ClientSecretPost
+        );
+        assert_eq!(with("auto", false).unwrap(), AuthMethodSetting::Auto);
+        assert_eq!(with("none", false).unwrap(), AuthMethodSetting::None);
+        assert!(with("client_secret_basic", false).is_err());
+        assert!(with("none", true).is_err());
+        assert!(with("client_secret_jwt", true).is_err());
+    }
 
     #[test]
     fn reserved_authorize_params_cannot_be_overridden() {

@@ -14,6 +14,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 pub mod authorize;
+pub mod client_auth;
 pub mod discovery;
 pub mod http;
 pub mod id_token;
@@ -28,9 +29,9 @@ pub use id_token::{IdTokenClaims, IdTokenError};
 pub use token::TokenResponse;
 
 use crate::clock::UnixTime;
+use client_auth::{AutoAuth, ClientAuth};
 use http::ProviderHttp;
 use jwks::JwksCache;
-use token::ClientAuth;
 
 /// What can go wrong talking to the provider.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -203,6 +204,8 @@ pub struct ProviderSettings {
     pub jwks_min_refetch: Duration,
     /// Audiences an ID token may name besides the client id (then `azp` must be it).
     pub trusted_audiences: Vec<String>,
+    /// `provider.token_endpoint_auth_method`.
+    pub auth_method: crate::config::AuthMethodSetting,
 }
 
 /// Least time between two discovery attempts after a failure.
@@ -217,6 +220,8 @@ pub struct Provider {
     /// The last failed discovery attempt, for back-off.
     last_discovery: Mutex<Option<(Instant, ProviderError)>>,
     jwks: JwksCache,
+    /// How `auto` client authentication was decided.
+    auto_auth: AutoAuth,
 }
 
 impl Provider {
@@ -228,6 +233,7 @@ impl Provider {
             metadata: RwLock::new(None),
             last_discovery: Mutex::new(None),
             jwks,
+            auto_auth: AutoAuth::default(),
         }
     }
 
@@ -283,11 +289,48 @@ impl Provider {
         Ok(metadata)
     }
 
-    fn client_auth(&self) -> ClientAuth<'_> {
+    /// Where `auto` client authentication remembers what a probe found (the store).
+    pub fn remember_client_auth_in(&self, memory: Arc<dyn client_auth::AuthMemory>) {
+        self.auto_auth.remember_in(memory);
+    }
+
+    /// How the client authenticates at the token endpoint (see `client_auth`).
+    pub async fn client_auth(&self, metadata: &Metadata) -> ClientAuth<'_> {
+        let secret = self.settings.client_secret.as_deref().map(String::as_str);
+        let method = self
+            .auto_auth
+            .method(
+                self.settings.auth_method,
+                &self.http,
+                metadata,
+                &self.settings.issuer,
+                &self.settings.client_id,
+                secret,
+                &self.settings.redirect_uri,
+            )
+            .await;
         ClientAuth {
             client_id: &self.settings.client_id,
-            client_secret: self.settings.client_secret.as_deref().map(String::as_str),
+            client_secret: secret,
+            method,
         }
+    }
+
+    /// A call refused with `invalid_client` (or a 401): an `auto` decision is made
+    /// again later.
+    async fn after_refusal<T>(&self, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
+        if let Err(ProviderError::TokenRejected(e)) = &result
+            && (e == "invalid_client" || e == "http_401")
+        {
+            self.auto_auth
+                .forget(
+                    &self.settings.issuer,
+                    &self.settings.client_id,
+                    self.settings.client_secret.as_deref().map(String::as_str),
+                )
+                .await;
+        }
+        result
     }
 
     /// The scopes a login asks for: the configured ones, else [`default_scopes`].
@@ -339,27 +382,29 @@ impl Provider {
         redirect_uri: &str,
     ) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
-        token::exchange_code(
+        let answer = token::exchange_code(
             &self.http,
             &metadata.token_endpoint,
-            self.client_auth(),
+            self.client_auth(&metadata).await,
             code,
             verifier,
             redirect_uri,
         )
-        .await
+        .await;
+        self.after_refusal(answer).await
     }
 
     /// Uses a refresh token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
-        token::refresh(
+        let answer = token::refresh(
             &self.http,
             &metadata.token_endpoint,
-            self.client_auth(),
+            self.client_auth(&metadata).await,
             refresh_token,
         )
-        .await
+        .await;
+        self.after_refusal(answer).await
     }
 
     /// Revokes a refresh token when the provider offers RFC 7009; `Ok(false)` if not.
@@ -368,14 +413,14 @@ impl Provider {
         let Some(endpoint) = &metadata.revocation_endpoint else {
             return Ok(false);
         };
-        token::revoke(
-            &self.http,
-            endpoint,
-            self.client_auth(),
-            refresh_token,
-            "refresh_token",
-        )
-        .await?;
+        let mut auth = self.client_auth(&metadata).await;
+        auth.method = client_auth::at_endpoint(
+            auth.method,
+            metadata
+                .revocation_endpoint_auth_methods_supported
+                .as_deref(),
+        );
+        token::revoke(&self.http, endpoint, auth, refresh_token, "refresh_token").await?;
         Ok(true)
     }
 

@@ -1,6 +1,6 @@
-//! The token endpoint (RFC 6749 §4.1.3, §6) and revocation (RFC 7009). Client
-//! authentication is `client_secret_basic` when a secret is configured, else the public
-//! client sends its `client_id` and relies on PKCE.
+//! The token endpoint (RFC 6749 §4.1.3, §6) and revocation (RFC 7009), the client
+//! authenticated as `client_auth` decided (basic, post, or a public client's
+//! `client_id` with PKCE).
 
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -31,12 +31,7 @@ impl std::fmt::Debug for TokenResponse {
     }
 }
 
-/// How the client authenticates at the token endpoint.
-#[derive(Clone, Copy)]
-pub struct ClientAuth<'a> {
-    pub client_id: &'a str,
-    pub client_secret: Option<&'a str>,
-}
+pub use super::client_auth::ClientAuth;
 
 /// A number, or a string holding one (some providers send `"3600"`).
 fn seconds(v: Option<&Value>) -> Option<i64> {
@@ -62,13 +57,7 @@ async fn token_request(
     auth: ClientAuth<'_>,
     mut form: Vec<(&str, &str)>,
 ) -> Result<TokenResponse, ProviderError> {
-    let basic = match auth.client_secret {
-        Some(secret) => Some((auth.client_id, secret)),
-        None => {
-            form.push(("client_id", auth.client_id));
-            None
-        }
-    };
+    let basic = auth.apply(&mut form);
     let answer = http
         .post_form("token", endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
         .await?;
@@ -143,13 +132,7 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), ProviderError> {
     let mut form = vec![("token", token), ("token_type_hint", hint)];
-    let basic = match auth.client_secret {
-        Some(secret) => Some((auth.client_id, secret)),
-        None => {
-            form.push(("client_id", auth.client_id));
-            None
-        }
-    };
+    let basic = auth.apply(&mut form);
     let answer = http
         .post_form(
             "revocation",

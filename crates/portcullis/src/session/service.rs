@@ -66,6 +66,7 @@ impl Sessions {
             0 => store,
             entries => CachedStore::new(store, entries, config.session.cache_mb),
         };
+        provider.remember_client_auth_in(Arc::new(StoreMemory(store.clone())));
         Self {
             provider,
             store,
@@ -311,5 +312,35 @@ impl SecurityEvents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// `auto` client authentication remembers what a probe found in the store, so that
+/// every instance probes once per secret.
+#[derive(Debug)]
+struct StoreMemory(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl crate::provider::client_auth::AuthMemory for StoreMemory {
+    async fn recall(&self, key: &str) -> Option<String> {
+        match self.0.get_setting(key).await {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the client authentication method from the store");
+                None
+            }
+        }
+    }
+
+    async fn remember(&self, key: &str, method: &str) {
+        if let Err(e) = self.0.put_setting(key, method).await {
+            tracing::warn!(error = %e, "could not keep the client authentication method in the store");
+        }
+    }
+
+    async fn forget(&self, key: &str) {
+        if let Err(e) = self.0.delete_setting(key).await {
+            tracing::warn!(error = %e, "could not forget the client authentication method in the store");
+        }
     }
 }
