@@ -162,7 +162,6 @@ mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads
 mutate $S/http/decision.rs 'if matches!(view.method, Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
 mutate $S/http/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
-mutate $S/http/guard.rs '        if forwarded_path != req.uri().path() {' '        if false {' one_decision g11_the_table_at_the_in_process
 mutate $S/http/proxy.rs '.filter(|c| c.forwarded_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
 mutate $S/http/proxy.rs '                &normalized
 ' '                uri.path()
@@ -291,12 +290,17 @@ mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET
 mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
         || headers.contains_key(header::SEC_WEBSOCKET_VERSION)' '' front_proxies nginx::websockets_pass
 mutate $S/http/request.rs '            .any(|o| super::headers::canonical_is(name.as_str(), o))' '            .any(|o| name.as_str() == *o)' $O $OT
-mutate $S/http/request.rs '            if key.eq_ignore_ascii_case("_method") {' '            if false {' $O $OT
+mutate $S/http/request.rs '            if is_method_key(&key) {' '            if false {' $O $OT
+mutate $S/http/decision.rs '            Target::Path { normal: false, .. } if view.door == Door::Layer => {' '            Target::Path { normal: false, .. } if false => {' $O $OT
 mutate $S/http/decision.rs '        changes_state(&self.method)
             || self' '        changes_state(&self.method)
             || false && self' $O $OT
 mutate $S/http/headers.rs '                || is_routing_header(n)
 ' '' $G p04_g05
+mutate $S/http/headers.rs '(!peer_trusted || odd_spelling(n))' '!peer_trusted' $G p04_g05
+mutate $S/http/headers.rs '(!peer_trusted || odd_spelling(n))' '!peer_trusted' lib g05_forwarding_headers_in_odd
+mutate $S/http/proxy.rs '            h.remove(name);' '            let _ = name;' $G p04_g05
+mutate $S/http/request.rs '                        !k.is_ascii_alphanumeric()' "                        k == '_'" lib g04_overrides
 mutate $S/http/proxy.rs '                Some(v) => h.insert(name, v.clone()),' '                Some(v) if !h.contains_key(&name) => h.insert(name, v.clone()),
                 Some(_) => None,' $G p04_g05
 mutate docs/forward-auth.md '        proxy_set_header X-Rewrite-URL "";

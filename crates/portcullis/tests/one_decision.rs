@@ -52,9 +52,11 @@ enum Door {
 }
 
 impl Door {
-    /// Forward-auth: the app gets the client's raw target, so only normal form passes.
+    /// Only normal form passes: forward-auth, where the app gets the client's raw
+    /// target, and the layer, which runs after axum has routed on the raw path. The
+    /// reverse proxy normalises and forwards the decided path.
     fn is_strict(self) -> bool {
-        !matches!(self, Door::ReverseProxy | Door::Layer)
+        self != Door::ReverseProxy
     }
 
     fn is_front_proxy(self) -> bool {
@@ -62,7 +64,10 @@ impl Door {
     }
 
     fn asks_verify_directly(self) -> bool {
-        self.is_strict() && !self.is_front_proxy()
+        matches!(
+            self,
+            Door::VerifyOriginalUri | Door::VerifyForwardedUri | Door::VerifyOriginalUrl
+        )
     }
 }
 
@@ -93,9 +98,9 @@ struct Case {
     target: &'static str,
     /// `{own}` stands for the public origin.
     headers: &'static [(&'static str, &'static str)],
-    /// At the reverse proxy and the layer (which normalise).
+    /// At the reverse proxy (which normalises).
     normalising: Outcome,
-    /// At forward-auth (which refuses what is not in normal form).
+    /// At forward-auth and the layer (which refuse what is not in normal form).
     strict: Outcome,
     /// Behind nginx and Caddy, when they change the request first (both drop header
     /// names with `_`, before the gateway and the app see them).
@@ -509,19 +514,25 @@ async fn layered_app(gw: &TestGateway) -> (String, Arc<AtomicUsize>) {
     use axum::routing::any;
     use portcullis::http::guard::GuardLayer;
     let calls = Arc::new(AtomicUsize::new(0));
-    let record = {
+    // Each route says which handler axum chose: the one the decided path names.
+    let record = |handler: &'static str| {
         let calls = calls.clone();
         move |req: axum::extract::Request| {
             let calls = calls.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                axum::Json(received(&req))
+                let mut v = received(&req);
+                v["handler"] = handler.into();
+                axum::Json(v)
             }
         }
     };
     let app = axum::Router::new()
-        .route("/", any(record.clone()))
-        .route("/{*rest}", any(record))
+        .route("/", any(record("any")))
+        .route("/admin/{*rest}", any(record("admin")))
+        .route("/public/{*rest}", any(record("public")))
+        .route("/staff/{*rest}", any(record("staff")))
+        .route("/{*rest}", any(record("any")))
         .layer(GuardLayer::new(gw.gateway.clone()))
         .merge(portcullis::http::auth_routes(gw.gateway.clone()));
     let base = serve_app(app).await;
@@ -658,6 +669,14 @@ async fn run_table(entrance: &Entrance) -> Vec<String> {
                     "{what}: the app received {uri}"
                 );
                 assert_eq!(query, decided_query, "{what}");
+                // The layer's app routed by itself: on the decided path's handler.
+                if door == Door::Layer {
+                    let handler = ["admin", "public", "staff"]
+                        .into_iter()
+                        .find(|h| decided_path.starts_with(&format!("/{h}/")))
+                        .unwrap_or("any");
+                    assert_eq!(v["handler"], handler, "{what}: {uri}");
+                }
                 // G04: no method signal the decision did not judge (here: the names
                 // with `_` the front proxies drop before the gateway sees them).
                 for (name, _) in case.headers.iter().filter(|(n, _)| n.contains("method")) {

@@ -9,7 +9,8 @@
 //! 1. TRACE and CONNECT: 405 (TRACE echoes cookies; CONNECT would make a tunnel).
 //! 2. The target: a path no two readers agree on → 400 `ambiguous_path` (P03); at
 //!    forward-auth, which cannot rewrite what the front proxy forwards, any target not
-//!    in normal form → 400 `bad_original_request` (G01).
+//!    in normal form → 400 `bad_original_request` (G01); at the embeddable layer, which
+//!    runs after axum has routed on the raw path, → 400 `ambiguous_path`.
 //! 3. Forward-auth from a peer outside `proxy.trusted_proxies` that names an original
 //!    request → 403 `untrusted_forwarder` (G03).
 //! 4. The gateway's own paths (under the prefix, any case) → 404 (D03).
@@ -366,6 +367,15 @@ impl Decider {
         }
         let forward_auth = view.door == Door::ForwardAuth;
         match &view.target {
+            // The embeddable layer runs after axum has routed on the raw path (a
+            // `Router::layer` wraps each route): it cannot hand the app another path,
+            // so, like forward-auth, it decides only on paths every reader reads alike.
+            Target::Path { normal: false, .. } if view.door == Door::Layer => {
+                Some(HttpError::bad_request(
+                    "ambiguous_path",
+                    "This address is not in normal form (dot or empty segments, `;`, `\\`, or an escaped `/ \\ ; . %`).",
+                ))
+            }
             Target::Unreadable(e) if forward_auth => Some(bad_original_request(&format!(
                 "The original address cannot be served: {e}."
             ))),

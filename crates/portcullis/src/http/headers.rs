@@ -151,15 +151,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Removes every client-sent identity header and routing header (G05), and the other
-/// forwarding headers unless the peer is trusted.
+/// forwarding headers unless the peer is trusted — and even from a trusted peer when
+/// spelled otherwise than a proxy writes them (`X_Forwarded_Host`, `x.forwarded.proto`:
+/// CGI, Rack and WSGI read those as the real ones, and proxies pass them on).
 pub fn remove_client_claims(headers: &mut HeaderMap, peer_trusted: bool) {
+    let odd_spelling = |n: &str| n.bytes().any(|b| b != b'-' && !b.is_ascii_alphanumeric());
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| {
             let n = n.as_str();
             is_identity_header(n)
                 || is_routing_header(n)
-                || (!peer_trusted && is_forwarding_header(n))
+                || (is_forwarding_header(n) && (!peer_trusted || odd_spelling(n)))
         })
         .cloned()
         .collect();
@@ -389,6 +392,21 @@ mod tests {
         h.append("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         remove_client_claims(&mut h, true);
         assert!(h.get("x-forwarded-for").is_some() && h.get("x-real-ip").is_some());
+    }
+
+    #[test]
+    fn g05_forwarding_headers_in_odd_spellings_never_pass() {
+        let mut h = HeaderMap::new();
+        for name in ["x_forwarded_host", "x.forwarded.proto", "x_real_ip"] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        remove_client_claims(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.get("x-forwarded-for").is_some());
     }
 
     #[test]

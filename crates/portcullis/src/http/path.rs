@@ -124,6 +124,7 @@ pub fn is_normal_form(raw: &str) -> bool {
             b'%' => {
                 let decoded = bytes
                     .get(i + 1..i + 3)
+                    .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|hex| std::str::from_utf8(hex).ok())
                     .and_then(|hex| u8::from_str_radix(hex, 16).ok());
                 match decoded {
@@ -464,6 +465,7 @@ mod tests {
             "/a%25",
             "/a%2",
             "/a%zz",
+            "/a%+5",
         ] {
             assert!(!is_normal_form(bad), "{bad:?}");
         }
@@ -503,7 +505,7 @@ mod tests {
         /// G01: a path in normal form is read the same by everyone: normalising it
         /// only decodes its escapes (nothing is resolved, dropped or merged).
         #[test]
-        fn a_normal_form_path_normalises_to_its_own_decoding(s in "/[a-zA-Z./;%2eE5cCfF0-9]{0,40}") {
+        fn a_normal_form_path_normalises_to_its_own_decoding(s in "/[a-zA-Z./;%2eE5cCfF0-9+]{0,40}") {
             if is_normal_form(&s) {
                 match String::from_utf8(crate::percent::decode_once(&s)) {
                     Ok(decoded) if !decoded.chars().any(char::is_control) => {

@@ -79,6 +79,13 @@ pub struct Upstream {
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Headers that name the request's scheme besides `X-Forwarded-Proto`.
+const SCHEME_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
+];
 
 impl Upstream {
     /// `base` must be an `http://` URL (TLS to the upstream is not supported yet).
@@ -337,6 +344,10 @@ impl Upstream {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert(X_FORWARDED_FOR, v);
             }
+        }
+        // Other names for the scheme (Rack, Django, IIS read them) would contradict it.
+        for name in SCHEME_HEADERS {
+            h.remove(name);
         }
         for (name, value) in [
             (X_FORWARDED_PROTO, &self.forwarded_proto),

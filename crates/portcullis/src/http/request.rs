@@ -77,8 +77,21 @@ pub fn method_overrides(headers: &HeaderMap, query: Option<&str>) -> Vec<Option<
         }
     }
     if let Some(query) = query.filter(|q| !q.is_empty()) {
+        // PHP reads `.`, ` ` and `[` in a parameter name as `_` (`?.method=` is
+        // `_method` to Laravel and Symfony): any character but a letter or digit counts
+        // as `_`, and case is ignored.
+        let is_method_key = |key: &str| {
+            key.len() == 7
+                && key.chars().zip("_method".chars()).all(|(k, m)| {
+                    if m == '_' {
+                        !k.is_ascii_alphanumeric()
+                    } else {
+                        k.eq_ignore_ascii_case(&m)
+                    }
+                })
+        };
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            if key.eq_ignore_ascii_case("_method") {
+            if is_method_key(&key) {
                 found.push(as_method(value.as_bytes()));
             }
         }
@@ -163,7 +176,10 @@ mod tests {
             ("x-http-method", "not a method"),
             ("x-http-methods", "POST"),
         ]);
-        let found = method_overrides(&headers, Some("a=1&_method=DELETE&%5Fmethod=put"));
+        let found = method_overrides(
+            &headers,
+            Some("a=1&_method=DELETE&%5Fmethod=put&.method=get&+METHOD=post"),
+        );
         assert_eq!(
             found,
             [
@@ -173,6 +189,8 @@ mod tests {
                 None,
                 Some(Method::DELETE),
                 Some(Method::PUT),
+                Some(Method::GET),
+                Some(Method::POST),
             ]
         );
         assert!(method_overrides(&h(&[]), Some("method=DELETE&x_method=1")).is_empty());
