@@ -367,7 +367,9 @@ fn keys_prune(file: Option<PathBuf>, delete: bool) -> ExitCode {
     init_plain_logging("warn");
     run_async("portcullis keys prune", async move {
         let gateway = Gateway::start(config).await?;
-        let keys = gateway.sessions().prune_signing_keys(delete).await?;
+        let Some(keys) = gateway.sessions().prune_signing_keys(delete).await? else {
+            return Err("the store holds a signing key newer than any this key ring opens: this is not the secret the running instances use, so nothing is pruned (use their secret)".into());
+        };
         if keys.is_empty() {
             println!("every signing key in the store opens with this key ring: nothing to prune");
         }

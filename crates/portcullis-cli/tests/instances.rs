@@ -209,6 +209,36 @@ impl Cluster {
         self.spawn_with(port, &[]).await
     }
 
+    /// Starts one more `portcullis serve` with some settings of its own, without
+    /// waiting for it to be ready (only for it to answer `/healthz`).
+    async fn spawn_unready(&self, port: u16, settings: &[(&str, &str)]) -> Instance {
+        let child = portcullis()
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(settings.iter().copied())
+            .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let instance = Instance {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(instance.at("/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "instance on {port} not up in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        instance
+    }
+
     /// [`Cluster::spawn`] with some settings of its own.
     async fn spawn_with(&self, port: u16, settings: &[(&str, &str)]) -> Instance {
         let mut cmd = portcullis();
@@ -1327,10 +1357,13 @@ async fn store_copy_from_sqlite_keeps_cookies_and_user_ids(target: String) {
 // ---------------------------------------------------------------------------
 // G08: a new secret on a used store, with an instance still on the old one.
 
-/// One instance on ring A, one on ring B (the step after a leak, half done), under
-/// traffic with refreshes due: each serves its own users, signs the other's out and
-/// deletes nothing of theirs; the one on the old ring is stale (`/readyz` 503); once it
-/// is stopped, `keys prune` removes only the key ring B cannot open.
+/// A new secret on a used store: instance A (ring A) is stopped and B starts on ring B
+/// alone — its emergency key makes it ready. Then A comes back on the old ring (a
+/// forgotten instance) while B runs: under traffic with refreshes due, each serves its
+/// own users, signs the other's out and deletes nothing of theirs, and A is stale
+/// (`/readyz` 503). An instance on a third ring (a mistyped secret) started while B runs
+/// makes no key of its own and stays unready: it must not take B out. Once A is gone,
+/// `keys prune` removes only the key ring B cannot open, and refuses on a stale ring.
 async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store: String) {
     let Some(mut c) = Cluster::start(
         store,
@@ -1347,11 +1380,21 @@ async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store:
     let alice = Browser::new();
     c.sign_in(&alice, "alice").await;
     assert_eq!(api(&c.instances[0], &alice, "/whoami").await.status, 200);
-
-    let ring_b =
-        base64::engine::general_purpose::STANDARD.encode(portcullis::random::random_bytes::<32>());
+    let ring_a = c
+        .env
+        .iter()
+        .find(|(k, _)| k == "PORTCULLIS_SECRET")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let secret = || {
+        base64::engine::general_purpose::STANDARD.encode(portcullis::random::random_bytes::<32>())
+    };
+    let (ring_b, ring_c) = (secret(), secret());
     let b_url = format!("http://127.0.0.1:{}", c.spare);
-    // Ready only once it signs with a key of its own (its readiness makes it).
+
+    c.instances[0].kill().await;
+    // Ready once it signs with a key of its own: its readiness makes the emergency key
+    // once no instance on another ring has been heard for a few seconds.
     let b = c
         .spawn_with(
             c.spare,
@@ -1361,7 +1404,7 @@ async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store:
             ],
         )
         .await;
-    let a = &c.instances[0];
+    let a = c.spawn_unready(free_port(), &[]).await;
     let stale = reqwest::get(a.at("/readyz")).await.unwrap();
     assert_eq!(stale.status(), 503);
     assert_eq!(stale.json::<Value>().await.unwrap()["key_ring"], false);
@@ -1382,10 +1425,10 @@ async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store:
     let until = Instant::now() + Duration::from_secs(9);
     while Instant::now() < until {
         let (on_a, on_b, bob_b, bob_a) = tokio::join!(
-            api(a, &alice, "/whoami"),
+            api(&a, &alice, "/whoami"),
             api(&b, &alice, "/whoami"),
             api(&b, &bob, "/whoami"),
-            api(a, &bob, "/whoami"),
+            api(&a, &bob, "/whoami"),
         );
         assert_eq!(on_a.status, 200, "alice on her ring: {}", on_a.body);
         assert_eq!(bob_b.status, 200, "bob on his ring: {}", bob_b.body);
@@ -1401,19 +1444,42 @@ async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store:
         "both refreshed, twice or more"
     );
 
-    // Prune with ring B once the stale instance is gone: only the key B cannot open.
-    c.instances[0].kill().await;
-    let prune = |yes: bool| {
+    // A mistyped secret while B runs: no key of its own, unready; B stays ready.
+    let keys_before = keys_in_store(&c, &ring_b).await;
+    let typo = c
+        .spawn_unready(free_port(), &[("PORTCULLIS_SECRET", &ring_c)])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        assert_eq!(
+            reqwest::get(typo.at("/readyz")).await.unwrap().status(),
+            503
+        );
+        assert_eq!(reqwest::get(b.at("/readyz")).await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        keys_in_store(&c, &ring_b).await,
+        keys_before,
+        "no key of its own"
+    );
+    drop(typo);
+    drop(a);
+
+    // Prune: refused on the stale ring A; with ring B, only the key B cannot open.
+    let prune = |secret: &str, yes: bool| {
         let mut cmd = portcullis();
         cmd.args(["keys", "prune"])
             .envs(c.env.iter().map(|(k, v)| (k, v)))
-            .env("PORTCULLIS_SECRET", &ring_b);
+            .env("PORTCULLIS_SECRET", secret);
         if yes {
             cmd.arg("--yes");
         }
         cmd.output()
     };
-    let out = prune(true).await.unwrap();
+    let refused = prune(&ring_a, true).await.unwrap();
+    assert!(!refused.status.success(), "a stale ring prunes nothing");
+    let out = prune(&ring_b, true).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
@@ -1421,9 +1487,21 @@ async fn g08_two_key_rings_on_one_store_never_delete_each_others_sessions(store:
         text.starts_with("removed signing key ") && text.contains("(generation 1,"),
         "{text}"
     );
-    let again = prune(false).await.unwrap();
+    let again = prune(&ring_b, false).await.unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to prune"));
     assert_eq!(api(&b, &bob, "/whoami").await.status, 200);
+}
+
+/// What `keys prune` (without `--yes`) says of the store's signing keys for `secret`.
+async fn keys_in_store(c: &Cluster, secret: &str) -> String {
+    let out = portcullis()
+        .args(["keys", "prune"])
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .env("PORTCULLIS_SECRET", secret)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 // ---------------------------------------------------------------------------

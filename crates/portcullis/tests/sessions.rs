@@ -1100,7 +1100,22 @@ async fn g08_a_new_secret_on_a_used_store_signs_in_again_and_asserts_at_once() {
     assert_eq!(current.status, 200, "{}", current.body);
 
     // Prune: only the key ring B cannot open.
-    let pruned = b.gateway.sessions().prune_signing_keys(true).await.unwrap();
+    assert!(
+        h.gw.gateway
+            .sessions()
+            .prune_signing_keys(true)
+            .await
+            .unwrap()
+            .is_none(),
+        "the stale ring prunes nothing"
+    );
+    let pruned = b
+        .gateway
+        .sessions()
+        .prune_signing_keys(true)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(pruned.iter().map(|k| k.generation).collect::<Vec<_>>(), [1]);
     let left = b.gateway.store().signing_keys().await.unwrap();
     assert_eq!(left, keys[1..]);

@@ -181,6 +181,26 @@ impl Assertions {
             // gone with the old secret, and verifiers fetch `jwks.json` again when they
             // meet an unknown `kid`.
             let next = records.last().map_or(1, |r| r.generation + 1);
+            // Not while an instance on another key ring is running (heard on the change
+            // feed): that is a misconfigured instance (a mistyped secret, another
+            // deployment on this store), not a replaced secret, and an emergency key
+            // would take every other instance out of the load balancer. This one stays
+            // unready instead. Nor before the feed could have heard one.
+            if next > 1 {
+                match store.feed().another_ring_is_running() {
+                    Some(false) => {}
+                    Some(true) => {
+                        return Err(AssertionError::Key(
+                            "no signing key in the store opens with this key ring, and an instance with another key ring is running: this instance stays out of service (give it the same secret, or stop the others first: docs/deployment.md, \"If the secret leaked\")".into(),
+                        ));
+                    }
+                    None => {
+                        return Err(AssertionError::Key(
+                            "no signing key in the store opens with this key ring; an emergency key is made once no instance with another key ring has been heard for a few seconds".into(),
+                        ));
+                    }
+                }
+            }
             let mut key = new_key(next, ring, now)?;
             if next > 1 {
                 key.created_at = now - ACTIVATION;

@@ -718,6 +718,7 @@ mod tests {
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
             sent_ms: feed.now_ms(),
+            ring: None,
         });
     }
 

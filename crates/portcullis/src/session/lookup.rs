@@ -305,6 +305,7 @@ mod tests {
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
             sent_ms: feed.now_ms(),
+            ring: None,
         });
         // The cache is in use once its listener applied the heartbeat.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);

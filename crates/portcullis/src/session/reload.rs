@@ -89,6 +89,7 @@ impl Sessions {
             needs_restart: needs_restart(&self.config, new),
         };
         if let Some(keys) = keys {
+            self.store.feed().set_ring(keys.sealing_id());
             self.keys.store(keys);
         }
         self.access.store(new.access.clone());

@@ -72,6 +72,11 @@ impl KeyRing {
         self.keys.is_empty()
     }
 
+    /// The sealing key's public id (what this ring seals under; names it in heartbeats).
+    pub fn sealing_id(&self) -> &str {
+        self.keys.first().map_or("", |k| k.id.as_str())
+    }
+
     /// Whether `other`'s sealing key (its first) is in this ring: what it sealed opens.
     pub fn opens_what_is_sealed_by(&self, other: &KeyRing) -> bool {
         other

@@ -67,6 +67,9 @@ impl Sessions {
             entries => CachedStore::new(store, entries, config.session.cache_mb),
         };
         provider.remember_client_auth_in(Arc::new(StoreMemory(store.clone())));
+        // G08: heartbeats name this instance's key ring, so that an instance on another
+        // ring knows it is not alone.
+        store.feed().set_ring(keys.sealing_id());
         Self {
             provider,
             store,
@@ -259,13 +262,18 @@ impl Sessions {
     }
 
     /// `portcullis keys prune`: the stored signing keys no entry of this key ring opens;
-    /// with `delete`, they are removed.
+    /// with `delete`, they are removed. Refused (`Ok(None)`) on a stale ring: a newer key
+    /// than any it opens is in the store, which a running instance on another ring signs
+    /// with (pruning with the wrong secret would take that key away).
     pub async fn prune_signing_keys(
         &self,
         delete: bool,
-    ) -> Result<Vec<crate::store::SigningKeyRecord>, StoreError> {
+    ) -> Result<Option<Vec<crate::store::SigningKeyRecord>>, StoreError> {
         let records = self.store.signing_keys().await?;
         let ring = self.keys();
+        if super::assertion::stale_ring(&records, &ring) {
+            return Ok(None);
+        }
         let unreadable: Vec<crate::store::SigningKeyRecord> =
             super::assertion::unreadable_keys(&records, &ring)
                 .into_iter()
@@ -276,7 +284,7 @@ impl Sessions {
                 self.store.delete_signing_key(key.generation).await?;
             }
         }
-        Ok(unreadable)
+        Ok(Some(unreadable))
     }
 
     /// `portcullis keys rotate`: adds the next signing key (see `session::assertion`).

@@ -26,6 +26,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 /// The feed is live only while its last heartbeat came back within this.
 pub const LIVE_WITHIN: Duration = Duration::from_secs(1);
 
+/// Another instance's key ring counts as running while its heartbeats came within this.
+pub const RINGS_HEARD_WITHIN: Duration = Duration::from_secs(3);
+
 /// Messages a slow subscriber may fall behind before it is told to reset.
 const BACKLOG: usize = 4096;
 
@@ -62,6 +65,8 @@ pub(crate) enum WireMessage {
     Heartbeat {
         origin: String,
         sent_ms: u64,
+        /// The sending instance's key ring (its sealing key's public id), when it says.
+        ring: Option<String>,
     },
 }
 
@@ -89,13 +94,18 @@ impl WireMessage {
             "h" => Some(Self::Heartbeat {
                 origin: words.next()?.to_owned(),
                 sent_ms: words.next()?.parse().ok()?,
+                ring: words.next().map(str::to_owned),
             }),
             _ => None,
         }
     }
 
-    pub(crate) fn heartbeat(origin: &str, sent_ms: u64) -> String {
-        format!("h {origin} {sent_ms}")
+    pub(crate) fn heartbeat(origin: &str, sent_ms: u64, ring: &str) -> String {
+        if ring.is_empty() {
+            format!("h {origin} {sent_ms}")
+        } else {
+            format!("h {origin} {sent_ms} {ring}")
+        }
     }
 }
 
@@ -131,6 +141,12 @@ struct Inner {
     /// How often the feed came back to life after not being live: what was withheld
     /// meanwhile may not have been processed yet, so a cache starts over.
     revivals: AtomicU64,
+    /// When (feed clock) the first of our own heartbeats came back; 0: never.
+    first_live_ms: AtomicU64,
+    /// This instance's key ring, as its heartbeats name it (G08).
+    ring: std::sync::RwLock<String>,
+    /// Other instances' key rings and when (feed clock) a heartbeat last named them.
+    rings_heard: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl ChangeFeed {
@@ -145,6 +161,9 @@ impl ChangeFeed {
                 last_heartbeat_ms: AtomicU64::new(0),
                 always_live: AtomicBool::new(false),
                 revivals: AtomicU64::new(0),
+                first_live_ms: AtomicU64::new(0),
+                ring: std::sync::RwLock::new(String::new()),
+                rings_heard: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -202,7 +221,8 @@ impl ChangeFeed {
 
     /// A heartbeat to send now, in wire form.
     pub(crate) fn heartbeat_text(&self) -> String {
-        WireMessage::heartbeat(&self.inner.origin, self.elapsed_ms())
+        let ring = self.inner.ring.read().unwrap_or_else(|p| p.into_inner());
+        WireMessage::heartbeat(&self.inner.origin, self.elapsed_ms(), &ring)
     }
 
     pub(crate) fn publish(&self, event: FeedEvent) {
@@ -216,8 +236,26 @@ impl ChangeFeed {
             WireMessage::Changed(change) => self.publish(FeedEvent::Changed(change)),
             WireMessage::UserChanged(user) => self.publish(FeedEvent::UserChanged(user)),
             WireMessage::AllEnded => self.publish(FeedEvent::Reset),
-            WireMessage::Heartbeat { origin, sent_ms } => {
-                if origin == self.inner.origin {
+            WireMessage::Heartbeat {
+                origin,
+                sent_ms,
+                ring,
+            } => {
+                if origin != self.inner.origin {
+                    if let Some(ring) = ring {
+                        self.heard_ring(ring);
+                    }
+                    return;
+                }
+                {
+                    let _ = self.inner.first_live_ms.compare_exchange(
+                        0,
+                        self.elapsed_ms(),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                {
                     let was_live = self.is_live();
                     self.inner
                         .last_heartbeat_ms
@@ -229,6 +267,59 @@ impl ChangeFeed {
                 }
             }
         }
+    }
+
+    /// Says which key ring this instance's heartbeats name (the sealing key's public id).
+    pub(crate) fn set_ring(&self, ring: &str) {
+        *self.inner.ring.write().unwrap_or_else(|p| p.into_inner()) = ring.to_owned();
+    }
+
+    fn heard_ring(&self, ring: String) {
+        let now = self.elapsed_ms();
+        let mut heard = self
+            .inner
+            .rings_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if heard.len() >= 64 && !heard.contains_key(&ring) {
+            heard.retain(|_, at| now.saturating_sub(*at) < RINGS_HEARD_WITHIN.as_millis() as u64);
+            if heard.len() >= 64 {
+                return;
+            }
+        }
+        heard.insert(ring, now);
+    }
+
+    /// G08: whether another instance on this store runs with a key ring other than
+    /// this one's (its heartbeats named one within [`RINGS_HEARD_WITHIN`]). `None` while
+    /// the feed has not been live for that long (no one could have been heard yet).
+    /// In-process feeds (SQLite) hear no other instance: `Some(false)`.
+    pub fn another_ring_is_running(&self) -> Option<bool> {
+        if !self.is_measured() {
+            return Some(false);
+        }
+        let now = self.elapsed_ms();
+        let window = RINGS_HEARD_WITHIN.as_millis() as u64;
+        let first = self.inner.first_live_ms.load(Ordering::Acquire);
+        if first == 0 || now.saturating_sub(first) < window || !self.is_live() {
+            return None;
+        }
+        let own = self
+            .inner
+            .ring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let heard = self
+            .inner
+            .rings_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(
+            heard
+                .iter()
+                .any(|(ring, at)| *ring != own && now.saturating_sub(*at) < window),
+        )
     }
 
     /// Delivers a raw text message; unknown text is a sign of something we do not
@@ -318,10 +409,19 @@ mod tests {
             Some(WireMessage::UserChanged(family))
         );
         assert_eq!(
-            WireMessage::parse(&WireMessage::heartbeat("me", 42)),
+            WireMessage::parse(&WireMessage::heartbeat("me", 42, "")),
             Some(WireMessage::Heartbeat {
                 origin: "me".into(),
-                sent_ms: 42
+                sent_ms: 42,
+                ring: None,
+            })
+        );
+        assert_eq!(
+            WireMessage::parse(&WireMessage::heartbeat("me", 42, "ab12cd34")),
+            Some(WireMessage::Heartbeat {
+                origin: "me".into(),
+                sent_ms: 42,
+                ring: Some("ab12cd34".into()),
             })
         );
         for bad in ["", "x", "s", "s not-a-uuid", "h", "h me", "h me soon"] {
@@ -336,6 +436,7 @@ mod tests {
         feed.deliver(WireMessage::Heartbeat {
             origin: "someone-else".into(),
             sent_ms: feed.now_ms(),
+            ring: None,
         });
         assert!(!feed.is_live());
         // Our own, but sent over a second ago (a backlog): not live either.
@@ -343,6 +444,7 @@ mod tests {
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
             sent_ms: 1,
+            ring: None,
         });
         assert!(
             !feed.is_live(),
@@ -351,6 +453,7 @@ mod tests {
         feed.deliver(WireMessage::Heartbeat {
             origin: feed.origin().to_owned(),
             sent_ms: feed.now_ms(),
+            ring: None,
         });
         assert!(feed.is_live());
         let mut sub = feed.subscribe();

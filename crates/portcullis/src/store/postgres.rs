@@ -256,6 +256,7 @@ struct Queries {
     prefix: String,
     channel: String,
     upsert_user: String,
+    user_profile_for_update: String,
     get_user: String,
     list_users: String,
     import_user: String,
@@ -324,17 +325,15 @@ impl Queries {
         Self {
             prefix: prefix.to_owned(),
             channel: format!("{prefix}_feed"),
-            // G09: a changed profile is announced (`u <id>`) in the same statement.
             upsert_user: t(
-                "WITH old AS (SELECT id, email, name FROM {p}_users WHERE issuer = $2 AND subject = $3), \
-                 up AS (INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
+                "INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6) \
                  ON CONFLICT (issuer, subject) DO UPDATE SET \
                  email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
-                 RETURNING {user_columns}), \
-                 announced AS (SELECT pg_notify('{p}_feed', 'u ' || up.id) FROM up JOIN old ON old.id = up.id \
-                 WHERE old.email IS DISTINCT FROM up.email OR old.name IS DISTINCT FROM up.name) \
-                 SELECT {user_columns}, (SELECT count(*) FROM announced) AS announced FROM up",
+                 RETURNING {user_columns}",
+            ),
+            user_profile_for_update: t(
+                "SELECT email, name FROM {p}_users WHERE issuer = $1 AND subject = $2 FOR UPDATE",
             ),
             get_user: t("SELECT {user_columns} FROM {p}_users WHERE id = $1"),
             list_users: t(
@@ -584,6 +583,18 @@ impl Store for PostgresStore {
         now: UnixTime,
     ) -> StoreResult<User> {
         timed(async {
+            // G09: the profile as it was, locked until the upsert commits (so that two
+            // sign-ins at once compare against what the other wrote), and the change
+            // announced (`u <id>`) in the same transaction.
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let before: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                sqlx::AssertSqlSafe(self.sql.user_profile_for_update.as_str()),
+            )
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
             let row = q(&self.sql.upsert_user)
                 .bind(crate::session::new_uuid().to_string())
                 .bind(issuer)
@@ -591,10 +602,20 @@ impl Store for PostgresStore {
                 .bind(&profile.email)
                 .bind(&profile.name)
                 .bind(now)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            user_from_row(&row, "")
+            let user = user_from_row(&row, "")?;
+            if before.is_some_and(|(email, name)| email != user.email || name != user.name) {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&self.sql.channel)
+                    .bind(format!("u {}", user.id))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(user)
         })
         .await
     }
