@@ -105,9 +105,14 @@ impl Endpoint {
 }
 
 /// A token bucket per key (a client address, a user name), the table bounded: while it
-/// holds [`MAX_CLIENTS`] keys, new keys share one bucket until [`KeyedLimiter::upkeep`]
-/// (run by a task of its own, every [`UPKEEP_EVERY`]) forgets the idle ones.
-pub struct KeyedLimiter<K: Hash + Eq + Clone>(DefaultKeyedRateLimiter<Option<K>>);
+/// holds [`MAX_CLIENTS`] keys, every request shares one bucket until
+/// [`KeyedLimiter::upkeep`] (run by a task of its own, every [`UPKEEP_EVERY`]) forgets
+/// the idle ones — or, without that task, the request that finds the table full does.
+pub struct KeyedLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<Option<K>>,
+    /// A task prunes the table: the request path never does.
+    upkept: std::sync::atomic::AtomicBool,
+}
 
 impl<K: Hash + Eq + Clone> std::fmt::Debug for KeyedLimiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,14 +124,21 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// `n` a minute per key, all `n` at once at most.
     pub fn per_minute(n: u32) -> Self {
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
-        Self(RateLimiter::keyed(Quota::per_minute(n)))
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+            upkept: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
-    /// Counts one for `key`; `Err(seconds to wait)` when it is over its rate. Never
-    /// scans the table (that is [`KeyedLimiter::upkeep`]'s).
+    /// Counts one for `key`; `Err(seconds to wait)` when it is over its rate. Scans the
+    /// table only when no task keeps it ([`KeyedLimiter::upkeep`]).
     pub fn check(&self, key: K) -> Result<(), u64> {
-        let key = (self.0.len() < MAX_CLIENTS).then_some(key);
-        self.0.check_key(&key).map_err(|not_until| {
+        use std::sync::atomic::Ordering;
+        if self.limiter.len() >= MAX_CLIENTS && !self.upkept.load(Ordering::Relaxed) {
+            self.limiter.retain_recent();
+        }
+        let key = (self.limiter.len() < MAX_CLIENTS).then_some(key);
+        self.limiter.check_key(&key).map_err(|not_until| {
             not_until
                 .wait_time_from(DefaultClock::default().now())
                 .as_secs()
@@ -138,17 +150,23 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// Forgets the keys whose buckets are full again (they would start afresh anyway).
     pub fn upkeep(&self) {
-        self.0.retain_recent();
-        self.0.shrink_to_fit();
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    /// From now on a task prunes the table (see [`KeyedLimiter::upkeep`]).
+    pub fn kept_by_a_task(&self) {
+        self.upkept
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many keys the table holds.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.limiter.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.limiter.is_empty()
     }
 }
 
@@ -230,6 +248,14 @@ impl RateLimits {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        for limiter in [
+            &self.login,
+            &self.callback,
+            &self.spa_exchange,
+            &self.backchannel,
+        ] {
+            limiter.kept_by_a_task();
+        }
         let limits = Arc::downgrade(self);
         runtime.spawn(async move {
             let mut every = tokio::time::interval(UPKEEP_EVERY);
@@ -373,21 +399,19 @@ mod tests {
         );
     }
 
-    /// Past the table's bound new clients share one bucket until the upkeep runs; the
-    /// request path never scans the table.
+    /// Past the table's bound every request shares one bucket until the upkeep runs;
+    /// the request path never scans a table a task keeps.
     #[test]
     fn a_full_table_shares_one_bucket_for_newcomers() {
         let limiter = KeyedLimiter::<u32>::per_minute(1);
+        limiter.kept_by_a_task();
         for key in 0..MAX_CLIENTS as u32 {
             assert!(limiter.check(key).is_ok());
         }
         assert_eq!(limiter.len(), MAX_CLIENTS);
         assert!(limiter.check(u32::MAX).is_ok(), "the shared bucket");
         assert!(limiter.check(u32::MAX - 1).is_err(), "shared, and spent");
-        assert!(
-            limiter.check(0).is_err(),
-            "known clients keep their own bucket"
-        );
+        assert!(limiter.check(0).is_err(), "the shared bucket, spent");
         limiter.upkeep();
         assert_eq!(
             limiter.len(),
