@@ -335,11 +335,13 @@ async fn refresh_check(
     }
     match (requested, offered) {
         (true, true) => report.push(Level::Ok, "refresh", "offline_access offered and requested"),
+        // Discovery need not list every scope it accepts (some providers leave
+        // offline_access out and still issue refresh tokens for it): a warning.
         (true, false) => report.problem(
-            Level::Error,
+            Level::Warn,
             "refresh",
-            "`scopes` asks for offline_access, which the provider does not offer: sign-ins fail with invalid_scope",
-            "remove offline_access from `scopes` (or leave `scopes` unset)",
+            "`scopes` asks for offline_access, which the provider's discovery does not list: if the provider does not accept it, every sign-in fails with invalid_scope (the gateway then says so); if it does, refresh tokens come with it",
+            "sign in once: on invalid_scope remove offline_access from `scopes` (or leave `scopes` unset)",
         ),
         (false, _) if google_style => report.push(
             Level::Ok,

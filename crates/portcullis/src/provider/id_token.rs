@@ -128,25 +128,25 @@ pub fn parse_unverified<'a>(
         return Err(IdTokenError::TooLarge);
     }
     let segments: Vec<&str> = token.split('.').collect();
-    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
+    if segments.len() != 3 || segments[..2].iter().any(|s| s.is_empty()) {
         return Err(IdTokenError::Malformed);
     }
     let header = decode_object(segments[0])?;
-    let claims = decode_object(segments[1])?;
-    if URL_SAFE_NO_PAD.decode(segments[2]).is_err() {
-        return Err(IdTokenError::Malformed);
-    }
-
     let alg_name = header
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(IdTokenError::Malformed)?;
-    // RFC 8725 §3.1: only algorithms on our list; `none` never is.
+    // RFC 8725 §3.1: only algorithms on our list; `none` never is. Judged before the
+    // (empty) signature of an `alg: none` token, so that it is reported as what it is.
     let alg = Algorithm::parse(alg_name)
         .filter(|a| allowed.contains(a))
         .ok_or_else(|| {
             IdTokenError::AlgorithmNotAllowed(super::discovery::truncate(alg_name, 32))
         })?;
+    let claims = decode_object(segments[1])?;
+    if segments[2].is_empty() || URL_SAFE_NO_PAD.decode(segments[2]).is_err() {
+        return Err(IdTokenError::Malformed);
+    }
     // J03: keys must come from the provider's JWKS, never from the token.
     for member in ["jwk", "jku", "x5u", "x5c"] {
         if header.contains_key(member) {
@@ -440,6 +440,22 @@ mod tests {
         assert_eq!(
             parse_unverified(&t, RS).unwrap_err(),
             IdTokenError::TooLarge
+        );
+    }
+
+    /// An unsigned token (`alg: none`, empty signature) is reported as a refused
+    /// algorithm, not as a malformed token.
+    #[test]
+    fn j02_an_unsigned_token_is_a_refused_algorithm() {
+        let unsigned = format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&json!({})));
+        assert_eq!(
+            parse_unverified(&unsigned, RS).unwrap_err(),
+            IdTokenError::AlgorithmNotAllowed("none".into())
+        );
+        let empty_signature = format!("{}.{}.", b64(&json!({"alg": "RS256"})), b64(&json!({})));
+        assert_eq!(
+            parse_unverified(&empty_signature, RS).unwrap_err(),
+            IdTokenError::Malformed
         );
     }
 
