@@ -236,6 +236,7 @@ async fn provider_checks(config: &Config, http: ProviderHttp, report: &mut Repor
     pkce_check(&metadata, report);
     iss_check(&metadata, report);
     refresh_check(config, &provider, &metadata, &raw, report).await;
+    email_check(config, &raw, report);
     logout_checks(config, &metadata, &raw, report);
     clock_check(answer.date.as_deref(), answer.age, asked, answered, report);
     client_check(config, &provider, report).await;
@@ -365,6 +366,23 @@ async fn refresh_check(
             "offline_access is not offered: the provider may give no refresh token, and sessions then end or stop relaying tokens when the access token expires",
             "if the provider gives refresh tokens another way, set it in `provider.extra_authorize_params`; otherwise keep session.idle_timeout short",
         ),
+    }
+}
+
+/// Addresses without `email_verified` never reach the app as verified (E01): a provider
+/// whose `claims_supported` lists `email` but not `email_verified` likely sends such.
+fn email_check(config: &Config, raw: &Value, report: &mut Report) {
+    let Some(claims) = raw.get("claims_supported").and_then(Value::as_array) else {
+        return;
+    };
+    let lists = |name: &str| claims.iter().any(|c| c == name);
+    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {
+        report.problem(
+            Level::Warn,
+            "email",
+            "the provider lists the email claim but not email_verified: addresses it sends without it are not passed to the app (no X-User-Email) and the email rules refuse them",
+            "if the provider releases verified addresses only (Microsoft Entra ID does), set provider.assume_email_verified = true",
+        );
     }
 }
 
@@ -820,6 +838,48 @@ mod tests {
             &mut report,
         );
         report.findings.remove(0)
+    }
+
+    #[test]
+    fn emails_without_email_verified_are_a_warning_naming_the_setting() {
+        let config = |assume: &str| {
+            let mut e = crate::config::test_support::minimal();
+            e.push((
+                "PORTCULLIS_PROVIDER_ASSUME_EMAIL_VERIFIED".into(),
+                assume.into(),
+            ));
+            Config::load_from(None, e).unwrap()
+        };
+        let findings = |config: &Config, claims: serde_json::Value| {
+            let mut report = Report::default();
+            email_check(
+                config,
+                &serde_json::json!({ "claims_supported": claims }),
+                &mut report,
+            );
+            report.findings
+        };
+        let warned = findings(
+            &config("false"),
+            serde_json::json!(["sub", "email", "name"]),
+        );
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].level, Level::Warn);
+        assert!(
+            warned[0]
+                .fix
+                .as_deref()
+                .unwrap_or("")
+                .contains("assume_email_verified")
+        );
+        assert!(
+            findings(
+                &config("false"),
+                serde_json::json!(["email", "email_verified"])
+            )
+            .is_empty()
+        );
+        assert!(findings(&config("true"), serde_json::json!(["email"])).is_empty());
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod session;
 mod spa;
 mod store;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -9,7 +9,7 @@ pub(super) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// The smallest valid environment: an issuer and a client id.
-pub(super) fn minimal() -> Vec<(String, String)> {
+pub(crate) fn minimal() -> Vec<(String, String)> {
     env(&[
         ("PORTCULLIS_ISSUER", "https://id.example.com"),
         ("PORTCULLIS_CLIENT_ID", "app"),

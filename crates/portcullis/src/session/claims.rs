@@ -50,8 +50,17 @@ pub fn email_verified(claims: &Map<String, Value>) -> bool {
 /// but never says so (Entra ID) is taken at its word. Only an absent `email_verified`
 /// is filled in; a provider that says `false` is believed.
 pub fn assume_email_verified(claims: &mut Map<String, Value>, assume: bool) {
-    if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {
+    let unsaid = claims.contains_key("email") && !claims.contains_key("email_verified");
+    if assume && unsaid {
         claims.insert("email_verified".to_owned(), Value::Bool(true));
+    } else if unsaid {
+        // Once per process: the address is dropped, which is easy to miss.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "the provider sends email addresses without email_verified: they are not passed to the app (no X-User-Email) and the email rules refuse them; if this provider releases verified addresses only (Microsoft Entra ID does), set provider.assume_email_verified = true"
+            );
+        }
     }
 }
 
