@@ -182,7 +182,7 @@ mutate $S/http/limits.rs '        Ok(()) => next.run(req).await,
 mutate $S/http/limits.rs '            Some(ip) if is_trusted(ip.to_canonical()) => continue,' '' lib the_client_is_the_rightmost
 mutate $S/http/serve.rs '        if *count >= options.connections_per_peer {' '        if false {' lib d02_one_address
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
-mutate $S/session/claims.rs 'if assume && claims.contains_key("email") && !claims.contains_key("email_verified") {' 'if assume && claims.contains_key("email") {' $G e01_assume
+mutate $S/session/claims.rs 'let unsaid = claims.contains_key("email") && !claims.contains_key("email_verified");' 'let unsaid = claims.contains_key("email");' $G e01_assume
 mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' $G w01_
 mutate $S/http/proxy.rs '!= expected_accept.as_ref().map(String::as_bytes)' '!= accepted.map(HeaderValue::as_bytes)' $G w03_
 mutate $S/http/headers.rs '    canonical_starts_with(name, "x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
