@@ -151,6 +151,24 @@ if (env.NO_ISS === '1') {
     }
   });
 }
+// Test hook: every client assertion the token and revocation endpoints saw (header and
+// claims, decoded after oidc-provider has verified it), and how each request
+// authenticated, so that tests can check `jti` uniqueness, `aud` and `typ`.
+const clientAuth = { assertions: [], methods: {} };
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.method !== 'POST' || !['/token', '/token/revocation'].includes(ctx.path)) return;
+  const assertion = ctx.oidc?.params?.client_assertion;
+  const method = assertion ? 'private_key_jwt'
+    : ctx.get('authorization').toLowerCase().startsWith('basic ') ? 'client_secret_basic'
+      : ctx.oidc?.params?.client_secret ? 'client_secret_post' : 'none';
+  const key = `${ctx.path} ${method} ${ctx.status}`;
+  clientAuth.methods[key] = (clientAuth.methods[key] ?? 0) + 1;
+  if (assertion) {
+    const part = (i) => JSON.parse(Buffer.from(assertion.split('.')[i], 'base64url').toString());
+    clientAuth.assertions.push({ path: ctx.path, status: ctx.status, header: part(0), claims: part(1) });
+  }
+});
 provider.on('grant.success', (ctx) => {
   const gt = ctx.oidc.params.grant_type;
   grants[gt] = (grants[gt] ?? 0) + 1;
@@ -246,7 +264,7 @@ server.on('request', async (req, res) => {
   const { pathname } = new URL(req.url, issuer);
   let m;
   try {
-    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests });
+    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests, client_auth: clientAuth });
     // Test hook: replace a user's groups (a JSON array body), as an admin would.
     if (req.method === 'POST' && (m = pathname.match(/^\/test\/groups\/([^/]+)$/))) {
       const u = USERS[decodeURIComponent(m[1])];

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod client_key;
 mod demo;
 mod log_output;
 mod metrics_endpoint;
@@ -70,7 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
-    /// The keys that sign the identity assertion (X-Portcullis-Jwt-Assertion).
+    /// The keys that sign the identity assertion (X-Portcullis-Jwt-Assertion), and the
+    /// client's own key for private_key_jwt.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -141,6 +143,30 @@ enum KeysCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Make a private key for `private_key_jwt` client authentication (and, with
+    /// --self-signed, a certificate for it), print its public JWK set and the settings.
+    /// Never overwrites a file.
+    ClientNew {
+        /// The kind of key.
+        #[arg(long = "type", value_enum, default_value = "ec")]
+        key_type: client_key::KeyType,
+        /// Where to write the private key (PEM, mode 0600).
+        #[arg(long, value_name = "FILE", default_value = "client-key.pem")]
+        out: PathBuf,
+        /// Also make a self-signed certificate (for providers that register
+        /// certificates, such as Entra ID).
+        #[arg(long)]
+        self_signed: bool,
+        /// Where to write the certificate (with --self-signed).
+        #[arg(long, value_name = "FILE", default_value = "client-cert.pem")]
+        cert_out: PathBuf,
+        /// The certificate's subject common name (with --self-signed).
+        #[arg(long, value_name = "NAME", default_value = "portcullis client")]
+        subject: String,
+        /// Days the certificate is valid (with --self-signed).
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +207,21 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Prune { config, yes },
         } => keys_prune(config, yes),
+        Command::Keys {
+            command:
+                KeysCommand::ClientNew {
+                    key_type,
+                    out,
+                    self_signed,
+                    cert_out,
+                    subject,
+                    days,
+                },
+        } => client_key::client_new(&client_key::ClientNew {
+            key_type,
+            key_out: &out,
+            self_signed: self_signed.then_some((cert_out.as_path(), subject.as_str(), days)),
+        }),
         Command::Demo { port, data } => run_demo(port, data),
         Command::Idp {
             config,

@@ -38,6 +38,9 @@ struct RawClient {
     #[serde(default)]
     post_logout_redirect_uris: Vec<String>,
     backchannel_logout_uri: Option<String>,
+    /// A `private_key_jwt` client's public keys: a JWK set (what the gateway serves at
+    /// `{prefix}/client-jwks.json`), as a TOML table or a JSON string.
+    jwks: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -54,8 +57,11 @@ struct RawUser {
 #[derive(Clone)]
 pub struct Client {
     pub id: String,
-    /// `None`: a public client (PKCE only, `token_endpoint_auth_method=none`).
+    /// `None` (and no `jwks`): a public client (PKCE only,
+    /// `token_endpoint_auth_method=none`).
     pub secret: Option<String>,
+    /// A `private_key_jwt` client's keys.
+    pub jwks: Option<jsonwebtoken::jwk::JwkSet>,
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
     pub backchannel_logout_uri: Option<String>,
@@ -191,9 +197,37 @@ impl IdpConfig {
                     )),
                 }
             }
+            let jwks = match c.jwks {
+                None => None,
+                Some(v) => {
+                    let json = match v {
+                        toml::Value::String(text) => serde_json::from_str(&text).ok(),
+                        other => serde_json::to_value(other).ok(),
+                    };
+                    match json
+                        .and_then(|j| serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(j).ok())
+                    {
+                        Some(set) if !set.keys.is_empty() => Some(set),
+                        _ => {
+                            errors.push(format!(
+                                "client `{}`: `jwks` is not a JWK set with at least one key",
+                                c.id
+                            ));
+                            None
+                        }
+                    }
+                }
+            };
+            if jwks.is_some() && c.secret.is_some() {
+                errors.push(format!(
+                    "client `{}`: set `secret` or `jwks`, not both (one authentication method per client)",
+                    c.id
+                ));
+            }
             clients.push(Client {
                 id: c.id,
                 secret: c.secret,
+                jwks,
                 redirect_uris: c.redirect_uris,
                 post_logout_redirect_uris: c.post_logout_redirect_uris,
                 backchannel_logout_uri: c.backchannel_logout_uri.filter(|u| !u.is_empty()),

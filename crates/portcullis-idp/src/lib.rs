@@ -63,6 +63,8 @@ pub struct Idp {
     pub http: reqwest::Client,
     /// Sign-in attempts per user and address, and the bounded queue of password checks.
     pub throttle: throttle::Throttle,
+    /// Client assertion `jti`s seen (replays refused).
+    pub assertions: token::SeenAssertions,
 }
 
 impl Idp {
@@ -90,6 +92,7 @@ impl Idp {
             keys,
             http,
             throttle: throttle::Throttle::default(),
+            assertions: token::SeenAssertions::default(),
         }))
     }
 
@@ -197,8 +200,10 @@ async fn discovery(axum::extract::State(idp): axum::extract::State<Arc<Idp>>) ->
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "revocation_endpoint_auth_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "scopes_supported": ["openid", "email", "profile", "offline_access"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "email", "email_verified", "name"],
         "authorization_response_iss_parameter_supported": true,

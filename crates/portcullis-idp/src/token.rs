@@ -88,13 +88,26 @@ fn form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     Ok(out)
 }
 
-/// Client authentication: `client_secret_basic`, `client_secret_post`, or `none` for
-/// public clients (RFC 6749 §2.3.1; one method per request).
+/// RFC 7523 §2.2's `client_assertion_type`.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Client authentication: `client_secret_basic`, `client_secret_post`,
+/// `private_key_jwt`, or `none` for public clients (RFC 6749 §2.3.1; one method per
+/// request).
 fn authenticate<'a>(
     idp: &'a Idp,
     headers: &HeaderMap,
     f: &HashMap<String, String>,
 ) -> Result<&'a Client, OAuthError> {
+    if f.contains_key("client_assertion") || f.contains_key("client_assertion_type") {
+        if headers.contains_key(header::AUTHORIZATION) || f.contains_key("client_secret") {
+            return Err(OAuthError::new(
+                "invalid_request",
+                "use one client authentication method",
+            ));
+        }
+        return authenticate_assertion(idp, f);
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -145,11 +158,106 @@ fn authenticate<'a>(
         (Some(expected), Some(given)) if secrets_equal(expected.as_bytes(), given.as_bytes()) => {
             Ok(client)
         }
-        (None, None) => Ok(client),
+        (None, None) if client.jwks.is_none() => Ok(client),
         _ => Err(OAuthError::new(
             "invalid_client",
             "client authentication failed",
         )),
+    }
+}
+
+/// `private_key_jwt` (OIDC Core §9, RFC 7523 §3): the assertion is signed by one of the
+/// client's registered keys with an asymmetric algorithm, `iss` = `sub` = the client,
+/// `aud` names this issuer (or its token endpoint), it expires within five minutes
+/// and its `jti` has not been seen before.
+fn authenticate_assertion<'a>(
+    idp: &'a Idp,
+    f: &HashMap<String, String>,
+) -> Result<&'a Client, OAuthError> {
+    let refused =
+        |why: &str| OAuthError::new("invalid_client", format!("client assertion refused: {why}"));
+    if f.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    let assertion = f
+        .get("client_assertion")
+        .ok_or_else(|| OAuthError::new("invalid_request", "client_assertion is required"))?;
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| refused("not a JWS"))?;
+    if !matches!(
+        header.alg,
+        Algorithm::ES256 | Algorithm::EdDSA | Algorithm::RS256 | Algorithm::PS256
+    ) {
+        return Err(refused("algorithm not allowed"));
+    }
+    // The client is named by `client_id` or, without it, by the assertion's `sub`
+    // (read unverified only to find the keys; verified below).
+    let claimed = match f.get("client_id") {
+        Some(id) => id.clone(),
+        None => {
+            let payload = assertion.split('.').nth(1).unwrap_or("");
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["sub"].as_str().map(str::to_owned))
+                .ok_or_else(|| refused("no client named"))?
+        }
+    };
+    let client = idp
+        .config
+        .client(&claimed)
+        .ok_or_else(|| OAuthError::new("invalid_client", "unknown client"))?;
+    let jwks = client
+        .jwks
+        .as_ref()
+        .ok_or_else(|| refused("the client has no registered keys"))?;
+    let jwk = match &header.kid {
+        Some(kid) => jwks.find(kid),
+        None if jwks.keys.len() == 1 => jwks.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| refused("unknown key"))?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| refused("unusable key"))?;
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    let issuer = &idp.config.issuer;
+    validation.set_audience(&[issuer.clone(), format!("{issuer}/token")]);
+    validation.set_issuer(&[&client.id]);
+    validation.sub = Some(client.id.clone());
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    validation.leeway = 30;
+    let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+        .map_err(|e| refused(&e.to_string()))?
+        .claims;
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    if exp > now() + 300 {
+        return Err(refused("expires more than five minutes from now"));
+    }
+    let jti = claims["jti"]
+        .as_str()
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| refused("no jti"))?;
+    if !idp.assertions.first_use(&client.id, jti, exp) {
+        return Err(refused("jti already used"));
+    }
+    Ok(client)
+}
+
+/// `jti`s of client assertions still within their lifetime (RFC 7523 §3 item 7).
+#[derive(Debug, Default)]
+pub struct SeenAssertions(std::sync::Mutex<HashMap<String, i64>>);
+
+impl SeenAssertions {
+    /// True the first time (client, jti) is presented before it expires.
+    fn first_use(&self, client: &str, jti: &str, exp: i64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now();
+        if seen.len() > 10_000 {
+            seen.retain(|_, until| *until >= now);
+        }
+        seen.insert(format!("{client}\n{jti}"), exp).is_none()
     }
 }
 

@@ -41,7 +41,7 @@ pub use env::{all_keys, env_name};
 pub use limits::LimitSettings;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
-pub use provider::{AuthMethodSetting, ClientSecret, ProviderSettings};
+pub use provider::{AssertionAudience, AuthMethodSetting, ClientSecret, ProviderSettings};
 pub use routes::RouteSettings;
 pub use session::SessionSettings;
 pub use spa::SpaSettings;
@@ -122,6 +122,9 @@ impl Config {
             jwks_min_refetch: crate::provider::jwks::MIN_REFETCH_INTERVAL,
             trusted_audiences: self.provider.trusted_audiences.clone(),
             auth_method: self.provider.token_endpoint_auth_method,
+            client_key: self.provider.client_key.clone(),
+            client_assertion_aud: self.provider.client_assertion_aud,
+            client_assertion_typ: self.provider.client_assertion_typ.clone(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! parameters, accepted ID-token algorithms, whether email addresses count as verified).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use url::Url;
@@ -24,6 +25,25 @@ pub struct ProviderSettings {
     /// How the client authenticates at the provider's token, refresh and revocation
     /// endpoints (`provider.token_endpoint_auth_method`).
     pub token_endpoint_auth_method: AuthMethodSetting,
+    /// `provider.client_key_file` (with `client_cert_file`), read and checked: the key
+    /// that signs `private_key_jwt` assertions.
+    pub client_key: Option<Arc<crate::provider::client_key::ClientKey>>,
+    /// `provider.client_key_file` as written (for `doctor` and reload reports).
+    pub client_key_file: Option<std::path::PathBuf>,
+    /// `provider.client_assertion_aud`.
+    pub client_assertion_aud: AssertionAudience,
+    /// `provider.client_assertion_typ`: `None`, or `client-authentication+jwt`.
+    pub client_assertion_typ: Option<String>,
+}
+
+/// `provider.client_assertion_aud`: what a client assertion names as its audience.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The issuer identifier, as a string (rfc7523bis).
+    #[default]
+    Issuer,
+    /// The token endpoint's URL (Entra ID, Okta).
+    TokenEndpoint,
 }
 
 /// `provider.token_endpoint_auth_method`.
@@ -35,6 +55,8 @@ pub enum AuthMethodSetting {
     Auto,
     ClientSecretBasic,
     ClientSecretPost,
+    /// A signed client assertion (`provider.client_key_file`).
+    PrivateKeyJwt,
     /// A public client: PKCE only.
     None,
 }
@@ -45,6 +67,7 @@ impl AuthMethodSetting {
             "auto" => Self::Auto,
             "client_secret_basic" => Self::ClientSecretBasic,
             "client_secret_post" => Self::ClientSecretPost,
+            "private_key_jwt" => Self::PrivateKeyJwt,
             "none" => Self::None,
             _ => return None,
         })
@@ -133,6 +156,10 @@ pub(super) struct RawProvider {
     assume_email_verified: Option<bool>,
     trusted_audiences: Option<Vec<String>>,
     token_endpoint_auth_method: Option<String>,
+    client_key_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_assertion_aud: Option<String>,
+    client_assertion_typ: Option<String>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -200,7 +227,7 @@ impl RawProvider {
                 Some(method) => method,
                 None => {
                     errors.push(format!(
-                        "`provider.token_endpoint_auth_method`: `{value}` is none of auto, client_secret_basic, client_secret_post, none"
+                        "`provider.token_endpoint_auth_method`: `{value}` is none of auto, client_secret_basic, client_secret_post, private_key_jwt, none"
                     ));
                     AuthMethodSetting::Auto
                 }
@@ -219,14 +246,109 @@ impl RawProvider {
             ),
             _ => {}
         }
+        let client_key_file = non_empty(self.client_key_file).map(std::path::PathBuf::from);
+        let client_cert_file = non_empty(self.client_cert_file).map(std::path::PathBuf::from);
+        let client_key = client_key_file
+            .as_deref()
+            .and_then(|key| read_client_key(key, client_cert_file.as_deref(), errors));
+        if client_key_file.is_none() {
+            if client_cert_file.is_some() {
+                errors.push(
+                    "`provider.client_cert_file` needs `provider.client_key_file` (the certificate's private key)".into(),
+                );
+            }
+            if token_endpoint_auth_method == AuthMethodSetting::PrivateKeyJwt {
+                errors.push(
+                    "`provider.token_endpoint_auth_method = \"private_key_jwt\"` needs `provider.client_key_file` (PORTCULLIS_PROVIDER_CLIENT_KEY_FILE); `portcullis keys client-new` makes one".into(),
+                );
+            }
+        } else if matches!(
+            token_endpoint_auth_method,
+            AuthMethodSetting::ClientSecretBasic
+                | AuthMethodSetting::ClientSecretPost
+                | AuthMethodSetting::None
+        ) {
+            errors.push(
+                "`provider.client_key_file` is set but `provider.token_endpoint_auth_method` is not `private_key_jwt` or `auto`; remove one".into(),
+            );
+        }
+        let client_assertion_aud = match non_empty(self.client_assertion_aud).as_deref() {
+            None | Some("issuer") => AssertionAudience::Issuer,
+            Some("token_endpoint") => AssertionAudience::TokenEndpoint,
+            Some(other) => {
+                errors.push(format!(
+                    "`provider.client_assertion_aud`: `{other}` is neither `issuer` nor `token_endpoint`"
+                ));
+                AssertionAudience::Issuer
+            }
+        };
+        let client_assertion_typ = non_empty(self.client_assertion_typ);
+        if let Some(typ) = &client_assertion_typ
+            && typ != crate::provider::client_key::ASSERTION_TYP
+        {
+            errors.push(format!(
+                "`provider.client_assertion_typ`: `{typ}` is not `{}` (leave it unset for no `typ`)",
+                crate::provider::client_key::ASSERTION_TYP
+            ));
+        }
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms,
             assume_email_verified: self.assume_email_verified.unwrap_or(false),
             trusted_audiences,
             token_endpoint_auth_method,
+            client_key,
+            client_key_file,
+            client_assertion_aud,
+            client_assertion_typ,
         }
     }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Reads and checks `provider.client_key_file` (and `client_cert_file`).
+fn read_client_key(
+    key: &std::path::Path,
+    cert: Option<&std::path::Path>,
+    errors: &mut Vec<String>,
+) -> Option<Arc<crate::provider::client_key::ClientKey>> {
+    let key_pem = std::fs::read(key)
+        .map_err(|e| {
+            errors.push(format!(
+                "`provider.client_key_file`: cannot read {}: {e}",
+                key.display()
+            ))
+        })
+        .ok()?;
+    let cert_pem = match cert {
+        Some(cert) => Some(
+            std::fs::read(cert)
+                .map_err(|e| {
+                    errors.push(format!(
+                        "`provider.client_cert_file`: cannot read {}: {e}",
+                        cert.display()
+                    ))
+                })
+                .ok()?,
+        ),
+        None => None,
+    };
+    crate::provider::client_key::ClientKey::from_pem(&key_pem, cert_pem.as_deref())
+        .map(Arc::new)
+        .map_err(|e| {
+            let (name, file) = match e {
+                crate::provider::client_key::ClientKeyError::NotACertificate
+                | crate::provider::client_key::ClientKeyError::CertificateMismatch => {
+                    ("client_cert_file", cert.unwrap_or(key))
+                }
+                _ => ("client_key_file", key),
+            };
+            errors.push(format!("`provider.{name}` {}: {e}", file.display()));
+        })
+        .ok()
 }
 
 #[cfg(test)]

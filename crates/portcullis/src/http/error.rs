@@ -159,6 +159,14 @@ impl From<ProviderError> for HttpError {
                     "The identity provider's answer could not be verified. Please sign in again.",
                 )
             }
+            ProviderError::ClientAssertion(_) => {
+                tracing::error!(error = %e, code, "the client key could not sign an assertion");
+                HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    code,
+                    "The gateway could not authenticate itself to the identity provider.",
+                )
+            }
             ProviderError::UserinfoSubjectMismatch => {
                 tracing::warn!(code, "UserInfo answered for another subject");
                 HttpError::bad_request(

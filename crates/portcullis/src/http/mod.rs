@@ -124,6 +124,10 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
                 .route_layer(limited(limits::Endpoint::Backchannel)),
         )
         .route(&format!("{prefix}/jwks.json"), get(routes::jwks))
+        .route(
+            &format!("{prefix}/client-jwks.json"),
+            get(routes::client_jwks),
+        )
         .route(&format!("{prefix}/verify"), {
             let decider = Arc::new(decision::Decider::new(gateway.sessions().clone()));
             axum::routing::any(move |req: Request<Body>| {

@@ -684,6 +684,32 @@ pub async fn jwks(State(routes): State<Routes>) -> Response {
     }
 }
 
+/// `GET {prefix}/client-jwks.json`: the public half of `provider.client_key_file`,
+/// for providers that fetch a `private_key_jwt` client's keys from a `jwks_uri`
+/// (others are given the same set at registration). 404 without a client key.
+pub async fn client_jwks(State(routes): State<Routes>) -> Response {
+    let Some(key) = routes
+        .sessions()
+        .provider()
+        .settings()
+        .client_key
+        .as_deref()
+    else {
+        return HttpError::new(
+            StatusCode::NOT_FOUND,
+            "no_client_key",
+            "This gateway signs no client assertions (provider.client_key_file is not set).",
+        )
+        .into_response();
+    };
+    let mut r = axum::Json(key.public_jwks(false)).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> Response {
     no_store((StatusCode::OK, axum::Json(json!({ "status": "ok" }))).into_response())

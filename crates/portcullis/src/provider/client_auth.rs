@@ -1,8 +1,10 @@
 //! How the client authenticates at the provider's token, refresh and revocation
 //! endpoints: `client_secret_basic` (RFC 6749 §2.3.1: id and secret form-encoded, then
-//! HTTP Basic), `client_secret_post` (the two in the form), or none (a public client,
-//! PKCE only). `provider.token_endpoint_auth_method = "auto"` decides:
+//! HTTP Basic), `client_secret_post` (the two in the form), `private_key_jwt` (a
+//! fresh signed assertion per request, `client_key`), or none (a public client, PKCE
+//! only). `provider.token_endpoint_auth_method = "auto"` decides:
 //!
+//! - a client key: `private_key_jwt`;
 //! - no secret: none;
 //! - a secret, and the metadata lists only `client_secret_basic` (or no method at
 //!   all, or neither secret method): basic; only `client_secret_post`: post;
@@ -25,6 +27,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::ProviderError;
+use super::client_key::ClientKey;
 use super::discovery::Metadata;
 use super::http::{Answer, ProviderHttp};
 use crate::config::AuthMethodSetting;
@@ -37,6 +40,7 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(600);
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+    PrivateKeyJwt,
     None,
 }
 
@@ -46,6 +50,7 @@ impl AuthMethod {
         match self {
             Self::ClientSecretBasic => "client_secret_basic",
             Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
             Self::None => "none",
         }
     }
@@ -71,27 +76,70 @@ pub struct ClientAuth<'a> {
     pub client_id: &'a str,
     pub client_secret: Option<&'a str>,
     pub method: AuthMethod,
+    /// What `private_key_jwt` signs with, and the assertion's `aud` and `typ`.
+    pub assertion: Option<AssertionSettings<'a>>,
 }
 
-impl ClientAuth<'_> {
-    /// Puts the credentials into a form to post (`post`, `none`), or returns the pair
-    /// for HTTP Basic (`basic`).
-    pub fn apply<'f>(&self, form: &mut Vec<(&'f str, &'f str)>) -> Option<(&'f str, &'f str)>
-    where
-        Self: 'f,
-    {
-        match (self.method, self.client_secret) {
-            (AuthMethod::ClientSecretBasic, Some(secret)) => Some((self.client_id, secret)),
-            (AuthMethod::ClientSecretPost, Some(secret)) => {
-                form.push(("client_id", self.client_id));
-                form.push(("client_secret", secret));
-                None
+/// How a client assertion is made.
+#[derive(Clone, Copy)]
+pub struct AssertionSettings<'a> {
+    pub key: &'a ClientKey,
+    pub audience: &'a str,
+    pub typ: Option<&'a str>,
+    /// PS256 for RSA keys (the FAPI 2.0 profile).
+    pub fapi2: bool,
+}
+
+/// The credentials of one request: made fresh for each (an assertion is never reused,
+/// so no two requests share a `jti`).
+pub struct Credentials<'a> {
+    basic: Option<(&'a str, &'a str)>,
+    form: Vec<(&'static str, std::borrow::Cow<'a, str>)>,
+}
+
+impl<'a> ClientAuth<'a> {
+    /// The credentials for one request (a new client assertion each time).
+    pub fn credentials(&self) -> Result<Credentials<'a>, ProviderError> {
+        use std::borrow::Cow;
+        let id = Cow::Borrowed(self.client_id);
+        let (basic, form) = match (self.method, self.client_secret, self.assertion) {
+            (AuthMethod::ClientSecretBasic, Some(secret), _) => {
+                (Some((self.client_id, secret)), Vec::new())
             }
-            _ => {
-                form.push(("client_id", self.client_id));
-                None
+            (AuthMethod::ClientSecretPost, Some(secret), _) => (
+                None,
+                vec![("client_id", id), ("client_secret", Cow::Borrowed(secret))],
+            ),
+            (AuthMethod::PrivateKeyJwt, _, Some(a)) => {
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                let jwt = a
+                    .key
+                    .assertion(self.client_id, a.audience, a.typ, a.fapi2, now)
+                    .map_err(|e| ProviderError::ClientAssertion(e.to_string()))?;
+                (
+                    None,
+                    vec![
+                        ("client_id", id),
+                        (
+                            "client_assertion_type",
+                            Cow::Borrowed("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                        ),
+                        ("client_assertion", Cow::Owned(jwt)),
+                    ],
+                )
             }
-        }
+            _ => (None, vec![("client_id", id)]),
+        };
+        Ok(Credentials { basic, form })
+    }
+}
+
+impl Credentials<'_> {
+    /// Puts the credentials into a form to post, and returns the pair for HTTP Basic
+    /// (`client_secret_basic`).
+    pub fn apply<'f>(&'f self, form: &mut Vec<(&'f str, &'f str)>) -> Option<(&'f str, &'f str)> {
+        form.extend(self.form.iter().map(|(k, v)| (*k, v.as_ref())));
+        self.basic
     }
 }
 
@@ -143,7 +191,11 @@ pub async fn probe(
         ("code_verifier", verifier.as_str()),
         ("redirect_uri", redirect_uri),
     ];
-    let basic = auth.apply(&mut form);
+    let credentials = match auth.credentials() {
+        Ok(c) => c,
+        Err(e) => return judge_probe(&Err(e)),
+    };
+    let basic = credentials.apply(&mut form);
     let answer = http
         .post_form(
             "token",
@@ -183,7 +235,9 @@ pub fn at_endpoint(chosen: AuthMethod, list: Option<&[String]>) -> AuthMethod {
     let Some(list) = list else {
         return chosen;
     };
-    if chosen == AuthMethod::None || list.iter().any(|m| m == chosen.name()) {
+    if matches!(chosen, AuthMethod::None | AuthMethod::PrivateKeyJwt)
+        || list.iter().any(|m| m == chosen.name())
+    {
         return chosen;
     }
     match listed(Some(list)) {
@@ -227,13 +281,18 @@ impl AutoAuth {
         issuer: &str,
         client_id: &str,
         secret: Option<&str>,
+        has_key: bool,
         redirect_uri: &str,
     ) -> AuthMethod {
         match setting {
             AuthMethodSetting::ClientSecretBasic => return AuthMethod::ClientSecretBasic,
             AuthMethodSetting::ClientSecretPost => return AuthMethod::ClientSecretPost,
+            AuthMethodSetting::PrivateKeyJwt => return AuthMethod::PrivateKeyJwt,
             AuthMethodSetting::None => return AuthMethod::None,
             AuthMethodSetting::Auto => {}
+        }
+        if has_key {
+            return AuthMethod::PrivateKeyJwt;
         }
         let Some(secret) = secret else {
             return AuthMethod::None;
@@ -269,6 +328,7 @@ impl AutoAuth {
             client_id,
             client_secret: Some(secret),
             method,
+            assertion: None,
         };
         let mut found = None;
         for method in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 pub mod authorize;
 pub mod client_auth;
+pub mod client_key;
 pub mod discovery;
 pub mod http;
 pub mod id_token;
@@ -54,6 +55,8 @@ pub enum ProviderError {
     IdToken(#[from] IdTokenError),
     #[error("the UserInfo `sub` differs from the ID token's")]
     UserinfoSubjectMismatch,
+    #[error("the client assertion could not be signed: {0}")]
+    ClientAssertion(String),
 }
 
 impl ProviderError {
@@ -69,6 +72,7 @@ impl ProviderError {
             Self::TokenRejected(_) => "token_rejected",
             Self::IdToken(_) => "id_token_invalid",
             Self::UserinfoSubjectMismatch => "userinfo_sub_mismatch",
+            Self::ClientAssertion(_) => "client_assertion_failed",
         }
     }
 
@@ -206,6 +210,12 @@ pub struct ProviderSettings {
     pub trusted_audiences: Vec<String>,
     /// `provider.token_endpoint_auth_method`.
     pub auth_method: crate::config::AuthMethodSetting,
+    /// The key that signs `private_key_jwt` assertions.
+    pub client_key: Option<Arc<client_key::ClientKey>>,
+    /// `provider.client_assertion_aud`.
+    pub client_assertion_aud: crate::config::AssertionAudience,
+    /// `provider.client_assertion_typ`.
+    pub client_assertion_typ: Option<String>,
 }
 
 /// Least time between two discovery attempts after a failure.
@@ -295,7 +305,7 @@ impl Provider {
     }
 
     /// How the client authenticates at the token endpoint (see `client_auth`).
-    pub async fn client_auth(&self, metadata: &Metadata) -> ClientAuth<'_> {
+    pub async fn client_auth<'a>(&'a self, metadata: &'a Metadata) -> ClientAuth<'a> {
         let secret = self.settings.client_secret.as_deref().map(String::as_str);
         let method = self
             .auto_auth
@@ -306,13 +316,28 @@ impl Provider {
                 &self.settings.issuer,
                 &self.settings.client_id,
                 secret,
+                self.settings.client_key.is_some(),
                 &self.settings.redirect_uri,
             )
             .await;
+        let assertion =
+            self.settings
+                .client_key
+                .as_deref()
+                .map(|key| client_auth::AssertionSettings {
+                    key,
+                    audience: match self.settings.client_assertion_aud {
+                        crate::config::AssertionAudience::Issuer => &self.settings.issuer,
+                        crate::config::AssertionAudience::TokenEndpoint => &metadata.token_endpoint,
+                    },
+                    typ: self.settings.client_assertion_typ.as_deref(),
+                    fapi2: false,
+                });
         ClientAuth {
             client_id: &self.settings.client_id,
             client_secret: secret,
             method,
+            assertion,
         }
     }
 

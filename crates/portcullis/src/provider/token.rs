@@ -57,7 +57,8 @@ async fn token_request(
     auth: ClientAuth<'_>,
     mut form: Vec<(&str, &str)>,
 ) -> Result<TokenResponse, ProviderError> {
-    let basic = auth.apply(&mut form);
+    let credentials = auth.credentials()?;
+    let basic = credentials.apply(&mut form);
     let answer = http
         .post_form("token", endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
         .await?;
@@ -132,7 +133,8 @@ pub async fn revoke(
     hint: &str,
 ) -> Result<(), ProviderError> {
     let mut form = vec![("token", token), ("token_type_hint", hint)];
-    let basic = auth.apply(&mut form);
+    let credentials = auth.credentials()?;
+    let basic = credentials.apply(&mut form);
     let answer = http
         .post_form(
             "revocation",
