@@ -17,6 +17,9 @@ use crate::provider::discovery::{self, Metadata};
 use crate::provider::http::ProviderHttp;
 use crate::provider::{Provider, ProviderError};
 
+mod client;
+use client::client_check;
+
 /// How far the provider's clock may be from ours before a warning (ID tokens allow
 /// 60 s, [`crate::provider::id_token`]).
 const SKEW_WARN: Duration = Duration::from_secs(5);
@@ -500,68 +503,6 @@ fn clock_check(
         );
     } else {
         report.push(Level::Ok, "clock", text);
-    }
-}
-
-async fn client_check(config: &Config, provider: &Provider, report: &mut Report) {
-    let code = format!("portcullis-doctor-{}", crate::random::random_token());
-    let verifier = crate::random::random_token() + &crate::random::random_token();
-    let outcome = provider
-        .exchange_code(&code, &verifier, &config.redirect_uri())
-        .await;
-    let kind = if config.client_secret.is_some() {
-        "credentials"
-    } else {
-        "public client id"
-    };
-    match outcome {
-        Err(ProviderError::TokenRejected(e)) if e == "invalid_grant" => report.push(
-            Level::Ok,
-            "client",
-            format!("{kind} accepted (a bogus code was refused with invalid_grant)"),
-        ),
-        Err(ProviderError::TokenRejected(e)) if e == "invalid_client" || e == "http_401" => {
-            report.problem(
-                Level::Error,
-                "client",
-                format!("the token endpoint refused the client ({e})"),
-                if config.client_secret.is_some() {
-                    "check client_id and client_secret (PORTCULLIS_CLIENT_SECRET), and that the client authenticates with client_secret_basic"
-                } else {
-                    "check client_id; a client registered as confidential needs client_secret (PORTCULLIS_CLIENT_SECRET)"
-                },
-            )
-        }
-        Err(ProviderError::TokenRejected(e)) if e == "unauthorized_client" => report.problem(
-            Level::Error,
-            "client",
-            "the token endpoint refused the client (unauthorized_client): wrong credentials, or a client that may not use the authorization code grant",
-            "check client_id and client_secret, and allow the authorization_code (and refresh_token) grant for this client at the provider",
-        ),
-        Err(ProviderError::BadResponse(why)) => report.problem(
-            Level::Warn,
-            "client",
-            format!("the answer to a bogus code was no OAuth error ({why}); the credentials could not be told right or wrong"),
-            "check client_id and client_secret; sign in once to see",
-        ),
-        Err(ProviderError::TokenRejected(e)) => report.problem(
-            Level::Warn,
-            "client",
-            format!("a bogus code was refused with {e}; the credentials could not be told right or wrong"),
-            "sign in once to see; if it fails, check client_id and client_secret",
-        ),
-        Ok(_) => report.problem(
-            Level::Error,
-            "client",
-            "the token endpoint accepted a made-up code",
-            "do not use this provider: it does not check authorization codes",
-        ),
-        Err(e) => report.problem(
-            Level::Error,
-            "client",
-            format!("the token endpoint failed: {e}"),
-            "check the provider's token_endpoint is reachable from this host",
-        ),
     }
 }
 

@@ -79,6 +79,28 @@ fn calls(events: &Value, path: &str, method: &str, status: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// `doctor`'s `client` finding for a gateway of `issuer` with `env`: (level, line).
+async fn doctor_client(issuer: &str, env: &[(&str, &str)]) -> (String, String) {
+    let mut vars: Vec<(String, String)> = vec![
+        ("PORTCULLIS_ISSUER".into(), issuer.into()),
+        ("PORTCULLIS_CLIENT_ID".into(), "app".into()),
+        ("PORTCULLIS_STORE".into(), "sqlite::memory:".into()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = portcullis::Config::load_from(None, vars).unwrap();
+    let report = portcullis::doctor::run(&config).await;
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == "client")
+        .expect("a client finding");
+    let line = match &f.fix {
+        Some(fix) => format!("{} — fix: {fix}", f.message),
+        None => f.message.clone(),
+    };
+    (format!("{:?}", f.level), line)
+}
+
 #[tokio::test]
 async fn interop_client_secret_basic_carries_a_base64_secret() {
     // RFC 6749 §2.3.1: form-encoded, then Basic; a certified provider decodes it.
@@ -284,6 +306,29 @@ async fn private_key_jwt(kind: KeyKind, alg: &str) {
                 "a jti was reused"
             );
         }
+        let (level, line) = doctor_client(&node.issuer, &env).await;
+        assert_eq!(level, "Ok", "{line}");
+        assert!(
+            line.starts_with(&format!("client assertion ({alg}, aud = the"))
+                && line.contains("accepted with private_key_jwt"),
+            "{line}"
+        );
+        // A key the provider does not know: doctor says to register it.
+        let stranger = dir.join("stranger.pem");
+        std::fs::write(&stranger, generate_pem(kind).unwrap()).unwrap();
+        let (level, line) = doctor_client(
+            &node.issuer,
+            &[(
+                "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE",
+                stranger.to_str().unwrap(),
+            )],
+        )
+        .await;
+        assert_eq!(level, "Error", "{line}");
+        assert!(
+            line.contains("register the public key") && line.contains("/auth/client-jwks.json"),
+            "{line}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -310,4 +355,286 @@ async fn client_jwks_is_absent_without_a_client_key() {
     let r = reqwest::get(gw.at("/auth/client-jwks.json")).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "no_client_key");
+}
+
+// ---------------------------------------------------------------------------------
+// `auto` against a provider that lists basic and post but does not form-decode Basic
+// credentials (played by the hostile provider): the probe's outcome table.
+
+mod auto_probe {
+    use super::support::gateway::{Options, callback_query};
+    use super::support::{Browser, HostileProvider, TestGateway};
+    use serde_json::json;
+
+    /// A secret as base64 makes them: RFC 6749's encoding changes it over Basic.
+    const SECRET: &str = "Zm9v+YmFy/YmF6==";
+
+    async fn provider(secret: &str) -> HostileProvider {
+        let p = HostileProvider::start().await;
+        p.patch_metadata(json!({
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        }));
+        p.script.lock().unwrap().client_secret = Some(secret.to_owned());
+        p
+    }
+
+    async fn gateway(
+        p: &HostileProvider,
+        secret: &str,
+        store_of: Option<&TestGateway>,
+    ) -> TestGateway {
+        let options = Options {
+            file_store: store_of.is_none(),
+            db_path: store_of.and_then(|g| g.db_path.clone()),
+            secret: store_of.map(|g| g.secret),
+            ..Options::default()
+        };
+        TestGateway::start_with(&p.issuer, options.env("PORTCULLIS_CLIENT_SECRET", secret)).await
+    }
+
+    /// One sign-in attempt; the gateway's answer status and the code the provider issued.
+    async fn attempt(p: &HostileProvider, gw: &TestGateway) -> (u16, String) {
+        let browser = Browser::new();
+        let auth = gw.start_login(&browser, None).await;
+        let token = p
+            .keys
+            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
+        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let resp = gw
+            .callback(
+                &browser,
+                &callback_query(&code, &auth.state, Some(&p.issuer)),
+            )
+            .await;
+        (resp.status, code)
+    }
+
+    /// The token requests so far: (method, whether it carried a made-up probe code).
+    fn requests(p: &HostileProvider) -> Vec<(&'static str, bool)> {
+        p.script
+            .lock()
+            .unwrap()
+            .token_requests
+            .iter()
+            .map(|(m, code)| (*m, code.starts_with("portcullis-probe-")))
+            .collect()
+    }
+
+    fn times_presented(p: &HostileProvider, code: &str) -> usize {
+        let s = p.script.lock().unwrap();
+        s.token_requests.iter().filter(|(_, c)| c == code).count()
+    }
+
+    #[tokio::test]
+    async fn the_probe_picks_post_and_the_real_code_is_sent_once() {
+        let p = provider(SECRET).await;
+        let gw = gateway(&p, SECRET, None).await;
+        let (status, code) = attempt(&p, &gw).await;
+        assert_eq!(status, 303, "sign-in works with client_secret_post");
+        assert_eq!(
+            requests(&p),
+            [("basic", true), ("post", true), ("post", false)],
+            "basic probed and refused, post probed and accepted, then the code with post"
+        );
+        assert_eq!(times_presented(&p, &code), 1);
+        // Decided for every instance on the store: a second one goes straight to post.
+        let second = gateway(&p, SECRET, Some(&gw)).await;
+        let (status, code) = attempt(&p, &second).await;
+        assert_eq!(status, 303);
+        assert_eq!(requests(&p)[3..], [("post", false)]);
+        assert_eq!(times_presented(&p, &code), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_costs_one_probe_not_a_call_per_request() {
+        let p = provider("the-right-one").await;
+        let gw = gateway(&p, SECRET, None).await;
+        let (status, _) = attempt(&p, &gw).await;
+        assert_eq!(status, 400, "the provider refuses the client");
+        assert_eq!(
+            requests(&p),
+            [("basic", true), ("post", true), ("basic", false)]
+        );
+        for _ in 0..2 {
+            let (status, code) = attempt(&p, &gw).await;
+            assert_eq!(status, 400);
+            assert_eq!(times_presented(&p, &code), 1);
+        }
+        assert_eq!(
+            requests(&p).len(),
+            5,
+            "no probe again within 10 minutes: {:?}",
+            requests(&p)
+        );
+    }
+
+    #[tokio::test]
+    async fn doctor_names_the_method_that_works() {
+        let p = provider(SECRET).await;
+        let auto = super::doctor_client(&p.issuer, &[("PORTCULLIS_CLIENT_SECRET", SECRET)]).await;
+        assert_eq!(auto.0, "Ok", "{}", auto.1);
+        assert!(
+            auto.1
+                .starts_with("credentials accepted with client_secret_post")
+                && auto
+                    .1
+                    .contains(r#"set provider.token_endpoint_auth_method = "client_secret_post""#),
+            "{}",
+            auto.1
+        );
+        let basic = super::doctor_client(
+            &p.issuer,
+            &[
+                ("PORTCULLIS_CLIENT_SECRET", SECRET),
+                (
+                    "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD",
+                    "client_secret_basic",
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(basic.0, "Error", "{}", basic.1);
+        assert!(
+            basic.1.contains(
+                "refused the client with client_secret_basic but accepts client_secret_post"
+            ) && basic
+                .1
+                .contains(r#"fix: set provider.token_endpoint_auth_method = "client_secret_post""#),
+            "{}",
+            basic.1
+        );
+        let wrong = super::doctor_client(&p.issuer, &[("PORTCULLIS_CLIENT_SECRET", "wrong")]).await;
+        assert_eq!(wrong.0, "Error", "{}", wrong.1);
+        assert!(
+            wrong.1.contains("check client_id and client_secret"),
+            "{}",
+            wrong.1
+        );
+        p.script.lock().unwrap().token_override = Some((503, "{}".into()));
+        let down = super::doctor_client(&p.issuer, &[("PORTCULLIS_CLIENT_SECRET", SECRET)]).await;
+        assert_eq!(down.0, "Error", "{}", down.1);
+        assert!(down.1.contains("the token endpoint failed"), "{}", down.1);
+        // doctor remembers nothing: the gateway still probes.
+        p.script.lock().unwrap().token_override = None;
+        let gw = gateway(&p, SECRET, None).await;
+        let before = requests(&p).len();
+        let (status, _) = attempt(&p, &gw).await;
+        assert_eq!(status, 303);
+        assert_eq!(
+            requests(&p)[before..],
+            [("basic", true), ("post", true), ("post", false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_inconclusive_probe_falls_back_to_basic_and_is_not_remembered() {
+        for status in [503u16, 429] {
+            let p = provider(SECRET).await;
+            p.script.lock().unwrap().token_override = Some((status, "{}".into()));
+            let gw = gateway(&p, SECRET, None).await;
+            let (answer, _) = attempt(&p, &gw).await;
+            assert_ne!(answer, 303);
+            assert_eq!(
+                requests(&p),
+                [("basic", true), ("basic", false)],
+                "{status}: one probe, inconclusive, then basic"
+            );
+            // The provider is back: another instance on the store probes afresh (the
+            // inconclusive answer was not stored) and finds post.
+            p.script.lock().unwrap().token_override = None;
+            let second = gateway(&p, SECRET, Some(&gw)).await;
+            let (answer, _) = attempt(&p, &second).await;
+            assert_eq!(answer, 303, "{status}");
+            assert_eq!(
+                requests(&p)[2..],
+                [("basic", true), ("post", true), ("post", false)]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The dev provider's `private_key_jwt` clients.
+
+#[tokio::test]
+async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
+    let pem = generate_pem(KeyKind::EcP256).unwrap();
+    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let jwks_line = format!(
+        "jwks = '{}'",
+        serde_json::to_string(&key.public_jwks(false)).unwrap()
+    );
+    let issuer = support::dev_provider::start_with_client(&gateway_url, &jwks_line).await;
+    let dir = std::env::temp_dir().join(format!(
+        "pc-client-key-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("client-key.pem");
+    std::fs::write(&key_file, &pem).unwrap();
+    let gw = TestGateway::start_with(
+        &issuer,
+        Options {
+            listener: Some(listener),
+            ..Options::default()
+        }
+        .env(
+            "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE",
+            key_file.to_str().unwrap(),
+        ),
+    )
+    .await;
+    let browser = Browser::new();
+    let resp = gw
+        .sign_in_through_form(&browser, "alice", "alice", "/")
+        .await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+
+    // At the token endpoint directly: an assertion authenticates once (the made-up
+    // code is then refused as a grant), its replay is refused as a client.
+    let token_endpoint = format!("{issuer}/token");
+    let post = |assertion: String| {
+        let token_endpoint = token_endpoint.clone();
+        let gateway_url = gateway_url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(&token_endpoint)
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", "made-up"),
+                    ("code_verifier", &"v".repeat(43)),
+                    ("redirect_uri", &format!("{gateway_url}/auth/callback")),
+                    ("client_id", "app"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &assertion),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap()["error"].clone())
+        }
+    };
+    let now = gw.clock_now();
+    let assertion = key.assertion("app", &issuer, None, false, now).unwrap();
+    assert_eq!(post(assertion.clone()).await, (400, json!("invalid_grant")));
+    assert_eq!(
+        post(assertion).await,
+        (401, json!("invalid_client")),
+        "replay"
+    );
+    let other =
+        ClientKey::from_pem(generate_pem(KeyKind::EcP256).unwrap().as_bytes(), None).unwrap();
+    let foreign = other.assertion("app", &issuer, None, false, now).unwrap();
+    assert_eq!(post(foreign).await.0, 401, "another key");
+    let elsewhere = key
+        .assertion("app", "https://another.example", None, false, now)
+        .unwrap();
+    assert_eq!(post(elsewhere).await.0, 401, "another audience");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -176,36 +176,42 @@ pub fn judge_probe(answer: &Result<Answer, ProviderError>) -> ProbeOutcome {
     }
 }
 
-/// A token request with a made-up code and verifier, authenticated by `auth`.
+/// A token request with a made-up code and verifier, authenticated by `auth`, judged
+/// by the outcome table.
 pub async fn probe(
     http: &ProviderHttp,
     token_endpoint: &str,
     redirect_uri: &str,
     auth: ClientAuth<'_>,
 ) -> ProbeOutcome {
+    judge_probe(&probe_answer(http, token_endpoint, redirect_uri, auth).await)
+}
+
+/// The provider's answer to a token request with a made-up code and verifier.
+pub async fn probe_answer(
+    http: &ProviderHttp,
+    token_endpoint: &str,
+    redirect_uri: &str,
+    auth: ClientAuth<'_>,
+) -> Result<Answer, ProviderError> {
     let code = format!("portcullis-probe-{}", crate::random::random_token());
-    let verifier = crate::random::random_token();
+    let verifier = crate::random::random_token() + &crate::random::random_token();
     let mut form = vec![
         ("grant_type", "authorization_code"),
         ("code", code.as_str()),
         ("code_verifier", verifier.as_str()),
         ("redirect_uri", redirect_uri),
     ];
-    let credentials = match auth.credentials() {
-        Ok(c) => c,
-        Err(e) => return judge_probe(&Err(e)),
-    };
+    let credentials = auth.credentials()?;
     let basic = credentials.apply(&mut form);
-    let answer = http
-        .post_form(
-            "token",
-            token_endpoint,
-            &form,
-            basic,
-            super::token::MAX_TOKEN_RESPONSE_BYTES,
-        )
-        .await;
-    judge_probe(&answer)
+    http.post_form(
+        "token",
+        token_endpoint,
+        &form,
+        basic,
+        super::token::MAX_TOKEN_RESPONSE_BYTES,
+    )
+    .await
 }
 
 /// The secret methods a metadata list names: (basic, post). A missing list names basic

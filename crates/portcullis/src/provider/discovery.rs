@@ -27,6 +27,9 @@ pub struct Metadata {
     /// RFC 8414 §2 / OIDC Discovery: how clients may authenticate (absent: basic).
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    /// The algorithms client assertions may be signed with.
+    #[serde(default)]
+    pub token_endpoint_auth_signing_alg_values_supported: Option<Vec<String>>,
     #[serde(default)]
     pub revocation_endpoint_auth_methods_supported: Option<Vec<String>>,
     #[serde(default)]

@@ -30,7 +30,7 @@ pub use id_token::{IdTokenClaims, IdTokenError};
 pub use token::TokenResponse;
 
 use crate::clock::UnixTime;
-use client_auth::{AutoAuth, ClientAuth};
+use client_auth::{AuthMethod, AutoAuth, ClientAuth};
 use http::ProviderHttp;
 use jwks::JwksCache;
 
@@ -306,7 +306,6 @@ impl Provider {
 
     /// How the client authenticates at the token endpoint (see `client_auth`).
     pub async fn client_auth<'a>(&'a self, metadata: &'a Metadata) -> ClientAuth<'a> {
-        let secret = self.settings.client_secret.as_deref().map(String::as_str);
         let method = self
             .auto_auth
             .method(
@@ -315,11 +314,16 @@ impl Provider {
                 metadata,
                 &self.settings.issuer,
                 &self.settings.client_id,
-                secret,
+                self.settings.client_secret.as_deref().map(String::as_str),
                 self.settings.client_key.is_some(),
                 &self.settings.redirect_uri,
             )
             .await;
+        self.auth_with(metadata, method)
+    }
+
+    /// This client's credentials, authenticating by `method`.
+    fn auth_with<'a>(&'a self, metadata: &'a Metadata, method: AuthMethod) -> ClientAuth<'a> {
         let assertion =
             self.settings
                 .client_key
@@ -335,10 +339,26 @@ impl Provider {
                 });
         ClientAuth {
             client_id: &self.settings.client_id,
-            client_secret: secret,
+            client_secret: self.settings.client_secret.as_deref().map(String::as_str),
             method,
             assertion,
         }
+    }
+
+    /// A token request with a made-up code, authenticated by `method`, and the raw
+    /// answer (`doctor` tells each method's outcome; nothing is remembered).
+    pub async fn probe_client_auth(
+        &self,
+        method: AuthMethod,
+    ) -> Result<http::Answer, ProviderError> {
+        let metadata = self.metadata().await?;
+        client_auth::probe_answer(
+            &self.http,
+            &metadata.token_endpoint,
+            &self.settings.redirect_uri,
+            self.auth_with(&metadata, method),
+        )
+        .await
     }
 
     /// A call refused with `invalid_client` (or a 401): an `auto` decision is made

@@ -3,14 +3,20 @@
 
 /// Starts the dev provider; its issuer. The data lives in a fresh temporary folder.
 pub async fn start(gateway_url: &str, secret: Option<&str>) -> String {
+    let secret_line = secret
+        .map(|s| format!("secret = \"{s}\"\n"))
+        .unwrap_or_default();
+    start_with_client(gateway_url, &secret_line).await
+}
+
+/// Starts the dev provider with `client_lines` (TOML: `secret = …` or `jwks = …`) in
+/// its client's entry.
+pub async fn start_with_client(gateway_url: &str, client_lines: &str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
     let dir =
         std::env::temp_dir().join(format!("pc-dev-idp-{}", portcullis::random::random_token()));
     std::fs::create_dir_all(&dir).unwrap();
-    let secret_line = secret
-        .map(|s| format!("secret = \"{s}\"\n"))
-        .unwrap_or_default();
     let config = format!(
         r#"
 issuer = "{issuer}"
@@ -18,7 +24,8 @@ listen = "{addr}"
 store = "sqlite:{db}"
 [[clients]]
 id = "app"
-{secret_line}redirect_uris = ["{gateway_url}/auth/callback"]
+{client_lines}
+redirect_uris = ["{gateway_url}/auth/callback"]
 backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
 [[users]]
 username = "alice"

@@ -46,6 +46,14 @@ pub struct Script {
     pub refresh_tokens_used: Vec<String>,
     /// UserInfo answers this status instead.
     pub userinfo_status: Option<u16>,
+    /// When set, the token endpoint authenticates the client `app` with this secret
+    /// the way some providers do: Basic credentials compared *without* form-decoding
+    /// them (so a secret with `+`, `/` or `=` fails over Basic), or the form's
+    /// `client_secret`; a mismatch is 401 `invalid_client`.
+    pub client_secret: Option<String>,
+    /// Per token request: how the client authenticated (`basic`, `post`, `none`) and
+    /// the code it presented (probes present made-up codes).
+    pub token_requests: Vec<(&'static str, String)>,
 }
 
 /// One scripted answer to a refresh request.
@@ -276,12 +284,33 @@ async fn redirect_to_evil(State(p): State<HostileProvider>) -> Response {
 
 async fn token(
     State(p): State<HostileProvider>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     p.counters.token_calls.fetch_add(1, Ordering::SeqCst);
-    let (delay, over) = {
-        let s = p.script.lock().unwrap();
-        (s.token_delay, s.token_override.clone())
+    let basic = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(|b| {
+            let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+                .unwrap_or_default();
+            String::from_utf8_lossy(&decoded).into_owned()
+        });
+    let method = match (&basic, form.get("client_secret")) {
+        (Some(_), _) => "basic",
+        (None, Some(_)) => "post",
+        (None, None) => "none",
+    };
+    let (delay, over, secret) = {
+        let mut s = p.script.lock().unwrap();
+        s.token_requests
+            .push((method, form.get("code").cloned().unwrap_or_default()));
+        (
+            s.token_delay,
+            s.token_override.clone(),
+            s.client_secret.clone(),
+        )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -293,6 +322,22 @@ async fn token(
             body,
         )
             .into_response();
+    }
+    if let Some(secret) = secret {
+        let ok = match (&basic, form.get("client_secret")) {
+            (Some(pair), None) => *pair == format!("app:{secret}"),
+            (None, Some(given)) => {
+                *given == secret && form.get("client_id").map(String::as_str) == Some("app")
+            }
+            _ => false,
+        };
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "invalid_client"})),
+            )
+                .into_response();
+        }
     }
     let invalid_grant = || {
         (
