@@ -273,7 +273,7 @@ mutate $S/session/assertion.rs '        .find(|r| ring.open(&r.sealed_key, &seal
 mutate $S/session/reload.rs '        self.routes.store(RouteRules::new(&new.routes));' '' sessions a_reload_puts_a_new_key
 mutate $S/http/serve.rs '                tunnels.close_all();' '' guard_proxy a_shutdown_lets_open_websockets
 mutate $S/http/serve.rs '        let open = tunnels.open();' '        let open = 0;' guard_proxy a_shutdown_lets_open_websockets
-mutate $S/doctor.rs 'Err(ProviderError::TokenRejected(e)) if e == "invalid_client" || e == "http_401" => {' 'Err(ProviderError::TokenRejected(e)) if false => {' cli:doctor a_wrong_client_secret
+mutate $S/doctor/client.rs '(_, None) if tried.iter().all(|t| t.outcome == ProbeOutcome::Refused) => report.problem(' '(_, None) if false => report.problem(' cli:doctor a_wrong_client_secret
 
 # One decision for every door (G01–G05, G11): the table of one_decision.rs at the
 # in-process doors and behind nginx and Caddy.
@@ -349,6 +349,18 @@ C=crates/portcullis-cli/src
 mutate $C/log_output.rs "            '=' if !quoted => out.write_str(\"\\\\u{3d}\")?," '' clibin g06_no_value
 mutate $C/log_output.rs '            name if plain => write!(self.writer, "{name}={value}"),' '            name => write!(self.writer, "{name}={value}"),' clibin g06_no_value
 mutate $C/log_output.rs 'escape_invisible(&buf, self.json) {' 'escape_invisible(&buf, self.json).filter(|_| false) {' clibin g06_json
+
+# Client authentication (issue 24).
+CA=client_auth
+mutate $S/provider/client_key.rs '"jti": crate::random::random_token(),' '"jti": "one",' lib every_kind_signs_assertions
+mutate $S/provider/client_key.rs 'pub const ASSERTION_LIFETIME_SECS: i64 = 60;' 'pub const ASSERTION_LIFETIME_SECS: i64 = 3600;' lib every_kind_signs_assertions
+mutate $S/provider/client_key.rs 'if !cert.windows(key.public.len()).any(|w| w == key.public) {' 'if false {' lib a_certificate_must_hold
+mutate $S/provider/client_auth.rs 'if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {' 'if false {' $CA a_wrong_secret_costs_one_probe
+mutate $S/provider/client_auth.rs '            memory.remember(&key, method.name()).await;' '' $CA the_probe_picks_post
+mutate $S/provider/client_auth.rs '        _ => ProbeOutcome::Inconclusive,' '        _ => ProbeOutcome::Works,' $CA an_inconclusive_probe
+mutate $S/provider/mod.rs '&& (e == "invalid_client" || e == "http_401")' '&& false' $CA a_real_invalid_client_forgets
+mutate crates/portcullis-idp/src/token.rs 'if !idp.assertions.first_use(&client.id, jti, exp) {' 'if false {' $CA dev_provider_signs_in_a_private_key_jwt
+mutate crates/portcullis-idp/src/token.rs '(None, None) if client.jwks.is_none() => Ok(client),' '(None, None) => Ok(client),' $CA dev_provider_signs_in_a_private_key_jwt
 
 I=crates/portcullis-idp/src
 P=idp:provider

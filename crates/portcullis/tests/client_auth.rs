@@ -469,6 +469,27 @@ mod auto_probe {
     }
 
     #[tokio::test]
+    async fn a_real_invalid_client_forgets_the_decision() {
+        let p = provider(SECRET).await;
+        let gw = gateway(&p, SECRET, None).await;
+        assert_eq!(attempt(&p, &gw).await.0, 303);
+        assert_eq!(requests(&p).len(), 3, "decided: post");
+        // The provider stops accepting the client (the secret was rotated there).
+        p.script.lock().unwrap().client_secret = Some("rotated".into());
+        assert_eq!(attempt(&p, &gw).await.0, 400);
+        assert_eq!(requests(&p)[3..], [("post", false)]);
+        // Back: another instance finds nothing stored and probes again.
+        p.script.lock().unwrap().client_secret = Some(SECRET.into());
+        let second = gateway(&p, SECRET, Some(&gw)).await;
+        assert_eq!(attempt(&p, &second).await.0, 303);
+        assert_eq!(
+            requests(&p)[4..],
+            [("basic", true), ("post", true), ("post", false)],
+            "the decision was forgotten in the store"
+        );
+    }
+
+    #[tokio::test]
     async fn doctor_names_the_method_that_works() {
         let p = provider(SECRET).await;
         let auto = super::doctor_client(&p.issuer, &[("PORTCULLIS_CLIENT_SECRET", SECRET)]).await;

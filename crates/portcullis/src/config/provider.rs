@@ -252,6 +252,11 @@ impl RawProvider {
             .as_deref()
             .and_then(|key| read_client_key(key, client_cert_file.as_deref(), errors));
         if client_key_file.is_none() {
+            if self.client_assertion_aud.is_some() || self.client_assertion_typ.is_some() {
+                errors.push(
+                    "`provider.client_assertion_aud` and `client_assertion_typ` shape private_key_jwt assertions: they need `provider.client_key_file`".into(),
+                );
+            }
             if client_cert_file.is_some() {
                 errors.push(
                     "`provider.client_cert_file` needs `provider.client_key_file` (the certificate's private key)".into(),
@@ -355,6 +360,84 @@ fn read_client_key(
 mod tests {
     use crate::config::Config;
     use crate::config::test_support::minimal;
+
+    #[test]
+    fn a_client_key_is_read_at_load_and_its_settings_need_it() {
+        use crate::config::{AssertionAudience, AuthMethodSetting};
+        use crate::provider::client_key::{KeyKind, generate_pem};
+        let dir =
+            std::env::temp_dir().join(format!("pc-key-config-{}", crate::random::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.pem");
+        std::fs::write(&key, generate_pem(KeyKind::Ed25519).unwrap()).unwrap();
+        let key = key.to_str().unwrap().to_owned();
+        let load = |pairs: &[(&str, &str)]| {
+            let mut e = minimal();
+            e.extend(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (format!("PORTCULLIS_PROVIDER_{k}"), (*v).to_owned())),
+            );
+            Config::load_from(None, e)
+        };
+        let c = load(&[
+            ("CLIENT_KEY_FILE", &key),
+            ("CLIENT_ASSERTION_AUD", "token_endpoint"),
+        ])
+        .unwrap();
+        assert!(c.provider.client_key.is_some());
+        assert_eq!(
+            c.provider.client_assertion_aud,
+            AssertionAudience::TokenEndpoint
+        );
+        assert_eq!(
+            c.provider.token_endpoint_auth_method,
+            AuthMethodSetting::Auto
+        );
+        let refused = |pairs: &[(&str, &str)], says: &str| {
+            let e = load(pairs).unwrap_err().0.join("\n");
+            assert!(e.contains(says), "{pairs:?}: {e}");
+        };
+        refused(
+            &[("CLIENT_KEY_FILE", "/nonexistent/key.pem")],
+            "cannot read",
+        );
+        refused(
+            &[("TOKEN_ENDPOINT_AUTH_METHOD", "private_key_jwt")],
+            "needs `provider.client_key_file`",
+        );
+        refused(
+            &[("CLIENT_CERT_FILE", &key)],
+            "needs `provider.client_key_file`",
+        );
+        refused(
+            &[("CLIENT_ASSERTION_AUD", "issuer")],
+            "need `provider.client_key_file`",
+        );
+        refused(
+            &[
+                ("CLIENT_KEY_FILE", &key),
+                ("CLIENT_ASSERTION_AUD", "audience"),
+            ],
+            "neither `issuer` nor `token_endpoint`",
+        );
+        refused(
+            &[("CLIENT_KEY_FILE", &key), ("CLIENT_ASSERTION_TYP", "JWT")],
+            "`client-authentication+jwt`",
+        );
+        refused(
+            &[
+                ("CLIENT_KEY_FILE", &key),
+                ("TOKEN_ENDPOINT_AUTH_METHOD", "none"),
+            ],
+            "not `private_key_jwt` or `auto`",
+        );
+        refused(
+            &[("CLIENT_KEY_FILE", &key), ("CLIENT_CERT_FILE", &key)],
+            "`provider.client_cert_file`",
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn token_endpoint_auth_methods_read_and_fit_the_secret() {

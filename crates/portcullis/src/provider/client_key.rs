@@ -38,8 +38,6 @@ pub enum ClientKeyError {
     NotAPrivateKey(String),
     #[error("it is not an EC P-256, Ed25519 or RSA (at least 2048 bits) private key")]
     UnsupportedKey,
-    #[error("its RSA key has {0} bits; at least 2048 are needed")]
-    RsaTooSmall(usize),
     #[error("the certificate file holds no CERTIFICATE PEM block")]
     NotACertificate,
     #[error("the certificate does not hold the key's public key")]
@@ -263,15 +261,11 @@ impl ClientKey {
     }
 }
 
-/// An RSA key's parts, refused under 2048 bits.
+/// An RSA key's parts (aws-lc-rs reads no RSA key under 2048 bits).
 fn rsa_parts(
     rsa: &RsaKeyPair,
     pkcs1: &[u8],
 ) -> Result<(KeyKind, EncodingKey, Vec<u8>), ClientKeyError> {
-    let bits = rsa.public_modulus_len() * 8;
-    if bits < 2048 {
-        return Err(ClientKeyError::RsaTooSmall(bits));
-    }
     Ok((
         KeyKind::Rsa,
         EncodingKey::from_rsa_der(pkcs1),
@@ -412,6 +406,32 @@ mod tests {
             .unwrap();
         assert_eq!(
             ClientKey::from_pem(to_pem("PRIVATE KEY", p384.as_ref()).as_bytes(), None).unwrap_err(),
+            ClientKeyError::UnsupportedKey
+        );
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        // Made by `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024` for
+        // this test only.
+        const RSA_1024: &str = "-----BEGIN PRIVATE KEY-----\n\
+MIICdgIBADANBgkqhkiG9w0BAQEFAASCAmAwggJcAgEAAoGBAKwSkdwpe8a6Qg9N\n\
+32/uW9RVzKmF3dtDrBNThZ3ipeM7zqILzG4iVMDk8t17W+3OR3oq/IaCVEGSGUsI\n\
+F5jBSztmaFbz69irX+MM4UynsDAAohaPaeF3cpFRkUklX82sH5ETobtK6JEjxsBR\n\
+qFMmAlNkVzfKDdTZBL2YY5+v8d8HAgMBAAECgYAo+N78UnBjmHQkWsGKUHJTM/7g\n\
+mryB+jIeA/Q77PzdB5+jHDYYP1p498sQi9AO5uBEKbopeR0A4/3bzNh5igUUgnnO\n\
+/T393oVsjm+qnJ1IU40gNSQfN3Dq9Eb0WfIdt/Yfr58d5eN4hSsPaYGiQY94JuJA\n\
+hhMZIkEbnl8XeEMSAQJBAOP6BQXG8sJwrAQauYwyLvsV/XmIQSR2SkTxLs63E9hR\n\
+XHVRn/LtLu4B78mF7syKqcx580MSp1gjqRdeO6qgPgcCQQDBOVtpWJJuz5GGy5PO\n\
+5iTWJVMbBvEX195M2jtdCHAq6yqIlFwHS8+FwAPJwOrZ0xvQwA9i2N8ZIUqVWgKi\n\
+iRcBAkBSteXWl7yBgOFXx95jl91lqS/CRQXlValSY/JoexGPHM2fntKaDyVEop09\n\
+jwL5YKGEFwaD4iOmnaF+Yejh2atHAkEAlGmb3uSbROXF34VKeKapMJrmpGHGmQvD\n\
+wb/1zNWIYk7TEqjxruD5+r+rqTG2sazHNqXuq3vskH7TrLfAQluOAQJAO03Uga3H\n\
+hVqVHRFqHledsmIgLIISIkMP6lhnM5thvnWu7b+drGiVoIPlxekXd1aRgggpSxc/\n\
+AAwONWN13xqQcA==\n\
+-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            ClientKey::from_pem(RSA_1024.as_bytes(), None).unwrap_err(),
             ClientKeyError::UnsupportedKey
         );
     }

@@ -232,6 +232,9 @@ pub struct Provider {
     jwks: JwksCache,
     /// How `auto` client authentication was decided.
     auto_auth: AutoAuth,
+    /// The client authentication method last logged (0: none yet), so that it is
+    /// logged once, and again only when it changes.
+    auth_logged: std::sync::atomic::AtomicU8,
 }
 
 impl Provider {
@@ -244,6 +247,7 @@ impl Provider {
             last_discovery: Mutex::new(None),
             jwks,
             auto_auth: AutoAuth::default(),
+            auth_logged: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -319,6 +323,18 @@ impl Provider {
                 &self.settings.redirect_uri,
             )
             .await;
+        let code = method as u8 + 1;
+        if self
+            .auth_logged
+            .swap(code, std::sync::atomic::Ordering::Relaxed)
+            != code
+        {
+            tracing::info!(
+                method = method.name(),
+                setting = ?self.settings.auth_method,
+                "client authentication at the provider"
+            );
+        }
         self.auth_with(metadata, method)
     }
 
