@@ -76,7 +76,7 @@ fn make(args: &ClientNew<'_>) -> Result<(), String> {
     println!("key id (RFC 7638 thumbprint): {}", key.kid());
     println!();
     println!(
-        "Register this public key set with the provider (or its URL: {{public_url}}{{prefix}}/client-jwks.json):"
+        "Register this public key set with the provider (or the URL the gateway serves it at: public_url + prefix + /client-jwks.json):"
     );
     println!(
         "{}",

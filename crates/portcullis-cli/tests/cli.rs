@@ -790,3 +790,78 @@ fn g06_hostile_paths_never_forge_access_log_fields() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+#[test]
+fn keys_client_new_writes_a_key_and_certificate_the_gateway_reads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    for kind in ["ec", "ed25519", "rsa"] {
+        let dir = std::env::temp_dir().join(format!(
+            "pc-client-new-{kind}-{}",
+            portcullis::random::random_token()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = || {
+            portcullis()
+                .current_dir(&dir)
+                .args(["keys", "client-new", "--type", kind, "--out", "key.pem"])
+                .args(["--self-signed", "--cert-out", "cert.pem"])
+                .output()
+                .unwrap()
+        };
+        let out = run();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("client_key_file = \"key.pem\""), "{stdout}");
+        assert!(
+            stdout.contains("client_cert_file = \"cert.pem\""),
+            "{stdout}"
+        );
+        let mode = std::fs::metadata(dir.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the private key is readable by its owner only"
+        );
+
+        // The gateway reads both, and publishes the key set that was printed.
+        let env = vec![
+            (
+                "PORTCULLIS_ISSUER".to_owned(),
+                "https://op.example".to_owned(),
+            ),
+            ("PORTCULLIS_CLIENT_ID".to_owned(), "app".to_owned()),
+            (
+                "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE".to_owned(),
+                dir.join("key.pem").display().to_string(),
+            ),
+            (
+                "PORTCULLIS_PROVIDER_CLIENT_CERT_FILE".to_owned(),
+                dir.join("cert.pem").display().to_string(),
+            ),
+        ];
+        let config = portcullis::Config::load_from(None, env).unwrap();
+        let key = config.provider.client_key.as_deref().unwrap();
+        let jwks = key.public_jwks(false);
+        assert!(jwks["keys"][0]["x5t#S256"].is_string(), "{jwks}");
+        assert!(stdout.contains(key.kid()), "{stdout}");
+        let printed: serde_json::Value =
+            serde_json::from_str(&stdout[stdout.find('{').unwrap()..=stdout.rfind('}').unwrap()])
+                .unwrap();
+        assert_eq!(printed, jwks);
+
+        // A second run never overwrites the key.
+        let before = std::fs::read(dir.join("key.pem")).unwrap();
+        let again = run();
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+        assert_eq!(std::fs::read(dir.join("key.pem")).unwrap(), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

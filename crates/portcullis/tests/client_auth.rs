@@ -657,5 +657,19 @@ async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
         .assertion("app", "https://another.example", None, false, now)
         .unwrap();
     assert_eq!(post(elsewhere).await.0, 401, "another audience");
+    // A key client cannot pass as a public one (no assertion at all).
+    let public = reqwest::Client::new()
+        .post(format!("{issuer}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", "made-up"),
+            ("code_verifier", &"v".repeat(43)),
+            ("redirect_uri", &format!("{gateway_url}/auth/callback")),
+            ("client_id", "app"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 401, "no credentials");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -159,11 +159,11 @@ pub fn judge_probe(answer: &Result<Answer, ProviderError>) -> ProbeOutcome {
     let Ok(answer) = answer else {
         return ProbeOutcome::Inconclusive;
     };
-    if answer.status.as_u16() == 401 {
-        return ProbeOutcome::Refused;
-    }
-    if answer.status.as_u16() != 400 {
-        return ProbeOutcome::Inconclusive;
+    match answer.status.as_u16() {
+        401 => return ProbeOutcome::Refused,
+        400 => {}
+        // 429, 5xx, a success or anything else says nothing about the client.
+        _ => return ProbeOutcome::Inconclusive,
     }
     let error = answer
         .json_object("token response")
