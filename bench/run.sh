@@ -241,7 +241,7 @@ config_accepts || {
   die "the gateway's base configuration is refused (above)"
 }
 NOTES=()
-# Metrics are on in the measured configuration once they exist (PRODUCT.md "Speed").
+# Metrics are on in the measured configuration once they exist (docs/BENCHMARKS.md).
 METRICS=false
 if config_accepts "PORTCULLIS_METRICS_LISTEN=127.0.0.1:1"; then
   METRICS=true

@@ -54,17 +54,30 @@ fn make(args: &ClientNew<'_>) -> Result<(), String> {
         Some((_, subject, days)) => Some(self_signed(&key_pem, subject, days)?),
         None => None,
     };
-    // Checked as the gateway will read them, before anything is written.
+    // Checked as the gateway will read them, and both files claimed, before anything
+    // is written: a failed run leaves nothing behind.
     let key = ClientKey::from_pem(key_pem.as_bytes(), cert_pem.as_deref().map(str::as_bytes))
         .map_err(|e| e.to_string())?;
-    write_new(args.key_out, &key_pem, true)?;
+    let mut key_file = create_new(args.key_out, true)?;
+    let cert_file = match args.self_signed {
+        Some((cert_out, _, _)) => match create_new(cert_out, false) {
+            Ok(f) => Some((cert_out, f)),
+            Err(e) => {
+                drop(key_file);
+                let _ = std::fs::remove_file(args.key_out);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    write_all(&mut key_file, args.key_out, &key_pem)?;
     let mut config = format!(
-        "[provider]\ntoken_endpoint_auth_method = \"private_key_jwt\"\nclient_key_file = \"{}\"\n",
-        args.key_out.display()
+        "[provider]\ntoken_endpoint_auth_method = \"private_key_jwt\"\nclient_key_file = {}\n",
+        toml_string(args.key_out)
     );
-    if let (Some((cert_out, _, _)), Some(cert_pem)) = (args.self_signed, &cert_pem) {
-        write_new(cert_out, cert_pem, false)?;
-        config.push_str(&format!("client_cert_file = \"{}\"\n", cert_out.display()));
+    if let (Some((cert_out, mut file)), Some(cert_pem)) = (cert_file, &cert_pem) {
+        write_all(&mut file, cert_out, cert_pem)?;
+        config.push_str(&format!("client_cert_file = {}\n", toml_string(cert_out)));
         println!(
             "wrote {} (private, mode 0600) and {} (upload it to the provider)",
             args.key_out.display(),
@@ -131,8 +144,13 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
     (y as i32, m, d)
 }
 
-/// Writes a file that must not exist yet (a key is never overwritten).
-fn write_new(path: &Path, text: &str, private: bool) -> Result<(), String> {
+/// A path as a TOML basic string (JSON's escapes are TOML's).
+fn toml_string(path: &Path) -> String {
+    serde_json::to_string(&path.display().to_string()).unwrap_or_default()
+}
+
+/// Creates a file that must not exist yet (a key is never overwritten).
+fn create_new(path: &Path, private: bool) -> Result<std::fs::File, String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -141,7 +159,7 @@ fn write_new(path: &Path, text: &str, private: bool) -> Result<(), String> {
         options.mode(0o600);
     }
     let _ = private;
-    let mut file = options.open(path).map_err(|e| {
+    options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             format!(
                 "{} exists; a key is never overwritten (choose another --out, or move it away)",
@@ -150,7 +168,10 @@ fn write_new(path: &Path, text: &str, private: bool) -> Result<(), String> {
         } else {
             format!("cannot write {}: {e}", path.display())
         }
-    })?;
+    })
+}
+
+fn write_all(file: &mut std::fs::File, path: &Path, text: &str) -> Result<(), String> {
     file.write_all(text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -163,8 +163,9 @@ enum KeysCommand {
         /// The certificate's subject common name (with --self-signed).
         #[arg(long, value_name = "NAME", default_value = "portcullis client")]
         subject: String,
-        /// Days the certificate is valid (with --self-signed).
-        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        /// Days the certificate is valid (with --self-signed), 1 to 3650.
+        #[arg(long, value_name = "DAYS", default_value_t = 365,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
     },
 }

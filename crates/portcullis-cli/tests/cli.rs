@@ -539,7 +539,7 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
         async move { req.send().await.unwrap().status().as_u16() }
     };
     // The CLI is another process: the gateway learns of its writes within a second
-    // (PRODUCT.md "Caches that trust the feed"; SQLite is polled).
+    // (docs/sessions.md "The session cache"; SQLite is polled).
     let refused_within_a_second = |id: &SessionId| {
         let id = id.clone();
         let status = &status;

@@ -1,6 +1,6 @@
 //! Several `portcullis serve` processes on one shared store (PostgreSQL, Redis) behind
 //! one public URL, against the real npm `oidc-provider`, with the real clock:
-//! SECURITY-CASES M01–M05, F03 and O05 across instances, S09.
+//! cases M01–M05, F03 and O05 across instances, S09 (docs/security.md).
 //!
 //! Each test runs once per engine (`PORTCULLIS_TEST_POSTGRES_URL`,
 //! `PORTCULLIS_TEST_REDIS_URL`); an engine that is not configured is skipped with one

@@ -1,7 +1,7 @@
 //! The authorization endpoint (RFC 6749 §4.1.1, OIDC Core §3.1.2) with its sign-in form.
 //!
 //! An unknown client or an unregistered redirect URI gets an error page, never a
-//! redirect (SECURITY-CASES A03). Every other answer goes back to the registered
+//! redirect (docs/security.md A03). Every other answer goes back to the registered
 //! redirect URI with `iss` (RFC 9207, A08): a code, or an error. PKCE S256 is mandatory
 //! (A01). The form carries its own CSRF token (double submit), and a successful sign-in
 //! answers 303 (A09).

@@ -1,5 +1,5 @@
-//! The dev provider's configuration (TOML, exactly the keys of PRODUCT.md "The dev
-//! provider"). Plaintext passwords are hashed with argon2id when loaded.
+//! The dev provider's configuration (TOML, exactly the keys of docs/idp.md
+//! "Configuration"). Plaintext passwords are hashed with argon2id when loaded.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -145,7 +145,7 @@ pub async fn rotate_keys(config: IdpConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Headers on every page and answer of the provider: no framing (SECURITY-CASES A09),
+/// Headers on every page and answer of the provider: no framing (docs/security.md A09),
 /// no sniffing, no caching, no referrer.
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();

@@ -220,6 +220,12 @@ fn authenticate_assertion<'a>(
         None => None,
     }
     .ok_or_else(|| refused("unknown key"))?;
+    // A key registered for one algorithm verifies only that one.
+    if let Some(registered) = jwk.common.key_algorithm
+        && format!("{registered:?}") != format!("{:?}", header.alg)
+    {
+        return Err(refused("the key is registered for another algorithm"));
+    }
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| refused("unusable key"))?;
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     let issuer = &idp.config.issuer;
@@ -227,37 +233,55 @@ fn authenticate_assertion<'a>(
     validation.set_issuer(&[&client.id]);
     validation.sub = Some(client.id.clone());
     validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-    validation.leeway = 30;
+    validation.leeway = ASSERTION_LEEWAY as u64;
     let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
         .map_err(|e| refused(&e.to_string()))?
         .claims;
+    // rfc7523bis: one audience, as a string.
+    if !claims["aud"].is_string() {
+        return Err(refused("aud must be a single string"));
+    }
     let exp = claims["exp"].as_i64().unwrap_or(0);
     if exp > now() + 300 {
         return Err(refused("expires more than five minutes from now"));
+    }
+    if claims["iat"]
+        .as_i64()
+        .is_some_and(|iat| iat > now() + ASSERTION_LEEWAY)
+    {
+        return Err(refused("issued in the future"));
     }
     let jti = claims["jti"]
         .as_str()
         .filter(|j| !j.is_empty())
         .ok_or_else(|| refused("no jti"))?;
-    if !idp.assertions.first_use(&client.id, jti, exp) {
+    if !idp
+        .assertions
+        .first_use(&client.id, jti, exp + ASSERTION_LEEWAY)
+    {
         return Err(refused("jti already used"));
     }
     Ok(client)
 }
 
-/// `jti`s of client assertions still within their lifetime (RFC 7523 §3 item 7).
+/// Clock leeway for client assertions, in seconds.
+const ASSERTION_LEEWAY: i64 = 30;
+
+/// `jti`s of client assertions still within their lifetime and leeway (RFC 7523 §3
+/// item 7): an entry is kept until the assertion could no longer be accepted.
 #[derive(Debug, Default)]
 pub struct SeenAssertions(std::sync::Mutex<HashMap<String, i64>>);
 
 impl SeenAssertions {
-    /// True the first time (client, jti) is presented before it expires.
-    fn first_use(&self, client: &str, jti: &str, exp: i64) -> bool {
+    /// True the first time (client, jti) is presented before `until` (its expiry plus
+    /// the leeway).
+    fn first_use(&self, client: &str, jti: &str, until: i64) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
         if seen.len() > 10_000 {
             seen.retain(|_, until| *until >= now);
         }
-        seen.insert(format!("{client}\n{jti}"), exp).is_none()
+        seen.insert(format!("{client}\n{jti}"), until).is_none()
     }
 }
 

@@ -1,5 +1,5 @@
-//! The dev provider as an authorization server: SECURITY-CASES A01–A09 and the rest of
-//! its contract, driven over HTTP on a free loopback port.
+//! The dev provider as an authorization server: cases A01–A09 (docs/security.md) and the
+//! rest of its contract, driven over HTTP on a free loopback port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

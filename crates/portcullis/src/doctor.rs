@@ -1,5 +1,6 @@
 //! `portcullis doctor`: the configuration checked against the live provider, store and
-//! upstream, one finding per line with its fix (PRODUCT.md "Operations").
+//! upstream, one finding per line with its fix (README.md "Run it in front of your
+//! identity provider").
 //!
 //! Every check runs even when an earlier one failed (a wrong secret and a missing
 //! `offline_access` are both worth knowing at once), except those that need the

@@ -1,4 +1,4 @@
-//! Prometheus series (PRODUCT.md "Operations"), recorded through the `metrics` facade.
+//! Prometheus series (docs/deployment.md "Metrics"), recorded through the `metrics` facade.
 //!
 //! The library only records; whoever runs it decides where the numbers go. `portcullis
 //! serve` installs a Prometheus recorder when `metrics.listen` is set and serves it on

@@ -649,10 +649,38 @@ async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
         (401, json!("invalid_client")),
         "replay"
     );
+    // Signed by another key under the registered key's kid: the signature decides.
+    let claims = |jti: &str| json!({"iss": "app", "sub": "app", "aud": issuer, "jti": jti, "iat": now, "exp": now + 60});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(key.kid().to_owned());
     let other =
-        ClientKey::from_pem(generate_pem(KeyKind::EcP256).unwrap().as_bytes(), None).unwrap();
-    let foreign = other.assertion("app", &issuer, None, false, now).unwrap();
+        jsonwebtoken::EncodingKey::from_ec_pem(generate_pem(KeyKind::EcP256).unwrap().as_bytes())
+            .unwrap();
+    let foreign = jsonwebtoken::encode(&header, &claims("foreign"), &other).unwrap();
     assert_eq!(post(foreign).await.0, 401, "another key");
+    // HS256 keyed with the registered public key's JSON, and an unsigned token.
+    let public_jwk = serde_json::to_string(&key.public_jwks(false)["keys"][0]).unwrap();
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some(key.kid().to_owned());
+    let confused = jsonwebtoken::encode(
+        &hs,
+        &claims("hs"),
+        &jsonwebtoken::EncodingKey::from_secret(public_jwk.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(post(confused).await.0, 401, "HS256 with the public key");
+    let b64 = |v: Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v.to_string(),
+        )
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "kid": key.kid()})),
+        b64(claims("none"))
+    );
+    assert_eq!(post(unsigned).await.0, 401, "alg none");
     let elsewhere = key
         .assertion("app", "https://another.example", None, false, now)
         .unwrap();
@@ -672,4 +700,51 @@ async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
         .unwrap();
     assert_eq!(public.status(), 401, "no credentials");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn dev_provider_verifies_a_key_only_for_its_registered_algorithm() {
+    // An RSA key registered for RS256 does not also verify PS256.
+    let pem = generate_pem(KeyKind::Rsa).unwrap();
+    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
+    let jwks_line = format!(
+        "jwks = '{}'",
+        serde_json::to_string(&key.public_jwks(false)).unwrap()
+    );
+    let issuer = support::dev_provider::start_with_client("http://127.0.0.1:9", &jwks_line).await;
+    let now = portcullis::clock::Clock::now(&portcullis::clock::SystemClock);
+    let post = |assertion: String| {
+        let url = format!("{issuer}/token");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("code", "made-up"),
+                    ("client_id", "app"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &assertion),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let rs256 = key.assertion("app", &issuer, None, false, now).unwrap();
+    assert_eq!(
+        post(rs256).await,
+        400,
+        "authenticated; the made-up code refused"
+    );
+    let ps256 = key.assertion("app", &issuer, None, true, now).unwrap();
+    assert_eq!(
+        post(ps256).await,
+        401,
+        "PS256 with a key registered for RS256"
+    );
 }

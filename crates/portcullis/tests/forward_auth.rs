@@ -1,4 +1,4 @@
-//! `{prefix}/verify`, forward-auth (PRODUCT.md "Forward-auth", SECURITY-CASES P05),
+//! `{prefix}/verify`, forward-auth (docs/forward-auth.md, docs/security.md P05),
 //! asked the way nginx, Caddy and Traefik ask, from a trusted proxy (127.0.0.1) and
 //! from an untrusted peer (127.0.0.2); and D03, unknown paths under the prefix.
 
@@ -473,9 +473,9 @@ async fn forward_auth_only_answers_404_outside_the_prefix() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// Lost rotations (PRODUCT.md): a browser behind a proxy that drops the auth answer's
-/// `Set-Cookie` (Caddy 2.6) keeps presenting its first id through every refresh and is
-/// never signed out; the refreshes happen all the same.
+/// Lost rotations (docs/forward-auth.md): a browser behind a proxy that drops the auth
+/// answer's `Set-Cookie` (Caddy 2.6) keeps presenting its first id through every refresh
+/// and is never signed out; the refreshes happen all the same.
 #[tokio::test]
 async fn a_browser_that_never_receives_a_rotated_cookie_stays_signed_in() {
     let s = setup().await;

@@ -1,5 +1,5 @@
-//! The login flow against a hostile or faulty provider: every SECURITY-CASES class in
-//! "Login and callback", "ID token and JWT", the cookie and access rules, and the size
+//! The login flow against a hostile or faulty provider: every case class (docs/security.md)
+//! in "Login and callback", "ID token and JWT", the cookie and access rules, and the size
 //! and time limits. Each test fails if its defence is removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

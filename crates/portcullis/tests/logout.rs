@@ -25,8 +25,8 @@ async fn status(gw: &TestGateway, browser: &Browser) -> u16 {
 }
 
 /// Waits until `gw` refuses the browser's session, for at most a second: the instance
-/// that ended a session refuses it at once, every other one within 1 s (PRODUCT.md
-/// "Caches that trust the feed"; on SQLite the other instance learns of it by polling).
+/// that ended a session refuses it at once, every other one within 1 s (docs/sessions.md
+/// "The session cache"; on SQLite the other instance learns of it by polling).
 async fn refused_within_a_second(gw: &TestGateway, browser: &Browser) {
     let start = std::time::Instant::now();
     loop {

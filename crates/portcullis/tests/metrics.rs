@@ -1,4 +1,4 @@
-//! The Prometheus series (PRODUCT.md "Operations"): every series described and every
+//! The Prometheus series (docs/deployment.md "Metrics"): every series described and every
 //! known label registered at zero from the start, and the counters moving by exactly
 //! what happened. Alone in its own test binary: the recorder is process-wide.
 

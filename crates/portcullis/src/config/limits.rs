@@ -1,4 +1,4 @@
-//! The `[limits]` section (PRODUCT.md "Interfaces added in this round"): per-client
+//! The `[limits]` section (docs/configuration.md, `[limits]`): per-client
 //! rates on the endpoints that work before anyone is signed in, and the bound on login
 //! transactions, and the connection caps.
 

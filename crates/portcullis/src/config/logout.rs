@@ -10,7 +10,7 @@ pub struct LogoutSettings {
     /// After the local sign-out, continue to the provider's `end_session_endpoint`.
     pub provider_logout: bool,
     /// Send the session's last ID token as `id_token_hint` (it then passes through the
-    /// browser in the redirect URL; off by default: SECURITY-CASES S02).
+    /// browser in the redirect URL; off by default: docs/security.md S02).
     pub id_token_hint: bool,
     /// Where the provider may send the browser back (exact URLs; the first is the
     /// default). Empty: the gateway's own `{prefix}/logged-out`.

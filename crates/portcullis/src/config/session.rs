@@ -1,5 +1,5 @@
 //! The `[session]` section: how long a session lasts and when its tokens are refreshed
-//! (PRODUCT.md "Sessions: the rules").
+//! (docs/sessions.md "Lifetimes" and "Refresh").
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::duration::duration_setting;
 
-/// Session lifetimes (PRODUCT.md "Sessions: the rules").
+/// Session lifetimes (docs/sessions.md "Lifetimes").
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub idle_timeout: Duration,

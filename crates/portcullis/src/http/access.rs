@@ -1,4 +1,4 @@
-//! The access log (PRODUCT.md "Operations"): one line per request under the tracing
+//! The access log (docs/deployment.md "Logs"): one line per request under the tracing
 //! target `portcullis::access` — method, normalised path without query, status,
 //! duration, route kind, user id, session handle (a short hash) — never a cookie, token
 //! or query string. JSON with `log_format = json`, like every other line.

@@ -1,4 +1,4 @@
-//! The gateway's two cookies (PRODUCT.md "Sessions: the rules", "Login transactions"):
+//! The gateway's two cookies (docs/security.md "What the browser holds"):
 //! reading them from `Cookie` headers and writing `Set-Cookie` values. Host-only,
 //! `Path=/`, `HttpOnly`, `SameSite=Lax`; on https also `Secure` and the `__Host-` prefix
 //! (RFC 6265bis §4.1.3.2), so no sibling subdomain can plant or read them.

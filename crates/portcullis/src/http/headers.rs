@@ -1,8 +1,9 @@
-//! Request headers on their way to the upstream (PRODUCT.md "Headers to the upstream";
-//! SECURITY-CASES P01, P02, P04, P07, P08): client-sent identity headers removed in any
-//! spelling an upstream might normalise to ours, forwarding headers removed unless the
-//! peer is a trusted proxy, hop-by-hop headers removed (RFC 9110 §7.6.1), the gateway's
-//! own cookies removed, and our identity headers set from the session alone.
+//! Request headers on their way to the upstream (docs/proxy.md "What the upstream
+//! receives"; docs/security.md P01, P02, P04, P07, P08): client-sent identity headers
+//! removed in any spelling an upstream might normalise to ours, forwarding headers
+//! removed unless the peer is a trusted proxy, hop-by-hop headers removed (RFC 9110
+//! §7.6.1), the gateway's own cookies removed, and our identity headers set from the
+//! session alone.
 
 use axum::http::header::{COOKIE, HeaderName};
 use axum::http::{HeaderMap, HeaderValue, header};

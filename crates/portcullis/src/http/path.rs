@@ -1,5 +1,5 @@
 //! The one normalised form of a request path that every authorisation decision uses
-//! (SECURITY-CASES P03). Paths that different servers could read differently are
+//! (docs/security.md P03). Paths that different servers could read differently are
 //! refused rather than guessed: encoded slashes and backslashes, double encoding,
 //! control characters, invalid UTF-8, and dot segments that climb above the root.
 //!

@@ -8,8 +8,9 @@ use axum::http::{HeaderMap, HeaderName, Method, Request, header};
 const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
-/// PRODUCT.md "Page or API": a page navigation when `Sec-Fetch-Mode: navigate`, or,
-/// without any `Sec-Fetch-*` header, a GET/HEAD whose `Accept` lists `text/html`.
+/// Page or API (docs/proxy.md, rule 5): a page navigation when
+/// `Sec-Fetch-Mode: navigate`, or, without any `Sec-Fetch-*` header, a GET/HEAD whose
+/// `Accept` lists `text/html`.
 pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
@@ -31,7 +32,7 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
             })
 }
 
-/// SECURITY-CASES S06/O02: a state-changing request must come from our own origin. A
+/// docs/security.md S06/O02: a state-changing request must come from our own origin. A
 /// foreign `Origin` is refused whatever else the request carries; without `Origin`,
 /// `Sec-Fetch-Site: same-origin` or the custom CSRF header (which no cross-site form can
 /// send, and no cross-site script can without a CORS preflight) is required.

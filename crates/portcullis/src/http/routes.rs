@@ -399,7 +399,7 @@ fn redirect_to(location: &str) -> Response {
 
 /// `GET /auth/logged-out?state=…`: where the provider returns the browser after its
 /// sign-out. The `state` must be the one this browser was given (its `portcullis_logout`
-/// cookie); any other return is ignored (SECURITY-CASES O03).
+/// cookie); any other return is ignored (docs/security.md O03).
 pub async fn logged_out(
     State(routes): State<Routes>,
     RawQuery(query): RawQuery,

@@ -55,8 +55,10 @@ impl AuthMethod {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
-        [Self::ClientSecretBasic, Self::ClientSecretPost, Self::None]
+    /// A remembered probe result: only a secret method (a store entry never makes the
+    /// gateway a public client).
+    fn parse_remembered(name: &str) -> Option<Self> {
+        [Self::ClientSecretBasic, Self::ClientSecretPost]
             .into_iter()
             .find(|m| m.name() == name)
     }
@@ -128,7 +130,14 @@ impl<'a> ClientAuth<'a> {
                     ],
                 )
             }
-            _ => (None, vec![("client_id", id)]),
+            (AuthMethod::None, _, _) => (None, vec![("client_id", id)]),
+            // Configuration refuses these; never fall back to sending no credentials.
+            (method, _, _) => {
+                return Err(ProviderError::ClientAssertion(format!(
+                    "{} is configured without its secret or key",
+                    method.name()
+                )));
+            }
         };
         Ok(Credentials { basic, form })
     }
@@ -318,7 +327,7 @@ impl AutoAuth {
             && let Some(method) = memory
                 .recall(&key)
                 .await
-                .and_then(|m| AuthMethod::parse(&m))
+                .and_then(|m| AuthMethod::parse_remembered(&m))
         {
             *decided = Some(method);
             return method;

@@ -5,16 +5,17 @@
 //!
 //! Keys: EC P-256 (ES256), Ed25519 (EdDSA), RSA of at least 2048 bits (RS256; PS256
 //! under the FAPI 2.0 profile). PKCS#8 (`PRIVATE KEY`), SEC 1 (`EC PRIVATE KEY`) and
-//! PKCS#1 (`RSA PRIVATE KEY`) PEM are read; the parsing and signing are aws-lc-rs's and
-//! jsonwebtoken's. A certificate (`provider.client_cert_file`, Entra ID) adds
-//! `x5t#S256` to the header and must hold the key's public half.
+//! PKCS#1 (`RSA PRIVATE KEY`) PEM are read; PEM by the `pem` crate, keys by aws-lc-rs,
+//! signing by jsonwebtoken. A certificate (`provider.client_cert_file`, Entra ID), parsed
+//! by rustls-webpki, adds `x5t#S256` to the header; its SubjectPublicKeyInfo must be the
+//! key's.
 
-use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::encoding::{AsDer as _, PublicKeyX509Der};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair,
 };
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -32,13 +33,15 @@ pub const ASSERTION_TYP: &str = "client-authentication+jwt";
 pub enum ClientKeyError {
     #[error("it holds no PEM block")]
     NotPem,
+    #[error("it is encrypted; give Portcullis an unencrypted key (keep the file mode 0600)")]
+    Encrypted,
     #[error(
         "its PEM block is `{0}`, not a private key (PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)"
     )]
     NotAPrivateKey(String),
     #[error("it is not an EC P-256, Ed25519 or RSA (at least 2048 bits) private key")]
     UnsupportedKey,
-    #[error("the certificate file holds no CERTIFICATE PEM block")]
+    #[error("the certificate file holds no readable X.509 CERTIFICATE")]
     NotACertificate,
     #[error("the certificate does not hold the key's public key")]
     CertificateMismatch,
@@ -58,8 +61,8 @@ pub enum KeyKind {
 pub struct ClientKey {
     kind: KeyKind,
     encoding: EncodingKey,
-    /// The public key bytes (EC point, Ed25519 key, RSA `RSAPublicKey` DER).
-    public: Vec<u8>,
+    /// The public key as an X.509 SubjectPublicKeyInfo (DER).
+    spki: Vec<u8>,
     /// RFC 7638 thumbprint of the public JWK: the `kid`.
     kid: String,
     /// `x5t#S256` of the configured certificate.
@@ -79,26 +82,14 @@ impl std::fmt::Debug for ClientKey {
 
 /// Every PEM block in `text`: (label, DER).
 fn pem_blocks(text: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let text = String::from_utf8_lossy(text);
-    let mut blocks = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        {
-            current = Some((label.to_owned(), String::new()));
-        } else if line.starts_with("-----END ") {
-            if let Some((label, body)) = current.take()
-                && let Ok(der) = STANDARD.decode(body.as_bytes())
-            {
-                blocks.push((label, der));
-            }
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push_str(line);
-        }
-    }
-    blocks
+    pem::parse_many(text)
+        .map(|blocks| {
+            blocks
+                .into_iter()
+                .map(|p| (p.tag().to_owned(), p.into_contents()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The DER of the first PEM block labelled `label`.
@@ -109,16 +100,22 @@ pub fn pem_block(text: &[u8], label: &str) -> Option<Vec<u8>> {
         .map(|(_, der)| der)
 }
 
-/// Writes DER as a PEM block.
+/// Writes DER as a PEM block (LF line endings).
 pub fn to_pem(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// An aws-lc-rs public key as SubjectPublicKeyInfo DER.
+fn spki_of(
+    public: &impl aws_lc_rs::encoding::AsDer<PublicKeyX509Der<'static>>,
+) -> Result<Vec<u8>, ClientKeyError> {
+    public
+        .as_der()
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| ClientKeyError::Signer(e.to_string()))
 }
 
 impl ClientKey {
@@ -130,8 +127,11 @@ impl ClientKey {
             .find(|(label, _)| label.ends_with("PRIVATE KEY"))
             .or(blocks.first())
             .ok_or(ClientKeyError::NotPem)?;
+        if label == "ENCRYPTED PRIVATE KEY" {
+            return Err(ClientKeyError::Encrypted);
+        }
         let signer = |e: aws_lc_rs::error::Unspecified| ClientKeyError::Signer(e.to_string());
-        let (kind, encoding, public) = match label.as_str() {
+        let (kind, encoding, spki) = match label.as_str() {
             "PRIVATE KEY" | "EC PRIVATE KEY" => {
                 if let Ok(ec) =
                     EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
@@ -140,7 +140,7 @@ impl ClientKey {
                     (
                         KeyKind::EcP256,
                         EncodingKey::from_ec_der(pkcs8.as_ref()),
-                        ec.public_key().as_ref().to_vec(),
+                        spki_of(ec.public_key())?,
                     )
                 } else if label == "EC PRIVATE KEY" {
                     return Err(ClientKeyError::UnsupportedKey);
@@ -149,25 +149,31 @@ impl ClientKey {
                     (
                         KeyKind::Ed25519,
                         EncodingKey::from_ed_der(pkcs8.as_ref()),
-                        ed.public_key().as_ref().to_vec(),
+                        spki_of(ed.public_key())?,
                     )
                 } else if let Ok(rsa) = RsaKeyPair::from_pkcs8(der) {
-                    let pkcs1 = rsa_pkcs1_of_pkcs8(der).ok_or(ClientKeyError::UnsupportedKey)?;
-                    rsa_parts(&rsa, pkcs1)?
+                    // jsonwebtoken's signer takes PKCS#1; its PEM reader unwraps PKCS#8.
+                    let encoding = EncodingKey::from_rsa_pem(to_pem("PRIVATE KEY", der).as_bytes())
+                        .map_err(|_| ClientKeyError::UnsupportedKey)?;
+                    (KeyKind::Rsa, encoding, spki_of(rsa.public_key())?)
                 } else {
                     return Err(ClientKeyError::UnsupportedKey);
                 }
             }
             "RSA PRIVATE KEY" => {
                 let rsa = RsaKeyPair::from_der(der).map_err(|_| ClientKeyError::UnsupportedKey)?;
-                rsa_parts(&rsa, der)?
+                (
+                    KeyKind::Rsa,
+                    EncodingKey::from_rsa_der(der),
+                    spki_of(rsa.public_key())?,
+                )
             }
             other => return Err(ClientKeyError::NotAPrivateKey(other.to_owned())),
         };
         let mut key = Self {
             kind,
             encoding,
-            public,
+            spki,
             kid: String::new(),
             x5t_s256: None,
         };
@@ -176,13 +182,11 @@ impl ClientKey {
             .thumbprint(ThumbprintHash::SHA256)
             .map_err(|e| ClientKeyError::Signer(e.to_string()))?;
         if let Some(cert_pem) = cert_pem {
-            let cert = pem_blocks(cert_pem)
-                .into_iter()
-                .find(|(label, _)| label == "CERTIFICATE")
-                .ok_or(ClientKeyError::NotACertificate)?
-                .1;
-            // The certificate's SubjectPublicKeyInfo holds these bytes verbatim.
-            if !cert.windows(key.public.len()).any(|w| w == key.public) {
+            let cert = pem_block(cert_pem, "CERTIFICATE").ok_or(ClientKeyError::NotACertificate)?;
+            let der = rustls::pki_types::CertificateDer::from(cert.as_slice());
+            let parsed = webpki::EndEntityCert::try_from(&der)
+                .map_err(|_| ClientKeyError::NotACertificate)?;
+            if parsed.subject_public_key_info().as_ref() != key.spki.as_slice() {
                 return Err(ClientKeyError::CertificateMismatch);
             }
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert);
@@ -259,56 +263,6 @@ impl ClientKey {
         jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| ClientKeyError::Signer(e.to_string()))
     }
-}
-
-/// An RSA key's parts (aws-lc-rs reads no RSA key under 2048 bits).
-fn rsa_parts(
-    rsa: &RsaKeyPair,
-    pkcs1: &[u8],
-) -> Result<(KeyKind, EncodingKey, Vec<u8>), ClientKeyError> {
-    Ok((
-        KeyKind::Rsa,
-        EncodingKey::from_rsa_der(pkcs1),
-        rsa.public_key().as_ref().to_vec(),
-    ))
-}
-
-/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (RFC 5208 §5: a
-/// SEQUENCE of version, algorithm, and the key as an OCTET STRING). Only called on
-/// bytes aws-lc-rs has already accepted as a PKCS#8 RSA key; the result is checked
-/// again by the caller's signer.
-fn rsa_pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
-    /// One DER element at the start of `input`: (tag, contents, rest).
-    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n]
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-    let (0x30, info, _) = element(der)? else {
-        return None;
-    };
-    let (0x02, _version, rest) = element(info)? else {
-        return None;
-    };
-    let (0x30, _algorithm, rest) = element(rest)? else {
-        return None;
-    };
-    let (0x04, key, _) = element(rest)? else {
-        return None;
-    };
-    RsaKeyPair::from_der(key).ok().map(|_| key)
 }
 
 /// A new private key of `kind`, as PKCS#8 PEM (for `portcullis keys client-new`).
@@ -436,34 +390,67 @@ AAwONWN13xqQcA==\n\
         );
     }
 
+    /// A self-signed certificate for `key_pem`, made by rcgen (as `keys client-new`).
+    fn certificate_for(key_pem: &str) -> String {
+        let der = pem_block(key_pem.as_bytes(), "PRIVATE KEY").unwrap();
+        let pair = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        to_pem("CERTIFICATE", cert.der())
+    }
+
     #[test]
     fn a_certificate_must_hold_the_key() {
-        let pem = generate_pem(KeyKind::EcP256).unwrap();
-        let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
-        // A stand-in DER that embeds the public key, as a certificate's SPKI does.
-        let mut fake = vec![0x30, 0x00];
-        fake.extend_from_slice(&key.public);
-        let with = ClientKey::from_pem(
-            pem.as_bytes(),
-            Some(to_pem("CERTIFICATE", &fake).as_bytes()),
-        )
-        .unwrap();
-        assert!(with.x5t_s256.is_some());
-        assert_eq!(
-            with.public_jwks(false)["keys"][0]["x5t#S256"],
-            json!(with.x5t_s256)
-        );
-        let other =
-            ClientKey::from_pem(generate_pem(KeyKind::EcP256).unwrap().as_bytes(), None).unwrap();
-        let mut wrong = vec![0x30, 0x00];
-        wrong.extend_from_slice(&other.public);
-        assert_eq!(
-            ClientKey::from_pem(
-                pem.as_bytes(),
-                Some(to_pem("CERTIFICATE", &wrong).as_bytes())
+        for kind in [KeyKind::EcP256, KeyKind::Ed25519, KeyKind::Rsa] {
+            let pem = generate_pem(kind).unwrap();
+            let cert = certificate_for(&pem);
+            let with = ClientKey::from_pem(pem.as_bytes(), Some(cert.as_bytes())).unwrap();
+            let thumbprint = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                &pem_block(cert.as_bytes(), "CERTIFICATE").unwrap(),
+            );
+            assert_eq!(
+                with.x5t_s256.as_deref(),
+                Some(URL_SAFE_NO_PAD.encode(thumbprint.as_ref()).as_str())
+            );
+            assert_eq!(
+                with.public_jwks(false)["keys"][0]["x5t#S256"],
+                json!(with.x5t_s256)
+            );
+            let header = jsonwebtoken::decode_header(
+                &with
+                    .assertion("app", "https://op.example", None, false, 0)
+                    .unwrap(),
             )
-            .unwrap_err(),
-            ClientKeyError::CertificateMismatch
+            .unwrap();
+            assert_eq!(header.x5t_s256, with.x5t_s256);
+            // Another key's certificate, or something that is no certificate: refused.
+            let other = certificate_for(&generate_pem(kind).unwrap());
+            assert_eq!(
+                ClientKey::from_pem(pem.as_bytes(), Some(other.as_bytes())).unwrap_err(),
+                ClientKeyError::CertificateMismatch
+            );
+            let mut fake = vec![0x30, 0x82, 0x01, 0x00];
+            fake.extend_from_slice(&with.spki);
+            assert_eq!(
+                ClientKey::from_pem(
+                    pem.as_bytes(),
+                    Some(to_pem("CERTIFICATE", &fake).as_bytes())
+                )
+                .unwrap_err(),
+                ClientKeyError::NotACertificate
+            );
+        }
+    }
+
+    #[test]
+    fn an_encrypted_key_is_named() {
+        let encrypted = to_pem("ENCRYPTED PRIVATE KEY", b"\x30\x03\x02\x01\x00");
+        assert_eq!(
+            ClientKey::from_pem(encrypted.as_bytes(), None).unwrap_err(),
+            ClientKeyError::Encrypted
         );
     }
 }

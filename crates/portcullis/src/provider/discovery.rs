@@ -1,6 +1,6 @@
 //! OpenID Connect Discovery 1.0: the provider's metadata, fetched from
 //! `{issuer}/.well-known/openid-configuration`. The `issuer` it names must equal the
-//! configured issuer exactly (§4.3; SECURITY-CASES L10), trailing slash included.
+//! configured issuer exactly (§4.3; docs/security.md L10), trailing slash included.
 
 use serde::Deserialize;
 use url::Url;

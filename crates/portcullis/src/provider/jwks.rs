@@ -1,6 +1,6 @@
 //! The provider's signing keys (RFC 7517), cached. An unknown `kid` triggers one
 //! refetch, rate-limited so that random kids cannot make us hammer the provider
-//! (SECURITY-CASES J12); a failed fetch keeps the last good set. Keys of unknown types,
+//! (docs/security.md J12); a failed fetch keeps the last good set. Keys of unknown types,
 //! encryption keys and symmetric keys are skipped one by one, never failing the set.
 
 use std::sync::Arc;

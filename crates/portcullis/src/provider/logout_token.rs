@@ -1,5 +1,5 @@
 //! OpenID Connect Back-Channel Logout 1.0 §2.6: validating a logout token
-//! (SECURITY-CASES O04). The same policy parser and signature check as ID tokens
+//! (docs/security.md O04). The same policy parser and signature check as ID tokens
 //! (algorithm allow-list, keys only from the provider's JWKS, no embedded keys, no
 //! `crit`), then the logout token's own claim rules.
 

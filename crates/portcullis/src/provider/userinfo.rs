@@ -1,5 +1,5 @@
 //! The UserInfo endpoint (OIDC Core §5.3). Its `sub` must equal the ID token's
-//! (§5.3.2; SECURITY-CASES J10), else the answer belongs to someone else.
+//! (§5.3.2; docs/security.md J10), else the answer belongs to someone else.
 
 use serde_json::{Map, Value};
 

@@ -1,4 +1,4 @@
-//! The session cache (PRODUCT.md "Caches that trust the feed"): sessions kept in the
+//! The session cache (docs/sessions.md "The session cache"): sessions kept in the
 //! process so that a signed-in request does not read the store, coherent with every
 //! other instance through the store's change feed.
 //!

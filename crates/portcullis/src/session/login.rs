@@ -1,4 +1,4 @@
-//! The login flow (PRODUCT.md "Login transactions", OIDC Core §3.1): start a
+//! The login flow (docs/security.md "Signing in", OIDC Core §3.1): start a
 //! transaction bound to this browser, then finish it at the callback, checking every
 //! step before the code is redeemed, and create a session with a new id.
 
@@ -106,7 +106,7 @@ impl Sessions {
 
     /// Finishes a login at the callback. `binding` is this browser's `portcullis_tx`
     /// cookie; `replaced` is a session cookie it presented, which the new session
-    /// replaces (never promotes: SECURITY-CASES S03).
+    /// replaces (never promotes: docs/security.md S03).
     pub async fn complete_login(
         &self,
         params: CallbackParams,

@@ -1,6 +1,6 @@
 //! Signing out (RFC 7009 for the provider side): the local session is deleted first,
 //! so that a provider that is down or slow never keeps anyone signed in
-//! (SECURITY-CASES O01, O06).
+//! (docs/security.md O01, O06).
 
 use super::SessionError;
 use super::id::SessionId;
@@ -126,7 +126,7 @@ impl From<crate::provider::LogoutError> for BackchannelError {
 }
 
 impl Sessions {
-    /// OIDC Back-Channel Logout (SECURITY-CASES O04, O05): validates the provider's
+    /// OIDC Back-Channel Logout (docs/security.md O04, O05): validates the provider's
     /// logout token, refuses a replayed `jti`, and ends the sessions it names: the
     /// session with that provider `sid`, or every session of that `sub`. Sessions live
     /// in the store, so every instance refuses them from the next request on. Returns

@@ -1,5 +1,5 @@
 //! Finding the session behind a cookie: the rotated-away id and its grace window, the
-//! theft rule (SECURITY-CASES F06), refresh when due (`refresh`), and the lifetimes:
+//! theft rule (docs/security.md F06), refresh when due (`refresh`), and the lifetimes:
 //! the idle timeout (sliding, touched coarsely so that not every request writes) and
 //! the absolute lifetime (S07).
 

@@ -1,4 +1,4 @@
-//! Refreshing a session's tokens (PRODUCT.md "Sessions: the rules"; SECURITY-CASES
+//! Refreshing a session's tokens (docs/sessions.md "Refresh"; docs/security.md
 //! F01–F05).
 //!
 //! - **When**: the access token is within `min(refresh_before, lifetime / 2)` of expiry.
@@ -60,8 +60,9 @@ pub struct Fresh {
     pub current: SessionId,
     pub rotated: bool,
     /// A lost rotation: the id the browser still holds (the previous one) while the
-    /// current id never reached it (a proxy that drops `Set-Cookie`, PRODUCT.md
-    /// "Lost rotations"). The next rotation keeps it as the previous id.
+    /// current id never reached it (a proxy that drops `Set-Cookie`,
+    /// docs/forward-auth.md "Lost rotations"). The next rotation keeps it as the
+    /// previous id.
     pub lost: Option<SessionId>,
 }
 

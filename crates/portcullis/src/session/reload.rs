@@ -1,6 +1,7 @@
-//! What `SIGHUP` re-reads without a restart (PRODUCT.md "Operations"): the key ring from
-//! `secret_file`, the access rules and the routes. Sessions are untouched: a new key in
-//! front seals from then on, and every key still in the ring opens what it sealed.
+//! What `SIGHUP` re-reads without a restart (docs/deployment.md "Reloading keys, access
+//! rules and routes"): the key ring from `secret_file`, the access rules and the
+//! routes. Sessions are untouched: a new key in front seals from then on, and every key
+//! still in the ring opens what it sealed.
 //!
 //! Each of the three is held behind a [`Swap`]: a request takes the current value (a
 //! read lock and a reference count) and keeps it for as long as it needs it, so a reload

@@ -1,6 +1,6 @@
 //! Where to send the browser after login. Only a same-origin path survives; anything
 //! else (absolute or scheme-relative URLs, backslashes raw or encoded, userinfo,
-//! control characters) becomes `/` (SECURITY-CASES L07).
+//! control characters) becomes `/` (docs/security.md L07).
 
 /// Longest `return_to` kept; longer ones become `/`.
 pub const MAX_RETURN_TO: usize = 2048;

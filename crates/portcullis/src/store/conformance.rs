@@ -232,7 +232,7 @@ async fn token_updates_compare_and_swap(store: &dyn Store) {
     assert_eq!(got.expires_at(), NOW + 3600);
 }
 
-/// PRODUCT.md "Lost rotations": the browser holds the previous id and never received
+/// Lost rotations (docs/sessions.md): the browser holds the previous id and never received
 /// the current one; the next rotation keeps the browser's id as the previous one.
 async fn a_lost_rotation_keeps_the_id_the_browser_holds(store: &dyn Store) {
     let user = new_user(store).await;

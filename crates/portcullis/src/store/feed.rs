@@ -1,4 +1,4 @@
-//! The change feed (PRODUCT.md "Several instances"): every store write that ends or
+//! The change feed (docs/deployment.md "Several instances"): every store write that ends or
 //! changes a session announces the session's family and id hashes, so that caches and
 //! open tunnels on every instance learn of it within a second (M01, S09, W02).
 //!

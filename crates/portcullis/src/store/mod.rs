@@ -30,7 +30,7 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most claims a session keeps (the ID token's and UserInfo's, as JSON).
 pub const MAX_CLAIMS_BYTES: usize = 16 * 1024;
 
-/// How long a refresh lease lasts unless its holder renews it (PRODUCT.md: a dead
+/// How long a refresh lease lasts unless its holder renews it (docs/sessions.md: a dead
 /// holder loses it within 6 s).
 pub const LEASE_SECONDS: i64 = 6;
 
@@ -210,7 +210,7 @@ impl SessionRecord {
     }
 }
 
-/// A login in flight (PRODUCT.md "Login transactions"), keyed by SHA-256 of its state.
+/// A login in flight (docs/security.md "Signing in"), keyed by SHA-256 of its state.
 /// `Debug` hides the nonce.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LoginTransaction {

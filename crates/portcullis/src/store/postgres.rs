@@ -1,5 +1,5 @@
 //! The PostgreSQL backend (sqlx, runtime queries): one database shared by several
-//! gateway instances (PRODUCT.md "Several instances").
+//! gateway instances (docs/deployment.md "Several instances").
 //!
 //! - Tables are named `{store_prefix}_…`; their SQL is rendered once per store.
 //! - Every write that ends or changes a session calls `pg_notify` in the same

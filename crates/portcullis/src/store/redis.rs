@@ -1,4 +1,4 @@
-//! The Redis backend (PRODUCT.md "Several instances"): one primary, `redis://` or
+//! The Redis backend (docs/deployment.md "Redis"): one primary, `redis://` or
 //! `rediss://` (Sentinel and Cluster are out of scope). Every write that touches more
 //! than one key, or compares before it writes, is one Lua script, so it is atomic; a
 //! write that ends or changes a session publishes its change-feed message inside that
@@ -202,9 +202,9 @@ impl RedisStore {
     }
 }
 
-/// The deployment rules of PRODUCT.md: an evicting `maxmemory-policy` signs users out
-/// at random under memory pressure, and without persistence a restart signs everyone
-/// out. Managed services that refuse `CONFIG GET` are not judged.
+/// The deployment rules of docs/deployment.md ("Redis"): an evicting `maxmemory-policy`
+/// signs users out at random under memory pressure, and without persistence a restart
+/// signs everyone out. Managed services that refuse `CONFIG GET` are not judged.
 async fn deployment_problems(conn: &mut ConnectionManager) -> Vec<String> {
     async fn config(conn: &mut ConnectionManager, name: &str) -> Option<String> {
         let answer: HashMap<String, String> = redis::cmd("CONFIG")

@@ -229,7 +229,7 @@ impl Write<'_> {
 /// New write-log entries: the first and last sequence numbers, and how many are not ours.
 type LogSummary = (Option<i64>, Option<i64>, i64);
 
-/// Polls for writes by other processes (PRODUCT.md: every ≤ 250 ms) and turns each
+/// Polls for writes by other processes (docs/sessions.md: every 250 ms) and turns each
 /// into a reset: this process cannot know what they changed.
 async fn watch_other_processes(mut conn: SqliteConnection, feed: ChangeFeed, mut seen: i64) {
     let mut version: Option<i64> = None;
