@@ -106,7 +106,7 @@ mutate $S/session/routes.rs '.find(|r| r.pattern.matches_ignoring_case(path))' '
 mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' authorization routes_refuse_methods
 mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' authorization routes_refuse_methods
 mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' one_decision g11_the_table_at_the_in_process
-mutate $S/http/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
+mutate $S/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
 mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
 mutate $S/config/routes.rs '                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))' '                    earlier.iter().find(|_| false)' lib bad_routes_are_configuration_errors
 mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
@@ -160,8 +160,8 @@ mutate crates/portcullis-idp/src/throttle.rs '            .try_acquire_owned()
             .map_err(|_| Refused::Busy)?;' idplib the_queue_of_password_checks
 mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/decision.rs 'if matches!(view.method, Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
-mutate $S/http/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
-mutate $S/http/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
+mutate $S/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
+mutate $S/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
 mutate $S/http/proxy.rs '.filter(|c| c.forwarded_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
 mutate $S/http/proxy.rs '                &normalized
 ' '                uri.path()
@@ -281,10 +281,10 @@ O=one_decision
 OT=g11_the_table_at_the_in_process
 mutate $S/http/decision.rs '            Target::Path { normal: false, .. } if forward_auth =>' '            Target::Path { normal: false, .. } if false =>' $O $OT
 mutate $S/http/decision.rs '            Target::Path { normal: false, .. } if forward_auth =>' '            Target::Path { normal: false, .. } if false =>' $O g11_the_table_behind_nginx
-mutate $S/http/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," $O $OT
-mutate $S/http/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," lib g01_normal_form
-mutate $S/http/path.rs 'if matches!(segment, "." | "..") || (segment.is_empty() && !last) {' 'if false {' $O $OT
-mutate $S/http/path.rs "            b';' | b'\\\\' => return false," "            b'\\\\' => return false," $O $OT
+mutate $S/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," $O $OT
+mutate $S/path.rs "Some(b'/' | b'\\\\' | b';' | b'.' | b'%') | None => return false," "None => return false," lib g01_normal_form
+mutate $S/path.rs 'if matches!(segment, "." | "..") || (segment.is_empty() && !last) {' 'if false {' $O $OT
+mutate $S/path.rs "            b';' | b'\\\\' => return false," "            b'\\\\' => return false," $O $OT
 mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
         || headers.contains_key(header::SEC_WEBSOCKET_VERSION)' '' $O $OT
 mutate $S/http/request.rs '        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
@@ -352,9 +352,9 @@ mutate $C/log_output.rs 'escape_invisible(&buf, self.json) {' 'escape_invisible(
 
 # Client authentication (issue 24).
 CA=client_auth
-mutate $S/provider/client_key.rs '"jti": crate::random::random_token(),' '"jti": "one",' lib every_kind_signs_assertions
-mutate $S/provider/client_key.rs 'pub const ASSERTION_LIFETIME_SECS: i64 = 60;' 'pub const ASSERTION_LIFETIME_SECS: i64 = 3600;' lib every_kind_signs_assertions
-mutate $S/provider/client_key.rs 'if parsed.subject_public_key_info().as_ref() != key.spki.as_slice() {' 'if false {' lib a_certificate_must_hold
+mutate $S/jose/client_key.rs '"jti": crate::random::random_token(),' '"jti": "one",' lib every_kind_signs_assertions
+mutate $S/jose/client_key.rs 'pub const ASSERTION_LIFETIME_SECS: i64 = 60;' 'pub const ASSERTION_LIFETIME_SECS: i64 = 3600;' lib every_kind_signs_assertions
+mutate $S/jose/client_key.rs 'if parsed.subject_public_key_info().as_ref() != key.spki.as_slice() {' 'if false {' lib a_certificate_must_hold
 mutate $S/provider/client_auth.rs 'if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {' 'if false {' $CA a_wrong_secret_costs_one_probe
 mutate $S/provider/client_auth.rs '            memory.remember(&key, method.name()).await;' '' $CA the_probe_picks_post
 mutate $S/provider/client_auth.rs '        _ => return ProbeOutcome::Inconclusive,' '        _ => return ProbeOutcome::Works,' $CA an_inconclusive_probe

@@ -235,7 +235,7 @@ async fn provider_checks(config: &Config, http: ProviderHttp, report: &mut Repor
             "issuer matches (plain http: loopback only, for development)"
         },
     );
-    let provider = Provider::new(config.provider_settings(), http);
+    let provider = Provider::new(crate::provider::ProviderSettings::from_config(config), http);
     jwks_check(&provider, report).await;
     pkce_check(&metadata, report);
     iss_check(&metadata, report);

@@ -55,7 +55,10 @@ impl Gateway {
                 "the public URL is plain http: cookies cannot be Secure or __Host- prefixed, so a sibling host could plant them; use https"
             );
         }
-        let provider = Provider::new(config.provider_settings(), ProviderHttp::new()?);
+        let provider = Provider::new(
+            crate::provider::ProviderSettings::from_config(&config),
+            ProviderHttp::new()?,
+        );
         Ok(Self::from_parts(
             config,
             provider,

@@ -1,5 +1,5 @@
 //! The gateway's one percent-decoder (RFC 3986 §2.1), on the `percent-encoding` crate.
-//! Callers decide what to refuse on top: the path rules (`http::path`) refuse encoded
+//! Callers decide what to refuse on top: the path rules (`crate::path`) refuse encoded
 //! separators and double encoding, `return_to` (`session::return_to`) judges the raw
 //! and the decoded form alike.
 

@@ -43,6 +43,11 @@ pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// A random (v4) UUID from the CSPRNG.
+pub fn new_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(random_bytes::<16>()).into_uuid()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

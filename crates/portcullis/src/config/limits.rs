@@ -2,6 +2,12 @@
 //! rates on the endpoints that work before anyone is signed in, and the bound on login
 //! transactions, and the connection caps.
 
+/// Live login transactions kept in all (`limits.max_transactions`): expired ones are
+/// removed first, and at the bound a new sign-in is refused rather than a live one
+/// dropped, so a flood of `/auth/login` requests can neither grow the store without
+/// bound (R01) nor evict someone else's sign-in in progress (D01).
+pub const MAX_LIVE_TRANSACTIONS: u32 = 50_000;
+
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -41,7 +47,7 @@ impl Default for LimitSettings {
             callback_per_minute: 60,
             spa_exchange_per_minute: 30,
             backchannel_per_minute: 600,
-            max_transactions: crate::store::MAX_LIVE_TRANSACTIONS,
+            max_transactions: MAX_LIVE_TRANSACTIONS,
             connections_per_peer: 256,
             max_connections: 10_000,
             body_timeout: Duration::from_secs(10),

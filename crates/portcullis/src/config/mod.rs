@@ -39,6 +39,7 @@ pub use access::AccessSettings;
 pub use duration::parse_duration;
 pub use env::{all_keys, env_name};
 pub use limits::LimitSettings;
+pub use limits::MAX_LIVE_TRANSACTIONS;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
 pub use provider::{AssertionAudience, AuthMethodSetting, ClientSecret, ProviderSettings};
@@ -102,30 +103,6 @@ impl Config {
     /// The redirect URI registered at the provider: public URL + prefix + `/callback`.
     pub fn redirect_uri(&self) -> String {
         format!("{}{}/callback", self.public_origin(), self.prefix)
-    }
-
-    /// What the provider client needs from the configuration.
-    pub fn provider_settings(&self) -> crate::provider::ProviderSettings {
-        use crate::provider::Algorithm;
-        crate::provider::ProviderSettings {
-            issuer: self.issuer.clone(),
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.as_ref().map(|s| s.0.clone()),
-            scopes: self.scopes.clone(),
-            redirect_uri: self.redirect_uri(),
-            extra_authorize_params: self.provider.extra_authorize_params.clone(),
-            allowed_algorithms: self
-                .provider
-                .allowed_algorithms
-                .as_ref()
-                .map(|list| list.iter().filter_map(|a| Algorithm::parse(a)).collect()),
-            jwks_min_refetch: crate::provider::jwks::MIN_REFETCH_INTERVAL,
-            trusted_audiences: self.provider.trusted_audiences.clone(),
-            auth_method: self.provider.token_endpoint_auth_method,
-            client_key: self.provider.client_key.clone(),
-            client_assertion_aud: self.provider.client_assertion_aud,
-            client_assertion_typ: self.provider.client_assertion_typ.clone(),
-        }
     }
 
     /// `scheme://host[:port]`, no trailing slash.

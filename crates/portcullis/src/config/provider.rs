@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 pub struct ProviderSettings {
     pub extra_authorize_params: BTreeMap<String, String>,
     /// `None`: the provider's advertised asymmetric algorithms.
-    pub allowed_algorithms: Option<Vec<String>>,
+    pub allowed_algorithms: Option<Vec<crate::jose::Algorithm>>,
     /// Treat an email address without `email_verified` as verified (providers that
     /// release verified addresses only and do not say so, such as Entra ID).
     pub assume_email_verified: bool,
@@ -27,7 +27,7 @@ pub struct ProviderSettings {
     pub token_endpoint_auth_method: AuthMethodSetting,
     /// `provider.client_key_file` (with `client_cert_file`), read and checked: the key
     /// that signs `private_key_jwt` assertions.
-    pub client_key: Option<Arc<crate::provider::client_key::ClientKey>>,
+    pub client_key: Option<Arc<crate::jose::client_key::ClientKey>>,
     /// `provider.client_key_file` as written (for `doctor` and reload reports).
     pub client_key_file: Option<std::path::PathBuf>,
     /// `provider.client_assertion_aud`.
@@ -198,7 +198,7 @@ impl RawProvider {
                 errors.push("`provider.allowed_algorithms` must not be empty".into());
             }
             for a in algs {
-                if crate::provider::Algorithm::parse(a).is_none() {
+                if crate::jose::Algorithm::parse(a).is_none() {
                     errors.push(format!(
                         "`provider.allowed_algorithms`: `{a}` is not a supported JWS algorithm (`none` never is)"
                     ));
@@ -289,16 +289,20 @@ impl RawProvider {
         };
         let client_assertion_typ = non_empty(self.client_assertion_typ);
         if let Some(typ) = &client_assertion_typ
-            && typ != crate::provider::client_key::ASSERTION_TYP
+            && typ != crate::jose::client_key::ASSERTION_TYP
         {
             errors.push(format!(
                 "`provider.client_assertion_typ`: `{typ}` is not `{}` (leave it unset for no `typ`)",
-                crate::provider::client_key::ASSERTION_TYP
+                crate::jose::client_key::ASSERTION_TYP
             ));
         }
         ProviderSettings {
             extra_authorize_params,
-            allowed_algorithms,
+            allowed_algorithms: allowed_algorithms.map(|list| {
+                list.iter()
+                    .filter_map(|a| crate::jose::Algorithm::parse(a))
+                    .collect()
+            }),
             assume_email_verified: self.assume_email_verified.unwrap_or(false),
             trusted_audiences,
             token_endpoint_auth_method,
@@ -319,7 +323,7 @@ fn read_client_key(
     key: &std::path::Path,
     cert: Option<&std::path::Path>,
     errors: &mut Vec<String>,
-) -> Option<Arc<crate::provider::client_key::ClientKey>> {
+) -> Option<Arc<crate::jose::client_key::ClientKey>> {
     let key_pem = std::fs::read(key)
         .map_err(|e| {
             errors.push(format!(
@@ -341,12 +345,12 @@ fn read_client_key(
         ),
         None => None,
     };
-    crate::provider::client_key::ClientKey::from_pem(&key_pem, cert_pem.as_deref())
+    crate::jose::client_key::ClientKey::from_pem(&key_pem, cert_pem.as_deref())
         .map(Arc::new)
         .map_err(|e| {
             let (name, file) = match e {
-                crate::provider::client_key::ClientKeyError::NotACertificate
-                | crate::provider::client_key::ClientKeyError::CertificateMismatch => {
+                crate::jose::client_key::ClientKeyError::NotACertificate
+                | crate::jose::client_key::ClientKeyError::CertificateMismatch => {
                     ("client_cert_file", cert.unwrap_or(key))
                 }
                 _ => ("client_key_file", key),
@@ -364,7 +368,7 @@ mod tests {
     #[test]
     fn a_client_key_is_read_at_load_and_its_settings_need_it() {
         use crate::config::{AssertionAudience, AuthMethodSetting};
-        use crate::provider::client_key::{KeyKind, generate_pem};
+        use crate::jose::client_key::{KeyKind, generate_pem};
         let dir =
             std::env::temp_dir().join(format!("pc-key-config-{}", crate::random::random_token()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -61,7 +61,7 @@ fn is_cidr(s: &str) -> bool {
 pub(super) fn token_relay(value: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<String> {
     let token_relay = value.unwrap_or_default();
     for p in &token_relay {
-        if crate::http::path::PathPattern::parse(p).is_none() {
+        if crate::path::PathPattern::parse(p).is_none() {
             errors.push(format!(
                 "`proxy.token_relay`: `{p}` must be a normalised path (`/api`) or a prefix ending in `/*` (`/api/*`)"
             ));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::access::{AccessSettings, ClaimValues, RawAccess};
-use crate::http::path::PathPattern;
+use crate::path::PathPattern;
 
 /// One route as configured.
 #[derive(Debug, Clone)]

@@ -121,7 +121,7 @@ fn is_valid_prefix(p: &str) -> bool {
 pub(super) fn public_paths(value: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<String> {
     let public_paths = value.unwrap_or_default();
     for p in &public_paths {
-        if crate::http::path::PathPattern::parse(p).is_none() {
+        if crate::path::PathPattern::parse(p).is_none() {
             errors.push(format!(
                 "`public_paths`: `{p}` must be a normalised path (`/health`) or a prefix ending in `/*` (`/static/*`)"
             ));

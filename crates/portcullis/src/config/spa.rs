@@ -47,7 +47,7 @@ impl RawSpa {
         let plain = exchange_path
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'));
-        if crate::http::path::PathPattern::parse(exchange_path).is_none()
+        if crate::path::PathPattern::parse(exchange_path).is_none()
             || !plain
             || exchange_path.ends_with('*')
             || exchange_path == prefix

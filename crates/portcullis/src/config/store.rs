@@ -261,10 +261,13 @@ mod tests {
             std::env::temp_dir().join(format!("pc-secret-file-{}", crate::random::random_token()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("keys");
-        let (a, b) = (
-            crate::session::KeyRing::generate_secret(),
-            crate::session::KeyRing::generate_secret(),
-        );
+        let key = || {
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                crate::random::random_bytes::<32>(),
+            )
+        };
+        let (a, b) = (key(), key());
         std::fs::write(&path, format!("{}\n{}\n", &*a, &*b)).unwrap();
         let mut e = minimal();
         e.extend(env(&[

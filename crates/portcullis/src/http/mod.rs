@@ -9,7 +9,8 @@ pub mod guard;
 pub mod headers;
 pub mod limits;
 pub mod pages;
-pub mod path;
+/// The one normalised path (below `http`, so that `config` and `session` use it too).
+pub use crate::path;
 pub mod proxy;
 pub mod request;
 pub mod routes;

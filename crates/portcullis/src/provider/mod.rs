@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 
 pub mod authorize;
 pub mod client_auth;
-pub mod client_key;
 pub mod discovery;
 pub mod http;
 pub mod id_token;
@@ -24,6 +23,7 @@ pub mod logout_token;
 pub mod token;
 pub mod userinfo;
 
+pub use crate::jose::{Algorithm, client_key};
 pub use authorize::Pkce;
 pub use discovery::Metadata;
 pub use id_token::{IdTokenClaims, IdTokenError};
@@ -99,85 +99,6 @@ pub enum LogoutError {
     Provider(#[from] ProviderError),
 }
 
-/// JWS algorithms Portcullis can verify (RFC 7518 §3.1). `none` is not one.
-#[allow(clippy::upper_case_acronyms)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-    HS256,
-    HS384,
-    HS512,
-}
-
-impl Algorithm {
-    pub(crate) const ALL: [Algorithm; 12] = [
-        Self::RS256,
-        Self::RS384,
-        Self::RS512,
-        Self::PS256,
-        Self::PS384,
-        Self::PS512,
-        Self::ES256,
-        Self::ES384,
-        Self::EdDSA,
-        Self::HS256,
-        Self::HS384,
-        Self::HS512,
-    ];
-
-    /// The JOSE name, case-sensitive as RFC 7515 requires.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::RS256 => "RS256",
-            Self::RS384 => "RS384",
-            Self::RS512 => "RS512",
-            Self::PS256 => "PS256",
-            Self::PS384 => "PS384",
-            Self::PS512 => "PS512",
-            Self::ES256 => "ES256",
-            Self::ES384 => "ES384",
-            Self::EdDSA => "EdDSA",
-            Self::HS256 => "HS256",
-            Self::HS384 => "HS384",
-            Self::HS512 => "HS512",
-        }
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Self::HS256 | Self::HS384 | Self::HS512)
-    }
-
-    pub(crate) fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        use jsonwebtoken::Algorithm as J;
-        match self {
-            Self::RS256 => J::RS256,
-            Self::RS384 => J::RS384,
-            Self::RS512 => J::RS512,
-            Self::PS256 => J::PS256,
-            Self::PS384 => J::PS384,
-            Self::PS512 => J::PS512,
-            Self::ES256 => J::ES256,
-            Self::ES384 => J::ES384,
-            Self::EdDSA => J::EdDSA,
-            Self::HS256 => J::HS256,
-            Self::HS384 => J::HS384,
-            Self::HS512 => J::HS512,
-        }
-    }
-}
-
 /// `openid email profile`, plus `offline_access` (for a refresh token) when the provider
 /// lists it in `scopes_supported`, or lists no scopes at all. Google and others answer
 /// `invalid_scope` to a scope they do not know.
@@ -216,6 +137,27 @@ pub struct ProviderSettings {
     pub client_assertion_aud: crate::config::AssertionAudience,
     /// `provider.client_assertion_typ`.
     pub client_assertion_typ: Option<String>,
+}
+
+impl ProviderSettings {
+    /// What the provider client needs from the configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            issuer: config.issuer.clone(),
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.as_ref().map(|s| s.0.clone()),
+            scopes: config.scopes.clone(),
+            redirect_uri: config.redirect_uri(),
+            extra_authorize_params: config.provider.extra_authorize_params.clone(),
+            allowed_algorithms: config.provider.allowed_algorithms.clone(),
+            jwks_min_refetch: jwks::MIN_REFETCH_INTERVAL,
+            trusted_audiences: config.provider.trusted_audiences.clone(),
+            auth_method: config.provider.token_endpoint_auth_method,
+            client_key: config.provider.client_key.clone(),
+            client_assertion_aud: config.provider.client_assertion_aud,
+            client_assertion_typ: config.provider.client_assertion_typ.clone(),
+        }
+    }
 }
 
 /// Least time between two discovery attempts after a failure.

@@ -313,7 +313,10 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "cache never live");
             tokio::task::yield_now().await;
         }
-        let provider = Provider::new(config.provider_settings(), ProviderHttp::new().unwrap());
+        let provider = Provider::new(
+            crate::provider::ProviderSettings::from_config(&config),
+            ProviderHttp::new().unwrap(),
+        );
         let keys = KeyRing::new(&SecretKeys(vec![zeroize::Zeroizing::new([7; 32])])).unwrap();
         let clock = ManualClock::default();
         let gw = Sessions::new(

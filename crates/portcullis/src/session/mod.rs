@@ -9,7 +9,8 @@ pub mod cache;
 pub mod claims;
 pub mod ends;
 pub mod handover;
-pub mod id;
+/// Session ids live with the records the store keeps (`store::id`).
+pub use crate::store::id;
 pub mod login;
 pub mod logout;
 pub mod lookup;
@@ -19,8 +20,6 @@ pub mod return_to;
 pub mod routes;
 pub mod seal;
 pub mod service;
-
-use uuid::Uuid;
 
 use crate::provider::ProviderError;
 use crate::store::StoreError;
@@ -35,10 +34,7 @@ pub use return_to::ReturnTo;
 pub use seal::{KeyRing, SealError, Sealed};
 pub use service::{SecurityEvents, Sessions};
 
-/// A random (v4) UUID from the CSPRNG.
-pub fn new_uuid() -> Uuid {
-    uuid::Builder::from_random_bytes(crate::random::random_bytes::<16>()).into_uuid()
-}
+pub use crate::random::new_uuid;
 
 /// Everything that can stop a login or a session lookup. Each has a stable code;
 /// `http::error` maps them to status codes and pages in one place.

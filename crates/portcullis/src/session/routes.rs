@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::access::{AccessDenied, access_refusals};
 use crate::config::{AccessSettings, RouteSettings};
-use crate::http::path::{NormalizedPath, PathPattern};
+use crate::path::{NormalizedPath, PathPattern};
 use crate::store::SessionRecord;
 
 /// Why a route refused a request.

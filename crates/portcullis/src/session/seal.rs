@@ -13,26 +13,7 @@ use zeroize::Zeroizing;
 use crate::config::SecretKeys;
 use crate::random;
 
-/// A value sealed by the key ring, as stored. Only `KeyRing::open` reveals it. Shared:
-/// copying a session record (the cache hands out copies) only counts a reference.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed(std::sync::Arc<str>);
-
-impl Sealed {
-    /// Wraps a value read back from the store.
-    pub fn from_stored(s: String) -> Self {
-        Self(s.into())
-    }
-    pub fn as_stored(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealed(..)")
-    }
-}
+pub use crate::store::Sealed;
 
 /// Why a sealed value could not be opened.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -131,7 +112,7 @@ impl KeyRing {
 
     /// Opens a sealed value; fails unless the key is in the ring and `context` matches.
     pub fn open(&self, sealed: &Sealed, context: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let mut parts = sealed.0.splitn(3, '.');
+        let mut parts = sealed.as_stored().splitn(3, '.');
         let (Some("v1"), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SealError::Malformed);
         };
@@ -162,7 +143,7 @@ impl KeyRing {
     /// tampered with). A cheap check, no decryption: G08 — a value sealed under a key
     /// the ring lacks counts as absent, and is left for an instance that has the key.
     pub fn holds_key_of(&self, sealed: &Sealed) -> bool {
-        let mut parts = sealed.0.splitn(3, '.');
+        let mut parts = sealed.as_stored().splitn(3, '.');
         match (parts.next(), parts.next()) {
             (Some("v1"), Some(kid)) => self.keys.iter().any(|k| k.id == kid),
             _ => false,

@@ -134,7 +134,7 @@ impl Sessions {
         &self,
         method: &axum::http::Method,
         overrides: &[Option<axum::http::Method>],
-        path: &crate::http::path::NormalizedPath,
+        path: &crate::path::NormalizedPath,
         record: &crate::store::SessionRecord,
     ) -> Result<(), super::routes::RouteRefusal> {
         let verdict = self.routes.load().check(method, overrides, path, record);

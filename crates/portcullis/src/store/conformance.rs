@@ -7,9 +7,9 @@
 use uuid::Uuid;
 
 use super::*;
+use crate::random::new_uuid;
 use crate::random::random_token;
-use crate::session::id::SessionId;
-use crate::session::new_uuid;
+use crate::store::id::SessionId;
 
 const NOW: UnixTime = 1_900_000_000;
 

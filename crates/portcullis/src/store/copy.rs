@@ -102,8 +102,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::session::id::SessionId;
-    use crate::session::new_uuid;
+    use crate::random::new_uuid;
+    use crate::store::id::SessionId;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{NewSession, TokenSet, UserProfile};
 

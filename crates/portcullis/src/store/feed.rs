@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::session::id::IdHash;
+use crate::store::id::IdHash;
 
 /// How often an instance sends itself a heartbeat through the feed.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn wire_messages_round_trip() {
-        let family = crate::session::new_uuid();
+        let family = crate::random::new_uuid();
         let a = IdHash::from_stored("aa".into());
         let b = IdHash::from_stored("bb".into());
         assert_eq!(
@@ -469,7 +469,7 @@ mod tests {
         feed.deliver_text("garbage");
         assert_eq!(sub.recv().await, Some(FeedEvent::Reset));
         let change = SessionChange {
-            family_id: crate::session::new_uuid(),
+            family_id: crate::random::new_uuid(),
             id_hashes: vec![],
         };
         for _ in 0..(BACKLOG + 10) {

@@ -10,18 +10,20 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::clock::UnixTime;
-use crate::session::id::IdHash;
-use crate::session::seal::Sealed;
 
 pub mod conformance;
 pub mod copy;
 pub mod feed;
+pub mod id;
 pub mod on_runtime;
 pub mod postgres;
 pub mod redis;
+mod sealed;
 pub mod sqlite;
 
 pub use feed::{ChangeFeed, FeedEvent, FeedSubscription, SessionChange};
+pub use id::IdHash;
+pub use sealed::Sealed;
 
 /// Total time any single store call may take (R05): a stuck store answers 503, it does
 /// not hold requests forever.
@@ -40,11 +42,7 @@ pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
 /// Login transactions one browser may hold at once; older ones are evicted (R01).
 pub const MAX_TRANSACTIONS_PER_BROWSER: u32 = 16;
 
-/// Live login transactions kept in all (`limits.max_transactions`): expired ones are
-/// removed first, and at the bound a new sign-in is refused rather than a live one
-/// dropped, so a flood of `/auth/login` requests can neither grow the store without
-/// bound (R01) nor evict someone else's sign-in in progress (D01).
-pub const MAX_LIVE_TRANSACTIONS: u32 = 50_000;
+pub use crate::config::MAX_LIVE_TRANSACTIONS;
 
 /// Opens the store at `location`: the SQLite file (created if needed), or a shared
 /// PostgreSQL or Redis with its tables or keys under `prefix`. Migrations are applied.

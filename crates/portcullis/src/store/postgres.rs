@@ -27,8 +27,8 @@ use super::{
     UserProfile, timed,
 };
 use crate::clock::UnixTime;
-use crate::session::id::IdHash;
-use crate::session::seal::Sealed;
+use crate::store::Sealed;
+use crate::store::id::IdHash;
 
 /// Schema migrations, in order; `{p}` is replaced by the store prefix.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -596,7 +596,7 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
             let row = q(&self.sql.upsert_user)
-                .bind(crate::session::new_uuid().to_string())
+                .bind(crate::random::new_uuid().to_string())
                 .bind(issuer)
                 .bind(subject)
                 .bind(&profile.email)
@@ -1248,8 +1248,8 @@ pub(crate) mod tests {
             .upsert_user("https://i", "s", &UserProfile::default(), 1)
             .await
             .unwrap();
-        let id = crate::session::id::SessionId::generate();
-        let family = crate::session::new_uuid();
+        let id = crate::store::id::SessionId::generate();
+        let family = crate::random::new_uuid();
         store
             .create_session(&NewSession {
                 family_id: family,

@@ -52,8 +52,8 @@ use super::{
     Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
-use crate::session::id::IdHash;
-use crate::session::seal::Sealed;
+use crate::store::Sealed;
+use crate::store::id::IdHash;
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -1419,7 +1419,7 @@ impl Store for RedisStore {
         timed(async {
             let args = Args::new()
                 .with(subject_key(issuer, subject))
-                .with(crate::session::new_uuid())
+                .with(crate::random::new_uuid())
                 .with(issuer)
                 .with(subject)
                 .with(now)
@@ -1922,11 +1922,11 @@ mod tests {
 
     use super::*;
     use crate::config::SecretKeys;
-    use crate::session::id::SessionId;
     use crate::session::seal::KeyRing;
     use crate::store::FeedEvent;
     use crate::store::conformance::{self, CrossHandle};
     use crate::store::feed::changed_text;
+    use crate::store::id::SessionId;
 
     const NOW: UnixTime = 1_900_000_000;
 
@@ -2040,7 +2040,7 @@ mod tests {
 
     fn new_session(user: &User, id: &SessionId, tokens: TokenSet) -> NewSession {
         NewSession {
-            family_id: crate::session::new_uuid(),
+            family_id: crate::random::new_uuid(),
             id_hash: id.hash(),
             user_id: user.id,
             provider_sid: Some("provider-sid".into()),

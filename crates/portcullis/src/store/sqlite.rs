@@ -21,8 +21,8 @@ use super::{
     User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
-use crate::session::id::IdHash;
-use crate::session::seal::Sealed;
+use crate::store::Sealed;
+use crate::store::id::IdHash;
 
 /// Schema migrations, applied in order once each; embedded in the binary.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -403,7 +403,7 @@ impl Store for SqliteStore {
                     .fetch_optional(&mut *w.db)
                     .await
                     .map_err(unavailable)?;
-            let new_id = crate::session::new_uuid();
+            let new_id = crate::random::new_uuid();
             let row = sqlx::query(
                 "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
@@ -1128,10 +1128,10 @@ mod tests {
             .upsert_user("https://i", "s", &UserProfile::default(), 1)
             .await
             .unwrap();
-        let id = crate::session::id::SessionId::generate();
+        let id = crate::store::id::SessionId::generate();
         store
             .create_session(&NewSession {
-                family_id: crate::session::new_uuid(),
+                family_id: crate::random::new_uuid(),
                 id_hash: id.hash(),
                 user_id: user.id,
                 provider_sid: None,

@@ -152,7 +152,7 @@ impl TestGateway {
             .secret
             .unwrap_or_else(portcullis::random::random_bytes::<32>);
         let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(secret)])).unwrap();
-        let mut settings = config.provider_settings();
+        let mut settings = portcullis::provider::ProviderSettings::from_config(&config);
         settings.jwks_min_refetch = options.jwks_min_refetch;
         let http =
             ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout)

@@ -419,12 +419,10 @@ AAwONWN13xqQcA==\n\
                 with.public_jwks(false)["keys"][0]["x5t#S256"],
                 json!(with.x5t_s256)
             );
-            let header = jsonwebtoken::decode_header(
-                &with
-                    .assertion("app", "https://op.example", None, false, 0)
-                    .unwrap(),
-            )
-            .unwrap();
+            let assertion = with
+                .assertion("app", "https://op.example", None, false, 0)
+                .unwrap();
+            let header = jsonwebtoken::decode_header(assertion).unwrap();
             assert_eq!(header.x5t_s256, with.x5t_s256);
             // Another key's certificate, or something that is no certificate: refused.
             let other = certificate_for(&generate_pem(kind).unwrap());
