@@ -184,6 +184,7 @@ done < <(compgen -e | grep '^PORTCULLIS_' || true)
 
 UPSTREAM_PORT=$(free_port)
 BARE_PORT=$(free_port)
+BARE_CORE_PORT=$(free_port)
 IDP_PORT=$(free_port)
 GATEWAY_PORT=$(free_port)
 ISSUER="http://127.0.0.1:$IDP_PORT"
@@ -277,6 +278,11 @@ start bare-proxy "$BIN/bare-proxy" --listen "127.0.0.1:$BARE_PORT" \
   --upstream "http://127.0.0.1:$UPSTREAM_PORT"
 BARE_PID=$STARTED_PID
 wait_for "http://127.0.0.1:$BARE_PORT/" 200 "$BARE_PID" bare-proxy
+# The same proxy as Portcullis serves: one single-threaded runtime per core.
+start bare-proxy-per-core "$BIN/bare-proxy" --listen "127.0.0.1:$BARE_CORE_PORT" \
+  --upstream "http://127.0.0.1:$UPSTREAM_PORT" --shape per-core
+BARE_CORE_PID=$STARTED_PID
+wait_for "http://127.0.0.1:$BARE_CORE_PORT/" 200 "$BARE_CORE_PID" bare-proxy-per-core
 start idp "${SCRUB[@]}" "$BIN/portcullis" idp --config "$WORK/idp.toml"
 wait_for "$ISSUER/.well-known/openid-configuration" 200 "$STARTED_PID" idp
 # wrk, on loopback, asks /auth/verify as a trusted front proxy would.
@@ -433,11 +439,19 @@ profile_row() {
   fi
 }
 
-measure "bare hyper reverse proxy (reference)" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" "" ""
+measure "bare hyper reverse proxy, one multi-threaded runtime (reference)" "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" "" ""
+BARE_MULTI_RPS=$ROW_RPS
 BARE_RPS=$ROW_RPS
+measure "bare hyper reverse proxy, a single-threaded runtime per core (reference)" "$BARE_CORE_PID" "http://127.0.0.1:$BARE_CORE_PORT/" "" ""
+BARE_CORE_RPS=$ROW_RPS
+stop "$BARE_CORE_PID"
+# "vs bare" below is against the faster reference shape.
+BARE_RPS=$(( BARE_MULTI_RPS > BARE_CORE_RPS ? BARE_MULTI_RPS : BARE_CORE_RPS ))
 measure "Portcullis, public path" "$MAIN_GATEWAY_PID" "$GATEWAY/public/" "SQLite; no cookie" ""
 measure "Portcullis, signed in" "$MAIN_GATEWAY_PID" "$GATEWAY/" "SQLite; one real session" "" \
   -H "Cookie: portcullis=$COOKIE"
+SIGNED_IN_RPS=$ROW_RPS
+NOTES+=("\`vs bare\` is against the faster reference shape ($(thousands <<<"$BARE_MULTI_RPS") req/s multi-threaded, $(thousands <<<"$BARE_CORE_RPS") req/s per core). Signed in: $(awk -v a="$SIGNED_IN_RPS" -v b="$BARE_MULTI_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the multi-threaded reference, $(awk -v a="$SIGNED_IN_RPS" -v b="$BARE_CORE_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the per-core one.")
 measure "Portcullis, forward-auth" "$MAIN_GATEWAY_PID" "$GATEWAY/auth/verify" \
   "SQLite; one real session; GET /auth/verify as nginx asks it: a 200 with the identity headers, no upstream" "" \
   -H "Cookie: portcullis=$COOKIE" -H "X-Original-URI: /app?x=1" -H "X-Original-Method: GET"

@@ -337,7 +337,7 @@ mutate $S/session/cache.rs '                        FeedEvent::UserChanged(user)
 mutate $S/store/sqlite.rs '                self.feed.publish(FeedEvent::UserChanged(user.id));' '' lib sqlite_in_memory_passes_the_conformance
 # With PORTCULLIS_TEST_POSTGRES_URL / PORTCULLIS_TEST_REDIS_URL set (as .ci/run sets them):
 mutate $S/store/postgres.rs '            if before.is_some_and(|(email, name)| email != user.email || name != user.name) {' '            if before.is_some_and(|_| false) {' lib postgres_passes_the_conformance
-mutate $S/store/redis.rs "  announce('u ' .. id)" "" lib redis_passes_the_conformance
+mutate $S/store/redis/upsert_user.lua "  announce('u ' .. id)" "" lib redis_passes_the_conformance
 mutate $S/session/service.rs '        if super::assertion::stale_ring(&records, &ring) {
             return Ok(None);' '        if false {
             return Ok(None);' sessions g08_

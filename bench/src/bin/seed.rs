@@ -9,7 +9,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use portcullis::clock::{Clock, SystemClock, UnixTime};
 use portcullis::config::StoreLocation;

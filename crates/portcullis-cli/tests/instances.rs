@@ -9,7 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -601,6 +603,7 @@ async fn assertions_from_any_instance_verify_with_the_keys_of_any_other(store: S
         let seen = api(signer, &browser, "/whoami").await;
         let token = upstream::echoed(&seen.json(), "x-portcullis-jwt-assertion");
         // The verifier's clock: read after the assertion was signed (`iat` in the past).
+        #[allow(clippy::disallowed_methods)] // what the store's peer clock says
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

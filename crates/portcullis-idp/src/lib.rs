@@ -31,7 +31,8 @@ pub use config::IdpConfig;
 use keys::{KeySet, SigningKey};
 use store::IdpStore;
 
-/// Seconds since the epoch.
+/// Seconds since the epoch (the dev provider has no test clock).
+#[allow(clippy::disallowed_methods)]
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -17,11 +17,27 @@ pub enum StartError {
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("key ring: {0}")]
-    Secret(String),
+    Secret(#[from] SecretError),
     #[error("{0}")]
     Provider(#[from] crate::provider::ProviderError),
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// Why the key ring could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("`secret` is required with the store {0}")]
+    Required(String),
+    #[error("{0}")]
+    Ring(#[from] crate::session::SealError),
+    #[error("{path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One gateway instance: the session service, wired once at start-up and shared by
@@ -42,10 +58,7 @@ impl Gateway {
             (Some(secret), _) => key_ring(secret)?,
             (None, StoreLocation::Sqlite(path)) => key_ring(&load_or_create_secret(path)?)?,
             (None, other) => {
-                return Err(StartError::Secret(format!(
-                    "`secret` is required with the store {}",
-                    other.describe()
-                )));
+                return Err(SecretError::Required(other.describe()).into());
             }
         };
         let store = crate::store::open(&config.store, &config.store_prefix).await?;
@@ -154,7 +167,7 @@ fn is_loopback_origin(url: &url::Url) -> bool {
 }
 
 fn key_ring(secret: &SecretKeys) -> Result<KeyRing, StartError> {
-    KeyRing::new(secret).map_err(|e| StartError::Secret(e.to_string()))
+    Ok(KeyRing::new(secret).map_err(SecretError::from)?)
 }
 
 /// The file beside the SQLite database that holds a generated key ring.
@@ -169,26 +182,42 @@ pub fn secret_file_for(db: &Path) -> PathBuf {
 fn load_or_create_secret(db: &Path) -> Result<SecretKeys, StartError> {
     let path = secret_file_for(db);
     match std::fs::read_to_string(&path) {
-        Ok(text) => SecretKeys::parse(text.trim())
-            .map_err(|e| StartError::Secret(format!("{}: {e}", path.display()))),
+        Ok(text) => SecretKeys::parse(text.trim()).map_err(|reason| {
+            SecretError::Unreadable {
+                path: path.clone(),
+                reason,
+            }
+            .into()
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| StartError::Secret(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|source| SecretError::Unwritable {
+                    path: dir.to_owned(),
+                    source,
+                })?;
             }
             let secret = KeyRing::generate_secret();
-            write_private(&path, secret.as_bytes())
-                .map_err(|e| StartError::Secret(format!("cannot write {}: {e}", path.display())))?;
+            write_private(&path, secret.as_bytes()).map_err(|source| SecretError::Unwritable {
+                path: path.clone(),
+                source,
+            })?;
             tracing::info!(
                 path = %path.display(),
                 "generated a new session key ring and kept it beside the database; set PORTCULLIS_SECRET to manage keys yourself"
             );
-            SecretKeys::parse(&secret).map_err(StartError::Secret)
+            SecretKeys::parse(&secret).map_err(|reason| {
+                SecretError::Unreadable {
+                    path: path.clone(),
+                    reason,
+                }
+                .into()
+            })
         }
-        Err(e) => Err(StartError::Secret(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(SecretError::Unreadable {
+            reason: e.to_string(),
+            path,
+        }
+        .into()),
     }
 }
 

@@ -20,8 +20,7 @@
 //! Layout: [`config`] (settings), [`provider`] (the identity provider), [`session`]
 //! (ids, sealing, lifetimes, login), [`store`] (persistence), [`http`] (the edges).
 
-#![deny(unsafe_code)]
-#![warn(clippy::unwrap_used, clippy::expect_used)]
+// Lints: `[workspace.lints]` in the workspace's Cargo.toml.
 
 pub mod clock;
 pub mod config;

@@ -1463,7 +1463,7 @@ async fn r04_a_stalled_token_endpoint_times_out_cleanly() {
     p.script.lock().unwrap().token_delay = Some(Duration::from_secs(30));
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let resp = gw
         .callback(&browser, &callback_query("c", &auth.state, Some(&p.issuer)))
         .await;

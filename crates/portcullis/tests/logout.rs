@@ -28,7 +28,7 @@ async fn status(gw: &TestGateway, browser: &Browser) -> u16 {
 /// that ended a session refuses it at once, every other one within 1 s (docs/sessions.md
 /// "The session cache"; on SQLite the other instance learns of it by polling).
 async fn refused_within_a_second(gw: &TestGateway, browser: &Browser) {
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     loop {
         let code = status(gw, browser).await;
         if code == 401 {
@@ -487,7 +487,7 @@ async fn signing_out_at_the_provider_ends_the_gateway_session_within_a_second() 
             .await;
     assert_eq!(resp.status, 303);
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let ended = reqwest::Client::new()
         .post(format!("{}/test/logout/alice", r.op.issuer))
         .send()

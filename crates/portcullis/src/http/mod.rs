@@ -162,7 +162,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
 /// The whole gateway: its endpoints, and everything else through the guard to the
 /// upstream (or a 404 when there is none: forward-auth only). Unknown paths under the
 /// prefix answer 404 (D03).
-pub fn router(gateway: Arc<Gateway>) -> Result<App, String> {
+pub fn router(gateway: Arc<Gateway>) -> Result<App, proxy::UpstreamError> {
     let config = gateway.config();
     let upstream = match &config.upstream {
         Some(base) => Some(proxy::Upstream::new(
@@ -278,7 +278,7 @@ impl AppInner {
         method: axum::http::Method,
         raw_path: String,
         response: &Response,
-        start: std::time::Instant,
+        start: tokio::time::Instant,
         kind: access::Kind,
     ) {
         let note = response.extensions().get::<access::AccessNote>();
@@ -310,7 +310,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        let (start, method) = (std::time::Instant::now(), req.method().clone());
+        let (start, method) = (tokio::time::Instant::now(), req.method().clone());
         let raw_path = req.uri().path().to_owned();
         if inner.own.may_route(&raw_path) {
             let kind = if raw_path == inner.verify_path {

@@ -87,13 +87,26 @@ const SCHEME_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("front-end-https"),
 ];
 
+/// Why an upstream URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("only http:// upstreams are supported (got {0}://)")]
+    Scheme(String),
+    #[error("the upstream URL has no host")]
+    NoHost,
+}
+
 impl Upstream {
     /// `base` must be an `http://` URL (TLS to the upstream is not supported yet).
-    pub fn new(base: &Url, public_url: &Url, timeouts: ProxyTimeouts) -> Result<Self, String> {
+    pub fn new(
+        base: &Url,
+        public_url: &Url,
+        timeouts: ProxyTimeouts,
+    ) -> Result<Self, UpstreamError> {
         if base.scheme() != "http" {
-            return Err("only http:// upstreams are supported".into());
+            return Err(UpstreamError::Scheme(base.scheme().to_owned()));
         }
-        let host = base.host_str().ok_or("the upstream URL has no host")?;
+        let host = base.host_str().ok_or(UpstreamError::NoHost)?;
         let authority = match base.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_owned(),
@@ -455,6 +468,8 @@ async fn tunnel<A, B>(
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The session's deadline is Unix time; the timer needs wall-clock now.
+    #[allow(clippy::disallowed_methods)]
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

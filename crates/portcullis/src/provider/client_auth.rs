@@ -21,7 +21,9 @@
 //! §2: `revocation_endpoint_auth_methods_supported`) is honoured.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;

@@ -131,7 +131,7 @@ impl ProviderHttp {
         req: reqwest::RequestBuilder,
         cap: usize,
     ) -> Result<Answer, ProviderError> {
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let call = async {
             let mut resp = req.send().await.map_err(classify)?;
             let status = resp.status();

@@ -42,7 +42,7 @@ impl OnRuntime {
         Fut: Future<Output = StoreResult<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let work = call(self.inner.clone());
         let result = if !crate::threads::is_serving_thread() {
             work.await

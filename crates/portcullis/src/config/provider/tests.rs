@@ -1,0 +1,114 @@
+use crate::config::Config;
+use crate::config::test_support::minimal;
+
+#[test]
+fn a_client_key_is_read_at_load_and_its_settings_need_it() {
+    use crate::config::{AssertionAudience, AuthMethodSetting};
+    use crate::jose::client_key::{KeyKind, generate_pem};
+    let dir = std::env::temp_dir().join(format!("pc-key-config-{}", crate::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    std::fs::write(&key, generate_pem(KeyKind::Ed25519).unwrap()).unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let load = |pairs: &[(&str, &str)]| {
+        let mut e = minimal();
+        e.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| (format!("PORTCULLIS_PROVIDER_{k}"), (*v).to_owned())),
+        );
+        Config::load_from(None, e)
+    };
+    let c = load(&[
+        ("CLIENT_KEY_FILE", &key),
+        ("CLIENT_ASSERTION_AUD", "token_endpoint"),
+    ])
+    .unwrap();
+    assert!(c.provider.client_key.is_some());
+    assert_eq!(
+        c.provider.client_assertion_aud,
+        AssertionAudience::TokenEndpoint
+    );
+    assert_eq!(
+        c.provider.token_endpoint_auth_method,
+        AuthMethodSetting::Auto
+    );
+    let refused = |pairs: &[(&str, &str)], says: &str| {
+        let e = load(pairs).unwrap_err().0.join("\n");
+        assert!(e.contains(says), "{pairs:?}: {e}");
+    };
+    refused(
+        &[("CLIENT_KEY_FILE", "/nonexistent/key.pem")],
+        "cannot read",
+    );
+    refused(
+        &[("TOKEN_ENDPOINT_AUTH_METHOD", "private_key_jwt")],
+        "needs `provider.client_key_file`",
+    );
+    refused(
+        &[("CLIENT_CERT_FILE", &key)],
+        "needs `provider.client_key_file`",
+    );
+    refused(
+        &[("CLIENT_ASSERTION_AUD", "issuer")],
+        "need `provider.client_key_file`",
+    );
+    refused(
+        &[
+            ("CLIENT_KEY_FILE", &key),
+            ("CLIENT_ASSERTION_AUD", "audience"),
+        ],
+        "neither `issuer` nor `token_endpoint`",
+    );
+    refused(
+        &[("CLIENT_KEY_FILE", &key), ("CLIENT_ASSERTION_TYP", "JWT")],
+        "`client-authentication+jwt`",
+    );
+    refused(
+        &[
+            ("CLIENT_KEY_FILE", &key),
+            ("TOKEN_ENDPOINT_AUTH_METHOD", "none"),
+        ],
+        "not `private_key_jwt` or `auto`",
+    );
+    refused(
+        &[("CLIENT_KEY_FILE", &key), ("CLIENT_CERT_FILE", &key)],
+        "`provider.client_cert_file`",
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn token_endpoint_auth_methods_read_and_fit_the_secret() {
+    use crate::config::AuthMethodSetting;
+    let with = |method: &str, secret: bool| {
+        let mut e = minimal();
+        e.push((
+            "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD".into(),
+            method.into(),
+        ));
+        if secret {
+            e.push(("PORTCULLIS_CLIENT_SECRET".into(), "s3cr+t/==".into()));
+        }
+        Config::load_from(None, e).map(|c| c.provider.token_endpoint_auth_method)
+    };
+    assert_eq!(
+        with("client_secret_post", true).unwrap(),
+        AuthMethodSetting::ClientSecretPost
+    );
+    assert_eq!(with("auto", false).unwrap(), AuthMethodSetting::Auto);
+    assert_eq!(with("none", false).unwrap(), AuthMethodSetting::None);
+    assert!(with("client_secret_basic", false).is_err());
+    assert!(with("none", true).is_err());
+    assert!(with("client_secret_jwt", true).is_err());
+}
+
+#[test]
+fn reserved_authorize_params_cannot_be_overridden() {
+    let mut e = minimal();
+    e.push((
+        "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS".into(),
+        r#"{ redirect_uri = "https://evil" }"#.into(),
+    ));
+    assert!(Config::load_from(None, e).is_err());
+}

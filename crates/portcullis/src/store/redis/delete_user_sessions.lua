@@ -1,0 +1,1 @@
+return remove_user_sessions(ARGV[2])

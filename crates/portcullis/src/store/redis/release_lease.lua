@@ -1,0 +1,3 @@
+local key = P .. ':lease:' .. ARGV[2]
+if redis.call('HGET', key, 'holder') == ARGV[3] then redis.call('DEL', key) end
+return 1
