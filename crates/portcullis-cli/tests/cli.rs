@@ -335,9 +335,7 @@ fn idp_refuses_remote_listening_and_bad_configs() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[path = "../../portcullis/tests/support/browser.rs"]
-#[allow(dead_code)]
-mod browser;
+use portcullis_test_support::browser;
 
 /// A base port whose next two are free as well.
 fn free_port_triple() -> u16 {

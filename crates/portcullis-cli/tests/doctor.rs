@@ -5,14 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../portcullis/tests/support/dev_provider.rs"]
-mod dev_provider;
-#[path = "../../portcullis/tests/support/oidc_provider.rs"]
-#[allow(dead_code)]
-mod oidc_provider;
-#[path = "../../portcullis/tests/support/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
+use portcullis_test_support::dev_provider;
+use portcullis_test_support::oidc_provider;
+use portcullis_test_support::upstream;
 
 use std::process::Stdio;
 

@@ -19,15 +19,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-#[path = "../../portcullis/tests/support/browser.rs"]
-#[allow(dead_code)]
-mod browser;
-#[path = "../../portcullis/tests/support/oidc_provider.rs"]
-#[allow(dead_code)]
-mod oidc_provider;
-#[path = "../../portcullis/tests/support/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
+use portcullis_test_support::browser;
+use portcullis_test_support::oidc_provider;
+use portcullis_test_support::upstream;
 
 use browser::{Browser, Resp, follow_sign_in};
 use oidc_provider::RealProvider;

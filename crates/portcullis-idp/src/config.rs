@@ -197,27 +197,7 @@ impl IdpConfig {
                     )),
                 }
             }
-            let jwks = match c.jwks {
-                None => None,
-                Some(v) => {
-                    let json = match v {
-                        toml::Value::String(text) => serde_json::from_str(&text).ok(),
-                        other => serde_json::to_value(other).ok(),
-                    };
-                    match json
-                        .and_then(|j| serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(j).ok())
-                    {
-                        Some(set) if !set.keys.is_empty() => Some(set),
-                        _ => {
-                            errors.push(format!(
-                                "client `{}`: `jwks` is not a JWK set with at least one key",
-                                c.id
-                            ));
-                            None
-                        }
-                    }
-                }
-            };
+            let jwks = c.jwks.and_then(|v| client_jwks(&c.id, v, &mut errors));
             if jwks.is_some() && c.secret.is_some() {
                 errors.push(format!(
                     "client `{}`: set `secret` or `jwks`, not both (one authentication method per client)",
@@ -302,6 +282,27 @@ impl IdpConfig {
 
     pub fn user(&self, username: &str) -> Option<&User> {
         self.users.iter().find(|u| u.username == username)
+    }
+}
+
+/// A client's `jwks`: a JWK set with at least one key, as a TOML table or JSON text.
+fn client_jwks(
+    id: &str,
+    value: toml::Value,
+    errors: &mut Vec<String>,
+) -> Option<jsonwebtoken::jwk::JwkSet> {
+    let json = match value {
+        toml::Value::String(text) => serde_json::from_str(&text).ok(),
+        other => serde_json::to_value(other).ok(),
+    };
+    match json.and_then(|j| serde_json::from_value::<jsonwebtoken::jwk::JwkSet>(j).ok()) {
+        Some(set) if !set.keys.is_empty() => Some(set),
+        _ => {
+            errors.push(format!(
+                "client `{id}`: `jwks` is not a JWK set with at least one key"
+            ));
+            None
+        }
     }
 }
 

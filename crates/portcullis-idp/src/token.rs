@@ -192,41 +192,12 @@ fn authenticate_assertion<'a>(
     ) {
         return Err(refused("algorithm not allowed"));
     }
-    // The client is named by `client_id` or, without it, by the assertion's `sub`
-    // (read unverified only to find the keys; verified below).
-    let claimed = match f.get("client_id") {
-        Some(id) => id.clone(),
-        None => {
-            let payload = assertion.split('.').nth(1).unwrap_or("");
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| v["sub"].as_str().map(str::to_owned))
-                .ok_or_else(|| refused("no client named"))?
-        }
-    };
+    let claimed = claimed_client(f, assertion)?;
     let client = idp
         .config
         .client(&claimed)
         .ok_or_else(|| OAuthError::new("invalid_client", "unknown client"))?;
-    let jwks = client
-        .jwks
-        .as_ref()
-        .ok_or_else(|| refused("the client has no registered keys"))?;
-    let jwk = match &header.kid {
-        Some(kid) => jwks.find(kid),
-        None if jwks.keys.len() == 1 => jwks.keys.first(),
-        None => None,
-    }
-    .ok_or_else(|| refused("unknown key"))?;
-    // A key registered for one algorithm verifies only that one.
-    if let Some(registered) = jwk.common.key_algorithm
-        && format!("{registered:?}") != format!("{:?}", header.alg)
-    {
-        return Err(refused("the key is registered for another algorithm"));
-    }
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| refused("unusable key"))?;
+    let key = assertion_key(client, &header)?;
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     let issuer = &idp.config.issuer;
     validation.set_audience(&[issuer.clone(), format!("{issuer}/token")]);
@@ -262,6 +233,53 @@ fn authenticate_assertion<'a>(
         return Err(refused("jti already used"));
     }
     Ok(client)
+}
+
+/// The client an assertion is for: `client_id`, or without it the assertion's `sub`
+/// (read unverified only to find the keys; verified by the caller).
+fn claimed_client(f: &HashMap<String, String>, assertion: &str) -> Result<String, OAuthError> {
+    let refused =
+        |why: &str| OAuthError::new("invalid_client", format!("client assertion refused: {why}"));
+    Ok(match f.get("client_id") {
+        Some(id) => id.clone(),
+        None => {
+            let payload = assertion.split('.').nth(1).unwrap_or("");
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["sub"].as_str().map(str::to_owned))
+                .ok_or_else(|| refused("no client named"))?
+        }
+    })
+}
+
+/// The registered key an assertion names (its `kid`, or the client's only key), usable
+/// only for the algorithm it was registered for.
+fn assertion_key(
+    client: &Client,
+    header: &jsonwebtoken::Header,
+) -> Result<jsonwebtoken::DecodingKey, OAuthError> {
+    let refused =
+        |why: &str| OAuthError::new("invalid_client", format!("client assertion refused: {why}"));
+    let jwks = client
+        .jwks
+        .as_ref()
+        .ok_or_else(|| refused("the client has no registered keys"))?;
+    let jwk = match &header.kid {
+        Some(kid) => jwks.find(kid),
+        None if jwks.keys.len() == 1 => jwks.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| refused("unknown key"))?;
+    // A key registered for one algorithm verifies only that one.
+    if let Some(registered) = jwk.common.key_algorithm
+        && format!("{registered:?}") != format!("{:?}", header.alg)
+    {
+        return Err(refused("the key is registered for another algorithm"));
+    }
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|_| refused("unusable key"))?;
+    Ok(key)
 }
 
 /// Clock leeway for client assertions, in seconds.

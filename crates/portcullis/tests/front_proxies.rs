@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use portcullis_test_support as support;
 
 use reqwest::Method;
 use support::Browser;

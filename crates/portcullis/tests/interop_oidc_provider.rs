@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use portcullis_test_support as support;
 
 use serde_json::json;
 use support::gateway::{Options, callback_query};

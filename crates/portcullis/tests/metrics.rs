@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use portcullis_test_support as support;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use support::gateway::{Options, callback_query};

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use portcullis_test_support as support;
 
 use portcullis::session::SessionId;
 use portcullis::store::SessionRecord;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-#[path = "../../../portcullis/tests/support/oidc_provider.rs"]
-pub mod oidc_provider;
+#[allow(unused_imports)] // used by one of the two suites that share this module
+pub use portcullis_test_support::oidc_provider;
 
 pub struct Provider {
     pub base: String,

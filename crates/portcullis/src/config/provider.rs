@@ -221,81 +221,23 @@ impl RawProvider {
         {
             errors.push("`provider.trusted_audiences` must hold non-empty strings".into());
         }
-        let token_endpoint_auth_method = match self.token_endpoint_auth_method.as_deref() {
-            None => AuthMethodSetting::Auto,
-            Some(value) => match AuthMethodSetting::parse(value.trim()) {
-                Some(method) => method,
-                None => {
-                    errors.push(format!(
-                        "`provider.token_endpoint_auth_method`: `{value}` is none of auto, client_secret_basic, client_secret_post, private_key_jwt, none"
-                    ));
-                    AuthMethodSetting::Auto
-                }
-            },
-        };
-        match token_endpoint_auth_method {
-            AuthMethodSetting::ClientSecretBasic | AuthMethodSetting::ClientSecretPost
-                if !has_client_secret =>
-            {
-                errors.push(
-                    "`provider.token_endpoint_auth_method`: a client_secret method needs `client_secret` (PORTCULLIS_CLIENT_SECRET)".into(),
-                );
-            }
-            AuthMethodSetting::None if has_client_secret => errors.push(
-                "`provider.token_endpoint_auth_method = \"none\"` is a public client: leave `client_secret` unset".into(),
-            ),
-            _ => {}
-        }
-        let client_key_file = non_empty(self.client_key_file).map(std::path::PathBuf::from);
-        let client_cert_file = non_empty(self.client_cert_file).map(std::path::PathBuf::from);
-        let client_key = client_key_file
-            .as_deref()
-            .and_then(|key| read_client_key(key, client_cert_file.as_deref(), errors));
-        if client_key_file.is_none() {
-            if self.client_assertion_aud.is_some() || self.client_assertion_typ.is_some() {
-                errors.push(
-                    "`provider.client_assertion_aud` and `client_assertion_typ` shape private_key_jwt assertions: they need `provider.client_key_file`".into(),
-                );
-            }
-            if client_cert_file.is_some() {
-                errors.push(
-                    "`provider.client_cert_file` needs `provider.client_key_file` (the certificate's private key)".into(),
-                );
-            }
-            if token_endpoint_auth_method == AuthMethodSetting::PrivateKeyJwt {
-                errors.push(
-                    "`provider.token_endpoint_auth_method = \"private_key_jwt\"` needs `provider.client_key_file` (PORTCULLIS_PROVIDER_CLIENT_KEY_FILE); `portcullis keys client-new` makes one".into(),
-                );
-            }
-        } else if matches!(
+        let ClientAuthParts {
             token_endpoint_auth_method,
-            AuthMethodSetting::ClientSecretBasic
-                | AuthMethodSetting::ClientSecretPost
-                | AuthMethodSetting::None
-        ) {
-            errors.push(
-                "`provider.client_key_file` is set but `provider.token_endpoint_auth_method` is not `private_key_jwt` or `auto`; remove one".into(),
-            );
-        }
-        let client_assertion_aud = match non_empty(self.client_assertion_aud).as_deref() {
-            None | Some("issuer") => AssertionAudience::Issuer,
-            Some("token_endpoint") => AssertionAudience::TokenEndpoint,
-            Some(other) => {
-                errors.push(format!(
-                    "`provider.client_assertion_aud`: `{other}` is neither `issuer` nor `token_endpoint`"
-                ));
-                AssertionAudience::Issuer
-            }
-        };
-        let client_assertion_typ = non_empty(self.client_assertion_typ);
-        if let Some(typ) = &client_assertion_typ
-            && typ != crate::jose::client_key::ASSERTION_TYP
-        {
-            errors.push(format!(
-                "`provider.client_assertion_typ`: `{typ}` is not `{}` (leave it unset for no `typ`)",
-                crate::jose::client_key::ASSERTION_TYP
-            ));
-        }
+            client_key,
+            client_key_file,
+            client_assertion_aud,
+            client_assertion_typ,
+        } = client_auth(
+            RawClientAuth {
+                method: self.token_endpoint_auth_method,
+                key_file: self.client_key_file,
+                cert_file: self.client_cert_file,
+                aud: self.client_assertion_aud,
+                typ: self.client_assertion_typ,
+            },
+            has_client_secret,
+            errors,
+        );
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms: allowed_algorithms.map(|list| {
@@ -311,6 +253,110 @@ impl RawProvider {
             client_assertion_aud,
             client_assertion_typ,
         }
+    }
+}
+
+/// The client-authentication keys as written.
+struct RawClientAuth {
+    method: Option<String>,
+    key_file: Option<String>,
+    cert_file: Option<String>,
+    aud: Option<String>,
+    typ: Option<String>,
+}
+
+/// The client-authentication settings, read and checked together (they depend on each
+/// other and on whether there is a secret).
+struct ClientAuthParts {
+    token_endpoint_auth_method: AuthMethodSetting,
+    client_key: Option<Arc<crate::jose::client_key::ClientKey>>,
+    client_key_file: Option<std::path::PathBuf>,
+    client_assertion_aud: AssertionAudience,
+    client_assertion_typ: Option<String>,
+}
+
+fn client_auth(raw: RawClientAuth, has_secret: bool, errors: &mut Vec<String>) -> ClientAuthParts {
+    let token_endpoint_auth_method = match raw.method.as_deref() {
+        None => AuthMethodSetting::Auto,
+        Some(value) => match AuthMethodSetting::parse(value.trim()) {
+            Some(method) => method,
+            None => {
+                errors.push(format!(
+                    "`provider.token_endpoint_auth_method`: `{value}` is none of auto, client_secret_basic, client_secret_post, private_key_jwt, none"
+                ));
+                AuthMethodSetting::Auto
+            }
+        },
+    };
+    match token_endpoint_auth_method {
+        AuthMethodSetting::ClientSecretBasic | AuthMethodSetting::ClientSecretPost
+            if !has_secret =>
+        {
+            errors.push(
+                "`provider.token_endpoint_auth_method`: a client_secret method needs `client_secret` (PORTCULLIS_CLIENT_SECRET)".into(),
+            );
+        }
+        AuthMethodSetting::None if has_secret => errors.push(
+            "`provider.token_endpoint_auth_method = \"none\"` is a public client: leave `client_secret` unset".into(),
+        ),
+        _ => {}
+    }
+    let client_key_file = non_empty(raw.key_file).map(std::path::PathBuf::from);
+    let client_cert_file = non_empty(raw.cert_file).map(std::path::PathBuf::from);
+    let client_key = client_key_file
+        .as_deref()
+        .and_then(|key| read_client_key(key, client_cert_file.as_deref(), errors));
+    if client_key_file.is_none() {
+        if raw.aud.is_some() || raw.typ.is_some() {
+            errors.push(
+                "`provider.client_assertion_aud` and `client_assertion_typ` shape private_key_jwt assertions: they need `provider.client_key_file`".into(),
+            );
+        }
+        if client_cert_file.is_some() {
+            errors.push(
+                "`provider.client_cert_file` needs `provider.client_key_file` (the certificate's private key)".into(),
+            );
+        }
+        if token_endpoint_auth_method == AuthMethodSetting::PrivateKeyJwt {
+            errors.push(
+                "`provider.token_endpoint_auth_method = \"private_key_jwt\"` needs `provider.client_key_file` (PORTCULLIS_PROVIDER_CLIENT_KEY_FILE); `portcullis keys client-new` makes one".into(),
+            );
+        }
+    } else if matches!(
+        token_endpoint_auth_method,
+        AuthMethodSetting::ClientSecretBasic
+            | AuthMethodSetting::ClientSecretPost
+            | AuthMethodSetting::None
+    ) {
+        errors.push(
+            "`provider.client_key_file` is set but `provider.token_endpoint_auth_method` is not `private_key_jwt` or `auto`; remove one".into(),
+        );
+    }
+    let client_assertion_aud = match non_empty(raw.aud).as_deref() {
+        None | Some("issuer") => AssertionAudience::Issuer,
+        Some("token_endpoint") => AssertionAudience::TokenEndpoint,
+        Some(other) => {
+            errors.push(format!(
+                "`provider.client_assertion_aud`: `{other}` is neither `issuer` nor `token_endpoint`"
+            ));
+            AssertionAudience::Issuer
+        }
+    };
+    let client_assertion_typ = non_empty(raw.typ);
+    if let Some(typ) = &client_assertion_typ
+        && typ != crate::jose::client_key::ASSERTION_TYP
+    {
+        errors.push(format!(
+            "`provider.client_assertion_typ`: `{typ}` is not `{}` (leave it unset for no `typ`)",
+            crate::jose::client_key::ASSERTION_TYP
+        ));
+    }
+    ClientAuthParts {
+        token_endpoint_auth_method,
+        client_key,
+        client_key_file,
+        client_assertion_aud,
+        client_assertion_typ,
     }
 }
 

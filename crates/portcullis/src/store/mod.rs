@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 use crate::clock::UnixTime;
 
+/// The suite every engine passes (and helpers for tests that drive several instances):
+/// for tests only, `--features test-util` outside this crate.
+#[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod copy;
 pub mod feed;
@@ -18,6 +21,7 @@ pub mod id;
 pub mod on_runtime;
 pub mod postgres;
 pub mod redis;
+mod rows;
 mod sealed;
 pub mod sqlite;
 

@@ -22,9 +22,8 @@ use uuid::Uuid;
 
 use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
-    ChangeFeed, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord,
-    SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User,
-    UserProfile, timed,
+    ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
+    Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::store::Sealed;
@@ -74,10 +73,6 @@ impl std::fmt::Debug for PostgresStore {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 impl PostgresStore {
@@ -488,59 +483,22 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
 }
 
-fn uuid_col(row: &PgRow, name: &str) -> StoreResult<Uuid> {
-    Uuid::parse_str(&col::<String>(row, name)?).map_err(|e| corrupt(format!("{name}: {e}")))
-}
-
-fn sealed_col(row: &PgRow, name: &str) -> StoreResult<Option<Sealed>> {
-    Ok(col::<Option<String>>(row, name)?.map(Sealed::from_stored))
-}
-
-fn user_from_row(row: &PgRow, prefix: &str) -> StoreResult<User> {
-    Ok(User {
-        id: uuid_col(row, &format!("{prefix}id"))?,
-        issuer: col(row, &format!("{prefix}issuer"))?,
-        subject: col(row, &format!("{prefix}subject"))?,
-        email: col(row, &format!("{prefix}email"))?,
-        name: col(row, &format!("{prefix}name"))?,
-        created_at: col(row, &format!("{prefix}created_at"))?,
-        updated_at: col(row, &format!("{prefix}updated_at"))?,
-    })
-}
-
-fn session_from_row(row: &PgRow, looked_up: Option<&IdHash>) -> StoreResult<SessionRecord> {
-    let id_hash = IdHash::from_stored(col(row, "id_hash")?);
-    let matched = match looked_up {
-        Some(h) if *h != id_hash => IdMatch::Previous,
-        _ => IdMatch::Current,
-    };
-    Ok(SessionRecord {
-        family_id: uuid_col(row, "family_id")?,
-        id_hash,
-        previous_id_hash: col::<Option<String>>(row, "previous_id_hash")?.map(IdHash::from_stored),
-        previous_valid_until: col(row, "previous_valid_until")?,
-        previous_handover: col(row, "previous_handover")?,
-        current_seen: col(row, "current_seen")?,
-        matched,
-        user: user_from_row(row, "u_")?,
-        provider_sid: col(row, "provider_sid")?,
-        created_at: col(row, "created_at")?,
-        last_seen_at: col(row, "last_seen_at")?,
-        idle_expires_at: col(row, "idle_expires_at")?,
-        absolute_expires_at: col(row, "absolute_expires_at")?,
-        tokens: TokenSet {
-            refresh_token: sealed_col(row, "refresh_token")?,
-            access_token: sealed_col(row, "access_token")?,
-            id_token: sealed_col(row, "id_token")?,
-            access_expires_at: col(row, "access_expires_at")?,
-            refresh_expires_at: col(row, "refresh_expires_at")?,
-            access_issued_at: col(row, "access_issued_at")?,
-        },
-        token_version: col(row, "token_version")?,
-        user_agent: col(row, "user_agent")?,
-        claims: col(row, "claims")?,
-        email_verified: col(row, "email_verified")?,
-    })
+impl super::rows::Columns for PgRow {
+    fn text(&self, name: &str) -> StoreResult<String> {
+        col(self, name)
+    }
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        col(self, name)
+    }
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        col(self, name)
+    }
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        col(self, name)
+    }
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        col(self, name)
+    }
 }
 
 fn opt_str(s: &Option<Sealed>) -> Option<&str> {
@@ -605,7 +563,7 @@ impl Store for PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            let user = user_from_row(&row, "")?;
+            let user = super::rows::user(&row, "")?;
             if before.is_some_and(|(email, name)| email != user.email || name != user.name) {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(&self.sql.channel)
@@ -627,7 +585,7 @@ impl Store for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            row.map(|r| user_from_row(&r, "")).transpose()
+            row.map(|r| super::rows::user(&r, "")).transpose()
         })
         .await
     }
@@ -640,7 +598,7 @@ impl Store for PostgresStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            rows.iter().map(|r| user_from_row(r, "")).collect()
+            rows.iter().map(|r| super::rows::user(r, "")).collect()
         })
         .await
     }
@@ -697,7 +655,8 @@ impl Store for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            row.map(|r| session_from_row(&r, Some(id_hash))).transpose()
+            row.map(|r| super::rows::session(&r, Some(id_hash)))
+                .transpose()
         })
         .await
     }
@@ -889,7 +848,7 @@ impl Store for PostgresStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            rows.iter().map(|r| session_from_row(r, None)).collect()
+            rows.iter().map(|r| super::rows::session(r, None)).collect()
         })
         .await
     }
@@ -946,18 +905,7 @@ impl Store for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            row.map(|r| {
-                Ok(LoginTransaction {
-                    state_hash: col(&r, "state_hash")?,
-                    binding_hash: col(&r, "binding_hash")?,
-                    nonce: col(&r, "nonce")?,
-                    verifier: Sealed::from_stored(col(&r, "verifier")?),
-                    return_to: col(&r, "return_to")?,
-                    created_at: col(&r, "created_at")?,
-                    expires_at: col(&r, "expires_at")?,
-                })
-            })
-            .transpose()
+            row.map(|r| super::rows::login_transaction(&r)).transpose()
         })
         .await
     }

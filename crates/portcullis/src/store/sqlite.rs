@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions as _, SqliteConnection};
 
 use super::feed::{HEARTBEAT_EVERY, Tasks};
 use super::{
-    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, STORE_TIMEOUT, SessionChange,
+    ChangeFeed, FeedEvent, LoginTransaction, NewSession, STORE_TIMEOUT, SessionChange,
     SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits,
     User, UserProfile, timed,
 };
@@ -307,22 +307,6 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
 }
 
-fn sealed_col(row: &SqliteRow, name: &str) -> StoreResult<Option<Sealed>> {
-    Ok(col::<Option<String>>(row, name)?.map(Sealed::from_stored))
-}
-
-fn user_from_row(row: &SqliteRow, prefix: &str) -> StoreResult<User> {
-    Ok(User {
-        id: uuid_col(row, &format!("{prefix}id"))?,
-        issuer: col(row, &format!("{prefix}issuer"))?,
-        subject: col(row, &format!("{prefix}subject"))?,
-        email: col(row, &format!("{prefix}email"))?,
-        name: col(row, &format!("{prefix}name"))?,
-        created_at: col(row, &format!("{prefix}created_at"))?,
-        updated_at: col(row, &format!("{prefix}updated_at"))?,
-    })
-}
-
 const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
@@ -331,39 +315,22 @@ const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.pre
     u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
-fn session_from_row(row: &SqliteRow, looked_up: Option<&IdHash>) -> StoreResult<SessionRecord> {
-    let id_hash = IdHash::from_stored(col(row, "id_hash")?);
-    let matched = match looked_up {
-        Some(h) if *h != id_hash => IdMatch::Previous,
-        _ => IdMatch::Current,
-    };
-    Ok(SessionRecord {
-        family_id: uuid_col(row, "family_id")?,
-        id_hash,
-        previous_id_hash: col::<Option<String>>(row, "previous_id_hash")?.map(IdHash::from_stored),
-        previous_valid_until: col(row, "previous_valid_until")?,
-        previous_handover: col(row, "previous_handover")?,
-        current_seen: col::<i64>(row, "current_seen")? != 0,
-        matched,
-        user: user_from_row(row, "u_")?,
-        provider_sid: col(row, "provider_sid")?,
-        created_at: col(row, "created_at")?,
-        last_seen_at: col(row, "last_seen_at")?,
-        idle_expires_at: col(row, "idle_expires_at")?,
-        absolute_expires_at: col(row, "absolute_expires_at")?,
-        tokens: TokenSet {
-            refresh_token: sealed_col(row, "refresh_token")?,
-            access_token: sealed_col(row, "access_token")?,
-            id_token: sealed_col(row, "id_token")?,
-            access_expires_at: col(row, "access_expires_at")?,
-            refresh_expires_at: col(row, "refresh_expires_at")?,
-            access_issued_at: col(row, "access_issued_at")?,
-        },
-        token_version: col(row, "token_version")?,
-        user_agent: col(row, "user_agent")?,
-        claims: col(row, "claims")?,
-        email_verified: col::<i64>(row, "email_verified")? != 0,
-    })
+impl super::rows::Columns for SqliteRow {
+    fn text(&self, name: &str) -> StoreResult<String> {
+        col(self, name)
+    }
+    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
+        col(self, name)
+    }
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        col(self, name)
+    }
+    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
+        col(self, name)
+    }
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        Ok(col::<i64>(self, name)? != 0)
+    }
 }
 
 fn opt_str(s: &Option<Sealed>) -> Option<&str> {
@@ -420,7 +387,7 @@ impl Store for SqliteStore {
             .fetch_one(&mut *w.db)
             .await
             .map_err(unavailable)?;
-            let user = user_from_row(&row, "")?;
+            let user = super::rows::user(&row, "")?;
             w.commit(Vec::new()).await?;
             // G09: a changed profile is announced, after the write, like a session change.
             if before.is_some_and(|(email, name)| email != user.email || name != user.name) {
@@ -440,7 +407,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-            row.map(|r| user_from_row(&r, "")).transpose()
+            row.map(|r| super::rows::user(&r, "")).transpose()
         })
         .await
     }
@@ -456,7 +423,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-            rows.iter().map(|r| user_from_row(r, "")).collect()
+            rows.iter().map(|r| super::rows::user(r, "")).collect()
         })
         .await
     }
@@ -530,7 +497,8 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            row.map(|r| session_from_row(&r, Some(id_hash))).transpose()
+            row.map(|r| super::rows::session(&r, Some(id_hash)))
+                .transpose()
         })
         .await
     }
@@ -767,7 +735,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-            rows.iter().map(|r| session_from_row(r, None)).collect()
+            rows.iter().map(|r| super::rows::session(r, None)).collect()
         })
         .await
     }
@@ -833,17 +801,7 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-            row.map(|r| {
-                Ok(LoginTransaction {
-                    state_hash: col(&r, "state_hash")?,
-                    binding_hash: col(&r, "binding_hash")?,
-                    nonce: col(&r, "nonce")?,
-                    verifier: Sealed::from_stored(col(&r, "verifier")?),
-                    return_to: col(&r, "return_to")?,
-                    created_at: col(&r, "created_at")?,
-                    expires_at: col(&r, "expires_at")?,
-                })
-            })
+            row.map(|r| super::rows::login_transaction(&r))
             .transpose()
         })
         .await

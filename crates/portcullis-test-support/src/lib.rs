@@ -1,7 +1,10 @@
-//! Test support shared by the integration tests: signing keys, a scriptable hostile
-//! OpenID provider, a gateway on a free loopback port, and a cookie-keeping browser.
+//! Test support shared by the integration tests of every crate: signing keys, a
+//! scriptable hostile OpenID provider, the real npm provider and the dev provider, a
+//! gateway on a free loopback port, a cookie-keeping browser, upstreams and front
+//! proxies. A crate of its own (a dev-dependency), so that no suite includes another's
+//! files by path.
 
-#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
 pub mod dev_provider;
