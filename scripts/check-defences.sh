@@ -83,7 +83,7 @@ mutate $S/session/access.rs '|| rules.allowed_email_domains.contains(&domain)' '
 mutate $S/provider/id_token.rs 'if token.len() > MAX_JWT_BYTES {' 'if false {' $H r03_
 mutate $S/provider/http.rs 'let call = async {' 'let cap = usize::MAX; let call = async {' $H r03_
 mutate $S/http/cookies.rs 'Some(_) => return CookieValue::Ambiguous,' 'Some(_) => {}' lib differing_duplicates
-mutate $S/http/routes.rs 'return Err(SessionError::DuplicateParameter(key));' '' lib r02_
+mutate $S/http/routes/mod.rs 'return Err(SessionError::DuplicateParameter(key));' '' lib r02_
 
 G=guard_proxy
 mutate $S/http/proxy.rs 'if this.drop_trailers && frame.is_trailers() {' 'if false {' $G request_trailers
@@ -97,8 +97,8 @@ mutate $S/http/decision.rs '        let Some(active) = active else {
 mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G slow_header
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
-mutate $S/http/routes.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
-mutate $S/http/routes.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
+mutate $S/http/routes/mod.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
+mutate $S/http/routes/mod.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
 mutate $S/http/decision.rs '            && self.sessions.has_routes()
             && let Err' '            && false
             && let Err' authorization routes_admit_the_group
@@ -131,8 +131,8 @@ mutate $S/http/decision.rs '        if view.is_write()
             && !is_same_origin_write(' $G s06_
 mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' forward_auth cross_site_writes
 mutate $S/http/forward_auth.rs '        h.insert(HeaderName::from_static(name), value);' '        if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' forward_auth p05_public_paths
-mutate $S/session/refresh.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
-mutate $S/store/sqlite.rs 'AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL))' '' lib sqlite_in_memory_passes_the_conformance
+mutate $S/session/refresh/commit.rs '                fresh.lost.is_some(),' '                false,' forward_auth a_browser_that_never_receives
+mutate $S/store/sqlite/mod.rs 'AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL))' '' lib sqlite_in_memory_passes_the_conformance
 mutate $S/http/forward_auth.rs '        h.insert(HeaderName::from_static(name), value);' '        if !value.is_empty() { h.insert(HeaderName::from_static(name), value); }' front_proxies caddy::missing_values
 mutate docs/forward-auth.md '	request_header -*_*' '' front_proxies caddy::a_sign_in_through
 # Two layers keep browsers from asking /auth/verify through nginx (the original-request
@@ -169,12 +169,12 @@ mutate $S/http/proxy.rs '                &normalized
 mutate $S/http/proxy.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);
         headers::remove_gateway_set_cookies(&mut parts.headers);' '        headers::remove_hop_by_hop(&mut parts.headers, false);' $G c01_
 mutate $S/http/headers.rs '        || canonical_starts_with(name, "x-auth-request-")' '' lib client_headers_in_the_gateway
-mutate $S/session/refresh.rs 'let provider_wide = opens_breaker(&e);' 'let provider_wide = true;' sessions f05_one_session
-mutate $S/session/refresh.rs 'if let Some(seconds) = self.refreshes.session_pause(family, now) {' 'if let Some(seconds) = None::<u64> {' sessions f05_one_session
+mutate $S/session/refresh/mod.rs 'let provider_wide = opens_breaker(&e);' 'let provider_wide = true;' sessions f05_one_session
+mutate $S/session/refresh/mod.rs 'if let Some(seconds) = self.refreshes.session_pause(family, now) {' 'if let Some(seconds) = None::<u64> {' sessions f05_one_session
 mutate $S/provider/mod.rs '.is_none_or(|s| s.iter().any(|s| s == "offline_access"));' '.is_none_or(|_| true);' $H scopes_follow
 mutate $S/http/guard.rs '            req.extensions_mut().insert(end);' '            drop(end);' $G w02_
 mutate $S/session/ends.rs '                for family in sessions.watched_families() {' '                for family in Vec::<Uuid>::new() {' $G w02_a_websocket_closes_when
-mutate $S/store/sqlite.rs '            if live >= i64::from(limits.total) {' '            if false {' $H d01_
+mutate $S/store/sqlite/mod.rs '            if live >= i64::from(limits.total) {' '            if false {' $H d01_
 mutate $S/http/limits.rs '        Ok(()) => next.run(req).await,
         Err(retry_after) => {' '        Ok(()) | Err(_) => next.run(req).await,
         #[allow(unreachable_patterns)]
@@ -190,7 +190,7 @@ mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), truste
 mutate $S/http/headers.rs 'for pair in cookie_pairs(text).filter(|pair| !is_ours(pair)) {' 'for pair in cookie_pairs(text) {' $G p08_
 mutate $S/http/headers.rs '.map_or(true, |text| cookie_pairs(text).any(is_ours))' '.map_or(false, |text| cookie_pairs(text).any(is_ours))' lib p08_gateway_cookies
 mutate $S/http/request.rs 'Some(origin) => origin.as_bytes() == public_origin.as_bytes(),' 'Some(_) => true,' $G s06_cross_site
-mutate $S/http/routes.rs '        if is_same_origin_write(' '        if true || is_same_origin_write(' $G o02_
+mutate $S/http/routes/mod.rs '        if is_same_origin_write(' '        if true || is_same_origin_write(' $G o02_
 mutate $S/session/logout.rs 'self.store.delete_session(record.family_id).await?;' '' $G o01_
 mutate $S/http/mod.rs '(size > MAX_HEADER_BYTES).then(|| {' '(size > usize::MAX).then(|| {' $G r01_many
 
@@ -198,20 +198,20 @@ SS=sessions
 mutate $S/session/lookup.rs 'let past_grace = record.previous_valid_until.is_none_or(|until| now >= until);' 'let past_grace = false;' $SS f06_
 mutate $S/session/lookup.rs 'record.matched == IdMatch::Previous && record.current_seen && past_grace' 'record.matched == IdMatch::Previous && past_grace' $SS f06_rotation
 mutate $S/session/lookup.rs 'let seen = (presented_current && !rotated).then(|| record.id_hash.clone());' 'let seen = Some(current.hash());' $SS f06_rotation
-mutate $S/session/refresh.rs 'let key = format!("refresh:{}", fresh.record.family_id);' 'let key = format!("refresh:{}", random_token());' $SS f03_two_instances
-mutate $S/session/refresh.rs 'Err(e) if !keeps_session(&e) => {' 'Err(e) if false && !keeps_session(&e) => {' $SS f02_invalid_grant
-mutate $S/session/refresh.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
-mutate $S/session/refresh.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
-mutate $S/session/refresh.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
-mutate $S/session/refresh.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
+mutate $S/session/refresh/mod.rs 'let key = format!("refresh:{}", fresh.record.family_id);' 'let key = format!("refresh:{}", random_token());' $SS f03_two_instances
+mutate $S/session/refresh/mod.rs 'Err(e) if !keeps_session(&e) => {' 'Err(e) if false && !keeps_session(&e) => {' $SS f02_invalid_grant
+mutate $S/session/refresh/commit.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
+mutate $S/session/refresh/flight.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
+mutate $S/session/refresh/mod.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
+mutate $S/session/refresh/commit.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
 mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
-mutate $S/session/refresh.rs '.find(|d| complete || conclusive(d, &claims));' '.find(|_| true);' $SS without_userinfo
+mutate $S/session/refresh/commit.rs '.find(|d| complete || conclusive(d, &claims));' '.find(|_| true);' $SS without_userinfo
 mutate $S/provider/token.rs 'if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {' 'if answer.status.is_server_error() {' $SS f05_
 
-mutate $S/session/refresh.rs 'code.starts_with("http_")' 'false' $SS f05_
-mutate $S/session/refresh.rs '                        | "invalid_client"' '' $SS f05_
+mutate $S/session/refresh/flight.rs 'code.starts_with("http_")' 'false' $SS f05_
+mutate $S/session/refresh/flight.rs '                        | "invalid_client"' '' $SS f05_
 mutate $S/session/logout.rs '            .filter(|_| !stolen);' ';' $SS f06_signing_out
 
 LO=logout
@@ -222,22 +222,22 @@ mutate $S/provider/logout_token.rs 'if iat > now + LEEWAY_SECONDS || iat < now -
 mutate $S/provider/logout_token.rs '.is_some_and(Value::is_object);' '.is_some_and(|_| true) || true;' $LO o04_
 mutate $S/session/logout.rs 'if !self.store.remember_once(&key, now, until).await? {' 'if false {' $LO o04_
 mutate $S/session/logout.rs '(None, Some(sub)) => self.store.delete_sessions_by_subject(issuer, sub).await,' '(None, Some(_)) => Ok(0),' $LO o05_
-mutate $S/http/routes.rs '(Some(s), Some(e)) => secrets_equal(s.as_bytes(), e.as_bytes()),' '(Some(_), _) => true,' $LO o03_
-mutate $S/http/routes.rs 'verifier.filter(|v| is_verifier(v)),' 'verifier,' $LO the_spa_exchange
+mutate $S/http/routes/browser.rs '(Some(s), Some(e)) => secrets_equal(s.as_bytes(), e.as_bytes()),' '(Some(_), _) => true,' $LO o03_
+mutate $S/http/routes/posted.rs 'verifier.filter(|v| is_verifier(v)),' 'verifier,' $LO the_spa_exchange
 
 # Shared stores: need PORTCULLIS_TEST_POSTGRES_URL / PORTCULLIS_TEST_REDIS_URL (as in .ci/run).
-PG=$S/store/postgres.rs
+PG=$S/store/postgres/schema.rs
 mutate $PG 'WHERE {p}_refresh_leases.expires_at <= $3 OR {p}_refresh_leases.holder = excluded.holder' 'WHERE TRUE' lib two_postgres_pools
 mutate $PG 'WHERE family_id = $1 AND token_version = $2' 'WHERE family_id = $1' lib postgres_passes
 mutate $PG ' AND NOT current_seen' '' lib postgres_passes
-mutate $PG '                    feed.connection_lost();
+mutate $S/store/postgres/notify.rs '                    feed.connection_lost();
                 }
                 Err(e) => {' '                }
                 Err(e) => {' lib a_killed_feed_connection
-mutate $S/store/sqlite.rs 'if gap || foreign > 0 {' 'if gap {' lib sqlite_file_passes
-mutate $S/store/sqlite.rs 'UPDATE feed_log SET origin = ?1 WHERE seq > ?2' 'UPDATE feed_log SET origin = ?1 WHERE 0' lib own_writes_are_claimed
-mutate $S/store/sqlite.rs ' OR refresh_leases.holder = excluded.holder' '' lib sqlite_in_memory
-mutate $S/session/refresh.rs '.renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))' '.renewing_lease(&key, "", self.refresh_with_lease(fresh, version))' cli:instances postgres::m03_a_slow
+mutate $S/store/sqlite/feed.rs 'if gap || foreign > 0 {' 'if gap {' lib sqlite_file_passes
+mutate $S/store/sqlite/feed.rs 'UPDATE feed_log SET origin = ?1 WHERE seq > ?2' 'UPDATE feed_log SET origin = ?1 WHERE 0' lib own_writes_are_claimed
+mutate $S/store/sqlite/mod.rs ' OR refresh_leases.holder = excluded.holder' '' lib sqlite_in_memory
+mutate $S/session/refresh/mod.rs '.renewing_lease(&key, &holder, self.refresh_with_lease(fresh, version))' '.renewing_lease(&key, "", self.refresh_with_lease(fresh, version))' cli:instances postgres::m03_a_slow
 mutate $S/store/copy.rs 'Some(there) if there.issuer == user.issuer && there.subject == user.subject => {' 'Some(_) | None => {' lib a_user_known_under_another_id
 
 # The session cache.
@@ -334,9 +334,9 @@ mutate $S/session/login.rs '            if !self.keys().holds_key_of(&tx.verifie
 mutate $S/session/service.rs '        if let Err(e) = self.prepare_assertion_keys().await {' '        if let Err(e) = Ok::<(), super::assertion::AssertionError>(()) {' sessions g08_
 mutate $S/session/seal.rs '            (Some("v1"), Some(kid)) => self.keys.iter().any(|k| k.id == kid),' '            (Some("v1"), Some(_)) => true,' lib g08_
 mutate $S/session/cache.rs '                        FeedEvent::UserChanged(user) => cache.drop_user(user),' '                        FeedEvent::UserChanged(_) => {}' lib g09_
-mutate $S/store/sqlite.rs '                self.feed.publish(FeedEvent::UserChanged(user.id));' '' lib sqlite_in_memory_passes_the_conformance
+mutate $S/store/sqlite/mod.rs '                self.feed.publish(FeedEvent::UserChanged(user.id));' '' lib sqlite_in_memory_passes_the_conformance
 # With PORTCULLIS_TEST_POSTGRES_URL / PORTCULLIS_TEST_REDIS_URL set (as .ci/run sets them):
-mutate $S/store/postgres.rs '            if before.is_some_and(|(email, name)| email != user.email || name != user.name) {' '            if before.is_some_and(|_| false) {' lib postgres_passes_the_conformance
+mutate $S/store/postgres/mod.rs '            if before.is_some_and(|(email, name)| email != user.email || name != user.name) {' '            if before.is_some_and(|_| false) {' lib postgres_passes_the_conformance
 mutate $S/store/redis/upsert_user.lua "  announce('u ' .. id)" "" lib redis_passes_the_conformance
 mutate $S/session/service.rs '        if super::assertion::stale_ring(&records, &ring) {
             return Ok(None);' '        if false {
@@ -344,7 +344,7 @@ mutate $S/session/service.rs '        if super::assertion::stale_ring(&records, 
 mutate $S/session/assertion.rs '                match store.feed().another_ring_is_running() {' '                match Some(false) {' cli:instances g08_
 mutate $S/store/feed.rs '                        self.heard_ring(ring);' '                        let _ = ring;' cli:instances g08_
 mutate $S/provider/id_token.rs '    if segments.len() != 3 || segments[..2].iter().any(|s| s.is_empty()) {' '    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {' lib j02_an_unsigned
-mutate $S/doctor.rs '    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {' '    if false {' lib emails_without_email_verified
+mutate $S/doctor/provider.rs '    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {' '    if false {' lib emails_without_email_verified
 C=crates/portcullis-cli/src
 mutate $C/log_output.rs "            '=' if !quoted => out.write_str(\"\\\\u{3d}\")?," '' clibin g06_no_value
 mutate $C/log_output.rs '            name if plain => write!(self.writer, "{name}={value}"),' '            name => write!(self.writer, "{name}={value}"),' clibin g06_no_value

@@ -12,7 +12,7 @@ import pathlib, re, sys
 
 LAYERS = {
     # 0 foundations
-    "clock": 0, "random": 0, "percent": 0, "threads": 0, "metrics": 0, "path": 0, "jose": 0,
+    "clock": 0, "random": 0, "percent": 0, "threads": 0, "metrics": 0, "path": 0, "jose": 0, "net": 0,
     # 1 settings
     "config": 1,
     # 2 peers (never each other)

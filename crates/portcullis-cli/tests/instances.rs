@@ -251,20 +251,27 @@ impl Cluster {
                 Stdio::null()
             });
         let child = cmd.spawn().unwrap();
-        let instance = Instance {
+        let mut instance = Instance {
             url: format!("http://127.0.0.1:{port}"),
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = reqwest::get(instance.at("/readyz")).await
-                && r.status() == 200
-            {
-                return instance;
+            let last = match reqwest::get(instance.at("/readyz")).await {
+                Ok(r) if r.status() == 200 => return instance,
+                Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Err(e) => e.to_string(),
+            };
+            // A gateway that exited (its port taken meanwhile, a bad setting) says so now,
+            // not after the deadline.
+            if let Ok(Some(status)) = instance.child.try_wait() {
+                panic!(
+                    "instance on {port} exited ({status}) before it was ready; last /readyz: {last}"
+                );
             }
             assert!(
                 Instant::now() < deadline,
-                "instance on {port} not ready in 30 s"
+                "instance on {port} not ready in 30 s; last /readyz: {last}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod http;
 pub mod jose;
 pub mod metrics;
+pub mod net;
 pub mod path;
 pub mod percent;
 pub mod provider;

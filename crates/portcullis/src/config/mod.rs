@@ -35,6 +35,9 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
+use crate::net::Cidr;
+use crate::path::PathPattern;
+
 pub use access::AccessSettings;
 pub use duration::parse_duration;
 pub use env::{all_keys, env_name};
@@ -73,16 +76,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Path prefix of the gateway's own endpoints, e.g. `/auth`.
     pub prefix: String,
-    pub public_paths: Vec<String>,
+    /// `public_paths`, parsed.
+    pub public_paths: Vec<PathPattern>,
     pub session: SessionSettings,
     pub limits: LimitSettings,
     pub access: AccessSettings,
     /// `[[routes]]`, in order (file only).
     pub routes: Vec<RouteSettings>,
     pub provider: ProviderSettings,
-    pub trusted_proxies: Vec<String>,
+    /// `proxy.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<Cidr>,
     /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
-    pub token_relay: Vec<String>,
+    pub token_relay: Vec<PathPattern>,
     pub csrf_header: String,
     pub spa: SpaSettings,
     pub logout: LogoutSettings,
@@ -258,7 +263,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         log,
         log_format,
         prefix,
-        public_paths,
+        public_paths: public_paths.into_iter().map(|(_, p)| p).collect(),
         session,
         access,
         routes,

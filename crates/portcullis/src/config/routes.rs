@@ -35,13 +35,9 @@ pub(super) struct RawRoute {
 /// checked, so the route could never apply there: a configuration mistake to say so).
 pub(super) fn validate(
     raw: Option<Vec<RawRoute>>,
-    public_paths: &[String],
+    public: &[(String, PathPattern)],
     errors: &mut Vec<String>,
 ) -> Vec<RouteSettings> {
-    let public: Vec<(&String, PathPattern)> = public_paths
-        .iter()
-        .filter_map(|p| Some((p, PathPattern::parse(p)?)))
-        .collect();
     let mut routes = Vec::new();
     // The routes before this one, to find one that hides it.
     let mut earlier: Vec<(String, PathPattern)> = Vec::new();
@@ -67,7 +63,7 @@ pub(super) fn validate(
                     ));
                 }
                 earlier.push((format!("`routes[{i}]` (`{path}`)"), pattern.clone()));
-                for (p, public) in &public {
+                for (p, public) in public {
                     if pattern.overlaps_ignoring_case(public) {
                         errors.push(format!(
                             "`{name}` (`{path}`) overlaps the public path `{p}`: public paths are never checked, so the route could not apply there; narrow one of them"

@@ -118,16 +118,20 @@ fn is_valid_prefix(p: &str) -> bool {
 }
 
 /// `public_paths`: path patterns that pass without a session.
-pub(super) fn public_paths(value: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<String> {
-    let public_paths = value.unwrap_or_default();
-    for p in &public_paths {
-        if crate::path::PathPattern::parse(p).is_none() {
-            errors.push(format!(
+pub(super) fn public_paths(
+    value: Option<Vec<String>>,
+    errors: &mut Vec<String>,
+) -> Vec<(String, crate::path::PathPattern)> {
+    let mut parsed = Vec::new();
+    for p in value.unwrap_or_default() {
+        match crate::path::PathPattern::parse(&p) {
+            Some(pattern) => parsed.push((p, pattern)),
+            None => errors.push(format!(
                 "`public_paths`: `{p}` must be a normalised path (`/health`) or a prefix ending in `/*` (`/static/*`)"
-            ));
+            )),
         }
     }
-    public_paths
+    parsed
 }
 
 #[cfg(test)]

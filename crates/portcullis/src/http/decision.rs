@@ -223,17 +223,11 @@ pub struct Decider {
 impl Decider {
     pub fn new(sessions: Arc<Sessions>) -> Self {
         let config = sessions.config();
-        let patterns =
-            |list: &[String]| list.iter().filter_map(|p| PathPattern::parse(p)).collect();
         Self {
             cookies: CookieJar::new(config.is_https()),
-            public_paths: patterns(&config.public_paths),
-            token_relay: patterns(&config.token_relay),
-            trusted_proxies: config
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| Cidr::parse(c))
-                .collect(),
+            public_paths: config.public_paths.clone(),
+            token_relay: config.token_relay.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             csrf_header: HeaderName::from_bytes(config.csrf_header.to_ascii_lowercase().as_bytes())
                 .unwrap_or(HeaderName::from_static("x-csrf")),
             public_origin: config.public_origin(),

@@ -1,6 +1,10 @@
 //! The one place where errors become HTTP answers: a status, a stable code and one
 //! human sentence; an HTML page for navigations and JSON for API calls. Nothing from a
 //! token, code or session id ever appears here.
+//!
+//! Converting an error (`From`) has no side effect: what the log should say of it
+//! travels with the answer ([`HttpError::log`]) and is written once, when the answer is
+//! made (`IntoResponse`).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +28,39 @@ pub struct HttpError {
     pub retry_url: Option<String>,
     /// `Retry-After` seconds of a 503 (5 when unset).
     pub retry_after: Option<u64>,
+    /// The log line written when this error is answered.
+    pub log: Option<Box<LogLine>>,
+}
+
+/// What the log says of an error when it is answered: a fixed sentence, the error's
+/// stable code and, for operators, its description (never a token, code or id: errors
+/// do not carry them).
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: &'static str,
+    pub code: &'static str,
+    pub detail: Option<String>,
+}
+
+/// How loud a [`LogLine`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLine {
+    fn write(&self) {
+        let detail = self.detail.as_deref();
+        let code = self.code;
+        match self.level {
+            LogLevel::Info => tracing::info!(code, detail, "{}", self.message),
+            LogLevel::Warn => tracing::warn!(code, detail, "{}", self.message),
+            LogLevel::Error => tracing::error!(code, detail, "{}", self.message),
+        }
+    }
 }
 
 impl HttpError {
@@ -36,7 +73,19 @@ impl HttpError {
             page: false,
             retry_url: None,
             retry_after: None,
+            log: None,
         }
+    }
+
+    /// Says what the log writes when this error is answered.
+    fn logged(mut self, level: LogLevel, message: &'static str, detail: Option<String>) -> Self {
+        self.log = Some(Box::new(LogLine {
+            level,
+            message,
+            code: self.code,
+            detail,
+        }));
+        self
     }
 
     pub fn page(mut self, page: bool) -> Self {
@@ -65,6 +114,9 @@ fn title(status: StatusCode) -> &'static str {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
+        if let Some(line) = &self.log {
+            line.write();
+        }
         let mut response = if self.page {
             let link = self
                 .retry_url
@@ -105,75 +157,79 @@ impl IntoResponse for HttpError {
 
 impl From<StoreError> for HttpError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, code = e.code(), "session store failure");
+        let detail = Some(format!("{} ({})", e, e.code()));
         HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "Sessions are temporarily unavailable. Please try again in a moment.",
         )
+        .logged(LogLevel::Error, "session store failure", detail)
     }
 }
 
 impl From<ProviderError> for HttpError {
     fn from(e: ProviderError) -> Self {
         let code = e.code();
+        let detail = Some(e.to_string());
         match &e {
-            ProviderError::Timeout => {
-                tracing::warn!(error = %e, code, "identity provider timed out");
-                HttpError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    code,
-                    "The identity provider did not answer in time. Please try again.",
-                )
-            }
+            ProviderError::Timeout => HttpError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                code,
+                "The identity provider did not answer in time. Please try again.",
+            )
+            .logged(LogLevel::Warn, "identity provider timed out", detail),
             ProviderError::Unreachable(_)
             | ProviderError::ServerError(_)
             | ProviderError::TooLarge(_)
-            | ProviderError::BadResponse(_) => {
-                tracing::warn!(error = %e, code, "identity provider failure");
-                HttpError::new(
-                    StatusCode::BAD_GATEWAY,
-                    code,
-                    "The identity provider is not working right now. Please try again later.",
-                )
-            }
-            ProviderError::IssuerMismatch { .. } => {
-                tracing::error!(error = %e, code, "the provider's discovery document names another issuer; refusing logins");
-                HttpError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "provider_misconfigured",
-                    "The identity provider's configuration does not match this gateway's.",
-                )
-            }
-            ProviderError::TokenRejected(_) => {
-                tracing::warn!(error = %e, code, "token endpoint refused the code");
-                HttpError::bad_request(
-                    "code_rejected",
-                    "The identity provider refused this sign-in. Please sign in again.",
-                )
-            }
-            ProviderError::IdToken(inner) => {
-                tracing::warn!(reason = inner.code(), detail = %inner, "ID token refused");
-                HttpError::bad_request(
-                    "id_token_invalid",
-                    "The identity provider's answer could not be verified. Please sign in again.",
-                )
-            }
-            ProviderError::ClientAssertion(_) => {
-                tracing::error!(error = %e, code, "the client key could not sign an assertion");
-                HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    code,
-                    "The gateway could not authenticate itself to the identity provider.",
-                )
-            }
-            ProviderError::UserinfoSubjectMismatch => {
-                tracing::warn!(code, "UserInfo answered for another subject");
-                HttpError::bad_request(
-                    code,
-                    "The identity provider's answer could not be verified. Please sign in again.",
-                )
-            }
+            | ProviderError::BadResponse(_) => HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                code,
+                "The identity provider is not working right now. Please try again later.",
+            )
+            .logged(LogLevel::Warn, "identity provider failure", detail),
+            ProviderError::IssuerMismatch { .. } => HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_misconfigured",
+                "The identity provider's configuration does not match this gateway's.",
+            )
+            .logged(
+                LogLevel::Error,
+                "the provider's discovery document names another issuer; refusing logins",
+                detail,
+            ),
+            ProviderError::TokenRejected(_) => HttpError::bad_request(
+                "code_rejected",
+                "The identity provider refused this sign-in. Please sign in again.",
+            )
+            .logged(LogLevel::Warn, "token endpoint refused the code", detail),
+            ProviderError::IdToken(inner) => HttpError::bad_request(
+                "id_token_invalid",
+                "The identity provider's answer could not be verified. Please sign in again.",
+            )
+            .logged(
+                LogLevel::Warn,
+                "ID token refused",
+                Some(format!("{} ({inner})", inner.code())),
+            ),
+            ProviderError::ClientAssertion(_) => HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code,
+                "The gateway could not authenticate itself to the identity provider.",
+            )
+            .logged(
+                LogLevel::Error,
+                "the client key could not sign an assertion",
+                detail,
+            ),
+            ProviderError::UserinfoSubjectMismatch => HttpError::bad_request(
+                code,
+                "The identity provider's answer could not be verified. Please sign in again.",
+            )
+            .logged(
+                LogLevel::Warn,
+                "UserInfo answered for another subject",
+                None,
+            ),
         }
     }
 }
@@ -184,20 +240,22 @@ impl From<SessionError> for HttpError {
         match e {
             SessionError::Store(s) => s.into(),
             SessionError::Provider(p) => p.into(),
-            SessionError::AccessDenied(a) => {
-                tracing::info!(reason = a.code(), "sign-in refused by access rules");
-                HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    a.code(),
-                    format!("You are signed in at the identity provider, but {a}."),
-                )
-            }
+            SessionError::AccessDenied(a) => HttpError::new(
+                StatusCode::FORBIDDEN,
+                a.code(),
+                format!("You are signed in at the identity provider, but {a}."),
+            )
+            .logged(LogLevel::Info, "sign-in refused by access rules", None),
             SessionError::ProviderDenied { error, description } => {
                 let error = crate::provider::discovery::truncate(&error, 64);
-                tracing::info!(provider_error = %error, "the provider ended the sign-in with an error");
                 let mut e = HttpError::bad_request(
                     code,
                     "The identity provider did not complete the sign-in.",
+                )
+                .logged(
+                    LogLevel::Info,
+                    "the provider ended the sign-in with an error",
+                    Some(error.clone()),
                 );
                 e.detail = Some(match description {
                     Some(d) => {
@@ -217,11 +275,15 @@ impl From<SessionError> for HttpError {
                 e
             }
             SessionError::ScopeRefused { scopes } => {
-                tracing::warn!(%scopes, "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports");
                 let mut e = HttpError::new(
                     StatusCode::BAD_GATEWAY,
                     code,
                     "The identity provider does not accept the scopes this gateway asks for; its administrator must change the gateway's configuration.",
+                )
+                .logged(
+                    LogLevel::Warn,
+                    "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports",
+                    Some(scopes.clone()),
                 );
                 e.detail = Some(format!(
                     "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
@@ -237,36 +299,37 @@ impl From<SessionError> for HttpError {
                 e.retry_after = Some(retry_after);
                 e
             }
-            SessionError::Unsealable => {
-                tracing::error!(
-                    code,
-                    "a stored login transaction could not be opened (key ring changed?)"
-                );
-                HttpError::bad_request(
-                    code,
-                    "This sign-in can no longer be completed. Please sign in again.",
-                )
-            }
-            other => {
-                tracing::info!(code, "sign-in callback refused");
-                HttpError::bad_request(
-                    code,
-                    format!("Sign-in failed: {other}. Please sign in again."),
-                )
-            }
+            SessionError::Unsealable => HttpError::bad_request(
+                code,
+                "This sign-in can no longer be completed. Please sign in again.",
+            )
+            .logged(
+                LogLevel::Error,
+                "a stored login transaction could not be opened (key ring changed?)",
+                None,
+            ),
+            other => HttpError::bad_request(
+                code,
+                format!("Sign-in failed: {other}. Please sign in again."),
+            )
+            .logged(LogLevel::Info, "sign-in callback refused", None),
         }
     }
 }
 
 impl From<crate::session::assertion::AssertionError> for HttpError {
     /// No assertion could be signed: the request does not go on (an app may depend on
-    /// it). Logged here, where the cause is still known.
+    /// it). The log line keeps the cause.
     fn from(e: crate::session::assertion::AssertionError) -> Self {
-        tracing::error!(error = %e, "no identity assertion could be signed");
         let mut refusal = HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "assertion_unavailable",
             "The gateway cannot vouch for you right now; try again shortly.",
+        )
+        .logged(
+            LogLevel::Error,
+            "no identity assertion could be signed",
+            Some(e.to_string()),
         );
         refusal.retry_after = Some(5);
         refusal

@@ -90,11 +90,7 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
     let spa = config.spa.clone();
     let limits = Arc::new(limits::RateLimits::new(
         &config.limits,
-        config
-            .trusted_proxies
-            .iter()
-            .filter_map(|c| guard::Cidr::parse(c))
-            .collect(),
+        config.trusted_proxies.clone(),
         gateway.sessions().clone(),
     ));
     limits.start_upkeep();

@@ -70,11 +70,7 @@ impl ServeOptions {
             max_connections: config.limits.max_connections,
             connections_per_peer: config.limits.connections_per_peer,
             keepalive_timeout: config.limits.keepalive_timeout,
-            trusted_peers: config
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| Cidr::parse(c))
-                .collect(),
+            trusted_peers: config.trusted_proxies.clone().into(),
             ..Self::default()
         }
     }

@@ -1,7 +1,7 @@
 //! Where sessions live: one trait, one file per backend. A store never sees an HTTP
 //! type or a plaintext token: ids arrive hashed, tokens arrive sealed.
 //!
-//! Every backend passes the shared conformance suite in `store/conformance.rs` (built for
+//! Every backend passes the shared conformance suite in `store/conformance/` (built for
 //! tests and the `test-util` feature).
 
 use std::future::Future;

@@ -2,10 +2,16 @@ use tokio::time::Instant;
 
 use zeroize::Zeroizing;
 
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion};
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::connection::describe;
 use super::*;
 use crate::config::SecretKeys;
 use crate::session::seal::KeyRing;
 use crate::store::FeedEvent;
+use crate::store::IdMatch;
 use crate::store::conformance::{self, CrossHandle};
 use crate::store::feed::changed_text;
 use crate::store::id::SessionId;

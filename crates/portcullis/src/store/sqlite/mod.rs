@@ -1,91 +1,29 @@
 //! The SQLite backend (sqlx, WAL): the embedded default for a single instance.
 
-use std::path::Path;
-use std::str::FromStr;
-
-use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
-use uuid::Uuid;
+mod columns;
+mod feed;
+mod schema;
 
 use std::sync::Arc;
 
-use sqlx::{ConnectOptions as _, SqliteConnection};
+use async_trait::async_trait;
+use sqlx::SqlitePool;
+use uuid::Uuid;
 
-use super::feed::{HEARTBEAT_EVERY, Tasks};
+use super::feed::Tasks;
 use super::{
-    ChangeFeed, FeedEvent, LoginTransaction, NewSession, STORE_TIMEOUT, SessionChange,
-    SessionRecord, SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits,
-    User, UserProfile, timed,
+    ChangeFeed, FeedEvent, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
-use crate::store::Sealed;
 use crate::store::id::IdHash;
-
-/// Schema migrations, applied in order once each; embedded in the binary.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../../migrations/sqlite/0002_rotation.sql")),
-    (
-        3,
-        include_str!("../../migrations/sqlite/0003_claims_and_feed.sql"),
-    ),
-    (
-        4,
-        include_str!("../../migrations/sqlite/0004_foreign_writes.sql"),
-    ),
-    (
-        5,
-        include_str!("../../migrations/sqlite/0005_signing_keys.sql"),
-    ),
-    (6, include_str!("../../migrations/sqlite/0006_settings.sql")),
-];
+use columns::{SESSION_COLUMNS, opt_str};
+use feed::{Write, changes_from_rows};
+pub use schema::apply_migrations;
 
 /// Write-log entries kept for pollers in other processes; a poller that finds a gap
 /// resets.
 const FEED_LOG_KEEP: i64 = 10_000;
-
-async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
-    apply_migrations(pool, MIGRATIONS).await
-}
-
-/// Applies the migrations (version, SQL) this database has not seen, in order, each in
-/// its own transaction. Also used by the dev provider for its own database.
-pub async fn apply_migrations(
-    pool: &SqlitePool,
-    migrations: &[(i64, &'static str)],
-) -> StoreResult<()> {
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS portcullis_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
-    )
-    .execute(pool)
-    .await
-    .map_err(unavailable)?;
-    for (version, sql) in migrations {
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        let done: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        if done.is_none() {
-            sqlx::raw_sql(*sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            sqlx::query("INSERT INTO portcullis_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))")
-                .bind(version)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-    }
-    Ok(())
-}
 
 /// Sessions, users and transactions in one SQLite file.
 ///
@@ -106,62 +44,6 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> StoreResult<Self> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(STORE_TIMEOUT);
-        Self::connect(options).await
-    }
-
-    /// A private in-memory database, for tests.
-    pub async fn in_memory() -> StoreResult<Self> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(unavailable)?
-            .foreign_keys(true);
-        // One connection: every connection to `:memory:` is its own database, so no
-        // other process can write to it and nothing needs polling.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(STORE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(unavailable)?;
-        migrate(&pool).await?;
-        Ok(Self {
-            pool,
-            feed: ChangeFeed::in_process(),
-            _tasks: Arc::default(),
-        })
-    }
-
-    async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(STORE_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(unavailable)?;
-        migrate(&pool).await?;
-        let feed = ChangeFeed::in_process();
-        let tasks = Arc::new(Tasks::default());
-        let watcher = options.connect().await.map_err(unavailable)?;
-        let start: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM feed_log")
-            .fetch_one(&pool)
-            .await
-            .map_err(unavailable)?;
-        tasks.add(tokio::spawn(watch_other_processes(watcher, feed.clone(), start)).abort_handle());
-        Ok(Self {
-            pool,
-            feed,
-            _tasks: tasks,
-        })
-    }
-
     /// Starts a write to users or sessions. `BEGIN IMMEDIATE` takes the write lock at
     /// once, so the write-log entries after `mark` are exactly this transaction's.
     async fn write(&self) -> StoreResult<Write<'_>> {
@@ -199,142 +81,6 @@ impl SqliteStore {
         })
         .await
     }
-}
-
-/// A write transaction on users or sessions (see [`SqliteStore::write`]).
-struct Write<'a> {
-    db: sqlx::Transaction<'static, sqlx::Sqlite>,
-    mark: i64,
-    store: &'a SqliteStore,
-}
-
-impl Write<'_> {
-    /// Claims this transaction's write-log entries, commits, then publishes `changes`
-    /// (the sessions it changed or ended).
-    async fn commit(mut self, changes: Vec<SessionChange>) -> StoreResult<Vec<SessionChange>> {
-        sqlx::query("UPDATE feed_log SET origin = ?1 WHERE seq > ?2")
-            .bind(self.store.feed.origin())
-            .bind(self.mark)
-            .execute(&mut *self.db)
-            .await
-            .map_err(unavailable)?;
-        self.db.commit().await.map_err(unavailable)?;
-        for change in &changes {
-            self.store.feed.publish(FeedEvent::Changed(change.clone()));
-        }
-        Ok(changes)
-    }
-}
-
-/// New write-log entries: the first and last sequence numbers, and how many are not ours.
-type LogSummary = (Option<i64>, Option<i64>, i64);
-
-/// Polls for writes by other processes (docs/sessions.md: every 250 ms) and turns each
-/// into a reset: this process cannot know what they changed.
-async fn watch_other_processes(mut conn: SqliteConnection, feed: ChangeFeed, mut seen: i64) {
-    let mut version: Option<i64> = None;
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now: Result<Vec<i64>, _> = sqlx::query_scalar("PRAGMA data_version")
-            .fetch_all(&mut conn)
-            .await;
-        let Some(now) = now.ok().and_then(|v| v.into_iter().next()) else {
-            feed.publish(FeedEvent::Reset);
-            continue;
-        };
-        if version == Some(now) {
-            continue;
-        }
-        version = Some(now);
-        // One row however much was written: the first and last new entries and how many
-        // of them this handle did not claim.
-        // (`fetch_all`: a statement left unfinished would hold a read transaction open,
-        // and this connection would never see another write.)
-        let summary: Result<Vec<LogSummary>, _> = sqlx::query_as(
-            "SELECT min(seq), max(seq), coalesce(sum(origin <> ?2), 0) FROM feed_log WHERE seq > ?1",
-        )
-        .bind(seen)
-        .bind(feed.origin())
-        .fetch_all(&mut conn)
-        .await;
-        let Some((first, last, foreign)) = summary.ok().and_then(|rows| rows.into_iter().next())
-        else {
-            feed.publish(FeedEvent::Reset);
-            continue;
-        };
-        // A gap: entries pruned before we read them, so we cannot know whose they were.
-        let gap = first.is_some_and(|first| first > seen + 1);
-        if let Some(last) = last {
-            seen = last;
-        }
-        if gap || foreign > 0 {
-            feed.publish(FeedEvent::Reset);
-        }
-    }
-}
-
-/// The changes announced for rows returned by `... RETURNING family_id, id_hash,
-/// previous_id_hash`.
-fn changes_from_rows(rows: &[SqliteRow]) -> StoreResult<Vec<SessionChange>> {
-    rows.iter()
-        .map(|r| {
-            let mut id_hashes = vec![IdHash::from_stored(col(r, "id_hash")?)];
-            if let Some(prev) = col::<Option<String>>(r, "previous_id_hash")? {
-                id_hashes.push(IdHash::from_stored(prev));
-            }
-            Ok(SessionChange {
-                family_id: uuid_col(r, "family_id")?,
-                id_hashes,
-            })
-        })
-        .collect()
-}
-
-fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
-    let text: String = row
-        .try_get(col)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
-}
-
-fn col<'r, T>(row: &'r SqliteRow, name: &str) -> StoreResult<T>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(name)
-        .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
-}
-
-const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
-    s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
-    s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
-    s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
-    s.claims, s.email_verified, \
-    u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
-    u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
-
-impl super::rows::Columns for SqliteRow {
-    fn text(&self, name: &str) -> StoreResult<String> {
-        col(self, name)
-    }
-    fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        col(self, name)
-    }
-    fn int(&self, name: &str) -> StoreResult<i64> {
-        col(self, name)
-    }
-    fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
-        col(self, name)
-    }
-    fn flag(&self, name: &str) -> StoreResult<bool> {
-        Ok(col::<i64>(self, name)? != 0)
-    }
-}
-
-fn opt_str(s: &Option<Sealed>) -> Option<&str> {
-    s.as_ref().map(Sealed::as_stored)
 }
 
 #[async_trait]
@@ -1039,87 +785,4 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::conformance::CrossHandle;
-
-    #[tokio::test]
-    async fn sqlite_in_memory_passes_the_conformance_suite() {
-        let store = SqliteStore::in_memory().await.unwrap();
-        super::super::conformance::run_all(&store).await;
-    }
-
-    #[tokio::test]
-    async fn sqlite_file_passes_the_conformance_suite() {
-        let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("p.db")).await.unwrap();
-        super::super::conformance::run_all(&store).await;
-        // A second handle on the file: another instance, or the admin CLI.
-        let other = SqliteStore::open(&dir.join("p.db")).await.unwrap();
-        super::super::conformance::run_shared(&store, &other, CrossHandle::Reset).await;
-        drop((store, other));
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
-        let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("p.db");
-        let store = SqliteStore::open(&path).await.unwrap();
-        // Every kind of write this handle makes, through the conformance suite.
-        super::super::conformance::run_all(&store).await;
-        store.purge_expired(i64::MAX / 2).await.unwrap();
-        let unclaimed: i64 = sqlx::query_scalar("SELECT count(*) FROM feed_log WHERE origin <> ?1")
-            .bind(store.feed.origin())
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(
-            unclaimed, 0,
-            "every write-log entry of our own writes is claimed"
-        );
-
-        // An operator's `sqlite3 portcullis.db "DELETE FROM sessions …"`.
-        let user = store
-            .upsert_user("https://i", "s", &UserProfile::default(), 1)
-            .await
-            .unwrap();
-        let id = crate::store::id::SessionId::generate();
-        store
-            .create_session(&NewSession {
-                family_id: crate::random::new_uuid(),
-                id_hash: id.hash(),
-                user_id: user.id,
-                provider_sid: None,
-                created_at: 1,
-                idle_expires_at: 100,
-                absolute_expires_at: 100,
-                tokens: TokenSet::default(),
-                user_agent: None,
-                claims: "{}".into(),
-                email_verified: false,
-            })
-            .await
-            .unwrap();
-        let mut sub = store.feed().subscribe();
-        let mut by_hand = SqliteConnectOptions::new()
-            .filename(&path)
-            .connect()
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM sessions WHERE id_hash = ?1")
-            .bind(id.hash().as_str())
-            .execute(&mut by_hand)
-            .await
-            .unwrap();
-        assert_eq!(
-            super::super::conformance::next_event(&mut sub).await,
-            FeedEvent::Reset,
-            "a change made behind the gateway's back resets its caches"
-        );
-        drop(store);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
+mod tests;

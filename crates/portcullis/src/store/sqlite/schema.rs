@@ -1,0 +1,137 @@
+//! Opening a database: its connection settings, the watcher of other processes' writes,
+//! and the schema migrations, embedded and applied in order once each.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions as _, SqlitePool};
+
+use super::feed::watch_other_processes;
+use super::{SqliteStore, unavailable};
+use crate::store::feed::Tasks;
+use crate::store::{ChangeFeed, STORE_TIMEOUT, StoreResult};
+
+/// Schema migrations, applied in order once each; embedded in the binary.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/0002_rotation.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../migrations/sqlite/0003_claims_and_feed.sql"),
+    ),
+    (
+        4,
+        include_str!("../../../migrations/sqlite/0004_foreign_writes.sql"),
+    ),
+    (
+        5,
+        include_str!("../../../migrations/sqlite/0005_signing_keys.sql"),
+    ),
+    (
+        6,
+        include_str!("../../../migrations/sqlite/0006_settings.sql"),
+    ),
+];
+
+pub(super) async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
+    apply_migrations(pool, MIGRATIONS).await
+}
+
+/// Applies the migrations (version, SQL) this database has not seen, in order, each in
+/// its own transaction. Also used by the dev provider for its own database.
+pub async fn apply_migrations(
+    pool: &SqlitePool,
+    migrations: &[(i64, &'static str)],
+) -> StoreResult<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS portcullis_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map_err(unavailable)?;
+    for (version, sql) in migrations {
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        if done.is_none() {
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query("INSERT INTO portcullis_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))")
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(STORE_TIMEOUT);
+        Self::connect(options).await
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn in_memory() -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(unavailable)?
+            .foreign_keys(true);
+        // One connection: every connection to `:memory:` is its own database, so no
+        // other process can write to it and nothing needs polling.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(STORE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            feed: ChangeFeed::in_process(),
+            _tasks: Arc::default(),
+        })
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(STORE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        let feed = ChangeFeed::in_process();
+        let tasks = Arc::new(Tasks::default());
+        let watcher = options.connect().await.map_err(unavailable)?;
+        let start: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM feed_log")
+            .fetch_one(&pool)
+            .await
+            .map_err(unavailable)?;
+        tasks.add(tokio::spawn(watch_other_processes(watcher, feed.clone(), start)).abort_handle());
+        Ok(Self {
+            pool,
+            feed,
+            _tasks: tasks,
+        })
+    }
+}

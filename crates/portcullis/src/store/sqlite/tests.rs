@@ -1,0 +1,85 @@
+use sqlx::ConnectOptions as _;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use super::*;
+use crate::store::conformance::CrossHandle;
+
+#[tokio::test]
+async fn sqlite_in_memory_passes_the_conformance_suite() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    super::super::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_passes_the_conformance_suite() {
+    let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("p.db")).await.unwrap();
+    super::super::conformance::run_all(&store).await;
+    // A second handle on the file: another instance, or the admin CLI.
+    let other = SqliteStore::open(&dir.join("p.db")).await.unwrap();
+    super::super::conformance::run_shared(&store, &other, CrossHandle::Reset).await;
+    drop((store, other));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
+    let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    // Every kind of write this handle makes, through the conformance suite.
+    super::super::conformance::run_all(&store).await;
+    store.purge_expired(i64::MAX / 2).await.unwrap();
+    let unclaimed: i64 = sqlx::query_scalar("SELECT count(*) FROM feed_log WHERE origin <> ?1")
+        .bind(store.feed.origin())
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        unclaimed, 0,
+        "every write-log entry of our own writes is claimed"
+    );
+
+    // An operator's `sqlite3 portcullis.db "DELETE FROM sessions …"`.
+    let user = store
+        .upsert_user("https://i", "s", &UserProfile::default(), 1)
+        .await
+        .unwrap();
+    let id = crate::store::id::SessionId::generate();
+    store
+        .create_session(&NewSession {
+            family_id: crate::random::new_uuid(),
+            id_hash: id.hash(),
+            user_id: user.id,
+            provider_sid: None,
+            created_at: 1,
+            idle_expires_at: 100,
+            absolute_expires_at: 100,
+            tokens: TokenSet::default(),
+            user_agent: None,
+            claims: "{}".into(),
+            email_verified: false,
+        })
+        .await
+        .unwrap();
+    let mut sub = store.feed().subscribe();
+    let mut by_hand = SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM sessions WHERE id_hash = ?1")
+        .bind(id.hash().as_str())
+        .execute(&mut by_hand)
+        .await
+        .unwrap();
+    assert_eq!(
+        super::super::conformance::next_event(&mut sub).await,
+        FeedEvent::Reset,
+        "a change made behind the gateway's back resets its caches"
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
