@@ -86,7 +86,7 @@ mutate $S/http/cookies.rs 'Some(_) => return CookieValue::Ambiguous,' 'Some(_) =
 mutate $S/http/routes/mod.rs 'return Err(SessionError::DuplicateParameter(key));' '' lib r02_
 
 G=guard_proxy
-mutate $S/http/proxy.rs 'if this.drop_trailers && frame.is_trailers() {' 'if false {' $G request_trailers
+mutate $S/http/proxy/idle.rs 'if this.drop_trailers && frame.is_trailers() {' 'if false {' $G request_trailers
 mutate $S/http/headers.rs '.filter(|n| !n.is_empty() && !is_protected_from_connection(n)),' '.filter(|n| !n.is_empty()),' $G p01_connection
 mutate $S/http/decision.rs '            && self.is_foreign_origin(view.headers)
         {' '            && false
@@ -94,7 +94,7 @@ mutate $S/http/decision.rs '            && self.is_foreign_origin(view.headers)
 mutate $S/http/decision.rs '        let Some(active) = active else {
             return verdict(Decision::SignIn, note);' '        let Some(active) = active else {
             return verdict(Decision::Public, note);' $G s06_preflights
-mutate $S/http/proxy.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
+mutate $S/http/proxy/websocket.rs '.is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))' '.is_some()' $G other_upgrades
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G slow_header
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
 mutate $S/http/routes/mod.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
@@ -158,15 +158,15 @@ mutate crates/portcullis-idp/src/throttle.rs '            .try_acquire_owned()
             .map_err(|_| Refused::Busy)?;' '            .acquire_owned()
             .await
             .map_err(|_| Refused::Busy)?;' idplib the_queue_of_password_checks
-mutate $S/http/proxy.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
+mutate $S/http/proxy/mod.rs 'let _ = body_sent.await;' 'drop(body_sent);' $G uploads_may_outlast
 mutate $S/http/decision.rs 'if matches!(view.method, Method::TRACE | Method::CONNECT) {' 'if false {' $G trace_and_connect
 mutate $S/path.rs '            Found::Escape(b'"'"'%'"'"') => return Err(PathError::DoubleEncoded),' '' lib p03_
 mutate $S/path.rs '            Found::BadEscape => return Err(PathError::BadEscape),' '            Found::BadEscape => {}' lib p03_
-mutate $S/http/proxy.rs '.filter(|c| c.forwarded_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
-mutate $S/http/proxy.rs '                &normalized
+mutate $S/http/proxy/mod.rs '.filter(|c| c.forwarded_path == req.uri().path())' '.filter(|_| true)' $G p03_a_path_rewritten
+mutate $S/http/proxy/mod.rs '                &normalized
 ' '                uri.path()
 ' $G p03_a_path_rewritten
-mutate $S/http/proxy.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);
+mutate $S/http/proxy/mod.rs '        headers::remove_hop_by_hop(&mut parts.headers, false);
         headers::remove_gateway_set_cookies(&mut parts.headers);' '        headers::remove_hop_by_hop(&mut parts.headers, false);' $G c01_
 mutate $S/http/headers.rs '        || canonical_starts_with(name, "x-auth-request-")' '' lib client_headers_in_the_gateway
 mutate $S/session/refresh/mod.rs 'let provider_wide = opens_breaker(&e);' 'let provider_wide = true;' sessions f05_one_session
@@ -184,7 +184,7 @@ mutate $S/http/serve.rs '        if *count >= options.connections_per_peer {' ' 
 mutate $S/session/login.rs '.filter(|_| super::claims::email_verified(claims))' '.filter(|_| true)' $G e01_an_unverified
 mutate $S/session/claims.rs 'let unsaid = claims.contains_key("email") && !claims.contains_key("email_verified");' 'let unsaid = claims.contains_key("email");' $G e01_assume
 mutate $S/http/decision.rs 'if view.websocket && self.is_foreign_origin(view.headers) {' 'if false {' $G w01_
-mutate $S/http/proxy.rs '!= expected_accept.as_ref().map(String::as_bytes)' '!= accepted.map(HeaderValue::as_bytes)' $G w03_
+mutate $S/http/proxy/websocket.rs '!= expected_accept.as_ref().map(String::as_bytes)' '!= accepted.map(HeaderValue::as_bytes)' $G w03_
 mutate $S/http/headers.rs '    canonical_starts_with(name, "x-user-")' '    name.starts_with("x-user-")' $G p01_spoofed
 mutate $S/http/guard.rs 'headers::remove_client_claims(req.headers_mut(), trusted);' '' $G p02_
 mutate $S/http/headers.rs 'for pair in cookie_pairs(text).filter(|pair| !is_ours(pair)) {' 'for pair in cookie_pairs(text) {' $G p08_
@@ -299,9 +299,9 @@ mutate $S/http/headers.rs '                || is_routing_header(n)
 ' '' $G p04_g05
 mutate $S/http/headers.rs '(!peer_trusted || odd_spelling(n))' '!peer_trusted' $G p04_g05
 mutate $S/http/headers.rs '(!peer_trusted || odd_spelling(n))' '!peer_trusted' lib g05_forwarding_headers_in_odd
-mutate $S/http/proxy.rs '            h.remove(name);' '            let _ = name;' $G p04_g05
+mutate $S/http/proxy/mod.rs '            h.remove(name);' '            let _ = name;' $G p04_g05
 mutate $S/http/request.rs '                        !k.is_ascii_alphanumeric()' "                        k == '_'" lib g04_overrides
-mutate $S/http/proxy.rs '                Some(v) => h.insert(name, v.clone()),' '                Some(v) if !h.contains_key(&name) => h.insert(name, v.clone()),
+mutate $S/http/proxy/mod.rs '                Some(v) => h.insert(name, v.clone()),' '                Some(v) if !h.contains_key(&name) => h.insert(name, v.clone()),
                 Some(_) => None,' $G p04_g05
 mutate docs/forward-auth.md '        proxy_set_header X-Rewrite-URL "";
 ' '' front_proxies nginx::routing_and_identity

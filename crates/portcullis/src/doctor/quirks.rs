@@ -20,60 +20,13 @@ pub(super) fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) 
     let email_rules =
         !config.access.allowed_emails.is_empty() || !config.access.allowed_email_domains.is_empty();
     if is_host(issuer, "accounts.google.com") {
-        if extra.get("access_type").is_some_and(|v| v == "offline") {
-            report.push(
-                Level::Note,
-                "quirk",
-                "Google: refresh tokens come with access_type=offline; prompt=consent makes Google send one at every sign-in",
-            );
-        } else {
-            report.problem(
-                Level::Warn,
-                "quirk",
-                "Google gives no refresh token without access_type=offline (and refuses the offline_access scope)",
-                "provider.extra_authorize_params = { access_type = \"offline\", prompt = \"consent\" }",
-            );
-        }
+        google(extra, report);
     }
     if is_host(issuer, "login.microsoftonline.com") {
-        if !issuer.trim_end_matches('/').ends_with("/v2.0") {
-            report.problem(
-                Level::Warn,
-                "quirk",
-                "Entra ID: this is the v1 issuer",
-                "use https://login.microsoftonline.com/{tenant-id}/v2.0",
-            );
-        }
-        if config.provider.assume_email_verified {
-            report.push(
-                Level::Note,
-                "quirk",
-                "Entra ID sends no email_verified; provider.assume_email_verified trusts its addresses (see docs/providers/entra-id.md)",
-            );
-        } else {
-            report.problem(
-                if email_rules { Level::Warn } else { Level::Note },
-                "quirk",
-                "Entra ID sends no email_verified: no address reaches the app, and email rules refuse everyone",
-                "provider.assume_email_verified = true, after reading docs/providers/entra-id.md",
-            );
-        }
+        entra_id(config, email_rules, report);
     }
     if is_host(issuer, "auth0.com") {
-        if !extra.contains_key("audience") {
-            report.push(
-                Level::Note,
-                "quirk",
-                "Auth0: access tokens are opaque unless provider.extra_authorize_params has an API `audience`",
-            );
-        }
-        if metadata.end_session_endpoint.is_none() {
-            report.push(
-                Level::Note,
-                "quirk",
-                "Auth0 lists end_session_endpoint only with \"RP-Initiated Logout End Session Endpoint Discovery\" on (tenant settings)",
-            );
-        }
+        auth0(extra, metadata, report);
     }
     let okta = ["okta.com", "oktapreview.com", "okta-emea.com"]
         .iter()
@@ -95,19 +48,87 @@ pub(super) fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) 
         );
     }
     if is_host(issuer, "zitadel.cloud") {
-        if config.provider.trusted_audiences.is_empty() {
-            report.problem(
-                Level::Error,
-                "quirk",
-                "ZITADEL puts its project id in the ID token's aud next to the client id, and the gateway refuses audiences it does not trust: sign-ins fail",
-                "provider.trusted_audiences = [\"<the project's Resource Id>\"] (docs/providers/zitadel.md)",
-            );
-        } else {
-            report.push(
-                Level::Note,
-                "quirk",
-                "ZITADEL: ID tokens also name the project; provider.trusted_audiences admits it (azp must be this client)",
-            );
-        }
+        zitadel(config, report);
+    }
+}
+
+fn google(extra: &std::collections::BTreeMap<String, String>, report: &mut Report) {
+    if extra.get("access_type").is_some_and(|v| v == "offline") {
+        report.push(
+            Level::Note,
+            "quirk",
+            "Google: refresh tokens come with access_type=offline; prompt=consent makes Google send one at every sign-in",
+        );
+    } else {
+        report.problem(
+            Level::Warn,
+            "quirk",
+            "Google gives no refresh token without access_type=offline (and refuses the offline_access scope)",
+            "provider.extra_authorize_params = { access_type = \"offline\", prompt = \"consent\" }",
+        );
+    }
+}
+
+fn entra_id(config: &Config, email_rules: bool, report: &mut Report) {
+    let issuer = config.issuer.as_str();
+    if !issuer.trim_end_matches('/').ends_with("/v2.0") {
+        report.problem(
+            Level::Warn,
+            "quirk",
+            "Entra ID: this is the v1 issuer",
+            "use https://login.microsoftonline.com/{tenant-id}/v2.0",
+        );
+    }
+    if config.provider.assume_email_verified {
+        report.push(
+            Level::Note,
+            "quirk",
+            "Entra ID sends no email_verified; provider.assume_email_verified trusts its addresses (see docs/providers/entra-id.md)",
+        );
+    } else {
+        report.problem(
+            if email_rules { Level::Warn } else { Level::Note },
+            "quirk",
+            "Entra ID sends no email_verified: no address reaches the app, and email rules refuse everyone",
+            "provider.assume_email_verified = true, after reading docs/providers/entra-id.md",
+        );
+    }
+}
+
+fn auth0(
+    extra: &std::collections::BTreeMap<String, String>,
+    metadata: &Metadata,
+    report: &mut Report,
+) {
+    if !extra.contains_key("audience") {
+        report.push(
+            Level::Note,
+            "quirk",
+            "Auth0: access tokens are opaque unless provider.extra_authorize_params has an API `audience`",
+        );
+    }
+    if metadata.end_session_endpoint.is_none() {
+        report.push(
+            Level::Note,
+            "quirk",
+            "Auth0 lists end_session_endpoint only with \"RP-Initiated Logout End Session Endpoint Discovery\" on (tenant settings)",
+        );
+    }
+}
+
+fn zitadel(config: &Config, report: &mut Report) {
+    if config.provider.trusted_audiences.is_empty() {
+        report.problem(
+            Level::Error,
+            "quirk",
+            "ZITADEL puts its project id in the ID token's aud next to the client id, and the gateway refuses audiences it does not trust: sign-ins fail",
+            "provider.trusted_audiences = [\"<the project's Resource Id>\"] (docs/providers/zitadel.md)",
+        );
+    } else {
+        report.push(
+            Level::Note,
+            "quirk",
+            "ZITADEL: ID tokens also name the project; provider.trusted_audiences admits it (azp must be this client)",
+        );
     }
 }

@@ -177,49 +177,13 @@ where
     let mut workers = Vec::new();
     let mut handles = Vec::new();
     for n in 0..threads.max(1) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted<std::net::TcpStream>>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (make_app, stop_rx, mut drained_rx) =
-            (make_app.clone(), stop_rx.clone(), drained_rx.clone());
-        let (keepalive_timeout, shutdown_grace) =
-            (options.keepalive_timeout, options.shutdown_grace);
-        let handle = std::thread::Builder::new()
-            .name(format!("portcullis-http-{n}"))
-            .spawn(move || {
-                crate::threads::mark_serving_thread();
-                runtime.block_on(async move {
-                    let app = make_app();
-                    let mut connections = tokio::task::JoinSet::new();
-                    while let Some(accepted) = rx.recv().await {
-                        while connections.try_join_next().is_some() {}
-                        match TcpStream::from_std(accepted.stream) {
-                            Ok(stream) => {
-                                let connection = Accepted {
-                                    stream,
-                                    peer: accepted.peer,
-                                    permit: accepted.permit,
-                                    slot: accepted.slot,
-                                };
-                                connections.spawn(connection.run(
-                                    app.clone(),
-                                    stop_rx.clone(),
-                                    keepalive_timeout,
-                                ));
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
-                        }
-                    }
-                    // Accepting stopped; `drain` tells the connections to finish and
-                    // says when all threads' connections are done.
-                    let _ = tokio::time::timeout(shutdown_grace, async {
-                        while connections.join_next().await.is_some() {}
-                        let _ = drained_rx.wait_for(|drained| *drained).await;
-                    })
-                    .await;
-                });
-            })?;
+        let (handle, tx) = spawn_worker(
+            n,
+            make_app.clone(),
+            stop_rx.clone(),
+            drained_rx.clone(),
+            &options,
+        )?;
         handles.push(handle);
         workers.push(tx);
     }
@@ -264,6 +228,68 @@ where
     })
     .await;
     accepted
+}
+
+/// Starts serving thread `n`: a single-threaded runtime that serves the connections it
+/// is handed until the sender is dropped, then lets them finish within the grace time
+/// (and keeps its runtime until every thread's connections are done: `drained_rx`).
+fn spawn_worker<S, F>(
+    n: usize,
+    make_app: Arc<F>,
+    stop_rx: watch::Receiver<bool>,
+    mut drained_rx: watch::Receiver<bool>,
+    options: &ServeOptions,
+) -> std::io::Result<(
+    std::thread::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedSender<Accepted<std::net::TcpStream>>,
+)>
+where
+    F: Fn() -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted<std::net::TcpStream>>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (keepalive_timeout, shutdown_grace) = (options.keepalive_timeout, options.shutdown_grace);
+    let handle = std::thread::Builder::new()
+        .name(format!("portcullis-http-{n}"))
+        .spawn(move || {
+            crate::threads::mark_serving_thread();
+            runtime.block_on(async move {
+                let app = make_app();
+                let mut connections = tokio::task::JoinSet::new();
+                while let Some(accepted) = rx.recv().await {
+                    while connections.try_join_next().is_some() {}
+                    match TcpStream::from_std(accepted.stream) {
+                        Ok(stream) => {
+                            let connection = Accepted {
+                                stream,
+                                peer: accepted.peer,
+                                permit: accepted.permit,
+                                slot: accepted.slot,
+                            };
+                            connections.spawn(connection.run(
+                                app.clone(),
+                                stop_rx.clone(),
+                                keepalive_timeout,
+                            ));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot take over a connection"),
+                    }
+                }
+                // Accepting stopped; `drain` tells the connections to finish and
+                // says when all threads' connections are done.
+                let _ = tokio::time::timeout(shutdown_grace, async {
+                    while connections.join_next().await.is_some() {}
+                    let _ = drained_rx.wait_for(|drained| *drained).await;
+                })
+                .await;
+            });
+        })?;
+
+    Ok((handle, tx))
 }
 
 /// One accepted connection and its places under the connection caps.

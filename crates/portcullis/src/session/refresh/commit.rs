@@ -72,35 +72,8 @@ impl Sessions {
     ) -> Result<Option<Fresh>, SessionError> {
         let now = self.now();
         let record = &fresh.record;
-        let new_claims = match answer.id_token.as_deref() {
-            None => None,
-            Some(token) => match self.check_refreshed_id_token(token, record, now).await {
-                Ok(claims) => Some(claims),
-                Err(Refused::Identity(what)) => {
-                    crate::metrics::refresh("identity_changed");
-                    self.security_event(
-                        "refresh_identity_changed",
-                        record,
-                        match what {
-                            "sub" => "the refreshed ID token names another subject",
-                            "iss" => "the refreshed ID token comes from another issuer",
-                            "aud" => "the refreshed ID token is for another audience",
-                            _ => "the refreshed ID token is not valid",
-                        },
-                    );
-                    let refresh = answer
-                        .refresh_token
-                        .as_deref()
-                        .or(old.refresh_token.as_deref())
-                        .map(|s| s.as_str());
-                    self.end_session_and_revoke(record, refresh).await?;
-                    return Ok(None);
-                }
-                Err(Refused::Unverifiable(e)) => {
-                    tracing::warn!(error = %e, code = e.code(), "a refreshed ID token could not be checked now; the previous one is kept");
-                    None
-                }
-            },
+        let Some(new_claims) = self.refreshed_claims(record, old, &answer, now).await? else {
+            return Ok(None);
         };
 
         let new_id = SessionId::generate();
@@ -156,6 +129,48 @@ impl Sessions {
             lost: fresh.lost,
         };
         self.recheck_access(fresh, new_claims, &answer).await
+    }
+
+    /// The claims of the refreshed ID token, if it came and could be checked now
+    /// (`Some(None)`: none came, or it could not be checked; the previous one stays).
+    /// `None`: it names another user, and the session has ended.
+    async fn refreshed_claims(
+        &self,
+        record: &SessionRecord,
+        old: &OpenTokens,
+        answer: &TokenResponse,
+        now: UnixTime,
+    ) -> Result<Option<Option<Map<String, Value>>>, SessionError> {
+        Ok(Some(match answer.id_token.as_deref() {
+            None => None,
+            Some(token) => match self.check_refreshed_id_token(token, record, now).await {
+                Ok(claims) => Some(claims),
+                Err(Refused::Identity(what)) => {
+                    crate::metrics::refresh("identity_changed");
+                    self.security_event(
+                        "refresh_identity_changed",
+                        record,
+                        match what {
+                            "sub" => "the refreshed ID token names another subject",
+                            "iss" => "the refreshed ID token comes from another issuer",
+                            "aud" => "the refreshed ID token is for another audience",
+                            _ => "the refreshed ID token is not valid",
+                        },
+                    );
+                    let refresh = answer
+                        .refresh_token
+                        .as_deref()
+                        .or(old.refresh_token.as_deref())
+                        .map(|s| s.as_str());
+                    self.end_session_and_revoke(record, refresh).await?;
+                    return Ok(None);
+                }
+                Err(Refused::Unverifiable(e)) => {
+                    tracing::warn!(error = %e, code = e.code(), "a refreshed ID token could not be checked now; the previous one is kept");
+                    None
+                }
+            },
+        }))
     }
 
     /// The session's tokens after a refresh, sealed for the new session id. A rotated
@@ -233,6 +248,57 @@ impl Sessions {
         answer: &TokenResponse,
     ) -> Result<Option<Fresh>, SessionError> {
         let record = &fresh.record;
+        let Some((mut claims, complete)) = self
+            .claims_after_refresh(record, new_claims, answer)
+            .await?
+        else {
+            return Ok(None);
+        };
+        crate::session::claims::assume_email_verified(
+            &mut claims,
+            self.config.provider.assume_email_verified,
+        );
+        let refusals = access_refusals(&self.access_rules(), &claims);
+        let undecided = !complete && !refusals.is_empty();
+        // Without UserInfo, refusing for a claim only UserInfo would have told us is a
+        // guess: only refusals on claims at hand count (any one of them).
+        let denied = refusals
+            .into_iter()
+            .find(|d| complete || conclusive(d, &claims));
+        if denied.is_none() && undecided {
+            tracing::warn!(
+                session = record.id_hash.short(),
+                "the access rules could not be decided without UserInfo; applied again at the next refresh"
+            );
+        }
+        if let Some(denied) = denied {
+            crate::metrics::refresh("denied");
+            tracing::info!(
+                session = record.id_hash.short(),
+                user = %record.user.id,
+                reason = denied.code(),
+                "the access rules refuse this user now; the session ended"
+            );
+            let tokens = self.session_tokens(record).ok();
+            let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
+            self.end_session_and_revoke(record, refresh.map(|s| s.as_str()))
+                .await?;
+            return Err(denied.into());
+        }
+        crate::metrics::refresh("success");
+        self.follow_profile(&mut fresh, &claims, complete).await;
+        Ok(Some(fresh))
+    }
+
+    /// The user's claims after a refresh: the new ID token's (else the stored one's)
+    /// merged with UserInfo's, and whether UserInfo answered. `None`: UserInfo spoke of
+    /// another subject, and the session has ended.
+    async fn claims_after_refresh(
+        &self,
+        record: &SessionRecord,
+        new_claims: Option<Map<String, Value>>,
+        answer: &TokenResponse,
+    ) -> Result<Option<(Map<String, Value>, bool)>, SessionError> {
         let mut claims = new_claims
             .or_else(|| {
                 self.session_tokens(record)
@@ -267,43 +333,19 @@ impl Sessions {
                 complete = false;
             }
         }
-        crate::session::claims::assume_email_verified(
-            &mut claims,
-            self.config.provider.assume_email_verified,
-        );
-        let refusals = access_refusals(&self.access_rules(), &claims);
-        let undecided = !complete && !refusals.is_empty();
-        // Without UserInfo, refusing for a claim only UserInfo would have told us is a
-        // guess: only refusals on claims at hand count (any one of them).
-        let denied = refusals
-            .into_iter()
-            .find(|d| complete || conclusive(d, &claims));
-        if denied.is_none() && undecided {
-            tracing::warn!(
-                session = record.id_hash.short(),
-                "the access rules could not be decided without UserInfo; applied again at the next refresh"
-            );
-        }
-        if let Some(denied) = denied {
-            crate::metrics::refresh("denied");
-            tracing::info!(
-                session = record.id_hash.short(),
-                user = %record.user.id,
-                reason = denied.code(),
-                "the access rules refuse this user now; the session ended"
-            );
-            let tokens = self.session_tokens(record).ok();
-            let refresh = tokens.as_ref().and_then(|t| t.refresh_token.as_deref());
-            self.end_session_and_revoke(record, refresh.map(|s| s.as_str()))
-                .await?;
-            return Err(denied.into());
-        }
-        crate::metrics::refresh("success");
+        Ok(Some((claims, complete)))
+    }
+
+    /// The kept claims and the profile follow the provider after a refresh. The rotation
+    /// is committed: a failure here is logged and never turns the answer into an error
+    /// that would lose the new cookie.
+    async fn follow_profile(&self, fresh: &mut Fresh, claims: &Map<String, Value>, complete: bool) {
+        let record = &fresh.record;
         // The kept claims follow the provider too, when UserInfo answered (otherwise
         // claims only UserInfo sends, such as `groups` at some providers, would be lost).
         let mut kept = None;
         if complete {
-            let (text, verified) = crate::session::claims::kept_claims(&claims);
+            let (text, verified) = crate::session::claims::kept_claims(claims);
             match self
                 .store
                 .update_claims(record.family_id, &text, verified)
@@ -317,7 +359,7 @@ impl Sessions {
         }
         // The profile follows the provider; a claim it no longer sends keeps its value
         // (an email address it sends unverified is dropped: E01).
-        let told = crate::session::login::profile_from_claims(&claims);
+        let told = crate::session::login::profile_from_claims(claims);
         let profile = UserProfile {
             email: if claims.contains_key("email") {
                 told.email
@@ -349,6 +391,5 @@ impl Sessions {
             fresh.record.claims = text;
             fresh.record.email_verified = verified;
         }
-        Ok(Some(fresh))
     }
 }
