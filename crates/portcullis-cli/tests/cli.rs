@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use portcullis_test_support::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -252,14 +253,6 @@ fn sighup_reloads_the_secret_file_and_a_bad_one_changes_nothing() {
     unsafe_free_sigterm(child.id());
     assert!(child.wait().unwrap().success());
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One GET on loopback `port`, the whole answer as text.
@@ -523,15 +516,7 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/auth/session", listener.local_addr().unwrap());
     let app = portcullis::http::router(gateway).unwrap();
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    portcullis_test_support::serve_in_background(listener, app);
     let client = reqwest::Client::new();
     let status = |id: &SessionId| {
         let req = client

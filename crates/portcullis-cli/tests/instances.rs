@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use portcullis_test_support::free_port;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -86,14 +87,6 @@ struct Cluster {
     spare: u16,
     store: String,
     prefix: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn random_prefix() -> String {
@@ -494,13 +487,7 @@ async fn open_websocket(instance: &Instance, browser: &Browser, origin: &str) ->
         browser.cookie("portcullis").unwrap()
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
+    let head = portcullis_test_support::read_head(&mut tcp).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     tcp
 }

@@ -643,15 +643,7 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
     let idp = portcullis_idp::Idp::open(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            portcullis_idp::router(idp),
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    portcullis_test_support::serve_in_background(listener, portcullis_idp::router(idp));
     let jwks: Value = p
         .client
         .get(format!("{second}/jwks"))

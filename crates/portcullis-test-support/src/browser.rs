@@ -222,7 +222,7 @@ pub async fn websocket_handshake(
     origin: Option<&str>,
     cookie: &str,
 ) -> (tokio::net::TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let addr = base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let origin = origin
@@ -234,13 +234,8 @@ pub async fn websocket_handshake(
          Cookie: {cookie}\r\n\r\n"
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    (tcp, String::from_utf8(head).unwrap())
+    let head = crate::read_head(&mut tcp).await;
+    (tcp, head)
 }
 
 /// The body of a sign-in form post: its hidden fields (CSRF tokens, carried

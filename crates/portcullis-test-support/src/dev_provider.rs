@@ -45,14 +45,6 @@ name = "Bob Builder"
         .await
         .unwrap();
     let app = portcullis_idp::router(idp);
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    crate::serve_in_background(listener, app);
     issuer
 }

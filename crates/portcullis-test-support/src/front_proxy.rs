@@ -5,6 +5,7 @@
 //! stops with the test. `None` (one line printed) when the proxy or Node is missing;
 //! `.ci/run` installs them and requires it.
 
+use crate::free_port;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -28,14 +29,6 @@ fn snippet(language: &str) -> String {
         .unwrap_or_else(|| panic!("no {language} block in docs/forward-auth.md"));
     let body = &doc[start + language.len() + 4..];
     body[..body.find("\n```").unwrap()].to_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether `program` is installed; a skip (one line) or, in CI, a failure when not.

@@ -50,6 +50,77 @@ pub async fn serve_app(app: axum::Router) -> String {
     base
 }
 
+/// A free loopback port: bound, then released for the caller (a server that can bind
+/// port 0 itself should).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Serves `app` with the gateway's own server (`http::serve::serve`, default options)
+/// on `listener` until the test ends.
+pub fn serve_in_background<S>(listener: tokio::net::TcpListener, app: S)
+where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::spawn(async move {
+        let _ = portcullis::http::serve::serve(
+            listener,
+            app,
+            Default::default(),
+            std::future::pending(),
+        )
+        .await;
+    });
+}
+
+/// Reads an HTTP/1.1 answer's head (status line and headers), byte by byte so that
+/// nothing after it (an upgraded connection's first frame) is consumed.
+pub async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// `doctor`'s finding `check` for a client `app` of `issuer` configured by `env` (an
+/// in-memory store): its level and its line, `— fix: …` included.
+pub async fn doctor_finding(issuer: &str, env: &[(&str, &str)], check: &str) -> (String, String) {
+    let mut vars: Vec<(String, String)> = vec![
+        ("PORTCULLIS_ISSUER".into(), issuer.into()),
+        ("PORTCULLIS_CLIENT_ID".into(), "app".into()),
+        ("PORTCULLIS_STORE".into(), "sqlite::memory:".into()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = portcullis::Config::load_from(None, vars).unwrap();
+    let report = portcullis::doctor::run(&config).await;
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == check)
+        .unwrap_or_else(|| panic!("no {check} finding"));
+    let line = match &f.fix {
+        Some(fix) => format!("{} — fix: {fix}", f.message),
+        None => f.message.clone(),
+    };
+    (format!("{:?}", f.level), line)
+}
+
 /// Seconds since the epoch, real time (what a real peer's clock says).
 #[allow(clippy::disallowed_methods)]
 pub fn now() -> i64 {

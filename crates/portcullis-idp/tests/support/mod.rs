@@ -82,15 +82,7 @@ name = "Alice Example"
     let config = portcullis_idp::IdpConfig::parse(&config).unwrap();
     let idp = portcullis_idp::Idp::open(config).await.unwrap();
     let app = portcullis_idp::router(idp);
-    tokio::spawn(async move {
-        let _ = portcullis::http::serve::serve(
-            listener,
-            app,
-            Default::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    portcullis_test_support::serve_in_background(listener, app);
     Provider {
         base,
         db,

@@ -1,5 +1,5 @@
 //! The one test suite every store backend must pass, so that SQLite, PostgreSQL and
-//! Redis are interchangeable. Each backend's tests call [`run_all`] with a fresh store.
+//! Redis are interchangeable. Each backend's tests call `run_all` with a fresh store.
 //! Records use random names so that the suite can share a database with other runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
