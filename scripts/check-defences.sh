@@ -381,6 +381,12 @@ mutate $I/authorize.rs 'q.append_pair("iss", &idp.config.issuer);' '' $P a08_
 mutate $I/authorize.rs 'if expected.is_empty() || !secrets_equal(sent.as_bytes(), expected.as_bytes()) {' 'if false {' $P a09_
 mutate $I/lib.rs 'h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));' '' $P a09_
 
+# Pushed authorization requests (RFC 9126).
+mutate $S/provider/par.rs '.filter(|u| !u.is_empty() && u.len() <= MAX_REQUEST_URI && !u.chars().any(char::is_control))' '.or(Some("urn:forged"))' par a_par_answer_without_request_uri
+mutate $S/provider/mod.rs 'url: authorize::pushed_url(&metadata, &self.settings.client_id, &pushed.request_uri)?,' 'url: authorize::authorize_url(&metadata, &request)?,' par the_pushed_request_carries_everything
+mutate $S/session/login.rs '.map_or(LOGIN_TTL_SECONDS, |s| s.min(LOGIN_TTL_SECONDS)),' '.map_or(LOGIN_TTL_SECONDS, |_| LOGIN_TTL_SECONDS),' par the_login_transaction_ends_with_its_request_uri
+mutate $S/provider/mod.rs '(ParSetting::Never, _) if required => Err(' '(ParSetting::Never, _) if false => Err(' par interop_par_never
+
 echo
 if $patterns_only; then
   if [ "$survivors" -eq 0 ]; then echo "every pattern is in place"; else echo "$survivors pattern(s) missing"; exit 1; fi

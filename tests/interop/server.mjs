@@ -90,6 +90,8 @@ const provider = new Provider(issuer, {
     },
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
+    // REQUIRE_PAR=1: the metadata says require_pushed_authorization_requests (RFC 9126).
+    pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: env.REQUIRE_PAR === '1' },
   },
   fetch: loopbackFetch,
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
@@ -154,10 +156,13 @@ if (env.NO_ISS === '1') {
 // Test hook: every client assertion the token and revocation endpoints saw (header and
 // claims, decoded after oidc-provider has verified it), and how each request
 // authenticated, so that tests can check `jti` uniqueness, `aud` and `typ`.
-const clientAuth = { assertions: [], methods: {} };
+const clientAuth = { assertions: [], methods: {}, authorize_params: [] };
 provider.use(async (ctx, next) => {
+  // The parameter names each authorization request carried in its URL (with PAR:
+  // client_id and request_uri only).
+  if (ctx.method === 'GET' && ctx.path === '/auth') clientAuth.authorize_params.push(Object.keys(ctx.query).sort());
   await next();
-  if (ctx.method !== 'POST' || !['/token', '/token/revocation'].includes(ctx.path)) return;
+  if (ctx.method !== 'POST' || !['/token', '/token/revocation', '/request'].includes(ctx.path)) return;
   const assertion = ctx.oidc?.params?.client_assertion;
   const method = assertion ? 'private_key_jwt'
     : ctx.get('authorization').toLowerCase().startsWith('basic ') ? 'client_secret_basic'

@@ -54,6 +54,11 @@ pub struct Script {
     /// Per token request: how the client authenticated (`basic`, `post`, `none`) and
     /// the code it presented (probes present made-up codes).
     pub token_requests: Vec<(&'static str, String)>,
+    /// The PAR endpoint's answer (`/par`, listed once `metadata_patch` names it);
+    /// `None`: 201 with a fresh `request_uri`, valid 60 s.
+    pub par_answer: Option<(u16, Value)>,
+    /// The forms pushed to `/par`, in order.
+    pub pushed: Vec<HashMap<String, String>>,
 }
 
 /// One scripted answer to a refresh request.
@@ -131,6 +136,7 @@ impl HostileProvider {
             .route("/evil-jwks", get(evil_jwks))
             .route("/redirect-to-evil", get(redirect_to_evil))
             .route("/token", post(token))
+            .route("/par", post(par))
             .route("/userinfo", get(userinfo))
             .route("/revoke", post(revoke))
             .with_state(provider.clone());
@@ -280,6 +286,31 @@ async fn redirect_to_evil(State(p): State<HostileProvider>) -> Response {
         [("location", format!("{}/evil-jwks", p.issuer))],
     )
         .into_response()
+}
+
+/// RFC 9126 §2: records the pushed form and answers as scripted.
+async fn par(
+    State(p): State<HostileProvider>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let answer = {
+        let mut s = p.script.lock().unwrap();
+        s.pushed.push(form);
+        s.par_answer.clone()
+    };
+    let (status, body) = answer.unwrap_or_else(|| {
+        (
+            201,
+            json!({
+                "request_uri": format!(
+                    "urn:ietf:params:oauth:request_uri:{}",
+                    portcullis::random::random_token()
+                ),
+                "expires_in": 60,
+            }),
+        )
+    });
+    (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
 }
 
 async fn token(

@@ -5,7 +5,11 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::gateway::Options;
+use crate::{Browser, TestGateway};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -210,4 +214,69 @@ pub async fn verify_assertion_with_pyjwt(
     } else {
         Err(text)
     })
+}
+
+/// A provider (started with `provider_env`) with one client, `app` (`extra` merged into
+/// its registration), and a gateway on a pre-bound port configured by `env`.
+pub async fn start_with_gateway(
+    extra: Value,
+    provider_env: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> Option<(RealProvider, TestGateway)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let mut client = json!({
+        "client_id": "app",
+        "redirect_uris": [format!("{gateway_url}/auth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        client[k] = v.clone();
+    }
+    let node = RealProvider::start(json!([client]), provider_env).await?;
+    let mut options = Options {
+        listener: Some(listener),
+        file_store: true,
+        ..Options::default()
+    };
+    for (k, v) in env {
+        options = options.env(k, v);
+    }
+    let gw = TestGateway::start_with(&node.issuer, options).await;
+    Some((node, gw))
+}
+
+/// Signs alice in, refreshes once (the clock past the refresh point) and signs out
+/// (which revokes the refresh token): three authenticated calls.
+pub async fn sign_in_refresh_and_out(node: &RealProvider, gw: &TestGateway) {
+    let browser = Browser::new();
+    let resp = gw
+        .sign_in_through_form(&browser, "alice", "alice", "/")
+        .await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    gw.clock.advance(250);
+    let session = browser.get(&gw.at("/auth/session"), &[]).await;
+    assert_eq!(session.status, 200, "{}", session.body);
+    assert_eq!(session.json()["user"]["email"], "alice@example.com");
+    let out = browser
+        .request(
+            Method::POST,
+            &gw.at("/auth/logout"),
+            &[("accept", "application/json"), ("x-csrf", "1")],
+            None,
+        )
+        .await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let events = node.events().await;
+    assert_eq!(events["grants"]["authorization_code"], 1, "{events}");
+    assert_eq!(events["grants"]["refresh_token"], 1, "{events}");
+    assert_eq!(events["counts"]["revocation.success"], 1, "{events}");
+}
+
+/// How many token, revocation or PAR requests used `method` and got `status`.
+pub fn auth_calls(events: &Value, path: &str, method: &str, status: u16) -> u64 {
+    events["client_auth"]["methods"][format!("{path} {method} {status}")]
+        .as_u64()
+        .unwrap_or(0)
 }

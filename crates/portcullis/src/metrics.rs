@@ -50,7 +50,14 @@ pub const REFRESH_RESULTS: [&str; 5] = [
     "denied",
 ];
 pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "bypass"];
-pub const PROVIDER_ENDPOINTS: [&str; 5] = ["discovery", "jwks", "token", "userinfo", "revocation"];
+pub const PROVIDER_ENDPOINTS: [&str; 6] = [
+    "discovery",
+    "jwks",
+    "token",
+    "userinfo",
+    "revocation",
+    "par",
+];
 pub const RATE_LIMITED_ENDPOINTS: [&str; 4] = ["login", "callback", "spa_exchange", "backchannel"];
 /// The security events' stable names (`docs/sessions.md`).
 pub const SECURITY_EVENT_NAMES: [&str; 5] = [

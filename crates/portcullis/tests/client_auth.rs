@@ -12,93 +12,20 @@ use portcullis_test_support as support;
 use std::collections::HashSet;
 
 use portcullis::provider::client_key::{ClientKey, KeyKind, generate_pem};
-use reqwest::Method;
 use serde_json::{Value, json};
 use support::gateway::Options;
-use support::oidc_provider::RealProvider;
+use support::oidc_provider::{self, RealProvider, auth_calls as calls, sign_in_refresh_and_out};
 use support::{Browser, TestGateway};
 
-/// A provider with one client (`extra` merged into its registration) and a gateway on
-/// a pre-bound port configured by `env`.
+/// A provider with one client (`extra` merged into its registration) and a gateway
+/// configured by `env`.
 async fn start(extra: Value, env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
-    let mut client = json!({
-        "client_id": "app",
-        "redirect_uris": [format!("{gateway_url}/auth/callback")],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        client[k] = v.clone();
-    }
-    let node = RealProvider::start(json!([client]), &[]).await?;
-    let mut options = Options {
-        listener: Some(listener),
-        file_store: true,
-        ..Options::default()
-    };
-    for (k, v) in env {
-        options = options.env(k, v);
-    }
-    let gw = TestGateway::start_with(&node.issuer, options).await;
-    Some((node, gw))
-}
-
-/// Signs alice in, refreshes once (the clock past the refresh point) and signs out
-/// (which revokes the refresh token): three authenticated calls.
-async fn sign_in_refresh_and_out(node: &RealProvider, gw: &TestGateway) {
-    let browser = Browser::new();
-    let resp = gw
-        .sign_in_through_form(&browser, "alice", "alice", "/")
-        .await;
-    assert_eq!(resp.status, 303, "{}", resp.body);
-    gw.clock.advance(250);
-    let session = browser.get(&gw.at("/auth/session"), &[]).await;
-    assert_eq!(session.status, 200, "{}", session.body);
-    assert_eq!(session.json()["user"]["email"], "alice@example.com");
-    let out = browser
-        .request(
-            Method::POST,
-            &gw.at("/auth/logout"),
-            &[("accept", "application/json"), ("x-csrf", "1")],
-            None,
-        )
-        .await;
-    assert_eq!(out.status, 200, "{}", out.body);
-    let events = node.events().await;
-    assert_eq!(events["grants"]["authorization_code"], 1, "{events}");
-    assert_eq!(events["grants"]["refresh_token"], 1, "{events}");
-    assert_eq!(events["counts"]["revocation.success"], 1, "{events}");
-}
-
-/// How many token or revocation requests used `method` and got `status`.
-fn calls(events: &Value, path: &str, method: &str, status: u16) -> u64 {
-    events["client_auth"]["methods"][format!("{path} {method} {status}")]
-        .as_u64()
-        .unwrap_or(0)
+    oidc_provider::start_with_gateway(extra, &[], env).await
 }
 
 /// `doctor`'s `client` finding for a gateway of `issuer` with `env`: (level, line).
 async fn doctor_client(issuer: &str, env: &[(&str, &str)]) -> (String, String) {
-    let mut vars: Vec<(String, String)> = vec![
-        ("PORTCULLIS_ISSUER".into(), issuer.into()),
-        ("PORTCULLIS_CLIENT_ID".into(), "app".into()),
-        ("PORTCULLIS_STORE".into(), "sqlite::memory:".into()),
-    ];
-    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let config = portcullis::Config::load_from(None, vars).unwrap();
-    let report = portcullis::doctor::run(&config).await;
-    let f = report
-        .findings
-        .iter()
-        .find(|f| f.check == "client")
-        .expect("a client finding");
-    let line = match &f.fix {
-        Some(fix) => format!("{} — fix: {fix}", f.message),
-        None => f.message.clone(),
-    };
-    (format!("{:?}", f.level), line)
+    support::doctor_finding(issuer, env, "client").await
 }
 
 #[tokio::test]

@@ -50,6 +50,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "client_cert_file", Kind::Text),
     ("provider", "client_assertion_aud", Kind::Text),
     ("provider", "client_assertion_typ", Kind::Text),
+    ("provider", "par", Kind::Text),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),

@@ -45,7 +45,9 @@ pub use limits::LimitSettings;
 pub use limits::MAX_LIVE_TRANSACTIONS;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
-pub use provider::{AssertionAudience, AuthMethodSetting, ClientSecret, ProviderSettings};
+pub use provider::{
+    AssertionAudience, AuthMethodSetting, ClientSecret, ParSetting, ProviderSettings,
+};
 pub use routes::RouteSettings;
 pub use session::SessionSettings;
 pub use spa::SpaSettings;

@@ -34,6 +34,22 @@ pub struct ProviderSettings {
     pub client_assertion_aud: AssertionAudience,
     /// `provider.client_assertion_typ`: `None`, or `client-authentication+jwt`.
     pub client_assertion_typ: Option<String>,
+    /// `provider.par`: whether the authorization request is pushed (RFC 9126).
+    pub par: ParSetting,
+}
+
+/// `provider.par`: push the authorization request to the provider first (RFC 9126),
+/// so that only `client_id` and `request_uri` pass through the browser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ParSetting {
+    /// When the provider's metadata requires it
+    /// (`require_pushed_authorization_requests`).
+    #[default]
+    Auto,
+    /// Always; a provider without a PAR endpoint cannot sign anyone in.
+    Always,
+    /// Never (a provider that requires PAR refuses the sign-in).
+    Never,
 }
 
 /// `provider.client_assertion_aud`: what a client assertion names as its audience.
@@ -160,6 +176,7 @@ pub(super) struct RawProvider {
     client_cert_file: Option<String>,
     client_assertion_aud: Option<String>,
     client_assertion_typ: Option<String>,
+    par: Option<String>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -238,6 +255,17 @@ impl RawProvider {
             has_client_secret,
             errors,
         );
+        let par = match self.par.as_deref().map(str::trim) {
+            None | Some("auto") => ParSetting::Auto,
+            Some("always") => ParSetting::Always,
+            Some("never") => ParSetting::Never,
+            Some(other) => {
+                errors.push(format!(
+                    "`provider.par`: `{other}` is none of auto, always, never"
+                ));
+                ParSetting::Auto
+            }
+        };
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms: allowed_algorithms.map(|list| {
@@ -252,6 +280,7 @@ impl RawProvider {
             client_key_file,
             client_assertion_aud,
             client_assertion_typ,
+            par,
         }
     }
 }

@@ -78,6 +78,7 @@ pub(super) async fn provider_checks(config: &Config, http: ProviderHttp, report:
     let provider = Provider::new(crate::provider::ProviderSettings::from_config(config), http);
     jwks_check(&provider, report).await;
     pkce_check(&metadata, report);
+    par_check(config, &metadata, report);
     iss_check(&metadata, report);
     refresh_check(config, &provider, &metadata, &raw, report).await;
     email_check(config, &raw, report);
@@ -128,6 +129,40 @@ fn pkce_check(metadata: &Metadata, report: &mut Report) {
             "code_challenge_methods_supported is not listed; S256 is sent anyway",
             "make sure the provider enforces PKCE for this client (most do when asked)",
         ),
+    }
+}
+
+/// `provider.par` against what the metadata offers and requires (RFC 9126 §5).
+fn par_check(config: &Config, metadata: &Metadata, report: &mut Report) {
+    use crate::config::ParSetting;
+    let endpoint = metadata.pushed_authorization_request_endpoint.is_some();
+    let required = metadata.require_pushed_authorization_requests;
+    match (config.provider.par, endpoint, required) {
+        (ParSetting::Never, _, true) => report.problem(
+            Level::Error,
+            "par",
+            "the provider requires pushed authorization requests and provider.par is never: every sign-in is refused",
+            "provider.par = \"auto\"",
+        ),
+        (ParSetting::Always | ParSetting::Auto, false, true) | (ParSetting::Always, false, _) => {
+            report.problem(
+                Level::Error,
+                "par",
+                "pushed authorization requests are needed but the provider lists no pushed_authorization_request_endpoint: every sign-in is refused",
+                "check the provider's PAR settings, or provider.par = \"never\" if it does not require PAR",
+            )
+        }
+        (ParSetting::Always, true, _) | (ParSetting::Auto, true, true) => report.push(
+            Level::Ok,
+            "par",
+            "authorization requests are pushed (RFC 9126): the browser carries client_id and request_uri only",
+        ),
+        (ParSetting::Auto, true, false) => report.push(
+            Level::Note,
+            "par",
+            "the provider offers pushed authorization requests; provider.par = \"always\" uses them",
+        ),
+        _ => {}
     }
 }
 

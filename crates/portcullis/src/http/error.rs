@@ -221,6 +221,16 @@ impl From<ProviderError> for HttpError {
                 "the client key could not sign an assertion",
                 detail,
             ),
+            ProviderError::ParRefused(_) => HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                code,
+                "The identity provider refused this gateway's sign-in request; its administrator must check the gateway's configuration.",
+            )
+            .logged(
+                LogLevel::Warn,
+                "the provider refused the pushed authorization request",
+                detail,
+            ),
             ProviderError::UserinfoSubjectMismatch => HttpError::bad_request(
                 code,
                 "The identity provider's answer could not be verified. Please sign in again.",

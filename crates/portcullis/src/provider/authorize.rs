@@ -45,27 +45,57 @@ pub struct AuthorizeRequest<'a> {
     pub extra: &'a std::collections::BTreeMap<String, String>,
 }
 
-/// Builds the URL the browser is sent to.
+impl AuthorizeRequest<'_> {
+    /// Every parameter of the request, in order: in the URL, or pushed (PAR).
+    pub fn params(&self) -> Vec<(&str, String)> {
+        let mut params = vec![
+            ("response_type", "code".to_owned()),
+            ("client_id", self.client_id.to_owned()),
+            ("redirect_uri", self.redirect_uri.to_owned()),
+            ("scope", self.scopes.join(" ")),
+            ("state", self.state.to_owned()),
+            ("nonce", self.nonce.to_owned()),
+            ("code_challenge", self.code_challenge.to_owned()),
+            ("code_challenge_method", "S256".to_owned()),
+        ];
+        params.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        params
+    }
+}
+
+/// Where the browser is sent, and for how long a pushed request stays usable.
+#[derive(Debug, Clone)]
+pub struct Authorization {
+    pub url: Url,
+    /// With PAR: the `request_uri`'s `expires_in` (seconds).
+    pub expires_in: Option<i64>,
+}
+
+fn authorization_endpoint(metadata: &Metadata) -> Result<Url, ProviderError> {
+    Url::parse(&metadata.authorization_endpoint)
+        .map_err(|_| ProviderError::BadResponse("authorization_endpoint is not a URL".into()))
+}
+
+/// Builds the URL the browser is sent to, every parameter in its query.
 pub fn authorize_url(
     metadata: &Metadata,
     req: &AuthorizeRequest<'_>,
 ) -> Result<Url, ProviderError> {
-    let mut url = Url::parse(&metadata.authorization_endpoint)
-        .map_err(|_| ProviderError::BadResponse("authorization_endpoint is not a URL".into()))?;
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair("client_id", req.client_id)
-            .append_pair("redirect_uri", req.redirect_uri)
-            .append_pair("scope", &req.scopes.join(" "))
-            .append_pair("state", req.state)
-            .append_pair("nonce", req.nonce)
-            .append_pair("code_challenge", req.code_challenge)
-            .append_pair("code_challenge_method", "S256");
-        for (k, v) in req.extra {
-            q.append_pair(k, v);
-        }
-    }
+    let mut url = authorization_endpoint(metadata)?;
+    url.query_pairs_mut().extend_pairs(req.params());
+    Ok(url)
+}
+
+/// The URL of a pushed request (RFC 9126 §4): `client_id` and `request_uri` only.
+pub fn pushed_url(
+    metadata: &Metadata,
+    client_id: &str,
+    request_uri: &str,
+) -> Result<Url, ProviderError> {
+    let mut url = authorization_endpoint(metadata)?;
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("request_uri", request_uri);
     Ok(url)
 }
 

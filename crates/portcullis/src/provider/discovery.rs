@@ -41,6 +41,11 @@ pub struct Metadata {
     /// RFC 9207 §3: the provider puts `iss` in every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: bool,
+    /// RFC 9126 §5.
+    #[serde(default)]
+    pub pushed_authorization_request_endpoint: Option<String>,
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
 }
 
 /// `{issuer}/.well-known/openid-configuration`.
@@ -90,6 +95,10 @@ pub fn check_metadata(m: &Metadata, issuer: &str) -> Result<(), ProviderError> {
         ("userinfo_endpoint", m.userinfo_endpoint.as_ref()),
         ("end_session_endpoint", m.end_session_endpoint.as_ref()),
         ("revocation_endpoint", m.revocation_endpoint.as_ref()),
+        (
+            "pushed_authorization_request_endpoint",
+            m.pushed_authorization_request_endpoint.as_ref(),
+        ),
     ] {
         let Some(value) = value else { continue };
         let ok = Url::parse(value)

@@ -12,7 +12,6 @@ use tokio::time::Instant;
 
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
-use url::Url;
 use zeroize::Zeroizing;
 
 pub mod authorize;
@@ -22,6 +21,7 @@ pub mod http;
 pub mod id_token;
 pub mod jwks;
 pub mod logout_token;
+pub mod par;
 pub mod token;
 pub mod userinfo;
 
@@ -32,6 +32,7 @@ pub use id_token::{IdTokenClaims, IdTokenError};
 pub use token::TokenResponse;
 
 use crate::clock::UnixTime;
+use crate::config::ParSetting;
 use client_auth::{AuthMethod, AutoAuth, ClientAuth};
 use http::ProviderHttp;
 use jwks::JwksCache;
@@ -59,6 +60,8 @@ pub enum ProviderError {
     UserinfoSubjectMismatch,
     #[error("the client assertion could not be signed: {0}")]
     ClientAssertion(String),
+    #[error("the provider refused the pushed authorization request: {0}")]
+    ParRefused(String),
 }
 
 impl ProviderError {
@@ -75,6 +78,7 @@ impl ProviderError {
             Self::IdToken(_) => "id_token_invalid",
             Self::UserinfoSubjectMismatch => "userinfo_sub_mismatch",
             Self::ClientAssertion(_) => "client_assertion_failed",
+            Self::ParRefused(_) => "par_refused",
         }
     }
 
@@ -139,6 +143,8 @@ pub struct ProviderSettings {
     pub client_assertion_aud: crate::config::AssertionAudience,
     /// `provider.client_assertion_typ`.
     pub client_assertion_typ: Option<String>,
+    /// `provider.par`.
+    pub par: ParSetting,
 }
 
 impl ProviderSettings {
@@ -158,6 +164,7 @@ impl ProviderSettings {
             client_key: config.provider.client_key.clone(),
             client_assertion_aud: config.provider.client_assertion_aud,
             client_assertion_typ: config.provider.client_assertion_typ.clone(),
+            par: config.provider.par,
         }
     }
 }
@@ -324,7 +331,7 @@ impl Provider {
     /// A call refused with `invalid_client` (or a 401): an `auto` decision is made
     /// again later.
     async fn after_refusal<T>(&self, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
-        if let Err(ProviderError::TokenRejected(e)) = &result
+        if let Err(ProviderError::TokenRejected(e) | ProviderError::ParRefused(e)) = &result
             && (e == "invalid_client" || e == "http_401")
         {
             self.auto_auth
@@ -351,26 +358,68 @@ impl Provider {
             .unwrap_or_else(|| default_scopes(metadata))
     }
 
-    /// The authorization URL for one login.
-    pub async fn authorize_url(
+    /// Where the browser goes for one login: the authorization URL with every
+    /// parameter, or, with PAR (`provider.par`), with only `client_id` and the
+    /// `request_uri` the provider gave for the pushed parameters, and how long that
+    /// stays usable.
+    pub async fn authorization(
         &self,
         state: &str,
         nonce: &str,
         code_challenge: &str,
-    ) -> Result<Url, ProviderError> {
+    ) -> Result<authorize::Authorization, ProviderError> {
         let metadata = self.metadata().await?;
-        authorize::authorize_url(
-            &metadata,
-            &authorize::AuthorizeRequest {
-                client_id: &self.settings.client_id,
-                redirect_uri: &self.settings.redirect_uri,
-                scopes: &self.scopes_for(&metadata),
-                state,
-                nonce,
-                code_challenge,
-                extra: &self.settings.extra_authorize_params,
-            },
-        )
+        let scopes = self.scopes_for(&metadata);
+        let request = authorize::AuthorizeRequest {
+            client_id: &self.settings.client_id,
+            redirect_uri: &self.settings.redirect_uri,
+            scopes: &scopes,
+            state,
+            nonce,
+            code_challenge,
+            extra: &self.settings.extra_authorize_params,
+        };
+        let Some(endpoint) = self.par_endpoint(&metadata)? else {
+            return Ok(authorize::Authorization {
+                url: authorize::authorize_url(&metadata, &request)?,
+                expires_in: None,
+            });
+        };
+        let params = request.params();
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let pushed = par::push(
+            &self.http,
+            endpoint,
+            self.client_auth(&metadata).await,
+            &params,
+        );
+        let pushed = self.after_refusal(pushed.await).await?;
+        Ok(authorize::Authorization {
+            url: authorize::pushed_url(&metadata, &self.settings.client_id, &pushed.request_uri)?,
+            expires_in: Some(pushed.expires_in),
+        })
+    }
+
+    /// The PAR endpoint when this login pushes its request (`provider.par`), `None`
+    /// when it does not; an error when the setting and the metadata disagree.
+    fn par_endpoint<'m>(&self, metadata: &'m Metadata) -> Result<Option<&'m str>, ProviderError> {
+        let endpoint = metadata.pushed_authorization_request_endpoint.as_deref();
+        let required = metadata.require_pushed_authorization_requests;
+        match (self.settings.par, endpoint) {
+            (ParSetting::Never, _) if required => Err(ProviderError::BadResponse(
+                "the provider requires pushed authorization requests \
+                 (require_pushed_authorization_requests) and provider.par is never"
+                    .into(),
+            )),
+            (ParSetting::Never, _) => Ok(None),
+            (ParSetting::Auto, _) if !required => Ok(None),
+            (_, Some(endpoint)) => Ok(Some(endpoint)),
+            (_, None) => Err(ProviderError::BadResponse(
+                "the provider lists no pushed_authorization_request_endpoint, which \
+                 provider.par needs"
+                    .into(),
+            )),
+        }
     }
 
     /// RFC 9207 check of the callback's `iss` parameter.

@@ -72,9 +72,9 @@ impl Sessions {
         let nonce = random_token();
         let pkce = Pkce::generate();
         // Fails before anything is stored when the provider is unreachable.
-        let url = self
+        let authorization = self
             .provider
-            .authorize_url(&state, &nonce, &pkce.challenge)
+            .authorization(&state, &nonce, &pkce.challenge)
             .await?;
         let now = self.now();
         let state_hash = sha256_hex(state.as_bytes());
@@ -88,7 +88,12 @@ impl Sessions {
             verifier,
             return_to: return_to.as_str().to_owned(),
             created_at: now,
-            expires_at: now + LOGIN_TTL_SECONDS,
+            // A pushed request's `request_uri` may not outlive the transaction's
+            // use: the transaction ends with it (RFC 9126 §2.2).
+            expires_at: now
+                + authorization
+                    .expires_in
+                    .map_or(LOGIN_TTL_SECONDS, |s| s.min(LOGIN_TTL_SECONDS)),
         };
         if !self
             .store
@@ -101,7 +106,7 @@ impl Sessions {
             );
             return Err(SessionError::SignInsFull);
         }
-        Ok(url)
+        Ok(authorization.url)
     }
 
     /// Finishes a login at the callback. `binding` is this browser's `portcullis_tx`
