@@ -223,6 +223,17 @@ impl ClientKey {
             .map_err(|e| ClientKeyError::Signer(e.to_string()))
     }
 
+    /// The public key as a bare JWK (no `kid`, no `use`): a DPoP proof's `jwk` header.
+    pub fn public_jwk(&self) -> Result<Jwk, ClientKeyError> {
+        self.bare_jwk(self.default_algorithm())
+    }
+
+    /// Signs `claims` under `header` with this key.
+    pub fn sign(&self, header: &Header, claims: &Value) -> Result<String, ClientKeyError> {
+        jsonwebtoken::encode(header, claims, &self.encoding)
+            .map_err(|e| ClientKeyError::Signer(e.to_string()))
+    }
+
     /// The public JWK set served at `{prefix}/client-jwks.json`.
     pub fn public_jwks(&self, fapi2: bool) -> Value {
         let Ok(mut jwk) = self.bare_jwk(self.algorithm(fapi2)) else {

@@ -4,6 +4,7 @@
 //! settings hold them as typed values.
 
 pub mod client_key;
+pub mod dpop;
 
 /// JWS algorithms Portcullis can verify (RFC 7518 §3.1). `none` is not one.
 #[allow(clippy::upper_case_acronyms)]
