@@ -255,17 +255,7 @@ impl RawProvider {
             has_client_secret,
             errors,
         );
-        let par = match self.par.as_deref().map(str::trim) {
-            None | Some("auto") => ParSetting::Auto,
-            Some("always") => ParSetting::Always,
-            Some("never") => ParSetting::Never,
-            Some(other) => {
-                errors.push(format!(
-                    "`provider.par`: `{other}` is none of auto, always, never"
-                ));
-                ParSetting::Auto
-            }
-        };
+        let par = par_setting(self.par.as_deref(), errors);
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms: allowed_algorithms.map(|list| {
@@ -281,6 +271,21 @@ impl RawProvider {
             client_assertion_aud,
             client_assertion_typ,
             par,
+        }
+    }
+}
+
+/// `provider.par`: `auto` (the default), `always` or `never`.
+fn par_setting(value: Option<&str>, errors: &mut Vec<String>) -> ParSetting {
+    match value.map(str::trim) {
+        None | Some("auto") => ParSetting::Auto,
+        Some("always") => ParSetting::Always,
+        Some("never") => ParSetting::Never,
+        Some(other) => {
+            errors.push(format!(
+                "`provider.par`: `{other}` is none of auto, always, never"
+            ));
+            ParSetting::Auto
         }
     }
 }

@@ -112,3 +112,23 @@ fn reserved_authorize_params_cannot_be_overridden() {
     ));
     assert!(Config::load_from(None, e).is_err());
 }
+
+#[test]
+fn par_is_auto_always_or_never() {
+    use crate::config::ParSetting;
+    let load = |value: Option<&str>| {
+        let mut e = minimal();
+        if let Some(v) = value {
+            e.push(("PORTCULLIS_PROVIDER_PAR".to_owned(), v.to_owned()));
+        }
+        Config::load_from(None, e)
+    };
+    assert_eq!(load(None).unwrap().provider.par, ParSetting::Auto);
+    assert_eq!(
+        load(Some("always")).unwrap().provider.par,
+        ParSetting::Always
+    );
+    assert_eq!(load(Some("never")).unwrap().provider.par, ParSetting::Never);
+    let e = load(Some("sometimes")).unwrap_err().0.join("\n");
+    assert!(e.contains("`provider.par`: `sometimes`"), "{e}");
+}
