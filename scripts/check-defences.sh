@@ -387,6 +387,10 @@ mutate $S/provider/mod.rs 'url: authorize::pushed_url(&metadata, &self.settings.
 mutate $S/session/login.rs '.map_or(LOGIN_TTL_SECONDS, |s| s.min(LOGIN_TTL_SECONDS)),' '.map_or(LOGIN_TTL_SECONDS, |_| LOGIN_TTL_SECONDS),' par the_login_transaction_ends_with_its_request_uri
 mutate $S/provider/mod.rs '(ParSetting::Never, _) if required => Err(' '(ParSetting::Never, _) if false => Err(' par interop_par_never
 
+# A shared value created once (add_setting: the first of racing instances wins).
+mutate $S/store/sqlite/mod.rs '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",' '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",' lib sqlite_in_memory_passes_the_conformance
+mutate $S/store/redis/mod.rs 'redis::cmd("HSETNX")' 'redis::cmd("HSET")' lib redis_passes_the_conformance
+
 echo
 if $patterns_only; then
   if [ "$survivors" -eq 0 ]; then echo "every pattern is in place"; else echo "$survivors pattern(s) missing"; exit 1; fi

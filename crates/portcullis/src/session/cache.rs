@@ -670,6 +670,10 @@ impl Store for CachedStore {
         self.inner.put_setting(key, value).await
     }
 
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        self.inner.add_setting(key, value).await
+    }
+
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
         self.inner.delete_setting(key).await
     }

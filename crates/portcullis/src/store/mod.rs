@@ -419,6 +419,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>>;
     /// Stores `value` under `key`, replacing any.
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Stores `value` under `key` unless `key` holds one already; whether it was stored.
+    /// Instances that race to create one shared value (a key) agree on the first.
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool>;
     /// Removes `key`; whether it was there.
     async fn delete_setting(&self, key: &str) -> StoreResult<bool>;
 

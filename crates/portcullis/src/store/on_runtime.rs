@@ -348,6 +348,14 @@ impl Store for OnRuntime {
         .await
     }
 
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.run("add_setting", |s| async move {
+            s.add_setting(&key, &value).await
+        })
+        .await
+    }
+
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
         let key = key.to_owned();
         self.run(

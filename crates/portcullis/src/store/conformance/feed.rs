@@ -104,6 +104,14 @@ pub(super) async fn settings_are_kept_replaced_and_removed(store: &dyn Store) {
     assert!(store.delete_setting(&key).await.unwrap());
     assert!(!store.delete_setting(&key).await.unwrap());
     assert_eq!(store.get_setting(&key).await.unwrap(), None);
+    // add_setting keeps the first value: racing instances agree on one.
+    assert!(store.add_setting(&key, "first").await.unwrap());
+    assert!(!store.add_setting(&key, "second").await.unwrap());
+    assert_eq!(
+        store.get_setting(&key).await.unwrap().as_deref(),
+        Some("first")
+    );
+    assert!(store.delete_setting(&key).await.unwrap());
 }
 
 /// Every write that ends or changes a session announces it once, with its id hashes.

@@ -25,7 +25,8 @@ use sessions::{
 };
 use shared::{
     compare_and_swap_loses_to_another_writer, signing_keys_are_written_once_per_generation,
-    take_once_across_handles, two_handles_agree_on_one_signing_key, two_handles_race_one_lease,
+    take_once_across_handles, two_handles_agree_on_one_added_setting,
+    two_handles_agree_on_one_signing_key, two_handles_race_one_lease,
     writes_of_another_handle_reach_subscribers,
 };
 use transactions::{
@@ -75,6 +76,7 @@ pub async fn run_shared(a: &dyn Store, b: &dyn Store, cross: CrossHandle) {
     compare_and_swap_loses_to_another_writer(a, b).await;
     take_once_across_handles(a, b).await;
     two_handles_agree_on_one_signing_key(a, b).await;
+    two_handles_agree_on_one_added_setting(a, b).await;
     writes_of_another_handle_reach_subscribers(a, b, cross).await;
 }
 

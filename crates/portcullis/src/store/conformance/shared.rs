@@ -61,6 +61,17 @@ pub(super) async fn two_handles_agree_on_one_signing_key(a: &dyn Store, b: &dyn 
     assert!(winner == &ka || winner == &kb);
 }
 
+/// Two instances creating one shared value at once (the DPoP key) keep the first.
+pub(super) async fn two_handles_agree_on_one_added_setting(a: &dyn Store, b: &dyn Store) {
+    let key = unique("shared-key");
+    let (wa, wb) = tokio::join!(a.add_setting(&key, "from-a"), b.add_setting(&key, "from-b"));
+    assert!(wa.unwrap() ^ wb.unwrap(), "exactly one writer wins");
+    let seen_a = a.get_setting(&key).await.unwrap();
+    assert_eq!(seen_a, b.get_setting(&key).await.unwrap());
+    assert!(matches!(seen_a.as_deref(), Some("from-a" | "from-b")));
+    assert!(a.delete_setting(&key).await.unwrap());
+}
+
 pub(super) async fn two_handles_race_one_lease(a: &dyn Store, b: &dyn Store) {
     for _ in 0..20 {
         let key = unique("lease");

@@ -655,6 +655,19 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        timed(async {
+            let done = q(&self.sql.add_setting)
+                .bind(key)
+                .bind(value)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
         timed(async {
             let done = q(&self.sql.delete_setting)

@@ -101,6 +101,7 @@ pub(super) struct Queries {
     pub(super) delete_signing_key: String,
     pub(super) get_setting: String,
     pub(super) put_setting: String,
+    pub(super) add_setting: String,
     pub(super) delete_setting: String,
     pub(super) forget: String,
     pub(super) purge: [String; 4],
@@ -261,6 +262,9 @@ impl Queries {
             ),
             delete_signing_key: t("DELETE FROM {p}_signing_keys WHERE generation = $1"),
             get_setting: t("SELECT value FROM {p}_settings WHERE key = $1"),
+            add_setting: t(
+                "INSERT INTO {p}_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            ),
             put_setting: t("INSERT INTO {p}_settings (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
             delete_setting: t("DELETE FROM {p}_settings WHERE key = $1"),

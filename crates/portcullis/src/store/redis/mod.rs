@@ -631,6 +631,21 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            let added: i64 = redis::cmd("HSETNX")
+                .arg(self.key("settings"))
+                .arg(key)
+                .arg(value)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            Ok(added == 1)
+        })
+        .await
+    }
+
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
         timed(async {
             let mut conn = self.conn.clone();

@@ -704,6 +704,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        timed(async {
+            let done = sqlx::query(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
         timed(async {
             let done = sqlx::query("DELETE FROM settings WHERE key = ?1")
