@@ -98,6 +98,7 @@ pub(crate) async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), S
     let mut options = portcullis::http::serve::ServeOptions::from_config(gateway.config());
     let app = portcullis::http::router(gateway)?;
     options.tunnels = app.tunnels();
+    let access_log = app.access_log_written();
     // One serving thread per core, each with its own single-threaded runtime: see
     // `serve_on_threads` and docs/BENCHMARKS.md.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -110,6 +111,9 @@ pub(crate) async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), S
     )
     .await
     .map_err(ServeError::Serve)?;
+    // Every serving thread and its copy of the app are gone: the access log thread
+    // writes what is queued and ends.
+    access_log.wait(Duration::from_secs(5)).await;
     tracing::info!("portcullis stopped");
     Ok(())
 }

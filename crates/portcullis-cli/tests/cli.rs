@@ -749,6 +749,14 @@ fn g06_hostile_paths_never_forge_access_log_fields() {
             .filter(|l| l.contains("portcullis::access"))
             .collect();
         assert_eq!(access.len(), hostile.len(), "{format}: {logs:#?}");
+        // serve waits for the access log before it says it stopped: no line is lost
+        // with the process.
+        let stopped = logs.iter().position(|l| l.contains("portcullis stopped"));
+        let last_access = logs.iter().rposition(|l| l.contains("portcullis::access"));
+        assert!(
+            stopped.is_some() && last_access < stopped,
+            "{format}: {logs:#?}"
+        );
         for line in &access {
             assert!(
                 !line.chars().any(|c| matches!(c, '\u{202a}'..='\u{202e}')),

@@ -73,6 +73,20 @@ struct Entry {
 pub struct AccessLog {
     queue: SyncSender<Entry>,
     dropped: Arc<AtomicU64>,
+    written: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Says when the log thread has written every entry and ended (every handle to its
+/// queue dropped): a server that stops waits for it, so that the last requests' lines
+/// are not lost with the process.
+#[derive(Debug, Clone)]
+pub struct AllWritten(tokio::sync::watch::Receiver<bool>);
+
+impl AllWritten {
+    /// Waits until the log thread is done, at most `limit`.
+    pub async fn wait(mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.0.wait_for(|done| *done)).await;
+    }
 }
 
 impl AccessLog {
@@ -83,15 +97,26 @@ impl AccessLog {
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = dropped.clone();
+        let (done, written) = tokio::sync::watch::channel(false);
         let spawned = std::thread::Builder::new()
             .name("portcullis-access-log".into())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || write_lines(&entries, &counted))
+                tracing::dispatcher::with_default(&dispatch, || write_lines(&entries, &counted));
+                done.send_replace(true);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "the access log thread could not start; no access lines");
         }
-        Self { queue, dropped }
+        Self {
+            queue,
+            dropped,
+            written,
+        }
+    }
+
+    /// Resolves once the log thread has written every entry and ended.
+    pub fn all_written(&self) -> AllWritten {
+        AllWritten(self.written.clone())
     }
 
     /// Hands one request to the log; never waits.

@@ -244,6 +244,12 @@ struct AppInner {
 impl App {
     /// The WebSockets open through its upstream (none without one): what a shutdown
     /// waits for besides requests (`ServeOptions::tunnels`).
+    /// Resolves once every request's access line is written, after the last copy of
+    /// this app is dropped: `serve` waits for it before the process ends.
+    pub fn access_log_written(&self) -> access::AllWritten {
+        self.inner.access.all_written()
+    }
+
     pub fn tunnels(&self) -> Option<proxy::Tunnels> {
         self.inner.upstream.as_ref().map(|u| u.tunnels().clone())
     }
