@@ -386,6 +386,7 @@ mutate $S/provider/par.rs '.filter(|u| !u.is_empty() && u.len() <= MAX_REQUEST_U
 mutate $S/provider/mod.rs 'url: authorize::pushed_url(&metadata, &self.settings.client_id, &pushed.request_uri)?,' 'url: authorize::authorize_url(&metadata, &request)?,' par the_pushed_request_carries_everything
 mutate $S/session/login.rs '.map_or(LOGIN_TTL_SECONDS, |s| s.min(LOGIN_TTL_SECONDS)),' '.map_or(LOGIN_TTL_SECONDS, |_| LOGIN_TTL_SECONDS),' par the_login_transaction_ends_with_its_request_uri
 mutate $S/provider/mod.rs '(ParSetting::Never, _) if required => Err(' '(ParSetting::Never, _) if false => Err(' par interop_par_never
+mutate $S/provider/par.rs 'if !form.iter().any(|(present, _)| *present == name) {' 'if true {' par interop_par_over_client_secret_post
 
 # A shared value created once (add_setting: the first of racing instances wins).
 mutate $S/store/sqlite/mod.rs '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",' '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",' lib sqlite_in_memory_passes_the_conformance

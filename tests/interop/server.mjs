@@ -163,10 +163,12 @@ provider.use(async (ctx, next) => {
   if (ctx.method === 'GET' && ctx.path === '/auth') clientAuth.authorize_params.push(Object.keys(ctx.query).sort());
   await next();
   if (ctx.method !== 'POST' || !['/token', '/token/revocation', '/request'].includes(ctx.path)) return;
-  const assertion = ctx.oidc?.params?.client_assertion;
+  // The form as posted (the PAR endpoint's params hold the pushed request, not the credentials).
+  const form = ctx.oidc?.body ?? ctx.oidc?.params ?? {};
+  const assertion = form.client_assertion;
   const method = assertion ? 'private_key_jwt'
     : ctx.get('authorization').toLowerCase().startsWith('basic ') ? 'client_secret_basic'
-      : ctx.oidc?.params?.client_secret ? 'client_secret_post' : 'none';
+      : form.client_secret ? 'client_secret_post' : 'none';
   const key = `${ctx.path} ${method} ${ctx.status}`;
   clientAuth.methods[key] = (clientAuth.methods[key] ?? 0) + 1;
   if (assertion) {

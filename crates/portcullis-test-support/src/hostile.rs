@@ -288,11 +288,20 @@ async fn redirect_to_evil(State(p): State<HostileProvider>) -> Response {
         .into_response()
 }
 
-/// RFC 9126 §2: records the pushed form and answers as scripted.
-async fn par(
-    State(p): State<HostileProvider>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
+/// RFC 9126 §2: records the pushed form and answers as scripted. A parameter sent twice
+/// is refused, as RFC 6749 §3.2 asks (and the npm provider does).
+async fn par(State(p): State<HostileProvider>, body: String) -> Response {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let form: HashMap<String, String> = pairs.iter().cloned().collect();
+    if form.len() != pairs.len() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request", "error_description": "a parameter was sent twice"})),
+        )
+            .into_response();
+    }
     let answer = {
         let mut s = p.script.lock().unwrap();
         s.pushed.push(form);

@@ -49,6 +49,75 @@ async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
     );
 }
 
+/// PAR with the credentials in the form: `client_id` is sent once (the provider refuses
+/// a repeated parameter).
+#[tokio::test]
+async fn interop_par_over_client_secret_post_sends_each_parameter_once() {
+    let secret = "p4r-p0st+secret/==";
+    let Some((node, gw)) = start_with_gateway(
+        json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_post"}),
+        &[("REQUIRE_PAR", "1")],
+        &[
+            ("PORTCULLIS_CLIENT_SECRET", secret),
+            (
+                "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD",
+                "client_secret_post",
+            ),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    sign_in_refresh_and_out(&node, &gw).await;
+    let events = node.events().await;
+    assert_eq!(
+        auth_calls(&events, "/request", "client_secret_post", 201),
+        1,
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn interop_par_with_private_key_jwt_carries_its_own_assertion() {
+    use portcullis::provider::client_key::{ClientKey, KeyKind, generate_pem};
+    let pem = generate_pem(KeyKind::EcP256).unwrap();
+    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("pc-par-key-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("client-key.pem");
+    std::fs::write(&key_file, &pem).unwrap();
+    let Some((node, gw)) = start_with_gateway(
+        json!({"token_endpoint_auth_method": "private_key_jwt", "jwks": key.public_jwks(false)}),
+        &[("REQUIRE_PAR", "1")],
+        &[(
+            "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE",
+            key_file.to_str().unwrap(),
+        )],
+    )
+    .await
+    else {
+        return;
+    };
+    sign_in_refresh_and_out(&node, &gw).await;
+    let events = node.events().await;
+    assert_eq!(
+        auth_calls(&events, "/request", "private_key_jwt", 201),
+        1,
+        "{events}"
+    );
+    // Four assertions (PAR, code, refresh, revocation), no jti twice.
+    let assertions = events["client_auth"]["assertions"].as_array().unwrap();
+    assert_eq!(assertions.len(), 4, "{events}");
+    let jtis: std::collections::HashSet<&str> = assertions
+        .iter()
+        .map(|a| a["claims"]["jti"].as_str().unwrap())
+        .collect();
+    assert_eq!(jtis.len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn interop_par_never_against_a_provider_that_requires_it_says_why() {
     let Some((node, gw)) = start_with_gateway(

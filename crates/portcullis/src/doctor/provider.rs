@@ -144,14 +144,18 @@ fn par_check(config: &Config, metadata: &Metadata, report: &mut Report) {
             "the provider requires pushed authorization requests and provider.par is never: every sign-in is refused",
             "provider.par = \"auto\"",
         ),
-        (ParSetting::Always | ParSetting::Auto, false, true) | (ParSetting::Always, false, _) => {
-            report.problem(
-                Level::Error,
-                "par",
-                "pushed authorization requests are needed but the provider lists no pushed_authorization_request_endpoint: every sign-in is refused",
-                "check the provider's PAR settings, or provider.par = \"never\" if it does not require PAR",
-            )
-        }
+        (ParSetting::Always | ParSetting::Auto, false, true) => report.problem(
+            Level::Error,
+            "par",
+            "the provider requires pushed authorization requests but lists no pushed_authorization_request_endpoint: every sign-in is refused",
+            "fix the provider's discovery document (its PAR endpoint)",
+        ),
+        (ParSetting::Always, false, false) => report.problem(
+            Level::Error,
+            "par",
+            "provider.par is always but the provider lists no pushed_authorization_request_endpoint: every sign-in is refused",
+            "provider.par = \"auto\"",
+        ),
         (ParSetting::Always, true, _) | (ParSetting::Auto, true, true) => report.push(
             Level::Ok,
             "par",

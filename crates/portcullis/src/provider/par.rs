@@ -32,8 +32,15 @@ pub async fn push(
     params: &[(&str, &str)],
 ) -> Result<Pushed, ProviderError> {
     let credentials = auth.credentials()?;
-    let mut form: Vec<(&str, &str)> = params.to_vec();
+    let mut form: Vec<(&str, &str)> = Vec::with_capacity(params.len() + 3);
     let basic = credentials.apply(&mut form);
+    // The credentials may carry `client_id` already (post, private_key_jwt, none): a
+    // parameter is never sent twice (RFC 6749 §3.2).
+    for &(name, value) in params {
+        if !form.iter().any(|(present, _)| *present == name) {
+            form.push((name, value));
+        }
+    }
     let answer = http
         .post_form("par", endpoint, &form, basic, MAX_PAR_RESPONSE_BYTES)
         .await?;
