@@ -204,7 +204,7 @@ mutate $S/session/refresh/commit.rs 'if verified.subject != record.user.subject 
 mutate $S/session/refresh/flight.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh/mod.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
 mutate $S/session/refresh/commit.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
-mutate $S/http/guard.rs 'req.headers_mut().insert(header::AUTHORIZATION, bearer);' 'req.headers_mut().append(header::AUTHORIZATION, bearer);' $SS token_relay_
+mutate $S/http/guard.rs '                .insert(header::AUTHORIZATION, relay.authorization);' '                .append(header::AUTHORIZATION, relay.authorization);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
 mutate $S/session/refresh/commit.rs '.find(|d| complete || conclusive(d, &claims));' '.find(|_| true);' $SS without_userinfo
@@ -391,6 +391,15 @@ mutate $S/provider/par.rs 'if !form.iter().any(|(present, _)| *present == name) 
 # A shared value created once (add_setting: the first of racing instances wins).
 mutate $S/store/sqlite/mod.rs '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",' '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",' lib sqlite_in_memory_passes_the_conformance
 mutate $S/store/redis/mod.rs 'redis::cmd("HSETNX")' 'redis::cmd("HSET")' lib redis_passes_the_conformance
+
+# DPoP (provider.dpop): bound tokens only, bounded nonce retries, one key per ring
+# (G08), the code bound to the key, the gateway's proof replaces the client's.
+mutate $S/provider/token.rs '    if !token_type.eq_ignore_ascii_case(expected) {' '    if false {' dpop a_bearer_token_when_dpop_is_on_is_refused
+mutate $S/provider/token.rs 'if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {' 'if retries == 5 || !dpop::server_asks_for_nonce(&answer) {' dpop a_provider_that_asks_for_a_nonce_forever
+mutate $S/session/dpop.rs '    if !ring.holds_key_of(&sealed) {' '    if false {' lib a_new_secret_leaves_the_old_key
+mutate $S/provider/mod.rs 'dpop_jkt: dpop_key.map(DpopKey::jkt),' 'dpop_jkt: None,' dpop the_code_is_bound_and_redeemed
+mutate $S/http/guard.rs '                    req.headers_mut().remove(dpop);' '' sessions token_relay_sends_a_fresh
+mutate $S/http/guard.rs '                    req.headers_mut().insert(dpop, proof);' '                    req.headers_mut().append(dpop, proof);' dpop relay_sends_the_bound_token
 
 echo
 if $patterns_only; then

@@ -59,6 +59,101 @@ pub struct Script {
     pub par_answer: Option<(u16, Value)>,
     /// The forms pushed to `/par`, in order.
     pub pushed: Vec<HashMap<String, String>>,
+    /// DPoP (RFC 9449) at the token endpoint and UserInfo; `None`: proofs are ignored.
+    pub dpop: Option<DpopScript>,
+    /// Every `DPoP` header received: where (`token`, `userinfo`), the proof, and the
+    /// `Authorization` scheme (UserInfo).
+    pub dpop_seen: Vec<DpopSeen>,
+}
+
+/// How the provider plays DPoP.
+#[derive(Clone, Debug)]
+pub struct DpopScript {
+    /// The nonce the token endpoint asks for (400 `use_dpop_nonce` until a proof has it).
+    pub nonce: String,
+    /// Ask for a new nonce at every token request, forever.
+    pub endless: bool,
+    /// The `token_type` answered (`DPoP`; `Bearer` plays a provider that ignored the proof).
+    pub token_type: &'static str,
+    /// The nonce UserInfo asks for (401 `use_dpop_nonce`), if any.
+    pub userinfo_nonce: Option<String>,
+}
+
+impl DpopScript {
+    pub fn with_nonce(nonce: &str) -> Self {
+        Self {
+            nonce: nonce.to_owned(),
+            endless: false,
+            token_type: "DPoP",
+            userinfo_nonce: None,
+        }
+    }
+}
+
+/// One request that came with a `DPoP` header (or should have).
+#[derive(Clone, Debug)]
+pub struct DpopSeen {
+    pub endpoint: &'static str,
+    pub proof: Option<String>,
+    pub scheme: Option<String>,
+}
+
+/// The claims of a proof, read without checking it (the tests verify it).
+pub fn proof_claims(proof: &str) -> Value {
+    let payload = proof.split('.').nth(1).unwrap_or_default();
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A `use_dpop_nonce` answer: 400 for the token endpoint, 401 for a resource.
+fn use_dpop_nonce(status: StatusCode, nonce: &str) -> Response {
+    let mut r = (status, Json(json!({"error": "use_dpop_nonce"}))).into_response();
+    let h = r.headers_mut();
+    h.insert("dpop-nonce", nonce.parse().unwrap());
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            "www-authenticate",
+            r#"DPoP error="use_dpop_nonce", algs="ES256""#.parse().unwrap(),
+        );
+    }
+    r
+}
+
+/// Checks a token request's proof as the script says: the `token_type` to answer, or
+/// (`Err`) the nonce to ask for.
+fn token_dpop(p: &HostileProvider, headers: &HeaderMap) -> Result<Option<&'static str>, String> {
+    let proof = headers
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut s = p.script.lock().unwrap();
+    let Some(script) = s.dpop.clone() else {
+        return Ok(None);
+    };
+    s.dpop_seen.push(DpopSeen {
+        endpoint: "token",
+        proof: proof.clone(),
+        scheme: None,
+    });
+    let given = proof.as_deref().map(proof_claims);
+    let nonce = given.as_ref().and_then(|c| c["nonce"].as_str());
+    if script.endless {
+        return Err(format!("n-{}", portcullis::random::random_token()));
+    }
+    if nonce != Some(script.nonce.as_str()) {
+        return Err(script.nonce);
+    }
+    Ok(Some(script.token_type))
+}
+
+/// A token answer with the `token_type` DPoP asks for.
+fn with_token_type(mut body: Value, token_type: Option<&str>) -> Value {
+    if let Some(t) = token_type {
+        body["token_type"] = json!(t);
+    }
+    body
 }
 
 /// One scripted answer to a refresh request.
@@ -355,6 +450,10 @@ async fn token(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
+    let token_type = match token_dpop(&p, &headers) {
+        Ok(t) => t,
+        Err(nonce) => return use_dpop_nonce(StatusCode::BAD_REQUEST, &nonce),
+    };
     if let Some((status, body)) = over {
         return (
             StatusCode::from_u16(status).unwrap(),
@@ -395,10 +494,12 @@ async fn token(
             s.refresh_answers.pop_front()
         };
         return match answer {
-            None => Json(refreshed_tokens()).into_response(),
-            Some(RefreshAnswer::Json(status, body)) => {
-                (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
-            }
+            None => Json(with_token_type(refreshed_tokens(), token_type)).into_response(),
+            Some(RefreshAnswer::Json(status, body)) => (
+                StatusCode::from_u16(status).unwrap(),
+                Json(with_token_type(body, token_type)),
+            )
+                .into_response(),
             Some(RefreshAnswer::Reset) => Response::builder()
                 .status(200)
                 .header("content-type", "application/json")
@@ -421,7 +522,7 @@ async fn token(
     if portcullis::provider::authorize::s256(&verifier) != issued.challenge {
         return invalid_grant();
     }
-    Json(issued.response).into_response()
+    Json(with_token_type(issued.response, token_type)).into_response()
 }
 
 async fn revoke(
@@ -441,11 +542,31 @@ async fn revoke(
 
 async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Response {
     p.counters.userinfo_calls.fetch_add(1, Ordering::SeqCst);
-    if !headers
+    let authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "))
-    {
+        .unwrap_or_default();
+    let dpop = p.script.lock().unwrap().dpop.clone();
+    // With DPoP the bound token must come as `DPoP` with a proof (RFC 9449 §7.2).
+    let scheme = if dpop.is_some() { "DPoP " } else { "Bearer " };
+    if let Some(script) = dpop {
+        let proof = headers
+            .get("dpop")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        p.script.lock().unwrap().dpop_seen.push(DpopSeen {
+            endpoint: "userinfo",
+            proof: proof.clone(),
+            scheme: authorization.split(' ').next().map(str::to_owned),
+        });
+        if let Some(wanted) = script.userinfo_nonce {
+            let given = proof.as_deref().map(proof_claims);
+            if given.as_ref().and_then(|c| c["nonce"].as_str()) != Some(wanted.as_str()) {
+                return use_dpop_nonce(StatusCode::UNAUTHORIZED, &wanted);
+            }
+        }
+    }
+    if !authorization.starts_with(scheme) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if let Some(status) = p.script.lock().unwrap().userinfo_status {

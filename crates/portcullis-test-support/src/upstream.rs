@@ -53,9 +53,22 @@ impl TestUpstream {
 }
 
 /// `{method, uri, headers: [[name, value], …]}` of the request as received.
+/// `?answer_dpop_nonce=N` answers with `DPoP-Nonce: N`, as a resource server that
+/// wants its own nonce in the next proof (RFC 9449 §9).
 async fn echo(State(u): State<TestUpstream>, req: Request) -> Response {
     u.calls.fetch_add(1, Ordering::SeqCst);
-    axum::Json(received(&req)).into_response()
+    let nonce = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "answer_dpop_nonce")
+        })
+        .map(|(_, v)| v.into_owned());
+    let mut r = axum::Json(received(&req)).into_response();
+    if let Some(nonce) = nonce.and_then(|n| n.parse().ok()) {
+        r.headers_mut().insert("dpop-nonce", nonce);
+    }
+    r
 }
 
 /// What an app received: `{method, uri, headers: [[name, value], …]}`.

@@ -452,10 +452,15 @@ async fn token_relay_sends_a_fresh_access_token_and_never_the_clients() {
     let spoofed = [
         ("accept", "application/json"),
         ("authorization", "Bearer forged"),
+        ("dpop", "forged.proof.value"),
     ];
     let resp = browser.get(&h.gw.at("/api/orders"), &spoofed).await;
     assert_eq!(resp.status, 200);
     assert_eq!(echoed(&resp.json(), "authorization"), vec![first.clone()]);
+    assert!(
+        echoed(&resp.json(), "dpop").is_empty(),
+        "a client's proof never goes along with the relayed token"
+    );
     // Off the relay paths nothing is added (the client's own header is the app's business).
     let resp = browser.get(&h.gw.at("/other"), JSON).await;
     assert!(echoed(&resp.json(), "authorization").is_empty());

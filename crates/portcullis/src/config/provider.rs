@@ -36,6 +36,8 @@ pub struct ProviderSettings {
     pub client_assertion_typ: Option<String>,
     /// `provider.par`: whether the authorization request is pushed (RFC 9126).
     pub par: ParSetting,
+    /// `provider.dpop = "on"`: tokens are bound to the gateway's DPoP key (RFC 9449).
+    pub dpop: bool,
 }
 
 /// `provider.par`: push the authorization request to the provider first (RFC 9126),
@@ -177,6 +179,7 @@ pub(super) struct RawProvider {
     client_assertion_aud: Option<String>,
     client_assertion_typ: Option<String>,
     par: Option<String>,
+    dpop: Option<String>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -192,6 +195,7 @@ const RESERVED_AUTHORIZE_PARAMS: &[&str] = &[
     "response_mode",
     "request",
     "request_uri",
+    "dpop_jkt",
 ];
 
 impl RawProvider {
@@ -256,6 +260,7 @@ impl RawProvider {
             errors,
         );
         let par = par_setting(self.par.as_deref(), errors);
+        let dpop = dpop_setting(self.dpop.as_deref(), errors);
         ProviderSettings {
             extra_authorize_params,
             allowed_algorithms: allowed_algorithms.map(|list| {
@@ -271,6 +276,19 @@ impl RawProvider {
             client_assertion_aud,
             client_assertion_typ,
             par,
+            dpop,
+        }
+    }
+}
+
+/// `provider.dpop`: `off` (the default) or `on`.
+fn dpop_setting(value: Option<&str>, errors: &mut Vec<String>) -> bool {
+    match value.map(str::trim) {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => {
+            errors.push(format!("`provider.dpop`: `{other}` is neither off nor on"));
+            false
         }
     }
 }

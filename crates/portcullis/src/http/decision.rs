@@ -137,8 +137,16 @@ pub struct Identity {
     pub active: ActiveSession,
     /// `X-Portcullis-Jwt-Assertion`.
     pub assertion: HeaderValue,
-    /// `Authorization: Bearer …` where `proxy.token_relay` matches the decided path.
-    pub relay: Option<HeaderValue>,
+    /// The access token where `proxy.token_relay` matches the decided path.
+    pub relay: Option<RelayHeaders>,
+}
+
+/// What a relayed request carries: `Authorization` (`Bearer …` or `DPoP …`) and, for
+/// a DPoP-bound token, the `DPoP` proof for this request.
+#[derive(Debug)]
+pub struct RelayHeaders {
+    pub authorization: HeaderValue,
+    pub dpop: Option<HeaderValue>,
 }
 
 /// The answer to one request.
@@ -490,19 +498,23 @@ impl Decider {
         let mut relay = None;
         if path.is_some_and(|p| self.token_relay.iter().any(|pattern| pattern.matches(p))) {
             // Token relay: the app gets our access token, never the client's header.
-            let bearer = self
+            let headers = self
                 .sessions
-                .relay_token(&active.record)
-                .and_then(|t| HeaderValue::from_str(&format!("Bearer {}", t.as_str())).ok());
-            let Some(mut bearer) = bearer else {
+                .relay(
+                    &active.record,
+                    view.method.as_str(),
+                    &path.map(|p| p.encoded()).unwrap_or_default(),
+                )
+                .await?
+                .and_then(|relay| relay_headers(&relay));
+            let Some(headers) = headers else {
                 tracing::info!(
                     session = active.record.id_hash.short(),
                     "no valid access token to relay; treated as signed out"
                 );
                 return Ok(Decision::SignIn);
             };
-            bearer.set_sensitive(true);
-            relay = Some(bearer);
+            relay = Some(headers);
         }
         // The signed assertion: an app that verifies it trusts no request that did not
         // pass here. Without one the request does not go on (an app may depend on it).
@@ -513,6 +525,23 @@ impl Decider {
             relay,
         })))
     }
+}
+
+/// The relay's header values (`None` when a token is not a valid header value).
+fn relay_headers(relay: &crate::session::lookup::Relay) -> Option<RelayHeaders> {
+    let sensitive = |v: &str| {
+        HeaderValue::from_str(v).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        })
+    };
+    Some(RelayHeaders {
+        authorization: sensitive(&relay.authorization)?,
+        dpop: match &relay.proof {
+            Some(proof) => Some(sensitive(proof)?),
+            None => None,
+        },
+    })
 }
 
 fn bad_original_request(message: &str) -> HttpError {

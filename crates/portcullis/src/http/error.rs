@@ -211,6 +211,12 @@ impl From<ProviderError> for HttpError {
                 "ID token refused",
                 Some(format!("{} ({inner})", inner.code())),
             ),
+            ProviderError::DpopProof(_) => HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                code,
+                "The gateway could not prove its key to the identity provider.",
+            )
+            .logged(LogLevel::Error, "no DPoP proof could be made", detail),
             ProviderError::ClientAssertion(_) => HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 code,
@@ -307,6 +313,20 @@ impl From<SessionError> for HttpError {
                     "Your session is fine, but the identity provider is not answering right now. Please try again in a moment.",
                 );
                 e.retry_after = Some(retry_after);
+                e
+            }
+            SessionError::DpopKey(reason) => {
+                let mut e = HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "The gateway cannot reach the identity provider securely right now. Please try again in a moment.",
+                )
+                .logged(
+                    LogLevel::Error,
+                    "the gateway's DPoP key could not be read or made",
+                    Some(reason),
+                );
+                e.retry_after = Some(5);
                 e
             }
             SessionError::Unsealable => HttpError::bad_request(

@@ -265,7 +265,7 @@ fn not_signed_in_answer(
 fn identity_answer(
     active: Option<&crate::session::ActiveSession>,
     assertion: Option<HeaderValue>,
-    bearer: Option<HeaderValue>,
+    relay: Option<super::decision::RelayHeaders>,
 ) -> Response {
     let user = active.map(|a| &a.user);
     let claims: serde_json::Map<String, Value> = active
@@ -304,8 +304,12 @@ fn identity_answer(
     if let Some(a) = assertion {
         h.insert(HeaderName::from_static(headers::JWT_ASSERTION), a);
     }
-    if let Some(b) = bearer {
-        h.insert(header::AUTHORIZATION, b);
+    if let Some(relay) = relay {
+        h.insert(header::AUTHORIZATION, relay.authorization);
+        // RFC 9449 §7.1: a bound token goes with its proof; the proxy copies both.
+        if let Some(proof) = relay.dpop {
+            h.insert(HeaderName::from_static(headers::DPOP), proof);
+        }
     }
     no_store(r)
 }

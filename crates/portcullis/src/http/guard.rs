@@ -251,9 +251,21 @@ impl Guard {
             assertion,
             relay,
         } = identity;
-        if let Some(bearer) = relay {
-            // `insert` replaces every `Authorization` the client sent.
-            req.headers_mut().insert(header::AUTHORIZATION, bearer);
+        let dpop_relayed = relay.as_ref().is_some_and(|r| r.dpop.is_some());
+        if let Some(relay) = relay {
+            // `insert` replaces every `Authorization` the client sent; a client's
+            // `DPoP` proof never goes along with our token.
+            req.headers_mut()
+                .insert(header::AUTHORIZATION, relay.authorization);
+            let dpop = HeaderName::from_static(headers::DPOP);
+            match relay.dpop {
+                Some(proof) => {
+                    req.headers_mut().insert(dpop, proof);
+                }
+                None => {
+                    req.headers_mut().remove(dpop);
+                }
+            }
         }
         let user = CurrentUser {
             id: active.user.id,
@@ -282,6 +294,16 @@ impl Guard {
         }
         req.extensions_mut().insert(user);
         let mut response = next(req).await;
+        if dpop_relayed
+            && let Some(nonce) = response
+                .headers()
+                .get(headers::DPOP_NONCE)
+                .and_then(|v| v.to_str().ok())
+        {
+            // RFC 9449 §9: the upstream's nonce goes into the next relayed proof
+            // (relayed requests are never retried).
+            self.decider.sessions().upstream_dpop_nonce(nonce);
+        }
         if foreign {
             response
                 .headers_mut()

@@ -14,6 +14,10 @@ use super::cookies::CookieJar;
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const USER_NAME: &str = "x-user-name";
+/// The DPoP proof of a relayed bound token (RFC 9449 §4.1).
+pub const DPOP: &str = "dpop";
+/// A resource server's DPoP nonce (RFC 9449 §9).
+pub const DPOP_NONCE: &str = "dpop-nonce";
 /// The signed identity assertion (`session::assertion`).
 pub const JWT_ASSERTION: &str = "x-portcullis-jwt-assertion";
 

@@ -43,6 +43,8 @@ pub struct AuthorizeRequest<'a> {
     pub nonce: &'a str,
     pub code_challenge: &'a str,
     pub extra: &'a std::collections::BTreeMap<String, String>,
+    /// The DPoP key's thumbprint, which binds the code to it (RFC 9449 §10).
+    pub dpop_jkt: Option<&'a str>,
 }
 
 impl AuthorizeRequest<'_> {
@@ -58,6 +60,9 @@ impl AuthorizeRequest<'_> {
             ("code_challenge", self.code_challenge.to_owned()),
             ("code_challenge_method", "S256".to_owned()),
         ];
+        if let Some(jkt) = self.dpop_jkt {
+            params.push(("dpop_jkt", jkt.to_owned()));
+        }
         params.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
         params
     }

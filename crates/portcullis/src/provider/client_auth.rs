@@ -220,6 +220,7 @@ pub async fn probe_answer(
         token_endpoint,
         &form,
         basic,
+        None,
         super::token::MAX_TOKEN_RESPONSE_BYTES,
     )
     .await
@@ -458,6 +459,8 @@ mod tests {
                 body: body.as_bytes().to_vec(),
                 date: None,
                 age: None,
+                dpop_nonce: None,
+                www_authenticate: None,
             })
         };
         use ProbeOutcome::*;

@@ -23,6 +23,10 @@ pub struct Answer {
     pub date: Option<String>,
     /// The `Age` header: seconds the answer spent in a cache since `Date`.
     pub age: Option<u64>,
+    /// The `DPoP-Nonce` header (RFC 9449 §8, §9), when it is a well-formed nonce.
+    pub dpop_nonce: Option<String>,
+    /// The `WWW-Authenticate` header (a resource server's `use_dpop_nonce`).
+    pub www_authenticate: Option<String>,
 }
 
 impl std::fmt::Debug for Answer {
@@ -78,36 +82,42 @@ impl ProviderHttp {
         })
     }
 
-    /// GET `url`, optionally with a bearer token. `endpoint` names the call in
+    /// GET `url`, optionally with an access token. `endpoint` names the call in
     /// `portcullis_provider_request_duration_seconds`.
     pub async fn get(
         &self,
         endpoint: &'static str,
         url: &str,
-        bearer: Option<&str>,
+        token: Option<TokenAuth<'_>>,
         cap: usize,
     ) -> Result<Answer, ProviderError> {
         let mut req = self
             .client
             .request(Method::GET, url)
             .header(ACCEPT, "application/json");
-        if let Some(token) = bearer {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        if let Some(token) = token {
+            let mut value = HeaderValue::from_str(&format!("{} {}", token.scheme(), token.token))
+                .map_err(|_| {
                 ProviderError::BadResponse("access token is not a valid header value".into())
             })?;
             value.set_sensitive(true);
             req = req.header(AUTHORIZATION, value);
+            if let Some(proof) = token.proof {
+                req = req.header(DPOP, proof_header(proof)?);
+            }
         }
         self.send(endpoint, req, cap).await
     }
 
-    /// POST a form, with HTTP Basic client authentication when `basic` is set.
+    /// POST a form, with HTTP Basic client authentication when `basic` is set and a
+    /// `DPoP` proof header when `dpop_proof` is.
     pub async fn post_form(
         &self,
         endpoint: &'static str,
         url: &str,
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
+        dpop_proof: Option<&str>,
         cap: usize,
     ) -> Result<Answer, ProviderError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
@@ -121,6 +131,9 @@ impl ProviderHttp {
             .body(body);
         if let Some((id, secret)) = basic {
             req = req.header(AUTHORIZATION, basic_authorization(id, secret)?);
+        }
+        if let Some(proof) = dpop_proof {
+            req = req.header(DPOP, proof_header(proof)?);
         }
         self.send(endpoint, req, cap).await
     }
@@ -151,6 +164,17 @@ impl ProviderHttp {
                 .get(reqwest::header::AGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
+            let dpop_nonce = resp
+                .headers()
+                .get(DPOP_NONCE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|n| is_nonce(n))
+                .map(str::to_owned);
+            let www_authenticate = resp
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| super::discovery::truncate(v, 512));
             if resp.content_length().is_some_and(|n| n > cap as u64) {
                 return Err(ProviderError::TooLarge(cap));
             }
@@ -167,6 +191,8 @@ impl ProviderHttp {
                 body,
                 date,
                 age,
+                dpop_nonce,
+                www_authenticate,
             })
         };
         // reqwest's own timeout covers the call; this guards the body loop as well.
@@ -177,6 +203,47 @@ impl ProviderHttp {
         crate::metrics::provider_request(endpoint, start.elapsed());
         result
     }
+}
+
+/// The `DPoP` request header (RFC 9449 §4.1).
+const DPOP: &str = "dpop";
+/// The `DPoP-Nonce` answer header (RFC 9449 §8).
+const DPOP_NONCE: &str = "dpop-nonce";
+/// The longest `DPoP-Nonce` kept; longer ones are ignored.
+const MAX_NONCE: usize = 512;
+
+/// An access token for a call: `Bearer`, or `DPoP` with its proof (RFC 9449 §7.1).
+#[derive(Clone, Copy)]
+pub struct TokenAuth<'a> {
+    pub token: &'a str,
+    /// `Some`: the token is DPoP-bound, and this proof goes along.
+    pub proof: Option<&'a str>,
+}
+
+impl TokenAuth<'_> {
+    fn scheme(&self) -> &'static str {
+        if self.proof.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        }
+    }
+}
+
+/// RFC 9449 §8.1: `nonce = 1*NQCHAR` (visible ASCII but `"` and `\`).
+pub(crate) fn is_nonce(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_NONCE
+        && value
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+fn proof_header(proof: &str) -> Result<HeaderValue, ProviderError> {
+    let mut value = HeaderValue::from_str(proof)
+        .map_err(|_| ProviderError::DpopProof("the proof is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.

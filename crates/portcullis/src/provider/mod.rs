@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 pub mod authorize;
 pub mod client_auth;
 pub mod discovery;
+pub mod dpop;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
@@ -25,6 +26,7 @@ pub mod par;
 pub mod token;
 pub mod userinfo;
 
+pub use crate::jose::dpop::DpopKey;
 pub use crate::jose::{Algorithm, client_key};
 pub use authorize::Pkce;
 pub use discovery::Metadata;
@@ -62,6 +64,8 @@ pub enum ProviderError {
     ClientAssertion(String),
     #[error("the provider refused the pushed authorization request: {0}")]
     ParRefused(String),
+    #[error("no DPoP proof could be made: {0}")]
+    DpopProof(String),
 }
 
 impl ProviderError {
@@ -79,6 +83,7 @@ impl ProviderError {
             Self::UserinfoSubjectMismatch => "userinfo_sub_mismatch",
             Self::ClientAssertion(_) => "client_assertion_failed",
             Self::ParRefused(_) => "par_refused",
+            Self::DpopProof(_) => "dpop_proof_failed",
         }
     }
 
@@ -186,6 +191,8 @@ pub struct Provider {
     /// The client authentication method last logged (0: none yet), so that it is
     /// logged once, and again only when it changes.
     auth_logged: std::sync::atomic::AtomicU8,
+    /// The latest DPoP nonce of each of the provider's servers.
+    dpop_nonces: dpop::Nonces,
 }
 
 impl Provider {
@@ -199,6 +206,7 @@ impl Provider {
             jwks,
             auto_auth: AutoAuth::default(),
             auth_logged: std::sync::atomic::AtomicU8::new(0),
+            dpop_nonces: dpop::Nonces::default(),
         }
     }
 
@@ -367,6 +375,7 @@ impl Provider {
         state: &str,
         nonce: &str,
         code_challenge: &str,
+        dpop_key: Option<&DpopKey>,
     ) -> Result<authorize::Authorization, ProviderError> {
         let metadata = self.metadata().await?;
         let scopes = self.scopes_for(&metadata);
@@ -378,6 +387,7 @@ impl Provider {
             nonce,
             code_challenge,
             extra: &self.settings.extra_authorize_params,
+            dpop_jkt: dpop_key.map(DpopKey::jkt),
         };
         let Some(endpoint) = self.par_endpoint(&metadata)? else {
             return Ok(authorize::Authorization {
@@ -428,12 +438,21 @@ impl Provider {
         authorize::check_response_issuer(&metadata, &self.settings.issuer, iss)
     }
 
-    /// Redeems a code at the token endpoint.
+    /// DPoP for a call: the key and this provider's nonces.
+    fn dpop<'a>(&'a self, key: Option<&'a DpopKey>) -> Option<dpop::Dpop<'a>> {
+        key.map(|key| dpop::Dpop {
+            key,
+            nonces: &self.dpop_nonces,
+        })
+    }
+
+    /// Redeems a code at the token endpoint (bound to `dpop_key` when given).
     pub async fn exchange_code(
         &self,
         code: &str,
         verifier: &str,
         redirect_uri: &str,
+        dpop_key: Option<&DpopKey>,
     ) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
         let answer = token::exchange_code(
@@ -443,19 +462,25 @@ impl Provider {
             code,
             verifier,
             redirect_uri,
+            self.dpop(dpop_key),
         )
         .await;
         self.after_refusal(answer).await
     }
 
-    /// Uses a refresh token.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, ProviderError> {
+    /// Uses a refresh token (the new tokens bound to `dpop_key` when given).
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        dpop_key: Option<&DpopKey>,
+    ) -> Result<TokenResponse, ProviderError> {
         let metadata = self.metadata().await?;
         let answer = token::refresh(
             &self.http,
             &metadata.token_endpoint,
             self.client_auth(&metadata).await,
             refresh_token,
+            self.dpop(dpop_key),
         )
         .await;
         self.after_refusal(answer).await
@@ -610,17 +635,25 @@ impl Provider {
         )?)
     }
 
-    /// Claims from the UserInfo endpoint, when the provider has one.
+    /// Claims from the UserInfo endpoint, when the provider has one. A token bound to
+    /// `dpop_key` goes with the DPoP scheme and a proof.
     pub async fn userinfo(
         &self,
         access_token: &str,
         subject: &str,
+        dpop_key: Option<&DpopKey>,
     ) -> Result<Option<Map<String, Value>>, ProviderError> {
         let metadata = self.metadata().await?;
         match &metadata.userinfo_endpoint {
-            Some(endpoint) => userinfo::fetch_userinfo(&self.http, endpoint, access_token, subject)
-                .await
-                .map(Some),
+            Some(endpoint) => userinfo::fetch_userinfo(
+                &self.http,
+                endpoint,
+                access_token,
+                subject,
+                self.dpop(dpop_key),
+            )
+            .await
+            .map(Some),
             None => Ok(None),
         }
     }

@@ -42,7 +42,7 @@ pub async fn push(
         }
     }
     let answer = http
-        .post_form("par", endpoint, &form, basic, MAX_PAR_RESPONSE_BYTES)
+        .post_form("par", endpoint, &form, basic, None, MAX_PAR_RESPONSE_BYTES)
         .await?;
     if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {
         return Err(ProviderError::ServerError(answer.status.as_u16()));

@@ -1,12 +1,14 @@
 //! The token endpoint (RFC 6749 §4.1.3, §6) and revocation (RFC 7009), the client
 //! authenticated as `client_auth` decided (basic, post, or a public client's
-//! `client_id` with PKCE).
+//! `client_id` with PKCE). With DPoP every token request carries a fresh proof, and
+//! the tokens must come back bound (`token_type` `DPoP`).
 
 use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::ProviderError;
-use super::http::ProviderHttp;
+use super::dpop::{self, Dpop};
+use super::http::{Answer, ProviderHttp};
 
 /// Cap on a token response (R03).
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
@@ -19,6 +21,8 @@ pub struct TokenResponse {
     pub expires_in: Option<i64>,
     /// Keycloak and others say how long the refresh token lives.
     pub refresh_expires_in: Option<i64>,
+    /// `token_type` `DPoP`: the access token is bound to the gateway's DPoP key.
+    pub dpop_bound: bool,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -27,6 +31,7 @@ impl std::fmt::Debug for TokenResponse {
             .field("refresh_token", &self.refresh_token.is_some())
             .field("id_token", &self.id_token.is_some())
             .field("expires_in", &self.expires_in)
+            .field("dpop_bound", &self.dpop_bound)
             .finish_non_exhaustive()
     }
 }
@@ -50,18 +55,51 @@ fn secret_field(map: &serde_json::Map<String, Value>, name: &str) -> Option<Zero
         .map(|s| Zeroizing::new(s.to_owned()))
 }
 
+/// Posts a grant — again, with a fresh proof and fresh credentials, when the server
+/// asks for a DPoP nonce (at most [`dpop::NONCE_RETRIES`] times).
+async fn post_grant(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    grant: &[(&str, &str)],
+    dpop: Option<Dpop<'_>>,
+) -> Result<Answer, ProviderError> {
+    let mut retries = 0;
+    loop {
+        let credentials = auth.credentials()?;
+        let mut form = grant.to_vec();
+        let basic = credentials.apply(&mut form);
+        let proof = dpop.map(|d| d.proof("POST", endpoint, None)).transpose()?;
+        let answer = http
+            .post_form(
+                "token",
+                endpoint,
+                &form,
+                basic,
+                proof.as_deref(),
+                MAX_TOKEN_RESPONSE_BYTES,
+            )
+            .await?;
+        let Some(dpop) = dpop else {
+            return Ok(answer);
+        };
+        dpop.nonces.remember(endpoint, &answer);
+        if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {
+            return Ok(answer);
+        }
+        retries += 1;
+    }
+}
+
 /// Posts a grant and parses the answer (RFC 6749 §5.1 / §5.2).
 async fn token_request(
     http: &ProviderHttp,
     endpoint: &str,
     auth: ClientAuth<'_>,
-    mut form: Vec<(&str, &str)>,
+    form: Vec<(&str, &str)>,
+    dpop: Option<Dpop<'_>>,
 ) -> Result<TokenResponse, ProviderError> {
-    let credentials = auth.credentials()?;
-    let basic = credentials.apply(&mut form);
-    let answer = http
-        .post_form("token", endpoint, &form, basic, MAX_TOKEN_RESPONSE_BYTES)
-        .await?;
+    let answer = post_grant(http, endpoint, auth, &form, dpop).await?;
     // 5xx, 408 and 429 say the provider is down or busy, whatever the body says.
     if answer.status.is_server_error() || matches!(answer.status.as_u16(), 408 | 429) {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
@@ -75,11 +113,19 @@ async fn token_request(
             .unwrap_or_else(|| format!("http_{}", answer.status.as_u16()));
         return Err(ProviderError::TokenRejected(error));
     }
+    // RFC 9449 §5: a token asked for with a proof is bound (`DPoP`); a provider that
+    // answers `Bearer` ignored the proof, and its token would work for anyone.
     let token_type = map.get("token_type").and_then(Value::as_str).unwrap_or("");
-    if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(ProviderError::BadResponse(
-            "token_type is not Bearer".into(),
-        ));
+    let expected = if dpop.is_some() { "DPoP" } else { "Bearer" };
+    if !token_type.eq_ignore_ascii_case(expected) {
+        return Err(ProviderError::BadResponse(if dpop.is_some() {
+            format!(
+                "token_type is `{}`, not DPoP: the provider did not bind the token (provider.dpop = on needs a provider with DPoP)",
+                super::discovery::truncate(token_type, 32)
+            )
+        } else {
+            "token_type is not Bearer".to_owned()
+        }));
     }
     let access_token = secret_field(&map, "access_token")
         .ok_or_else(|| ProviderError::BadResponse("token response has no access_token".into()))?;
@@ -89,6 +135,7 @@ async fn token_request(
         id_token: secret_field(&map, "id_token"),
         expires_in: seconds(map.get("expires_in")),
         refresh_expires_in: seconds(map.get("refresh_expires_in")).filter(|n| *n > 0),
+        dpop_bound: dpop.is_some(),
     })
 }
 
@@ -100,6 +147,7 @@ pub async fn exchange_code(
     code: &str,
     verifier: &str,
     redirect_uri: &str,
+    dpop: Option<Dpop<'_>>,
 ) -> Result<TokenResponse, ProviderError> {
     let form = vec![
         ("grant_type", "authorization_code"),
@@ -107,7 +155,7 @@ pub async fn exchange_code(
         ("code_verifier", verifier),
         ("redirect_uri", redirect_uri),
     ];
-    token_request(http, endpoint, auth, form).await
+    token_request(http, endpoint, auth, form, dpop).await
 }
 
 /// Uses a refresh token (RFC 6749 §6).
@@ -116,12 +164,13 @@ pub async fn refresh(
     endpoint: &str,
     auth: ClientAuth<'_>,
     refresh_token: &str,
+    dpop: Option<Dpop<'_>>,
 ) -> Result<TokenResponse, ProviderError> {
     let form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token),
     ];
-    token_request(http, endpoint, auth, form).await
+    token_request(http, endpoint, auth, form, dpop).await
 }
 
 /// Revokes a token (RFC 7009 §2.1). The provider answers 200 even for unknown tokens.
@@ -141,6 +190,7 @@ pub async fn revoke(
             endpoint,
             &form,
             basic,
+            None,
             MAX_TOKEN_RESPONSE_BYTES,
         )
         .await?;

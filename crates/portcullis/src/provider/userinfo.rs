@@ -4,21 +4,23 @@
 use serde_json::{Map, Value};
 
 use super::ProviderError;
-use super::http::ProviderHttp;
+use super::dpop::{self, Dpop};
+use super::http::{Answer, ProviderHttp, TokenAuth};
 
 /// Cap on a UserInfo response (R03).
 pub const MAX_USERINFO_BYTES: usize = 64 * 1024;
 
-/// Fetches the user's claims with the access token and checks `sub`.
+/// Fetches the user's claims with the access token and checks `sub`. A DPoP-bound
+/// token (`dpop` given) goes with the `DPoP` scheme and a proof, never as `Bearer`
+/// (RFC 9449 §7.1), with one retry when UserInfo asks for a nonce (§9).
 pub async fn fetch_userinfo(
     http: &ProviderHttp,
     endpoint: &str,
     access_token: &str,
     expected_sub: &str,
+    dpop: Option<Dpop<'_>>,
 ) -> Result<Map<String, Value>, ProviderError> {
-    let answer = http
-        .get("userinfo", endpoint, Some(access_token), MAX_USERINFO_BYTES)
-        .await?;
+    let answer = get_with_token(http, endpoint, access_token, dpop).await?;
     if answer.status.is_server_error() {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
     }
@@ -38,5 +40,35 @@ pub async fn fetch_userinfo(
     match claims.get("sub").and_then(Value::as_str) {
         Some(sub) if sub == expected_sub => Ok(claims),
         _ => Err(ProviderError::UserinfoSubjectMismatch),
+    }
+}
+
+/// GET with the access token as its binding asks.
+async fn get_with_token(
+    http: &ProviderHttp,
+    endpoint: &str,
+    access_token: &str,
+    dpop: Option<Dpop<'_>>,
+) -> Result<Answer, ProviderError> {
+    let mut retries = 0;
+    loop {
+        let proof = dpop
+            .map(|d| d.proof("GET", endpoint, Some(access_token)))
+            .transpose()?;
+        let token = TokenAuth {
+            token: access_token,
+            proof: proof.as_deref(),
+        };
+        let answer = http
+            .get("userinfo", endpoint, Some(token), MAX_USERINFO_BYTES)
+            .await?;
+        let Some(dpop) = dpop else {
+            return Ok(answer);
+        };
+        dpop.nonces.remember(endpoint, &answer);
+        if retries == dpop::NONCE_RETRIES || !dpop::resource_asks_for_nonce(&answer) {
+            return Ok(answer);
+        }
+        retries += 1;
     }
 }

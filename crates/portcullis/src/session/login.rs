@@ -72,9 +72,10 @@ impl Sessions {
         let nonce = random_token();
         let pkce = Pkce::generate();
         // Fails before anything is stored when the provider is unreachable.
+        let dpop = self.dpop_key().await?;
         let authorization = self
             .provider
-            .authorization(&state, &nonce, &pkce.challenge)
+            .authorization(&state, &nonce, &pkce.challenge, dpop.as_deref())
             .await?;
         let now = self.now();
         let state_hash = sha256_hex(state.as_bytes());
@@ -189,9 +190,10 @@ impl Sessions {
                 .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
                 .map_err(|_| SessionError::Unsealable)?;
 
+            let dpop = self.dpop_key().await?;
             let tokens = self
                 .provider
-                .exchange_code(&code, &verifier, &self.config.redirect_uri())
+                .exchange_code(&code, &verifier, &self.config.redirect_uri(), dpop.as_deref())
                 .await?;
             self.create_session_from_tokens(
                 tokens,
@@ -246,9 +248,10 @@ impl Sessions {
             .validate_id_token(id_token, nonce, now)
             .await?;
         let mut claims: Map<String, Value> = verified.claims.clone();
+        let dpop = self.dpop_key_if(tokens.dpop_bound).await?;
         if let Some(info) = self
             .provider
-            .userinfo(&tokens.access_token, &verified.subject)
+            .userinfo(&tokens.access_token, &verified.subject, dpop.as_deref())
             .await?
         {
             merge_userinfo(&mut claims, info);
@@ -288,7 +291,13 @@ impl Sessions {
                     "refresh",
                     tokens.refresh_token.as_deref().map(String::as_str),
                 ),
-                access_token: seal("access", Some(&tokens.access_token)),
+                access_token: seal(
+                    "access",
+                    Some(&super::dpop::stored_access_token(
+                        &tokens.access_token,
+                        tokens.dpop_bound,
+                    )),
+                ),
                 id_token: seal("id", Some(id_token)),
                 access_expires_at: tokens
                     .expires_in
@@ -371,9 +380,10 @@ impl Sessions {
                 .as_ref()
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| self.config.redirect_uri());
+            let dpop = self.dpop_key().await?;
             let tokens = self
                 .provider
-                .exchange_code(code, verifier, &redirect_uri)
+                .exchange_code(code, verifier, &redirect_uri, dpop.as_deref())
                 .await?;
             self.create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
                 .await

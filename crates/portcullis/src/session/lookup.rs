@@ -184,14 +184,38 @@ impl Sessions {
         Ok(None)
     }
 
-    /// The access token to relay to the upstream: only while it is valid (a session
-    /// without a refresh token keeps living after it expires, but relays nothing).
-    pub fn relay_token(&self, record: &SessionRecord) -> Option<zeroize::Zeroizing<String>> {
+    /// The access token to relay to the upstream for `method` `path` (the decided
+    /// one): only while it is valid (a session without a refresh token keeps living
+    /// after it expires, but relays nothing). A DPoP-bound token goes with the `DPoP`
+    /// scheme and a proof for this request (`htu` = the public origin + `path`, `htm`,
+    /// `ath`, the upstream's latest nonce), never as `Bearer` (RFC 9449 §7.1).
+    pub async fn relay(
+        &self,
+        record: &SessionRecord,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<Relay>, SessionError> {
         let now = self.now();
         if record.tokens.access_expires_at.is_some_and(|e| now >= e) {
-            return None;
+            return Ok(None);
         }
-        self.session_tokens(record).ok()?.access_token
+        let Ok(tokens) = self.session_tokens(record) else {
+            return Ok(None);
+        };
+        let Some(token) = tokens.access_token else {
+            return Ok(None);
+        };
+        if !tokens.access_token_bound {
+            return Ok(Some(Relay {
+                authorization: zeroize::Zeroizing::new(format!("Bearer {}", token.as_str())),
+                proof: None,
+            }));
+        }
+        let proof = self.relay_proof(method, path, &token, now).await?;
+        Ok(Some(Relay {
+            authorization: zeroize::Zeroizing::new(format!("DPoP {}", token.as_str())),
+            proof: Some(proof),
+        }))
     }
 
     /// Logs and counts a security event about a session (stable `event` names are
@@ -221,10 +245,26 @@ impl Sessions {
     }
 }
 
+/// What a relayed request carries: `Authorization`, and `DPoP` for a bound token.
+pub struct Relay {
+    pub authorization: zeroize::Zeroizing<String>,
+    pub proof: Option<String>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("dpop", &self.proof.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A session's provider tokens, opened. Zeroized on drop; never logged.
 pub struct OpenTokens {
     pub refresh_token: Option<zeroize::Zeroizing<String>>,
     pub access_token: Option<zeroize::Zeroizing<String>>,
+    /// Whether the access token is bound to the gateway's DPoP key.
+    pub access_token_bound: bool,
     pub id_token: Option<zeroize::Zeroizing<String>>,
 }
 
@@ -261,9 +301,13 @@ impl Sessions {
                 })
                 .transpose()
         };
+        let access =
+            open("access", &record.tokens.access_token)?.map(super::dpop::read_access_token);
+        let access_token_bound = access.as_ref().is_some_and(|(_, bound)| *bound);
         Ok(OpenTokens {
             refresh_token: open("refresh", &record.tokens.refresh_token)?,
-            access_token: open("access", &record.tokens.access_token)?,
+            access_token: access.map(|(token, _)| token),
+            access_token_bound,
             id_token: open("id", &record.tokens.id_token)?,
         })
     }

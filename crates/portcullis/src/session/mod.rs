@@ -7,6 +7,7 @@ pub mod admin;
 pub mod assertion;
 pub mod cache;
 pub mod claims;
+pub mod dpop;
 pub mod ends;
 pub mod handover;
 /// Session ids live with the records the store keeps (`store::id`).
@@ -73,6 +74,8 @@ pub enum SessionError {
     Unsealable,
     #[error("the session's tokens cannot be refreshed right now; retry in {retry_after} s")]
     RefreshUnavailable { retry_after: u64 },
+    #[error("the gateway's DPoP key is unavailable: {0}")]
+    DpopKey(String),
 }
 
 impl SessionError {
@@ -93,6 +96,7 @@ impl SessionError {
             Self::Store(s) => s.code(),
             Self::Unsealable => "unsealable",
             Self::RefreshUnavailable { .. } => "refresh_unavailable",
+            Self::DpopKey(_) => "dpop_key_unavailable",
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct Sessions {
     pub(crate) assertions: super::assertion::Assertions,
     /// The request path's metric handles (registered at zero when made).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The gateway's DPoP key, read or made at first use (`provider.dpop`).
+    pub(crate) dpop: tokio::sync::OnceCell<Arc<crate::jose::dpop::DpopKey>>,
+    /// The upstream's latest DPoP nonce, for relayed bound tokens.
+    pub(crate) relay_nonces: crate::provider::dpop::Nonces,
 }
 
 impl Sessions {
@@ -86,6 +90,8 @@ impl Sessions {
                 config.assertion_audience.clone(),
             ),
             metrics,
+            dpop: tokio::sync::OnceCell::new(),
+            relay_nonces: Default::default(),
             config,
         }
     }

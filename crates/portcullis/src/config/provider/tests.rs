@@ -132,3 +132,25 @@ fn par_is_auto_always_or_never() {
     let e = load(Some("sometimes")).unwrap_err().0.join("\n");
     assert!(e.contains("`provider.par`: `sometimes`"), "{e}");
 }
+
+#[test]
+fn dpop_is_off_or_on() {
+    let load = |value: Option<&str>| {
+        let mut e = minimal();
+        if let Some(v) = value {
+            e.push(("PORTCULLIS_PROVIDER_DPOP".to_owned(), v.to_owned()));
+        }
+        Config::load_from(None, e)
+    };
+    assert!(!load(None).unwrap().provider.dpop);
+    assert!(!load(Some("off")).unwrap().provider.dpop);
+    assert!(load(Some("on")).unwrap().provider.dpop);
+    let e = load(Some("yes")).unwrap_err().0.join("\n");
+    assert!(e.contains("`provider.dpop`: `yes`"), "{e}");
+    let mut e = minimal();
+    e.push((
+        "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS".into(),
+        r#"{ dpop_jkt = "someone-elses" }"#.into(),
+    ));
+    assert!(Config::load_from(None, e).is_err());
+}

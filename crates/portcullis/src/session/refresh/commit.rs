@@ -204,7 +204,10 @@ impl Sessions {
         };
         TokenSet {
             refresh_token,
-            access_token: seal("access", &answer.access_token),
+            access_token: seal(
+                "access",
+                &crate::session::dpop::stored_access_token(&answer.access_token, answer.dpop_bound),
+            ),
             id_token,
             access_expires_at: answer
                 .expires_in
@@ -308,9 +311,10 @@ impl Sessions {
             })
             .unwrap_or_default();
         let mut complete = true;
+        let dpop = self.dpop_key_if(answer.dpop_bound).await?;
         match self
             .provider
-            .userinfo(&answer.access_token, &record.user.subject)
+            .userinfo(&answer.access_token, &record.user.subject, dpop.as_deref())
             .await
         {
             Ok(Some(info)) => crate::session::login::merge_userinfo(&mut claims, info),

@@ -280,7 +280,17 @@ impl Sessions {
         let Some(refresh_token) = tokens.refresh_token.as_deref() else {
             return Ok(Some(fresh));
         };
-        match self.provider.refresh(refresh_token).await {
+        let dpop = match self
+            .dpop_key_if(self.config.provider.dpop || tokens.access_token_bound)
+            .await
+        {
+            Ok(key) => key,
+            Err(e) => {
+                drop(permit);
+                return Err(e);
+            }
+        };
+        match self.provider.refresh(refresh_token, dpop.as_deref()).await {
             Ok(answer) => {
                 permit.settle(self.now(), false);
                 // Counted in `commit_refresh` once the outcome is known.
