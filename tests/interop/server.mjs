@@ -1,9 +1,10 @@
 // Test OpenID provider for Portcullis interop tests, built on the certified
 // `oidc-provider` package. Test use only: in-memory storage, fixed cookie keys,
 // throwaway signing keys generated at start-up. Configured by environment only.
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import Provider from 'oidc-provider';
+import { EmbeddedJWK, calculateJwkThumbprint, jwtVerify } from 'jose';
 
 // stdout carries only the READY line; oidc-provider NOTICEs (console.info) go to stderr.
 console.info = (...args) => console.error(...args);
@@ -91,7 +92,14 @@ const provider = new Provider(issuer, {
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
     // REQUIRE_PAR=1: the metadata says require_pushed_authorization_requests (RFC 9126).
-    pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: env.REQUIRE_PAR === '1' },
+    pushedAuthorizationRequests: { enabled: true, requirePushedAuthorizationRequests: env.REQUIRE_PAR === '1' || env.FAPI === '1' },
+    // FAPI=1: the FAPI 2.0 Security Profile, PAR required, DPoP proofs with server
+    // nonces at every token request (clients opt into bound tokens with
+    // `dpop_bound_access_tokens`).
+    ...(env.FAPI === '1' ? {
+      fapi: { enabled: true, profile: '2.0' },
+      dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+    } : {}),
   },
   fetch: loopbackFetch,
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
@@ -156,7 +164,31 @@ if (env.NO_ISS === '1') {
 // Test hook: every client assertion the token and revocation endpoints saw (header and
 // claims, decoded after oidc-provider has verified it), and how each request
 // authenticated, so that tests can check `jti` uniqueness, `aud` and `typ`.
-const clientAuth = { assertions: [], methods: {}, authorize_params: [] };
+const clientAuth = { assertions: [], methods: {}, authorize_params: [], dpop: [] };
+// Test hook: POST /test/dpop/challenge-next makes the next token request that carries a
+// proof answer `use_dpop_nonce` with the provider's latest nonce, as when a nonce has
+// expired between two requests; the client's retry is checked by oidc-provider itself.
+const dpopHook = { challengeNext: false, lastNonce: null, challenged: 0 };
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/token' && ctx.get('dpop') && dpopHook.challengeNext && dpopHook.lastNonce) {
+    dpopHook.challengeNext = false;
+    dpopHook.challenged += 1;
+    ctx.status = 400;
+    ctx.set('dpop-nonce', dpopHook.lastNonce);
+    ctx.set('cache-control', 'no-store');
+    ctx.body = { error: 'use_dpop_nonce', error_description: 'test hook: a fresh nonce is required' };
+    return;
+  }
+  await next();
+  const nonce = ctx.response.get('dpop-nonce');
+  if (nonce) dpopHook.lastNonce = nonce;
+  // Every token or UserInfo request with a proof: where, the answer, the proof's claims.
+  const proof = ctx.get('dpop');
+  if (proof && ['/token', '/me'].includes(ctx.path)) {
+    const claims = JSON.parse(Buffer.from(proof.split('.')[1], 'base64url').toString());
+    clientAuth.dpop.push({ path: ctx.path, status: ctx.status, scheme: ctx.get('authorization').split(' ')[0], claims });
+  }
+});
 provider.use(async (ctx, next) => {
   // The parameter names each authorization request carried in its URL (with PAR:
   // client_id and request_uri only).
@@ -266,12 +298,76 @@ async function logoutAccount(accountId) {
   return result;
 }
 
+// A resource server for token relay (`/api/...`): it accepts this provider's access
+// tokens and, for a DPoP-bound one, only the DPoP scheme with a proof that `jose`
+// verifies: typ dpop+jwt, signed by the key in its header, the token's `jkt`, htm, htu
+// (the gateway's public URL, from X-Forwarded-Proto/Host, and the path), ath, a recent
+// iat (API_IAT_LEEWAY seconds, 60 by default), a jti never seen before, and on
+// `/api/nonce/...` this server's own nonce (RFC 9449 §9: 401 use_dpop_nonce first).
+// A bound token sent as Bearer is refused (RFC 9449 §7.2).
+const api = { calls: [], nonce: randomBytes(16).toString('base64url'), jtis: new Set() };
+const API_IAT_LEEWAY = int('API_IAT_LEEWAY', 60);
+async function resource(req, res, pathname) {
+  const call = { path: pathname, method: req.method };
+  api.calls.push(call);
+  const refuse = (error, description) => {
+    call.status = 401;
+    call.error = description;
+    res.writeHead(401, {
+      'content-type': 'application/json',
+      'www-authenticate': `DPoP error="${error}", algs="ES256", Bearer error="${error}"`,
+      ...(error === 'use_dpop_nonce' ? { 'dpop-nonce': api.nonce } : {}),
+    });
+    res.end(JSON.stringify({ error, error_description: description }));
+  };
+  const [scheme, token, ...rest] = (req.headers.authorization ?? '').split(' ');
+  call.scheme = scheme;
+  if (!token || rest.length) return refuse('invalid_token', 'no access token');
+  const at = await provider.AccessToken.find(token);
+  if (!at) return refuse('invalid_token', 'unknown access token');
+  if (at.jkt && scheme.toLowerCase() !== 'dpop') return refuse('invalid_token', 'a DPoP-bound token was sent as Bearer');
+  if (scheme.toLowerCase() === 'dpop') {
+    const proof = req.headers.dpop;
+    if (!proof) return refuse('invalid_dpop_proof', 'no DPoP proof');
+    let verified;
+    try {
+      verified = await jwtVerify(proof, EmbeddedJWK, { typ: 'dpop+jwt', algorithms: ['ES256', 'EdDSA', 'PS256'] });
+    } catch (err) {
+      return refuse('invalid_dpop_proof', `the proof does not verify: ${err.message}`);
+    }
+    const { payload, protectedHeader } = verified;
+    const htu = `${req.headers['x-forwarded-proto'] ?? 'http'}://${req.headers['x-forwarded-host']}${pathname}`;
+    const ath = createHash('sha256').update(token).digest('base64url');
+    const thumbprint = await calculateJwkThumbprint(protectedHeader.jwk);
+    call.checks = {
+      jkt: thumbprint === at.jkt,
+      htm: payload.htm === req.method,
+      htu: payload.htu === htu,
+      ath: payload.ath === ath,
+      iat: Math.abs(Math.floor(Date.now() / 1000) - payload.iat) <= API_IAT_LEEWAY,
+      jti: typeof payload.jti === 'string' && !api.jtis.has(payload.jti),
+    };
+    if (typeof payload.jti === 'string') api.jtis.add(payload.jti);
+    const failed = Object.entries(call.checks).filter(([, ok]) => !ok).map(([name]) => name);
+    if (failed.length) return refuse('invalid_dpop_proof', `failed: ${failed.join(', ')} (htu ${payload.htu}, expected ${htu})`);
+    if (pathname.startsWith('/api/nonce/') && payload.nonce !== api.nonce) return refuse('use_dpop_nonce', 'this server wants its nonce');
+  }
+  call.status = 200;
+  res.writeHead(200, { 'content-type': 'application/json', 'dpop-nonce': api.nonce });
+  res.end(JSON.stringify({ sub: at.accountId, bound: Boolean(at.jkt), path: pathname }));
+}
+
 const oidc = provider.callback();
 server.on('request', async (req, res) => {
   const { pathname } = new URL(req.url, issuer);
   let m;
   try {
-    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests, client_auth: clientAuth });
+    if (req.method === 'GET' && pathname === '/test/events') return json(res, 200, { counts, grants, token_requests: tokenRequests, client_auth: clientAuth, api: api.calls, dpop_hook: { challenged: dpopHook.challenged } });
+    if (req.method === 'POST' && pathname === '/test/dpop/challenge-next') {
+      dpopHook.challengeNext = true;
+      return json(res, 200, { armed: true });
+    }
+    if (pathname.startsWith('/api/')) return await resource(req, res, pathname);
     // Test hook: replace a user's groups (a JSON array body), as an admin would.
     if (req.method === 'POST' && (m = pathname.match(/^\/test\/groups\/([^/]+)$/))) {
       const u = USERS[decodeURIComponent(m[1])];
