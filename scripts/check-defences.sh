@@ -401,6 +401,13 @@ mutate $S/provider/mod.rs 'dpop_jkt: dpop_key.map(DpopKey::jkt),' 'dpop_jkt: Non
 mutate $S/http/guard.rs '                    req.headers_mut().remove(dpop);' '' sessions token_relay_sends_a_fresh
 mutate $S/http/guard.rs '                    req.headers_mut().insert(dpop, proof);' '                    req.headers_mut().append(dpop, proof);' dpop relay_sends_the_bound_token
 
+# provider.profile = "fapi2": metadata checked at every load, short-lived request_uri,
+# the profile's settings forced or refused.
+mutate $S/provider/mod.rs '        let problems = self.profile_problems(&metadata);' '        let problems: Vec<String> = Vec::new();' fapi fapi2_against_a_provider_without_dpop
+mutate $S/provider/mod.rs '        if self.settings.fapi2 && pushed.expires_in >= 600 {' '        if false {' fapi under_fapi2_a_par_answer_living_600
+mutate $S/config/profile.rs '        None => settings.allowed_algorithms = Some(FAPI2_ALGORITHMS.to_vec()),' '        None => {}' lib fapi2_requires_the_whole_profile
+mutate $S/config/mod.rs '    if provider.fapi2 && spa.code_exchange {' '    if false {' lib fapi2_requires_the_whole_profile
+
 echo
 if $patterns_only; then
   if [ "$survivors" -eq 0 ]; then echo "every pattern is in place"; else echo "$survivors pattern(s) missing"; exit 1; fi

@@ -14,12 +14,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::gateway::Options;
 use support::oidc_provider::RealProvider;
-use support::{Browser, TestGateway};
+use support::{Browser, HostileProvider, TestGateway};
 
 const JSON: &[(&str, &str)] = &[("accept", "application/json")];
 
 /// The provider in its FAPI 2.0 profile with one `private_key_jwt` client whose tokens
-/// are DPoP-bound, and a gateway that relays `/api/*` to the provider's resource server.
+/// are DPoP-bound and whose ID tokens are ES256, and a gateway with
+/// `provider.profile = "fapi2"` that relays `/api/*` to the provider's resource server.
 async fn fapi(gateway_env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway)> {
     let pem = generate_pem(KeyKind::EcP256).unwrap();
     let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
@@ -37,6 +38,7 @@ async fn fapi(gateway_env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway
         "token_endpoint_auth_method": "private_key_jwt",
         "jwks": key.public_jwks(false),
         "dpop_bound_access_tokens": true,
+        "id_token_signed_response_alg": "ES256",
     });
     // The gateway's test clock runs ahead of the provider's by the 250 s a refresh
     // needs; relayed proofs take their `iat` from it.
@@ -51,7 +53,7 @@ async fn fapi(gateway_env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway
         "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE",
         key_file.to_str().unwrap(),
     )
-    .env("PORTCULLIS_PROVIDER_DPOP", "on")
+    .env("PORTCULLIS_PROVIDER_PROFILE", "fapi2")
     .env("PORTCULLIS_UPSTREAM", &node.issuer)
     .env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*");
     for (k, v) in gateway_env {
@@ -235,4 +237,103 @@ async fn interop_a_relayed_bound_token_is_refused_as_bearer() {
     // As the proxy passes it on: accepted, once (the proof's jti is spent).
     assert_eq!(api(authorization.clone(), Some(proof.clone())).await, 200);
     assert_eq!(api(authorization, Some(proof)).await, 401);
+}
+
+/// A gateway with `provider.profile = "fapi2"` (and a client key) in front of the
+/// hostile provider, whose metadata offers everything the profile needs but what
+/// `strip` names.
+async fn hostile_fapi2(strip: &[&str]) -> (HostileProvider, TestGateway, Vec<(String, String)>) {
+    let p = HostileProvider::start().await;
+    let mut metadata = json!({
+        "pushed_authorization_request_endpoint": format!("{}/par", p.issuer),
+        "dpop_signing_alg_values_supported": ["ES256"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+    });
+    for name in strip {
+        metadata[*name] = Value::Null;
+    }
+    p.patch_metadata(metadata);
+    let pem = generate_pem(KeyKind::EcP256).unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("pc-fapi-h-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("client-key.pem");
+    std::fs::write(&key_file, &pem).unwrap();
+    let env = vec![
+        ("PORTCULLIS_PROVIDER_PROFILE".to_owned(), "fapi2".to_owned()),
+        (
+            "PORTCULLIS_PROVIDER_CLIENT_KEY_FILE".to_owned(),
+            key_file.to_str().unwrap().to_owned(),
+        ),
+    ];
+    let mut options = Options::default();
+    for (k, v) in &env {
+        options = options.env(k, v);
+    }
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    (p, gw, env)
+}
+
+/// Metadata that cannot support the profile: sign-ins refused with the reason, the
+/// gateway not ready, `doctor` exiting 2.
+#[tokio::test]
+async fn fapi2_against_a_provider_without_dpop_refuses_sign_ins_readiness_and_doctor() {
+    let (p, gw, env) = hostile_fapi2(&["dpop_signing_alg_values_supported"]).await;
+    let resp = Browser::new().navigate(&gw.at("/auth/login")).await;
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    assert!(resp.location().is_none());
+    assert!(resp.body.contains("provider_not_fapi2"), "{}", resp.body);
+    assert!(
+        resp.body.contains("dpop_signing_alg_values_supported"),
+        "the page names what is missing: {}",
+        resp.body
+    );
+    assert!(
+        p.script.lock().unwrap().pushed.is_empty(),
+        "nothing was pushed"
+    );
+    let ready = Browser::new().get(&gw.at("/readyz"), &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (level, line) = support::doctor_finding(&p.issuer, &env, "fapi2").await;
+    assert_eq!(level, "Error", "{line}");
+    assert!(line.contains("dpop_signing_alg_values_supported"), "{line}");
+    let mut vars: Vec<(String, String)> = vec![
+        ("PORTCULLIS_ISSUER".into(), p.issuer.clone()),
+        ("PORTCULLIS_CLIENT_ID".into(), "app".into()),
+        ("PORTCULLIS_STORE".into(), "sqlite::memory:".into()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let config = portcullis::Config::load_from(None, vars).unwrap();
+    assert_eq!(portcullis::doctor::run(&config).await.exit_status(), 2);
+}
+
+/// FAPI 2.0 Security Profile §5.3.2.2: a `request_uri` must live under 600 s.
+#[tokio::test]
+async fn under_fapi2_a_par_answer_living_600_seconds_is_refused() {
+    let (p, gw, _) = hostile_fapi2(&[]).await;
+    assert_eq!(Browser::new().get(&gw.at("/readyz"), &[]).await.status, 200);
+    p.script.lock().unwrap().par_answer = Some((
+        201,
+        json!({"request_uri": "urn:ietf:params:oauth:request_uri:long", "expires_in": 600}),
+    ));
+    let resp = Browser::new().navigate(&gw.at("/auth/login")).await;
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    assert!(resp.location().is_none());
+    p.script.lock().unwrap().par_answer = Some((
+        201,
+        json!({"request_uri": "urn:ietf:params:oauth:request_uri:ok", "expires_in": 599}),
+    ));
+    let resp = Browser::new().navigate(&gw.at("/auth/login")).await;
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    let url = url::Url::parse(&resp.location().unwrap()).unwrap();
+    assert!(url.query_pairs().any(|(k, _)| k == "request_uri"));
+    let pushed = p.script.lock().unwrap().pushed.last().cloned().unwrap();
+    assert!(pushed.contains_key("dpop_jkt"), "{pushed:?}");
+    assert_eq!(
+        pushed.get("client_assertion_type").map(String::as_str),
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    );
 }

@@ -52,6 +52,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("provider", "client_assertion_typ", Kind::Text),
     ("provider", "par", Kind::Text),
     ("provider", "dpop", Kind::Text),
+    ("provider", "profile", Kind::Text),
     ("proxy", "trusted_proxies", Kind::List),
     ("proxy", "token_relay", Kind::List),
     ("logout", "provider_logout", Kind::Bool),

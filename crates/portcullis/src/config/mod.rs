@@ -19,6 +19,7 @@ mod env;
 mod limits;
 mod logging;
 mod logout;
+mod profile;
 mod provider;
 mod proxy;
 mod routes;
@@ -45,6 +46,7 @@ pub use limits::LimitSettings;
 pub use limits::MAX_LIVE_TRANSACTIONS;
 pub use logging::LogFormat;
 pub use logout::LogoutSettings;
+pub use profile::FAPI2_ALGORITHMS;
 pub use provider::{
     AssertionAudience, AuthMethodSetting, ClientSecret, ParSetting, ProviderSettings,
 };
@@ -242,6 +244,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let csrf_header = csrf::header(raw.csrf.header, errors);
     let logout = raw.logout.validate(errors);
     let spa = raw.spa.validate(&prefix, errors);
+    if provider.fapi2 && spa.code_exchange {
+        errors.push(
+            "`spa.code_exchange` cannot be used with `provider.profile = \"fapi2\"`: the browser would hold the code and its verifier, and FAPI 2.0 keeps both with the confidential client".into(),
+        );
+    }
     let limits = raw.limits.validate(errors);
     let assertion_audience = assertion::audience(
         raw.assertion.audience,

@@ -38,6 +38,9 @@ pub struct ProviderSettings {
     pub par: ParSetting,
     /// `provider.dpop = "on"`: tokens are bound to the gateway's DPoP key (RFC 9449).
     pub dpop: bool,
+    /// `provider.profile = "fapi2"`: the FAPI 2.0 Security Profile, required whole
+    /// (`config::profile`).
+    pub fapi2: bool,
 }
 
 /// `provider.par`: push the authorization request to the provider first (RFC 9126),
@@ -180,6 +183,7 @@ pub(super) struct RawProvider {
     client_assertion_typ: Option<String>,
     par: Option<String>,
     dpop: Option<String>,
+    profile: Option<String>,
 }
 
 /// Authorize parameters the gateway sets itself; configuration may not replace them.
@@ -213,6 +217,12 @@ impl RawProvider {
                 ));
             }
         }
+        let written = super::profile::Written {
+            method: self.token_endpoint_auth_method.is_some(),
+            dpop: self.dpop.is_some(),
+            algorithms: self.allowed_algorithms.is_some(),
+            client_secret: has_client_secret,
+        };
         let allowed_algorithms = self.allowed_algorithms;
         if let Some(algs) = &allowed_algorithms {
             if algs.is_empty() {
@@ -261,7 +271,8 @@ impl RawProvider {
         );
         let par = par_setting(self.par.as_deref(), errors);
         let dpop = dpop_setting(self.dpop.as_deref(), errors);
-        ProviderSettings {
+        let fapi2 = super::profile::is_fapi2(self.profile.as_deref(), errors);
+        let mut settings = ProviderSettings {
             extra_authorize_params,
             allowed_algorithms: allowed_algorithms.map(|list| {
                 list.iter()
@@ -277,7 +288,12 @@ impl RawProvider {
             client_assertion_typ,
             par,
             dpop,
+            fapi2,
+        };
+        if fapi2 {
+            super::profile::require_fapi2(&mut settings, written, errors);
         }
+        settings
     }
 }
 

@@ -47,7 +47,8 @@ impl Level {
 pub struct Finding {
     pub level: Level,
     /// The check's name: `config`, `discovery`, `jwks`, `pkce`, `iss`, `refresh`,
-    /// `logout`, `backchannel`, `clock`, `client`, `store`, `upstream`, `quirk`.
+    /// `logout`, `backchannel`, `clock`, `client`, `store`, `upstream`, `quirk`, `par`,
+    /// `fapi2`, `dpop`.
     pub check: &'static str,
     pub message: String,
     /// What to change, for a warning or an error.

@@ -76,6 +76,7 @@ pub(super) async fn provider_checks(config: &Config, http: ProviderHttp, report:
         },
     );
     let provider = Provider::new(crate::provider::ProviderSettings::from_config(config), http);
+    profile_checks(config, &provider, &metadata, report);
     jwks_check(&provider, report).await;
     pkce_check(&metadata, report);
     par_check(config, &metadata, report);
@@ -116,6 +117,52 @@ async fn jwks_check(provider: &Provider, report: &mut Report) {
             format!("cannot read the JWKS: {e}"),
             "check the provider's `jwks_uri` is reachable from this host",
         ),
+    }
+}
+
+/// `provider.profile = "fapi2"` and `provider.dpop` against what the metadata offers.
+fn profile_checks(config: &Config, provider: &Provider, metadata: &Metadata, report: &mut Report) {
+    if config.provider.fapi2 {
+        let problems = provider.profile_problems(metadata);
+        if problems.is_empty() {
+            report.push(
+                Level::Ok,
+                "fapi2",
+                "the provider offers everything provider.profile = \"fapi2\" needs (PAR, DPoP, S256, iss, private_key_jwt, FAPI algorithms)",
+            );
+        }
+        for problem in problems {
+            report.problem(
+                Level::Error,
+                "fapi2",
+                format!("the provider cannot support provider.profile = \"fapi2\": {problem}; every sign-in is refused"),
+                "enable the provider's FAPI 2.0 profile for this client, or remove provider.profile",
+            );
+        }
+        return;
+    }
+    let dpop = metadata
+        .dpop_signing_alg_values_supported
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|a| a == "ES256"));
+    match (config.provider.dpop, dpop) {
+        (true, true) => report.push(
+            Level::Ok,
+            "dpop",
+            "tokens are bound to the gateway's DPoP key (ES256 proofs)",
+        ),
+        (true, false) => report.problem(
+            Level::Error,
+            "dpop",
+            "provider.dpop is on but the provider lists no ES256 in dpop_signing_alg_values_supported: it will answer Bearer tokens, which are refused",
+            "provider.dpop = \"off\", or enable DPoP at the provider",
+        ),
+        (false, true) => report.push(
+            Level::Note,
+            "dpop",
+            "the provider offers DPoP; provider.dpop = \"on\" binds its tokens to the gateway (a stolen token is useless without its key)",
+        ),
+        (false, false) => {}
     }
 }
 

@@ -211,6 +211,20 @@ impl From<ProviderError> for HttpError {
                 "ID token refused",
                 Some(format!("{} ({inner})", inner.code())),
             ),
+            ProviderError::NotFapi2(reasons) => {
+                let mut e = HttpError::new(
+                    StatusCode::BAD_GATEWAY,
+                    code,
+                    "The identity provider cannot meet this gateway's security profile (FAPI 2.0); its administrator must change the provider's or the gateway's configuration.",
+                )
+                .logged(
+                    LogLevel::Error,
+                    "the provider's metadata cannot support provider.profile = fapi2",
+                    detail,
+                );
+                e.detail = Some(format!("The provider's metadata: {reasons}."));
+                e
+            }
             ProviderError::DpopProof(_) => HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 code,

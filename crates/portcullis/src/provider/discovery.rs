@@ -46,6 +46,9 @@ pub struct Metadata {
     pub pushed_authorization_request_endpoint: Option<String>,
     #[serde(default)]
     pub require_pushed_authorization_requests: bool,
+    /// RFC 9449 §5.1: the algorithms DPoP proofs may use (absent: no DPoP).
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 /// `{issuer}/.well-known/openid-configuration`.

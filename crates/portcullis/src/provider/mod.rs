@@ -18,6 +18,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod discovery;
 pub mod dpop;
+pub mod fapi2;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
@@ -66,6 +67,8 @@ pub enum ProviderError {
     ParRefused(String),
     #[error("no DPoP proof could be made: {0}")]
     DpopProof(String),
+    #[error("the provider cannot support provider.profile = fapi2: {0}")]
+    NotFapi2(String),
 }
 
 impl ProviderError {
@@ -84,6 +87,7 @@ impl ProviderError {
             Self::ClientAssertion(_) => "client_assertion_failed",
             Self::ParRefused(_) => "par_refused",
             Self::DpopProof(_) => "dpop_proof_failed",
+            Self::NotFapi2(_) => "provider_not_fapi2",
         }
     }
 
@@ -150,6 +154,8 @@ pub struct ProviderSettings {
     pub client_assertion_typ: Option<String>,
     /// `provider.par`.
     pub par: ParSetting,
+    /// `provider.profile = "fapi2"`.
+    pub fapi2: bool,
 }
 
 impl ProviderSettings {
@@ -170,6 +176,7 @@ impl ProviderSettings {
             client_assertion_aud: config.provider.client_assertion_aud,
             client_assertion_typ: config.provider.client_assertion_typ.clone(),
             par: config.provider.par,
+            fapi2: config.provider.fapi2,
         }
     }
 }
@@ -240,7 +247,10 @@ impl Provider {
             {
                 return Err(error.clone());
             }
-            match discovery::discover(&self.http, &self.settings.issuer).await {
+            match discovery::discover(&self.http, &self.settings.issuer)
+                .await
+                .and_then(|m| self.meets_profile(m))
+            {
                 Ok(m) => {
                     let m = Arc::new(m);
                     self.jwks.set_uri(&m.jwks_uri).await;
@@ -260,6 +270,35 @@ impl Provider {
             tracing::warn!(error = %e, "could not fetch the provider's JWKS yet");
         }
         Ok(metadata)
+    }
+
+    /// Under `provider.profile = "fapi2"`, metadata that cannot support the profile is
+    /// refused with every reason (and discovery tried again later, like a failure).
+    fn meets_profile(&self, metadata: Metadata) -> Result<Metadata, ProviderError> {
+        let problems = self.profile_problems(&metadata);
+        if problems.is_empty() {
+            return Ok(metadata);
+        }
+        Err(ProviderError::NotFapi2(problems.join("; ")))
+    }
+
+    /// What `metadata` lacks for `provider.profile = "fapi2"` (nothing without it).
+    pub fn profile_problems(&self, metadata: &Metadata) -> Vec<String> {
+        if !self.settings.fapi2 {
+            return Vec::new();
+        }
+        let alg = self
+            .settings
+            .client_key
+            .as_deref()
+            .and_then(|k| {
+                let signs = k.algorithm(true);
+                Algorithm::ALL
+                    .into_iter()
+                    .find(|a| a.to_jsonwebtoken() == signs)
+            })
+            .map_or("ES256", Algorithm::name);
+        fapi2::problems(metadata, alg)
     }
 
     /// Where `auto` client authentication remembers what a probe found (the store).
@@ -310,7 +349,7 @@ impl Provider {
                         crate::config::AssertionAudience::TokenEndpoint => &metadata.token_endpoint,
                     },
                     typ: self.settings.client_assertion_typ.as_deref(),
-                    fapi2: false,
+                    fapi2: self.settings.fapi2,
                 });
         ClientAuth {
             client_id: &self.settings.client_id,
@@ -404,6 +443,13 @@ impl Provider {
             &params,
         );
         let pushed = self.after_refusal(pushed.await).await?;
+        // FAPI 2.0 Security Profile §5.3.2.2: a request_uri lives under 600 s.
+        if self.settings.fapi2 && pushed.expires_in >= 600 {
+            return Err(ProviderError::BadResponse(format!(
+                "the PAR answer's expires_in ({} s) is 600 s or more, which provider.profile = fapi2 refuses",
+                pushed.expires_in
+            )));
+        }
         Ok(authorize::Authorization {
             url: authorize::pushed_url(&metadata, &self.settings.client_id, &pushed.request_uri)?,
             expires_in: Some(pushed.expires_in),

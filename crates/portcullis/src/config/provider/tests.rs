@@ -154,3 +154,81 @@ fn dpop_is_off_or_on() {
     ));
     assert!(Config::load_from(None, e).is_err());
 }
+
+/// `provider.profile = "fapi2"` sets what it requires and refuses what contradicts it.
+#[test]
+fn fapi2_requires_the_whole_profile() {
+    use crate::config::{AuthMethodSetting, FAPI2_ALGORITHMS, ParSetting};
+    use crate::jose::client_key::{KeyKind, generate_pem};
+    let dir =
+        std::env::temp_dir().join(format!("pc-fapi2-config-{}", crate::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.pem");
+    std::fs::write(&key, generate_pem(KeyKind::EcP256).unwrap()).unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let load = |pairs: &[(&str, &str)]| {
+        let mut e = minimal();
+        e.push(("PORTCULLIS_PROVIDER_PROFILE".into(), "fapi2".into()));
+        e.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Config::load_from(None, e)
+    };
+    let c = load(&[("PORTCULLIS_PROVIDER_CLIENT_KEY_FILE", &key)]).unwrap();
+    assert!(c.provider.fapi2);
+    assert_eq!(
+        c.provider.token_endpoint_auth_method,
+        AuthMethodSetting::PrivateKeyJwt
+    );
+    assert_eq!(c.provider.par, ParSetting::Always);
+    assert!(c.provider.dpop);
+    assert_eq!(
+        c.provider.allowed_algorithms.as_deref(),
+        Some(&FAPI2_ALGORITHMS[..])
+    );
+    for (pairs, says) in [
+        (vec![], "needs `provider.client_key_file`"),
+        (
+            vec![("PORTCULLIS_CLIENT_SECRET", "s")],
+            "`client_secret` is not used",
+        ),
+        (
+            vec![("PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD", "auto")],
+            "must be `private_key_jwt`",
+        ),
+        (
+            vec![("PORTCULLIS_PROVIDER_CLIENT_ASSERTION_AUD", "token_endpoint")],
+            "`provider.client_assertion_aud` must be `issuer`",
+        ),
+        (
+            vec![("PORTCULLIS_PROVIDER_PAR", "never")],
+            "`provider.par` cannot be `never`",
+        ),
+        (
+            vec![("PORTCULLIS_PROVIDER_DPOP", "off")],
+            "`provider.dpop` cannot be `off`",
+        ),
+        (
+            vec![("PORTCULLIS_PROVIDER_ALLOWED_ALGORITHMS", "ES256,RS256")],
+            "PS256, ES256 and EdDSA only",
+        ),
+        (
+            vec![("PORTCULLIS_SPA_CODE_EXCHANGE", "true")],
+            "`spa.code_exchange` cannot be used",
+        ),
+    ] {
+        let mut pairs = pairs;
+        if !says.contains("client_key_file") {
+            pairs.push(("PORTCULLIS_PROVIDER_CLIENT_KEY_FILE", &key));
+        }
+        let e = load(&pairs).unwrap_err().0.join("\n");
+        assert!(e.contains(says), "{pairs:?}: {e}");
+    }
+    let mut e = minimal();
+    e.push(("PORTCULLIS_PROVIDER_PROFILE".into(), "fapi1".into()));
+    let e = Config::load_from(None, e).unwrap_err().0.join("\n");
+    assert!(e.contains("`provider.profile`: `fapi1`"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -238,7 +238,8 @@ pub async fn client_jwks(State(routes): State<Routes>) -> Response {
         )
         .into_response();
     };
-    let mut r = axum::Json(key.public_jwks(false)).into_response();
+    let fapi2 = routes.sessions().provider().settings().fapi2;
+    let mut r = axum::Json(key.public_jwks(fapi2)).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

@@ -94,9 +94,14 @@ pub(super) fn keeps_session(e: &ProviderError) -> bool {
                         | "slow_down"
                         | "invalid_client"
                         | "unauthorized_client"
+                        // DPoP trouble says nothing about the grant (RFC 9449 §8).
+                        | "use_dpop_nonce"
+                        | "invalid_dpop_proof"
                 )
         }
         ProviderError::BadResponse(_)
+        | ProviderError::NotFapi2(_)
+        | ProviderError::DpopProof(_)
         | ProviderError::TooLarge(_)
         | ProviderError::IssuerMismatch { .. } => true,
         other => other.is_transient(),
