@@ -400,6 +400,7 @@ mutate $S/session/dpop.rs '    if !ring.holds_key_of(&sealed) {' '    if false {
 mutate $S/provider/mod.rs 'dpop_jkt: dpop_key.map(DpopKey::jkt),' 'dpop_jkt: None,' dpop the_code_is_bound_and_redeemed
 mutate $S/http/guard.rs '                    req.headers_mut().remove(dpop);' '' sessions token_relay_sends_a_fresh
 mutate $S/http/guard.rs '                    req.headers_mut().insert(dpop, proof);' '                    req.headers_mut().append(dpop, proof);' dpop relay_sends_the_bound_token
+mutate $S/http/forward_auth.rs '            h.insert(dpop, relay.dpop.unwrap_or(HeaderValue::from_static("")));' '' forward_auth p05_
 
 # provider.profile = "fapi2": metadata checked at every load, short-lived request_uri,
 # the profile's settings forced or refused.

@@ -88,6 +88,15 @@ impl Front {
 
     /// [`Front::start`] with a gateway configuration file (e.g. `[[routes]]`).
     pub async fn start_with(kind: Proxy, config_file: Option<String>) -> Option<Self> {
+        Self::start_with_env(kind, config_file, &[]).await
+    }
+
+    /// [`Front::start_with`] with more gateway settings (`PORTCULLIS_…` variables).
+    pub async fn start_with_env(
+        kind: Proxy,
+        config_file: Option<String>,
+        gateway_env: &[(&str, &str)],
+    ) -> Option<Self> {
         let program = match kind {
             Proxy::Nginx => "nginx",
             Proxy::Caddy => "caddy",
@@ -106,17 +115,17 @@ impl Front {
         }]);
         let op = RealProvider::start(client, &[("ID_TOKEN_TTL", "86400")]).await?;
         let up = TestUpstream::start().await;
-        let gw = TestGateway::start_with(
-            &op.issuer,
-            Options {
-                config_file,
-                ..Options::default()
-            }
-            .env("PORTCULLIS_PUBLIC_URL", &url)
-            .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
-            .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
-        )
-        .await;
+        let mut options = Options {
+            config_file,
+            ..Options::default()
+        }
+        .env("PORTCULLIS_PUBLIC_URL", &url)
+        .env("PORTCULLIS_PUBLIC_PATHS", "/public/*")
+        .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1");
+        for (k, v) in gateway_env {
+            options = options.env(k, v);
+        }
+        let gw = TestGateway::start_with(&op.issuer, options).await;
         let dir = std::env::temp_dir().join(format!(
             "pc-{program}-{}",
             portcullis::random::random_token()

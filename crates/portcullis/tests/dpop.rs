@@ -342,8 +342,10 @@ async fn forward_auth_answers_carry_the_bound_token_and_its_proof() {
     assert_eq!(claims["ath"], ath(token));
     let r = verify("/x").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(header(&r, "authorization"), None);
-    assert_eq!(header(&r, "dpop"), None);
+    // Off the relay paths the answer carries the client's own (none here): a proxy
+    // that copies both passes what the app would get without the gateway.
+    assert_eq!(header(&r, "authorization").as_deref(), Some(""));
+    assert_eq!(header(&r, "dpop").as_deref(), Some(""));
 }
 
 /// Two instances on one store use one key: a session signed in on A and refreshed on B

@@ -367,8 +367,14 @@ async fn p05_untrusted_peers_get_the_session_alone_or_403() {
     let r = s.nginx(&b, "GET", "/api/x", &[]).await;
     assert_eq!(r.status, 200);
     assert!(header(&r, "authorization")[0].starts_with("Bearer "));
+    assert_eq!(
+        header(&r, "dpop"),
+        vec![""],
+        "a bearer token clears the client's proof"
+    );
+    // Elsewhere the answer carries the client's own Authorization (none here).
     let r = s.nginx(&b, "GET", "/x", &[]).await;
-    assert!(header(&r, "authorization").is_empty());
+    assert_eq!(header(&r, "authorization"), vec![""]);
 
     // The same with routes configured (and routes apply to the original path).
     let s = setup_with(Options {

@@ -285,6 +285,69 @@ async fn websockets_pass_from_our_origin_only(kind: Proxy) {
     }
 }
 
+/// Token relay through the proxy: on a relay path the app gets the gateway's token (a
+/// DPoP-bound one with its proof for the request the browser made, a bearer one with
+/// no `DPoP` at all), never the client's; elsewhere the client's own headers pass.
+async fn relayed_tokens_and_their_proofs_reach_the_app(kind: Proxy) {
+    for dpop in ["on", "off"] {
+        let Some(f) = Front::start_with_env(
+            kind,
+            None,
+            &[
+                ("PORTCULLIS_PROVIDER_DPOP", dpop),
+                ("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let b = f.signed_in("alice").await;
+        let forged = [("authorization", "Bearer forged"), ("dpop", "forged.proof")];
+        let r = f.api(&b, Method::GET, "/api/orders?x=1", &forged).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let got = r.json();
+        let authorization = echoed(&got, "authorization");
+        let proofs = echoed(&got, "dpop");
+        assert_eq!(authorization.len(), 1, "{got}");
+        if dpop == "on" {
+            let token = authorization[0].strip_prefix("DPoP ").expect("DPoP scheme");
+            assert_eq!(proofs.len(), 1, "{got}");
+            let header = jsonwebtoken::decode_header(&proofs[0]).unwrap();
+            let key = jsonwebtoken::DecodingKey::from_jwk(header.jwk.as_ref().unwrap()).unwrap();
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+            v.required_spec_claims.clear();
+            v.validate_exp = false;
+            let claims = jsonwebtoken::decode::<serde_json::Value>(&proofs[0], &key, &v)
+                .unwrap()
+                .claims;
+            assert_eq!(claims["htm"], "GET");
+            assert_eq!(claims["htu"], f.at("/api/orders"));
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+            use base64::Engine as _;
+            assert_eq!(
+                claims["ath"],
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+            );
+        } else {
+            assert!(authorization[0].starts_with("Bearer "), "{got}");
+            assert_ne!(authorization[0], "Bearer forged");
+            assert!(
+                proofs.iter().all(String::is_empty),
+                "the client's proof is cleared: {got}"
+            );
+        }
+        let r = f.api(&b, Method::GET, "/x", &forged).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let got = r.json();
+        assert_eq!(
+            echoed(&got, "authorization"),
+            vec!["Bearer forged".to_owned()]
+        );
+        assert_eq!(echoed(&got, "dpop"), vec!["forged.proof".to_owned()]);
+    }
+}
+
 macro_rules! behind_each_proxy {
     ($($name:ident),* $(,)?) => {
         mod nginx {
@@ -314,4 +377,5 @@ behind_each_proxy!(
     missing_values_reach_the_app_empty,
     routing_and_identity_headers_never_reach_the_app,
     websockets_pass_from_our_origin_only,
+    relayed_tokens_and_their_proofs_reach_the_app,
 );

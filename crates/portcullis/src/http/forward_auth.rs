@@ -131,14 +131,14 @@ pub async fn verify(decider: &Decider, req: Request<Body>, redirect: bool) -> Re
     let verdict = decider.decide(&view).await;
     let page = view.is_page();
     let mut answer = match verdict.decision {
-        Decision::Public => identity_answer(None, None, None),
+        Decision::Public => identity_answer(None, None, None, headers),
         Decision::SignedIn(identity) => {
             let Identity {
                 active,
                 assertion,
                 relay,
             } = *identity;
-            let mut r = identity_answer(Some(&active), Some(assertion), relay);
+            let mut r = identity_answer(Some(&active), Some(assertion), relay, headers);
             r.headers_mut()
                 .insert(header::VARY, HeaderValue::from_static("Cookie"));
             r
@@ -266,6 +266,7 @@ fn identity_answer(
     active: Option<&crate::session::ActiveSession>,
     assertion: Option<HeaderValue>,
     relay: Option<super::decision::RelayHeaders>,
+    client: &HeaderMap,
 ) -> Response {
     let user = active.map(|a| &a.user);
     let claims: serde_json::Map<String, Value> = active
@@ -304,11 +305,25 @@ fn identity_answer(
     if let Some(a) = assertion {
         h.insert(HeaderName::from_static(headers::JWT_ASSERTION), a);
     }
-    if let Some(relay) = relay {
-        h.insert(header::AUTHORIZATION, relay.authorization);
-        // RFC 9449 §7.1: a bound token goes with its proof; the proxy copies both.
-        if let Some(proof) = relay.dpop {
-            h.insert(HeaderName::from_static(headers::DPOP), proof);
+    // `Authorization` and `DPoP` are always answered, for proxies that copy a header
+    // only as answered (Caddy copies a missing one as its placeholder's text): on a
+    // relay path the gateway's token and, for a DPoP-bound one, its proof (RFC 9449
+    // §7.1; empty for a bearer token, so that the client's is cleared); elsewhere the
+    // client's own, which the app would get without the gateway.
+    let dpop = HeaderName::from_static(headers::DPOP);
+    match relay {
+        Some(relay) => {
+            h.insert(header::AUTHORIZATION, relay.authorization);
+            h.insert(dpop, relay.dpop.unwrap_or(HeaderValue::from_static("")));
+        }
+        None => {
+            for name in [header::AUTHORIZATION, dpop] {
+                let value = client
+                    .get(&name)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(""));
+                h.insert(name, value);
+            }
         }
     }
     no_store(r)
