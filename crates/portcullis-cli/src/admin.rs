@@ -184,7 +184,14 @@ pub(crate) fn keys_prune(file: Option<PathBuf>, delete: bool) -> ExitCode {
                 rfc3339(key.created_at),
             );
         }
-        if !delete && !keys.is_empty() {
+        let dpop = gateway.sessions().prune_dpop_key(delete).await?;
+        if dpop {
+            println!(
+                "{} the shared DPoP key: no key of this key ring opens it (this ring's own DPoP key, if it made one, takes its place)",
+                if delete { "removed" } else { "would remove" },
+            );
+        }
+        if !delete && (dpop || !keys.is_empty()) {
             println!("run again with --yes to remove them");
         }
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -278,6 +278,27 @@ impl TestGateway {
         .await;
         resp
     }
+
+    /// A browser signed in as `user` (whose password is its name, as the test providers
+    /// have them) through the real login form.
+    pub async fn signed_in_as(&self, user: &str) -> Browser {
+        let browser = Browser::new();
+        let resp = self.sign_in_through_form(&browser, user, user, "/").await;
+        assert_eq!(resp.status, 303, "sign-in failed: {}", resp.body);
+        browser
+    }
+
+    /// `POST {prefix}/logout` as an API call (JSON, with the CSRF header).
+    pub async fn sign_out_api(&self, browser: &Browser) -> Resp {
+        browser
+            .request(
+                reqwest::Method::POST,
+                &self.at("/auth/logout"),
+                &[("accept", "application/json"), ("x-csrf", "1")],
+                None,
+            )
+            .await
+    }
 }
 
 pub use super::browser::follow_sign_in;

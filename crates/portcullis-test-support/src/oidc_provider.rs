@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::gateway::Options;
@@ -259,14 +258,7 @@ pub async fn sign_in_refresh_and_out(node: &RealProvider, gw: &TestGateway) {
     let session = browser.get(&gw.at("/auth/session"), &[]).await;
     assert_eq!(session.status, 200, "{}", session.body);
     assert_eq!(session.json()["user"]["email"], "alice@example.com");
-    let out = browser
-        .request(
-            Method::POST,
-            &gw.at("/auth/logout"),
-            &[("accept", "application/json"), ("x-csrf", "1")],
-            None,
-        )
-        .await;
+    let out = gw.sign_out_api(&browser).await;
     assert_eq!(out.status, 200, "{}", out.body);
     let events = node.events().await;
     assert_eq!(events["grants"]["authorization_code"], 1, "{events}");

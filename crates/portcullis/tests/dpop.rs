@@ -340,12 +340,56 @@ async fn forward_auth_answers_carry_the_bound_token_and_its_proof() {
     assert_eq!(claims["htm"], "PUT");
     assert_eq!(claims["htu"], s.gw.at("/api/x"));
     assert_eq!(claims["ath"], ath(token));
+    // Behind a forward-auth proxy the app gets the raw path, escapes and all: the proof
+    // names that one.
+    let r = verify("/api/users/a%40b.com").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, claims) = verified(&header(&r, "dpop").unwrap());
+    assert_eq!(claims["htu"], s.gw.at("/api/users/a%40b.com"));
     let r = verify("/x").await;
     assert_eq!(r.status, 200, "{}", r.body);
     // Off the relay paths the answer carries the client's own (none here): a proxy
     // that copies both passes what the app would get without the gateway.
     assert_eq!(header(&r, "authorization").as_deref(), Some(""));
     assert_eq!(header(&r, "dpop").as_deref(), Some(""));
+}
+
+/// A token bound before DPoP was turned on is never relayed unbound: the relay path
+/// asks for a sign-in, which brings a bound token.
+#[tokio::test]
+async fn an_unbound_token_is_not_relayed_once_dpop_is_on() {
+    let p = HostileProvider::start().await;
+    let up = TestUpstream::start().await;
+    let before = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            file_store: true,
+            ..Options::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &up.url)
+        .env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*"),
+    )
+    .await;
+    let browser = Browser::new();
+    let (_, _, resp) = sign_in_at(&p, &before, &browser).await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    assert_eq!(browser.get(&before.at("/api/x"), JSON).await.status, 200);
+    let after = TestGateway::start_with(
+        &p.issuer,
+        Options {
+            db_path: before.db_path.clone(),
+            secret: Some(before.secret),
+            ..Options::default()
+        }
+        .env("PORTCULLIS_PROVIDER_DPOP", "on")
+        .env("PORTCULLIS_UPSTREAM", &up.url)
+        .env("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*"),
+    )
+    .await;
+    let calls = up.calls();
+    assert_eq!(browser.get(&after.at("/api/x"), JSON).await.status, 401);
+    assert_eq!(up.calls(), calls, "the app never got the unbound token");
+    assert_eq!(browser.get(&after.at("/x"), JSON).await.status, 200);
 }
 
 /// Two instances on one store use one key: a session signed in on A and refreshed on B

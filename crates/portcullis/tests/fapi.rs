@@ -10,7 +10,6 @@
 use portcullis_test_support as support;
 
 use portcullis::provider::client_key::{ClientKey, KeyKind, generate_pem};
-use reqwest::Method;
 use serde_json::{Value, json};
 use support::gateway::Options;
 use support::oidc_provider::RealProvider;
@@ -40,10 +39,7 @@ async fn fapi(gateway_env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway
         "dpop_bound_access_tokens": true,
         "id_token_signed_response_alg": "ES256",
     });
-    // The gateway's test clock runs ahead of the provider's by the 250 s a refresh
-    // needs; relayed proofs take their `iat` from it.
-    let node =
-        RealProvider::start(json!([client]), &[("FAPI", "1"), ("API_IAT_LEEWAY", "300")]).await?;
+    let node = RealProvider::start(json!([client]), &[("FAPI", "1")]).await?;
     let mut options = Options {
         listener: Some(listener),
         file_store: true,
@@ -83,11 +79,7 @@ async fn interop_fapi2_sign_in_relay_refresh_and_logout() {
     let Some((node, gw)) = fapi(&[]).await else {
         return;
     };
-    let browser = Browser::new();
-    let resp = gw
-        .sign_in_through_form(&browser, "alice", "alice", "/")
-        .await;
-    assert_eq!(resp.status, 303, "{}", resp.body);
+    let browser = gw.signed_in_as("alice").await;
     let events = node.events().await;
     // PAR: the browser carried client_id and request_uri only.
     assert_eq!(
@@ -157,14 +149,7 @@ async fn interop_fapi2_sign_in_relay_refresh_and_logout() {
     assert_eq!(resp.json()["bound"], true);
 
     // Sign-out revokes the refresh token.
-    let out = browser
-        .request(
-            Method::POST,
-            &gw.at("/auth/logout"),
-            &[("accept", "application/json"), ("x-csrf", "1")],
-            None,
-        )
-        .await;
+    let out = gw.sign_out_api(&browser).await;
     assert_eq!(out.status, 200, "{}", out.body);
     assert_eq!(
         node.events().await["counts"]["revocation.success"],
@@ -182,11 +167,7 @@ async fn interop_a_relayed_bound_token_is_refused_as_bearer() {
     let Some((node, gw)) = fapi(&[("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1")]).await else {
         return;
     };
-    let browser = Browser::new();
-    let resp = gw
-        .sign_in_through_form(&browser, "alice", "alice", "/")
-        .await;
-    assert_eq!(resp.status, 303, "{}", resp.body);
+    let browser = gw.signed_in_as("alice").await;
     let cookie = format!("portcullis={}", browser.cookie("portcullis").unwrap());
     let answer = Browser::new()
         .get(
@@ -322,6 +303,7 @@ async fn under_fapi2_a_par_answer_living_600_seconds_is_refused() {
     let resp = Browser::new().navigate(&gw.at("/auth/login")).await;
     assert_eq!(resp.status, 502, "{}", resp.body);
     assert!(resp.location().is_none());
+    assert!(resp.body.contains("provider_bad_response"), "{}", resp.body);
     p.script.lock().unwrap().par_answer = Some((
         201,
         json!({"request_uri": "urn:ietf:params:oauth:request_uri:ok", "expires_in": 599}),

@@ -409,14 +409,7 @@ async fn o03_post_logout_redirects_only_to_allow_listed_targets() {
         issued["id_token"].as_str().unwrap()
     );
     let issued = p.sign_in(&gw, &browser).await;
-    let api = browser
-        .request(
-            Method::POST,
-            &gw.at("/auth/logout"),
-            &[("accept", "application/json"), ("x-csrf", "1")],
-            None,
-        )
-        .await;
+    let api = gw.sign_out_api(&browser).await;
     assert_eq!(api.status, 200, "{}", api.body);
     let redirect = api.json()["redirect"].as_str().unwrap().to_owned();
     assert!(redirect.starts_with(&format!("{}/end-session?", p.issuer)));

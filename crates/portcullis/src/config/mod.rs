@@ -244,6 +244,11 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let csrf_header = csrf::header(raw.csrf.header, errors);
     let logout = raw.logout.validate(errors);
     let spa = raw.spa.validate(&prefix, errors);
+    if provider.fapi2 && public_url.scheme() != "https" && !profile::is_loopback(&public_url) {
+        errors.push(
+            "`provider.profile = \"fapi2\"` needs an https `public_url` (FAPI 2.0 §5.2.1: TLS everywhere; plain http only on loopback, for development)".into(),
+        );
+    }
     if provider.fapi2 && spa.code_exchange {
         errors.push(
             "`spa.code_exchange` cannot be used with `provider.profile = \"fapi2\"`: the browser would hold the code and its verifier, and FAPI 2.0 keeps both with the confidential client".into(),

@@ -11,6 +11,16 @@ use crate::jose::Algorithm;
 /// The ID-token algorithms FAPI 2.0 allows (Security Profile §5.4).
 pub const FAPI2_ALGORITHMS: [Algorithm; 3] = [Algorithm::PS256, Algorithm::ES256, Algorithm::EdDSA];
 
+/// Whether `url` names this machine (plain http is allowed there, for development).
+pub(super) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
 /// `provider.profile`: unset or `fapi2`.
 pub(super) fn is_fapi2(value: Option<&str>, errors: &mut Vec<String>) -> bool {
     match value.map(str::trim) {

@@ -113,6 +113,51 @@ async fn key_ring_check(config: &Config, store: &dyn crate::store::Store, report
             format!("opens every signing key in the store ({})", records.len()),
         );
     }
+    if config.provider.dpop {
+        dpop_key_check(store, &ring, report).await;
+    }
+}
+
+/// G08 for the DPoP key: which key this ring would bind tokens to.
+async fn dpop_key_check(
+    store: &dyn crate::store::Store,
+    ring: &crate::session::KeyRing,
+    report: &mut Report,
+) {
+    use crate::session::dpop::{KeyState, key_state};
+    match key_state(store, ring).await {
+        Ok(KeyState::Absent) => report.push(
+            Level::Ok,
+            "dpop key",
+            "no DPoP key in the store yet: the first sign-in makes it, and every instance shares it",
+        ),
+        Ok(KeyState::Shared) => report.push(
+            Level::Ok,
+            "dpop key",
+            "the shared DPoP key opens with this key ring",
+        ),
+        Ok(KeyState::OwnKey { made }) => report.problem(
+            Level::Warn,
+            "dpop key",
+            format!(
+                "the shared DPoP key is sealed under a secret this key ring lacks: this instance binds tokens to a key of its own ring ({}), so instances on the other secret cannot use its tokens",
+                if made { "in the store" } else { "made at its first sign-in" }
+            ),
+            "give every instance the same secret (PORTCULLIS_SECRET); after a leak, the new one only (docs/deployment.md, \"If the secret leaked\")",
+        ),
+        Ok(KeyState::Broken) => report.problem(
+            Level::Error,
+            "dpop key",
+            "a stored DPoP key does not open although this key ring holds its key: sign-ins cannot bind tokens",
+            "delete the setting `dpop_key` from the store (tokens bound to it stop working; their sessions refresh or sign in again)",
+        ),
+        Err(e) => report.problem(
+            Level::Error,
+            "dpop key",
+            format!("cannot read the DPoP key: {e}"),
+            "check the store server",
+        ),
+    }
 }
 
 pub(super) async fn upstream_check(config: &Config, report: &mut Report) {

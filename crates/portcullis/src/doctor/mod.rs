@@ -48,7 +48,7 @@ pub struct Finding {
     pub level: Level,
     /// The check's name: `config`, `discovery`, `jwks`, `pkce`, `iss`, `refresh`,
     /// `logout`, `backchannel`, `clock`, `client`, `store`, `upstream`, `quirk`, `par`,
-    /// `fapi2`, `dpop`.
+    /// `fapi2`, `dpop`, `key ring`, `dpop key`.
     pub check: &'static str,
     pub message: String,
     /// What to change, for a warning or an error.

@@ -496,14 +496,16 @@ impl Decider {
             });
         }
         let mut relay = None;
-        if path.is_some_and(|p| self.token_relay.iter().any(|pattern| pattern.matches(p))) {
+        if let Some(path) = path
+            && self.token_relay.iter().any(|pattern| pattern.matches(path))
+        {
             // Token relay: the app gets our access token, never the client's header.
             let headers = self
                 .sessions
                 .relay(
                     &active.record,
                     view.method.as_str(),
-                    &path.map(|p| p.encoded()).unwrap_or_default(),
+                    &received_path(view, path),
                 )
                 .await?
                 .and_then(|relay| relay_headers(&relay));
@@ -524,6 +526,17 @@ impl Decider {
             assertion,
             relay,
         })))
+    }
+}
+
+/// The path the app receives, which a relayed DPoP proof names (`htu`): the decided one
+/// (the reverse proxy and the layer forward it), or behind a forward-auth proxy the raw
+/// one the proxy forwards as it is (in normal form, G01, but escapes such as `%40` stay
+/// escaped there).
+fn received_path(view: &RequestView<'_>, decided: &NormalizedPath) -> String {
+    match (view.door, view.return_to) {
+        (Door::ForwardAuth, Some(raw)) => raw.split(['?', '#']).next().unwrap_or(raw).to_owned(),
+        _ => decided.encoded(),
     }
 }
 

@@ -21,6 +21,8 @@ pub const PROOF_TYP: &str = "dpop+jwt";
 pub struct DpopKey {
     key: ClientKey,
     jwk: jsonwebtoken::jwk::Jwk,
+    /// The PKCS#8 PEM it was read from, to seal it again under a new key ring.
+    pem: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for DpopKey {
@@ -45,7 +47,16 @@ impl DpopKey {
             return Err(ClientKeyError::UnsupportedKey);
         }
         let jwk = key.public_jwk()?;
-        Ok(Self { key, jwk })
+        Ok(Self {
+            key,
+            jwk,
+            pem: Zeroizing::new(pem.to_vec()),
+        })
+    }
+
+    /// The private key's PEM (to be sealed, never logged).
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
     }
 
     /// The RFC 7638 thumbprint of the public key (`cnf.jkt`, `dpop_jkt`).

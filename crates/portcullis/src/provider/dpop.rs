@@ -100,16 +100,19 @@ pub fn server_asks_for_nonce(answer: &Answer) -> bool {
 }
 
 /// RFC 9449 §9: a resource server wants a (new) nonce — `401` with a `DPoP` challenge
-/// naming `use_dpop_nonce`, and a `DPoP-Nonce` header.
+/// naming `use_dpop_nonce` (among any others, in any order), and a `DPoP-Nonce` header.
 pub fn resource_asks_for_nonce(answer: &Answer) -> bool {
     answer.status.as_u16() == 401
         && answer.dpop_nonce.is_some()
-        && answer.www_authenticate.as_deref().is_some_and(|challenge| {
-            challenge
-                .get(..5)
-                .is_some_and(|s| s.eq_ignore_ascii_case("dpop "))
-                && challenge.contains("use_dpop_nonce")
-        })
+        && answer
+            .www_authenticate
+            .as_deref()
+            .is_some_and(|challenges| {
+                let has_dpop_scheme = challenges
+                    .split([',', ' '])
+                    .any(|word| word.eq_ignore_ascii_case("dpop"));
+                has_dpop_scheme && challenges.contains("use_dpop_nonce")
+            })
 }
 
 #[cfg(test)]
@@ -195,6 +198,13 @@ mod tests {
             "",
             Some("n"),
             Some(r#"Bearer error="invalid_token""#)
+        )));
+        // The DPoP challenge after another, as two headers joined.
+        assert!(resource_asks_for_nonce(&answer(
+            401,
+            "",
+            Some("n"),
+            Some(r#"Bearer realm="api", DPoP error="use_dpop_nonce""#)
         )));
     }
 }

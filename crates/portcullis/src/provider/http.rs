@@ -25,7 +25,8 @@ pub struct Answer {
     pub age: Option<u64>,
     /// The `DPoP-Nonce` header (RFC 9449 §8, §9), when it is a well-formed nonce.
     pub dpop_nonce: Option<String>,
-    /// The `WWW-Authenticate` header (a resource server's `use_dpop_nonce`).
+    /// Every `WWW-Authenticate` challenge, joined (a resource server's
+    /// `use_dpop_nonce`).
     pub www_authenticate: Option<String>,
 }
 
@@ -138,6 +139,11 @@ impl ProviderHttp {
         self.send(endpoint, req, cap).await
     }
 
+    /// The total time one call may take.
+    pub fn total_timeout(&self) -> Duration {
+        self.total_timeout
+    }
+
     async fn send(
         &self,
         endpoint: &'static str,
@@ -170,11 +176,15 @@ impl ProviderHttp {
                 .and_then(|v| v.to_str().ok())
                 .filter(|n| is_nonce(n))
                 .map(str::to_owned);
-            let www_authenticate = resp
+            // Every challenge, in one list (RFC 9110 §11.6.1 allows several headers).
+            let challenges: Vec<&str> = resp
                 .headers()
-                .get(reqwest::header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| super::discovery::truncate(v, 512));
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let www_authenticate = (!challenges.is_empty())
+                .then(|| super::discovery::truncate(&challenges.join(", "), 1024));
             if resp.content_length().is_some_and(|n| n > cap as u64) {
                 return Err(ProviderError::TooLarge(cap));
             }

@@ -56,7 +56,8 @@ fn secret_field(map: &serde_json::Map<String, Value>, name: &str) -> Option<Zero
 }
 
 /// Posts a grant — again, with a fresh proof and fresh credentials, when the server
-/// asks for a DPoP nonce (at most [`dpop::NONCE_RETRIES`] times).
+/// asks for a DPoP nonce (at most [`dpop::NONCE_RETRIES`] times), all within one
+/// call's deadline (R04).
 async fn post_grant(
     http: &ProviderHttp,
     endpoint: &str,
@@ -64,31 +65,45 @@ async fn post_grant(
     grant: &[(&str, &str)],
     dpop: Option<Dpop<'_>>,
 ) -> Result<Answer, ProviderError> {
-    let mut retries = 0;
-    loop {
-        let credentials = auth.credentials()?;
-        let mut form = grant.to_vec();
-        let basic = credentials.apply(&mut form);
-        let proof = dpop.map(|d| d.proof("POST", endpoint, None)).transpose()?;
-        let answer = http
-            .post_form(
-                "token",
-                endpoint,
-                &form,
-                basic,
-                proof.as_deref(),
-                MAX_TOKEN_RESPONSE_BYTES,
-            )
-            .await?;
-        let Some(dpop) = dpop else {
-            return Ok(answer);
-        };
-        dpop.nonces.remember(endpoint, &answer);
-        if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {
-            return Ok(answer);
+    let attempts = async {
+        let mut retries = 0;
+        loop {
+            let answer = post_grant_once(http, endpoint, auth, grant, dpop).await?;
+            let Some(dpop) = dpop else {
+                return Ok(answer);
+            };
+            dpop.nonces.remember(endpoint, &answer);
+            if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {
+                return Ok(answer);
+            }
+            retries += 1;
         }
-        retries += 1;
-    }
+    };
+    tokio::time::timeout(http.total_timeout(), attempts)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
+}
+
+async fn post_grant_once(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    grant: &[(&str, &str)],
+    dpop: Option<Dpop<'_>>,
+) -> Result<Answer, ProviderError> {
+    let credentials = auth.credentials()?;
+    let mut form = grant.to_vec();
+    let basic = credentials.apply(&mut form);
+    let proof = dpop.map(|d| d.proof("POST", endpoint, None)).transpose()?;
+    http.post_form(
+        "token",
+        endpoint,
+        &form,
+        basic,
+        proof.as_deref(),
+        MAX_TOKEN_RESPONSE_BYTES,
+    )
+    .await
 }
 
 /// Posts a grant and parses the answer (RFC 6749 §5.1 / §5.2).

@@ -43,32 +43,37 @@ pub async fn fetch_userinfo(
     }
 }
 
-/// GET with the access token as its binding asks.
+/// GET with the access token as its binding asks, within one call's deadline (R04).
 async fn get_with_token(
     http: &ProviderHttp,
     endpoint: &str,
     access_token: &str,
     dpop: Option<Dpop<'_>>,
 ) -> Result<Answer, ProviderError> {
-    let mut retries = 0;
-    loop {
-        let proof = dpop
-            .map(|d| d.proof("GET", endpoint, Some(access_token)))
-            .transpose()?;
-        let token = TokenAuth {
-            token: access_token,
-            proof: proof.as_deref(),
-        };
-        let answer = http
-            .get("userinfo", endpoint, Some(token), MAX_USERINFO_BYTES)
-            .await?;
-        let Some(dpop) = dpop else {
-            return Ok(answer);
-        };
-        dpop.nonces.remember(endpoint, &answer);
-        if retries == dpop::NONCE_RETRIES || !dpop::resource_asks_for_nonce(&answer) {
-            return Ok(answer);
+    let attempts = async {
+        let mut retries = 0;
+        loop {
+            let proof = dpop
+                .map(|d| d.proof("GET", endpoint, Some(access_token)))
+                .transpose()?;
+            let token = TokenAuth {
+                token: access_token,
+                proof: proof.as_deref(),
+            };
+            let answer = http
+                .get("userinfo", endpoint, Some(token), MAX_USERINFO_BYTES)
+                .await?;
+            let Some(dpop) = dpop else {
+                return Ok(answer);
+            };
+            dpop.nonces.remember(endpoint, &answer);
+            if retries == dpop::NONCE_RETRIES || !dpop::resource_asks_for_nonce(&answer) {
+                return Ok(answer);
+            }
+            retries += 1;
         }
-        retries += 1;
-    }
+    };
+    tokio::time::timeout(http.total_timeout(), attempts)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
 }

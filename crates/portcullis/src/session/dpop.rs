@@ -9,6 +9,11 @@
 //! own sealing key (`dpop_key.{sealing id}`), which instances on the same ring share.
 //! Creation is insert-if-absent and the stored value is read back, so instances racing
 //! to create it agree on the first.
+//!
+//! A rotated ring (a new key in front, the old one kept) is no reason for a new key: a
+//! ring that opens the shared key only with an older key seals a copy under its own
+//! sealing key (`dpop_key.{sealing id}`, insert-if-absent), at load and at a reload, so
+//! that once the old key leaves the ring it still finds the same key.
 
 use std::sync::Arc;
 
@@ -103,6 +108,79 @@ pub(crate) fn read_access_token(
 
 const BOUND_PREFIX: &str = "DPoP ";
 
+impl Sessions {
+    /// `portcullis keys prune` (G08): whether the shared DPoP key is sealed under a key
+    /// this ring lacks. With `delete` it goes, and this ring's own key, if it made one,
+    /// takes its place (instances on this ring already use that key).
+    pub async fn prune_dpop_key(&self, delete: bool) -> Result<bool, SessionError> {
+        prune(&*self.store, &self.keys(), delete).await
+    }
+}
+
+async fn prune(store: &dyn Store, ring: &KeyRing, delete: bool) -> Result<bool, SessionError> {
+    let Some(shared) = store.get_setting(SETTING).await? else {
+        return Ok(false);
+    };
+    if ring.holds_key_of(&Sealed::from_stored(shared)) {
+        return Ok(false);
+    }
+    if delete {
+        let own = format!("{SETTING}.{}", ring.sealing_id());
+        match store.get_setting(&own).await? {
+            Some(value) => {
+                store.put_setting(SETTING, &value).await?;
+                store.delete_setting(&own).await?;
+            }
+            None => {
+                store.delete_setting(SETTING).await?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// What the store holds for this key ring, for `doctor` (G08).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// No DPoP key yet: the first sign-in makes it.
+    Absent,
+    /// The shared key, and it opens with this ring.
+    Shared,
+    /// The shared key is sealed under a key this ring lacks: this ring uses its own
+    /// (`made`: already in the store).
+    OwnKey { made: bool },
+    /// A stored key this ring should open does not.
+    Broken,
+}
+
+/// Reads, never makes, the DPoP key this ring would use.
+pub async fn key_state(store: &dyn Store, ring: &KeyRing) -> Result<KeyState, SessionError> {
+    let Some(shared) = store.get_setting(SETTING).await? else {
+        return Ok(KeyState::Absent);
+    };
+    let opens = |stored: &str| {
+        let sealed = Sealed::from_stored(stored.to_owned());
+        ring.open(&sealed, CONTEXT)
+            .ok()
+            .and_then(|pem| DpopKey::from_pem(&pem).ok())
+            .is_some()
+    };
+    let sealed = Sealed::from_stored(shared.clone());
+    if ring.holds_key_of(&sealed) {
+        return Ok(if opens(&shared) {
+            KeyState::Shared
+        } else {
+            KeyState::Broken
+        });
+    }
+    let own = format!("{SETTING}.{}", ring.sealing_id());
+    Ok(match store.get_setting(&own).await? {
+        None => KeyState::OwnKey { made: false },
+        Some(stored) if opens(&stored) => KeyState::OwnKey { made: true },
+        Some(_) => KeyState::Broken,
+    })
+}
+
 /// Reads the shared key, making it when the store has none.
 pub(crate) async fn load(store: &dyn Store, ring: &KeyRing) -> Result<Arc<DpopKey>, SessionError> {
     let own = format!("{SETTING}.{}", ring.sealing_id());
@@ -155,7 +233,24 @@ async fn open_or_create(
         .open(&sealed, CONTEXT)
         .map_err(|_| SessionError::DpopKey("the stored DPoP key does not open".into()))?;
     let key = DpopKey::from_pem(&pem).map_err(|e| SessionError::DpopKey(e.to_string()))?;
+    if !ring.sealed_with_sealing_key(&sealed) {
+        reseal(store, ring, &key).await?;
+    }
     Ok(Some(key))
+}
+
+/// Keeps a copy of `key` sealed under `ring`'s sealing key (unless one is there), for
+/// when the key that sealed the shared copy leaves the ring.
+pub(crate) async fn reseal(
+    store: &dyn Store,
+    ring: &KeyRing,
+    key: &DpopKey,
+) -> Result<(), SessionError> {
+    let own = format!("{SETTING}.{}", ring.sealing_id());
+    store
+        .add_setting(&own, ring.seal(key.pem(), CONTEXT).as_stored())
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,6 +317,78 @@ mod tests {
             before.jkt(),
             after.jkt(),
             "a rotated ring is no reason for a new DPoP key"
+        );
+    }
+
+    /// The documented rotation: a new key in front, later the old one dropped — the
+    /// same DPoP key all along, so tokens bound to it keep working.
+    #[tokio::test]
+    async fn a_rotated_ring_keeps_the_key_after_the_old_secret_leaves() {
+        let store = store().await;
+        let first = load(&*store, &ring(&[1])).await.unwrap();
+        let rotated = load(&*store, &ring(&[2, 1])).await.unwrap();
+        assert_eq!(rotated.jkt(), first.jkt());
+        let after = load(&*store, &ring(&[2])).await.unwrap();
+        assert_eq!(
+            after.jkt(),
+            first.jkt(),
+            "the copy sealed during the rotation"
+        );
+        // The shared copy is untouched (instances on the old ring still read it).
+        assert_eq!(load(&*store, &ring(&[1])).await.unwrap().jkt(), first.jkt());
+    }
+
+    #[tokio::test]
+    async fn doctor_sees_which_key_a_ring_uses() {
+        let store = store().await;
+        assert_eq!(
+            key_state(&*store, &ring(&[1])).await.unwrap(),
+            KeyState::Absent
+        );
+        load(&*store, &ring(&[1])).await.unwrap();
+        assert_eq!(
+            key_state(&*store, &ring(&[1])).await.unwrap(),
+            KeyState::Shared
+        );
+        assert_eq!(
+            key_state(&*store, &ring(&[2])).await.unwrap(),
+            KeyState::OwnKey { made: false }
+        );
+        load(&*store, &ring(&[2])).await.unwrap();
+        assert_eq!(
+            key_state(&*store, &ring(&[2])).await.unwrap(),
+            KeyState::OwnKey { made: true }
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_removes_only_a_key_the_ring_cannot_open_and_keeps_the_rings_own() {
+        let store = store().await;
+        let old = load(&*store, &ring(&[1])).await.unwrap();
+        assert!(
+            !prune(&*store, &ring(&[1]), true).await.unwrap(),
+            "it opens"
+        );
+        assert_eq!(load(&*store, &ring(&[1])).await.unwrap().jkt(), old.jkt());
+        let own = load(&*store, &ring(&[2])).await.unwrap();
+        assert!(prune(&*store, &ring(&[2]), false).await.unwrap());
+        assert!(
+            store.get_setting(SETTING).await.unwrap().is_some(),
+            "a dry run"
+        );
+        assert!(prune(&*store, &ring(&[2]), true).await.unwrap());
+        // The ring's own key is now the shared one: the same key, for every instance.
+        assert_eq!(
+            key_state(&*store, &ring(&[2])).await.unwrap(),
+            KeyState::Shared
+        );
+        assert_eq!(load(&*store, &ring(&[2])).await.unwrap().jkt(), own.jkt());
+        assert_eq!(
+            store
+                .get_setting(&format!("{SETTING}.{}", ring(&[2]).sealing_id()))
+                .await
+                .unwrap(),
+            None
         );
     }
 

@@ -206,12 +206,25 @@ impl Sessions {
             return Ok(None);
         };
         if !tokens.access_token_bound {
+            if self.config.provider.dpop {
+                // Bound before DPoP was turned on: never relayed unbound (a sign-in
+                // gives a bound one).
+                return Ok(None);
+            }
             return Ok(Some(Relay {
                 authorization: zeroize::Zeroizing::new(format!("Bearer {}", token.as_str())),
                 proof: None,
             }));
         }
-        let proof = self.relay_proof(method, path, &token, now).await?;
+        // The proof's `iat` is the real time, as the upstream's clock reads it.
+        let proof = self
+            .relay_proof(
+                method,
+                path,
+                &token,
+                crate::clock::Clock::now(&crate::clock::SystemClock),
+            )
+            .await?;
         Ok(Some(Relay {
             authorization: zeroize::Zeroizing::new(format!("DPoP {}", token.as_str())),
             proof: Some(proof),

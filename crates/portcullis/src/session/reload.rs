@@ -91,6 +91,13 @@ impl Sessions {
         };
         if let Some(keys) = keys {
             self.store.feed().set_ring(keys.sealing_id());
+            // The DPoP key in use, sealed under the new sealing key too: once the old
+            // key leaves the ring, restarted instances still find the same key.
+            if let Some(dpop) = self.dpop.get()
+                && let Err(e) = super::dpop::reseal(&*self.store, &keys, dpop).await
+            {
+                tracing::warn!(error = %e, "could not seal the DPoP key under the new key ring; do not drop the old key until a restart has");
+            }
             self.keys.store(keys);
         }
         self.access.store(new.access.clone());

@@ -150,6 +150,12 @@ impl KeyRing {
         }
     }
 
+    /// Whether `sealed` was sealed under this ring's sealing key (not an older one).
+    pub fn sealed_with_sealing_key(&self, sealed: &Sealed) -> bool {
+        let mut parts = sealed.as_stored().splitn(3, '.');
+        matches!((parts.next(), parts.next()), (Some("v1"), Some(kid)) if kid == self.sealing_id())
+    }
+
     /// Seals a UTF-8 string.
     pub fn seal_str(&self, plaintext: &str, context: &[u8]) -> Sealed {
         self.seal(plaintext.as_bytes(), context)

@@ -218,6 +218,10 @@ fn fapi2_requires_the_whole_profile() {
             vec![("PORTCULLIS_SPA_CODE_EXCHANGE", "true")],
             "`spa.code_exchange` cannot be used",
         ),
+        (
+            vec![("PORTCULLIS_PUBLIC_URL", "http://app.example.com")],
+            "needs an https `public_url`",
+        ),
     ] {
         let mut pairs = pairs;
         if !says.contains("client_key_file") {
