@@ -67,7 +67,7 @@ mutate $S/provider/authorize.rs 'Some(found) if found == issuer => Ok(()),' 'Som
 mutate $S/session/return_to.rs 'raw.and_then(validated).map(Self).unwrap_or_else(Self::root)' 'raw.map(|r| Self(r.to_owned())).unwrap_or_else(Self::root)' $H l07_
 mutate $S/http/pages.rs "'<' => out.push_str(\"&lt;\")," "'<' => out.push('<')," $H l09_
 mutate $S/provider/discovery.rs 'if m.issuer != issuer {' 'if false {' $H l10_
-mutate $S/provider/mod.rs '.filter(|a| !a.is_hmac())' '' $H j02_hs256
+mutate $S/provider/verify.rs '.filter(|a| !a.is_hmac())' '' $H j02_hs256
 mutate $S/provider/id_token.rs 'if header.contains_key(member) {' 'if false {' $H j03_
 mutate $S/provider/id_token.rs 'if !k.is_empty() && k.len() <= MAX_KID_LEN && k.chars().all(|c| !c.is_control()) =>' 'if !k.is_empty() =>' $H j04_
 mutate $S/provider/id_token.rs 'if header.contains_key("crit") {' 'if false {' $H j05_
@@ -204,7 +204,7 @@ mutate $S/session/refresh/commit.rs 'if verified.subject != record.user.subject 
 mutate $S/session/refresh/flight.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh/mod.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
 mutate $S/session/refresh/commit.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
-mutate $S/http/guard.rs '                .insert(header::AUTHORIZATION, relay.authorization);' '                .append(header::AUTHORIZATION, relay.authorization);' $SS token_relay_
+mutate $S/http/guard.rs '    headers.insert(header::AUTHORIZATION, relay.authorization);' '    headers.append(header::AUTHORIZATION, relay.authorization);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
 mutate $S/session/refresh/commit.rs '.find(|d| complete || conclusive(d, &claims));' '.find(|_| true);' $SS without_userinfo
@@ -389,7 +389,7 @@ mutate $S/provider/mod.rs '(ParSetting::Never, _) if required => Err(' '(ParSett
 mutate $S/provider/par.rs 'if !form.iter().any(|(present, _)| *present == name) {' 'if true {' par interop_par_over_client_secret_post
 
 # A shared value created once (add_setting: the first of racing instances wins).
-mutate $S/store/sqlite/mod.rs '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",' '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",' lib sqlite_in_memory_passes_the_conformance
+mutate $S/store/sqlite/mod.rs '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING";' '"INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";' lib sqlite_in_memory_passes_the_conformance
 mutate $S/store/redis/mod.rs 'redis::cmd("HSETNX")' 'redis::cmd("HSET")' lib redis_passes_the_conformance
 
 # DPoP (provider.dpop): bound tokens only, bounded nonce retries, one key per ring
@@ -398,8 +398,8 @@ mutate $S/provider/token.rs '    if !token_type.eq_ignore_ascii_case(expected) {
 mutate $S/provider/token.rs 'if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {' 'if retries == 5 || !dpop::server_asks_for_nonce(&answer) {' dpop a_provider_that_asks_for_a_nonce_forever
 mutate $S/session/dpop.rs '    if !ring.holds_key_of(&sealed) {' '    if false {' lib a_new_secret_leaves_the_old_key
 mutate $S/provider/mod.rs 'dpop_jkt: dpop_key.map(DpopKey::jkt),' 'dpop_jkt: None,' dpop the_code_is_bound_and_redeemed
-mutate $S/http/guard.rs '                    req.headers_mut().remove(dpop);' '' sessions token_relay_sends_a_fresh
-mutate $S/http/guard.rs '                    req.headers_mut().insert(dpop, proof);' '                    req.headers_mut().append(dpop, proof);' dpop relay_sends_the_bound_token
+mutate $S/http/guard.rs '            headers.remove(dpop);' '' sessions token_relay_sends_a_fresh
+mutate $S/http/guard.rs '            headers.insert(dpop, proof);' '            headers.append(dpop, proof);' dpop relay_sends_the_bound_token
 mutate $S/http/forward_auth.rs '            h.insert(dpop, relay.dpop.unwrap_or(HeaderValue::from_static("")));' '' forward_auth p05_
 
 mutate $S/session/lookup.rs '            if self.config.provider.dpop {' '            if false {' dpop an_unbound_token_is_not_relayed

@@ -135,48 +135,9 @@ impl Front {
             gw.url.trim_start_matches("http://").to_owned(),
             up.url.trim_start_matches("http://").to_owned(),
         );
-        let d = dir.display();
-        let mut cmd = Command::new(program);
-        let log = match kind {
-            Proxy::Nginx => {
-                let server = snippet("nginx")
-                    .replace("127.0.0.1:4180", &gateway)
-                    .replace("127.0.0.1:3000", &app)
-                    .replace(
-                        "listen 443 ssl;                      # your TLS settings as usual",
-                        &format!("listen 127.0.0.1:{port};"),
-                    );
-                let conf = format!(
-                    "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-                     events {{ worker_connections 128; }}\n\
-                     http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-                     fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-                     {server}\n}}\n"
-                );
-                std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-                cmd.arg("-p")
-                    .arg(&dir)
-                    .arg("-c")
-                    .arg(dir.join("nginx.conf"))
-                    .stderr(Stdio::null());
-                dir.join("error.log")
-            }
-            Proxy::Caddy => {
-                let site = snippet("caddyfile")
-                    .replace("127.0.0.1:4180", &gateway)
-                    .replace("127.0.0.1:3000", &app)
-                    .replace("app.example.com {", &format!("http://127.0.0.1:{port} {{"));
-                let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}\n");
-                std::fs::write(dir.join("Caddyfile"), conf).unwrap();
-                let log = dir.join("caddy.log");
-                cmd.args(["run", "--adapter", "caddyfile", "--config"])
-                    .arg(dir.join("Caddyfile"))
-                    .env("HOME", &dir)
-                    .env("XDG_DATA_HOME", dir.join("data"))
-                    .env("XDG_CONFIG_HOME", dir.join("config"))
-                    .stderr(std::fs::File::create(&log).unwrap());
-                log
-            }
+        let (mut cmd, log) = match kind {
+            Proxy::Nginx => nginx(&dir, port, &gateway, &app),
+            Proxy::Caddy => caddy(&dir, port, &gateway, &app),
         };
         let proxy = cmd
             .stdin(Stdio::null())
@@ -231,4 +192,60 @@ impl Drop for Front {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self._dir);
     }
+}
+
+/// nginx with the documented snippet, on `port`, in `dir`: the command and its log.
+fn nginx(
+    dir: &std::path::Path,
+    port: u16,
+    gateway: &str,
+    app: &str,
+) -> (Command, std::path::PathBuf) {
+    let d = dir.display();
+    let server = snippet("nginx")
+        .replace("127.0.0.1:4180", gateway)
+        .replace("127.0.0.1:3000", app)
+        .replace(
+            "listen 443 ssl;                      # your TLS settings as usual",
+            &format!("listen 127.0.0.1:{port};"),
+        );
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 128; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         {server}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stderr(Stdio::null());
+    (cmd, dir.join("error.log"))
+}
+
+/// Caddy with the documented snippet, on `port`, in `dir`: the command and its log.
+fn caddy(
+    dir: &std::path::Path,
+    port: u16,
+    gateway: &str,
+    app: &str,
+) -> (Command, std::path::PathBuf) {
+    let site = snippet("caddyfile")
+        .replace("127.0.0.1:4180", gateway)
+        .replace("127.0.0.1:3000", app)
+        .replace("app.example.com {", &format!("http://127.0.0.1:{port} {{"));
+    let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}\n");
+    std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+    let log = dir.join("caddy.log");
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(dir.join("Caddyfile"))
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stderr(std::fs::File::create(&log).unwrap());
+    (cmd, log)
 }

@@ -417,6 +417,18 @@ async fn par(State(p): State<HostileProvider>, body: String) -> Response {
     (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
 }
 
+/// Whether the request authenticated as client `app` with `secret`: Basic credentials
+/// compared without form-decoding them (as some providers do), or the form's.
+fn client_is(secret: &str, basic: Option<&str>, form: &HashMap<String, String>) -> bool {
+    match (basic, form.get("client_secret")) {
+        (Some(pair), None) => pair == format!("app:{secret}"),
+        (None, Some(given)) => {
+            given == secret && form.get("client_id").map(String::as_str) == Some("app")
+        }
+        _ => false,
+    }
+}
+
 async fn token(
     State(p): State<HostileProvider>,
     headers: HeaderMap,
@@ -462,21 +474,14 @@ async fn token(
         )
             .into_response();
     }
-    if let Some(secret) = secret {
-        let ok = match (&basic, form.get("client_secret")) {
-            (Some(pair), None) => *pair == format!("app:{secret}"),
-            (None, Some(given)) => {
-                *given == secret && form.get("client_id").map(String::as_str) == Some("app")
-            }
-            _ => false,
-        };
-        if !ok {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": "invalid_client"})),
-            )
-                .into_response();
-        }
+    if let Some(secret) = secret
+        && !client_is(&secret, basic.as_deref(), &form)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
     }
     let invalid_grant = || {
         (

@@ -225,33 +225,9 @@ impl RawProvider {
         };
         let allowed_algorithms = self.allowed_algorithms;
         if let Some(algs) = &allowed_algorithms {
-            if algs.is_empty() {
-                errors.push("`provider.allowed_algorithms` must not be empty".into());
-            }
-            for a in algs {
-                if crate::jose::Algorithm::parse(a).is_none() {
-                    errors.push(format!(
-                        "`provider.allowed_algorithms`: `{a}` is not a supported JWS algorithm (`none` never is)"
-                    ));
-                } else if a.starts_with("HS") && !has_client_secret {
-                    errors.push(format!(
-                        "`provider.allowed_algorithms`: `{a}` needs `client_secret` (HMAC ID tokens are keyed by it)"
-                    ));
-                }
-            }
+            check_algorithms(algs, has_client_secret, errors);
         }
-        let trusted_audiences: Vec<String> = self
-            .trusted_audiences
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| a.trim().to_owned())
-            .collect();
-        if trusted_audiences
-            .iter()
-            .any(|a| a.is_empty() || a.chars().any(char::is_control))
-        {
-            errors.push("`provider.trusted_audiences` must hold non-empty strings".into());
-        }
+        let trusted_audiences = trusted_audiences(self.trusted_audiences, errors);
         let ClientAuthParts {
             token_endpoint_auth_method,
             client_key,
@@ -307,6 +283,41 @@ fn dpop_setting(value: Option<&str>, errors: &mut Vec<String>) -> bool {
             false
         }
     }
+}
+
+/// `provider.allowed_algorithms`: supported JWS names, never `none`; HMAC only with a
+/// client secret (it keys them).
+fn check_algorithms(algs: &[String], has_client_secret: bool, errors: &mut Vec<String>) {
+    if algs.is_empty() {
+        errors.push("`provider.allowed_algorithms` must not be empty".into());
+    }
+    for a in algs {
+        if crate::jose::Algorithm::parse(a).is_none() {
+            errors.push(format!(
+                "`provider.allowed_algorithms`: `{a}` is not a supported JWS algorithm (`none` never is)"
+            ));
+        } else if a.starts_with("HS") && !has_client_secret {
+            errors.push(format!(
+                "`provider.allowed_algorithms`: `{a}` needs `client_secret` (HMAC ID tokens are keyed by it)"
+            ));
+        }
+    }
+}
+
+/// `provider.trusted_audiences`: non-empty strings without control characters.
+fn trusted_audiences(raw: Option<Vec<String>>, errors: &mut Vec<String>) -> Vec<String> {
+    let audiences: Vec<String> = raw
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.trim().to_owned())
+        .collect();
+    if audiences
+        .iter()
+        .any(|a| a.is_empty() || a.chars().any(char::is_control))
+    {
+        errors.push("`provider.trusted_audiences` must hold non-empty strings".into());
+    }
+    audiences
 }
 
 /// `provider.par`: `auto` (the default), `always` or `never`.

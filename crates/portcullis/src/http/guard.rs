@@ -251,22 +251,7 @@ impl Guard {
             assertion,
             relay,
         } = identity;
-        let dpop_relayed = relay.as_ref().is_some_and(|r| r.dpop.is_some());
-        if let Some(relay) = relay {
-            // `insert` replaces every `Authorization` the client sent; a client's
-            // `DPoP` proof never goes along with our token.
-            req.headers_mut()
-                .insert(header::AUTHORIZATION, relay.authorization);
-            let dpop = HeaderName::from_static(headers::DPOP);
-            match relay.dpop {
-                Some(proof) => {
-                    req.headers_mut().insert(dpop, proof);
-                }
-                None => {
-                    req.headers_mut().remove(dpop);
-                }
-            }
-        }
+        let dpop_relayed = relay.is_some_and(|relay| put_relay(req.headers_mut(), relay));
         let user = CurrentUser {
             id: active.user.id,
             email: active.user.email.clone(),
@@ -300,8 +285,7 @@ impl Guard {
                 .get(headers::DPOP_NONCE)
                 .and_then(|v| v.to_str().ok())
         {
-            // RFC 9449 §9: the upstream's nonce goes into the next relayed proof
-            // (relayed requests are never retried).
+            // RFC 9449 §9: the upstream's nonce goes into the next relayed proof.
             self.decider.sessions().upstream_dpop_nonce(nonce);
         }
         if foreign {
@@ -310,6 +294,23 @@ impl Guard {
                 .remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
         }
         response
+    }
+}
+
+/// Token relay: our token replaces every `Authorization` the client sent, and a
+/// client's `DPoP` proof never goes along with it; whether a proof of ours did.
+fn put_relay(headers: &mut axum::http::HeaderMap, relay: super::decision::RelayHeaders) -> bool {
+    headers.insert(header::AUTHORIZATION, relay.authorization);
+    let dpop = HeaderName::from_static(super::headers::DPOP);
+    match relay.dpop {
+        Some(proof) => {
+            headers.insert(dpop, proof);
+            true
+        }
+        None => {
+            headers.remove(dpop);
+            false
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod discovery;
 pub mod dpop;
+mod error;
 pub mod fapi2;
 pub mod http;
 pub mod id_token;
@@ -26,93 +27,20 @@ pub mod logout_token;
 pub mod par;
 pub mod token;
 pub mod userinfo;
+mod verify;
 
 pub use crate::jose::dpop::DpopKey;
 pub use crate::jose::{Algorithm, client_key};
 pub use authorize::Pkce;
 pub use discovery::Metadata;
+pub use error::{LogoutError, ProviderError};
 pub use id_token::{IdTokenClaims, IdTokenError};
 pub use token::TokenResponse;
 
-use crate::clock::UnixTime;
 use crate::config::ParSetting;
 use client_auth::{AuthMethod, AutoAuth, ClientAuth};
 use http::ProviderHttp;
 use jwks::JwksCache;
-
-/// What can go wrong talking to the provider.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ProviderError {
-    #[error("the identity provider could not be reached: {0}")]
-    Unreachable(String),
-    #[error("the identity provider did not answer in time")]
-    Timeout,
-    #[error("the identity provider answered with HTTP {0}")]
-    ServerError(u16),
-    #[error("the identity provider's answer is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("the identity provider's answer is not usable: {0}")]
-    BadResponse(String),
-    #[error("issuer mismatch: expected `{expected}`, got `{found}`")]
-    IssuerMismatch { expected: String, found: String },
-    #[error("the token endpoint refused the request: {0}")]
-    TokenRejected(String),
-    #[error("the ID token is not valid: {0}")]
-    IdToken(#[from] IdTokenError),
-    #[error("the UserInfo `sub` differs from the ID token's")]
-    UserinfoSubjectMismatch,
-    #[error("the client assertion could not be signed: {0}")]
-    ClientAssertion(String),
-    #[error("the provider refused the pushed authorization request: {0}")]
-    ParRefused(String),
-    #[error("no DPoP proof could be made: {0}")]
-    DpopProof(String),
-    #[error("the provider cannot support provider.profile = fapi2: {0}")]
-    NotFapi2(String),
-}
-
-impl ProviderError {
-    /// Stable code for logs and error pages.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Unreachable(_) => "provider_unreachable",
-            Self::Timeout => "provider_timeout",
-            Self::ServerError(_) => "provider_error",
-            Self::TooLarge(_) => "provider_response_too_large",
-            Self::BadResponse(_) => "provider_bad_response",
-            Self::IssuerMismatch { .. } => "issuer_mismatch",
-            Self::TokenRejected(_) => "token_rejected",
-            Self::IdToken(_) => "id_token_invalid",
-            Self::UserinfoSubjectMismatch => "userinfo_sub_mismatch",
-            Self::ClientAssertion(_) => "client_assertion_failed",
-            Self::ParRefused(_) => "par_refused",
-            Self::DpopProof(_) => "dpop_proof_failed",
-            Self::NotFapi2(_) => "provider_not_fapi2",
-        }
-    }
-
-    /// A network fault or provider outage, as opposed to a refusal.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Unreachable(_) | Self::Timeout | Self::ServerError(_)
-        )
-    }
-
-    /// RFC 6749 §5.2 `invalid_grant`: the grant is dead.
-    pub fn is_invalid_grant(&self) -> bool {
-        matches!(self, Self::TokenRejected(e) if e == "invalid_grant")
-    }
-}
-
-/// Why a logout token was not accepted: the token, or the provider's keys.
-#[derive(Debug, thiserror::Error)]
-pub enum LogoutError {
-    #[error(transparent)]
-    Token(#[from] logout_token::LogoutTokenError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-}
 
 /// `openid email profile`, plus `offline_access` (for a refresh token) when the provider
 /// lists it in `scopes_supported`, or lists no scopes at all. Google and others answer
@@ -549,91 +477,6 @@ impl Provider {
         Ok(true)
     }
 
-    /// The algorithms ID tokens may use: configured, else the provider's asymmetric ones
-    /// (RS256 when it names none, OIDC Core §3.1.3.7 step 7).
-    fn allowed_algorithms(&self, metadata: &Metadata) -> Vec<Algorithm> {
-        if let Some(configured) = &self.settings.allowed_algorithms {
-            return configured.clone();
-        }
-        let advertised: Vec<Algorithm> = metadata
-            .id_token_signing_alg_values_supported
-            .iter()
-            .filter_map(|a| Algorithm::parse(a))
-            .filter(|a| !a.is_hmac())
-            .collect();
-        if advertised.is_empty() {
-            vec![Algorithm::RS256]
-        } else {
-            advertised
-        }
-    }
-
-    /// For `portcullis doctor`: the algorithms ID tokens may use, and how many keys of
-    /// a freshly fetched JWKS can verify one of them.
-    pub async fn usable_keys(&self) -> Result<(Vec<&'static str>, usize), ProviderError> {
-        let metadata = self.metadata().await?;
-        let allowed = self.allowed_algorithms(&metadata);
-        let keys = jwks::JwksCache::new(std::time::Duration::ZERO);
-        keys.set_uri(&metadata.jwks_uri).await;
-        let keys = keys.refresh(&self.http).await?;
-        let usable = keys
-            .iter()
-            .filter(|k| allowed.iter().any(|a| !a.is_hmac() && k.fits(*a)))
-            .count();
-        Ok((allowed.iter().map(|a| a.name()).collect(), usable))
-    }
-
-    /// The provider's keys that may have signed `jwt` (none for HMAC: the client secret
-    /// is the key). Keys only ever come from the JWKS, never from the token (J03).
-    async fn keys_for(
-        &self,
-        jwt: &id_token::UnverifiedJwt<'_>,
-    ) -> Result<Vec<jwks::VerificationKey>, ProviderError> {
-        if jwt.alg.is_hmac() {
-            return Ok(Vec::new());
-        }
-        self.jwks
-            .find(&self.http, jwt.kid.as_deref(), jwt.alg)
-            .await
-    }
-
-    /// Validates an ID token (OIDC Core §3.1.3.7).
-    pub async fn validate_id_token(
-        &self,
-        token: &str,
-        nonce: Option<&str>,
-        now: UnixTime,
-    ) -> Result<IdTokenClaims, ProviderError> {
-        let allowed = self.allowed_algorithms(&*self.metadata().await?);
-        let jwt = id_token::parse_unverified(token, &allowed)?;
-        let keys = self.keys_for(&jwt).await?;
-        if !jwt.alg.is_hmac() && keys.is_empty() {
-            tracing::warn!(
-                kid = jwt.kid.as_deref().map(|k| discovery::truncate(k, 64)),
-                alg = jwt.alg.name(),
-                "no provider key fits this token"
-            );
-            return Err(IdTokenError::UnknownKey.into());
-        }
-        let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
-        let expect = id_token::Expectations {
-            issuer: &self.settings.issuer,
-            client_id: &self.settings.client_id,
-            trusted_audiences: &self.settings.trusted_audiences,
-            nonce,
-            now,
-        };
-        Ok(id_token::verify(&jwt, &keys, secret, &expect)?)
-    }
-
-    /// The claims of an ID token this gateway verified earlier (kept sealed with the
-    /// session), read without verifying it again; `None` if it does not parse.
-    pub fn stored_id_token_claims(&self, token: &str) -> Option<Map<String, Value>> {
-        id_token::parse_unverified(token, &Algorithm::ALL)
-            .ok()
-            .map(|jwt| jwt.claims)
-    }
-
     /// The provider's `end_session_endpoint` with the parameters of RP-Initiated Logout
     /// 1.0 §2, or `None` when the provider has no such endpoint.
     pub async fn end_session_url(
@@ -658,27 +501,6 @@ impl Provider {
             q.append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
         }
         Ok(Some(url))
-    }
-
-    /// Validates a back-channel logout token (everything but the `jti` replay check).
-    pub async fn validate_logout_token(
-        &self,
-        token: &str,
-        now: UnixTime,
-    ) -> Result<logout_token::LogoutToken, LogoutError> {
-        let allowed = self.allowed_algorithms(&*self.metadata().await?);
-        let jwt = id_token::parse_unverified(token, &allowed)
-            .map_err(logout_token::LogoutTokenError::from)?;
-        let keys = self.keys_for(&jwt).await?;
-        let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
-        Ok(logout_token::verify(
-            &jwt,
-            &keys,
-            secret,
-            &self.settings.issuer,
-            &self.settings.client_id,
-            now,
-        )?)
     }
 
     /// Claims from the UserInfo endpoint, when the provider has one. A token bound to

@@ -24,6 +24,7 @@ pub mod postgres;
 pub mod redis;
 mod rows;
 mod sealed;
+mod sql;
 pub mod sqlite;
 
 pub use feed::{ChangeFeed, FeedEvent, FeedSubscription, SessionChange};

@@ -280,16 +280,10 @@ impl Sessions {
         let Some(refresh_token) = tokens.refresh_token.as_deref() else {
             return Ok(Some(fresh));
         };
-        let dpop = match self
+        // (An error drops the permit unsettled: the breaker's probe, if it was one, ends.)
+        let dpop = self
             .dpop_key_if(self.config.provider.dpop || tokens.access_token_bound)
-            .await
-        {
-            Ok(key) => key,
-            Err(e) => {
-                drop(permit);
-                return Err(e);
-            }
-        };
+            .await?;
         match self.provider.refresh(refresh_token, dpop.as_deref()).await {
             Ok(answer) => {
                 permit.settle(self.now(), false);

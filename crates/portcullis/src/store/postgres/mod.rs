@@ -23,6 +23,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 use super::feed::Tasks;
+use super::sql::Arg::{self, Int, Text};
+use super::sql::one_row;
 use super::{
     ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
     Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -119,6 +121,22 @@ fn describe(url: &str) -> String {
 }
 
 impl PostgresStore {
+    /// Runs one statement; how many rows it changed.
+    async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        timed(async {
+            let mut query = q(sql);
+            for arg in args {
+                query = match *arg {
+                    Text(text) => query.bind(text),
+                    Int(number) => query.bind(number),
+                };
+            }
+            let done = query.execute(&self.pool).await.map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     /// Runs a statement that announces the sessions it changed; returns how many.
     async fn announcing(
         &self,
@@ -530,18 +548,8 @@ impl Store for PostgresStore {
         now: UnixTime,
         until: UnixTime,
     ) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.acquire_lease)
-                .bind(key)
-                .bind(holder)
-                .bind(now)
-                .bind(until)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let args = [Text(key), Text(holder), Int(now), Int(until)];
+        one_row(self.execute(&self.sql.acquire_lease, &args)).await
     }
 
     async fn renew_lease(
@@ -551,72 +559,32 @@ impl Store for PostgresStore {
         now: UnixTime,
         until: UnixTime,
     ) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.renew_lease)
-                .bind(key)
-                .bind(holder)
-                .bind(now)
-                .bind(until)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let args = [Text(key), Text(holder), Int(now), Int(until)];
+        one_row(self.execute(&self.sql.renew_lease, &args)).await
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()> {
-        timed(async {
-            q(&self.sql.release_lease)
-                .bind(key)
-                .bind(holder)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let args = [Text(key), Text(holder)];
+        self.execute(&self.sql.release_lease, &args).await.map(drop)
     }
 
     async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.remember_once)
-                .bind(key)
-                .bind(now)
-                .bind(until)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let args = [Text(key), Int(now), Int(until)];
+        one_row(self.execute(&self.sql.remember_once, &args)).await
     }
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
-        timed(async {
-            q(&self.sql.forget)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        self.execute(&self.sql.forget, &[Text(key)]).await.map(drop)
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.add_signing_key)
-                .bind(key.generation)
-                .bind(&key.kid)
-                .bind(key.sealed_key.as_stored())
-                .bind(key.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let args = [
+            Int(key.generation),
+            Text(&key.kid),
+            Text(key.sealed_key.as_stored()),
+            Int(key.created_at),
+        ];
+        one_row(self.execute(&self.sql.add_signing_key, &args)).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -643,53 +611,20 @@ impl Store for PostgresStore {
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
-        timed(async {
-            q(&self.sql.put_setting)
-                .bind(key)
-                .bind(value)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let args = [Text(key), Text(value)];
+        self.execute(&self.sql.put_setting, &args).await.map(drop)
     }
 
     async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.add_setting)
-                .bind(key)
-                .bind(value)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        one_row(self.execute(&self.sql.add_setting, &[Text(key), Text(value)])).await
     }
 
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.delete_setting)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        one_row(self.execute(&self.sql.delete_setting, &[Text(key)])).await
     }
 
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.delete_signing_key)
-                .bind(generation)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        one_row(self.execute(&self.sql.delete_signing_key, &[Int(generation)])).await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {

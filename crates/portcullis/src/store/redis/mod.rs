@@ -136,6 +136,15 @@ impl RedisStore {
         }
     }
 
+    /// Runs one command, timed.
+    async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
+        timed(async {
+            let mut conn = self.conn.clone();
+            cmd.query_async(&mut conn).await.map_err(store_error)
+        })
+        .await
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.prefix)
     }
@@ -549,24 +558,17 @@ impl Store for RedisStore {
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
-        timed(async {
-            let value = serde_json::json!({
-                "kid": key.kid,
-                "sealed_key": key.sealed_key.as_stored(),
-                "created_at": key.created_at,
-            })
-            .to_string();
-            let mut conn = self.conn.clone();
-            let added: i64 = redis::cmd("HSETNX")
-                .arg(self.key("signing_keys"))
-                .arg(key.generation)
-                .arg(value)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            Ok(added == 1)
+        let value = serde_json::json!({
+            "kid": key.kid,
+            "sealed_key": key.sealed_key.as_stored(),
+            "created_at": key.created_at,
         })
-        .await
+        .to_string();
+        let mut cmd = redis::cmd("HSETNX");
+        cmd.arg(self.key("signing_keys"))
+            .arg(key.generation)
+            .arg(value);
+        Ok(self.command::<i64>(&cmd).await? == 1)
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -604,86 +606,38 @@ impl Store for RedisStore {
     }
 
     async fn get_setting(&self, key: &str) -> StoreResult<Option<String>> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            redis::cmd("HGET")
-                .arg(self.key("settings"))
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)
-        })
-        .await
+        self.command(redis::cmd("HGET").arg(self.key("settings")).arg(key))
+            .await
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            let _: i64 = redis::cmd("HSET")
-                .arg(self.key("settings"))
-                .arg(key)
-                .arg(value)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            Ok(())
-        })
-        .await
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.key("settings")).arg(key).arg(value);
+        self.command::<i64>(&cmd).await.map(drop)
     }
 
     async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            let added: i64 = redis::cmd("HSETNX")
-                .arg(self.key("settings"))
-                .arg(key)
-                .arg(value)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            Ok(added == 1)
-        })
-        .await
+        let mut cmd = redis::cmd("HSETNX");
+        cmd.arg(self.key("settings")).arg(key).arg(value);
+        Ok(self.command::<i64>(&cmd).await? == 1)
     }
 
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            let removed: i64 = redis::cmd("HDEL")
-                .arg(self.key("settings"))
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            Ok(removed == 1)
-        })
-        .await
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.key("settings")).arg(key);
+        Ok(self.command::<i64>(&cmd).await? == 1)
     }
 
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            let removed: i64 = redis::cmd("HDEL")
-                .arg(self.key("signing_keys"))
-                .arg(generation)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            Ok(removed == 1)
-        })
-        .await
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.key("signing_keys")).arg(generation);
+        Ok(self.command::<i64>(&cmd).await? == 1)
     }
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
-        timed(async {
-            let mut conn = self.conn.clone();
-            redis::cmd("DEL")
-                .arg(self.key(&format!("replay:{key}")))
-                .exec_async(&mut conn)
-                .await
-                .map_err(store_error)
-        })
-        .await
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(&format!("replay:{key}")));
+        self.command::<i64>(&cmd).await.map(drop)
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {

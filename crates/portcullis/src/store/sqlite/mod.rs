@@ -2,6 +2,7 @@
 
 mod columns;
 mod feed;
+mod purge;
 mod schema;
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use super::feed::Tasks;
+use super::sql::Arg::{self, Int, Text};
+use super::sql::one_row;
 use super::{
     ChangeFeed, FeedEvent, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
     StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -65,6 +68,22 @@ impl SqliteStore {
 
     /// Deletes the sessions matching `condition` (SQL over fixed text, values bound as
     /// `?1`, `?2`) and announces each.
+    /// Runs one statement; how many rows it changed.
+    async fn execute(&self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<u64> {
+        timed(async {
+            let mut query = sqlx::query(sql);
+            for arg in args {
+                query = match *arg {
+                    Text(text) => query.bind(text),
+                    Int(number) => query.bind(number),
+                };
+            }
+            let done = query.execute(&self.pool).await.map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     async fn delete_where(&self, condition: &'static str, values: &[&str]) -> StoreResult<u64> {
         timed(async {
             let mut w = self.write().await?;
@@ -560,23 +579,11 @@ impl Store for SqliteStore {
         now: UnixTime,
         until: UnixTime,
     ) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query(
-                "INSERT INTO refresh_leases (lease_key, holder, expires_at) VALUES (?1, ?2, ?4) \
-                 ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
-                 expires_at = excluded.expires_at \
-                 WHERE refresh_leases.expires_at <= ?3 OR refresh_leases.holder = excluded.holder",
-            )
-            .bind(key)
-            .bind(holder)
-            .bind(now)
-            .bind(until)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "INSERT INTO refresh_leases (lease_key, holder, expires_at) VALUES (?1, ?2, ?4) \
+                   ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
+                   expires_at = excluded.expires_at \
+                   WHERE refresh_leases.expires_at <= ?3 OR refresh_leases.holder = excluded.holder";
+        one_row(self.execute(sql, &[Text(key), Text(holder), Int(now), Int(until)])).await
     }
 
     async fn renew_lease(
@@ -586,82 +593,40 @@ impl Store for SqliteStore {
         now: UnixTime,
         until: UnixTime,
     ) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query(
-                "UPDATE refresh_leases SET expires_at = ?4 \
-                 WHERE lease_key = ?1 AND holder = ?2 AND expires_at > ?3",
-            )
-            .bind(key)
-            .bind(holder)
-            .bind(now)
-            .bind(until)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "UPDATE refresh_leases SET expires_at = ?4 \
+                   WHERE lease_key = ?1 AND holder = ?2 AND expires_at > ?3";
+        one_row(self.execute(sql, &[Text(key), Text(holder), Int(now), Int(until)])).await
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> StoreResult<()> {
-        timed(async {
-            sqlx::query("DELETE FROM refresh_leases WHERE lease_key = ?1 AND holder = ?2")
-                .bind(key)
-                .bind(holder)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let sql = "DELETE FROM refresh_leases WHERE lease_key = ?1 AND holder = ?2";
+        self.execute(sql, &[Text(key), Text(holder)])
+            .await
+            .map(drop)
     }
 
     async fn remember_once(&self, key: &str, now: UnixTime, until: UnixTime) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query(
-                "INSERT INTO replay_cache (replay_key, expires_at) VALUES (?1, ?3) \
-                 ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
-                 WHERE replay_cache.expires_at <= ?2",
-            )
-            .bind(key)
-            .bind(now)
-            .bind(until)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "INSERT INTO replay_cache (replay_key, expires_at) VALUES (?1, ?3) \
+                   ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
+                   WHERE replay_cache.expires_at <= ?2";
+        one_row(self.execute(sql, &[Text(key), Int(now), Int(until)])).await
     }
 
     async fn forget(&self, key: &str) -> StoreResult<()> {
-        timed(async {
-            sqlx::query("DELETE FROM replay_cache WHERE replay_key = ?1")
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let sql = "DELETE FROM replay_cache WHERE replay_key = ?1";
+        self.execute(sql, &[Text(key)]).await.map(drop)
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query(
-                "INSERT INTO signing_keys (generation, kid, sealed_key, created_at) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-            )
-            .bind(key.generation)
-            .bind(&key.kid)
-            .bind(key.sealed_key.as_stored())
-            .bind(key.created_at)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "INSERT INTO signing_keys (generation, kid, sealed_key, created_at) \
+                   VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+        let args = [
+            Int(key.generation),
+            Text(&key.kid),
+            Text(key.sealed_key.as_stored()),
+            Int(key.created_at),
+        ];
+        one_row(self.execute(sql, &args)).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
@@ -689,113 +654,27 @@ impl Store for SqliteStore {
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
-        timed(async {
-            sqlx::query(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let sql = "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+        self.execute(sql, &[Text(key), Text(value)]).await.map(drop)
     }
 
     async fn add_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING";
+        one_row(self.execute(sql, &[Text(key), Text(value)])).await
     }
 
     async fn delete_setting(&self, key: &str) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query("DELETE FROM settings WHERE key = ?1")
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        one_row(self.execute("DELETE FROM settings WHERE key = ?1", &[Text(key)])).await
     }
 
     async fn delete_signing_key(&self, generation: i64) -> StoreResult<bool> {
-        timed(async {
-            let done = sqlx::query("DELETE FROM signing_keys WHERE generation = ?1")
-                .bind(generation)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        let sql = "DELETE FROM signing_keys WHERE generation = ?1";
+        one_row(self.execute(sql, &[Int(generation)])).await
     }
 
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
-        // In batches, each under its own timeout, so that a large backlog (a flood of
-        // abandoned logins) is worked off instead of timing out as one statement.
-        const BATCH: i64 = 5_000;
-        let mut total = 0;
-        for (table, expired) in [
-            (
-                "sessions",
-                "idle_expires_at <= ?1 OR absolute_expires_at <= ?1 \
-                 OR (refresh_expires_at IS NOT NULL AND refresh_expires_at <= ?1)",
-            ),
-            ("login_transactions", "expires_at <= ?1"),
-            ("refresh_leases", "expires_at <= ?1"),
-            ("replay_cache", "expires_at <= ?1"),
-        ] {
-            let sql = format!(
-                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {expired} LIMIT ?2)"
-            );
-            loop {
-                // Expiry is not announced, but its write-log entries are ours.
-                let deleted = timed(async {
-                    let mut w = self.write().await?;
-                    let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                        .bind(now)
-                        .bind(BATCH)
-                        .execute(&mut *w.db)
-                        .await
-                        .map_err(unavailable)?
-                        .rows_affected();
-                    w.commit(Vec::new()).await?;
-                    Ok(deleted)
-                })
-                .await?;
-                total += deleted;
-                if deleted < BATCH as u64 {
-                    break;
-                }
-            }
-        }
-        // The write log only needs to outlive the pollers' 250 ms (not counted: it is
-        // bookkeeping, not expired records).
-        timed(async {
-            Ok(sqlx::query(
-                "DELETE FROM feed_log WHERE seq <= (SELECT max(seq) FROM feed_log) - ?1",
-            )
-            .bind(FEED_LOG_KEEP)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .rows_affected())
-        })
-        .await?;
-        Ok(total)
+        self.purge(now).await
     }
 }
 
