@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::feed::Tasks;
 use super::sql::Arg::{self, Int, Text};
-use super::sql::one_row;
+use super::sql::{new_session_args, one_row, rotate_args, session_record_args, update_tokens_args};
 use super::{
     ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
     Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -32,7 +32,7 @@ use super::{
 use crate::clock::UnixTime;
 use crate::store::id::IdHash;
 use notify::{heartbeat, listen};
-use schema::{Queries, col, migrate, opt_str, q};
+use schema::{Queries, col, migrate, q};
 
 /// Connections per instance: the hot path holds one only for a single statement.
 const POOL_SIZE: u32 = 16;
@@ -124,14 +124,10 @@ impl PostgresStore {
     /// Runs one statement; how many rows it changed.
     async fn execute(&self, sql: &str, args: &[Arg<'_>]) -> StoreResult<u64> {
         timed(async {
-            let mut query = q(sql);
-            for arg in args {
-                query = match *arg {
-                    Text(text) => query.bind(text),
-                    Int(number) => query.bind(number),
-                };
-            }
-            let done = query.execute(&self.pool).await.map_err(unavailable)?;
+            let done = bind(q(sql), args)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
             Ok(done.rows_affected())
         })
         .await
@@ -253,30 +249,9 @@ impl Store for PostgresStore {
     }
 
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
-        timed(async {
-            q(&self.sql.create_session)
-                .bind(s.family_id.to_string())
-                .bind(s.id_hash.as_str())
-                .bind(s.user_id.to_string())
-                .bind(&s.provider_sid)
-                .bind(s.created_at)
-                .bind(s.idle_expires_at)
-                .bind(s.absolute_expires_at)
-                .bind(opt_str(&s.tokens.refresh_token))
-                .bind(opt_str(&s.tokens.access_token))
-                .bind(opt_str(&s.tokens.id_token))
-                .bind(s.tokens.access_expires_at)
-                .bind(s.tokens.refresh_expires_at)
-                .bind(&s.user_agent)
-                .bind(s.tokens.access_issued_at)
-                .bind(&s.claims)
-                .bind(s.email_verified)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        self.execute(&self.sql.create_session, &new_session_args(s))
+            .await
+            .map(drop)
     }
 
     async fn get_session(&self, id_hash: &IdHash) -> StoreResult<Option<SessionRecord>> {
@@ -329,19 +304,10 @@ impl Store for PostgresStore {
         expected_version: i64,
         t: &TokenSet,
     ) -> StoreResult<bool> {
+        let args = update_tokens_args(family_id, expected_version, t);
         timed(async {
             let n = self
-                .announcing(
-                    q(&self.sql.update_tokens)
-                        .bind(family_id.to_string())
-                        .bind(expected_version)
-                        .bind(opt_str(&t.refresh_token))
-                        .bind(opt_str(&t.access_token))
-                        .bind(opt_str(&t.id_token))
-                        .bind(t.access_expires_at)
-                        .bind(t.refresh_expires_at)
-                        .bind(t.access_issued_at),
-                )
+                .announcing(bind(q(&self.sql.update_tokens), &args))
                 .await?;
             Ok(n == 1)
         })
@@ -358,24 +324,17 @@ impl Store for PostgresStore {
         t: &TokenSet,
         keep_previous: bool,
     ) -> StoreResult<bool> {
+        let args = rotate_args(
+            family_id,
+            expected_version,
+            new_id_hash,
+            previous_valid_until,
+            handover,
+            t,
+            keep_previous,
+        );
         timed(async {
-            let n = self
-                .announcing(
-                    q(&self.sql.rotate)
-                        .bind(family_id.to_string())
-                        .bind(expected_version)
-                        .bind(new_id_hash.as_str())
-                        .bind(previous_valid_until)
-                        .bind(opt_str(&t.refresh_token))
-                        .bind(opt_str(&t.access_token))
-                        .bind(opt_str(&t.id_token))
-                        .bind(t.access_expires_at)
-                        .bind(t.refresh_expires_at)
-                        .bind(t.access_issued_at)
-                        .bind(handover)
-                        .bind(keep_previous),
-                )
-                .await?;
+            let n = self.announcing(bind(q(&self.sql.rotate), &args)).await?;
             Ok(n == 1)
         })
         .await
@@ -402,36 +361,7 @@ impl Store for PostgresStore {
     }
 
     async fn import_session(&self, s: &SessionRecord) -> StoreResult<bool> {
-        timed(async {
-            let done = q(&self.sql.import_session)
-                .bind(s.family_id.to_string())
-                .bind(s.id_hash.as_str())
-                .bind(s.previous_id_hash.as_ref().map(IdHash::as_str))
-                .bind(s.previous_valid_until)
-                .bind(&s.previous_handover)
-                .bind(s.current_seen)
-                .bind(s.user.id.to_string())
-                .bind(&s.provider_sid)
-                .bind(s.created_at)
-                .bind(s.last_seen_at)
-                .bind(s.idle_expires_at)
-                .bind(s.absolute_expires_at)
-                .bind(opt_str(&s.tokens.refresh_token))
-                .bind(opt_str(&s.tokens.access_token))
-                .bind(opt_str(&s.tokens.id_token))
-                .bind(s.tokens.access_expires_at)
-                .bind(s.tokens.refresh_expires_at)
-                .bind(s.tokens.access_issued_at)
-                .bind(s.token_version)
-                .bind(&s.user_agent)
-                .bind(&s.claims)
-                .bind(s.email_verified)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        one_row(self.execute(&self.sql.import_session, &session_record_args(s))).await
     }
 
     async fn delete_session(&self, family_id: Uuid) -> StoreResult<bool> {
@@ -651,6 +581,24 @@ impl Store for PostgresStore {
         }
         Ok(total)
     }
+}
+
+/// Binds `args` in order.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        query = match *arg {
+            Arg::Text(text) => query.bind(text),
+            Arg::OptText(text) => query.bind(text),
+            Arg::Int(number) => query.bind(number),
+            Arg::OptInt(number) => query.bind(number),
+            Arg::Bool(flag) => query.bind(flag),
+            Arg::Uuid(id) => query.bind(id.to_string()),
+        };
+    }
+    query
 }
 
 #[cfg(test)]

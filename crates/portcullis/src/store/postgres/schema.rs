@@ -5,7 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::unavailable;
-use crate::store::{Sealed, StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
 
 /// Schema migrations, in order; `{p}` is replaced by the store prefix.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -321,8 +321,4 @@ impl crate::store::rows::Columns for PgRow {
     fn flag(&self, name: &str) -> StoreResult<bool> {
         col(self, name)
     }
-}
-
-pub(super) fn opt_str(s: &Option<Sealed>) -> Option<&str> {
-    s.as_ref().map(Sealed::as_stored)
 }

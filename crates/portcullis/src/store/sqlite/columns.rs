@@ -4,7 +4,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-use crate::store::{Sealed, StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
 
 pub(super) fn uuid_col(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
     let text: String = row
@@ -45,8 +45,4 @@ impl crate::store::rows::Columns for SqliteRow {
     fn flag(&self, name: &str) -> StoreResult<bool> {
         Ok(col::<i64>(self, name)? != 0)
     }
-}
-
-pub(super) fn opt_str(s: &Option<Sealed>) -> Option<&str> {
-    s.as_ref().map(Sealed::as_stored)
 }

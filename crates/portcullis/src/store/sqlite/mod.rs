@@ -13,14 +13,14 @@ use uuid::Uuid;
 
 use super::feed::Tasks;
 use super::sql::Arg::{self, Int, Text};
-use super::sql::one_row;
+use super::sql::{new_session_args, one_row, rotate_args, session_record_args, update_tokens_args};
 use super::{
     ChangeFeed, FeedEvent, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
     StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::store::id::IdHash;
-use columns::{SESSION_COLUMNS, opt_str};
+use columns::SESSION_COLUMNS;
 use feed::{Write, changes_from_rows};
 pub use schema::apply_migrations;
 
@@ -71,14 +71,10 @@ impl SqliteStore {
     /// Runs one statement; how many rows it changed.
     async fn execute(&self, sql: &'static str, args: &[Arg<'_>]) -> StoreResult<u64> {
         timed(async {
-            let mut query = sqlx::query(sql);
-            for arg in args {
-                query = match *arg {
-                    Text(text) => query.bind(text),
-                    Int(number) => query.bind(number),
-                };
-            }
-            let done = query.execute(&self.pool).await.map_err(unavailable)?;
+            let done = bind(sqlx::query(sql), args)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
             Ok(done.rows_affected())
         })
         .await
@@ -219,32 +215,15 @@ impl Store for SqliteStore {
     async fn create_session(&self, s: &NewSession) -> StoreResult<()> {
         timed(async {
             let mut w = self.write().await?;
-            sqlx::query(
-                "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
+            let sql = "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
                  access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent, \
                  access_issued_at, claims, email_verified) \
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16)",
-            )
-            .bind(s.family_id.to_string())
-            .bind(s.id_hash.as_str())
-            .bind(s.user_id.to_string())
-            .bind(&s.provider_sid)
-            .bind(s.created_at)
-            .bind(s.idle_expires_at)
-            .bind(s.absolute_expires_at)
-            .bind(opt_str(&s.tokens.refresh_token))
-            .bind(opt_str(&s.tokens.access_token))
-            .bind(opt_str(&s.tokens.id_token))
-            .bind(s.tokens.access_expires_at)
-            .bind(s.tokens.refresh_expires_at)
-            .bind(&s.user_agent)
-            .bind(s.tokens.access_issued_at)
-            .bind(&s.claims)
-            .bind(s.email_verified)
-            .execute(&mut *w.db)
-            .await
-            .map_err(unavailable)?;
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16)";
+            bind(sqlx::query(sql), &new_session_args(s))
+                .execute(&mut *w.db)
+                .await
+                .map_err(unavailable)?;
             w.commit(Vec::new()).await?;
             Ok(())
         })
@@ -314,21 +293,16 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         timed(async {
             let mut w = self.write().await?;
-            let rows = sqlx::query(
-                "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
+            let rows = bind(
+                sqlx::query(
+                    "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
                  access_expires_at = ?6, refresh_expires_at = ?7, access_issued_at = ?8, \
                  token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2 \
                  RETURNING family_id, id_hash, previous_id_hash",
+                ),
+                &update_tokens_args(family_id, expected_version, t),
             )
-            .bind(family_id.to_string())
-            .bind(expected_version)
-            .bind(opt_str(&t.refresh_token))
-            .bind(opt_str(&t.access_token))
-            .bind(opt_str(&t.id_token))
-            .bind(t.access_expires_at)
-            .bind(t.refresh_expires_at)
-            .bind(t.access_issued_at)
             .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
@@ -351,7 +325,17 @@ impl Store for SqliteStore {
         timed(async {
             let mut w = self.write().await?;
             // The message names the id that stops being current as well as the new one.
-            let rows = sqlx::query(
+            let args = rotate_args(
+                family_id,
+                expected_version,
+                new_id_hash,
+                previous_valid_until,
+                handover,
+                t,
+                keep_previous,
+            );
+            let rows = bind(
+                sqlx::query(
                 "UPDATE sessions SET \
                  previous_id_hash = CASE WHEN ?12 THEN previous_id_hash ELSE id_hash END, \
                  previous_valid_until = ?4, \
@@ -361,19 +345,9 @@ impl Store for SqliteStore {
                  WHERE family_id = ?1 AND token_version = ?2 \
                  AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL)) \
                  RETURNING family_id, id_hash, previous_id_hash",
+                ),
+                &args,
             )
-            .bind(family_id.to_string())
-            .bind(expected_version)
-            .bind(new_id_hash.as_str())
-            .bind(previous_valid_until)
-            .bind(opt_str(&t.refresh_token))
-            .bind(opt_str(&t.access_token))
-            .bind(opt_str(&t.id_token))
-            .bind(t.access_expires_at)
-            .bind(t.refresh_expires_at)
-            .bind(t.access_issued_at)
-            .bind(handover)
-            .bind(keep_previous)
             .fetch_all(&mut *w.db)
             .await
             .map_err(unavailable)?;
@@ -410,40 +384,17 @@ impl Store for SqliteStore {
     async fn import_session(&self, s: &SessionRecord) -> StoreResult<bool> {
         timed(async {
             let mut w = self.write().await?;
-            let done = sqlx::query(
-                "INSERT INTO sessions (family_id, id_hash, previous_id_hash, previous_valid_until, \
+            let sql = "INSERT INTO sessions (family_id, id_hash, previous_id_hash, previous_valid_until, \
                  previous_handover, current_seen, user_id, provider_sid, created_at, last_seen_at, \
                  idle_expires_at, absolute_expires_at, refresh_token, access_token, id_token, \
                  access_expires_at, refresh_expires_at, access_issued_at, token_version, \
                  user_agent, claims, email_verified) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21, ?22) ON CONFLICT DO NOTHING",
-            )
-            .bind(s.family_id.to_string())
-            .bind(s.id_hash.as_str())
-            .bind(s.previous_id_hash.as_ref().map(IdHash::as_str))
-            .bind(s.previous_valid_until)
-            .bind(&s.previous_handover)
-            .bind(s.current_seen)
-            .bind(s.user.id.to_string())
-            .bind(&s.provider_sid)
-            .bind(s.created_at)
-            .bind(s.last_seen_at)
-            .bind(s.idle_expires_at)
-            .bind(s.absolute_expires_at)
-            .bind(opt_str(&s.tokens.refresh_token))
-            .bind(opt_str(&s.tokens.access_token))
-            .bind(opt_str(&s.tokens.id_token))
-            .bind(s.tokens.access_expires_at)
-            .bind(s.tokens.refresh_expires_at)
-            .bind(s.tokens.access_issued_at)
-            .bind(s.token_version)
-            .bind(&s.user_agent)
-            .bind(&s.claims)
-            .bind(s.email_verified)
-            .execute(&mut *w.db)
-            .await
-            .map_err(unavailable)?;
+                 ?17, ?18, ?19, ?20, ?21, ?22) ON CONFLICT DO NOTHING";
+            let done = bind(sqlx::query(sql), &session_record_args(s))
+                .execute(&mut *w.db)
+                .await
+                .map_err(unavailable)?;
             w.commit(Vec::new()).await?;
             Ok(done.rows_affected() == 1)
         })
@@ -676,6 +627,24 @@ impl Store for SqliteStore {
     async fn purge_expired(&self, now: UnixTime) -> StoreResult<u64> {
         self.purge(now).await
     }
+}
+
+/// Binds `args` in order.
+fn bind<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for arg in args {
+        query = match *arg {
+            Arg::Text(text) => query.bind(text),
+            Arg::OptText(text) => query.bind(text),
+            Arg::Int(number) => query.bind(number),
+            Arg::OptInt(number) => query.bind(number),
+            Arg::Bool(flag) => query.bind(flag),
+            Arg::Uuid(id) => query.bind(id.to_string()),
+        };
+    }
+    query
 }
 
 #[cfg(test)]
