@@ -395,6 +395,21 @@ pub async fn submit(
     }
     let username = p.get("username").map(String::as_str).unwrap_or("");
     let password = p.get("password").map(String::as_str).unwrap_or("");
+    if let Err(refusal) = check_password(&idp, &req, peer, username, password).await {
+        return refusal;
+    }
+    signed_in(&idp, &req, &headers, username).await
+}
+
+/// The password check, throttled per user and address; the answer to give when it
+/// fails.
+async fn check_password(
+    idp: &Idp,
+    req: &AuthzRequest,
+    peer: Option<std::net::IpAddr>,
+    username: &str,
+    password: &str,
+) -> Result<(), Response> {
     let user = idp.config.user(username);
     // Counted before any password is checked, so guessing is slow and cheap to refuse.
     let name = user.map(|u| u.username.as_str());
@@ -404,7 +419,7 @@ pub async fn submit(
     };
     let turn = match turn {
         Ok(turn) => turn,
-        Err(refused) => return throttled(&req, refused),
+        Err(refused) => return Err(throttled(req, refused)),
     };
     // argon2 is deliberately slow: it runs off the async workers, a few at once, and
     // against a real hash even for unknown users, so timing does not tell.
@@ -422,13 +437,19 @@ pub async fn submit(
     if !ok {
         idp.throttle.failed(name, peer, now());
         tracing::info!(client = %req.client_id, "sign-in failed");
-        return login_form(
-            &idp,
-            &req,
+        return Err(login_form(
+            idp,
+            req,
             StatusCode::UNAUTHORIZED,
             Some("Invalid username or password"),
-        );
+        ));
     }
+    Ok(())
+}
+
+/// A new provider session for `username` (ending this browser's previous one), its
+/// cookie, and the code for the application.
+async fn signed_in(idp: &Idp, req: &AuthzRequest, headers: &HeaderMap, username: &str) -> Response {
     let session = random_token();
     let sid = random_token()[..22].to_owned();
     let now = now();
@@ -452,25 +473,24 @@ pub async fn submit(
     }
     tracing::info!(user = username, client = %req.client_id, "signed in");
     // Signing in again replaces this browser's previous session: end it properly.
-    if let Some(old) = cookie(&headers, SESSION_COOKIE)
+    if let Some(old) = cookie(headers, SESSION_COOKIE)
         && let Ok(Some((old_sid, old_user, _))) =
             idp.store.session(&sha256_hex(old.as_bytes()), now).await
         && let Ok(clients) = idp.store.end_session(&old_sid).await
     {
-        crate::logout::send_backchannel_logout(&idp, &old_sid, &old_user, &clients).await;
+        crate::logout::send_backchannel_logout(idp, &old_sid, &old_user, &clients).await;
     }
-    let mut r = issue_code(&idp, &req, username, &sid, now).await;
+    let mut r = issue_code(idp, req, username, &sid, now).await;
     let c = format!(
         "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={SESSION_TTL}{}",
-        secure(&idp)
+        secure(idp)
     );
     if let Ok(v) = HeaderValue::from_str(&c) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}=; Path=/; Max-Age=0{}",
-        secure(&idp)
-    )) {
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{CSRF_COOKIE}=; Path=/; Max-Age=0{}", secure(idp)))
+    {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r

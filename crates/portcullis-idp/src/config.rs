@@ -163,103 +163,8 @@ impl IdpConfig {
         let id_token_ttl = ttl(raw.id_token_ttl, "id_token_ttl", 300);
         let refresh_token_ttl = ttl(raw.refresh_token_ttl, "refresh_token_ttl", 30 * 86_400);
 
-        let mut clients = Vec::new();
-        for c in raw.clients {
-            if c.id.is_empty() || clients.iter().any(|x: &Client| x.id == c.id) {
-                errors.push(format!(
-                    "client `{}`: ids must be unique and not empty",
-                    c.id
-                ));
-            }
-            if c.secret.as_deref() == Some("") {
-                errors.push(format!(
-                    "client `{}`: an empty `secret` is not a secret; omit it for a public client",
-                    c.id
-                ));
-            }
-            if c.redirect_uris.is_empty() {
-                errors.push(format!(
-                    "client `{}`: at least one redirect_uri is required",
-                    c.id
-                ));
-            }
-            for uri in c
-                .redirect_uris
-                .iter()
-                .chain(&c.post_logout_redirect_uris)
-                .chain(c.backchannel_logout_uri.iter())
-            {
-                match Url::parse(uri) {
-                    Ok(u) if u.fragment().is_none() && matches!(u.scheme(), "http" | "https") => {}
-                    _ => errors.push(format!(
-                        "client `{}`: `{uri}` is not an absolute http(s) URL without fragment",
-                        c.id
-                    )),
-                }
-            }
-            let jwks = c.jwks.and_then(|v| client_jwks(&c.id, v, &mut errors));
-            if jwks.is_some() && c.secret.is_some() {
-                errors.push(format!(
-                    "client `{}`: set `secret` or `jwks`, not both (one authentication method per client)",
-                    c.id
-                ));
-            }
-            clients.push(Client {
-                id: c.id,
-                secret: c.secret,
-                jwks,
-                redirect_uris: c.redirect_uris,
-                post_logout_redirect_uris: c.post_logout_redirect_uris,
-                backchannel_logout_uri: c.backchannel_logout_uri.filter(|u| !u.is_empty()),
-            });
-        }
-        let mut users = Vec::new();
-        for u in raw.users {
-            if u.username.is_empty()
-                || u.username.len() > 255
-                || users.iter().any(|x: &User| x.username == u.username)
-            {
-                errors.push(format!(
-                    "user `{}`: usernames must be unique, 1–255 characters",
-                    u.username
-                ));
-            }
-            let password_hash = match (u.password, u.password_hash) {
-                (Some(p), None) => match hash_password(&p) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        errors.push(format!("user `{}`: {e}", u.username));
-                        continue;
-                    }
-                },
-                (None, Some(h))
-                    if PasswordHash::new(&h)
-                        .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2")) =>
-                {
-                    h
-                }
-                (None, Some(_)) => {
-                    errors.push(format!(
-                        "user `{}`: `password_hash` is not an argon2 PHC string",
-                        u.username
-                    ));
-                    continue;
-                }
-                _ => {
-                    errors.push(format!(
-                        "user `{}`: set exactly one of `password` and `password_hash`",
-                        u.username
-                    ));
-                    continue;
-                }
-            };
-            users.push(User {
-                username: u.username,
-                password_hash,
-                email: u.email,
-                name: u.name,
-            });
-        }
+        let clients = clients(raw.clients, &mut errors);
+        let users = users(raw.users, &mut errors);
         if errors.is_empty() {
             Ok(Self {
                 issuer,
@@ -283,6 +188,115 @@ impl IdpConfig {
     pub fn user(&self, username: &str) -> Option<&User> {
         self.users.iter().find(|u| u.username == username)
     }
+}
+
+/// The `[[clients]]` as written, checked: unique ids, redirect URIs, one authentication
+/// method each.
+fn clients(raw: Vec<RawClient>, errors: &mut Vec<String>) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for c in raw {
+        if c.id.is_empty() || clients.iter().any(|x| x.id == c.id) {
+            errors.push(format!(
+                "client `{}`: ids must be unique and not empty",
+                c.id
+            ));
+        }
+        if c.secret.as_deref() == Some("") {
+            errors.push(format!(
+                "client `{}`: an empty `secret` is not a secret; omit it for a public client",
+                c.id
+            ));
+        }
+        if c.redirect_uris.is_empty() {
+            errors.push(format!(
+                "client `{}`: at least one redirect_uri is required",
+                c.id
+            ));
+        }
+        for uri in c
+            .redirect_uris
+            .iter()
+            .chain(&c.post_logout_redirect_uris)
+            .chain(c.backchannel_logout_uri.iter())
+        {
+            match Url::parse(uri) {
+                Ok(u) if u.fragment().is_none() && matches!(u.scheme(), "http" | "https") => {}
+                _ => errors.push(format!(
+                    "client `{}`: `{uri}` is not an absolute http(s) URL without fragment",
+                    c.id
+                )),
+            }
+        }
+        let jwks = c.jwks.and_then(|v| client_jwks(&c.id, v, errors));
+        if jwks.is_some() && c.secret.is_some() {
+            errors.push(format!(
+                "client `{}`: set `secret` or `jwks`, not both (one authentication method per client)",
+                c.id
+            ));
+        }
+        clients.push(Client {
+            id: c.id,
+            secret: c.secret,
+            jwks,
+            redirect_uris: c.redirect_uris,
+            post_logout_redirect_uris: c.post_logout_redirect_uris,
+            backchannel_logout_uri: c.backchannel_logout_uri.filter(|u| !u.is_empty()),
+        });
+    }
+    clients
+}
+
+/// The `[[users]]` as written, checked: unique names, one password form (a plain one
+/// is hashed here).
+fn users(raw: Vec<RawUser>, errors: &mut Vec<String>) -> Vec<User> {
+    let mut users: Vec<User> = Vec::new();
+    for u in raw {
+        if u.username.is_empty()
+            || u.username.len() > 255
+            || users.iter().any(|x| x.username == u.username)
+        {
+            errors.push(format!(
+                "user `{}`: usernames must be unique, 1–255 characters",
+                u.username
+            ));
+        }
+        let password_hash = match (u.password, u.password_hash) {
+            (Some(p), None) => match hash_password(&p) {
+                Ok(h) => h,
+                Err(e) => {
+                    errors.push(format!("user `{}`: {e}", u.username));
+                    continue;
+                }
+            },
+            (None, Some(h))
+                if PasswordHash::new(&h)
+                    .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2")) =>
+            {
+                h
+            }
+            (None, Some(_)) => {
+                errors.push(format!(
+                    "user `{}`: `password_hash` is not an argon2 PHC string",
+                    u.username
+                ));
+                continue;
+            }
+            _ => {
+                errors.push(format!(
+                    "user `{}`: set exactly one of `password` and `password_hash`",
+                    u.username
+                ));
+                continue;
+            }
+        };
+        users.push(User {
+            username: u.username,
+            password_hash,
+            email: u.email,
+            name: u.name,
+        });
+    }
+    users
 }
 
 /// A client's `jwks`: a JWK set with at least one key, as a TOML table or JSON text.

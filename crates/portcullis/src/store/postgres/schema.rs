@@ -122,6 +122,94 @@ const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.pre
 const NOTIFY_CHANGED: &str = "SELECT pg_notify('{p}_feed', 's ' || family_id || ' ' || id_hash \
     || coalesce(' ' || previous_id_hash, '')) FROM changed";
 
+// The statements, with `{p}` for the table prefix, `{notify}` for the change-feed
+// announcement and `{session_columns}` / `{user_columns}` for the columns read back.
+
+const UPSERT_USER: &str = "INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (issuer, subject) DO UPDATE SET \
+         email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
+         RETURNING {user_columns}";
+const USER_PROFILE_FOR_UPDATE: &str =
+    "SELECT email, name FROM {p}_users WHERE issuer = $1 AND subject = $2 FOR UPDATE";
+const GET_USER: &str = "SELECT {user_columns} FROM {p}_users WHERE id = $1";
+const LIST_USERS: &str = "SELECT {user_columns} FROM {p}_users WHERE id > $1 ORDER BY id LIMIT $2";
+const IMPORT_USER: &str = "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT DO NOTHING";
+const CREATE_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, current_seen, user_id, \
+         provider_sid, created_at, last_seen_at, idle_expires_at, absolute_expires_at, \
+         refresh_token, access_token, id_token, access_expires_at, refresh_expires_at, \
+         token_version, user_agent, access_issued_at, claims, email_verified) \
+         VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16)";
+const GET_SESSION: &str = "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
+         WHERE s.id_hash = $1 OR s.previous_id_hash = $1";
+const TOUCH: &str = "UPDATE {p}_sessions SET last_seen_at = greatest(last_seen_at, $2), \
+         idle_expires_at = greatest(idle_expires_at, $3) WHERE family_id = $1";
+const MARK_SEEN: &str = "WITH changed AS (UPDATE {p}_sessions SET current_seen = TRUE \
+         WHERE family_id = $1 AND id_hash = $2 AND NOT current_seen \
+         RETURNING family_id, id_hash, previous_id_hash) {notify}";
+const UPDATE_TOKENS: &str = "WITH changed AS (UPDATE {p}_sessions SET refresh_token = $3, \
+         access_token = $4, id_token = $5, access_expires_at = $6, refresh_expires_at = $7, \
+         access_issued_at = $8, token_version = token_version + 1 \
+         WHERE family_id = $1 AND token_version = $2 \
+         RETURNING family_id, id_hash, previous_id_hash) {notify}";
+const ROTATE: &str = "WITH changed AS (UPDATE {p}_sessions SET \
+         previous_id_hash = CASE WHEN $12 THEN previous_id_hash ELSE id_hash END, \
+         previous_valid_until = $4, id_hash = $3, current_seen = FALSE, refresh_token = $5, \
+         access_token = $6, id_token = $7, access_expires_at = $8, refresh_expires_at = $9, \
+         access_issued_at = $10, previous_handover = $11, token_version = token_version + 1 \
+         WHERE family_id = $1 AND token_version = $2 \
+         AND (NOT $12 OR (current_seen = FALSE AND previous_id_hash IS NOT NULL)) \
+         RETURNING family_id, id_hash, previous_id_hash) {notify}";
+const UPDATE_CLAIMS: &str = "WITH changed AS (UPDATE {p}_sessions SET claims = $2, email_verified = $3 \
+         WHERE family_id = $1 RETURNING family_id, id_hash, previous_id_hash) {notify}";
+const IMPORT_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, previous_id_hash, \
+         previous_valid_until, previous_handover, current_seen, user_id, provider_sid, \
+         created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
+         access_token, id_token, access_expires_at, refresh_expires_at, access_issued_at, \
+         token_version, user_agent, claims, email_verified) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING";
+const DELETE_ALL: &str = "WITH gone AS (DELETE FROM {p}_sessions RETURNING 1), \
+         counted AS (SELECT count(*) AS n FROM gone) \
+         SELECT n, pg_notify('{p}_feed', 'a') FROM counted";
+const LIST_SESSIONS: &str = "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
+         WHERE s.idle_expires_at > $1 AND s.absolute_expires_at > $1 \
+         AND (s.refresh_expires_at IS NULL OR s.refresh_expires_at > $1) \
+         AND ($2::text IS NULL OR s.user_id = $2) ORDER BY s.created_at DESC, s.family_id";
+const PUT_TRANSACTION: &str = "INSERT INTO {p}_login_transactions (state_hash, binding_hash, nonce, \
+         verifier, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const TRIM_PER_BROWSER: &str = "DELETE FROM {p}_login_transactions WHERE binding_hash = $1 AND state_hash NOT IN \
+         (SELECT state_hash FROM {p}_login_transactions WHERE binding_hash = $1 \
+          ORDER BY created_at DESC, seq DESC LIMIT $2)";
+const DELETE_EXPIRED_TRANSACTIONS: &str =
+    "DELETE FROM {p}_login_transactions WHERE expires_at <= $1";
+const COUNT_TRANSACTIONS: &str = "SELECT COUNT(*) FROM {p}_login_transactions";
+const TAKE_TRANSACTION: &str = "DELETE FROM {p}_login_transactions WHERE state_hash = $1 \
+         RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at";
+const ACQUIRE_LEASE: &str = "INSERT INTO {p}_refresh_leases (lease_key, holder, expires_at) VALUES ($1, $2, $4) \
+         ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
+         expires_at = excluded.expires_at \
+         WHERE {p}_refresh_leases.expires_at <= $3 OR {p}_refresh_leases.holder = excluded.holder";
+const RENEW_LEASE: &str = "UPDATE {p}_refresh_leases SET expires_at = $4 \
+         WHERE lease_key = $1 AND holder = $2 AND expires_at > $3";
+const RELEASE_LEASE: &str = "DELETE FROM {p}_refresh_leases WHERE lease_key = $1 AND holder = $2";
+const REMEMBER_ONCE: &str = "INSERT INTO {p}_replay_cache (replay_key, expires_at) VALUES ($1, $3) \
+         ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
+         WHERE {p}_replay_cache.expires_at <= $2";
+const FORGET: &str = "DELETE FROM {p}_replay_cache WHERE replay_key = $1";
+const ADD_SIGNING_KEY: &str = "INSERT INTO {p}_signing_keys (generation, kid, sealed_key, created_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+const SIGNING_KEYS: &str =
+    "SELECT generation, kid, sealed_key, created_at FROM {p}_signing_keys ORDER BY generation";
+const DELETE_SIGNING_KEY: &str = "DELETE FROM {p}_signing_keys WHERE generation = $1";
+const GET_SETTING: &str = "SELECT value FROM {p}_settings WHERE key = $1";
+const ADD_SETTING: &str =
+    "INSERT INTO {p}_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+const PUT_SETTING: &str = "INSERT INTO {p}_settings (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+const DELETE_SETTING: &str = "DELETE FROM {p}_settings WHERE key = $1";
+
 impl Queries {
     pub(super) fn new(prefix: &str) -> Self {
         let t = |s: &str| {
@@ -139,72 +227,19 @@ impl Queries {
         Self {
             prefix: prefix.to_owned(),
             channel: format!("{prefix}_feed"),
-            upsert_user: t(
-                "INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $6) \
-                 ON CONFLICT (issuer, subject) DO UPDATE SET \
-                 email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
-                 RETURNING {user_columns}",
-            ),
-            user_profile_for_update: t(
-                "SELECT email, name FROM {p}_users WHERE issuer = $1 AND subject = $2 FOR UPDATE",
-            ),
-            get_user: t("SELECT {user_columns} FROM {p}_users WHERE id = $1"),
-            list_users: t(
-                "SELECT {user_columns} FROM {p}_users WHERE id > $1 ORDER BY id LIMIT $2",
-            ),
-            import_user: t(
-                "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT DO NOTHING",
-            ),
-            create_session: t(
-                "INSERT INTO {p}_sessions (family_id, id_hash, current_seen, user_id, \
-                 provider_sid, created_at, last_seen_at, idle_expires_at, absolute_expires_at, \
-                 refresh_token, access_token, id_token, access_expires_at, refresh_expires_at, \
-                 token_version, user_agent, access_issued_at, claims, email_verified) \
-                 VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16)",
-            ),
-            get_session: t(
-                "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
-                 WHERE s.id_hash = $1 OR s.previous_id_hash = $1",
-            ),
-            touch: t(
-                "UPDATE {p}_sessions SET last_seen_at = greatest(last_seen_at, $2), \
-                 idle_expires_at = greatest(idle_expires_at, $3) WHERE family_id = $1",
-            ),
-            mark_seen: t(
-                "WITH changed AS (UPDATE {p}_sessions SET current_seen = TRUE \
-                 WHERE family_id = $1 AND id_hash = $2 AND NOT current_seen \
-                 RETURNING family_id, id_hash, previous_id_hash) {notify}",
-            ),
-            update_tokens: t(
-                "WITH changed AS (UPDATE {p}_sessions SET refresh_token = $3, \
-                 access_token = $4, id_token = $5, access_expires_at = $6, refresh_expires_at = $7, \
-                 access_issued_at = $8, token_version = token_version + 1 \
-                 WHERE family_id = $1 AND token_version = $2 \
-                 RETURNING family_id, id_hash, previous_id_hash) {notify}",
-            ),
-            rotate: t("WITH changed AS (UPDATE {p}_sessions SET \
-                 previous_id_hash = CASE WHEN $12 THEN previous_id_hash ELSE id_hash END, \
-                 previous_valid_until = $4, id_hash = $3, current_seen = FALSE, refresh_token = $5, \
-                 access_token = $6, id_token = $7, access_expires_at = $8, refresh_expires_at = $9, \
-                 access_issued_at = $10, previous_handover = $11, token_version = token_version + 1 \
-                 WHERE family_id = $1 AND token_version = $2 \
-                 AND (NOT $12 OR (current_seen = FALSE AND previous_id_hash IS NOT NULL)) \
-                 RETURNING family_id, id_hash, previous_id_hash) {notify}"),
-            update_claims: t(
-                "WITH changed AS (UPDATE {p}_sessions SET claims = $2, email_verified = $3 \
-                 WHERE family_id = $1 RETURNING family_id, id_hash, previous_id_hash) {notify}",
-            ),
-            import_session: t(
-                "INSERT INTO {p}_sessions (family_id, id_hash, previous_id_hash, \
-                 previous_valid_until, previous_handover, current_seen, user_id, provider_sid, \
-                 created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
-                 access_token, id_token, access_expires_at, refresh_expires_at, access_issued_at, \
-                 token_version, user_agent, claims, email_verified) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING",
-            ),
+            upsert_user: t(UPSERT_USER),
+            user_profile_for_update: t(USER_PROFILE_FOR_UPDATE),
+            get_user: t(GET_USER),
+            list_users: t(LIST_USERS),
+            import_user: t(IMPORT_USER),
+            create_session: t(CREATE_SESSION),
+            get_session: t(GET_SESSION),
+            touch: t(TOUCH),
+            mark_seen: t(MARK_SEEN),
+            update_tokens: t(UPDATE_TOKENS),
+            rotate: t(ROTATE),
+            update_claims: t(UPDATE_CLAIMS),
+            import_session: t(IMPORT_SESSION),
             delete_by_family: delete("family_id = $1"),
             delete_by_user: delete("user_id = $1"),
             delete_by_sid: delete(
@@ -214,60 +249,25 @@ impl Queries {
                 "user_id IN (SELECT id FROM {p}_users WHERE issuer = $1 AND subject = $2)",
             ),
             // One reset message rather than one per session: all of them ended.
-            delete_all: t("WITH gone AS (DELETE FROM {p}_sessions RETURNING 1), \
-                 counted AS (SELECT count(*) AS n FROM gone) \
-                 SELECT n, pg_notify('{p}_feed', 'a') FROM counted"),
-            list_sessions: t(
-                "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
-                 WHERE s.idle_expires_at > $1 AND s.absolute_expires_at > $1 \
-                 AND (s.refresh_expires_at IS NULL OR s.refresh_expires_at > $1) \
-                 AND ($2::text IS NULL OR s.user_id = $2) ORDER BY s.created_at DESC, s.family_id",
-            ),
-            put_transaction: t(
-                "INSERT INTO {p}_login_transactions (state_hash, binding_hash, nonce, \
-                 verifier, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            ),
-            trim_per_browser: t(
-                "DELETE FROM {p}_login_transactions WHERE binding_hash = $1 AND state_hash NOT IN \
-                 (SELECT state_hash FROM {p}_login_transactions WHERE binding_hash = $1 \
-                  ORDER BY created_at DESC, seq DESC LIMIT $2)",
-            ),
-            delete_expired_transactions: t(
-                "DELETE FROM {p}_login_transactions WHERE expires_at <= $1",
-            ),
-            count_transactions: t("SELECT COUNT(*) FROM {p}_login_transactions"),
-            take_transaction: t("DELETE FROM {p}_login_transactions WHERE state_hash = $1 \
-                 RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at"),
-            acquire_lease: t(
-                "INSERT INTO {p}_refresh_leases (lease_key, holder, expires_at) VALUES ($1, $2, $4) \
-                 ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
-                 expires_at = excluded.expires_at \
-                 WHERE {p}_refresh_leases.expires_at <= $3 OR {p}_refresh_leases.holder = excluded.holder",
-            ),
-            renew_lease: t("UPDATE {p}_refresh_leases SET expires_at = $4 \
-                 WHERE lease_key = $1 AND holder = $2 AND expires_at > $3"),
-            release_lease: t("DELETE FROM {p}_refresh_leases WHERE lease_key = $1 AND holder = $2"),
-            remember_once: t(
-                "INSERT INTO {p}_replay_cache (replay_key, expires_at) VALUES ($1, $3) \
-                 ON CONFLICT (replay_key) DO UPDATE SET expires_at = excluded.expires_at \
-                 WHERE {p}_replay_cache.expires_at <= $2",
-            ),
-            forget: t("DELETE FROM {p}_replay_cache WHERE replay_key = $1"),
-            add_signing_key: t(
-                "INSERT INTO {p}_signing_keys (generation, kid, sealed_key, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            ),
-            signing_keys: t(
-                "SELECT generation, kid, sealed_key, created_at FROM {p}_signing_keys ORDER BY generation",
-            ),
-            delete_signing_key: t("DELETE FROM {p}_signing_keys WHERE generation = $1"),
-            get_setting: t("SELECT value FROM {p}_settings WHERE key = $1"),
-            add_setting: t(
-                "INSERT INTO {p}_settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-            ),
-            put_setting: t("INSERT INTO {p}_settings (key, value) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
-            delete_setting: t("DELETE FROM {p}_settings WHERE key = $1"),
+            delete_all: t(DELETE_ALL),
+            list_sessions: t(LIST_SESSIONS),
+            put_transaction: t(PUT_TRANSACTION),
+            trim_per_browser: t(TRIM_PER_BROWSER),
+            delete_expired_transactions: t(DELETE_EXPIRED_TRANSACTIONS),
+            count_transactions: t(COUNT_TRANSACTIONS),
+            take_transaction: t(TAKE_TRANSACTION),
+            acquire_lease: t(ACQUIRE_LEASE),
+            renew_lease: t(RENEW_LEASE),
+            release_lease: t(RELEASE_LEASE),
+            remember_once: t(REMEMBER_ONCE),
+            forget: t(FORGET),
+            add_signing_key: t(ADD_SIGNING_KEY),
+            signing_keys: t(SIGNING_KEYS),
+            delete_signing_key: t(DELETE_SIGNING_KEY),
+            get_setting: t(GET_SETTING),
+            add_setting: t(ADD_SETTING),
+            put_setting: t(PUT_SETTING),
+            delete_setting: t(DELETE_SETTING),
             purge: [
                 // Ended sessions are not announced: every reader decides expiry from
                 // the deadlines an entry carries.
