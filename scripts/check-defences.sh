@@ -61,7 +61,7 @@ PY
 
 H=hostile_provider
 mutate $S/session/login.rs 'if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {' 'if false {' $H l03_
-mutate $S/session/login.rs 'if now >= tx.expires_at {' 'if false {' $H l01_stale
+mutate $S/session/login.rs 'if self.now() >= tx.expires_at {' 'if false {' $H l01_stale
 mutate $S/session/login.rs 'return Err(SessionError::StateMissing);' 'return Err(SessionError::CodeMissing);' $H l01_callback_without
 mutate $S/provider/authorize.rs 'Some(found) if found == issuer => Ok(()),' 'Some(_) => Ok(()),' $H l06_mix_up
 mutate $S/session/return_to.rs 'raw.and_then(validated).map(Self).unwrap_or_else(Self::root)' 'raw.map(|r| Self(r.to_owned())).unwrap_or_else(Self::root)' $H l07_
@@ -330,7 +330,7 @@ mutate $S/session/assertion.rs '        if !records.iter().any(|r| ring.holds_ke
 mutate $S/session/assertion.rs '                key.created_at = now - ACTIVATION;' '' lib g08_
 mutate $S/session/assertion.rs '    newest.is_some() && newest_opened < newest' '    false' sessions g08_
 mutate $S/session/assertion.rs '        .filter(|r| !ring.holds_key_of(&r.sealed_key))' '        .filter(|_| true)' sessions g08_
-mutate $S/session/login.rs '            if !self.keys().holds_key_of(&tx.verifier) {' '            if false {' sessions g08_
+mutate $S/session/login.rs '        if !self.keys().holds_key_of(&tx.verifier) {' '        if false {' sessions g08_
 mutate $S/session/service.rs '        if let Err(e) = self.prepare_assertion_keys().await {' '        if let Err(e) = Ok::<(), super::assertion::AssertionError>(()) {' sessions g08_
 mutate $S/session/seal.rs '            (Some("v1"), Some(kid)) => self.keys.iter().any(|k| k.id == kid),' '            (Some("v1"), Some(_)) => true,' lib g08_
 mutate $S/session/cache.rs '                        FeedEvent::UserChanged(user) => cache.drop_user(user),' '                        FeedEvent::UserChanged(_) => {}' lib g09_

@@ -41,20 +41,7 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let idp_port = port.checked_add(1).ok_or("--port is too high")?;
     let app_port = port.checked_add(2).ok_or("--port is too high")?;
-    let data = match data {
-        Some(path) => DataDir {
-            path,
-            temporary: false,
-        },
-        None => DataDir {
-            path: std::env::temp_dir().join(format!(
-                "portcullis-demo-{}",
-                &portcullis::random::random_token()[..12]
-            )),
-            temporary: true,
-        },
-    };
-    std::fs::create_dir_all(&data.path)?;
+    let data = DataDir::new(data)?;
 
     let gateway_listener = bind(port, "gateway").await?;
     let idp_listener = bind(idp_port, "identity provider").await?;
@@ -62,52 +49,9 @@ pub async fn run(
     let gateway_url = format!("http://127.0.0.1:{port}");
     let idp_url = format!("http://127.0.0.1:{idp_port}");
 
-    // The provider: two users, one public client for the gateway.
-    let idp_config = portcullis_idp::IdpConfig::parse(&format!(
-        r#"
-issuer = "{idp_url}"
-listen = "127.0.0.1:{idp_port}"
-store = "sqlite:{idp_db}"
-[[clients]]
-id = "{CLIENT_ID}"
-redirect_uris = ["{gateway_url}/auth/callback"]
-post_logout_redirect_uris = ["{gateway_url}/signed-out"]
-backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
-[[users]]
-username = "alice"
-password = "alice"
-email = "alice@example.com"
-name = "Alice Example"
-[[users]]
-username = "bob"
-password = "bob"
-email = "bob@example.com"
-name = "Bob Builder"
-"#,
-        idp_db = data.path.join("idp.db").display()
-    ))?;
-    let idp = portcullis_idp::Idp::open(idp_config).await?;
-
-    // The gateway in front of the sample app.
-    let env = [
-        ("PORTCULLIS_ISSUER", idp_url.clone()),
-        ("PORTCULLIS_CLIENT_ID", CLIENT_ID.to_owned()),
-        ("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}")),
-        (
-            "PORTCULLIS_UPSTREAM",
-            format!("http://127.0.0.1:{app_port}"),
-        ),
-        (
-            "PORTCULLIS_STORE",
-            format!("sqlite:{}", data.path.join("portcullis.db").display()),
-        ),
-        (
-            "PORTCULLIS_PUBLIC_PATHS",
-            "/signed-out,/static/*".to_owned(),
-        ),
-    ];
-    let config = Config::load_from(None, env.into_iter().map(|(k, v)| (k.to_owned(), v)))?;
-    let gateway = Arc::new(Gateway::start(config).await?);
+    let idp =
+        portcullis_idp::Idp::open(idp_config(&idp_url, idp_port, &gateway_url, &data)?).await?;
+    let gateway = Arc::new(Gateway::start(gateway_config(port, app_port, &idp_url, &data)?).await?);
     let gateway_app = portcullis::http::router(gateway)?;
     let app = app::router(app::Links {
         idp_logout: format!(
@@ -143,6 +87,100 @@ name = "Bob Builder"
         )),
     ];
 
+    print_greeting(&gateway_url, &idp_url, app_port, &data);
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    Ok(())
+}
+
+impl DataDir {
+    /// The given folder, or a fresh one under the temporary folder (removed at exit).
+    fn new(path: Option<PathBuf>) -> std::io::Result<Self> {
+        let data = match path {
+            Some(path) => DataDir {
+                path,
+                temporary: false,
+            },
+            None => DataDir {
+                path: std::env::temp_dir().join(format!(
+                    "portcullis-demo-{}",
+                    &portcullis::random::random_token()[..12]
+                )),
+                temporary: true,
+            },
+        };
+        std::fs::create_dir_all(&data.path)?;
+        Ok(data)
+    }
+}
+
+/// The provider: two users, one public client for the gateway.
+fn idp_config(
+    idp_url: &str,
+    idp_port: u16,
+    gateway_url: &str,
+    data: &DataDir,
+) -> Result<portcullis_idp::IdpConfig, Box<dyn std::error::Error>> {
+    Ok(portcullis_idp::IdpConfig::parse(&format!(
+        r#"
+issuer = "{idp_url}"
+listen = "127.0.0.1:{idp_port}"
+store = "sqlite:{idp_db}"
+[[clients]]
+id = "{CLIENT_ID}"
+redirect_uris = ["{gateway_url}/auth/callback"]
+post_logout_redirect_uris = ["{gateway_url}/signed-out"]
+backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
+[[users]]
+username = "alice"
+password = "alice"
+email = "alice@example.com"
+name = "Alice Example"
+[[users]]
+username = "bob"
+password = "bob"
+email = "bob@example.com"
+name = "Bob Builder"
+"#,
+        idp_db = data.path.join("idp.db").display()
+    ))?)
+}
+
+/// The gateway in front of the sample app.
+fn gateway_config(
+    port: u16,
+    app_port: u16,
+    idp_url: &str,
+    data: &DataDir,
+) -> Result<Config, Box<dyn std::error::Error>> {
+    let env = [
+        ("PORTCULLIS_ISSUER", idp_url.to_owned()),
+        ("PORTCULLIS_CLIENT_ID", CLIENT_ID.to_owned()),
+        ("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}")),
+        (
+            "PORTCULLIS_UPSTREAM",
+            format!("http://127.0.0.1:{app_port}"),
+        ),
+        (
+            "PORTCULLIS_STORE",
+            format!("sqlite:{}", data.path.join("portcullis.db").display()),
+        ),
+        (
+            "PORTCULLIS_PUBLIC_PATHS",
+            "/signed-out,/static/*".to_owned(),
+        ),
+    ];
+    Ok(Config::load_from(
+        None,
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)),
+    )?)
+}
+
+fn print_greeting(gateway_url: &str, idp_url: &str, app_port: u16, data: &DataDir) {
     println!(
         "\nPortcullis demo is running.\n\n  Open   {gateway_url}/\n  Sign in as alice / alice  or  bob / bob\n\n  \
          gateway            {gateway_url}   (portcullis serve)\n  \
@@ -156,11 +194,4 @@ name = "Bob Builder"
             ""
         }
     );
-
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    for server in servers {
-        let _ = server.await;
-    }
-    Ok(())
 }

@@ -121,43 +121,9 @@ impl Sessions {
         user_agent: Option<&str>,
     ) -> Result<LoginOutcome, SessionError> {
         let result = async {
-            // L01/L02/L03: a transaction of this browser, unused and unexpired, before
-            // anything else; taking it makes it single use.
-            let state = params
-                .state
-                .as_deref()
-                .filter(|s| !s.is_empty() && s.len() <= 512);
-            // Without a transaction, nothing from the query is shown back (no attacker text
-            // on our origin): the provider's `error` is displayed only once the state matched.
-            let Some(state) = state else {
-                return Err(SessionError::StateMissing);
-            };
             let tx = self
-                .store
-                .take_transaction(&sha256_hex(state.as_bytes()))
-                .await?
-                .ok_or(SessionError::StateUnknown)?;
-            // G08: a sign-in begun on an instance whose key ring this one lacks is absent
-            // here, and put back unused for an instance that can finish it.
-            if !self.keys().holds_key_of(&tx.verifier) {
-                tracing::warn!(
-                    "a sign-in begun under a key this key ring lacks cannot be finished here; it is left for an instance that holds the key"
-                );
-                self.store
-                    .put_transaction(&tx, self.transaction_limits())
-                    .await?;
-                return Err(SessionError::StateUnknown);
-            }
-            let binding_hash = binding
-                .map(|b| sha256_hex(b.as_bytes()))
-                .unwrap_or_default();
-            if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
-                return Err(SessionError::BrowserMismatch);
-            }
-            let now = self.now();
-            if now >= tx.expires_at {
-                return Err(SessionError::LoginExpired);
-            }
+                .take_own_transaction(params.state.as_deref(), binding)
+                .await?;
             // L06 (RFC 9207): before the response is interpreted, and before any token request.
             self.provider
                 .check_response_issuer(params.iss.as_deref())
@@ -193,7 +159,12 @@ impl Sessions {
             let dpop = self.dpop_key().await?;
             let tokens = self
                 .provider
-                .exchange_code(&code, &verifier, &self.config.redirect_uri(), dpop.as_deref())
+                .exchange_code(
+                    &code,
+                    &verifier,
+                    &self.config.redirect_uri(),
+                    dpop.as_deref(),
+                )
                 .await?;
             self.create_session_from_tokens(
                 tokens,
@@ -205,6 +176,49 @@ impl Sessions {
         }
         .await;
         self.finish_login(result, replaced).await
+    }
+
+    /// L01/L02/L03, G08: the login transaction of `state`, taken (single use), when it
+    /// belongs to this browser (`binding`), is unexpired, and opens with this key ring.
+    async fn take_own_transaction(
+        &self,
+        state: Option<&str>,
+        binding: Option<&str>,
+    ) -> Result<LoginTransaction, SessionError> {
+        // L01/L02/L03: a transaction of this browser, unused and unexpired, before
+        // anything else; taking it makes it single use.
+        let state = state.filter(|s| !s.is_empty() && s.len() <= 512);
+        // Without a transaction, nothing from the query is shown back (no attacker text
+        // on our origin): the provider's `error` is displayed only once the state matched.
+        let Some(state) = state else {
+            return Err(SessionError::StateMissing);
+        };
+        let tx = self
+            .store
+            .take_transaction(&sha256_hex(state.as_bytes()))
+            .await?
+            .ok_or(SessionError::StateUnknown)?;
+        // G08: a sign-in begun on an instance whose key ring this one lacks is absent
+        // here, and put back unused for an instance that can finish it.
+        if !self.keys().holds_key_of(&tx.verifier) {
+            tracing::warn!(
+                "a sign-in begun under a key this key ring lacks cannot be finished here; it is left for an instance that holds the key"
+            );
+            self.store
+                .put_transaction(&tx, self.transaction_limits())
+                .await?;
+            return Err(SessionError::StateUnknown);
+        }
+        let binding_hash = binding
+            .map(|b| sha256_hex(b.as_bytes()))
+            .unwrap_or_default();
+        if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {
+            return Err(SessionError::BrowserMismatch);
+        }
+        if self.now() >= tx.expires_at {
+            return Err(SessionError::LoginExpired);
+        }
+        Ok(tx)
     }
 
     /// Bounds on the login transactions stored.
@@ -232,6 +246,35 @@ impl Sessions {
     }
 
     /// Validates a token response, applies the access rules and creates the session.
+    /// A new session's tokens, each sealed to its id hash and field (S08), with their
+    /// lifetimes (the provider's, capped).
+    fn sealed_tokens(
+        &self,
+        tokens: &TokenResponse,
+        id_token: &str,
+        id_hash: &super::IdHash,
+        now: crate::clock::UnixTime,
+    ) -> TokenSet {
+        let seal = |field: &str, value: &str| {
+            Some(self.keys().seal_str(value, &token_context(id_hash, field)))
+        };
+        let until = |seconds: i64| now.saturating_add(seconds.min(MAX_PROVIDER_LIFETIME));
+        TokenSet {
+            refresh_token: tokens
+                .refresh_token
+                .as_deref()
+                .and_then(|t| seal("refresh", t)),
+            access_token: seal(
+                "access",
+                &super::dpop::stored_access_token(&tokens.access_token, tokens.dpop_bound),
+            ),
+            id_token: seal("id", id_token),
+            access_expires_at: tokens.expires_in.map(until),
+            refresh_expires_at: tokens.refresh_expires_in.map(until),
+            access_issued_at: Some(now),
+        }
+    }
+
     pub(crate) async fn create_session_from_tokens(
         &self,
         tokens: TokenResponse,
@@ -270,12 +313,8 @@ impl Sessions {
 
         let session_id = SessionId::generate();
         let id_hash = session_id.hash();
-        let seal = |field: &str, value: Option<&str>| {
-            value.map(|v| self.keys().seal_str(v, &token_context(&id_hash, field)))
-        };
-        let refresh_expires_at = tokens
-            .refresh_expires_in
-            .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME)));
+        let sealed = self.sealed_tokens(&tokens, id_token, &id_hash, now);
+        let refresh_expires_at = sealed.refresh_expires_at;
         let absolute = now.saturating_add(self.config.session.absolute_lifetime.as_secs() as i64);
         let (kept, email_verified) = super::claims::kept_claims(&claims);
         let session = NewSession {
@@ -286,25 +325,7 @@ impl Sessions {
             created_at: now,
             idle_expires_at: now.saturating_add(self.config.session.idle_timeout.as_secs() as i64),
             absolute_expires_at: absolute,
-            tokens: TokenSet {
-                refresh_token: seal(
-                    "refresh",
-                    tokens.refresh_token.as_deref().map(String::as_str),
-                ),
-                access_token: seal(
-                    "access",
-                    Some(&super::dpop::stored_access_token(
-                        &tokens.access_token,
-                        tokens.dpop_bound,
-                    )),
-                ),
-                id_token: seal("id", Some(id_token)),
-                access_expires_at: tokens
-                    .expires_in
-                    .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
-                refresh_expires_at,
-                access_issued_at: Some(now),
-            },
+            tokens: sealed,
             user_agent: user_agent.map(|ua| clip(ua, 256)),
             claims: kept,
             email_verified,
