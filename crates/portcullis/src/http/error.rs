@@ -211,46 +211,10 @@ impl From<ProviderError> for HttpError {
                 "ID token refused",
                 Some(format!("{} ({inner})", inner.code())),
             ),
-            ProviderError::NotFapi2(reasons) => {
-                let mut e = HttpError::new(
-                    StatusCode::BAD_GATEWAY,
-                    code,
-                    "The identity provider cannot meet this gateway's security profile (FAPI 2.0); its administrator must change the provider's or the gateway's configuration.",
-                )
-                .logged(
-                    LogLevel::Error,
-                    "the provider's metadata cannot support provider.profile = fapi2",
-                    detail,
-                );
-                e.detail = Some(format!("The provider's metadata: {reasons}."));
-                e
-            }
-            ProviderError::DpopProof(_) => HttpError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                code,
-                "The gateway could not prove its key to the identity provider.",
-            )
-            .logged(LogLevel::Error, "no DPoP proof could be made", detail),
-            ProviderError::ClientAssertion(_) => HttpError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                code,
-                "The gateway could not authenticate itself to the identity provider.",
-            )
-            .logged(
-                LogLevel::Error,
-                "the client key could not sign an assertion",
-                detail,
-            ),
-            ProviderError::ParRefused(_) => HttpError::new(
-                StatusCode::BAD_GATEWAY,
-                code,
-                "The identity provider refused this gateway's sign-in request; its administrator must check the gateway's configuration.",
-            )
-            .logged(
-                LogLevel::Warn,
-                "the provider refused the pushed authorization request",
-                detail,
-            ),
+            ProviderError::NotFapi2(_)
+            | ProviderError::DpopProof(_)
+            | ProviderError::ClientAssertion(_)
+            | ProviderError::ParRefused(_) => setup_refusal(&e, code, detail),
             ProviderError::UserinfoSubjectMismatch => HttpError::bad_request(
                 code,
                 "The identity provider's answer could not be verified. Please sign in again.",
@@ -261,6 +225,59 @@ impl From<ProviderError> for HttpError {
                 None,
             ),
         }
+    }
+}
+
+/// The provider cannot be used as this gateway is set up (the profile, the client's
+/// keys, a refused push): a problem for its administrator, not the user.
+fn setup_refusal(e: &ProviderError, code: &'static str, detail: Option<String>) -> HttpError {
+    match e {
+        ProviderError::NotFapi2(reasons) => {
+            let mut e = HttpError::new(
+                StatusCode::BAD_GATEWAY,
+                code,
+                "The identity provider cannot meet this gateway's security profile (FAPI 2.0); its administrator must change the provider's or the gateway's configuration.",
+            )
+            .logged(
+                LogLevel::Error,
+                "the provider's metadata cannot support provider.profile = fapi2",
+                detail,
+            );
+            e.detail = Some(format!("The provider's metadata: {reasons}."));
+            e
+        }
+        ProviderError::DpopProof(_) => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code,
+            "The gateway could not prove its key to the identity provider.",
+        )
+        .logged(LogLevel::Error, "no DPoP proof could be made", detail),
+        ProviderError::ClientAssertion(_) => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code,
+            "The gateway could not authenticate itself to the identity provider.",
+        )
+        .logged(
+            LogLevel::Error,
+            "the client key could not sign an assertion",
+            detail,
+        ),
+        ProviderError::ParRefused(_) => HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            code,
+            "The identity provider refused this gateway's sign-in request; its administrator must check the gateway's configuration.",
+        )
+        .logged(
+            LogLevel::Warn,
+            "the provider refused the pushed authorization request",
+            detail,
+        ),
+        other => HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            code,
+            "The identity provider is not working right now. Please try again later.",
+        )
+        .logged(LogLevel::Warn, "identity provider failure", Some(other.to_string())),
     }
 }
 
@@ -277,23 +294,7 @@ impl From<SessionError> for HttpError {
             )
             .logged(LogLevel::Info, "sign-in refused by access rules", None),
             SessionError::ProviderDenied { error, description } => {
-                let error = crate::provider::discovery::truncate(&error, 64);
-                let mut e = HttpError::bad_request(
-                    code,
-                    "The identity provider did not complete the sign-in.",
-                )
-                .logged(
-                    LogLevel::Info,
-                    "the provider ended the sign-in with an error",
-                    Some(error.clone()),
-                );
-                e.detail = Some(match description {
-                    Some(d) => {
-                        format!("{error}: {}", crate::provider::discovery::truncate(&d, 300))
-                    }
-                    None => error,
-                });
-                e
+                provider_denied(code, &error, description.as_deref())
             }
             SessionError::SignInsFull => {
                 let mut e = HttpError::new(
@@ -304,22 +305,7 @@ impl From<SessionError> for HttpError {
                 e.retry_after = Some(10);
                 e
             }
-            SessionError::ScopeRefused { scopes } => {
-                let mut e = HttpError::new(
-                    StatusCode::BAD_GATEWAY,
-                    code,
-                    "The identity provider does not accept the scopes this gateway asks for; its administrator must change the gateway's configuration.",
-                )
-                .logged(
-                    LogLevel::Warn,
-                    "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports",
-                    Some(scopes.clone()),
-                );
-                e.detail = Some(format!(
-                    "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
-                ));
-                e
-            }
+            SessionError::ScopeRefused { scopes } => scope_refused(code, &scopes),
             SessionError::RefreshUnavailable { retry_after } => {
                 let mut e = HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -359,6 +345,41 @@ impl From<SessionError> for HttpError {
             .logged(LogLevel::Info, "sign-in callback refused", None),
         }
     }
+}
+
+/// L09: the provider ended the sign-in with an error; its code and (escaped on the
+/// page) description are shown once the state matched.
+fn provider_denied(code: &'static str, error: &str, description: Option<&str>) -> HttpError {
+    let error = crate::provider::discovery::truncate(error, 64);
+    let mut e = HttpError::bad_request(code, "The identity provider did not complete the sign-in.")
+        .logged(
+            LogLevel::Info,
+            "the provider ended the sign-in with an error",
+            Some(error.clone()),
+        );
+    e.detail = Some(match description {
+        Some(d) => format!("{error}: {}", crate::provider::discovery::truncate(d, 300)),
+        None => error,
+    });
+    e
+}
+
+/// `invalid_scope`: the configuration asks for scopes the provider does not offer.
+fn scope_refused(code: &'static str, scopes: &str) -> HttpError {
+    let mut e = HttpError::new(
+        StatusCode::BAD_GATEWAY,
+        code,
+        "The identity provider does not accept the scopes this gateway asks for; its administrator must change the gateway's configuration.",
+    )
+    .logged(
+        LogLevel::Warn,
+        "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports",
+        Some(scopes.to_owned()),
+    );
+    e.detail = Some(format!(
+        "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
+    ));
+    e
 }
 
 impl From<crate::session::assertion::AssertionError> for HttpError {
