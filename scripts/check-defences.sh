@@ -327,7 +327,7 @@ mutate $S/http/access.rs '            path: printable(path),' '            path,
 mutate $S/session/lookup.rs '        if !self.ring_holds_keys_of(&record) {' '        if false {' sessions g08_
 mutate $S/session/assertion.rs '        if !records.iter().any(|r| ring.holds_key_of(&r.sealed_key)) {' '        if records.is_empty() {' sessions g08_
 mutate $S/session/assertion.rs '        if !records.iter().any(|r| ring.holds_key_of(&r.sealed_key)) {' '        if records.is_empty() {' lib g08_
-mutate $S/session/assertion.rs '                key.created_at = now - ACTIVATION;' '' lib g08_
+mutate $S/session/assertion.rs '        key.created_at = now - ACTIVATION;' '' lib g08_
 mutate $S/session/assertion.rs '    newest.is_some() && newest_opened < newest' '    false' sessions g08_
 mutate $S/session/assertion.rs '        .filter(|r| !ring.holds_key_of(&r.sealed_key))' '        .filter(|_| true)' sessions g08_
 mutate $S/session/login.rs '        if !self.keys().holds_key_of(&tx.verifier) {' '        if false {' sessions g08_
@@ -341,7 +341,7 @@ mutate $S/store/redis/upsert_user.lua "  announce('u ' .. id)" "" lib redis_pass
 mutate $S/session/service.rs '        if super::assertion::stale_ring(&records, &ring) {
             return Ok(None);' '        if false {
             return Ok(None);' sessions g08_
-mutate $S/session/assertion.rs '                match store.feed().another_ring_is_running() {' '                match Some(false) {' cli:instances g08_
+mutate $S/session/assertion.rs '        match store.feed().another_ring_is_running() {' '        match Some(false) {' cli:instances g08_
 mutate $S/store/feed.rs '                        self.heard_ring(ring);' '                        let _ = ring;' cli:instances g08_
 mutate $S/provider/id_token.rs '    if segments.len() != 3 || segments[..2].iter().any(|s| s.is_empty()) {' '    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {' lib j02_an_unsigned
 mutate $S/doctor/provider.rs '    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {' '    if false {' lib emails_without_email_verified

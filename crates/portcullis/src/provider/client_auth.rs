@@ -154,6 +154,37 @@ impl Credentials<'_> {
     }
 }
 
+/// Probes basic, then post: the first that works (`Ok(None)`: neither), or `Err(())`
+/// when an answer says nothing (the caller falls back without remembering).
+async fn probe_methods(
+    http: &ProviderHttp,
+    metadata: &Metadata,
+    redirect_uri: &str,
+    client_id: &str,
+    secret: &str,
+) -> Result<Option<AuthMethod>, ()> {
+    for method in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {
+        let auth = ClientAuth {
+            client_id,
+            client_secret: Some(secret),
+            method,
+            assertion: None,
+        };
+        match probe(http, &metadata.token_endpoint, redirect_uri, auth).await {
+            ProbeOutcome::Works => return Ok(Some(method)),
+            ProbeOutcome::Refused => continue,
+            ProbeOutcome::Inconclusive => {
+                tracing::warn!(
+                    method = method.name(),
+                    "the provider's answer to a client authentication probe says nothing; client_secret_basic is used for now"
+                );
+                return Err(());
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// What a probe answer says about the method it used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -342,29 +373,10 @@ impl AutoAuth {
             }
             *last = Some(Instant::now());
         }
-        let auth = |method| ClientAuth {
-            client_id,
-            client_secret: Some(secret),
-            method,
-            assertion: None,
+        let found = match probe_methods(http, metadata, redirect_uri, client_id, secret).await {
+            Ok(found) => found,
+            Err(()) => return AuthMethod::ClientSecretBasic,
         };
-        let mut found = None;
-        for method in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {
-            match probe(http, &metadata.token_endpoint, redirect_uri, auth(method)).await {
-                ProbeOutcome::Works => {
-                    found = Some(method);
-                    break;
-                }
-                ProbeOutcome::Refused => continue,
-                ProbeOutcome::Inconclusive => {
-                    tracing::warn!(
-                        method = method.name(),
-                        "the provider's answer to a client authentication probe says nothing; client_secret_basic is used for now"
-                    );
-                    return AuthMethod::ClientSecretBasic;
-                }
-            }
-        }
         let Some(method) = found else {
             tracing::warn!(
                 "the provider accepts the client credentials with neither client_secret_basic nor client_secret_post: check client_id and client_secret"

@@ -174,43 +174,7 @@ impl Assertions {
     ) -> Result<(), AssertionError> {
         let mut records = store.signing_keys().await?;
         if !records.iter().any(|r| ring.holds_key_of(&r.sealed_key)) {
-            // The first key of an empty store, or (G08) an emergency key: no stored key
-            // opens with this ring — a new secret on a used store. Insert-if-absent: of
-            // several instances starting at once, one key wins and every one reads it
-            // back. An emergency key signs at once: the keys that signed before are
-            // gone with the old secret, and verifiers fetch `jwks.json` again when they
-            // meet an unknown `kid`.
-            let next = records.last().map_or(1, |r| r.generation + 1);
-            // Not while an instance on another key ring is running (heard on the change
-            // feed): that is a misconfigured instance (a mistyped secret, another
-            // deployment on this store), not a replaced secret, and an emergency key
-            // would take every other instance out of the load balancer. This one stays
-            // unready instead. Nor before the feed could have heard one.
-            if next > 1 {
-                match store.feed().another_ring_is_running() {
-                    Some(false) => {}
-                    Some(true) => {
-                        return Err(AssertionError::Key(
-                            "no signing key in the store opens with this key ring, and an instance with another key ring is running: this instance stays out of service (give it the same secret, or stop the others first: docs/deployment.md, \"If the secret leaked\")".into(),
-                        ));
-                    }
-                    None => {
-                        return Err(AssertionError::Key(
-                            "no signing key in the store opens with this key ring; an emergency key is made once no instance with another key ring has been heard for a few seconds".into(),
-                        ));
-                    }
-                }
-            }
-            let mut key = new_key(next, ring, now)?;
-            if next > 1 {
-                key.created_at = now - ACTIVATION;
-                tracing::warn!(
-                    generation = next,
-                    kid = %key.kid,
-                    "no assertion signing key in the store opens with this key ring (a new secret?): an emergency key signs from now; instances on the old ring are stale and fail /readyz"
-                );
-            }
-            store.add_signing_key(&key).await?;
+            add_first_or_emergency_key(store, ring, &records, now).await?;
             records = store.signing_keys().await?;
         }
         let current = self.key_set();
@@ -425,6 +389,55 @@ fn activation(record: &SigningKeyRecord) -> UnixTime {
     } else {
         record.created_at + ACTIVATION
     }
+}
+
+/// The first key of an empty store, or (G08) an emergency key: no stored key opens with
+/// this ring — a new secret on a used store. Insert-if-absent: of several instances
+/// starting at once, one key wins and every one reads it back.
+async fn add_first_or_emergency_key(
+    store: &dyn Store,
+    ring: &KeyRing,
+    records: &[SigningKeyRecord],
+    now: UnixTime,
+) -> Result<(), AssertionError> {
+    // The first key of an empty store, or (G08) an emergency key: no stored key
+    // opens with this ring — a new secret on a used store. Insert-if-absent: of
+    // several instances starting at once, one key wins and every one reads it
+    // back. An emergency key signs at once: the keys that signed before are
+    // gone with the old secret, and verifiers fetch `jwks.json` again when they
+    // meet an unknown `kid`.
+    let next = records.last().map_or(1, |r| r.generation + 1);
+    // Not while an instance on another key ring is running (heard on the change
+    // feed): that is a misconfigured instance (a mistyped secret, another
+    // deployment on this store), not a replaced secret, and an emergency key
+    // would take every other instance out of the load balancer. This one stays
+    // unready instead. Nor before the feed could have heard one.
+    if next > 1 {
+        match store.feed().another_ring_is_running() {
+            Some(false) => {}
+            Some(true) => {
+                return Err(AssertionError::Key(
+                    "no signing key in the store opens with this key ring, and an instance with another key ring is running: this instance stays out of service (give it the same secret, or stop the others first: docs/deployment.md, \"If the secret leaked\")".into(),
+                ));
+            }
+            None => {
+                return Err(AssertionError::Key(
+                    "no signing key in the store opens with this key ring; an emergency key is made once no instance with another key ring has been heard for a few seconds".into(),
+                ));
+            }
+        }
+    }
+    let mut key = new_key(next, ring, now)?;
+    if next > 1 {
+        key.created_at = now - ACTIVATION;
+        tracing::warn!(
+            generation = next,
+            kid = %key.kid,
+            "no assertion signing key in the store opens with this key ring (a new secret?): an emergency key signs from now; instances on the old ring are stale and fail /readyz"
+        );
+    }
+    store.add_signing_key(&key).await?;
+    Ok(())
 }
 
 /// The stored keys in use at `now`, oldest first: the newest, and every older one until
