@@ -99,8 +99,8 @@ mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_
 mutate $S/http/serve.rs '.header_read_timeout(keepalive_timeout)' '.header_read_timeout(None)' $G d02_idle_keepalive
 mutate $S/http/routes/mod.rs 'match tokio::time::timeout(deadline, read_at_most(body, MAX_OWN_BODY)).await' 'match Ok::<_, ()>(read_at_most(body, MAX_OWN_BODY).await)' $G d02_slow_or_large
 mutate $S/http/routes/mod.rs '            if read.len() + data.len() > limit {' '            if false {' $G d02_slow_or_large
-mutate $S/http/decision.rs '            && self.sessions.has_routes()
-            && let Err' '            && false
+mutate $S/http/decision.rs '        if self.sessions.has_routes()
+            && let Err' '        if false
             && let Err' authorization routes_admit_the_group
 mutate $S/session/routes.rs '.find(|r| r.pattern.matches_ignoring_case(path))' '.find(|r| r.pattern.matches(path))' authorization routes_cannot_be_reached
 mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' authorization routes_refuse_methods

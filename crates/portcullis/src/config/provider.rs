@@ -411,7 +411,20 @@ fn client_auth(raw: RawClientAuth, has_secret: bool, errors: &mut Vec<String>) -
             "`provider.client_key_file` is set but `provider.token_endpoint_auth_method` is not `private_key_jwt` or `auto`; remove one".into(),
         );
     }
-    let client_assertion_aud = match non_empty(raw.aud).as_deref() {
+    let client_assertion_aud = assertion_aud(raw.aud, errors);
+    let client_assertion_typ = assertion_typ(raw.typ, errors);
+    ClientAuthParts {
+        token_endpoint_auth_method,
+        client_key,
+        client_key_file,
+        client_assertion_aud,
+        client_assertion_typ,
+    }
+}
+
+/// `provider.client_assertion_aud`: `issuer` (the default) or `token_endpoint`.
+fn assertion_aud(raw: Option<String>, errors: &mut Vec<String>) -> AssertionAudience {
+    match non_empty(raw).as_deref() {
         None | Some("issuer") => AssertionAudience::Issuer,
         Some("token_endpoint") => AssertionAudience::TokenEndpoint,
         Some(other) => {
@@ -420,9 +433,13 @@ fn client_auth(raw: RawClientAuth, has_secret: bool, errors: &mut Vec<String>) -
             ));
             AssertionAudience::Issuer
         }
-    };
-    let client_assertion_typ = non_empty(raw.typ);
-    if let Some(typ) = &client_assertion_typ
+    }
+}
+
+/// `provider.client_assertion_typ`: unset, or the rfc7523bis `typ`.
+fn assertion_typ(raw: Option<String>, errors: &mut Vec<String>) -> Option<String> {
+    let typ = non_empty(raw);
+    if let Some(typ) = &typ
         && typ != crate::jose::client_key::ASSERTION_TYP
     {
         errors.push(format!(
@@ -430,13 +447,7 @@ fn client_auth(raw: RawClientAuth, has_secret: bool, errors: &mut Vec<String>) -
             crate::jose::client_key::ASSERTION_TYP
         ));
     }
-    ClientAuthParts {
-        token_endpoint_auth_method,
-        client_key,
-        client_key_file,
-        client_assertion_aud,
-        client_assertion_typ,
-    }
+    typ
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

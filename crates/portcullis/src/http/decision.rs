@@ -444,6 +444,35 @@ impl Decider {
         )
     }
 
+    /// `[[routes]]`: a method the route does not allow, or a user it does not admit, is
+    /// refused (403).
+    fn check_route(
+        &self,
+        view: &RequestView<'_>,
+        path: &NormalizedPath,
+        record: &crate::store::SessionRecord,
+    ) -> Result<(), HttpError> {
+        if self.sessions.has_routes()
+            && let Err(refusal) =
+                self.sessions
+                    .check_route(&view.method, &view.overrides, path, record)
+        {
+            return Err(match refusal {
+                RouteRefusal::Method => HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "method_refused",
+                    format!("This address does not accept {} requests.", view.method),
+                ),
+                RouteRefusal::Access(denied) => HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    "route_refused",
+                    format!("You may not open this address: {denied}."),
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Rules 9–13, for a live session.
     async fn signed_in(
         &self,
@@ -476,24 +505,8 @@ impl Decider {
             ));
         }
         let path = view.target.path();
-        if let Some(path) = path
-            && self.sessions.has_routes()
-            && let Err(refusal) =
-                self.sessions
-                    .check_route(&view.method, &view.overrides, path, &active.record)
-        {
-            return Err(match refusal {
-                RouteRefusal::Method => HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    "method_refused",
-                    format!("This address does not accept {} requests.", view.method),
-                ),
-                RouteRefusal::Access(denied) => HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    "route_refused",
-                    format!("You may not open this address: {denied}."),
-                ),
-            });
+        if let Some(path) = path {
+            self.check_route(view, path, &active.record)?;
         }
         let mut relay = None;
         if let Some(path) = path
