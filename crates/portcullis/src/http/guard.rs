@@ -226,23 +226,9 @@ impl Guard {
         Fut: Future<Output = Response>,
     {
         headers::remove_client_claims(req.headers_mut(), trusted);
-        let forwarded_path = path.encoded();
-        if forwarded_path != req.uri().path() {
-            match with_path(req.uri(), &forwarded_path) {
-                Some(uri) => *req.uri_mut() = uri,
-                None => {
-                    return refused(HttpError::bad_request(
-                        "bad_request_target",
-                        "The request target is not valid.",
-                    ));
-                }
-            }
+        if let Err(refusal) = forward_decided_path(&mut req, path, trusted) {
+            return refused(refusal);
         }
-        req.extensions_mut().insert(Checked {
-            trusted_peer: trusted,
-            forwarded_path,
-            path: path.clone(),
-        });
         let Some(identity) = identity else {
             return next(req).await;
         };
@@ -295,6 +281,30 @@ impl Guard {
         }
         response
     }
+}
+
+/// G01: the app gets the decided path, never the raw one, and learns what was checked.
+fn forward_decided_path(
+    req: &mut Request<Body>,
+    path: &NormalizedPath,
+    trusted: bool,
+) -> Result<(), HttpError> {
+    let forwarded_path = path.encoded();
+    if forwarded_path != req.uri().path() {
+        let Some(uri) = with_path(req.uri(), &forwarded_path) else {
+            return Err(HttpError::bad_request(
+                "bad_request_target",
+                "The request target is not valid.",
+            ));
+        };
+        *req.uri_mut() = uri;
+    }
+    req.extensions_mut().insert(Checked {
+        trusted_peer: trusted,
+        forwarded_path,
+        path: path.clone(),
+    });
+    Ok(())
 }
 
 /// Token relay: our token replaces every `Authorization` the client sent, and a
