@@ -56,37 +56,10 @@ impl Sessions {
         let Some(presented) = SessionId::parse(cookie_value) else {
             return Ok(None);
         };
-        let hash = presented.hash();
-        let Some(mut record) = self.store.get_session(&hash).await? else {
+        let now = self.now();
+        let Some(record) = self.live_record(&presented.hash(), now).await? else {
             return Ok(None);
         };
-        // G08: a session sealed under a key this ring lacks (a new secret, or an
-        // instance on another ring during a change) is absent here — a sign-in — and
-        // never ended by this instance: one with that key may still read it.
-        if !self.ring_holds_keys_of(&record) {
-            tracing::info!(
-                session = record.id_hash.short(),
-                "a session sealed under a key this key ring lacks is treated as signed out (and left in the store)"
-            );
-            return Ok(None);
-        }
-        let now = self.now();
-        // A decision that ends a session stands on the store, never on a cached copy
-        // (another instance may have moved the idle deadline or seen the new id).
-        if ends_here(&record, now) {
-            let Some(stored) = self.store.get_session_fresh(&hash).await? else {
-                return Ok(None);
-            };
-            record = stored;
-        }
-        if now >= record.expires_at() {
-            self.store.delete_session(record.family_id).await?;
-            tracing::info!(
-                session = record.id_hash.short(),
-                "session ended by its lifetime"
-            );
-            return Ok(None);
-        }
         let presented_current = record.matched == IdMatch::Current;
         let fresh = if presented_current {
             Fresh {
@@ -115,15 +88,7 @@ impl Sessions {
         // still current (the theft rule depends on it).
         // (The record's hash is the presented one then: no second SHA-256 per request.)
         let seen = (presented_current && !rotated).then(|| record.id_hash.clone());
-        let idle = self.config.session.idle_timeout.as_secs() as i64;
-        // Touch at most every min(60 s, idle/10): the idle deadline is then exact to
-        // that granularity without a write per request.
-        let granularity = (idle / 10).clamp(1, 60);
-        if now - record.last_seen_at >= granularity || (seen.is_some() && !record.current_seen) {
-            self.store
-                .touch_session(record.family_id, now, now + idle, seen.as_ref())
-                .await?;
-        }
+        self.touch_if_due(&record, seen.as_ref(), now).await?;
         let expires_at = record
             .tokens
             .refresh_expires_at
@@ -138,6 +103,65 @@ impl Sessions {
             new_cookie: rotated.then_some(current),
             record,
         }))
+    }
+
+    /// The stored session behind `hash` while it lives (G08: one this ring cannot open
+    /// is absent here and left in the store); one past its lifetime is ended.
+    async fn live_record(
+        &self,
+        hash: &super::IdHash,
+        now: crate::clock::UnixTime,
+    ) -> Result<Option<SessionRecord>, SessionError> {
+        let Some(mut record) = self.store.get_session(hash).await? else {
+            return Ok(None);
+        };
+        // G08: a session sealed under a key this ring lacks (a new secret, or an
+        // instance on another ring during a change) is absent here — a sign-in — and
+        // never ended by this instance: one with that key may still read it.
+        if !self.ring_holds_keys_of(&record) {
+            tracing::info!(
+                session = record.id_hash.short(),
+                "a session sealed under a key this key ring lacks is treated as signed out (and left in the store)"
+            );
+            return Ok(None);
+        }
+        // A decision that ends a session stands on the store, never on a cached copy
+        // (another instance may have moved the idle deadline or seen the new id).
+        if ends_here(&record, now) {
+            let Some(stored) = self.store.get_session_fresh(hash).await? else {
+                return Ok(None);
+            };
+            record = stored;
+        }
+        if now >= record.expires_at() {
+            self.store.delete_session(record.family_id).await?;
+            tracing::info!(
+                session = record.id_hash.short(),
+                "session ended by its lifetime"
+            );
+            return Ok(None);
+        }
+        Ok(Some(record))
+    }
+
+    /// Moves the idle deadline (at most every min(60 s, idle/10), so that it is exact to
+    /// that granularity without a write per request) and marks the current id seen.
+    async fn touch_if_due(
+        &self,
+        record: &SessionRecord,
+        seen: Option<&super::IdHash>,
+        now: crate::clock::UnixTime,
+    ) -> Result<(), SessionError> {
+        let idle = self.config.session.idle_timeout.as_secs() as i64;
+        // Touch at most every min(60 s, idle/10): the idle deadline is then exact to
+        // that granularity without a write per request.
+        let granularity = (idle / 10).clamp(1, 60);
+        if now - record.last_seen_at >= granularity || (seen.is_some() && !record.current_seen) {
+            self.store
+                .touch_session(record.family_id, now, now + idle, seen)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A rotated-away id was presented. Inside the grace window, or while the new id
