@@ -283,6 +283,34 @@ impl Assertions {
         {
             return Ok(s.header.clone());
         }
+        let token = self.sign(key, record, now, expires_at)?;
+        let mut value =
+            HeaderValue::from_str(&token).map_err(|e| AssertionError::Key(e.to_string()))?;
+        value.set_sensitive(true);
+        self.signed.insert(
+            record.family_id,
+            Arc::new(Signed {
+                header: value.clone(),
+                expires_at,
+                kid: key.record.kid.clone(),
+                id_hash: record.id_hash.as_str().to_owned(),
+                user: (user.id, user.email.clone(), user.name.clone()),
+                claims: claims_hash,
+            }),
+        );
+        Ok(value)
+    }
+
+    /// A new assertion for `record`'s user, signed by `key`: the optional claims are left
+    /// out when it would not fit common header limits.
+    fn sign(
+        &self,
+        key: &LoadedKey,
+        record: &SessionRecord,
+        now: UnixTime,
+        expires_at: UnixTime,
+    ) -> Result<String, AssertionError> {
+        let user = &record.user;
         let mut claims = json!({
             "iss": self.issuer,
             "aud": self.audience,
@@ -322,21 +350,7 @@ impl Assertions {
                 token = sign(&claims)?;
             }
         }
-        let mut value =
-            HeaderValue::from_str(&token).map_err(|e| AssertionError::Key(e.to_string()))?;
-        value.set_sensitive(true);
-        self.signed.insert(
-            record.family_id,
-            Arc::new(Signed {
-                header: value.clone(),
-                expires_at,
-                kid: key.record.kid.clone(),
-                id_hash: record.id_hash.as_str().to_owned(),
-                user: (user.id, user.email.clone(), user.name.clone()),
-                claims: claims_hash,
-            }),
-        );
-        Ok(value)
+        Ok(token)
     }
 
     /// `{prefix}/jwks.json`: the keys that sign, will sign, or signed assertions that
