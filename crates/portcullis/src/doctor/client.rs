@@ -70,19 +70,8 @@ pub(super) async fn client_check(config: &Config, provider: &Provider, report: &
         AuthMethodSetting::ClientSecretPost => Some(AuthMethod::ClientSecretPost),
         _ => None,
     };
-    // The configured method, then each secret method the provider lists (basic when
-    // it lists none: RFC 8414's default).
-    let mut candidates: Vec<AuthMethod> = fixed.into_iter().collect();
-    for m in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {
-        let listed = methods.map_or(m == AuthMethod::ClientSecretBasic, |l| {
-            l.iter().any(|x| x == m.name())
-        });
-        if listed && !candidates.contains(&m) {
-            candidates.push(m);
-        }
-    }
     let mut tried = Vec::new();
-    for m in candidates {
+    for m in secret_candidates(fixed, methods) {
         tried.push(try_method(provider, m).await);
     }
     if let Some(t) = tried.iter().find(|t| t.accepted_made_up_code || t.failed) {
@@ -106,22 +95,7 @@ pub(super) async fn client_check(config: &Config, provider: &Provider, report: &
             ),
             format!("set {} (or \"auto\")", setting_line(w.method)),
         ),
-        (None, Some(w)) => {
-            let how = match decided_by_metadata(methods) {
-                Some(_) => "auto uses it (the only secret method the provider lists)",
-                None => "auto finds it with one probe per secret, remembered in the store",
-            };
-            report.push(
-                Level::Ok,
-                "client",
-                format!(
-                    "credentials accepted with {} (a bogus code was refused with {}); {how}; to skip auto, set {}",
-                    w.method.name(),
-                    w.said,
-                    setting_line(w.method)
-                ),
-            );
-        }
+        (None, Some(w)) => report.push(Level::Ok, "client", auto_works(w, methods)),
         (_, None) if tried.iter().all(|t| t.outcome == ProbeOutcome::Refused) => report.problem(
             Level::Error,
             "client",
@@ -137,6 +111,35 @@ pub(super) async fn client_check(config: &Config, provider: &Provider, report: &
             "check client_id and client_secret; sign in once to see",
         ),
     }
+}
+
+/// The configured method, then each secret method the provider lists (basic when it
+/// lists none: RFC 8414's default).
+fn secret_candidates(fixed: Option<AuthMethod>, methods: Option<&[String]>) -> Vec<AuthMethod> {
+    let mut candidates: Vec<AuthMethod> = fixed.into_iter().collect();
+    for m in [AuthMethod::ClientSecretBasic, AuthMethod::ClientSecretPost] {
+        let listed = methods.map_or(m == AuthMethod::ClientSecretBasic, |l| {
+            l.iter().any(|x| x == m.name())
+        });
+        if listed && !candidates.contains(&m) {
+            candidates.push(m);
+        }
+    }
+    candidates
+}
+
+/// `auto` finds a method that works: which, and how `auto` gets to it.
+fn auto_works(w: &Tried, methods: Option<&[String]>) -> String {
+    let how = match decided_by_metadata(methods) {
+        Some(_) => "auto uses it (the only secret method the provider lists)",
+        None => "auto finds it with one probe per secret, remembered in the store",
+    };
+    format!(
+        "credentials accepted with {} (a bogus code was refused with {}); {how}; to skip auto, set {}",
+        w.method.name(),
+        w.said,
+        setting_line(w.method)
+    )
 }
 
 /// `private_key_jwt`: the metadata lists it (and the key's algorithm), then a made-up
