@@ -119,67 +119,76 @@ pub fn validate(
         description: description.to_owned(),
         state: state.clone(),
     };
+    let (scopes, challenge) =
+        check_request(p, duplicate).map_err(|(error, description)| refuse(error, &description))?;
+    Ok(AuthzRequest {
+        client_id: client_id.to_owned(),
+        redirect_uri: redirect_uri.to_owned(),
+        scope: scopes,
+        state,
+        nonce: p.get("nonce").cloned(),
+        code_challenge: challenge,
+        prompt: p.get("prompt").cloned(),
+    })
+}
+
+/// The request's shape: no repeated parameter or request object, the code flow with
+/// query responses, openid among supported scopes, PKCE S256 (A01, A08). The scope and
+/// the challenge, or the OAuth error and its description.
+fn check_request(
+    p: &HashMap<String, String>,
+    duplicate: Option<&str>,
+) -> Result<(String, String), (&'static str, String)> {
     if let Some(d) = duplicate {
-        return Err(refuse(
-            "invalid_request",
-            &format!("the parameter {d} is repeated"),
-        ));
+        return Err(("invalid_request", format!("the parameter {d} is repeated")));
     }
     if p.contains_key("request") || p.contains_key("request_uri") {
-        return Err(refuse(
+        return Err((
             "request_not_supported",
-            "request objects are not supported",
+            "request objects are not supported".to_owned(),
         ));
     }
     // A08: only the code flow; implicit and hybrid are refused.
     if p.get("response_type").map(String::as_str) != Some("code") {
-        return Err(refuse(
+        return Err((
             "unsupported_response_type",
-            "only response_type=code is supported",
+            "only response_type=code is supported".to_owned(),
         ));
     }
     if p.get("response_mode").is_some_and(|m| m != "query") {
-        return Err(refuse(
+        return Err((
             "invalid_request",
-            "only response_mode=query is supported",
+            "only response_mode=query is supported".to_owned(),
         ));
     }
     let scope = p.get("scope").cloned().unwrap_or_default();
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     if !scopes.contains(&"openid") || scopes.iter().any(|s| !SUPPORTED_SCOPES.contains(s)) {
-        return Err(refuse(
+        return Err((
             "invalid_scope",
-            "scope must include openid and only supported scopes",
+            "scope must include openid and only supported scopes".to_owned(),
         ));
     }
     // A01: PKCE is mandatory and S256 only (RFC 7636 §4.3, RFC 9700 §2.1.1).
     let Some(challenge) = p.get("code_challenge") else {
-        return Err(refuse(
+        return Err((
             "invalid_request",
-            "PKCE is required: send code_challenge with code_challenge_method=S256",
+            "PKCE is required: send code_challenge with code_challenge_method=S256".to_owned(),
         ));
     };
     if p.get("code_challenge_method").map(String::as_str) != Some("S256") {
-        return Err(refuse(
+        return Err((
             "invalid_request",
-            "code_challenge_method must be S256",
+            "code_challenge_method must be S256".to_owned(),
         ));
     }
     if !is_pkce_value(challenge) {
-        return Err(refuse(
+        return Err((
             "invalid_request",
-            "code_challenge is not a base64url SHA-256",
+            "code_challenge is not a base64url SHA-256".to_owned(),
         ));
     }
-    Ok(AuthzRequest {
-        client_id: client_id.to_owned(),
-        redirect_uri: redirect_uri.to_owned(),
-        scope: scopes.join(" "),
-        state,
-        nonce: p.get("nonce").cloned(),
-        code_challenge: challenge.clone(),
-        prompt: p.get("prompt").cloned(),
-    })
+    Ok((scopes.join(" "), challenge.clone()))
 }
 
 /// 303 to `redirect_uri` with `params` and `iss` added to its query (RFC 9207 §2).
