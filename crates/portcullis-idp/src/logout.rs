@@ -38,6 +38,36 @@ fn parse(raw: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(raw).into_owned().collect()
 }
 
+/// The sessions a logout ends. With a hint, only the hinted one: a hint for someone
+/// else's session (a cross-site link carrying the attacker's own ID token) must not sign
+/// this browser out. Without one, the confirmed form ends this browser's session.
+async fn sessions_to_end(
+    idp: &Idp,
+    headers: &HeaderMap,
+    hint: Option<&serde_json::Value>,
+) -> Vec<String> {
+    if let Some(hint) = hint {
+        return hint
+            .get("sid")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+    }
+    let found = portcullis::http::cookies::find_cookie(headers, SESSION_COOKIE);
+    let Some(cookie) = found.value() else {
+        return Vec::new();
+    };
+    idp.store
+        .session(&sha256_hex(cookie.as_bytes()), now())
+        .await
+        .ok()
+        .flatten()
+        .map(|(sid, _, _)| sid)
+        .into_iter()
+        .collect()
+}
+
 /// Checks the request; an error page when the redirect target cannot be trusted.
 async fn check(
     idp: &Idp,
@@ -84,29 +114,7 @@ async fn check(
             ));
         }
     }
-    let hint_sid = hint
-        .as_ref()
-        .and_then(|c| c.get("sid"))
-        .and_then(|s| s.as_str())
-        .map(str::to_owned);
-    let cookie_sid = match portcullis::http::cookies::find_cookie(headers, SESSION_COOKIE).value() {
-        Some(cookie) => idp
-            .store
-            .session(&sha256_hex(cookie.as_bytes()), now())
-            .await
-            .ok()
-            .flatten()
-            .map(|(sid, _, _)| sid),
-        None => None,
-    };
-    // With a hint, only the hinted session ends at once: a hint for someone else's
-    // session (a cross-site link carrying the attacker's own ID token) must not sign
-    // this browser out. Without one, the confirmed form ends this browser's session.
-    let sids: Vec<String> = if hint.is_some() {
-        hint_sid.into_iter().collect()
-    } else {
-        cookie_sid.into_iter().collect()
-    };
+    let sids = sessions_to_end(idp, headers, hint.as_ref()).await;
     // An expired hint still names the client and checks the redirect (RP-Initiated
     // Logout §2: providers SHOULD accept it), but signs nobody out unasked.
     let fresh_hint = hint
