@@ -118,36 +118,9 @@ impl TestGateway {
             env.push(("PORTCULLIS_SESSION_CACHE_ENTRIES".to_owned(), entries));
         }
         env.extend(options.env);
-        let file = options.config_file.as_ref().map(|text| {
-            let dir = std::env::temp_dir().join(format!(
-                "portcullis-test-config-{}",
-                portcullis::random::random_token()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("portcullis.toml");
-            std::fs::write(&path, text).unwrap();
-            path
-        });
+        let file = options.config_file.as_deref().map(config_file);
         let config = Config::load_from(file.as_deref(), env).unwrap();
-        let (store, db_path): (Arc<dyn Store>, _) = if let Some(path) = options.db_path {
-            (
-                Arc::new(SqliteStore::open(&path).await.unwrap()),
-                Some(path),
-            )
-        } else if options.file_store {
-            let dir = std::env::temp_dir().join(format!(
-                "portcullis-test-{}",
-                portcullis::random::random_token()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("portcullis.db");
-            (
-                Arc::new(SqliteStore::open(&path).await.unwrap()),
-                Some(path),
-            )
-        } else {
-            (Arc::new(SqliteStore::in_memory().await.unwrap()), None)
-        };
+        let (store, db_path) = store(options.db_path, options.file_store).await;
         let secret = options
             .secret
             .unwrap_or_else(portcullis::random::random_bytes::<32>);
@@ -302,6 +275,41 @@ impl TestGateway {
 }
 
 pub use super::browser::follow_sign_in;
+
+/// A configuration file holding `text`, in a folder of its own.
+fn config_file(text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-config-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("portcullis.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The store: another gateway's file, a new file, or memory.
+async fn store(
+    db_path: Option<std::path::PathBuf>,
+    file_store: bool,
+) -> (Arc<dyn Store>, Option<std::path::PathBuf>) {
+    let path = match db_path {
+        Some(path) => path,
+        None if file_store => {
+            let dir = std::env::temp_dir().join(format!(
+                "portcullis-test-{}",
+                portcullis::random::random_token()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            dir.join("portcullis.db")
+        }
+        None => return (Arc::new(SqliteStore::in_memory().await.unwrap()), None),
+    };
+    (
+        Arc::new(SqliteStore::open(&path).await.unwrap()),
+        Some(path),
+    )
+}
 
 /// `code=…&state=…&iss=…`, encoded.
 pub fn callback_query(code: &str, state: &str, iss: Option<&str>) -> String {

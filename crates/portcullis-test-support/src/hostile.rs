@@ -429,6 +429,39 @@ fn client_is(secret: &str, basic: Option<&str>, form: &HashMap<String, String>) 
     }
 }
 
+/// `grant_type=refresh_token`: the next scripted answer, else fresh tokens.
+async fn refresh(
+    p: &HostileProvider,
+    form: &HashMap<String, String>,
+    token_type: Option<&str>,
+) -> Response {
+    p.counters.refresh_calls.fetch_add(1, Ordering::SeqCst);
+    let answer = {
+        let mut s = p.script.lock().unwrap();
+        s.refresh_tokens_used
+            .push(form.get("refresh_token").cloned().unwrap_or_default());
+        s.refresh_answers.pop_front()
+    };
+    match answer {
+        None => Json(with_token_type(refreshed_tokens(), token_type)).into_response(),
+        Some(RefreshAnswer::Json(status, body)) => (
+            StatusCode::from_u16(status).unwrap(),
+            Json(with_token_type(body, token_type)),
+        )
+            .into_response(),
+        Some(RefreshAnswer::Reset) => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(axum::body::Body::new(Broken))
+            .unwrap(),
+        Some(RefreshAnswer::Stall(d)) => {
+            tokio::time::sleep(d).await;
+            Json(refreshed_tokens()).into_response()
+        }
+    }
+}
+
 async fn token(
     State(p): State<HostileProvider>,
     headers: HeaderMap,
@@ -491,31 +524,7 @@ async fn token(
             .into_response()
     };
     if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
-        p.counters.refresh_calls.fetch_add(1, Ordering::SeqCst);
-        let answer = {
-            let mut s = p.script.lock().unwrap();
-            s.refresh_tokens_used
-                .push(form.get("refresh_token").cloned().unwrap_or_default());
-            s.refresh_answers.pop_front()
-        };
-        return match answer {
-            None => Json(with_token_type(refreshed_tokens(), token_type)).into_response(),
-            Some(RefreshAnswer::Json(status, body)) => (
-                StatusCode::from_u16(status).unwrap(),
-                Json(with_token_type(body, token_type)),
-            )
-                .into_response(),
-            Some(RefreshAnswer::Reset) => Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .header("content-length", "100")
-                .body(axum::body::Body::new(Broken))
-                .unwrap(),
-            Some(RefreshAnswer::Stall(d)) => {
-                tokio::time::sleep(d).await;
-                Json(refreshed_tokens()).into_response()
-            }
-        };
+        return refresh(&p, &form, token_type).await;
     }
     let Some(code) = form.get("code") else {
         return invalid_grant();
