@@ -129,3 +129,24 @@ pub fn now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// A new client key of `kind`, loaded, and its PEM written to a file of its own (for
+/// `provider.client_key_file`).
+pub fn client_key_file(
+    kind: portcullis::provider::client_key::KeyKind,
+) -> (
+    portcullis::provider::client_key::ClientKey,
+    std::path::PathBuf,
+) {
+    use portcullis::provider::client_key::{ClientKey, generate_pem};
+    let pem = generate_pem(kind).unwrap();
+    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "pc-client-key-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("client-key.pem");
+    std::fs::write(&file, &pem).unwrap();
+    (key, file)
+}

@@ -169,15 +169,8 @@ async fn interop_auto_probes_once_for_every_instance() {
 /// token endpoint (and the rfc7523bis `typ`).
 async fn private_key_jwt(kind: KeyKind, alg: &str) {
     for aud_form in ["issuer", "token_endpoint"] {
-        let pem = generate_pem(kind).unwrap();
-        let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "pc-client-key-{}",
-            portcullis::random::random_token()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key_file = dir.join("client-key.pem");
-        std::fs::write(&key_file, &pem).unwrap();
+        let (key, key_file) = support::client_key_file(kind);
+        let dir = key_file.parent().unwrap().to_owned();
         let typ = (aud_form == "token_endpoint").then_some("client-authentication+jwt");
         let mut env = vec![
             (
@@ -506,8 +499,8 @@ mod auto_probe {
 
 #[tokio::test]
 async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
-    let pem = generate_pem(KeyKind::EcP256).unwrap();
-    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
+    let (key, key_file) = support::client_key_file(KeyKind::EcP256);
+    let dir = key_file.parent().unwrap().to_owned();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let jwks_line = format!(
@@ -515,13 +508,6 @@ async fn dev_provider_signs_in_a_private_key_jwt_client_and_refuses_replays() {
         serde_json::to_string(&key.public_jwks(false)).unwrap()
     );
     let issuer = support::dev_provider::start_with_client(&gateway_url, &jwks_line).await;
-    let dir = std::env::temp_dir().join(format!(
-        "pc-client-key-{}",
-        portcullis::random::random_token()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("client-key.pem");
-    std::fs::write(&key_file, &pem).unwrap();
     let gw = TestGateway::start_with(
         &issuer,
         Options {

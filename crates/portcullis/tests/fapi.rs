@@ -9,7 +9,7 @@
 
 use portcullis_test_support as support;
 
-use portcullis::provider::client_key::{ClientKey, KeyKind, generate_pem};
+use portcullis::provider::client_key::KeyKind;
 use serde_json::{Value, json};
 use support::gateway::Options;
 use support::oidc_provider::RealProvider;
@@ -21,12 +21,7 @@ const JSON: &[(&str, &str)] = &[("accept", "application/json")];
 /// are DPoP-bound and whose ID tokens are ES256, and a gateway with
 /// `provider.profile = "fapi2"` that relays `/api/*` to the provider's resource server.
 async fn fapi(gateway_env: &[(&str, &str)]) -> Option<(RealProvider, TestGateway)> {
-    let pem = generate_pem(KeyKind::EcP256).unwrap();
-    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
-    let dir = std::env::temp_dir().join(format!("pc-fapi-{}", portcullis::random::random_token()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("client-key.pem");
-    std::fs::write(&key_file, &pem).unwrap();
+    let (key, key_file) = support::client_key_file(KeyKind::EcP256);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let client = json!({
@@ -235,12 +230,7 @@ async fn hostile_fapi2(strip: &[&str]) -> (HostileProvider, TestGateway, Vec<(St
         metadata[*name] = Value::Null;
     }
     p.patch_metadata(metadata);
-    let pem = generate_pem(KeyKind::EcP256).unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("pc-fapi-h-{}", portcullis::random::random_token()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("client-key.pem");
-    std::fs::write(&key_file, &pem).unwrap();
+    let (_, key_file) = support::client_key_file(KeyKind::EcP256);
     let env = vec![
         ("PORTCULLIS_PROVIDER_PROFILE".to_owned(), "fapi2".to_owned()),
         (

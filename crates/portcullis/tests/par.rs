@@ -80,14 +80,8 @@ async fn interop_par_over_client_secret_post_sends_each_parameter_once() {
 
 #[tokio::test]
 async fn interop_par_with_private_key_jwt_carries_its_own_assertion() {
-    use portcullis::provider::client_key::{ClientKey, KeyKind, generate_pem};
-    let pem = generate_pem(KeyKind::EcP256).unwrap();
-    let key = ClientKey::from_pem(pem.as_bytes(), None).unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("pc-par-key-{}", portcullis::random::random_token()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("client-key.pem");
-    std::fs::write(&key_file, &pem).unwrap();
+    let (key, key_file) =
+        support::client_key_file(portcullis::provider::client_key::KeyKind::EcP256);
     let Some((node, gw)) = start_with_gateway(
         json!({"token_endpoint_auth_method": "private_key_jwt", "jwks": key.public_jwks(false)}),
         &[("REQUIRE_PAR", "1")],
@@ -115,7 +109,7 @@ async fn interop_par_with_private_key_jwt_carries_its_own_assertion() {
         .map(|a| a["claims"]["jti"].as_str().unwrap())
         .collect();
     assert_eq!(jtis.len(), 4);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(key_file.parent().unwrap());
 }
 
 #[tokio::test]
