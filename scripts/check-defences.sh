@@ -405,6 +405,8 @@ mutate $S/http/forward_auth.rs '            h.insert(dpop, relay.dpop.unwrap_or(
 mutate $S/session/lookup.rs '            if self.config.provider.dpop {' '            if false {' dpop an_unbound_token_is_not_relayed
 mutate $S/http/decision.rs '        (Door::ForwardAuth, Some(raw)) => raw.split' '        (Door::ForwardAuth, Some(raw)) if false => raw.split' dpop forward_auth_answers_carry_the_bound_token
 mutate $S/session/dpop.rs '    if !ring.sealed_with_sealing_key(&sealed) {' '    if false {' lib a_rotated_ring_keeps_the_key
+mutate $S/config/proxy.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib a_relay_path_may_not_overlap
+
 # provider.profile = "fapi2": metadata checked at every load, short-lived request_uri,
 # the profile's settings forced or refused.
 mutate $S/provider/mod.rs '        let problems = self.profile_problems(&metadata);' '        let problems: Vec<String> = Vec::new();' fapi fapi2_against_a_provider_without_dpop

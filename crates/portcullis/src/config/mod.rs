@@ -240,7 +240,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let routes = routes::validate(raw.routes, &public_paths, errors);
     let provider = raw.provider.validate(client_secret.is_some(), errors);
     let trusted_proxies = proxy::trusted_proxies(raw.proxy.trusted_proxies, errors);
-    let token_relay = proxy::token_relay(raw.proxy.token_relay, errors);
+    let token_relay = proxy::token_relay(raw.proxy.token_relay, &public_paths, errors);
     let csrf_header = csrf::header(raw.csrf.header, errors);
     let logout = raw.logout.validate(errors);
     let spa = raw.spa.validate(&prefix, errors);
@@ -349,6 +349,23 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_relay_path_may_not_overlap_a_public_path() {
+        let load = |relay: &str| {
+            let mut e = minimal();
+            e.push(("PORTCULLIS_PUBLIC_PATHS".into(), "/api/public/*,/health".into()));
+            e.push(("PORTCULLIS_PROXY_TOKEN_RELAY".into(), relay.into()));
+            Config::load_from(None, e)
+        };
+        let e = load("/api/*").unwrap_err().0.join("\n");
+        assert!(
+            e.contains("`proxy.token_relay`: `/api/*` overlaps the public path"),
+            "{e}"
+        );
+        assert!(load("/API/Public/x").is_err(), "compared ignoring case");
+        assert!(load("/api/private/*").is_ok());
     }
 
     #[test]

@@ -43,15 +43,27 @@ pub(super) fn trusted_proxies(value: Option<Vec<String>>, errors: &mut Vec<Strin
     parsed
 }
 
-/// `proxy.token_relay`: path patterns whose upstream requests carry the access token.
+/// `proxy.token_relay`: path patterns whose upstream requests carry the access token;
+/// none may overlap a public path (a public request relays nothing, and would pass the
+/// client's own `Authorization` where the app expects ours).
 pub(super) fn token_relay(
     value: Option<Vec<String>>,
+    public: &[(String, PathPattern)],
     errors: &mut Vec<String>,
 ) -> Vec<PathPattern> {
     let mut parsed = Vec::new();
     for p in value.unwrap_or_default() {
         match PathPattern::parse(&p) {
-            Some(pattern) => parsed.push(pattern),
+            Some(pattern) => {
+                for (name, public) in public {
+                    if pattern.overlaps_ignoring_case(public) {
+                        errors.push(format!(
+                            "`proxy.token_relay`: `{p}` overlaps the public path `{name}`: public requests carry no session, so nothing would be relayed there; narrow one of them"
+                        ));
+                    }
+                }
+                parsed.push(pattern);
+            }
             None => errors.push(format!(
                 "`proxy.token_relay`: `{p}` must be a normalised path (`/api`) or a prefix ending in `/*` (`/api/*`)"
             )),
