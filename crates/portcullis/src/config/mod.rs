@@ -355,7 +355,10 @@ mod tests {
     fn a_relay_path_may_not_overlap_a_public_path() {
         let load = |relay: &str| {
             let mut e = minimal();
-            e.push(("PORTCULLIS_PUBLIC_PATHS".into(), "/api/public/*,/health".into()));
+            e.push((
+                "PORTCULLIS_PUBLIC_PATHS".into(),
+                "/api/public/*,/health".into(),
+            ));
             e.push(("PORTCULLIS_PROXY_TOKEN_RELAY".into(), relay.into()));
             Config::load_from(None, e)
         };
