@@ -386,6 +386,7 @@ on_every_engine!(
     store_copy_from_sqlite_keeps_cookies_and_user_ids,
     g08_two_key_rings_on_one_store_never_delete_each_others_sessions,
     g09_a_changed_email_reaches_a_cached_session_on_another_instance,
+    dpop_one_key_for_every_instance,
 );
 
 // ---------------------------------------------------------------------------
@@ -1563,4 +1564,71 @@ async fn g09_a_changed_email_reaches_a_cached_session_on_another_instance(store:
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// DPoP (issue 26): one key in the store for every instance.
+
+/// The relayed token and the public key of its proof, as the app saw them.
+fn relayed(resp: &Resp) -> (String, Value) {
+    let got = resp.json();
+    let authorization = upstream::echoed(&got, "authorization");
+    let proof = upstream::echoed(&got, "dpop");
+    assert_eq!((authorization.len(), proof.len()), (1, 1), "{got}");
+    let token = authorization[0]
+        .strip_prefix("DPoP ")
+        .expect("a bound token goes as DPoP")
+        .to_owned();
+    let header = proof[0].split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    (token, header["jwk"].clone())
+}
+
+/// Two real processes on a shared store, the npm provider binding tokens with DPoP
+/// (a public client: its refresh token is bound too, so a refresh with another key
+/// fails there). Signed in through A, refreshed on B, relayed again on A: one key.
+async fn dpop_one_key_for_every_instance(store: String) {
+    let setup = Setup {
+        access_ttl: "4",
+        instances: 2,
+        env: &[
+            ("PORTCULLIS_PROVIDER_DPOP", "on"),
+            ("PORTCULLIS_PROXY_TOKEN_RELAY", "/api/*"),
+        ],
+        ..Default::default()
+    };
+    let Some(c) = Cluster::start(store, setup).await else {
+        return;
+    };
+    let [a, b] = &c.instances[..] else {
+        unreachable!()
+    };
+    let browser = Browser::new();
+    c.sign_in(&browser, "alice").await;
+    let resp = api(a, &browser, "/api/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let (first, key) = relayed(&resp);
+
+    until_refresh_due(4).await;
+    let resp = api(b, &browser, "/api/x").await;
+    assert_eq!(
+        resp.status, 200,
+        "B refreshes with the shared key: {}",
+        resp.body
+    );
+    let (refreshed, key_b) = relayed(&resp);
+    assert_ne!(refreshed, first, "B relayed a refreshed token");
+    assert_eq!(key_b, key, "B proves with A's key");
+    assert_eq!(c.refresh_grants().await, 1);
+
+    let resp = api(a, &browser, "/api/x").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let (again, key_a) = relayed(&resp);
+    assert_eq!(again, refreshed, "A relays what B refreshed");
+    assert_eq!(key_a, key);
 }
