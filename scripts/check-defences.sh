@@ -395,7 +395,7 @@ mutate $S/store/redis/mod.rs 'redis::cmd("HSETNX")' 'redis::cmd("HSET")' lib red
 # DPoP (provider.dpop): bound tokens only, bounded nonce retries, one key per ring
 # (G08), the code bound to the key, the gateway's proof replaces the client's.
 mutate $S/provider/token.rs '    if !token_type.eq_ignore_ascii_case(expected) {' '    if false {' dpop a_bearer_token_when_dpop_is_on_is_refused
-mutate $S/provider/token.rs 'if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {' 'if retries == 5 || !dpop::server_asks_for_nonce(&answer) {' dpop a_provider_that_asks_for_a_nonce_forever
+mutate $S/provider/dpop.rs 'if retries == NONCE_RETRIES || !asks(&answer) {' 'if retries == 5 || !asks(&answer) {' dpop a_provider_that_asks_for_a_nonce_forever
 mutate $S/session/dpop.rs '    if !ring.holds_key_of(&sealed) {' '    if false {' lib a_new_secret_leaves_the_old_key
 mutate $S/provider/mod.rs 'dpop_jkt: dpop_key.map(DpopKey::jkt),' 'dpop_jkt: None,' dpop the_code_is_bound_and_redeemed
 mutate $S/http/guard.rs '            headers.remove(dpop);' '' sessions token_relay_sends_a_fresh

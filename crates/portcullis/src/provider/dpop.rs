@@ -87,6 +87,39 @@ impl Dpop<'_> {
     }
 }
 
+/// Sends a request (`send` makes it anew each time: a fresh proof, fresh credentials)
+/// and, with DPoP, keeps the nonce the answer carries and sends again when `asks` says
+/// the server wants one — at most [`NONCE_RETRIES`] times, all within `deadline` (R04).
+pub async fn with_nonce_retry<F, Fut>(
+    deadline: std::time::Duration,
+    url: &str,
+    dpop: Option<Dpop<'_>>,
+    asks: fn(&Answer) -> bool,
+    mut send: F,
+) -> Result<Answer, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, ProviderError>>,
+{
+    let attempts = async {
+        let mut retries = 0;
+        loop {
+            let answer = send().await?;
+            let Some(dpop) = dpop else {
+                return Ok(answer);
+            };
+            dpop.nonces.remember(url, &answer);
+            if retries == NONCE_RETRIES || !asks(&answer) {
+                return Ok(answer);
+            }
+            retries += 1;
+        }
+    };
+    tokio::time::timeout(deadline, attempts)
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
+}
+
 /// RFC 9449 §8: the authorization server wants a (new) nonce — `400` with the error
 /// `use_dpop_nonce` and a `DPoP-Nonce` header.
 pub fn server_asks_for_nonce(answer: &Answer) -> bool {

@@ -65,23 +65,14 @@ async fn post_grant(
     grant: &[(&str, &str)],
     dpop: Option<Dpop<'_>>,
 ) -> Result<Answer, ProviderError> {
-    let attempts = async {
-        let mut retries = 0;
-        loop {
-            let answer = post_grant_once(http, endpoint, auth, grant, dpop).await?;
-            let Some(dpop) = dpop else {
-                return Ok(answer);
-            };
-            dpop.nonces.remember(endpoint, &answer);
-            if retries == dpop::NONCE_RETRIES || !dpop::server_asks_for_nonce(&answer) {
-                return Ok(answer);
-            }
-            retries += 1;
-        }
-    };
-    tokio::time::timeout(http.total_timeout(), attempts)
-        .await
-        .unwrap_or(Err(ProviderError::Timeout))
+    dpop::with_nonce_retry(
+        http.total_timeout(),
+        endpoint,
+        dpop,
+        dpop::server_asks_for_nonce,
+        || post_grant_once(http, endpoint, auth, grant, dpop),
+    )
+    .await
 }
 
 async fn post_grant_once(

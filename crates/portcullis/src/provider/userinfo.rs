@@ -50,30 +50,23 @@ async fn get_with_token(
     access_token: &str,
     dpop: Option<Dpop<'_>>,
 ) -> Result<Answer, ProviderError> {
-    let attempts = async {
-        let mut retries = 0;
-        loop {
-            let proof = dpop
-                .map(|d| d.proof("GET", endpoint, Some(access_token)))
-                .transpose()?;
-            let token = TokenAuth {
-                token: access_token,
-                proof: proof.as_deref(),
-            };
-            let answer = http
-                .get("userinfo", endpoint, Some(token), MAX_USERINFO_BYTES)
-                .await?;
-            let Some(dpop) = dpop else {
-                return Ok(answer);
-            };
-            dpop.nonces.remember(endpoint, &answer);
-            if retries == dpop::NONCE_RETRIES || !dpop::resource_asks_for_nonce(&answer) {
-                return Ok(answer);
-            }
-            retries += 1;
-        }
+    let send = || async move {
+        let proof = dpop
+            .map(|d| d.proof("GET", endpoint, Some(access_token)))
+            .transpose()?;
+        let token = TokenAuth {
+            token: access_token,
+            proof: proof.as_deref(),
+        };
+        http.get("userinfo", endpoint, Some(token), MAX_USERINFO_BYTES)
+            .await
     };
-    tokio::time::timeout(http.total_timeout(), attempts)
-        .await
-        .unwrap_or(Err(ProviderError::Timeout))
+    dpop::with_nonce_retry(
+        http.total_timeout(),
+        endpoint,
+        dpop,
+        dpop::resource_asks_for_nonce,
+        send,
+    )
+    .await
 }

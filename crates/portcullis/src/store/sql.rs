@@ -20,6 +20,33 @@ pub(crate) enum Arg<'a> {
 
 use Arg::{Bool, Int, OptInt, OptText, Text};
 
+/// Binds `args` in order, on either engine.
+pub(crate) fn bind<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for arg in args {
+        query = match *arg {
+            Text(text) => query.bind(text),
+            OptText(text) => query.bind(text),
+            Int(number) => query.bind(number),
+            OptInt(number) => query.bind(number),
+            Bool(flag) => query.bind(flag),
+            Arg::Uuid(id) => query.bind(id.to_string()),
+        };
+    }
+    query
+}
+
 /// Whether the statement changed exactly one row (an insert that happened, a lease
 /// taken, a row deleted).
 pub(crate) async fn one_row(

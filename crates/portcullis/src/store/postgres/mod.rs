@@ -24,7 +24,9 @@ use uuid::Uuid;
 
 use super::feed::Tasks;
 use super::sql::Arg::{self, Int, Text};
-use super::sql::{new_session_args, one_row, rotate_args, session_record_args, update_tokens_args};
+use super::sql::{
+    bind, new_session_args, one_row, rotate_args, session_record_args, update_tokens_args,
+};
 use super::{
     ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
     Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
@@ -581,24 +583,6 @@ impl Store for PostgresStore {
         }
         Ok(total)
     }
-}
-
-/// Binds `args` in order.
-fn bind<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    args: &[Arg<'q>],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    for arg in args {
-        query = match *arg {
-            Arg::Text(text) => query.bind(text),
-            Arg::OptText(text) => query.bind(text),
-            Arg::Int(number) => query.bind(number),
-            Arg::OptInt(number) => query.bind(number),
-            Arg::Bool(flag) => query.bind(flag),
-            Arg::Uuid(id) => query.bind(id.to_string()),
-        };
-    }
-    query
 }
 
 #[cfg(test)]
