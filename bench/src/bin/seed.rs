@@ -178,6 +178,7 @@ fn new_session(id: &SessionId, user: &User, now: UnixTime) -> NewSession {
             user.subject
         ),
         email_verified: true,
+        provider_id: "default".into(),
     }
 }
 

@@ -12,11 +12,13 @@ use crate::{init_plain_logging, run_async};
 pub(crate) fn doctor(file: Option<PathBuf>) -> ExitCode {
     let report = match Config::load(file.as_deref()) {
         Ok(config) => {
-            println!(
-                "portcullis doctor: {} (client {})",
-                printable(&config.issuer),
-                printable(&config.client_id)
-            );
+            for p in &config.providers {
+                println!(
+                    "portcullis doctor: {} (client {})",
+                    printable(&p.issuer),
+                    printable(&p.client_id)
+                );
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -44,17 +46,22 @@ pub(crate) fn check_config(file: Option<PathBuf>) -> ExitCode {
             println!("configuration is valid");
             println!("  listen        {}", c.listen);
             println!("  public_url    {}", c.public_origin());
-            println!("  redirect_uri  {}", c.redirect_uri());
-            println!("  issuer        {}", c.issuer);
-            println!(
-                "  client        {} ({})",
-                c.client_id,
-                if c.client_secret.is_some() {
-                    "confidential"
-                } else {
-                    "public, PKCE only"
+            for p in &c.providers {
+                if c.several_providers() {
+                    println!("  provider      {} ({})", p.id, p.name);
                 }
-            );
+                println!("  redirect_uri  {}", c.redirect_uri(&p.id));
+                println!("  issuer        {}", p.issuer);
+                println!(
+                    "  client        {} ({})",
+                    p.client_id,
+                    if p.client_secret.is_some() {
+                        "confidential"
+                    } else {
+                        "public, PKCE only"
+                    }
+                );
+            }
             println!("  store         {}", c.store.describe());
             println!(
                 "  upstream      {}",

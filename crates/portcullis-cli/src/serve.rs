@@ -72,18 +72,24 @@ pub(crate) async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), S
     tracing::info!(
         %listen,
         public_url = %gateway.config().public_origin(),
-        issuer = %gateway.config().issuer,
+        providers = gateway.config().providers.len(),
         store = %gateway.config().store.describe(),
         "portcullis starting"
     );
-    match gateway.provider().metadata().await {
-        Ok(_) => tracing::info!("provider metadata loaded"),
-        // L10: a provider that names another issuer is a configuration error: refuse to start.
-        Err(e @ portcullis::provider::ProviderError::IssuerMismatch { .. }) => {
-            return Err(ServeError::Provider(e));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "provider not reachable yet; /readyz stays 503 until it is")
+    for provider in gateway.providers().iter() {
+        let (id, issuer) = (provider.id(), provider.issuer());
+        match provider.metadata().await {
+            Ok(_) => tracing::info!(provider = id, issuer, "provider metadata loaded"),
+            // L10: a provider that names another issuer is a configuration error: refuse to start.
+            Err(e @ portcullis::provider::ProviderError::IssuerMismatch { .. }) => {
+                return Err(ServeError::Provider(e));
+            }
+            Err(e) => tracing::warn!(
+                provider = id,
+                issuer,
+                error = %e,
+                "provider not reachable yet; its sign-ins fail until it is (/readyz stays 503 while no provider is)"
+            ),
         }
     }
     // Read (or, on an empty store, make) the assertion keys before serving: two

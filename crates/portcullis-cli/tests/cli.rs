@@ -508,6 +508,7 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
                 user_agent: Some(ua.into()),
                 claims: "{}".into(),
                 email_verified: false,
+                provider_id: "default".into(),
             })
             .await
             .unwrap();
@@ -841,7 +842,7 @@ fn keys_client_new_writes_a_key_and_certificate_the_gateway_reads() {
             ),
         ];
         let config = portcullis::Config::load_from(None, env).unwrap();
-        let key = config.provider.client_key.as_deref().unwrap();
+        let key = config.providers[0].settings.client_key.as_deref().unwrap();
         let jwks = key.public_jwks(false);
         assert!(jwks["keys"][0]["x5t#S256"].is_string(), "{jwks}");
         assert!(stdout.contains(key.kid()), "{stdout}");

@@ -125,16 +125,22 @@ impl TestGateway {
             .secret
             .unwrap_or_else(portcullis::random::random_bytes::<32>);
         let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(secret)])).unwrap();
-        let mut settings = portcullis::provider::ProviderSettings::from_config(&config);
-        settings.jwks_min_refetch = options.jwks_min_refetch;
-        let http =
-            ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout)
+        let providers = portcullis::provider::ProviderSettings::all_from_config(&config)
+            .into_iter()
+            .map(|mut settings| {
+                settings.jwks_min_refetch = options.jwks_min_refetch;
+                let http = ProviderHttp::with_timeouts(
+                    Duration::from_secs(2),
+                    options.provider_total_timeout,
+                )
                 .unwrap();
-        let provider = Provider::new(settings, http);
+                Provider::new(settings, http)
+            })
+            .collect();
         let clock = ManualClock::default();
         let gateway = Arc::new(Gateway::from_parts(
             config,
-            provider,
+            portcullis::provider::Providers::new(providers),
             store,
             keys,
             Arc::new(clock.clone()),

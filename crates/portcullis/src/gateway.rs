@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, SecretKeys, StoreLocation};
-use crate::provider::Provider;
 use crate::provider::http::ProviderHttp;
+use crate::provider::{Provider, Providers};
 use crate::session::{KeyRing, SecurityEvents, Sessions};
 use crate::store::Store;
 
@@ -68,13 +68,13 @@ impl Gateway {
                 "the public URL is plain http: cookies cannot be Secure or __Host- prefixed, so a sibling host could plant them; use https"
             );
         }
-        let provider = Provider::new(
-            crate::provider::ProviderSettings::from_config(&config),
-            ProviderHttp::new()?,
-        );
+        let mut providers = Vec::new();
+        for settings in crate::provider::ProviderSettings::all_from_config(&config) {
+            providers.push(Provider::new(settings, ProviderHttp::new()?));
+        }
         Ok(Self::from_parts(
             config,
-            provider,
+            Providers::new(providers),
             store,
             keys,
             Arc::new(SystemClock),
@@ -84,12 +84,12 @@ impl Gateway {
     /// Assembles a gateway from ready parts (tests and embedders).
     pub fn from_parts(
         config: Config,
-        provider: Provider,
+        providers: Providers,
         store: Arc<dyn Store>,
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let sessions = Sessions::new(Arc::new(config), provider, store, keys, clock);
+        let sessions = Sessions::new(Arc::new(config), providers, store, keys, clock);
         Self {
             sessions: Arc::new(sessions),
         }
@@ -113,16 +113,21 @@ impl Gateway {
         self.sessions.store()
     }
 
-    pub fn provider(&self) -> &Provider {
-        self.sessions.provider()
+    pub fn providers(&self) -> &Providers {
+        self.sessions.providers()
     }
 
-    /// Readiness: the store answers, the provider's metadata is loaded, and this
+    /// Readiness: the store answers, a provider's metadata is loaded, and this
     /// instance's key ring is not stale (G08: the store holds no signing key newer than
     /// any the ring opens — another instance runs with a ring this one lacks).
     pub async fn readiness(&self) -> Readiness {
         let store = self.store().ping().await.is_ok();
-        let provider = self.provider().metadata().await.is_ok();
+        // With several providers, one that is down (a partner's) does not take the
+        // gateway out of the load balancer: the others still sign people in.
+        let mut provider = false;
+        for p in self.providers().iter() {
+            provider |= p.metadata().await.is_ok();
+        }
         let key_ring = self
             .sessions
             .key_ring_is_current()

@@ -912,8 +912,11 @@ async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_sess
     let reloaded = portcullis::Config::load_from(
         Some(&file),
         [
-            ("PORTCULLIS_ISSUER", running.issuer.clone()),
-            ("PORTCULLIS_CLIENT_ID", running.client_id.clone()),
+            ("PORTCULLIS_ISSUER", running.providers[0].issuer.clone()),
+            (
+                "PORTCULLIS_CLIENT_ID",
+                running.providers[0].client_id.clone(),
+            ),
             ("PORTCULLIS_LISTEN", running.listen.to_string()),
             ("PORTCULLIS_UPSTREAM", h.up.url.clone()),
             ("PORTCULLIS_SECRET_FILE", keys.display().to_string()),

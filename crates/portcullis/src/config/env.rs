@@ -22,6 +22,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("", "client_id", Kind::Text),
     ("", "client_secret", Kind::Text),
     ("", "scopes", Kind::Text),
+    ("", "default_provider", Kind::Text),
     ("", "upstream", Kind::Text),
     ("", "store", Kind::Text),
     ("", "store_prefix", Kind::Text),
@@ -73,6 +74,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("spa", "code_exchange", Kind::Bool),
     ("spa", "code_exchange_path", Kind::Text),
     ("spa", "redirect_uri", Kind::Text),
+    ("spa", "provider", Kind::Text),
 ];
 
 /// The environment variable name of a key.
@@ -213,9 +215,15 @@ mod tests {
         );
         assert_eq!(c.access.required_claims["groups"], ["admin", "ops"]);
         assert!(c.access.require_email_verified);
-        assert_eq!(c.provider.extra_authorize_params["access_type"], "offline");
+        assert_eq!(
+            c.providers[0].settings.extra_authorize_params["access_type"],
+            "offline"
+        );
         assert!(c.is_https());
-        assert_eq!(c.redirect_uri(), "https://app.example.com/auth/callback");
+        assert_eq!(
+            c.redirect_uri("default"),
+            "https://app.example.com/auth/callback"
+        );
     }
 
     #[test]
@@ -229,7 +237,7 @@ mod tests {
         )
         .unwrap();
         let c = Config::load_from(Some(&file), env(&[("PORTCULLIS_CLIENT_ID", "y")])).unwrap();
-        assert_eq!(c.client_id, "y");
+        assert_eq!(c.providers[0].client_id, "y");
         assert_eq!(c.session.idle_timeout, Duration::from_secs(3600));
         std::fs::remove_dir_all(dir).unwrap();
     }

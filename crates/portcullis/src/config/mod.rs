@@ -21,6 +21,7 @@ mod logging;
 mod logout;
 mod profile;
 mod provider;
+mod providers;
 mod proxy;
 mod routes;
 mod server;
@@ -50,6 +51,7 @@ pub use profile::FAPI2_ALGORITHMS;
 pub use provider::{
     AssertionAudience, AuthMethodSetting, ClientSecret, ParSetting, ProviderSettings,
 };
+pub use providers::{DEFAULT_PROVIDER_ID, ProviderConfig, TENANT_PLACEHOLDER, callback_path};
 pub use routes::RouteSettings;
 pub use session::SessionSettings;
 pub use spa::SpaSettings;
@@ -66,11 +68,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Origin the browser sees, without a trailing slash, e.g. `https://app.example.com`.
     pub public_url: Url,
-    pub issuer: String,
-    pub client_id: String,
-    pub client_secret: Option<ClientSecret>,
-    /// `None`: `openid email profile`, plus `offline_access` when the provider offers it.
-    pub scopes: Option<Vec<String>>,
+    /// The identity providers, in the order written (at least one; the top-level form
+    /// is one entry with the id `default`).
+    pub providers: Vec<ProviderConfig>,
+    /// `default_provider`: the entry that signs in without a chooser.
+    pub default_provider: Option<String>,
     pub upstream: Option<Url>,
     pub store: StoreLocation,
     /// Prefix of table names (PostgreSQL) and keys (Redis), e.g. `portcullis`.
@@ -87,7 +89,6 @@ pub struct Config {
     pub access: AccessSettings,
     /// `[[routes]]`, in order (file only).
     pub routes: Vec<RouteSettings>,
-    pub provider: ProviderSettings,
     /// `proxy.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<Cidr>,
     /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
@@ -109,9 +110,24 @@ impl Config {
         self.public_url.scheme() == "https"
     }
 
-    /// The redirect URI registered at the provider: public URL + prefix + `/callback`.
-    pub fn redirect_uri(&self) -> String {
-        format!("{}{}/callback", self.public_origin(), self.prefix)
+    /// The redirect URI registered at provider `id`: public URL + prefix + `/callback`
+    /// (`default`) or `/callback/{id}`.
+    pub fn redirect_uri(&self, id: &str) -> String {
+        format!(
+            "{}{}",
+            self.public_origin(),
+            providers::callback_path(&self.prefix, id)
+        )
+    }
+
+    /// The provider entry `id`.
+    pub fn provider(&self, id: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// Whether more than one provider is configured.
+    pub fn several_providers(&self) -> bool {
+        self.providers.len() > 1
     }
 
     /// `scheme://host[:port]`, no trailing slash.
@@ -187,8 +203,9 @@ struct RawConfig {
     session: session::RawSession,
     #[serde(default)]
     access: access::RawAccess,
-    #[serde(default)]
-    provider: provider::RawProvider,
+    provider: Option<provider::RawProvider>,
+    providers: Option<Vec<toml::Table>>,
+    default_provider: Option<String>,
     #[serde(default)]
     proxy: proxy::RawProxy,
     #[serde(default)]
@@ -219,10 +236,18 @@ struct RawMetrics {
 fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let listen = server::listen(raw.listen, errors)?;
     let public_url = server::public_url(raw.public_url, listen, errors)?;
-    let issuer = provider::issuer(raw.issuer, errors);
-    let client_id = provider::client_id(raw.client_id, errors);
-    let client_secret = provider::client_secret(raw.client_secret);
-    let scopes = provider::scopes(raw.scopes, errors);
+    let (providers, default_provider) = providers::validate(
+        providers::RawProviders {
+            issuer: raw.issuer,
+            client_id: raw.client_id,
+            client_secret: raw.client_secret,
+            scopes: raw.scopes,
+            provider: raw.provider,
+            providers: raw.providers,
+            default_provider: raw.default_provider,
+        },
+        errors,
+    );
     let upstream = proxy::upstream(raw.upstream, errors);
     let store = store::location(raw.store, errors);
     let secret_file = raw
@@ -237,19 +262,23 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let public_paths = server::public_paths(raw.public_paths, errors);
     let session = raw.session.validate(errors);
     let access = raw.access.validate(errors);
-    let routes = routes::validate(raw.routes, &public_paths, errors);
-    let provider = raw.provider.validate(client_secret.is_some(), errors);
+    let routes = routes::validate(raw.routes, &public_paths, &providers, errors);
     let trusted_proxies = proxy::trusted_proxies(raw.proxy.trusted_proxies, errors);
     let token_relay = proxy::token_relay(raw.proxy.token_relay, &public_paths, errors);
     let csrf_header = csrf::header(raw.csrf.header, errors);
     let logout = raw.logout.validate(errors);
-    let spa = raw.spa.validate(&prefix, errors);
-    if provider.fapi2 && public_url.scheme() != "https" && !profile::is_loopback(&public_url) {
+    let spa = raw.spa.validate(&prefix, &providers, errors);
+    let fapi2 = providers.iter().any(|p| p.settings.fapi2);
+    if fapi2 && public_url.scheme() != "https" && !profile::is_loopback(&public_url) {
         errors.push(
             "`provider.profile = \"fapi2\"` needs an https `public_url` (FAPI 2.0 §5.2.1: TLS everywhere; plain http only on loopback, for development)".into(),
         );
     }
-    if provider.fapi2 && spa.code_exchange {
+    if spa.code_exchange
+        && providers
+            .iter()
+            .any(|p| p.settings.fapi2 && spa.provider.as_deref().is_none_or(|id| id == p.id))
+    {
         errors.push(
             "`spa.code_exchange` cannot be used with `provider.profile = \"fapi2\"`: the browser would hold the code and its verifier, and FAPI 2.0 keeps both with the confidential client".into(),
         );
@@ -266,10 +295,8 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     Some(Config {
         listen,
         public_url,
-        issuer,
-        client_id,
-        client_secret,
-        scopes,
+        providers,
+        default_provider,
         upstream,
         store,
         store_prefix,
@@ -281,7 +308,6 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         session,
         access,
         routes,
-        provider,
         trusted_proxies,
         token_relay,
         csrf_header,
@@ -306,8 +332,14 @@ mod tests {
         let c = Config::load_from(None, minimal()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.public_origin(), "http://127.0.0.1:8080");
-        assert_eq!(c.redirect_uri(), "http://127.0.0.1:8080/auth/callback");
-        assert_eq!(c.scopes, None, "the provider's metadata decides");
+        assert_eq!(
+            c.redirect_uri("default"),
+            "http://127.0.0.1:8080/auth/callback"
+        );
+        assert_eq!(
+            c.providers[0].scopes, None,
+            "the provider's metadata decides"
+        );
         assert_eq!(c.store, StoreLocation::Sqlite("portcullis.db".into()));
         assert_eq!(c.prefix, "/auth");
         assert_eq!(c.session.idle_timeout, Duration::from_secs(86_400));

@@ -18,6 +18,8 @@ pub struct RouteSettings {
     pub methods: Option<Vec<String>>,
     /// The rules a user must pass on this route, on the claims the session keeps.
     pub access: AccessSettings,
+    /// `providers`: the provider ids whose users may pass; `None`: any.
+    pub providers: Option<Vec<String>>,
 }
 
 /// One `[[routes]]` entry as written.
@@ -29,6 +31,7 @@ pub(super) struct RawRoute {
     required_claims: Option<BTreeMap<String, ClaimValues>>,
     allowed_emails: Option<Vec<String>>,
     allowed_email_domains: Option<Vec<String>>,
+    providers: Option<Vec<String>>,
 }
 
 /// Checks every route, and that none overlaps a public path (a public path is never
@@ -36,6 +39,7 @@ pub(super) struct RawRoute {
 pub(super) fn validate(
     raw: Option<Vec<RawRoute>>,
     public: &[(String, PathPattern)],
+    providers: &[super::ProviderConfig],
     errors: &mut Vec<String>,
 ) -> Vec<RouteSettings> {
     let mut routes = Vec::new();
@@ -95,10 +99,25 @@ pub(super) fn validate(
             require_email_verified: None,
         }
         .validate_as(&name, errors);
+        let route_providers = raw.providers.inspect(|list| {
+            if list.is_empty() {
+                errors.push(format!(
+                    "`{name}.providers` is empty: leave it out to allow every provider"
+                ));
+            }
+            for id in list {
+                if !providers.iter().any(|p| &p.id == id) {
+                    errors.push(format!(
+                        "`{name}.providers`: `{id}` is not the id of a provider"
+                    ));
+                }
+            }
+        });
         routes.push(RouteSettings {
             path,
             methods,
             access,
+            providers: route_providers,
         });
     }
     routes

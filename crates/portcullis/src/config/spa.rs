@@ -10,6 +10,9 @@ pub struct SpaSettings {
     pub code_exchange: bool,
     pub code_exchange_path: String,
     pub redirect_uri: Option<Url>,
+    /// `spa.provider`: the provider whose codes the exchange redeems (required with
+    /// several providers; the one there is otherwise).
+    pub provider: Option<String>,
 }
 
 /// The `[spa]` section as written.
@@ -19,14 +22,40 @@ pub(super) struct RawSpa {
     code_exchange: Option<bool>,
     code_exchange_path: Option<String>,
     redirect_uri: Option<String>,
+    provider: Option<String>,
 }
 
 impl RawSpa {
     /// The exchange path must not collide with the gateway's own endpoints under
     /// `prefix` or with the health checks.
-    pub(super) fn validate(self, prefix: &str, errors: &mut Vec<String>) -> SpaSettings {
+    pub(super) fn validate(
+        self,
+        prefix: &str,
+        providers: &[super::ProviderConfig],
+        errors: &mut Vec<String>,
+    ) -> SpaSettings {
+        let code_exchange = self.code_exchange.unwrap_or(false);
+        let provider = match self.provider.map(|p| p.trim().to_owned()) {
+            Some(id) if providers.iter().any(|p| p.id == id) => Some(id),
+            Some(id) => {
+                errors.push(format!(
+                    "`spa.provider`: `{id}` is not the id of a provider"
+                ));
+                None
+            }
+            None if providers.len() == 1 => Some(providers[0].id.clone()),
+            None => {
+                if code_exchange {
+                    errors.push(
+                        "`spa.provider` is required with several providers: the exchange must know whose code it redeems (a code from another provider is a mix-up)".into(),
+                    );
+                }
+                None
+            }
+        };
         let spa = SpaSettings {
-            code_exchange: self.code_exchange.unwrap_or(false),
+            provider,
+            code_exchange,
             code_exchange_path: self
                 .code_exchange_path
                 .unwrap_or_else(|| "/api/auth/callback".into()),

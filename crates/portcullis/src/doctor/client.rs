@@ -53,19 +53,24 @@ fn setting_line(method: AuthMethod) -> String {
     )
 }
 
-pub(super) async fn client_check(config: &Config, provider: &Provider, report: &mut Report) {
+pub(super) async fn client_check(
+    config: &Config,
+    entry: &crate::config::ProviderConfig,
+    provider: &Provider,
+    report: &mut Report,
+) {
     let Ok(metadata) = provider.metadata().await else {
         return;
     };
-    if config.provider.client_key.is_some() {
-        return key_check(config, provider, &metadata, report).await;
+    if entry.settings.client_key.is_some() {
+        return key_check(config, entry, provider, &metadata, report).await;
     }
-    if config.client_secret.is_none() {
+    if entry.client_secret.is_none() {
         let tried = try_method(provider, AuthMethod::None).await;
         return report_one(report, &tried, "public client id", None);
     }
     let methods = metadata.token_endpoint_auth_methods_supported.as_deref();
-    let fixed = match config.provider.token_endpoint_auth_method {
+    let fixed = match entry.settings.token_endpoint_auth_method {
         AuthMethodSetting::ClientSecretBasic => Some(AuthMethod::ClientSecretBasic),
         AuthMethodSetting::ClientSecretPost => Some(AuthMethod::ClientSecretPost),
         _ => None,
@@ -144,8 +149,14 @@ fn auto_works(w: &Tried, methods: Option<&[String]>) -> String {
 
 /// `private_key_jwt`: the metadata lists it (and the key's algorithm), then a made-up
 /// code with a real assertion.
-async fn key_check(config: &Config, provider: &Provider, metadata: &Metadata, report: &mut Report) {
-    let Some(key) = config.provider.client_key.as_deref() else {
+async fn key_check(
+    config: &Config,
+    entry: &crate::config::ProviderConfig,
+    provider: &Provider,
+    metadata: &Metadata,
+    report: &mut Report,
+) {
+    let Some(key) = entry.settings.client_key.as_deref() else {
         return;
     };
     let alg = format!("{:?}", key.algorithm(false));
@@ -176,7 +187,7 @@ async fn key_check(config: &Config, provider: &Provider, metadata: &Metadata, re
         );
     }
     let tried = try_method(provider, AuthMethod::PrivateKeyJwt).await;
-    let aud = match config.provider.client_assertion_aud {
+    let aud = match entry.settings.client_assertion_aud {
         AssertionAudience::Issuer => "aud = the issuer",
         AssertionAudience::TokenEndpoint => "aud = the token endpoint",
     };
@@ -185,7 +196,7 @@ async fn key_check(config: &Config, provider: &Provider, metadata: &Metadata, re
         config.public_origin(),
         config.prefix,
         key.kid(),
-        config.client_id
+        entry.client_id
     );
     report_one(
         report,

@@ -113,7 +113,7 @@ async fn key_ring_check(config: &Config, store: &dyn crate::store::Store, report
             format!("opens every signing key in the store ({})", records.len()),
         );
     }
-    if config.provider.dpop {
+    if config.providers.iter().any(|p| p.settings.dpop) {
         dpop_key_check(store, &ring, report).await;
     }
 }

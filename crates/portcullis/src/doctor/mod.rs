@@ -60,7 +60,7 @@ pub struct Finding {
 pub struct Report {
     pub findings: Vec<Finding>,
     /// (what, URI) to register at the provider.
-    pub register: Vec<(&'static str, String)>,
+    pub register: Vec<(String, String)>,
 }
 
 impl Report {
@@ -134,31 +134,86 @@ pub async fn run(config: &Config) -> Report {
     crate::install_crypto_provider();
     let mut report = Report::default();
     report.push(Level::Ok, "config", "configuration is valid");
-    match ProviderHttp::new() {
-        Ok(http) => provider_checks(config, http, &mut report).await,
-        Err(e) => report.problem(
-            Level::Error,
-            "discovery",
-            format!("no HTTP client: {e}"),
-            "report this as a bug",
-        ),
+    several_providers_check(config, &mut report);
+    for entry in &config.providers {
+        if config.several_providers() {
+            report.push(
+                Level::Note,
+                "provider",
+                format!("{} ({}): {}", entry.id, entry.name, entry.issuer),
+            );
+        }
+        match ProviderHttp::new() {
+            Ok(http) => provider_checks(config, entry, http, &mut report).await,
+            Err(e) => report.problem(
+                Level::Error,
+                "discovery",
+                format!("no HTTP client: {e}"),
+                "report this as a bug",
+            ),
+        }
     }
     store_check(config, &mut report).await;
     upstream_check(config, &mut report).await;
-    report
-        .register
-        .insert(0, ("redirect URI", config.redirect_uri()));
+    for (i, entry) in config.providers.iter().enumerate() {
+        let what = if config.several_providers() {
+            format!("redirect URI ({})", entry.id)
+        } else {
+            "redirect URI".to_owned()
+        };
+        report
+            .register
+            .insert(i, (what, config.redirect_uri(&entry.id)));
+    }
     if let Some(spa) = config
         .spa
         .code_exchange
         .then_some(config.spa.redirect_uri.as_ref())
         .flatten()
     {
-        report
-            .register
-            .insert(1, ("redirect URI (SPA)", spa.to_string()));
+        report.register.insert(
+            config.providers.len(),
+            ("redirect URI (SPA)".to_owned(), spa.to_string()),
+        );
     }
+    // The same URI registered at every provider is listed once.
+    let mut seen = std::collections::BTreeSet::new();
+    report.register.retain(|entry| seen.insert(entry.clone()));
     report
+}
+
+/// G12 (nOAuth): two providers that list no `email_domains` could both assert the
+/// same address as verified; each owned domain is vouched for by its owner only.
+fn several_providers_check(config: &Config, report: &mut Report) {
+    if !config.several_providers() {
+        return;
+    }
+    let open: Vec<&str> = config
+        .providers
+        .iter()
+        .filter(|p| p.email_domains.is_empty())
+        .map(|p| p.id.as_str())
+        .collect();
+    if open.len() >= 2 {
+        report.problem(
+            Level::Warn,
+            "providers",
+            format!(
+                "{} list no `email_domains`: each could assert any address as verified, the same address as another's user",
+                open.join(", ")
+            ),
+            "give each provider the domains it owns (`email_domains`), and key the app on X-User-Id (or X-User-Provider with the email), never the email alone",
+        );
+    } else {
+        report.push(
+            Level::Ok,
+            "providers",
+            format!(
+                "{} providers; an address counts as verified only from the provider owning its domain",
+                config.providers.len()
+            ),
+        );
+    }
 }
 
 /// The report for a configuration that does not load: one error per problem.

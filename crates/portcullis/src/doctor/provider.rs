@@ -22,8 +22,16 @@ const SKEW_WARN: Duration = Duration::from_secs(5);
 const SKEW_ERROR: Duration = Duration::from_secs(60);
 const MAX_METADATA_BYTES: usize = 64 * 1024;
 
-pub(super) async fn provider_checks(config: &Config, http: ProviderHttp, report: &mut Report) {
-    let url = discovery::discovery_url(&config.issuer);
+pub(super) async fn provider_checks(
+    config: &Config,
+    entry: &crate::config::ProviderConfig,
+    http: ProviderHttp,
+    report: &mut Report,
+) {
+    let url = entry.discovery_url.as_ref().map_or_else(
+        || discovery::discovery_url(&entry.issuer),
+        |u| u.to_string(),
+    );
     let asked = SystemTime::now();
     let answer = match http.get("discovery", &url, None, MAX_METADATA_BYTES).await {
         Ok(a) if a.status.is_success() => a,
@@ -57,7 +65,7 @@ pub(super) async fn provider_checks(config: &Config, http: ProviderHttp, report:
             "check `issuer`: it must be the provider's issuer, not its login page",
         );
     };
-    if let Err(e) = discovery::check_metadata(&metadata, &config.issuer) {
+    if let Err(e) = discovery::check_metadata(&metadata, &entry.issuer) {
         let fix = match &e {
             ProviderError::IssuerMismatch { found, .. } => {
                 format!("set `issuer` to exactly `{found}` (a trailing slash matters)")
@@ -69,24 +77,27 @@ pub(super) async fn provider_checks(config: &Config, http: ProviderHttp, report:
     report.push(
         Level::Ok,
         "discovery",
-        if config.issuer.starts_with("https://") {
+        if entry.issuer.starts_with("https://") {
             "issuer matches; every endpoint uses https"
         } else {
             "issuer matches (plain http: loopback only, for development)"
         },
     );
-    let provider = Provider::new(crate::provider::ProviderSettings::from_config(config), http);
-    profile_checks(config, &provider, &metadata, report);
+    let provider = Provider::new(
+        crate::provider::ProviderSettings::from_config(config, entry),
+        http,
+    );
+    profile_checks(entry, &provider, &metadata, report);
     jwks_check(&provider, report).await;
     pkce_check(&metadata, report);
-    par_check(config, &metadata, report);
+    par_check(entry, &metadata, report);
     iss_check(&metadata, report);
-    refresh_check(config, &provider, &metadata, &raw, report).await;
-    email_check(config, &raw, report);
+    refresh_check(entry, &provider, &metadata, &raw, report).await;
+    email_check(entry, &raw, report);
     logout_checks(config, &metadata, &raw, report);
     clock_check(answer.date.as_deref(), answer.age, asked, answered, report);
-    client_check(config, &provider, report).await;
-    quirks(config, &metadata, report);
+    client_check(config, entry, &provider, report).await;
+    quirks(config, entry, &metadata, report);
 }
 
 async fn jwks_check(provider: &Provider, report: &mut Report) {
@@ -121,8 +132,13 @@ async fn jwks_check(provider: &Provider, report: &mut Report) {
 }
 
 /// `provider.profile = "fapi2"` and `provider.dpop` against what the metadata offers.
-fn profile_checks(config: &Config, provider: &Provider, metadata: &Metadata, report: &mut Report) {
-    if config.provider.fapi2 {
+fn profile_checks(
+    entry: &crate::config::ProviderConfig,
+    provider: &Provider,
+    metadata: &Metadata,
+    report: &mut Report,
+) {
+    if entry.settings.fapi2 {
         let problems = provider.profile_problems(metadata);
         if problems.is_empty() {
             report.push(
@@ -145,7 +161,7 @@ fn profile_checks(config: &Config, provider: &Provider, metadata: &Metadata, rep
         .dpop_signing_alg_values_supported
         .as_ref()
         .is_some_and(|l| l.iter().any(|a| a == "ES256"));
-    match (config.provider.dpop, dpop) {
+    match (entry.settings.dpop, dpop) {
         (true, true) => report.push(
             Level::Ok,
             "dpop",
@@ -180,11 +196,11 @@ fn pkce_check(metadata: &Metadata, report: &mut Report) {
 }
 
 /// `provider.par` against what the metadata offers and requires (RFC 9126 §5).
-fn par_check(config: &Config, metadata: &Metadata, report: &mut Report) {
+fn par_check(entry: &crate::config::ProviderConfig, metadata: &Metadata, report: &mut Report) {
     use crate::config::ParSetting;
     let endpoint = metadata.pushed_authorization_request_endpoint.is_some();
     let required = metadata.require_pushed_authorization_requests;
-    match (config.provider.par, endpoint, required) {
+    match (entry.settings.par, endpoint, required) {
         (ParSetting::Never, _, true) => report.problem(
             Level::Error,
             "par",
@@ -235,7 +251,7 @@ fn iss_check(metadata: &Metadata, report: &mut Report) {
 }
 
 async fn refresh_check(
-    config: &Config,
+    entry: &crate::config::ProviderConfig,
     provider: &Provider,
     metadata: &Metadata,
     raw: &Value,
@@ -247,8 +263,8 @@ async fn refresh_check(
         .scopes_supported
         .as_ref()
         .is_none_or(|s| s.iter().any(|s| s == "offline_access"));
-    let google_style = config
-        .provider
+    let google_style = entry
+        .settings
         .extra_authorize_params
         .get("access_type")
         .is_some_and(|v| v == "offline");
@@ -279,7 +295,7 @@ async fn refresh_check(
             "refresh",
             "access_type=offline requested (refresh tokens without offline_access)",
         ),
-        (false, _) if is_host(&config.issuer, "gitlab.com") => report.push(
+        (false, _) if is_host(&entry.issuer, "gitlab.com") => report.push(
             Level::Ok,
             "refresh",
             "offline_access not offered; GitLab issues refresh tokens without it",
@@ -301,12 +317,12 @@ async fn refresh_check(
 
 /// Addresses without `email_verified` never reach the app as verified (E01): a provider
 /// whose `claims_supported` lists `email` but not `email_verified` likely sends such.
-fn email_check(config: &Config, raw: &Value, report: &mut Report) {
+fn email_check(entry: &crate::config::ProviderConfig, raw: &Value, report: &mut Report) {
     let Some(claims) = raw.get("claims_supported").and_then(Value::as_array) else {
         return;
     };
     let lists = |name: &str| claims.iter().any(|c| c == name);
-    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {
+    if lists("email") && !lists("email_verified") && !entry.settings.assume_email_verified {
         report.problem(
             Level::Warn,
             "email",
@@ -343,7 +359,9 @@ fn logout_checks(config: &Config, metadata: &Metadata, raw: &Value, report: &mut
                     .collect()
             };
             for uri in uris {
-                report.register.push(("post-logout redirect URI", uri));
+                report
+                    .register
+                    .push(("post-logout redirect URI".to_owned(), uri));
             }
         }
         (None, true) => report.problem(
@@ -365,7 +383,7 @@ fn logout_checks(config: &Config, metadata: &Metadata, raw: &Value, report: &mut
             "back-channel logout offered (a sign-out at the provider ends sessions here)",
         );
         report.register.push((
-            "back-channel logout URI",
+            "back-channel logout URI".to_owned(),
             format!("{origin}/backchannel-logout"),
         ));
     } else {
@@ -464,7 +482,7 @@ mod tests {
         let findings = |config: &Config, claims: serde_json::Value| {
             let mut report = Report::default();
             email_check(
-                config,
+                &config.providers[0],
                 &serde_json::json!({ "claims_supported": claims }),
                 &mut report,
             );

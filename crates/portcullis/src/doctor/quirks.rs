@@ -13,9 +13,14 @@ pub(super) fn is_host(issuer: &str, host: &str) -> bool {
 }
 
 /// Known providers, recognised by issuer, and the setting each needs.
-pub(super) fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) {
-    let issuer = config.issuer.as_str();
-    let extra = &config.provider.extra_authorize_params;
+pub(super) fn quirks(
+    config: &Config,
+    entry: &crate::config::ProviderConfig,
+    metadata: &Metadata,
+    report: &mut Report,
+) {
+    let issuer = entry.issuer.as_str();
+    let extra = &entry.settings.extra_authorize_params;
     let logout = &config.logout;
     let email_rules =
         !config.access.allowed_emails.is_empty() || !config.access.allowed_email_domains.is_empty();
@@ -23,7 +28,7 @@ pub(super) fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) 
         google(extra, report);
     }
     if is_host(issuer, "login.microsoftonline.com") {
-        entra_id(config, email_rules, report);
+        entra_id(entry, email_rules, report);
     }
     if is_host(issuer, "auth0.com") {
         auth0(extra, metadata, report);
@@ -48,7 +53,7 @@ pub(super) fn quirks(config: &Config, metadata: &Metadata, report: &mut Report) 
         );
     }
     if is_host(issuer, "zitadel.cloud") {
-        zitadel(config, report);
+        zitadel(entry, report);
     }
 }
 
@@ -69,8 +74,8 @@ fn google(extra: &std::collections::BTreeMap<String, String>, report: &mut Repor
     }
 }
 
-fn entra_id(config: &Config, email_rules: bool, report: &mut Report) {
-    let issuer = config.issuer.as_str();
+fn entra_id(entry: &crate::config::ProviderConfig, email_rules: bool, report: &mut Report) {
+    let issuer = entry.issuer.as_str();
     if !issuer.trim_end_matches('/').ends_with("/v2.0") {
         report.problem(
             Level::Warn,
@@ -79,7 +84,7 @@ fn entra_id(config: &Config, email_rules: bool, report: &mut Report) {
             "use https://login.microsoftonline.com/{tenant-id}/v2.0",
         );
     }
-    if config.provider.assume_email_verified {
+    if entry.settings.assume_email_verified {
         report.push(
             Level::Note,
             "quirk",
@@ -116,8 +121,8 @@ fn auth0(
     }
 }
 
-fn zitadel(config: &Config, report: &mut Report) {
-    if config.provider.trusted_audiences.is_empty() {
+fn zitadel(entry: &crate::config::ProviderConfig, report: &mut Report) {
+    if entry.settings.trusted_audiences.is_empty() {
         report.problem(
             Level::Error,
             "quirk",

@@ -329,6 +329,15 @@ impl From<SessionError> for HttpError {
                 e.retry_after = Some(5);
                 e
             }
+            SessionError::ProviderMismatch => HttpError::bad_request(
+                code,
+                "This sign-in answer arrived at the wrong address. Please sign in again.",
+            )
+            .logged(
+                LogLevel::Warn,
+                "security event: a sign-in answer arrived at another provider's callback than its sign-in was sent to (mix-up); refused before any token request",
+                None,
+            ),
             SessionError::Unsealable => HttpError::bad_request(
                 code,
                 "This sign-in can no longer be completed. Please sign in again.",

@@ -108,6 +108,10 @@ pub fn auth_routes(gateway: Arc<Gateway>) -> Router {
             &format!("{prefix}/callback"),
             get(routes::callback).route_layer(limited(limits::Endpoint::Callback)),
         )
+        .route(
+            &format!("{prefix}/callback/{{provider}}"),
+            get(routes::provider_callback).route_layer(limited(limits::Endpoint::Callback)),
+        )
         .route(&format!("{prefix}/session"), get(routes::session))
         .route(
             &format!("{prefix}/logout"),

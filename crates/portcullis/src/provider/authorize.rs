@@ -45,6 +45,8 @@ pub struct AuthorizeRequest<'a> {
     pub extra: &'a std::collections::BTreeMap<String, String>,
     /// The DPoP key's thumbprint, which binds the code to it (RFC 9449 §10).
     pub dpop_jkt: Option<&'a str>,
+    /// The address the user typed into the chooser (OIDC Core §3.1.2.1 `login_hint`).
+    pub login_hint: Option<&'a str>,
 }
 
 impl AuthorizeRequest<'_> {
@@ -62,6 +64,11 @@ impl AuthorizeRequest<'_> {
         ];
         if let Some(jkt) = self.dpop_jkt {
             params.push(("dpop_jkt", jkt.to_owned()));
+        }
+        if let Some(hint) = self.login_hint
+            && !self.extra.contains_key("login_hint")
+        {
+            params.push(("login_hint", hint.to_owned()));
         }
         params.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
         params
@@ -108,11 +115,12 @@ pub fn pushed_url(
 /// `authorization_response_iss_parameter_supported`, it must be present (L06).
 pub fn check_response_issuer(
     metadata: &Metadata,
-    issuer: &str,
+    settings: &super::ProviderSettings,
     iss: Option<&str>,
 ) -> Result<(), ProviderError> {
+    let issuer = settings.issuer.as_str();
     match iss {
-        Some(found) if found == issuer => Ok(()),
+        Some(found) if settings.accepts_issuer(found) => Ok(()),
         Some(found) => Err(ProviderError::IssuerMismatch {
             expected: issuer.to_owned(),
             found: super::discovery::truncate(found, 200),

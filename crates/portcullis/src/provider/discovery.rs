@@ -59,12 +59,17 @@ pub fn discovery_url(issuer: &str) -> String {
     )
 }
 
-/// Fetches and checks the provider's metadata.
-pub async fn discover(http: &ProviderHttp, issuer: &str) -> Result<Metadata, ProviderError> {
+/// The metadata at `url` (or the issuer's well-known document), whose `issuer` must
+/// equal `issuer` exactly (for a multi-tenant provider, the template itself).
+pub async fn discover(
+    http: &ProviderHttp,
+    issuer: &str,
+    url: Option<&str>,
+) -> Result<Metadata, ProviderError> {
     let answer = http
         .get(
             "discovery",
-            &discovery_url(issuer),
+            &url.map_or_else(|| discovery_url(issuer), str::to_owned),
             None,
             MAX_METADATA_BYTES,
         )

@@ -50,6 +50,8 @@ pub enum IdTokenError {
     BadSignature,
     #[error("the issuer does not match")]
     WrongIssuer,
+    #[error("the token's tenant is not one this gateway accepts")]
+    TenantNotAllowed,
     #[error("the audience does not match")]
     WrongAudience,
     #[error("the authorized party does not match")]
@@ -86,6 +88,7 @@ impl IdTokenError {
             Self::UnknownKey => "jwt_unknown_key",
             Self::BadSignature => "jwt_bad_signature",
             Self::WrongIssuer => "jwt_wrong_issuer",
+            Self::TenantNotAllowed => "jwt_tenant_not_allowed",
             Self::WrongAudience => "jwt_wrong_audience",
             Self::WrongAuthorizedParty => "jwt_wrong_azp",
             Self::Expired => "jwt_expired",
@@ -241,6 +244,8 @@ pub struct Expectations<'a> {
 /// The claims of a verified ID token.
 #[derive(Debug, Clone)]
 pub struct IdTokenClaims {
+    /// The token's `iss`: the issuer, or a multi-tenant provider's concrete one.
+    pub issuer: String,
     pub subject: String,
     pub expires_at: UnixTime,
     pub sid: Option<String>,
@@ -377,6 +382,7 @@ pub fn check_claims(
     };
     let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
     Ok(IdTokenClaims {
+        issuer: expect.issuer.to_owned(),
         subject,
         expires_at: exp,
         sid,

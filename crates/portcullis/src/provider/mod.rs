@@ -25,6 +25,7 @@ pub mod id_token;
 pub mod jwks;
 pub mod logout_token;
 pub mod par;
+mod set;
 pub mod token;
 pub mod userinfo;
 mod verify;
@@ -35,6 +36,7 @@ pub use authorize::Pkce;
 pub use discovery::Metadata;
 pub use error::{LogoutError, ProviderError};
 pub use id_token::{IdTokenClaims, IdTokenError};
+pub use set::Providers;
 pub use token::TokenResponse;
 
 use crate::config::ParSetting;
@@ -60,7 +62,17 @@ pub fn default_scopes(metadata: &discovery::Metadata) -> Vec<String> {
 /// How to reach and trust one provider.
 #[derive(Debug, Clone)]
 pub struct ProviderSettings {
+    /// The configured id (`default` for the top-level form).
+    pub id: String,
+    /// What the chooser shows.
+    pub name: String,
+    /// The issuer identifier; a template holding `{tenantid}` for a multi-tenant
+    /// provider (then `allowed_tenants` lists the tenants it accepts).
     pub issuer: String,
+    /// Where the metadata is; `None`: `{issuer}/.well-known/openid-configuration`.
+    pub discovery_url: Option<String>,
+    /// The tenants of a template issuer.
+    pub allowed_tenants: Vec<String>,
     pub client_id: String,
     pub client_secret: Option<Zeroizing<String>>,
     /// Sent as written; `None`: [`default_scopes`].
@@ -84,28 +96,81 @@ pub struct ProviderSettings {
     pub par: ParSetting,
     /// `provider.profile = "fapi2"`.
     pub fapi2: bool,
+    /// `provider.dpop = "on"`.
+    pub dpop: bool,
+    /// `provider.assume_email_verified`.
+    pub assume_email_verified: bool,
 }
 
 impl ProviderSettings {
-    /// What the provider client needs from the configuration.
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// What the client of provider `entry` needs from the configuration.
+    pub fn from_config(
+        config: &crate::config::Config,
+        entry: &crate::config::ProviderConfig,
+    ) -> Self {
+        let knobs = &entry.settings;
         Self {
-            issuer: config.issuer.clone(),
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.as_ref().map(|s| s.0.clone()),
-            scopes: config.scopes.clone(),
-            redirect_uri: config.redirect_uri(),
-            extra_authorize_params: config.provider.extra_authorize_params.clone(),
-            allowed_algorithms: config.provider.allowed_algorithms.clone(),
+            id: entry.id.clone(),
+            name: entry.name.clone(),
+            issuer: entry.issuer.clone(),
+            discovery_url: entry.discovery_url.as_ref().map(|u| u.to_string()),
+            allowed_tenants: entry.allowed_tenants.clone(),
+            client_id: entry.client_id.clone(),
+            client_secret: entry.client_secret.as_ref().map(|s| s.0.clone()),
+            scopes: entry.scopes.clone(),
+            redirect_uri: config.redirect_uri(&entry.id),
+            extra_authorize_params: knobs.extra_authorize_params.clone(),
+            allowed_algorithms: knobs.allowed_algorithms.clone(),
             jwks_min_refetch: jwks::MIN_REFETCH_INTERVAL,
-            trusted_audiences: config.provider.trusted_audiences.clone(),
-            auth_method: config.provider.token_endpoint_auth_method,
-            client_key: config.provider.client_key.clone(),
-            client_assertion_aud: config.provider.client_assertion_aud,
-            client_assertion_typ: config.provider.client_assertion_typ.clone(),
-            par: config.provider.par,
-            fapi2: config.provider.fapi2,
+            trusted_audiences: knobs.trusted_audiences.clone(),
+            auth_method: knobs.token_endpoint_auth_method,
+            client_key: knobs.client_key.clone(),
+            client_assertion_aud: knobs.client_assertion_aud,
+            client_assertion_typ: knobs.client_assertion_typ.clone(),
+            par: knobs.par,
+            fapi2: knobs.fapi2,
+            dpop: knobs.dpop,
+            assume_email_verified: knobs.assume_email_verified,
         }
+    }
+
+    /// The settings of every configured provider, in order.
+    pub fn all_from_config(config: &crate::config::Config) -> Vec<Self> {
+        config
+            .providers
+            .iter()
+            .map(|entry| Self::from_config(config, entry))
+            .collect()
+    }
+
+    /// Whether the issuer is a template (`{tenantid}`).
+    pub fn is_multi_tenant(&self) -> bool {
+        self.issuer.contains(crate::config::TENANT_PLACEHOLDER)
+    }
+
+    /// Whether `iss` is an issuer this provider speaks as: the issuer, or the template
+    /// filled with an allowed tenant.
+    pub fn accepts_issuer(&self, iss: &str) -> bool {
+        if !self.is_multi_tenant() {
+            return iss == self.issuer;
+        }
+        self.allowed_tenants
+            .iter()
+            .any(|t| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, t) == iss)
+    }
+
+    /// The issuer a token with these (not yet trusted) claims must name: the issuer, or
+    /// for a template the template filled with the token's `tid` when that tenant is
+    /// allowed (`None` otherwise: refused, never a relaxed check).
+    pub fn expected_issuer(&self, claims: &Map<String, Value>) -> Option<String> {
+        if !self.is_multi_tenant() {
+            return Some(self.issuer.clone());
+        }
+        let tid = claims.get("tid").and_then(Value::as_str)?;
+        self.allowed_tenants
+            .iter()
+            .any(|t| t == tid)
+            .then(|| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, tid))
     }
 }
 
@@ -149,8 +214,15 @@ impl Provider {
         &self.settings
     }
 
+    /// The issuer as configured (a template for a multi-tenant provider: users and
+    /// logout lookups use the concrete `iss` of each token).
     pub fn issuer(&self) -> &str {
         &self.settings.issuer
+    }
+
+    /// The configured id.
+    pub fn id(&self) -> &str {
+        &self.settings.id
     }
 
     /// Whether discovery has succeeded (for `/readyz`).
@@ -175,9 +247,13 @@ impl Provider {
             {
                 return Err(error.clone());
             }
-            match discovery::discover(&self.http, &self.settings.issuer)
-                .await
-                .and_then(|m| self.meets_profile(m))
+            match discovery::discover(
+                &self.http,
+                &self.settings.issuer,
+                self.settings.discovery_url.as_deref(),
+            )
+            .await
+            .and_then(|m| self.meets_profile(m))
             {
                 Ok(m) => {
                     let m = Arc::new(m);
@@ -343,6 +419,7 @@ impl Provider {
         nonce: &str,
         code_challenge: &str,
         dpop_key: Option<&DpopKey>,
+        login_hint: Option<&str>,
     ) -> Result<authorize::Authorization, ProviderError> {
         let metadata = self.metadata().await?;
         let scopes = self.scopes_for(&metadata);
@@ -355,6 +432,7 @@ impl Provider {
             code_challenge,
             extra: &self.settings.extra_authorize_params,
             dpop_jkt: dpop_key.map(DpopKey::jkt),
+            login_hint,
         };
         let Some(endpoint) = self.par_endpoint(&metadata)? else {
             return Ok(authorize::Authorization {
@@ -409,7 +487,7 @@ impl Provider {
     /// RFC 9207 check of the callback's `iss` parameter.
     pub async fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), ProviderError> {
         let metadata = self.metadata().await?;
-        authorize::check_response_issuer(&metadata, &self.settings.issuer, iss)
+        authorize::check_response_issuer(&metadata, &self.settings, iss)
     }
 
     /// DPoP for a call: the key and this provider's nonces.

@@ -78,8 +78,14 @@ impl Provider {
             return Err(IdTokenError::UnknownKey.into());
         }
         let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
+        // A multi-tenant provider's tokens name their tenant: the issuer they must
+        // carry is the template filled with it, when it is allowed (G12).
+        let issuer = self
+            .settings
+            .expected_issuer(&jwt.claims)
+            .ok_or(IdTokenError::TenantNotAllowed)?;
         let expect = id_token::Expectations {
-            issuer: &self.settings.issuer,
+            issuer: &issuer,
             client_id: &self.settings.client_id,
             trusted_audiences: &self.settings.trusted_audiences,
             nonce,
@@ -107,11 +113,15 @@ impl Provider {
             .map_err(logout_token::LogoutTokenError::from)?;
         let keys = self.keys_for(&jwt).await?;
         let secret = self.settings.client_secret.as_ref().map(|s| s.as_bytes());
+        let issuer = self
+            .settings
+            .expected_issuer(&jwt.claims)
+            .ok_or(logout_token::LogoutTokenError::WrongIssuer)?;
         Ok(logout_token::verify(
             &jwt,
             &keys,
             secret,
-            &self.settings.issuer,
+            &issuer,
             &self.settings.client_id,
             now,
         )?)

@@ -29,12 +29,6 @@ const SETTING: &str = "dpop_key";
 const CONTEXT: &[u8] = b"portcullis dpop key";
 
 impl Sessions {
-    /// The gateway's DPoP key when `provider.dpop` is on (read, or made, at first use
-    /// and kept); `None` when it is off.
-    pub(crate) async fn dpop_key(&self) -> Result<Option<Arc<DpopKey>>, SessionError> {
-        self.dpop_key_if(self.config.provider.dpop).await
-    }
-
     /// The gateway's DPoP key when `wanted` (a token bound before `provider.dpop` was
     /// turned off still needs it).
     pub(crate) async fn dpop_key_if(

@@ -5,7 +5,6 @@
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::access::check_access;
 use super::id::SessionId;
 use super::return_to::ReturnTo;
 use super::service::Sessions;
@@ -61,21 +60,23 @@ pub(crate) fn token_context(id_hash: &super::IdHash, field: &str) -> Vec<u8> {
 }
 
 impl Sessions {
-    /// Starts a login for the browser holding `binding` (the `portcullis_tx` cookie
-    /// value). Returns the provider URL to redirect to.
+    /// Starts a login at provider `provider_id` for the browser holding `binding` (the
+    /// `portcullis_tx` cookie value). Returns the provider URL to redirect to.
     pub async fn begin_login(
         &self,
+        provider_id: &str,
         binding: &str,
         return_to: ReturnTo,
+        login_hint: Option<&str>,
     ) -> Result<Url, SessionError> {
+        let provider = self.provider(provider_id)?;
         let state = random_token();
         let nonce = random_token();
         let pkce = Pkce::generate();
         // Fails before anything is stored when the provider is unreachable.
-        let dpop = self.dpop_key().await?;
-        let authorization = self
-            .provider
-            .authorization(&state, &nonce, &pkce.challenge, dpop.as_deref())
+        let dpop = self.dpop_key_for(provider).await?;
+        let authorization = provider
+            .authorization(&state, &nonce, &pkce.challenge, dpop.as_deref(), login_hint)
             .await?;
         let now = self.now();
         let state_hash = sha256_hex(state.as_bytes());
@@ -95,6 +96,7 @@ impl Sessions {
                 + authorization
                     .expires_in
                     .map_or(LOGIN_TTL_SECONDS, |s| s.min(LOGIN_TTL_SECONDS)),
+            provider_id: provider.id().to_owned(),
         };
         if !self
             .store
@@ -110,11 +112,12 @@ impl Sessions {
         Ok(authorization.url)
     }
 
-    /// Finishes a login at the callback. `binding` is this browser's `portcullis_tx`
-    /// cookie; `replaced` is a session cookie it presented, which the new session
-    /// replaces (never promotes: docs/security.md S03).
+    /// Finishes a login at provider `callback_provider`'s callback. `binding` is this
+    /// browser's `portcullis_tx` cookie; `replaced` is a session cookie it presented,
+    /// which the new session replaces (never promotes: docs/security.md S03).
     pub async fn complete_login(
         &self,
+        callback_provider: &str,
         params: CallbackParams,
         binding: Option<&str>,
         replaced: Option<&SessionId>,
@@ -124,8 +127,16 @@ impl Sessions {
             let tx = self
                 .take_own_transaction(params.state.as_deref(), binding)
                 .await?;
-            // L06 (RFC 9207): before the response is interpreted, and before any token request.
-            self.provider
+            // G12 (mix-up): the answer must come back to the callback of the provider
+            // the sign-in was sent to, before anything in it is believed.
+            if tx.provider_id != callback_provider {
+                self.events.count("provider_mismatch");
+                return Err(SessionError::ProviderMismatch);
+            }
+            let provider = self.provider(&tx.provider_id)?;
+            // L06 (RFC 9207): before the response is interpreted, and before any token
+            // request; G12: the `iss` of another provider is refused here.
+            provider
                 .check_response_issuer(params.iss.as_deref())
                 .await
                 .map_err(|e| match e {
@@ -137,7 +148,7 @@ impl Sessions {
             // L09: the provider's error, consumed transaction, no session.
             if let Some(error) = params.error {
                 if error == "invalid_scope" {
-                    let scopes = self.provider.requested_scopes().await?;
+                    let scopes = provider.requested_scopes().await?;
                     return Err(SessionError::ScopeRefused {
                         scopes: scopes.join(" "),
                     });
@@ -156,17 +167,17 @@ impl Sessions {
                 .open_str(&tx.verifier, &transaction_context(&tx.state_hash))
                 .map_err(|_| SessionError::Unsealable)?;
 
-            let dpop = self.dpop_key().await?;
-            let tokens = self
-                .provider
+            let dpop = self.dpop_key_for(provider).await?;
+            let tokens = provider
                 .exchange_code(
                     &code,
                     &verifier,
-                    &self.config.redirect_uri(),
+                    &self.config.redirect_uri(provider.id()),
                     dpop.as_deref(),
                 )
                 .await?;
             self.create_session_from_tokens(
+                provider,
                 tokens,
                 Some(&tx.nonce),
                 ReturnTo::from_stored(tx.return_to),
@@ -277,6 +288,7 @@ impl Sessions {
 
     pub(crate) async fn create_session_from_tokens(
         &self,
+        provider: &crate::provider::Provider,
         tokens: TokenResponse,
         nonce: Option<&str>,
         return_to: ReturnTo,
@@ -286,29 +298,24 @@ impl Sessions {
         let id_token = tokens.id_token.as_deref().ok_or_else(|| {
             crate::provider::ProviderError::BadResponse("the token response has no id_token".into())
         })?;
-        let verified = self
-            .provider
-            .validate_id_token(id_token, nonce, now)
-            .await?;
+        let verified = provider.validate_id_token(id_token, nonce, now).await?;
         let mut claims: Map<String, Value> = verified.claims.clone();
         let dpop = self.dpop_key_if(tokens.dpop_bound).await?;
-        if let Some(info) = self
-            .provider
+        if let Some(info) = provider
             .userinfo(&tokens.access_token, &verified.subject, dpop.as_deref())
             .await?
         {
             merge_userinfo(&mut claims, info);
         }
-        super::claims::assume_email_verified(
-            &mut claims,
-            self.config.provider.assume_email_verified,
-        );
-        check_access(&self.access_rules(), &claims)?;
+        self.email_trust(provider, &mut claims);
+        self.check_provider_access(provider, &claims)?;
 
         let profile = profile_from_claims(&claims);
+        // Users are (issuer, subject): the concrete `iss` of the token, never linked
+        // to another provider's user by email.
         let user = self
             .store
-            .upsert_user(self.provider.issuer(), &verified.subject, &profile, now)
+            .upsert_user(&verified.issuer, &verified.subject, &profile, now)
             .await?;
 
         let session_id = SessionId::generate();
@@ -329,11 +336,13 @@ impl Sessions {
             user_agent: user_agent.map(|ua| clip(ua, 256)),
             claims: kept,
             email_verified,
+            provider_id: provider.id().to_owned(),
         };
         self.store.create_session(&session).await?;
         tracing::info!(
             session = id_hash.short(),
             user = %user.id,
+            provider = provider.id(),
             "signed in"
         );
         let ends = refresh_expires_at.map_or(absolute, |r| r.min(absolute));
@@ -394,19 +403,21 @@ impl Sessions {
         user_agent: Option<&str>,
     ) -> Result<LoginOutcome, SessionError> {
         let result = async {
+            // `spa.provider` (checked at start: required with several providers).
+            let id = self.config.spa.provider.as_deref().unwrap_or_default();
+            let provider = self.provider(id)?;
             let redirect_uri = self
                 .config
                 .spa
                 .redirect_uri
                 .as_ref()
                 .map(|u| u.to_string())
-                .unwrap_or_else(|| self.config.redirect_uri());
-            let dpop = self.dpop_key().await?;
-            let tokens = self
-                .provider
+                .unwrap_or_else(|| self.config.redirect_uri(provider.id()));
+            let dpop = self.dpop_key_for(provider).await?;
+            let tokens = provider
                 .exchange_code(code, verifier, &redirect_uri, dpop.as_deref())
                 .await?;
-            self.create_session_from_tokens(tokens, nonce, ReturnTo::root(), user_agent)
+            self.create_session_from_tokens(provider, tokens, nonce, ReturnTo::root(), user_agent)
                 .await
         }
         .await;

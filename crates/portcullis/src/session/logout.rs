@@ -17,6 +17,8 @@ pub enum SignOut {
     Ended {
         revoked: bool,
         id_token: Option<zeroize::Zeroizing<String>>,
+        /// The session's provider (whose end-session endpoint signs the user out there).
+        provider_id: String,
     },
 }
 
@@ -24,9 +26,14 @@ impl std::fmt::Debug for SignOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoSession => f.write_str("NoSession"),
-            Self::Ended { revoked, id_token } => f
+            Self::Ended {
+                revoked,
+                id_token,
+                provider_id,
+            } => f
                 .debug_struct("Ended")
                 .field("revoked", revoked)
+                .field("provider_id", provider_id)
                 .field("id_token", &id_token.as_ref().map(|_| "<redacted>"))
                 .finish(),
         }
@@ -67,7 +74,11 @@ impl Sessions {
             .end_session_and_revoke(&record, refresh.map(|s| s.as_str()))
             .await?;
         tracing::info!(session = record.id_hash.short(), user = %record.user.id, "signed out");
-        Ok(SignOut::Ended { revoked, id_token })
+        Ok(SignOut::Ended {
+            revoked,
+            id_token,
+            provider_id: record.provider_id.clone(),
+        })
     }
 
     /// Deletes a session, then revokes `refresh_token` at the provider when it offers
@@ -82,7 +93,11 @@ impl Sessions {
         let Some(token) = refresh_token else {
             return Ok(false);
         };
-        match self.provider.revoke_refresh_token(token).await {
+        // A session of a provider no longer configured has nowhere to revoke.
+        let Ok(provider) = self.session_provider(record) else {
+            return Ok(false);
+        };
+        match provider.revoke_refresh_token(token).await {
             Ok(done) => Ok(done),
             Err(e) => {
                 tracing::warn!(error = %e, code = e.code(), "refresh token revocation failed; the local session is ended anyway");
@@ -134,11 +149,14 @@ impl Sessions {
     pub async fn backchannel_logout(&self, logout_token: &str) -> Result<u64, BackchannelError> {
         use crate::provider::logout_token::MAX_AGE_SECONDS;
         let now = self.now();
-        let token = self
-            .provider
-            .validate_logout_token(logout_token, now)
-            .await?;
-        let issuer = self.provider.issuer();
+        // G12: the provider is the one the token names (`iss`), and only its keys may
+        // have signed it; it ends only its own users' sessions.
+        let (provider, issuer) = self
+            .providers
+            .for_token(logout_token)
+            .ok_or(crate::provider::logout_token::LogoutTokenError::WrongIssuer)?;
+        let token = provider.validate_logout_token(logout_token, now).await?;
+        let issuer = issuer.as_str();
         let key = format!(
             "backchannel-logout:{}",
             crate::random::sha256_hex(format!("{issuer}\n{}", token.jti).as_bytes())

@@ -230,7 +230,10 @@ impl Sessions {
             return Ok(None);
         };
         if !tokens.access_token_bound {
-            if self.config.provider.dpop {
+            if self
+                .session_provider(record)
+                .is_ok_and(|p| p.settings().dpop)
+            {
                 // Bound before DPoP was turned on: never relayed unbound (a sign-in
                 // gives a bound one).
                 return Ok(None);

@@ -15,6 +15,7 @@ pub use crate::store::id;
 pub mod login;
 pub mod logout;
 pub mod lookup;
+mod providers;
 pub mod refresh;
 pub mod reload;
 pub mod return_to;
@@ -76,6 +77,12 @@ pub enum SessionError {
     RefreshUnavailable { retry_after: u64 },
     #[error("the gateway's DPoP key is unavailable: {0}")]
     DpopKey(String),
+    #[error("there is no identity provider `{0}` here")]
+    UnknownProvider(String),
+    #[error(
+        "the sign-in answer arrived at another identity provider's address than the sign-in was sent to"
+    )]
+    ProviderMismatch,
 }
 
 impl SessionError {
@@ -97,6 +104,8 @@ impl SessionError {
             Self::Unsealable => "unsealable",
             Self::RefreshUnavailable { .. } => "refresh_unavailable",
             Self::DpopKey(_) => "dpop_key_unavailable",
+            Self::UnknownProvider(_) => "unknown_provider",
+            Self::ProviderMismatch => "provider_mismatch",
         }
     }
 }

@@ -101,6 +101,8 @@ impl Sessions {
             self.keys.store(keys);
         }
         self.access.store(new.access.clone());
+        self.provider_access
+            .store(super::providers::provider_access(new));
         self.routes.store(RouteRules::new(&new.routes));
         if report.keys.is_none() && new.secret_file.is_some() {
             report.needs_restart = true;
@@ -126,8 +128,16 @@ fn needs_restart(running: &Config, new: &Config) -> bool {
     comparable.secret_file = running.secret_file.clone();
     comparable.access = running.access.clone();
     comparable.routes = running.routes.clone();
+    for (mine, theirs) in comparable.providers.iter_mut().zip(&running.providers) {
+        mine.access = theirs.access.clone();
+    }
     // `Debug` hides secrets and passwords: those are compared as they are.
-    let secret = |c: &Config| c.client_secret.as_ref().map(|s| s.0.clone());
+    let secret = |c: &Config| {
+        c.providers
+            .iter()
+            .map(|p| p.client_secret.as_ref().map(|s| s.0.clone()))
+            .collect::<Vec<_>>()
+    };
     format!("{comparable:?}") != format!("{running:?}")
         || secret(new) != secret(running)
         || new.store != running.store

@@ -10,7 +10,7 @@ use super::refresh::Refreshes;
 use super::seal::KeyRing;
 use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
-use crate::provider::Provider;
+use crate::provider::{Provider, Providers};
 use crate::store::on_runtime::OnRuntime;
 use crate::store::{Store, StoreError};
 
@@ -19,13 +19,16 @@ use crate::store::{Store, StoreError};
 #[derive(Debug)]
 pub struct Sessions {
     pub(crate) config: Arc<Config>,
-    pub(crate) provider: Provider,
+    /// Every configured provider; a session, a sign-in and a callback each name theirs.
+    pub(crate) providers: Providers,
     /// The store, behind the session cache unless `session.cache_entries` is 0.
     pub(crate) store: Arc<dyn Store>,
     /// The key ring: replaced by a reload (`secret_file`).
     pub(crate) keys: super::reload::Swap<KeyRing>,
     /// `[access]`: replaced by a reload.
     pub(crate) access: super::reload::Swap<crate::config::AccessSettings>,
+    /// Each provider's own access rules: replaced by a reload.
+    pub(crate) provider_access: super::reload::Swap<super::providers::ProviderAccess>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Refreshes in flight and the breaker that keeps a failing provider from a storm.
     pub(crate) refreshes: Refreshes,
@@ -53,7 +56,7 @@ impl Sessions {
     /// ownership of the parts.
     pub fn new(
         config: Arc<Config>,
-        provider: Provider,
+        providers: Providers,
         store: Arc<dyn Store>,
         keys: KeyRing,
         clock: Arc<dyn Clock>,
@@ -70,15 +73,18 @@ impl Sessions {
             0 => store,
             entries => CachedStore::new(store, entries, config.session.cache_mb),
         };
-        provider.remember_client_auth_in(Arc::new(StoreMemory(store.clone())));
+        for provider in providers.iter() {
+            provider.remember_client_auth_in(Arc::new(StoreMemory(store.clone())));
+        }
         // G08: heartbeats name this instance's key ring, so that an instance on another
         // ring knows it is not alone.
         store.feed().set_ring(keys.sealing_id());
         Self {
-            provider,
+            providers,
             store,
             keys: super::reload::Swap::new(keys),
             access: super::reload::Swap::new(config.access.clone()),
+            provider_access: super::reload::Swap::new(super::providers::provider_access(&config)),
             clock,
             refreshes: Refreshes::default(),
             events: SecurityEvents::default(),
@@ -105,8 +111,16 @@ impl Sessions {
         &self.store
     }
 
-    pub fn provider(&self) -> &Provider {
-        &self.provider
+    /// Every configured provider.
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// The provider `id` (a session's, a callback's, a login's choice).
+    pub fn provider(&self, id: &str) -> Result<&Provider, super::SessionError> {
+        self.providers
+            .get(id)
+            .ok_or_else(|| super::SessionError::UnknownProvider(id.chars().take(32).collect()))
     }
 
     /// Security events counted since start (see `docs/sessions.md`).

@@ -132,6 +132,7 @@ mod tests {
             user_agent: None,
             claims: "{}".into(),
             email_verified: true,
+            provider_id: "partner".into(),
         };
         from.create_session(&session(new_uuid(), id.hash(), NOW + 3600))
             .await
@@ -156,6 +157,10 @@ mod tests {
         assert_eq!(to.signing_keys().await.unwrap(), [key]);
         let there = to.get_session(&id.hash()).await.unwrap().unwrap();
         assert_eq!(there.user.id, alice.id);
+        assert_eq!(
+            there.provider_id, "partner",
+            "the session's provider is copied"
+        );
         // Signing in again on the new store finds the same user.
         let again = to
             .upsert_user("https://i", "alice", &UserProfile::default(), NOW)

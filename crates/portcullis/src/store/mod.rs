@@ -158,6 +158,9 @@ pub struct NewSession {
     /// vouches for `claims.email` only, never for [`User::email`] (which any other
     /// session of the user may overwrite): identity headers take both from here.
     pub email_verified: bool,
+    /// The id of the provider that signed the user in; its refresh, logout and keys
+    /// serve the session (a session of a provider no longer configured ends).
+    pub provider_id: String,
 }
 
 /// Which of a session's ids a lookup matched.
@@ -194,6 +197,8 @@ pub struct SessionRecord {
     /// See [`NewSession::claims`].
     pub claims: String,
     pub email_verified: bool,
+    /// See [`NewSession::provider_id`].
+    pub provider_id: String,
 }
 
 impl SessionRecord {
@@ -227,6 +232,8 @@ pub struct LoginTransaction {
     pub return_to: String,
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
+    /// The provider the sign-in was sent to: only its callback may finish it (G12).
+    pub provider_id: String,
 }
 
 impl std::fmt::Debug for LoginTransaction {

@@ -78,6 +78,7 @@ pub(crate) fn session(
         user_agent: row.opt_text("user_agent")?,
         claims: row.text("claims")?,
         email_verified: row.flag("email_verified")?,
+        provider_id: provider_id(row.opt_text("provider_id")?),
     })
 }
 
@@ -91,5 +92,12 @@ pub(crate) fn login_transaction(row: &impl Columns) -> StoreResult<LoginTransact
         return_to: row.text("return_to")?,
         created_at: row.int("created_at")?,
         expires_at: row.int("expires_at")?,
+        provider_id: provider_id(row.opt_text("provider_id")?),
     })
+}
+
+/// A row's provider id: absent in rows written before several providers (Redis keeps
+/// no default), which were the `default` provider's.
+pub(crate) fn provider_id(stored: Option<String>) -> String {
+    stored.unwrap_or_else(|| crate::config::DEFAULT_PROVIDER_ID.to_owned())
 }

@@ -72,7 +72,7 @@ fn token_args(t: &TokenSet) -> [Arg<'_>; 6] {
     ]
 }
 
-/// `create_session` (16 parameters).
+/// `create_session` (17 parameters).
 pub(crate) fn new_session_args(s: &NewSession) -> Vec<Arg<'_>> {
     let t = &s.tokens;
     vec![
@@ -92,10 +92,11 @@ pub(crate) fn new_session_args(s: &NewSession) -> Vec<Arg<'_>> {
         OptInt(t.access_issued_at),
         Text(&s.claims),
         Bool(s.email_verified),
+        Text(&s.provider_id),
     ]
 }
 
-/// `import_session` (22 parameters: every column).
+/// `import_session` (23 parameters: every column).
 pub(crate) fn session_record_args(s: &SessionRecord) -> Vec<Arg<'_>> {
     let mut args = vec![
         Arg::Uuid(s.family_id),
@@ -117,8 +118,23 @@ pub(crate) fn session_record_args(s: &SessionRecord) -> Vec<Arg<'_>> {
         OptText(s.user_agent.as_deref()),
         Text(&s.claims),
         Bool(s.email_verified),
+        Text(&s.provider_id),
     ]);
     args
+}
+
+/// `put_transaction` (8 parameters).
+pub(crate) fn transaction_args(tx: &crate::store::LoginTransaction) -> Vec<Arg<'_>> {
+    vec![
+        Text(&tx.state_hash),
+        Text(&tx.binding_hash),
+        Text(&tx.nonce),
+        Text(tx.verifier.as_stored()),
+        Text(&tx.return_to),
+        Int(tx.created_at),
+        Int(tx.expires_at),
+        Text(&tx.provider_id),
+    ]
 }
 
 /// `update_tokens`: the family, the expected version, then the tokens.

@@ -24,13 +24,13 @@ fn a_client_key_is_read_at_load_and_its_settings_need_it() {
         ("CLIENT_ASSERTION_AUD", "token_endpoint"),
     ])
     .unwrap();
-    assert!(c.provider.client_key.is_some());
+    assert!(c.providers[0].settings.client_key.is_some());
     assert_eq!(
-        c.provider.client_assertion_aud,
+        c.providers[0].settings.client_assertion_aud,
         AssertionAudience::TokenEndpoint
     );
     assert_eq!(
-        c.provider.token_endpoint_auth_method,
+        c.providers[0].settings.token_endpoint_auth_method,
         AuthMethodSetting::Auto
     );
     let refused = |pairs: &[(&str, &str)], says: &str| {
@@ -90,7 +90,7 @@ fn token_endpoint_auth_methods_read_and_fit_the_secret() {
         if secret {
             e.push(("PORTCULLIS_CLIENT_SECRET".into(), "s3cr+t/==".into()));
         }
-        Config::load_from(None, e).map(|c| c.provider.token_endpoint_auth_method)
+        Config::load_from(None, e).map(|c| c.providers[0].settings.token_endpoint_auth_method)
     };
     assert_eq!(
         with("client_secret_post", true).unwrap(),
@@ -123,12 +123,18 @@ fn par_is_auto_always_or_never() {
         }
         Config::load_from(None, e)
     };
-    assert_eq!(load(None).unwrap().provider.par, ParSetting::Auto);
     assert_eq!(
-        load(Some("always")).unwrap().provider.par,
+        load(None).unwrap().providers[0].settings.par,
+        ParSetting::Auto
+    );
+    assert_eq!(
+        load(Some("always")).unwrap().providers[0].settings.par,
         ParSetting::Always
     );
-    assert_eq!(load(Some("never")).unwrap().provider.par, ParSetting::Never);
+    assert_eq!(
+        load(Some("never")).unwrap().providers[0].settings.par,
+        ParSetting::Never
+    );
     let e = load(Some("sometimes")).unwrap_err().0.join("\n");
     assert!(e.contains("`provider.par`: `sometimes`"), "{e}");
 }
@@ -142,9 +148,9 @@ fn dpop_is_off_or_on() {
         }
         Config::load_from(None, e)
     };
-    assert!(!load(None).unwrap().provider.dpop);
-    assert!(!load(Some("off")).unwrap().provider.dpop);
-    assert!(load(Some("on")).unwrap().provider.dpop);
+    assert!(!load(None).unwrap().providers[0].settings.dpop);
+    assert!(!load(Some("off")).unwrap().providers[0].settings.dpop);
+    assert!(load(Some("on")).unwrap().providers[0].settings.dpop);
     let e = load(Some("yes")).unwrap_err().0.join("\n");
     assert!(e.contains("`provider.dpop`: `yes`"), "{e}");
     let mut e = minimal();
@@ -177,15 +183,15 @@ fn fapi2_requires_the_whole_profile() {
         Config::load_from(None, e)
     };
     let c = load(&[("PORTCULLIS_PROVIDER_CLIENT_KEY_FILE", &key)]).unwrap();
-    assert!(c.provider.fapi2);
+    assert!(c.providers[0].settings.fapi2);
     assert_eq!(
-        c.provider.token_endpoint_auth_method,
+        c.providers[0].settings.token_endpoint_auth_method,
         AuthMethodSetting::PrivateKeyJwt
     );
-    assert_eq!(c.provider.par, ParSetting::Always);
-    assert!(c.provider.dpop);
+    assert_eq!(c.providers[0].settings.par, ParSetting::Always);
+    assert!(c.providers[0].settings.dpop);
     assert_eq!(
-        c.provider.allowed_algorithms.as_deref(),
+        c.providers[0].settings.allowed_algorithms.as_deref(),
         Some(&FAPI2_ALGORITHMS[..])
     );
     for (pairs, says) in [

@@ -1,7 +1,7 @@
 //! The browser's endpoints: sign-in, the provider's callback, the session's state and
 //! sign-out.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -14,8 +14,10 @@ use crate::random::{random_token, secrets_equal};
 use crate::session::login::LOGIN_TTL_SECONDS;
 use crate::session::{CallbackParams, ReturnTo, SessionError, SessionId, SignOut};
 
-/// `GET /auth/login?return_to=/path`: starts a login transaction and sends the browser
-/// to the provider.
+/// `GET /auth/login?return_to=/path[&provider=ID][&login_hint=EMAIL]`: starts a login
+/// transaction and sends the browser to the provider — the one named, else the one
+/// whose `email_domains` hold the hint's domain, else `default_provider`, else the only
+/// one; with several and no choice, the chooser page.
 pub async fn login(
     State(routes): State<Routes>,
     method: Method,
@@ -24,8 +26,24 @@ pub async fn login(
 ) -> Response {
     let page = is_navigation(&method, &headers) || method == Method::GET;
     let result = async {
-        let params = query_params(query.as_deref(), &["return_to"])?;
+        let params = query_params(query.as_deref(), &["return_to", "provider", "login_hint"])?;
         let return_to = ReturnTo::parse(params.get("return_to").map(String::as_str));
+        let hint = params
+            .get("login_hint")
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty() && h.len() <= 320 && !h.chars().any(char::is_control));
+        let Some(provider) = super::choose::provider(
+            routes.gateway.config(),
+            params.get("provider").map(String::as_str),
+            hint,
+        )?
+        else {
+            return Ok(Err(super::choose::chooser(
+                routes.gateway.config(),
+                &return_to,
+                hint.is_some(),
+            )));
+        };
         // Reuse this browser's binding so that several tabs share one cookie.
         let binding = routes
             .cookies
@@ -34,26 +52,63 @@ pub async fn login(
             .filter(|v| SessionId::parse(v).is_some())
             .map(str::to_owned)
             .unwrap_or_else(random_token);
-        let url = routes.sessions().begin_login(&binding, return_to).await?;
+        let url = routes
+            .sessions()
+            .begin_login(&provider, &binding, return_to, hint)
+            .await?;
         let cookie = routes
             .cookies
             .set(CookieKind::LoginBinding, &binding, LOGIN_TTL_SECONDS);
-        Ok::<_, SessionError>((url, cookie))
+        Ok::<_, SessionError>(Ok((url, cookie)))
     }
     .await;
     match result {
-        Ok((url, cookie)) => {
+        Ok(Ok((url, cookie))) => {
             redirect(StatusCode::FOUND, url.as_str(), Some(cookie)).into_response()
         }
+        Ok(Err(chooser)) => no_store(chooser),
         Err(e) => no_store(HttpError::from(e).page(page).into_response()),
     }
 }
 
-/// `GET /auth/callback`: finishes the login and sets the session cookie.
+/// `GET /auth/callback`: the `default` provider's callback (the top-level form's).
 pub async fn callback(
     State(routes): State<Routes>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+) -> Response {
+    finish_login(routes, crate::config::DEFAULT_PROVIDER_ID, headers, query).await
+}
+
+/// `GET /auth/callback/{provider}`: another provider's callback. Each provider has its
+/// own, so an answer at the wrong one is told apart (G12).
+pub async fn provider_callback(
+    State(routes): State<Routes>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // `default`'s callback is `{prefix}/callback`, and only that.
+    if provider == crate::config::DEFAULT_PROVIDER_ID {
+        return no_store(
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_callback",
+                "There is no such sign-in address.",
+            )
+            .page(true)
+            .into_response(),
+        );
+    }
+    finish_login(routes, &provider, headers, query).await
+}
+
+/// Finishes the login that `provider`'s callback received and sets the session cookie.
+async fn finish_login(
+    routes: Routes,
+    provider: &str,
+    headers: HeaderMap,
+    query: Option<String>,
 ) -> Response {
     let result = async {
         let mut p = query_params(
@@ -76,6 +131,7 @@ pub async fn callback(
         routes
             .sessions()
             .complete_login(
+                provider,
                 params,
                 binding.value(),
                 replaced.as_ref(),
@@ -178,13 +234,17 @@ pub async fn logout(
         .read(&headers, CookieKind::Session)
         .value()
         .map(str::to_owned);
-    let id_token = match cookie {
+    let (id_token, provider_id) = match cookie {
         Some(cookie) => match routes.sessions().sign_out(&cookie).await {
-            Ok(SignOut::Ended { id_token, .. }) => id_token,
-            Ok(SignOut::NoSession) => None,
+            Ok(SignOut::Ended {
+                id_token,
+                provider_id,
+                ..
+            }) => (id_token, Some(provider_id)),
+            Ok(SignOut::NoSession) => (None, None),
             Err(e) => return no_store(HttpError::from(e).page(page).into_response()),
         },
-        None => None,
+        None => (None, None),
     };
     let mut set_cookies = vec![
         routes.cookies.clear(CookieKind::Session),
@@ -200,12 +260,20 @@ pub async fn logout(
             .as_deref()
             .filter(|_| config.logout.id_token_hint && page)
             .map(|t| t.as_str());
-        match routes
-            .gateway
-            .provider()
-            .end_session_url(hint, &state, &target)
-            .await
-        {
+        // The session's provider; without a session, the only or default one.
+        let provider = match &provider_id {
+            Some(id) => routes.gateway.providers().get(id),
+            None => config
+                .default_provider
+                .as_deref()
+                .or_else(|| (config.providers.len() == 1).then(|| config.providers[0].id.as_str()))
+                .and_then(|id| routes.gateway.providers().get(id)),
+        };
+        let ended = match provider {
+            Some(p) => p.end_session_url(hint, &state, &target).await,
+            None => Ok(None),
+        };
+        match ended {
             Ok(Some(url)) => {
                 set_cookies.push(
                     routes

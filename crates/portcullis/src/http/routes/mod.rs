@@ -18,9 +18,10 @@ use crate::session::SessionError;
 use crate::session::Sessions;
 
 mod browser;
+mod choose;
 mod posted;
 
-pub use browser::{callback, logged_out, login, logout, session};
+pub use browser::{callback, logged_out, login, logout, provider_callback, session};
 pub use posted::{backchannel_logout, spa_code_exchange};
 
 /// Shared state of the routes.
@@ -224,22 +225,29 @@ pub async fn jwks(State(routes): State<Routes>) -> Response {
 /// for providers that fetch a `private_key_jwt` client's keys from a `jwks_uri`
 /// (others are given the same set at registration). 404 without a client key.
 pub async fn client_jwks(State(routes): State<Routes>) -> Response {
-    let Some(key) = routes
-        .sessions()
-        .provider()
-        .settings()
-        .client_key
-        .as_deref()
-    else {
+    // Every provider's client key, once each (entries may share one).
+    let mut keys: Vec<serde_json::Value> = Vec::new();
+    for provider in routes.sessions().providers().iter() {
+        let settings = provider.settings();
+        let Some(key) = settings.client_key.as_deref() else {
+            continue;
+        };
+        let set = key.public_jwks(settings.fapi2);
+        for jwk in set["keys"].as_array().into_iter().flatten() {
+            if !keys.contains(jwk) {
+                keys.push(jwk.clone());
+            }
+        }
+    }
+    if keys.is_empty() {
         return HttpError::new(
             StatusCode::NOT_FOUND,
             "no_client_key",
             "This gateway signs no client assertions (provider.client_key_file is not set).",
         )
         .into_response();
-    };
-    let fapi2 = routes.sessions().provider().settings().fapi2;
-    let mut r = axum::Json(key.public_jwks(fapi2)).into_response();
+    }
+    let mut r = axum::Json(json!({ "keys": keys })).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

@@ -63,6 +63,7 @@ async fn session(store: &dyn Store) -> (SessionId, Uuid) {
             user_agent: None,
             claims: "{}".into(),
             email_verified: false,
+            provider_id: "default".into(),
         })
         .await
         .unwrap();

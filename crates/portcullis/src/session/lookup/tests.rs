@@ -41,14 +41,14 @@ async fn sessions() -> (Arc<Sessions>, Arc<SqliteStore>, ManualClock) {
         tokio::task::yield_now().await;
     }
     let provider = Provider::new(
-        crate::provider::ProviderSettings::from_config(&config),
+        crate::provider::ProviderSettings::from_config(&config, &config.providers[0]),
         ProviderHttp::new().unwrap(),
     );
     let keys = KeyRing::new(&SecretKeys(vec![zeroize::Zeroizing::new([7; 32])])).unwrap();
     let clock = ManualClock::default();
     let gw = Sessions::new(
         Arc::new(config),
-        provider,
+        crate::provider::Providers::new(vec![provider]),
         cache,
         keys,
         Arc::new(clock.clone()),
@@ -84,6 +84,7 @@ async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
             user_agent: None,
             claims: "{}".into(),
             email_verified: true,
+            provider_id: "default".into(),
         })
         .await
         .unwrap();
@@ -134,6 +135,7 @@ async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
             user_agent: None,
             claims: "{}".into(),
             email_verified: true,
+            provider_id: "default".into(),
         })
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use super::Fresh;
 use crate::clock::UnixTime;
 use crate::provider::{IdTokenError, ProviderError, TokenResponse};
 use crate::session::SessionError;
-use crate::session::access::{AccessDenied, access_refusals};
+use crate::session::access::AccessDenied;
 use crate::session::handover;
 use crate::session::id::SessionId;
 use crate::session::login::{MAX_PROVIDER_LIFETIME, token_context};
@@ -43,7 +43,10 @@ impl Sessions {
         record: &SessionRecord,
         now: UnixTime,
     ) -> Result<Map<String, Value>, Refused> {
-        let verified = match self.provider.validate_id_token(token, None, now).await {
+        let Ok(provider) = self.session_provider(record) else {
+            return Err(Refused::Identity("provider"));
+        };
+        let verified = match provider.validate_id_token(token, None, now).await {
             Ok(v) => v,
             Err(ProviderError::IdToken(IdTokenError::UnknownKey)) => {
                 return Err(Refused::Unverifiable(IdTokenError::UnknownKey.into()));
@@ -54,7 +57,7 @@ impl Sessions {
         if verified.subject != record.user.subject {
             return Err(Refused::Identity("sub"));
         }
-        if record.user.issuer != self.provider.issuer() {
+        if record.user.issuer != verified.issuer {
             return Err(Refused::Identity("iss"));
         }
         // `aud` needs no comparison with the first ID token: validation accepts only
@@ -229,13 +232,15 @@ impl Sessions {
             session = fresh.record.id_hash.short(),
             "another refresh of this session was committed first; this one's tokens are dropped"
         );
+        let provider_id = fresh.record.provider_id.clone();
         let latest = self.reload(fresh).await?;
         if latest.is_none()
             && let Some(rotated) = answer.refresh_token.as_deref()
         {
             // Ended meanwhile (sign-out, back-channel, admin): the grant this refresh
             // extended must not stay alive at the provider.
-            if let Err(e) = self.provider.revoke_refresh_token(rotated).await {
+            let provider = self.provider(&provider_id)?;
+            if let Err(e) = provider.revoke_refresh_token(rotated).await {
                 tracing::warn!(error = %e, code = e.code(), "could not revoke the refresh token of a session ended mid-refresh");
             }
         }
@@ -251,17 +256,15 @@ impl Sessions {
         answer: &TokenResponse,
     ) -> Result<Option<Fresh>, SessionError> {
         let record = &fresh.record;
+        let provider = self.session_provider(record)?;
         let Some((mut claims, complete)) = self
             .claims_after_refresh(record, new_claims, answer)
             .await?
         else {
             return Ok(None);
         };
-        crate::session::claims::assume_email_verified(
-            &mut claims,
-            self.config.provider.assume_email_verified,
-        );
-        let refusals = access_refusals(&self.access_rules(), &claims);
+        self.email_trust(provider, &mut claims);
+        let refusals = self.provider_access_refusals(provider.id(), &claims);
         let undecided = !complete && !refusals.is_empty();
         // Without UserInfo, refusing for a claim only UserInfo would have told us is a
         // guess: only refusals on claims at hand count (any one of them).
@@ -302,18 +305,18 @@ impl Sessions {
         new_claims: Option<Map<String, Value>>,
         answer: &TokenResponse,
     ) -> Result<Option<(Map<String, Value>, bool)>, SessionError> {
+        let provider = self.session_provider(record)?;
         let mut claims = new_claims
             .or_else(|| {
                 self.session_tokens(record)
                     .ok()
                     .and_then(|t| t.id_token)
-                    .and_then(|t| self.provider.stored_id_token_claims(&t))
+                    .and_then(|t| provider.stored_id_token_claims(&t))
             })
             .unwrap_or_default();
         let mut complete = true;
         let dpop = self.dpop_key_if(answer.dpop_bound).await?;
-        match self
-            .provider
+        match provider
             .userinfo(&answer.access_token, &record.user.subject, dpop.as_deref())
             .await
         {

@@ -281,10 +281,11 @@ impl Sessions {
             return Ok(Some(fresh));
         };
         // (An error drops the permit unsettled: the breaker's probe, if it was one, ends.)
+        let provider = self.session_provider(&fresh.record)?;
         let dpop = self
-            .dpop_key_if(self.config.provider.dpop || tokens.access_token_bound)
+            .dpop_key_if(provider.settings().dpop || tokens.access_token_bound)
             .await?;
-        match self.provider.refresh(refresh_token, dpop.as_deref()).await {
+        match provider.refresh(refresh_token, dpop.as_deref()).await {
             Ok(answer) => {
                 permit.settle(self.now(), false);
                 // Counted in `commit_refresh` once the outcome is known.

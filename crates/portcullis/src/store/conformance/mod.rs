@@ -134,6 +134,7 @@ fn new_session_record(user: &User, id: &SessionId) -> NewSession {
         user_agent: Some("conformance".into()),
         claims: r#"{"sub":"s","groups":["a","b"]}"#.into(),
         email_verified: true,
+        provider_id: "partner".into(),
     }
 }
 
@@ -290,6 +291,7 @@ async fn claims_are_kept_and_replaced(store: &dyn Store) {
     let got = store.get_session(&id.hash()).await.unwrap().unwrap();
     assert_eq!(got.claims, s.claims);
     assert!(got.email_verified);
+    assert_eq!(got.provider_id, "partner", "the session's provider is kept");
     let big = format!(r#"{{"groups":["{}"]}}"#, "g".repeat(MAX_CLAIMS_BYTES - 20));
     assert!(store.update_claims(s.family_id, &big, false).await.unwrap());
     let got = store.get_session(&id.hash()).await.unwrap().unwrap();

@@ -14,6 +14,7 @@ pub(super) fn transaction(binding: &str, created_at: UnixTime) -> LoginTransacti
         return_to: "/x?y=1".into(),
         created_at,
         expires_at: created_at + 600,
+        provider_id: "partner".into(),
     }
 }
 

@@ -25,7 +25,8 @@ use uuid::Uuid;
 use super::feed::Tasks;
 use super::sql::Arg::{self, Int, Text};
 use super::sql::{
-    bind, new_session_args, one_row, rotate_args, session_record_args, update_tokens_args,
+    bind, new_session_args, one_row, rotate_args, session_record_args, transaction_args,
+    update_tokens_args,
 };
 use super::{
     ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
@@ -438,14 +439,7 @@ impl Store for PostgresStore {
                 db.commit().await.map_err(unavailable)?;
                 return Ok(false);
             }
-            q(&self.sql.put_transaction)
-                .bind(&tx.state_hash)
-                .bind(&tx.binding_hash)
-                .bind(&tx.nonce)
-                .bind(tx.verifier.as_stored())
-                .bind(&tx.return_to)
-                .bind(tx.created_at)
-                .bind(tx.expires_at)
+            bind(q(&self.sql.put_transaction), &transaction_args(tx))
                 .execute(&mut *db)
                 .await
                 .map_err(unavailable)?;

@@ -21,6 +21,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/postgres/0003_settings.sql"),
     ),
+    (
+        4,
+        include_str!("../../../migrations/postgres/0004_providers.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &PgPool, sql: &Queries) -> StoreResult<()> {
@@ -113,7 +117,7 @@ const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.pre
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
     s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
-    s.claims, s.email_verified, \
+    s.claims, s.email_verified, s.provider_id, \
     u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
@@ -139,8 +143,8 @@ const IMPORT_USER: &str = "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2
 const CREATE_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, current_seen, user_id, \
          provider_sid, created_at, last_seen_at, idle_expires_at, absolute_expires_at, \
          refresh_token, access_token, id_token, access_expires_at, refresh_expires_at, \
-         token_version, user_agent, access_issued_at, claims, email_verified) \
-         VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16)";
+         token_version, user_agent, access_issued_at, claims, email_verified, provider_id) \
+         VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16, $17)";
 const GET_SESSION: &str = "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
          WHERE s.id_hash = $1 OR s.previous_id_hash = $1";
 const TOUCH: &str = "UPDATE {p}_sessions SET last_seen_at = greatest(last_seen_at, $2), \
@@ -167,9 +171,9 @@ const IMPORT_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, prev
          previous_valid_until, previous_handover, current_seen, user_id, provider_sid, \
          created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
          access_token, id_token, access_expires_at, refresh_expires_at, access_issued_at, \
-         token_version, user_agent, claims, email_verified) \
+         token_version, user_agent, claims, email_verified, provider_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING";
+         $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING";
 const DELETE_ALL: &str = "WITH gone AS (DELETE FROM {p}_sessions RETURNING 1), \
          counted AS (SELECT count(*) AS n FROM gone) \
          SELECT n, pg_notify('{p}_feed', 'a') FROM counted";
@@ -178,7 +182,7 @@ const LIST_SESSIONS: &str = "SELECT {session_columns} FROM {p}_sessions s JOIN {
          AND (s.refresh_expires_at IS NULL OR s.refresh_expires_at > $1) \
          AND ($2::text IS NULL OR s.user_id = $2) ORDER BY s.created_at DESC, s.family_id";
 const PUT_TRANSACTION: &str = "INSERT INTO {p}_login_transactions (state_hash, binding_hash, nonce, \
-         verifier, return_to, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+         verifier, return_to, created_at, expires_at, provider_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 const TRIM_PER_BROWSER: &str = "DELETE FROM {p}_login_transactions WHERE binding_hash = $1 AND state_hash NOT IN \
          (SELECT state_hash FROM {p}_login_transactions WHERE binding_hash = $1 \
           ORDER BY created_at DESC, seq DESC LIMIT $2)";
@@ -186,7 +190,7 @@ const DELETE_EXPIRED_TRANSACTIONS: &str =
     "DELETE FROM {p}_login_transactions WHERE expires_at <= $1";
 const COUNT_TRANSACTIONS: &str = "SELECT COUNT(*) FROM {p}_login_transactions";
 const TAKE_TRANSACTION: &str = "DELETE FROM {p}_login_transactions WHERE state_hash = $1 \
-         RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at";
+         RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at, provider_id";
 const ACQUIRE_LEASE: &str = "INSERT INTO {p}_refresh_leases (lease_key, holder, expires_at) VALUES ($1, $2, $4) \
          ON CONFLICT (lease_key) DO UPDATE SET holder = excluded.holder, \
          expires_at = excluded.expires_at \

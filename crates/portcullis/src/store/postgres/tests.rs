@@ -115,6 +115,7 @@ async fn a_killed_feed_connection_resets_and_recovers() {
             user_agent: None,
             claims: "{}".into(),
             email_verified: false,
+            provider_id: "default".into(),
         })
         .await
         .unwrap();

@@ -90,7 +90,8 @@ pub(super) fn new_session_fields(s: &NewSession) -> Fields {
         .put("token_version", 0)
         .maybe("user_agent", s.user_agent.as_deref())
         .put("claims", &s.claims)
-        .flag("email_verified", s.email_verified);
+        .flag("email_verified", s.email_verified)
+        .put("provider_id", &s.provider_id);
     f
 }
 
@@ -115,7 +116,8 @@ pub(super) fn session_record_fields(s: &SessionRecord) -> Fields {
         .put("token_version", s.token_version)
         .maybe("user_agent", s.user_agent.as_deref())
         .put("claims", &s.claims)
-        .flag("email_verified", s.email_verified);
+        .flag("email_verified", s.email_verified)
+        .put("provider_id", &s.provider_id);
     f
 }
 
@@ -297,6 +299,7 @@ impl Record {
             user_agent: self.opt_text("user_agent"),
             claims: self.text("claims")?,
             email_verified: self.flag("email_verified")?,
+            provider_id: crate::store::rows::provider_id(self.opt_text("provider_id")),
         })
     }
 
@@ -309,6 +312,7 @@ impl Record {
             return_to: self.text("return_to")?,
             created_at: self.int("created_at")?,
             expires_at: self.int("expires_at")?,
+            provider_id: crate::store::rows::provider_id(self.opt_text("provider_id")),
         })
     }
 }

@@ -484,7 +484,8 @@ impl Store for RedisStore {
                 .put("verifier", tx.verifier.as_stored())
                 .put("return_to", &tx.return_to)
                 .put("created_at", tx.created_at)
-                .put("expires_at", tx.expires_at);
+                .put("expires_at", tx.expires_at)
+                .put("provider_id", &tx.provider_id);
             let args = Args::new()
                 .with(&tx.state_hash)
                 .with(&tx.binding_hash)

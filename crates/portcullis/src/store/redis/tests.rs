@@ -138,6 +138,7 @@ fn new_session(user: &User, id: &SessionId, tokens: TokenSet) -> NewSession {
         user_agent: Some("redis tests".into()),
         claims: r#"{"sub":"s"}"#.into(),
         email_verified: true,
+        provider_id: "default".into(),
     }
 }
 
@@ -395,6 +396,7 @@ async fn write_everything(store: &RedisStore) -> (Vec<SessionId>, Vec<String>, V
         return_to: "/".into(),
         created_at: NOW,
         expires_at: NOW + 600,
+        provider_id: "default".into(),
     };
     store
         .put_transaction(&tx, TransactionLimits::default())

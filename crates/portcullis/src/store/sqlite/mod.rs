@@ -14,7 +14,8 @@ use uuid::Uuid;
 use super::feed::Tasks;
 use super::sql::Arg::{self, Int, Text};
 use super::sql::{
-    bind, new_session_args, one_row, rotate_args, session_record_args, update_tokens_args,
+    bind, new_session_args, one_row, rotate_args, session_record_args, transaction_args,
+    update_tokens_args,
 };
 use super::{
     ChangeFeed, FeedEvent, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
@@ -220,8 +221,8 @@ impl Store for SqliteStore {
             let sql = "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
                  access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent, \
-                 access_issued_at, claims, email_verified) \
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16)";
+                 access_issued_at, claims, email_verified, provider_id) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16, ?17)";
             bind(sqlx::query(sql), &new_session_args(s))
                 .execute(&mut *w.db)
                 .await
@@ -390,9 +391,9 @@ impl Store for SqliteStore {
                  previous_handover, current_seen, user_id, provider_sid, created_at, last_seen_at, \
                  idle_expires_at, absolute_expires_at, refresh_token, access_token, id_token, \
                  access_expires_at, refresh_expires_at, access_issued_at, token_version, \
-                 user_agent, claims, email_verified) \
+                 user_agent, claims, email_verified, provider_id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21, ?22) ON CONFLICT DO NOTHING";
+                 ?17, ?18, ?19, ?20, ?21, ?22, ?23) ON CONFLICT DO NOTHING";
             let done = bind(sqlx::query(sql), &session_record_args(s))
                 .execute(&mut *w.db)
                 .await
@@ -479,17 +480,9 @@ impl Store for SqliteStore {
                 db.commit().await.map_err(unavailable)?;
                 return Ok(false);
             }
-            sqlx::query(
-                "INSERT INTO login_transactions (state_hash, binding_hash, nonce, verifier, \
-                 return_to, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(&tx.state_hash)
-            .bind(&tx.binding_hash)
-            .bind(&tx.nonce)
-            .bind(tx.verifier.as_stored())
-            .bind(&tx.return_to)
-            .bind(tx.created_at)
-            .bind(tx.expires_at)
+            let sql = "INSERT INTO login_transactions (state_hash, binding_hash, nonce, verifier, \
+                 return_to, created_at, expires_at, provider_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+            bind(sqlx::query(sql), &transaction_args(tx))
             .execute(&mut *db)
             .await
             .map_err(unavailable)?;
@@ -513,7 +506,7 @@ impl Store for SqliteStore {
         timed(async {
             let row = sqlx::query(
                 "DELETE FROM login_transactions WHERE state_hash = ?1 \
-                 RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at",
+                 RETURNING state_hash, binding_hash, nonce, verifier, return_to, created_at, expires_at, provider_id",
             )
             .bind(state_hash)
             .fetch_optional(&self.pool)

@@ -36,6 +36,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/sqlite/0006_settings.sql"),
     ),
+    (
+        7,
+        include_str!("../../../migrations/sqlite/0007_providers.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool) -> StoreResult<()> {

@@ -61,6 +61,7 @@ async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
             user_agent: None,
             claims: "{}".into(),
             email_verified: false,
+            provider_id: "default".into(),
         })
         .await
         .unwrap();
