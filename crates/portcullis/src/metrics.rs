@@ -60,12 +60,14 @@ pub const PROVIDER_ENDPOINTS: [&str; 6] = [
 ];
 pub const RATE_LIMITED_ENDPOINTS: [&str; 4] = ["login", "callback", "spa_exchange", "backchannel"];
 /// The security events' stable names (`docs/sessions.md`).
-pub const SECURITY_EVENT_NAMES: [&str; 5] = [
+pub const SECURITY_EVENT_NAMES: [&str; 7] = [
     "session_id_reuse",
     "refresh_identity_changed",
     "backchannel_rate_limited",
     "route_refused",
     "untrusted_forwarder",
+    "provider_mismatch",
+    "email_domain_not_owned",
 ];
 /// The store trait's methods (the `operation` label).
 pub const STORE_OPERATIONS: [&str; 29] = [
@@ -126,7 +128,8 @@ fn position(list: &[&str], value: &str) -> Option<usize> {
 impl Metrics {
     /// Describes every series (HELP text) and registers every known label value at
     /// zero, with the recorder installed now.
-    pub fn register() -> Self {
+    /// `providers`: the configured provider ids (the `provider` label's values).
+    pub fn register(providers: &[&str]) -> Self {
         describe();
         let metrics = Self {
             request_duration: KINDS
@@ -144,11 +147,15 @@ impl Metrics {
                 metrics.requests_counter(k, status).increment(0);
             }
         }
-        for result in LOGIN_RESULTS {
-            metrics::counter!(LOGINS, "result" => result).increment(0);
-        }
-        for result in REFRESH_RESULTS {
-            metrics::counter!(REFRESHES, "result" => result).increment(0);
+        for provider in providers {
+            for result in LOGIN_RESULTS {
+                metrics::counter!(LOGINS, "provider" => provider.to_string(), "result" => result)
+                    .increment(0);
+            }
+            for result in REFRESH_RESULTS {
+                metrics::counter!(REFRESHES, "provider" => provider.to_string(), "result" => result)
+                    .increment(0);
+            }
         }
         for event in SECURITY_EVENT_NAMES {
             metrics::counter!(SECURITY_EVENTS, "event" => event).increment(0);
@@ -157,8 +164,14 @@ impl Metrics {
             metrics::counter!(RATE_LIMITED, "endpoint" => endpoint).increment(0);
         }
         // A histogram is registered by taking its handle.
-        for endpoint in PROVIDER_ENDPOINTS {
-            let _ = metrics::histogram!(PROVIDER_DURATION, "endpoint" => endpoint);
+        for provider in providers {
+            for endpoint in PROVIDER_ENDPOINTS {
+                let _ = metrics::histogram!(
+                    PROVIDER_DURATION,
+                    "provider" => provider.to_string(),
+                    "endpoint" => endpoint
+                );
+            }
         }
         for operation in STORE_OPERATIONS {
             let _ = metrics::histogram!(STORE_DURATION, "operation" => operation);
@@ -198,13 +211,14 @@ impl Metrics {
 }
 
 /// A sign-in finished: `success`, `denied` or `error`.
-pub fn login(result: &'static str) {
-    metrics::counter!(LOGINS, "result" => result).increment(1);
+pub fn login(provider: &str, result: &'static str) {
+    metrics::counter!(LOGINS, "provider" => provider.to_owned(), "result" => result).increment(1);
 }
 
 /// A refresh at the provider finished (see [`REFRESH_RESULTS`]).
-pub fn refresh(result: &'static str) {
-    metrics::counter!(REFRESHES, "result" => result).increment(1);
+pub fn refresh(provider: &str, result: &'static str) {
+    metrics::counter!(REFRESHES, "provider" => provider.to_owned(), "result" => result)
+        .increment(1);
 }
 
 /// A security event (its stable name).
@@ -223,8 +237,9 @@ pub fn store_operation(operation: &'static str, duration: Duration) {
 }
 
 /// A call to the provider took `duration`.
-pub fn provider_request(endpoint: &'static str, duration: Duration) {
-    metrics::histogram!(PROVIDER_DURATION, "endpoint" => endpoint).record(duration.as_secs_f64());
+pub fn provider_request(provider: &str, endpoint: &'static str, duration: Duration) {
+    metrics::histogram!(PROVIDER_DURATION, "provider" => provider.to_owned(), "endpoint" => endpoint)
+        .record(duration.as_secs_f64());
 }
 
 /// Whether the store's change feed is live now.

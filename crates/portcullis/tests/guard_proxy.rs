@@ -218,6 +218,7 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
                 ("X-User-Email", "ceo@example.com"),
                 ("x-user-name", "Mallory"),
                 ("x-user-role", "admin"),
+                ("X-User-Provider", "corp"),
             ],
         )
         .await;
@@ -229,11 +230,17 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
     );
     assert_eq!(echoed(&v, "x-user-email"), vec!["alice@example.com"]);
     assert_eq!(echoed(&v, "x-user-name"), vec!["Alice Example"]);
+    assert_eq!(
+        echoed(&v, "x-user-provider"),
+        vec!["default"],
+        "exactly one X-User-Provider, the session's"
+    );
     for (name, _) in echoed_headers(&v) {
         let c = name.replace('_', "-");
         assert!(
             !c.starts_with("x-user-")
-                || ["x-user-id", "x-user-email", "x-user-name"].contains(&c.as_str()),
+                || ["x-user-id", "x-user-email", "x-user-name", "x-user-provider"]
+                    .contains(&c.as_str()),
             "{name}"
         );
         assert!(name != "x_user_id" && name != "x-user-role");

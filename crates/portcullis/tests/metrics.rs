@@ -108,17 +108,17 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
         );
     }
     for series in [
-        r#"portcullis_logins_total{result="success"}"#,
-        r#"portcullis_logins_total{result="denied"}"#,
-        r#"portcullis_logins_total{result="error"}"#,
-        r#"portcullis_refreshes_total{result="identity_changed"}"#,
-        r#"portcullis_refreshes_total{result="outage"}"#,
+        r#"portcullis_logins_total{provider="default",result="success"}"#,
+        r#"portcullis_logins_total{provider="default",result="denied"}"#,
+        r#"portcullis_logins_total{provider="default",result="error"}"#,
+        r#"portcullis_refreshes_total{provider="default",result="identity_changed"}"#,
+        r#"portcullis_refreshes_total{provider="default",result="outage"}"#,
         r#"portcullis_security_events_total{event="session_id_reuse"}"#,
         r#"portcullis_security_events_total{event="untrusted_forwarder"}"#,
         r#"portcullis_session_cache_requests_total{result="bypass"}"#,
         r#"portcullis_rate_limited_total{endpoint="spa_exchange"}"#,
         r#"portcullis_requests_total{kind="websocket",status="200"}"#,
-        r#"portcullis_provider_request_duration_seconds_count{endpoint="revocation"}"#,
+        r#"portcullis_provider_request_duration_seconds_count{provider="default",endpoint="revocation"}"#,
         r#"portcullis_store_operation_duration_seconds_count{operation="take_transaction"}"#,
         r#"portcullis_request_duration_seconds_bucket{kind="verify",le="0.0001"}"#,
         r#"portcullis_request_duration_seconds_bucket{kind="verify",le="10"}"#,
@@ -131,7 +131,7 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
     assert_eq!(
         value(
             &before,
-            r#"portcullis_refreshes_total{result="identity_changed"}"#
+            r#"portcullis_refreshes_total{provider="default",result="identity_changed"}"#
         ),
         0.0
     );
@@ -177,15 +177,15 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
 
     let after = handle.render();
     let moved = |series: &str| value(&after, series) - value(&before, series);
-    assert_eq!(moved(r#"portcullis_logins_total{result="success"}"#), 1.0);
-    assert_eq!(moved(r#"portcullis_logins_total{result="denied"}"#), 1.0);
-    assert_eq!(moved(r#"portcullis_logins_total{result="error"}"#), 0.0);
+    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="success"}"#), 1.0);
+    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="denied"}"#), 1.0);
+    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="error"}"#), 0.0);
     assert_eq!(
-        moved(r#"portcullis_refreshes_total{result="success"}"#),
+        moved(r#"portcullis_refreshes_total{provider="default",result="success"}"#),
         1.0
     );
     assert_eq!(
-        moved(r#"portcullis_refreshes_total{result="invalid_grant"}"#),
+        moved(r#"portcullis_refreshes_total{provider="default",result="invalid_grant"}"#),
         0.0
     );
     assert_eq!(
@@ -215,7 +215,7 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
     );
     // Two code exchanges and a refresh at the token endpoint.
     assert_eq!(
-        moved(r#"portcullis_provider_request_duration_seconds_count{endpoint="token"}"#),
+        moved(r#"portcullis_provider_request_duration_seconds_count{provider="default",endpoint="token"}"#),
         3.0
     );
     assert!(

@@ -33,10 +33,11 @@ const URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x-original
 const METHOD_HEADERS: [&str; 2] = ["x-forwarded-method", "x-original-method"];
 
 /// Every identity header of a forward-auth answer, in this order.
-pub const ANSWER_HEADERS: [&str; 8] = [
+pub const ANSWER_HEADERS: [&str; 9] = [
     headers::USER_ID,
     headers::USER_EMAIL,
     headers::USER_NAME,
+    headers::USER_PROVIDER,
     headers::JWT_ASSERTION,
     "x-auth-request-user",
     "x-auth-request-email",
@@ -286,10 +287,12 @@ fn identity_answer(
     let email = user.and_then(|u| u.email.clone());
     let name = user.and_then(|u| u.name.clone());
     let value = |v: Option<String>| v.as_deref().and_then(identity_value);
-    let values: [Option<HeaderValue>; 8] = [
+    let provider = active.map(|a| a.record.provider_id.clone());
+    let values: [Option<HeaderValue>; 9] = [
         value(id.clone()),
         value(email.clone()),
         value(name),
+        value(provider),
         None,
         value(id),
         value(email),

@@ -246,11 +246,15 @@ impl Guard {
         };
         headers::set_identity(
             req.headers_mut(),
-            user.id
-                .hyphenated()
-                .encode_lower(&mut Uuid::encode_buffer()),
-            user.email.as_deref(),
-            user.name.as_deref(),
+            headers::IdentityValues {
+                id: user
+                    .id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer()),
+                email: user.email.as_deref(),
+                name: user.name.as_deref(),
+                provider: &active.record.provider_id,
+            },
         );
         req.headers_mut()
             .insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);

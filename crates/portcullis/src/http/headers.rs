@@ -14,6 +14,9 @@ use super::cookies::CookieJar;
 pub const USER_ID: &str = "x-user-id";
 pub const USER_EMAIL: &str = "x-user-email";
 pub const USER_NAME: &str = "x-user-name";
+/// The id of the provider that signed the user in (`[[providers]]`; `default` for the
+/// top-level form).
+pub const USER_PROVIDER: &str = "x-user-provider";
 /// The DPoP proof of a relayed bound token (RFC 9449 §4.1).
 pub const DPOP: &str = "dpop";
 /// A resource server's DPoP nonce (RFC 9449 §9).
@@ -325,18 +328,29 @@ pub fn identity_list_value<'a>(items: impl IntoIterator<Item = &'a str>) -> Opti
     HeaderValue::from_str(&out).ok()
 }
 
+/// Who a request passes as: the identity headers' values.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityValues<'a> {
+    pub id: &'a str,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub provider: &'a str,
+}
+
 /// Sets our identity headers (exactly one of each) from the session's user.
-pub fn set_identity(headers: &mut HeaderMap, id: &str, email: Option<&str>, name: Option<&str>) {
-    const NAMES: [HeaderName; 3] = [
+pub fn set_identity(headers: &mut HeaderMap, who: IdentityValues<'_>) {
+    const NAMES: [HeaderName; 4] = [
         HeaderName::from_static(USER_ID),
         HeaderName::from_static(USER_EMAIL),
         HeaderName::from_static(USER_NAME),
+        HeaderName::from_static(USER_PROVIDER),
     ];
-    let [id_header, email_header, name_header] = NAMES;
+    let [id_header, email_header, name_header, provider_header] = NAMES;
     for (header, value) in [
-        (id_header, Some(id)),
-        (email_header, email),
-        (name_header, name),
+        (id_header, Some(who.id)),
+        (email_header, who.email),
+        (name_header, who.name),
+        (provider_header, Some(who.provider)),
     ] {
         headers.remove(&header);
         if let Some(v) = value.and_then(identity_value) {
@@ -376,12 +390,18 @@ mod tests {
         h.append("x-original-url", HeaderValue::from_static("/public"));
         h.append("accept", HeaderValue::from_static("*/*"));
         remove_client_claims(&mut h, false);
+        h.append("x-user-provider", HeaderValue::from_static("corp"));
         set_identity(
             &mut h,
-            "u-1",
-            Some("a@example.com"),
-            Some("Zoë\r\nX-Evil: 1"),
+            IdentityValues {
+                id: "u-1",
+                email: Some("a@example.com"),
+                name: Some("Zoë\r\nX-Evil: 1"),
+                provider: "partner",
+            },
         );
+        assert_eq!(h.get_all("x-user-provider").iter().count(), 1);
+        assert_eq!(h["x-user-provider"], "partner");
         assert_eq!(h.get_all("x-user-id").iter().count(), 1);
         assert_eq!(h["x-user-id"], "u-1");
         assert!(h.get("x_user_id").is_none());
@@ -601,7 +621,15 @@ mod connection_tests {
             "connection",
             HeaderValue::from_static("x-user-id, X-User-Email, host, x-forwarded-for, keep-alive"),
         );
-        set_identity(&mut h, "u-1", Some("a@example.com"), None);
+        set_identity(
+            &mut h,
+            IdentityValues {
+                id: "u-1",
+                email: Some("a@example.com"),
+                name: None,
+                provider: "default",
+            },
+        );
         h.insert("host", HeaderValue::from_static("app"));
         h.insert("x-forwarded-for", HeaderValue::from_static("127.0.0.1"));
         remove_hop_by_hop(&mut h, false);

@@ -1,6 +1,7 @@
 //! The provider's HTTP client: rustls, no redirects followed, connect and total
 //! timeouts on every call, and a size cap on every response body (R03, R04).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -60,9 +61,17 @@ impl Answer {
 pub struct ProviderHttp {
     client: Client,
     total_timeout: Duration,
+    /// The provider's id: the `provider` label of its calls' durations.
+    provider: Arc<str>,
 }
 
 impl ProviderHttp {
+    /// The same client, its calls labelled with provider `id`.
+    pub(crate) fn named(mut self, id: &str) -> Self {
+        self.provider = Arc::from(id);
+        self
+    }
+
     pub fn new() -> Result<Self, ProviderError> {
         Self::with_timeouts(CONNECT_TIMEOUT, TOTAL_TIMEOUT)
     }
@@ -80,6 +89,7 @@ impl ProviderHttp {
         Ok(Self {
             client,
             total_timeout: total,
+            provider: Arc::from(crate::config::DEFAULT_PROVIDER_ID),
         })
     }
 
@@ -210,7 +220,7 @@ impl ProviderHttp {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Timeout),
         };
-        crate::metrics::provider_request(endpoint, start.elapsed());
+        crate::metrics::provider_request(&self.provider, endpoint, start.elapsed());
         result
     }
 }

@@ -198,6 +198,7 @@ pub struct Provider {
 impl Provider {
     pub fn new(settings: ProviderSettings, http: ProviderHttp) -> Self {
         let jwks = JwksCache::new(settings.jwks_min_refetch);
+        let http = http.named(&settings.id);
         Self {
             settings,
             http,

@@ -17,6 +17,8 @@ pub enum AccessDenied {
     EmailNotAllowed,
     #[error("your account lacks a required `{0}` value")]
     MissingClaim(String),
+    #[error("accounts from your identity provider may not use this part of the application")]
+    ProviderNotAllowed,
 }
 
 impl AccessDenied {
@@ -26,6 +28,7 @@ impl AccessDenied {
             Self::NoEmail => "email_missing",
             Self::EmailNotAllowed => "email_not_allowed",
             Self::MissingClaim(_) => "claim_required",
+            Self::ProviderNotAllowed => "provider_not_allowed",
         }
     }
 }

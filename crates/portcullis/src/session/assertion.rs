@@ -317,6 +317,8 @@ impl Assertions {
             "sub": user.id.to_string(),
             "iat": now,
             "exp": expires_at,
+            // The provider that signed the user in (`[[providers]]` id).
+            "idp": record.provider_id,
         });
         if let Some(email) = &user.email {
             claims["email"] = json!(email);

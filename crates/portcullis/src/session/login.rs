@@ -186,7 +186,7 @@ impl Sessions {
             .await
         }
         .await;
-        self.finish_login(result, replaced).await
+        self.finish_login(callback_provider, result, replaced).await
     }
 
     /// L01/L02/L03, G08: the login transaction of `state`, taken (single use), when it
@@ -244,6 +244,7 @@ impl Sessions {
     /// one exists (replaced, never promoted: S03), and the outcome is counted.
     async fn finish_login(
         &self,
+        provider: &str,
         result: Result<LoginOutcome, SessionError>,
         replaced: Option<&SessionId>,
     ) -> Result<LoginOutcome, SessionError> {
@@ -252,7 +253,11 @@ impl Sessions {
         {
             self.end_session_by_id(old).await;
         }
-        count_login(&result);
+        // Counted under configured providers only (a made-up callback path is no
+        // provider's sign-in).
+        if self.config.provider(provider).is_some() {
+            count_login(provider, &result);
+        }
         result
     }
 
@@ -421,18 +426,26 @@ impl Sessions {
                 .await
         }
         .await;
-        self.finish_login(result, replaced).await
+        self.finish_login(
+            self.config.spa.provider.as_deref().unwrap_or_default(),
+            result,
+            replaced,
+        )
+        .await
     }
 }
 
 /// `portcullis_logins_total`: `denied` when the access rules refused the user or the
 /// provider answered `access_denied`, `error` for everything else that ended a sign-in
 /// (the provider's other errors, such as `temporarily_unavailable`, included).
-fn count_login(result: &Result<LoginOutcome, SessionError>) {
-    crate::metrics::login(match result {
-        Ok(_) => "success",
-        Err(SessionError::AccessDenied(_)) => "denied",
-        Err(SessionError::ProviderDenied { error, .. }) if error == "access_denied" => "denied",
-        Err(_) => "error",
-    });
+fn count_login(provider: &str, result: &Result<LoginOutcome, SessionError>) {
+    crate::metrics::login(
+        provider,
+        match result {
+            Ok(_) => "success",
+            Err(SessionError::AccessDenied(_)) => "denied",
+            Err(SessionError::ProviderDenied { error, .. }) if error == "access_denied" => "denied",
+            Err(_) => "error",
+        },
+    );
 }

@@ -125,6 +125,17 @@ impl Sessions {
             );
             return Ok(None);
         }
+        // A session of a provider no longer configured ends here: nothing could refresh,
+        // revoke or end it at its provider.
+        if self.providers.get(&record.provider_id).is_none() {
+            self.store.delete_session(record.family_id).await?;
+            tracing::info!(
+                session = record.id_hash.short(),
+                provider = record.provider_id.as_str(),
+                "session of a provider no longer configured ended"
+            );
+            return Ok(None);
+        }
         // A decision that ends a session stands on the store, never on a cached copy
         // (another instance may have moved the idle deadline or seen the new id).
         if ends_here(&record, now) {

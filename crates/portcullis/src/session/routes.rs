@@ -28,6 +28,8 @@ struct Route {
     access: AccessSettings,
     /// Whether `access` has any rule (else the claims need not be read).
     has_rules: bool,
+    /// The providers whose users may pass; `None`: any.
+    providers: Option<Vec<String>>,
 }
 
 /// The configured routes, in order.
@@ -56,6 +58,7 @@ impl RouteRules {
                             || !a.allowed_email_domains.is_empty()
                             || !a.required_claims.is_empty(),
                         access: a.clone(),
+                        providers: r.providers.clone(),
                     })
                 })
                 .collect(),
@@ -93,6 +96,13 @@ impl RouteRules {
             if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {
                 return Err(RouteRefusal::Method);
             }
+        }
+        // G12: a route limited to some providers refuses every other provider's users,
+        // whatever their claims say.
+        if let Some(ids) = &route.providers
+            && !ids.contains(&record.provider_id)
+        {
+            return Err(RouteRefusal::Access(AccessDenied::ProviderNotAllowed));
         }
         if !route.has_rules {
             return Ok(());

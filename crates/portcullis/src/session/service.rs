@@ -61,7 +61,8 @@ impl Sessions {
         keys: KeyRing,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let metrics = Arc::new(crate::metrics::Metrics::register());
+        let ids: Vec<&str> = config.providers.iter().map(|p| p.id.as_str()).collect();
+        let metrics = Arc::new(crate::metrics::Metrics::register(&ids));
         let runtime = tokio::runtime::Handle::try_current().ok();
         // Store connections live on the runtime the service was made on (see
         // `store::on_runtime`); the cache in front keeps hits on the calling thread.

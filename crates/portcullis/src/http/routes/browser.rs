@@ -191,6 +191,7 @@ pub async fn session(State(routes): State<Routes>, headers: HeaderMap) -> Respon
                     "email": active.user.email,
                     "name": active.user.name,
                 },
+                "provider": active.record.provider_id,
                 "expires_at": active.expires_at,
             });
             let mut response = no_store(axum::Json(body).into_response());

@@ -30,7 +30,7 @@ fn conclusive(denied: &AccessDenied, claims: &Map<String, Value>) -> bool {
     match denied {
         AccessDenied::NoEmail => false,
         AccessDenied::EmailNotVerified => claims.contains_key("email_verified"),
-        AccessDenied::EmailNotAllowed => true,
+        AccessDenied::EmailNotAllowed | AccessDenied::ProviderNotAllowed => true,
         AccessDenied::MissingClaim(claim) => claims.contains_key(claim),
     }
 }
@@ -105,7 +105,7 @@ impl Sessions {
             Ok(true) => {}
             Ok(false) => return self.lost_race(fresh, &answer).await,
             Err(e) => {
-                crate::metrics::refresh("outage");
+                crate::metrics::refresh(&record.provider_id, "outage");
                 tracing::error!(
                     session = record.id_hash.short(),
                     error = %e,
@@ -122,7 +122,7 @@ impl Sessions {
         );
         let Some(committed) = self.store.get_session_fresh(&hash).await? else {
             // Committed, then ended meanwhile (sign-out, revocation).
-            crate::metrics::refresh("success");
+            crate::metrics::refresh(&record.provider_id, "success");
             return Ok(None);
         };
         let fresh = Fresh {
@@ -149,7 +149,7 @@ impl Sessions {
             Some(token) => match self.check_refreshed_id_token(token, record, now).await {
                 Ok(claims) => Some(claims),
                 Err(Refused::Identity(what)) => {
-                    crate::metrics::refresh("identity_changed");
+                    crate::metrics::refresh(&record.provider_id, "identity_changed");
                     self.security_event(
                         "refresh_identity_changed",
                         record,
@@ -227,7 +227,7 @@ impl Sessions {
         fresh: Fresh,
         answer: &TokenResponse,
     ) -> Result<Option<Fresh>, SessionError> {
-        crate::metrics::refresh("success");
+        crate::metrics::refresh(&fresh.record.provider_id, "success");
         tracing::warn!(
             session = fresh.record.id_hash.short(),
             "another refresh of this session was committed first; this one's tokens are dropped"
@@ -278,7 +278,7 @@ impl Sessions {
             );
         }
         if let Some(denied) = denied {
-            crate::metrics::refresh("denied");
+            crate::metrics::refresh(&record.provider_id, "denied");
             tracing::info!(
                 session = record.id_hash.short(),
                 user = %record.user.id,
@@ -291,7 +291,7 @@ impl Sessions {
                 .await?;
             return Err(denied.into());
         }
-        crate::metrics::refresh("success");
+        crate::metrics::refresh(&record.provider_id, "success");
         self.follow_profile(&mut fresh, &claims, complete).await;
         Ok(Some(fresh))
     }
@@ -323,7 +323,7 @@ impl Sessions {
             Ok(Some(info)) => crate::session::login::merge_userinfo(&mut claims, info),
             Ok(None) => {}
             Err(ProviderError::UserinfoSubjectMismatch) => {
-                crate::metrics::refresh("identity_changed");
+                crate::metrics::refresh(&record.provider_id, "identity_changed");
                 self.security_event(
                     "refresh_identity_changed",
                     record,

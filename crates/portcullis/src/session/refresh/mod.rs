@@ -304,7 +304,7 @@ impl Sessions {
                     Some(latest) => return Ok(Some(latest)),
                     None => return Ok(None),
                 }
-                crate::metrics::refresh("invalid_grant");
+                crate::metrics::refresh(provider.id(), "invalid_grant");
                 self.store.delete_session(fresh.record.family_id).await?;
                 tracing::info!(
                     session = fresh.record.id_hash.short(),
@@ -317,7 +317,7 @@ impl Sessions {
             }
             Err(e) => {
                 // F05: an outage or a fault of the provider keeps the session.
-                crate::metrics::refresh("outage");
+                crate::metrics::refresh(provider.id(), "outage");
                 let provider_wide = opens_breaker(&e);
                 permit.settle(self.now(), provider_wide);
                 tracing::warn!(
