@@ -1,8 +1,10 @@
 // The newcomer's first five minutes in a real browser: Debian chromium driven by
 // playwright-core. Starts `portcullis demo` (the binary in PORTCULLIS_BIN) on free
-// ports, signs alice in through the provider's form, calls the API, signs out, then bob
-// in a second browser context. A screenshot per step goes to SCREENSHOTS (default
-// tests-output/screenshots). Ends with the line "N passed, N failed".
+// ports: the chooser first (two dev providers), used with the keyboard alone; alice
+// signs in at Example Corp through the provider's form, calls the API, signs out; bob
+// types his address and lands at Example Corp's form; carol signs in at Partner.
+// A screenshot per step goes to SCREENSHOTS (default tests-output/screenshots; the
+// chooser's is docs/providers/several-chooser.png). Ends with "N passed, N failed".
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -21,15 +23,15 @@ function free(port) {
   });
 }
 
-async function freeTriple() {
+async function freeQuad() {
   for (let i = 0; i < 200; i++) {
     const base = 20000 + Math.floor(Math.random() * 40000);
-    if ((await free(base)) && (await free(base + 1)) && (await free(base + 2))) return base;
+    if ((await free(base)) && (await free(base + 1)) && (await free(base + 2)) && (await free(base + 3))) return base;
   }
   throw new Error('no free ports');
 }
 
-const port = await freeTriple();
+const port = await freeQuad();
 const base = `http://127.0.0.1:${port}`;
 const data = mkdtempSync(path.join(tmpdir(), 'portcullis-browser-'));
 const demo = spawn(bin, ['demo', '--port', String(port), '--data', data], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -77,12 +79,42 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-async function signIn(context, user, password, prefix) {
+// How each user reaches the provider's form from the chooser.
+const choose = {
+  // The keyboard alone: Tab to "Continue with Example Corp", Enter.
+  async keyboard(page, providerName) {
+    for (let i = 0; i < 10; i++) {
+      await page.keyboard.press('Tab');
+      const focused = await page.evaluate(() => document.activeElement?.textContent ?? '');
+      if (focused.includes(providerName)) {
+        await page.keyboard.press('Enter');
+        return;
+      }
+    }
+    throw new Error(`no focusable "Continue with ${providerName}"`);
+  },
+  // The email field: the domain picks the provider.
+  async email(page, _providerName, email) {
+    await page.getByLabel('Work email').fill(email);
+    await page.getByRole('button', { name: 'Continue' }).click();
+  },
+  // A click on the provider's link, found by its accessible name.
+  async click(page, providerName) {
+    await page.getByRole('link', { name: `Continue with ${providerName}` }).click();
+  },
+};
+
+async function signIn(context, user, password, prefix, how, providerName, idpPort, domain) {
   const page = await context.newPage();
-  await step(`${user}: opening the demo leads to the provider's sign-in form`, async () => {
+  await step(`${user}: opening the demo shows the chooser, then ${providerName}'s sign-in form (${how})`, async () => {
     await page.goto(`${base}/`);
+    await page.waitForSelector('nav[aria-label="Identity providers"]', { timeout: 10000 });
+    check(await page.title() === 'Sign in', `title: ${await page.title()}`);
+    check(await page.getByRole('heading', { name: 'Sign in' }).count() === 1, 'one heading');
+    await page.screenshot({ path: `${shots}/${prefix}-0-chooser.png`, fullPage: true });
+    await choose[how](page, providerName, `${user}@${domain}`);
     await page.waitForSelector('input[name=password]', { timeout: 10000 });
-    check(page.url().startsWith(`http://127.0.0.1:${port + 1}/authorize`), `at ${page.url()}`);
+    check(page.url().startsWith(`http://127.0.0.1:${idpPort}/authorize`), `at ${page.url()}`);
     await page.screenshot({ path: `${shots}/${prefix}-1-sign-in-form.png`, fullPage: true });
   });
   await step(`${user}: signing in lands on the app showing ${user}`, async () => {
@@ -93,7 +125,9 @@ async function signIn(context, user, password, prefix) {
     const name = await page.textContent('#name');
     check(name.toLowerCase().includes(user), `name shown: ${name}`);
     const headers = await page.textContent('#headers');
-    check(headers.includes(`x-user-email: ${user}@example.com`), `headers: ${headers}`);
+    check(headers.includes(`x-user-email: ${user}@${domain}`), `headers: ${headers}`);
+    const id = providerName === 'Partner' ? 'partner' : 'corp';
+    check(headers.includes(`x-user-provider: ${id}`), `headers: ${headers}`);
     await page.screenshot({ path: `${shots}/${prefix}-2-signed-in.png`, fullPage: true });
   });
   await step(`${user}: the API answers through the gateway`, async () => {
@@ -121,9 +155,11 @@ async function signIn(context, user, password, prefix) {
 
 try {
   const alice = await browser.newContext();
-  await signIn(alice, 'alice', 'alice', 'alice');
+  await signIn(alice, 'alice', 'alice', 'alice', 'keyboard', 'Example Corp', port + 1, 'example.com');
   const bob = await browser.newContext();
-  await signIn(bob, 'bob', 'bob', 'bob');
+  await signIn(bob, 'bob', 'bob', 'bob', 'email', 'Example Corp', port + 1, 'example.com');
+  const carol = await browser.newContext();
+  await signIn(carol, 'carol', 'carol', 'carol', 'click', 'Partner', port + 3, 'partner.example');
 } finally {
   await browser.close();
   demo.kill('SIGTERM');

@@ -21,10 +21,12 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Run the gateway, the dev provider and a sample app together: sign in as
-    /// alice/alice or bob/bob with no account anywhere.
+    /// Run the gateway, two dev providers and a sample app together: sign in at
+    /// Example Corp as alice/alice or bob/bob, or at Partner as carol/carol, with no
+    /// account anywhere.
     Demo {
-        /// Base port: gateway on N, provider on N+1, sample app on N+2.
+        /// Base port: gateway on N, Example Corp's provider on N+1, sample app on N+2,
+        /// Partner's provider on N+3.
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Keep the demo's data in this folder (default: a temporary folder).

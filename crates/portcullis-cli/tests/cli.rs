@@ -330,8 +330,9 @@ fn idp_refuses_remote_listening_and_bad_configs() {
 
 use portcullis_test_support::browser;
 
-/// A base port whose next two are free as well.
-fn free_port_triple() -> u16 {
+/// A base port whose next three are free as well (the demo's gateway, two providers
+/// and its app).
+fn free_port_quad() -> u16 {
     for _ in 0..200 {
         let base = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -341,20 +342,70 @@ fn free_port_triple() -> u16 {
         if base > 65_000 {
             continue;
         }
-        let all_free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        let all_free = (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if all_free {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no four consecutive free ports");
 }
 
-/// The README's first command, as written (`portcullis demo`), on a free port: alice
-/// signs in through the real form, sees herself, calls the API, signs out.
+/// Follows the demo from `start` to the app: the chooser's link to `provider` when
+/// the chooser shows, the provider's form with `user` / `user`. The last URL and
+/// answer, and whether the chooser and the form were seen.
+async fn through_the_demo(
+    b: &browser::Browser,
+    start: &str,
+    provider: &str,
+    user: &str,
+) -> (url::Url, browser::Resp, bool, bool) {
+    let mut url = url::Url::parse(start).unwrap();
+    let mut resp = b.navigate(url.as_str()).await;
+    let (mut saw_chooser, mut saw_form) = (false, false);
+    for _ in 0..10 {
+        match resp.status {
+            302 | 303 => {
+                url = url.join(&resp.location().unwrap()).unwrap();
+                resp = b.navigate(url.as_str()).await;
+            }
+            200 if resp.body.contains("Continue with") => {
+                saw_chooser = true;
+                let at = resp
+                    .body
+                    .find(&format!("provider={provider}&amp;"))
+                    .expect("a link per provider");
+                let start = resp.body[..at].rfind("href=\"").unwrap() + 6;
+                let end = at + resp.body[at..].find('"').unwrap();
+                let href = resp.body[start..end].replace("&amp;", "&");
+                url = url.join(&href).unwrap();
+                resp = b.navigate(url.as_str()).await;
+            }
+            200 if resp.body.contains("name=\"password\"") => {
+                saw_form = true;
+                url = url.join("/authorize").unwrap();
+                let body = browser::login_form_body(&resp.body, user, user);
+                resp = b
+                    .request(
+                        reqwest::Method::POST,
+                        url.as_str(),
+                        &[("accept", "text/html")],
+                        Some((body, "application/x-www-form-urlencoded")),
+                    )
+                    .await;
+            }
+            _ => break,
+        }
+    }
+    (url, resp, saw_chooser, saw_form)
+}
+
+/// The README's first command, as written (`portcullis demo`), on a free port: the
+/// chooser first; alice signs in at Example Corp through the real form, sees herself,
+/// calls the API, signs out; carol's address takes her to Partner.
 #[tokio::test]
 async fn the_demo_signs_alice_in_through_the_real_form() {
     use tokio::io::AsyncBufReadExt;
-    let port = free_port_triple();
+    let port = free_port_quad();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["demo", "--port", &port.to_string()])
         .stdout(Stdio::piped())
@@ -378,34 +429,17 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
     let base = format!("http://127.0.0.1:{port}");
     assert!(printed.contains(&format!("{base}/")), "{printed}");
     assert!(printed.contains("alice / alice") && printed.contains("bob / bob"));
+    assert!(printed.contains("carol / carol"), "{printed}");
 
     let b = browser::Browser::new();
-    let mut url = url::Url::parse(&format!("{base}/")).unwrap();
-    let mut resp = b.navigate(url.as_str()).await;
-    let mut saw_form = false;
-    for _ in 0..10 {
-        match resp.status {
-            302 | 303 => {
-                url = url.join(&resp.location().unwrap()).unwrap();
-                resp = b.navigate(url.as_str()).await;
-            }
-            200 if resp.body.contains("name=\"password\"") => {
-                saw_form = true;
-                url = url.join("/authorize").unwrap();
-                let body = browser::login_form_body(&resp.body, "alice", "alice");
-                resp = b
-                    .request(
-                        reqwest::Method::POST,
-                        url.as_str(),
-                        &[("accept", "text/html")],
-                        Some((body, "application/x-www-form-urlencoded")),
-                    )
-                    .await;
-            }
-            _ => break,
-        }
-    }
+    let (url, resp, saw_chooser, saw_form) =
+        through_the_demo(&b, &format!("{base}/"), "corp", "alice").await;
+    assert!(saw_chooser, "the chooser was shown first");
     assert!(saw_form, "the provider's sign-in form was shown");
+    assert!(
+        url.as_str().starts_with(&format!("{base}/")),
+        "back at the app: {url}"
+    );
     assert_eq!(resp.status, 200, "{}", resp.body);
     assert_eq!(url.as_str(), format!("{base}/"));
     assert!(
@@ -415,6 +449,20 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
         resp.body
     );
     assert!(resp.body.contains("x-user-email: alice@example.com"));
+    assert!(resp.body.contains("x-user-provider: corp"), "{}", resp.body);
+
+    // Carol's address takes her to Partner's form, no choice needed.
+    let carol = browser::Browser::new();
+    let hint = format!("{base}/auth/login?login_hint=carol%40partner.example&return_to=%2F");
+    let (_, resp, saw_chooser, saw_form) =
+        through_the_demo(&carol, &hint, "partner", "carol").await;
+    assert!(!saw_chooser && saw_form);
+    assert!(
+        resp.body.contains("x-user-provider: partner"),
+        "{}",
+        resp.body
+    );
+    assert!(resp.body.contains("x-user-email: carol@partner.example"));
 
     let api = b
         .request(

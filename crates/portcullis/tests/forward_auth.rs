@@ -11,10 +11,11 @@ use support::browser::Resp;
 use support::gateway::Options;
 use support::{Browser, HostileProvider, TestGateway, TestUpstream};
 
-const ANSWER_HEADERS: [&str; 8] = [
+const ANSWER_HEADERS: [&str; 9] = [
     "x-user-id",
     "x-user-email",
     "x-user-name",
+    "x-user-provider",
     "x-portcullis-jwt-assertion",
     "x-auth-request-user",
     "x-auth-request-email",
@@ -98,6 +99,7 @@ async fn signed_in_and_allowed_gets_200_with_every_identity_header() {
     }
     assert_eq!(header(&r, "x-user-id"), [id.as_str()]);
     assert_eq!(header(&r, "x-auth-request-user"), [id.as_str()]);
+    assert_eq!(header(&r, "x-user-provider"), ["default"]);
     assert!(header(&r, "x-portcullis-jwt-assertion")[0].len() > 100);
     assert_eq!(header(&r, "cache-control"), ["no-store"]);
     assert!(

@@ -161,6 +161,7 @@ async fn missing_values_reach_the_app_empty(kind: Proxy) {
             &[
                 ("x-user-id", "admin"),
                 ("x-user-email", "admin@example.com"),
+                ("x-user-provider", "corp"),
             ],
         )
         .await;
@@ -170,6 +171,7 @@ async fn missing_values_reach_the_app_empty(kind: Proxy) {
         "x-user-id",
         "x-user-email",
         "x-user-name",
+        "x-user-provider",
         "x-portcullis-jwt-assertion",
     ] {
         let seen = echoed(&v, name);
@@ -177,7 +179,13 @@ async fn missing_values_reach_the_app_empty(kind: Proxy) {
     }
     let carol = f.signed_in("carol").await;
     let r = carol
-        .get(&f.at("/app"), &[("x-user-email", "admin@example.com")])
+        .get(
+            &f.at("/app"),
+            &[
+                ("x-user-email", "admin@example.com"),
+                ("x-user-provider", "corp"),
+            ],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -187,6 +195,11 @@ async fn missing_values_reach_the_app_empty(kind: Proxy) {
         echoed(&v, "x-user-email")
     );
     assert_eq!(echoed(&v, "x-user-name"), ["Carol Unverified"]);
+    assert_eq!(
+        echoed(&v, "x-user-provider"),
+        ["default"],
+        "the session's provider, never the client's copy"
+    );
     assert!(
         !r.body.contains('{') || !r.body.contains("{http."),
         "no placeholder: {}",

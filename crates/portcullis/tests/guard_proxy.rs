@@ -239,8 +239,13 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
         let c = name.replace('_', "-");
         assert!(
             !c.starts_with("x-user-")
-                || ["x-user-id", "x-user-email", "x-user-name", "x-user-provider"]
-                    .contains(&c.as_str()),
+                || [
+                    "x-user-id",
+                    "x-user-email",
+                    "x-user-name",
+                    "x-user-provider"
+                ]
+                .contains(&c.as_str()),
             "{name}"
         );
         assert!(name != "x_user_id" && name != "x-user-role");

@@ -177,9 +177,18 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
 
     let after = handle.render();
     let moved = |series: &str| value(&after, series) - value(&before, series);
-    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="success"}"#), 1.0);
-    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="denied"}"#), 1.0);
-    assert_eq!(moved(r#"portcullis_logins_total{provider="default",result="error"}"#), 0.0);
+    assert_eq!(
+        moved(r#"portcullis_logins_total{provider="default",result="success"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"portcullis_logins_total{provider="default",result="denied"}"#),
+        1.0
+    );
+    assert_eq!(
+        moved(r#"portcullis_logins_total{provider="default",result="error"}"#),
+        0.0
+    );
     assert_eq!(
         moved(r#"portcullis_refreshes_total{provider="default",result="success"}"#),
         1.0
@@ -215,7 +224,9 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
     );
     // Two code exchanges and a refresh at the token endpoint.
     assert_eq!(
-        moved(r#"portcullis_provider_request_duration_seconds_count{provider="default",endpoint="token"}"#),
+        moved(
+            r#"portcullis_provider_request_duration_seconds_count{provider="default",endpoint="token"}"#
+        ),
         3.0
     );
     assert!(

@@ -15,10 +15,10 @@ const SIGNED_OUT: &str = include_str!("signed_out.html");
 const CSS: &str = include_str!("app.css");
 const JS: &str = include_str!("app.js");
 
-/// Links the pages need.
+/// Links the pages need: each provider's name and its sign-out page.
 #[derive(Clone)]
 pub struct Links {
-    pub idp_logout: String,
+    pub idp_logouts: Vec<(String, String)>,
 }
 
 /// Percent-decoding of an `X-User-*` value (non-ASCII arrives percent-encoded).
@@ -35,18 +35,23 @@ async fn home(headers: HeaderMap) -> Html<String> {
     let name = header_text(&headers, "x-user-name")
         .or_else(|| header_text(&headers, "x-user-email"))
         .unwrap_or_else(|| "stranger".into());
-    let received: Vec<String> = ["x-user-id", "x-user-email", "x-user-name"]
-        .iter()
-        .map(|h| {
-            format!(
-                "{h}: {}",
-                headers
-                    .get(*h)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("(none)")
-            )
-        })
-        .collect();
+    let received: Vec<String> = [
+        "x-user-id",
+        "x-user-email",
+        "x-user-name",
+        "x-user-provider",
+    ]
+    .iter()
+    .map(|h| {
+        format!(
+            "{h}: {}",
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+        )
+    })
+    .collect();
     Html(
         PAGE.replace("{{NAME}}", &escape(&name))
             .replace("{{HEADERS}}", &escape(&received.join("\n"))),
@@ -71,7 +76,18 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 pub fn router(links: Links) -> Router {
-    let signed_out = SIGNED_OUT.replace("{{IDP_LOGOUT}}", &escape(&links.idp_logout));
+    let buttons: String = links
+        .idp_logouts
+        .iter()
+        .map(|(name, url)| {
+            format!(
+                "\n       <a class=\"button secondary\" href=\"{}\">Sign out of {} too</a>",
+                escape(url),
+                escape(name)
+            )
+        })
+        .collect();
+    let signed_out = SIGNED_OUT.replace("{{IDP_LOGOUTS}}", &buttons);
     Router::new()
         .route("/", get(home))
         .route("/api/hello", post(hello))

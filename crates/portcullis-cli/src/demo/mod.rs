@@ -1,6 +1,9 @@
 //! `portcullis demo`: the gateway, the dev provider and a sample app in one process,
 //! wired together on loopback, so that a newcomer sees a real sign-in with no account
-//! anywhere. Gateway on N, provider on N+1, sample app on N+2.
+//! anywhere. Two dev providers sign people in through one gateway, as an organisation
+//! with staff and partners would: "Example Corp" (alice, bob) and "Partner" (carol).
+//! Gateway on N, Example Corp's provider on N+1, sample app on N+2, Partner's provider
+//! on N+3.
 
 mod app;
 
@@ -10,8 +13,32 @@ use std::sync::Arc;
 use portcullis::{Config, Gateway};
 use tokio::net::TcpListener;
 
-/// The demo's client id at its provider.
+/// The demo's client id at its providers.
 const CLIENT_ID: &str = "portcullis-demo";
+
+/// One of the demo's providers: its id at the gateway, its name, its users.
+struct DemoProvider {
+    id: &'static str,
+    name: &'static str,
+    domain: &'static str,
+    /// (username = password, display name)
+    users: &'static [(&'static str, &'static str)],
+}
+
+const PROVIDERS: [DemoProvider; 2] = [
+    DemoProvider {
+        id: "corp",
+        name: "Example Corp",
+        domain: "example.com",
+        users: &[("alice", "Alice Example"), ("bob", "Bob Builder")],
+    },
+    DemoProvider {
+        id: "partner",
+        name: "Partner",
+        domain: "partner.example",
+        users: &[("carol", "Carol Partner")],
+    },
+];
 
 /// Where the demo keeps its databases: `--data`, or a temporary folder removed at exit.
 struct DataDir {
@@ -39,40 +66,63 @@ pub async fn run(
     data: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let idp_port = port.checked_add(1).ok_or("--port is too high")?;
     let app_port = port.checked_add(2).ok_or("--port is too high")?;
+    let idp_ports = [
+        port.checked_add(1).ok_or("--port is too high")?,
+        port.checked_add(3).ok_or("--port is too high")?,
+    ];
     let data = DataDir::new(data)?;
 
     let gateway_listener = bind(port, "gateway").await?;
-    let idp_listener = bind(idp_port, "identity provider").await?;
     let app_listener = bind(app_port, "sample app").await?;
     let gateway_url = format!("http://127.0.0.1:{port}");
-    let idp_url = format!("http://127.0.0.1:{idp_port}");
-
-    let idp =
-        portcullis_idp::Idp::open(idp_config(&idp_url, idp_port, &gateway_url, &data)?).await?;
-    let gateway = Arc::new(Gateway::start(gateway_config(port, app_port, &idp_url, &data)?).await?);
+    let mut idps = Vec::new();
+    for (provider, idp_port) in PROVIDERS.iter().zip(idp_ports) {
+        let listener = bind(idp_port, provider.name).await?;
+        let url = format!("http://127.0.0.1:{idp_port}");
+        let config = idp_config(provider, &url, idp_port, &gateway_url, &data)?;
+        idps.push((listener, url, portcullis_idp::Idp::open(config).await?));
+    }
+    let idp_urls: Vec<&str> = idps.iter().map(|(_, url, _)| url.as_str()).collect();
+    let config = gateway_config(port, app_port, &idp_urls, &data)?;
+    let gateway = Arc::new(Gateway::start(config).await?);
     let gateway_app = portcullis::http::router(gateway)?;
+    let signed_out =
+        url::form_urlencoded::byte_serialize(format!("{gateway_url}/signed-out").as_bytes())
+            .collect::<String>();
     let app = app::router(app::Links {
-        idp_logout: format!(
-            "{idp_url}/end_session?client_id={CLIENT_ID}&post_logout_redirect_uri={}",
-            url::form_urlencoded::byte_serialize(format!("{gateway_url}/signed-out").as_bytes())
-                .collect::<String>()
-        ),
+        idp_logouts: PROVIDERS
+            .iter()
+            .zip(&idp_urls)
+            .map(|(p, url)| {
+                (
+                    p.name.to_owned(),
+                    format!(
+                        "{url}/end_session?client_id={CLIENT_ID}&post_logout_redirect_uri={signed_out}"
+                    ),
+                )
+            })
+            .collect(),
     });
+    let idp_urls: Vec<String> = idp_urls.into_iter().map(str::to_owned).collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.changed().await;
     };
     let options = portcullis::http::serve::ServeOptions::default();
-    let servers = [
-        tokio::spawn(portcullis::http::serve::serve(
-            idp_listener,
-            portcullis_idp::router(idp),
-            options.clone(),
-            stopped(stop_rx.clone()),
-        )),
+    let mut servers: Vec<_> = idps
+        .into_iter()
+        .map(|(listener, _, idp)| {
+            tokio::spawn(portcullis::http::serve::serve(
+                listener,
+                portcullis_idp::router(idp),
+                options.clone(),
+                stopped(stop_rx.clone()),
+            ))
+        })
+        .collect();
+    servers.extend([
         tokio::spawn(portcullis::http::serve::serve(
             app_listener,
             app,
@@ -85,9 +135,9 @@ pub async fn run(
             options,
             stopped(stop_rx),
         )),
-    ];
+    ]);
 
-    print_greeting(&gateway_url, &idp_url, app_port, &data);
+    print_greeting(&gateway_url, &idp_urls, app_port, &data);
 
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -118,13 +168,24 @@ impl DataDir {
     }
 }
 
-/// The provider: two users, one public client for the gateway.
+/// A provider: its users, one public client for the gateway.
 fn idp_config(
+    provider: &DemoProvider,
     idp_url: &str,
     idp_port: u16,
     gateway_url: &str,
     data: &DataDir,
 ) -> Result<portcullis_idp::IdpConfig, Box<dyn std::error::Error>> {
+    let users: String = provider
+        .users
+        .iter()
+        .map(|(user, name)| {
+            format!(
+                "[[users]]\nusername = \"{user}\"\npassword = \"{user}\"\nemail = \"{user}@{}\"\nname = \"{name}\"\n",
+                provider.domain
+            )
+        })
+        .collect();
     Ok(portcullis_idp::IdpConfig::parse(&format!(
         r#"
 issuer = "{idp_url}"
@@ -132,34 +193,36 @@ listen = "127.0.0.1:{idp_port}"
 store = "sqlite:{idp_db}"
 [[clients]]
 id = "{CLIENT_ID}"
-redirect_uris = ["{gateway_url}/auth/callback"]
+redirect_uris = ["{gateway_url}/auth/callback/{id}"]
 post_logout_redirect_uris = ["{gateway_url}/signed-out"]
 backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
-[[users]]
-username = "alice"
-password = "alice"
-email = "alice@example.com"
-name = "Alice Example"
-[[users]]
-username = "bob"
-password = "bob"
-email = "bob@example.com"
-name = "Bob Builder"
-"#,
-        idp_db = data.path.join("idp.db").display()
+{users}"#,
+        id = provider.id,
+        idp_db = data.path.join(format!("idp-{}.db", provider.id)).display()
     ))?)
 }
 
-/// The gateway in front of the sample app.
+/// The gateway in front of the sample app, with both providers and no default: the
+/// chooser first.
 fn gateway_config(
     port: u16,
     app_port: u16,
-    idp_url: &str,
+    idp_urls: &[&str],
     data: &DataDir,
 ) -> Result<Config, Box<dyn std::error::Error>> {
+    let providers: String = PROVIDERS
+        .iter()
+        .zip(idp_urls)
+        .map(|(p, url)| {
+            format!(
+                "[[providers]]\nid = \"{}\"\nname = \"{}\"\nissuer = \"{url}\"\nclient_id = \"{CLIENT_ID}\"\nemail_domains = [\"{}\"]\n",
+                p.id, p.name, p.domain
+            )
+        })
+        .collect();
+    let file = data.path.join("portcullis.toml");
+    std::fs::write(&file, providers)?;
     let env = [
-        ("PORTCULLIS_ISSUER", idp_url.to_owned()),
-        ("PORTCULLIS_CLIENT_ID", CLIENT_ID.to_owned()),
         ("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}")),
         (
             "PORTCULLIS_UPSTREAM",
@@ -175,16 +238,20 @@ fn gateway_config(
         ),
     ];
     Ok(Config::load_from(
-        None,
+        Some(&file),
         env.into_iter().map(|(k, v)| (k.to_owned(), v)),
     )?)
 }
 
-fn print_greeting(gateway_url: &str, idp_url: &str, app_port: u16, data: &DataDir) {
+fn print_greeting(gateway_url: &str, idp_urls: &[String], app_port: u16, data: &DataDir) {
+    let (corp, partner) = (&idp_urls[0], &idp_urls[1]);
     println!(
-        "\nPortcullis demo is running.\n\n  Open   {gateway_url}/\n  Sign in as alice / alice  or  bob / bob\n\n  \
+        "\nPortcullis demo is running.\n\n  Open   {gateway_url}/\n  \
+         Choose Example Corp and sign in as alice / alice  or  bob / bob,\n  \
+         or Partner and sign in as carol / carol\n\n  \
          gateway            {gateway_url}   (portcullis serve)\n  \
-         identity provider  {idp_url}   (portcullis idp)\n  \
+         Example Corp       {corp}   (portcullis idp)\n  \
+         Partner            {partner}   (portcullis idp)\n  \
          sample app         http://127.0.0.1:{app_port}   (reached only through the gateway)\n  \
          data               {}{}\n\nPress Ctrl-C to stop.",
         data.path.display(),
