@@ -63,7 +63,7 @@ H=hostile_provider
 mutate $S/session/login.rs 'if !secrets_equal(binding_hash.as_bytes(), tx.binding_hash.as_bytes()) {' 'if false {' $H l03_
 mutate $S/session/login.rs 'if self.now() >= tx.expires_at {' 'if false {' $H l01_stale
 mutate $S/session/login.rs 'return Err(SessionError::StateMissing);' 'return Err(SessionError::CodeMissing);' $H l01_callback_without
-mutate $S/provider/authorize.rs 'Some(found) if found == issuer => Ok(()),' 'Some(_) => Ok(()),' $H l06_mix_up
+mutate $S/provider/authorize.rs 'Some(found) if settings.accepts_issuer(found) => Ok(()),' 'Some(_) => Ok(()),' $H l06_mix_up
 mutate $S/session/return_to.rs 'raw.and_then(validated).map(Self).unwrap_or_else(Self::root)' 'raw.map(|r| Self(r.to_owned())).unwrap_or_else(Self::root)' $H l07_
 mutate $S/http/pages.rs "'<' => out.push_str(\"&lt;\")," "'<' => out.push('<')," $H l09_
 mutate $S/provider/discovery.rs 'if m.issuer != issuer {' 'if false {' $H l10_
@@ -203,7 +203,7 @@ mutate $S/session/refresh/mod.rs 'Err(e) if !keeps_session(&e) => {' 'Err(e) if 
 mutate $S/session/refresh/commit.rs 'if verified.subject != record.user.subject {' 'if false {' $SS f04_
 mutate $S/session/refresh/flight.rs 'b.open_until = now + backoff(b.failures);' 'b.open_until = now;' $SS f05_
 mutate $S/session/refresh/mod.rs '.is_some_and(|e| self.now() < e);' '.is_some();' $SS f05_
-mutate $S/session/refresh/commit.rs 'let refusals = access_refusals(&self.access_rules(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
+mutate $S/session/refresh/commit.rs 'let refusals = self.provider_access_refusals(provider.id(), &claims);' 'let refusals: Vec<AccessDenied> = Vec::new();' $SS access_rules_are_applied_again
 mutate $S/http/guard.rs '    headers.insert(header::AUTHORIZATION, relay.authorization);' '    headers.append(header::AUTHORIZATION, relay.authorization);' $SS token_relay_
 mutate $S/store/mod.rs 'if let Some(r) = self.tokens.refresh_expires_at {' 'if let Some(r) = None::<i64> {' $SS s07_the_session_ends
 
@@ -305,8 +305,8 @@ mutate $S/http/proxy/mod.rs '                Some(v) => h.insert(name, v.clone()
                 Some(_) => None,' $G p04_g05
 mutate docs/forward-auth.md '        proxy_set_header X-Rewrite-URL "";
 ' '' front_proxies nginx::routing_and_identity
-mutate docs/forward-auth.md '        proxy_set_header X-User-Provider "";
-' '' front_proxies nginx::routing_and_identity
+mutate docs/forward-auth.md '        proxy_set_header X-User-Provider $portcullis_provider;
+' '' front_proxies nginx::missing_values_reach_the_app_empty
 mutate docs/forward-auth.md '	request_header -X-Original-*
 ' '' front_proxies caddy::routing_and_identity
 mutate docs/forward-auth.md '	request_header -X-User-*
@@ -344,7 +344,7 @@ mutate $S/session/service.rs '        if super::assertion::stale_ring(&records, 
 mutate $S/session/assertion.rs '        match store.feed().another_ring_is_running() {' '        match Some(false) {' cli:instances g08_
 mutate $S/store/feed.rs '                        self.heard_ring(ring);' '                        let _ = ring;' cli:instances g08_
 mutate $S/provider/id_token.rs '    if segments.len() != 3 || segments[..2].iter().any(|s| s.is_empty()) {' '    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {' lib j02_an_unsigned
-mutate $S/doctor/provider.rs '    if lists("email") && !lists("email_verified") && !config.provider.assume_email_verified {' '    if false {' lib emails_without_email_verified
+mutate $S/doctor/provider.rs '    if lists("email") && !lists("email_verified") && !entry.settings.assume_email_verified {' '    if false {' lib emails_without_email_verified
 C=crates/portcullis-cli/src
 mutate $C/log_output.rs "            '=' if !quoted => out.write_str(\"\\\\u{3d}\")?," '' clibin g06_no_value
 mutate $C/log_output.rs '            name if plain => write!(self.writer, "{name}={value}"),' '            name => write!(self.writer, "{name}={value}"),' clibin g06_no_value
@@ -402,7 +402,7 @@ mutate $S/http/guard.rs '            headers.remove(dpop);' '' sessions token_re
 mutate $S/http/guard.rs '            headers.insert(dpop, proof);' '            headers.append(dpop, proof);' dpop relay_sends_the_bound_token
 mutate $S/http/forward_auth.rs '            h.insert(dpop, relay.dpop.unwrap_or(HeaderValue::from_static("")));' '' forward_auth p05_
 
-mutate $S/session/lookup.rs '            if self.config.provider.dpop {' '            if false {' dpop an_unbound_token_is_not_relayed
+mutate $S/session/lookup.rs '                .is_ok_and(|p| p.settings().dpop)' '                .is_ok_and(|_| false)' dpop an_unbound_token_is_not_relayed
 mutate $S/http/decision.rs '        (Door::ForwardAuth, Some(raw)) => raw.split' '        (Door::ForwardAuth, Some(raw)) if false => raw.split' dpop forward_auth_answers_carry_the_bound_token
 mutate $S/session/dpop.rs '    if !ring.sealed_with_sealing_key(&sealed) {' '    if false {' lib a_rotated_ring_keeps_the_key
 mutate $S/config/proxy.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib a_relay_path_may_not_overlap
@@ -412,7 +412,25 @@ mutate $S/config/proxy.rs '                    if pattern.overlaps_ignoring_case
 mutate $S/provider/mod.rs '        let problems = self.profile_problems(&metadata);' '        let problems: Vec<String> = Vec::new();' fapi fapi2_against_a_provider_without_dpop
 mutate $S/provider/mod.rs '        if self.settings.fapi2 && pushed.expires_in >= 600 {' '        if false {' fapi under_fapi2_a_par_answer_living_600
 mutate $S/config/profile.rs '        None => settings.allowed_algorithms = Some(FAPI2_ALGORITHMS.to_vec()),' '        None => {}' lib fapi2_requires_the_whole_profile
-mutate $S/config/mod.rs '    if provider.fapi2 && spa.code_exchange {' '    if false {' lib fapi2_requires_the_whole_profile
+mutate $S/config/mod.rs '    if spa.code_exchange
+        && providers' '    if false
+        && providers' lib fapi2_requires_the_whole_profile
+
+# Several providers (G12): the callback and `iss` of the sign-in's provider only, a
+# logout token judged by the provider it names, nOAuth, routes limited to providers,
+# tenants of a multi-tenant issuer, a removed provider's sessions, the configuration.
+P=several_providers
+mutate $S/session/login.rs '            if tx.provider_id != callback_provider {' '            if false {' $P g12_a_code_and_state_from_corp
+mutate $S/provider/authorize.rs 'Some(found) if settings.accepts_issuer(found) => Ok(()),' 'Some(_) => Ok(()),' $P g12_partners_iss_at_corps_callback
+mutate $S/provider/set.rs '        Some((self.by_issuer(&iss)?, iss))' '        Some((self.list.first()?, iss))' $P g12_a_logout_token_signed_by_partner
+mutate $S/session/providers.rs '            claims.insert("email_verified".to_owned(), Value::Bool(false));' '' $P g12_noauth
+mutate $S/session/routes.rs '            && !ids.contains(&record.provider_id)' '            && false' $P the_same_address_at_two_providers
+mutate $S/provider/mod.rs '            .any(|t| t == tid)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
+mutate $S/provider/mod.rs '            .any(|t| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, t) == iss)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
+mutate $S/session/lookup.rs '        if self.providers.get(&record.provider_id).is_none() {' '        if false {' $P a_session_of_a_removed_provider
+mutate $S/config/providers.rs '            if let Some(other) = issuers.insert(iss.clone(), &p.id) {' '            if let Some(other) = issuers.insert(iss.clone(), &p.id).filter(|_| false) {' lib entries_are_checked_alone_and_together
+mutate $S/config/spa.rs '                if code_exchange {' '                if false {' lib routes_and_the_spa_exchange_name_providers
+mutate $S/config/providers.rs '        Some(_) if top_level => {' '        Some(_) if false => {' lib never_both_forms_environment_included
 
 echo
 if $patterns_only; then

@@ -107,11 +107,12 @@ impl TestGateway {
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let addr = listener.local_addr().unwrap();
-        let mut env = vec![
-            ("PORTCULLIS_ISSUER".to_owned(), issuer.to_owned()),
-            ("PORTCULLIS_CLIENT_ID".to_owned(), "app".to_owned()),
-            ("PORTCULLIS_LISTEN".to_owned(), addr.to_string()),
-        ];
+        let mut env = vec![("PORTCULLIS_LISTEN".to_owned(), addr.to_string())];
+        // An empty issuer: the configuration file lists the providers (`[[providers]]`).
+        if !issuer.is_empty() {
+            env.push(("PORTCULLIS_ISSUER".to_owned(), issuer.to_owned()));
+            env.push(("PORTCULLIS_CLIENT_ID".to_owned(), "app".to_owned()));
+        }
         // `.ci/run` runs the suites once with the session cache (the default) and once
         // without it.
         if let Ok(entries) = std::env::var("PORTCULLIS_TEST_SESSION_CACHE_ENTRIES") {
@@ -206,7 +207,13 @@ impl TestGateway {
             ),
             None => "/auth/login".to_owned(),
         };
-        let resp = browser.navigate(&self.at(&path)).await;
+        self.start_login_at(browser, &path).await
+    }
+
+    /// Starts a login at `path` (`/auth/login?provider=…`) and reads the authorization
+    /// request it redirects to.
+    pub async fn start_login_at(&self, browser: &Browser, path: &str) -> Authorize {
+        let resp = browser.navigate(&self.at(path)).await;
         assert_eq!(resp.status, 302, "login should redirect: {}", resp.body);
         let url = Url::parse(&resp.location().unwrap()).unwrap();
         let get = |n: &str| {
@@ -228,6 +235,13 @@ impl TestGateway {
     pub async fn callback(&self, browser: &Browser, query: &str) -> Resp {
         browser
             .navigate(&self.at(&format!("/auth/callback?{query}")))
+            .await
+    }
+
+    /// The callback of provider `id` (`/auth/callback/{id}`).
+    pub async fn callback_of(&self, browser: &Browser, id: &str, query: &str) -> Resp {
+        browser
+            .navigate(&self.at(&format!("/auth/callback/{id}?{query}")))
             .await
     }
 }
