@@ -424,7 +424,7 @@ mutate $S/session/login.rs '            if tx.provider_id != callback_provider {
 mutate $S/provider/authorize.rs 'Some(found) if settings.accepts_issuer(found) => Ok(()),' 'Some(_) => Ok(()),' $P g12_partners_iss_at_corps_callback
 mutate $S/provider/set.rs '        Some((self.by_issuer(&iss)?, iss))' '        Some((self.list.first()?, iss))' $P g12_a_logout_token_signed_by_partner
 mutate $S/session/providers.rs '            claims.insert("email_verified".to_owned(), Value::Bool(false));' '' $P g12_noauth
-mutate $S/session/routes.rs '            && !ids.contains(&record.provider_id)' '            && false' $P the_same_address_at_two_providers
+mutate $S/session/routes.rs '            && !ids.contains(&record.provider_id)' '            && ids.is_empty()' $P the_same_address_at_two_providers
 mutate $S/provider/mod.rs '            .any(|t| t == tid)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/provider/mod.rs '            .any(|t| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, t) == iss)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/session/lookup.rs '        if self.providers.get(&record.provider_id).is_none() {' '        if false {' $P a_session_of_a_removed_provider

@@ -320,3 +320,81 @@ async fn shared_stores_are_reached_and_an_evicting_redis_is_a_warning() {
     );
     assert!(warning.contains("noeviction"), "{warning}");
 }
+
+/// Several providers: a block per provider (each checked against its own metadata),
+/// each one's redirect URI to register, and the nOAuth warning when two providers list
+/// no `email_domains`.
+#[tokio::test]
+async fn several_providers_get_a_block_each_and_the_email_domains_warning() {
+    let corp = dev_provider::start_for_callback(PUBLIC, "", "/auth/callback/corp").await;
+    let partner = dev_provider::start_for_callback(PUBLIC, "", "/auth/callback/partner").await;
+    let dir =
+        std::env::temp_dir().join(format!("pc-doctor-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |domains: bool| {
+        let file = dir.join(format!("portcullis-{domains}.toml"));
+        let line = |d: &str| {
+            if domains {
+                format!("email_domains = [\"{d}\"]\n")
+            } else {
+                String::new()
+            }
+        };
+        std::fs::write(
+            &file,
+            format!(
+                "public_url = \"{PUBLIC}\"\nstore = \"sqlite:{}\"\n\
+                 [[providers]]\nid = \"corp\"\nname = \"Example Corp\"\nissuer = \"{corp}\"\nclient_id = \"app\"\n{}\
+                 [[providers]]\nid = \"partner\"\nname = \"Partner\"\nissuer = \"{partner}\"\nclient_id = \"app\"\n{}",
+                dir.join("portcullis.db").display(),
+                line("example.com"),
+                line("example.org"),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PORTCULLIS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("doctor")
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = run(false).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        line(&text, "warn", "providers").contains("corp, partner list no `email_domains`"),
+        "{text}"
+    );
+    let blocks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("note  provider"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "{text}");
+    assert!(blocks[0].contains(&format!("corp (Example Corp): {corp}")));
+    assert!(blocks[1].contains(&format!("partner (Partner): {partner}")));
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("ok    discovery"))
+            .count(),
+        2,
+        "each provider's own discovery: {text}"
+    );
+    for id in ["corp", "partner"] {
+        assert!(
+            text.contains(&format!("redirect URI ({id})"))
+                && text.contains(&format!("{PUBLIC}/auth/callback/{id}")),
+            "{text}"
+        );
+    }
+    let out = run(true).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    line(&text, "ok", "providers");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -12,6 +12,12 @@ pub async fn start(gateway_url: &str, secret: Option<&str>) -> String {
 /// Starts the dev provider with `client_lines` (TOML: `secret = …` or `jwks = …`) in
 /// its client's entry.
 pub async fn start_with_client(gateway_url: &str, client_lines: &str) -> String {
+    start_for_callback(gateway_url, client_lines, "/auth/callback").await
+}
+
+/// Starts the dev provider for a gateway whose callback for it is `callback` (a path:
+/// `/auth/callback/dev` for one of several providers).
+pub async fn start_for_callback(gateway_url: &str, client_lines: &str, callback: &str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
     let dir =
@@ -25,7 +31,7 @@ store = "sqlite:{db}"
 [[clients]]
 id = "app"
 {client_lines}
-redirect_uris = ["{gateway_url}/auth/callback"]
+redirect_uris = ["{gateway_url}{callback}"]
 backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
 [[users]]
 username = "alice"

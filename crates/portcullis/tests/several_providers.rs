@@ -12,7 +12,8 @@ use portcullis_test_support as support;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::browser::Resp;
-use support::gateway::{Options, callback_query};
+use support::gateway::{Options, callback_query, follow_sign_in};
+use support::oidc_provider::RealProvider;
 use support::upstream::echoed;
 use support::{Browser, HostileProvider, TestGateway, TestUpstream};
 
@@ -416,13 +417,15 @@ async fn a_session_of_a_removed_provider_ends_at_its_next_request() {
     let b = Browser::new();
     assert_eq!(t.sign_in(&b, "partner", |_| {}).await.status, 303);
     // The same store, partner no longer configured.
-    let mut o = Options::default();
-    o.config_file = Some(format!(
-        "[[providers]]\nid = \"corp\"\nissuer = \"{}\"\nclient_id = \"app\"\n",
-        t.corp.issuer
-    ));
-    o.db_path = t.gw.db_path.clone();
-    o.secret = Some(t.gw.secret);
+    let o = Options {
+        config_file: Some(format!(
+            "[[providers]]\nid = \"corp\"\nissuer = \"{}\"\nclient_id = \"app\"\n",
+            t.corp.issuer
+        )),
+        db_path: t.gw.db_path.clone(),
+        secret: Some(t.gw.secret),
+        ..Options::default()
+    };
     let without = TestGateway::start_with("", o).await;
     assert_eq!(b.get(&without.at("/auth/session"), JSON).await.status, 401);
     let store = without.gateway.store();
@@ -494,4 +497,95 @@ client_id = "app"
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("id_token_invalid"), "{}", r.body);
     assert_eq!(b.get(&gw.at("/auth/session"), JSON).await.status, 401);
+}
+
+// --- real providers ---------------------------------------------------------------------
+
+/// Two real npm `oidc-provider` instances (corp owns example.com, partner example.org)
+/// and the dev provider (no domains) behind one gateway: a sign-in through each, by a
+/// `provider=` link and by `login_hint`; the same person at corp and at the dev provider
+/// is two users, and the dev provider's "verified" example.com address is not believed.
+#[tokio::test]
+async fn interop_two_npm_providers_and_the_dev_provider_behind_one_gateway() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw_url = format!("http://{}", listener.local_addr().unwrap());
+    let client = |id: &str| {
+        json!([{
+            "client_id": "app",
+            "redirect_uris": [format!("{gw_url}/auth/callback/{id}")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        }])
+    };
+    let Some(corp) = RealProvider::start(client("corp"), &[]).await else {
+        return;
+    };
+    let Some(partner) = RealProvider::start(client("partner"), &[]).await else {
+        return;
+    };
+    let dev = support::dev_provider::start_for_callback(&gw_url, "", "/auth/callback/dev").await;
+    let o = Options {
+        listener: Some(listener),
+        config_file: Some(format!(
+            r#"
+[[providers]]
+id = "corp"
+name = "Example Corp"
+issuer = "{}"
+client_id = "app"
+email_domains = ["example.com"]
+[[providers]]
+id = "partner"
+name = "Partner"
+issuer = "{}"
+client_id = "app"
+email_domains = ["example.org"]
+[[providers]]
+id = "dev"
+name = "Dev"
+issuer = "{dev}"
+client_id = "app"
+"#,
+            corp.issuer, partner.issuer
+        )),
+        ..Options::default()
+    };
+    let gw = TestGateway::start_with("", o).await;
+    let sign_in = |start: String, user: &'static str, id: &'static str| {
+        let gw = &gw;
+        async move {
+            let b = Browser::new();
+            let (_, r) = follow_sign_in(
+                &b,
+                &gw.at(&start),
+                user,
+                user,
+                &gw.at(&format!("/auth/callback/{id}")),
+            )
+            .await;
+            assert_eq!(r.status, 303, "{id}: {}", r.body);
+            let session = b.get(&gw.at("/auth/session"), JSON).await.json();
+            assert_eq!(session["provider"], id, "{session}");
+            session
+        }
+    };
+    // A link names the provider; an address picks it by its domain.
+    let at_corp = sign_in("/auth/login?provider=corp".into(), "alice", "corp").await;
+    assert_eq!(at_corp["user"]["email"], "alice@example.com");
+    let at_partner = sign_in(
+        "/auth/login?login_hint=bob%40example.org".into(),
+        "bob",
+        "partner",
+    )
+    .await;
+    assert_eq!(at_partner["user"]["email"], "bob@example.org");
+    // The dev provider's alice is another user, and corp's domain is not its to vouch for.
+    let at_dev = sign_in("/auth/login?provider=dev".into(), "alice", "dev").await;
+    assert_ne!(at_dev["user"]["id"], at_corp["user"]["id"]);
+    assert_eq!(at_dev["user"]["email"], Value::Null, "{at_dev}");
+    // Each provider redeemed its own codes only.
+    for p in [&corp, &partner] {
+        assert_eq!(p.events().await["grants"]["authorization_code"], 1);
+    }
 }
