@@ -428,6 +428,7 @@ mutate $S/session/routes.rs '            && !ids.contains(&record.provider_id)' 
 mutate $S/provider/mod.rs '            .any(|t| t == tid)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/provider/mod.rs '            .any(|t| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, t) == iss)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/session/lookup.rs '        if self.providers.get(&record.provider_id).is_none() {' '        if false {' $P a_session_of_a_removed_provider
+mutate $S/session/providers.rs '            refusals.extend(access_refusals(own, claims));' '' $P a_providers_own_rules_apply
 mutate $S/config/providers.rs '            if let Some(other) = issuers.insert(iss.clone(), &p.id) {' '            if let Some(other) = issuers.insert(iss.clone(), &p.id).filter(|_| false) {' lib entries_are_checked_alone_and_together
 mutate $S/config/spa.rs '                if code_exchange {' '                if false {' lib routes_and_the_spa_exchange_name_providers
 mutate $S/config/providers.rs '        Some(_) if top_level => {' '        Some(_) if false => {' lib never_both_forms_environment_included

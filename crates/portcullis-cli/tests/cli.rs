@@ -351,52 +351,38 @@ fn free_port_quad() -> u16 {
 }
 
 /// Follows the demo from `start` to the app: the chooser's link to `provider` when
-/// the chooser shows, the provider's form with `user` / `user`. The last URL and
-/// answer, and whether the chooser and the form were seen.
+/// the chooser shows, then the provider's form with `user` / `user` and the callback.
+/// The app's page, and whether the chooser was seen.
 async fn through_the_demo(
     b: &browser::Browser,
+    base: &str,
     start: &str,
     provider: &str,
     user: &str,
-) -> (url::Url, browser::Resp, bool, bool) {
-    let mut url = url::Url::parse(start).unwrap();
-    let mut resp = b.navigate(url.as_str()).await;
-    let (mut saw_chooser, mut saw_form) = (false, false);
-    for _ in 0..10 {
-        match resp.status {
-            302 | 303 => {
-                url = url.join(&resp.location().unwrap()).unwrap();
-                resp = b.navigate(url.as_str()).await;
-            }
-            200 if resp.body.contains("Continue with") => {
-                saw_chooser = true;
-                let at = resp
-                    .body
-                    .find(&format!("provider={provider}&amp;"))
-                    .expect("a link per provider");
-                let start = resp.body[..at].rfind("href=\"").unwrap() + 6;
-                let end = at + resp.body[at..].find('"').unwrap();
-                let href = resp.body[start..end].replace("&amp;", "&");
-                url = url.join(&href).unwrap();
-                resp = b.navigate(url.as_str()).await;
-            }
-            200 if resp.body.contains("name=\"password\"") => {
-                saw_form = true;
-                url = url.join("/authorize").unwrap();
-                let body = browser::login_form_body(&resp.body, user, user);
-                resp = b
-                    .request(
-                        reqwest::Method::POST,
-                        url.as_str(),
-                        &[("accept", "text/html")],
-                        Some((body, "application/x-www-form-urlencoded")),
-                    )
-                    .await;
-            }
-            _ => break,
-        }
+) -> (browser::Resp, bool) {
+    let mut start = format!("{base}{start}");
+    let mut resp = b.navigate(&start).await;
+    while matches!(resp.status, 302 | 303) && resp.location().unwrap().starts_with('/') {
+        start = format!("{base}{}", resp.location().unwrap());
+        resp = b.navigate(&start).await;
     }
-    (url, resp, saw_chooser, saw_form)
+    let saw_chooser = resp.status == 200 && resp.body.contains("Continue with");
+    if saw_chooser {
+        let at = resp
+            .body
+            .find(&format!("provider={provider}&amp;"))
+            .expect("a link per provider");
+        let from = resp.body[..at].rfind("href=\"").unwrap() + 6;
+        let to = at + resp.body[at..].find('"').unwrap();
+        start = format!("{base}{}", resp.body[from..to].replace("&amp;", "&"));
+    }
+    let callback = format!("{base}/auth/callback/{provider}");
+    let (_, resp) = browser::follow_sign_in(b, &start, user, user, &callback).await;
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    let page = b
+        .navigate(&format!("{base}{}", resp.location().unwrap()))
+        .await;
+    (page, saw_chooser)
 }
 
 /// The README's first command, as written (`portcullis demo`), on a free port: the
@@ -432,16 +418,9 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
     assert!(printed.contains("carol / carol"), "{printed}");
 
     let b = browser::Browser::new();
-    let (url, resp, saw_chooser, saw_form) =
-        through_the_demo(&b, &format!("{base}/"), "corp", "alice").await;
+    let (resp, saw_chooser) = through_the_demo(&b, &base, "/", "corp", "alice").await;
     assert!(saw_chooser, "the chooser was shown first");
-    assert!(saw_form, "the provider's sign-in form was shown");
-    assert!(
-        url.as_str().starts_with(&format!("{base}/")),
-        "back at the app: {url}"
-    );
     assert_eq!(resp.status, 200, "{}", resp.body);
-    assert_eq!(url.as_str(), format!("{base}/"));
     assert!(
         resp.body
             .contains("Hello, <span id=\"name\">Alice Example</span>"),
@@ -453,10 +432,9 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
 
     // Carol's address takes her to Partner's form, no choice needed.
     let carol = browser::Browser::new();
-    let hint = format!("{base}/auth/login?login_hint=carol%40partner.example&return_to=%2F");
-    let (_, resp, saw_chooser, saw_form) =
-        through_the_demo(&carol, &hint, "partner", "carol").await;
-    assert!(!saw_chooser && saw_form);
+    let hint = "/auth/login?login_hint=carol%40partner.example&return_to=%2F";
+    let (resp, saw_chooser) = through_the_demo(&carol, &base, hint, "partner", "carol").await;
+    assert!(!saw_chooser);
     assert!(
         resp.body.contains("x-user-provider: partner"),
         "{}",

@@ -26,9 +26,9 @@ struct Two {
     up: TestUpstream,
 }
 
-/// The configuration of corp (owns example.com) and partner (owns partner.example),
-/// plus `extra` (routes, …).
-fn config(corp: &str, partner: &str, extra: &str) -> String {
+/// The configuration of corp (owns example.com) and partner (owns partner.example, and
+/// `partner_extra` in its entry), with two routes.
+fn config(corp: &str, partner: &str, partner_extra: &str) -> String {
     format!(
         r#"
 [[providers]]
@@ -43,13 +43,14 @@ name = "Partner"
 issuer = "{partner}"
 client_id = "app"
 email_domains = ["partner.example"]
+{partner_extra}
 [[routes]]
 path = "/staff/*"
 providers = ["corp"]
 [[routes]]
 path = "/example-only/*"
 allowed_email_domains = ["example.com"]
-{extra}"#
+"#
     )
 }
 
@@ -82,9 +83,14 @@ impl Two {
         }
     }
 
-    /// Signs `browser` in at provider `id` as the standard user, claims patched; the
-    /// callback's answer.
-    async fn sign_in(&self, browser: &Browser, id: &str, patch: impl FnOnce(&mut Value)) -> Resp {
+    /// A sign-in started at provider `id`, and the code its provider issued for it (the
+    /// standard user, claims patched).
+    async fn code_from(
+        &self,
+        browser: &Browser,
+        id: &str,
+        patch: impl FnOnce(&mut Value),
+    ) -> (support::gateway::Authorize, String) {
         let p = self.provider(id);
         let auth = self
             .gw
@@ -103,6 +109,14 @@ impl Two {
         })));
         let token = p.keys.sign_rs256(&p.keys.rs256_header(), &claims);
         let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        (auth, code)
+    }
+
+    /// Signs `browser` in at provider `id` as the standard user, claims patched; the
+    /// callback's answer.
+    async fn sign_in(&self, browser: &Browser, id: &str, patch: impl FnOnce(&mut Value)) -> Resp {
+        let p = self.provider(id);
+        let (auth, code) = self.code_from(browser, id, patch).await;
         self.gw
             .callback_of(
                 browser,
@@ -210,12 +224,7 @@ async fn g12_a_code_and_state_from_corp_at_partners_callback_are_refused_before_
 {
     let t = two().await;
     let b = Browser::new();
-    let auth = t.gw.start_login_at(&b, "/auth/login?provider=corp").await;
-    let claims = t.corp.claims(&auth.nonce);
-    let token = t.corp.keys.sign_rs256(&t.corp.keys.rs256_header(), &claims);
-    let code = t
-        .corp
-        .issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let (auth, code) = t.code_from(&b, "corp", |_| {}).await;
     // Delivered to partner's callback (with partner's iss, as an attacker who controls
     // the partner's provider would send it).
     let r =
@@ -249,12 +258,7 @@ async fn g12_a_code_and_state_from_corp_at_partners_callback_are_refused_before_
 async fn g12_partners_iss_at_corps_callback_is_refused_before_any_token_request() {
     let t = two().await;
     let b = Browser::new();
-    let auth = t.gw.start_login_at(&b, "/auth/login?provider=corp").await;
-    let claims = t.corp.claims(&auth.nonce);
-    let token = t.corp.keys.sign_rs256(&t.corp.keys.rs256_header(), &claims);
-    let code = t
-        .corp
-        .issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let (auth, code) = t.code_from(&b, "corp", |_| {}).await;
     let r =
         t.gw.callback_of(
             &b,
@@ -379,6 +383,50 @@ async fn the_same_address_at_two_providers_is_two_users_and_a_corp_route_refuses
 }
 
 // --- every session is its provider's ------------------------------------------------------
+
+#[tokio::test]
+async fn a_providers_own_rules_apply_to_its_users_only_and_sign_out_revokes_there() {
+    let (corp, partner) = (
+        HostileProvider::start().await,
+        HostileProvider::start().await,
+    );
+    let o = Options {
+        config_file: Some(config(
+            &corp.issuer,
+            &partner.issuer,
+            "required_claims = { groups = [\"partners\"] }",
+        )),
+        ..Options::default()
+    };
+    let t = Two {
+        gw: TestGateway::start_with("", o).await,
+        up: TestUpstream::start().await,
+        corp,
+        partner,
+    };
+    // The partner's rule refuses a partner user without the group…
+    let r = t.sign_in(&Browser::new(), "partner", |_| {}).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("claim_required"), "{}", r.body);
+    // …admits one with it, and does not apply to corp's users.
+    let carol = Browser::new();
+    let r = t
+        .sign_in(&carol, "partner", |c| c["groups"] = json!(["partners"]))
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let alice = Browser::new();
+    assert_eq!(t.sign_in(&alice, "corp", |_| {}).await.status, 303);
+    // Signing out revokes at the session's own provider.
+    let revocations = |p: &HostileProvider| {
+        p.counters
+            .revocations
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(t.gw.sign_out_api(&carol).await.status, 200);
+    assert_eq!((revocations(&t.partner), revocations(&t.corp)), (1, 0));
+    assert_eq!(t.gw.sign_out_api(&alice).await.status, 200);
+    assert_eq!((revocations(&t.partner), revocations(&t.corp)), (1, 1));
+}
 
 #[tokio::test]
 async fn a_partner_session_refreshes_at_partner_on_another_instance() {

@@ -615,3 +615,30 @@ fn debug_shows_no_password() {
         .unwrap();
     assert_eq!(describe(&tls), "rediss://cache.internal:6379/0");
 }
+
+/// A session written before several providers has no `provider_id` field: it is the
+/// `default` provider's.
+#[tokio::test]
+async fn a_session_from_before_several_providers_is_defaults() {
+    let Some(url) = test_url() else { return };
+    let t = TestPrefix::new(&url);
+    let store = t.store().await;
+    let user = new_user(&store).await;
+    let id = SessionId::generate();
+    let mut s = new_session(&user, &id, TokenSet::default());
+    s.provider_id = "partner".into();
+    store.create_session(&s).await.unwrap();
+    let got = store.get_session_fresh(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(got.provider_id, "partner");
+    let mut admin = t.admin().await;
+    let key = format!("{}:session:{}", t.prefix, s.family_id);
+    let removed: i64 = redis::cmd("HDEL")
+        .arg(&key)
+        .arg("provider_id")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the field is where the store keeps it ({key})");
+    let got = store.get_session_fresh(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(got.provider_id, "default");
+}

@@ -14,7 +14,7 @@ use crate::store::feed::Tasks;
 use crate::store::{ChangeFeed, STORE_TIMEOUT, StoreResult};
 
 /// Schema migrations, applied in order once each; embedded in the binary.
-const MIGRATIONS: &[(i64, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/sqlite/0001_init.sql")),
     (
         2,

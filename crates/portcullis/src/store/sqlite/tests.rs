@@ -84,3 +84,60 @@ async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A database from before several providers (migrations 1–6): its sessions and sign-ins
+/// in flight are the `default` provider's once migrated.
+#[tokio::test]
+async fn a_database_from_before_several_providers_keeps_its_sessions_as_defaults() {
+    let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.db");
+    let old = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    super::schema::apply_migrations(&old, &super::schema::MIGRATIONS[..6])
+        .await
+        .unwrap();
+    let (user, id) = (
+        crate::random::new_uuid(),
+        crate::store::id::SessionId::generate(),
+    );
+    sqlx::query("INSERT INTO users (id, issuer, subject, created_at, updated_at) VALUES (?1, 'https://i', 's', 1, 1)")
+        .bind(user.to_string())
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, created_at, last_seen_at, \
+         idle_expires_at, absolute_expires_at, token_version, claims, email_verified) \
+         VALUES (?1, ?2, 1, ?3, 1, 1, 4000000000, 4000000000, 0, '{}', 0)",
+    )
+    .bind(crate::random::new_uuid().to_string())
+    .bind(id.hash().as_str())
+    .bind(user.to_string())
+    .execute(&old)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO login_transactions (state_hash, binding_hash, nonce, verifier, return_to, \
+         created_at, expires_at) VALUES ('st', 'b', 'n', 'v1.x.y', '/', 1, 4000000000)",
+    )
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let got = store.get_session_fresh(&id.hash()).await.unwrap().unwrap();
+    assert_eq!(got.provider_id, "default");
+    let tx = store.take_transaction("st").await.unwrap().unwrap();
+    assert_eq!(tx.provider_id, "default");
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
