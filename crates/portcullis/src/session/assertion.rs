@@ -401,7 +401,10 @@ pub fn new_key(
 /// emergency key is recorded as made [`ACTIVATION`] before it was: it signs at once).
 fn activation(record: &SigningKeyRecord) -> UnixTime {
     if record.generation <= 1 {
-        record.created_at
+        // The first key signs from the start, whatever the clock of the instance that
+        // reads it says: instances' clocks differ a little, and one a second behind the
+        // instance that made the key would otherwise have no key to sign with.
+        UnixTime::MIN
     } else {
         record.created_at + ACTIVATION
     }
@@ -629,6 +632,27 @@ mod tests {
             .collect();
         assert_eq!(unreadable, [1]);
         assert!(!stale_ring(&records[..1], &old) && !stale_ring(&[], &new));
+    }
+
+    /// The first key, made by an instance whose clock is ahead, signs at once on an
+    /// instance whose clock is behind (instances' clocks differ a little).
+    #[tokio::test]
+    async fn the_first_key_signs_at_once_on_an_instance_whose_clock_is_behind() {
+        crate::install_crypto_provider();
+        let store = crate::store::sqlite::SqliteStore::in_memory()
+            .await
+            .unwrap();
+        let ahead = Assertions::new("https://a".into(), "https://a".into());
+        ahead.reload(&store, &ring(1), 1_002).await.unwrap();
+        let behind = Assertions::new("https://a".into(), "https://a".into());
+        behind.reload(&store, &ring(1), 1_000).await.unwrap();
+        let made = &store.signing_keys().await.unwrap()[0];
+        assert_eq!((made.generation, made.created_at), (1, 1_002));
+        assert_eq!(
+            behind.key_set().signing(1_000).unwrap().record.kid,
+            made.kid
+        );
+        assert_eq!(behind.jwks(1_000)["keys"].as_array().unwrap().len(), 1);
     }
 
     #[test]
