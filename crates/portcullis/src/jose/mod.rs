@@ -5,6 +5,7 @@
 
 pub mod client_key;
 pub mod dpop;
+pub mod dpop_proof;
 
 /// JWS algorithms Portcullis can verify (RFC 7518 §3.1). `none` is not one.
 #[allow(clippy::upper_case_acronyms)]

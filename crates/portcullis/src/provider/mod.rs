@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 use zeroize::Zeroizing;
 
+pub mod access_token;
 pub mod authorize;
 pub mod client_auth;
 pub mod discovery;

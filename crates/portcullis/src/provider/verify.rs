@@ -5,8 +5,8 @@ use serde_json::{Map, Value};
 
 use super::discovery::{self, Metadata};
 use super::{
-    Algorithm, IdTokenClaims, IdTokenError, LogoutError, Provider, ProviderError, id_token, jwks,
-    logout_token,
+    Algorithm, IdTokenClaims, IdTokenError, LogoutError, Provider, ProviderError, access_token,
+    id_token, jwks, logout_token,
 };
 use crate::clock::UnixTime;
 
@@ -92,6 +92,48 @@ impl Provider {
             now,
         };
         Ok(id_token::verify(&jwt, &keys, secret, &expect)?)
+    }
+
+    /// Validates a JWT access token this provider issued (RFC 9068): the ID tokens'
+    /// algorithm allow-list and keys (never HMAC: the client secret keys the gateway's
+    /// own tokens, not an API's), the issuer a multi-tenant provider's token must name,
+    /// then [`access_token::check_claims`]. The provider's own client id counts as the
+    /// gateway's: a token issued to it is an ID token.
+    pub async fn validate_access_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+        token_types: &[access_token::TokenType],
+        now: UnixTime,
+    ) -> Result<access_token::AccessTokenClaims, access_token::TokenRefused> {
+        let allowed: Vec<Algorithm> = self
+            .allowed_algorithms(&*self.metadata().await?)
+            .into_iter()
+            .filter(|a| !a.is_hmac())
+            .collect();
+        let jwt = id_token::parse_unverified(token, &allowed)?;
+        let keys = self.keys_for(&jwt).await?;
+        if keys.is_empty() {
+            return Err(IdTokenError::UnknownKey.into());
+        }
+        id_token::verify_signature(&jwt, &keys, None)?;
+        let issuer = self
+            .settings
+            .expected_issuer(&jwt.claims)
+            .ok_or(access_token::AccessTokenError::WrongIssuer)?;
+        let gateway = [self.settings.client_id.clone()];
+        let expect = access_token::AccessExpectations {
+            issuer: &issuer,
+            audiences,
+            token_types,
+            gateway_client_ids: &gateway,
+            now,
+        };
+        Ok(access_token::check_claims(
+            jwt.typ.as_deref(),
+            &jwt.claims,
+            &expect,
+        )?)
     }
 
     /// The claims of an ID token this gateway verified earlier (kept sealed with the
