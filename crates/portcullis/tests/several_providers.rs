@@ -190,6 +190,10 @@ async fn the_chooser_links_and_login_hint_pick_the_provider() {
     let r = b.get(&t.gw.at("/auth/login?provider=ghost"), JSON).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("unknown_provider"), "{}", r.body);
+    assert!(
+        !r.body.contains("ghost"),
+        "nothing of the request is shown back"
+    );
     // The default callback is not a second address of any provider.
     let r = b.navigate(&t.gw.at("/auth/callback/default?state=x")).await;
     assert_eq!(r.status, 404);

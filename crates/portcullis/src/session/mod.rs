@@ -77,8 +77,9 @@ pub enum SessionError {
     RefreshUnavailable { retry_after: u64 },
     #[error("the gateway's DPoP key is unavailable: {0}")]
     DpopKey(String),
-    #[error("there is no identity provider `{0}` here")]
-    UnknownProvider(String),
+    /// Not shown back: the id came from the request (no attacker text on our origin).
+    #[error("there is no such identity provider here")]
+    UnknownProvider,
     #[error(
         "the sign-in answer arrived at another identity provider's address than the sign-in was sent to"
     )]
@@ -104,7 +105,7 @@ impl SessionError {
             Self::Unsealable => "unsealable",
             Self::RefreshUnavailable { .. } => "refresh_unavailable",
             Self::DpopKey(_) => "dpop_key_unavailable",
-            Self::UnknownProvider(_) => "unknown_provider",
+            Self::UnknownProvider => "unknown_provider",
             Self::ProviderMismatch => "provider_mismatch",
         }
     }

@@ -121,7 +121,7 @@ impl Sessions {
     pub fn provider(&self, id: &str) -> Result<&Provider, super::SessionError> {
         self.providers
             .get(id)
-            .ok_or_else(|| super::SessionError::UnknownProvider(id.chars().take(32).collect()))
+            .ok_or(super::SessionError::UnknownProvider)
     }
 
     /// Security events counted since start (see `docs/sessions.md`).

@@ -20,7 +20,7 @@ pub(super) fn provider(
     if let Some(id) = asked {
         return match config.provider(id) {
             Some(p) => Ok(Some(p.id.clone())),
-            None => Err(SessionError::UnknownProvider(id.chars().take(32).collect())),
+            None => Err(SessionError::UnknownProvider),
         };
     }
     if let Some(domain) = hint
