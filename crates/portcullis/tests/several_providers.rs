@@ -126,6 +126,24 @@ impl Two {
             .await
     }
 
+    /// Delivers `code` and the sign-in's state to provider `at`'s callback, with
+    /// `iss`'s issuer as the RFC 9207 `iss`.
+    async fn deliver(
+        &self,
+        browser: &Browser,
+        at: &str,
+        (auth, code): &(support::gateway::Authorize, String),
+        iss: &HostileProvider,
+    ) -> Resp {
+        self.gw
+            .callback_of(
+                browser,
+                at,
+                &callback_query(code, &auth.state, Some(&iss.issuer)),
+            )
+            .await
+    }
+
     async fn session(&self, browser: &Browser) -> Resp {
         browser.get(&self.gw.at("/auth/session"), JSON).await
     }
@@ -228,28 +246,16 @@ async fn g12_a_code_and_state_from_corp_at_partners_callback_are_refused_before_
 {
     let t = two().await;
     let b = Browser::new();
-    let (auth, code) = t.code_from(&b, "corp", |_| {}).await;
+    let sign_in = t.code_from(&b, "corp", |_| {}).await;
     // Delivered to partner's callback (with partner's iss, as an attacker who controls
     // the partner's provider would send it).
-    let r =
-        t.gw.callback_of(
-            &b,
-            "partner",
-            &callback_query(&code, &auth.state, Some(&t.partner.issuer)),
-        )
-        .await;
+    let r = t.deliver(&b, "partner", &sign_in, &t.partner).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("provider_mismatch"), "{}", r.body);
     assert_eq!(t.token_calls(), 0, "no token request anywhere");
     assert_eq!(t.session(&b).await.status, 401, "nobody signed in");
     // The sign-in is spent: the right callback cannot finish it afterwards.
-    let r =
-        t.gw.callback_of(
-            &b,
-            "corp",
-            &callback_query(&code, &auth.state, Some(&t.corp.issuer)),
-        )
-        .await;
+    let r = t.deliver(&b, "corp", &sign_in, &t.corp).await;
     assert_eq!(r.status, 400);
     assert_eq!(t.token_calls(), 0);
     assert_eq!(
@@ -262,14 +268,8 @@ async fn g12_a_code_and_state_from_corp_at_partners_callback_are_refused_before_
 async fn g12_partners_iss_at_corps_callback_is_refused_before_any_token_request() {
     let t = two().await;
     let b = Browser::new();
-    let (auth, code) = t.code_from(&b, "corp", |_| {}).await;
-    let r =
-        t.gw.callback_of(
-            &b,
-            "corp",
-            &callback_query(&code, &auth.state, Some(&t.partner.issuer)),
-        )
-        .await;
+    let sign_in = t.code_from(&b, "corp", |_| {}).await;
+    let r = t.deliver(&b, "corp", &sign_in, &t.partner).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("issuer_mismatch"), "{}", r.body);
     assert_eq!(t.token_calls(), 0);
