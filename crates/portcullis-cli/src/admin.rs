@@ -110,13 +110,16 @@ pub(crate) fn sessions(command: SessionsCommand) -> ExitCode {
         match command {
             SessionsCommand::List { user, .. } => {
                 let sessions = gateway.sessions().live_sessions(user).await?;
-                println!("HANDLE\tUSER ID\tEMAIL\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT");
+                println!(
+                    "HANDLE\tUSER ID\tEMAIL\tPROVIDER\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT"
+                );
                 for s in &sessions {
                     println!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                         s.id_hash.short(),
                         s.user.id,
                         printable(s.user.email.as_deref().unwrap_or("-")),
+                        printable(&s.provider_id),
                         rfc3339(s.created_at),
                         rfc3339(s.last_seen_at),
                         rfc3339(s.expires_at()),

@@ -586,7 +586,15 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
     assert!(
-        lines[0].starts_with("HANDLE\tUSER ID\tEMAIL\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT")
+        lines[0].starts_with(
+            "HANDLE\tUSER ID\tEMAIL\tPROVIDER\tCREATED\tLAST SEEN\tEXPIRES\tUSER AGENT"
+        )
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.split('\t').nth(3) == Some("default")),
+        "each session's provider: {out}"
     );
     for id in &ids {
         assert!(out.contains(id.hash().short()), "{out}");
