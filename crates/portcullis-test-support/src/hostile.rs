@@ -280,6 +280,15 @@ impl HostileProvider {
         code
     }
 
+    /// The code for the sign-in `auth` started: an ID token with the standard claims,
+    /// signed RS256, redeemable once by the holder of its verifier.
+    pub fn code_for(&self, auth: &super::gateway::Authorize) -> String {
+        let token = self
+            .keys
+            .sign_rs256(&self.keys.rs256_header(), &self.claims(&auth.nonce));
+        self.issue_code(&auth.challenge, Self::token_response(&token))
+    }
+
     /// Standard claims for an ID token answering a login with `nonce`.
     pub fn claims(&self, nonce: &str) -> Value {
         let now = super::now();

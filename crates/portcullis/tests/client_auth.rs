@@ -316,10 +316,7 @@ mod auto_probe {
     async fn attempt(p: &HostileProvider, gw: &TestGateway) -> (u16, String) {
         let browser = Browser::new();
         let auth = gw.start_login(&browser, None).await;
-        let token = p
-            .keys
-            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let code = p.code_for(&auth);
         let resp = gw
             .callback(
                 &browser,

@@ -45,10 +45,7 @@ async fn finish_login(
     browser: &Browser,
     auth: &Authorize,
 ) -> Resp {
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(auth);
     gw.callback(
         browser,
         &callback_query(&code, &auth.state, Some(&p.issuer)),
@@ -88,10 +85,7 @@ async fn a_valid_login_creates_a_session_and_redirects_to_return_to() {
     let browser = Browser::new();
     let auth = gw.start_login(&browser, Some("/orders?page=2")).await;
     assert_eq!(auth.redirect_uri, format!("{}/auth/callback", gw.url));
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let resp = gw
         .callback(
             &browser,
@@ -118,10 +112,7 @@ async fn l01_callback_without_state_or_transaction_is_refused() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
 
     let missing = gw
         .callback(&browser, &format!("code={code}&iss={}", p.issuer))
@@ -171,10 +162,7 @@ async fn l02_replayed_callback_is_refused() {
     let (p, gw) = setup().await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let query = callback_query(&code, &auth.state, Some(&p.issuer));
     assert_eq!(gw.callback(&browser, &query).await.status, 303);
     browser.cookies.lock().unwrap().remove("portcullis");
@@ -194,10 +182,7 @@ async fn l03_callback_completed_in_another_browser_is_refused() {
     // B has a login transaction of its own, so it holds a binding cookie too.
     gw.start_login(&b, None).await;
     let auth = gw.start_login(&a, None).await;
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let resp = gw
         .callback(&b, &callback_query(&code, &auth.state, Some(&p.issuer)))
         .await;
@@ -273,10 +258,7 @@ async fn l06_mix_up_iss_is_refused_before_any_token_request() {
         None,
     ] {
         let auth = gw.start_login(&browser, None).await;
-        let token = p
-            .keys
-            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let code = p.code_for(&auth);
         let resp = gw
             .callback(&browser, &callback_query(&code, &auth.state, iss))
             .await;
@@ -291,10 +273,7 @@ async fn l06_missing_iss_is_accepted_when_the_provider_does_not_advertise_it() {
     p.patch_metadata(json!({"authorization_response_iss_parameter_supported": false}));
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let resp = gw
         .callback(&browser, &callback_query(&code, &auth.state, None))
         .await;
@@ -315,10 +294,7 @@ async fn l07_return_to_tricks_always_end_on_a_same_origin_path() {
     ] {
         let browser = Browser::new();
         let auth = gw.start_login(&browser, Some(evil)).await;
-        let token = p
-            .keys
-            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let code = p.code_for(&auth);
         let resp = gw
             .callback(
                 &browser,
@@ -387,10 +363,7 @@ async fn l09_error_callback_is_escaped_and_consumes_the_transaction() {
     assert!(resp.body.contains("provider_denied"));
     assert_no_session(&gw, &resp).await;
     // The transaction is gone: a later code for the same state is refused.
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let later = gw
         .callback(
             &browser,
@@ -428,10 +401,7 @@ async fn several_tabs_share_one_binding_cookie_and_each_completes() {
         "one cookie for all tabs"
     );
     for (auth, target) in [(&tab2, "/two"), (&tab1, "/one")] {
-        let token = p
-            .keys
-            .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-        let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+        let code = p.code_for(auth);
         let resp = gw
             .callback(
                 &browser,
@@ -1039,10 +1009,7 @@ async fn s01_cookies_on_https_are_host_prefixed_secure_httponly_lax() {
         .unwrap()
         .set_cookie_named("__Host-portcullis-tx")
         .expect("tx cookie");
-    let token = p
-        .keys
-        .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
-    let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
+    let code = p.code_for(&auth);
     let resp = gw
         .callback(
             &browser,
