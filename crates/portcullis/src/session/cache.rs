@@ -32,8 +32,8 @@ use crate::clock::UnixTime;
 use crate::session::id::IdHash;
 use crate::store::feed::Tasks;
 use crate::store::{
-    ChangeFeed, FeedEvent, IdMatch, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord,
-    Store, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
+    ChangeFeed, FeedEvent, IdMatch, IdentityKind, LoginTransaction, NewSession, SessionRecord,
+    SigningKeyRecord, Store, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
 };
 
 /// How often batched idle-deadline touches are written.
@@ -566,17 +566,20 @@ impl Store for CachedStore {
         result
     }
 
-    async fn upsert_user(
+    async fn upsert_identity(
         &self,
         issuer: &str,
+        kind: IdentityKind,
         subject: &str,
-        profile: &UserProfile,
+        profile: Option<&UserProfile>,
         now: UnixTime,
     ) -> StoreResult<User> {
         // G09: the store announces a changed profile (email, name, verification) on the
         // feed with the write, to this instance as to every other, and the listener
         // drops the user's cached sessions (a scan of the cache, only when it changed).
-        self.inner.upsert_user(issuer, subject, profile, now).await
+        self.inner
+            .upsert_identity(issuer, kind, subject, profile, now)
+            .await
     }
 
     // Everything else passes through.

@@ -105,12 +105,43 @@ pub(crate) async fn timed<T>(fut: impl Future<Output = StoreResult<T>>) -> Store
     }
 }
 
-/// A user: one per (issuer, subject), never matched by email (seed flaw 10).
+/// Whom an identity row stands for: a person, or a program acting as itself (a
+/// client-credentials token). Keyed apart, so that a client whose `client_id` equals a
+/// user's `sub` never gets that user's id (docs/security.md G13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IdentityKind {
+    #[default]
+    User,
+    Client,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Client => "client",
+        }
+    }
+
+    /// The stored text; anything else is not a kind this version knows.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "user" => Some(Self::User),
+            "client" => Some(Self::Client),
+            _ => None,
+        }
+    }
+}
+
+/// An identity: one per (issuer, kind, subject), never matched by email (seed flaw 10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// Our stable user id, handed to apps as `X-User-Id`.
     pub id: Uuid,
     pub issuer: String,
+    /// A user (signed in, or by a user's access token) or a client (its own token).
+    pub kind: IdentityKind,
+    /// The user's `sub`, or the client's `client_id`.
     pub subject: String,
     pub email: Option<String>,
     pub name: Option<String>,
@@ -283,20 +314,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn feed(&self) -> &ChangeFeed;
 
     // Users.
-    /// Finds the user by (issuer, subject) or creates them with a new UUID; updates
-    /// the profile. The returned id never changes for one (issuer, subject).
+    /// Finds the identity by (issuer, kind, subject) or creates it with a new UUID;
+    /// sets the profile when one is given (`None` keeps what is stored: a token that
+    /// carries no profile claims). The returned id never changes for one key.
+    async fn upsert_identity(
+        &self,
+        issuer: &str,
+        kind: IdentityKind,
+        subject: &str,
+        profile: Option<&UserProfile>,
+        now: UnixTime,
+    ) -> StoreResult<User>;
+    /// [`Store::upsert_identity`] for a user who signed in.
     async fn upsert_user(
         &self,
         issuer: &str,
         subject: &str,
         profile: &UserProfile,
         now: UnixTime,
-    ) -> StoreResult<User>;
+    ) -> StoreResult<User> {
+        self.upsert_identity(issuer, IdentityKind::User, subject, Some(profile), now)
+            .await
+    }
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>>;
     /// Users ordered by id, after `after`, at most `limit` (`store copy`).
     async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>>;
     /// Stores a user with its id as it is (`store copy`). Returns false, changing
-    /// nothing, when the (issuer, subject) or the id already exists.
+    /// nothing, when the (issuer, kind, subject) or the id already exists.
     async fn import_user(&self, user: &User) -> StoreResult<bool>;
 
     // Sessions.

@@ -17,8 +17,9 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::{
-    ChangeFeed, IdHash, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
-    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile,
+    ChangeFeed, IdHash, IdentityKind, LoginTransaction, NewSession, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User,
+    UserProfile,
 };
 use crate::clock::UnixTime;
 
@@ -69,16 +70,18 @@ impl Store for OnRuntime {
         self.inner.feed()
     }
 
-    async fn upsert_user(
+    async fn upsert_identity(
         &self,
         issuer: &str,
+        kind: IdentityKind,
         subject: &str,
-        profile: &UserProfile,
+        profile: Option<&UserProfile>,
         now: UnixTime,
     ) -> StoreResult<User> {
-        let (issuer, subject, profile) = (issuer.to_owned(), subject.to_owned(), profile.clone());
-        self.run("upsert_user", |s| async move {
-            s.upsert_user(&issuer, &subject, &profile, now).await
+        let (issuer, subject, profile) = (issuer.to_owned(), subject.to_owned(), profile.cloned());
+        self.run("upsert_identity", |s| async move {
+            s.upsert_identity(&issuer, kind, &subject, profile.as_ref(), now)
+                .await
         })
         .await
     }

@@ -5,8 +5,8 @@
 use uuid::Uuid;
 
 use super::{
-    IdHash, IdMatch, LoginTransaction, Sealed, SessionRecord, StoreError, StoreResult, TokenSet,
-    User,
+    IdHash, IdMatch, IdentityKind, LoginTransaction, Sealed, SessionRecord, StoreError,
+    StoreResult, TokenSet, User,
 };
 
 /// What the mappers read from a row, by column name.
@@ -27,12 +27,18 @@ pub(crate) trait Columns {
     }
 }
 
+/// An identity kind as stored (`user` or `client`).
+pub(crate) fn kind(text: &str) -> StoreResult<IdentityKind> {
+    IdentityKind::parse(text).ok_or_else(|| StoreError::Corrupt(format!("identity kind `{text}`")))
+}
+
 /// A user, from columns named `{prefix}id`, `{prefix}issuer`, ….
 pub(crate) fn user(row: &impl Columns, prefix: &str) -> StoreResult<User> {
     let name = |column: &str| format!("{prefix}{column}");
     Ok(User {
         id: row.uuid(&name("id"))?,
         issuer: row.text(&name("issuer"))?,
+        kind: kind(&row.text(&name("kind"))?)?,
         subject: row.text(&name("subject"))?,
         email: row.opt_text(&name("email"))?,
         name: row.opt_text(&name("name"))?,

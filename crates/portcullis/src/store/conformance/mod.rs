@@ -39,7 +39,7 @@ const NOW: UnixTime = 1_900_000_000;
 /// Runs every conformance check against `store`.
 pub async fn run_all(store: &dyn Store) {
     store.ping().await.expect("ping");
-    users_are_keyed_by_issuer_and_subject(store).await;
+    users_are_keyed_by_issuer_kind_and_subject(store).await;
     sessions_round_trip(store).await;
     claims_are_kept_and_replaced(store).await;
     token_updates_compare_and_swap(store).await;
@@ -146,7 +146,7 @@ async fn new_session(store: &dyn Store, user: &User, sid: Option<&str>) -> (Sess
     (id, s)
 }
 
-async fn users_are_keyed_by_issuer_and_subject(store: &dyn Store) {
+async fn users_are_keyed_by_issuer_kind_and_subject(store: &dyn Store) {
     let issuer = unique("https://issuer");
     let profile = UserProfile {
         email: Some("a@example.com".into()),
@@ -180,8 +180,46 @@ async fn users_are_keyed_by_issuer_and_subject(store: &dyn Store) {
         .unwrap();
     assert_ne!(other_sub.id, a.id);
     assert_ne!(other_iss.id, a.id);
-    assert_eq!(store.get_user(a.id).await.unwrap(), Some(again));
+    assert_eq!(store.get_user(a.id).await.unwrap(), Some(again.clone()));
     assert_eq!(store.get_user(Uuid::nil()).await.unwrap(), None);
+
+    // G13: a client whose `client_id` equals a user's `sub` is another identity, and
+    // stays one; a token without profile claims leaves the stored profile alone.
+    let client = store
+        .upsert_identity(&issuer, IdentityKind::Client, "sub-1", None, NOW)
+        .await
+        .unwrap();
+    assert_ne!(client.id, a.id, "a client never gets a user's id");
+    assert_eq!(client.kind, IdentityKind::Client);
+    assert_eq!(
+        (client.email.as_deref(), client.name.as_deref()),
+        (None, None)
+    );
+    let client_again = store
+        .upsert_identity(&issuer, IdentityKind::Client, "sub-1", None, NOW + 9)
+        .await
+        .unwrap();
+    assert_eq!(client_again.id, client.id);
+    let by_token = store
+        .upsert_identity(&issuer, IdentityKind::User, "sub-1", None, NOW + 9)
+        .await
+        .unwrap();
+    assert_eq!(by_token.id, a.id);
+    assert_eq!(by_token.kind, IdentityKind::User);
+    assert_eq!(
+        by_token.email, again.email,
+        "no profile given, none changed"
+    );
+    // Back-channel logout by subject ends users' sessions only, never touching clients.
+    let (_, session) = new_session(store, &a, None).await;
+    assert_eq!(
+        store
+            .delete_sessions_by_subject(&issuer, "sub-1")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.get_session(&session.id_hash).await.unwrap().is_none());
 }
 
 /// Polls all futures concurrently (a tiny `join_all`, to avoid a dependency); also
@@ -365,6 +403,7 @@ async fn users_and_sessions_import_as_they_are(store: &dyn Store) {
     let user = User {
         id: new_uuid(),
         issuer: unique("https://issuer"),
+        kind: IdentityKind::User,
         subject: unique("sub"),
         email: Some("i@example.com".into()),
         name: Some("Imported".into()),
@@ -387,6 +426,24 @@ async fn users_and_sessions_import_as_they_are(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(again.id, user.id, "a signed-in user keeps the imported id");
+    // A client of the same (issuer, subject) imports beside the user, and keeps its kind.
+    let client = User {
+        id: new_uuid(),
+        kind: IdentityKind::Client,
+        email: None,
+        name: None,
+        ..user.clone()
+    };
+    assert!(store.import_user(&client).await.unwrap());
+    assert_eq!(
+        store.get_user(client.id).await.unwrap(),
+        Some(client.clone())
+    );
+    let found = store
+        .upsert_identity(&user.issuer, IdentityKind::Client, &user.subject, None, NOW)
+        .await
+        .unwrap();
+    assert_eq!(found.id, client.id, "an imported client keeps its id");
 
     // Listed in pages by id.
     let mut seen = Vec::new();

@@ -29,8 +29,9 @@ use super::sql::{
     update_tokens_args,
 };
 use super::{
-    ChangeFeed, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord, SigningKeyRecord,
-    Store, StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, IdentityKind, LoginTransaction, NewSession, STORE_TIMEOUT, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User,
+    UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::store::id::IdHash;
@@ -163,13 +164,15 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn upsert_user(
+    async fn upsert_identity(
         &self,
         issuer: &str,
+        kind: IdentityKind,
         subject: &str,
-        profile: &UserProfile,
+        profile: Option<&UserProfile>,
         now: UnixTime,
     ) -> StoreResult<User> {
+        let empty = UserProfile::default();
         timed(async {
             // G09: the profile as it was, locked until the upsert commits (so that two
             // sign-ins at once compare against what the other wrote), and the change
@@ -180,6 +183,7 @@ impl Store for PostgresStore {
             )
             .bind(issuer)
             .bind(subject)
+            .bind(kind.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -187,9 +191,11 @@ impl Store for PostgresStore {
                 .bind(crate::random::new_uuid().to_string())
                 .bind(issuer)
                 .bind(subject)
-                .bind(&profile.email)
-                .bind(&profile.name)
+                .bind(&profile.unwrap_or(&empty).email)
+                .bind(&profile.unwrap_or(&empty).name)
                 .bind(now)
+                .bind(kind.as_str())
+                .bind(profile.is_some())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
@@ -238,6 +244,7 @@ impl Store for PostgresStore {
             let done = q(&self.sql.import_user)
                 .bind(u.id.to_string())
                 .bind(&u.issuer)
+                .bind(u.kind.as_str())
                 .bind(&u.subject)
                 .bind(&u.email)
                 .bind(&u.name)

@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../migrations/postgres/0004_providers.sql"),
     ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_identity_kinds.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &PgPool, sql: &Queries) -> StoreResult<()> {
@@ -111,14 +115,14 @@ pub(super) struct Queries {
     pub(super) purge: [String; 4],
 }
 
-const USER_COLUMNS: &str = "id, issuer, subject, email, name, created_at, updated_at";
+const USER_COLUMNS: &str = "id, issuer, kind, subject, email, name, created_at, updated_at";
 
 const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
     s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
     s.claims, s.email_verified, s.provider_id, \
-    u.id AS u_id, u.issuer AS u_issuer, u.subject AS u_subject, u.email AS u_email, \
+    u.id AS u_id, u.issuer AS u_issuer, u.kind AS u_kind, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
 /// Announces each row of the CTE `changed` (family_id, id_hash, previous_id_hash) in
@@ -129,16 +133,18 @@ const NOTIFY_CHANGED: &str = "SELECT pg_notify('{p}_feed', 's ' || family_id || 
 // The statements, with `{p}` for the table prefix, `{notify}` for the change-feed
 // announcement and `{session_columns}` / `{user_columns}` for the columns read back.
 
-const UPSERT_USER: &str = "INSERT INTO {p}_users (id, issuer, subject, email, name, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6) \
-         ON CONFLICT (issuer, subject) DO UPDATE SET \
-         email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
+const UPSERT_USER: &str = "INSERT INTO {p}_users (id, issuer, kind, subject, email, name, created_at, updated_at) \
+         VALUES ($1, $2, $7, $3, $4, $5, $6, $6) \
+         ON CONFLICT (issuer, kind, subject) DO UPDATE SET \
+         email = CASE WHEN $8 THEN excluded.email ELSE {p}_users.email END, \
+         name = CASE WHEN $8 THEN excluded.name ELSE {p}_users.name END, \
+         updated_at = excluded.updated_at \
          RETURNING {user_columns}";
-const USER_PROFILE_FOR_UPDATE: &str =
-    "SELECT email, name FROM {p}_users WHERE issuer = $1 AND subject = $2 FOR UPDATE";
+const USER_PROFILE_FOR_UPDATE: &str = "SELECT email, name FROM {p}_users \
+         WHERE issuer = $1 AND subject = $2 AND kind = $3 FOR UPDATE";
 const GET_USER: &str = "SELECT {user_columns} FROM {p}_users WHERE id = $1";
 const LIST_USERS: &str = "SELECT {user_columns} FROM {p}_users WHERE id > $1 ORDER BY id LIMIT $2";
-const IMPORT_USER: &str = "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+const IMPORT_USER: &str = "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT DO NOTHING";
 const CREATE_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, current_seen, user_id, \
          provider_sid, created_at, last_seen_at, idle_expires_at, absolute_expires_at, \
@@ -250,7 +256,7 @@ impl Queries {
                 "provider_sid = $2 AND user_id IN (SELECT id FROM {p}_users WHERE issuer = $1)",
             ),
             delete_by_subject: delete(
-                "user_id IN (SELECT id FROM {p}_users WHERE issuer = $1 AND subject = $2)",
+                "user_id IN (SELECT id FROM {p}_users WHERE issuer = $1 AND subject = $2 AND kind = 'user')",
             ),
             // One reset message rather than one per session: all of them ended.
             delete_all: t(DELETE_ALL),

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::store::id::IdHash;
 use crate::store::{
-    IdMatch, LoginTransaction, NewSession, Sealed, SessionRecord, StoreError, StoreResult,
-    TokenSet, User, UserProfile,
+    IdMatch, IdentityKind, LoginTransaction, NewSession, Sealed, SessionRecord, StoreError,
+    StoreResult, TokenSet, User, UserProfile,
 };
 
 /// Hash fields to write: present values are set, absent ones removed (an absent field
@@ -67,6 +67,7 @@ pub(super) fn user_fields(u: &User) -> Fields {
     let mut f = Fields::default();
     f.put("id", u.id)
         .put("issuer", &u.issuer)
+        .put("kind", u.kind.as_str())
         .put("subject", &u.subject)
         .maybe("email", u.email.as_deref())
         .maybe("name", u.name.as_deref())
@@ -121,10 +122,17 @@ pub(super) fn session_record_fields(s: &SessionRecord) -> Fields {
     f
 }
 
-/// The `user_by_sub` key of (issuer, subject). The issuer is length-prefixed, so no
-/// other pair hashes the same input; the scripts also check the user they find.
-pub(super) fn subject_key(issuer: &str, subject: &str) -> String {
-    crate::random::sha256_hex(format!("{}:{issuer}\n{subject}", issuer.len()).as_bytes())
+/// The `user_by_sub` key of (issuer, kind, subject). The issuer is length-prefixed, so
+/// no other pair hashes the same input; a client's input starts with `client\n`, which
+/// no user's (it starts with a digit) does, so users' keys are the ones made before
+/// kinds were kept. The scripts also check the identity they find.
+pub(super) fn subject_key(issuer: &str, kind: IdentityKind, subject: &str) -> String {
+    let user = format!("{}:{issuer}\n{subject}", issuer.len());
+    let input = match kind {
+        IdentityKind::User => user,
+        IdentityKind::Client => format!("client\n{user}"),
+    };
+    crate::random::sha256_hex(input.as_bytes())
 }
 
 // Values coming back. Nothing read from Redis is trusted to have the expected shape:
@@ -249,6 +257,11 @@ impl Record {
         Ok(User {
             id: self.uuid("id")?,
             issuer: self.text("issuer")?,
+            // Identities from before kinds were kept are users.
+            kind: match self.opt_text("kind") {
+                None => IdentityKind::User,
+                Some(k) => crate::store::rows::kind(&k)?,
+            },
             subject: self.text("subject")?,
             email: self.opt_text("email"),
             name: self.opt_text("name"),

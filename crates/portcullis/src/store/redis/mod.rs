@@ -48,8 +48,8 @@ use uuid::Uuid;
 
 use super::feed::Tasks;
 use super::{
-    ChangeFeed, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store, StoreError,
-    StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, IdentityKind, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
+    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::store::Sealed;
@@ -187,21 +187,23 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn upsert_user(
+    async fn upsert_identity(
         &self,
         issuer: &str,
+        kind: IdentityKind,
         subject: &str,
-        profile: &UserProfile,
+        profile: Option<&UserProfile>,
         now: UnixTime,
     ) -> StoreResult<User> {
         timed(async {
             let args = Args::new()
-                .with(subject_key(issuer, subject))
+                .with(subject_key(issuer, kind, subject))
                 .with(crate::random::new_uuid())
                 .with(issuer)
                 .with(subject)
                 .with(now)
-                .fields(profile_fields(profile));
+                .with(kind.as_str())
+                .fields(profile.map(profile_fields).unwrap_or_default());
             Record::from_value(self.run(&SCRIPTS.upsert_user, args).await?)?.user()
         })
         .await
@@ -240,7 +242,7 @@ impl Store for RedisStore {
     async fn import_user(&self, user: &User) -> StoreResult<bool> {
         timed(async {
             let args = Args::new()
-                .with(subject_key(&user.issuer, &user.subject))
+                .with(subject_key(&user.issuer, user.kind, &user.subject))
                 .with(user.id)
                 .fields(user_fields(user));
             Ok(self.run_int(&SCRIPTS.import_user, args).await? == 1)
@@ -410,7 +412,7 @@ impl Store for RedisStore {
     async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
         timed(async {
             let args = Args::new()
-                .with(subject_key(issuer, subject))
+                .with(subject_key(issuer, IdentityKind::User, subject))
                 .with(issuer)
                 .with(subject);
             let n = self

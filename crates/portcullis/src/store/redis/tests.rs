@@ -641,4 +641,23 @@ async fn a_session_from_before_several_providers_is_defaults() {
     assert_eq!(removed, 1, "the field is where the store keeps it ({key})");
     let got = store.get_session_fresh(&id.hash()).await.unwrap().unwrap();
     assert_eq!(got.provider_id, "default");
+    // An identity from before kinds were kept (no `kind` field) is a user, found by the
+    // key it was made under, and a client of the same subject is another identity.
+    let user_key = format!("{}:user:{}", t.prefix, user.id);
+    let _: i64 = redis::cmd("HDEL")
+        .arg(&user_key)
+        .arg("kind")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let again = store
+        .upsert_identity(&user.issuer, IdentityKind::User, &user.subject, None, 9)
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.kind), (user.id, IdentityKind::User));
+    let client = store
+        .upsert_identity(&user.issuer, IdentityKind::Client, &user.subject, None, 9)
+        .await
+        .unwrap();
+    assert_ne!(client.id, user.id);
 }

@@ -18,8 +18,9 @@ use super::sql::{
     update_tokens_args,
 };
 use super::{
-    ChangeFeed, FeedEvent, LoginTransaction, NewSession, SessionRecord, SigningKeyRecord, Store,
-    StoreError, StoreResult, TokenSet, TransactionLimits, User, UserProfile, timed,
+    ChangeFeed, FeedEvent, IdentityKind, LoginTransaction, NewSession, SessionRecord,
+    SigningKeyRecord, Store, StoreError, StoreResult, TokenSet, TransactionLimits, User,
+    UserProfile, timed,
 };
 use crate::clock::UnixTime;
 use crate::store::id::IdHash;
@@ -118,36 +119,44 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn upsert_user(
+    async fn upsert_identity(
         &self,
         issuer: &str,
+        kind: IdentityKind,
         subject: &str,
-        profile: &UserProfile,
+        profile: Option<&UserProfile>,
         now: UnixTime,
     ) -> StoreResult<User> {
         timed(async {
             let mut w = self.write().await?;
-            let before: Option<(Option<String>, Option<String>)> =
-                sqlx::query_as("SELECT email, name FROM users WHERE issuer = ?1 AND subject = ?2")
-                    .bind(issuer)
-                    .bind(subject)
-                    .fetch_optional(&mut *w.db)
-                    .await
-                    .map_err(unavailable)?;
+            let before: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT email, name FROM users WHERE issuer = ?1 AND subject = ?2 AND kind = ?3",
+            )
+            .bind(issuer)
+            .bind(subject)
+            .bind(kind.as_str())
+            .fetch_optional(&mut *w.db)
+            .await
+            .map_err(unavailable)?;
             let new_id = crate::random::new_uuid();
+            let empty = UserProfile::default();
             let row = sqlx::query(
-                "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
-                 ON CONFLICT (issuer, subject) DO UPDATE SET \
-                   email = excluded.email, name = excluded.name, updated_at = excluded.updated_at \
-                 RETURNING id, issuer, subject, email, name, created_at, updated_at",
+                "INSERT INTO users (id, issuer, kind, subject, email, name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?7, ?3, ?4, ?5, ?6, ?6) \
+                 ON CONFLICT (issuer, kind, subject) DO UPDATE SET \
+                   email = CASE WHEN ?8 THEN excluded.email ELSE users.email END, \
+                   name = CASE WHEN ?8 THEN excluded.name ELSE users.name END, \
+                   updated_at = excluded.updated_at \
+                 RETURNING id, issuer, kind, subject, email, name, created_at, updated_at",
             )
             .bind(new_id.to_string())
             .bind(issuer)
             .bind(subject)
-            .bind(&profile.email)
-            .bind(&profile.name)
+            .bind(&profile.unwrap_or(&empty).email)
+            .bind(&profile.unwrap_or(&empty).name)
             .bind(now)
+            .bind(kind.as_str())
+            .bind(profile.is_some())
             .fetch_one(&mut *w.db)
             .await
             .map_err(unavailable)?;
@@ -165,7 +174,7 @@ impl Store for SqliteStore {
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<User>> {
         timed(async {
             let row = sqlx::query(
-                "SELECT id, issuer, subject, email, name, created_at, updated_at FROM users WHERE id = ?1",
+                "SELECT id, issuer, kind, subject, email, name, created_at, updated_at FROM users WHERE id = ?1",
             )
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -179,7 +188,7 @@ impl Store for SqliteStore {
     async fn list_users(&self, after: Option<Uuid>, limit: u32) -> StoreResult<Vec<User>> {
         timed(async {
             let rows = sqlx::query(
-                "SELECT id, issuer, subject, email, name, created_at, updated_at FROM users \
+                "SELECT id, issuer, kind, subject, email, name, created_at, updated_at FROM users \
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .bind(after.map(|u| u.to_string()).unwrap_or_default())
@@ -196,8 +205,8 @@ impl Store for SqliteStore {
         timed(async {
             let mut w = self.write().await?;
             let done = sqlx::query(
-                "INSERT INTO users (id, issuer, subject, email, name, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                "INSERT INTO users (id, issuer, kind, subject, email, name, created_at, updated_at) \
+                 VALUES (?1, ?2, ?8, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             )
             .bind(u.id.to_string())
             .bind(&u.issuer)
@@ -206,6 +215,7 @@ impl Store for SqliteStore {
             .bind(&u.name)
             .bind(u.created_at)
             .bind(u.updated_at)
+            .bind(u.kind.as_str())
             .execute(&mut *w.db)
             .await
             .map_err(unavailable)?;
@@ -426,7 +436,7 @@ impl Store for SqliteStore {
 
     async fn delete_sessions_by_subject(&self, issuer: &str, subject: &str) -> StoreResult<u64> {
         self.delete_where(
-            "user_id IN (SELECT id FROM users WHERE issuer = ?1 AND subject = ?2)",
+            "user_id IN (SELECT id FROM users WHERE issuer = ?1 AND subject = ?2 AND kind = 'user')",
             &[issuer, subject],
         )
         .await

@@ -10,6 +10,7 @@ use sqlx::{ConnectOptions as _, SqlitePool};
 
 use super::feed::watch_other_processes;
 use super::{SqliteStore, unavailable};
+use crate::store::StoreError;
 use crate::store::feed::Tasks;
 use crate::store::{ChangeFeed, STORE_TIMEOUT, StoreResult};
 
@@ -40,6 +41,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../../migrations/sqlite/0007_providers.sql"),
     ),
+    (
+        8,
+        include_str!("../../../migrations/sqlite/0008_identity_kinds.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
@@ -48,18 +53,47 @@ pub(super) async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
 
 /// Applies the migrations (version, SQL) this database has not seen, in order, each in
 /// its own transaction. Also used by the dev provider for its own database.
+///
+/// They run on one connection with foreign keys off, as SQLite's procedure for changing
+/// a table requires (a rebuilt table is dropped while rows still refer to it), and each
+/// is checked (`PRAGMA foreign_key_check`) before it commits. The connection is closed
+/// afterwards rather than returned to the pool with foreign keys off.
 pub async fn apply_migrations(
     pool: &SqlitePool,
+    migrations: &[(i64, &'static str)],
+) -> StoreResult<()> {
+    let mut conn = pool.acquire().await.map_err(unavailable)?;
+    let result = migrate_on(&mut conn, migrations).await;
+    let restored = sqlx::raw_sql("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await;
+    if result.is_err() || restored.is_err() {
+        // Never back into the pool with foreign keys off.
+        drop(conn.detach());
+    }
+    result?;
+    restored.map_err(unavailable)?;
+    Ok(())
+}
+
+async fn migrate_on(
+    conn: &mut sqlx::SqliteConnection,
     migrations: &[(i64, &'static str)],
 ) -> StoreResult<()> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS portcullis_migrations (version INTEGER PRIMARY KEY NOT NULL, applied_at INTEGER NOT NULL)",
     )
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(unavailable)?;
+    sqlx::raw_sql("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     for (version, sql) in migrations {
-        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         let done: Option<i64> =
             sqlx::query_scalar("SELECT version FROM portcullis_migrations WHERE version = ?1")
                 .bind(version)
@@ -71,6 +105,16 @@ pub async fn apply_migrations(
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+            let dangling = sqlx::query("PRAGMA foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if !dangling.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "migration {version} would leave {} rows referring to nothing",
+                    dangling.len()
+                )));
+            }
             sqlx::query("INSERT INTO portcullis_migrations (version, applied_at) VALUES (?1, strftime('%s','now'))")
                 .bind(version)
                 .execute(&mut *tx)

@@ -86,7 +86,7 @@ async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
 }
 
 /// A database from before several providers (migrations 1–6): its sessions and sign-ins
-/// in flight are the `default` provider's once migrated.
+/// in flight are the `default` provider's once migrated, and its users are users.
 #[tokio::test]
 async fn a_database_from_before_several_providers_keeps_its_sessions_as_defaults() {
     let dir = std::env::temp_dir().join(format!("pc-store-{}", crate::random::random_token()));
@@ -138,6 +138,23 @@ async fn a_database_from_before_several_providers_keeps_its_sessions_as_defaults
     assert_eq!(got.provider_id, "default");
     let tx = store.take_transaction("st").await.unwrap().unwrap();
     assert_eq!(tx.provider_id, "default");
+    // Migration 8 rebuilt `users` keyed (issuer, kind, subject): the session still
+    // finds its user, who is a user, and a client of the same subject is another row.
+    assert_eq!((got.user.id, got.user.kind), (user, IdentityKind::User));
+    let client = store
+        .upsert_identity("https://i", IdentityKind::Client, "s", None, 5)
+        .await
+        .unwrap();
+    assert_ne!(client.id, user);
+    // Foreign keys are on again once the migrations are done.
+    let orphan = sqlx::query(
+        "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, created_at, last_seen_at, \
+         idle_expires_at, absolute_expires_at, token_version, claims, email_verified) \
+         VALUES ('f', 'h', 1, 'nobody', 1, 1, 2, 2, 0, '{}', 0)",
+    )
+    .execute(&store.pool)
+    .await;
+    assert!(orphan.is_err(), "a session of no user is refused");
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
