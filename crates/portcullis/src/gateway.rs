@@ -72,9 +72,16 @@ impl Gateway {
         for settings in crate::provider::ProviderSettings::all_from_config(&config) {
             providers.push(Provider::new(settings, ProviderHttp::new()?));
         }
+        let mut extra = Vec::new();
+        for entry in &config.bearer {
+            if let crate::config::BearerIssuer::Extra(issuer) = &entry.issuer {
+                let settings = crate::provider::ProviderSettings::from_config(&config, issuer);
+                extra.push(Provider::new(settings, ProviderHttp::new()?));
+            }
+        }
         Ok(Self::from_parts(
             config,
-            Providers::new(providers),
+            Providers::new(providers).with_extra_issuers(extra),
             store,
             keys,
             Arc::new(SystemClock),

@@ -219,6 +219,7 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
                 ("x-user-name", "Mallory"),
                 ("x-user-role", "admin"),
                 ("X-User-Provider", "corp"),
+                ("X-User-Auth-Method", "dpop"),
             ],
         )
         .await;
@@ -235,6 +236,11 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
         vec!["default"],
         "exactly one X-User-Provider, the session's"
     );
+    assert_eq!(
+        echoed(&v, "x-user-auth-method"),
+        vec!["session"],
+        "exactly one X-User-Auth-Method, the gateway's"
+    );
     for (name, _) in echoed_headers(&v) {
         let c = name.replace('_', "-");
         assert!(
@@ -243,7 +249,8 @@ async fn p01_spoofed_identity_headers_never_reach_the_upstream() {
                     "x-user-id",
                     "x-user-email",
                     "x-user-name",
-                    "x-user-provider"
+                    "x-user-provider",
+                    "x-user-auth-method"
                 ]
                 .contains(&c.as_str()),
             "{name}"

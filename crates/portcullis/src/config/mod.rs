@@ -13,6 +13,7 @@
 
 mod access;
 mod assertion;
+mod bearer;
 mod csrf;
 mod duration;
 mod env;
@@ -41,6 +42,7 @@ use crate::net::Cidr;
 use crate::path::PathPattern;
 
 pub use access::AccessSettings;
+pub use bearer::{AccessTokenType, BearerIssuer, BearerSettings, DEFAULT_INTROSPECTION_CACHE};
 pub use duration::parse_duration;
 pub use env::{all_keys, env_name};
 pub use limits::LimitSettings;
@@ -89,6 +91,8 @@ pub struct Config {
     pub access: AccessSettings,
     /// `[[routes]]`, in order (file only).
     pub routes: Vec<RouteSettings>,
+    /// `[[bearer]]`, in order (file only): where machine clients' access tokens count.
+    pub bearer: Vec<BearerSettings>,
     /// `proxy.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<Cidr>,
     /// Path patterns whose upstream requests carry `Authorization: Bearer <access token>`.
@@ -217,6 +221,7 @@ struct RawConfig {
     #[serde(default)]
     limits: limits::RawLimits,
     routes: Option<Vec<routes::RawRoute>>,
+    bearer: Option<Vec<bearer::RawBearer>>,
     #[serde(default)]
     assertion: assertion::RawAssertion,
     #[serde(default)]
@@ -263,6 +268,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
     let session = raw.session.validate(errors);
     let access = raw.access.validate(errors);
     let routes = routes::validate(raw.routes, &public_paths, &providers, errors);
+    let bearer = bearer::validate(raw.bearer, &providers, &public_paths, &prefix, errors);
     let trusted_proxies = proxy::trusted_proxies(raw.proxy.trusted_proxies, errors);
     let token_relay = proxy::token_relay(raw.proxy.token_relay, &public_paths, errors);
     let csrf_header = csrf::header(raw.csrf.header, errors);
@@ -308,6 +314,7 @@ fn validate(raw: RawConfig, errors: &mut Vec<String>) -> Option<Config> {
         session,
         access,
         routes,
+        bearer,
         trusted_proxies,
         token_relay,
         csrf_header,

@@ -356,7 +356,7 @@ fn is_id(id: &str) -> bool {
 
 /// `client_secret` or `client_secret_file` (its content, the final line break
 /// dropped), never both.
-fn entry_secret(
+pub(super) fn entry_secret(
     secret: Option<String>,
     file: Option<String>,
     label: &str,

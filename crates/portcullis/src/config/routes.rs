@@ -20,6 +20,9 @@ pub struct RouteSettings {
     pub access: AccessSettings,
     /// `providers`: the provider ids whose users may pass; `None`: any.
     pub providers: Option<Vec<String>>,
+    /// `required_scopes`: each must be granted — to a token (`scope`/`scp`), or to a
+    /// session (the scope its tokens were granted).
+    pub required_scopes: Vec<String>,
 }
 
 /// One `[[routes]]` entry as written.
@@ -32,6 +35,7 @@ pub(super) struct RawRoute {
     allowed_emails: Option<Vec<String>>,
     allowed_email_domains: Option<Vec<String>>,
     providers: Option<Vec<String>>,
+    required_scopes: Option<Vec<String>>,
 }
 
 /// Checks every route, and that none overlaps a public path (a public path is never
@@ -113,11 +117,17 @@ pub(super) fn validate(
                 }
             }
         });
+        let required_scopes = super::bearer::scopes(
+            raw.required_scopes,
+            &format!("{name}.required_scopes"),
+            errors,
+        );
         routes.push(RouteSettings {
             path,
             methods,
             access,
             providers: route_providers,
+            required_scopes,
         });
     }
     routes

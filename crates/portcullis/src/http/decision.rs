@@ -40,7 +40,8 @@ use super::guard::Cidr;
 use super::path::{NormalizedPath, PathError, PathPattern, is_normal_form, normalize_path};
 use super::request::{is_navigation, is_same_origin_write};
 use crate::config::Config;
-use crate::session::routes::RouteRefusal;
+use crate::session::bearer::{TokenIdentity, TokenRequest};
+use crate::session::routes::{Caller, RouteRefusal, session_claims};
 use crate::session::{ActiveSession, Sessions};
 
 /// Which door a request came through.
@@ -131,10 +132,43 @@ impl RequestView<'_> {
     }
 }
 
+/// Who a request passes as: a signed-in session, or the principal of an access token
+/// on a `[[bearer]]` path.
+#[derive(Debug)]
+pub enum Who {
+    Session(ActiveSession),
+    Token(TokenIdentity),
+}
+
+impl Who {
+    /// `X-User-Auth-Method`: `session`, `bearer` or `dpop`.
+    pub fn auth_method(&self) -> &'static str {
+        match self {
+            Self::Session(_) => "session",
+            Self::Token(t) => t.scheme.auth_method(),
+        }
+    }
+
+    /// The identity row (`X-User-Id` is its id).
+    pub fn user(&self) -> &crate::store::User {
+        match self {
+            Self::Session(a) => &a.user,
+            Self::Token(t) => &t.user,
+        }
+    }
+
+    pub fn provider_id(&self) -> &str {
+        match self {
+            Self::Session(a) => &a.record.provider_id,
+            Self::Token(t) => &t.provider_id,
+        }
+    }
+}
+
 /// A user who may pass, with what the app receives besides the identity headers.
 #[derive(Debug)]
 pub struct Identity {
-    pub active: ActiveSession,
+    pub who: Who,
     /// `X-Portcullis-Jwt-Assertion`.
     pub assertion: HeaderValue,
     /// The access token where `proxy.token_relay` matches the decided path.
@@ -322,6 +356,21 @@ impl Decider {
             return verdict(Decision::Refuse(refusal.page(view.is_page())), note);
         }
 
+        if let Some(path) = path
+            && self.sessions.is_token_path(path)
+        {
+            match self.by_token(view, path).await {
+                Ok(None) => {}
+                Ok(Some(identity)) => {
+                    if let Who::Token(t) = &identity.who {
+                        note.user = Some(t.user.id);
+                    }
+                    return verdict(Decision::SignedIn(Box::new(identity)), note);
+                }
+                Err(refusal) => return verdict(Decision::Refuse(refusal), note),
+            }
+        }
+
         let cookie = self.cookies.read(view.headers, CookieKind::Session);
         let active = match cookie.value() {
             None => None,
@@ -450,14 +499,17 @@ impl Decider {
         &self,
         view: &RequestView<'_>,
         path: &NormalizedPath,
-        record: &crate::store::SessionRecord,
+        caller: &Caller<'_>,
+        who: (&str, uuid::Uuid),
+        scheme: Option<crate::session::bearer::Scheme>,
     ) -> Result<(), HttpError> {
         if self.sessions.has_routes()
             && let Err(refusal) =
                 self.sessions
-                    .check_route(&view.method, &view.overrides, path, record)
+                    .check_route(&view.method, &view.overrides, path, caller, who)
         {
             return Err(match refusal {
+                RouteRefusal::Scope(scope) => HttpError::insufficient_scope(&scope, scheme),
                 RouteRefusal::Method => HttpError::new(
                     StatusCode::FORBIDDEN,
                     "method_refused",
@@ -471,6 +523,44 @@ impl Decider {
             });
         }
         Ok(())
+    }
+
+    /// Rule 8: on a `[[bearer]]` path, a request carrying an access token is decided by
+    /// the token alone (never a sign-in: a refusal is 401 or 403 with a challenge);
+    /// `None` when it carries none. CSRF rules do not apply: a browser never attaches
+    /// a token by itself.
+    async fn by_token(
+        &self,
+        view: &RequestView<'_>,
+        path: &NormalizedPath,
+    ) -> Result<Option<Identity>, HttpError> {
+        let htu = format!("{}{}", self.public_origin, path.encoded());
+        let request = TokenRequest {
+            method: view.method.as_str(),
+            path,
+            htu: &htu,
+            headers: view.headers,
+        };
+        let Some(token) = self.sessions.authenticate_token(&request).await? else {
+            return Ok(None);
+        };
+        let caller = Caller {
+            provider_id: &token.provider_id,
+            claims: &|| (*token.claims).clone(),
+            scopes: &token.scopes,
+        };
+        self.check_route(
+            view,
+            path,
+            &caller,
+            ("token", token.user.id),
+            Some(token.scheme),
+        )?;
+        Ok(Some(Identity {
+            assertion: token.assertion.clone(),
+            who: Who::Token(token),
+            relay: None,
+        }))
     }
 
     /// Rules 9–13, for a live session.
@@ -506,7 +596,20 @@ impl Decider {
         }
         let path = view.target.path();
         if let Some(path) = path {
-            self.check_route(view, path, &active.record)?;
+            let record = &active.record;
+            let scopes = self.sessions.session_scopes(record);
+            let caller = Caller {
+                provider_id: &record.provider_id,
+                claims: &|| session_claims(record),
+                scopes: &scopes,
+            };
+            self.check_route(
+                view,
+                path,
+                &caller,
+                (record.id_hash.short(), record.user.id),
+                None,
+            )?;
         }
         let mut relay = None;
         if let Some(path) = path
@@ -535,7 +638,7 @@ impl Decider {
         // pass here. Without one the request does not go on (an app may depend on it).
         let assertion = self.sessions.assertion(&active).await?;
         Ok(Decision::SignedIn(Box::new(Identity {
-            active,
+            who: Who::Session(active),
             assertion,
             relay,
         })))

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use super::pages::message_page;
 use crate::provider::ProviderError;
 use crate::session::SessionError;
+use crate::session::bearer::{Scheme, TokenRefusal};
 use crate::store::StoreError;
 
 /// An error ready to be answered.
@@ -30,6 +31,16 @@ pub struct HttpError {
     pub retry_after: Option<u64>,
     /// The log line written when this error is answered.
     pub log: Option<Box<LogLine>>,
+    /// For an access token's request: `WWW-Authenticate` and a `DPoP-Nonce`.
+    pub challenge: Option<Box<Challenge>>,
+}
+
+/// What an answer to a token request carries besides its status (RFC 6750 §3, RFC 9449
+/// §7.1 and §9).
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    pub www_authenticate: String,
+    pub dpop_nonce: Option<String>,
 }
 
 /// What the log says of an error when it is answered: a fixed sentence, the error's
@@ -74,7 +85,28 @@ impl HttpError {
             retry_url: None,
             retry_after: None,
             log: None,
+            challenge: None,
         }
+    }
+
+    /// 403 `insufficient_scope` naming the scope (RFC 6750 §3.1); with the token's
+    /// scheme, a challenge too.
+    pub fn insufficient_scope(scope: &str, scheme: Option<Scheme>) -> Self {
+        let mut e = Self::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!("This address needs the scope `{scope}`."),
+        );
+        if let Some(scheme) = scheme {
+            e.challenge = Some(Box::new(Challenge {
+                www_authenticate: format!(
+                    "{} error=\"insufficient_scope\", scope=\"{scope}\"",
+                    scheme.challenge()
+                ),
+                dpop_nonce: None,
+            }));
+        }
+        e
     }
 
     /// Says what the log writes when this error is answered.
@@ -148,10 +180,107 @@ impl IntoResponse for HttpError {
                 HeaderValue::from(self.retry_after.unwrap_or(5)),
             );
         }
+        if let Some(c) = &self.challenge {
+            if let Ok(v) = HeaderValue::from_str(&c.www_authenticate) {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            if let Some(n) = c
+                .dpop_nonce
+                .as_deref()
+                .and_then(|n| HeaderValue::from_str(n).ok())
+            {
+                response.headers_mut().insert(
+                    axum::http::HeaderName::from_static(super::headers::DPOP_NONCE),
+                    n,
+                );
+            }
+        }
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+/// The DPoP algorithms a proof may use, as a challenge names them (RFC 9449 §7.1).
+const DPOP_ALGS: &str = "ES256 ES384 RS256 RS384 RS512 PS256 PS384 EdDSA";
+
+/// RFC 6750 §3 and RFC 9449 §7.1: every refusal of a token names the scheme and the
+/// error; never a sign-in redirect, never a page.
+impl From<TokenRefusal> for HttpError {
+    fn from(refusal: TokenRefusal) -> Self {
+        let challenge = |scheme: Scheme, error: &str, nonce: Option<String>| {
+            let algs = match scheme {
+                Scheme::Dpop => format!(" algs=\"{DPOP_ALGS}\","),
+                Scheme::Bearer => String::new(),
+            };
+            Some(Box::new(Challenge {
+                www_authenticate: format!("{}{algs} error=\"{error}\"", scheme.challenge()),
+                dpop_nonce: nonce,
+            }))
+        };
+        let mut e = match refusal {
+            TokenRefusal::Malformed(sentence) => {
+                let mut e = Self::bad_request("invalid_request", sentence);
+                e.challenge = challenge(Scheme::Bearer, "invalid_request", None);
+                e
+            }
+            TokenRefusal::Invalid { code, scheme } => {
+                let mut e = Self::new(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "The access token is not valid here.",
+                )
+                .logged(
+                    LogLevel::Info,
+                    "an access token was refused",
+                    Some(code.to_owned()),
+                );
+                e.challenge = challenge(scheme, "invalid_token", None);
+                e
+            }
+            TokenRefusal::Proof { code, nonce } => {
+                let error = if nonce.is_some() {
+                    "use_dpop_nonce"
+                } else {
+                    "invalid_dpop_proof"
+                };
+                let mut e = Self::new(
+                    StatusCode::UNAUTHORIZED,
+                    if nonce.is_some() {
+                        "use_dpop_nonce"
+                    } else {
+                        "invalid_dpop_proof"
+                    },
+                    "The DPoP proof is not valid for this request.",
+                )
+                .logged(
+                    LogLevel::Info,
+                    "a DPoP proof was refused",
+                    Some(code.to_owned()),
+                );
+                e.challenge = challenge(Scheme::Dpop, error, nonce);
+                e
+            }
+            TokenRefusal::Scope { scope, scheme } => Self::insufficient_scope(&scope, Some(scheme)),
+            TokenRefusal::Access(denied) => Self::new(
+                StatusCode::FORBIDDEN,
+                denied.code(),
+                format!("This token may not be used here: {denied}."),
+            ),
+            TokenRefusal::Unavailable { code } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_check_unavailable",
+                "Access tokens cannot be checked right now. Please try again in a moment.",
+            )
+            .logged(
+                LogLevel::Warn,
+                "an access token could not be checked",
+                Some(code.to_owned()),
+            ),
+        };
+        e.page = false;
+        e
     }
 }
 

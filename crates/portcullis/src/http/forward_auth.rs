@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::decision::{Decider, Decision, Door, Identity, RequestView, Target};
+use super::decision::{Decider, Decision, Door, Identity, RequestView, Target, Who};
 use super::error::HttpError;
 use super::headers::{self, identity_list_value, identity_value};
 use super::request::{is_websocket_handshake, method_overrides};
@@ -33,11 +33,12 @@ const URI_HEADERS: [&str; 3] = ["x-forwarded-uri", "x-original-uri", "x-original
 const METHOD_HEADERS: [&str; 2] = ["x-forwarded-method", "x-original-method"];
 
 /// Every identity header of a forward-auth answer, in this order.
-pub const ANSWER_HEADERS: [&str; 9] = [
+pub const ANSWER_HEADERS: [&str; 10] = [
     headers::USER_ID,
     headers::USER_EMAIL,
     headers::USER_NAME,
     headers::USER_PROVIDER,
+    headers::USER_AUTH_METHOD,
     headers::JWT_ASSERTION,
     "x-auth-request-user",
     "x-auth-request-email",
@@ -135,13 +136,15 @@ pub async fn verify(decider: &Decider, req: Request<Body>, redirect: bool) -> Re
         Decision::Public => identity_answer(None, None, None, headers),
         Decision::SignedIn(identity) => {
             let Identity {
-                active,
+                who,
                 assertion,
                 relay,
             } = *identity;
-            let mut r = identity_answer(Some(&active), Some(assertion), relay, headers);
-            r.headers_mut()
-                .insert(header::VARY, HeaderValue::from_static("Cookie"));
+            let mut r = identity_answer(Some(&who), Some(assertion), relay, headers);
+            r.headers_mut().insert(
+                header::VARY,
+                HeaderValue::from_static("Cookie, Authorization, DPoP"),
+            );
             r
         }
         Decision::SignIn => not_signed_in_answer(decider, &original, page, redirect),
@@ -264,15 +267,17 @@ fn not_signed_in_answer(
 /// without (a public path, a missing claim), so a proxy that copies a header
 /// missing from the answer never copies anything of the client's or a placeholder.
 fn identity_answer(
-    active: Option<&crate::session::ActiveSession>,
+    who: Option<&Who>,
     assertion: Option<HeaderValue>,
     relay: Option<super::decision::RelayHeaders>,
     client: &HeaderMap,
 ) -> Response {
-    let user = active.map(|a| &a.user);
-    let claims: serde_json::Map<String, Value> = active
-        .and_then(|a| serde_json::from_str(&a.record.claims).ok())
-        .unwrap_or_default();
+    let user = who.map(Who::user);
+    let claims: serde_json::Map<String, Value> = match who {
+        Some(Who::Session(a)) => serde_json::from_str(&a.record.claims).unwrap_or_default(),
+        Some(Who::Token(t)) => (*t.claims).clone(),
+        None => Default::default(),
+    };
     let id = user.map(|u| u.id.to_string());
     // G10: each group percent-encoded, so that a name with `,` never splits in two.
     let groups = match claims.get("groups") {
@@ -287,12 +292,14 @@ fn identity_answer(
     let email = user.and_then(|u| u.email.clone());
     let name = user.and_then(|u| u.name.clone());
     let value = |v: Option<String>| v.as_deref().and_then(identity_value);
-    let provider = active.map(|a| a.record.provider_id.clone());
-    let values: [Option<HeaderValue>; 9] = [
+    let provider = who.map(|w| w.provider_id().to_owned());
+    let method = who.map(|w| w.auth_method().to_owned());
+    let values: [Option<HeaderValue>; 10] = [
         value(id.clone()),
         value(email.clone()),
         value(name),
         value(provider),
+        value(method),
         None,
         value(id),
         value(email),
@@ -318,6 +325,11 @@ fn identity_answer(
         Some(relay) => {
             h.insert(header::AUTHORIZATION, relay.authorization);
             h.insert(dpop, relay.dpop.unwrap_or(HeaderValue::from_static("")));
+        }
+        // `strip_authorization`: the app gets neither.
+        None if matches!(who, Some(Who::Token(t)) if t.strip_authorization) => {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(""));
+            h.insert(dpop, HeaderValue::from_static(""));
         }
         None => {
             for name in [header::AUTHORIZATION, dpop] {

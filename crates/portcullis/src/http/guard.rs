@@ -42,7 +42,7 @@ use serde_json::json;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
-use super::decision::{Decider, Decision, Door, Identity, RequestView, Target};
+use super::decision::{Decider, Decision, Door, Identity, RequestView, Target, Who};
 use super::error::HttpError;
 use super::headers;
 use super::path::NormalizedPath;
@@ -233,16 +233,19 @@ impl Guard {
             return next(req).await;
         };
         let Identity {
-            active,
+            who,
             assertion,
             relay,
         } = identity;
         let dpop_relayed = relay.is_some_and(|relay| put_relay(req.headers_mut(), relay));
         let user = CurrentUser {
-            id: active.user.id,
-            email: active.user.email.clone(),
-            name: active.user.name.clone(),
-            session_expires_at: active.expires_at,
+            id: who.user().id,
+            email: who.user().email.clone(),
+            name: who.user().name.clone(),
+            session_expires_at: match &who {
+                Who::Session(active) => active.expires_at,
+                Who::Token(token) => token.expires_at,
+            },
         };
         headers::set_identity(
             req.headers_mut(),
@@ -253,19 +256,30 @@ impl Guard {
                     .encode_lower(&mut Uuid::encode_buffer()),
                 email: user.email.as_deref(),
                 name: user.name.as_deref(),
-                provider: &active.record.provider_id,
+                provider: who.provider_id(),
+                auth_method: who.auth_method(),
             },
         );
         req.headers_mut()
             .insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);
         let foreign = self.decider.is_foreign_origin(req.headers());
-        if websocket {
-            // W02: a tunnel this request opens closes when the session ends.
-            let end = self
-                .decider
-                .sessions()
-                .watch_end(active.family_id, active.record.id_hash.clone());
-            req.extensions_mut().insert(end);
+        match &who {
+            Who::Session(active) if websocket => {
+                // W02: a tunnel this request opens closes when the session ends.
+                let end = self
+                    .decider
+                    .sessions()
+                    .watch_end(active.family_id, active.record.id_hash.clone());
+                req.extensions_mut().insert(end);
+            }
+            // A token-decided request is never relayed: the app gets the client's
+            // `Authorization` and `DPoP`, unless the entry strips them.
+            Who::Token(token) if token.strip_authorization => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+                req.headers_mut()
+                    .remove(HeaderName::from_static(headers::DPOP));
+            }
+            _ => {}
         }
         req.extensions_mut().insert(user);
         let mut response = next(req).await;

@@ -17,6 +17,8 @@ pub const USER_NAME: &str = "x-user-name";
 /// The id of the provider that signed the user in (`[[providers]]`; `default` for the
 /// top-level form).
 pub const USER_PROVIDER: &str = "x-user-provider";
+/// How the request was authenticated: `session`, `bearer` or `dpop`.
+pub const USER_AUTH_METHOD: &str = "x-user-auth-method";
 /// The DPoP proof of a relayed bound token (RFC 9449 §4.1).
 pub const DPOP: &str = "dpop";
 /// A resource server's DPoP nonce (RFC 9449 §9).
@@ -335,22 +337,32 @@ pub struct IdentityValues<'a> {
     pub email: Option<&'a str>,
     pub name: Option<&'a str>,
     pub provider: &'a str,
+    /// `session`, `bearer` or `dpop`.
+    pub auth_method: &'a str,
 }
 
 /// Sets our identity headers (exactly one of each) from the session's user.
 pub fn set_identity(headers: &mut HeaderMap, who: IdentityValues<'_>) {
-    const NAMES: [HeaderName; 4] = [
+    const NAMES: [HeaderName; 5] = [
         HeaderName::from_static(USER_ID),
         HeaderName::from_static(USER_EMAIL),
         HeaderName::from_static(USER_NAME),
         HeaderName::from_static(USER_PROVIDER),
+        HeaderName::from_static(USER_AUTH_METHOD),
     ];
-    let [id_header, email_header, name_header, provider_header] = NAMES;
+    let [
+        id_header,
+        email_header,
+        name_header,
+        provider_header,
+        method_header,
+    ] = NAMES;
     for (header, value) in [
         (id_header, Some(who.id)),
         (email_header, who.email),
         (name_header, who.name),
         (provider_header, Some(who.provider)),
+        (method_header, Some(who.auth_method)),
     ] {
         headers.remove(&header);
         if let Some(v) = value.and_then(identity_value) {
@@ -398,6 +410,7 @@ mod tests {
                 email: Some("a@example.com"),
                 name: Some("Zoë\r\nX-Evil: 1"),
                 provider: "partner",
+                auth_method: "session",
             },
         );
         assert_eq!(h.get_all("x-user-provider").iter().count(), 1);
@@ -628,6 +641,7 @@ mod connection_tests {
                 email: Some("a@example.com"),
                 name: None,
                 provider: "default",
+                auth_method: "session",
             },
         );
         h.insert("host", HeaderValue::from_static("app"));

@@ -85,6 +85,8 @@ pub enum ProofError {
     WrongKey,
     #[error("the DPoP proof lacks the server's current nonce")]
     NonceRequired,
+    #[error("the DPoP proof was used before")]
+    Replayed,
 }
 
 impl ProofError {
@@ -102,6 +104,7 @@ impl ProofError {
             Self::WrongToken => "dpop_wrong_ath",
             Self::WrongKey => "dpop_wrong_key",
             Self::NonceRequired => "use_dpop_nonce",
+            Self::Replayed => "dpop_replayed",
         }
     }
 }

@@ -12,14 +12,7 @@ use super::id_token::{LEEWAY_SECONDS, MAX_SUB_LEN};
 use crate::clock::UnixTime;
 
 /// Which token shapes an entry accepts (`token_types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
-    /// RFC 9068: `typ` is `at+jwt` (or `application/at+jwt`).
-    AtJwt,
-    /// A plain JWT (`typ` absent or `JWT`), as providers that predate RFC 9068 issue;
-    /// then anything shaped like an ID or logout token is refused.
-    Jwt,
-}
+pub use crate::config::AccessTokenType as TokenType;
 
 /// Whom an access token speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

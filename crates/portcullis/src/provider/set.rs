@@ -9,13 +9,31 @@ use super::Provider;
 #[derive(Debug)]
 pub struct Providers {
     list: Vec<Provider>,
+    /// `[[bearer]]` issuers that are not providers (`bearer-N`): their discovery and
+    /// keys verify access tokens; they never sign anyone in.
+    extra: Vec<Provider>,
 }
 
 impl Providers {
     /// The providers, in configuration order. Ids are unique and no two accept one
     /// issuer (the configuration checks both).
     pub fn new(list: Vec<Provider>) -> Self {
-        Self { list }
+        Self {
+            list,
+            extra: Vec::new(),
+        }
+    }
+
+    /// With the `[[bearer]]` entries' extra issuers.
+    pub fn with_extra_issuers(mut self, extra: Vec<Provider>) -> Self {
+        self.extra = extra;
+        self
+    }
+
+    /// The provider or extra issuer `id` whose keys verify a `[[bearer]]` entry's tokens.
+    pub fn token_issuer(&self, id: &str) -> Option<&Provider> {
+        self.get(id)
+            .or_else(|| self.extra.iter().find(|p| p.id() == id))
     }
 
     /// The provider `id`.

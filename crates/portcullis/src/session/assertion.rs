@@ -283,7 +283,13 @@ impl Assertions {
         {
             return Ok(s.header.clone());
         }
-        let token = self.sign(key, record, now, expires_at)?;
+        let subject = AssertedSubject {
+            user,
+            provider_id: &record.provider_id,
+            groups: groups(&record.claims),
+            auth_method: None,
+        };
+        let token = self.sign(key, &subject, now, expires_at)?;
         let mut value =
             HeaderValue::from_str(&token).map_err(|e| AssertionError::Key(e.to_string()))?;
         value.set_sensitive(true);
@@ -301,32 +307,59 @@ impl Assertions {
         Ok(value)
     }
 
-    /// A new assertion for `record`'s user, signed by `key`: the optional claims are left
+    /// A new assertion for the principal of an access token (a `[[bearer]]` request):
+    /// it ends at most [`LIFETIME`] from now and never after the token. Callers keep it
+    /// with the validated token and sign again when it is near its end.
+    pub fn for_token(
+        &self,
+        subject: &AssertedSubject<'_>,
+        token_expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(HeaderValue, UnixTime), AssertionError> {
+        let keys = self.key_set();
+        let key = keys
+            .signing(now)
+            .ok_or_else(|| AssertionError::Key("no signing key is loaded yet".into()))?;
+        let expires_at = (now + LIFETIME).min(token_expires_at).max(now + 1);
+        let token = self.sign(key, subject, now, expires_at)?;
+        let mut value =
+            HeaderValue::from_str(&token).map_err(|e| AssertionError::Key(e.to_string()))?;
+        value.set_sensitive(true);
+        Ok((value, expires_at))
+    }
+
+    /// A new assertion for `subject`, signed by `key`: the optional claims are left
     /// out when it would not fit common header limits.
     fn sign(
         &self,
         key: &LoadedKey,
-        record: &SessionRecord,
+        subject: &AssertedSubject<'_>,
         now: UnixTime,
         expires_at: UnixTime,
     ) -> Result<String, AssertionError> {
-        let user = &record.user;
+        let user = subject.user;
         let mut claims = json!({
             "iss": self.issuer,
             "aud": self.audience,
             "sub": user.id.to_string(),
             "iat": now,
             "exp": expires_at,
-            // The provider that signed the user in (`[[providers]]` id).
-            "idp": record.provider_id,
+            // The provider that signed the user in (`[[providers]]` id), or whose
+            // issuer the access token is from.
+            "idp": subject.provider_id,
         });
+        if let Some(method) = subject.auth_method {
+            // `bearer` or `dpop`; and a client is not a user.
+            claims["auth_method"] = json!(method);
+            claims["kind"] = json!(user.kind.as_str());
+        }
         if let Some(email) = &user.email {
             claims["email"] = json!(email);
         }
         if let Some(name) = &user.name {
             claims["name"] = json!(name);
         }
-        if let Some(groups) = groups(&record.claims) {
+        if let Some(groups) = subject.groups.clone() {
             claims["groups"] = groups;
         }
         let mut header = Header::new(Algorithm::ES256);
@@ -362,9 +395,25 @@ impl Assertions {
     }
 }
 
+/// Whom an assertion speaks for.
+#[derive(Debug)]
+pub struct AssertedSubject<'a> {
+    /// The identity row: `sub` is its id; `email` and `name` as the row has them.
+    pub user: &'a crate::store::User,
+    pub provider_id: &'a str,
+    pub groups: Option<Value>,
+    /// `bearer` or `dpop` for a token's principal; `None` for a session.
+    pub auth_method: Option<&'static str>,
+}
+
 /// `groups` from the kept claims: a list of strings (a single string becomes a list).
 fn groups(claims: &str) -> Option<Value> {
     let claims: serde_json::Map<String, Value> = serde_json::from_str(claims).ok()?;
+    groups_of(&claims)
+}
+
+/// `groups` of a claims object (a single string becomes a list).
+pub fn groups_of(claims: &serde_json::Map<String, Value>) -> Option<Value> {
     match claims.get("groups")? {
         Value::String(s) => Some(json!([s])),
         Value::Array(items) => Some(Value::Array(

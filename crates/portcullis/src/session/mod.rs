@@ -5,6 +5,7 @@
 pub mod access;
 pub mod admin;
 pub mod assertion;
+pub mod bearer;
 pub mod cache;
 pub mod claims;
 pub mod dpop;

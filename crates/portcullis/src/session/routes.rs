@@ -18,6 +18,25 @@ pub enum RouteRefusal {
     Method,
     /// The user does not meet the route's rules.
     Access(AccessDenied),
+    /// A scope the route requires was not granted (RFC 6750 `insufficient_scope`).
+    Scope(String),
+}
+
+/// Whom a route judges: a session's user, or the principal of an access token.
+pub struct Caller<'a> {
+    /// The provider that signed the user in, or whose issuer the token is from.
+    pub provider_id: &'a str,
+    /// The claims the rules read, made only when a rule needs them.
+    pub claims: &'a dyn Fn() -> Map<String, Value>,
+    /// The scope granted: a token's `scope`, or a session's.
+    pub scopes: &'a [String],
+}
+
+impl Caller<'_> {
+    /// The first scope of `required` that was not granted.
+    pub fn missing_scope<'r>(&self, required: &'r [String]) -> Option<&'r String> {
+        required.iter().find(|s| !self.scopes.contains(s))
+    }
 }
 
 #[derive(Debug)]
@@ -30,6 +49,8 @@ struct Route {
     has_rules: bool,
     /// The providers whose users may pass; `None`: any.
     providers: Option<Vec<String>>,
+    /// Scopes the caller must have been granted.
+    required_scopes: Vec<String>,
 }
 
 /// The configured routes, in order.
@@ -59,6 +80,7 @@ impl RouteRules {
                             || !a.required_claims.is_empty(),
                         access: a.clone(),
                         providers: r.providers.clone(),
+                        required_scopes: r.required_scopes.clone(),
                     })
                 })
                 .collect(),
@@ -69,7 +91,7 @@ impl RouteRules {
         self.0.is_empty()
     }
 
-    /// The verdict of the first route matching `path` for this session (`Ok` when no
+    /// The verdict of the first route matching `path` for this caller (`Ok` when no
     /// route matches). Every other method the request may be read as (`overrides`:
     /// method-override headers and `_method`, which Express, Rails, Laravel and Symfony
     /// obey; `None` for an unreadable one) must be allowed too (G04).
@@ -78,7 +100,7 @@ impl RouteRules {
         method: &Method,
         overrides: &[Option<Method>],
         path: &NormalizedPath,
-        record: &SessionRecord,
+        caller: &Caller<'_>,
     ) -> Result<(), RouteRefusal> {
         let Some(route) = self
             .0
@@ -100,14 +122,18 @@ impl RouteRules {
         // G12: a route limited to some providers refuses every other provider's users,
         // whatever their claims say.
         if let Some(ids) = &route.providers
-            && !ids.contains(&record.provider_id)
+            && !ids.iter().any(|id| id == caller.provider_id)
         {
             return Err(RouteRefusal::Access(AccessDenied::ProviderNotAllowed));
+        }
+        // Never skipped, for sessions as for tokens.
+        if let Some(scope) = caller.missing_scope(&route.required_scopes) {
+            return Err(RouteRefusal::Scope(scope.clone()));
         }
         if !route.has_rules {
             return Ok(());
         }
-        match access_refusals(&route.access, &session_claims(record))
+        match access_refusals(&route.access, &(caller.claims)())
             .into_iter()
             .next()
         {
@@ -129,7 +155,7 @@ fn as_get(m: &Method) -> Method {
 /// The claims a session keeps, with `email_verified` as the gateway decided it at the
 /// last sign-in or refresh (`provider.assume_email_verified` included). Unreadable
 /// claims count as none, so every claim rule refuses.
-fn session_claims(record: &SessionRecord) -> Map<String, Value> {
+pub(crate) fn session_claims(record: &SessionRecord) -> Map<String, Value> {
     let mut claims: Map<String, Value> = serde_json::from_str(&record.claims).unwrap_or_default();
     claims.insert(
         "email_verified".to_owned(),

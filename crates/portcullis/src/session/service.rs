@@ -49,6 +49,8 @@ pub struct Sessions {
     pub(crate) dpop: tokio::sync::OnceCell<Arc<crate::jose::dpop::DpopKey>>,
     /// The upstream's latest DPoP nonce, for relayed bound tokens.
     pub(crate) relay_nonces: crate::provider::dpop::Nonces,
+    /// `[[bearer]]`: machine clients' access tokens, and the ones validated.
+    pub(crate) bearer: super::bearer::BearerTokens,
 }
 
 impl Sessions {
@@ -99,6 +101,7 @@ impl Sessions {
             metrics,
             dpop: tokio::sync::OnceCell::new(),
             relay_nonces: Default::default(),
+            bearer: super::bearer::BearerTokens::new(config.bearer.clone()),
             config,
         }
     }
@@ -150,25 +153,37 @@ impl Sessions {
         !self.routes.load().is_empty()
     }
 
-    /// `[[routes]]` for a signed-in request: a refusal is a security event.
+    /// The scope a session was granted, for a route's `required_scopes`: what its
+    /// provider is asked for (the configured `scopes`, else `openid email profile`).
+    pub fn session_scopes(&self, record: &crate::store::SessionRecord) -> Vec<String> {
+        self.config
+            .provider(&record.provider_id)
+            .and_then(|p| p.scopes.clone())
+            .unwrap_or_else(|| ["openid", "email", "profile"].map(str::to_owned).into())
+    }
+
+    /// `[[routes]]` for a signed-in request or a token's: a refusal is a security event
+    /// (`who`: the session's short hash, or `token`, and the identity's id).
     pub fn check_route(
         &self,
         method: &axum::http::Method,
         overrides: &[Option<axum::http::Method>],
         path: &crate::path::NormalizedPath,
-        record: &crate::store::SessionRecord,
+        caller: &super::routes::Caller<'_>,
+        who: (&str, uuid::Uuid),
     ) -> Result<(), super::routes::RouteRefusal> {
-        let verdict = self.routes.load().check(method, overrides, path, record);
+        let verdict = self.routes.load().check(method, overrides, path, caller);
         if let Err(refusal) = &verdict {
             let reason = match refusal {
                 super::routes::RouteRefusal::Method => "method",
                 super::routes::RouteRefusal::Access(denied) => denied.code(),
+                super::routes::RouteRefusal::Scope(_) => "insufficient_scope",
             };
             self.events.count("route_refused");
             tracing::warn!(
                 event = "route_refused",
-                session = record.id_hash.short(),
-                user = %record.user.id,
+                session = who.0,
+                user = %who.1,
                 %method,
                 path = path.as_str(),
                 reason,
