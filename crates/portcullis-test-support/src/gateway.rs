@@ -138,10 +138,23 @@ impl TestGateway {
                 Provider::new(settings, http)
             })
             .collect();
+        // `[[bearer]]` issuers that are not providers.
+        let extra = config
+            .bearer
+            .iter()
+            .filter_map(|e| match &e.issuer {
+                portcullis::config::BearerIssuer::Extra(entry) => Some(Provider::new(
+                    portcullis::provider::ProviderSettings::from_config(&config, entry),
+                    ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout)
+                        .unwrap(),
+                )),
+                portcullis::config::BearerIssuer::Provider(_) => None,
+            })
+            .collect();
         let clock = ManualClock::default();
         let gateway = Arc::new(Gateway::from_parts(
             config,
-            portcullis::provider::Providers::new(providers),
+            portcullis::provider::Providers::new(providers).with_extra_issuers(extra),
             store,
             keys,
             Arc::new(clock.clone()),

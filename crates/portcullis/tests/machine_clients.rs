@@ -1,0 +1,406 @@
+//! Machine clients through the doors (docs/machine-clients.md; docs/security.md G13):
+//! access tokens on `[[bearer]]` paths, signed by the scriptable provider's real keys.
+//! A valid user token and a client token pass with their own identities; every
+//! forgery is 401 with a challenge and the app is never called; DPoP-bound tokens need
+//! a fresh proof on every request, and a proof used at one instance fails at another.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use portcullis_test_support as support;
+
+use portcullis::jose::dpop::DpopKey;
+use serde_json::{Value, json};
+use support::browser::Resp;
+use support::gateway::Options;
+use support::upstream::echoed;
+use support::{Browser, HostileProvider, TestGateway, TestUpstream};
+
+const API: &str = "https://api.example.com";
+
+fn bearer_config(extra: &str) -> String {
+    format!(
+        r#"
+[[bearer]]
+issuer = "default"
+audiences = ["{API}"]
+paths = ["/api/*"]
+{extra}
+
+[[routes]]
+path = "/api/admin/*"
+required_scopes = ["orders:admin"]
+"#
+    )
+}
+
+struct Setup {
+    p: HostileProvider,
+    gw: TestGateway,
+    up: TestUpstream,
+}
+
+async fn setup_with(extra: &str, options: Options) -> Setup {
+    let p = HostileProvider::start().await;
+    let up = TestUpstream::start().await;
+    let mut options = options.env("PORTCULLIS_UPSTREAM", &up.url);
+    options.config_file = Some(bearer_config(extra));
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    Setup { p, gw, up }
+}
+
+async fn setup() -> Setup {
+    setup_with("", Options::default()).await
+}
+
+impl Setup {
+    fn now(&self) -> i64 {
+        self.gw.clock_now()
+    }
+
+    /// An `at+jwt` access token from the provider, with `patch` applied to its claims.
+    fn token(&self, patch: Value) -> String {
+        let now = self.now();
+        let mut c = json!({
+            "iss": self.p.issuer, "aud": API, "exp": now + 300, "iat": now,
+            "client_id": "cli", "sub": "alice", "scope": "orders:read",
+            "email": "alice@example.com", "email_verified": true,
+            "jti": portcullis::random::random_token(),
+        });
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        let mut h = self.p.keys.rs256_header();
+        h["typ"] = json!("at+jwt");
+        self.p.keys.sign_rs256(&h, &c)
+    }
+
+    async fn call(&self, gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+        Browser::new().get(&gw.at(path), headers).await
+    }
+
+    async fn with_token(&self, path: &str, token: &str) -> Resp {
+        let auth = format!("Bearer {token}");
+        self.call(&self.gw, path, &[("authorization", &auth)]).await
+    }
+}
+
+fn header(r: &Resp, name: &str) -> Option<String> {
+    r.headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+fn challenge(r: &Resp) -> String {
+    header(r, "www-authenticate").unwrap_or_default()
+}
+
+/// A JWT's claims, read without verifying (the test's own tokens and assertions).
+fn payload_of(jwt: &str) -> Value {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn g13_a_users_token_passes_as_that_user_and_the_app_gets_the_token_method() {
+    let s = setup().await;
+    let token = s.token(json!({}));
+    let r = s.with_token("/api/orders", &token).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(echoed(&v, "x-user-auth-method"), vec!["bearer"]);
+    assert_eq!(echoed(&v, "x-user-email"), vec!["alice@example.com"]);
+    assert_eq!(echoed(&v, "x-user-provider"), vec!["default"]);
+    let id = echoed(&v, "x-user-id").pop().unwrap();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "the row's UUID, never the sub");
+    // Not relayed: the app gets the client's own Authorization.
+    assert_eq!(echoed(&v, "authorization"), vec![format!("Bearer {token}")]);
+    // The assertion names the method and the kind.
+    let assertion = echoed(&v, "x-portcullis-jwt-assertion").pop().unwrap();
+    let claims = payload_of(&assertion);
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["auth_method"], "bearer");
+    assert_eq!(claims["kind"], "user");
+
+    // The same person signing in with a browser is the same identity.
+    let b = Browser::new();
+    s.p.sign_in(&s.gw, &b).await;
+    let session = b.get(&s.gw.at("/auth/session"), &[]).await.json();
+    assert_eq!(session["user"]["id"], id.as_str());
+    // Off the token paths a token is not looked at: no session, no pass.
+    let elsewhere = s.with_token("/app/orders", &token).await;
+    assert_eq!(elsewhere.status, 401);
+    assert_eq!(s.up.calls(), 1);
+}
+
+#[tokio::test]
+async fn g13_forged_expired_foreign_and_id_tokens_are_401_and_the_app_is_never_called() {
+    let s = setup().await;
+    let now = s.now();
+    let good = s.token(json!({}));
+    let parts: Vec<&str> = good.split('.').collect();
+    let none = format!(
+        "{}.{}.",
+        support::keys::b64(json!({"alg": "none", "typ": "at+jwt"}).to_string()),
+        parts[1]
+    );
+    let hs256 = support::keys::sign_hs256(
+        &s.p.keys.rsa_public_der(),
+        &json!({"alg": "HS256", "typ": "at+jwt", "kid": s.p.keys.rsa_kid}),
+        &payload_of(&good),
+    );
+    let mut id_token_header = s.p.keys.rs256_header();
+    id_token_header["typ"] = json!("JWT");
+    let id_token = s.p.keys.sign_rs256(
+        &id_token_header,
+        &json!({"iss": s.p.issuer, "aud": "app", "sub": "alice", "exp": now + 300,
+                "iat": now, "nonce": "n"}),
+    );
+    let cases = [
+        ("alg none", none),
+        ("HS256 keyed with the public key", hs256),
+        ("another audience", s.token(json!({"aud": "https://other.example"}))),
+        ("expired", s.token(json!({"exp": now - 3600, "iat": now - 7200}))),
+        ("unconfigured issuer", s.token(json!({"iss": "https://evil.example"}))),
+        ("an ID token", id_token),
+        ("not a JWT", "opaque-token-value".to_owned()),
+        ("a bad signature", format!("{}.{}.{}", parts[0], parts[1], &parts[2][..10])),
+    ];
+    for (what, token) in cases {
+        let r = s.with_token("/api/orders", &token).await;
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert!(header(&r, "location").is_none(), "{what}: never a sign-in");
+        assert!(
+            challenge(&r).starts_with("Bearer error=\"invalid_token\""),
+            "{what}: {}",
+            challenge(&r)
+        );
+        assert_eq!(r.json()["error"], "invalid_token", "{what}");
+        // A page navigation with a token is no different.
+        let page = s
+            .call(
+                &s.gw,
+                "/api/orders",
+                &[
+                    ("authorization", &format!("Bearer {token}")),
+                    ("accept", "text/html"),
+                    ("sec-fetch-mode", "navigate"),
+                ],
+            )
+            .await;
+        assert_eq!((page.status, header(&page, "location")), (401, None), "{what}");
+    }
+    assert_eq!(s.up.calls(), 0, "the app was never called");
+    // Another unknown key: the provider's JWKS does not hold it.
+    let mut h = s.p.keys.rs256_header();
+    h["kid"] = json!("not-a-key-of-theirs");
+    h["typ"] = json!("at+jwt");
+    let unknown = support::keys::TestKeys::generate("stranger").sign_rs256(&h, &json!({
+        "iss": s.p.issuer, "aud": API, "exp": now + 300, "iat": now, "sub": "alice"
+    }));
+    assert_eq!(s.with_token("/api/orders", &unknown).await.status, 401);
+    assert_eq!(s.up.calls(), 0);
+    assert!(s.with_token("/api/orders", &good).await.status == 200);
+}
+
+#[tokio::test]
+async fn g13_a_client_named_like_a_user_gets_its_own_identity_and_no_email() {
+    let s = setup().await;
+    let user = s.with_token("/api/orders", &s.token(json!({}))).await.json();
+    // Client credentials: `sub` = `client_id` = the user's `sub`.
+    let client_token = s.token(json!({
+        "client_id": "alice", "sub": "alice", "email": "alice@example.com"
+    }));
+    let client = s.with_token("/api/orders", &client_token).await;
+    assert_eq!(client.status, 200, "{}", client.body);
+    let client = client.json();
+    assert_ne!(
+        echoed(&client, "x-user-id"),
+        echoed(&user, "x-user-id"),
+        "a client never gets a user's id"
+    );
+    assert!(echoed(&client, "x-user-email").is_empty(), "no email for a client");
+    // No `sub` at all: the client too.
+    let no_sub = s.token(json!({"client_id": "alice", "sub": null}));
+    let again = s.with_token("/api/orders", &no_sub).await.json();
+    assert_eq!(echoed(&again, "x-user-id"), echoed(&client, "x-user-id"));
+}
+
+#[tokio::test]
+async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
+    let s = setup_with(
+        "required_scopes = [\"orders:read\"]",
+        Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
+    )
+    .await;
+    assert_eq!(s.with_token("/api/orders", &s.token(json!({}))).await.status, 200);
+    let client = s.token(json!({"client_id": "svc", "sub": null}));
+    let r = s.with_token("/api/orders", &client).await;
+    assert_eq!(r.status, 403, "[access] fails closed for a client: {}", r.body);
+    let other = s.token(json!({"email": "eve@evil.example"}));
+    assert_eq!(s.with_token("/api/orders", &other).await.status, 403);
+    // The entry's scope.
+    let r = s
+        .with_token("/api/orders", &s.token(json!({"scope": "profile"})))
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "insufficient_scope");
+    assert!(challenge(&r).contains("scope=\"orders:read\""), "{}", challenge(&r));
+    // A route's scope, for tokens…
+    let r = s.with_token("/api/admin/users", &s.token(json!({}))).await;
+    assert_eq!(r.status, 403);
+    assert!(challenge(&r).contains("insufficient_scope"));
+    let admin = s.token(json!({"scope": "orders:read orders:admin"}));
+    assert_eq!(s.with_token("/api/admin/users", &admin).await.status, 200);
+    // …and for sessions, against their scope (`openid email profile`).
+    let b = Browser::new();
+    s.p.sign_in(&s.gw, &b).await;
+    let r = b
+        .get(&s.gw.at("/api/admin/users"), &[("accept", "application/json")])
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "insufficient_scope");
+}
+
+#[tokio::test]
+async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
+    let s = setup_with(
+        "",
+        Options {
+            file_store: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let second = TestGateway::start_with(
+        &s.p.issuer,
+        Options {
+            db_path: s.gw.db_path.clone(),
+            secret: Some(s.gw.secret),
+            config_file: Some(bearer_config("")),
+            ..Default::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &s.up.url),
+    )
+    .await;
+    let (key, _) = DpopKey::generate().unwrap();
+    let token = s.token(json!({"cnf": {"jkt": key.jkt()}}));
+    let htu = format!("{}/api/orders", s.gw.url);
+    let now = s.now();
+    let proof = key.proof("GET", &htu, None, Some(&token), now).unwrap();
+    let dpop = |proof: &str| -> Vec<(String, String)> {
+        vec![
+            ("authorization".into(), format!("DPoP {token}")),
+            ("dpop".into(), proof.to_owned()),
+        ]
+    };
+    let call = |gw: &TestGateway, headers: Vec<(String, String)>| {
+        let url = gw.at("/api/orders");
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Browser::new().get(&url, &h).await
+        }
+    };
+    // A bound token as Bearer (RFC 9449 §7.2).
+    let r = s.with_token("/api/orders", &token).await;
+    assert_eq!(r.status, 401);
+    assert!(challenge(&r).starts_with("Bearer error=\"invalid_token\""));
+    // No proof.
+    let r = call(&s.gw, vec![("authorization".into(), format!("DPoP {token}"))]).await;
+    assert_eq!(r.status, 401);
+    assert!(challenge(&r).starts_with("DPoP algs="), "{}", challenge(&r));
+    assert!(challenge(&r).contains("invalid_dpop_proof"));
+    // A valid proof passes.
+    let r = call(&s.gw, dpop(&proof)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-auth-method"), vec!["dpop"]);
+    // The same proof again, here or at the other instance (the replay cache is the store's).
+    for gw in [&s.gw, &second] {
+        let r = call(gw, dpop(&proof)).await;
+        assert_eq!(r.status, 401, "a replayed proof");
+        assert!(challenge(&r).contains("invalid_dpop_proof"));
+    }
+    // Another method, another URI, another key.
+    let wrong_htm = key.proof("POST", &htu, None, Some(&token), now).unwrap();
+    let wrong_htu = key
+        .proof("GET", &format!("{}/api/other", s.gw.url), None, Some(&token), now)
+        .unwrap();
+    let (other_key, _) = DpopKey::generate().unwrap();
+    let wrong_key = other_key.proof("GET", &htu, None, Some(&token), now).unwrap();
+    for (what, p) in [("htm", wrong_htm), ("htu", wrong_htu), ("key", wrong_key)] {
+        let r = call(&s.gw, dpop(&p)).await;
+        assert_eq!(r.status, 401, "wrong {what}");
+    }
+    // A fresh proof at the second instance (whose public URL is its own) passes.
+    let second_htu = format!("{}/api/orders", second.url);
+    let fresh = key.proof("GET", &second_htu, None, Some(&token), now).unwrap();
+    assert_eq!(call(&second, dpop(&fresh)).await.status, 200);
+    assert_eq!(s.up.calls(), 2);
+}
+
+#[tokio::test]
+async fn g13_dpop_nonces_are_asked_for_and_good_at_every_instance() {
+    let s = setup_with("dpop_nonce = true", Options { file_store: true, ..Default::default() }).await;
+    let (key, _) = DpopKey::generate().unwrap();
+    let token = s.token(json!({"cnf": {"jkt": key.jkt()}}));
+    let htu = format!("{}/api/orders", s.gw.url);
+    let now = s.now();
+    let send = |proof: String| {
+        let (url, auth) = (s.gw.at("/api/orders"), format!("DPoP {token}"));
+        async move {
+            Browser::new()
+                .get(&url, &[("authorization", &auth), ("dpop", &proof)])
+                .await
+        }
+    };
+    let r = send(key.proof("GET", &htu, None, Some(&token), now).unwrap()).await;
+    assert_eq!(r.status, 401);
+    assert!(challenge(&r).contains("use_dpop_nonce"), "{}", challenge(&r));
+    let nonce = header(&r, "dpop-nonce").expect("a nonce to use");
+    let r = send(key.proof("GET", &htu, Some(&nonce), Some(&token), now).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(key.proof("GET", &htu, Some("made-up"), Some(&token), now).unwrap()).await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn g13_forward_auth_answers_tokens_like_the_proxy() {
+    let s = setup_with(
+        "strip_authorization = true",
+        Options::default().env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1/32"),
+    )
+    .await;
+    let verify = |token: &str| {
+        let (url, auth) = (s.gw.at("/auth/verify"), format!("Bearer {token}"));
+        async move {
+            Browser::new()
+                .get(
+                    &url,
+                    &[
+                        ("authorization", &auth),
+                        ("x-forwarded-uri", "/api/orders"),
+                        ("x-forwarded-method", "GET"),
+                    ],
+                )
+                .await
+        }
+    };
+    let ok = verify(&s.token(json!({}))).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(header(&ok, "x-user-auth-method").as_deref(), Some("bearer"));
+    assert_eq!(header(&ok, "authorization").as_deref(), Some(""), "stripped");
+    let bad = verify(&s.token(json!({"aud": "https://other.example"}))).await;
+    assert_eq!(bad.status, 401);
+    assert!(header(&bad, "location").is_none());
+    assert!(challenge(&bad).starts_with("Bearer error=\"invalid_token\""));
+    // Through the reverse proxy the app gets neither header.
+    let r = s.with_token("/api/orders", &s.token(json!({}))).await.json();
+    assert!(echoed(&r, "authorization").is_empty());
+}
