@@ -424,7 +424,7 @@ mutate $S/session/login.rs '            if tx.provider_id != callback_provider {
 mutate $S/provider/authorize.rs 'Some(found) if settings.accepts_issuer(found) => Ok(()),' 'Some(_) => Ok(()),' $P g12_partners_iss_at_corps_callback
 mutate $S/provider/set.rs '        Some((self.by_issuer(&iss)?, iss))' '        Some((self.list.first()?, iss))' $P g12_a_logout_token_signed_by_partner
 mutate $S/session/providers.rs '            claims.insert("email_verified".to_owned(), Value::Bool(false));' '' $P g12_noauth
-mutate $S/session/routes.rs '            && !ids.contains(&record.provider_id)' '            && ids.is_empty()' $P the_same_address_at_two_providers
+mutate $S/session/routes.rs '            && !ids.iter().any(|id| id == caller.provider_id)' '            && ids.is_empty()' $P the_same_address_at_two_providers
 mutate $S/provider/mod.rs '            .any(|t| t == tid)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/provider/mod.rs '            .any(|t| self.issuer.replace(crate::config::TENANT_PLACEHOLDER, t) == iss)' '            .any(|_| true)' $P g12_a_tenant_outside_allowed_tenants
 mutate $S/session/lookup.rs '        if self.providers.get(&record.provider_id).is_none() {' '        if false {' $P a_session_of_a_removed_provider
@@ -432,6 +432,18 @@ mutate $S/session/providers.rs '            refusals.extend(access_refusals(own,
 mutate $S/config/providers.rs '            if let Some(other) = issuers.insert(iss.clone(), &p.id) {' '            if let Some(other) = issuers.insert(iss.clone(), &p.id).filter(|_| false) {' lib entries_are_checked_alone_and_together
 mutate $S/config/spa.rs '                if code_exchange {' '                if false {' lib routes_and_the_spa_exchange_name_providers
 mutate $S/config/providers.rs '        Some(_) if top_level => {' '        Some(_) if false => {' lib never_both_forms_environment_included
+
+# G13: machine clients' access tokens (docs/machine-clients.md).
+M=machine_clients
+mutate $S/session/bearer.rs '            (Some(_), Scheme::Bearer) => {' '            (Some(_), Scheme::Bearer) if false => {' $M g13_dpop_bound_tokens
+mutate $S/session/bearer.rs '            Ok(false) => Err(proof_error(ProofError::Replayed)),' '            Ok(false) => Ok(()),' $M g13_dpop_bound_tokens
+mutate $S/session/bearer.rs '                self.check_proof(request, presented.token, jkt, index, now)' '                self.check_proof(request, presented.token, jkt, index, now).or(Ok::<(), TokenRefusal>(()))' $M g13_dpop_bound_tokens
+mutate $S/store/redis/fields.rs '        IdentityKind::Client => format!("client\n{user}"),' '        IdentityKind::Client => user,' lib users_are_keyed
+mutate $S/session/bearer.rs '            Principal::Client => {' '            Principal::Client if false => {' $M g13_a_client_named_like_a_user
+mutate $S/session/bearer.rs '                        e.audiences.iter().any(|a| aud.contains(a))' '                        true' $M g13_forged_expired
+mutate $S/session/routes.rs '        if let Some(scope) = caller.missing_scope(&route.required_scopes) {' '        if let Some(scope) = caller.missing_scope(&[]) {' $M g13_email_rules_refuse_clients
+mutate $S/session/bearer.rs '        if entry.access' '        if false' $M g13_email_rules_refuse_clients
+mutate $S/session/bearer.rs '            if !fresh(window) && !fresh(window - 1) {' '            if false {' $M g13_dpop_nonces
 
 echo
 if $patterns_only; then

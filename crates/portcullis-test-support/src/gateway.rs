@@ -145,8 +145,11 @@ impl TestGateway {
             .filter_map(|e| match &e.issuer {
                 portcullis::config::BearerIssuer::Extra(entry) => Some(Provider::new(
                     portcullis::provider::ProviderSettings::from_config(&config, entry),
-                    ProviderHttp::with_timeouts(Duration::from_secs(2), options.provider_total_timeout)
-                        .unwrap(),
+                    ProviderHttp::with_timeouts(
+                        Duration::from_secs(2),
+                        options.provider_total_timeout,
+                    )
+                    .unwrap(),
                 )),
                 portcullis::config::BearerIssuer::Provider(_) => None,
             })

@@ -366,6 +366,55 @@ async fn relayed_tokens_and_their_proofs_reach_the_app(kind: Proxy) {
     }
 }
 
+/// G13 behind the proxy: on a `[[bearer]]` path a refused token gets the gateway's
+/// RFC 6750 answer (401 with one `WWW-Authenticate`, never a `Location`, the app never
+/// called), and a session's request reaches the app as `X-User-Auth-Method: session`,
+/// never the client's copy.
+async fn refused_tokens_get_the_challenge_and_the_auth_method_is_ours(kind: Proxy) {
+    let config = "[[bearer]]\nissuer = \"default\"\naudiences = [\"https://api.example.com\"]\npaths = [\"/api/*\"]\n";
+    let Some(f) = Front::start_with(kind, Some(config.to_owned())).await else {
+        return;
+    };
+    let anonymous = Browser::new();
+    for accept in ["application/json", "text/html"] {
+        let r = anonymous
+            .get(
+                &f.at("/api/orders"),
+                &[
+                    ("authorization", "Bearer not.a-valid.token"),
+                    ("accept", accept),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 401, "{accept}: {}", r.body);
+        assert!(r.location().is_none(), "{accept}: never a sign-in");
+        let challenges: Vec<_> = r.headers.get_all("www-authenticate").iter().collect();
+        assert_eq!(challenges.len(), 1, "{accept}: {challenges:?}");
+        assert!(
+            challenges[0]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer error=\"invalid_token\""),
+            "{challenges:?}"
+        );
+    }
+    assert_eq!(f.up.calls(), 0, "the app was never called");
+    let b = f.signed_in("alice").await;
+    let r = f
+        .api(
+            &b,
+            Method::GET,
+            "/api/orders",
+            &[("x-user-auth-method", "dpop")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        echoed(&r.json(), "x-user-auth-method"),
+        vec!["session".to_owned()]
+    );
+}
+
 macro_rules! behind_each_proxy {
     ($($name:ident),* $(,)?) => {
         mod nginx {
@@ -396,4 +445,5 @@ behind_each_proxy!(
     routing_and_identity_headers_never_reach_the_app,
     websockets_pass_from_our_origin_only,
     relayed_tokens_and_their_proofs_reach_the_app,
+    refused_tokens_get_the_challenge_and_the_auth_method_is_ours,
 );

@@ -89,9 +89,7 @@ impl Setup {
 }
 
 fn header(r: &Resp, name: &str) -> Option<String> {
-    r.headers
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
+    r.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }
 
 fn challenge(r: &Resp) -> String {
@@ -119,7 +117,10 @@ async fn g13_a_users_token_passes_as_that_user_and_the_app_gets_the_token_method
     assert_eq!(echoed(&v, "x-user-email"), vec!["alice@example.com"]);
     assert_eq!(echoed(&v, "x-user-provider"), vec!["default"]);
     let id = echoed(&v, "x-user-id").pop().unwrap();
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "the row's UUID, never the sub");
+    assert!(
+        uuid::Uuid::parse_str(&id).is_ok(),
+        "the row's UUID, never the sub"
+    );
     // Not relayed: the app gets the client's own Authorization.
     assert_eq!(echoed(&v, "authorization"), vec![format!("Bearer {token}")]);
     // The assertion names the method and the kind.
@@ -166,12 +167,24 @@ async fn g13_forged_expired_foreign_and_id_tokens_are_401_and_the_app_is_never_c
     let cases = [
         ("alg none", none),
         ("HS256 keyed with the public key", hs256),
-        ("another audience", s.token(json!({"aud": "https://other.example"}))),
-        ("expired", s.token(json!({"exp": now - 3600, "iat": now - 7200}))),
-        ("unconfigured issuer", s.token(json!({"iss": "https://evil.example"}))),
+        (
+            "another audience",
+            s.token(json!({"aud": "https://other.example"})),
+        ),
+        (
+            "expired",
+            s.token(json!({"exp": now - 3600, "iat": now - 7200})),
+        ),
+        (
+            "unconfigured issuer",
+            s.token(json!({"iss": "https://evil.example"})),
+        ),
         ("an ID token", id_token),
         ("not a JWT", "opaque-token-value".to_owned()),
-        ("a bad signature", format!("{}.{}.{}", parts[0], parts[1], &parts[2][..10])),
+        (
+            "a bad signature",
+            format!("{}.{}.{}", parts[0], parts[1], &parts[2][..10]),
+        ),
     ];
     for (what, token) in cases {
         let r = s.with_token("/api/orders", &token).await;
@@ -195,16 +208,23 @@ async fn g13_forged_expired_foreign_and_id_tokens_are_401_and_the_app_is_never_c
                 ],
             )
             .await;
-        assert_eq!((page.status, header(&page, "location")), (401, None), "{what}");
+        assert_eq!(
+            (page.status, header(&page, "location")),
+            (401, None),
+            "{what}"
+        );
     }
     assert_eq!(s.up.calls(), 0, "the app was never called");
     // Another unknown key: the provider's JWKS does not hold it.
     let mut h = s.p.keys.rs256_header();
     h["kid"] = json!("not-a-key-of-theirs");
     h["typ"] = json!("at+jwt");
-    let unknown = support::keys::TestKeys::generate("stranger").sign_rs256(&h, &json!({
-        "iss": s.p.issuer, "aud": API, "exp": now + 300, "iat": now, "sub": "alice"
-    }));
+    let unknown = support::keys::TestKeys::generate("stranger").sign_rs256(
+        &h,
+        &json!({
+            "iss": s.p.issuer, "aud": API, "exp": now + 300, "iat": now, "sub": "alice"
+        }),
+    );
     assert_eq!(s.with_token("/api/orders", &unknown).await.status, 401);
     assert_eq!(s.up.calls(), 0);
     assert!(s.with_token("/api/orders", &good).await.status == 200);
@@ -213,7 +233,10 @@ async fn g13_forged_expired_foreign_and_id_tokens_are_401_and_the_app_is_never_c
 #[tokio::test]
 async fn g13_a_client_named_like_a_user_gets_its_own_identity_and_no_email() {
     let s = setup().await;
-    let user = s.with_token("/api/orders", &s.token(json!({}))).await.json();
+    let user = s
+        .with_token("/api/orders", &s.token(json!({})))
+        .await
+        .json();
     // Client credentials: `sub` = `client_id` = the user's `sub`.
     let client_token = s.token(json!({
         "client_id": "alice", "sub": "alice", "email": "alice@example.com"
@@ -226,7 +249,10 @@ async fn g13_a_client_named_like_a_user_gets_its_own_identity_and_no_email() {
         echoed(&user, "x-user-id"),
         "a client never gets a user's id"
     );
-    assert!(echoed(&client, "x-user-email").is_empty(), "no email for a client");
+    assert!(
+        echoed(&client, "x-user-email").is_empty(),
+        "no email for a client"
+    );
     // No `sub` at all: the client too.
     let no_sub = s.token(json!({"client_id": "alice", "sub": null}));
     let again = s.with_token("/api/orders", &no_sub).await.json();
@@ -240,10 +266,19 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
         Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
     )
     .await;
-    assert_eq!(s.with_token("/api/orders", &s.token(json!({}))).await.status, 200);
+    assert_eq!(
+        s.with_token("/api/orders", &s.token(json!({})))
+            .await
+            .status,
+        200
+    );
     let client = s.token(json!({"client_id": "svc", "sub": null}));
     let r = s.with_token("/api/orders", &client).await;
-    assert_eq!(r.status, 403, "[access] fails closed for a client: {}", r.body);
+    assert_eq!(
+        r.status, 403,
+        "[access] fails closed for a client: {}",
+        r.body
+    );
     let other = s.token(json!({"email": "eve@evil.example"}));
     assert_eq!(s.with_token("/api/orders", &other).await.status, 403);
     // The entry's scope.
@@ -252,7 +287,11 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "insufficient_scope");
-    assert!(challenge(&r).contains("scope=\"orders:read\""), "{}", challenge(&r));
+    assert!(
+        challenge(&r).contains("scope=\"orders:read\""),
+        "{}",
+        challenge(&r)
+    );
     // A route's scope, for tokens…
     let r = s.with_token("/api/admin/users", &s.token(json!({}))).await;
     assert_eq!(r.status, 403);
@@ -263,7 +302,10 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
     let b = Browser::new();
     s.p.sign_in(&s.gw, &b).await;
     let r = b
-        .get(&s.gw.at("/api/admin/users"), &[("accept", "application/json")])
+        .get(
+            &s.gw.at("/api/admin/users"),
+            &[("accept", "application/json")],
+        )
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "insufficient_scope");
@@ -304,7 +346,10 @@ async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
     let call = |gw: &TestGateway, headers: Vec<(String, String)>| {
         let url = gw.at("/api/orders");
         async move {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             Browser::new().get(&url, &h).await
         }
     };
@@ -313,7 +358,11 @@ async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
     assert_eq!(r.status, 401);
     assert!(challenge(&r).starts_with("Bearer error=\"invalid_token\""));
     // No proof.
-    let r = call(&s.gw, vec![("authorization".into(), format!("DPoP {token}"))]).await;
+    let r = call(
+        &s.gw,
+        vec![("authorization".into(), format!("DPoP {token}"))],
+    )
+    .await;
     assert_eq!(r.status, 401);
     assert!(challenge(&r).starts_with("DPoP algs="), "{}", challenge(&r));
     assert!(challenge(&r).contains("invalid_dpop_proof"));
@@ -330,24 +379,41 @@ async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
     // Another method, another URI, another key.
     let wrong_htm = key.proof("POST", &htu, None, Some(&token), now).unwrap();
     let wrong_htu = key
-        .proof("GET", &format!("{}/api/other", s.gw.url), None, Some(&token), now)
+        .proof(
+            "GET",
+            &format!("{}/api/other", s.gw.url),
+            None,
+            Some(&token),
+            now,
+        )
         .unwrap();
     let (other_key, _) = DpopKey::generate().unwrap();
-    let wrong_key = other_key.proof("GET", &htu, None, Some(&token), now).unwrap();
+    let wrong_key = other_key
+        .proof("GET", &htu, None, Some(&token), now)
+        .unwrap();
     for (what, p) in [("htm", wrong_htm), ("htu", wrong_htu), ("key", wrong_key)] {
         let r = call(&s.gw, dpop(&p)).await;
         assert_eq!(r.status, 401, "wrong {what}");
     }
     // A fresh proof at the second instance (whose public URL is its own) passes.
     let second_htu = format!("{}/api/orders", second.url);
-    let fresh = key.proof("GET", &second_htu, None, Some(&token), now).unwrap();
+    let fresh = key
+        .proof("GET", &second_htu, None, Some(&token), now)
+        .unwrap();
     assert_eq!(call(&second, dpop(&fresh)).await.status, 200);
     assert_eq!(s.up.calls(), 2);
 }
 
 #[tokio::test]
 async fn g13_dpop_nonces_are_asked_for_and_good_at_every_instance() {
-    let s = setup_with("dpop_nonce = true", Options { file_store: true, ..Default::default() }).await;
+    let s = setup_with(
+        "dpop_nonce = true",
+        Options {
+            file_store: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let (key, _) = DpopKey::generate().unwrap();
     let token = s.token(json!({"cnf": {"jkt": key.jkt()}}));
     let htu = format!("{}/api/orders", s.gw.url);
@@ -362,11 +428,23 @@ async fn g13_dpop_nonces_are_asked_for_and_good_at_every_instance() {
     };
     let r = send(key.proof("GET", &htu, None, Some(&token), now).unwrap()).await;
     assert_eq!(r.status, 401);
-    assert!(challenge(&r).contains("use_dpop_nonce"), "{}", challenge(&r));
+    assert!(
+        challenge(&r).contains("use_dpop_nonce"),
+        "{}",
+        challenge(&r)
+    );
     let nonce = header(&r, "dpop-nonce").expect("a nonce to use");
-    let r = send(key.proof("GET", &htu, Some(&nonce), Some(&token), now).unwrap()).await;
+    let r = send(
+        key.proof("GET", &htu, Some(&nonce), Some(&token), now)
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = send(key.proof("GET", &htu, Some("made-up"), Some(&token), now).unwrap()).await;
+    let r = send(
+        key.proof("GET", &htu, Some("made-up"), Some(&token), now)
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 401);
 }
 
@@ -395,12 +473,19 @@ async fn g13_forward_auth_answers_tokens_like_the_proxy() {
     let ok = verify(&s.token(json!({}))).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(header(&ok, "x-user-auth-method").as_deref(), Some("bearer"));
-    assert_eq!(header(&ok, "authorization").as_deref(), Some(""), "stripped");
+    assert_eq!(
+        header(&ok, "authorization").as_deref(),
+        Some(""),
+        "stripped"
+    );
     let bad = verify(&s.token(json!({"aud": "https://other.example"}))).await;
     assert_eq!(bad.status, 401);
     assert!(header(&bad, "location").is_none());
     assert!(challenge(&bad).starts_with("Bearer error=\"invalid_token\""));
     // Through the reverse proxy the app gets neither header.
-    let r = s.with_token("/api/orders", &s.token(json!({}))).await.json();
+    let r = s
+        .with_token("/api/orders", &s.token(json!({})))
+        .await
+        .json();
     assert!(echoed(&r, "authorization").is_empty());
 }

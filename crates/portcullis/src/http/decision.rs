@@ -18,7 +18,11 @@
 //! 6. Forward-auth from an untrusted peer (no path believed) while routes or token
 //!    relay are configured → 403 `untrusted_forwarder` (P05).
 //! 7. A CORS preflight from a foreign origin → 403 `cross_origin` (S06).
-//! 8. No live session → sign in; a store or provider outage → 503 (S04, R05).
+//! 8. On a `[[bearer]]` path, a request carrying `Authorization: Bearer|DPoP` is
+//!    decided by its access token alone (`session::bearer`, G13): 401 `invalid_token`
+//!    or 403 `insufficient_scope` with a challenge, never a sign-in; a valid token then
+//!    meets `[[routes]]` (rule 11) and passes as its principal, without CSRF rules.
+//!    No live session → sign in; a store or provider outage → 503 (S04, R05).
 //! 9. A write — any method the request may be read as (G04) — not from this site →
 //!    403 `csrf_refused` (S06).
 //! 10. A WebSocket handshake, by any signal (G02), from a foreign `Origin` → 403
@@ -136,8 +140,8 @@ impl RequestView<'_> {
 /// on a `[[bearer]]` path.
 #[derive(Debug)]
 pub enum Who {
-    Session(ActiveSession),
-    Token(TokenIdentity),
+    Session(Box<ActiveSession>),
+    Token(Box<TokenIdentity>),
 }
 
 impl Who {
@@ -558,7 +562,7 @@ impl Decider {
         )?;
         Ok(Some(Identity {
             assertion: token.assertion.clone(),
-            who: Who::Token(token),
+            who: Who::Token(Box::new(token)),
             relay: None,
         }))
     }
@@ -638,7 +642,7 @@ impl Decider {
         // pass here. Without one the request does not go on (an app may depend on it).
         let assertion = self.sessions.assertion(&active).await?;
         Ok(Decision::SignedIn(Box::new(Identity {
-            who: Who::Session(active),
+            who: Who::Session(Box::new(active)),
             assertion,
             relay,
         })))

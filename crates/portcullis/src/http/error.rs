@@ -22,7 +22,7 @@ pub struct HttpError {
     pub code: &'static str,
     pub message: String,
     /// Shown on pages only (e.g. the provider's escaped `error_description`).
-    pub detail: Option<String>,
+    pub detail: Option<Box<str>>,
     /// Answer with HTML (navigation) rather than JSON.
     pub page: bool,
     /// Where a "try again" link points, for pages.
@@ -372,7 +372,7 @@ fn setup_refusal(e: &ProviderError, code: &'static str, detail: Option<String>) 
                 "the provider's metadata cannot support provider.profile = fapi2",
                 detail,
             );
-            e.detail = Some(format!("The provider's metadata: {reasons}."));
+            e.detail = Some(format!("The provider's metadata: {reasons}.").into());
             e
         }
         ProviderError::DpopProof(_) => HttpError::new(
@@ -495,10 +495,13 @@ fn provider_denied(code: &'static str, error: &str, description: Option<&str>) -
             "the provider ended the sign-in with an error",
             Some(error.clone()),
         );
-    e.detail = Some(match description {
-        Some(d) => format!("{error}: {}", crate::provider::discovery::truncate(d, 300)),
-        None => error,
-    });
+    e.detail = Some(
+        match description {
+            Some(d) => format!("{error}: {}", crate::provider::discovery::truncate(d, 300)),
+            None => error,
+        }
+        .into(),
+    );
     e
 }
 
@@ -514,9 +517,12 @@ fn scope_refused(code: &'static str, scopes: &str) -> HttpError {
         "the identity provider refused the requested scopes (invalid_scope); set `scopes` (PORTCULLIS_SCOPES) to scopes it supports",
         Some(scopes.to_owned()),
     );
-    e.detail = Some(format!(
-        "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
-    ));
+    e.detail = Some(
+        format!(
+            "The provider answered invalid_scope to `{scopes}`. Set `scopes` (PORTCULLIS_SCOPES) to scopes the provider supports, for example without `offline_access`."
+        )
+        .into(),
+    );
     e
 }
 
