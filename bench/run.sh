@@ -205,6 +205,13 @@ id = "$CLIENT_ID"
 secret = "$CLIENT_SECRET"
 redirect_uris = ["http://127.0.0.1:$GATEWAY_PORT/auth/callback"]
 
+# A machine client, for the bearer-token row (builds whose dev provider knows it).
+[[clients]]
+id = "bench-machine"
+secret = "$CLIENT_SECRET"
+resources = ["http://127.0.0.1:$GATEWAY_PORT/api"]
+scopes = ["orders:read"]
+
 [[users]]
 username = "alice"
 password = "alice"
@@ -242,6 +249,23 @@ config_accepts || {
   die "the gateway's base configuration is refused (above)"
 }
 NOTES=()
+# Machine clients' tokens on /api/* ([[bearer]]), when this build has them.
+BEARER=false
+cp "$WORK/gateway.toml" "$WORK/gateway-base.toml"
+cat >>"$WORK/gateway.toml" <<EOF
+
+[[bearer]]
+issuer = "default"
+audiences = ["http://127.0.0.1:$GATEWAY_PORT/api"]
+paths = ["/api/*"]
+required_scopes = ["orders:read"]
+EOF
+if config_accepts; then
+  BEARER=true
+else
+  cp "$WORK/gateway-base.toml" "$WORK/gateway.toml"
+  NOTES+=("This build has no \`[[bearer]]\`: no bearer-token row.")
+fi
 # Metrics are on in the measured configuration once they exist (docs/BENCHMARKS.md).
 METRICS=false
 if config_accepts "PORTCULLIS_METRICS_LISTEN=127.0.0.1:1"; then
@@ -455,6 +479,22 @@ NOTES+=("\`vs bare\` is against the faster reference shape ($(thousands <<<"$BAR
 measure "Portcullis, forward-auth" "$MAIN_GATEWAY_PID" "$GATEWAY/auth/verify" \
   "SQLite; one real session; GET /auth/verify as nginx asks it: a 200 with the identity headers, no upstream" "" \
   -H "Cookie: portcullis=$COOKIE" -H "X-Original-URI: /app?x=1" -H "X-Original-Method: GET"
+if $BEARER; then
+  TOKEN=$(curl -sS -u "bench-machine:$CLIENT_SECRET" -d grant_type=client_credentials "$ISSUER/token" |
+    sed -nE 's/.*"access_token":"([^"]+)".*/\1/p')
+  [[ -n $TOKEN ]] || die "the dev provider gave the machine client no access token"
+  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$GATEWAY/api/") == 200 ]] ||
+    die "the machine client's token does not reach the app"
+  at=$(( ${#TOKEN} - 20 ))
+  swap=A; [[ ${TOKEN:at:1} == A ]] && swap=B
+  [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN:0:at}$swap${TOKEN:at+1}" "$GATEWAY/api/") == 401 ]] ||
+    die "the gateway lets a tampered token through"
+  measure "Portcullis, bearer token" "$MAIN_GATEWAY_PID" "$GATEWAY/api/" \
+    "SQLite; a client-credentials JWT (RS256), verified once, then found by its SHA-256" "" \
+    -H "Authorization: Bearer $TOKEN"
+  BEARER_RPS=$ROW_RPS
+  NOTES+=("Bearer token: $(awk -v a="$BEARER_RPS" -v b="$SIGNED_IN_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the signed-in row. A DPoP row needs a fresh proof per request, which wrk cannot sign: not measured here (each DPoP request adds a proof verification and one store write, its replay-cache entry).")
+fi
 profile_row bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
 profile_row public "$MAIN_GATEWAY_PID" "$GATEWAY/public/"
 profile_row signed-in "$MAIN_GATEWAY_PID" "$GATEWAY/" -H "Cookie: portcullis=$COOKIE"

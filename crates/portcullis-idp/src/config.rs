@@ -34,9 +34,17 @@ struct RawConfig {
 struct RawClient {
     id: String,
     secret: Option<String>,
+    #[serde(default)]
     redirect_uris: Vec<String>,
     #[serde(default)]
     post_logout_redirect_uris: Vec<String>,
+    /// `client_credentials`: the APIs (RFC 8707 resource indicators) this client may get
+    /// access tokens for, acting as itself. Without it the grant is refused.
+    #[serde(default)]
+    resources: Vec<String>,
+    /// The scopes a client-credentials token may carry (all of them by default).
+    #[serde(default)]
+    scopes: Vec<String>,
     backchannel_logout_uri: Option<String>,
     /// A `private_key_jwt` client's public keys: a JWK set (what the gateway serves at
     /// `{prefix}/client-jwks.json`), as a TOML table or a JSON string.
@@ -65,6 +73,10 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
     pub backchannel_logout_uri: Option<String>,
+    /// A machine client's APIs (`client_credentials`); empty: the grant is refused.
+    pub resources: Vec<String>,
+    /// The scopes its tokens may carry.
+    pub scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -207,11 +219,26 @@ fn clients(raw: Vec<RawClient>, errors: &mut Vec<String>) -> Vec<Client> {
                 c.id
             ));
         }
-        if c.redirect_uris.is_empty() {
+        if c.redirect_uris.is_empty() && c.resources.is_empty() {
             errors.push(format!(
-                "client `{}`: at least one redirect_uri is required",
+                "client `{}`: at least one redirect_uri (or, for a machine client, one of `resources`) is required",
                 c.id
             ));
+        }
+        if !c.resources.is_empty() && c.secret.is_none() && c.jwks.is_none() {
+            errors.push(format!(
+                "client `{}`: a machine client (`resources`) must authenticate: give it a `secret` or `jwks`",
+                c.id
+            ));
+        }
+        for r in &c.resources {
+            match Url::parse(r) {
+                Ok(u) if u.fragment().is_none() && matches!(u.scheme(), "http" | "https") => {}
+                _ => errors.push(format!(
+                    "client `{}`: resource `{r}` is not an absolute http(s) URL without fragment (RFC 8707)",
+                    c.id
+                )),
+            }
         }
         for uri in c
             .redirect_uris
@@ -241,6 +268,8 @@ fn clients(raw: Vec<RawClient>, errors: &mut Vec<String>) -> Vec<Client> {
             redirect_uris: c.redirect_uris,
             post_logout_redirect_uris: c.post_logout_redirect_uris,
             backchannel_logout_uri: c.backchannel_logout_uri.filter(|u| !u.is_empty()),
+            resources: c.resources,
+            scopes: c.scopes,
         });
     }
     clients

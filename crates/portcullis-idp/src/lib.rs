@@ -197,7 +197,7 @@ async fn discovery(axum::extract::State(idp): axum::extract::State<Arc<Idp>>) ->
         "end_session_endpoint": format!("{i}/end_session"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "code_challenge_methods_supported": ["S256"],

@@ -369,13 +369,95 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
     match f.get("grant_type").map(String::as_str) {
         Some("authorization_code") => redeem_code(idp, client, &f).await,
         Some("refresh_token") => refresh(idp, client, &f).await,
-        // A08: password, implicit, client credentials and anything else.
+        // Only for a machine client, which lists the APIs it may call.
+        Some("client_credentials") if !client.resources.is_empty() => {
+            client_credentials(idp, client, &f)
+        }
+        // A08: password, implicit, client credentials for other clients, anything else.
         Some(_) => Err(OAuthError::new(
             "unsupported_grant_type",
-            "only authorization_code and refresh_token are supported",
+            "only authorization_code and refresh_token are supported (and client_credentials for machine clients)",
         )),
         None => Err(OAuthError::new("invalid_request", "grant_type is required")),
     }
+}
+
+/// `client_credentials` (RFC 6749 §4.4) for a machine client: an RFC 9068 access token
+/// (`typ: at+jwt`) for one of its `resources` (RFC 8707 `resource`; the only one when it
+/// has one), speaking for the client itself (`sub` = `client_id`), with the scopes asked
+/// for among its own (all of them by default).
+fn client_credentials(
+    idp: &Idp,
+    client: &Client,
+    f: &HashMap<String, String>,
+) -> Result<Value, OAuthError> {
+    if client.secret.is_none() && client.jwks.is_none() {
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "a public client cannot use client_credentials",
+        ));
+    }
+    let resource = match (f.get("resource"), client.resources.as_slice()) {
+        (Some(r), listed) if listed.contains(r) => r.clone(),
+        (None, [only]) => only.clone(),
+        (None, _) => {
+            return Err(OAuthError::new(
+                "invalid_target",
+                "name the API with `resource`",
+            ));
+        }
+        (Some(_), _) => {
+            return Err(OAuthError::new(
+                "invalid_target",
+                "this client may not get tokens for that resource",
+            ));
+        }
+    };
+    let scope: Vec<&str> = match f.get("scope") {
+        Some(asked) => {
+            let asked: Vec<&str> = asked.split_whitespace().collect();
+            if let Some(s) = asked
+                .iter()
+                .find(|s| !client.scopes.iter().any(|c| c == *s))
+            {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    format!("scope `{s}` is not granted to this client"),
+                ));
+            }
+            asked
+        }
+        None => client.scopes.iter().map(String::as_str).collect(),
+    };
+    let now = now();
+    let ttl = idp.config.access_token_ttl.as_secs() as i64;
+    let claims = json!({
+        "iss": idp.config.issuer,
+        "sub": client.id,
+        "client_id": client.id,
+        "aud": resource,
+        "scope": scope.join(" "),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": random_token(),
+    });
+    let token = idp
+        .keys
+        .sign(Algorithm::RS256, "at+jwt", &claims)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign an access token");
+            OAuthError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "server_error",
+                description: "signing failed".into(),
+            }
+        })?;
+    Ok(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "scope": scope.join(" "),
+    }))
 }
 
 async fn redeem_code(

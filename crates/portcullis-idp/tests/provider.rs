@@ -369,6 +369,17 @@ async fn a08_iss_on_every_response_s256_only_and_no_implicit_or_password() {
         (s, v["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
     );
+    // Client credentials only for a machine client (one that lists `resources`).
+    let (s, v) = p
+        .token(
+            &[("grant_type", "client_credentials"), ("client_id", "app")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
     let meta: Value = p
         .client
         .get(format!("{}/.well-known/openid-configuration", p.base))
@@ -385,7 +396,7 @@ async fn a08_iss_on_every_response_s256_only_and_no_implicit_or_password() {
     );
     assert_eq!(
         meta["grant_types_supported"],
-        serde_json::json!(["authorization_code", "refresh_token"])
+        serde_json::json!(["authorization_code", "refresh_token", "client_credentials"])
     );
 }
 

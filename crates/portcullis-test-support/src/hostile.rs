@@ -64,6 +64,12 @@ pub struct Script {
     /// Every `DPoP` header received: where (`token`, `userinfo`), the proof, and the
     /// `Authorization` scheme (UserInfo).
     pub dpop_seen: Vec<DpopSeen>,
+    /// The introspection endpoint's answer (RFC 7662); `None`: `{"active": false}`.
+    pub introspection: Option<Value>,
+    /// The introspection endpoint answers this status instead.
+    pub introspection_status: Option<u16>,
+    /// Tokens the introspection endpoint received, in order.
+    pub introspected: Vec<String>,
 }
 
 /// How the provider plays DPoP.
@@ -234,6 +240,7 @@ impl HostileProvider {
             .route("/par", post(par))
             .route("/userinfo", get(userinfo))
             .route("/revoke", post(revoke))
+            .route("/introspect", post(introspect))
             .with_state(provider.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -249,6 +256,7 @@ impl HostileProvider {
             "userinfo_endpoint": format!("{}/userinfo", self.issuer),
             "jwks_uri": format!("{}/jwks", self.issuer),
             "revocation_endpoint": format!("{}/revoke", self.issuer),
+            "introspection_endpoint": format!("{}/introspect", self.issuer),
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": true,
@@ -561,6 +569,24 @@ async fn revoke(
         .revoked
         .push(form.get("token").cloned().unwrap_or_default());
     StatusCode::OK.into_response()
+}
+
+async fn introspect(
+    State(p): State<HostileProvider>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let mut script = p.script.lock().unwrap();
+    script
+        .introspected
+        .push(form.get("token").cloned().unwrap_or_default());
+    if let Some(status) = script.introspection_status {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
+    let answer = script
+        .introspection
+        .clone()
+        .unwrap_or_else(|| json!({"active": false}));
+    axum::Json(answer).into_response()
 }
 
 async fn userinfo(State(p): State<HostileProvider>, headers: HeaderMap) -> Response {

@@ -309,6 +309,31 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"], "insufficient_scope");
+    // A session whose provider granted the scope (the token response's `scope`, kept
+    // with the session) passes.
+    let admin = Browser::new();
+    let auth = s.gw.start_login(&admin, None).await;
+    let id_token =
+        s.p.keys
+            .sign_rs256(&s.p.keys.rs256_header(), &s.p.claims(&auth.nonce));
+    let mut response = HostileProvider::token_response(&id_token);
+    response["scope"] = json!("openid email profile orders:admin");
+    let code = s.p.issue_code(&auth.challenge, response);
+    let done =
+        s.gw.callback(
+            &admin,
+            &support::gateway::callback_query(&code, &auth.state, Some(&s.p.issuer)),
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let r = admin
+        .get(
+            &s.gw.at("/api/admin/users"),
+            &[("accept", "application/json")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-auth-method"), vec!["session"]);
 }
 
 #[tokio::test]
@@ -488,4 +513,107 @@ async fn g13_forward_auth_answers_tokens_like_the_proxy() {
         .await
         .json();
     assert!(echoed(&r, "authorization").is_empty());
+}
+
+/// RFC 7662: an opaque token goes to the introspection server of the one entry that
+/// covers its path, never to another entry's; the answer counts only when active, for
+/// one of the audiences, unexpired; it is kept at most `introspection_cache`; the
+/// server's outage is 503, never a pass; a JWS is never introspected.
+#[tokio::test]
+async fn g13_introspection_is_asked_once_per_token_at_the_right_server_and_fails_closed() {
+    let partner = HostileProvider::start().await;
+    let secret_file = std::env::temp_dir().join(format!(
+        "pc-introspection-{}",
+        portcullis::random::random_token()
+    ));
+    std::fs::write(&secret_file, "partner-secret").unwrap();
+    let extra = format!(
+        r#"introspection = true
+introspection_cache = "60s"
+
+[[bearer]]
+issuer = "{}"
+audiences = ["{API}"]
+paths = ["/partner/*"]
+introspection = true
+client_id = "gateway-at-partner"
+client_secret_file = "{}"
+"#,
+        partner.issuer,
+        secret_file.display()
+    );
+    let s = setup_with(&extra, Options::default()).await;
+    let now = s.now();
+    let active = |aud: &str| {
+        json!({"active": true, "aud": aud, "exp": now + 3600, "sub": "alice",
+               "client_id": "cli", "scope": "orders:read", "iss": s.p.issuer})
+    };
+    s.p.script.lock().unwrap().introspection = Some(active(API));
+    let r = s.with_token("/api/orders", "opaque-1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-auth-method"), vec!["bearer"]);
+    assert_eq!(s.with_token("/api/orders", "opaque-1").await.status, 200);
+    assert_eq!(
+        s.p.script.lock().unwrap().introspected,
+        vec!["opaque-1"],
+        "asked once, then cached"
+    );
+    assert!(
+        partner.script.lock().unwrap().introspected.is_empty(),
+        "a token is never sent to another entry's server"
+    );
+    // Past `introspection_cache`, the server is asked again.
+    s.gw.clock.advance(61);
+    assert_eq!(s.with_token("/api/orders", "opaque-1").await.status, 200);
+    assert_eq!(s.p.script.lock().unwrap().introspected.len(), 2);
+    let calls = s.up.calls();
+
+    // Inactive, another audience, expired: 401.
+    for (token, answer) in [
+        ("opaque-2", json!({"active": false})),
+        ("opaque-3", active("https://other.example")),
+        (
+            "opaque-4",
+            json!({"active": true, "aud": API, "exp": now - 10, "sub": "alice"}),
+        ),
+        (
+            "opaque-5",
+            json!({"active": "true", "aud": API, "exp": now + 300, "sub": "alice"}),
+        ),
+    ] {
+        s.p.script.lock().unwrap().introspection = Some(answer);
+        let r = s.with_token("/api/orders", token).await;
+        assert_eq!(r.status, 401, "{token}: {}", r.body);
+        assert!(challenge(&r).contains("invalid_token"));
+    }
+    // The server down: 503, never a pass.
+    s.p.script.lock().unwrap().introspection_status = Some(503);
+    let r = s.with_token("/api/orders", "opaque-6").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    s.p.script.lock().unwrap().introspection_status = Some(401);
+    assert_eq!(s.with_token("/api/orders", "opaque-7").await.status, 503);
+    assert_eq!(s.up.calls(), calls, "the app was never called");
+    // A JWS is verified, never introspected.
+    let before = s.p.script.lock().unwrap().introspected.len();
+    assert_eq!(s.with_token("/api/orders", "a.b.c").await.status, 401);
+    assert_eq!(s.p.script.lock().unwrap().introspected.len(), before);
+    // The partner's paths go to the partner's server only.
+    partner.script.lock().unwrap().introspection = Some(json!({
+        "active": true, "aud": API, "exp": now + 3600, "sub": "dave", "iss": partner.issuer
+    }));
+    let r = s.with_token("/partner/orders", "opaque-p").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-provider"), vec!["bearer-1"]);
+    assert_eq!(
+        partner.script.lock().unwrap().introspected,
+        vec!["opaque-p"]
+    );
+    assert!(
+        !s.p.script
+            .lock()
+            .unwrap()
+            .introspected
+            .contains(&"opaque-p".to_owned())
+    );
+    let _ = std::fs::remove_file(secret_file);
 }

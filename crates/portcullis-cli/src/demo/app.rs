@@ -68,6 +68,21 @@ async fn hello(headers: HeaderMap) -> Response {
     .into_response()
 }
 
+/// `GET /api/orders`: what a machine client (or a signed-in browser) calls; says who
+/// the gateway let through, and how.
+async fn orders(headers: HeaderMap) -> Response {
+    axum::Json(json!({
+        "orders": [{"id": 1, "item": "portcullis", "quantity": 1}],
+        "caller": {
+            "user_id": header_text(&headers, "x-user-id"),
+            "auth_method": header_text(&headers, "x-user-auth-method"),
+            "provider": header_text(&headers, "x-user-provider"),
+            "email": header_text(&headers, "x-user-email"),
+        },
+    }))
+    .into_response()
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut r = body.into_response();
     r.headers_mut()
@@ -91,6 +106,7 @@ pub fn router(links: Links) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/api/hello", post(hello))
+        .route("/api/orders", get(orders))
         .route(
             "/signed-out",
             get(move || async move { Html(signed_out.clone()) }),

@@ -16,6 +16,11 @@ use tokio::net::TcpListener;
 /// The demo's client id at its providers.
 const CLIENT_ID: &str = "portcullis-demo";
 
+/// The demo's machine client at Example Corp (client credentials), and its secret: a
+/// demo's, printed at start. Its tokens are for `{gateway}/api` (`[[bearer]]`).
+const MACHINE_CLIENT: &str = "reporting";
+const MACHINE_SECRET: &str = "reporting-secret";
+
 /// One of the demo's providers: its id at the gateway, its name, its users.
 struct DemoProvider {
     id: &'static str,
@@ -196,7 +201,15 @@ id = "{CLIENT_ID}"
 redirect_uris = ["{gateway_url}/auth/callback/{id}"]
 post_logout_redirect_uris = ["{gateway_url}/signed-out"]
 backchannel_logout_uri = "{gateway_url}/auth/backchannel-logout"
+{machine}
 {users}"#,
+        machine = if provider.id == "corp" {
+            format!(
+                "[[clients]]\nid = \"{MACHINE_CLIENT}\"\nsecret = \"{MACHINE_SECRET}\"\nresources = [\"{gateway_url}/api\"]\nscopes = [\"orders:read\"]\n"
+            )
+        } else {
+            String::new()
+        },
         id = provider.id,
         idp_db = data.path.join(format!("idp-{}.db", provider.id)).display()
     ))?)
@@ -220,8 +233,12 @@ fn gateway_config(
             )
         })
         .collect();
+    // The machine client's tokens count on the app's API.
+    let bearer = format!(
+        "[[bearer]]\nissuer = \"corp\"\naudiences = [\"http://127.0.0.1:{port}/api\"]\npaths = [\"/api/*\"]\nrequired_scopes = [\"orders:read\"]\n"
+    );
     let file = data.path.join("portcullis.toml");
-    std::fs::write(&file, providers)?;
+    std::fs::write(&file, providers + &bearer)?;
     let env = [
         ("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}")),
         (
@@ -253,7 +270,10 @@ fn print_greeting(gateway_url: &str, idp_urls: &[String], app_port: u16, data: &
          Example Corp       {corp}   (portcullis idp)\n  \
          Partner            {partner}   (portcullis idp)\n  \
          sample app         http://127.0.0.1:{app_port}   (reached only through the gateway)\n  \
-         data               {}{}\n\nPress Ctrl-C to stop.",
+         data               {}{}\n\n  \
+         A machine client (docs/machine-clients.md):\n    \
+         TOKEN=$(curl -s -u {MACHINE_CLIENT}:{MACHINE_SECRET} -d grant_type=client_credentials {corp}/token | jq -r .access_token)\n    \
+         curl -H \"Authorization: Bearer $TOKEN\" {gateway_url}/api/orders\n\nPress Ctrl-C to stop.",
         data.path.display(),
         if data.temporary {
             " (removed at exit)"

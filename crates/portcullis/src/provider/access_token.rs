@@ -78,6 +78,8 @@ pub enum AccessTokenError {
     BadScope,
     #[error("the token's confirmation (`cnf`) is malformed")]
     BadConfirmation,
+    #[error("the introspection endpoint says the token is not active")]
+    Inactive,
 }
 
 impl AccessTokenError {
@@ -94,6 +96,7 @@ impl AccessTokenError {
             Self::BadSubject => "at_bad_sub",
             Self::BadScope => "at_bad_scope",
             Self::BadConfirmation => "at_bad_cnf",
+            Self::Inactive => "at_inactive",
         }
     }
 }
@@ -259,6 +262,16 @@ pub fn check_claims(
             return Err(AccessTokenError::NotYetValid);
         }
     }
+    principal(claims, expect.issuer, exp)
+}
+
+/// Who a verified token (or an introspection answer) speaks for, and the rest of what
+/// the gateway keeps of it.
+fn principal(
+    claims: &Map<String, Value>,
+    issuer: &str,
+    exp: UnixTime,
+) -> Result<AccessTokenClaims, AccessTokenError> {
     let sub = identifier(claims, "sub")?;
     let client_id = identifier(claims, "client_id")?;
     // A client-credentials token speaks for the client: no `sub`, or `sub` is the
@@ -271,7 +284,7 @@ pub fn check_claims(
         (None, None) => return Err(AccessTokenError::BadSubject),
     };
     Ok(AccessTokenClaims {
-        issuer: expect.issuer.to_owned(),
+        issuer: issuer.to_owned(),
         principal,
         subject,
         client_id,
@@ -280,6 +293,48 @@ pub fn check_claims(
         jkt: confirmation(claims)?,
         claims: claims.clone(),
     })
+}
+
+/// An RFC 7662 introspection answer, judged as PRODUCT's safety rules say: it counts
+/// only with `active: true`, a future `exp`, an `aud` naming one of the audiences, the
+/// issuer's `iss` when it names one, and (RFC 9449 §6.2) a `cnf.jkt` for a DPoP token.
+pub fn check_introspection(
+    answer: &Map<String, Value>,
+    expect: &AccessExpectations<'_>,
+) -> Result<AccessTokenClaims, AccessTokenError> {
+    if answer.get("active") != Some(&Value::Bool(true)) {
+        return Err(AccessTokenError::Inactive);
+    }
+    if let Some(iss) = answer.get("iss")
+        && iss.as_str() != Some(expect.issuer)
+    {
+        return Err(AccessTokenError::WrongIssuer);
+    }
+    let named = audiences(answer).ok_or(AccessTokenError::WrongAudience)?;
+    if !named
+        .iter()
+        .any(|a| expect.audiences.iter().any(|want| want == a))
+    {
+        return Err(AccessTokenError::WrongAudience);
+    }
+    let exp = numeric(answer, "exp").ok_or(AccessTokenError::MissingExpiry)?;
+    if expect.now >= exp {
+        return Err(AccessTokenError::Expired);
+    }
+    if let Some(nbf) = numeric(answer, "nbf")
+        && nbf > expect.now.saturating_add(LEEWAY_SECONDS)
+    {
+        return Err(AccessTokenError::NotYetValid);
+    }
+    let token = principal(answer, expect.issuer, exp)?;
+    let dpop_type = answer
+        .get("token_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("dpop"));
+    if dpop_type && token.jkt.is_none() {
+        return Err(AccessTokenError::BadConfirmation);
+    }
+    Ok(token)
 }
 
 #[cfg(test)]

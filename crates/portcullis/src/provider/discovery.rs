@@ -24,6 +24,11 @@ pub struct Metadata {
     pub end_session_endpoint: Option<String>,
     #[serde(default)]
     pub revocation_endpoint: Option<String>,
+    /// RFC 7662 (RFC 8414 §2).
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
+    #[serde(default)]
+    pub introspection_endpoint_auth_methods_supported: Option<Vec<String>>,
     /// RFC 8414 §2 / OIDC Discovery: how clients may authenticate (absent: basic).
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
@@ -103,6 +108,7 @@ pub fn check_metadata(m: &Metadata, issuer: &str) -> Result<(), ProviderError> {
         ("userinfo_endpoint", m.userinfo_endpoint.as_ref()),
         ("end_session_endpoint", m.end_session_endpoint.as_ref()),
         ("revocation_endpoint", m.revocation_endpoint.as_ref()),
+        ("introspection_endpoint", m.introspection_endpoint.as_ref()),
         (
             "pushed_authorization_request_endpoint",
             m.pushed_authorization_request_endpoint.as_ref(),

@@ -23,6 +23,9 @@ pub struct TokenResponse {
     pub refresh_expires_in: Option<i64>,
     /// `token_type` `DPoP`: the access token is bound to the gateway's DPoP key.
     pub dpop_bound: bool,
+    /// `scope`: what was granted, when the provider says (RFC 6749 §5.1: absent means
+    /// what was asked for). Scope names only: printable, at most 2 KiB.
+    pub scope: Option<String>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -140,6 +143,11 @@ async fn token_request(
         refresh_token: secret_field(&map, "refresh_token"),
         id_token: secret_field(&map, "id_token"),
         expires_in: seconds(map.get("expires_in")),
+        scope: map
+            .get("scope")
+            .and_then(Value::as_str)
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|s| s.len() <= 2048 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')),
         refresh_expires_in: seconds(map.get("refresh_expires_in")).filter(|n| *n > 0),
         dpop_bound: dpop.is_some(),
     })
@@ -210,4 +218,40 @@ pub async fn revoke(
             answer.status.as_u16()
         )))
     }
+}
+
+/// Asks the introspection endpoint about a token (RFC 7662 §2.1) and returns its JSON
+/// answer; anything but a 200 with a JSON object is the server's failure, never an
+/// answer about the token.
+pub async fn introspect(
+    http: &ProviderHttp,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    token: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    let mut form = vec![("token", token), ("token_type_hint", "access_token")];
+    let credentials = auth.credentials()?;
+    let basic = credentials.apply(&mut form);
+    let answer = http
+        .post_form(
+            "introspection",
+            endpoint,
+            &form,
+            basic,
+            None,
+            MAX_TOKEN_RESPONSE_BYTES,
+        )
+        .await?;
+    if answer.status.is_server_error() {
+        return Err(ProviderError::ServerError(answer.status.as_u16()));
+    }
+    if !answer.status.is_success() {
+        return Err(ProviderError::BadResponse(format!(
+            "the introspection endpoint answered {}",
+            answer.status.as_u16()
+        )));
+    }
+    serde_json::from_slice(&answer.body).map_err(|_| {
+        ProviderError::BadResponse("the introspection answer is not a JSON object".into())
+    })
 }

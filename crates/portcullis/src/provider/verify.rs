@@ -136,6 +136,42 @@ impl Provider {
         )?)
     }
 
+    /// RFC 7662: asks this issuer's introspection endpoint about an opaque token, as
+    /// this provider's client, and judges the answer (`check_introspection`). The
+    /// server's failure, or an issuer without the endpoint, is `Unavailable`: never a
+    /// pass.
+    pub async fn introspect_access_token(
+        &self,
+        token: &str,
+        audiences: &[String],
+        now: UnixTime,
+    ) -> Result<access_token::AccessTokenClaims, access_token::TokenRefused> {
+        let metadata = self.metadata().await?;
+        let Some(endpoint) = &metadata.introspection_endpoint else {
+            return Err(ProviderError::BadResponse(
+                "the issuer has no introspection_endpoint".into(),
+            )
+            .into());
+        };
+        let mut auth = self.client_auth(&metadata).await;
+        auth.method = super::client_auth::at_endpoint(
+            auth.method,
+            metadata
+                .introspection_endpoint_auth_methods_supported
+                .as_deref(),
+        );
+        let answer = super::token::introspect(&self.http, endpoint, auth, token).await?;
+        let gateway = [self.settings.client_id.clone()];
+        let expect = access_token::AccessExpectations {
+            issuer: &self.settings.issuer,
+            audiences,
+            token_types: &[],
+            gateway_client_ids: &gateway,
+            now,
+        };
+        Ok(access_token::check_introspection(&answer, &expect)?)
+    }
+
     /// The claims of an ID token this gateway verified earlier (kept sealed with the
     /// session), read without verifying it again; `None` if it does not parse.
     pub fn stored_id_token_claims(&self, token: &str) -> Option<Map<String, Value>> {

@@ -36,6 +36,11 @@ use crate::store::{IdentityKind, User, UserProfile};
 /// Validated tokens kept at most (each entry is small: claims and an identity).
 const CACHED_TOKENS: usize = 10_000;
 
+/// Introspection requests per second at most (cache misses), and the burst above it.
+const INTROSPECTIONS_PER_SECOND: std::num::NonZeroU32 =
+    std::num::NonZeroU32::MIN.saturating_add(49);
+const INTROSPECTIONS_BURST: std::num::NonZeroU32 = std::num::NonZeroU32::MIN.saturating_add(199);
+
 /// Longest `Authorization` token read at all.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
@@ -142,6 +147,8 @@ pub struct BearerTokens {
     matches: Cache<[u8; 32], Arc<[usize]>>,
     /// (SHA-256 of the token, entry) → the token as that entry validated it.
     validated: Cache<([u8; 32], usize), Arc<Validated>>,
+    /// Introspection requests (cache misses) the gateway makes at most.
+    introspections: governor::DefaultDirectRateLimiter,
 }
 
 impl BearerTokens {
@@ -150,6 +157,10 @@ impl BearerTokens {
             entries,
             matches: Cache::new(CACHED_TOKENS),
             validated: Cache::new(CACHED_TOKENS),
+            introspections: governor::RateLimiter::direct(
+                governor::Quota::per_second(INTROSPECTIONS_PER_SECOND)
+                    .allow_burst(INTROSPECTIONS_BURST),
+            ),
         }
     }
 
@@ -208,6 +219,11 @@ fn presented(headers: &HeaderMap) -> Result<Option<Presented<'_>>, TokenRefusal>
 
 /// How long a DPoP nonce is current (the previous one is accepted too).
 const NONCE_WINDOW_SECONDS: i64 = 60;
+
+/// Three dot-separated parts: a JWS, which is verified and never introspected.
+fn is_jws_shaped(token: &str) -> bool {
+    token.split('.').count() == 3
+}
 
 fn hash_bytes(bytes: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
@@ -287,12 +303,14 @@ impl Sessions {
         };
         let now = self.now();
         let key = hash(presented.token);
+        if !is_jws_shaped(presented.token) {
+            return self.by_introspection(request, &presented, key, now).await;
+        }
         let matches = match self.bearer.matches.get(&key) {
             Some(m) => m,
             None => {
                 let Some((iss, aud)) = peek(presented.token) else {
-                    // Not a JWT: introspection is not offered by this gateway yet.
-                    return Err(refused("token_not_a_jwt"));
+                    return Err(refused("token_malformed"));
                 };
                 let m: Arc<[usize]> = self
                     .bearer
@@ -336,6 +354,75 @@ impl Sessions {
                 v
             }
         };
+        self.pass_token(request, &presented, &validated, index, now)
+            .await
+            .map(Some)
+    }
+
+    /// RFC 7662 for a token that is not a JWS: only at the one introspecting entry that
+    /// covers the path (the configuration allows one), so a token never goes to another
+    /// entry's server. Answers are kept until the token expires, at most
+    /// `introspection_cache`; misses are rate-limited (503 past the limit, never a pass).
+    async fn by_introspection(
+        self: &Arc<Self>,
+        request: &TokenRequest<'_>,
+        presented: &Presented<'_>,
+        key: [u8; 32],
+        now: UnixTime,
+    ) -> Result<Option<TokenIdentity>, TokenRefusal> {
+        let scheme = presented.scheme;
+        let Some(index) = self
+            .bearer
+            .entries
+            .iter()
+            .position(|e| e.introspection && e.covers(request.path))
+        else {
+            self.token_refused("token_not_a_jwt");
+            return Err(TokenRefusal::Invalid {
+                code: "token_not_a_jwt",
+                scheme,
+            });
+        };
+        let validated = match self.bearer.validated.get(&(key, index)) {
+            Some(v) if now < v.valid_until => v,
+            _ => {
+                self.bearer.validated.remove(&(key, index));
+                if self.bearer.introspections.check().is_err() {
+                    tracing::warn!("introspection requests are over their rate; answering 503");
+                    return Err(TokenRefusal::Unavailable {
+                        code: "introspection_rate_limited",
+                    });
+                }
+                let entry = &self.bearer.entries[index];
+                let mut v = self.validate(index, presented, now).await?;
+                v.valid_until = v
+                    .valid_until
+                    .min(v.identity.expires_at)
+                    .min(now + entry.introspection_cache.as_secs() as i64);
+                let v = Arc::new(v);
+                self.bearer.validated.insert((key, index), v.clone());
+                v
+            }
+        };
+        self.pass_token(request, presented, &validated, index, now)
+            .await
+            .map(Some)
+    }
+
+    /// What every valid token goes through on every request, cached or not: DPoP,
+    /// then the assertion.
+    async fn pass_token(
+        self: &Arc<Self>,
+        request: &TokenRequest<'_>,
+        presented: &Presented<'_>,
+        validated: &Validated,
+        index: usize,
+        now: UnixTime,
+    ) -> Result<TokenIdentity, TokenRefusal> {
+        let refused = |code| TokenRefusal::Invalid {
+            code,
+            scheme: presented.scheme,
+        };
         // DPoP (RFC 9449 §7.1): on every request, cached token or not.
         match (&validated.jkt, presented.scheme) {
             (Some(jkt), Scheme::Dpop) => {
@@ -352,9 +439,9 @@ impl Sessions {
         let mut identity = validated.identity.clone();
         identity.scheme = presented.scheme;
         identity.assertion = self
-            .token_assertion(&validated, presented.scheme, now)
+            .token_assertion(validated, presented.scheme, now)
             .await?;
-        Ok(Some(identity))
+        Ok(identity)
     }
 
     /// Verifies the token for entry `index` and makes its principal.
@@ -372,10 +459,16 @@ impl Sessions {
                 scheme,
             });
         };
-        let claims = provider
-            .validate_access_token(presented.token, &entry.audiences, &entry.token_types, now)
-            .await
-            .map_err(|e| match e {
+        let checked = if entry.introspection && !is_jws_shaped(presented.token) {
+            provider
+                .introspect_access_token(presented.token, &entry.audiences, now)
+                .await
+        } else {
+            provider
+                .validate_access_token(presented.token, &entry.audiences, &entry.token_types, now)
+                .await
+        };
+        let claims = checked.map_err(|e| match e {
                 TokenRefused::Unavailable(e) => {
                     tracing::warn!(entry = entry.label.as_str(), error = %e, "an access token could not be verified: its issuer's keys are unavailable");
                     TokenRefusal::Unavailable { code: e.code() }

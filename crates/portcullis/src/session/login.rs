@@ -288,6 +288,7 @@ impl Sessions {
             access_expires_at: tokens.expires_in.map(until),
             refresh_expires_at: tokens.refresh_expires_in.map(until),
             access_issued_at: Some(now),
+            granted_scope: tokens.scope.clone(),
         }
     }
 

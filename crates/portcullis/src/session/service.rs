@@ -153,9 +153,13 @@ impl Sessions {
         !self.routes.load().is_empty()
     }
 
-    /// The scope a session was granted, for a route's `required_scopes`: what its
-    /// provider is asked for (the configured `scopes`, else `openid email profile`).
+    /// The scope a session was granted, for a route's `required_scopes`: what the
+    /// provider said it granted, else what it was asked for (the configured `scopes`,
+    /// else `openid email profile`).
     pub fn session_scopes(&self, record: &crate::store::SessionRecord) -> Vec<String> {
+        if let Some(granted) = &record.tokens.granted_scope {
+            return granted.split(' ').map(str::to_owned).collect();
+        }
         self.config
             .provider(&record.provider_id)
             .and_then(|p| p.scopes.clone())

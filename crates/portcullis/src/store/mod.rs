@@ -166,6 +166,10 @@ pub struct TokenSet {
     pub refresh_expires_at: Option<UnixTime>,
     /// When the access token was issued: with `access_expires_at`, its lifetime.
     pub access_issued_at: Option<UnixTime>,
+    /// The scope the provider granted (space-separated; RFC 6749 §5.1), for a route's
+    /// `required_scopes`. `None`: the scope asked for (sessions from before it was kept,
+    /// and providers that do not say).
+    pub granted_scope: Option<String>,
 }
 
 /// A session to create.

@@ -79,6 +79,7 @@ pub(crate) fn session(
             access_expires_at: row.opt_int("access_expires_at")?,
             refresh_expires_at: row.opt_int("refresh_expires_at")?,
             access_issued_at: row.opt_int("access_issued_at")?,
+            granted_scope: row.opt_text("granted_scope")?,
         },
         token_version: row.int("token_version")?,
         user_agent: row.opt_text("user_agent")?,

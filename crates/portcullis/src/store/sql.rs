@@ -72,7 +72,7 @@ fn token_args(t: &TokenSet) -> [Arg<'_>; 6] {
     ]
 }
 
-/// `create_session` (17 parameters).
+/// `create_session` (18 parameters).
 pub(crate) fn new_session_args(s: &NewSession) -> Vec<Arg<'_>> {
     let t = &s.tokens;
     vec![
@@ -93,10 +93,11 @@ pub(crate) fn new_session_args(s: &NewSession) -> Vec<Arg<'_>> {
         Text(&s.claims),
         Bool(s.email_verified),
         Text(&s.provider_id),
+        OptText(t.granted_scope.as_deref()),
     ]
 }
 
-/// `import_session` (23 parameters: every column).
+/// `import_session` (24 parameters: every column).
 pub(crate) fn session_record_args(s: &SessionRecord) -> Vec<Arg<'_>> {
     let mut args = vec![
         Arg::Uuid(s.family_id),
@@ -119,6 +120,7 @@ pub(crate) fn session_record_args(s: &SessionRecord) -> Vec<Arg<'_>> {
         Text(&s.claims),
         Bool(s.email_verified),
         Text(&s.provider_id),
+        OptText(s.tokens.granted_scope.as_deref()),
     ]);
     args
 }
@@ -145,6 +147,7 @@ pub(crate) fn update_tokens_args(
 ) -> Vec<Arg<'_>> {
     let mut args = vec![Arg::Uuid(family_id), Int(expected_version)];
     args.extend(token_args(t));
+    args.push(OptText(t.granted_scope.as_deref()));
     args
 }
 
@@ -166,6 +169,10 @@ pub(crate) fn rotate_args<'a>(
         Int(previous_valid_until),
     ];
     args.extend(token_args(t));
-    args.extend([Text(handover), Bool(keep_previous)]);
+    args.extend([
+        Text(handover),
+        Bool(keep_previous),
+        OptText(t.granted_scope.as_deref()),
+    ]);
     args
 }

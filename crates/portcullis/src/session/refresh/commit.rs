@@ -217,6 +217,11 @@ impl Sessions {
                 .map(|s| now.saturating_add(s.min(MAX_PROVIDER_LIFETIME))),
             refresh_expires_at,
             access_issued_at: Some(now),
+            // A refresh that says nothing keeps what was granted before.
+            granted_scope: answer
+                .scope
+                .clone()
+                .or_else(|| record.tokens.granted_scope.clone()),
         }
     }
 

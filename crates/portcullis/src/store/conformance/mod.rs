@@ -130,6 +130,7 @@ fn new_session_record(user: &User, id: &SessionId) -> NewSession {
             access_expires_at: Some(NOW + 300),
             refresh_expires_at: None,
             access_issued_at: Some(NOW),
+            granted_scope: Some("openid email orders:read".into()),
         },
         user_agent: Some("conformance".into()),
         claims: r#"{"sub":"s","groups":["a","b"]}"#.into(),

@@ -65,6 +65,8 @@ pub(super) async fn token_updates_compare_and_swap(store: &dyn Store) {
         access_expires_at: Some(NOW + 600),
         refresh_expires_at: Some(NOW + 7200),
         access_issued_at: Some(NOW + 300),
+        // A refresh may grant another scope: kept with the tokens.
+        granted_scope: Some("openid orders:admin".into()),
     };
     assert!(store.update_tokens(s.family_id, 0, &next).await.unwrap());
     assert!(

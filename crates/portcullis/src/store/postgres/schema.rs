@@ -29,6 +29,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../../migrations/postgres/0005_identity_kinds.sql"),
     ),
+    (
+        6,
+        include_str!("../../../migrations/postgres/0006_granted_scope.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &PgPool, sql: &Queries) -> StoreResult<()> {
@@ -121,7 +125,7 @@ const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.pre
     s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
     s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
     s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
-    s.claims, s.email_verified, s.provider_id, \
+    s.claims, s.email_verified, s.provider_id, s.granted_scope, \
     u.id AS u_id, u.issuer AS u_issuer, u.kind AS u_kind, u.subject AS u_subject, u.email AS u_email, \
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
@@ -149,8 +153,9 @@ const IMPORT_USER: &str = "INSERT INTO {p}_users ({user_columns}) VALUES ($1, $2
 const CREATE_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, current_seen, user_id, \
          provider_sid, created_at, last_seen_at, idle_expires_at, absolute_expires_at, \
          refresh_token, access_token, id_token, access_expires_at, refresh_expires_at, \
-         token_version, user_agent, access_issued_at, claims, email_verified, provider_id) \
-         VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16, $17)";
+         token_version, user_agent, access_issued_at, claims, email_verified, provider_id, \
+         granted_scope) \
+         VALUES ($1, $2, TRUE, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, 0, $13, $14, $15, $16, $17, $18)";
 const GET_SESSION: &str = "SELECT {session_columns} FROM {p}_sessions s JOIN {p}_users u ON u.id = s.user_id \
          WHERE s.id_hash = $1 OR s.previous_id_hash = $1";
 const TOUCH: &str = "UPDATE {p}_sessions SET last_seen_at = greatest(last_seen_at, $2), \
@@ -160,14 +165,15 @@ const MARK_SEEN: &str = "WITH changed AS (UPDATE {p}_sessions SET current_seen =
          RETURNING family_id, id_hash, previous_id_hash) {notify}";
 const UPDATE_TOKENS: &str = "WITH changed AS (UPDATE {p}_sessions SET refresh_token = $3, \
          access_token = $4, id_token = $5, access_expires_at = $6, refresh_expires_at = $7, \
-         access_issued_at = $8, token_version = token_version + 1 \
+         access_issued_at = $8, granted_scope = $9, token_version = token_version + 1 \
          WHERE family_id = $1 AND token_version = $2 \
          RETURNING family_id, id_hash, previous_id_hash) {notify}";
 const ROTATE: &str = "WITH changed AS (UPDATE {p}_sessions SET \
          previous_id_hash = CASE WHEN $12 THEN previous_id_hash ELSE id_hash END, \
          previous_valid_until = $4, id_hash = $3, current_seen = FALSE, refresh_token = $5, \
          access_token = $6, id_token = $7, access_expires_at = $8, refresh_expires_at = $9, \
-         access_issued_at = $10, previous_handover = $11, token_version = token_version + 1 \
+         access_issued_at = $10, previous_handover = $11, granted_scope = $13, \
+         token_version = token_version + 1 \
          WHERE family_id = $1 AND token_version = $2 \
          AND (NOT $12 OR (current_seen = FALSE AND previous_id_hash IS NOT NULL)) \
          RETURNING family_id, id_hash, previous_id_hash) {notify}";
@@ -177,9 +183,9 @@ const IMPORT_SESSION: &str = "INSERT INTO {p}_sessions (family_id, id_hash, prev
          previous_valid_until, previous_handover, current_seen, user_id, provider_sid, \
          created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
          access_token, id_token, access_expires_at, refresh_expires_at, access_issued_at, \
-         token_version, user_agent, claims, email_verified, provider_id) \
+         token_version, user_agent, claims, email_verified, provider_id, granted_scope) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING";
+         $17, $18, $19, $20, $21, $22, $23, $24) ON CONFLICT DO NOTHING";
 const DELETE_ALL: &str = "WITH gone AS (DELETE FROM {p}_sessions RETURNING 1), \
          counted AS (SELECT count(*) AS n FROM gone) \
          SELECT n, pg_notify('{p}_feed', 'a') FROM counted";

@@ -53,6 +53,7 @@ impl Fields {
         .maybe("access_expires_at", t.access_expires_at)
         .maybe("refresh_expires_at", t.refresh_expires_at)
         .maybe("access_issued_at", t.access_issued_at)
+        .maybe("granted_scope", t.granted_scope.as_deref())
     }
 }
 
@@ -307,6 +308,7 @@ impl Record {
                 access_expires_at: self.opt_int("access_expires_at")?,
                 refresh_expires_at: self.opt_int("refresh_expires_at")?,
                 access_issued_at: self.opt_int("access_issued_at")?,
+                granted_scope: self.opt_text("granted_scope"),
             },
             token_version: self.int("token_version")?,
             user_agent: self.opt_text("user_agent"),

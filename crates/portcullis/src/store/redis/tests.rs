@@ -346,6 +346,7 @@ async fn write_everything(store: &RedisStore) -> (Vec<SessionId>, Vec<String>, V
         access_expires_at: Some(NOW + 300),
         refresh_expires_at: Some(NOW + 7200),
         access_issued_at: Some(NOW),
+        granted_scope: None,
     };
     let first = [secret("refresh"), secret("access"), secret("idtoken")];
     let second = [secret("refresh"), secret("access"), secret("idtoken")];

@@ -231,8 +231,8 @@ impl Store for SqliteStore {
             let sql = "INSERT INTO sessions (family_id, id_hash, current_seen, user_id, provider_sid, \
                  created_at, last_seen_at, idle_expires_at, absolute_expires_at, refresh_token, \
                  access_token, id_token, access_expires_at, refresh_expires_at, token_version, user_agent, \
-                 access_issued_at, claims, email_verified, provider_id) \
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16, ?17)";
+                 access_issued_at, claims, email_verified, provider_id, granted_scope) \
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?14, ?15, ?16, ?17, ?18)";
             bind(sqlx::query(sql), &new_session_args(s))
                 .execute(&mut *w.db)
                 .await
@@ -310,7 +310,7 @@ impl Store for SqliteStore {
                 sqlx::query(
                     "UPDATE sessions SET refresh_token = ?3, access_token = ?4, id_token = ?5, \
                  access_expires_at = ?6, refresh_expires_at = ?7, access_issued_at = ?8, \
-                 token_version = token_version + 1 \
+                 granted_scope = ?9, token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2 \
                  RETURNING family_id, id_hash, previous_id_hash",
                 ),
@@ -349,12 +349,13 @@ impl Store for SqliteStore {
             );
             let rows = bind(
                 sqlx::query(
-                "UPDATE sessions SET \
+                    "UPDATE sessions SET \
                  previous_id_hash = CASE WHEN ?12 THEN previous_id_hash ELSE id_hash END, \
                  previous_valid_until = ?4, \
                  id_hash = ?3, current_seen = 0, refresh_token = ?5, access_token = ?6, \
                  id_token = ?7, access_expires_at = ?8, refresh_expires_at = ?9, \
-                 access_issued_at = ?10, previous_handover = ?11, token_version = token_version + 1 \
+                 access_issued_at = ?10, previous_handover = ?11, granted_scope = ?13, \
+                 token_version = token_version + 1 \
                  WHERE family_id = ?1 AND token_version = ?2 \
                  AND (NOT ?12 OR (current_seen = 0 AND previous_id_hash IS NOT NULL)) \
                  RETURNING family_id, id_hash, previous_id_hash",
@@ -401,9 +402,9 @@ impl Store for SqliteStore {
                  previous_handover, current_seen, user_id, provider_sid, created_at, last_seen_at, \
                  idle_expires_at, absolute_expires_at, refresh_token, access_token, id_token, \
                  access_expires_at, refresh_expires_at, access_issued_at, token_version, \
-                 user_agent, claims, email_verified, provider_id) \
+                 user_agent, claims, email_verified, provider_id, granted_scope) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                 ?17, ?18, ?19, ?20, ?21, ?22, ?23) ON CONFLICT DO NOTHING";
+                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24) ON CONFLICT DO NOTHING";
             let done = bind(sqlx::query(sql), &session_record_args(s))
                 .execute(&mut *w.db)
                 .await

@@ -45,6 +45,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../../migrations/sqlite/0008_identity_kinds.sql"),
     ),
+    (
+        9,
+        include_str!("../../../migrations/sqlite/0009_granted_scope.sql"),
+    ),
 ];
 
 pub(super) async fn migrate(pool: &SqlitePool) -> StoreResult<()> {
