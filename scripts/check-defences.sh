@@ -435,15 +435,20 @@ mutate $S/config/providers.rs '        Some(_) if top_level => {' '        Some(
 
 # G13: machine clients' access tokens (docs/machine-clients.md).
 M=machine_clients
-mutate $S/session/bearer.rs '            (Some(_), Scheme::Bearer) => {' '            (Some(_), Scheme::Bearer) if false => {' $M g13_dpop_bound_tokens
+mutate $S/session/bearer.rs '                return Err(refused("dpop_bound_token_as_bearer"));' '                let _ = refused("dpop_bound_token_as_bearer");' $M g13_dpop_bound_tokens
 mutate $S/session/bearer.rs '            Ok(false) => Err(proof_error(ProofError::Replayed)),' '            Ok(false) => Ok(()),' $M g13_dpop_bound_tokens
-mutate $S/session/bearer.rs '                self.check_proof(request, presented.token, jkt, index, now)' '                self.check_proof(request, presented.token, jkt, index, now).or(Ok::<(), TokenRefusal>(()))' $M g13_dpop_bound_tokens
-mutate $S/store/redis/fields.rs '        IdentityKind::Client => format!("client\n{user}"),' '        IdentityKind::Client => user,' lib users_are_keyed
-mutate $S/session/bearer.rs '            Principal::Client => {' '            Principal::Client if false => {' $M g13_a_client_named_like_a_user
-mutate $S/session/bearer.rs '                        e.audiences.iter().any(|a| aud.contains(a))' '                        true' $M g13_forged_expired
+mutate $S/session/bearer.rs '                    .await?;' '                    .await.ok();' $M g13_dpop_bound_tokens
+mutate $S/store/redis/fields.rs '        IdentityKind::Client => format!("client\n{user}"),' '        IdentityKind::Client => user,' lib redis_passes_the_conformance_suite
+mutate $S/session/bearer.rs '                (IdentityKind::Client, c)' '                (IdentityKind::User, c)' $M g13_a_client_named_like_a_user
+mutate $S/provider/access_token.rs '        .any(|a| expect.audiences.iter().any(|want| want == a))' '        .any(|a| !a.is_empty() || expect.audiences.is_empty())' access_tokens g13_a_valid_access_token
 mutate $S/session/routes.rs '        if let Some(scope) = caller.missing_scope(&route.required_scopes) {' '        if let Some(scope) = caller.missing_scope(&[]) {' $M g13_email_rules_refuse_clients
 mutate $S/session/bearer.rs '        if entry.access' '        if false' $M g13_email_rules_refuse_clients
 mutate $S/session/bearer.rs '            if !fresh(window) && !fresh(window - 1) {' '            if false {' $M g13_dpop_nonces
+mutate $S/provider/access_token.rs '    if answer.get("active") != Some(&Value::Bool(true)) {' '    if answer.get("active").is_none() {' $M g13_introspection
+mutate $S/session/bearer.rs '            .position(|e| e.introspection && e.covers(request.path))' '            .position(|e| e.introspection)' $M g13_introspection
+mutate $S/session/bearer.rs "    token.split('.').count() == 3" '    token.is_empty()' $M g13_introspection
+mutate $S/provider/access_token.rs '    if expect.now >= exp {' '    if expect.now >= exp + 86_400 {' $M g13_introspection
+mutate $S/session/service.rs '        if let Some(granted) = &record.tokens.granted_scope {' '        if let Some(granted) = record.tokens.granted_scope.as_ref().filter(|_| false) {' $M g13_email_rules_refuse_clients
 
 echo
 if $patterns_only; then
