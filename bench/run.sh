@@ -169,7 +169,7 @@ log "building release binaries in $TARGET_DIR (takes minutes the first time)"
 # other builds of the same binaries while this run still starts processes.
 BIN=$WORK/bin
 mkdir "$BIN"
-for binary in portcullis bare-proxy upstream seed; do
+for binary in portcullis bare-proxy upstream seed dpop-proofs; do
   cp "$TARGET_DIR/release/$binary" "$BIN/"
 done
 
@@ -390,18 +390,25 @@ wait_until_quiet() {
 
 # Runs wrk against URL, served by process PID, and appends the table row LABEL. COOKIES
 # is a file of session ids to send in rotation, or empty; more wrk options may follow.
+# SCRIPT_ARGS (an array, usually empty) replaces the script's arguments of the measured
+# run, WARM_SCRIPT_ARGS those of the warm-up (the DPoP row: proofs are used once).
 # Sets ROW_RPS.
+SCRIPT_ARGS=()
+WARM_SCRIPT_ARGS=()
 measure() {
   local label=$1 pid=$2 url=$3 note=$4 cookies=$5
   shift 5
-  local out=$WORK/wrk.out script_args=() before after line attempt watcher
+  local out=$WORK/wrk.out script_args=() warm_args=() before after line attempt watcher
   local requests duration non200 errors p50 p99 cpu rss pct
   [[ -z $cookies ]] || script_args=(-- "$cookies")
+  [[ ${#SCRIPT_ARGS[@]} -eq 0 ]] || script_args=(-- "${SCRIPT_ARGS[@]}")
+  warm_args=("${script_args[@]}")
+  [[ ${#WARM_SCRIPT_ARGS[@]} -eq 0 ]] || warm_args=(-- "${WARM_SCRIPT_ARGS[@]}")
   for attempt in 1 2 3 4 5; do
     wait_until_quiet
     log "measuring: $label"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$ROOT/bench/wrk.lua" "$@" \
-      "$url" "${script_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (warm-up of $label)"; }
+      "$url" "${warm_args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk failed (warm-up of $label)"; }
     grep -q ' non200=0 socket_errors=0 ' "$out" ||
       { cat "$out" >&2; die "$label: the warm-up got errors or answers other than 200"; }
     rm -f "$WORK/disturbed"
@@ -493,7 +500,29 @@ if $BEARER; then
     "SQLite; a client-credentials JWT (RS256), verified once, then found by its SHA-256" "" \
     -H "Authorization: Bearer $TOKEN"
   BEARER_RPS=$ROW_RPS
-  NOTES+=("Bearer token: $(awk -v a="$BEARER_RPS" -v b="$SIGNED_IN_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the signed-in row. A DPoP row needs a fresh proof per request, which wrk cannot sign: not measured here (each DPoP request adds a proof verification and one store write, its replay-cache entry).")
+  # DPoP: a fresh proof per request, signed beforehand (wrk cannot sign), as many as
+  # the bearer row's rate could use (a DPoP request does all a bearer one does, and
+  # more), each sent once: the gateway writes every proof to its replay cache.
+  seconds() { sed -E 's/s$//' <<<"$1"; }
+  warm_count=$(( BEARER_RPS * $(seconds "$WARMUP") + 1000 ))
+  run_count=$(( BEARER_RPS * $(seconds "$DURATION") + 1000 ))
+  log "signing $((warm_count + run_count)) DPoP proofs for the DPoP row"
+  "$BIN/dpop-proofs" --issuer "$ISSUER" --client bench-machine --secret "$CLIENT_SECRET" \
+    --htu "$GATEWAY/api/" --count "$run_count" --token "$WORK/dpop-token" \
+    --proofs "$WORK/dpop-run" || die "dpop-proofs failed"
+  DPOP_TOKEN=$(cat "$WORK/dpop-token")
+  # The warm-up gets a token and proofs of its own (signed last, used first).
+  "$BIN/dpop-proofs" --issuer "$ISSUER" --client bench-machine --secret "$CLIENT_SECRET" \
+    --htu "$GATEWAY/api/" --count "$warm_count" --token "$WORK/dpop-token-warm" \
+    --proofs "$WORK/dpop-warm" || die "dpop-proofs failed"
+  SCRIPT_ARGS=("$WORK/dpop-run" dpop "$DPOP_TOKEN" "$THREADS")
+  WARM_SCRIPT_ARGS=("$WORK/dpop-warm" dpop "$(cat "$WORK/dpop-token-warm")" "$THREADS")
+  measure "Portcullis, DPoP-bound token" "$MAIN_GATEWAY_PID" "$GATEWAY/api/" \
+    "SQLite; a DPoP-bound client-credentials JWT, cached; a fresh proof per request: verified (ES256) and written to the store's replay cache" ""
+  SCRIPT_ARGS=()
+  WARM_SCRIPT_ARGS=()
+  DPOP_RPS=$ROW_RPS
+  NOTES+=("Bearer token: $(awk -v a="$BEARER_RPS" -v b="$SIGNED_IN_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the signed-in row. DPoP: $(awk -v a="$DPOP_RPS" -v b="$BEARER_RPS" 'BEGIN { printf "%.0f%%", 100 * a / b }') of the bearer row: the proof's signature check and its replay-cache write (SQLite) on every request.")
 fi
 profile_row bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
 profile_row public "$MAIN_GATEWAY_PID" "$GATEWAY/public/"

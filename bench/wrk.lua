@@ -4,6 +4,11 @@
 --
 -- With a file of session ids as argument (`wrk ... -s wrk.lua URL -- FILE`), each
 -- request carries the next id in the file as the `portcullis` cookie, in rotation.
+--
+-- With `-- FILE dpop TOKEN THREADS`, FILE holds DPoP proofs, one per line: each request
+-- carries `Authorization: DPoP TOKEN` and the next proof, each proof sent once (thread
+-- k of THREADS sends lines k, k + THREADS, …; the gateway refuses a replayed proof, so
+-- running out shows as answers other than 200).
 
 non200 = 0
 
@@ -17,6 +22,25 @@ end
 function init(args)
    local file = args[1]
    if file == nil then
+      return
+   end
+   if args[2] == "dpop" then
+      local token, step = args[3], tonumber(args[4])
+      local mine, line_number, k = {}, 0, thread_number or 1
+      for line in io.lines(file) do
+         line_number = line_number + 1
+         if line ~= "" and (line_number - k) % step == 0 then
+            mine[#mine + 1] = line
+         end
+      end
+      local next = 0
+      request = function()
+         next = next + 1
+         return wrk.format(nil, nil, {
+            ["Authorization"] = "DPoP " .. token,
+            ["DPoP"] = mine[next] or "used-up",
+         })
+      end
       return
    end
    local prepared = {}

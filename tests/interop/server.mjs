@@ -3,7 +3,7 @@
 // throwaway signing keys generated at start-up. Configured by environment only.
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import { EmbeddedJWK, calculateJwkThumbprint, jwtVerify } from 'jose';
 
 // stdout carries only the READY line; oidc-provider NOTICEs (console.info) go to stderr.
@@ -99,6 +99,31 @@ const provider = new Provider(issuer, {
     ...(env.FAPI === '1' ? {
       fapi: { enabled: true, profile: '2.0' },
       dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
+    } : {}),
+    // API_RESOURCE: machine clients. Client-credentials tokens for APIs named with RFC
+    // 8707 `resource`: API_RESOURCE and https://other.example get RFC 9068 JWTs,
+    // OPAQUE_RESOURCE opaque tokens (introspection, which any authenticated client may
+    // ask); a DPoP proof at the token endpoint binds the token (RFC 9449).
+    ...(env.API_RESOURCE ? {
+      clientCredentials: { enabled: true },
+      introspection: { enabled: true, allowedPolicy: async () => true },
+      dPoP: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        getResourceServerInfo: async (ctx, resource) => {
+          const jwt = { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+          if (resource === env.API_RESOURCE) {
+            return { scope: 'orders:read orders:admin', audience: resource, ...jwt };
+          }
+          if (resource === 'https://other.example') {
+            return { scope: 'orders:read', audience: resource, ...jwt };
+          }
+          if (env.OPAQUE_RESOURCE && resource === env.OPAQUE_RESOURCE) {
+            return { scope: 'orders:read', audience: resource, accessTokenFormat: 'opaque' };
+          }
+          throw new errors.InvalidTarget();
+        },
+      },
     } : {}),
   },
   fetch: loopbackFetch,

@@ -371,7 +371,7 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         Some("refresh_token") => refresh(idp, client, &f).await,
         // Only for a machine client, which lists the APIs it may call.
         Some("client_credentials") if !client.resources.is_empty() => {
-            client_credentials(idp, client, &f)
+            client_credentials(idp, client, &f, headers)
         }
         // A08: password, implicit, client credentials for other clients, anything else.
         Some(_) => Err(OAuthError::new(
@@ -390,7 +390,30 @@ fn client_credentials(
     idp: &Idp,
     client: &Client,
     f: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Value, OAuthError> {
+    // RFC 9449 §5: a proof binds the token to the client's key (`cnf.jkt`).
+    let bound_to = match headers.get("dpop") {
+        None => None,
+        Some(proof) => {
+            let refused = |why: &str| OAuthError::new("invalid_dpop_proof", why.to_owned());
+            let proof = proof
+                .to_str()
+                .map_err(|_| refused("the proof is not text"))?;
+            let token_endpoint = format!("{}/token", idp.config.issuer);
+            let (verified, jkt) = portcullis::jose::dpop_proof::verify_token_request_proof(
+                proof,
+                &token_endpoint,
+                now(),
+            )
+            .map_err(|e| refused(&e.to_string()))?;
+            let until = verified.iat + portcullis::jose::dpop_proof::PROOF_WINDOW_SECONDS * 2;
+            if !idp.assertions.first_use("dpop", &verified.jti, until) {
+                return Err(refused("the proof was used before"));
+            }
+            Some(jkt)
+        }
+    };
     if client.secret.is_none() && client.jwks.is_none() {
         return Err(OAuthError::new(
             "unauthorized_client",
@@ -431,7 +454,7 @@ fn client_credentials(
     };
     let now = now();
     let ttl = idp.config.access_token_ttl.as_secs() as i64;
-    let claims = json!({
+    let mut claims = json!({
         "iss": idp.config.issuer,
         "sub": client.id,
         "client_id": client.id,
@@ -441,6 +464,9 @@ fn client_credentials(
         "exp": now + ttl,
         "jti": random_token(),
     });
+    if let Some(jkt) = &bound_to {
+        claims["cnf"] = json!({ "jkt": jkt });
+    }
     let token = idp
         .keys
         .sign(Algorithm::RS256, "at+jwt", &claims)
@@ -454,7 +480,7 @@ fn client_credentials(
         })?;
     Ok(json!({
         "access_token": token,
-        "token_type": "Bearer",
+        "token_type": if bound_to.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": ttl,
         "scope": scope.join(" "),
     }))

@@ -979,3 +979,114 @@ async fn password_attempts_are_throttled_per_user_and_per_address() {
         .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Machine clients: `client_credentials` for a confidential client listing
+/// `resources` only; an RFC 9068 token for the API named (RFC 8707), speaking for the
+/// client, with the scopes asked among its own; bound to a DPoP proof's key when one
+/// comes with the request, a proof used once.
+#[tokio::test]
+async fn client_credentials_for_machine_clients_only() {
+    let p = start().await;
+    let grant = [
+        ("grant_type", "client_credentials"),
+        ("resource", "https://api.example.com"),
+        ("scope", "orders:read"),
+    ];
+    // Not a machine client.
+    let (s, v) = p.token(&grant, Some(("conf", "conf-secret"))).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
+    // A wrong secret.
+    let (s, _) = p.token(&grant, Some(("machine", "nope"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // An API it may not call, a scope it was not given, no resource among two.
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", "https://evil.example"),
+            ],
+            Some(("machine", "machine-secret")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_target"))
+    );
+    let (s, v) = p
+        .token(
+            &[
+                ("grant_type", "client_credentials"),
+                ("resource", "https://api.example.com"),
+                ("scope", "everything"),
+            ],
+            Some(("machine", "machine-secret")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let (s, v) = p
+        .token(
+            &[("grant_type", "client_credentials")],
+            Some(("machine", "machine-secret")),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_target"))
+    );
+
+    let (s, v) = p.token(&grant, Some(("machine", "machine-secret"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["token_type"], "Bearer");
+    let token = v["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let claims = p.verified_claims(token).await;
+    assert_eq!(claims["aud"], "https://api.example.com");
+    assert_eq!(
+        (&claims["sub"], &claims["client_id"]),
+        (&serde_json::json!("machine"), &serde_json::json!("machine"))
+    );
+    assert_eq!(claims["scope"], "orders:read");
+    assert!(claims.get("cnf").is_none());
+
+    // DPoP-bound.
+    let (key, _) = portcullis::jose::dpop::DpopKey::generate().unwrap();
+    let now = portcullis_test_support::now();
+    let proof = key
+        .proof("POST", &format!("{}/token", p.base), None, None, now)
+        .unwrap();
+    let bound = |proof: String| {
+        let req = p
+            .client
+            .post(format!("{}/token", p.base))
+            .basic_auth("machine", Some("machine-secret"))
+            .header("dpop", proof)
+            .form(&grant);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = bound(proof.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["token_type"], "DPoP");
+    let claims = p.verified_claims(v["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["cnf"]["jkt"], key.jkt());
+    let (s, v) = bound(proof).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_dpop_proof")),
+        "a replayed proof"
+    );
+    let elsewhere = key
+        .proof("POST", "http://127.0.0.1:1/token", None, None, now)
+        .unwrap();
+    let (s, _) = bound(elsewhere).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a proof for another endpoint");
+}

@@ -617,3 +617,164 @@ client_secret_file = "{}"
     );
     let _ = std::fs::remove_file(secret_file);
 }
+
+/// Against the certified npm `oidc-provider`: client-credentials access tokens for an
+/// API named with RFC 8707 `resource` (RFC 9068 JWTs), a token for another API, a
+/// DPoP-bound one with a proof (and the same token as Bearer), and an opaque token
+/// checked by the provider's own introspection endpoint.
+#[tokio::test]
+async fn interop_client_credentials_tokens_from_the_npm_provider() {
+    use support::oidc_provider::RealProvider;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let opaque_api = "https://opaque.example.com";
+    let clients = json!([
+        {
+            "client_id": "app",
+            "client_secret": "app-secret-for-introspection-0123456789",
+            "redirect_uris": [format!("{gateway_url}/auth/callback")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        },
+        {
+            "client_id": "reporting",
+            "client_secret": "reporting-secret-0123456789abcdef",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+        },
+    ]);
+    let Some(node) = RealProvider::start(
+        clients,
+        &[("API_RESOURCE", API), ("OPAQUE_RESOURCE", opaque_api)],
+    )
+    .await
+    else {
+        return;
+    };
+    let up = TestUpstream::start().await;
+    let config = format!(
+        r#"
+[[bearer]]
+issuer = "default"
+audiences = ["{API}"]
+paths = ["/api/*"]
+required_scopes = ["orders:read"]
+
+[[bearer]]
+issuer = "default"
+audiences = ["{opaque_api}"]
+paths = ["/legacy/*"]
+introspection = true
+"#
+    );
+    let gw = TestGateway::start_with(
+        &node.issuer,
+        Options {
+            listener: Some(listener),
+            config_file: Some(config),
+            ..Options::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &up.url)
+        .env(
+            "PORTCULLIS_CLIENT_SECRET",
+            "app-secret-for-introspection-0123456789",
+        ),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let token_for = |resource: &str, dpop: Option<String>| {
+        let mut req = http
+            .post(format!("{}/token", node.issuer))
+            .basic_auth("reporting", Some("reporting-secret-0123456789abcdef"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource),
+                ("scope", "orders:read"),
+            ]);
+        if let Some(proof) = dpop {
+            req = req.header("dpop", proof);
+        }
+        async move {
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["access_token"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no token: {v}"))
+                .to_owned()
+        }
+    };
+    let call = |path: &str, headers: Vec<(String, String)>| {
+        let url = gw.at(path);
+        async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Browser::new().get(&url, &h).await
+        }
+    };
+    let bearer = |t: &str| vec![("authorization".to_owned(), format!("Bearer {t}"))];
+
+    // An RFC 9068 JWT for the API: passes as the client.
+    let token = token_for(API, None).await;
+    assert_eq!(token.split('.').count(), 3, "a JWT access token");
+    let r = call("/api/orders", bearer(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(echoed(&v, "x-user-auth-method"), vec!["bearer"]);
+    assert!(echoed(&v, "x-user-email").is_empty());
+    let client_id = echoed(&v, "x-user-id");
+    // The same client again: the same identity.
+    let again = call("/api/orders", bearer(&token_for(API, None).await)).await;
+    assert_eq!(echoed(&again.json(), "x-user-id"), client_id);
+    // A token for another API: 401, the app never called.
+    let calls = up.calls();
+    let other = token_for("https://other.example", None).await;
+    let r = call("/api/orders", bearer(&other)).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(up.calls(), calls);
+
+    // DPoP: the provider binds the token to the client's key (RFC 9449 §5).
+    let (key, _) = DpopKey::generate().unwrap();
+    let now = gw.clock_now();
+    let at_token_endpoint = key
+        .proof(
+            "POST",
+            &format!("{}/token", node.issuer),
+            None,
+            None,
+            support::now(),
+        )
+        .unwrap();
+    let bound = token_for(API, Some(at_token_endpoint)).await;
+    let htu = format!("{}/api/orders", gw.url);
+    let proof = key.proof("GET", &htu, None, Some(&bound), now).unwrap();
+    let r = call(
+        "/api/orders",
+        vec![
+            ("authorization".into(), format!("DPoP {bound}")),
+            ("dpop".into(), proof),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-auth-method"), vec!["dpop"]);
+    let r = call("/api/orders", bearer(&bound)).await;
+    assert_eq!(r.status, 401, "a bound token as Bearer: {}", r.body);
+
+    // An opaque token, introspected at the provider (as the gateway's client).
+    let opaque = token_for(opaque_api, None).await;
+    assert_ne!(opaque.split('.').count(), 3, "an opaque token");
+    let r = call("/legacy/report", bearer(&opaque)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(echoed(&r.json(), "x-user-id"), client_id, "the same client");
+    // The JWT for the API is no use on the opaque API's paths (its audience).
+    assert_eq!(call("/legacy/report", bearer(&token)).await.status, 401);
+    // Nor an opaque token nobody issued.
+    assert_eq!(
+        call("/legacy/report", bearer("not-issued-by-anyone"))
+            .await
+            .status,
+        401
+    );
+}

@@ -133,6 +133,46 @@ pub fn verify_proof(
     proof: &str,
     expect: &ProofExpectations<'_>,
 ) -> Result<VerifiedProof, ProofError> {
+    let (verified, claims, jwk) =
+        check_request(proof, expect.htm, expect.htu, expect.nonce, expect.now)?;
+    let ath = super::dpop::ath(expect.access_token);
+    let given = claims.get("ath").and_then(Value::as_str);
+    if !given.is_some_and(|a| crate::random::secrets_equal(a.as_bytes(), ath.as_bytes())) {
+        return Err(ProofError::WrongToken);
+    }
+    let thumbprint = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| ProofError::NoKey)?;
+    if !crate::random::secrets_equal(thumbprint.as_bytes(), expect.jkt.as_bytes()) {
+        return Err(ProofError::WrongKey);
+    }
+    Ok(verified)
+}
+
+/// A proof at a token endpoint (RFC 9449 §5), as an authorization server checks it (the
+/// dev provider): for this request, no access token yet. Returns it and the thumbprint
+/// of its key, which the issued token is bound to (`cnf.jkt`).
+pub fn verify_token_request_proof(
+    proof: &str,
+    htu: &str,
+    now: UnixTime,
+) -> Result<(VerifiedProof, String), ProofError> {
+    let (verified, _, jwk) = check_request(proof, "POST", htu, None, now)?;
+    let jkt = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| ProofError::NoKey)?;
+    Ok((verified, jkt))
+}
+
+/// RFC 9449 §4.3 steps 2–10: the proof itself, for this method and URI, within the
+/// window, with the nonce when one is required.
+fn check_request(
+    proof: &str,
+    htm: &str,
+    expected_htu: &str,
+    nonce: Option<&str>,
+    now: UnixTime,
+) -> Result<(VerifiedProof, Map<String, Value>, Jwk), ProofError> {
     if proof.len() > MAX_PROOF_BYTES {
         return Err(ProofError::Malformed);
     }
@@ -170,40 +210,31 @@ pub fn verify_proof(
     let jti = text("jti")
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(ProofError::Malformed)?;
-    if text("htm") != Some(expect.htm) {
+    if text("htm") != Some(htm) {
         return Err(ProofError::WrongMethod);
     }
     let htu = text("htu").ok_or(ProofError::Malformed)?;
-    if comparable(htu).is_none() || comparable(htu) != comparable(expect.htu) {
+    if comparable(htu).is_none() || comparable(htu) != comparable(expected_htu) {
         return Err(ProofError::WrongUri);
     }
     let iat = claims
         .get("iat")
         .and_then(Value::as_i64)
         .ok_or(ProofError::Malformed)?;
-    if (iat - expect.now).abs() > PROOF_WINDOW_SECONDS {
+    if (iat - now).abs() > PROOF_WINDOW_SECONDS {
         return Err(ProofError::Stale);
     }
-    if let Some(nonce) = expect.nonce
+    if let Some(nonce) = nonce
         && !text("nonce")
             .is_some_and(|n| crate::random::secrets_equal(n.as_bytes(), nonce.as_bytes()))
     {
         return Err(ProofError::NonceRequired);
     }
-    let ath = super::dpop::ath(expect.access_token);
-    if !text("ath").is_some_and(|a| crate::random::secrets_equal(a.as_bytes(), ath.as_bytes())) {
-        return Err(ProofError::WrongToken);
-    }
-    let thumbprint = jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|_| ProofError::NoKey)?;
-    if !crate::random::secrets_equal(thumbprint.as_bytes(), expect.jkt.as_bytes()) {
-        return Err(ProofError::WrongKey);
-    }
-    Ok(VerifiedProof {
+    let verified = VerifiedProof {
         jti: jti.to_owned(),
         iat,
-    })
+    };
+    Ok((verified, claims, jwk))
 }
 
 #[cfg(test)]
