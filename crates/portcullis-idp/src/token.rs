@@ -382,6 +382,18 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
     }
 }
 
+/// Signs a token with the current RS256 key (`typ` as given); a failure is a 500.
+fn sign(idp: &Idp, typ: &str, claims: &impl serde::Serialize) -> Result<String, OAuthError> {
+    idp.keys.sign(Algorithm::RS256, typ, claims).map_err(|e| {
+        tracing::error!(error = %e, typ, "cannot sign a token");
+        OAuthError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+            description: "signing failed".into(),
+        }
+    })
+}
+
 /// `client_credentials` (RFC 6749 §4.4) for a machine client: an RFC 9068 access token
 /// (`typ: at+jwt`) for one of its `resources` (RFC 8707 `resource`; the only one when it
 /// has one), speaking for the client itself (`sub` = `client_id`), with the scopes asked
@@ -467,17 +479,7 @@ fn client_credentials(
     if let Some(jkt) = &bound_to {
         claims["cnf"] = json!({ "jkt": jkt });
     }
-    let token = idp
-        .keys
-        .sign(Algorithm::RS256, "at+jwt", &claims)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot sign an access token");
-            OAuthError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                error: "server_error",
-                description: "signing failed".into(),
-            }
-        })?;
+    let token = sign(idp, "at+jwt", &claims)?;
     Ok(json!({
         "access_token": token,
         "token_type": if bound_to.is_some() { "DPoP" } else { "Bearer" },
@@ -684,17 +686,7 @@ async fn issue_tokens(idp: &Idp, grant: &GrantRow, with_nonce: bool) -> Result<V
     if with_nonce && let Some(n) = &grant.nonce {
         claims.insert("nonce".into(), json!(n));
     }
-    let id_token = idp
-        .keys
-        .sign(Algorithm::RS256, "JWT", &claims)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot sign an ID token");
-            OAuthError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                error: "server_error",
-                description: "signing failed".into(),
-            }
-        })?;
+    let id_token = sign(idp, "JWT", &claims)?;
     Ok(json!({
         "access_token": access,
         "token_type": "Bearer",

@@ -48,6 +48,31 @@ async fn setup_with(extra: &str, options: Options) -> Setup {
     Setup { p, gw, up }
 }
 
+/// Two instances on one store (a SQLite file) and one key ring, with `extra` in their
+/// `[[bearer]]` entry.
+async fn two_instances(extra: &str) -> (Setup, TestGateway) {
+    let s = setup_with(
+        extra,
+        Options {
+            file_store: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let second = TestGateway::start_with(
+        &s.p.issuer,
+        Options {
+            db_path: s.gw.db_path.clone(),
+            secret: Some(s.gw.secret),
+            config_file: Some(bearer_config(extra)),
+            ..Default::default()
+        }
+        .env("PORTCULLIS_UPSTREAM", &s.up.url),
+    )
+    .await;
+    (s, second)
+}
+
 async fn setup() -> Setup {
     setup_with("", Options::default()).await
 }
@@ -338,25 +363,7 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
 
 #[tokio::test]
 async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
-    let s = setup_with(
-        "",
-        Options {
-            file_store: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let second = TestGateway::start_with(
-        &s.p.issuer,
-        Options {
-            db_path: s.gw.db_path.clone(),
-            secret: Some(s.gw.secret),
-            config_file: Some(bearer_config("")),
-            ..Default::default()
-        }
-        .env("PORTCULLIS_UPSTREAM", &s.up.url),
-    )
-    .await;
+    let (s, second) = two_instances("").await;
     let (key, _) = DpopKey::generate().unwrap();
     let token = s.token(json!({"cnf": {"jkt": key.jkt()}}));
     let htu = format!("{}/api/orders", s.gw.url);
@@ -431,26 +438,20 @@ async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
 
 #[tokio::test]
 async fn g13_dpop_nonces_are_asked_for_and_good_at_every_instance() {
-    let s = setup_with(
-        "dpop_nonce = true",
-        Options {
-            file_store: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let (s, second) = two_instances("dpop_nonce = true").await;
     let (key, _) = DpopKey::generate().unwrap();
     let token = s.token(json!({"cnf": {"jkt": key.jkt()}}));
     let htu = format!("{}/api/orders", s.gw.url);
     let now = s.now();
-    let send = |proof: String| {
-        let (url, auth) = (s.gw.at("/api/orders"), format!("DPoP {token}"));
+    let send_to = |gw: &TestGateway, proof: String| {
+        let (url, auth) = (gw.at("/api/orders"), format!("DPoP {token}"));
         async move {
             Browser::new()
                 .get(&url, &[("authorization", &auth), ("dpop", &proof)])
                 .await
         }
     };
+    let send = |proof: String| send_to(&s.gw, proof);
     let r = send(key.proof("GET", &htu, None, Some(&token), now).unwrap()).await;
     assert_eq!(r.status, 401);
     assert!(
@@ -471,6 +472,16 @@ async fn g13_dpop_nonces_are_asked_for_and_good_at_every_instance() {
     )
     .await;
     assert_eq!(r.status, 401);
+    // The nonce the first instance gave is good at the second (the key behind it is
+    // shared through the store).
+    let second_htu = format!("{}/api/orders", second.url);
+    let r = send_to(
+        &second,
+        key.proof("GET", &second_htu, Some(&nonce), Some(&token), now)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 #[tokio::test]

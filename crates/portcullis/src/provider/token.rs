@@ -187,6 +187,22 @@ pub async fn refresh(
     token_request(http, endpoint, auth, form, dpop).await
 }
 
+/// An authenticated form post naming one token (RFC 7009 §2.1, RFC 7662 §2.1).
+async fn about_token(
+    http: &ProviderHttp,
+    what: &'static str,
+    endpoint: &str,
+    auth: ClientAuth<'_>,
+    token: &str,
+    hint: &str,
+) -> Result<super::http::Answer, ProviderError> {
+    let mut form = vec![("token", token), ("token_type_hint", hint)];
+    let credentials = auth.credentials()?;
+    let basic = credentials.apply(&mut form);
+    http.post_form(what, endpoint, &form, basic, None, MAX_TOKEN_RESPONSE_BYTES)
+        .await
+}
+
 /// Revokes a token (RFC 7009 §2.1). The provider answers 200 even for unknown tokens.
 pub async fn revoke(
     http: &ProviderHttp,
@@ -195,19 +211,7 @@ pub async fn revoke(
     token: &str,
     hint: &str,
 ) -> Result<(), ProviderError> {
-    let mut form = vec![("token", token), ("token_type_hint", hint)];
-    let credentials = auth.credentials()?;
-    let basic = credentials.apply(&mut form);
-    let answer = http
-        .post_form(
-            "revocation",
-            endpoint,
-            &form,
-            basic,
-            None,
-            MAX_TOKEN_RESPONSE_BYTES,
-        )
-        .await?;
+    let answer = about_token(http, "revocation", endpoint, auth, token, hint).await?;
     if answer.status.is_success() {
         Ok(())
     } else if answer.status.is_server_error() {
@@ -229,19 +233,7 @@ pub async fn introspect(
     auth: ClientAuth<'_>,
     token: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
-    let mut form = vec![("token", token), ("token_type_hint", "access_token")];
-    let credentials = auth.credentials()?;
-    let basic = credentials.apply(&mut form);
-    let answer = http
-        .post_form(
-            "introspection",
-            endpoint,
-            &form,
-            basic,
-            None,
-            MAX_TOKEN_RESPONSE_BYTES,
-        )
-        .await?;
+    let answer = about_token(http, "introspection", endpoint, auth, token, "access_token").await?;
     if answer.status.is_server_error() {
         return Err(ProviderError::ServerError(answer.status.as_u16()));
     }
