@@ -398,3 +398,51 @@ async fn several_providers_get_a_block_each_and_the_email_domains_warning() {
     line(&text, "ok", "providers");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `[[bearer]]`: each entry's issuer is read; an entry that introspects at an issuer
+/// without an introspection endpoint is an error.
+#[tokio::test]
+async fn bearer_entries_are_checked_against_their_issuers() {
+    let issuer = dev_provider::start(PUBLIC, None).await;
+    let dir =
+        std::env::temp_dir().join(format!("pc-doctor-{}", portcullis::random::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |introspection: bool| {
+        let file = dir.join(format!("portcullis-{introspection}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "public_url = \"{PUBLIC}\"\nstore = \"sqlite:{}\"\nissuer = \"{issuer}\"\nclient_id = \"app\"\n\
+                 [[bearer]]\nissuer = \"default\"\naudiences = [\"{PUBLIC}/api\"]\npaths = [\"/api/*\"]\nintrospection = {introspection}\n",
+                dir.join("portcullis.db").display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("PORTCULLIS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("doctor")
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+    };
+    let out = run(false).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line(&text, "ok", "bearer").contains("bearer[0]: access tokens of"),
+        "{text}"
+    );
+    // The dev provider has no introspection endpoint.
+    let out = run(true).await.unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        line(&text, "error", "bearer").contains("no introspection_endpoint"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

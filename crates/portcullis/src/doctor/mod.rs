@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::provider::http::ProviderHttp;
 
+mod bearer;
 mod client;
 mod deployment;
 mod provider;
@@ -48,7 +49,7 @@ pub struct Finding {
     pub level: Level,
     /// The check's name: `config`, `discovery`, `jwks`, `pkce`, `iss`, `refresh`,
     /// `logout`, `backchannel`, `clock`, `client`, `store`, `upstream`, `quirk`, `par`,
-    /// `fapi2`, `dpop`, `key ring`, `dpop key`.
+    /// `fapi2`, `dpop`, `key ring`, `dpop key`, `providers`, `bearer`.
     pub check: &'static str,
     pub message: String,
     /// What to change, for a warning or an error.
@@ -153,6 +154,7 @@ pub async fn run(config: &Config) -> Report {
             ),
         }
     }
+    bearer::bearer_checks(config, &mut report).await;
     store_check(config, &mut report).await;
     upstream_check(config, &mut report).await;
     for (i, entry) in config.providers.iter().enumerate() {

@@ -119,6 +119,17 @@ mod tests {
             .upsert_user("https://i", "alice", &UserProfile::default(), NOW)
             .await
             .unwrap();
+        // A machine client named like alice: copied as a client, with its own id.
+        let client = from
+            .upsert_identity(
+                "https://i",
+                crate::store::IdentityKind::Client,
+                "alice",
+                None,
+                NOW,
+            )
+            .await
+            .unwrap();
         let id = SessionId::generate();
         let session = |family, id_hash, idle| NewSession {
             family_id: family,
@@ -151,7 +162,8 @@ mod tests {
         from.add_signing_key(&key).await.unwrap();
 
         let report = copy(&from, &to, NOW).await.unwrap();
-        assert_eq!(report.users_copied, 1);
+        assert_eq!(report.users_copied, 2);
+        assert_eq!(to.get_user(client.id).await.unwrap(), Some(client));
         assert_eq!(report.sessions_copied, 1);
         assert_eq!(report.signing_keys_copied, 1);
         assert_eq!(to.signing_keys().await.unwrap(), [key]);
