@@ -70,6 +70,12 @@ pub enum Proxy {
     Caddy,
 }
 
+/// The API the provider behind every front issues machine clients' tokens for.
+pub const FRONT_API: &str = "https://api.example.com";
+
+/// The machine client at that provider: id and secret.
+const MACHINE_CLIENT: (&str, &str) = ("reporting", "reporting-secret-0123456789abcdef");
+
 pub struct Front {
     pub kind: Proxy,
     /// The browser-facing origin: the proxy.
@@ -106,14 +112,28 @@ impl Front {
         }
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let client = json!([{
-            "client_id": "app",
-            "token_endpoint_auth_method": "none",
-            "redirect_uris": [format!("{url}/auth/callback")],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-        }]);
-        let op = RealProvider::start(client, &[("ID_TOKEN_TTL", "86400")]).await?;
+        let client = json!([
+            {
+                "client_id": "app",
+                "token_endpoint_auth_method": "none",
+                "redirect_uris": [format!("{url}/auth/callback")],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+            },
+            // A machine client: client-credentials tokens for FRONT_API.
+            {
+                "client_id": MACHINE_CLIENT.0,
+                "client_secret": MACHINE_CLIENT.1,
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "redirect_uris": [],
+            },
+        ]);
+        let op = RealProvider::start(
+            client,
+            &[("ID_TOKEN_TTL", "86400"), ("API_RESOURCE", FRONT_API)],
+        )
+        .await?;
         let up = TestUpstream::start().await;
         let mut options = Options {
             config_file,
@@ -159,6 +179,26 @@ impl Front {
 
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// A client-credentials access token (an RFC 9068 JWT) for [`FRONT_API`], with the
+    /// scope `orders:read`, from the provider behind this front.
+    pub async fn machine_token(&self) -> String {
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/token", self.op.issuer))
+            .basic_auth(MACHINE_CLIENT.0, Some(MACHINE_CLIENT.1))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", FRONT_API),
+                ("scope", "orders:read"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
     }
 
     pub async fn signed_in(&self, user: &str) -> Browser {

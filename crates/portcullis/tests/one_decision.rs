@@ -1,7 +1,7 @@
 //! G11 (docs/security.md): one table of requests — dot segments raw and encoded, empty
 //! segments, `;`, backslashes, method overrides in several spellings and `_method`,
 //! WebSocket handshakes from foreign origins with and without `Upgrade`, public and
-//! routed paths, anonymous and signed in — sent exactly as written (no client-side
+//! routed paths, anonymous, signed in and with access tokens (`[[bearer]]`) — sent exactly as written (no client-side
 //! normalisation) through every door: the reverse proxy, the embeddable layer (an axum
 //! app with wildcard routes), `/auth/verify` asked directly (with `X-Original-URI`,
 //! `X-Forwarded-Uri` and the absolute `X-Original-URL`), and the real nginx and Caddy
@@ -590,8 +590,9 @@ struct Entrance {
     /// The public origin (`{own}`).
     own: String,
     cookie: String,
-    /// A valid access token for the API; `None` behind the front proxies, whose
-    /// provider (the npm one) the test does not sign for: those rows are skipped there.
+    /// A valid access token for the API (the scriptable provider's in process, a
+    /// client-credentials token from the npm provider behind the front proxies);
+    /// `None`: the bearer rows are skipped.
     token: Option<String>,
     /// How many requests the app has received.
     calls: Arc<AtomicUsize>,
@@ -850,7 +851,7 @@ async fn behind(kind: Proxy) {
         base: f.url.clone(),
         own: f.url.clone(),
         cookie: format!("portcullis={}", b.cookie("portcullis").unwrap()),
-        token: None,
+        token: Some(f.machine_token().await),
         calls: f.up.calls.clone(),
     };
     let report = run_table(&entrance).await;
