@@ -1,8 +1,8 @@
 //! G11 (docs/security.md): one table of requests — dot segments raw and encoded, empty
 //! segments, `;`, backslashes, method overrides in several spellings and `_method`,
 //! WebSocket handshakes from foreign origins with and without `Upgrade`, public and
-//! routed paths, anonymous, signed in and with access tokens (`[[bearer]]`) — sent exactly as written (no client-side
-//! normalisation) through every door: the reverse proxy, the embeddable layer (an axum
+//! routed paths, anonymous, signed in and with access tokens (`[[bearer]]`) — sent
+//! exactly as written (no client-side normalisation) through every door: the reverse proxy, the embeddable layer (an axum
 //! app with wildcard routes), `/auth/verify` asked directly (with `X-Original-URI`,
 //! `X-Forwarded-Uri` and the absolute `X-Original-URL`), and the real nginx and Caddy
 //! with the snippets of docs/forward-auth.md, WebSocket proxying on. For each: the
