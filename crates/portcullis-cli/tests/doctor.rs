@@ -50,6 +50,22 @@ async fn doctor(env: &[(&str, &str)]) -> (String, i32) {
 }
 
 /// The line of `check`, e.g. `line(&out, "warn", "iss")`.
+/// `portcullis doctor --config FILE` with no `PORTCULLIS_*` variable of the caller's.
+async fn doctor_with_file(file: std::path::PathBuf) -> std::io::Result<std::process::Output> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PORTCULLIS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("doctor")
+        .arg("--config")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .output()
+        .await
+}
+
 fn line<'a>(out: &'a str, level: &str, check: &str) -> &'a str {
     out.lines()
         .find(|l| {
@@ -352,17 +368,7 @@ async fn several_providers_get_a_block_each_and_the_email_domains_warning() {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PORTCULLIS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("doctor")
-            .arg("--config")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .output()
+        doctor_with_file(file)
     };
     let out = run(false).await.unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -418,17 +424,7 @@ async fn bearer_entries_are_checked_against_their_issuers() {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("PORTCULLIS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("doctor")
-            .arg("--config")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .output()
+        doctor_with_file(file)
     };
     let out = run(false).await.unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
