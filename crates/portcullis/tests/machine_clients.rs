@@ -306,6 +306,25 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
     );
     let other = s.token(json!({"email": "eve@evil.example"}));
     assert_eq!(s.with_token("/api/orders", &other).await.status, 403);
+    // A reload that tightens `[access]` applies to a token validated (and cached)
+    // before.
+    let alice = s.token(json!({}));
+    assert_eq!(s.with_token("/api/orders", &alice).await.status, 200);
+    let mut tightened = s.gw.gateway.config().clone();
+    tightened.access.allowed_email_domains = vec!["other.example".into()];
+    s.gw.gateway
+        .sessions()
+        .reload_settings(&tightened)
+        .await
+        .unwrap();
+    assert_eq!(s.with_token("/api/orders", &alice).await.status, 403);
+    let mut restored = tightened.clone();
+    restored.access.allowed_email_domains = vec!["example.com".into()];
+    s.gw.gateway
+        .sessions()
+        .reload_settings(&restored)
+        .await
+        .unwrap();
     // The entry's scope.
     let r = s
         .with_token("/api/orders", &s.token(json!({"scope": "profile"})))

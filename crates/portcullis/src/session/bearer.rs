@@ -172,6 +172,13 @@ impl BearerTokens {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Forgets every validated token: after a reload the rules judge each token again
+    /// (a tightened `[access]` refuses a token that passed before, at its next request).
+    pub fn forget_validated(&self) {
+        self.validated.clear();
+        self.matches.clear();
+    }
 }
 
 /// The token of the request's one `Authorization` header: `Ok(None)` when there is none

@@ -104,6 +104,7 @@ impl Sessions {
         self.provider_access
             .store(super::providers::provider_access(new));
         self.routes.store(RouteRules::new(&new.routes));
+        self.bearer.forget_validated();
         if report.keys.is_none() && new.secret_file.is_some() {
             report.needs_restart = true;
         }
