@@ -448,6 +448,7 @@ mutate $S/provider/access_token.rs '    if answer.get("active") != Some(&Value::
 mutate $S/session/bearer.rs '            .position(|e| e.introspection && e.covers(request.path))' '            .position(|e| e.introspection)' $M g13_introspection
 mutate $S/session/bearer.rs "    token.split('.').count() == 3" '    token.is_empty()' $M g13_introspection
 mutate $S/provider/access_token.rs '    if expect.now >= exp {' '    if expect.now >= exp + 86_400 {' $M g13_introspection
+mutate $S/session/bearer.rs '            (Err(ProofError::WrongUri), Some(as_sent)) => verify(as_sent),' '            (Err(ProofError::WrongUri), Some(_)) => verify(request.htu),' $M g13_dpop_bound_tokens
 mutate $S/session/reload.rs '        self.bearer.forget_validated();' '' $M g13_email_rules_refuse_clients
 mutate $S/session/service.rs '        if let Some(granted) = &record.tokens.granted_scope {' '        if let Some(granted) = record.tokens.granted_scope.as_ref().filter(|_| false) {' $M g13_email_rules_refuse_clients
 

@@ -51,7 +51,9 @@ async fn run() -> Result<(), BoxError> {
     let now = SystemClock.now();
     let endpoint = format!("{issuer}/token");
     let proof = key.proof("POST", &endpoint, None, None, now)?;
-    let answer: serde_json::Value = reqwest::Client::new()
+    let answer: serde_json::Value = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?
         .post(&endpoint)
         .basic_auth(&client, Some(&secret))
         .header("dpop", proof)

@@ -446,13 +446,26 @@ async fn g13_dpop_bound_tokens_need_a_fresh_proof_at_every_instance() {
         let r = call(&s.gw, dpop(&p)).await;
         assert_eq!(r.status, 401, "wrong {what}");
     }
+    // A path with a reserved escape: the client signs the URI as it sent it.
+    let escaped = format!("{}/api/a%40b", s.gw.url);
+    let proof = key.proof("GET", &escaped, None, Some(&token), now).unwrap();
+    let r = Browser::new()
+        .get(
+            &escaped,
+            &[
+                ("authorization", &format!("DPoP {token}")),
+                ("dpop", &proof),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     // A fresh proof at the second instance (whose public URL is its own) passes.
     let second_htu = format!("{}/api/orders", second.url);
     let fresh = key
         .proof("GET", &second_htu, None, Some(&token), now)
         .unwrap();
     assert_eq!(call(&second, dpop(&fresh)).await.status, 200);
-    assert_eq!(s.up.calls(), 2);
+    assert_eq!(s.up.calls(), 3);
 }
 
 #[tokio::test]

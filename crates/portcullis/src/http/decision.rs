@@ -539,10 +539,20 @@ impl Decider {
         path: &NormalizedPath,
     ) -> Result<Option<Identity>, HttpError> {
         let htu = format!("{}{}", self.public_origin, path.encoded());
+        // The raw path names the same resource only when it was in normal form.
+        let htu_as_sent = match (&view.target, view.return_to) {
+            (Target::Path { normal: true, .. }, Some(raw)) => {
+                let raw = raw.split(['?', '#']).next().unwrap_or(raw);
+                let as_sent = format!("{}{raw}", self.public_origin);
+                (as_sent != htu).then_some(as_sent)
+            }
+            _ => None,
+        };
         let request = TokenRequest {
             method: view.method.as_str(),
             path,
             htu: &htu,
+            htu_as_sent,
             headers: view.headers,
         };
         let Some(token) = self.sessions.authenticate_token(&request).await? else {

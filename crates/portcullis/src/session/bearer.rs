@@ -105,6 +105,10 @@ pub struct TokenRequest<'a> {
     pub path: &'a NormalizedPath,
     /// The URI a DPoP proof must name: the public origin and the decided path.
     pub htu: &'a str,
+    /// The same with the path as the client wrote it, when that was in normal form and
+    /// differs only in its escapes (`%40` where the decided path has `@`): a client
+    /// signs the URI it sent, and RFC 3986 normalisation keeps reserved escapes.
+    pub htu_as_sent: Option<String>,
     pub headers: &'a HeaderMap,
 }
 
@@ -608,17 +612,23 @@ impl Sessions {
         let proof = proof
             .to_str()
             .map_err(|_| proof_error(ProofError::Malformed))?;
-        let verified = dpop_proof::verify_proof(
-            proof,
-            &ProofExpectations {
-                htm: request.method,
-                htu: request.htu,
-                access_token: token,
-                jkt,
-                nonce: None,
-                now,
-            },
-        )
+        let verify = |htu: &str| {
+            dpop_proof::verify_proof(
+                proof,
+                &ProofExpectations {
+                    htm: request.method,
+                    htu,
+                    access_token: token,
+                    jkt,
+                    nonce: None,
+                    now,
+                },
+            )
+        };
+        let verified = match (verify(request.htu), &request.htu_as_sent) {
+            (Err(ProofError::WrongUri), Some(as_sent)) => verify(as_sent),
+            (result, _) => result,
+        }
         .map_err(proof_error)?;
         if self.bearer.entries[index].dpop_nonce {
             let key = self.nonce_key().await?;
