@@ -481,7 +481,7 @@ impl Sessions {
         };
         let claims = checked.map_err(|e| match e {
                 TokenRefused::Unavailable(e) => {
-                    tracing::warn!(entry = entry.label.as_str(), error = %e, "an access token could not be verified: its issuer's keys are unavailable");
+                    tracing::warn!(entry = entry.label.as_str(), error = %e, "an access token could not be checked: its issuer (keys or introspection endpoint) did not answer");
                     TokenRefusal::Unavailable { code: e.code() }
                 }
                 other => {
