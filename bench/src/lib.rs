@@ -4,3 +4,4 @@
 
 pub mod args;
 pub mod body;
+pub mod serve;

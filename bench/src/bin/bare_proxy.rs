@@ -141,19 +141,11 @@ async fn serve(listen: SocketAddr, upstream: hyper::http::uri::Authority) -> Res
         .map_err(|e| format!("bare-proxy: cannot listen on {listen}: {e}"))?;
     let client = upstream_client();
     eprintln!("bare-proxy: listening on {listen}, forwarding to http://{upstream}");
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                eprintln!("bare-proxy: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, client.clone(), upstream.clone()));
-    }
+    portcullis_bench::serve::accept_loop("bare-proxy", listener, |stream| {
+        connection(stream, client.clone(), upstream.clone())
+    })
+    .await;
+    Ok(())
 }
 
 /// Sends the request on to the upstream and streams its answer back; 502 when the

@@ -42,23 +42,14 @@ async fn serve(listen: SocketAddr) -> Result<(), String> {
         .await
         .map_err(|e| format!("upstream: cannot listen on {listen}: {e}"))?;
     eprintln!("upstream: listening on {listen}");
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                eprintln!("upstream: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
-                .await;
-        });
-    }
+    portcullis_bench::serve::accept_loop("upstream", listener, |stream| async move {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service_fn(answer))
+            .await;
+    })
+    .await;
+    Ok(())
 }
 
 async fn answer(_req: Request<Incoming>) -> Result<Response<ReplyBody>, std::convert::Infallible> {

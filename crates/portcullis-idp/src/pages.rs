@@ -36,14 +36,7 @@ pub fn login_form(
     csrf: &str,
     error: Option<&str>,
 ) -> Response {
-    let mut fields = String::new();
-    for (k, v) in hidden {
-        fields.push_str(&format!(
-            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-            escape(k),
-            escape(v)
-        ));
-    }
+    let fields = hidden_fields(hidden);
     let error = error
         .map(|e| format!("<p class=\"error\" id=\"error\">{}</p>", escape(e)))
         .unwrap_or_default();
@@ -61,6 +54,20 @@ pub fn login_form(
     page(status, "Sign in", &body)
 }
 
+/// `hidden` as hidden form fields, escaped.
+fn hidden_fields(hidden: &[(&str, &str)]) -> String {
+    hidden
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(k),
+                escape(v)
+            )
+        })
+        .collect()
+}
+
 /// An error shown to the user instead of a redirect (unknown client, bad redirect URI).
 pub fn error_page(status: StatusCode, code: &str, message: &str) -> Response {
     page(
@@ -76,14 +83,7 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// Asks before signing out when the request did not prove where it came from.
 pub fn confirm_logout(hidden: &[(&str, &str)], csrf: &str) -> Response {
-    let mut fields = String::new();
-    for (k, v) in hidden {
-        fields.push_str(&format!(
-            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-            escape(k),
-            escape(v)
-        ));
-    }
+    let fields = hidden_fields(hidden);
     page(
         StatusCode::OK,
         "Sign out",

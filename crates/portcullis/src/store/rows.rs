@@ -11,12 +11,22 @@ use super::{
 
 /// What the mappers read from a row, by column name.
 pub(crate) trait Columns {
-    fn text(&self, name: &str) -> StoreResult<String>;
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>>;
-    fn int(&self, name: &str) -> StoreResult<i64>;
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>>;
-    /// A boolean column (PostgreSQL `boolean`, SQLite `0`/`1`).
-    fn flag(&self, name: &str) -> StoreResult<bool>;
+
+    /// A column that may not be NULL.
+    fn text(&self, name: &str) -> StoreResult<String> {
+        self.opt_text(name)?.ok_or_else(|| null(name))
+    }
+
+    fn int(&self, name: &str) -> StoreResult<i64> {
+        self.opt_int(name)?.ok_or_else(|| null(name))
+    }
+
+    /// A boolean column (stored as `0`/`1`; PostgreSQL's `boolean` overrides this).
+    fn flag(&self, name: &str) -> StoreResult<bool> {
+        Ok(self.int(name)? != 0)
+    }
 
     fn uuid(&self, name: &str) -> StoreResult<Uuid> {
         Uuid::parse_str(&self.text(name)?).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
@@ -25,6 +35,10 @@ pub(crate) trait Columns {
     fn sealed(&self, name: &str) -> StoreResult<Option<Sealed>> {
         Ok(self.opt_text(name)?.map(Sealed::from_stored))
     }
+}
+
+fn null(name: &str) -> StoreError {
+    StoreError::Corrupt(format!("{name}: unexpected NULL"))
 }
 
 /// An identity kind as stored (`user` or `client`).

@@ -322,13 +322,7 @@ where
 }
 
 impl crate::store::rows::Columns for PgRow {
-    fn text(&self, name: &str) -> StoreResult<String> {
-        col(self, name)
-    }
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        col(self, name)
-    }
-    fn int(&self, name: &str) -> StoreResult<i64> {
         col(self, name)
     }
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {

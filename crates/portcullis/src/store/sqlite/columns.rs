@@ -30,19 +30,10 @@ pub(super) const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_
     u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
 
 impl crate::store::rows::Columns for SqliteRow {
-    fn text(&self, name: &str) -> StoreResult<String> {
-        col(self, name)
-    }
     fn opt_text(&self, name: &str) -> StoreResult<Option<String>> {
-        col(self, name)
-    }
-    fn int(&self, name: &str) -> StoreResult<i64> {
         col(self, name)
     }
     fn opt_int(&self, name: &str) -> StoreResult<Option<i64>> {
         col(self, name)
-    }
-    fn flag(&self, name: &str) -> StoreResult<bool> {
-        Ok(col::<i64>(self, name)? != 0)
     }
 }
