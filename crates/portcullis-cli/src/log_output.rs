@@ -311,30 +311,6 @@ mod tests {
             .collect()
     }
 
-    /// The `name=` fields of a text line, quoted values skipped.
-    fn text_fields(line: &str) -> Vec<String> {
-        let mut fields = Vec::new();
-        let (mut quoted, mut escaped, mut word) = (false, false, String::new());
-        for c in line.chars() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => quoted = !quoted,
-                ' ' if !quoted => word.clear(),
-                '=' if !quoted && !word.is_empty() => {
-                    fields.push(std::mem::take(&mut word));
-                    word.push('\u{0}');
-                }
-                c if !quoted => word.push(c),
-                _ => {}
-            }
-        }
-        fields
-            .into_iter()
-            .filter(|f| !f.starts_with('\u{0}'))
-            .collect()
-    }
-
     #[test]
     fn g06_no_value_adds_a_field_or_a_line_to_a_text_log() {
         let lines = log(false);
@@ -342,7 +318,11 @@ mod tests {
         for line in &lines {
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains(['\n', '\r']));
             assert!(!line.chars().any(is_invisible), "{line}");
-            assert_eq!(text_fields(line), ["path", "header", "kind"], "{line}");
+            assert_eq!(
+                portcullis_test_support::log_text_fields(line),
+                ["path", "header", "kind"],
+                "{line}"
+            );
         }
         assert!(
             lines[0].contains(r#"path="/a status=200 user=00000000-0000-0000-0000-000000000000""#)

@@ -59,6 +59,16 @@ fn check_config_lists_every_problem_and_exits_non_zero() {
     }
 }
 
+/// `portcullis ARGS --config FILE`, run to the end.
+fn with_config(args: &[&str], file: &std::path::Path) -> std::process::Output {
+    portcullis()
+        .args(args)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_accepts_a_good_file() {
     let dir = std::env::temp_dir().join(format!("pc-cli-{}", std::process::id()));
@@ -69,11 +79,7 @@ fn check_config_accepts_a_good_file() {
         "issuer = \"https://id.example.com\"\nclient_id = \"app\"\npublic_url = \"https://app.example.com\"\nlisten = \"0.0.0.0:8080\"\n[access]\nallowed_email_domains = [\"example.com\"]\n",
     )
     .unwrap();
-    let out = portcullis()
-        .args(["check-config", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = with_config(&["check-config"], &file);
     assert!(
         out.status.success(),
         "{}",
@@ -292,11 +298,7 @@ fn idp_refuses_remote_listening_and_bad_configs() {
         ),
     )
     .unwrap();
-    let out = portcullis()
-        .args(["idp", "--config"])
-        .arg(&remote)
-        .output()
-        .unwrap();
+    let out = with_config(&["idp"], &remote);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 
@@ -306,18 +308,10 @@ fn idp_refuses_remote_listening_and_bad_configs() {
         "issuer = \"http://127.0.0.1:9100\"\nlisten = \"127.0.0.1:9100\"\ntypo = 1\n",
     )
     .unwrap();
-    let out = portcullis()
-        .args(["idp", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = with_config(&["idp"], &bad);
     assert_eq!(out.status.code(), Some(2));
 
-    let rotate = portcullis()
-        .args(["idp", "--rotate-keys", "--config"])
-        .arg(&remote)
-        .output()
-        .unwrap();
+    let rotate = with_config(&["idp", "--rotate-keys"], &remote);
     assert!(
         rotate.status.success(),
         "{}",
@@ -539,8 +533,8 @@ fn tamper(token: &str) -> String {
 /// lists is live, and what it revokes is refused by that gateway at once.
 #[tokio::test]
 async fn sessions_list_and_revoke_by_handle_user_and_all() {
-    use portcullis::session::{SessionId, new_uuid};
-    use portcullis::store::{NewSession, TokenSet, UserProfile};
+    use portcullis::session::SessionId;
+    use portcullis::store::{NewSession, UserProfile};
 
     let (_dir, env) = gateway_env("sessions");
 
@@ -575,23 +569,11 @@ async fn sessions_list_and_revoke_by_handle_user_and_all() {
         (&bob, "curl"),
     ] {
         let id = SessionId::generate();
-        store
-            .create_session(&NewSession {
-                family_id: new_uuid(),
-                id_hash: id.hash(),
-                user_id: u.id,
-                provider_sid: None,
-                created_at: now,
-                idle_expires_at: now + 3600,
-                absolute_expires_at: now + 86_400,
-                tokens: TokenSet::default(),
-                user_agent: Some(ua.into()),
-                claims: "{}".into(),
-                email_verified: false,
-                provider_id: "default".into(),
-            })
-            .await
-            .unwrap();
+        let session = NewSession {
+            user_agent: Some(ua.into()),
+            ..NewSession::plain(u.id, id.hash(), now)
+        };
+        store.create_session(&session).await.unwrap();
         ids.push(id);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -764,31 +746,6 @@ fn gateway_env(label: &str) -> (std::path::PathBuf, Vec<(String, String)>) {
     (dir, env)
 }
 
-/// The `name=` fields of a text log line: words before `=` outside quotes, a
-/// backslash escaping the next character anywhere.
-fn text_fields(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let (mut quoted, mut escaped, mut word) = (false, false, String::new());
-    for c in line.chars() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' => escaped = true,
-            '"' => quoted = !quoted,
-            ' ' if !quoted => word.clear(),
-            '=' if !quoted && !word.is_empty() => {
-                fields.push(std::mem::take(&mut word));
-                word.push('\u{0}');
-            }
-            c if !quoted => word.push(c),
-            _ => {}
-        }
-    }
-    fields
-        .into_iter()
-        .filter(|f| !f.starts_with('\u{0}'))
-        .collect()
-}
-
 /// G06: paths spelled to forge log fields or lines (` status=200 user=…`, quotes,
 /// newlines, bidi overrides) give one access line each, in text and in JSON, that
 /// parses back to exactly the access log's fields.
@@ -855,7 +812,7 @@ fn g06_hostile_paths_never_forge_access_log_fields() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 v["fields"].as_object().unwrap().keys().cloned().collect()
             } else {
-                text_fields(line)
+                portcullis_test_support::log_text_fields(line)
             };
             fields.sort_unstable();
             let mut expected = ["duration_ms", "kind", "method", "path", "status"].to_vec();

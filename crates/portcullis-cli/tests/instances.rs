@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
@@ -129,6 +129,15 @@ impl Default for Setup<'_> {
 }
 
 impl Cluster {
+    /// `instances` gateways with the default setup.
+    async fn of(store: String, instances: usize) -> Option<Self> {
+        let setup = Setup {
+            instances,
+            ..Setup::default()
+        };
+        Self::start(store, setup).await
+    }
+
     async fn start(store: String, setup: Setup<'_>) -> Option<Self> {
         let slot = SLOTS.acquire().await.unwrap();
         let ports: Vec<u16> = (0..setup.instances).map(|_| free_port()).collect();
@@ -496,32 +505,11 @@ async fn open_websocket(instance: &Instance, browser: &Browser, origin: &str) ->
     tcp
 }
 
-/// Reads until the gateway closes the tunnel; fails if it is still open after `within`.
-async fn closed_within(tcp: &mut TcpStream, within: Duration) {
-    let mut buf = [0u8; 64];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("the WebSocket is still open after {within:?}"),
-        }
-    }
-}
-
 /// W02 across processes: a WebSocket through instance A closes within seconds when its
 /// session ends by a sign-out on instance B, and by an admin revoke from another process
 /// (the CLI) — the store's change feed reaches A's tunnels.
 async fn w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere(store: String) {
-    let Some(c) = Cluster::start(
-        store,
-        Setup {
-            instances: 2,
-            ..Setup::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = Cluster::of(store, 2).await else {
         return;
     };
     let [a, b] = &c.instances[..] else {
@@ -542,7 +530,7 @@ async fn w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere(store: Stri
         )
         .await;
     assert!(out.status < 400, "logout: {} {}", out.status, out.body);
-    closed_within(&mut socket, Duration::from_secs(5)).await;
+    portcullis_test_support::closed_within(&mut socket, Duration::from_secs(5)).await;
 
     let browser = Browser::new();
     c.sign_in(&browser, "alice").await;
@@ -554,22 +542,14 @@ async fn w02_a_websocket_on_a_closes_when_its_session_ends_elsewhere(store: Stri
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    closed_within(&mut socket, Duration::from_secs(5)).await;
+    portcullis_test_support::closed_within(&mut socket, Duration::from_secs(5)).await;
 }
 
 /// Instances on one store publish the same assertion keys (the first one made
 /// insert-if-absent on the empty store) and sign with them: an assertion from either
 /// verifies, with npm `jose`, by the other's `jwks.json`.
 async fn assertions_from_any_instance_verify_with_the_keys_of_any_other(store: String) {
-    let Some(c) = Cluster::start(
-        store,
-        Setup {
-            instances: 2,
-            ..Setup::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = Cluster::of(store, 2).await else {
         return;
     };
     let [a, b] = &c.instances[..] else {
@@ -622,15 +602,7 @@ async fn p05_a_store_outage_never_lets_forward_auth_pass() {
     let Some(url) = Engine::Postgres.url() else {
         return;
     };
-    let Some(c) = Cluster::start(
-        url.clone(),
-        Setup {
-            instances: 1,
-            ..Setup::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = Cluster::of(url.clone(), 1).await else {
         return;
     };
     let a = &c.instances[0];
@@ -1515,15 +1487,7 @@ fn email_seen(resp: &Resp) -> String {
 /// address changed at the provider, then after it became unverified: her first
 /// session's next request on B carries the new address within a second, then none.
 async fn g09_a_changed_email_reaches_a_cached_session_on_another_instance(store: String) {
-    let Some(c) = Cluster::start(
-        store,
-        Setup {
-            instances: 2,
-            ..Setup::default()
-        },
-    )
-    .await
-    else {
+    let Some(c) = Cluster::of(store, 2).await else {
         return;
     };
     let [_, b] = &c.instances[..] else {

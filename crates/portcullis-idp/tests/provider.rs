@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{REDIRECT, end_session_url, pkce, query, start};
+use support::{REDIRECT, pkce, query, start};
 
 #[tokio::test]
 async fn a01_pkce_is_mandatory_and_plain_is_refused() {
@@ -519,39 +519,30 @@ async fn id_tokens_and_userinfo_carry_the_user() {
 #[tokio::test]
 async fn end_session_checks_the_redirect_and_sends_back_channel_logout() {
     let p = start().await;
-    let (verifier, challenge) = pkce();
-    let (code, login) = p.code("app", &challenge).await;
-    let (_, t) = p.redeem(&code, &verifier).await;
+    let (login, t) = p.signed_in().await;
     let hint = t["id_token"].as_str().unwrap();
     // A post-logout URI that is not registered: a page, no redirect.
     let bad = p
-        .client
-        .get(end_session_url(
-            &p.base,
+        .end_session(
             &[
                 ("id_token_hint", hint),
                 ("post_logout_redirect_uri", "https://evil.example.com/"),
             ],
-        ))
-        .send()
-        .await
-        .unwrap();
+            None,
+        )
+        .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert!(bad.headers().get("location").is_none());
     let ok = p
-        .client
-        .get(end_session_url(
-            &p.base,
+        .end_session(
             &[
                 ("id_token_hint", hint),
                 ("post_logout_redirect_uri", "http://127.0.0.1:8080/"),
                 ("state", "bye"),
             ],
-        ))
-        .header("cookie", &login.cookies)
-        .send()
-        .await
-        .unwrap();
+            Some(&login),
+        )
+        .await;
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
     assert_eq!(ok.headers()["location"], "http://127.0.0.1:8080/?state=bye");
     assert_eq!(p.backchannel_hits.load(Ordering::SeqCst), 1);
@@ -702,33 +693,19 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
 #[tokio::test]
 async fn logout_tokens_carry_what_back_channel_logout_requires() {
     let p = start().await;
-    let (verifier, challenge) = pkce();
-    let (code, login) = p.code("app", &challenge).await;
-    let (_, t) = p.redeem(&code, &verifier).await;
+    let (login, t) = p.signed_in().await;
     let r = p
-        .client
-        .get(end_session_url(
-            &p.base,
+        .end_session(
             &[("id_token_hint", t["id_token"].as_str().unwrap())],
-        ))
-        .header("cookie", &login.cookies)
-        .send()
-        .await
-        .unwrap();
+            Some(&login),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let token = p.backchannel_tokens.lock().unwrap()[0].clone();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     let claims = p.verified_claims(&token).await;
     assert_eq!(claims["aud"], "app");
-    let jwks: Value = p
-        .client
-        .get(format!("{}/jwks", p.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = p.jwks().await;
     assert_eq!(header.typ.as_deref(), Some("logout+jwt"));
     assert_eq!(claims["sub"], "alice");
     assert!(claims["sid"].is_string() && claims["jti"].is_string() && claims["iat"].is_number());
@@ -748,23 +725,15 @@ async fn logout_tokens_carry_what_back_channel_logout_requires() {
 async fn a_hint_for_another_session_does_not_sign_this_browser_out() {
     let p = start().await;
     // The attacker's own session and ID token.
-    let (verifier, challenge) = pkce();
-    let (code, _) = p.code("app", &challenge).await;
-    let (_, attacker) = p.redeem(&code, &verifier).await;
+    let (_, attacker) = p.signed_in().await;
     // The victim's browser session.
-    let (verifier, challenge) = pkce();
-    let (code, victim) = p.code("app", &challenge).await;
-    let (_, victim_tokens) = p.redeem(&code, &verifier).await;
+    let (victim, victim_tokens) = p.signed_in().await;
     let r = p
-        .client
-        .get(end_session_url(
-            &p.base,
+        .end_session(
             &[("id_token_hint", attacker["id_token"].as_str().unwrap())],
-        ))
-        .header("cookie", &victim.cookies)
-        .send()
-        .await
-        .unwrap();
+            Some(&victim),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         p.refresh(victim_tokens["refresh_token"].as_str().unwrap())
@@ -855,9 +824,7 @@ async fn a_refused_refresh_does_not_spend_the_token() {
 #[tokio::test]
 async fn an_expired_id_token_hint_asks_before_signing_out() {
     let p = start().await;
-    let (verifier, challenge) = pkce();
-    let (code, login) = p.code("app", &challenge).await;
-    let (_, t) = p.redeem(&code, &verifier).await;
+    let (login, t) = p.signed_in().await;
     // The same ID token, expired, signed with the provider's own key.
     let payload = t["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
     let mut claims: Value = serde_json::from_slice(
@@ -875,12 +842,8 @@ async fn an_expired_id_token_hint_asks_before_signing_out() {
         .sign(jsonwebtoken::Algorithm::RS256, "JWT", &claims)
         .unwrap();
     let r = p
-        .client
-        .get(end_session_url(&p.base, &[("id_token_hint", &expired)]))
-        .header("cookie", &login.cookies)
-        .send()
-        .await
-        .unwrap();
+        .end_session(&[("id_token_hint", &expired)], Some(&login))
+        .await;
     assert_eq!(r.status(), 200);
     let page = r.text().await.unwrap();
     assert!(

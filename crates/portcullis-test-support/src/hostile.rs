@@ -297,6 +297,30 @@ impl HostileProvider {
         self.issue_code(&auth.challenge, Self::token_response(&token))
     }
 
+    /// Completes the sign-in `auth` started: the browser comes back to the gateway's
+    /// callback with a good code for it ([`Self::code_for`]) and this provider's `iss`.
+    pub async fn complete(
+        &self,
+        gw: &super::TestGateway,
+        browser: &super::Browser,
+        auth: &super::gateway::Authorize,
+    ) -> super::browser::Resp {
+        self.answer_with(gw, browser, auth, &self.code_for(auth))
+            .await
+    }
+
+    /// The browser comes back to the gateway's callback for `auth` with `code`.
+    pub async fn answer_with(
+        &self,
+        gw: &super::TestGateway,
+        browser: &super::Browser,
+        auth: &super::gateway::Authorize,
+        code: &str,
+    ) -> super::browser::Resp {
+        let query = super::gateway::callback_query(code, &auth.state, Some(&self.issuer));
+        gw.callback(browser, &query).await
+    }
+
     /// Standard claims for an ID token answering a login with `nonce`.
     pub fn claims(&self, nonce: &str) -> Value {
         let now = super::now();
@@ -338,12 +362,7 @@ impl HostileProvider {
         let token = self.keys.sign_rs256(&self.keys.rs256_header(), &claims);
         let response = Self::token_response(&token);
         let code = self.issue_code(&auth.challenge, response.clone());
-        let resp = gw
-            .callback(
-                browser,
-                &super::gateway::callback_query(&code, &auth.state, Some(&self.issuer)),
-            )
-            .await;
+        let resp = self.answer_with(gw, browser, &auth, &code).await;
         assert_eq!(resp.status, 303, "sign-in failed: {}", resp.body);
         response
     }

@@ -150,3 +150,42 @@ pub fn client_key_file(
     std::fs::write(&file, &pem).unwrap();
     (key, file)
 }
+
+/// The `name=` fields of a text log line, quoted values skipped (G06: a line parses
+/// back to exactly the fields the log wrote).
+pub fn log_text_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let (mut quoted, mut escaped, mut word) = (false, false, String::new());
+    for c in line.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted => word.clear(),
+            '=' if !quoted && !word.is_empty() => {
+                fields.push(std::mem::take(&mut word));
+                word.push('\u{0}');
+            }
+            c if !quoted => word.push(c),
+            _ => {}
+        }
+    }
+    fields
+        .into_iter()
+        .filter(|f| !f.starts_with('\u{0}'))
+        .collect()
+}
+
+/// Reads until the gateway closes the tunnel; fails if it is still open after `within`.
+pub async fn closed_within(tcp: &mut tokio::net::TcpStream, within: std::time::Duration) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the WebSocket is still open after {within:?}"),
+        }
+    }
+}

@@ -222,6 +222,22 @@ pub async fn start_with_gateway(
     provider_env: &[(&str, &str)],
     env: &[(&str, &str)],
 ) -> Option<(RealProvider, TestGateway)> {
+    let mut options = Options {
+        file_store: true,
+        ..Options::default()
+    };
+    for (k, v) in env {
+        options = options.env(k, v);
+    }
+    start_with_gateway_options(extra, provider_env, options).await
+}
+
+/// [`start_with_gateway`] with the gateway's whole [`Options`] (its listener is ours).
+pub async fn start_with_gateway_options(
+    extra: Value,
+    provider_env: &[(&str, &str)],
+    options: Options,
+) -> Option<(RealProvider, TestGateway)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gateway_url = format!("http://{}", listener.local_addr().unwrap());
     let mut client = json!({
@@ -234,16 +250,20 @@ pub async fn start_with_gateway(
         client[k] = v.clone();
     }
     let node = RealProvider::start(json!([client]), provider_env).await?;
-    let mut options = Options {
+    let options = Options {
         listener: Some(listener),
-        file_store: true,
-        ..Options::default()
+        ..options
     };
-    for (k, v) in env {
-        options = options.env(k, v);
-    }
     let gw = TestGateway::start_with(&node.issuer, options).await;
     Some((node, gw))
+}
+
+/// The gateway's settings for a client secret sent by `method`.
+pub fn client_secret_env<'a>(secret: &'a str, method: &'a str) -> [(&'static str, &'a str); 2] {
+    [
+        ("PORTCULLIS_CLIENT_SECRET", secret),
+        ("PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD", method),
+    ]
 }
 
 /// Signs alice in, refreshes once (the clock past the refresh point) and signs out

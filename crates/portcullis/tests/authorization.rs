@@ -52,26 +52,16 @@ async fn setup() -> Option<Setup> {
 }
 
 async fn setup_with(options: Options, op_env: &[(&str, &str)]) -> Option<Setup> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
-    let client = json!([{
-        "client_id": "app",
-        "token_endpoint_auth_method": "none",
-        "redirect_uris": [format!("{gateway_url}/auth/callback")],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-    }]);
     let mut env = vec![("ID_TOKEN_TTL", "86400")];
     env.extend_from_slice(op_env);
-    let op = RealProvider::start(client, &env).await?;
     let up = TestUpstream::start().await;
     let options = Options {
-        listener: Some(listener),
         config_file: Some(ROUTES.to_owned()),
         ..options
     }
     .env("PORTCULLIS_UPSTREAM", &up.url);
-    let gw = TestGateway::start_with(&op.issuer, options).await;
+    let extra = json!({"token_endpoint_auth_method": "none"});
+    let (op, gw) = support::oidc_provider::start_with_gateway_options(extra, &env, options).await?;
     Some(Setup { op, up, gw })
 }
 

@@ -34,13 +34,7 @@ async fn interop_client_secret_basic_carries_a_base64_secret() {
     let secret = "q+8/Zx==Ab+c/d=e";
     let Some((node, gw)) = start(
         json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_basic"}),
-        &[
-            ("PORTCULLIS_CLIENT_SECRET", secret),
-            (
-                "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD",
-                "client_secret_basic",
-            ),
-        ],
+        &oidc_provider::client_secret_env(secret, "client_secret_basic"),
     )
     .await
     else {
@@ -60,13 +54,7 @@ async fn interop_client_secret_post_sends_the_secret_in_the_form() {
     let secret = "p0st+secret/==";
     let Some((node, gw)) = start(
         json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_post"}),
-        &[
-            ("PORTCULLIS_CLIENT_SECRET", secret),
-            (
-                "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD",
-                "client_secret_post",
-            ),
-        ],
+        &oidc_provider::client_secret_env(secret, "client_secret_post"),
     )
     .await
     else {
@@ -282,7 +270,7 @@ async fn client_jwks_is_absent_without_a_client_key() {
 // credentials (played by the hostile provider): the probe's outcome table.
 
 mod auto_probe {
-    use super::support::gateway::{Options, callback_query};
+    use super::support::gateway::Options;
     use super::support::{Browser, HostileProvider, TestGateway};
     use serde_json::json;
 
@@ -317,12 +305,7 @@ mod auto_probe {
         let browser = Browser::new();
         let auth = gw.start_login(&browser, None).await;
         let code = p.code_for(&auth);
-        let resp = gw
-            .callback(
-                &browser,
-                &callback_query(&code, &auth.state, Some(&p.issuer)),
-            )
-            .await;
+        let resp = p.answer_with(gw, &browser, &auth, &code).await;
         (resp.status, code)
     }
 
@@ -422,13 +405,7 @@ mod auto_probe {
         );
         let basic = super::doctor_client(
             &p.issuer,
-            &[
-                ("PORTCULLIS_CLIENT_SECRET", SECRET),
-                (
-                    "PORTCULLIS_PROVIDER_TOKEN_ENDPOINT_AUTH_METHOD",
-                    "client_secret_basic",
-                ),
-            ],
+            &super::oidc_provider::client_secret_env(SECRET, "client_secret_basic"),
         )
         .await;
         assert_eq!(basic.0, "Error", "{}", basic.1);

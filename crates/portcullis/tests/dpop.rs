@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde_json::Value;
-use support::gateway::{Options, callback_query};
+use support::gateway::Options;
 use support::hostile::{DpopScript, DpopSeen, RefreshAnswer, refreshed_tokens};
 use support::upstream::echoed;
 use support::{Browser, HostileProvider, TestGateway, TestUpstream};
@@ -66,12 +66,7 @@ async fn sign_in_at(
         .sign_rs256(&p.keys.rs256_header(), &p.claims(&auth.nonce));
     let response = HostileProvider::token_response(&token);
     let code = p.issue_code(&auth.challenge, response.clone());
-    let resp = gw
-        .callback(
-            browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = p.answer_with(gw, browser, &auth, &code).await;
     (auth.url, response, resp)
 }
 

@@ -1244,46 +1244,58 @@ async fn other_upgrades_are_not_passed_on() {
 
 #[tokio::test]
 async fn slow_header_senders_are_disconnected() {
+    let (_p, _gw, mut tcp) = raw_connection(Duration::from_millis(500)).await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_gateway(&mut tcp).await.is_some(),
+        "a slow-loris connection was kept open"
+    );
+}
+
+/// A gateway that closes idle connections after `keepalive_timeout`, and a raw
+/// connection to it.
+async fn raw_connection(
+    keepalive_timeout: Duration,
+) -> (HostileProvider, TestGateway, tokio::net::TcpStream) {
     let p = HostileProvider::start().await;
+    let serve = portcullis::http::serve::ServeOptions {
+        keepalive_timeout,
+        ..Default::default()
+    };
     let options = Options {
-        serve: portcullis::http::serve::ServeOptions {
-            keepalive_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
+        serve,
         ..Default::default()
     };
     let gw = TestGateway::start_with(&p.issuer, options).await;
     let addr = gw.url.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    (p, gw, tcp)
+}
+
+/// What the gateway sent until it closed the connection; `None` if it kept it open
+/// for ten seconds.
+async fn closed_by_gateway(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    let read = tcp.read_to_end(&mut answer);
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .unwrap();
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "a slow-loris connection was kept open");
+        .ok()
+        .map(|_| answer)
 }
 
 /// D02: a connection that stays idle after an answer is closed after
 /// `limits.keepalive_timeout`, so idle keep-alive connections do not hold places.
 #[tokio::test]
 async fn d02_idle_keepalive_connections_are_closed() {
-    let p = HostileProvider::start().await;
-    let options = Options {
-        serve: portcullis::http::serve::ServeOptions {
-            keepalive_timeout: Duration::from_secs(1),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let gw = TestGateway::start_with(&p.issuer, options).await;
-    let addr = gw.url.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (_p, _gw, mut tcp) = raw_connection(Duration::from_secs(1)).await;
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
-    assert!(ended.is_ok(), "an idle keep-alive connection was kept open");
+    let answer = closed_by_gateway(&mut tcp)
+        .await
+        .expect("an idle keep-alive connection was kept open");
     let answer = String::from_utf8_lossy(&answer);
     assert!(
         answer.starts_with("HTTP/1.1 200"),
@@ -1443,19 +1455,6 @@ async fn open_websocket(s: &Setup, b: &Browser) -> tokio::net::TcpStream {
     tcp
 }
 
-/// Reads until the gateway closes the tunnel; fails if it is still open after `within`.
-async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) {
-    let mut buf = [0u8; 64];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("the WebSocket is still open after {within:?}"),
-        }
-    }
-}
-
 /// Sends a masked text frame "hi" and expects the upstream's echo.
 async fn echo_hi(tcp: &mut tokio::net::TcpStream) {
     let mask = [1u8, 2, 3, 4];
@@ -1507,7 +1506,7 @@ async fn a_shutdown_lets_open_websockets_work_until_its_deadline_then_closes_the
         "the server waits for the WebSocket"
     );
     // At the deadline it is closed and the server returns.
-    closed_within(&mut tcp, Duration::from_secs(5)).await;
+    portcullis_test_support::closed_within(&mut tcp, Duration::from_secs(5)).await;
     assert!(
         asked.elapsed() >= Duration::from_millis(1900),
         "{:?}",
@@ -1563,7 +1562,7 @@ async fn w02_a_websocket_closes_when_its_session_is_revoked_on_another_instance(
         .await
         .unwrap();
     // …and its WebSocket on the first instance closes within seconds; the other stays.
-    closed_within(&mut revoked, Duration::from_secs(5)).await;
+    portcullis_test_support::closed_within(&mut revoked, Duration::from_secs(5)).await;
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x81, 0x80 | 2];
     frame.extend_from_slice(&mask);
@@ -1591,5 +1590,5 @@ async fn w02_a_websocket_closes_at_logout() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    closed_within(&mut tcp, Duration::from_secs(5)).await;
+    portcullis_test_support::closed_within(&mut tcp, Duration::from_secs(5)).await;
 }

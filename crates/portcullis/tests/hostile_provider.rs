@@ -31,11 +31,7 @@ async fn login_with(
     let auth = gw.start_login(browser, None).await;
     let token = make_token(&auth);
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    gw.callback(
-        browser,
-        &callback_query(&code, &auth.state, Some(&p.issuer)),
-    )
-    .await
+    p.answer_with(gw, browser, &auth, &code).await
 }
 
 /// Finishes a login started with `auth`: the provider answers with standard claims.
@@ -46,11 +42,7 @@ async fn finish_login(
     auth: &Authorize,
 ) -> Resp {
     let code = p.code_for(auth);
-    gw.callback(
-        browser,
-        &callback_query(&code, &auth.state, Some(&p.issuer)),
-    )
-    .await
+    p.answer_with(gw, browser, auth, &code).await
 }
 
 /// "No session": no session cookie set and nothing written to the store.
@@ -77,6 +69,22 @@ async fn assert_id_token_refused(gw: &TestGateway, resp: &Resp) {
     assert_refused(gw, resp, "id_token_invalid").await;
 }
 
+/// One login whose ID token has the standard claims under an RS256 header changed by
+/// `patch`: refused as an invalid ID token.
+async fn refused_with_header(
+    gw: &TestGateway,
+    p: &HostileProvider,
+    patch: impl FnOnce(&mut Value),
+) {
+    let resp = login_with(gw, p, &Browser::new(), |a| {
+        let mut header = p.keys.rs256_header();
+        patch(&mut header);
+        p.keys.sign_rs256(&header, &p.claims(&a.nonce))
+    })
+    .await;
+    assert_id_token_refused(gw, &resp).await;
+}
+
 // --- The happy path, for reference -------------------------------------------------
 
 #[tokio::test]
@@ -85,13 +93,7 @@ async fn a_valid_login_creates_a_session_and_redirects_to_return_to() {
     let browser = Browser::new();
     let auth = gw.start_login(&browser, Some("/orders?page=2")).await;
     assert_eq!(auth.redirect_uri, format!("{}/auth/callback", gw.url));
-    let code = p.code_for(&auth);
-    let resp = gw
-        .callback(
-            &browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = p.complete(&gw, &browser, &auth).await;
     assert_eq!(resp.status, 303, "{}", resp.body);
     assert_eq!(resp.location().as_deref(), Some("/orders?page=2"));
     assert!(browser.cookie("portcullis").is_some());
@@ -127,12 +129,7 @@ async fn l01_callback_without_state_or_transaction_is_refused() {
     assert_refused(&gw, &foreign, "state_mismatch").await;
     // A browser with no login transaction at all.
     let stranger = Browser::new();
-    let none = gw
-        .callback(
-            &stranger,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let none = p.answer_with(&gw, &stranger, &auth, &code).await;
     assert_refused(&gw, &none, "browser_mismatch").await;
     assert_eq!(
         p.token_calls(),
@@ -183,9 +180,7 @@ async fn l03_callback_completed_in_another_browser_is_refused() {
     gw.start_login(&b, None).await;
     let auth = gw.start_login(&a, None).await;
     let code = p.code_for(&auth);
-    let resp = gw
-        .callback(&b, &callback_query(&code, &auth.state, Some(&p.issuer)))
-        .await;
+    let resp = p.answer_with(&gw, &b, &auth, &code).await;
     assert_refused(&gw, &resp, "browser_mismatch").await;
     assert_eq!(p.token_calls(), 0);
 }
@@ -205,11 +200,8 @@ async fn l04_injected_code_fails_pkce_and_nobody_is_signed_in() {
         HostileProvider::token_response(&attacker_token),
     );
     let victim_auth = gw.start_login(&victim, None).await;
-    let resp = gw
-        .callback(
-            &victim,
-            &callback_query(&attacker_code, &victim_auth.state, Some(&p.issuer)),
-        )
+    let resp = p
+        .answer_with(&gw, &victim, &victim_auth, &attacker_code)
         .await;
     assert_refused(&gw, &resp, "code_rejected").await;
     assert_eq!(
@@ -294,13 +286,7 @@ async fn l07_return_to_tricks_always_end_on_a_same_origin_path() {
     ] {
         let browser = Browser::new();
         let auth = gw.start_login(&browser, Some(evil)).await;
-        let code = p.code_for(&auth);
-        let resp = gw
-            .callback(
-                &browser,
-                &callback_query(&code, &auth.state, Some(&p.issuer)),
-            )
-            .await;
+        let resp = p.complete(&gw, &browser, &auth).await;
         assert_eq!(resp.status, 303);
         assert_eq!(resp.location().as_deref(), Some("/"), "return_to {evil:?}");
     }
@@ -363,13 +349,7 @@ async fn l09_error_callback_is_escaped_and_consumes_the_transaction() {
     assert!(resp.body.contains("provider_denied"));
     assert_no_session(&gw, &resp).await;
     // The transaction is gone: a later code for the same state is refused.
-    let code = p.code_for(&auth);
-    let later = gw
-        .callback(
-            &browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let later = p.complete(&gw, &browser, &auth).await;
     assert_refused(&gw, &later, "state_mismatch").await;
     assert_eq!(p.token_calls(), 0);
 }
@@ -402,12 +382,7 @@ async fn several_tabs_share_one_binding_cookie_and_each_completes() {
     );
     for (auth, target) in [(&tab2, "/two"), (&tab1, "/one")] {
         let code = p.code_for(auth);
-        let resp = gw
-            .callback(
-                &browser,
-                &callback_query(&code, &auth.state, Some(&p.issuer)),
-            )
-            .await;
+        let resp = p.answer_with(&gw, &browser, auth, &code).await;
         assert_eq!(resp.status, 303, "{}", resp.body);
         assert_eq!(resp.location().as_deref(), Some(target));
     }
@@ -640,13 +615,7 @@ async fn j03_keys_in_the_header_are_refused_without_any_fetch() {
         ("jwk", attacker.rsa_jwk()),
         ("x5c", json!(["MIIB"])),
     ] {
-        let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            let mut header = p.keys.rs256_header();
-            header[member] = value.clone();
-            p.keys.sign_rs256(&header, &p.claims(&a.nonce))
-        })
-        .await;
-        assert_id_token_refused(&gw, &resp).await;
+        refused_with_header(&gw, &p, |header| header[member] = value.clone()).await;
     }
     assert_eq!(
         p.counters
@@ -682,13 +651,7 @@ async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
         .into_iter()
         .chain(["../../../../etc/passwd", "' OR '1'='1"])
     {
-        let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            let mut header = p.keys.rs256_header();
-            header["kid"] = json!(kid);
-            p.keys.sign_rs256(&header, &p.claims(&a.nonce))
-        })
-        .await;
-        assert_id_token_refused(&gw, &resp).await;
+        refused_with_header(&gw, &p, |header| header["kid"] = json!(kid)).await;
     }
     // The JWKS was fetched at discovery and at most once more (rate-limited), never per kid.
     assert!(
@@ -701,14 +664,11 @@ async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
 #[tokio::test]
 async fn j05_unknown_crit_header_is_refused() {
     let (p, gw) = setup().await;
-    let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let mut header = p.keys.rs256_header();
+    refused_with_header(&gw, &p, |header| {
         header["crit"] = json!(["urn:example:unknown"]);
         header["urn:example:unknown"] = json!(true);
-        p.keys.sign_rs256(&header, &p.claims(&a.nonce))
     })
     .await;
-    assert_id_token_refused(&gw, &resp).await;
 }
 
 /// An ID token with the standard claims for `nonce`, patched (`null` removes a claim).
@@ -914,13 +874,10 @@ async fn j12_random_kids_do_not_amplify_jwks_fetches() {
     )
     .await;
     for i in 0..20 {
-        let resp = login_with(&gw, &p, &Browser::new(), |a| {
-            let mut header = p.keys.rs256_header();
-            header["kid"] = json!(format!("random-{i}"));
-            p.keys.sign_rs256(&header, &p.claims(&a.nonce))
+        refused_with_header(&gw, &p, |header| {
+            header["kid"] = json!(format!("random-{i}"))
         })
         .await;
-        assert_id_token_refused(&gw, &resp).await;
     }
     assert!(
         p.jwks_fetches() <= 2,
@@ -942,13 +899,7 @@ async fn j13_logout_and_access_tokens_are_not_id_tokens() {
     })
     .await;
     assert_id_token_refused(&gw, &resp).await;
-    let resp = login_with(&gw, &p, &Browser::new(), |a| {
-        let mut header = p.keys.rs256_header();
-        header["typ"] = json!("at+jwt");
-        p.keys.sign_rs256(&header, &p.claims(&a.nonce))
-    })
-    .await;
-    assert_id_token_refused(&gw, &resp).await;
+    refused_with_header(&gw, &p, |header| header["typ"] = json!("at+jwt")).await;
 }
 
 #[tokio::test]
@@ -1009,13 +960,7 @@ async fn s01_cookies_on_https_are_host_prefixed_secure_httponly_lax() {
         .unwrap()
         .set_cookie_named("__Host-portcullis-tx")
         .expect("tx cookie");
-    let code = p.code_for(&auth);
-    let resp = gw
-        .callback(
-            &browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = p.complete(&gw, &browser, &auth).await;
     assert_eq!(resp.status, 303, "{}", resp.body);
     let session = resp
         .set_cookie_named("__Host-portcullis")
@@ -1082,12 +1027,7 @@ async fn s02_no_token_or_code_ever_reaches_the_browser() {
     let access = response["access_token"].as_str().unwrap().to_owned();
     let refresh = response["refresh_token"].as_str().unwrap().to_owned();
     let code = p.issue_code(&auth.challenge, response);
-    let resp = gw
-        .callback(
-            &browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let resp = p.answer_with(&gw, &browser, &auth, &code).await;
     assert_eq!(resp.status, 303);
     browser.get(&gw.at("/auth/session"), &[]).await;
     browser.navigate(&gw.at("/auth/session")).await;
@@ -1202,15 +1142,7 @@ async fn s08_store_dump_holds_no_plaintext_token() {
         .map(|k| response[k].as_str().unwrap().to_owned())
         .collect();
     let code = p.issue_code(&auth.challenge, response);
-    assert_eq!(
-        gw.callback(
-            &browser,
-            &callback_query(&code, &auth.state, Some(&p.issuer))
-        )
-        .await
-        .status,
-        303
-    );
+    assert_eq!(p.answer_with(&gw, &browser, &auth, &code).await.status, 303);
     let session_id = browser.cookie("portcullis").unwrap();
     let dir = gw.db_path.as_ref().unwrap().parent().unwrap().to_owned();
     let mut dump = Vec::new();

@@ -62,12 +62,7 @@ async fn no_token_code_or_session_id_reaches_a_log_line() {
         let code = p.issue_code(&auth.challenge, response);
         secrets.push(code.clone());
         secrets.push(auth.state.clone());
-        let resp = gw
-            .callback(
-                &browser,
-                &callback_query(&code, &auth.state, Some(&p.issuer)),
-            )
-            .await;
+        let resp = p.answer_with(&gw, &browser, &auth, &code).await;
         assert_eq!(resp.status, if good { 303 } else { 400 }, "{}", resp.body);
     }
     // A provider that refuses the code with a chatty error, and one that fails.

@@ -7,7 +7,7 @@
 use portcullis_test_support as support;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use support::gateway::{Options, callback_query};
+use support::gateway::Options;
 use support::hostile::{RefreshAnswer, refreshed_tokens};
 use support::{Browser, HostileProvider, TestGateway, TestUpstream};
 
@@ -158,12 +158,7 @@ async fn every_series_starts_at_zero_and_counts_exactly_what_happened() {
     claims["email"] = "mallory@evil.test".into();
     let token = p.keys.sign_rs256(&p.keys.rs256_header(), &claims);
     let code = p.issue_code(&auth.challenge, HostileProvider::token_response(&token));
-    let refused = gw
-        .callback(
-            &mallory,
-            &callback_query(&code, &auth.state, Some(&p.issuer)),
-        )
-        .await;
+    let refused = p.answer_with(&gw, &mallory, &auth, &code).await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     p.set_userinfo(None);
     for n in 0..3 {

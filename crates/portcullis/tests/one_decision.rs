@@ -122,6 +122,10 @@ struct Case {
     front: Option<Outcome>,
 }
 
+/// The headers of an upgrade to a WebSocket, without which a client may still ask for
+/// one (by [`WS`] alone).
+const UPGRADE: [(&str, &str); 2] = [("upgrade", "websocket"), ("connection", "Upgrade")];
+
 const WS: [(&str, &str); 2] = [
     ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ("sec-websocket-version", "13"),
@@ -380,8 +384,8 @@ fn cases() -> Vec<Case> {
             "GET",
             "/app/socket",
             &[
-                ("upgrade", "websocket"),
-                ("connection", "Upgrade"),
+                UPGRADE[0],
+                UPGRADE[1],
                 WS[0],
                 WS[1],
                 ("origin", "https://evil.example"),
@@ -412,13 +416,7 @@ fn cases() -> Vec<Case> {
             SignedIn,
             "GET",
             "/app/socket",
-            &[
-                ("upgrade", "websocket"),
-                ("connection", "Upgrade"),
-                WS[0],
-                WS[1],
-                ("origin", "{own}"),
-            ],
+            &[UPGRADE[0], UPGRADE[1], WS[0], WS[1], ("origin", "{own}")],
             Pass("/app/socket"),
             Pass("/app/socket"),
         ),

@@ -11,6 +11,7 @@
 
 use portcullis_test_support as support;
 
+use portcullis::random::random_bytes;
 use portcullis::session::SessionId;
 use portcullis::store::SessionRecord;
 use portcullis::store::conformance::join_all;
@@ -66,6 +67,16 @@ async fn hostile(options: Options) -> Hostile {
     .env("PORTCULLIS_UPSTREAM", &up.url);
     let gw = TestGateway::start_with(&p.issuer, options).await;
     Hostile { p, gw, up }
+}
+
+/// [`hostile`] on a file store, sealing with `secret`.
+async fn on_a_file_store_with_secret(secret: [u8; 32]) -> Hostile {
+    hostile(Options {
+        file_store: true,
+        secret: Some(secret),
+        ..Options::default()
+    })
+    .await
 }
 
 impl Hostile {
@@ -638,25 +649,12 @@ async fn real(access_ttl: &str, options: Options) -> Option<Real> {
 
 /// [`real`] with more settings for the provider.
 async fn real_with(access_ttl: &str, op_env: &[(&str, &str)], options: Options) -> Option<Real> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
-    let client = json!([{
-        "client_id": "app",
-        "token_endpoint_auth_method": "none",
-        "redirect_uris": [format!("{gateway_url}/auth/callback")],
-        "grant_types": ["authorization_code", "refresh_token"],
-        "response_types": ["code"],
-    }]);
     let mut env = vec![("ACCESS_TOKEN_TTL", access_ttl), ("ID_TOKEN_TTL", "86400")];
     env.extend_from_slice(op_env);
-    let op = RealProvider::start(client, &env).await?;
     let up = TestUpstream::start().await;
-    let options = Options {
-        listener: Some(listener),
-        ..options
-    }
-    .env("PORTCULLIS_UPSTREAM", &up.url);
-    let gw = TestGateway::start_with(&op.issuer, options).await;
+    let options = options.env("PORTCULLIS_UPSTREAM", &up.url);
+    let extra = json!({"token_endpoint_auth_method": "none"});
+    let (op, gw) = support::oidc_provider::start_with_gateway_options(extra, &env, options).await?;
     Some(Real { op, gw, up })
 }
 
@@ -883,16 +881,8 @@ async fn f05_one_session_s_faulty_answer_does_not_hold_up_the_others() {
 async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_session() {
     use base64::Engine as _;
     let b64 = |k: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(k);
-    let (key_a, key_b) = (
-        portcullis::random::random_bytes::<32>(),
-        portcullis::random::random_bytes::<32>(),
-    );
-    let h = hostile(Options {
-        file_store: true,
-        secret: Some(key_a),
-        ..Options::default()
-    })
-    .await;
+    let (key_a, key_b) = (random_bytes::<32>(), random_bytes::<32>());
+    let h = on_a_file_store_with_secret(key_a).await;
     let before = Browser::new();
     let first = h.sign_in(&before, |_| {}).await;
     assert_eq!(api(&h.gw, &before, "/admin/x").await.status, 200);
@@ -1015,16 +1005,8 @@ async fn a_reload_puts_a_new_key_in_front_and_new_routes_without_dropping_a_sess
 /// (`/readyz` 503). `keys prune` removes only what ring B cannot open.
 #[tokio::test]
 async fn g08_a_new_secret_on_a_used_store_signs_in_again_and_asserts_at_once() {
-    let (key_a, key_b) = (
-        portcullis::random::random_bytes::<32>(),
-        portcullis::random::random_bytes::<32>(),
-    );
-    let h = hostile(Options {
-        file_store: true,
-        secret: Some(key_a),
-        ..Options::default()
-    })
-    .await;
+    let (key_a, key_b) = (random_bytes::<32>(), random_bytes::<32>());
+    let h = on_a_file_store_with_secret(key_a).await;
     let before = Browser::new();
     h.sign_in(&before, |_| {}).await;
     assert_eq!(api(&h.gw, &before, "/x").await.status, 200);

@@ -254,15 +254,7 @@ impl Provider {
     /// The claims of a token this provider signed, verified with its published keys
     /// (an independent library: jsonwebtoken), any audience, expiry checked.
     pub async fn verified_claims(&self, token: &str) -> Value {
-        let jwks: Value = self
-            .client
-            .get(format!("{}/jwks", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks = self.jwks().await;
         let header = jsonwebtoken::decode_header(token).unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
             jwks["keys"]
@@ -336,10 +328,41 @@ impl Provider {
     }
 
     pub async fn tokens(&self) -> Value {
+        self.signed_in().await.1
+    }
+
+    /// alice signed in at `app`: her browser's login and the tokens the code gave.
+    pub async fn signed_in(&self) -> (Login, Value) {
         let (verifier, challenge) = pkce();
-        let (code, _) = self.code("app", &challenge).await;
+        let (code, login) = self.code("app", &challenge).await;
         let (status, v) = self.redeem(&code, &verifier).await;
         assert_eq!(status, 200, "{v}");
-        v
+        (login, v)
+    }
+
+    /// The published keys.
+    pub async fn jwks(&self) -> Value {
+        let url = format!("{}/jwks", self.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A browser with `login`'s cookies (none: `None`) at the end-session endpoint.
+    pub async fn end_session(
+        &self,
+        params: &[(&str, &str)],
+        login: Option<&Login>,
+    ) -> reqwest::Response {
+        let mut req = self.client.get(end_session_url(&self.base, params));
+        if let Some(login) = login {
+            req = req.header("cookie", &login.cookies);
+        }
+        req.send().await.unwrap()
     }
 }

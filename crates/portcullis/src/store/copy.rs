@@ -105,7 +105,7 @@ mod tests {
     use crate::random::new_uuid;
     use crate::store::id::SessionId;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{NewSession, TokenSet, UserProfile};
+    use crate::store::{NewSession, UserProfile};
 
     const NOW: UnixTime = 1_900_000_000;
 
@@ -131,19 +131,13 @@ mod tests {
             .await
             .unwrap();
         let id = SessionId::generate();
-        let session = |family, id_hash, idle| NewSession {
-            family_id: family,
-            id_hash,
-            user_id: alice.id,
+        let session = |family_id, id_hash, idle_expires_at| NewSession {
+            family_id,
             provider_sid: Some("sid".into()),
-            created_at: NOW,
-            idle_expires_at: idle,
-            absolute_expires_at: NOW + 86_400,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
+            idle_expires_at,
             email_verified: true,
             provider_id: "partner".into(),
+            ..NewSession::plain(alice.id, id_hash, NOW)
         };
         from.create_session(&session(new_uuid(), id.hash(), NOW + 3600))
             .await

@@ -198,6 +198,28 @@ pub struct NewSession {
     pub provider_id: String,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl NewSession {
+    /// A session of `user_id` at the default provider, made at `now`: no tokens, no
+    /// claims, an hour of idleness and a day in all (tests change what they need).
+    pub fn plain(user_id: Uuid, id_hash: IdHash, now: UnixTime) -> Self {
+        Self {
+            family_id: crate::random::new_uuid(),
+            id_hash,
+            user_id,
+            provider_sid: None,
+            created_at: now,
+            idle_expires_at: now + 3600,
+            absolute_expires_at: now + 86_400,
+            tokens: TokenSet::default(),
+            user_agent: None,
+            claims: "{}".into(),
+            email_verified: false,
+            provider_id: "default".into(),
+        }
+    }
+}
+
 /// Which of a session's ids a lookup matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdMatch {
@@ -420,8 +442,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Vec<SessionRecord>>;
 
     // Login transactions.
-    /// Stores a transaction; keeps at most `limits.per_browser` per binding and
-    /// `limits.total` in all, evicting the oldest.
     /// Stores a new transaction: first removes expired ones (expired at
     /// `tx.created_at`), then, while fewer than `limits.total` are live, stores it
     /// (keeping the newest `limits.per_browser` of its browser) and answers `true`; at

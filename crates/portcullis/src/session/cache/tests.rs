@@ -49,25 +49,9 @@ async fn session(store: &dyn Store) -> (SessionId, Uuid) {
         .await
         .unwrap();
     let id = SessionId::generate();
-    let family = new_uuid();
-    store
-        .create_session(&NewSession {
-            family_id: family,
-            id_hash: id.hash(),
-            user_id: user.id,
-            provider_sid: None,
-            created_at: NOW,
-            idle_expires_at: NOW + 3600,
-            absolute_expires_at: NOW + 86_400,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
-            email_verified: false,
-            provider_id: "default".into(),
-        })
-        .await
-        .unwrap();
-    (id, family)
+    let session = NewSession::plain(user.id, id.hash(), NOW);
+    store.create_session(&session).await.unwrap();
+    (id, session.family_id)
 }
 
 fn counts(c: &CachedStore) -> (u64, u64, u64) {

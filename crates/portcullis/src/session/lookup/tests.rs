@@ -70,24 +70,13 @@ async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
         .await
         .unwrap();
     let id = SessionId::generate();
-    let family = crate::session::new_uuid();
-    inner
-        .create_session(&NewSession {
-            family_id: family,
-            id_hash: id.hash(),
-            user_id: user.id,
-            provider_sid: None,
-            created_at: now,
-            idle_expires_at: now + 600,
-            absolute_expires_at: now + 86_400,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
-            email_verified: true,
-            provider_id: "default".into(),
-        })
-        .await
-        .unwrap();
+    let session = NewSession {
+        idle_expires_at: now + 600,
+        email_verified: true,
+        ..NewSession::plain(user.id, id.hash(), now)
+    };
+    let family = session.family_id;
+    inner.create_session(&session).await.unwrap();
     assert!(gw.authenticate(id.expose()).await.unwrap().is_some());
     // Another instance served the user at +590 s and moved the idle deadline; this
     // one has not heard of it and its cached copy says the session is idle.
@@ -121,24 +110,13 @@ async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
         .await
         .unwrap();
     let (old, new) = (SessionId::generate(), SessionId::generate());
-    let family = crate::session::new_uuid();
-    inner
-        .create_session(&NewSession {
-            family_id: family,
-            id_hash: old.hash(),
-            user_id: user.id,
-            provider_sid: None,
-            created_at: now,
-            idle_expires_at: now + 600,
-            absolute_expires_at: now + 86_400,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
-            email_verified: true,
-            provider_id: "default".into(),
-        })
-        .await
-        .unwrap();
+    let session = NewSession {
+        idle_expires_at: now + 600,
+        email_verified: true,
+        ..NewSession::plain(user.id, old.hash(), now)
+    };
+    let family = session.family_id;
+    inner.create_session(&session).await.unwrap();
     // Another instance refreshed and rotated the id.
     let handover = handover::seal(&old, &new);
     assert!(

@@ -54,13 +54,7 @@ pub(super) async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
         None
     );
     for t in &txs[2..] {
-        assert!(
-            store
-                .take_transaction(&t.state_hash)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(taken(store, t).await);
     }
 
     // Eviction is per browser: another binding's transactions stay.
@@ -82,13 +76,7 @@ pub(super) async fn transactions_are_single_use_and_bounded(store: &dyn Store) {
             .await
             .unwrap();
     }
-    assert!(
-        store
-            .take_transaction(&other.state_hash)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(taken(store, &other).await);
 }
 
 pub(super) async fn transactions_are_bounded_in_total(store: &dyn Store) {
@@ -105,31 +93,15 @@ pub(super) async fn transactions_are_bounded_in_total(store: &dyn Store) {
     assert!(store.put_transaction(&txs[1], limits).await.unwrap());
     // At the bound: the new one is refused, no live one is dropped for it (D01).
     assert!(!store.put_transaction(&txs[2], limits).await.unwrap());
-    assert!(
-        store
-            .take_transaction(&txs[2].state_hash)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!taken(store, &txs[2]).await);
     // Once they have expired, they make room first.
     let later = transaction(&unique("binding"), at + 700);
     assert!(store.put_transaction(&later, limits).await.unwrap());
     assert!(
-        store
-            .take_transaction(&txs[0].state_hash)
-            .await
-            .unwrap()
-            .is_none(),
+        !taken(store, &txs[0]).await,
         "an expired transaction is gone"
     );
-    assert!(
-        store
-            .take_transaction(&later.state_hash)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(taken(store, &later).await);
     // A live one survives a full store: taken while the bound refuses newcomers.
     let live = transaction(&unique("binding"), at + 701);
     let other = transaction(&unique("binding"), at + 702);
@@ -137,20 +109,8 @@ pub(super) async fn transactions_are_bounded_in_total(store: &dyn Store) {
     assert!(store.put_transaction(&live, limits).await.unwrap());
     assert!(store.put_transaction(&other, limits).await.unwrap());
     assert!(!store.put_transaction(&refused, limits).await.unwrap());
-    assert!(
-        store
-            .take_transaction(&live.state_hash)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        store
-            .take_transaction(&other.state_hash)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(taken(store, &live).await);
+    assert!(taken(store, &other).await);
 }
 
 pub(super) async fn concurrent_takes_succeed_once(store: &dyn Store) {
@@ -166,4 +126,13 @@ pub(super) async fn concurrent_takes_succeed_once(store: &dyn Store) {
         .filter(|r| matches!(r, Ok(Some(_))))
         .count();
     assert_eq!(won, 1, "a transaction is single use even under concurrency");
+}
+
+/// Whether `tx` could be taken (and so is gone now).
+async fn taken(store: &dyn Store, tx: &LoginTransaction) -> bool {
+    store
+        .take_transaction(&tx.state_hash)
+        .await
+        .unwrap()
+        .is_some()
 }

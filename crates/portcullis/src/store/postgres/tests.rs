@@ -101,24 +101,13 @@ async fn a_killed_feed_connection_resets_and_recovers() {
         .await
         .unwrap();
     let id = crate::store::id::SessionId::generate();
-    let family = crate::random::new_uuid();
-    store
-        .create_session(&NewSession {
-            family_id: family,
-            id_hash: id.hash(),
-            user_id: user.id,
-            provider_sid: None,
-            created_at: 1,
-            idle_expires_at: 100,
-            absolute_expires_at: 100,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
-            email_verified: false,
-            provider_id: "default".into(),
-        })
-        .await
-        .unwrap();
+    let session = NewSession {
+        idle_expires_at: 100,
+        absolute_expires_at: 100,
+        ..NewSession::plain(user.id, id.hash(), 1)
+    };
+    let family = session.family_id;
+    store.create_session(&session).await.unwrap();
     assert!(store.delete_session(family).await.unwrap());
     loop {
         if let FeedEvent::Changed(c) = next_event(&mut sub).await

@@ -48,23 +48,12 @@ async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
         .await
         .unwrap();
     let id = crate::store::id::SessionId::generate();
-    store
-        .create_session(&NewSession {
-            family_id: crate::random::new_uuid(),
-            id_hash: id.hash(),
-            user_id: user.id,
-            provider_sid: None,
-            created_at: 1,
-            idle_expires_at: 100,
-            absolute_expires_at: 100,
-            tokens: TokenSet::default(),
-            user_agent: None,
-            claims: "{}".into(),
-            email_verified: false,
-            provider_id: "default".into(),
-        })
-        .await
-        .unwrap();
+    let session = NewSession {
+        idle_expires_at: 100,
+        absolute_expires_at: 100,
+        ..NewSession::plain(user.id, id.hash(), 1)
+    };
+    store.create_session(&session).await.unwrap();
     let mut sub = store.feed().subscribe();
     let mut by_hand = SqliteConnectOptions::new()
         .filename(&path)
