@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use portcullis_test_support::SendJson as _;
 use portcullis_test_support::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -461,12 +462,8 @@ async fn the_demo_signs_alice_in_through_the_real_form() {
         .post(format!("{corp}/token"))
         .basic_auth("reporting", Some("reporting-secret"))
         .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let token = token["access_token"]
         .as_str()
         .expect("an access token")

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use portcullis_test_support::SendJson as _;
 use portcullis_test_support::free_port;
 use std::process::Stdio;
 use std::time::Duration;
@@ -477,12 +478,8 @@ async fn m01_admin_revoke_and_back_channel_logout_reach_every_instance(store: St
     }
     let logout: Value = reqwest::Client::new()
         .post(format!("{}/test/logout/alice", c.op.issuer))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(logout["backchannel"][0]["ok"], json!(true), "{logout}");
     for instance in &c.instances {
         refused_within(instance, &browser, Duration::from_secs(1)).await;

@@ -5,12 +5,13 @@
 
 mod support;
 
+use portcullis_test_support::SendJson as _;
 use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{REDIRECT, pkce, query, start};
+use support::{REDIRECT, assert_error, pkce, query, start};
 
 #[tokio::test]
 async fn a01_pkce_is_mandatory_and_plain_is_refused() {
@@ -40,12 +41,8 @@ async fn a01_pkce_is_mandatory_and_plain_is_refused() {
     let meta: Value = p
         .client
         .get(format!("{}/.well-known/openid-configuration", p.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(
         meta["code_challenge_methods_supported"],
         serde_json::json!(["S256"])
@@ -112,8 +109,8 @@ async fn a03_exact_redirect_uri_and_unknown_clients_get_a_page() {
     // The token request must repeat the exact redirect URI.
     let (verifier, challenge) = pkce();
     let (code, _) = p.code("app", &challenge).await;
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -123,10 +120,9 @@ async fn a03_exact_redirect_uri_and_unknown_clients_get_a_page() {
             ],
             None,
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
     );
 }
 
@@ -159,8 +155,8 @@ async fn a04_codes_are_single_use_client_bound_and_short_lived() {
     // Bound to its client.
     let (verifier, challenge) = pkce();
     let (code, _) = p.code("app", &challenge).await;
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -169,10 +165,9 @@ async fn a04_codes_are_single_use_client_bound_and_short_lived() {
             ],
             Some(("conf", "conf-secret")),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
     );
     // … and another client's attempt did not burn it: a leaked code cannot be spoilt
     // by a stranger, the client it was issued to still redeems it.
@@ -243,8 +238,8 @@ async fn a06_refresh_tokens_are_bound_to_their_client_and_scope_cannot_grow() {
     let p = start().await;
     let t = p.tokens().await;
     let rt = t["refresh_token"].as_str().unwrap().to_owned();
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "refresh_token"),
                 ("refresh_token", &rt),
@@ -253,22 +248,20 @@ async fn a06_refresh_tokens_are_bound_to_their_client_and_scope_cannot_grow() {
             ],
             None,
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
     );
     let t = p.tokens().await;
     let rt = t["refresh_token"].as_str().unwrap().to_owned();
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
             Some(("conf", "conf-secret")),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
     );
     // A narrower scope is fine.
     let t = p.tokens().await;
@@ -354,8 +347,8 @@ async fn a08_iss_on_every_response_s256_only_and_no_implicit_or_password() {
     let q = query(r.headers()["location"].to_str().unwrap());
     assert_eq!(q["error"], "unsupported_response_type");
     assert_eq!(q["iss"], p.base);
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "password"),
                 ("username", "alice"),
@@ -364,31 +357,25 @@ async fn a08_iss_on_every_response_s256_only_and_no_implicit_or_password() {
             ],
             None,
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
     );
     // Client credentials only for a machine client (one that lists `resources`).
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[("grant_type", "client_credentials"), ("client_id", "app")],
             None,
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "unsupported_grant_type",
     );
     let meta: Value = p
         .client
         .get(format!("{}/.well-known/openid-configuration", p.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
     assert_eq!(
         meta["response_types_supported"],
@@ -506,12 +493,8 @@ async fn id_tokens_and_userinfo_carry_the_user() {
         .client
         .get(format!("{}/userinfo", p.base))
         .bearer_auth(t["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(info["sub"], "alice");
     assert_eq!(info["name"], "Alice Example");
 }
@@ -596,8 +579,8 @@ async fn confidential_clients_authenticate_with_basic_or_post_but_not_none() {
     // Without its secret, a confidential client is refused (401 invalid_client).
     let (verifier, challenge) = pkce();
     let (code, _) = p.code("conf", &challenge).await;
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -607,10 +590,9 @@ async fn confidential_clients_authenticate_with_basic_or_post_but_not_none() {
             ],
             None,
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
     );
     let (s, _) = p
         .token(
@@ -646,15 +628,7 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = format!("http://{}", listener.local_addr().unwrap());
     portcullis_test_support::serve_in_background(listener, portcullis_idp::router(idp));
-    let jwks: Value = p
-        .client
-        .get(format!("{second}/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = p.client.get(format!("{second}/jwks")).send_json().await;
     let kids: Vec<&str> = jwks["keys"]
         .as_array()
         .unwrap()
@@ -774,12 +748,8 @@ async fn a_narrowed_refresh_narrows_userinfo_too() {
         .client
         .get(format!("{}/userinfo", p.base))
         .bearer_auth(v["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(info["sub"], "alice");
     assert!(
         info.get("email").is_none() && info.get("name").is_none(),
@@ -947,21 +917,20 @@ async fn client_credentials_for_machine_clients_only() {
     let (s, _) = p.token(&grant, Some(("machine", "nope"))).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // An API it may not call, a scope it was not given, no resource among two.
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "client_credentials"),
                 ("resource", "https://evil.example"),
             ],
             Some(("machine", "machine-secret")),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_target"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
     );
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[
                 ("grant_type", "client_credentials"),
                 ("resource", "https://api.example.com"),
@@ -969,20 +938,18 @@ async fn client_credentials_for_machine_clients_only() {
             ],
             Some(("machine", "machine-secret")),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
     );
-    let (s, v) = p
-        .token(
+    assert_error(
+        p.token(
             &[("grant_type", "client_credentials")],
             Some(("machine", "machine-secret")),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_target"))
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
     );
 
     let (s, v) = p.token(&grant, Some(("machine", "machine-secret"))).await;

@@ -320,3 +320,20 @@ pub async fn follow_sign_in(
     }
     panic!("too many redirects");
 }
+
+/// Sends a masked text frame "hi" through an open WebSocket and expects the app's echo
+/// within five seconds.
+pub async fn echo_hi(tcp: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    tcp.write_all(&frame).await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"\x81\x02hi");
+}

@@ -5,6 +5,7 @@
 //! stops with the test. `None` (one line printed) when the proxy or Node is missing;
 //! `.ci/run` installs them and requires it.
 
+use crate::SendJson as _;
 use crate::free_port;
 use std::process::Stdio;
 use std::time::Duration;
@@ -192,12 +193,8 @@ impl Front {
                 ("resource", FRONT_API),
                 ("scope", "orders:read"),
             ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .send_json()
+            .await;
         v["access_token"].as_str().unwrap().to_owned()
     }
 

@@ -189,3 +189,14 @@ pub async fn closed_within(tcp: &mut tokio::net::TcpStream, within: std::time::D
         }
     }
 }
+
+/// Sends a request whose answer must be JSON (tests: a failure is a panic).
+pub trait SendJson {
+    fn send_json(self) -> impl std::future::Future<Output = serde_json::Value> + Send;
+}
+
+impl SendJson for reqwest::RequestBuilder {
+    async fn send_json(self) -> serde_json::Value {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}

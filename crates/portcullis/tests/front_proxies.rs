@@ -268,7 +268,6 @@ async fn routing_and_identity_headers_never_reach_the_app(kind: Proxy) {
 /// origin opens a working WebSocket to the app; one from another origin is refused
 /// although the proxy strips `Upgrade` from the question it asks the gateway.
 async fn websockets_pass_from_our_origin_only(kind: Proxy) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(f) = Front::start(kind).await else {
         return;
     };
@@ -291,14 +290,7 @@ async fn websockets_pass_from_our_origin_only(kind: Proxy) {
         if opens {
             assert!(head.starts_with("HTTP/1.1 101"), "{origin}: {head}");
             // One masked text frame "hi"; the app echoes it.
-            let mask = [1u8, 2, 3, 4];
-            let mut frame = vec![0x81, 0x80 | 2];
-            frame.extend_from_slice(&mask);
-            frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
-            tcp.write_all(&frame).await.unwrap();
-            let mut echo = [0u8; 4];
-            tcp.read_exact(&mut echo).await.unwrap();
-            assert_eq!(&echo, b"\x81\x02hi");
+            support::browser::echo_hi(&mut tcp).await;
             assert_eq!(f.up.calls(), calls + 1);
         } else {
             assert!(head.starts_with("HTTP/1.1 403"), "{origin}: {head}");

@@ -1455,21 +1455,6 @@ async fn open_websocket(s: &Setup, b: &Browser) -> tokio::net::TcpStream {
     tcp
 }
 
-/// Sends a masked text frame "hi" and expects the upstream's echo.
-async fn echo_hi(tcp: &mut tokio::net::TcpStream) {
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 2];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
-    tcp.write_all(&frame).await.unwrap();
-    let mut got = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&got, b"\x81\x02hi");
-}
-
 #[tokio::test]
 async fn a_shutdown_lets_open_websockets_work_until_its_deadline_then_closes_them() {
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -1484,7 +1469,7 @@ async fn a_shutdown_lets_open_websockets_work_until_its_deadline_then_closes_the
     .await;
     let b = s.signed_in().await;
     let mut tcp = open_websocket(&s, &b).await;
-    echo_hi(&mut tcp).await;
+    support::browser::echo_hi(&mut tcp).await;
     let asked = tokio::time::Instant::now();
     stop.send(()).unwrap();
     // Draining: no new connection is taken, the open WebSocket still carries messages.
@@ -1500,7 +1485,7 @@ async fn a_shutdown_lets_open_websockets_work_until_its_deadline_then_closes_the
     tokio::time::timeout(Duration::from_secs(2), refused)
         .await
         .expect("the listener closes at once");
-    echo_hi(&mut tcp).await;
+    support::browser::echo_hi(&mut tcp).await;
     assert!(
         !s.gw.served.is_finished(),
         "the server waits for the WebSocket"
@@ -1563,17 +1548,7 @@ async fn w02_a_websocket_closes_when_its_session_is_revoked_on_another_instance(
         .unwrap();
     // …and its WebSocket on the first instance closes within seconds; the other stays.
     portcullis_test_support::closed_within(&mut revoked, Duration::from_secs(5)).await;
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | 2];
-    frame.extend_from_slice(&mask);
-    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
-    kept.write_all(&frame).await.unwrap();
-    let mut echo = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), kept.read_exact(&mut echo))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echo, b"\x81\x02hi");
+    support::browser::echo_hi(&mut kept).await;
 }
 
 #[tokio::test]

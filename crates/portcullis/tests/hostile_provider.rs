@@ -21,6 +21,17 @@ async fn setup() -> (HostileProvider, TestGateway) {
     (p, gw)
 }
 
+async fn setup_with(options: Options) -> (HostileProvider, TestGateway) {
+    let p = HostileProvider::start().await;
+    let gw = TestGateway::start_with(&p.issuer, options).await;
+    (p, gw)
+}
+
+/// A gateway with one setting.
+async fn setup_with_env(name: &str, value: &str) -> (HostileProvider, TestGateway) {
+    setup_with(Options::default().env(name, value)).await
+}
+
 /// One login where the provider answers the code with `make_token(authorize request)`.
 async fn login_with(
     gw: &TestGateway,
@@ -390,9 +401,7 @@ async fn several_tabs_share_one_binding_cookie_and_each_completes() {
 
 #[tokio::test]
 async fn extra_authorize_params_reach_the_provider_but_cannot_replace_ours() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
+    let (_p, gw) = setup_with(
         Options::default()
             .env(
                 "PORTCULLIS_PROVIDER_EXTRA_AUTHORIZE_PARAMS",
@@ -627,14 +636,10 @@ async fn j03_keys_in_the_header_are_refused_without_any_fetch() {
 
 #[tokio::test]
 async fn j04_hostile_kids_are_refused_without_lookups_outside_the_jwks() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options {
-            jwks_min_refetch: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    )
+    let (p, gw) = setup_with(Options {
+        jwks_min_refetch: Duration::from_secs(3600),
+        ..Default::default()
+    })
     .await;
     // The JWKS really holds keys under the malformed kids, so only the kid check can
     // refuse those; the others must not be looked up anywhere but the JWKS.
@@ -718,13 +723,7 @@ async fn j07_audience_and_authorized_party_must_be_this_client() {
 #[tokio::test]
 async fn j07_a_trusted_extra_audience_is_admitted_only_with_azp_this_client() {
     // ZITADEL's shape: the project id beside the client id, `azp` the client id.
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        support::gateway::Options::default()
-            .env("PORTCULLIS_PROVIDER_TRUSTED_AUDIENCES", "project-1"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_PROVIDER_TRUSTED_AUDIENCES", "project-1").await;
     let sign_in = |patch: Value| {
         let (p, gw) = (&p, &gw);
         async move {
@@ -830,14 +829,10 @@ async fn j11_no_kid_with_a_single_fitting_key_is_accepted() {
 
 #[tokio::test]
 async fn j12_key_rotation_refetches_once_then_accepts() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options {
-            jwks_min_refetch: Duration::ZERO,
-            ..Default::default()
-        },
-    )
+    let (p, gw) = setup_with(Options {
+        jwks_min_refetch: Duration::ZERO,
+        ..Default::default()
+    })
     .await;
     assert_eq!(
         login_with(&gw, &p, &Browser::new(), |a| p
@@ -864,14 +859,10 @@ async fn j12_key_rotation_refetches_once_then_accepts() {
 
 #[tokio::test]
 async fn j12_random_kids_do_not_amplify_jwks_fetches() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options {
-            jwks_min_refetch: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    )
+    let (p, gw) = setup_with(Options {
+        jwks_min_refetch: Duration::from_secs(3600),
+        ..Default::default()
+    })
     .await;
     for i in 0..20 {
         refused_with_header(&gw, &p, |header| {
@@ -943,12 +934,7 @@ async fn j14_parser_differentials_are_refused() {
 
 #[tokio::test]
 async fn s01_cookies_on_https_are_host_prefixed_secure_httponly_lax() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_PUBLIC_URL", "https://app.example.test"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_PUBLIC_URL", "https://app.example.test").await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
     assert_eq!(auth.redirect_uri, "https://app.example.test/auth/callback");
@@ -1087,9 +1073,7 @@ async fn s03_logging_in_again_replaces_the_previous_session() {
 
 #[tokio::test]
 async fn s07_idle_timeout_and_absolute_lifetime_end_sessions() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
+    let (p, gw) = setup_with(
         Options::default()
             .env("PORTCULLIS_SESSION_IDLE_TIMEOUT", "10m")
             .env("PORTCULLIS_SESSION_ABSOLUTE_LIFETIME", "1h"),
@@ -1122,14 +1106,10 @@ async fn s07_idle_timeout_and_absolute_lifetime_end_sessions() {
 
 #[tokio::test]
 async fn s08_store_dump_holds_no_plaintext_token() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options {
-            file_store: true,
-            ..Default::default()
-        },
-    )
+    let (p, gw) = setup_with(Options {
+        file_store: true,
+        ..Default::default()
+    })
     .await;
     let browser = Browser::new();
     let auth = gw.start_login(&browser, None).await;
@@ -1216,12 +1196,7 @@ async fn s08_ciphertexts_swapped_between_sessions_fail_to_open() {
 
 #[tokio::test]
 async fn ar1_users_outside_the_rules_get_403_and_no_session() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com").await;
     // Outside the domain.
     p.set_userinfo(Some(
         json!({"sub": "alice", "email": "alice@evil-example.com", "email_verified": true}),
@@ -1265,13 +1240,9 @@ async fn ar1_users_outside_the_rules_get_403_and_no_session() {
 
 #[tokio::test]
 async fn ar1_required_claims_are_enforced_at_login() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env(
-            "PORTCULLIS_ACCESS_REQUIRED_CLAIMS",
-            r#"{ groups = ["admins"] }"#,
-        ),
+    let (p, gw) = setup_with_env(
+        "PORTCULLIS_ACCESS_REQUIRED_CLAIMS",
+        r#"{ groups = ["admins"] }"#,
     )
     .await;
     let resp = login_with(&gw, &p, &Browser::new(), |a| {
@@ -1293,12 +1264,7 @@ async fn ar1_required_claims_are_enforced_at_login() {
 
 #[tokio::test]
 async fn ar2_domain_suffix_tricks_are_refused() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_ACCESS_ALLOWED_EMAIL_DOMAINS", "example.com").await;
     for email in [
         "m@evil-example.com",
         "m@example.com.evil.net",
@@ -1350,14 +1316,10 @@ async fn r03_oversized_token_responses_and_jwts_are_refused() {
 
 #[tokio::test]
 async fn r04_a_stalled_token_endpoint_times_out_cleanly() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options {
-            provider_total_timeout: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
+    let (p, gw) = setup_with(Options {
+        provider_total_timeout: Duration::from_secs(1),
+        ..Default::default()
+    })
     .await;
     p.script.lock().unwrap().token_delay = Some(Duration::from_secs(30));
     let browser = Browser::new();
@@ -1485,12 +1447,7 @@ async fn scopes_follow_the_provider_and_invalid_scope_names_the_setting() {
 /// `Retry-After`, and never evicts a sign-in in progress.
 #[tokio::test]
 async fn d01_a_flood_beyond_the_cap_never_evicts_a_sign_in_in_progress() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_LIMITS_MAX_TRANSACTIONS", "3"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_LIMITS_MAX_TRANSACTIONS", "3").await;
     let victim = Browser::new();
     let auth = gw.start_login(&victim, None).await;
     // The flood: new browsers, each a new transaction, until the cap answers.
@@ -1519,12 +1476,7 @@ async fn d01_a_flood_beyond_the_cap_never_evicts_a_sign_in_in_progress() {
 /// browser at another address signs in undisturbed.
 #[tokio::test]
 async fn d01_a_login_flood_from_one_address_leaves_the_others_alone() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "5"),
-    )
-    .await;
+    let (p, gw) = setup_with_env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "5").await;
     let victim = Browser::from_address("127.0.0.2");
     let auth = gw.start_login(&victim, None).await;
     let flooder = Browser::new(); // 127.0.0.1
@@ -1560,9 +1512,7 @@ async fn d01_a_login_flood_from_one_address_leaves_the_others_alone() {
 /// every sign-in answer 429. An entry that is no address counts alone too.
 #[tokio::test]
 async fn g07_clients_behind_a_proxy_writing_ports_are_limited_apart() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
+    let (_p, gw) = setup_with(
         Options::default()
             .env("PORTCULLIS_LIMITS_LOGIN_PER_MINUTE", "3")
             .env("PORTCULLIS_PROXY_TRUSTED_PROXIES", "127.0.0.1"),
@@ -1604,12 +1554,7 @@ async fn g07_clients_behind_a_proxy_writing_ports_are_limited_apart() {
 /// event.
 #[tokio::test]
 async fn d01_back_channel_floods_are_refused_and_counted() {
-    let p = HostileProvider::start().await;
-    let gw = TestGateway::start_with(
-        &p.issuer,
-        Options::default().env("PORTCULLIS_LIMITS_BACKCHANNEL_PER_MINUTE", "2"),
-    )
-    .await;
+    let (_p, gw) = setup_with_env("PORTCULLIS_LIMITS_BACKCHANNEL_PER_MINUTE", "2").await;
     let b = Browser::new();
     let url = gw.at("/auth/backchannel-logout");
     let post = || {

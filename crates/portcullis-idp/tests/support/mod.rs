@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use portcullis_test_support::SendJson as _;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -343,14 +344,7 @@ impl Provider {
     /// The published keys.
     pub async fn jwks(&self) -> Value {
         let url = format!("{}/jwks", self.base);
-        self.client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.client.get(url).send_json().await
     }
 
     /// A browser with `login`'s cookies (none: `None`) at the end-session endpoint.
@@ -365,4 +359,13 @@ impl Provider {
         }
         req.send().await.unwrap()
     }
+}
+
+/// An OAuth error answer: `status` with `{"error": error}`.
+pub fn assert_error((status, body): (StatusCode, Value), want: StatusCode, error: &str) {
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (want, Some(error)),
+        "{body}"
+    );
 }
