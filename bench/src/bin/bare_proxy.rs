@@ -37,13 +37,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    portcullis_bench::exit_with(run())
 }
 
 fn run() -> Result<(), String> {
@@ -56,11 +50,8 @@ fn run() -> Result<(), String> {
     };
     match args.optional::<String>("shape")?.as_deref() {
         None | Some("multi") => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("bare-proxy: cannot start the runtime: {e}"))?;
-            runtime.block_on(serve(listen, authority))
+            let runtime = tokio::runtime::Builder::new_multi_thread();
+            portcullis_bench::block_on("bare-proxy", runtime, serve(listen, authority))
         }
         Some("per-core") => serve_per_core(listen, authority),
         Some(other) => Err(format!("bare-proxy: `--shape {other}`: multi or per-core")),

@@ -15,23 +15,9 @@ use portcullis_bench::args::Args;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("dpop-proofs: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dpop-proofs: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread();
+    let main = async { run().await.map_err(|e| format!("dpop-proofs: {e}")) };
+    portcullis_bench::exit_with(portcullis_bench::block_on("dpop-proofs", runtime, main))
 }
 
 async fn run() -> Result<(), BoxError> {

@@ -30,23 +30,9 @@ const DAY: i64 = 86_400;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("seed: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("seed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread();
+    let main = async { run().await.map_err(|e| format!("seed: {e}")) };
+    portcullis_bench::exit_with(portcullis_bench::block_on("seed", runtime, main))
 }
 
 async fn run() -> Result<(), BoxError> {

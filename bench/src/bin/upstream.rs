@@ -18,23 +18,14 @@ use tokio::net::TcpListener;
 const BODY: &[u8] = b"hello from upstream\n";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+    portcullis_bench::exit_with(run())
 }
 
 fn run() -> Result<(), String> {
     let args = Args::from_env("upstream", &["listen"])?;
     let listen: SocketAddr = args.required("listen")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("upstream: cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(listen))
+    let runtime = tokio::runtime::Builder::new_multi_thread();
+    portcullis_bench::block_on("upstream", runtime, serve(listen))
 }
 
 async fn serve(listen: SocketAddr) -> Result<(), String> {

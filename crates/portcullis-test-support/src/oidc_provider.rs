@@ -258,6 +258,17 @@ pub async fn start_with_gateway_options(
     Some((node, gw))
 }
 
+/// [`start_with_gateway`] for a client that authenticates with `secret` by `method`
+/// (registered so at the provider, configured so at the gateway).
+pub async fn start_with_client_secret(
+    secret: &str,
+    method: &str,
+    provider_env: &[(&str, &str)],
+) -> Option<(RealProvider, TestGateway)> {
+    let client = json!({"client_secret": secret, "token_endpoint_auth_method": method});
+    start_with_gateway(client, provider_env, &client_secret_env(secret, method)).await
+}
+
 /// The gateway's settings for a client secret sent by `method`.
 pub fn client_secret_env<'a>(secret: &'a str, method: &'a str) -> [(&'static str, &'a str); 2] {
     [

@@ -32,11 +32,8 @@ async fn doctor_client(issuer: &str, env: &[(&str, &str)]) -> (String, String) {
 async fn interop_client_secret_basic_carries_a_base64_secret() {
     // RFC 6749 §2.3.1: form-encoded, then Basic; a certified provider decodes it.
     let secret = "q+8/Zx==Ab+c/d=e";
-    let Some((node, gw)) = start(
-        json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_basic"}),
-        &oidc_provider::client_secret_env(secret, "client_secret_basic"),
-    )
-    .await
+    let Some((node, gw)) =
+        oidc_provider::start_with_client_secret(secret, "client_secret_basic", &[]).await
     else {
         return;
     };
@@ -52,11 +49,8 @@ async fn interop_client_secret_basic_carries_a_base64_secret() {
 #[tokio::test]
 async fn interop_client_secret_post_sends_the_secret_in_the_form() {
     let secret = "p0st+secret/==";
-    let Some((node, gw)) = start(
-        json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_post"}),
-        &oidc_provider::client_secret_env(secret, "client_secret_post"),
-    )
-    .await
+    let Some((node, gw)) =
+        oidc_provider::start_with_client_secret(secret, "client_secret_post", &[]).await
     else {
         return;
     };

@@ -18,10 +18,10 @@ use url::Url;
 #[tokio::test]
 async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
     let secret = "p4r+secret/==";
-    let Some((node, gw)) = start_with_gateway(
-        json!({"client_secret": secret}),
+    let Some((node, gw)) = support::oidc_provider::start_with_client_secret(
+        secret,
+        "client_secret_basic",
         &[("REQUIRE_PAR", "1")],
-        &support::oidc_provider::client_secret_env(secret, "client_secret_basic"),
     )
     .await
     else {
@@ -48,10 +48,10 @@ async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
 #[tokio::test]
 async fn interop_par_over_client_secret_post_sends_each_parameter_once() {
     let secret = "p4r-p0st+secret/==";
-    let Some((node, gw)) = start_with_gateway(
-        json!({"client_secret": secret, "token_endpoint_auth_method": "client_secret_post"}),
+    let Some((node, gw)) = support::oidc_provider::start_with_client_secret(
+        secret,
+        "client_secret_post",
         &[("REQUIRE_PAR", "1")],
-        &support::oidc_provider::client_secret_env(secret, "client_secret_post"),
     )
     .await
     else {

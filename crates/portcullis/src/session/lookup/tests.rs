@@ -11,6 +11,8 @@ use crate::store::feed::WireMessage;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ChangeFeed, NewSession, Store, TokenSet, UserProfile};
 
+const ISSUER: &str = "https://id.example.com";
+
 /// A session service whose cache trusts a feed the test drives; writes through
 /// `inner` stand for another instance's, whose messages have not arrived yet.
 async fn sessions() -> (Arc<Sessions>, Arc<SqliteStore>, ManualClock) {
@@ -18,7 +20,7 @@ async fn sessions() -> (Arc<Sessions>, Arc<SqliteStore>, ManualClock) {
     let config = Config::load_from(
         None,
         [
-            ("PORTCULLIS_ISSUER", "https://id.example.com"),
+            ("PORTCULLIS_ISSUER", ISSUER),
             ("PORTCULLIS_CLIENT_ID", "app"),
             ("PORTCULLIS_SESSION_IDLE_TIMEOUT", "10m"),
             ("PORTCULLIS_SESSION_CACHE_ENTRIES", "0"),
@@ -61,12 +63,7 @@ async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
     let (gw, inner, clock) = sessions().await;
     let now = clock.now();
     let user = inner
-        .upsert_user(
-            "https://id.example.com",
-            "alice",
-            &UserProfile::default(),
-            now,
-        )
+        .upsert_user(ISSUER, "alice", &UserProfile::default(), now)
         .await
         .unwrap();
     let id = SessionId::generate();
@@ -101,12 +98,7 @@ async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
     let (gw, inner, clock) = sessions().await;
     let now = clock.now();
     let user = inner
-        .upsert_user(
-            "https://id.example.com",
-            "alice",
-            &UserProfile::default(),
-            now,
-        )
+        .upsert_user(ISSUER, "alice", &UserProfile::default(), now)
         .await
         .unwrap();
     let (old, new) = (SessionId::generate(), SessionId::generate());

@@ -110,6 +110,23 @@ async fn new_user(store: &dyn Store) -> User {
         .unwrap()
 }
 
+/// A user ("https://i", "s") and a plain session of theirs, made at 1 and ended at 100
+/// (the engines' own tests): its id and family.
+pub async fn a_stored_session(store: &dyn Store) -> (SessionId, Uuid) {
+    let user = store
+        .upsert_user("https://i", "s", &UserProfile::default(), 1)
+        .await
+        .unwrap();
+    let id = SessionId::generate();
+    let session = NewSession {
+        idle_expires_at: 100,
+        absolute_expires_at: 100,
+        ..NewSession::plain(user.id, id.hash(), 1)
+    };
+    store.create_session(&session).await.unwrap();
+    (id, session.family_id)
+}
+
 fn sealed(s: &str) -> Option<Sealed> {
     Some(Sealed::from_stored(format!("v1.test.{s}")))
 }

@@ -121,14 +121,6 @@ pub(super) struct Queries {
 
 const USER_COLUMNS: &str = "id, issuer, kind, subject, email, name, created_at, updated_at";
 
-const SESSION_COLUMNS: &str = "s.family_id, s.id_hash, s.previous_id_hash, s.previous_valid_until, \
-    s.current_seen, s.provider_sid, s.created_at, s.last_seen_at, s.idle_expires_at, \
-    s.absolute_expires_at, s.refresh_token, s.access_token, s.id_token, s.access_expires_at, \
-    s.refresh_expires_at, s.access_issued_at, s.previous_handover, s.token_version, s.user_agent, \
-    s.claims, s.email_verified, s.provider_id, s.granted_scope, \
-    u.id AS u_id, u.issuer AS u_issuer, u.kind AS u_kind, u.subject AS u_subject, u.email AS u_email, \
-    u.name AS u_name, u.created_at AS u_created_at, u.updated_at AS u_updated_at";
-
 /// Announces each row of the CTE `changed` (family_id, id_hash, previous_id_hash) in
 /// the same statement as the write; the statement returns one row per session.
 const NOTIFY_CHANGED: &str = "SELECT pg_notify('{p}_feed', 's ' || family_id || ' ' || id_hash \
@@ -230,7 +222,7 @@ impl Queries {
     pub(super) fn new(prefix: &str) -> Self {
         let t = |s: &str| {
             s.replace("{notify}", NOTIFY_CHANGED)
-                .replace("{session_columns}", SESSION_COLUMNS)
+                .replace("{session_columns}", crate::store::rows::SESSION_COLUMNS)
                 .replace("{user_columns}", USER_COLUMNS)
                 .replace("{p}", prefix)
         };

@@ -96,18 +96,7 @@ async fn a_killed_feed_connection_resets_and_recovers() {
     }
     eventually("the feed is live again", || store.feed().is_live()).await;
     // And messages flow again.
-    let user = store
-        .upsert_user("https://i", "s", &UserProfile::default(), 1)
-        .await
-        .unwrap();
-    let id = crate::store::id::SessionId::generate();
-    let session = NewSession {
-        idle_expires_at: 100,
-        absolute_expires_at: 100,
-        ..NewSession::plain(user.id, id.hash(), 1)
-    };
-    let family = session.family_id;
-    store.create_session(&session).await.unwrap();
+    let (_, family) = conformance::a_stored_session(&store).await;
     assert!(store.delete_session(family).await.unwrap());
     loop {
         if let FeedEvent::Changed(c) = next_event(&mut sub).await

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::clock::UnixTime;
 use crate::store::id::IdHash;
-use columns::SESSION_COLUMNS;
+use crate::store::rows::SESSION_COLUMNS;
 use feed::{Write, changes_from_rows};
 pub use schema::apply_migrations;
 

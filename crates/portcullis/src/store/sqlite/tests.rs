@@ -43,17 +43,7 @@ async fn own_writes_are_claimed_and_a_write_by_hand_resets() {
     );
 
     // An operator's `sqlite3 portcullis.db "DELETE FROM sessions …"`.
-    let user = store
-        .upsert_user("https://i", "s", &UserProfile::default(), 1)
-        .await
-        .unwrap();
-    let id = crate::store::id::SessionId::generate();
-    let session = NewSession {
-        idle_expires_at: 100,
-        absolute_expires_at: 100,
-        ..NewSession::plain(user.id, id.hash(), 1)
-    };
-    store.create_session(&session).await.unwrap();
+    let (id, _) = crate::store::conformance::a_stored_session(&store).await;
     let mut sub = store.feed().subscribe();
     let mut by_hand = SqliteConnectOptions::new()
         .filename(&path)
