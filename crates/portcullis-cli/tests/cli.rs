@@ -709,12 +709,7 @@ async fn keys_rotate_adds_the_next_signing_key() {
     let config = portcullis::Config::load_from(None, env).unwrap();
     let other = std::sync::Arc::new(portcullis::Gateway::start(config).await.unwrap());
     let jwks = other.sessions().assertion_jwks().await.unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = portcullis_test_support::kids(&jwks);
     assert_eq!(kids, [keys[0].kid.as_str(), keys[1].kid.as_str()]);
     let _ = std::fs::remove_dir_all(&dir);
 }

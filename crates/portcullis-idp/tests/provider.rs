@@ -629,12 +629,7 @@ async fn grants_and_keys_survive_a_restart_and_rotation_keeps_old_keys_published
     let second = format!("http://{}", listener.local_addr().unwrap());
     portcullis_test_support::serve_in_background(listener, portcullis_idp::router(idp));
     let jwks: Value = p.client.get(format!("{second}/jwks")).send_json().await;
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
+    let kids = portcullis_test_support::kids(&jwks);
     assert_eq!(kids.len(), 4, "two retired, two current: {kids:?}");
     assert!(
         kids.contains(&old_kid["kid"].as_str().unwrap()),

@@ -200,3 +200,9 @@ impl SendJson for reqwest::RequestBuilder {
         self.send().await.unwrap().json().await.unwrap()
     }
 }
+
+/// The `kid` of every key in a JWK set, in order.
+pub fn kids(jwks: &serde_json::Value) -> Vec<&str> {
+    let keys = jwks["keys"].as_array().expect("a JWK set");
+    keys.iter().map(|k| k["kid"].as_str().unwrap()).collect()
+}

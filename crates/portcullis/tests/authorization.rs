@@ -66,6 +66,12 @@ async fn setup_with(options: Options, op_env: &[(&str, &str)]) -> Option<Setup> 
 }
 
 impl Setup {
+    /// A new assertion signing key, as `portcullis keys rotate` makes one.
+    async fn rotate_assertion_key(&self) -> portcullis::store::SigningKeyRecord {
+        let sessions = self.gw.gateway.sessions();
+        sessions.rotate_assertion_key().await.unwrap()
+    }
+
     async fn signed_in(&self, user: &str) -> Browser {
         let b = Browser::new();
         let r = self.gw.sign_in_through_form(&b, user, user, "/").await;
@@ -454,23 +460,14 @@ async fn after_a_rotation_old_and_new_assertions_verify_until_the_old_ones_expir
     let (old, _) = s.seen(&alice, "/x", &[]).await;
     let kid = |v: &serde_json::Value| v["header"]["kid"].as_str().unwrap().to_owned();
     let old_kid = kid(&s.verify(&old[0]).await.unwrap());
-    let key =
-        s.gw.gateway
-            .sessions()
-            .rotate_assertion_key()
-            .await
-            .unwrap();
+    let key = s.rotate_assertion_key().await;
     assert_ne!(key.kid, old_kid);
     let published = |s: &Setup| {
         let url = s.gw.at("/auth/jwks.json");
         async move {
             let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-            v["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|k| k["kid"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
+            let kids = support::kids(&v);
+            kids.into_iter().map(str::to_owned).collect::<Vec<_>>()
         }
     };
     // Published by the next reading of the keys (every 10 s), before it signs.
@@ -503,12 +500,7 @@ async fn an_instance_idle_through_a_rotation_reads_the_keys_before_signing() {
     let Some(s) = setup().await else { return };
     let alice = s.signed_in("alice").await;
     let (old, _) = s.seen(&alice, "/x", &[]).await;
-    let key =
-        s.gw.gateway
-            .sessions()
-            .rotate_assertion_key()
-            .await
-            .unwrap();
+    let key = s.rotate_assertion_key().await;
     // Idle until the old key has been withdrawn everywhere.
     s.gw.clock.advance(600);
     let (new, _) = s.seen(&alice, "/x", &[]).await;
