@@ -107,8 +107,8 @@ mutate $S/session/routes.rs '    if m == Method::HEAD {' '    if false {' author
 mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' authorization routes_refuse_methods
 mutate $S/session/routes.rs 'if !overrides.iter().all(|o| o.as_ref().is_some_and(allowed)) {' 'if false {' one_decision g11_the_table_at_the_in_process
 mutate $S/path.rs '                && p.strip_suffix' '                && false && p.strip_suffix' authorization routes_cannot_be_reached
-mutate $S/config/routes.rs '                    if pattern.overlaps_ignoring_case(public) {' '                    if false {' lib bad_routes_are_configuration_errors
-mutate $S/config/routes.rs '                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))' '                    earlier.iter().find(|_| false)' lib bad_routes_are_configuration_errors
+mutate $S/config/routes.rs '        if pattern.overlaps_ignoring_case(public) {' '        if false {' lib bad_routes_are_configuration_errors
+mutate $S/config/routes.rs '        .find(|(_, e)| e.covers_ignoring_case(pattern))' '        .find(|_| false)' lib bad_routes_are_configuration_errors
 mutate $S/http/guard.rs '.insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);' '.remove(HeaderName::from_static(headers::JWT_ASSERTION));' authorization the_assertion_verifies
 mutate $S/session/assertion.rs '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME + 60)' '        .filter(|&i| i + 1 == records.len() || now < activation(records[i + 1]) + LIFETIME * 100)' authorization after_a_rotation
 mutate $S/session/assertion.rs '        record.created_at + ACTIVATION' '        record.created_at' authorization after_a_rotation
@@ -436,19 +436,19 @@ mutate $S/config/providers.rs '        Some(_) if top_level => {' '        Some(
 # G13: machine clients' access tokens (docs/machine-clients.md).
 M=machine_clients
 mutate $S/session/bearer.rs '                return Err(refused("dpop_bound_token_as_bearer"));' '                let _ = refused("dpop_bound_token_as_bearer");' $M g13_dpop_bound_tokens
-mutate $S/session/bearer.rs '            Ok(false) => Err(proof_error(ProofError::Replayed)),' '            Ok(false) => Ok(()),' $M g13_dpop_bound_tokens
+mutate $S/session/bearer/proof.rs '            Ok(false) => Err(proof_error(ProofError::Replayed)),' '            Ok(false) => Ok(()),' $M g13_dpop_bound_tokens
 mutate $S/session/bearer.rs '                    .await?;' '                    .await.ok();' $M g13_dpop_bound_tokens
 mutate $S/store/redis/fields.rs '        IdentityKind::Client => format!("client\n{user}"),' '        IdentityKind::Client => user,' lib redis_passes_the_conformance_suite
 mutate $S/session/bearer.rs '                (IdentityKind::Client, c)' '                (IdentityKind::User, c)' $M g13_a_client_named_like_a_user
 mutate $S/provider/access_token.rs '        .any(|a| expect.audiences.iter().any(|want| want == a))' '        .any(|a| !a.is_empty() || expect.audiences.is_empty())' access_tokens g13_a_valid_access_token
 mutate $S/session/routes.rs '        if let Some(scope) = caller.missing_scope(&route.required_scopes) {' '        if let Some(scope) = caller.missing_scope(&[]) {' $M g13_email_rules_refuse_clients
 mutate $S/session/bearer.rs '        if entry.access' '        if false' $M g13_email_rules_refuse_clients
-mutate $S/session/bearer.rs '            if !fresh(window) && !fresh(window - 1) {' '            if false {' $M g13_dpop_nonces
+mutate $S/session/bearer/proof.rs '            if !fresh(window) && !fresh(window - 1) {' '            if false {' $M g13_dpop_nonces
 mutate $S/provider/access_token.rs '    if answer.get("active") != Some(&Value::Bool(true)) {' '    if answer.get("active").is_none() {' $M g13_introspection
 mutate $S/session/bearer.rs '            .position(|e| e.introspection && e.covers(request.path))' '            .position(|e| e.introspection)' $M g13_introspection
 mutate $S/session/bearer.rs "    token.split('.').count() == 3" '    token.is_empty()' $M g13_introspection
 mutate $S/provider/access_token.rs '    if expect.now >= exp {' '    if expect.now >= exp + 86_400 {' $M g13_introspection
-mutate $S/session/bearer.rs '            (Err(ProofError::WrongUri), Some(as_sent)) => verify(as_sent),' '            (Err(ProofError::WrongUri), Some(_)) => verify(request.htu),' $M g13_dpop_bound_tokens
+mutate $S/session/bearer/proof.rs '            (Err(ProofError::WrongUri), Some(as_sent)) => verify(as_sent),' '            (Err(ProofError::WrongUri), Some(_)) => verify(request.htu),' $M g13_dpop_bound_tokens
 mutate $S/session/reload.rs '        self.bearer.forget_validated();' '' $M g13_email_rules_refuse_clients
 mutate $S/session/service.rs '        if let Some(granted) = &record.tokens.granted_scope {' '        if let Some(granted) = record.tokens.granted_scope.as_ref().filter(|_| false) {' $M g13_email_rules_refuse_clients
 

@@ -8,6 +8,7 @@
 //! from a TOML file; grants persist in SQLite.
 
 pub mod authorize;
+mod client_credentials;
 pub mod config;
 pub mod keys;
 pub mod logout;

@@ -30,7 +30,7 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(error: &'static str, description: impl Into<String>) -> Self {
         let status = if error == "invalid_client" {
             StatusCode::UNAUTHORIZED
         } else {
@@ -293,7 +293,7 @@ pub struct SeenAssertions(std::sync::Mutex<HashMap<String, i64>>);
 impl SeenAssertions {
     /// True the first time (client, jti) is presented before `until` (its expiry plus
     /// the leeway).
-    fn first_use(&self, client: &str, jti: &str, until: i64) -> bool {
+    pub(crate) fn first_use(&self, client: &str, jti: &str, until: i64) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = now();
         if seen.len() > 10_000 {
@@ -371,7 +371,7 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
         Some("refresh_token") => refresh(idp, client, &f).await,
         // Only for a machine client, which lists the APIs it may call.
         Some("client_credentials") if !client.resources.is_empty() => {
-            client_credentials(idp, client, &f, headers)
+            crate::client_credentials::grant(idp, client, &f, headers)
         }
         // A08: password, implicit, client credentials for other clients, anything else.
         Some(_) => Err(OAuthError::new(
@@ -383,7 +383,11 @@ async fn token_inner(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Valu
 }
 
 /// Signs a token with the current RS256 key (`typ` as given); a failure is a 500.
-fn sign(idp: &Idp, typ: &str, claims: &impl serde::Serialize) -> Result<String, OAuthError> {
+pub(crate) fn sign(
+    idp: &Idp,
+    typ: &str,
+    claims: &impl serde::Serialize,
+) -> Result<String, OAuthError> {
     idp.keys.sign(Algorithm::RS256, typ, claims).map_err(|e| {
         tracing::error!(error = %e, typ, "cannot sign a token");
         OAuthError {
@@ -392,100 +396,6 @@ fn sign(idp: &Idp, typ: &str, claims: &impl serde::Serialize) -> Result<String, 
             description: "signing failed".into(),
         }
     })
-}
-
-/// `client_credentials` (RFC 6749 §4.4) for a machine client: an RFC 9068 access token
-/// (`typ: at+jwt`) for one of its `resources` (RFC 8707 `resource`; the only one when it
-/// has one), speaking for the client itself (`sub` = `client_id`), with the scopes asked
-/// for among its own (all of them by default).
-fn client_credentials(
-    idp: &Idp,
-    client: &Client,
-    f: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Result<Value, OAuthError> {
-    // RFC 9449 §5: a proof binds the token to the client's key (`cnf.jkt`).
-    let bound_to = match headers.get("dpop") {
-        None => None,
-        Some(proof) => {
-            let refused = |why: &str| OAuthError::new("invalid_dpop_proof", why.to_owned());
-            let proof = proof
-                .to_str()
-                .map_err(|_| refused("the proof is not text"))?;
-            let token_endpoint = format!("{}/token", idp.config.issuer);
-            let (verified, jkt) = portcullis::jose::dpop_proof::verify_token_request_proof(
-                proof,
-                &token_endpoint,
-                now(),
-            )
-            .map_err(|e| refused(&e.to_string()))?;
-            let until = verified.iat + portcullis::jose::dpop_proof::PROOF_WINDOW_SECONDS * 2;
-            if !idp.assertions.first_use("dpop", &verified.jti, until) {
-                return Err(refused("the proof was used before"));
-            }
-            Some(jkt)
-        }
-    };
-    if client.secret.is_none() && client.jwks.is_none() {
-        return Err(OAuthError::new(
-            "unauthorized_client",
-            "a public client cannot use client_credentials",
-        ));
-    }
-    let resource = match (f.get("resource"), client.resources.as_slice()) {
-        (Some(r), listed) if listed.contains(r) => r.clone(),
-        (None, [only]) => only.clone(),
-        (None, _) => {
-            return Err(OAuthError::new(
-                "invalid_target",
-                "name the API with `resource`",
-            ));
-        }
-        (Some(_), _) => {
-            return Err(OAuthError::new(
-                "invalid_target",
-                "this client may not get tokens for that resource",
-            ));
-        }
-    };
-    let scope: Vec<&str> = match f.get("scope") {
-        Some(asked) => {
-            let asked: Vec<&str> = asked.split_whitespace().collect();
-            if let Some(s) = asked
-                .iter()
-                .find(|s| !client.scopes.iter().any(|c| c == *s))
-            {
-                return Err(OAuthError::new(
-                    "invalid_scope",
-                    format!("scope `{s}` is not granted to this client"),
-                ));
-            }
-            asked
-        }
-        None => client.scopes.iter().map(String::as_str).collect(),
-    };
-    let now = now();
-    let ttl = idp.config.access_token_ttl.as_secs() as i64;
-    let mut claims = json!({
-        "iss": idp.config.issuer,
-        "sub": client.id,
-        "client_id": client.id,
-        "aud": resource,
-        "scope": scope.join(" "),
-        "iat": now,
-        "exp": now + ttl,
-        "jti": random_token(),
-    });
-    if let Some(jkt) = &bound_to {
-        claims["cnf"] = json!({ "jkt": jkt });
-    }
-    let token = sign(idp, "at+jwt", &claims)?;
-    Ok(json!({
-        "access_token": token,
-        "token_type": if bound_to.is_some() { "DPoP" } else { "Bearer" },
-        "expires_in": ttl,
-        "scope": scope.join(" "),
-    }))
 }
 
 async fn redeem_code(

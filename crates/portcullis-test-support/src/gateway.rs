@@ -126,38 +126,15 @@ impl TestGateway {
             .secret
             .unwrap_or_else(portcullis::random::random_bytes::<32>);
         let keys = KeyRing::new(&SecretKeys(vec![Zeroizing::new(secret)])).unwrap();
-        let providers = portcullis::provider::ProviderSettings::all_from_config(&config)
-            .into_iter()
-            .map(|mut settings| {
-                settings.jwks_min_refetch = options.jwks_min_refetch;
-                let http = ProviderHttp::with_timeouts(
-                    Duration::from_secs(2),
-                    options.provider_total_timeout,
-                )
-                .unwrap();
-                Provider::new(settings, http)
-            })
-            .collect();
-        // `[[bearer]]` issuers that are not providers.
-        let extra = config
-            .bearer
-            .iter()
-            .filter_map(|e| match &e.issuer {
-                portcullis::config::BearerIssuer::Extra(entry) => Some(Provider::new(
-                    portcullis::provider::ProviderSettings::from_config(&config, entry),
-                    ProviderHttp::with_timeouts(
-                        Duration::from_secs(2),
-                        options.provider_total_timeout,
-                    )
-                    .unwrap(),
-                )),
-                portcullis::config::BearerIssuer::Provider(_) => None,
-            })
-            .collect();
+        let providers = providers(
+            &config,
+            options.jwks_min_refetch,
+            options.provider_total_timeout,
+        );
         let clock = ManualClock::default();
         let gateway = Arc::new(Gateway::from_parts(
             config,
-            portcullis::provider::Providers::new(providers).with_extra_issuers(extra),
+            providers,
             store,
             keys,
             Arc::new(clock.clone()),
@@ -355,4 +332,33 @@ pub fn callback_query(code: &str, state: &str, iss: Option<&str>) -> String {
         s.append_pair("iss", iss);
     }
     s.finish()
+}
+
+/// The configured providers and the `[[bearer]]` issuers that are not providers, with
+/// the test's JWKS refetch interval and call deadline.
+fn providers(
+    config: &Config,
+    jwks_min_refetch: Duration,
+    total_timeout: Duration,
+) -> portcullis::provider::Providers {
+    let http = || ProviderHttp::with_timeouts(Duration::from_secs(2), total_timeout).unwrap();
+    let providers = portcullis::provider::ProviderSettings::all_from_config(config)
+        .into_iter()
+        .map(|mut settings| {
+            settings.jwks_min_refetch = jwks_min_refetch;
+            Provider::new(settings, http())
+        })
+        .collect();
+    let extra = config
+        .bearer
+        .iter()
+        .filter_map(|e| match &e.issuer {
+            portcullis::config::BearerIssuer::Extra(entry) => Some(Provider::new(
+                portcullis::provider::ProviderSettings::from_config(config, entry),
+                http(),
+            )),
+            portcullis::config::BearerIssuer::Provider(_) => None,
+        })
+        .collect();
+    portcullis::provider::Providers::new(providers).with_extra_issuers(extra)
 }

@@ -92,23 +92,7 @@ pub async fn run(
     let config = gateway_config(port, app_port, &idp_urls, &data)?;
     let gateway = Arc::new(Gateway::start(config).await?);
     let gateway_app = portcullis::http::router(gateway)?;
-    let signed_out =
-        url::form_urlencoded::byte_serialize(format!("{gateway_url}/signed-out").as_bytes())
-            .collect::<String>();
-    let app = app::router(app::Links {
-        idp_logouts: PROVIDERS
-            .iter()
-            .zip(&idp_urls)
-            .map(|(p, url)| {
-                (
-                    p.name.to_owned(),
-                    format!(
-                        "{url}/end_session?client_id={CLIENT_ID}&post_logout_redirect_uri={signed_out}"
-                    ),
-                )
-            })
-            .collect(),
-    });
+    let app = app::router(sample_app_links(&gateway_url, &idp_urls));
     let idp_urls: Vec<String> = idp_urls.into_iter().map(str::to_owned).collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -150,6 +134,28 @@ pub async fn run(
         let _ = server.await;
     }
     Ok(())
+}
+
+/// The sample app's sign-out links: one per provider, through its end-session endpoint
+/// and back to the gateway's signed-out page.
+fn sample_app_links(gateway_url: &str, idp_urls: &[&str]) -> app::Links {
+    let signed_out =
+        url::form_urlencoded::byte_serialize(format!("{gateway_url}/signed-out").as_bytes())
+            .collect::<String>();
+    app::Links {
+        idp_logouts: PROVIDERS
+            .iter()
+            .zip(idp_urls)
+            .map(|(p, url)| {
+                (
+                    p.name.to_owned(),
+                    format!(
+                        "{url}/end_session?client_id={CLIENT_ID}&post_logout_redirect_uri={signed_out}"
+                    ),
+                )
+            })
+            .collect(),
+    }
 }
 
 impl DataDir {

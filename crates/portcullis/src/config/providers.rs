@@ -274,30 +274,14 @@ fn entry_fields(
         .issuer
         .as_deref()
         .is_some_and(|i| i.contains(TENANT_PLACEHOLDER));
-    // A template is checked as a URL with a tenant in its place.
-    let issuer_text = raw.issuer.clone();
-    let checked = super::provider::issuer(
-        raw.issuer.map(|i| i.replace(TENANT_PLACEHOLDER, "tenant")),
-        errors,
-    );
-    let issuer = if checked.is_empty() {
-        checked
-    } else {
-        issuer_text.unwrap_or_default().trim().to_owned()
-    };
+    let issuer = entry_issuer(raw.issuer, errors);
     let client_id = super::provider::client_id(raw.client_id, errors);
     let client_secret = entry_secret(raw.client_secret, raw.client_secret_file, label, errors);
     let scopes = super::provider::scopes(raw.scopes, errors);
     let settings = knobs.validate(client_secret.is_some(), errors);
-    let discovery_url = raw.discovery_url.and_then(|u| match Url::parse(u.trim()) {
-        Ok(url) if url.scheme() == "https" || super::profile::is_loopback(&url) => Some(url),
-        _ => {
-            errors.push(format!(
-                "`{label}.discovery_url`: `{u}` must be an https URL (http on loopback only)"
-            ));
-            None
-        }
-    });
+    let discovery_url = raw
+        .discovery_url
+        .and_then(|u| discovery_url(&u, label, errors));
     let allowed_tenants: Vec<String> = raw
         .allowed_tenants
         .unwrap_or_default()
@@ -320,16 +304,7 @@ fn entry_fields(
         require_email_verified: raw.require_email_verified,
     }
     .validate_as(label, errors);
-    let name = raw
-        .name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| id.clone());
-    if name.chars().any(char::is_control) || name.chars().count() > 80 {
-        errors.push(format!(
-            "`{label}.name` must be at most 80 characters, none of them control characters"
-        ));
-    }
+    let name = display_name(raw.name, &id, label, errors);
     Some(ProviderConfig {
         id,
         name,
@@ -343,6 +318,49 @@ fn entry_fields(
         email_domains,
         access,
     })
+}
+
+/// The issuer as written (a template keeps its placeholder); empty when it is not a
+/// valid one. A template is checked as a URL with a tenant in its place.
+fn entry_issuer(raw: Option<String>, errors: &mut Vec<String>) -> String {
+    let checked = super::provider::issuer(
+        raw.as_ref()
+            .map(|i| i.replace(TENANT_PLACEHOLDER, "tenant")),
+        errors,
+    );
+    if checked.is_empty() {
+        checked
+    } else {
+        raw.unwrap_or_default().trim().to_owned()
+    }
+}
+
+/// Where the metadata is: https, or http on loopback.
+fn discovery_url(raw: &str, label: &str, errors: &mut Vec<String>) -> Option<Url> {
+    match Url::parse(raw.trim()) {
+        Ok(url) if url.scheme() == "https" || super::profile::is_loopback(&url) => Some(url),
+        _ => {
+            errors.push(format!(
+                "`{label}.discovery_url`: `{raw}` must be an https URL (http on loopback only)"
+            ));
+            None
+        }
+    }
+}
+
+/// What the chooser shows: the name, else the id; at most 80 characters, none of them
+/// control characters.
+fn display_name(raw: Option<String>, id: &str, label: &str, errors: &mut Vec<String>) -> String {
+    let name = raw
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| id.to_owned());
+    if name.chars().any(char::is_control) || name.chars().count() > 80 {
+        errors.push(format!(
+            "`{label}.name` must be at most 80 characters, none of them control characters"
+        ));
+    }
+    name
 }
 
 /// An id: 1 to 32 of `a-z0-9-`.

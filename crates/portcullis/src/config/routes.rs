@@ -60,42 +60,11 @@ pub(super) fn validate(
                 "`{name}.path`: `{path}` must be a normalised path (`/admin`) or a prefix ending in `/*` (`/admin/*`)"
             )),
             Some(pattern) => {
-                // First match wins: a route inside an earlier, broader one never applies
-                // (`/admin/*` before `/admin/billing/*` would open billing to admins'
-                // rules only) — always a mistake, so an error.
-                if let Some((before, _)) =
-                    earlier.iter().find(|(_, e)| e.covers_ignoring_case(&pattern))
-                {
-                    errors.push(format!(
-                        "`{name}` (`{path}`) can never apply: {before} comes first and matches every path it does; put the narrower route first"
-                    ));
-                }
-                earlier.push((format!("`routes[{i}]` (`{path}`)"), pattern.clone()));
-                for (p, public) in public {
-                    if pattern.overlaps_ignoring_case(public) {
-                        errors.push(format!(
-                            "`{name}` (`{path}`) overlaps the public path `{p}`: public paths are never checked, so the route could not apply there; narrow one of them"
-                        ));
-                    }
-                }
+                check_placement(&name, &path, &pattern, &earlier, public, errors);
+                earlier.push((format!("`{name}` (`{path}`)"), pattern));
             }
         }
-        let methods = raw.methods.map(|list| {
-            if list.is_empty() {
-                errors.push(format!(
-                    "`{name}.methods` is empty: leave it out to allow every method"
-                ));
-            }
-            list.into_iter()
-                .map(|m| {
-                    let m = m.trim().to_ascii_uppercase();
-                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        errors.push(format!("`{name}.methods`: `{m}` is not an HTTP method"));
-                    }
-                    m
-                })
-                .collect()
-        });
+        let methods = raw.methods.map(|list| methods(&name, list, errors));
         let access = RawAccess {
             allowed_email_domains: raw.allowed_email_domains,
             allowed_emails: raw.allowed_emails,
@@ -103,20 +72,9 @@ pub(super) fn validate(
             require_email_verified: None,
         }
         .validate_as(&name, errors);
-        let route_providers = raw.providers.inspect(|list| {
-            if list.is_empty() {
-                errors.push(format!(
-                    "`{name}.providers` is empty: leave it out to allow every provider"
-                ));
-            }
-            for id in list {
-                if !providers.iter().any(|p| &p.id == id) {
-                    errors.push(format!(
-                        "`{name}.providers`: `{id}` is not the id of a provider"
-                    ));
-                }
-            }
-        });
+        let route_providers = raw
+            .providers
+            .inspect(|list| check_providers(&name, list, providers, errors));
         let required_scopes = super::bearer::scopes(
             raw.required_scopes,
             &format!("{name}.required_scopes"),
@@ -131,6 +89,73 @@ pub(super) fn validate(
         });
     }
     routes
+}
+
+/// A route inside an earlier, broader one never applies (first match wins:
+/// `/admin/*` before `/admin/billing/*` would open billing to admins' rules only), nor
+/// one overlapping a public path: always a mistake, so an error.
+fn check_placement(
+    name: &str,
+    path: &str,
+    pattern: &PathPattern,
+    earlier: &[(String, PathPattern)],
+    public: &[(String, PathPattern)],
+    errors: &mut Vec<String>,
+) {
+    if let Some((before, _)) = earlier
+        .iter()
+        .find(|(_, e)| e.covers_ignoring_case(pattern))
+    {
+        errors.push(format!(
+            "`{name}` (`{path}`) can never apply: {before} comes first and matches every path it does; put the narrower route first"
+        ));
+    }
+    for (p, public) in public {
+        if pattern.overlaps_ignoring_case(public) {
+            errors.push(format!(
+                "`{name}` (`{path}`) overlaps the public path `{p}`: public paths are never checked, so the route could not apply there; narrow one of them"
+            ));
+        }
+    }
+}
+
+/// A route's methods, upper-cased; each must be a token of letters.
+fn methods(name: &str, list: Vec<String>, errors: &mut Vec<String>) -> Vec<String> {
+    if list.is_empty() {
+        errors.push(format!(
+            "`{name}.methods` is empty: leave it out to allow every method"
+        ));
+    }
+    list.into_iter()
+        .map(|m| {
+            let m = m.trim().to_ascii_uppercase();
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                errors.push(format!("`{name}.methods`: `{m}` is not an HTTP method"));
+            }
+            m
+        })
+        .collect()
+}
+
+/// A route's providers: each the id of a configured one.
+fn check_providers(
+    name: &str,
+    list: &[String],
+    providers: &[super::ProviderConfig],
+    errors: &mut Vec<String>,
+) {
+    if list.is_empty() {
+        errors.push(format!(
+            "`{name}.providers` is empty: leave it out to allow every provider"
+        ));
+    }
+    for id in list {
+        if !providers.iter().any(|p| &p.id == id) {
+            errors.push(format!(
+                "`{name}.providers`: `{id}` is not the id of a provider"
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

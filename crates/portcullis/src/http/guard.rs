@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tower::{Layer, Service};
@@ -238,49 +238,10 @@ impl Guard {
             relay,
         } = identity;
         let dpop_relayed = relay.is_some_and(|relay| put_relay(req.headers_mut(), relay));
-        let user = CurrentUser {
-            id: who.user().id,
-            email: who.user().email.clone(),
-            name: who.user().name.clone(),
-            session_expires_at: match &who {
-                Who::Session(active) => active.expires_at,
-                Who::Token(token) => token.expires_at,
-            },
-        };
-        headers::set_identity(
-            req.headers_mut(),
-            headers::IdentityValues {
-                id: user
-                    .id
-                    .hyphenated()
-                    .encode_lower(&mut Uuid::encode_buffer()),
-                email: user.email.as_deref(),
-                name: user.name.as_deref(),
-                provider: who.provider_id(),
-                auth_method: who.auth_method(),
-            },
-        );
-        req.headers_mut()
-            .insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);
+        let user = current_user(&who);
+        set_identity(req.headers_mut(), &user, &who, assertion);
         let foreign = self.decider.is_foreign_origin(req.headers());
-        match &who {
-            Who::Session(active) if websocket => {
-                // W02: a tunnel this request opens closes when the session ends.
-                let end = self
-                    .decider
-                    .sessions()
-                    .watch_end(active.family_id, active.record.id_hash.clone());
-                req.extensions_mut().insert(end);
-            }
-            // A token-decided request is never relayed: the app gets the client's
-            // `Authorization` and `DPoP`, unless the entry strips them.
-            Who::Token(token) if token.strip_authorization => {
-                req.headers_mut().remove(header::AUTHORIZATION);
-                req.headers_mut()
-                    .remove(HeaderName::from_static(headers::DPOP));
-            }
-            _ => {}
-        }
+        self.for_principal(&mut req, &who, websocket);
         req.extensions_mut().insert(user);
         let mut response = next(req).await;
         if dpop_relayed
@@ -299,6 +260,58 @@ impl Guard {
         }
         response
     }
+
+    /// What the principal adds: a session's WebSocket closes when the session ends
+    /// (W02); a token-decided request is never relayed, and the app gets the client's
+    /// `Authorization` and `DPoP` unless the entry strips them.
+    fn for_principal(&self, req: &mut Request<Body>, who: &Who, websocket: bool) {
+        match who {
+            Who::Session(active) if websocket => {
+                let end = self
+                    .decider
+                    .sessions()
+                    .watch_end(active.family_id, active.record.id_hash.clone());
+                req.extensions_mut().insert(end);
+            }
+            Who::Token(token) if token.strip_authorization => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+                req.headers_mut()
+                    .remove(HeaderName::from_static(headers::DPOP));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The signed-in principal as handlers see it (an extension of the request).
+fn current_user(who: &Who) -> CurrentUser {
+    CurrentUser {
+        id: who.user().id,
+        email: who.user().email.clone(),
+        name: who.user().name.clone(),
+        session_expires_at: match who {
+            Who::Session(active) => active.expires_at,
+            Who::Token(token) => token.expires_at,
+        },
+    }
+}
+
+/// Our identity headers and the signed assertion (P01: the client's were removed).
+fn set_identity(request: &mut HeaderMap, user: &CurrentUser, who: &Who, assertion: HeaderValue) {
+    headers::set_identity(
+        request,
+        headers::IdentityValues {
+            id: user
+                .id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
+            email: user.email.as_deref(),
+            name: user.name.as_deref(),
+            provider: who.provider_id(),
+            auth_method: who.auth_method(),
+        },
+    );
+    request.insert(HeaderName::from_static(headers::JWT_ASSERTION), assertion);
 }
 
 /// G01: the app gets the decided path, never the raw one, and learns what was checked.

@@ -255,42 +255,19 @@ pub async fn logout(
     // The ID token goes along only when configured, and never into a JSON body.
     let mut provider_url = None;
     if config.logout.provider_logout {
-        let state = random_token();
-        let target = routes.post_logout_redirect_uri(query.as_deref());
         let hint = id_token
             .as_deref()
             .filter(|_| config.logout.id_token_hint && page)
             .map(|t| t.as_str());
-        // The session's provider; without a session, the only or default one.
-        let provider = match &provider_id {
-            Some(id) => routes.gateway.providers().get(id),
-            None => config
-                .default_provider
-                .as_deref()
-                .or_else(|| (config.providers.len() == 1).then(|| config.providers[0].id.as_str()))
-                .and_then(|id| routes.gateway.providers().get(id)),
-        };
-        let ended = match provider {
-            Some(p) => p.end_session_url(hint, &state, &target).await,
-            None => Ok(None),
-        };
-        match ended {
-            Ok(Some(url)) => {
-                set_cookies.push(
-                    routes
-                        .cookies
-                        .set(CookieKind::Logout, &state, LOGIN_TTL_SECONDS),
-                );
-                provider_url = Some(url.to_string());
-            }
-            Ok(None) => tracing::warn!(
-                "logout.provider_logout is on, but the provider has no end_session_endpoint"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                code = e.code(),
-                "could not reach the provider for its sign-out; signed out here only"
-            ),
+        if let Some((url, state)) = routes
+            .provider_sign_out(provider_id.as_deref(), hint, query.as_deref())
+            .await
+        {
+            let cookie = routes
+                .cookies
+                .set(CookieKind::Logout, &state, LOGIN_TTL_SECONDS);
+            set_cookies.push(cookie);
+            provider_url = Some(url);
         }
     }
     let mut response = match (&provider_url, page) {
@@ -305,6 +282,50 @@ pub async fn logout(
         }
     }
     no_store(response)
+}
+
+impl Routes {
+    /// Where the browser signs out at the provider (the session's; without a session,
+    /// the only or default one), and the state it will come back with; `None` when the
+    /// provider offers no sign-out or cannot be reached (signed out here only).
+    async fn provider_sign_out(
+        &self,
+        provider_id: Option<&str>,
+        id_token_hint: Option<&str>,
+        query: Option<&str>,
+    ) -> Option<(String, String)> {
+        let config = self.gateway.config();
+        let provider = match provider_id {
+            Some(id) => self.gateway.providers().get(id),
+            None => config
+                .default_provider
+                .as_deref()
+                .or_else(|| (config.providers.len() == 1).then(|| config.providers[0].id.as_str()))
+                .and_then(|id| self.gateway.providers().get(id)),
+        }?;
+        let state = random_token();
+        let target = self.post_logout_redirect_uri(query);
+        match provider
+            .end_session_url(id_token_hint, &state, &target)
+            .await
+        {
+            Ok(Some(url)) => Some((url.to_string(), state)),
+            Ok(None) => {
+                tracing::warn!(
+                    "logout.provider_logout is on, but the provider has no end_session_endpoint"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    code = e.code(),
+                    "could not reach the provider for its sign-out; signed out here only"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// `GET /auth/logged-out?state=…`: where the provider returns the browser after its
