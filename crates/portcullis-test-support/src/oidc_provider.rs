@@ -269,6 +269,19 @@ pub async fn start_with_client_secret(
     start_with_gateway(client, provider_env, &client_secret_env(secret, method)).await
 }
 
+/// A client that authenticates with `secret` by `method` signs alice in, refreshes
+/// and signs out ([`sign_in_refresh_and_out`]); what the provider recorded (`None`:
+/// the provider could not start, and the test skips).
+pub async fn events_of_a_secret_client(
+    secret: &str,
+    method: &str,
+    provider_env: &[(&str, &str)],
+) -> Option<Value> {
+    let (node, gw) = start_with_client_secret(secret, method, provider_env).await?;
+    sign_in_refresh_and_out(&node, &gw).await;
+    Some(node.events().await)
+}
+
 /// The gateway's settings for a client secret sent by `method`.
 pub fn client_secret_env<'a>(secret: &'a str, method: &'a str) -> [(&'static str, &'a str); 2] {
     [

@@ -18,7 +18,7 @@ use url::Url;
 #[tokio::test]
 async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
     let secret = "p4r+secret/==";
-    let Some((node, gw)) = support::oidc_provider::start_with_client_secret(
+    let Some(events) = support::oidc_provider::events_of_a_secret_client(
         secret,
         "client_secret_basic",
         &[("REQUIRE_PAR", "1")],
@@ -27,8 +27,6 @@ async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
     else {
         return;
     };
-    sign_in_refresh_and_out(&node, &gw).await;
-    let events = node.events().await;
     // Pushed once, authenticated like the token endpoint...
     assert_eq!(
         auth_calls(&events, "/request", "client_secret_basic", 201),
@@ -48,7 +46,7 @@ async fn interop_a_provider_that_requires_par_gets_the_request_pushed() {
 #[tokio::test]
 async fn interop_par_over_client_secret_post_sends_each_parameter_once() {
     let secret = "p4r-p0st+secret/==";
-    let Some((node, gw)) = support::oidc_provider::start_with_client_secret(
+    let Some(events) = support::oidc_provider::events_of_a_secret_client(
         secret,
         "client_secret_post",
         &[("REQUIRE_PAR", "1")],
@@ -57,8 +55,6 @@ async fn interop_par_over_client_secret_post_sends_each_parameter_once() {
     else {
         return;
     };
-    sign_in_refresh_and_out(&node, &gw).await;
-    let events = node.events().await;
     assert_eq!(
         auth_calls(&events, "/request", "client_secret_post", 201),
         1,

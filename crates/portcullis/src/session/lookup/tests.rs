@@ -58,22 +58,28 @@ async fn sessions() -> (Arc<Sessions>, Arc<SqliteStore>, ManualClock) {
     (Arc::new(gw), inner, clock)
 }
 
-#[tokio::test]
-async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
-    let (gw, inner, clock) = sessions().await;
-    let now = clock.now();
+/// alice's session with id `id`, made at `now` straight in the store (as another
+/// instance would): idle after ten minutes; its family.
+async fn alices_session(inner: &SqliteStore, id: &SessionId, now: UnixTime) -> Uuid {
     let user = inner
         .upsert_user(ISSUER, "alice", &UserProfile::default(), now)
         .await
         .unwrap();
-    let id = SessionId::generate();
     let session = NewSession {
         idle_expires_at: now + 600,
         email_verified: true,
         ..NewSession::plain(user.id, id.hash(), now)
     };
-    let family = session.family_id;
     inner.create_session(&session).await.unwrap();
+    session.family_id
+}
+
+#[tokio::test]
+async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
+    let (gw, inner, clock) = sessions().await;
+    let now = clock.now();
+    let id = SessionId::generate();
+    let family = alices_session(&inner, &id, now).await;
     assert!(gw.authenticate(id.expose()).await.unwrap().is_some());
     // Another instance served the user at +590 s and moved the idle deadline; this
     // one has not heard of it and its cached copy says the session is idle.
@@ -97,18 +103,8 @@ async fn an_expiry_seen_in_the_cache_is_checked_against_the_store() {
 async fn a_rotated_away_id_is_judged_on_the_store_not_the_cache() {
     let (gw, inner, clock) = sessions().await;
     let now = clock.now();
-    let user = inner
-        .upsert_user(ISSUER, "alice", &UserProfile::default(), now)
-        .await
-        .unwrap();
     let (old, new) = (SessionId::generate(), SessionId::generate());
-    let session = NewSession {
-        idle_expires_at: now + 600,
-        email_verified: true,
-        ..NewSession::plain(user.id, old.hash(), now)
-    };
-    let family = session.family_id;
-    inner.create_session(&session).await.unwrap();
+    let family = alices_session(&inner, &old, now).await;
     // Another instance refreshed and rotated the id.
     let handover = handover::seal(&old, &new);
     assert!(
