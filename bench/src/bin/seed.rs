@@ -107,19 +107,24 @@ async fn run() -> Result<(), BoxError> {
     }
     report(count, count, started);
 
-    let mut text = String::with_capacity(kept.len() * 44);
-    for id in kept.iter() {
-        text.push_str(id.expose());
-        text.push('\n');
-    }
-    std::fs::write(&cookies, text)
-        .map_err(|e| format!("cannot write {}: {e}", cookies.display()))?;
+    write_cookies(&cookies, &kept)?;
     eprintln!(
         "seed: {count} session(s) for {} user(s) in {}; {write} cookie(s) in {}",
         users.len(),
         location.describe(),
         cookies.display()
     );
+    Ok(())
+}
+
+/// The kept sessions' cookies, one a line.
+fn write_cookies(path: &std::path::Path, kept: &[SessionId]) -> Result<(), BoxError> {
+    let mut text = String::with_capacity(kept.len() * 44);
+    for id in kept {
+        text.push_str(id.expose());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(())
 }
 

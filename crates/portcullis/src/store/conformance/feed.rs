@@ -120,21 +120,8 @@ pub(super) async fn every_change_is_announced_once(store: &dyn Store) {
     let (id, s) = new_session(store, &user, Some("sid-feed")).await;
     let mut sub = store.feed().subscribe();
     let family = s.family_id;
-    let hashes = |c: &SessionChange| {
-        let mut h: Vec<String> = c.id_hashes.iter().map(|h| h.as_str().to_owned()).collect();
-        h.sort();
-        h
-    };
     let expect_one = |events: Vec<FeedEvent>, want: Vec<String>, what: &str| {
-        let changes = changes_of(&events, family);
-        assert_eq!(
-            changes.len(),
-            1,
-            "{what}: exactly one message, got {events:?}"
-        );
-        let mut want = want;
-        want.sort();
-        assert_eq!(hashes(changes[0]), want, "{what}: names every id hash");
+        assert_one_change(&events, family, want, what);
     };
 
     assert!(store.update_tokens(family, 0, &s.tokens).await.unwrap());
@@ -205,9 +192,33 @@ pub(super) async fn every_change_is_announced_once(store: &dyn Store) {
         "delete_sessions_by_provider_sid",
     );
 
+    ending_writes_are_announced(store, &user, &mut sub).await;
+}
+
+/// `events` hold exactly one message about `family`, naming every id hash in `want`.
+fn assert_one_change(events: &[FeedEvent], family: Uuid, mut want: Vec<String>, what: &str) {
+    let changes = changes_of(events, family);
+    assert_eq!(
+        changes.len(),
+        1,
+        "{what}: exactly one message, got {events:?}"
+    );
+    let mut hashes: Vec<String> = changes[0]
+        .id_hashes
+        .iter()
+        .map(|h| h.as_str().to_owned())
+        .collect();
+    hashes.sort();
+    want.sort();
+    assert_eq!(hashes, want, "{what}: names every id hash");
+}
+
+/// Each ending write (by id, by user, by subject) announces the session it ends;
+/// ending everything announces each session, or one reset.
+async fn ending_writes_are_announced(store: &dyn Store, user: &User, sub: &mut FeedSubscription) {
     // Each ending write: by id, by user, by subject.
     for how in ["id", "user", "subject"] {
-        let (id, s) = new_session(store, &user, None).await;
+        let (id, s) = new_session(store, user, None).await;
         let family = s.family_id;
         match how {
             "id" => assert!(store.delete_session(family).await.unwrap()),
@@ -220,19 +231,19 @@ pub(super) async fn every_change_is_announced_once(store: &dyn Store) {
                 1
             ),
         }
-        let events = events_until_sentinel(store, &mut sub).await;
+        let events = events_until_sentinel(store, sub).await;
         let changes = changes_of(&events, family);
         assert_eq!(changes.len(), 1, "delete by {how}: {events:?}");
         assert_eq!(changes[0].id_hashes, vec![id.hash()]);
     }
 
     // Everything at once: each session announced, or one reset.
-    let (_, s) = new_session(store, &user, None).await;
+    let (_, s) = new_session(store, user, None).await;
     store.delete_all_sessions().await.unwrap();
-    let event = next_event(&mut sub).await;
+    let event = next_event(sub).await;
     let mut events = vec![event];
     if events[0] != FeedEvent::Reset {
-        events.extend(events_until_sentinel(store, &mut sub).await);
+        events.extend(events_until_sentinel(store, sub).await);
     }
     assert!(
         events.contains(&FeedEvent::Reset) || changes_of(&events, s.family_id).len() == 1,

@@ -476,8 +476,13 @@ async fn users_and_sessions_import_as_they_are(store: &dyn Store) {
     }
     assert!(seen.contains(&user.id));
 
-    // A rotated session, copied whole: both ids find it, nothing reset.
-    let (old, s) = new_session(store, &again, Some("sid-i")).await;
+    a_rotated_session_imports_whole(store, &again).await;
+}
+
+/// A rotated session, copied whole: both ids find it, nothing reset, indexed like a
+/// created one.
+async fn a_rotated_session_imports_whole(store: &dyn Store, user: &User) {
+    let (old, s) = new_session(store, user, Some("sid-i")).await;
     let new = SessionId::generate();
     store
         .rotate_session_id(
