@@ -310,21 +310,15 @@ async fn g13_email_rules_refuse_clients_and_scopes_are_required() {
     // before.
     let alice = s.token(json!({}));
     assert_eq!(s.with_token("/api/orders", &alice).await.status, 200);
-    let mut tightened = s.gw.gateway.config().clone();
-    tightened.access.allowed_email_domains = vec!["other.example".into()];
-    s.gw.gateway
-        .sessions()
-        .reload_settings(&tightened)
-        .await
-        .unwrap();
+    let gateway = &s.gw.gateway;
+    let reload_with_domain = |domain: &str| {
+        let mut config = gateway.config().clone();
+        config.access.allowed_email_domains = vec![domain.into()];
+        async move { gateway.sessions().reload_settings(&config).await.unwrap() }
+    };
+    reload_with_domain("other.example").await;
     assert_eq!(s.with_token("/api/orders", &alice).await.status, 403);
-    let mut restored = tightened.clone();
-    restored.access.allowed_email_domains = vec!["example.com".into()];
-    s.gw.gateway
-        .sessions()
-        .reload_settings(&restored)
-        .await
-        .unwrap();
+    reload_with_domain("example.com").await;
     // The entry's scope.
     let r = s
         .with_token("/api/orders", &s.token(json!({"scope": "profile"})))
